@@ -1,0 +1,3 @@
+from lanchat.cli import main
+
+main()

@@ -1,0 +1,190 @@
+"""The `lanchat` command line. It only parses options into typed configs and hands them on: no logic here.
+
+Every option also reads the environment variable LANCHAT_<OPTION> (``--max-per-ip`` -> ``LANCHAT_MAX_PER_IP``).
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lanchat import const
+from lanchat.config import DiscoveryConfig, ServerConfig, default_data_dir
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="LAN chat: `lanchat serve` on one machine, `lanchat join` on the others.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _env(name: str) -> str:
+    return "LANCHAT_" + name.upper().replace("-", "_")
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in containers without a passwd entry
+        return "guest"
+
+
+Interface = Annotated[
+    list[str],
+    typer.Option(
+        "--interface",
+        envvar=_env("interface"),
+        help="Network interface for discovery (repeatable); `lo` means 127.255.255.255. "
+        "Default: every interface that is up and has an IPv4 broadcast address.",
+    ),
+]
+DiscoveryPort = Annotated[
+    int, typer.Option(envvar=_env("discovery_port"), help="UDP port of discovery beacons and probes.")
+]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar=_env("host"), help="Address to listen on (`::` for IPv4+IPv6).")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(envvar=_env("port"), help="TCP port for chat.")] = const.DEFAULT_PORT,
+    workers: Annotated[
+        int, typer.Option(envvar=_env("workers"), min=1, max=64, help="Worker processes (default: CPUs).")
+    ] = 0,
+    name: Annotated[str, typer.Option(envvar=_env("name"), help="Server name shown by discovery (default: host name).")] = "",
+    data_dir: Annotated[
+        Path | None, typer.Option(envvar=_env("data_dir"), help="History and server id (default: ~/.local/share/lanchat).")
+    ] = None,
+    interface: Interface = [],  # noqa: B006 - typer reads the default, never mutates it
+    discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
+    beacon_interval: Annotated[
+        float, typer.Option(envvar=_env("beacon_interval"), min=0.1, help="Seconds between beacons.")
+    ] = 5.0,
+    beacon_to: Annotated[
+        list[str],
+        typer.Option(envvar=_env("beacon_to"), help="Extra unicast/directed-broadcast beacon target (repeatable)."),
+    ] = [],  # noqa: B006
+    no_beacon: Annotated[bool, typer.Option("--no-beacon", envvar=_env("no_beacon"), help="Do not announce; still answer probes.")] = False,
+    no_discovery: Annotated[bool, typer.Option("--no-discovery", envvar=_env("no_discovery"), help="No UDP at all.")] = False,
+    max_frame: Annotated[int, typer.Option(envvar=_env("max_frame"), min=256, help="Bytes per protocol line.")] = const.MAX_FRAME,
+    rate: Annotated[float, typer.Option(envvar=_env("rate"), min=0.1, help="Messages per second per connection.")] = const.RATE,
+    burst: Annotated[int, typer.Option(envvar=_env("burst"), min=1, help="Messages a connection may send at once.")] = const.BURST,
+    sendq: Annotated[int, typer.Option(envvar=_env("sendq"), min=4096, help="Bytes queued for one client before it is dropped as too slow.")] = const.SENDQ,
+    max_clients: Annotated[int, typer.Option(envvar=_env("max_clients"), min=1, help="Connections across all workers.")] = const.MAX_CLIENTS,
+    max_per_ip: Annotated[int, typer.Option(envvar=_env("max_per_ip"), min=1, help="Connections from one address.")] = const.MAX_PER_IP,
+    exempt_loopback: Annotated[
+        bool, typer.Option("--exempt-loopback/--no-exempt-loopback", envvar=_env("exempt_loopback"), help="Loopback is not counted by --max-per-ip.")
+    ] = True,
+    handshake_timeout: Annotated[float, typer.Option(envvar=_env("handshake_timeout"), min=0.1, help="Seconds to complete the hello.")] = const.HANDSHAKE_TIMEOUT,
+    ping_interval: Annotated[float, typer.Option(envvar=_env("ping_interval"), min=0.1, help="Seconds of client silence before a ping.")] = const.PING_INTERVAL,
+    idle_timeout: Annotated[float, typer.Option(envvar=_env("idle_timeout"), min=0.2, help="Seconds of client silence before it is dropped.")] = const.IDLE_TIMEOUT,
+    resume_grace: Annotated[float, typer.Option(envvar=_env("resume_grace"), min=0, help="Seconds a dropped session keeps its nick and rooms.")] = const.RESUME_GRACE,
+    history_limit: Annotated[int, typer.Option(envvar=_env("history_limit"), min=1, help="Events kept per room.")] = const.HISTORY_LIMIT,
+    history_on_join: Annotated[int, typer.Option(envvar=_env("history_on_join"), min=0, help="Events shown when joining a room.")] = const.HISTORY_ON_JOIN,
+    worker_timeout: Annotated[float, typer.Option(envvar=_env("worker_timeout"), min=0.5, help="Seconds without a heartbeat before a worker is replaced.")] = const.WORKER_TIMEOUT,
+    log_level: Annotated[str, typer.Option(envvar=_env("log_level"), help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run a chat server: TCP chat, UDP discovery, history in SQLite."""
+    from lanchat.server.main import run
+
+    defaults = ServerConfig()
+    config = ServerConfig(
+        host=host,
+        port=port,
+        workers=workers or defaults.workers,
+        name=name or defaults.name,
+        data_dir=data_dir or default_data_dir(),
+        discovery=DiscoveryConfig(
+            interface=tuple(interface),
+            discovery_port=discovery_port,
+            beacon_interval=beacon_interval,
+            beacon_to=tuple(beacon_to),
+            beacon=not no_beacon and not no_discovery,
+            discovery=not no_discovery,
+        ),
+        max_frame=max_frame,
+        rate=rate,
+        burst=burst,
+        sendq=sendq,
+        max_clients=max_clients,
+        max_per_ip=max_per_ip,
+        exempt_loopback=exempt_loopback,
+        handshake_timeout=handshake_timeout,
+        ping_interval=ping_interval,
+        idle_timeout=idle_timeout,
+        resume_grace=resume_grace,
+        history_limit=history_limit,
+        history_on_join=history_on_join,
+        worker_timeout=worker_timeout,
+        log_level=log_level,
+    )
+    raise typer.Exit(run(config))
+
+
+@app.command()
+def join(
+    address: Annotated[
+        str | None, typer.Argument(help="HOST, HOST:PORT or a server NAME from discovery; none: discover.")
+    ] = None,
+    nick: Annotated[str, typer.Option(envvar=_env("nick"), help="Your nick (default: login name).")] = "",
+    room: Annotated[str, typer.Option(envvar=_env("room"), help="Room to start in.")] = const.DEFAULT_ROOM,
+    json_output: Annotated[bool, typer.Option("--json", help="Piped mode: one JSON event per line.")] = False,
+    interface: Interface = [],  # noqa: B006
+    discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
+    timeout: Annotated[float, typer.Option(envvar=_env("timeout"), min=0.1, help="Seconds to look for servers.")] = 1.0,
+) -> None:
+    """Join a chat: interactive on a terminal, line-oriented when piped."""
+    from lanchat.client.join import JoinConfig, run_join
+
+    config = JoinConfig(
+        address=address,
+        nick=nick or _login_name(),
+        room=room,
+        json=json_output,
+        discovery=DiscoveryConfig(interface=tuple(interface), discovery_port=discovery_port),
+        timeout=timeout,
+    )
+    raise typer.Exit(run_join(config))
+
+
+@app.command()
+def discover(
+    interface: Interface = [],  # noqa: B006
+    discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
+    timeout: Annotated[float, typer.Option(envvar=_env("timeout"), min=0.05, help="Seconds to listen.")] = 1.0,
+    probe: Annotated[
+        list[str], typer.Option(envvar=_env("probe"), help="Also probe this HOST directly (repeatable).")
+    ] = [],  # noqa: B006
+    watch: Annotated[bool, typer.Option("--watch", help="Live table until Ctrl-C.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per server.")] = False,
+) -> None:
+    """List the chat servers on the LAN."""
+    from lanchat.discovery.cli import run_discover
+
+    raise typer.Exit(
+        run_discover(
+            DiscoveryConfig(interface=tuple(interface), discovery_port=discovery_port),
+            timeout=timeout,
+            probe=tuple(probe),
+            watch=watch,
+            json_output=json_output,
+        )
+    )
+
+
+@app.command()
+def status(
+    address: Annotated[str, typer.Argument(help="HOST or HOST:PORT of a lanchat server.")] = "127.0.0.1",
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Print a server's per-process figures (connections, CPU, memory, messages)."""
+    from lanchat.client.status import run_status
+
+    raise typer.Exit(run_status(address, json_output=json_output))
+
+
+def main() -> None:
+    app()

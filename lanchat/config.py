@@ -1,0 +1,64 @@
+"""Typed configuration. The CLI only parses options into these; option name = field = LANCHAT_<NAME>."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lanchat import const
+
+
+def default_data_dir() -> Path:
+    """The user's data directory (XDG on Linux): where history and the server id live."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "lanchat"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    interface: tuple[str, ...] = ()  # empty: every interface that is up and has an IPv4 broadcast address
+    discovery_port: int = const.DEFAULT_DISCOVERY_PORT
+    beacon_interval: float = 5.0
+    beacon_to: tuple[str, ...] = ()
+    beacon: bool = True
+    discovery: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = const.DEFAULT_PORT
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    name: str = field(default_factory=socket.gethostname)
+    data_dir: Path = field(default_factory=default_data_dir)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    max_frame: int = const.MAX_FRAME
+    rate: float = const.RATE
+    burst: int = const.BURST
+    sendq: int = const.SENDQ
+    max_clients: int = const.MAX_CLIENTS
+    max_per_ip: int = const.MAX_PER_IP
+    exempt_loopback: bool = True
+    handshake_timeout: float = const.HANDSHAKE_TIMEOUT
+    ping_interval: float = const.PING_INTERVAL
+    idle_timeout: float = const.IDLE_TIMEOUT
+    resume_grace: float = const.RESUME_GRACE
+    history_limit: int = const.HISTORY_LIMIT
+    history_on_join: int = const.HISTORY_ON_JOIN
+    worker_timeout: float = const.WORKER_TIMEOUT
+    log_level: str = "info"
+
+    def worker_args(self) -> dict[str, object]:
+        """The part of the config a worker needs (sent to it as JSON at spawn)."""
+        return {
+            "max_frame": self.max_frame,
+            "rate": self.rate,
+            "burst": self.burst,
+            "sendq": self.sendq,
+            "handshake_timeout": self.handshake_timeout,
+            "ping_interval": self.ping_interval,
+            "idle_timeout": self.idle_timeout,
+            "log_level": self.log_level,
+        }

@@ -1,0 +1,34 @@
+"""Suite-wide fixtures.
+
+Network safety: every test runs with discovery restricted to loopback (LANCHAT_INTERFACE=lo), so no
+beacon or probe can leave this machine. Tests of a multi-host LAN build their own network namespaces.
+Every test must end clean: the autouse fixture fails a test that leaves child processes or threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+os.environ["LANCHAT_INTERFACE"] = "lo"  # also for subprocesses started outside monkeypatch
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only_and_clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("LANCHAT_INTERFACE", "lo")
+    threads_before = set(threading.enumerate())
+    yield
+    me = psutil.Process()
+    leftovers = [c for c in me.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    for child in leftovers:
+        child.kill()
+    assert not leftovers, f"test left processes running: {[c.cmdline() for c in leftovers]}"
+    extra = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    for t in extra:
+        t.join(timeout=2)
+    extra = [t for t in extra if t.is_alive()]
+    assert not extra, f"test left threads running: {extra}"
