@@ -49,14 +49,19 @@ DiscoveryPort = Annotated[
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(envvar=_env("host"), help="Address to listen on (`::` for IPv4+IPv6).")] = "0.0.0.0",
+    host: Annotated[
+        str, typer.Option(envvar=_env("host"), help="Address to listen on (`::` for IPv4+IPv6).")
+    ] = "0.0.0.0",
     port: Annotated[int, typer.Option(envvar=_env("port"), help="TCP port for chat.")] = const.DEFAULT_PORT,
     workers: Annotated[
         int, typer.Option(envvar=_env("workers"), min=1, max=64, help="Worker processes (default: CPUs).")
     ] = 0,
-    name: Annotated[str, typer.Option(envvar=_env("name"), help="Server name shown by discovery (default: host name).")] = "",
+    name: Annotated[
+        str, typer.Option(envvar=_env("name"), help="Server name shown by discovery (default: host name).")
+    ] = "",
     data_dir: Annotated[
-        Path | None, typer.Option(envvar=_env("data_dir"), help="History and server id (default: ~/.local/share/lanchat).")
+        Path | None,
+        typer.Option(envvar=_env("data_dir"), help="History and server id (default: ~/.local/share/lanchat)."),
     ] = None,
     interface: Interface = [],  # noqa: B006 - typer reads the default, never mutates it
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
@@ -67,24 +72,67 @@ def serve(
         list[str],
         typer.Option(envvar=_env("beacon_to"), help="Extra unicast/directed-broadcast beacon target (repeatable)."),
     ] = [],  # noqa: B006
-    no_beacon: Annotated[bool, typer.Option("--no-beacon", envvar=_env("no_beacon"), help="Do not announce; still answer probes.")] = False,
-    no_discovery: Annotated[bool, typer.Option("--no-discovery", envvar=_env("no_discovery"), help="No UDP at all.")] = False,
-    max_frame: Annotated[int, typer.Option(envvar=_env("max_frame"), min=256, help="Bytes per protocol line.")] = const.MAX_FRAME,
-    rate: Annotated[float, typer.Option(envvar=_env("rate"), min=0.1, help="Messages per second per connection.")] = const.RATE,
-    burst: Annotated[int, typer.Option(envvar=_env("burst"), min=1, help="Messages a connection may send at once.")] = const.BURST,
-    sendq: Annotated[int, typer.Option(envvar=_env("sendq"), min=4096, help="Bytes queued for one client before it is dropped as too slow.")] = const.SENDQ,
-    max_clients: Annotated[int, typer.Option(envvar=_env("max_clients"), min=1, help="Connections across all workers.")] = const.MAX_CLIENTS,
-    max_per_ip: Annotated[int, typer.Option(envvar=_env("max_per_ip"), min=1, help="Connections from one address.")] = const.MAX_PER_IP,
+    no_beacon: Annotated[
+        bool, typer.Option("--no-beacon", envvar=_env("no_beacon"), help="Do not announce; still answer probes.")
+    ] = False,
+    no_discovery: Annotated[
+        bool, typer.Option("--no-discovery", envvar=_env("no_discovery"), help="No UDP at all.")
+    ] = False,
+    max_frame: Annotated[
+        int, typer.Option(envvar=_env("max_frame"), min=256, help="Bytes per protocol line.")
+    ] = const.MAX_FRAME,
+    rate: Annotated[
+        float, typer.Option(envvar=_env("rate"), min=0.1, help="Messages per second per connection.")
+    ] = const.RATE,
+    burst: Annotated[
+        int, typer.Option(envvar=_env("burst"), min=1, help="Messages a connection may send at once.")
+    ] = const.BURST,
+    sendq: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("sendq"), min=4096, help="Bytes queued for one client before it is dropped as too slow."
+        ),
+    ] = const.SENDQ,
+    max_clients: Annotated[
+        int, typer.Option(envvar=_env("max_clients"), min=1, help="Connections across all workers.")
+    ] = const.MAX_CLIENTS,
+    max_per_ip: Annotated[
+        int, typer.Option(envvar=_env("max_per_ip"), min=1, help="Connections from one address.")
+    ] = const.MAX_PER_IP,
     exempt_loopback: Annotated[
-        bool, typer.Option("--exempt-loopback/--no-exempt-loopback", envvar=_env("exempt_loopback"), help="Loopback is not counted by --max-per-ip.")
+        bool,
+        typer.Option(
+            "--exempt-loopback/--no-exempt-loopback",
+            envvar=_env("exempt_loopback"),
+            help="Loopback is not counted by --max-per-ip.",
+        ),
     ] = True,
-    handshake_timeout: Annotated[float, typer.Option(envvar=_env("handshake_timeout"), min=0.1, help="Seconds to complete the hello.")] = const.HANDSHAKE_TIMEOUT,
-    ping_interval: Annotated[float, typer.Option(envvar=_env("ping_interval"), min=0.1, help="Seconds of client silence before a ping.")] = const.PING_INTERVAL,
-    idle_timeout: Annotated[float, typer.Option(envvar=_env("idle_timeout"), min=0.2, help="Seconds of client silence before it is dropped.")] = const.IDLE_TIMEOUT,
-    resume_grace: Annotated[float, typer.Option(envvar=_env("resume_grace"), min=0, help="Seconds a dropped session keeps its nick and rooms.")] = const.RESUME_GRACE,
-    history_limit: Annotated[int, typer.Option(envvar=_env("history_limit"), min=1, help="Events kept per room.")] = const.HISTORY_LIMIT,
-    history_on_join: Annotated[int, typer.Option(envvar=_env("history_on_join"), min=0, help="Events shown when joining a room.")] = const.HISTORY_ON_JOIN,
-    worker_timeout: Annotated[float, typer.Option(envvar=_env("worker_timeout"), min=0.5, help="Seconds without a heartbeat before a worker is replaced.")] = const.WORKER_TIMEOUT,
+    handshake_timeout: Annotated[
+        float, typer.Option(envvar=_env("handshake_timeout"), min=0.1, help="Seconds to complete the hello.")
+    ] = const.HANDSHAKE_TIMEOUT,
+    ping_interval: Annotated[
+        float, typer.Option(envvar=_env("ping_interval"), min=0.1, help="Seconds of client silence before a ping.")
+    ] = const.PING_INTERVAL,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(envvar=_env("idle_timeout"), min=0.2, help="Seconds of client silence before it is dropped."),
+    ] = const.IDLE_TIMEOUT,
+    resume_grace: Annotated[
+        float,
+        typer.Option(envvar=_env("resume_grace"), min=0, help="Seconds a dropped session keeps its nick and rooms."),
+    ] = const.RESUME_GRACE,
+    history_limit: Annotated[
+        int, typer.Option(envvar=_env("history_limit"), min=1, help="Events kept per room.")
+    ] = const.HISTORY_LIMIT,
+    history_on_join: Annotated[
+        int, typer.Option(envvar=_env("history_on_join"), min=0, help="Events shown when joining a room.")
+    ] = const.HISTORY_ON_JOIN,
+    worker_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar=_env("worker_timeout"), min=0.5, help="Seconds without a heartbeat before a worker is replaced."
+        ),
+    ] = const.WORKER_TIMEOUT,
     log_level: Annotated[str, typer.Option(envvar=_env("log_level"), help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run a chat server: TCP chat, UDP discovery, history in SQLite."""

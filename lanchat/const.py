@@ -7,12 +7,12 @@ from typing import Final
 
 PROTOCOL_VERSION: Final = 1
 
-# --- network ----------------------------------------------------------------------------------------
+# --- network -----------------------------------------------------------------------------------------------
 DEFAULT_PORT: Final = 7272  # TCP chat port; also the default UDP discovery port
 DEFAULT_DISCOVERY_PORT: Final = 7272
 DEFAULT_ROOM: Final = "lobby"
 
-# --- per-connection limits (worker) -----------------------------------------------------------------
+# --- per-connection limits (worker) ------------------------------------------------------------------------
 MAX_FRAME: Final = 16 * 1024  # bytes per line: a chat line is short; bounds what one peer makes us buffer
 MAX_TEXT: Final = 4000  # characters of message text, well under MAX_FRAME once JSON-escaped
 RATE: Final = 20.0  # messages per second per connection (token bucket refill)
@@ -23,19 +23,19 @@ PING_INTERVAL: Final = 30.0  # seconds of silence from a client before the serve
 IDLE_TIMEOUT: Final = 90.0  # seconds of silence (no byte at all) before the server drops a client
 READ_SIZE: Final = 64 * 1024  # bytes per recv; with MAX_FRAME bounds one connection's input buffer
 
-# --- server-wide limits (main process) -------------------------------------------------------------
+# --- server-wide limits (main process) ---------------------------------------------------------------------
 MAX_CLIENTS: Final = 10_000  # connections across all workers
 MAX_PER_IP: Final = 32  # connections from one address across all workers (loopback exempt by default)
 MAX_ROOMS_PER_SESSION: Final = 50  # rooms one session may be in: bounds the fan-in of a quit event
 MAX_ROOMS: Final = 10_000  # rooms on the server: bounds the hub's directory
 
-# --- names -------------------------------------------------------------------------------------------
+# --- names -------------------------------------------------------------------------------------------------
 NICK_MAX: Final = 24  # characters
 ROOM_MAX: Final = 32  # characters
 TOPIC_MAX: Final = 300  # characters
 REASON_MAX: Final = 200  # characters of a part/quit reason
 
-# --- sessions and history ------------------------------------------------------------------------------
+# --- sessions and history ----------------------------------------------------------------------------------
 RESUME_GRACE: Final = 60.0  # seconds a dropped session keeps its nick and rooms for a resume
 HISTORY_LIMIT: Final = 10_000  # events kept per room (and per private conversation) in SQLite
 HISTORY_ON_JOIN: Final = 50  # events replayed (marked as history) when a client joins a room
@@ -45,7 +45,7 @@ COMMIT_INTERVAL: Final = 0.005  # seconds: the hub batches history writes; acks 
 PENDING_WRITES_MAX: Final = 100_000  # rows held in memory while the disk fails, then the oldest are dropped
 DB_RETRY_INTERVAL: Final = 2.0  # seconds between write attempts while the disk is failing
 
-# --- supervision ----------------------------------------------------------------------------------------
+# --- supervision -------------------------------------------------------------------------------------------
 SHUTDOWN_GRACE: Final = 3.0  # seconds workers get to flush and close on SIGTERM (the whole stop is < 5 s)
 HEARTBEAT_INTERVAL: Final = 0.5  # seconds between the hub's pings to each worker
 WORKER_TIMEOUT: Final = 5.0  # seconds without a heartbeat reply before a worker is killed and replaced
@@ -59,3 +59,5 @@ RECONNECT_MIN: Final = 0.2  # seconds: first reconnect delay (then doubled, with
 RECONNECT_MAX: Final = 5.0  # seconds: cap of the reconnect delay
 RECONNECT_GIVE_UP: Final = 300.0  # seconds of failed reconnects before the client gives up
 CONNECT_TIMEOUT: Final = 5.0  # seconds for one TCP connect + hello
+CLIENT_PING_INTERVAL: Final = 15.0  # seconds of server silence before the client pings
+CLIENT_PING_TIMEOUT: Final = 10.0  # seconds more without any byte before the client reconnects

@@ -14,11 +14,12 @@ class LanchatError(Exception):
 class ProtocolError(LanchatError):
     """A violation of the wire protocol. ``code`` is the machine-readable error code sent on the wire."""
 
-    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+    def __init__(self, code: str, message: str, *, fatal: bool = False, request_id: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.fatal = fatal
+        self.request_id = request_id  # the id of the request that failed, echoed in the error frame
 
 
 class RemoteProtocolError(ProtocolError):

@@ -1,0 +1,290 @@
+"""One connection object for every face of the client (terminal UI, piped mode, benchmarks):
+connect, hello, keepalive, and after a drop: reconnect with capped exponential backoff and jitter,
+resume the session, resend what was not acknowledged. The sans-IO ClientState holds the logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from lanchat import const
+from lanchat.errors import ConnectError, RemoteProtocolError
+from lanchat.protocol import messages as m
+from lanchat.protocol.client_conn import ClientState
+
+log = logging.getLogger("lanchat.client")
+
+# Exit codes of `lanchat join` (documented in docs/client.md).
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_UNREACHABLE: Final = 3  # no connection to the server (refused, timeout, bad address)
+EXIT_NICK: Final = 4  # nick taken or invalid
+EXIT_SEVERAL: Final = 5  # discovery found several servers and there is no terminal to choose
+EXIT_NONE_FOUND: Final = 6  # discovery found no server
+EXIT_LOST: Final = 7  # the connection was lost and could not be resumed in time
+
+QUEUED_MAX: Final = 1000  # non-post requests (joins, who, ...) held while reconnecting
+
+FrameHandler = Callable[[dict[str, Any]], None]
+StateHandler = Callable[[str], None]
+
+
+def parse_address(address: str, default_port: int = const.DEFAULT_PORT) -> tuple[str, int]:
+    """HOST, HOST:PORT, [V6]:PORT or a bare V6 address -> (host, port)."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if address.count(":") == 1:
+        host, _, port = address.partition(":")
+        return host, int(port)
+    return address, default_port
+
+
+class ChatClient:
+    """A resumable chat connection. ``status`` is connecting | connected | reconnecting | closed."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        nick: str,
+        rooms: list[str] | tuple[str, ...] = (const.DEFAULT_ROOM,),
+        *,
+        on_frame: FrameHandler | None = None,
+        on_status: StateHandler | None = None,
+        give_up_after: float = const.RECONNECT_GIVE_UP,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.state = ClientState(nick, rooms)
+        self.on_frame = on_frame or (lambda frame: None)
+        self.on_status = on_status or (lambda status: None)
+        self.give_up_after = give_up_after
+        self.status = "connecting"
+        self.server_name = ""
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._queued: list[bytes] = []
+        self._acked = asyncio.Event()
+        self._acked.set()
+        self._closing = False
+        self._last_rx = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+        self.lost_reason = ""
+
+    # --- public API ----------------------------------------------------------------------------------------
+
+    @property
+    def nick(self) -> str:
+        return self.state.info.nick
+
+    async def connect(self) -> None:
+        """First connection. Raises ConnectError (with the CLI exit code) if it cannot register."""
+        await self._connect_once(first=True)
+        self._task = asyncio.create_task(self._run())
+
+    def send(self, req: m.Request) -> int | None:
+        """Send a request; posts get an id and survive reconnects until acknowledged. Returns the id."""
+        if isinstance(req, m.Msg | m.Action | m.PrivMsg):
+            rid, line = self.state.post(req)
+            self._acked.clear()
+            if self.status == "connected":
+                self._write(line)
+            return rid
+        line = self.state.request(req)
+        if self.status == "connected":
+            self._write(line)
+        elif len(self._queued) < QUEUED_MAX:
+            self._queued.append(line)
+        return None
+
+    async def wait_acked(self, timeout: float | None = None) -> bool:
+        """Wait until the server acknowledged every post (what piped mode does before exiting)."""
+        try:
+            await asyncio.wait_for(self._acked.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def close(self, reason: str = "") -> None:
+        """Say goodbye (ends the session at once) and close."""
+        self._closing = True
+        if self._writer is not None and self.status == "connected":
+            self._write(m.encode({"type": "quit", "reason": reason} if reason else {"type": "quit"}))
+            with contextlib.suppress(OSError, ConnectionError):
+                await asyncio.wait_for(self._writer.drain(), 1.0)
+        self._drop_connection()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._set_status("closed")
+
+    # --- connection lifecycle ------------------------------------------------------------------------------
+
+    async def _connect_once(self, *, first: bool) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=1 << 20), const.CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            raise ConnectError(f"cannot reach {self.host}:{self.port}: {_why(exc)}", EXIT_UNREACHABLE) from None
+        self._reader, self._writer = reader, writer
+        writer.write(self.state.hello())
+        deadline = time.monotonic() + const.CONNECT_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                data = await asyncio.wait_for(reader.read(65536), max(0.01, remaining))
+            except (OSError, TimeoutError) as exc:
+                self._drop_connection()
+                raise ConnectError(f"no welcome from {self.host}:{self.port}: {_why(exc)}", EXIT_UNREACHABLE) from None
+            if not data:
+                self._drop_connection()
+                raise ConnectError(f"{self.host}:{self.port} closed the connection", EXIT_UNREACHABLE)
+            self._last_rx = time.monotonic()
+            welcomed = False
+            for frame in self.state.receive_data(data):
+                kind = frame.get("type")
+                if kind == "server":
+                    self.server_name = str(frame.get("name", ""))
+                if kind == "error" and not self.state.registered:
+                    code = frame.get("code")
+                    if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK) and not first:
+                        self.state.info.nick = self.state.info.nick[: const.NICK_MAX - 1] + "_"
+                        writer.write(self.state.hello())
+                        self.on_frame(frame)
+                        continue
+                    self._drop_connection()
+                    exit_code = EXIT_NICK if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK) else EXIT_ERROR
+                    raise ConnectError(str(frame.get("message", code)), exit_code)
+                if kind == "welcome":
+                    welcomed = True
+                self.on_frame(frame)
+            if welcomed:
+                break
+        for line in self.state.resend():
+            writer.write(line)
+        queued, self._queued = self._queued, []
+        for line in queued:
+            writer.write(line)
+        if not self.state.outbox:
+            self._acked.set()
+        self._set_status("connected")
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                await self._read_loop()
+            except (OSError, ConnectionError) as exc:
+                self.lost_reason = _why(exc)
+            if self._closing:
+                break
+            self._drop_connection()
+            if not await self._reconnect():
+                self._set_status("closed")
+                return
+
+    async def _read_loop(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(1 << 16), const.CLIENT_PING_INTERVAL)
+            except TimeoutError:
+                if time.monotonic() - self._last_rx > const.CLIENT_PING_INTERVAL + const.CLIENT_PING_TIMEOUT:
+                    self.lost_reason = "server stopped answering"
+                    return
+                self._write(b'{"type":"ping"}\n')
+                continue
+            if not data:
+                self.lost_reason = self.lost_reason or "connection closed by server"
+                return
+            self._last_rx = time.monotonic()
+            for frame in self.state.receive_data(data):
+                kind = frame.get("type")
+                if kind == "ping":
+                    self._write(b'{"type":"pong"}\n')
+                    continue
+                if kind == "bye":
+                    self.lost_reason = str(frame.get("reason", "server said goodbye"))
+                if kind == "ack" and not self.state.outbox:
+                    self._acked.set()
+                if kind == "error" and not self.state.outbox:
+                    self._acked.set()
+                self.on_frame(frame)
+
+    async def _reconnect(self) -> bool:
+        """Capped exponential backoff with jitter until resumed or ``give_up_after`` seconds pass."""
+        self._set_status("reconnecting")
+        started = time.monotonic()
+        delay = const.RECONNECT_MIN
+        while not self._closing:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            try:
+                await self._connect_once(first=False)
+                return True
+            except ConnectError as exc:
+                self.lost_reason = str(exc)
+                if exc.exit_code not in (EXIT_UNREACHABLE, EXIT_NICK):
+                    return False
+            if time.monotonic() - started > self.give_up_after:
+                return False
+            delay = min(delay * 2, const.RECONNECT_MAX)
+        return False
+
+    def _write(self, line: bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(line)
+
+    def _drop_connection(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+    def _set_status(self, status: str) -> None:
+        if status != self.status:
+            self.status = status
+            self.on_status(status)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+async def request_once(host: str, port: int, req: dict[str, Any], *, timeout: float = 5.0) -> dict[str, Any]:
+    """Send one pre-hello request (stats, ping) and return the first reply of its type."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=1 << 24), timeout)
+    try:
+        writer.write(m.encode(req))
+        deadline = time.monotonic() + timeout
+        while True:
+            line = await asyncio.wait_for(reader.readline(), max(0.01, deadline - time.monotonic()))
+            if not line:
+                raise ConnectError(f"{host}:{port} closed the connection", EXIT_UNREACHABLE)
+            try:
+                frame = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(frame, dict) and frame.get("type") in (req["type"], "error"):
+                if frame.get("type") == "error":
+                    raise RemoteProtocolError(str(frame.get("code")), str(frame.get("message")))
+                return frame
+    finally:
+        writer.close()

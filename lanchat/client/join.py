@@ -1,0 +1,100 @@
+"""`lanchat join`: find the server (address, name or discovery), then run the terminal UI when stdin
+and stdout are a terminal, or the line-oriented piped mode otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import sys
+from dataclasses import dataclass, field
+
+from lanchat import const
+from lanchat.client.connection import EXIT_NONE_FOUND, EXIT_SEVERAL, EXIT_UNREACHABLE, parse_address
+from lanchat.config import DiscoveryConfig
+
+
+@dataclass(frozen=True, slots=True)
+class JoinConfig:
+    address: str | None
+    nick: str
+    room: str = const.DEFAULT_ROOM
+    json: bool = False
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    host: str
+    port: int
+    name: str = ""
+
+
+class Unresolved(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _looks_like_host(address: str) -> bool:
+    host = parse_address(address)[0] if address.count(":") <= 1 or address.startswith("[") else address
+    if ":" in address or host == "localhost" or "." in host:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
+    """Address -> Target; a server name or no address -> discovery (one found: it; several: ask or fail)."""
+    if config.address and _looks_like_host(config.address):
+        try:
+            host, port = parse_address(config.address)
+        except ValueError:
+            raise Unresolved(f"bad address {config.address!r}: use HOST, HOST:PORT or a server name", 2) from None
+        return Target(host, port)
+    from lanchat.discovery.browser import browse
+
+    found = await browse(config.discovery, timeout=config.timeout)
+    if config.address:
+        named = [s for s in found if s.name.casefold() == config.address.casefold()]
+        if not named:  # maybe a host name after all
+            return Target(config.address, const.DEFAULT_PORT)
+        found = named
+    if not found:
+        raise Unresolved(
+            "no lanchat server found on the LAN (try `lanchat discover`, --interface, or give HOST[:PORT])",
+            EXIT_NONE_FOUND,
+        )
+    if len(found) == 1:
+        return Target(found[0].host, found[0].port, found[0].name)
+    if interactive:
+        from lanchat.client.tui import choose_server
+
+        chosen = await choose_server(found)
+        if chosen is None:
+            raise Unresolved("no server chosen", 1)
+        return Target(chosen.host, chosen.port, chosen.name)
+    listing = "\n".join(f"  {s.name}  {s.host}:{s.port}  ({s.users} users)" for s in found)
+    raise Unresolved(f"several servers found; name one:\n{listing}", EXIT_SEVERAL)
+
+
+def run_join(config: JoinConfig) -> int:
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not config.json
+    try:
+        target = asyncio.run(resolve(config, interactive=interactive))
+    except Unresolved as exc:
+        print(f"lanchat: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"lanchat: discovery failed: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if interactive:
+        from lanchat.client.tui import run_tui
+
+        return run_tui(target.host, target.port, config.nick, config.room, server_name=target.name)
+    from lanchat.client.piped import run_piped
+
+    return asyncio.run(run_piped(target.host, target.port, config.nick, config.room, json_output=config.json))

@@ -1,0 +1,143 @@
+"""The client's side of a connection, sans-IO: what makes a drop invisible to the user.
+
+Tracks the session (token, nick, rooms), the last event sequence seen (events at or below it are
+duplicates from a replay and are dropped), and the outbox: every post carries an increasing id and
+stays in the outbox until the server acks it, so after a reconnect it is sent again and the server's
+dedup makes sure it is posted exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final
+
+from lanchat import const
+from lanchat.errors import RemoteProtocolError
+from lanchat.protocol import messages as m
+from lanchat.protocol.framing import FRAME_TOO_LONG, LineFramer
+
+CLIENT_MAX_FRAME: Final = 32 * 1024 * 1024  # bytes: a history page of 500 large events fits
+OUTBOX_MAX: Final = 10_000  # unacknowledged posts kept while disconnected; beyond, typing is refused
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    session: str = ""
+    token: str | None = None
+    nick: str = ""
+    server_name: str = ""
+
+
+class ClientState:
+    """Feed it server bytes; ask it for the bytes to send. Knows nothing of sockets or time."""
+
+    def __init__(self, nick: str, rooms: list[str] | tuple[str, ...] = (const.DEFAULT_ROOM,)) -> None:
+        self.info = SessionInfo(nick=nick)
+        self.wanted_rooms = list(rooms)
+        self.rooms: list[str] = []  # rooms we are in, join order
+        self.last_seq: int | None = None
+        self.outbox: OrderedDict[int, m.Request] = OrderedDict()
+        self.next_id = 1
+        self.registered = False
+        self._framer = LineFramer(CLIENT_MAX_FRAME)
+
+    # --- output -----------------------------------------------------------------------------------------
+
+    def hello(self) -> bytes:
+        """The hello for a new connection: a resume if we had a session, else a fresh one."""
+        self._framer = LineFramer(CLIENT_MAX_FRAME)
+        self.registered = False
+        obj: dict[str, Any] = {"type": "hello", "proto": const.PROTOCOL_VERSION, "nick": self.info.nick}
+        obj["rooms"] = self.rooms or self.wanted_rooms
+        if self.info.token is not None:
+            obj["token"] = self.info.token
+            if self.last_seq is not None:
+                obj["last_seq"] = self.last_seq
+        return m.encode(obj)
+
+    def post(self, req: m.Msg | m.Action | m.PrivMsg) -> tuple[int, bytes]:
+        """Queue a post with the next id; returns (id, line). The line may be sent now or after resume."""
+        if len(self.outbox) >= OUTBOX_MAX:
+            raise RemoteProtocolError("outbox_full", f"{OUTBOX_MAX} messages are waiting to be sent already")
+        rid = self.next_id
+        self.next_id += 1
+        obj = req.to_obj()
+        obj["id"] = rid
+        self.outbox[rid] = req
+        return rid, m.encode(obj)
+
+    def request(self, req: m.Request) -> bytes:
+        return m.encode(req.to_obj())
+
+    def resend(self) -> list[bytes]:
+        """Every unacknowledged post, in order, with its original id (after a welcome)."""
+        lines = []
+        for rid, req in self.outbox.items():
+            obj = req.to_obj()
+            obj["id"] = rid
+            lines.append(m.encode(obj))
+        return lines
+
+    # --- input ---------------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[dict[str, Any]]:
+        """Server bytes -> frames to show (duplicates from a replay are dropped here)."""
+        frames: list[dict[str, Any]] = []
+        for line in self._framer.feed(data):
+            if line is FRAME_TOO_LONG:
+                continue
+            assert isinstance(line, bytes)
+            try:
+                frame = json.loads(line)
+            except (ValueError, RecursionError):
+                continue  # not for us; the server speaks JSON Lines only
+            if isinstance(frame, dict) and self._absorb(frame):
+                frames.append(frame)
+        return frames
+
+    def _absorb(self, frame: dict[str, Any]) -> bool:
+        """Update the state from one frame; False if the frame is a duplicate to drop."""
+        seq = frame.get("seq")
+        kind = frame.get("type")
+        if kind == "welcome":
+            self.registered = True
+            self.info.session = str(frame.get("session", ""))
+            self.info.token = frame.get("token") if isinstance(frame.get("token"), str) else None
+            self.info.nick = str(frame.get("nick", self.info.nick))
+            if frame.get("resumed"):
+                self.rooms = [str(r) for r in frame.get("rooms", [])]
+            else:
+                self.rooms = []
+                if self.last_seq is None and isinstance(seq, int):
+                    self.last_seq = seq
+            return True
+        if isinstance(seq, int) and kind in m.EVENT_TYPES:
+            if self.last_seq is not None and seq <= self.last_seq:
+                return False
+            self.last_seq = seq
+        me = m.nick_key(self.info.nick)
+        if kind == "ack":
+            rid = frame.get("id")
+            if isinstance(rid, int):
+                self.outbox.pop(rid, None)
+        elif kind == "join" and m.nick_key(str(frame.get("nick", ""))) == me:
+            room = str(frame.get("room"))
+            if room not in self.rooms:
+                self.rooms.append(room)
+        elif kind == "part" and m.nick_key(str(frame.get("nick", ""))) == me:
+            room = str(frame.get("room"))
+            if room in self.rooms:
+                self.rooms.remove(room)
+        elif kind == "nick" and m.nick_key(str(frame.get("old", ""))) == me:
+            self.info.nick = str(frame.get("new"))
+        elif kind == "server":
+            self.info.server_name = str(frame.get("name", ""))
+        elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:
+            self.outbox.pop(frame["id"], None)  # refused for good (bad text, not in room): do not resend
+        return True
+
+    @property
+    def unacked(self) -> int:
+        return len(self.outbox)

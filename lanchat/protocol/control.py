@@ -1,0 +1,112 @@
+"""Frames on the socketpair between the main process (hub) and a worker, sans-IO.
+
+Every frame is ``!IB`` (body length, kind) + body. Kinds:
+
+- ``ROOM``  hub -> worker: fan ``payload`` (one or more ready-made client lines) out to the room's local members.
+- ``CONNS`` hub -> worker: send ``payload`` to the listed connections (replies, private messages, replay).
+- ``JSON``  either way: a list of control records, e.g. ``["req", conn, {...}]`` or ``["member", conn, room, true]``.
+
+The hub encodes each event line once; workers copy the same bytes to every member. A peer that sends a
+frame of an unknown kind or over ``MAX_CONTROL_FRAME`` is broken: decoding raises RemoteProtocolError.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+from lanchat.errors import RemoteProtocolError
+
+HEADER: Final = struct.Struct("!IB")
+ROOM: Final = 1
+CONNS: Final = 2
+JSON: Final = 3
+MAX_CONTROL_FRAME: Final = 64 * 1024 * 1024  # bytes: a batch of one tick; larger means a broken peer
+_ROOM_HEAD: Final = struct.Struct("!H")
+_COUNT: Final = struct.Struct("!I")
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFrame:
+    room: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnsFrame:
+    conns: tuple[int, ...]
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JsonFrame:
+    records: list[Any]
+
+
+ControlFrame = RoomFrame | ConnsFrame | JsonFrame
+
+
+def room_frame(room: str, payload: bytes) -> bytes:
+    name = room.encode()
+    return HEADER.pack(_ROOM_HEAD.size + len(name) + len(payload), ROOM) + _ROOM_HEAD.pack(len(name)) + name + payload
+
+
+def conns_frame(conns: list[int] | tuple[int, ...], payload: bytes) -> bytes:
+    ids = struct.pack(f"!{len(conns)}Q", *conns)
+    return HEADER.pack(_COUNT.size + len(ids) + len(payload), CONNS) + _COUNT.pack(len(conns)) + ids + payload
+
+
+def json_frame(records: list[Any]) -> bytes:
+    body = json.dumps(records, separators=(",", ":")).encode()
+    return HEADER.pack(len(body), JSON) + body
+
+
+class ControlDecoder:
+    """Feed bytes from the pipe, get whole frames."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[ControlFrame]:
+        buf = self._buf
+        buf += data
+        out: list[ControlFrame] = []
+        pos = 0
+        end = len(buf)
+        hsize = HEADER.size
+        while end - pos >= hsize:
+            length, kind = HEADER.unpack_from(buf, pos)
+            if length > MAX_CONTROL_FRAME:
+                raise RemoteProtocolError("bad_control", f"control frame of {length} bytes")
+            if end - pos - hsize < length:
+                break
+            body = bytes(buf[pos + hsize : pos + hsize + length])
+            pos += hsize + length
+            out.append(_decode(kind, body))
+        del buf[:pos]
+        return out
+
+
+def _decode(kind: int, body: bytes) -> ControlFrame:
+    try:
+        if kind == ROOM:
+            (n,) = _ROOM_HEAD.unpack_from(body)
+            start = _ROOM_HEAD.size
+            return RoomFrame(body[start : start + n].decode(), body[start + n :])
+        if kind == CONNS:
+            (count,) = _COUNT.unpack_from(body)
+            start = _COUNT.size
+            ids = struct.unpack_from(f"!{count}Q", body, start)
+            return ConnsFrame(ids, body[start + 8 * count :])
+        if kind == JSON:
+            records = json.loads(body)
+            if not isinstance(records, list):
+                raise ValueError("records must be a list")
+            return JsonFrame(records)
+    except (struct.error, ValueError, RecursionError) as exc:
+        raise RemoteProtocolError("bad_control", f"malformed control frame: {exc}") from None
+    raise RemoteProtocolError("bad_control", f"unknown control frame kind {kind}")

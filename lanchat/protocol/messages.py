@@ -1,0 +1,361 @@
+"""Client requests and server frames of the chat protocol (docs/protocol.md), sans-IO.
+
+Requests are frozen, slotted dataclasses that validate in their constructors; ``parse_line`` turns one
+frame into one request or raises ``RemoteProtocolError`` with a wire error code. Server frames are plain
+dicts encoded once by ``encode`` (events are encoded once by the hub and fanned out as the same bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Final
+
+from lanchat import const
+from lanchat.errors import RemoteProtocolError
+
+
+class Err:
+    """Wire error codes (the ``code`` of an error frame)."""
+
+    BAD_UTF8: Final = "bad_utf8"
+    BAD_JSON: Final = "bad_json"
+    FRAME_TOO_LONG: Final = "frame_too_long"
+    UNKNOWN_TYPE: Final = "unknown_type"
+    BAD_FIELD: Final = "bad_field"
+    BAD_NICK: Final = "bad_nick"
+    NICK_TAKEN: Final = "nick_taken"
+    BAD_ROOM: Final = "bad_room"
+    BAD_TEXT: Final = "bad_text"
+    NOT_IN_ROOM: Final = "not_in_room"
+    NO_SUCH_NICK: Final = "no_such_nick"
+    NOT_REGISTERED: Final = "not_registered"
+    ALREADY_REGISTERED: Final = "already_registered"
+    PROTO_VERSION: Final = "proto_version"
+    TOO_MANY_ROOMS: Final = "too_many_rooms"
+    HANDSHAKE_TIMEOUT: Final = "handshake_timeout"
+    IDLE_TIMEOUT: Final = "idle_timeout"
+    TOO_SLOW: Final = "too_slow"
+    SERVER_FULL: Final = "server_full"
+    TOO_MANY_FROM_IP: Final = "too_many_connections"
+    SHUTTING_DOWN: Final = "shutting_down"
+    INTERNAL: Final = "internal"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")  # C0 (tab allowed), DEL, C1, surrogates
+_ROOM = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
+_NICK_EXTRA = frozenset("_-.[]{}|^`")
+MAX_ID: Final = 2**53  # ids stay exact in every JSON implementation
+
+
+def _bad(code: str, message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(code, message)
+
+
+def check_nick(nick: object) -> str:
+    """A nick: 1..NICK_MAX letters, digits or _-.[]{}|^` , starting with a letter or _. Returns it NFC."""
+    if not isinstance(nick, str):
+        raise _bad(Err.BAD_NICK, "nick must be a string")
+    nick = unicodedata.normalize("NFC", nick)
+    if not 1 <= len(nick) <= const.NICK_MAX:
+        raise _bad(Err.BAD_NICK, f"nick must be 1 to {const.NICK_MAX} characters")
+    if not (nick[0].isalpha() or nick[0] == "_"):
+        raise _bad(Err.BAD_NICK, "nick must start with a letter or _")
+    if not all(c.isalnum() or c in _NICK_EXTRA for c in nick):
+        raise _bad(Err.BAD_NICK, "nick may contain only letters, digits and _-.[]{}|^`")
+    return nick
+
+
+def nick_key(nick: str) -> str:
+    """Nicks are unique case-insensitively."""
+    return nick.casefold()
+
+
+def check_room(room: object) -> str:
+    """A room: 1..ROOM_MAX of a-z 0-9 _ . - (case-folded; a leading # is accepted and dropped)."""
+    if not isinstance(room, str):
+        raise _bad(Err.BAD_ROOM, "room must be a string")
+    room = room.removeprefix("#").lower()
+    if not 1 <= len(room) <= const.ROOM_MAX or not _ROOM.fullmatch(room):
+        raise _bad(Err.BAD_ROOM, f"room names are 1 to {const.ROOM_MAX} of a-z 0-9 _ . - (not {room[:40]!r})")
+    return room
+
+
+def check_text(text: object, *, limit: int = const.MAX_TEXT, what: str = "text", empty: bool = False) -> str:
+    if not isinstance(text, str):
+        raise _bad(Err.BAD_FIELD, f"{what} must be a string")
+    if not text and not empty:
+        raise _bad(Err.BAD_TEXT, f"{what} is empty")
+    if len(text) > limit:
+        raise _bad(Err.BAD_TEXT, f"{what} is longer than {limit} characters")
+    if _CONTROL.search(text):
+        raise _bad(Err.BAD_TEXT, f"{what} contains control characters")
+    return text
+
+
+def _opt_int(obj: dict[str, Any], key: str, *, lo: int = 0, hi: int = MAX_ID) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or not lo <= value <= hi:  # bool is not an int here
+        raise _bad(Err.BAD_FIELD, f"{key} must be an integer from {lo} to {hi}")
+    return value
+
+
+# --- requests ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    TYPE: ClassVar[str] = ""
+    id: int | None = field(default=None, kw_only=True)  # echoed in replies; for messages also the ack/dedup key
+
+    def to_obj(self) -> dict[str, Any]:
+        """The normalized wire object (what a worker forwards to the hub)."""
+        obj: dict[str, Any] = {"type": self.TYPE}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                obj[f.name] = list(value) if isinstance(value, tuple) else value
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Request):
+    TYPE: ClassVar[str] = "hello"
+    nick: str
+    rooms: tuple[str, ...] = (const.DEFAULT_ROOM,)
+    proto: int = const.PROTOCOL_VERSION
+    token: str | None = None  # resume token from an earlier welcome
+    last_seq: int | None = None  # last event sequence seen, with token
+    plain: bool = False  # set by the server for plain-text sessions, never by a client
+
+
+@dataclass(frozen=True, slots=True)
+class Join(Request):
+    TYPE: ClassVar[str] = "join"
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Part(Request):
+    TYPE: ClassVar[str] = "part"
+    room: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Msg(Request):
+    TYPE: ClassVar[str] = "msg"
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Action(Request):
+    TYPE: ClassVar[str] = "action"
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrivMsg(Request):
+    TYPE: ClassVar[str] = "privmsg"
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nick(Request):
+    TYPE: ClassVar[str] = "nick"
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topic(Request):
+    TYPE: ClassVar[str] = "topic"
+    room: str
+    topic: str | None = None  # None asks for the topic
+
+
+@dataclass(frozen=True, slots=True)
+class Who(Request):
+    TYPE: ClassVar[str] = "who"
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms(Request):
+    TYPE: ClassVar[str] = "rooms"
+
+
+@dataclass(frozen=True, slots=True)
+class History(Request):
+    TYPE: ClassVar[str] = "history"
+    room: str
+    before: int | None = None
+    after: int | None = None
+    limit: int = const.HISTORY_ON_JOIN
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Request):
+    TYPE: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Request):
+    TYPE: ClassVar[str] = "pong"
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Request):
+    TYPE: ClassVar[str] = "stats"
+
+
+@dataclass(frozen=True, slots=True)
+class Quit(Request):
+    TYPE: ClassVar[str] = "quit"
+    reason: str = ""
+
+
+# Server frames that are events: they carry a global ``seq`` and ``ts``, are kept in history and
+# replayed on resume. Every other frame (welcome, ack, error, replies) is a reply to one client.
+EVENT_TYPES: Final = frozenset({"msg", "action", "privmsg", "join", "part", "quit", "nick", "topic"})
+# Requests the server answers before a hello (status tools need no nick).
+PRE_HELLO: Final = frozenset({"hello", "ping", "pong", "stats", "quit"})
+# Requests that post to a room or a person: they carry an ack/dedup id and count as chat.
+POSTS: Final = frozenset({"msg", "action", "privmsg"})
+
+
+def parse_obj(obj: object, *, allow_plain: bool = False) -> Request:
+    """Validate one decoded JSON value as a request. Raises RemoteProtocolError."""
+    if not isinstance(obj, dict):
+        raise _bad(Err.BAD_JSON, "a frame must be a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise _bad(Err.BAD_FIELD, "missing 'type'")
+    rid = _opt_int(obj, "id")
+    try:
+        if kind == "msg":
+            return Msg(check_room(obj.get("room")), check_text(obj.get("text")), id=rid)
+        if kind == "action":
+            return Action(check_room(obj.get("room")), check_text(obj.get("text")), id=rid)
+        if kind == "privmsg":
+            return PrivMsg(check_nick(obj.get("to")), check_text(obj.get("text")), id=rid)
+        if kind == "ping":
+            return Ping(id=rid)
+        if kind == "pong":
+            return Pong(id=rid)
+        if kind == "join":
+            return Join(check_room(obj.get("room")), id=rid)
+        if kind == "part":
+            return Part(check_room(obj.get("room")), _reason(obj), id=rid)
+        if kind == "hello":
+            return _hello(obj, rid, allow_plain)
+        if kind == "nick":
+            return Nick(check_nick(obj.get("nick")), id=rid)
+        if kind == "topic":
+            raw = obj.get("topic")
+            topic = None if raw is None else check_text(raw, limit=const.TOPIC_MAX, what="topic", empty=True)
+            return Topic(check_room(obj.get("room")), topic, id=rid)
+        if kind == "who":
+            return Who(check_room(obj.get("room")), id=rid)
+        if kind == "rooms":
+            return Rooms(id=rid)
+        if kind == "history":
+            limit = _opt_int(obj, "limit", lo=1, hi=const.HISTORY_PAGE_MAX)
+            return History(
+                check_room(obj.get("room")),
+                before=_opt_int(obj, "before"),
+                after=_opt_int(obj, "after"),
+                limit=const.HISTORY_ON_JOIN if limit is None else limit,
+                id=rid,
+            )
+        if kind == "stats":
+            return Stats(id=rid)
+        if kind == "quit":
+            return Quit(_reason(obj), id=rid)
+    except RemoteProtocolError as exc:
+        exc.request_id = rid
+        raise
+    raise _bad(Err.UNKNOWN_TYPE, f"unknown request type {kind[:40]!r}")
+
+
+def _reason(obj: dict[str, Any]) -> str:
+    raw = obj.get("reason", "")
+    return "" if raw is None else check_text(raw, limit=const.REASON_MAX, what="reason", empty=True)
+
+
+def _hello(obj: dict[str, Any], rid: int | None, allow_plain: bool) -> Hello:
+    proto = _opt_int(obj, "proto", lo=1, hi=1000)
+    if proto is not None and proto != const.PROTOCOL_VERSION:
+        raise _bad(Err.PROTO_VERSION, f"this server speaks protocol {const.PROTOCOL_VERSION}, not {proto}")
+    rooms_raw = obj.get("rooms")
+    rooms: tuple[str, ...]
+    if rooms_raw is None:
+        room = obj.get("room")
+        rooms = (const.DEFAULT_ROOM,) if room is None else (check_room(room),)
+    elif isinstance(rooms_raw, list) and len(rooms_raw) <= const.MAX_ROOMS_PER_SESSION:
+        rooms = tuple(dict.fromkeys(check_room(r) for r in rooms_raw))
+    else:
+        raise _bad(Err.BAD_FIELD, f"rooms must be a list of at most {const.MAX_ROOMS_PER_SESSION} room names")
+    token = obj.get("token")
+    if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64):
+        raise _bad(Err.BAD_FIELD, "token must be a string of 1 to 64 characters")
+    plain = obj.get("plain", False) is True and allow_plain
+    return Hello(
+        check_nick(obj.get("nick")),
+        rooms,
+        const.PROTOCOL_VERSION,
+        token,
+        _opt_int(obj, "last_seq"),
+        plain,
+        id=rid,
+    )
+
+
+def parse_line(line: bytes) -> Request:
+    """One frame (a line without its newline) to a request. Raises RemoteProtocolError."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(Err.BAD_UTF8, "frame is not valid UTF-8") from None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays; ValueError: huge ints too
+        raise _bad(Err.BAD_JSON, "frame is not valid JSON") from None
+    return parse_obj(obj)
+
+
+# --- server frames ----------------------------------------------------------------------------------------
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """One server frame as one line. Strings were validated (no surrogates), so UTF-8 is safe."""
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def error_frame(code: str, message: str, *, id: int | None = None, fatal: bool = False) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if id is not None:
+        frame["id"] = id
+    if fatal:
+        frame["fatal"] = True
+    return frame
+
+
+def error_line(exc: RemoteProtocolError) -> bytes:
+    return encode(error_frame(exc.code, exc.message, id=exc.request_id, fatal=exc.fatal))
+
+
+def server_hello(name: str) -> dict[str, Any]:
+    """The first line a server sends: readable by a person on nc/telnet, parsed by clients."""
+    return {
+        "type": "server",
+        "proto": const.PROTOCOL_VERSION,
+        "name": name,
+        "hint": "lanchat server. Plain text: type /nick YOURNAME then chat; /help lists commands.",
+    }

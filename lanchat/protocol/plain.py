@@ -1,0 +1,192 @@
+"""Slash commands and the human rendering of server frames, sans-IO.
+
+One parser of what a person types (``parse_command``) and one renderer of what the server sends
+(``render``), shared by the server's plain-text mode (nc, telnet) and the client's piped output, so the
+two never disagree. Rendering neutralises every control character: text from the network never reaches
+a terminal raw.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+from lanchat.errors import RemoteProtocolError
+from lanchat.protocol import messages as m
+
+HELP: Final = """\
+Commands:
+  TEXT                 say TEXT in the current room (//TEXT sends a line that starts with /)
+  /me ACTION           act in the current room
+  /msg NICK TEXT       private message
+  /join ROOM           join a room (and make it current)
+  /part [ROOM] [WHY]   leave a room (default: the current one)
+  /switch ROOM         make a joined room current
+  /nick NAME           change your nick
+  /topic [TEXT]        show or set the current room's topic
+  /who [ROOM]          who is in a room
+  /rooms               list rooms with their member counts
+  /history [N]         show N earlier events of the current room
+  /status              server figures
+  /quit [WHY]          leave"""
+
+COMMANDS: Final = (
+    "/me", "/msg", "/join", "/part", "/switch", "/nick", "/topic", "/who", "/rooms", "/history",
+    "/status", "/help", "/quit",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCommand:
+    """A command handled by the client itself, not sent to the server (/help, /switch)."""
+
+    name: str
+    arg: str = ""
+
+
+def parse_command(line: str, room: str | None) -> m.Request | LocalCommand | None:
+    """What a person typed -> a request (or a local command, or None for an empty line).
+
+    Raises RemoteProtocolError with a readable message for unknown commands and bad arguments.
+    """
+    line = line.rstrip("\r\n")
+    if not line.strip():
+        return None
+    if not line.startswith("/") or line.startswith("//"):
+        text = line[1:] if line.startswith("//") else line
+        return m.Msg(_need_room(room), m.check_text(text))
+    cmd, _, rest = line.partition(" ")
+    cmd = cmd.lower()
+    rest = rest.strip()
+    if cmd == "/me":
+        return m.Action(_need_room(room), m.check_text(rest))
+    if cmd in ("/msg", "/query"):
+        to, _, text = rest.partition(" ")
+        if not to or not text.strip():
+            raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /msg NICK TEXT")
+        return m.PrivMsg(m.check_nick(to), m.check_text(text))
+    if cmd == "/join":
+        if not rest:
+            raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /join ROOM")
+        return m.Join(m.check_room(rest.split()[0]))
+    if cmd in ("/part", "/leave"):
+        target, _, reason = rest.partition(" ")
+        if target and (target.startswith("#") or _looks_like_room(target)):
+            return m.Part(m.check_room(target), m.check_text(reason, limit=200, what="reason", empty=True))
+        return m.Part(_need_room(room), m.check_text(rest, limit=200, what="reason", empty=True))
+    if cmd == "/nick":
+        if not rest:
+            raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /nick NAME")
+        return m.Nick(m.check_nick(rest))
+    if cmd == "/topic":
+        return m.Topic(_need_room(room), m.check_text(rest, limit=300, what="topic", empty=True) if rest else None)
+    if cmd in ("/who", "/names"):
+        return m.Who(m.check_room(rest) if rest else _need_room(room))
+    if cmd in ("/rooms", "/list"):
+        return m.Rooms()
+    if cmd == "/history":
+        limit = int(rest) if rest.isdigit() and 0 < int(rest) <= 500 else 20
+        return m.History(_need_room(room), limit=limit)
+    if cmd in ("/status", "/stats"):
+        return m.Stats()
+    if cmd in ("/quit", "/exit", "/bye"):
+        return m.Quit(m.check_text(rest, limit=200, what="reason", empty=True))
+    if cmd in ("/help", "/?"):
+        return LocalCommand("help")
+    if cmd == "/switch":
+        return LocalCommand("switch", m.check_room(rest) if rest else "")
+    raise RemoteProtocolError(m.Err.UNKNOWN_TYPE, f"unknown command {cmd[:30]}; /help lists them")
+
+
+def _looks_like_room(word: str) -> bool:
+    return bool(re.fullmatch(r"[a-z0-9][a-z0-9_.\-]{0,31}", word))
+
+
+def _need_room(room: str | None) -> str:
+    if room is None:
+        raise RemoteProtocolError(m.Err.NOT_IN_ROOM, "you are in no room: /join ROOM first")
+    return room
+
+
+# --- rendering --------------------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: object) -> str:
+    """Neutralise control characters and bidi overrides: shown as U+FFFD, never sent to a terminal raw."""
+    return _UNSAFE.sub("\ufffd", str(text))
+
+
+def clock(ts: object) -> str:
+    try:
+        return time.strftime("%H:%M", time.localtime(float(ts)))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "--:--"
+
+
+def render(frame: dict[str, Any], me: str = "") -> str | None:
+    """One server frame as one human line (None for frames a person need not see, like acks)."""
+    c = clean
+    kind = frame.get("type")
+    room = f"#{c(frame.get('room', ''))}"
+    at = f"[{clock(frame.get('ts'))}]"
+    if kind == "msg":
+        return f"{at} {room} <{c(frame.get('from'))}> {c(frame.get('text'))}"
+    if kind == "action":
+        return f"{at} {room} * {c(frame.get('from'))} {c(frame.get('text'))}"
+    if kind == "privmsg":
+        if me and m.nick_key(str(frame.get("from", ""))) == m.nick_key(me):
+            return f"{at} -> *{c(frame.get('to'))}* {c(frame.get('text'))}"
+        return f"{at} *{c(frame.get('from'))}* {c(frame.get('text'))}"
+    if kind == "join":
+        return f"{at} {room} -- {c(frame.get('nick'))} joined"
+    if kind == "part":
+        why = f" ({c(frame['reason'])})" if frame.get("reason") else ""
+        return f"{at} {room} -- {c(frame.get('nick'))} left{why}"
+    if kind == "quit":
+        why = f" ({c(frame['reason'])})" if frame.get("reason") else ""
+        return f"{at} -- {c(frame.get('nick'))} quit{why}"
+    if kind == "nick":
+        return f"{at} -- {c(frame.get('old'))} is now {c(frame.get('new'))}"
+    if kind == "topic":
+        if "seq" in frame:
+            return f"{at} {room} -- {c(frame.get('nick'))} set the topic: {c(frame.get('topic'))}"
+        return f"{room} topic: {c(frame.get('topic')) or '(none)'}"
+    if kind == "welcome":
+        rooms = " ".join("#" + c(r) for r in frame.get("rooms", []))
+        again = "Resumed: you are" if frame.get("resumed") else "Welcome! You are"
+        return f"* {again} {c(frame.get('nick'))} in {rooms or 'no room'}. /help lists commands."
+    if kind == "room":
+        nicks = ", ".join(c(n) for n in frame.get("nicks", []))
+        topic = f" topic: {c(frame['topic'])};" if frame.get("topic") else ""
+        return f"* {room}:{topic} {len(frame.get('nicks', []))} here: {nicks}"
+    if kind == "who":
+        return f"* {room}: " + ", ".join(c(n) for n in frame.get("nicks", []))
+    if kind == "rooms":
+        parts = [f"#{c(r.get('name'))} ({r.get('users')})" for r in frame.get("rooms", []) if isinstance(r, dict)]
+        return "* rooms: " + (", ".join(parts) or "none")
+    if kind == "history":
+        lines = [render(e, me) for e in frame.get("events", []) if isinstance(e, dict)]
+        body = "\n".join(f"  {line}" for line in lines if line)
+        head = f"* history of {room} ({len(lines)} events{', more before' if frame.get('more') else ''})"
+        return head + ("\n" + body if body else "")
+    if kind == "error":
+        return f"! {c(frame.get('message'))} [{c(frame.get('code'))}]"
+    if kind == "gap":
+        return f"! some events could not be recovered ({c(frame.get('reason', 'history too short'))})"
+    if kind == "bye":
+        return f"* server: {c(frame.get('reason'))}"
+    if kind == "stats":
+        rows = [
+            f"  {p.get('role')} pid {p.get('pid')}: {p.get('connections')} conns, "
+            f"cpu {p.get('cpu_percent')}%, rss {int(p.get('rss', 0)) // 1024} KiB"
+            for p in frame.get("processes", [])
+            if isinstance(p, dict)
+        ]
+        return "* server stats:\n" + "\n".join(rows)
+    if kind == "server":
+        return f"* {c(frame.get('hint'))}"
+    return None  # ack, ping, pong and unknown frames are not for humans

@@ -1,0 +1,239 @@
+"""One client connection as a worker sees it, sans-IO: framing, mode detection, validation, rate limit.
+
+``receive_data(bytes, now)`` returns actions for the I/O edge: requests to forward to the hub, bytes to
+send back to this client (errors, pongs), or a close. The token bucket pauses the connection instead
+of dropping what it sent (like IRC servers' fakelag): a flooder is slowed by TCP itself, nothing it sent
+is lost, and the lines already read wait here (at most one read's worth, since reading stops meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from lanchat import const
+from lanchat.errors import RemoteProtocolError
+from lanchat.protocol import messages as m
+from lanchat.protocol.framing import FRAME_TOO_LONG, LineFramer
+from lanchat.protocol.plain import HELP, LocalCommand, parse_command, render
+
+
+class Mode(Enum):
+    UNKNOWN = "unknown"  # no line yet
+    JSON = "json"
+    PLAIN = "plain"
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    request: m.Request
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    reason: str
+    clean: bool  # the client said goodbye (quit): its session ends now instead of waiting for a resume
+
+
+Action = Forward | Reply | Close
+
+
+class TokenBucket:
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last = now
+
+    def take(self, now: float) -> bool:
+        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return True
+        self.tokens = tokens
+        return False
+
+    def ready_at(self, now: float) -> float:
+        """When the next token will be there."""
+        return now + max(0.0, 1.0 - self.tokens) / self.rate
+
+
+class ServerConnection:
+    """Per-connection protocol state on the server side."""
+
+    def __init__(self, conn_id: int, *, max_frame: int, rate: float, burst: int, now: float) -> None:
+        self.conn_id = conn_id
+        self.mode = Mode.UNKNOWN
+        self.registered = False  # the hub bound a session to this connection
+        self.hello_sent = False
+        self.nick = ""
+        self.rooms: list[str] = []  # joined rooms, most recent last (plain mode's current room)
+        self.current: str | None = None
+        self.closed = False
+        self.last_seen = now
+        self._framer = LineFramer(max_frame)
+        self._bucket = TokenBucket(rate, burst, now)
+        self._pending: deque[bytes | object] = deque()
+        self.throttled_until: float | None = None
+        self.frames_in = 0
+
+    # --- input ---------------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Action]:
+        """Bytes from the client; b"" is EOF."""
+        if self.closed:
+            return []
+        self.last_seen = now
+        if not data:
+            self.closed = True
+            return [Close("connection closed by peer", clean=False)]
+        for frame in self._framer.feed(data):
+            if frame is FRAME_TOO_LONG or frame.strip():  # type: ignore[union-attr]
+                self._pending.append(frame)
+        return self.process(now)
+
+    def process(self, now: float) -> list[Action]:
+        """Handle pending lines as the rate allows; sets ``throttled_until`` when the bucket is empty."""
+        out: list[Action] = []
+        self.throttled_until = None
+        pending = self._pending
+        while pending and not self.closed:
+            if not self._bucket.take(now):
+                self.throttled_until = self._bucket.ready_at(now)
+                break
+            frame = pending.popleft()
+            self.frames_in += 1
+            if frame is FRAME_TOO_LONG:
+                out.append(Reply(self._error(m.Err.FRAME_TOO_LONG, f"line longer than {self._framer.max_frame} bytes")))
+                continue
+            assert isinstance(frame, bytes)
+            self._line(frame, out)
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _line(self, line: bytes, out: list[Action]) -> None:
+        if self.mode is Mode.UNKNOWN:
+            self.mode = Mode.JSON if line.lstrip()[:1] == b"{" else Mode.PLAIN
+        try:
+            if self.mode is Mode.JSON:
+                self._json_line(line, out)
+            else:
+                self._plain_line(line, out)
+        except RemoteProtocolError as exc:
+            out.append(Reply(self._error_exc(exc)))
+
+    def _json_line(self, line: bytes, out: list[Action]) -> None:
+        req = m.parse_line(line)
+        if isinstance(req, m.Ping):
+            out.append(Reply(m.encode({"type": "pong"} if req.id is None else {"type": "pong", "id": req.id})))
+            return
+        if isinstance(req, m.Pong):
+            return  # last_seen was refreshed; that is all a pong is for
+        if isinstance(req, m.Quit):
+            self._quit(req, out)
+            return
+        if not self.hello_sent and req.TYPE not in m.PRE_HELLO:
+            raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=req.id)
+        if isinstance(req, m.Hello):
+            self.hello_sent = True
+        out.append(Forward(req))
+
+    def _plain_line(self, line: bytes, out: list[Action]) -> None:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError(m.Err.BAD_UTF8, "that line is not valid UTF-8") from None
+        cmd = parse_command(text, self.current if self.hello_sent else const.DEFAULT_ROOM)
+        if not self.registered:
+            if isinstance(cmd, m.Nick):  # a first choice that was taken may be retried with /nick
+                self._plain_hello(cmd.nick, out)
+                return
+            if not self.hello_sent:
+                self._plain_hello(f"guest{self.conn_id}", out)
+            elif isinstance(cmd, m.Msg | m.Action | m.Join | m.Part | m.PrivMsg | m.Topic):
+                raise RemoteProtocolError(m.Err.NOT_REGISTERED, "choose a nick first: /nick NAME")
+        if cmd is None:
+            return
+        if isinstance(cmd, LocalCommand):
+            if cmd.name == "switch" and cmd.arg in self.rooms:
+                self.current = cmd.arg
+                out.append(Reply(f"* current room: #{cmd.arg}\n".encode()))
+            elif cmd.name == "switch":
+                out.append(Reply(b"! /switch ROOM needs a room you have joined\n"))
+            else:
+                out.append(Reply(HELP.encode() + b"\n"))
+            return
+        if isinstance(cmd, m.Quit):
+            self._quit(cmd, out)
+            return
+        out.append(Forward(cmd))
+
+    def _plain_hello(self, nick: str, out: list[Action]) -> None:
+        self.hello_sent = True
+        # The hello joins the default room; lines typed before the welcome arrives go there.
+        self.joined(const.DEFAULT_ROOM)
+        out.append(Forward(m.Hello(nick, plain=True)))
+
+    def _quit(self, req: m.Quit, out: list[Action]) -> None:
+        if self.hello_sent:
+            out.append(Forward(req))  # the hub ends the session and tells the rooms
+        self.closed = True
+        out.append(Close(req.reason or "quit", clean=True))
+
+    # --- what the hub tells us -----------------------------------------------------------------------------
+
+    def bound(self, nick: str) -> None:
+        self.registered = True
+        self.nick = nick
+
+    def joined(self, room: str) -> None:
+        if room not in self.rooms:
+            self.rooms.append(room)
+        self.current = room
+
+    def parted(self, room: str) -> None:
+        if room in self.rooms:
+            self.rooms.remove(room)
+        if self.current == room:
+            self.current = self.rooms[-1] if self.rooms else None
+
+    # --- output --------------------------------------------------------------------------------------------
+
+    def _error(self, code: str, message: str) -> bytes:
+        if self.mode is Mode.PLAIN:
+            return f"! {message} [{code}]\n".encode()
+        return m.encode(m.error_frame(code, message))
+
+    def _error_exc(self, exc: RemoteProtocolError) -> bytes:
+        if self.mode is Mode.PLAIN:
+            return f"! {exc.message} [{exc.code}]\n".encode()
+        return m.error_line(exc)
+
+    def error_bytes(self, code: str, message: str, *, fatal: bool = False) -> bytes:
+        """An error in this connection's mode (used by the I/O edge for timeouts and limits)."""
+        if self.mode is Mode.PLAIN:
+            return f"! {message} [{code}]\n".encode()
+        return m.encode(m.error_frame(code, message, fatal=fatal))
+
+
+def render_for_plain(line: bytes, nick: str) -> bytes | None:
+    """A server line (JSON) as the text a plain-mode client sees."""
+    try:
+        frame = json.loads(line)
+    except ValueError:
+        return None
+    text = render(frame, nick) if isinstance(frame, dict) else None
+    return None if text is None else text.encode() + b"\n"

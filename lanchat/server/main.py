@@ -1,0 +1,541 @@
+"""The main process of `lanchat serve`: acceptor, hub I/O, history commits, discovery, supervisor.
+
+Owns the listening socket, the worker processes and their pipes, and the Hub (global truth). It never
+parses a client's bytes: accepted sockets go to the least-loaded live worker as file descriptors.
+Signal handlers only queue; the supervisor loop acts (reap, heartbeat, respawn, expire sessions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from lanchat import const
+from lanchat.config import ServerConfig
+from lanchat.errors import RemoteProtocolError, StorageError
+from lanchat.protocol import control
+from lanchat.protocol import messages as m
+from lanchat.server.hub import Hub
+from lanchat.server.worker import EXIT_BOOT_FAILED
+from lanchat.storage.history import HistoryStore
+
+log = logging.getLogger("lanchat.server")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2  # bad options, port in use, unusable data directory
+EXIT_WORKER_BOOT = 3  # a worker cannot start: restarting it forever would only hide the problem
+SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
+ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
+_ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+@dataclass(eq=False)
+class WorkerSlot:
+    """One worker process as the supervisor sees it."""
+
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    ctrl: asyncio.Transport | None = None
+    fd_sock: socket.socket | None = None
+    conns: set[int] = field(default_factory=set)
+    ready: bool = False
+    alive: bool = False
+    started: float = 0.0
+    last_pong: float = 0.0
+    ping_seq: int = 0
+    figures: dict[str, int] = field(default_factory=dict)
+    crashes: int = 0
+    respawn_at: float | None = None
+    ps: Any = None  # psutil.Process, kept so cpu_percent() measures between calls
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.store = HistoryStore(config.data_dir, history_limit=config.history_limit)
+        self.hub = Hub(
+            self.store,
+            resume_grace=config.resume_grace,
+            history_on_join=config.history_on_join,
+            stats=self._stats,
+            now=time.time(),
+        )
+        self.slots = [WorkerSlot(i) for i in range(config.workers)]
+        self.listener: socket.socket | None = None
+        self.next_conn = 1
+        self.conn_peer: dict[int, tuple[str, int]] = {}  # conn -> (ip, worker index)
+        self.per_ip: Counter[str] = Counter()
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.done = asyncio.Event()
+        self._signals: list[int] = []
+        self._flush_scheduled = False
+        self._commit_handle: asyncio.TimerHandle | None = None
+        self._accept_paused = False
+        self.announcer: Any = None
+        self._me = psutil.Process()
+        self._me.cpu_percent(None)
+
+    # --- start ---------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        self.listener = socket.create_server(
+            (cfg.host, cfg.port), family=family, backlog=1024, dualstack_ipv6=cfg.host == "::"
+        )
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        for slot in self.slots:
+            self._spawn(slot)
+        await self._wait_ready()
+        self.loop.add_reader(self.listener.fileno(), self._accept)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self._signals.append, sig)
+        await self._start_discovery()
+        log.info(
+            "lanchat %r serving on %s:%d with %d workers (pid %d, data %s)",
+            cfg.name, cfg.host, self.port, len(self.slots), os.getpid(), cfg.data_dir,
+        )  # fmt: skip
+        self.loop.call_later(SUPERVISE_INTERVAL, self._supervise)
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + const.WORKER_BOOT_TIMEOUT
+        while not all(s.ready for s in self.slots):
+            if self.stopping:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not report ready in time")
+            self._reap()
+            await asyncio.sleep(0.02)
+
+    async def _start_discovery(self) -> None:
+        dcfg = self.config.discovery
+        if not dcfg.discovery:
+            return
+        try:
+            from lanchat.discovery.announcer import Announcer, ServerInfo
+            from lanchat.discovery.server_id import load_or_create_server_id
+        except ImportError:  # pragma: no cover - discovery is part of the package
+            log.warning("discovery is not available in this build")
+            return
+
+        def info() -> ServerInfo:
+            conns = len(self.conn_peer)
+            return ServerInfo(
+                users=self.hub.users,
+                rooms=len(self.hub.rooms),
+                workers=sum(1 for s in self.slots if s.alive),
+                load=round(conns / self.config.max_clients, 3),
+            )
+
+        self.announcer = Announcer(
+            dcfg,
+            server_id=load_or_create_server_id(self.config.data_dir),
+            name=self.config.name,
+            tcp_port=self.port,
+            info=info,
+        )
+        try:
+            await self.announcer.start()
+        except OSError as exc:
+            log.error("discovery: cannot bind UDP port %d (%s); serving without discovery", dcfg.discovery_port, exc)
+            self.announcer = None
+
+    # --- workers -------------------------------------------------------------------------------------------
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        ctrl_parent, ctrl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd_parent, fd_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (ctrl_parent, ctrl_child, fd_parent, fd_child):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        wcfg = {**self.config.worker_args(), "name": self.config.name}
+        cmd = [
+            sys.executable, "-m", "lanchat.server.worker", "--worker-id", str(slot.index),
+            "--ctrl-fd", str(ctrl_child.fileno()), "--fd-fd", str(fd_child.fileno()), "--config", json.dumps(wcfg),
+        ]  # fmt: skip
+        slot.proc = subprocess.Popen(cmd, pass_fds=(ctrl_child.fileno(), fd_child.fileno()))
+        ctrl_child.close()
+        fd_child.close()
+        fd_parent.setblocking(False)
+        slot.fd_sock = fd_parent
+        slot.ready = False
+        slot.alive = True
+        slot.started = slot.last_pong = time.monotonic()
+        slot.conns = set()
+        slot.figures = {}
+        slot.respawn_at = None
+        try:
+            slot.ps = psutil.Process(slot.proc.pid)
+            slot.ps.cpu_percent(None)
+        except psutil.Error:
+            slot.ps = None
+        self.hub.add_worker(slot.index)
+        server = self
+        decoder = control.ControlDecoder()
+
+        class Ctrl(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                try:
+                    frames = decoder.feed(data)
+                except RemoteProtocolError as exc:
+                    log.error("worker %d: broken control stream (%s); killing it", slot.index, exc)
+                    server._kill(slot)
+                    return
+                for frame in frames:
+                    if isinstance(frame, control.JsonFrame):
+                        server._from_worker(slot, frame.records)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if slot.ctrl is transport_box[0]:
+                    server._worker_gone(slot)
+
+        transport_box: list[asyncio.Transport | None] = [None]
+
+        async def connect() -> None:
+            transport, _ = await self.loop.create_unix_connection(Ctrl, sock=ctrl_parent)
+            transport_box[0] = transport
+            slot.ctrl = transport
+
+        self.loop.create_task(connect())
+        log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
+
+    def _from_worker(self, slot: WorkerSlot, records: list[Any]) -> None:
+        hub = self.hub
+        now = time.time()
+        for rec in records:
+            try:
+                kind = rec[0]
+                if kind == "req":
+                    hub.request(slot.index, int(rec[1]), rec[2], now)
+                elif kind == "closed":
+                    self._conn_gone(int(rec[1]))
+                    hub.closed(slot.index, int(rec[1]), bool(rec[2]), str(rec[3]), now)
+                elif kind == "pong":
+                    slot.last_pong = time.monotonic()
+                    slot.figures = dict(rec[2])
+                elif kind == "ready":
+                    slot.ready = True
+                    slot.last_pong = time.monotonic()
+                    log.info("worker %d ready (pid %s)", slot.index, rec[1])
+            except (IndexError, TypeError, ValueError) as exc:
+                log.error("worker %d: bad control record %r: %s", slot.index, rec, exc)
+        self._schedule_flush()
+
+    def _worker_gone(self, slot: WorkerSlot) -> None:
+        """The worker's pipe closed: it died or is dying. Its sessions wait for their clients to resume."""
+        if not slot.alive:
+            return
+        slot.alive = False
+        slot.ctrl = None
+        if slot.fd_sock is not None:
+            slot.fd_sock.close()
+            slot.fd_sock = None
+        for conn in list(slot.conns):
+            self._conn_gone(conn)
+        self.hub.worker_lost(slot.index, time.time())
+        self._schedule_flush()
+        if slot.proc is not None and slot.proc.poll() is None:
+            slot.proc.kill()  # a half-dead worker must not keep sockets of sessions the hub released
+
+    def _kill(self, slot: WorkerSlot) -> None:
+        if slot.proc is not None and slot.proc.poll() is None:
+            slot.proc.kill()
+
+    def _reap(self) -> None:
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is None or proc.poll() is None:
+                continue
+            code = proc.returncode
+            slot.proc = None
+            self._worker_gone(slot)
+            if self.stopping:
+                continue
+            if code < 0:
+                name = signal.Signals(-code).name
+                hint = " (out of memory?)" if name == "SIGKILL" else ""
+                log.error("worker %d was killed by %s%s; replacing it", slot.index, name, hint)
+            else:
+                log.error("worker %d exited with code %d; replacing it", slot.index, code)
+            if not slot.ready or code == EXIT_BOOT_FAILED:
+                log.critical("worker %d could not boot (exit %s); stopping the server", slot.index, code)
+                self.exit_code = EXIT_WORKER_BOOT
+                self._begin_stop("a worker could not start")
+                continue
+            slot.crashes += 1
+            delay = min(const.RESTART_BACKOFF_MAX, 0.0 if slot.crashes <= 1 else 0.1 * 2 ** (slot.crashes - 2))
+            slot.respawn_at = time.monotonic() + delay
+
+    def _supervise(self) -> None:
+        if self.done.is_set():
+            return
+        now = time.monotonic()
+        while self._signals:
+            self._handle_signal(self._signals.pop(0))
+        self._reap()
+        if not self.stopping:
+            for slot in self.slots:
+                if slot.proc is None and slot.respawn_at is not None and now >= slot.respawn_at:
+                    self._spawn(slot)
+                elif slot.alive and slot.ready:
+                    if now - slot.last_pong > self.config.worker_timeout:
+                        log.error(
+                            "worker %d: no heartbeat for %.1f s (hung?); killing and replacing it",
+                            slot.index, now - slot.last_pong,
+                        )  # fmt: skip
+                        self._kill(slot)
+                    elif slot.ctrl is not None:
+                        slot.ping_seq += 1
+                        slot.ctrl.write(control.json_frame([["ping", slot.ping_seq]]))
+                elif slot.alive and now - slot.started > const.WORKER_BOOT_TIMEOUT:
+                    log.error("worker %d: not ready after %.0f s; killing it", slot.index, const.WORKER_BOOT_TIMEOUT)
+                    self._kill(slot)
+                if slot.crashes and slot.alive and now - slot.started > 10.0:
+                    slot.crashes = 0  # stable again: the next crash restarts at once
+            self.hub.tick(time.time())
+            self._schedule_flush()
+        self.loop.call_later(SUPERVISE_INTERVAL, self._supervise)
+
+    # --- accepting -----------------------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_BACKOFF_ERRNOS:
+                    log.warning("accept: %s; pausing %.0f ms", os.strerror(exc.errno or 0), const.ACCEPT_BACKOFF * 1000)
+                    self._pause_accept()
+                    return
+                raise
+            self._place(sock, addr[0])
+
+    def _pause_accept(self) -> None:
+        if self.listener is None or self._accept_paused:
+            return
+        self._accept_paused = True
+        self.loop.remove_reader(self.listener.fileno())
+
+        def resume() -> None:
+            self._accept_paused = False
+            if self.listener is not None and not self.stopping:
+                self.loop.add_reader(self.listener.fileno(), self._accept)
+
+        self.loop.call_later(const.ACCEPT_BACKOFF, resume)
+
+    def _refuse(self, sock: socket.socket, code: str, message: str) -> None:
+        try:
+            sock.setblocking(False)
+            sock.send(m.encode(m.error_frame(code, message, fatal=True)))
+        except OSError:
+            pass
+        sock.close()
+
+    def _place(self, sock: socket.socket, ip: str) -> None:
+        cfg = self.config
+        if self.stopping:
+            self._refuse(sock, m.Err.SHUTTING_DOWN, "server is shutting down")
+            return
+        if len(self.conn_peer) >= cfg.max_clients:
+            self._refuse(sock, m.Err.SERVER_FULL, f"server is full ({cfg.max_clients} connections)")
+            return
+        counted = not (cfg.exempt_loopback and _is_loopback(ip))
+        if counted and self.per_ip[ip] >= cfg.max_per_ip:
+            self._refuse(sock, m.Err.TOO_MANY_FROM_IP, f"too many connections from {ip} (max {cfg.max_per_ip})")
+            return
+        live = [s for s in self.slots if s.alive and s.ready and s.fd_sock is not None]
+        if not live:
+            self._refuse(sock, m.Err.INTERNAL, "no worker available; try again in a moment")
+            return
+        slot = min(live, key=lambda s: len(s.conns))
+        conn = self.next_conn
+        self.next_conn += 1
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            assert slot.fd_sock is not None
+            socket.send_fds(slot.fd_sock, [json.dumps({"conn": conn, "peer": ip}).encode()], [sock.fileno()])
+        except OSError as exc:
+            log.warning("could not hand connection to worker %d: %s", slot.index, exc)
+            self._refuse(sock, m.Err.INTERNAL, "worker unavailable; reconnect")
+            return
+        sock.close()  # the worker has its own descriptor now
+        slot.conns.add(conn)
+        self.conn_peer[conn] = (ip if counted else "", slot.index)
+        if counted:
+            self.per_ip[ip] += 1
+
+    def _conn_gone(self, conn: int) -> None:
+        entry = self.conn_peer.pop(conn, None)
+        if entry is None:
+            return
+        ip, index = entry
+        self.slots[index].conns.discard(conn)
+        if ip:
+            self.per_ip[ip] -= 1
+            if self.per_ip[ip] <= 0:
+                del self.per_ip[ip]
+
+    # --- hub output and history commits --------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        if self._commit_handle is None and (self.store.pending or self.hub._acks):
+            self._commit_handle = self.loop.call_later(const.COMMIT_INTERVAL, self._commit)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        for index in self.hub.pending_workers():
+            data = self.hub.drain(index)
+            slot = self.slots[index]
+            if slot.ctrl is not None and not slot.ctrl.is_closing():
+                slot.ctrl.write(data)
+
+    def _commit(self) -> None:
+        self._commit_handle = None
+        self.hub.commit(time.time())
+        self._flush()
+        if self.store.pending:  # the disk failed: try again later (the store paces its retries)
+            self._commit_handle = self.loop.call_later(const.DB_RETRY_INTERVAL, self._commit)
+
+    # --- stats ---------------------------------------------------------------------------------------------
+
+    def _stats(self) -> dict[str, Any]:
+        procs: list[dict[str, Any]] = [self._proc_figures(self._me, "main", len(self.conn_peer), {})]
+        procs[0]["msgs_in"] = self.hub.msgs_in
+        procs[0]["msgs_out"] = self.hub.events_out
+        for slot in self.slots:
+            if slot.ps is not None and slot.alive:
+                procs.append(self._proc_figures(slot.ps, f"worker{slot.index}", len(slot.conns), slot.figures))
+        return {"name": self.config.name, "port": self.port, "processes": procs}
+
+    @staticmethod
+    def _proc_figures(ps: Any, role: str, conns: int, figures: dict[str, int]) -> dict[str, Any]:
+        try:
+            with ps.oneshot():
+                cpu = ps.cpu_percent(None)
+                rss = ps.memory_info().rss
+        except psutil.Error:
+            cpu, rss = 0.0, 0
+        return {
+            "pid": ps.pid,
+            "role": role,
+            "connections": conns,
+            "cpu_percent": round(cpu, 1),
+            "rss": rss,
+            "msgs_in": figures.get("msgs_in", 0),
+            "msgs_out": figures.get("msgs_out", 0),
+        }
+
+    # --- stopping ------------------------------------------------------------------------------------------
+
+    def _handle_signal(self, sig: int) -> None:
+        if self.stopping:
+            if sig == signal.SIGINT:
+                log.warning("second SIGINT: exiting now")
+                for slot in self.slots:
+                    self._kill(slot)
+                self.done.set()
+            return
+        log.info("%s: shutting down (clients are told; up to %.0f s)", signal.Signals(sig).name, const.SHUTDOWN_GRACE)
+        self._begin_stop("server shutting down")
+
+    def _begin_stop(self, reason: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.listener is not None:
+            self.loop.remove_reader(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
+        self.hub.shutdown(reason)
+        self._flush()
+        self.loop.create_task(self._drain_and_exit())
+
+    async def _drain_and_exit(self) -> None:
+        deadline = time.monotonic() + const.SHUTDOWN_GRACE
+        while time.monotonic() < deadline and any(s.proc is not None and s.proc.poll() is None for s in self.slots):
+            await asyncio.sleep(0.02)
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                log.warning("worker %d did not stop in time; killing it", slot.index)
+                slot.proc.kill()
+        self.done.set()
+
+    async def close(self) -> None:
+        for slot in self.slots:
+            if slot.proc is not None:
+                if slot.proc.poll() is None:
+                    slot.proc.kill()
+                slot.proc.wait()
+            if slot.ctrl is not None:
+                slot.ctrl.close()
+            if slot.fd_sock is not None:
+                slot.fd_sock.close()
+        if self.announcer is not None:
+            try:
+                await self.announcer.stop()
+            except OSError as exc:
+                log.warning("discovery: goodbye failed: %s", exc)
+        for s in self.hub.sessions.values():
+            self.store.put_session(s.row())
+        self.store.commit(time.time())
+        self.store.close()
+        if self.listener is not None:
+            self.listener.close()
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1" or ip.startswith("::ffff:127.")
+
+
+async def _amain(config: ServerConfig) -> int:
+    try:
+        server = Server(config)
+    except StorageError as exc:
+        log.critical("%s", exc)
+        return EXIT_CONFIG
+    try:
+        await server.start()
+    except OSError as exc:
+        log.critical("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        await server.close()
+        return EXIT_CONFIG
+    except RuntimeError as exc:
+        log.critical("%s", exc)
+        await server.close()
+        return EXIT_WORKER_BOOT
+    await server.done.wait()
+    await server.close()
+    log.info("stopped")
+    return server.exit_code
+
+
+def run(config: ServerConfig) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s main %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(_amain(config))

@@ -1,0 +1,417 @@
+"""A worker process: owns its clients' sockets, parses and validates their bytes, fans events out.
+
+Started by the supervisor as ``python -m lanchat.server.worker``; talks to the hub over one stream
+socketpair (control frames, batched per loop tick) and receives accepted client sockets as file
+descriptors on a second, SOCK_SEQPACKET pair. Never holds global truth: if it dies, only its sockets go.
+It exits at once when the main process goes away (EOF on the control pipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from lanchat.errors import RemoteProtocolError
+from lanchat.protocol import control
+from lanchat.protocol import messages as m
+from lanchat.protocol.server_conn import Close, Forward, Mode, Reply, ServerConnection, render_for_plain
+
+log = logging.getLogger("lanchat.worker")
+
+EXIT_BOOT_FAILED = 3  # as gunicorn: the supervisor stops the server instead of respawning forever
+HOUSEKEEPING_INTERVAL = 0.5  # seconds between timeout sweeps (handshake, ping, idle)
+
+
+class ClientConn(asyncio.Protocol):
+    """I/O edge of one client: bytes in -> ServerConnection -> actions; output buffered per tick."""
+
+    def __init__(self, worker: Worker, conn_id: int, peer: str) -> None:
+        self.worker = worker
+        self.conn_id = conn_id
+        self.peer = peer
+        cfg = worker.cfg
+        now = time.monotonic()
+        self.state = ServerConnection(
+            conn_id, max_frame=int(cfg["max_frame"]), rate=float(cfg["rate"]), burst=int(cfg["burst"]), now=now
+        )
+        self.created = now
+        self.pinged = False
+        self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.closing = False
+        self.reported = False
+        self._resume_handle: asyncio.TimerHandle | None = None
+
+    # --- asyncio callbacks ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.worker.conns[self.conn_id] = self
+        self.push(m.encode(m.server_hello(self.worker.name)))
+
+    def data_received(self, data: bytes) -> None:
+        self.worker.bytes_in += len(data)
+        self.pinged = False
+        self._handle(self.state.receive_data(data, time.monotonic()))
+
+    def eof_received(self) -> bool | None:
+        self._handle(self.state.receive_data(b"", time.monotonic()))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.conns.pop(self.conn_id, None)
+        self.worker.dirty.discard(self)
+        for room in self.state.rooms:
+            members = self.worker.rooms.get(room)
+            if members is not None:
+                members.pop(self.conn_id, None)
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+        self._report_closed(False, "connection lost")
+
+    # --- protocol actions ----------------------------------------------------------------------------------
+
+    def _handle(self, actions: list[Forward | Reply | Close]) -> None:
+        for action in actions:
+            if isinstance(action, Forward):
+                self.worker.msgs_in += 1
+                self.worker.to_hub(["req", self.conn_id, action.request.to_obj()])
+            elif isinstance(action, Reply):
+                self.push(action.data)
+            else:
+                self._report_closed(action.clean, action.reason)
+                self.close()
+        until = self.state.throttled_until
+        if until is not None and self.transport is not None and self._resume_handle is None:
+            self.transport.pause_reading()  # fakelag: TCP holds the flood back, nothing is dropped
+            loop = asyncio.get_running_loop()
+            self._resume_handle = loop.call_at(loop.time() + max(0.0, until - time.monotonic()), self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._resume_handle = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._handle(self.state.process(time.monotonic()))
+        if self.state.throttled_until is None:
+            self.transport.resume_reading()
+
+    def _report_closed(self, clean: bool, reason: str) -> None:
+        if not self.reported:
+            self.reported = True
+            self.worker.to_hub(["closed", self.conn_id, clean, reason])
+
+    # --- output --------------------------------------------------------------------------------------------
+
+    def push(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.state.mode is Mode.PLAIN and data[:1] == b"{":
+            data = b"".join(filter(None, (render_for_plain(x, self.state.nick) for x in data.splitlines())))
+            if not data:
+                return
+        self.out.append(data)
+        self.out_bytes += len(data)
+        self.worker.mark_dirty(self)
+
+    def flush(self) -> None:
+        t = self.transport
+        if not self.out or t is None or t.is_closing():
+            self.out.clear()
+            self.out_bytes = 0
+            return
+        data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+        self.out.clear()
+        self.out_bytes = 0
+        t.write(data)
+        self.worker.bytes_out += len(data)
+        if t.get_write_buffer_size() > self.worker.sendq:
+            log.info(
+                "conn %d (%s): dropped, %d bytes queued (sendq)", self.conn_id, self.peer, t.get_write_buffer_size()
+            )
+            self._report_closed(False, "too slow")
+            t.abort()  # its queue is full: a goodbye would only queue behind it
+
+    def close(self, final: bytes | None = None) -> None:
+        if self.closing:
+            return
+        if final is not None:
+            self.push(final)
+        self.flush()
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- timers --------------------------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        cfg = self.worker.cfg
+        st = self.state
+        if not st.registered:
+            if now - self.created > float(cfg["handshake_timeout"]):
+                self._report_closed(False, "handshake timeout")
+                self.close(st.error_bytes(m.Err.HANDSHAKE_TIMEOUT, "no hello in time", fatal=True))
+            return
+        if st.mode is not Mode.JSON:
+            return  # nc users may read for hours; TCP keepalive finds their dead peers
+        silent = now - st.last_seen
+        if silent > float(cfg["idle_timeout"]):
+            self._report_closed(False, "idle timeout")
+            self.close(st.error_bytes(m.Err.IDLE_TIMEOUT, "no data from you in time", fatal=True))
+        elif silent > float(cfg["ping_interval"]) and not self.pinged:
+            self.pinged = True
+            self.push(b'{"type":"ping"}\n')
+
+
+class Worker:
+    def __init__(self, worker_id: int, ctrl: socket.socket, fds: socket.socket, cfg: dict[str, Any]) -> None:
+        self.worker_id = worker_id
+        self.ctrl_sock = ctrl
+        self.fd_sock = fds
+        self.cfg = cfg
+        self.name = str(cfg.get("name", "lanchat"))
+        self.sendq = int(cfg["sendq"])
+        self.conns: dict[int, ClientConn] = {}
+        self.rooms: dict[str, dict[int, ClientConn]] = {}
+        self.dirty: set[ClientConn] = set()
+        self._hub_out: list[Any] = []
+        self._flush_scheduled = False
+        self._decoder = control.ControlDecoder()
+        self.ctrl: asyncio.Transport | None = None
+        self.done = asyncio.Event()
+        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+        self.shutting_down = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- control pipe --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        worker = self
+
+        class Ctrl(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                worker.from_hub(data)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                worker.hub_gone()
+
+        self.ctrl, _ = await loop.create_unix_connection(Ctrl, sock=self.ctrl_sock)
+        self.fd_sock.setblocking(False)
+        loop.add_reader(self.fd_sock.fileno(), self._receive_fds)
+        loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+        self.to_hub(["ready", os.getpid()])
+
+    def hub_gone(self) -> None:
+        if not self.shutting_down:
+            log.warning("worker %d: main process went away; exiting", self.worker_id)
+        for conn in list(self.conns.values()):
+            conn.close()
+        self.done.set()
+
+    def to_hub(self, record: list[Any]) -> None:
+        self._hub_out.append(record)
+        self._schedule()
+
+    def mark_dirty(self, conn: ClientConn) -> None:
+        self.dirty.add(conn)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Once per loop tick: one write per dirty client, one batch to the hub."""
+        self._flush_scheduled = False
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            conn.flush()
+        if self._hub_out and self.ctrl is not None and not self.ctrl.is_closing():
+            records, self._hub_out = self._hub_out, []
+            self.ctrl.write(control.json_frame(records))
+
+    def from_hub(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except RemoteProtocolError as exc:
+            log.error("worker %d: broken control stream (%s); exiting", self.worker_id, exc)
+            self.done.set()
+            return
+        conns = self.conns
+        for frame in frames:
+            if isinstance(frame, control.RoomFrame):
+                members = self.rooms.get(frame.room)
+                if members:
+                    payload = frame.payload
+                    for conn in members.values():
+                        conn.push(payload)
+                    self.msgs_out += len(members) * payload.count(b"\n")
+            elif isinstance(frame, control.ConnsFrame):
+                for cid in frame.conns:
+                    c = conns.get(cid)
+                    if c is not None:
+                        c.push(frame.payload)
+                        self.msgs_out += 1
+            else:
+                for record in frame.records:
+                    self._control(record)
+
+    def _control(self, record: list[Any]) -> None:
+        kind = record[0]
+        if kind == "member":
+            _, cid, room, joined = record
+            conn = self.conns.get(cid)
+            if conn is None:
+                return
+            if joined:
+                self.rooms.setdefault(room, {})[cid] = conn
+                conn.state.joined(room)
+            else:
+                members = self.rooms.get(room)
+                if members is not None:
+                    members.pop(cid, None)
+                    if not members:
+                        del self.rooms[room]
+                conn.state.parted(room)
+        elif kind == "bind":
+            conn = self.conns.get(record[1])
+            if conn is not None:
+                conn.state.bound(record[2])
+        elif kind == "ping":
+            self.to_hub(["pong", record[1], self.figures()])
+        elif kind == "close":
+            conn = self.conns.get(record[1])
+            if conn is not None:
+                conn.reported = True  # the hub asked for it: nothing to report back
+                conn.close()
+        elif kind == "shutdown":
+            self.shutdown(str(record[1]))
+
+    def figures(self) -> dict[str, int]:
+        return {
+            "connections": len(self.conns),
+            "msgs_in": self.msgs_in,
+            "msgs_out": self.msgs_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
+    # --- new connections -----------------------------------------------------------------------------------
+
+    def _receive_fds(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.fd_sock, 4096, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("worker %d: fd channel failed: %s", self.worker_id, exc)
+                self.done.set()
+                return
+            if not data and not fds:
+                return
+            for fd in fds:
+                sock = socket.socket(fileno=fd)
+                try:
+                    info = json.loads(data)
+                    conn_id, peer = int(info["conn"]), str(info["peer"])
+                except (ValueError, KeyError, TypeError):
+                    log.error("worker %d: bad fd message %r", self.worker_id, data[:100])
+                    sock.close()
+                    continue
+                if self.shutting_down:
+                    sock.close()
+                    self.to_hub(["closed", conn_id, True, "shutting down"])
+                    continue
+                task = loop.create_task(self._adopt(sock, conn_id, peer))
+                self._tasks.add(task)  # keep a reference until done (asyncio holds tasks weakly)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _adopt(self, sock: socket.socket, conn_id: int, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: ClientConn(self, conn_id, peer), sock)
+        except OSError as exc:
+            log.info("conn %d (%s): gone before adoption: %s", conn_id, peer, exc)
+            sock.close()
+            self.to_hub(["closed", conn_id, False, "gone"])
+
+    # --- timers and shutdown -------------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.conns.values()):
+            conn.sweep(now)
+        if not self.done.is_set():
+            asyncio.get_running_loop().call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+
+    def shutdown(self, reason: str) -> None:
+        """Tell every client why, flush, close; exit when the sockets are gone."""
+        self.shutting_down = True
+        bye = m.encode({"type": "bye", "reason": reason, "reconnect": True})
+        for conn in list(self.conns.values()):
+            conn.reported = True
+            conn.close(bye)
+        self._flush()
+        asyncio.get_running_loop().call_later(0.05, self._finish_shutdown)
+
+    def _finish_shutdown(self) -> None:
+        if any(c.transport and c.transport.get_write_buffer_size() for c in self.conns.values()):
+            asyncio.get_running_loop().call_later(0.05, self._finish_shutdown)
+            return
+        self.done.set()
+
+
+async def _amain(args: argparse.Namespace) -> int:
+    cfg = json.loads(args.config)
+    ctrl = socket.socket(fileno=args.ctrl_fd)
+    fds = socket.socket(fileno=args.fd_fd)
+    worker = Worker(args.worker_id, ctrl, fds, cfg)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides; Ctrl-C hits the group
+    loop.add_signal_handler(signal.SIGTERM, lambda: worker.shutdown("server shutting down"))
+    await worker.start()
+    await worker.done.wait()
+    if worker.ctrl is not None:
+        worker._flush()
+        worker.ctrl.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lanchat-worker")
+    parser.add_argument("--worker-id", type=int, required=True)
+    parser.add_argument("--ctrl-fd", type=int, required=True)
+    parser.add_argument("--fd-fd", type=int, required=True)
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    cfg = json.loads(args.config)
+    logging.basicConfig(
+        level=str(cfg.get("log_level", "info")).upper(),
+        format=f"%(asctime)s %(levelname)s worker[{args.worker_id}] %(message)s",
+        stream=sys.stderr,
+    )
+    if os.environ.get("LANCHAT_FAULT") == "worker-boot":  # fault injection for tests/docs: see operations.md
+        log.error("worker %d: cannot boot (LANCHAT_FAULT=worker-boot)", args.worker_id)
+        return EXIT_BOOT_FAILED
+    try:
+        return asyncio.run(_amain(args))
+    except Exception:
+        log.exception("worker %d: crashed", args.worker_id)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The history database: every room and private event, sessions and topics, in one SQLite file.
+
+Owns the file and its schema; the hub is its only writer. Writes are queued in memory and committed in
+one transaction per ``commit()`` (the hub calls it every few milliseconds), so a burst of messages costs
+one commit. A failing disk never stops chat: the error is logged once, the store reports ``degraded``,
+keeps what it could not write (bounded) and retries. A corrupt or foreign file is a ``StorageError`` at
+open: the server refuses to start rather than overwrite someone's data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from lanchat import const
+from lanchat.errors import StorageError
+
+log = logging.getLogger("lanchat.storage")
+
+APP_ID: Final = "lanchat"
+SCHEMA_VERSION: Final = 1
+DB_NAME: Final = "history.sqlite3"
+SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
+PRUNE_BATCH: Final = 500  # rows deleted per commit at most, so pruning never stalls the hub
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    conv TEXT NOT NULL,          -- room name, or '@' + session id for private messages
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    line TEXT NOT NULL,          -- the exact frame clients were sent
+    PRIMARY KEY (conv, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS convs (conv TEXT PRIMARY KEY, count INTEGER NOT NULL, pruned_upto INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
+    last_id INTEGER NOT NULL, plain INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS topics (room TEXT PRIMARY KEY, topic TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    sid: str
+    token: str
+    nick: str
+    rooms: tuple[str, ...]
+    last_id: int
+    plain: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: deque[tuple[str, int, float, str, str]]
+    sessions: dict[str, SessionRow | None]  # None: delete
+    topics: dict[str, str]
+    reserve: int | None = None
+
+
+class HistoryStore:
+    """SQLite history with batched writes. Not thread-safe: one owner (the hub's loop)."""
+
+    def __init__(self, data_dir: Path, *, history_limit: int = const.HISTORY_LIMIT) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        self.history_limit = history_limit
+        self.degraded = False
+        self.last_error: str | None = None
+        self.dropped = 0  # events given up on while the disk failed (bounded pending queue)
+        self._db: sqlite3.Connection | None = None
+        self._pending = _Pending(deque(), {}, {})
+        self._counts: dict[str, int] = {}
+        self._pruned: dict[str, int] = {}
+        self._retry_at = 0.0
+        self.start_seq = 0
+        self._open()
+
+    # --- opening -------------------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Open or create the file. Corrupt/foreign: StorageError. Unwritable: degraded, retried later."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            self._fail(f"cannot open {self.path}: {exc}")
+            return
+        try:
+            self._check_and_init(db)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_io_error(exc):
+                self._fail(f"cannot write {self.path}: {exc}")
+                return
+            raise StorageError(
+                f"{self.path} is not a usable lanchat history database ({exc}); move it away or choose "
+                "another --data-dir"
+            ) from None
+        self._db = db
+        if self.degraded:
+            log.warning("history: database open again at %s; writing resumes", self.path)
+        self.degraded = False
+        self.last_error = None
+
+    def _check_and_init(self, db: sqlite3.Connection) -> None:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise sqlite3.DatabaseError(f"foreign database (tables: {', '.join(sorted(tables)[:5])})")
+        if "meta" in tables:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("app") != APP_ID:
+                raise sqlite3.DatabaseError("foreign database (no lanchat marker)")
+            if meta.get("schema") != str(SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"schema version {meta.get('schema')}, expected {SCHEMA_VERSION}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
+        db.execute("PRAGMA busy_timeout=1000")
+        db.executescript(_SCHEMA)
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?), ('schema', ?)", (APP_ID, str(SCHEMA_VERSION)))
+        check = db.execute("PRAGMA quick_check").fetchone()
+        if check is None or check[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+        reserved = db.execute("SELECT value FROM meta WHERE key='seq_reserved'").fetchone()
+        top = db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        start = max(int(reserved[0]) if reserved else 0, top)
+        if start > self.start_seq:
+            self.start_seq = start
+        # Take the next block now, so a crash after this point can never hand out a number twice.
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(self.start_seq + SEQ_RESERVE),))
+        self._reserved = self.start_seq + SEQ_RESERVE
+        for conv, count, pruned in db.execute("SELECT conv, count, pruned_upto FROM convs"):
+            self._counts[conv] = count
+            self._pruned[conv] = pruned
+
+    def _fail(self, message: str) -> None:
+        if not self.degraded:
+            log.error("history: %s; chat goes on, history is kept in memory until the disk recovers", message)
+        self.degraded = True
+        self.last_error = message
+
+    # --- loading at start ----------------------------------------------------------------------------------
+
+    def load_sessions(self) -> list[SessionRow]:
+        if self._db is None:
+            return []
+        rows = self._db.execute("SELECT sid, token, nick, rooms, last_id, plain FROM sessions").fetchall()
+        return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5])) for r in rows]
+
+    def load_topics(self) -> dict[str, str]:
+        if self._db is None:
+            return {}
+        return dict(self._db.execute("SELECT room, topic FROM topics").fetchall())
+
+    # --- queued writes -------------------------------------------------------------------------------------
+
+    def add_event(self, seq: int, convs: tuple[str, ...] | list[str], ts: float, kind: str, line: str) -> None:
+        events = self._pending.events
+        for conv in convs:
+            events.append((conv, seq, ts, kind, line))
+        if len(events) > const.PENDING_WRITES_MAX:
+            self.dropped += len(events) - const.PENDING_WRITES_MAX
+            while len(events) > const.PENDING_WRITES_MAX:
+                events.popleft()
+        if seq + SEQ_RESERVE // 2 > self._reserved:
+            self._reserved = seq + SEQ_RESERVE
+            self._pending.reserve = self._reserved
+
+    def put_session(self, row: SessionRow) -> None:
+        self._pending.sessions[row.sid] = row
+
+    def drop_session(self, sid: str) -> None:
+        self._pending.sessions[sid] = None
+
+    def put_topic(self, room: str, topic: str) -> None:
+        self._pending.topics[room] = topic
+
+    @property
+    def pending(self) -> int:
+        p = self._pending
+        return len(p.events) + len(p.sessions) + len(p.topics)
+
+    def commit(self, now: float) -> bool:
+        """Write everything queued in one transaction. False while the disk fails (data kept, retried)."""
+        if not self.pending and self._pending.reserve is None:
+            return not self.degraded
+        if self._db is None or self.degraded:
+            if now < self._retry_at:
+                return False
+            self._retry_at = now + const.DB_RETRY_INTERVAL
+            if self._db is None:
+                self._open()
+                if self._db is None:
+                    return False
+        assert self._db is not None
+        p = self._pending
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if p.events:
+                db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", p.events)
+            for sid, row in p.sessions.items():
+                if row is None:
+                    db.execute("DELETE FROM sessions WHERE sid=?", (sid,))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                        (row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, int(row.plain)),
+                    )
+            for room, topic in p.topics.items():
+                db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?)", (room, topic))
+            if p.reserve is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(p.reserve),))
+            touched = self._count_and_prune(db, p.events)
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._retry_at = now + const.DB_RETRY_INTERVAL
+            self._fail(f"write failed: {exc}")
+            return False
+        self._counts.update(touched)
+        p.events.clear()
+        p.sessions.clear()
+        p.topics.clear()
+        p.reserve = None
+        if self.degraded:
+            log.warning("history: writes resumed at %s", self.path)
+            self.degraded = False
+            self.last_error = None
+        return True
+
+    def _count_and_prune(
+        self, db: sqlite3.Connection, events: deque[tuple[str, int, float, str, str]]
+    ) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for conv, *_ in events:
+            counts[conv] = counts.get(conv, self._counts.get(conv, 0)) + 1
+        budget = PRUNE_BATCH
+        for conv, count in counts.items():
+            excess = count - self.history_limit
+            if excess > 0 and budget > 0:
+                n = min(excess, budget)
+                budget -= n
+                upto = db.execute(
+                    "SELECT seq FROM events WHERE conv=? ORDER BY seq LIMIT 1 OFFSET ?", (conv, n - 1)
+                ).fetchone()
+                if upto is not None:
+                    db.execute("DELETE FROM events WHERE conv=? AND seq<=?", (conv, upto[0]))
+                    counts[conv] = count - n
+                    self._pruned[conv] = upto[0]
+            db.execute("INSERT OR REPLACE INTO convs VALUES (?, ?, ?)", (conv, counts[conv], self._pruned.get(conv, 0)))
+        return counts
+
+    # --- reads ---------------------------------------------------------------------------------------------
+
+    def events(
+        self, conv: str, *, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> tuple[list[str], bool]:
+        """Lines of one conversation, oldest first: the newest ``limit`` before ``before``, or the oldest
+        ``limit`` after ``after``. Returns (lines, more) where more says whether further pages exist."""
+        if self._db is None:
+            return [], False
+        args: list[object] = [conv]
+        where = "conv=?"
+        if before is not None:
+            where += " AND seq<?"
+            args.append(before)
+        if after is not None:
+            where += " AND seq>?"
+            args.append(after)
+        order = "ASC" if after is not None and before is None else "DESC"
+        try:
+            rows = self._db.execute(
+                f"SELECT line FROM events WHERE {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._fail(f"read failed: {exc}")
+            return [], False
+        more = len(rows) > limit
+        lines = [r[0] for r in rows[:limit]]
+        if order == "DESC":
+            lines.reverse()
+        return lines, more
+
+    def replay(self, after: int, convs: list[str], limit: int) -> list[tuple[int, str]]:
+        """Events of any of ``convs`` with seq > after, in order, each once."""
+        if self._db is None or not convs:
+            return []
+        marks = ",".join("?" * len(convs))
+        try:
+            rows = self._db.execute(
+                f"SELECT DISTINCT seq, line FROM events WHERE conv IN ({marks}) AND seq>? ORDER BY seq LIMIT ?",
+                (*convs, after, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._fail(f"read failed: {exc}")
+            return []
+        return [(r[0], r[1]) for r in rows]
+
+    def pruned_upto(self, conv: str) -> int:
+        """The highest sequence number removed from ``conv`` by retention (0: nothing removed)."""
+        return self._pruned.get(conv, 0)
+
+    def close(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+
+def _is_io_error(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in ("readonly", "read-only", "disk", "unable to open", "i/o", "locked"))
