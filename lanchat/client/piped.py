@@ -28,6 +28,7 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
 
 async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: bool) -> int:
     client: ChatClient
+    reconnects: list[str] = []
 
     def emit(text: str) -> None:
         try:
@@ -48,8 +49,10 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         if status == "reconnecting":  # only changes after the first connect are news
             why = f" ({client.lost_reason})" if client.lost_reason else ""
             print(f"lanchat: reconnecting{why}", file=sys.stderr, flush=True)
-        elif status == "connected" and client.state.info.token is not None:
+        elif status == "connected" and reconnects:
             print("lanchat: connected again", file=sys.stderr, flush=True)
+        if status == "reconnecting":
+            reconnects.append(status)
 
     client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status)
     try:

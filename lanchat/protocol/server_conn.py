@@ -9,6 +9,7 @@ is lost, and the lines already read wait here (at most one read's worth, since r
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -18,6 +19,16 @@ from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.framing import FRAME_TOO_LONG, LineFramer
 from lanchat.protocol.plain import HELP, LocalCommand, parse_command, render
+
+
+_HTTP = re.compile(r"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) \S+ HTTP/\d")
+_HTTP_REPLY = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 55\r\n\r\n"
+    b"This is a lanchat chat server, not a web server. Bye.\r\n"
+)
+
+
+_BEFORE_NICK = frozenset({"/nick", "/help", "/?", "/quit", "/exit", "/bye", "/rooms", "/list", "/status", "/stats"})
 
 
 class Mode(Enum):
@@ -156,15 +167,18 @@ class ServerConnection:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             raise RemoteProtocolError(m.Err.BAD_UTF8, "that line is not valid UTF-8") from None
-        cmd = parse_command(text, self.current if self.hello_sent else const.DEFAULT_ROOM)
-        if not self.registered:
-            if isinstance(cmd, m.Nick):  # a first choice that was taken may be retried with /nick
-                self._plain_hello(cmd.nick, out)
-                return
-            if not self.hello_sent:
-                self._plain_hello(f"guest{self.conn_id}", out)
-            elif isinstance(cmd, m.Msg | m.Action | m.Join | m.Part | m.PrivMsg | m.Topic):
-                raise RemoteProtocolError(m.Err.NOT_REGISTERED, "choose a nick first: /nick NAME")
+        if not self.hello_sent and _HTTP.match(text):
+            self.closed = True  # a browser or curl found the port: answer in its language and hang up
+            out.append(Reply(_HTTP_REPLY))
+            out.append(Close("http request", clean=True))
+            return
+        if not self.hello_sent and text.split(" ", 1)[0].lower() not in _BEFORE_NICK:
+            # Plain sessions start with /nick: a stray protocol (SSH banner, SMTP, ...) never posts.
+            raise RemoteProtocolError(m.Err.NOT_REGISTERED, "choose a nick first: /nick NAME")
+        cmd = parse_command(text, self.current)
+        if isinstance(cmd, m.Nick) and not self.registered:  # a nick that was taken may be retried
+            self._plain_hello(cmd.nick, out)
+            return
         if cmd is None:
             return
         if isinstance(cmd, LocalCommand):

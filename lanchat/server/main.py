@@ -103,6 +103,8 @@ class Server:
         for slot in self.slots:
             self._spawn(slot)
         await self._wait_ready()
+        if self.stopping:  # a worker could not boot: _reap began the stop
+            return
         self.loop.add_reader(self.listener.fileno(), self._accept)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self._signals.append, sig)

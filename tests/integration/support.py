@@ -1,0 +1,216 @@
+"""Real processes and sockets for integration tests: a `lanchat serve` process and a raw JSON client.
+
+Waiting is done on events (a log line, a frame), each with a deadline; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+Frame = dict[str, Any]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`python -m lanchat serve` on 127.0.0.1 with its own port and data directory."""
+
+    def __init__(self, data_dir: Path, *args: str, workers: int = 4, port: int | None = None, discovery: bool = False):
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.workers = workers
+        self.args = list(args)
+        self.discovery = discovery
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout: float = 15.0) -> ServerProcess:
+        cmd = [
+            sys.executable, "-m", "lanchat", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(self.workers), "--data-dir", str(self.data_dir), "--name", f"test-{self.port}",
+        ]  # fmt: skip
+        if not self.discovery:
+            cmd.append("--no-discovery")
+        cmd += self.args
+        env = {**os.environ, "LANCHAT_INTERFACE": "lo", "PYTHONUNBUFFERED": "1"}
+        self.lines = []
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
+        self.wait_log(r"serving on", timeout)
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, start: int = 0) -> str:
+        """Wait for a log line matching ``pattern`` (searching from line index ``start``)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines[start:]:
+                    if rx.search(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                exited = self.proc is not None and self.proc.poll() is not None
+                if remaining <= 0 or (exited and not self._reader_alive()):
+                    raise AssertionError(f"no log line matching {pattern!r}; log:\n" + "\n".join(self.lines[-40:]))
+                self._cond.wait(min(remaining, 0.2))
+
+    def _reader_alive(self) -> bool:
+        return self._reader is not None and self._reader.is_alive()
+
+    def mark(self) -> int:
+        """The current end of the log, for wait_log(start=...) to see only what comes after."""
+        with self._cond:
+            return len(self.lines)
+
+    @property
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self.kill()
+        return code
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for child in children:
+            try:
+                child.kill()
+                child.wait(5)
+            except psutil.Error:
+                pass
+        if self._reader is not None:
+            self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def stats(self) -> Frame:
+        with Client(self.port) as c:
+            c.send({"type": "stats"})
+            return c.expect("stats")
+
+    def worker_pids(self) -> list[int]:
+        return [p["pid"] for p in self.stats()["processes"] if p["role"].startswith("worker")]
+
+
+class Client:
+    """A raw JSON Lines client on a blocking socket; every wait has a deadline."""
+
+    def __init__(self, port: int, nick: str | None = None, *, host: str = "127.0.0.1", **hello: Any) -> None:
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.buf = b""
+        self.seen: list[Frame] = []
+        self.server = self.recv()  # the server's first line
+        if nick is not None:
+            self.send({"type": "hello", "nick": nick, **hello})
+            self.welcome = self.expect("welcome")
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, obj: Frame) -> None:
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv_line(self, timeout: float = 5.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no line from server")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def recv(self, timeout: float = 5.0) -> Frame:
+        frame = json.loads(self.recv_line(timeout))
+        assert isinstance(frame, dict)
+        self.seen.append(frame)
+        return frame
+
+    def expect(self, match: str | Callable[[Frame], bool], timeout: float = 5.0) -> Frame:
+        """Read frames until one matches (a type name or a predicate); earlier ones stay in ``seen``."""
+        pred = (lambda f: f.get("type") == match) if isinstance(match, str) else match
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.recv(max(0.0, deadline - time.monotonic()))
+            if pred(frame):
+                return frame
+
+    def closed_by_server(self, timeout: float = 5.0) -> bool:
+        """Read until EOF (True) or the deadline (False)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except (TimeoutError, socket.timeout):
+            return False
+        except OSError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def run_cli(*args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LANCHAT_INTERFACE": "lo"}
+    return subprocess.run(
+        [sys.executable, "-m", "lanchat", *args], input=input, capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -1,0 +1,188 @@
+"""Every limit at its edge, on a real server: frame size, rate/burst, sendq, clients, per-IP, timeouts."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+from support import Client
+
+
+def _msg_line(length: int, rid: int = 1) -> bytes:
+    """A msg frame of exactly ``length`` bytes (without its newline)."""
+    base = {"type": "msg", "room": "lobby", "text": "", "id": rid}
+    pad = length - len(json.dumps(base, separators=(",", ":")).encode())
+    base["text"] = "x" * pad
+    line = json.dumps(base, separators=(",", ":")).encode()
+    assert len(line) == length
+    return line
+
+
+def test_max_frame_edge_and_connection_survives(make_server) -> None:
+    server = make_server("--max-frame", "1024", workers=1)
+    with Client(server.port, "edge") as c:
+        c.send_raw(_msg_line(1024, 1) + b"\n")
+        assert len(c.expect("msg")["text"]) > 900  # exactly at the limit: accepted
+        c.send_raw(_msg_line(1025, 2) + b"\n")
+        err = c.expect("error")
+        assert err["code"] == "frame_too_long"
+        c.send({"type": "msg", "room": "lobby", "text": "after", "id": 3})
+        assert c.expect("msg")["text"] == "after"  # the connection survived
+
+
+def test_line_without_newline_is_cut_at_the_limit(make_server) -> None:
+    server = make_server("--max-frame", "1024", workers=1)
+    with Client(server.port, "dribble") as c:
+        c.send_raw(b"y" * 5000)  # never a newline: refused as soon as it passes the limit
+        assert c.expect("error")["code"] == "frame_too_long"
+        c.send_raw(b"z" * 100_000 + b"\n")  # the rest of that line is skipped, not stored
+        c.send({"type": "msg", "room": "lobby", "text": "next line works", "id": 1})
+        assert c.expect("msg")["text"] == "next line works"
+
+
+def test_rate_and_burst_slow_a_flood_without_losing_it(make_server) -> None:
+    server = make_server("--rate", "5", "--burst", "3", workers=1)
+    with Client(server.port, "fast") as c:
+        c.send_raw(
+            b"".join(
+                json.dumps({"type": "msg", "room": "lobby", "text": f"m{i}", "id": i + 1}).encode() + b"\n"
+                for i in range(6)
+            )
+        )
+        stamps = []
+        for i in range(6):
+            assert c.expect("msg")["text"] == f"m{i}"  # all of them, in order
+            stamps.append(time.monotonic())
+        # The burst of 3 passes at once; 3 more need 3 tokens at 5/s: at least ~0.6 s later.
+        assert stamps[2] - stamps[0] < 0.3
+        assert stamps[5] - stamps[0] >= 0.45
+
+
+def test_slow_consumer_is_dropped_at_sendq_and_others_keep_receiving(make_server) -> None:
+    server = make_server("--sendq", "65536", "--rate", "10000", "--burst", "10000", "--resume-grace", "0", workers=2)
+    slow = socket.create_connection(("127.0.0.1", server.port))
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.sendall(b'{"type":"hello","nick":"slow"}\n')  # ... and never reads again
+    with Client(server.port, "sender") as sender, Client(server.port, "reader") as reader:
+        sender.expect(lambda f: f.get("type") == "join" and f.get("nick") == "reader")
+        text = "p" * 3000
+        quit_ = None
+        for i in range(2000):  # bounded: 6 MB at most, far beyond 64 KiB of sendq plus socket buffers
+            sender.send({"type": "msg", "room": "lobby", "text": text, "id": i + 1})
+            reader.expect("msg")
+            sender.expect("msg")  # the sender reads too, or it would be the slow one
+            found = [f for f in sender.seen if f.get("type") == "quit"]
+            if found:
+                quit_ = found[0]
+                break
+        if quit_ is None:
+            quit_ = sender.expect("quit", timeout=5)
+        assert quit_["nick"] == "slow" and quit_["reason"] == "too slow"
+        sender.send({"type": "msg", "room": "lobby", "text": "still flowing", "id": 99999})
+        assert reader.expect(lambda f: f.get("text") == "still flowing")["from"] == "sender"
+    slow.close()
+
+
+def test_max_clients_holds_across_workers(make_server) -> None:
+    server = make_server("--max-clients", "3", workers=2)
+    clients = [Client(server.port, f"c{i}") for i in range(3)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        frame = json.loads(extra.makefile("rb").readline())
+        assert frame["type"] == "error" and frame["code"] == "server_full" and frame["fatal"]
+        assert extra.recv(1) == b""  # and closed
+        extra.close()
+        clients.pop().close()  # a slot frees up once the worker reports the close
+        deadline = time.monotonic() + 5
+        while True:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as again:
+                first = json.loads(again.makefile("rb").readline())
+            if first["type"] == "server" or time.monotonic() > deadline:
+                break
+        assert first["type"] == "server"
+    finally:
+        for c in clients:
+            c.close()
+
+
+@pytest.mark.parametrize("exempt", [False, True])
+def test_max_per_ip_across_workers(make_server, exempt: bool) -> None:
+    args = ["--max-per-ip", "2"] + ([] if exempt else ["--no-exempt-loopback"])
+    server = make_server(*args, workers=2)
+    clients = [Client(server.port, f"ip{i}") for i in range(2)]  # one on each worker
+    try:
+        third = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        frame = json.loads(third.makefile("rb").readline())
+        third.close()
+        if exempt:
+            assert frame["type"] == "server"  # loopback is exempt by default
+        else:
+            assert frame["code"] == "too_many_connections"
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_handshake_timeout_closes_silent_connections(make_server) -> None:
+    server = make_server("--handshake-timeout", "0.5", workers=1)
+    with Client(server.port) as silent:
+        err = silent.expect("error", timeout=3)
+        assert err["code"] == "handshake_timeout"
+        assert silent.closed_by_server(timeout=2)
+
+
+def test_idle_client_is_pinged_then_dropped_but_a_ponging_one_stays(make_server) -> None:
+    server = make_server("--ping-interval", "0.3", "--idle-timeout", "1.2", workers=1)
+    with Client(server.port, "sleepy") as sleepy, Client(server.port, "awake") as awake:
+        awake.expect("ping", timeout=3)
+        awake.send({"type": "pong"})
+        assert sleepy.expect("ping", timeout=3)
+        assert sleepy.expect("error", timeout=3)["code"] == "idle_timeout"
+        assert sleepy.closed_by_server(timeout=2)
+        awake.send({"type": "msg", "room": "lobby", "text": "I answered", "id": 1})
+        assert awake.expect("msg")["text"] == "I answered"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"\xff\xfe not utf-8\n", "bad_utf8"),
+        (b"{not json}\n", "bad_json"),
+        (b'{"type":"dance"}\n', "unknown_type"),
+        (b'{"type":"msg","room":"lobby"}\n', "bad_field"),
+        (b'{"type":"msg","room":"no spaces!","text":"x"}\n', "bad_room"),
+        (b'{"type":"msg","room":"lobby","text":"\\u001b[31mred"}\n', "bad_text"),
+        (b'{"type":"msg","room":"lobby","text":"nul\\u0000"}\n', "bad_text"),
+        (b"[" * 50_000 + b"\n", "bad_json"),
+        (b'{"type":"msg","room":"lobby","text":"x","id":' + b"9" * 5000 + b"}\n", "bad_json"),
+        (b'{"type":"msg","room":"lobby","text":"x","id":true}\n', "bad_field"),
+        (b'{"type":"privmsg","to":"","text":"x"}\n', "bad_nick"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_is_never_relayed(make_server, raw: bytes, code: str) -> None:
+    server = make_server("--max-frame", "65536", workers=1)
+    pids = server.worker_pids()
+    with Client(server.port, "victim") as victim, Client(server.port, "mallory") as mallory:
+        mallory.send_raw(raw)
+        assert mallory.expect("error")["code"] == code
+        mallory.send({"type": "msg", "room": "lobby", "text": "ok now", "id": 1})
+        assert victim.expect("msg")["text"] == "ok now"  # the first event victim sees is the valid one
+        assert [f for f in victim.seen if f.get("type") == "msg"] == [victim.seen[-1]]
+    assert server.worker_pids() == pids  # no worker crashed
+
+
+def test_http_request_to_chat_port_is_closed_without_effect(make_server) -> None:
+    server = make_server("--handshake-timeout", "1", workers=1)
+    with Client(server.port, "watcher") as watcher:
+        http = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        http.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: curl\r\n\r\n")
+        data = b""
+        http.settimeout(5)
+        while chunk := http.recv(4096):
+            data += chunk
+        http.close()
+        assert b"HTTP/1.1 400 Bad Request" in data and b"not a web server" in data  # answered, then closed
+        watcher.send({"type": "who", "room": "lobby"})
+        assert watcher.expect("who")["nicks"] == ["watcher"]  # no session was created for it

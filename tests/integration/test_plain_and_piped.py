@@ -1,0 +1,142 @@
+"""Plain-text mode (nc/telnet) over a raw socket, and `lanchat join` in piped mode as scripts use it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+from support import Client, run_cli
+
+
+class Plain:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\r\n")  # telnet sends CRLF
+
+    def expect(self, needle: str, timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buf:
+                line, _, self.buf = self.buf.partition(b"\n")
+                text = line.decode()
+                if needle in text:
+                    return text
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"closed before {needle!r}")
+            self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_plain_text_session_with_a_raw_socket(make_server) -> None:
+    server = make_server(workers=2)
+    with Client(server.port, "jason") as js:
+        nc = Plain(server.port)
+        try:
+            nc.expect("/nick YOURNAME")  # the greeting tells a person what to do
+            nc.send("hello before a nick")
+            assert "choose a nick first" in nc.expect("!")
+            nc.send("/nick Jason")
+            assert "[nick_taken]" in nc.expect("nick_taken")  # clashes with the JSON client's nick
+            nc.send("/nick telly")
+            nc.expect("Welcome! You are telly")
+            nc.send("hi from telnet")
+            msg = js.expect("msg")
+            assert (msg["from"], msg["text"]) == ("telly", "hi from telnet")
+            js.send({"type": "msg", "room": "lobby", "text": "hi telly", "id": 1})
+            assert nc.expect("<jason> hi telly").endswith("#lobby <jason> hi telly")
+            nc.send("/me waves")
+            assert js.expect("action")["text"] == "waves"
+            nc.send("/msg jason psst")
+            assert js.expect("privmsg")["text"] == "psst"
+            nc.send("/who")
+            who = nc.expect("#lobby:")
+            assert "jason" in who and "telly" in who
+            nc.send("/join dev")
+            nc.expect("#dev -- telly joined")
+            nc.send("in dev")
+            nc.send("/rooms")
+            assert "#dev (1)" in nc.expect("rooms:")
+            nc.send("/help")
+            nc.expect("/msg NICK TEXT")
+            nc.send("/bogus")
+            nc.expect("unknown command")
+            nc.send("/quit bye all")
+            quit_ = js.expect("quit")
+            assert (quit_["nick"], quit_["reason"]) == ("telly", "bye all")
+            assert not [f for f in js.seen if f.get("room") == "dev"]  # jason is not in dev
+        finally:
+            nc.close()
+
+
+def _join(port: int, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lanchat", "join", f"127.0.0.1:{port}", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_piped_join_sends_lines_and_prints_events(make_server) -> None:
+    server = make_server(workers=2)
+    with Client(server.port, "observer") as obs:
+        out = run_cli(
+            "join", f"127.0.0.1:{server.port}", "--nick", "scripter", "--room", "lobby",
+            input="hello from a script\n/me runs\n/msg observer secret\n/join dev\nnow in dev\n",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "<scripter> hello from a script" in out.stdout
+        texts = [(f["type"], f.get("text")) for f in obs.seen + [obs.expect("quit")] if f.get("from") == "scripter"]
+        assert texts == [("msg", "hello from a script"), ("action", "runs"), ("privmsg", "secret")]
+
+
+def test_piped_join_json_output_stays_connected_while_stdin_is_open(make_server) -> None:
+    server = make_server(workers=2)
+    proc = _join(server.port, "--nick", "bot", "--json")
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        frames = []
+        while not any(f.get("type") == "room" for f in frames):
+            frames.append(json.loads(proc.stdout.readline()))
+        assert {"server", "welcome", "join", "room"} <= {f["type"] for f in frames}
+        with Client(server.port, "human") as human:
+            human.send({"type": "msg", "room": "lobby", "text": "hello bot", "id": 1})
+            while True:  # every line is one JSON object
+                frame = json.loads(proc.stdout.readline())
+                if frame.get("type") == "msg":
+                    break
+            assert (frame["from"], frame["text"]) == ("human", "hello bot")
+            proc.stdin.write("hello human\n")
+            proc.stdin.flush()
+            assert human.expect(lambda f: f.get("from") == "bot")["text"] == "hello human"
+            proc.stdin.close()  # EOF: exits once its message is acknowledged
+            assert proc.wait(10) == 0
+            assert human.expect("quit")["nick"] == "bot"
+    finally:
+        proc.kill()
+        proc.wait()
+        for f in (proc.stdout, proc.stderr, proc.stdin):
+            if f is not None:
+                f.close()
+
+
+def test_piped_join_exit_codes(make_server) -> None:
+    server = make_server(workers=1)
+    with Client(server.port, "taken"):
+        out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "TAKEN", input="")
+        assert out.returncode == 4 and "taken" in out.stderr
+        bad = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "9lives", input="")
+        assert bad.returncode == 4 and "nick" in bad.stderr
+    closed = run_cli("join", "127.0.0.1:1", "--nick", "x", input="")
+    assert closed.returncode == 3 and "cannot reach" in closed.stderr

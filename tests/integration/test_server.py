@@ -1,0 +1,202 @@
+"""`lanchat serve --workers 4` as real processes on loopback: routing across workers, supervision, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import psutil
+from support import Client, ServerProcess, run_cli
+
+
+def _spread_clients(server: ServerProcess, nicks: list[str], **hello: object) -> list[Client]:
+    """Connect clients one by one: least-loaded placement puts consecutive clients on different workers."""
+    return [Client(server.port, nick, **hello) for nick in nicks]
+
+
+def _worker_conns(server: ServerProcess) -> list[int]:
+    return [p["connections"] for p in server.stats()["processes"] if p["role"].startswith("worker")]
+
+
+def test_room_fanout_across_workers(make_server) -> None:
+    server = make_server(workers=4)
+    clients = _spread_clients(server, [f"user{i}" for i in range(8)])
+    try:
+        conns = _worker_conns(server)
+        # The 8 clients landed on all 4 workers (the stats request's own connection is a 9th).
+        assert sum(conns) == 9 and min(conns) == 2, conns
+        clients[0].send({"type": "msg", "room": "lobby", "text": "hello everyone", "id": 1})
+        got = [c.expect(lambda f: f.get("type") == "msg") for c in clients]
+        assert {(f["from"], f["text"]) for f in got} == {("user0", "hello everyone")}
+        assert len({f["seq"] for f in got}) == 1  # one event, one sequence number, everywhere
+        ack = clients[0].expect("ack")
+        assert ack["id"] == 1 and ack["seq"] == got[0]["seq"]
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_rooms_only_reach_their_members(make_server) -> None:
+    server = make_server(workers=4)
+    a, b, c = _spread_clients(server, ["ann", "ben", "cat"])
+    try:
+        a.send({"type": "join", "room": "dev"})
+        a.expect(lambda f: f.get("type") == "join" and f.get("nick") == "ann" and f.get("room") == "dev")
+        b.send({"type": "join", "room": "dev"})
+        a.expect(lambda f: f.get("type") == "join" and f.get("nick") == "ben" and f.get("room") == "dev")
+        a.send({"type": "msg", "room": "dev", "text": "dev only", "id": 1})
+        assert b.expect("msg")["text"] == "dev only"
+        c.send({"type": "msg", "room": "lobby", "text": "lobby line", "id": 1})
+        first = c.expect("msg")
+        assert first["text"] == "lobby line"  # cat never saw the dev message before its own
+        assert all(f.get("room") != "dev" for f in c.seen)
+    finally:
+        for x in (a, b, c):
+            x.close()
+
+
+def test_nick_collision_across_workers_is_case_insensitive(make_server) -> None:
+    server = make_server(workers=4)
+    first = Client(server.port, "Alice")
+    others = _spread_clients(server, ["x1", "x2"])  # so the next client lands on another worker
+    try:
+        c = Client(server.port)
+        c.send({"type": "hello", "nick": "aLiCe", "id": 7})
+        err = c.expect("error")
+        assert err["code"] == "nick_taken" and err["id"] == 7
+        c.send({"type": "hello", "nick": "alice2"})  # the connection survives; a second try works
+        assert c.expect("welcome")["nick"] == "alice2"
+        c.close()
+    finally:
+        first.close()
+        for o in others:
+            o.close()
+
+
+def test_private_messages_across_workers(make_server) -> None:
+    server = make_server(workers=4)
+    a, b, c = _spread_clients(server, ["ann", "ben", "cat"])
+    try:
+        a.send({"type": "privmsg", "to": "BEN", "text": "just you", "id": 1})
+        pm = b.expect("privmsg")
+        assert (pm["from"], pm["to"], pm["text"]) == ("ann", "ben", "just you")
+        assert a.expect("privmsg")["seq"] == pm["seq"]  # the sender sees its own, same event
+        a.send({"type": "privmsg", "to": "nobody", "text": "hello?", "id": 2})
+        assert a.expect("error")["code"] == "no_such_nick"
+        c.send({"type": "msg", "room": "lobby", "text": "marker", "id": 1})
+        c.expect("msg")
+        assert not [f for f in c.seen if f.get("type") == "privmsg"]
+    finally:
+        for x in (a, b, c):
+            x.close()
+
+
+def test_worker_killed_is_replaced_and_others_unaffected(make_server) -> None:
+    server = make_server("--resume-grace", "0.5", workers=4)
+    clients = _spread_clients(server, [f"u{i}" for i in range(4)])
+    try:
+        pids = server.worker_pids()
+        victim = pids[0]
+        mark = server.mark()
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        line = server.wait_log(r"worker \d ready", timeout=5, start=mark)
+        assert time.monotonic() - killed_at < 1.0, line  # replaced within a second
+        assert "SIGKILL" in server.wait_log(r"killed by SIGKILL")
+        new_pids = server.worker_pids()
+        assert victim not in new_pids and len(new_pids) == 4
+        # Exactly one client was on the dead worker: it is disconnected; everyone else sees it quit.
+        dead = [c for c in clients if c.closed_by_server(timeout=0.2)]
+        assert len(dead) == 1
+        alive = [c for c in clients if c is not dead[0]]
+        gone = dead[0].welcome["nick"]
+        for c in alive:
+            quit_ = c.expect(lambda f: f.get("type") == "quit")
+            assert quit_["nick"] == gone
+        alive[0].send({"type": "msg", "room": "lobby", "text": "still here", "id": 1})
+        for c in alive:
+            assert c.expect("msg")["text"] == "still here"
+        newcomer = Client(server.port, "late")  # new connections work, on any worker
+        newcomer.close()
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_sigterm_tells_clients_and_exits_within_5s(make_server) -> None:
+    server = make_server(workers=4)
+    clients = _spread_clients(server, ["a1", "a2", "a3"])
+    assert server.proc is not None
+    started = time.monotonic()
+    code = server.stop(signal.SIGTERM, timeout=5)
+    assert code == 0
+    assert time.monotonic() - started < 5
+    for c in clients:
+        bye = c.expect("bye")
+        assert bye["reason"] == "server shutting down" and bye["reconnect"] is True
+        assert c.closed_by_server(timeout=1)
+        c.close()
+
+
+def test_worker_that_cannot_boot_stops_the_server(tmp_path) -> None:
+    server = ServerProcess(tmp_path / "d", workers=2)
+    os.environ["LANCHAT_FAULT"] = "worker-boot"
+    try:
+        try:
+            server.start(timeout=5)
+            raise AssertionError("server started although workers cannot boot")
+        except AssertionError as exc:
+            if "started although" in str(exc):
+                raise
+        assert server.proc is not None
+        assert server.proc.wait(10) == 3
+        assert "could not boot" in server.log
+    finally:
+        del os.environ["LANCHAT_FAULT"]
+        server.kill()
+
+
+def test_hung_worker_is_detected_by_heartbeat_and_replaced(make_server) -> None:
+    server = make_server("--worker-timeout", "1", workers=2)
+    victim = server.worker_pids()[0]
+    mark = server.mark()
+    os.kill(victim, signal.SIGSTOP)  # alive but not answering: only a heartbeat can tell
+    try:
+        server.wait_log(r"no heartbeat", timeout=5, start=mark)
+        server.wait_log(r"worker \d ready", timeout=5, start=mark)
+        assert victim not in server.worker_pids()
+    finally:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_main_process_killed_takes_workers_with_it(make_server) -> None:
+    server = make_server(workers=2)
+    assert server.proc is not None
+    workers = [psutil.Process(pid) for pid in server.worker_pids()]
+    server.proc.kill()
+    gone, alive = psutil.wait_procs(workers, timeout=1.5)
+    # Without an init that reaps orphans (containers), an exited worker stays a zombie: exited all the same.
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
+
+
+def test_status_command_prints_every_process(make_server) -> None:
+    server = make_server(workers=2)
+    with Client(server.port, "someone"):
+        out = run_cli("status", f"127.0.0.1:{server.port}")
+        assert out.returncode == 0, out.stderr
+        assert "worker0" in out.stdout and "worker1" in out.stdout and "main" in out.stdout
+        js = run_cli("status", f"127.0.0.1:{server.port}", "--json")
+        import json
+
+        stats = json.loads(js.stdout)
+        roles = Counter(p["role"] for p in stats["processes"])
+        assert roles == Counter({"main": 1, "worker0": 1, "worker1": 1})
+        assert all(p["rss"] > 0 for p in stats["processes"])
+        assert stats["users"] == 1
+    assert run_cli("status", "127.0.0.1:1").returncode == 3
