@@ -20,7 +20,6 @@ from lanchat.protocol import messages as m
 from lanchat.protocol.framing import FRAME_TOO_LONG, LineFramer
 from lanchat.protocol.plain import HELP, LocalCommand, parse_command, render
 
-
 _HTTP = re.compile(r"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) \S+ HTTP/\d")
 _HTTP_REPLY = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 55\r\n\r\n"

@@ -179,7 +179,7 @@ def test_main_process_killed_takes_workers_with_it(make_server) -> None:
     assert server.proc is not None
     workers = [psutil.Process(pid) for pid in server.worker_pids()]
     server.proc.kill()
-    gone, alive = psutil.wait_procs(workers, timeout=1.5)
+    _gone, alive = psutil.wait_procs(workers, timeout=1.5)
     # Without an init that reaps orphans (containers), an exited worker stays a zombie: exited all the same.
     alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
