@@ -60,6 +60,7 @@ class WorkerSlot:
     crashes: int = 0
     respawn_at: float | None = None
     ps: Any = None  # psutil.Process, kept so cpu_percent() measures between calls
+    killed_for: str = ""  # why the supervisor itself killed it (so the log does not guess)
 
 
 class Server:
@@ -196,7 +197,7 @@ class Server:
                     frames = decoder.feed(data)
                 except RemoteProtocolError as exc:
                     log.error("worker %d: broken control stream (%s); killing it", slot.index, exc)
-                    server._kill(slot)
+                    server._kill(slot, "broken control stream")
                     return
                 for frame in frames:
                     if isinstance(frame, control.JsonFrame):
@@ -235,7 +236,12 @@ class Server:
                     slot.last_pong = time.monotonic()
                     log.info("worker %d ready (pid %s)", slot.index, rec[1])
             except (IndexError, TypeError, ValueError) as exc:
-                log.error("worker %d: bad control record %r: %s", slot.index, rec, exc)
+                log.error("worker %d: bad control record %.200r: %s", slot.index, rec, exc)
+            except Exception:  # a hub bug must cost one request, not the worker's pipe
+                log.exception("internal error handling %.200r from worker %d", rec, slot.index)
+                if isinstance(rec, list) and len(rec) > 1 and rec[0] == "req":
+                    err = m.error_frame(m.Err.INTERNAL, "internal server error; the request was not processed")
+                    hub._reply(slot.index, int(rec[1]), err)
         self._schedule_flush()
 
     def _worker_gone(self, slot: WorkerSlot) -> None:
@@ -252,10 +258,12 @@ class Server:
         self.hub.worker_lost(slot.index, time.time())
         self._schedule_flush()
         if slot.proc is not None and slot.proc.poll() is None:
+            slot.killed_for = "its pipe closed"
             slot.proc.kill()  # a half-dead worker must not keep sockets of sessions the hub released
 
-    def _kill(self, slot: WorkerSlot) -> None:
+    def _kill(self, slot: WorkerSlot, why: str = "") -> None:
         if slot.proc is not None and slot.proc.poll() is None:
+            slot.killed_for = why
             slot.proc.kill()
 
     def _reap(self) -> None:
@@ -266,11 +274,14 @@ class Server:
             code = proc.returncode
             slot.proc = None
             self._worker_gone(slot)
+            killed_for, slot.killed_for = slot.killed_for, ""
             if self.stopping:
                 continue
-            if code < 0:
+            if killed_for:
+                log.error("worker %d was killed by the supervisor (%s); replacing it", slot.index, killed_for)
+            elif code < 0:
                 name = signal.Signals(-code).name
-                hint = " (out of memory?)" if name == "SIGKILL" else ""
+                hint = " (out of memory, or killed by hand?)" if name == "SIGKILL" else ""
                 log.error("worker %d was killed by %s%s; replacing it", slot.index, name, hint)
             else:
                 log.error("worker %d exited with code %d; replacing it", slot.index, code)
@@ -300,13 +311,13 @@ class Server:
                             "worker %d: no heartbeat for %.1f s (hung?); killing and replacing it",
                             slot.index, now - slot.last_pong,
                         )  # fmt: skip
-                        self._kill(slot)
+                        self._kill(slot, "no heartbeat")
                     elif slot.ctrl is not None:
                         slot.ping_seq += 1
                         slot.ctrl.write(control.json_frame([["ping", slot.ping_seq]]))
                 elif slot.alive and now - slot.started > const.WORKER_BOOT_TIMEOUT:
                     log.error("worker %d: not ready after %.0f s; killing it", slot.index, const.WORKER_BOOT_TIMEOUT)
-                    self._kill(slot)
+                    self._kill(slot, "boot timeout")
                 if slot.crashes and slot.alive and now - slot.started > 10.0:
                     slot.crashes = 0  # stable again: the next crash restarts at once
             self.hub.tick(time.time())

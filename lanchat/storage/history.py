@@ -80,6 +80,7 @@ class HistoryStore:
         self._pruned: dict[str, int] = {}
         self._retry_at = 0.0
         self.start_seq = 0
+        self._reserved = 0
         self._open()
 
     # --- opening -------------------------------------------------------------------------------------------

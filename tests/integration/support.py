@@ -214,3 +214,85 @@ def run_cli(*args: str, input: str | None = None, timeout: float = 30.0) -> subp
     return subprocess.run(
         [sys.executable, "-m", "lanchat", *args], input=input, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+class JoinProcess:
+    """`lanchat join ADDRESS --json` in piped mode; stdout frames are collected by a reader thread."""
+
+    def __init__(self, port: int, nick: str, *args: str, input_lines: list[str] | None = None) -> None:
+        env = {**os.environ, "LANCHAT_INTERFACE": "lo", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lanchat", "join", f"127.0.0.1:{port}", "--nick", nick, "--json", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.frames: list[Frame] = []
+        self.errors: list[str] = []
+        self._cond = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._read_out, daemon=True),
+            threading.Thread(target=self._read_err, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        if input_lines is not None:
+            self.write_lines(input_lines)
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            frame = json.loads(line)
+            with self._cond:
+                self.frames.append(frame)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.errors.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def write_lines(self, lines: list[str]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("".join(line + "\n" for line in lines))
+        self.proc.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def wait_for(self, pred: Callable[[list[Frame]], bool], timeout: float = 10.0) -> list[Frame]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not pred(self.frames):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out; stderr: {self.errors[-10:]}; last frames: {self.frames[-3:]}")
+                self._cond.wait(min(remaining, 0.2))
+            return list(self.frames)
+
+    def texts(self, sender: str | None = None) -> list[str]:
+        with self._cond:
+            return [f["text"] for f in self.frames if f.get("type") == "msg" and sender in (None, f.get("from"))]
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for t in self._threads:
+            t.join(5)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass

@@ -1,0 +1,134 @@
+"""A failing disk never stops live chat; a corrupt or foreign database stops the server at start.
+
+Real failures on a real file system: a small tmpfs (root can mount one) that is read-only or full.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import Client, ServerProcess
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _remount(mnt: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mnt)], check=True)
+
+
+def _history(port: int) -> list[str]:
+    with Client(port, "historian", rooms=[]) as c:
+        c.send({"type": "history", "room": "lobby", "limit": 500, "id": 1})
+        page = c.expect(lambda f: f.get("type") == "history" and f.get("id") == 1)
+        return [e["text"] for e in page["events"] if e.get("type") == "msg"]
+
+
+def _wait_degraded(server: ServerProcess, degraded: bool, timeout: float = 10.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        history = server.stats()["history"]
+        if history["degraded"] is degraded or time.monotonic() > deadline:
+            return history
+        time.sleep(0.1)  # polling a figure: the store retries on its own schedule (DB_RETRY_INTERVAL)
+
+
+def test_read_only_data_dir_keeps_chat_alive_and_recovers(make_server, tmpfs: Path) -> None:
+    _remount(tmpfs, "ro")
+    server = make_server(workers=1, data_dir=tmpfs)
+    with Client(server.port, "alice") as a, Client(server.port, "bob") as b:
+        for i in range(5):
+            a.send({"type": "msg", "room": "lobby", "text": f"ro{i}", "id": i + 1})
+        assert [b.expect("msg")["text"] for _ in range(5)] == [f"ro{i}" for i in range(5)]  # chat goes on
+        assert a.expect(lambda f: f.get("type") == "ack" and f.get("id") == 5)  # and is acknowledged
+        state = server.stats()["history"]
+        assert state["degraded"] is True and "open" in str(state["error"])
+        assert server.log.count("chat goes on") == 1  # logged once, not per message
+        _remount(tmpfs, "rw")
+        a.send({"type": "msg", "room": "lobby", "text": "disk is back", "id": 6})
+        b.expect("msg")
+        state = _wait_degraded(server, False)
+        assert state["degraded"] is False and state["pending"] == 0
+    assert _history(server.port) == [*(f"ro{i}" for i in range(5)), "disk is back"]  # nothing was lost
+    assert (tmpfs / "history.sqlite3").exists()
+
+
+def test_full_disk_keeps_chat_alive_and_resumes_writing(make_server, tmpfs: Path) -> None:
+    server = make_server(workers=1, data_dir=tmpfs)
+    filler = tmpfs / "filler"
+    with Client(server.port, "alice") as a, Client(server.port, "bob") as b:
+        a.send({"type": "msg", "room": "lobby", "text": "before", "id": 1})
+        a.expect("ack")
+        assert b.expect("msg")["text"] == "before"
+        with open(filler, "wb") as f:  # fill the file system to the last block
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        big = "x" * 3000
+        for i in range(2, 60):  # enough to need new database pages
+            a.send({"type": "msg", "room": "lobby", "text": f"full{i} {big}", "id": i})
+        for i in range(2, 60):
+            assert b.expect("msg")["text"].startswith(f"full{i} ")  # relayed while the disk is full
+        a.expect(lambda f: f.get("type") == "ack" and f.get("id") == 59)
+        state = _wait_degraded(server, True)
+        assert state["degraded"] is True and "full" in str(state["error"]).lower()
+        assert server.log.count("chat goes on") == 1
+        filler.unlink()
+        a.send({"type": "msg", "room": "lobby", "text": "space again", "id": 60})
+        b.expect("msg")
+        assert _wait_degraded(server, False)["degraded"] is False
+    texts = _history(server.port)
+    assert texts[0] == "before" and texts[-1] == "space again" and len(texts) == 60
+
+
+def test_corrupt_database_refuses_to_start(tmp_path: Path) -> None:
+    data = tmp_path / "corrupt"
+    data.mkdir()
+    (data / "history.sqlite3").write_bytes(b"this is not a database at all" * 200)
+    server = ServerProcess(data, workers=1)
+    with pytest.raises(AssertionError):
+        server.start(timeout=10)
+    try:
+        assert server.proc is not None and server.proc.wait(10) == 2
+        assert "not a usable lanchat history database" in server.log
+        assert (data / "history.sqlite3").read_bytes().startswith(b"this is not")  # untouched
+    finally:
+        server.kill()
+
+
+def test_foreign_database_refuses_to_start(tmp_path: Path) -> None:
+    data = tmp_path / "foreign"
+    data.mkdir()
+    db = sqlite3.connect(data / "history.sqlite3")
+    db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    db.execute("INSERT INTO invoices VALUES (1, 9.5)")
+    db.commit()
+    db.close()
+    server = ServerProcess(data, workers=1)
+    with pytest.raises(AssertionError):
+        server.start(timeout=10)
+    try:
+        assert server.proc is not None and server.proc.wait(10) == 2
+        assert "foreign database" in server.log
+        rows = sqlite3.connect(data / "history.sqlite3").execute("SELECT * FROM invoices").fetchall()
+        assert rows == [(1, 9.5)]  # someone's data, left alone
+    finally:
+        server.kill()

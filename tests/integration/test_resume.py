@@ -1,0 +1,166 @@
+"""History and resume with real processes: worker kills, server restarts and crashes lose nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from support import Client, JoinProcess, ServerProcess
+
+FAST = ("--rate", "5000", "--burst", "5000")
+N = 1000
+
+
+def _worker_pid(server: ServerProcess, index: int) -> int:
+    return next(p["pid"] for p in server.stats()["processes"] if p["role"] == f"worker{index}")
+
+
+def _numbered(n: int = N) -> list[str]:
+    return [f"n{i:04d}" for i in range(n)]
+
+
+@pytest.mark.parametrize("victim", ["listener", "sender"])
+def test_worker_killed_mid_stream_loses_nothing(make_server, victim: str) -> None:
+    server = make_server(*FAST, workers=2)
+    listener = JoinProcess(server.port, "listener")  # least-loaded placement: worker0
+    sender: JoinProcess | None = None
+    try:
+        listener.wait_for(lambda fs: any(f.get("type") == "room" for f in fs))
+        sender = JoinProcess(server.port, "sender")  # ... and worker1
+        sender.wait_for(lambda fs: any(f.get("type") == "room" for f in fs))
+        pid = _worker_pid(server, 0 if victim == "listener" else 1)
+        sender.write_lines(_numbered())
+        listener.wait_for(lambda fs: sum(f.get("type") == "msg" for f in fs) >= 150, timeout=20)
+        os.kill(pid, signal.SIGKILL)
+        listener.wait_for(lambda fs: sum(f.get("type") == "msg" for f in fs) >= N, timeout=30)
+        sender.close_stdin()
+        assert sender.wait(30) == 0, sender.errors  # exits only once all 1,000 are acknowledged
+        assert listener.texts("sender") == _numbered()  # all, in order, each exactly once
+        seqs = [f["seq"] for f in listener.frames if "seq" in f and f.get("type") != "welcome"]
+        assert seqs == sorted(set(seqs))
+        assert any("reconnecting" in e for e in (listener if victim == "listener" else sender).errors)
+    finally:
+        listener.kill()
+        if sender is not None:
+            sender.kill()
+
+
+def test_server_restart_mid_conversation(make_server, tmp_path: Path) -> None:
+    data = tmp_path / "shared-data"
+    server = make_server(*FAST, workers=2, data_dir=data)
+    port = server.port
+    alice = JoinProcess(port, "alice")
+    bob = JoinProcess(port, "bob")
+    try:
+        for c in (alice, bob):
+            c.wait_for(lambda fs: any(f.get("type") == "room" for f in fs))
+        alice.write_lines([f"a{i}" for i in range(50)])
+        bob.wait_for(lambda fs: len([f for f in fs if f.get("from") == "alice"]) >= 50)
+        assert server.stop(signal.SIGTERM) == 0
+        alice.wait_for(lambda fs: any(f.get("type") == "bye" for f in fs))
+        alice.write_lines([f"a{i}" for i in range(50, 60)])  # typed while the server is down: outbox
+        bob.write_lines(["b0"])
+        restarted = make_server(*FAST, workers=2, data_dir=data, port=port)
+        assert restarted.port == port
+        bob.wait_for(lambda fs: len([f for f in fs if f.get("from") == "alice"]) >= 60, timeout=30)
+        alice.wait_for(lambda fs: any(f.get("from") == "bob" for f in fs), timeout=30)
+        assert bob.texts("alice") == [f"a{i}" for i in range(60)]  # nothing lost, nothing doubled
+        assert alice.texts("bob") == ["b0"]
+        welcomes = [f for f in alice.frames if f.get("type") == "welcome"]
+        assert welcomes[-1]["resumed"] is True and welcomes[-1]["nick"] == "alice"
+        with Client(port, "newcomer") as newcomer:  # sees the recent history, marked as history
+            history = newcomer.expect("history")
+            texts = [e.get("text") for e in history["events"] if e.get("type") == "msg"]
+            assert {"a59", "b0"} <= set(texts) and len(texts) == len(set(texts))
+    finally:
+        alice.kill()
+        bob.kill()
+
+
+def test_acknowledged_history_survives_sigkill_of_the_whole_server(make_server, tmp_path: Path) -> None:
+    data = tmp_path / "crash-data"
+    server = make_server(*FAST, workers=2, data_dir=data)
+    with Client(server.port, "writer") as w:
+        for i in range(200):
+            w.send({"type": "msg", "room": "lobby", "text": f"kept{i}", "id": i + 1})
+        last_ack = w.expect(lambda f: f.get("type") == "ack" and f.get("id") == 200, timeout=10)
+    assert server.proc is not None
+    server.proc.kill()  # the main process only: its workers follow it
+    server.proc.wait(5)
+    server.kill()
+    again = make_server(workers=1, data_dir=data)
+    with Client(again.port, "reader") as r:
+        r.send({"type": "history", "room": "lobby", "limit": 500})
+        page = r.expect(lambda f: f.get("type") == "history" and f.get("id") is None and len(f["events"]) > 50)
+        texts = [e["text"] for e in page["events"] if e.get("type") == "msg"]
+        assert texts == [f"kept{i}" for i in range(200)]
+        r.send({"type": "msg", "room": "lobby", "text": "after", "id": 1})
+        assert r.expect("msg")["seq"] > last_ack["seq"]  # the sequence never goes back
+
+
+def test_resume_by_token_replays_exactly_the_missed_events(make_server) -> None:
+    server = make_server(workers=2)
+    a = Client(server.port, "alice")
+    token, seen = a.welcome["token"], a.welcome["seq"]
+    a.expect("room")
+    last = max([f["seq"] for f in a.seen if "seq" in f and f.get("type") != "welcome"] + [seen])
+    a.close()  # an unclean drop: no quit
+    with Client(server.port, "bob") as b:
+        for i in range(5):
+            b.send({"type": "msg", "room": "lobby", "text": f"missed{i}", "id": i + 1})
+        b.send({"type": "privmsg", "to": "alice", "text": "while you were away", "id": 9})
+        b.expect(lambda f: f.get("type") == "ack" and f.get("id") == 9)
+        intruder = Client(server.port)
+        intruder.send({"type": "hello", "nick": "alice"})
+        assert intruder.expect("error")["code"] == "nick_taken"  # held for the reconnecting user
+        intruder.close()
+        back = Client(server.port, "alice", token=token, last_seq=last)
+        assert back.welcome["resumed"] is True
+        replay = [back.recv() for _ in range(7)]
+        kinds = [(f["type"], f.get("text") or f.get("nick")) for f in replay]
+        assert kinds == [
+            ("join", "bob"),
+            *[("msg", f"missed{i}") for i in range(5)],
+            ("privmsg", "while you were away"),
+        ]
+        b.send({"type": "msg", "room": "lobby", "text": "live again", "id": 10})
+        assert back.expect("msg")["text"] == "live again"
+        back.close()
+
+
+def test_gap_is_reported_when_history_is_shorter_than_the_absence(make_server, tmp_path: Path) -> None:
+    data = tmp_path / "gap-data"
+    server = make_server("--history-limit", "5", workers=1, data_dir=data)
+    a = Client(server.port, "alice")
+    token, last = a.welcome["token"], a.expect("join")["seq"]
+    a.close()
+    server.stop()
+    again = make_server("--history-limit", "5", workers=1, data_dir=data)  # memory is gone: disk only
+    with Client(again.port, "bob") as b:
+        for i in range(20):
+            b.send({"type": "msg", "room": "lobby", "text": f"m{i}", "id": i + 1})
+        b.expect(lambda f: f.get("type") == "ack" and f.get("id") == 20)
+        back = Client(again.port, "alice", token=token, last_seq=last)
+        gap = back.expect("gap")
+        assert gap["after"] == last
+        texts = []
+        while len(texts) < 5:
+            frame = back.recv()
+            if frame.get("type") == "msg":
+                texts.append(frame["text"])
+        assert texts == [f"m{i}" for i in range(15, 20)]  # what is left, after the explicit notice
+        back.close()
+
+
+def test_duplicate_client_ids_are_posted_once(make_server) -> None:
+    server = make_server(workers=1)
+    with Client(server.port, "resender") as c, Client(server.port, "count") as counter:
+        for _ in range(3):
+            c.send({"type": "msg", "room": "lobby", "text": "once", "id": 42})
+        acks = [c.expect("ack") for _ in range(3)]
+        assert [a["id"] for a in acks] == [42, 42, 42] and acks[0]["seq"] is not None
+        c.send({"type": "msg", "room": "lobby", "text": "marker", "id": 43})
+        counter.expect(lambda f: f.get("text") == "marker")
+        assert [f.get("text") for f in counter.seen if f.get("type") == "msg"] == ["once", "marker"]
