@@ -54,10 +54,17 @@ def serve(
     ] = "0.0.0.0",
     port: Annotated[int, typer.Option(envvar=_env("port"), help="TCP port for chat.")] = const.DEFAULT_PORT,
     workers: Annotated[
-        int, typer.Option(envvar=_env("workers"), min=1, max=64, help="Worker processes (default: CPUs).")
+        int,
+        typer.Option(
+            envvar=_env("workers"),
+            min=0,
+            max=64,
+            show_default="number of CPUs",
+            help="Worker processes (0: one per CPU).",
+        ),
     ] = 0,
     name: Annotated[
-        str, typer.Option(envvar=_env("name"), help="Server name shown by discovery (default: host name).")
+        str, typer.Option(envvar=_env("name"), show_default="host name", help="Server name shown by discovery.")
     ] = "",
     data_dir: Annotated[
         Path | None,

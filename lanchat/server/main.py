@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,8 @@ class Server:
         self._commit_handle: asyncio.TimerHandle | None = None
         self._accept_paused = False
         self.announcer: Any = None
+        self._goodbye: asyncio.Task[None] | None = None
+        self._stopper: asyncio.Task[None] | None = None
         self._me = psutil.Process()
         self._me.cpu_percent(None)
 
@@ -146,17 +149,15 @@ class Server:
                 load=round(conns / self.config.max_clients, 3),
             )
 
-        self.announcer = Announcer(
-            dcfg,
-            server_id=load_or_create_server_id(self.config.data_dir),
-            name=self.config.name,
-            tcp_port=self.port,
-            info=info,
-        )
         try:
-            await self.announcer.start()
-        except OSError as exc:
-            log.error("discovery: cannot bind UDP port %d (%s); serving without discovery", dcfg.discovery_port, exc)
+            server_id = load_or_create_server_id(self.config.data_dir)
+        except OSError as exc:  # read-only data dir: discovery still works, the id just changes on restart
+            server_id = uuid.uuid4().hex
+            log.warning("discovery: cannot keep the server id in %s (%s); using %s for this run",
+                        self.config.data_dir, exc, server_id)  # fmt: skip
+        self.announcer = Announcer(dcfg, server_id=server_id, name=self.config.name, tcp_port=self.port, info=info)
+        await self.announcer.start()  # logs and stays inactive (with a hint) if it cannot bind
+        if not self.announcer.active:
             self.announcer = None
 
     # --- workers -------------------------------------------------------------------------------------------
@@ -484,7 +485,9 @@ class Server:
             self.listener = None
         self.hub.shutdown(reason)
         self._flush()
-        self.loop.create_task(self._drain_and_exit())
+        if self.announcer is not None:  # the goodbye first, so browsers drop us at once
+            self._goodbye = self.loop.create_task(self.announcer.stop())
+        self._stopper = self.loop.create_task(self._drain_and_exit())
 
     async def _drain_and_exit(self) -> None:
         deadline = time.monotonic() + const.SHUTDOWN_GRACE
@@ -508,7 +511,7 @@ class Server:
                 slot.fd_sock.close()
         if self.announcer is not None:
             try:
-                await self.announcer.stop()
+                await self.announcer.stop()  # idempotent: a no-op if the stop already sent the goodbye
             except OSError as exc:
                 log.warning("discovery: goodbye failed: %s", exc)
         for s in self.hub.sessions.values():

@@ -107,6 +107,7 @@ class ServerProcess:
         return code
 
     def kill(self) -> None:
+        """Stop the server whatever state it is in: SIGTERM (fast, clean), then SIGKILL for anything left."""
         if self.proc is None:
             return
         try:
@@ -114,12 +115,15 @@ class ServerProcess:
         except psutil.Error:
             children = []
         if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for child in children:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for child in children:  # workers exit with their main process; this catches a stuck one
             try:
                 child.kill()
-                child.wait(5)
             except psutil.Error:
                 pass
         if self._reader is not None:

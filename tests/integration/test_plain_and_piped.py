@@ -97,7 +97,8 @@ def test_piped_join_sends_lines_and_prints_events(make_server) -> None:
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert "<scripter> hello from a script" in out.stdout
-        texts = [(f["type"], f.get("text")) for f in [*obs.seen, obs.expect("quit")] if f.get("from") == "scripter"]
+        obs.expect("quit")
+        texts = [(f["type"], f.get("text")) for f in obs.seen if f.get("from") == "scripter"]
         assert texts == [("msg", "hello from a script"), ("action", "runs"), ("privmsg", "secret")]
 
 

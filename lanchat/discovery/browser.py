@@ -1,0 +1,469 @@
+"""The client side of discovery: find servers by probing and listening, keep a table of them.
+
+Owns two layers. ``ServerTable`` is a pure state machine (time is an argument): it turns decoded
+datagrams into added / updated / removed events, dedups by server id, matches replies to probe nonces
+(latency), expires servers silent for EXPIRY_FACTOR beacon intervals, drops them at once on a goodbye
+from an address they used, and never holds more than MAX_SERVERS entries. ``Browser`` is the I/O edge:
+one ephemeral socket sends probes (to each chosen interface's broadcast address and each --probe target)
+and receives the unicast replies; one socket per broadcast address hears beacons and goodbyes.
+
+The beacon sockets are bound to the broadcast address itself (e.g. 127.255.255.255:7272), not to
+0.0.0.0: they then receive every broadcast but never a unicast datagram, so a browser running on a
+server's host cannot steal a unicast probe meant for that server (SO_REUSEPORT would hash some to it).
+
+It must never crash or grow without bound on what the LAN sends, and never send anywhere but the chosen
+interfaces' broadcast addresses and the explicit --probe targets. ``lanchat discover`` and ``lanchat
+join`` (no address given) both use ``browse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from lanchat.config import DiscoveryConfig
+from lanchat.discovery.const import (
+    EXPIRY_FACTOR,
+    MAX_ADDRESSES,
+    MAX_PENDING_PROBES,
+    MAX_PERIOD,
+    MAX_SERVERS,
+    MIN_PERIOD,
+    PROBE_NONCE_TTL,
+    PROBE_RETRY_DELAY,
+    READ_BUDGET,
+    RECV_SIZE,
+    WATCH_PROBE_INTERVAL,
+)
+from lanchat.discovery.interfaces import (
+    Interface,
+    broadcast_targets,
+    choose_interfaces,
+    is_unicast_source,
+    list_interfaces,
+)
+from lanchat.discovery.sockets import Drops, SendErrors, bind_hint, open_udp, resolve_targets
+from lanchat.errors import RemoteProtocolError
+from lanchat.protocol.beacon import (
+    MAX_DATAGRAM,
+    NONCE_SIZE,
+    Beacon,
+    Goodbye,
+    Message,
+    Probe,
+    Reply,
+    decode,
+    encode,
+    is_discovery,
+)
+
+log = logging.getLogger("lanchat.discovery")
+
+EventKind = Literal["added", "updated", "removed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecord:
+    """One server as a browser sees it. ``host`` is the address its datagrams came from: reachable from here."""
+
+    server_id: str
+    name: str
+    host: str
+    port: int
+    proto: int
+    users: int
+    rooms: int
+    workers: int
+    load: float
+    latency_ms: float | None  # probe -> reply round trip; None if only heard by beacon
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TableEvent:
+    kind: EventKind
+    record: ServerRecord
+    reason: str = ""  # removed: "goodbye" or "expired"
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: ServerRecord
+    deadline: float  # monotonic time after which the server is dropped as silent
+    addresses: dict[str, float] = field(default_factory=dict)  # source address -> last heard
+    beaconed: bool = False  # its beacons reach us (so its interval, not our probing, says when it is due)
+
+
+class ServerTable:
+    """The servers heard so far. Pure: feed it decoded messages with their source and the time."""
+
+    def __init__(
+        self,
+        *,
+        max_servers: int = MAX_SERVERS,
+        max_pending: int = MAX_PENDING_PROBES,
+        refresh: float | None = WATCH_PROBE_INTERVAL,
+        expiry_factor: float = EXPIRY_FACTOR,
+    ) -> None:
+        if max_servers < 1 or max_pending < 1 or (refresh is not None and refresh <= 0) or expiry_factor <= 0:
+            raise ValueError("table limits must be positive")
+        self.max_servers = max_servers
+        self.max_pending = max_pending
+        # Seconds between our own probes (None: we do not probe again): how soon a server whose beacons do not
+        # reach us (unicast --probe across a router, or --no-beacon) is heard from again.
+        self.refresh = refresh
+        self.expiry_factor = expiry_factor
+        self._entries: dict[str, _Entry] = {}
+        self._pending: dict[bytes, float] = {}  # probe nonce -> when sent (insertion order = age)
+        self.drops = Drops("browser")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, server_id: object) -> bool:
+        return server_id in self._entries
+
+    def records(self) -> list[ServerRecord]:
+        """Every server, sorted by name then address."""
+        return sorted((e.record for e in self._entries.values()), key=lambda r: (r.name.casefold(), r.host, r.port))
+
+    def get(self, server_id: str) -> ServerRecord | None:
+        entry = self._entries.get(server_id)
+        return entry.record if entry else None
+
+    def pending_probes(self) -> int:
+        return len(self._pending)
+
+    def probe_sent(self, nonce: bytes, now: float) -> None:
+        """Remember a probe's nonce: replies carrying it are genuine and give the latency."""
+        if len(nonce) != NONCE_SIZE:
+            raise ValueError("bad nonce")
+        self._pending[nonce] = now
+        while len(self._pending) > self.max_pending:
+            del self._pending[next(iter(self._pending))]
+
+    def next_deadline(self) -> float | None:
+        """When the next server would expire (None: table empty)."""
+        return min((e.deadline for e in self._entries.values()), default=None)
+
+    def expire(self, now: float) -> list[TableEvent]:
+        """Drop servers silent past their deadline, and probe nonces past PROBE_NONCE_TTL."""
+        while self._pending:
+            nonce, sent = next(iter(self._pending.items()))
+            if now - sent <= PROBE_NONCE_TTL:
+                break
+            del self._pending[nonce]
+        gone = [sid for sid, e in self._entries.items() if e.deadline <= now]
+        return [TableEvent("removed", self._entries.pop(sid).record, "expired") for sid in gone]
+
+    def receive(self, message: Message, source: tuple[str, int], now: float) -> list[TableEvent]:
+        """The events one decoded datagram from ``source`` causes (often none)."""
+        if isinstance(message, Probe):
+            return []  # another browser's probe (we listen on the same broadcast address)
+        ip, port = source[0], source[1]
+        if port == 0 or not is_unicast_source(ip):
+            self.drops("spoofed_source", source)
+            return []
+        if isinstance(message, Goodbye):
+            return self._goodbye(message, ip, source)
+        latency: float | None = None
+        if isinstance(message, Reply):
+            sent = self._pending.get(message.nonce)
+            if sent is None or now - sent > PROBE_NONCE_TTL:
+                self.drops("unknown_nonce", source)
+                return []
+            latency = max(now - sent, 0.0) * 1000.0
+        if message.port == 0:
+            self.drops("bad_port", source)
+            return []
+        return self._heard(message, ip, now, latency)
+
+    def _period(self, message: Beacon | Reply, beaconed: bool) -> float:
+        """Seconds until this server should be heard from again, as far as this message tells.
+
+        Beacons come every interval. After a reply, a server whose beacons we have heard is still due every
+        interval; one never heard by beacon is due at our next probe (or its next beacon, if later).
+        """
+        interval = min(max(message.interval, MIN_PERIOD), MAX_PERIOD) if message.interval_ms else 0.0
+        if isinstance(message, Beacon) or (beaconed and interval):
+            return interval or MAX_PERIOD
+        if self.refresh is None:
+            return interval or MAX_PERIOD  # we will not probe again: only its beacons can refresh it
+        return max(interval, self.refresh)
+
+    def _heard(self, message: Beacon | Reply, ip: str, now: float, latency: float | None) -> list[TableEvent]:
+        entry = self._entries.get(message.server_id)
+        beaconed = isinstance(message, Beacon) or (entry is not None and entry.beaconed)
+        period = self._period(message, beaconed)
+        deadline = now + self.expiry_factor * period
+        if entry is None:
+            if len(self._entries) >= self.max_servers:
+                self.drops("table_full", (ip, 0))
+                return []
+            record = _record(message, ip, latency)
+            self._entries[message.server_id] = _Entry(record, deadline, {ip: now}, beaconed)
+            return [TableEvent("added", record)]
+        entry.deadline = deadline
+        entry.beaconed = beaconed
+        old = entry.record
+        host = old.host
+        entry.addresses[ip] = now
+        if ip != host and now - entry.addresses.get(host, -math.inf) > period:
+            host = ip  # the old address went silent: the server is now reached through this one
+        if len(entry.addresses) > MAX_ADDRESSES:
+            oldest = min((a for a in entry.addresses if a != host), key=entry.addresses.__getitem__)
+            del entry.addresses[oldest]
+        record = _record(message, host, latency if latency is not None else old.latency_ms)
+        if record == old:
+            return []
+        entry.record = record
+        return [TableEvent("updated", record)]
+
+    def _goodbye(self, message: Goodbye, ip: str, source: tuple[str, int]) -> list[TableEvent]:
+        entry = self._entries.get(message.server_id)
+        if entry is None:
+            return []
+        if ip not in entry.addresses:  # a goodbye for a server from an address it never used: spoofed-looking
+            self.drops("spoofed_goodbye", source)
+            return []
+        del self._entries[message.server_id]
+        return [TableEvent("removed", entry.record, "goodbye")]
+
+
+def _record(message: Beacon | Reply, host: str, latency: float | None) -> ServerRecord:
+    return ServerRecord(
+        server_id=message.server_id,
+        name=message.name,
+        host=host,
+        port=message.port,
+        proto=message.proto,
+        users=message.users,
+        rooms=message.rooms,
+        workers=message.workers,
+        load=message.load,
+        latency_ms=None if latency is None else round(latency, 3),
+    )
+
+
+# --- I/O -------------------------------------------------------------------------------------------------
+
+
+class Browser:
+    """Probes and listens inside the running loop; ``wait`` hands out table events as they happen.
+
+    Probes go out at open, PROBE_RETRY_DELAY later, then every ``reprobe`` seconds if given (watching).
+    Use as ``async with Browser(config) as b: events = await b.wait(deadline)``.
+    """
+
+    def __init__(
+        self,
+        config: DiscoveryConfig,
+        *,
+        probe: tuple[str, ...] = (),
+        reprobe: float | None = None,
+        table: ServerTable | None = None,
+        interfaces: Callable[[], list[Interface]] = list_interfaces,
+    ) -> None:
+        self.config = config
+        self.probe = probe
+        self.reprobe = reprobe
+        self.table = table if table is not None else ServerTable(refresh=reprobe)
+        self._list_interfaces = interfaces
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._probe_sock: socket.socket | None = None
+        self._listen_socks: list[socket.socket] = []
+        self._targets: list[tuple[str, int]] = []
+        self._next_probe = math.inf
+        self._retry_sent = False
+        self._events: list[TableEvent] = []
+        self._wakeup = asyncio.Event()
+        self._send_errors = SendErrors()
+        self.received = 0  # datagrams read, whatever became of them
+
+    async def __aenter__(self) -> Browser:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def targets(self) -> list[tuple[str, int]]:
+        """Where probes go: broadcast addresses, then --probe targets."""
+        return list(self._targets)
+
+    @property
+    def probe_port(self) -> int:
+        """The ephemeral UDP port replies come back to (0 before open)."""
+        return self._probe_sock.getsockname()[1] if self._probe_sock is not None else 0
+
+    async def open(self, *, resolve_timeout: float = 1.0) -> None:
+        """Open the sockets and send the first probes. OSError if not even the probe socket can be opened."""
+        try:
+            await self._open(resolve_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _open(self, resolve_timeout: float) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        port = self.config.discovery_port
+        chosen, problems = choose_interfaces(self.config.interface, self._list_interfaces())
+        for problem in problems:
+            log.warning("discovery: %s", problem)
+        broadcasts = [bcast for bcast, _ in broadcast_targets(chosen)]
+        explicit = await resolve_targets(self.probe, port, timeout=resolve_timeout)
+        self._targets = list(dict.fromkeys([(b, port) for b in broadcasts] + explicit))
+        if not self._targets:
+            log.warning("discovery: nothing to probe (hint: --interface NAME, or --probe HOST)")
+        self._probe_sock = open_udp("0.0.0.0", 0, reuse=False, broadcast=True)
+        loop.add_reader(self._probe_sock.fileno(), self._on_readable, self._probe_sock)
+        for bcast in broadcasts:
+            try:
+                sock = open_udp(bcast, port, reuse=True, broadcast=True)
+            except OSError as exc:
+                log.warning(
+                    "discovery: cannot listen for beacons on %s:%d: %s (hint: %s)",
+                    bcast,
+                    port,
+                    exc.strerror,
+                    bind_hint(exc),
+                )
+                continue
+            self._listen_socks.append(sock)
+            loop.add_reader(sock.fileno(), self._on_readable, sock)
+        log.debug("browser: probing %s", ", ".join(f"{h}:{p}" for h, p in self._targets) or "nothing")
+        self._next_probe = loop.time()
+        self._tick(loop.time())
+
+    def close(self) -> None:
+        """Close every socket (idempotent)."""
+        socks = [s for s in [self._probe_sock, *self._listen_socks] if s is not None]
+        self._probe_sock, self._listen_socks = None, []
+        for sock in socks:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._wakeup.set()
+
+    def send_probes(self) -> None:
+        """One probe (one fresh nonce) to every target."""
+        sock, loop = self._probe_sock, self._loop
+        if sock is None or loop is None:
+            return
+        nonce = os.urandom(NONCE_SIZE)
+        now = loop.time()
+        self.table.probe_sent(nonce, now)
+        data = encode(Probe(nonce))
+        for target in self._targets:
+            try:
+                sock.sendto(data, target)
+            except (BlockingIOError, InterruptedError):
+                self.table.drops("probe_not_sent", target)
+            except OSError as exc:
+                self._send_errors.report("probe", target, exc, now)
+
+    def _tick(self, now: float) -> None:
+        """Send the probes that are due and collect expiries."""
+        if now >= self._next_probe:
+            self.send_probes()
+            if not self._retry_sent:
+                self._retry_sent = True
+                self._next_probe = now + PROBE_RETRY_DELAY
+            else:
+                self._next_probe = now + self.reprobe if self.reprobe else math.inf
+        self._events.extend(self.table.expire(now))
+
+    async def wait(self, until: float = math.inf) -> list[TableEvent]:
+        """The next events, as soon as there are some; [] once the loop time reaches ``until``."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("Browser.wait before open")
+        while True:
+            now = loop.time()
+            self._tick(now)
+            if self._events:
+                events, self._events = self._events, []
+                return events
+            if now >= until or self._probe_sock is None:
+                return []
+            deadline = self.table.next_deadline()
+            wake = min(until, self._next_probe, math.inf if deadline is None else deadline)
+            self._wakeup.clear()
+            if math.isinf(wake):
+                await self._wakeup.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), max(wake - now, 0.0))
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        for _ in range(READ_BUDGET):
+            try:
+                data, source = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # an ICMP error queued by an earlier probe: nothing to read
+                self.table.drops("recv_error", None, str(exc))
+                continue
+            events = self.handle_datagram(data, source, loop.time())
+            if events:
+                self._events.extend(events)
+                self._wakeup.set()
+
+    def handle_datagram(self, data: bytes, source: tuple[str, int], now: float) -> list[TableEvent]:
+        """Decode one datagram and feed it to the table (public for tests)."""
+        self.received += 1
+        if len(data) > MAX_DATAGRAM:
+            self.table.drops("oversized", source)
+            return []
+        if not is_discovery(data):
+            self.table.drops("foreign", source)
+            return []
+        try:
+            message = decode(data)
+        except RemoteProtocolError as exc:
+            self.table.drops(exc.code, source, exc.message)
+            return []
+        return self.table.receive(message, source, now)
+
+
+async def browse(config: DiscoveryConfig, *, timeout: float, probe: tuple[str, ...] = ()) -> list[ServerRecord]:
+    """The servers found within ``timeout`` seconds (sorted by name): probe, listen, return at the deadline."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + timeout
+    browser = Browser(config, probe=probe)
+    await browser.open(resolve_timeout=timeout)  # a slow name lookup eats into the timeout, never beyond it
+    try:
+        if not browser.targets:
+            return []
+        while await browser.wait(until):  # [] only once the deadline has passed
+            pass
+        return browser.table.records()
+    finally:
+        browser.close()
+
+
+async def watch(
+    config: DiscoveryConfig, *, probe: tuple[str, ...] = (), reprobe: float = WATCH_PROBE_INTERVAL
+) -> AsyncGenerator[TableEvent, None]:
+    """Table events until the consumer stops; wrap in ``contextlib.aclosing`` so the sockets close at once."""
+    async with Browser(config, probe=probe, reprobe=reprobe) as browser:
+        while True:
+            for event in await browser.wait():
+                yield event

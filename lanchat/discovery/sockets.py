@@ -1,0 +1,162 @@
+"""The I/O edge shared by the announcer and the browser: UDP sockets, target resolution, errno hints.
+
+Owns how discovery sockets are opened (reuse and broadcast options), how HOST[:PORT] targets are parsed
+and resolved (IPv4 only), and how send errors and dropped datagrams are logged: expected errnos once per
+target with a hint, drops counted and logged at debug level at most log2(n) times. It never decides what
+to send or whom to answer; that is the announcer's and the browser's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+from collections import Counter
+from typing import Final
+
+from lanchat.discovery.const import SEND_ERROR_LOG_EVERY
+
+log = logging.getLogger("lanchat.discovery")
+
+# errno -> hint. These happen on real networks (cables out, Wi-Fi switching, firewalls) and are logged as
+# warnings; any other OSError from sendto is logged as an error with its traceback.
+SEND_HINTS: Final[dict[int, str]] = {
+    errno.ENETUNREACH: "no route to that network: is the interface up and addressed?",
+    errno.EHOSTUNREACH: "host unreachable: check the address and the subnet",
+    errno.EADDRNOTAVAIL: "that address is not available here any more (interface changed?)",
+    errno.ENETDOWN: "the interface is down",
+    errno.EACCES: "broadcast refused: a firewall or a missing SO_BROADCAST",
+    errno.EPERM: "a local firewall (iptables/nftables) rejects discovery's UDP port",
+    errno.ENOBUFS: "the kernel is out of socket buffers; the datagram is dropped",
+    errno.EMSGSIZE: "datagram larger than the path MTU",
+    errno.EINVAL: "invalid destination for this socket",
+    errno.ECONNREFUSED: "an earlier datagram was refused (nobody listening there)",
+}
+BIND_HINTS: Final[dict[int, str]] = {
+    errno.EADDRINUSE: "another program holds this UDP port without SO_REUSEPORT: choose --discovery-port",
+    errno.EACCES: "ports below 1024 need privileges: choose --discovery-port >= 1024",
+    errno.EADDRNOTAVAIL: "that address is not on this host (interface gone?)",
+}
+
+
+def open_udp(host: str, port: int, *, reuse: bool, broadcast: bool) -> socket.socket:
+    """A non-blocking IPv4 UDP socket bound to (host, port). ``reuse``: several processes may share it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if broadcast:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_hint(exc: OSError) -> str:
+    return BIND_HINTS.get(exc.errno or 0, "unexpected error")
+
+
+def parse_target(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST`` or ``HOST:PORT`` -> (host, port); ValueError for anything else."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port = text, default_port
+    else:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port in {text!r}")
+        port = int(port_text)
+    if not host or ":" in host or any(c.isspace() for c in host):
+        raise ValueError(f"not a HOST or HOST:PORT (IPv4 or a name): {text!r}")
+    return host, port
+
+
+async def resolve_targets(targets: tuple[str, ...], default_port: int, *, timeout: float) -> list[tuple[str, int]]:
+    """Each HOST[:PORT] as (IPv4 address, port); unresolvable ones are logged with a hint and left out.
+
+    ``timeout`` bounds all the name lookups together (IPv4 literals need none).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    out: list[tuple[str, int]] = []
+    for target in targets:
+        try:
+            host, port = parse_target(target, default_port)
+        except ValueError as exc:
+            log.warning("ignoring target %r: %s", target, exc)
+            continue
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            pass
+        else:
+            out.append((host, port))
+            continue
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM),
+                max(deadline - loop.time(), 0.01),
+            )
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot resolve %s: %s (hint: use an IPv4 address)", host, exc or "timed out")
+            continue
+        for info in infos[:1]:
+            out.append((str(info[4][0]), port))
+    return list(dict.fromkeys(out))
+
+
+class SendErrors:
+    """Logs send failures: one line per (target, errno) per SEND_ERROR_LOG_EVERY seconds, with a hint."""
+
+    __slots__ = ("_last", "count")
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, int], float] = {}
+        self.count = 0
+
+    def report(self, what: str, target: tuple[str, int], exc: OSError, now: float) -> None:
+        self.count += 1
+        code = exc.errno or 0
+        key = (target[0], code)
+        if now - self._last.get(key, -SEND_ERROR_LOG_EVERY) < SEND_ERROR_LOG_EVERY:
+            return
+        if len(self._last) > 1024:  # bounded: targets are few, but never let this grow
+            self._last.clear()
+        self._last[key] = now
+        hint = SEND_HINTS.get(code)
+        where = f"{target[0]}:{target[1]}"
+        if hint is None:
+            log.error("discovery: cannot send %s to %s: %s", what, where, exc, exc_info=exc)
+        else:
+            log.warning("discovery: cannot send %s to %s: %s (hint: %s)", what, where, exc.strerror or exc, hint)
+
+
+class Drops:
+    """Counts ignored datagrams by reason; logs the 1st, 2nd, 4th, 8th, ... of each reason at debug level."""
+
+    __slots__ = ("_counts", "_side")
+
+    def __init__(self, side: str) -> None:
+        self._side = side
+        self._counts: Counter[str] = Counter()
+
+    def __call__(self, reason: str, source: tuple[str, int] | None = None, detail: str = "") -> None:
+        self._counts[reason] += 1
+        n = self._counts[reason]
+        if n & (n - 1) == 0 and log.isEnabledFor(logging.DEBUG):
+            src = f" from {source[0]}:{source[1]}" if source else ""
+            more = f": {detail}" if detail else ""
+            log.debug("%s: ignored datagram%s (%s #%d)%s", self._side, src, reason, n, more)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def total(self) -> int:
+        return sum(self._counts.values())

@@ -1,0 +1,92 @@
+"""The announcer's reply policy: token buckets per source and in total (bounded), and whom it answers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from lanchat.discovery.announcer import ReplyLimiter, reply_address
+from lanchat.discovery.interfaces import Interface
+from lanchat.discovery.sockets import resolve_targets
+
+
+def test_burst_then_rate_per_source() -> None:
+    lim = ReplyLimiter(rate_per_source=2, burst_per_source=3, rate_total=1000, burst_total=1000)
+    assert [lim.allow("a", 0.0) for _ in range(5)] == [True, True, True, False, False]
+    assert lim.allow("b", 0.0)  # another source has its own bucket
+    assert not lim.allow("a", 0.4)  # 0.8 token
+    assert lim.allow("a", 0.5)  # 1 token after 0.5 s at 2/s
+    assert not lim.allow("a", 0.5)
+
+
+def test_flood_from_one_source_is_answered_at_the_rate() -> None:
+    lim = ReplyLimiter(rate_per_source=5, burst_per_source=10, rate_total=1000, burst_total=1000)
+    allowed = sum(lim.allow("a", i * 0.001) for i in range(10_000))  # 10 000 probes in 10 s
+    assert allowed <= 10 + 5 * 10 + 1
+    assert allowed >= 10 + 5 * 10 - 1
+
+
+def test_global_bucket_bounds_many_sources() -> None:
+    lim = ReplyLimiter(rate_per_source=100, burst_per_source=100, rate_total=10, burst_total=20)
+    allowed = sum(lim.allow(f"src{i}", 0.0) for i in range(1000))
+    assert allowed == 20
+    assert sum(lim.allow(f"src{i}", 1.0) for i in range(1000)) == 10
+
+
+def test_source_table_is_bounded_lru() -> None:
+    lim = ReplyLimiter(rate_per_source=1, burst_per_source=1, rate_total=1e9, burst_total=1e9, max_sources=8)
+    for i in range(1000):
+        lim.allow(f"src{i}", 0.0)
+    assert len(lim) == 8
+    assert not lim.allow("src999", 0.0)  # recent sources are still remembered (bucket empty)
+
+
+def test_clock_going_backwards_grants_nothing() -> None:
+    lim = ReplyLimiter(rate_per_source=1, burst_per_source=1, rate_total=10, burst_total=10, now=100.0)
+    assert lim.allow("a", 100.0)
+    assert not lim.allow("a", 50.0)
+
+
+def test_bad_parameters() -> None:
+    with pytest.raises(ValueError):
+        ReplyLimiter(rate_per_source=0)
+    with pytest.raises(ValueError):
+        ReplyLimiter(max_sources=0)
+
+
+# --- which probes are answered, with which address ----------------------------------------------------
+
+LAN = Interface("eth0", "198.51.100.3", "255.255.255.0", "198.51.100.255")  # documentation addresses, data only
+
+
+def test_reply_address_policy() -> None:
+    trusted = frozenset({"203.0.113.50"})
+    assert reply_address(("127.0.0.1", 40000), [LAN], trusted, 7272) == ("127.0.0.1", "")
+    assert reply_address(("198.51.100.77", 40000), [LAN], trusted, 7272) == ("198.51.100.3", "")
+    assert reply_address(("203.0.113.50", 40000), [LAN], trusted, 7272) == ("0.0.0.0", "")  # a --beacon-to host
+    assert reply_address(("203.0.113.51", 40000), [LAN], trusted, 7272) == (None, "not_directly_connected")
+    assert reply_address(("198.51.100.77", 7272), [LAN], trusted, 7272) == (None, "spoofed_source")  # a server
+    assert reply_address(("198.51.100.77", 0), [LAN], trusted, 7272) == (None, "spoofed_source")
+    assert reply_address(("255.255.255.255", 40000), [LAN], trusted, 7272) == (None, "spoofed_source")
+    assert reply_address(("198.51.100.77", 40000), [], trusted, 7272) == (None, "not_directly_connected")
+
+
+def test_resolve_targets_without_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names go through the loop's resolver (faked here: a test must not send a DNS query)."""
+
+    async def scenario() -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+
+        async def fake_getaddrinfo(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+            if host == "kitchen.example":
+                return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("198.51.100.9", port))]
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        monkeypatch.setattr(loop, "getaddrinfo", fake_getaddrinfo)
+        return await resolve_targets(
+            ("127.0.0.1", "kitchen.example:9000", "nowhere.example", "bad:port:x", "127.0.0.1"), 7272, timeout=1
+        )
+
+    assert asyncio.run(scenario()) == [("127.0.0.1", 7272), ("198.51.100.9", 9000)]
