@@ -96,6 +96,8 @@ def _decode(kind: int, body: bytes) -> ControlFrame:
         if kind == ROOM:
             (n,) = _ROOM_HEAD.unpack_from(body)
             start = _ROOM_HEAD.size
+            if start + n > len(body):
+                raise ValueError("room name longer than the frame")
             return RoomFrame(body[start : start + n].decode(), body[start + n :])
         if kind == CONNS:
             (count,) = _COUNT.unpack_from(body)

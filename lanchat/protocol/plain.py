@@ -87,7 +87,7 @@ def parse_command(line: str, room: str | None) -> m.Request | LocalCommand | Non
     if cmd in ("/rooms", "/list"):
         return m.Rooms()
     if cmd == "/history":
-        limit = int(rest) if rest.isdigit() and 0 < int(rest) <= 500 else 20
+        limit = int(rest) if rest.isascii() and rest.isdigit() and 0 < int(rest) <= 500 else 20
         return m.History(_need_room(room), limit=limit)
     if cmd in ("/status", "/stats"):
         return m.Stats()
@@ -128,7 +128,21 @@ def clock(ts: object) -> str:
 
 
 def render(frame: dict[str, Any], me: str = "") -> str | None:
-    """One server frame as one human line (None for frames a person need not see, like acks)."""
+    """One server frame as one human line (None for frames a person need not see, like acks).
+
+    Total: a frame with fields of the wrong type (a broken or hostile server) renders as a notice.
+    """
+    try:
+        return _render(frame, me)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return f"! unreadable {clean(frame.get('type'))[:20]} frame from the server"
+
+
+def _items(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _render(frame: dict[str, Any], me: str) -> str | None:
     c = clean
     kind = frame.get("type")
     room = f"#{c(frame.get('room', ''))}"
@@ -156,20 +170,22 @@ def render(frame: dict[str, Any], me: str = "") -> str | None:
             return f"{at} {room} -- {c(frame.get('nick'))} set the topic: {c(frame.get('topic'))}"
         return f"{room} topic: {c(frame.get('topic')) or '(none)'}"
     if kind == "welcome":
-        rooms = " ".join("#" + c(r) for r in frame.get("rooms", []))
+        rooms = " ".join("#" + c(r) for r in _items(frame.get("rooms")))
         again = "Resumed: you are" if frame.get("resumed") else "Welcome! You are"
         return f"* {again} {c(frame.get('nick'))} in {rooms or 'no room'}. /help lists commands."
     if kind == "room":
-        nicks = ", ".join(c(n) for n in frame.get("nicks", []))
+        names = _items(frame.get("nicks"))
         topic = f" topic: {c(frame['topic'])};" if frame.get("topic") else ""
-        return f"* {room}:{topic} {len(frame.get('nicks', []))} here: {nicks}"
+        return f"* {room}:{topic} {len(names)} here: " + ", ".join(c(n) for n in names)
     if kind == "who":
-        return f"* {room}: " + ", ".join(c(n) for n in frame.get("nicks", []))
+        return f"* {room}: " + ", ".join(c(n) for n in _items(frame.get("nicks")))
     if kind == "rooms":
-        parts = [f"#{c(r.get('name'))} ({r.get('users')})" for r in frame.get("rooms", []) if isinstance(r, dict)]
+        parts = [
+            f"#{c(r.get('name'))} ({c(r.get('users'))})" for r in _items(frame.get("rooms")) if isinstance(r, dict)
+        ]
         return "* rooms: " + (", ".join(parts) or "none")
     if kind == "history":
-        lines = [render(e, me) for e in frame.get("events", []) if isinstance(e, dict)]
+        lines = [render(e, me) for e in _items(frame.get("events")) if isinstance(e, dict)]
         body = "\n".join(f"  {line}" for line in lines if line)
         head = f"* history of {room} ({len(lines)} events{', more before' if frame.get('more') else ''})"
         return head + ("\n" + body if body else "")
@@ -181,9 +197,9 @@ def render(frame: dict[str, Any], me: str = "") -> str | None:
         return f"* server: {c(frame.get('reason'))}"
     if kind == "stats":
         rows = [
-            f"  {p.get('role')} pid {p.get('pid')}: {p.get('connections')} conns, "
-            f"cpu {p.get('cpu_percent')}%, rss {int(p.get('rss', 0)) // 1024} KiB"
-            for p in frame.get("processes", [])
+            f"  {c(p.get('role'))} pid {c(p.get('pid'))}: {c(p.get('connections'))} conns, "
+            f"cpu {c(p.get('cpu_percent'))}%, rss {int(p.get('rss') or 0) // 1024} KiB"
+            for p in _items(frame.get("processes"))
             if isinstance(p, dict)
         ]
         return "* server stats:\n" + "\n".join(rows)

@@ -18,7 +18,7 @@ from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.framing import FRAME_TOO_LONG, LineFramer
-from lanchat.protocol.plain import HELP, LocalCommand, parse_command, render
+from lanchat.protocol.plain import HELP, LocalCommand, clean, parse_command, render
 
 _HTTP = re.compile(r"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) \S+ HTTP/\d")
 _HTTP_REPLY = (
@@ -67,7 +67,7 @@ class TokenBucket:
     def take(self, now: float) -> bool:
         tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
-        if tokens >= 1.0:
+        if tokens >= 1.0 - 1e-9:  # float sums like 0.1 * 10 fall just short of 1.0
             self.tokens = tokens - 1.0
             return True
         self.tokens = tokens
@@ -231,8 +231,8 @@ class ServerConnection:
         return m.encode(m.error_frame(code, message))
 
     def _error_exc(self, exc: RemoteProtocolError) -> bytes:
-        if self.mode is Mode.PLAIN:
-            return f"! {exc.message} [{exc.code}]\n".encode()
+        if self.mode is Mode.PLAIN:  # messages may quote what was typed: never echo control bytes
+            return f"! {clean(exc.message)} [{exc.code}]\n".encode()
         return m.error_line(exc)
 
     def error_bytes(self, code: str, message: str, *, fatal: bool = False) -> bytes:

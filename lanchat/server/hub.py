@@ -221,13 +221,15 @@ class Hub:
 
     def _event(self, kind: str, fields: dict[str, Any], convs: tuple[str, ...], now: float) -> tuple[int, bytes]:
         """Assign the next sequence number, encode once, queue for history."""
-        self.seq += 1
-        seq = self.seq
+        # A store that opened late (the disk came back) may know of higher numbers: never go below them.
+        self.seq = seq = max(self.seq, self.store.start_seq) + 1
         ts = round(now, 3)
         line = m.encode({"type": kind, "seq": seq, "ts": ts, **fields})
         if convs:
             self.store.add_event(seq, convs, ts, kind, line[:-1].decode())
             self.recent.append(_Recent(seq, convs, line))
+        else:
+            self.store.note_seq(seq)  # stored nowhere, but the number is used up all the same
         return seq, line
 
     def _room(self, name: str) -> Room:

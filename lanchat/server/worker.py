@@ -62,7 +62,12 @@ class ClientConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.worker.bytes_in += len(data)
         self.pinged = False
-        self._handle(self.state.receive_data(data, time.monotonic()))
+        try:
+            self._handle(self.state.receive_data(data, time.monotonic()))
+        except Exception:  # a parser bug costs this one connection, never the worker
+            log.exception("conn %d (%s): internal error on input; closing it", self.conn_id, self.peer)
+            self._report_closed(False, "internal error")
+            self.close(self.state.error_bytes(m.Err.INTERNAL, "internal server error", fatal=True))
 
     def eof_received(self) -> bool | None:
         self._handle(self.state.receive_data(b"", time.monotonic()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,13 +93,15 @@ class HistoryStore:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             self._fail(f"cannot open {self.path}: {exc}")
+            self._unknown_sequence()
             return
         try:
             self._check_and_init(db)
         except sqlite3.DatabaseError as exc:
             db.close()
             if isinstance(exc, sqlite3.OperationalError) and _is_io_error(exc):
-                self._fail(f"cannot write {self.path}: {exc}")
+                self._fail(f"cannot open {self.path}: {exc}")
+                self._unknown_sequence()
                 return
             raise StorageError(
                 f"{self.path} is not a usable lanchat history database ({exc}); move it away or choose "
@@ -134,11 +137,21 @@ class HistoryStore:
         if start > self.start_seq:
             self.start_seq = start
         # Take the next block now, so a crash after this point can never hand out a number twice.
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(self.start_seq + SEQ_RESERVE),))
-        self._reserved = self.start_seq + SEQ_RESERVE
+        self._reserved = max(self._reserved, self.start_seq + SEQ_RESERVE)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(self._reserved),))
         for conv, count, pruned in db.execute("SELECT conv, count, pruned_upto FROM convs"):
             self._counts[conv] = count
             self._pruned[conv] = pruned
+
+    def _unknown_sequence(self) -> None:
+        """The file exists but cannot be read: the numbers it holds are unknown. Continue from a floor
+        derived from the clock (microseconds since the epoch): above anything an earlier run handed out,
+        since no run hands out a number per microsecond, and below 2**53 until the 23rd century."""
+        if self.path.exists() and self.start_seq == 0:
+            self.start_seq = int(time.time() * 1_000_000)
+            log.warning(
+                "history: sequence continues from %d (the database's own numbers are unreadable)", self.start_seq
+            )
 
     def _fail(self, message: str) -> None:
         if not self.degraded:
@@ -169,6 +182,11 @@ class HistoryStore:
             self.dropped += len(events) - const.PENDING_WRITES_MAX
             while len(events) > const.PENDING_WRITES_MAX:
                 events.popleft()
+        self.note_seq(seq)
+
+    def note_seq(self, seq: int) -> None:
+        """Every sequence number handed out passes here (stored or not): keep the on-disk reservation
+        ahead of it, so a restart never hands the same number out again."""
         if seq + SEQ_RESERVE // 2 > self._reserved:
             self._reserved = seq + SEQ_RESERVE
             self._pending.reserve = self._reserved

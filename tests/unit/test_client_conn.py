@@ -1,0 +1,314 @@
+"""The client's side: hello and resume, post ids and the outbox, acks, duplicate events, own membership."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lanchat import const
+from lanchat.errors import RemoteProtocolError
+from lanchat.protocol import client_conn as cc
+from lanchat.protocol import messages as m
+from lanchat.protocol.client_conn import ClientState
+
+
+def enc(**frame: Any) -> bytes:
+    return m.encode(frame)
+
+
+def ev(kind: str, seq: int, **fields: Any) -> bytes:
+    return m.encode({"type": kind, "seq": seq, "ts": 1.0, **fields})
+
+
+def welcome(seq: int = 10, *, resumed: bool = False, rooms: list[str] | None = None, nick: str = "al") -> bytes:
+    return enc(type="welcome", nick=nick, session="s1", token="tok", seq=seq, resumed=resumed, rooms=rooms or [])
+
+
+def decoded(line: bytes) -> dict[str, Any]:
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    obj = json.loads(line)
+    assert isinstance(obj, dict)
+    return obj
+
+
+def welcomed(nick: str = "al", seq: int = 10) -> ClientState:
+    c = ClientState(nick, ["lobby"])
+    c.hello()
+    c.receive_data(welcome(seq, nick=nick) + ev("join", seq + 1, room="lobby", nick=nick))
+    return c
+
+
+# --- hello ----------------------------------------------------------------------------------------------------
+
+
+def test_first_hello_has_no_token() -> None:
+    c = ClientState("al", ["lobby", "dev"])
+    hello = decoded(c.hello())
+    assert hello == {"type": "hello", "proto": const.PROTOCOL_VERSION, "nick": "al", "rooms": ["lobby", "dev"]}
+    assert m.parse_line(c.hello()[:-1]) == m.Hello("al", ("lobby", "dev"))
+
+
+def test_default_rooms() -> None:
+    assert decoded(ClientState("al").hello())["rooms"] == [const.DEFAULT_ROOM]
+
+
+def test_hello_after_welcome_resumes_with_token_and_last_seq() -> None:
+    c = welcomed()
+    c.receive_data(ev("join", 12, room="dev", nick="al"))
+    hello = decoded(c.hello())
+    assert hello["token"] == "tok"
+    assert hello["last_seq"] == 12
+    assert hello["rooms"] == ["lobby", "dev"]  # the rooms we are in, not the ones first asked for
+    req = m.parse_line(c.hello()[:-1])
+    assert isinstance(req, m.Hello) and req.token == "tok" and req.last_seq == 12
+
+
+def test_token_without_last_seq() -> None:
+    c = ClientState("al")
+    c.receive_data(enc(type="welcome", nick="al", session="s", token="tok", resumed=False, rooms=[]))
+    hello = decoded(c.hello())
+    assert hello["token"] == "tok" and "last_seq" not in hello
+
+
+def test_hello_resets_registration_and_framer() -> None:
+    c = welcomed()
+    assert c.registered
+    c.receive_data(b'{"type":"msg","seq":99')  # a half line from the old connection
+    c.hello()
+    assert not c.registered
+    out = c.receive_data(ev("msg", 12, room="lobby", text="x"))
+    assert [f["seq"] for f in out] == [12]  # the half line did not poison the new stream
+
+
+def test_welcome_sets_session_fields() -> None:
+    c = ClientState("al")
+    c.receive_data(enc(type="server", name="kitchen", proto=1, hint="h"))
+    assert c.info.server_name == "kitchen"
+    frames = c.receive_data(welcome(7, nick="Al"))
+    assert frames[0]["type"] == "welcome"
+    assert c.registered
+    assert (c.info.session, c.info.token, c.info.nick) == ("s1", "tok", "Al")
+    assert c.last_seq == 7
+
+
+def test_welcome_with_a_non_string_token_keeps_none() -> None:
+    c = ClientState("al")
+    c.receive_data(enc(type="welcome", nick="al", session="s", token=5, seq=1, resumed=False))
+    assert c.info.token is None
+    assert "token" not in decoded(c.hello())
+
+
+# --- posts, acks, outbox --------------------------------------------------------------------------------------
+
+
+def test_post_ids_increase_and_lines_are_valid_requests() -> None:
+    c = welcomed()
+    ids = []
+    posts: list[m.Msg | m.Action | m.PrivMsg] = [m.Msg("lobby", "a"), m.Action("lobby", "b"), m.PrivMsg("bob", "c")]
+    for i, req in enumerate(posts):
+        rid, line = c.post(req)
+        ids.append(rid)
+        obj = decoded(line)
+        assert obj["id"] == rid
+        parsed = m.parse_line(line[:-1])
+        assert parsed.id == rid and type(parsed) is type(req)
+        assert c.unacked == i + 1
+    assert ids == [1, 2, 3]
+
+
+def test_ack_removes_from_the_outbox() -> None:
+    c = welcomed()
+    r1, _ = c.post(m.Msg("lobby", "one"))
+    r2, _ = c.post(m.Msg("lobby", "two"))
+    frames = c.receive_data(enc(type="ack", id=r1, seq=20))
+    assert frames == [{"type": "ack", "id": r1, "seq": 20}]
+    assert list(c.outbox) == [r2]
+    c.receive_data(enc(type="ack", id=r2, seq=None))  # an ack of a resend carries no seq
+    assert c.unacked == 0
+    c.receive_data(enc(type="ack", id=12345, seq=1))  # unknown ids are harmless
+    c.receive_data(enc(type="ack", id="1", seq=1))
+    assert c.unacked == 0
+
+
+def test_acks_carry_seq_but_are_not_events() -> None:
+    c = welcomed(seq=10)  # last_seq 11 after the join
+    rid, _ = c.post(m.Msg("lobby", "x"))
+    c.receive_data(enc(type="ack", id=rid, seq=50))
+    assert c.last_seq == 11  # an ack's seq does not move the event cursor
+    out = c.receive_data(ev("msg", 12, room="lobby", **{"from": "bo"}, text="still shown"))
+    assert [f["seq"] for f in out] == [12]
+    out = c.receive_data(enc(type="ack", id=rid, seq=3))  # nor is an ack dropped as a duplicate
+    assert out == [{"type": "ack", "id": rid, "seq": 3}]
+
+
+def test_refused_posts_leave_the_outbox_but_not_registered_keeps_them() -> None:
+    c = welcomed()
+    r1, _ = c.post(m.Msg("lobby", "bad"))
+    r2, _ = c.post(m.Msg("lobby", "early"))
+    c.receive_data(enc(type="error", code=m.Err.NOT_IN_ROOM, message="no", id=r1))
+    c.receive_data(enc(type="error", code=m.Err.NOT_REGISTERED, message="hello first", id=r2))
+    assert list(c.outbox) == [r2]
+    c.receive_data(enc(type="error", code=m.Err.BAD_JSON, message="no id"))
+    assert list(c.outbox) == [r2]
+
+
+def test_resend_lists_unacked_posts_in_order_with_original_ids() -> None:
+    c = welcomed()
+    sent = [c.post(m.Msg("lobby", f"m{i}")) for i in range(5)]
+    c.receive_data(enc(type="ack", id=sent[1][0], seq=30) + enc(type="ack", id=sent[3][0], seq=31))
+    c.hello()  # the connection dropped; a new one starts
+    c.receive_data(welcome(31, resumed=True, rooms=["lobby"]))
+    lines = c.resend()
+    assert lines == [sent[0][1], sent[2][1], sent[4][1]]
+    assert [decoded(x)["id"] for x in lines] == [1, 3, 5]
+    assert [decoded(x)["text"] for x in lines] == ["m0", "m2", "m4"]
+    rid, _ = c.post(m.Msg("lobby", "new"))
+    assert rid == 6  # ids never restart
+
+
+def test_outbox_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cc, "OUTBOX_MAX", 3)
+    c = welcomed()
+    for _ in range(3):
+        c.post(m.Msg("lobby", "x"))
+    with pytest.raises(RemoteProtocolError) as info:
+        c.post(m.Msg("lobby", "x"))
+    assert info.value.code == "outbox_full"
+    assert c.next_id == 4  # the refused post used no id
+
+
+def test_request_is_encoded_as_is() -> None:
+    c = ClientState("al")
+    assert decoded(c.request(m.History("lobby", before=5, limit=3, id=2))) == {
+        "type": "history", "room": "lobby", "before": 5, "limit": 3, "id": 2}  # fmt: skip
+    assert c.unacked == 0
+
+
+# --- events and duplicates ------------------------------------------------------------------------------------
+
+
+def test_duplicate_events_are_dropped() -> None:
+    c = welcomed(seq=10)
+    data = b"".join(ev("msg", s, room="lobby", text=str(s)) for s in (12, 13, 12, 11, 14, 13, 10, 15))
+    out = c.receive_data(data)
+    assert [f["seq"] for f in out] == [12, 13, 14, 15]
+    assert c.last_seq == 15
+
+
+def test_replay_after_resume_drops_what_was_seen() -> None:
+    c = welcomed(seq=10)
+    c.receive_data(ev("msg", 12, room="lobby", text="a") + ev("msg", 13, room="lobby", text="b"))
+    c.hello()
+    out = c.receive_data(
+        welcome(20, resumed=True, rooms=["lobby"]) + ev("msg", 13, room="lobby", text="b") + ev("msg", 14, text="c")
+    )
+    assert [(f["type"], f.get("seq")) for f in out] == [("welcome", 20), ("msg", 14)]
+    assert c.last_seq == 14  # a resumed welcome does not move the cursor to its own seq
+
+
+def test_non_events_are_never_dropped() -> None:
+    c = welcomed(seq=10)
+    for frame in (
+        {"type": "room", "room": "lobby", "nicks": []},
+        {"type": "history", "seq": 1, "events": []},
+        {"type": "who", "seq": 2},
+        {"type": "error", "code": "x", "message": "y", "seq": 1},
+        {"type": "pong"},
+        {"type": "gap", "after": 1},
+        {"type": "topic", "room": "lobby", "topic": ""},
+    ):
+        assert c.receive_data(m.encode(frame)) == [frame]
+    assert c.last_seq == 11
+
+
+def test_events_without_int_seq_pass_through() -> None:
+    c = welcomed(seq=10)
+    out = c.receive_data(enc(type="msg", seq="5", text="x") + enc(type="msg", text="y") + enc(type="msg", seq=1.5))
+    assert len(out) == 3
+    assert c.last_seq == 11
+
+
+def test_first_event_without_a_welcome_sets_the_cursor() -> None:
+    c = ClientState("al")
+    out = c.receive_data(ev("msg", 5) + ev("msg", 5) + ev("msg", 6))
+    assert [f["seq"] for f in out] == [5, 6]
+
+
+def test_garbage_from_the_server_is_skipped() -> None:
+    c = welcomed()
+    out = c.receive_data(b'not json\n[1,2]\n"s"\n' + b"[" * 100_000 + b"\n\xff\xfe\n" + ev("msg", 12))
+    assert [f.get("seq") for f in out] == [12]
+
+
+def test_frames_split_at_every_byte() -> None:
+    data = welcome(3) + ev("join", 4, room="lobby", nick="al") + ev("msg", 5, text="é")
+    c = ClientState("al")
+    out = []
+    for i in range(len(data)):
+        out += c.receive_data(data[i : i + 1])
+    assert [f["type"] for f in out] == ["welcome", "join", "msg"]
+
+
+# --- own membership and nick ----------------------------------------------------------------------------------
+
+
+def test_own_join_part_are_tracked_case_insensitively() -> None:
+    c = welcomed(nick="Al")
+    assert c.rooms == ["lobby"]
+    c.receive_data(ev("join", 12, room="dev", nick="aL") + ev("join", 13, room="games", nick="bob"))
+    assert c.rooms == ["lobby", "dev"]
+    c.receive_data(ev("join", 14, room="dev", nick="Al"))  # no duplicate
+    assert c.rooms == ["lobby", "dev"]
+    c.receive_data(ev("part", 15, room="lobby", nick="AL", reason="") + ev("part", 16, room="dev", nick="bob"))
+    assert c.rooms == ["dev"]
+    c.receive_data(ev("part", 17, room="nowhere", nick="al"))
+    assert c.rooms == ["dev"]
+
+
+def test_own_nick_change_is_tracked() -> None:
+    c = welcomed(nick="al")
+    c.receive_data(ev("nick", 12, old="bob", new="robert"))
+    assert c.info.nick == "al"
+    c.receive_data(ev("nick", 13, old="AL", new="alan"))
+    assert c.info.nick == "alan"
+    c.receive_data(ev("join", 14, room="dev", nick="alan"))
+    assert "dev" in c.rooms
+    assert decoded(c.hello())["nick"] == "alan"
+
+
+def test_fresh_welcome_forgets_old_rooms_and_resumed_welcome_restores_them() -> None:
+    c = welcomed()
+    c.receive_data(ev("join", 12, room="dev", nick="al"))
+    c.hello()
+    c.receive_data(welcome(30, resumed=True, rooms=["dev", "games"]))
+    assert c.rooms == ["dev", "games"]
+    c.hello()
+    c.receive_data(welcome(40, resumed=False))  # the session expired: a new one, rooms come back as joins
+    assert c.rooms == []
+    assert c.last_seq == 12  # the cursor is kept, a fresh welcome does not rewind or skip it
+
+
+def test_duplicate_own_join_does_not_alter_membership_after_part() -> None:
+    c = welcomed(seq=10)
+    c.receive_data(ev("part", 12, room="lobby", nick="al"))
+    c.receive_data(ev("join", 11, room="lobby", nick="al"))  # a stale replay of the old join
+    assert c.rooms == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 30), max_size=40))
+def test_every_event_is_delivered_once_in_increasing_order(seqs: list[int]) -> None:
+    c = ClientState("al")
+    out = c.receive_data(b"".join(ev("msg", s) for s in seqs))
+    got = [f["seq"] for f in out]
+    assert got == sorted(set(got))
+    expected, top = [], -1
+    for s in seqs:
+        if s > top:
+            expected.append(s)
+            top = s
+    assert got == expected

@@ -1,0 +1,468 @@
+"""The SQLite history: create/reopen, sequence reservation, foreign files, pruning, paging, replay, a failing disk."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lanchat import const
+from lanchat.errors import StorageError
+from lanchat.storage import history as h
+from lanchat.storage.history import HistoryStore, SessionRow
+
+
+@pytest.fixture
+def stores() -> Iterator[list[HistoryStore]]:
+    """Every store a test opens is closed at the end, whatever happens."""
+    opened: list[HistoryStore] = []
+    yield opened
+    for s in opened:
+        s.close()
+
+
+def open_store(stores: list[HistoryStore], path: Path, **kw: int) -> HistoryStore:
+    s = HistoryStore(path, **kw)
+    stores.append(s)
+    return s
+
+
+def line(seq: int, conv: str = "lobby") -> str:
+    return f'{{"type":"msg","seq":{seq},"room":"{conv}"}}'
+
+
+def add(s: HistoryStore, seq: int, *convs: str) -> None:
+    convs = convs or ("lobby",)
+    s.add_event(seq, convs, float(seq), "msg", line(seq, convs[0]))
+
+
+def seqs(lines: list[str]) -> list[int]:
+    return [int(x.split('"seq":')[1].split(",")[0]) for x in lines]
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "lanchat.storage" and r.levelno >= logging.ERROR]
+
+
+# --- create and reopen ----------------------------------------------------------------------------------------
+
+
+def test_create_makes_the_directory_and_file(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path / "a" / "b")
+    assert s.path == tmp_path / "a" / "b" / h.DB_NAME
+    assert s.path.exists()
+    assert not s.degraded and s.last_error is None
+    assert s.start_seq == 0
+    assert s.load_sessions() == [] and s.load_topics() == {}
+    assert s.events("lobby") == ([], False)
+    assert s.pending == 0
+    assert s.commit(0.0) is True  # nothing to do is a success
+
+
+def test_marker_and_schema_version_are_written(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    open_store(stores, tmp_path).close()
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    db.close()
+    assert meta["app"] == h.APP_ID
+    assert meta["schema"] == str(h.SCHEMA_VERSION)
+    assert int(meta["seq_reserved"]) == h.SEQ_RESERVE
+
+
+def test_reopen_keeps_events_sessions_topics(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    add(s, 1)
+    add(s, 2, "@sid1", "@sid2")
+    s.put_session(SessionRow("sid1", "tok1", "Al", ("lobby", "dev"), 7, False))
+    s.put_session(SessionRow("sid2", "tok2", "bo", (), -1, True))
+    s.put_topic("lobby", "pizza")
+    assert s.pending == 3 + 2 + 1  # one row per conversation of an event
+    assert s.commit(1.0)
+    assert s.pending == 0
+    s.close()
+    s2 = open_store(stores, tmp_path)
+    assert s2.events("lobby")[0] == [line(1)]
+    assert s2.events("@sid2")[0] == [line(2, "@sid1")]
+    assert sorted(s2.load_sessions(), key=lambda r: r.sid) == [
+        SessionRow("sid1", "tok1", "Al", ("lobby", "dev"), 7, False),
+        SessionRow("sid2", "tok2", "bo", (), -1, True),
+    ]
+    assert s2.load_topics() == {"lobby": "pizza"}
+
+
+def test_session_update_and_drop(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 1, False))
+    s.commit(0.0)
+    s.put_session(SessionRow("a", "t", "al2", ("y",), 5, False))
+    s.put_session(SessionRow("b", "u", "bo", (), -1, False))
+    s.drop_session("b")  # the last word for a sid wins within a batch
+    s.commit(0.0)
+    assert s.load_sessions() == [SessionRow("a", "t", "al2", ("y",), 5, False)]
+    s.drop_session("a")
+    s.commit(0.0)
+    assert s.load_sessions() == []
+
+
+def test_topic_overwrite(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    s.put_topic("dev", "one")
+    s.put_topic("dev", "two")
+    s.commit(0.0)
+    s.put_topic("dev", "")
+    s.commit(0.0)
+    assert s.load_topics() == {"dev": ""}
+
+
+# --- sequence reservation -------------------------------------------------------------------------------------
+
+
+def test_sequence_reservation_across_reopen(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    assert s.start_seq == 0
+    add(s, 1)
+    s.commit(0.0)
+    s.close()
+    s2 = open_store(stores, tmp_path)
+    assert s2.start_seq == h.SEQ_RESERVE  # the whole reserved block is skipped: nothing is ever reused
+    s2.close()
+    s3 = open_store(stores, tmp_path)
+    assert s3.start_seq == 2 * h.SEQ_RESERVE  # each open takes a new block
+
+
+def test_reservation_moves_ahead_of_use(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    seq = h.SEQ_RESERVE // 2 + 1  # past half the block: the next block is reserved with the next commit
+    add(s, seq)
+    assert s.commit(0.0)
+    # a crash now (no close) must not let a new process reuse numbers near ``seq``
+    crashed_view = open_store(stores, tmp_path)
+    assert crashed_view.start_seq >= seq + h.SEQ_RESERVE
+
+
+def test_reservation_alone_is_committed(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    s.add_event(h.SEQ_RESERVE, (), 0.0, "nick", "{}")  # no conversation: nothing stored, but the seq is used
+    assert s.pending == 0
+    assert s.commit(0.0)
+    assert open_store(stores, tmp_path).start_seq >= 2 * h.SEQ_RESERVE
+
+
+def test_start_seq_is_at_least_the_highest_stored_event(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    s.close()
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # a file whose reservation lags its events
+        db.execute("INSERT INTO events VALUES ('lobby', 99999, 0, 'msg', '{}')")
+        db.execute("UPDATE meta SET value='5' WHERE key='seq_reserved'")
+    db.close()
+    assert open_store(stores, tmp_path).start_seq == 99999
+
+
+# --- foreign and broken files ---------------------------------------------------------------------------------
+
+
+def test_foreign_sqlite_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / h.DB_NAME
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE people (name TEXT)")
+        db.execute("INSERT INTO people VALUES ('ada')")
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError) as info:
+        HistoryStore(tmp_path)
+    assert "people" in str(info.value) and str(path) in str(info.value)
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("people",)]
+    db.close()
+
+
+def test_foreign_file_with_a_meta_table(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('app', 'someone-else')")
+    db.close()
+    with pytest.raises(StorageError, match="lanchat marker"):
+        HistoryStore(tmp_path)
+
+
+def test_other_schema_version_is_refused(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    open_store(stores, tmp_path).close()
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:
+        db.execute("UPDATE meta SET value='99' WHERE key='schema'")
+    db.close()
+    with pytest.raises(StorageError, match="schema version 99"):
+        HistoryStore(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content", [b"this is not a database\n" * 100, b"\x00" * 4096, b"SQLite format 3\x00" + b"\xff" * 200]
+)
+def test_garbage_file_is_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / h.DB_NAME
+    path.write_bytes(content)
+    with pytest.raises(StorageError):
+        HistoryStore(tmp_path)
+    assert path.read_bytes() == content
+
+
+def test_empty_file_is_a_new_database(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    (tmp_path / h.DB_NAME).write_bytes(b"")
+    s = open_store(stores, tmp_path)
+    assert not s.degraded and s.start_seq == 0
+
+
+# --- pruning --------------------------------------------------------------------------------------------------
+
+
+def test_pruning_keeps_history_limit_per_conv(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path, history_limit=3)
+    for seq in range(1, 8):
+        add(s, seq, "lobby" if seq % 2 else "dev")  # lobby: 1 3 5 7, dev: 2 4 6
+    assert s.commit(0.0)
+    assert seqs(s.events("lobby")[0]) == [3, 5, 7]
+    assert seqs(s.events("dev")[0]) == [2, 4, 6]
+    assert s.pruned_upto("lobby") == 1
+    assert s.pruned_upto("dev") == 0
+    assert s.pruned_upto("never") == 0
+    for seq in range(8, 12):
+        add(s, seq, "dev")
+    assert s.commit(0.0)
+    assert seqs(s.events("dev")[0]) == [9, 10, 11]
+    assert s.pruned_upto("dev") == 8
+    s.close()
+    s2 = open_store(stores, tmp_path, history_limit=3)
+    assert (s2.pruned_upto("lobby"), s2.pruned_upto("dev")) == (1, 8)  # recorded in the file
+    add(s2, 20, "lobby")
+    assert s2.commit(0.0)
+    assert seqs(s2.events("lobby")[0]) == [5, 7, 20]  # counts were reloaded too
+    assert s2.pruned_upto("lobby") == 3
+
+
+def test_pruning_per_commit_is_bounded(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h, "PRUNE_BATCH", 2)
+    s = open_store(stores, tmp_path, history_limit=2)
+    for seq in range(1, 8):
+        add(s, seq)
+    assert s.commit(0.0)
+    assert seqs(s.events("lobby", limit=100)[0]) == [3, 4, 5, 6, 7]  # only 2 removed this time
+    assert s.pruned_upto("lobby") == 2
+    add(s, 8)
+    assert s.commit(0.0)
+    assert seqs(s.events("lobby", limit=100)[0]) == [5, 6, 7, 8]
+    assert s.pruned_upto("lobby") == 4
+
+
+def test_event_in_several_convs_is_counted_and_pruned_per_conv(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path, history_limit=1)
+    add(s, 1, "a", "b")
+    add(s, 2, "a")
+    assert s.commit(0.0)
+    assert seqs(s.events("a")[0]) == [2]
+    assert seqs(s.events("b")[0]) == [1]
+    assert s.replay(0, ["a", "b"], 10) == [(1, line(1, "a")), (2, line(2, "a"))]
+
+
+# --- reads ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ten(tmp_path: Path, stores: list[HistoryStore]) -> HistoryStore:
+    s = open_store(stores, tmp_path)
+    for seq in range(1, 21):
+        add(s, seq, "lobby" if seq % 2 == 0 else "dev")  # lobby: 2 4 ... 20
+    assert s.commit(0.0)
+    return s
+
+
+def test_events_newest_page_oldest_first(ten: HistoryStore) -> None:
+    assert (seqs(ten.events("lobby", limit=3)[0]), ten.events("lobby", limit=3)[1]) == ([16, 18, 20], True)
+    assert seqs(ten.events("lobby", limit=10)[0]) == list(range(2, 21, 2))
+    assert ten.events("lobby", limit=10)[1] is False
+    assert ten.events("lobby", limit=9)[1] is True
+
+
+def test_events_before(ten: HistoryStore) -> None:
+    lines, more = ten.events("lobby", before=16, limit=3)
+    assert (seqs(lines), more) == ([10, 12, 14], True)
+    lines, more = ten.events("lobby", before=8, limit=3)
+    assert (seqs(lines), more) == ([2, 4, 6], False)
+    assert ten.events("lobby", before=2, limit=3) == ([], False)
+
+
+def test_events_after(ten: HistoryStore) -> None:
+    lines, more = ten.events("lobby", after=4, limit=3)
+    assert (seqs(lines), more) == ([6, 8, 10], True)
+    lines, more = ten.events("lobby", after=14, limit=3)
+    assert (seqs(lines), more) == ([16, 18, 20], False)
+    assert ten.events("lobby", after=20) == ([], False)
+
+
+def test_events_between(ten: HistoryStore) -> None:
+    lines, more = ten.events("lobby", after=4, before=12, limit=2)
+    assert (seqs(lines), more) == ([8, 10], True)
+
+
+def test_events_of_unknown_conv(ten: HistoryStore) -> None:
+    assert ten.events("nowhere") == ([], False)
+
+
+def test_replay(ten: HistoryStore) -> None:
+    assert [q for q, _ in ten.replay(15, ["lobby", "dev"], 100)] == [16, 17, 18, 19, 20]
+    assert [q for q, _ in ten.replay(15, ["lobby"], 100)] == [16, 18, 20]
+    assert [q for q, _ in ten.replay(0, ["lobby", "dev"], 4)] == [1, 2, 3, 4]
+    assert ten.replay(0, [], 10) == []
+    assert ten.replay(20, ["lobby"], 10) == []
+    assert ten.replay(0, ["lobby"], 1) == [(2, line(2))]
+
+
+def test_replay_gives_an_event_of_several_convs_once(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    add(s, 1, "a", "b", "@me")
+    add(s, 2, "b")
+    s.commit(0.0)
+    assert [q for q, _ in s.replay(0, ["a", "b", "@me"], 10)] == [1, 2]
+
+
+def test_uncommitted_events_are_not_read(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    add(s, 1)
+    assert s.events("lobby") == ([], False)
+    s.commit(0.0)
+    assert seqs(s.events("lobby")[0]) == [1]
+
+
+# --- a failing disk -------------------------------------------------------------------------------------------
+
+
+def db_of(s: HistoryStore) -> sqlite3.Connection:
+    assert s._db is not None
+    return s._db
+
+
+@pytest.mark.parametrize("failure", ["query_only", "disk_full"])
+def test_write_failure_degrades_keeps_data_and_recovers(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture, failure: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="lanchat.storage")
+    s = open_store(stores, tmp_path)
+    add(s, 1)
+    assert s.commit(0.0)
+    db = db_of(s)
+    if failure == "query_only":
+        db.execute("PRAGMA query_only=ON")
+    else:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count={pages}")
+    add(s, 2)
+    s.put_topic("lobby", "x" * 50_000)
+    s.put_session(SessionRow("sid", "tok", "al", ("lobby",), 3, False))
+    for seq in range(3, 40):
+        s.add_event(seq, ("lobby",), 1.0, "msg", line(seq)[:-1] + ',"pad":"' + "y" * 5000 + '"}')
+    pending = s.pending
+    assert s.commit(10.0) is False
+    assert s.degraded
+    assert s.last_error is not None and "write failed" in s.last_error
+    assert s.pending == pending  # nothing lost
+    assert len(errors(caplog)) == 1
+    assert s.commit(10.5) is False  # before the retry interval: not even tried
+    assert s.commit(10.0 + const.DB_RETRY_INTERVAL) is False  # tried again, still failing
+    assert len(errors(caplog)) == 1  # logged once, not once per attempt
+    assert s.pending == pending
+    assert seqs(s.events("lobby", limit=100)[0]) == [1]
+    # the failure goes away
+    if failure == "query_only":
+        db.execute("PRAGMA query_only=OFF")
+    else:
+        db.execute("PRAGMA max_page_count=1073741823")
+    assert s.commit(10.0 + const.DB_RETRY_INTERVAL + 0.1) is False  # still waiting for the retry time
+    assert s.commit(10.0 + 2 * const.DB_RETRY_INTERVAL) is True
+    assert not s.degraded and s.last_error is None
+    assert s.pending == 0
+    assert seqs(s.events("lobby", limit=100)[0]) == list(range(1, 40))
+    assert s.load_topics() == {"lobby": "x" * 50_000}
+    assert [r.sid for r in s.load_sessions()] == ["sid"]
+    assert any("resumed" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert s.commit(100.0) is True
+
+
+def test_second_failure_after_recovery_is_logged_again(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    s = open_store(stores, tmp_path)
+    db = db_of(s)
+    for attempt in range(2):
+        db.execute("PRAGMA query_only=ON")
+        add(s, attempt + 1)
+        t = attempt * 100.0
+        assert s.commit(t) is False
+        db.execute("PRAGMA query_only=OFF")
+        assert s.commit(t + const.DB_RETRY_INTERVAL) is True
+    assert len(errors(caplog)) == 2
+
+
+def test_degraded_commit_with_nothing_pending_reports_failure(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    db_of(s).execute("PRAGMA query_only=ON")
+    add(s, 1)
+    assert s.commit(0.0) is False
+    assert s.commit(0.5) is False
+
+
+def test_pending_writes_are_bounded_while_failing(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(const, "PENDING_WRITES_MAX", 5)
+    s = open_store(stores, tmp_path)
+    db_of(s).execute("PRAGMA query_only=ON")
+    for seq in range(1, 9):
+        add(s, seq)
+    assert s.pending == 5
+    assert s.dropped == 3
+    assert s.commit(0.0) is False
+    db_of(s).execute("PRAGMA query_only=OFF")
+    assert s.commit(const.DB_RETRY_INTERVAL)
+    assert seqs(s.events("lobby")[0]) == [4, 5, 6, 7, 8]  # the oldest were given up
+
+
+def test_unopenable_directory_is_degraded_not_fatal(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    s = open_store(stores, blocker / "data")
+    assert s.degraded and s.last_error is not None and "cannot open" in s.last_error
+    assert s.load_sessions() == [] and s.load_topics() == {}
+    assert s.events("lobby") == ([], False)
+    assert s.replay(0, ["lobby"], 10) == []
+    s.put_topic("lobby", "kept")
+    assert s.commit(0.0) is False
+    assert s.pending == 1
+    blocker.unlink()  # the disk comes back
+    assert s.commit(1.0) is False  # before the retry time
+    assert s.commit(const.DB_RETRY_INTERVAL) is True
+    assert not s.degraded
+    assert s.load_topics() == {"lobby": "kept"}
+
+
+def test_events_are_queued_while_the_file_cannot_be_opened(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    s = open_store(stores, blocker / "data")
+    assert s.degraded
+    add(s, 1)
+    assert s.pending == 1
+    blocker.unlink()
+    assert s.commit(const.DB_RETRY_INTERVAL) is True
+    assert seqs(s.events("lobby")[0]) == [1]
+
+
+def test_close_is_idempotent(tmp_path: Path) -> None:
+    s = HistoryStore(tmp_path)
+    s.close()
+    s.close()
+    assert s.events("lobby") == ([], False)
+    assert s.load_sessions() == []

@@ -1,0 +1,889 @@
+"""The hub, driven with requests and time alone; what each worker receives is decoded from ``drain``.
+
+``Workers`` plays the workers' part of routing: it applies the hub's member records and fans ROOM frames out to
+the local members, so a test can ask what one connection was sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lanchat import const
+from lanchat.protocol import control
+from lanchat.protocol import messages as m
+from lanchat.server.hub import Hub
+from lanchat.storage import history
+from lanchat.storage.history import HistoryStore
+
+GRACE = 60.0
+Frame = dict[str, Any]
+
+
+class Workers:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.members: dict[int, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+        self.inbox: dict[tuple[int, int], list[Frame]] = defaultdict(list)
+        self.raw: dict[int, list[control.ControlFrame]] = defaultdict(list)
+        self.records: dict[int, list[list[Any]]] = defaultdict(list)
+
+    def pump(self) -> None:
+        for w in self.hub.pending_workers():
+            data = self.hub.drain(w)
+            assert self.hub.drain(w) == b""  # drained once
+            for f in control.ControlDecoder().feed(data):
+                self.raw[w].append(f)
+                if isinstance(f, control.RoomFrame):
+                    for conn in sorted(self.members[w][f.room]):
+                        self.inbox[(w, conn)] += lines(f.payload)
+                elif isinstance(f, control.ConnsFrame):
+                    for conn in f.conns:
+                        self.inbox[(w, conn)] += lines(f.payload)
+                else:
+                    for rec in f.records:
+                        self.records[w].append(rec)
+                        if rec[0] == "member":
+                            _, conn, room, joined = rec
+                            if joined:
+                                self.members[w][room].add(conn)
+                            else:
+                                self.members[w][room].discard(conn)
+
+    def take(self, w: int, conn: int) -> list[Frame]:
+        self.pump()
+        return self.inbox.pop((w, conn), [])
+
+    def take_records(self, w: int) -> list[list[Any]]:
+        self.pump()
+        out, self.records[w] = self.records[w], []
+        return out
+
+    def take_raw(self, w: int) -> list[control.ControlFrame]:
+        self.pump()
+        out, self.raw[w] = self.raw[w], []
+        return out
+
+    def forget(self, w: int, conn: int) -> None:
+        """The worker lost this connection: nothing more reaches it."""
+        self.pump()
+        for members in self.members[w].values():
+            members.discard(conn)
+        self.inbox.pop((w, conn), None)
+
+    def clear(self) -> None:
+        self.pump()
+        self.inbox.clear()
+        self.records.clear()
+        self.raw.clear()
+
+
+def lines(payload: bytes) -> list[Frame]:
+    assert payload.endswith(b"\n")
+    out = []
+    for raw in payload.split(b"\n")[:-1]:
+        obj = json.loads(raw)
+        assert isinstance(obj, dict)
+        out.append(obj)
+    return out
+
+
+def kinds(frames: list[Frame]) -> list[str]:
+    return [f["type"] for f in frames]
+
+
+def events(frames: list[Frame]) -> list[Frame]:
+    return [f for f in frames if f["type"] in m.EVENT_TYPES and "seq" in f]
+
+
+@pytest.fixture
+def stores() -> Iterator[list[HistoryStore]]:
+    opened: list[HistoryStore] = []
+    yield opened
+    for s in opened:
+        s.close()
+
+
+def make_hub(stores: list[HistoryStore], path: Path, *, history_limit: int = 10_000, **kw: Any) -> Hub:
+    store = HistoryStore(path, history_limit=history_limit)
+    stores.append(store)
+    kw.setdefault("resume_grace", GRACE)
+    return Hub(store, **kw)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, stores: list[HistoryStore]) -> Hub:
+    return make_hub(stores, tmp_path)
+
+
+@pytest.fixture
+def net(hub: Hub) -> Workers:
+    return Workers(hub)
+
+
+def hello(net: Workers, w: int, conn: int, nick: str, now: float = 0.0, **extra: Any) -> Frame:
+    net.hub.request(w, conn, {"type": "hello", "nick": nick, **extra}, now)
+    frames = net.take(w, conn)
+    assert frames, "no answer to a hello"
+    return frames[0]
+
+
+def welcome_of(net: Workers, w: int, conn: int, nick: str, now: float = 0.0, **extra: Any) -> Frame:
+    frame = hello(net, w, conn, nick, now, **extra)
+    assert frame["type"] == "welcome", frame
+    return frame
+
+
+# --- hello and welcome ----------------------------------------------------------------------------------------
+
+
+def test_hello_welcome_and_join(net: Workers) -> None:
+    hub = net.hub
+    hub.request(1, 10, {"type": "hello", "nick": "Alice", "id": 1}, 5.0)
+    assert net.take_records(1) == [["bind", 10, "Alice", False], ["member", 10, "lobby", True]]
+    frames = net.inbox.pop((1, 10))
+    assert kinds(frames) == ["welcome", "history", "join", "room"]
+    welcome, history, join, room = frames
+    assert welcome["nick"] == "Alice" and welcome["resumed"] is False and welcome["id"] == 1
+    assert welcome["rooms"] == ["lobby"] and welcome["seq"] == 0
+    assert isinstance(welcome["session"], str) and isinstance(welcome["token"], str) and len(welcome["token"]) <= 64
+    assert "resume_failed" not in welcome
+    assert history == {"type": "history", "room": "lobby", "more": False, "events": []}
+    assert join == {"type": "join", "seq": 1, "ts": 5.0, "room": "lobby", "nick": "Alice"}
+    assert room == {"type": "room", "room": "lobby", "topic": "", "nicks": ["Alice"]}
+    assert hub.users == 1
+
+
+def test_hello_with_several_rooms_and_none(net: Workers) -> None:
+    w = welcome_of(net, 1, 1, "al", rooms=["a", "b"])
+    assert w["rooms"] == ["a", "b"]
+    assert sorted(net.members[1]) == ["a", "b"]
+    net.hub.request(1, 2, {"type": "hello", "nick": "bo", "rooms": []}, 0.0)
+    assert kinds(net.take(1, 2)) == ["welcome"]
+
+
+def test_tokens_and_sessions_are_unique(net: Workers) -> None:
+    a = welcome_of(net, 1, 1, "al")
+    b = welcome_of(net, 1, 2, "bo")
+    assert a["token"] != b["token"] and a["session"] != b["session"]
+
+
+def test_nick_collision_is_case_insensitive(net: Workers) -> None:
+    welcome_of(net, 1, 1, "Alice")
+    err = hello(net, 2, 5, "aLICE", id=3)
+    assert err["type"] == "error" and err["code"] == m.Err.NICK_TAKEN and err["id"] == 3
+    assert "held" not in err["message"]
+    assert net.take_records(2) == []  # no bind for the refused hello
+    welcome_of(net, 2, 5, "alice2")  # the same connection may try again
+
+
+def test_second_hello_on_a_connection(net: Workers) -> None:
+    welcome_of(net, 1, 1, "al")
+    err = hello(net, 1, 1, "other", id=9)
+    assert (err["type"], err["code"], err["id"]) == ("error", m.Err.ALREADY_REGISTERED, 9)
+
+
+def test_requests_before_hello(net: Workers) -> None:
+    hub = net.hub
+    hub.request(1, 1, {"type": "msg", "room": "lobby", "text": "x", "id": 4}, 0.0)
+    (err,) = net.take(1, 1)
+    assert (err["code"], err["id"]) == (m.Err.NOT_REGISTERED, 4)
+    hub.request(1, 1, {"type": "quit"}, 0.0)
+    assert net.take(1, 1) == []
+    hub.request(1, 1, {"type": "stats", "id": 2}, 0.0)
+    (stats,) = net.take(1, 1)
+    assert stats["type"] == "stats" and stats["id"] == 2 and stats["users"] == 0
+    assert stats["history"]["degraded"] is False
+
+
+def test_the_hub_validates_again(net: Workers) -> None:
+    welcome_of(net, 1, 1, "al")
+    net.take(1, 1)
+    net.hub.request(1, 1, {"type": "msg", "room": "lobby", "text": "\x1b[2J", "id": 8}, 0.0)
+    (err,) = net.take(1, 1)
+    assert (err["type"], err["code"], err["id"]) == ("error", m.Err.BAD_TEXT, 8)
+    net.hub.request(1, 1, ["not", "an", "object"], 0.0)
+    assert net.take(1, 1)[0]["code"] == m.Err.BAD_JSON
+
+
+# --- routing --------------------------------------------------------------------------------------------------
+
+
+def test_room_fan_out_goes_only_to_workers_with_members(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    welcome_of(net, 1, 11, "cy", rooms=["dev"])
+    welcome_of(net, 3, 30, "di", rooms=["dev"])
+    net.clear()
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "hello"}, 1.0)
+    room_frames = {w: [f for f in net.take_raw(w) if isinstance(f, control.RoomFrame)] for w in (1, 2, 3)}
+    assert [f.room for f in room_frames[1]] == ["lobby"]
+    assert [f.room for f in room_frames[2]] == ["lobby"]
+    assert room_frames[3] == []  # worker 3 has no one in the lobby
+    got = {k: [f.get("text") for f in v] for k, v in net.inbox.items()}
+    assert got == {(1, 10): ["hello"], (2, 20): ["hello"]}  # cy (worker 1, dev only) is filtered by the worker
+    # one encoding, the same bytes for every worker
+    assert room_frames[1][0].payload == room_frames[2][0].payload
+
+
+def test_consecutive_room_events_are_batched_in_one_frame(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al")
+    net.clear()
+    for i in range(3):
+        net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": str(i)}, 1.0)
+    (frame,) = net.take_raw(1)
+    assert isinstance(frame, control.RoomFrame)
+    assert [f["text"] for f in lines(frame.payload)] == ["0", "1", "2"]
+
+
+def test_seq_increases_across_rooms(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al", rooms=["a", "b"])
+    net.clear()
+    for room in ("a", "b", "a"):
+        net.hub.request(1, 10, {"type": "msg", "room": room, "text": "x"}, 1.0)
+    seqs = [f["seq"] for f in net.take(1, 10)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+
+
+def test_post_to_a_room_not_joined(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 1, 11, "bo", rooms=["dev"])
+    net.clear()
+    net.hub.request(1, 10, {"type": "msg", "room": "dev", "text": "x", "id": 3}, 1.0)
+    (err,) = net.take(1, 10)
+    assert (err["code"], err["id"]) == (m.Err.NOT_IN_ROOM, 3)
+    assert net.take(1, 11) == []
+    net.hub.request(1, 10, {"type": "action", "room": "nowhere", "text": "x"}, 1.0)
+    assert net.take(1, 10)[0]["code"] == m.Err.NOT_IN_ROOM
+
+
+def test_privmsg_across_workers(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "Bob", rooms=[])
+    welcome_of(net, 3, 30, "cy")
+    net.clear()
+    hub.request(1, 10, {"type": "privmsg", "to": "BOB", "text": "psst", "id": 1}, 2.0)
+    to_al, to_bob = net.take(1, 10), net.take(2, 20)
+    assert to_al == to_bob
+    (pm,) = to_bob
+    assert (pm["type"], pm["from"], pm["to"], pm["text"]) == ("privmsg", "al", "Bob", "psst")
+    assert net.take(3, 30) == []
+    assert all(isinstance(f, control.ConnsFrame) for f in net.take_raw(3) + net.take_raw(2))
+    hub.commit(2.0)
+    assert net.take(1, 10) == [{"type": "ack", "id": 1, "seq": pm["seq"]}]
+    hub.request(1, 10, {"type": "privmsg", "to": "nobody", "text": "x", "id": 2}, 2.0)
+    (err,) = net.take(1, 10)
+    assert (err["code"], err["id"]) == (m.Err.NO_SUCH_NICK, 2)
+
+
+def test_privmsg_to_self_is_delivered_once(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al")
+    net.clear()
+    net.hub.request(1, 10, {"type": "privmsg", "to": "AL", "text": "note"}, 2.0)
+    assert kinds(net.take(1, 10)) == ["privmsg"]
+
+
+# --- acks and dedup -------------------------------------------------------------------------------------------
+
+
+def test_ack_only_after_commit(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    net.clear()
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "hi", "id": 1}, 1.0)
+    (event,) = net.take(1, 10)
+    assert event["type"] == "msg"
+    assert hub.store.events("lobby")[0] == []  # not on disk yet, and so not acked
+    assert hub.commit(1.0) is True
+    assert net.take(1, 10) == [{"type": "ack", "id": 1, "seq": event["seq"]}]
+    assert json.loads(hub.store.events("lobby")[0][-1]) == event
+    assert hub.commit(2.0) is True
+    assert net.take(1, 10) == []  # acked once
+
+
+def test_resent_ids_are_not_posted_twice_but_acked_again(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "once", "id": 5}, 1.0)
+    hub.commit(1.0)
+    first = net.take(1, 10)
+    assert kinds(first) == ["msg", "ack"]
+    assert kinds(net.take(2, 20)) == ["msg"]
+    for rid in (5, 5, 3):  # the same id again, and an older one: resends after an uncertain drop
+        hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "once", "id": rid}, 2.0)
+    assert net.take(2, 20) == []
+    hub.commit(2.0)
+    assert net.take(1, 10) == [{"type": "ack", "id": 5, "seq": None}, {"type": "ack", "id": 5, "seq": None},
+                               {"type": "ack", "id": 3, "seq": None}]  # fmt: skip
+    hub.request(1, 10, {"type": "action", "room": "lobby", "text": "next", "id": 6}, 3.0)
+    assert kinds(net.take(2, 20)) == ["action"]
+    hub.request(1, 10, {"type": "privmsg", "to": "bo", "text": "dm", "id": 6}, 3.0)  # ids are per session
+    assert net.take(2, 20) == []
+
+
+def test_posts_without_id_are_never_deduplicated(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al")
+    net.clear()
+    for _ in range(2):
+        net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "same"}, 1.0)
+    net.hub.commit(1.0)
+    assert kinds(net.take(1, 10)) == ["msg", "msg"]
+
+
+def test_refused_post_does_not_burn_its_id(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al")
+    net.clear()
+    net.hub.request(1, 10, {"type": "msg", "room": "dev", "text": "x", "id": 1}, 1.0)
+    net.hub.request(1, 10, {"type": "join", "room": "dev"}, 1.0)
+    net.hub.request(1, 10, {"type": "msg", "room": "dev", "text": "x", "id": 1}, 1.0)
+    net.hub.commit(1.0)
+    assert kinds(net.take(1, 10))[-2:] == ["msg", "ack"]
+
+
+def test_ack_dropped_for_a_detached_session(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al")
+    net.clear()
+    net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "x", "id": 1}, 1.0)
+    net.hub.closed(1, 10, False, "lost", 1.0)
+    net.hub.commit(1.0)
+    net.pump()
+    assert not any(isinstance(f, control.ConnsFrame) for f in net.take_raw(1))
+
+
+# --- rooms ----------------------------------------------------------------------------------------------------
+
+
+def test_join_part_topic_who_rooms(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.request(2, 20, {"type": "join", "room": "#Dev", "id": 1}, 1.0)
+    assert net.take_records(2) == [["member", 20, "dev", True]]
+    frames = net.take(2, 20)
+    assert kinds(frames) == ["history", "join", "room"]
+    assert frames[2] == {"type": "room", "room": "dev", "topic": "", "nicks": ["bo"], "id": 1}
+    assert net.take(1, 10) == []  # al is not in dev
+    hub.request(1, 10, {"type": "join", "room": "dev"}, 1.0)
+    (join,) = net.take(2, 20)
+    assert (join["type"], join["nick"], join["room"]) == ("join", "al", "dev")
+    assert net.take(1, 10)[-1]["nicks"] == ["bo", "al"]
+    # joining again: the room info only
+    hub.request(1, 10, {"type": "join", "room": "dev", "id": 2}, 1.0)
+    assert net.take(1, 10) == [{"type": "room", "room": "dev", "topic": "", "nicks": ["bo", "al"], "id": 2}]
+    assert net.take(2, 20) == []
+    # topic
+    hub.request(2, 20, {"type": "topic", "room": "dev", "topic": "ship it"}, 2.0)
+    (t1,) = net.take(1, 10)
+    (t2,) = net.take(2, 20)
+    assert t1 == t2 and (t1["type"], t1["nick"], t1["topic"], t1["room"]) == ("topic", "bo", "ship it", "dev")
+    assert "seq" in t1
+    hub.request(1, 10, {"type": "topic", "room": "dev", "id": 3}, 2.0)
+    assert net.take(1, 10) == [{"type": "topic", "room": "dev", "topic": "ship it", "id": 3}]
+    hub.request(1, 10, {"type": "topic", "room": "games", "topic": "x", "id": 4}, 2.0)
+    assert net.take(1, 10)[0]["code"] == m.Err.NOT_IN_ROOM
+    # who and rooms
+    hub.request(1, 10, {"type": "who", "room": "dev", "id": 5}, 2.0)
+    assert net.take(1, 10) == [{"type": "who", "room": "dev", "nicks": ["bo", "al"], "id": 5}]
+    hub.request(1, 10, {"type": "who", "room": "empty"}, 2.0)
+    assert net.take(1, 10) == [{"type": "who", "room": "empty", "nicks": []}]
+    welcome_of(net, 3, 30, "cy", rooms=["a"])
+    hub.request(1, 10, {"type": "rooms", "id": 6}, 2.0)
+    assert net.take(1, 10) == [{"type": "rooms", "id": 6, "rooms": [
+        {"name": "dev", "users": 2, "topic": "ship it"}, {"name": "lobby", "users": 2, "topic": ""},
+        {"name": "a", "users": 1, "topic": ""}]}]  # fmt: skip
+    # part
+    net.take(2, 20)
+    net.take_records(1)
+    hub.request(1, 10, {"type": "part", "room": "dev", "reason": "lunch"}, 3.0)
+    assert net.take_records(1) == [["member", 10, "dev", False]]
+    (p1,) = net.take(1, 10)
+    (p2,) = net.take(2, 20)
+    assert p1 == p2 and (p1["type"], p1["nick"], p1["reason"]) == ("part", "al", "lunch")
+    hub.request(1, 10, {"type": "part", "room": "dev", "id": 7}, 3.0)
+    assert (net.take(1, 10)[0]["code"]) == m.Err.NOT_IN_ROOM
+    hub.request(1, 10, {"type": "msg", "room": "dev", "text": "x"}, 3.0)
+    assert net.take(1, 10)[0]["code"] == m.Err.NOT_IN_ROOM
+
+
+def test_rooms_per_session_are_bounded(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al", rooms=[f"r{i}" for i in range(const.MAX_ROOMS_PER_SESSION)])
+    net.clear()
+    net.hub.request(1, 10, {"type": "join", "room": "onemore", "id": 9}, 1.0)
+    (err,) = net.take(1, 10)
+    assert (err["code"], err["id"]) == (m.Err.TOO_MANY_ROOMS, 9)
+    assert "onemore" not in net.hub.rooms
+
+
+def test_empty_room_disappears_but_its_topic_stays(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al", rooms=["dev"])
+    hub.request(1, 10, {"type": "topic", "room": "dev", "topic": "kept"}, 1.0)
+    hub.request(1, 10, {"type": "part", "room": "dev"}, 1.0)
+    assert "dev" not in hub.rooms
+    net.clear()
+    hub.request(1, 10, {"type": "join", "room": "dev"}, 2.0)
+    assert net.take(1, 10)[-1]["topic"] == "kept"
+
+
+def test_history_on_join_shows_earlier_events(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    for i in range(3):
+        hub.request(1, 10, {"type": "msg", "room": "lobby", "text": f"m{i}"}, 1.0)
+    hub.request(2, 20, {"type": "hello", "nick": "bo"}, 2.0)
+    (history,) = [f for f in net.take(2, 20) if f["type"] == "history"]
+    assert [e.get("text") for e in history["events"]] == [None, "m0", "m1", "m2"]  # al's join, then the messages
+
+
+# --- history paging -------------------------------------------------------------------------------------------
+
+
+def test_history_paging(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    for i in range(10):
+        hub.request(1, 10, {"type": "msg", "room": "lobby", "text": f"m{i}"}, 1.0)
+    net.clear()
+
+    def page(**kw: Any) -> tuple[list[str], bool]:
+        hub.request(1, 10, {"type": "history", "room": "lobby", "id": 1, **kw}, 2.0)
+        (frame,) = net.take(1, 10)
+        assert frame["type"] == "history" and frame["id"] == 1 and frame["room"] == "lobby"
+        return [e.get("text", "join") for e in frame["events"]], frame["more"]
+
+    texts, more = page(limit=3)
+    assert (texts, more) == (["m7", "m8", "m9"], True)
+    hub.request(1, 10, {"type": "history", "room": "lobby", "limit": 3}, 2.0)
+    newest = net.take(1, 10)[0]["events"]
+    oldest_seq = newest[0]["seq"]
+    texts, more = page(before=oldest_seq, limit=3)
+    assert (texts, more) == (["m4", "m5", "m6"], True)
+    texts, more = page(before=oldest_seq, limit=50)
+    assert (texts, more) == (["join", "m0", "m1", "m2", "m3", "m4", "m5", "m6"], False)
+    texts, more = page(after=newest[0]["seq"] - 4, limit=2)  # after: the oldest ones first
+    assert (texts, more) == (["m4", "m5"], True)
+    texts, more = page(after=newest[-1]["seq"])
+    assert (texts, more) == ([], False)
+    hub.request(1, 10, {"type": "history", "room": "nowhere"}, 2.0)
+    assert net.take(1, 10) == [{"type": "history", "room": "nowhere", "more": False, "events": []}]
+
+
+def test_history_frame_is_valid_json_with_awkward_text(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    awkward = '"events":[] \\ \u2028 "}'
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": awkward}, 1.0)
+    hub.request(1, 10, {"type": "history", "room": "lobby", "limit": 1}, 1.0)
+    frames = net.take(1, 10)
+    assert frames[-1]["type"] == "history" and frames[-1]["events"][0]["text"] == awkward
+
+
+# --- nick change ----------------------------------------------------------------------------------------------
+
+
+def test_nick_change(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
+    welcome_of(net, 3, 30, "cy", rooms=["games"])
+    net.clear()
+    hub.request(1, 10, {"type": "nick", "nick": "alan", "id": 1}, 1.0)
+    (ev_bo,) = net.take(2, 20)  # once, though bo shares two rooms
+    (ev_al,) = net.take(1, 10)
+    assert ev_bo == ev_al and (ev_bo["type"], ev_bo["old"], ev_bo["new"]) == ("nick", "al", "alan")
+    assert net.take(3, 30) == []
+    assert net.take_records(1) == [["bind", 10, "alan", False]]
+    welcome_of(net, 4, 40, "AL")  # the old nick is free again
+    assert kinds(net.take(2, 20)) == kinds(net.take(1, 10)) == ["join"]
+    hub.request(2, 20, {"type": "nick", "nick": "ALAN", "id": 2}, 1.0)
+    (err,) = net.take(2, 20)
+    assert (err["code"], err["id"]) == (m.Err.NICK_TAKEN, 2)
+    hub.request(1, 10, {"type": "nick", "nick": "alan"}, 1.0)  # the same nick: nothing happens
+    assert net.take(1, 10) == []
+    hub.request(1, 10, {"type": "nick", "nick": "Alan"}, 1.0)  # a case change of one's own nick is allowed
+    assert net.take(2, 20)[0]["new"] == "Alan"
+    hub.request(1, 10, {"type": "who", "room": "dev"}, 1.0)
+    assert net.take(1, 10)[-1]["nicks"] == ["Alan", "bo"]
+
+
+def test_nick_change_in_no_room_tells_only_oneself(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al", rooms=[])
+    welcome_of(net, 1, 11, "bo")
+    net.clear()
+    net.hub.request(1, 10, {"type": "nick", "nick": "alan"}, 1.0)
+    assert kinds(net.take(1, 10)) == ["nick"]
+    assert net.take(1, 11) == []
+
+
+# --- leaving: clean and unclean -------------------------------------------------------------------------------
+
+
+def test_unclean_close_holds_the_session_until_the_grace_runs_out(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.closed(1, 10, False, "connection lost", 100.0)
+    net.forget(1, 10)
+    assert net.take(2, 20) == []  # no quit yet: al may come back
+    err = hello(net, 3, 30, "AL")
+    assert err["code"] == m.Err.NICK_TAKEN and "held" in err["message"]
+    hub.request(2, 20, {"type": "who", "room": "lobby"}, 101.0)
+    assert net.take(2, 20)[0]["nicks"] == ["al", "bo"]
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "still there?"}, 101.0)
+    assert not [f for f in net.take_raw(1) if isinstance(f, control.RoomFrame)]  # no members left on worker 1
+    hub.tick(100.0 + GRACE - 0.001)
+    assert net.take(2, 20)[-1]["type"] == "msg"
+    hub.tick(100.0 + GRACE)
+    (quit_,) = net.take(2, 20)
+    assert (quit_["type"], quit_["nick"], quit_["reason"]) == ("quit", "al", "connection lost")
+    assert hub.users == 1
+    welcome_of(net, 3, 30, "AL", 200.0)
+
+
+def test_clean_close_ends_the_session_at_once(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.closed(1, 10, True, "bye now", 5.0)
+    (quit_,) = net.take(2, 20)
+    assert (quit_["type"], quit_["nick"], quit_["reason"]) == ("quit", "al", "bye now")
+    welcome_of(net, 3, 30, "al")
+
+
+def test_quit_request_ends_the_session_at_once(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
+    net.clear()
+    hub.request(1, 10, {"type": "quit", "reason": "off"}, 5.0)
+    (quit_,) = net.take(2, 20)  # one quit, though al was in two rooms with bo
+    assert (quit_["type"], quit_["reason"]) == ("quit", "off")
+    assert net.take(1, 10) == []
+    hub.closed(1, 10, True, "off", 5.0)  # the worker reports the close afterwards: nothing more happens
+    assert net.take(2, 20) == []
+    assert hub.users == 1
+
+
+def test_plain_sessions_end_on_any_close(net: Workers) -> None:
+    hub = net.hub
+    hub.request(1, 10, {"type": "hello", "nick": "pl", "plain": True}, 0.0)
+    assert net.take_records(1)[0] == ["bind", 10, "pl", True]
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.closed(1, 10, False, "connection lost", 1.0)
+    assert kinds(net.take(2, 20)) == ["quit"]
+
+
+def test_zero_grace_ends_sessions_at_once(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path, resume_grace=0))
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    net.hub.closed(1, 10, False, "lost", 1.0)
+    assert kinds(net.take(2, 20)) == ["quit"]
+
+
+def test_close_of_an_unknown_connection_is_ignored(net: Workers) -> None:
+    welcome_of(net, 1, 10, "al")
+    net.clear()
+    net.hub.closed(1, 99, False, "x", 1.0)
+    net.hub.closed(7, 10, True, "x", 1.0)
+    assert net.hub.users == 1 and net.take(1, 10) == []
+
+
+def test_worker_lost_detaches_all_its_sessions(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 1, 11, "bo")
+    welcome_of(net, 2, 20, "cy")
+    net.clear()
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "queued for worker 1 too"}, 1.0)
+    hub.worker_lost(1, 2.0)
+    assert 1 not in hub.pending_workers()  # what was queued for the dead worker is dropped
+    assert hello(net, 3, 30, "al")["code"] == m.Err.NICK_TAKEN  # held for a resume, like any drop
+    assert [k for k in hub.conns] == [(2, 20)]
+    net.take(2, 20)
+    hub.tick(2.0 + GRACE)
+    quits = net.take(2, 20)
+    assert sorted(f["nick"] for f in quits if f["type"] == "quit") == ["al", "bo"]
+
+
+# --- resume ---------------------------------------------------------------------------------------------------
+
+
+def test_resume_replays_exactly_the_missed_events(net: Workers) -> None:
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev", "games"])
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "seen"}, 1.0)
+    seen = [f["seq"] for f in events(net.take(1, 10))]
+    last_seq = max(seen)
+    hub.closed(1, 10, False, "lost", 2.0)
+    net.forget(1, 10)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "missed 1"}, 3.0)
+    hub.request(2, 20, {"type": "msg", "room": "games", "text": "not for al"}, 3.0)
+    hub.request(2, 20, {"type": "privmsg", "to": "al", "text": "missed 2"}, 3.0)
+    hub.request(2, 20, {"type": "action", "room": "dev", "text": "missed 3"}, 3.0)
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq, "id": 4}, 4.0)
+    assert net.take_records(3) == [["bind", 30, "al", False], ["member", 30, "lobby", True],
+                                   ["member", 30, "dev", True]]  # fmt: skip
+    frames = net.take(3, 30)
+    welcome = frames[0]
+    assert welcome["type"] == "welcome" and welcome["resumed"] is True and welcome["id"] == 4
+    assert (welcome["session"], welcome["token"], welcome["rooms"]) == (w["session"], w["token"], ["lobby", "dev"])
+    replay = frames[1:]
+    assert [f.get("text") for f in replay] == ["missed 1", "missed 2", "missed 3"]
+    assert [f["seq"] for f in replay] == sorted(f["seq"] for f in replay)
+    assert all(f["seq"] > last_seq for f in replay)
+    assert net.take(2, 20) == []  # no join/quit noise for the others
+    # the session lives on the new worker now
+    hub.request(2, 20, {"type": "msg", "room": "dev", "text": "welcome back"}, 5.0)
+    assert [f["text"] for f in net.take(3, 30)] == ["welcome back"]
+    assert not [f for f in net.take_raw(1) if isinstance(f, control.RoomFrame)]
+    hub.tick(4.0 + 10 * GRACE)
+    assert hub.users == 2  # an attached session never expires
+
+
+def test_resume_replay_from_disk_when_memory_does_not_reach(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path, recent_max=2))
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.closed(1, 10, False, "lost", 2.0)
+    for i in range(6):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"m{i}"}, 3.0)
+    hub.request(2, 20, {"type": "privmsg", "to": "al", "text": "dm"}, 3.0)
+    hub.commit(3.0)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "uncommitted"}, 3.0)
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 4.0)
+    frames = net.take(3, 30)
+    assert frames[0]["resumed"] is True
+    assert [f.get("text") for f in frames[1:]] == ["m0", "m1", "m2", "m3", "m4", "m5", "dm", "uncommitted"]
+    assert "gap" not in kinds(frames)
+
+
+def test_resume_without_last_seq_replays_nothing(net: Workers) -> None:
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    hub.closed(1, 10, False, "lost", 2.0)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "x"}, 3.0)
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"]}, 4.0)
+    assert kinds(net.take(3, 30)) == ["welcome"]
+
+
+def test_resume_of_an_attached_session_replaces_the_old_connection(net: Workers) -> None:
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    net.clear()
+    hub.request(2, 20, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": w["seq"]}, 1.0)
+    assert net.take(1, 10) == [{"type": "bye", "reason": "session resumed on another connection"}]
+    assert ["close", 10, "session resumed elsewhere"] in net.take_records(1)
+    assert net.take(2, 20)[0]["resumed"] is True
+    hub.closed(1, 10, False, "closed", 2.0)  # the old connection's close arrives later: it changes nothing
+    assert hub.conns[(2, 20)].nick == "al"
+    hub.tick(2.0 + GRACE)
+    assert hub.users == 1
+
+
+def test_unknown_token_starts_a_new_session(net: Workers) -> None:
+    w = welcome_of(net, 1, 10, "al", token="nope", last_seq=3)
+    assert w["resumed"] is False and w["resume_failed"]
+    assert w["token"] != "nope"
+
+
+def test_expired_session_cannot_be_resumed(net: Workers) -> None:
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    hub.closed(1, 10, False, "lost", 0.0)
+    hub.tick(GRACE)
+    w2 = welcome_of(net, 2, 20, "al", GRACE, token=w["token"], last_seq=w["seq"])
+    assert w2["resumed"] is False and "resume_failed" in w2
+
+
+def test_gap_when_history_was_pruned_past_last_seq(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path, history_limit=3, recent_max=2))
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.closed(1, 10, False, "lost", 1.0)
+    for i in range(8):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"m{i}"}, 2.0)
+        hub.commit(2.0)
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 3.0)
+    frames = net.take(3, 30)
+    assert kinds(frames)[:2] == ["welcome", "gap"]
+    assert frames[1]["after"] == last_seq
+    assert [f.get("text") for f in frames[2:]] == ["m5", "m6", "m7"]  # what history still holds
+
+
+def test_no_gap_when_nothing_missed_was_pruned(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path, history_limit=3, recent_max=1))
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    for i in range(5):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"m{i}"}, 2.0)
+    hub.commit(2.0)
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.closed(1, 10, False, "lost", 3.0)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "new"}, 4.0)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "newer"}, 4.0)
+    hub.commit(4.0)
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 5.0)
+    assert [f.get("text") for f in net.take(3, 30)] == [None, "new", "newer"]
+
+
+# --- a new hub on the same data ---------------------------------------------------------------------------------
+
+
+def test_new_hub_continues_the_sequence_and_restores_sessions(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo")
+    hub.request(1, 10, {"type": "topic", "room": "dev", "topic": "persisted"}, 1.0)
+    seen = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "missed before the restart", "id": 1}, 2.0)
+    hub.commit(2.0)
+    old_seq = hub.seq
+    hub.shutdown("restart")
+    assert ["shutdown", "restart"] in net.take_records(1)
+    hub.commit(3.0)
+    hub.store.close()
+
+    net2 = Workers(make_hub(stores, tmp_path, now=100.0))
+    hub2 = net2.hub
+    assert hub2.seq > old_seq
+    assert hub2.users == 2
+    assert hello(net2, 5, 50, "AL", 100.0)["code"] == m.Err.NICK_TAKEN  # restored sessions hold their nicks
+    net2.hub.request(6, 60, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": seen}, 101.0)
+    assert net2.take_records(6) == [["bind", 60, "al", False], ["member", 60, "lobby", True],
+                                    ["member", 60, "dev", True]]  # fmt: skip
+    frames = net2.take(6, 60)
+    assert frames[0]["resumed"] is True and frames[0]["seq"] == hub2.seq
+    assert [f.get("text") for f in frames[1:]] == ["missed before the restart"]
+    hub2.request(6, 60, {"type": "msg", "room": "lobby", "text": "after"}, 102.0)
+    (after,) = net2.take(6, 60)
+    assert after["seq"] > old_seq  # never a number used before
+    hub2.request(6, 60, {"type": "topic", "room": "dev", "id": 1}, 102.0)
+    assert net2.take(6, 60)[0]["topic"] == "persisted"
+    # bo resends the message it never saw acked: the restored dedup state drops it
+    hub2.request(7, 70, {"type": "hello", "nick": "bo", "token": hub2.nicks["bo"].token}, 103.0)
+    net2.take(7, 70)
+    hub2.request(7, 70, {"type": "msg", "room": "lobby", "text": "missed before the restart", "id": 1}, 103.0)
+    hub2.commit(103.0)
+    assert net2.take(7, 70) == [{"type": "ack", "id": 1, "seq": None}]
+    assert net2.take(6, 60) == []
+
+
+def test_restored_sessions_expire_after_the_grace(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path))
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.hub.commit(1.0)
+    net.hub.store.close()
+    net2 = Workers(make_hub(stores, tmp_path, now=50.0))
+    hub2 = net2.hub
+    w = welcome_of(net2, 1, 10, "cy", 50.0)
+    assert w["resumed"] is False
+    net2.clear()
+    hub2.tick(50.0 + GRACE - 1)
+    assert hub2.users == 3
+    hub2.tick(50.0 + GRACE)
+    quits = [f for f in net2.take(1, 10) if f["type"] == "quit"]
+    assert sorted(f["nick"] for f in quits) == ["al", "bo"]
+    hub2.commit(200.0)
+    assert [r.nick for r in hub2.store.load_sessions()] == ["cy"]
+
+
+def test_seq_is_never_reused_after_a_crash(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path))
+    welcome_of(net, 1, 10, "al")
+    for i in range(5):
+        net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": str(i)}, 1.0)
+    net.hub.commit(1.0)
+    high = net.hub.seq
+    for i in range(5):  # handed out but never committed: lost in the crash
+        net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": str(i)}, 1.0)
+    crashed_high = net.hub.seq
+    hub2 = make_hub(stores, tmp_path)  # no close, no commit: a crash
+    assert hub2.seq >= crashed_high > high
+
+
+def test_seq_is_not_reused_after_events_outside_rooms(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history, "SEQ_RESERVE", 20)
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    welcome_of(net, 1, 10, "al", rooms=[])
+    for i in range(30):  # each nick change takes a sequence number but is stored in no conversation
+        hub.request(1, 10, {"type": "nick", "nick": f"al{i}"}, 1.0)
+    seen = max(f["seq"] for f in net.take(1, 10) if f["type"] == "nick")
+    hub.shutdown("restart")
+    hub.commit(2.0)
+    hub.store.close()
+    hub2 = make_hub(stores, tmp_path)
+    assert hub2.seq >= seen
+
+
+def test_seq_is_not_reused_when_the_store_opens_late(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path))
+    welcome_of(net, 1, 10, "al")
+    net.hub.commit(1.0)
+    high = net.hub.seq
+    net.hub.store.close()
+    wal = tmp_path / "history.sqlite3-wal"
+    wal.mkdir()  # the database cannot be opened for now (like a disk that is not ready yet)
+    net2 = Workers(make_hub(stores, tmp_path))
+    assert net2.hub.store.degraded
+    wal.rmdir()
+    welcome_of(net2, 1, 10, "bo", 10.0)
+    net2.hub.commit(10.0)
+    assert net2.hub.seq > high
+    joins = [json.loads(x) for x in net2.hub.store.events("lobby")[0]]
+    assert [j["nick"] for j in joins] == ["al", "bo"]
+
+
+# --- degraded history -----------------------------------------------------------------------------------------
+
+
+def test_acks_and_history_while_the_disk_fails(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    net.clear()
+    assert hub.store._db is not None
+    hub.store._db.execute("PRAGMA query_only=ON")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "during", "id": 1}, 1.0)
+    assert hub.commit(1.0) is False
+    frames = net.take(1, 10)
+    assert kinds(frames) == ["msg", "ack"]  # relayed and acked: chat goes on
+    hub.request(1, 10, {"type": "history", "room": "lobby", "limit": 1}, 1.0)
+    (history,) = net.take(1, 10)
+    assert [e["text"] for e in history["events"]] == ["during"]  # served from memory
+    hub.request(1, 10, {"type": "stats"}, 1.0)
+    stats = net.take(1, 10)[0]
+    assert stats["history"]["degraded"] is True and stats["history"]["pending"] > 0
+    hub.store._db.execute("PRAGMA query_only=OFF")
+    assert hub.commit(100.0) is True
+    assert [json.loads(x).get("text") for x in hub.store.events("lobby")[0]] == [None, "during"]

@@ -1,0 +1,480 @@
+"""Requests and server frames: every type valid and invalid, hostile input, names, encoding, fuzzing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lanchat import const
+from lanchat.errors import RemoteProtocolError
+from lanchat.protocol import messages as m
+
+ERR_CODES = {v for k, v in vars(m.Err).items() if not k.startswith("_")}
+
+
+def parse(obj: Any) -> m.Request:
+    return m.parse_line(json.dumps(obj).encode())
+
+
+def code_of(line: bytes) -> str:
+    with pytest.raises(RemoteProtocolError) as info:
+        m.parse_line(line)
+    assert info.value.code in ERR_CODES
+    return info.value.code
+
+
+def obj_code(obj: Any, **kw: Any) -> RemoteProtocolError:
+    with pytest.raises(RemoteProtocolError) as info:
+        m.parse_obj(obj, **kw)
+    return info.value
+
+
+# --- every request type, valid --------------------------------------------------------------------------------
+
+VALID: list[tuple[dict[str, Any], m.Request]] = [
+    ({"type": "hello", "nick": "alice"}, m.Hello("alice")),
+    (
+        {"type": "hello", "nick": "alice", "rooms": ["a", "#B"], "proto": 1, "token": "t" * 64, "last_seq": 9, "id": 1},
+        m.Hello("alice", ("a", "b"), 1, "t" * 64, 9, id=1),
+    ),
+    ({"type": "hello", "nick": "al", "room": "#Dev"}, m.Hello("al", ("dev",))),
+    ({"type": "hello", "nick": "al", "rooms": []}, m.Hello("al", ())),
+    ({"type": "join", "room": "#Games", "id": 3}, m.Join("games", id=3)),
+    ({"type": "part", "room": "games"}, m.Part("games", "")),
+    ({"type": "part", "room": "games", "reason": "bye"}, m.Part("games", "bye")),
+    ({"type": "part", "room": "games", "reason": None}, m.Part("games", "")),
+    ({"type": "msg", "room": "lobby", "text": "hi\tthere", "id": 7}, m.Msg("lobby", "hi\tthere", id=7)),
+    ({"type": "action", "room": "lobby", "text": "waves"}, m.Action("lobby", "waves")),
+    ({"type": "privmsg", "to": "Bob", "text": "psst"}, m.PrivMsg("Bob", "psst")),
+    ({"type": "nick", "nick": "carol"}, m.Nick("carol")),
+    ({"type": "topic", "room": "lobby"}, m.Topic("lobby", None)),
+    ({"type": "topic", "room": "lobby", "topic": ""}, m.Topic("lobby", "")),
+    ({"type": "topic", "room": "lobby", "topic": "news"}, m.Topic("lobby", "news")),
+    ({"type": "who", "room": "lobby"}, m.Who("lobby")),
+    ({"type": "rooms"}, m.Rooms()),
+    ({"type": "history", "room": "lobby"}, m.History("lobby", limit=const.HISTORY_ON_JOIN)),
+    (
+        {"type": "history", "room": "lobby", "before": 10, "after": 2, "limit": 500},
+        m.History("lobby", before=10, after=2, limit=500),
+    ),
+    ({"type": "ping", "id": 0}, m.Ping(id=0)),
+    ({"type": "pong"}, m.Pong()),
+    ({"type": "stats"}, m.Stats()),
+    ({"type": "quit"}, m.Quit("")),
+    ({"type": "quit", "reason": "later"}, m.Quit("later")),
+    ({"type": "msg", "room": "lobby", "text": "x", "id": m.MAX_ID}, m.Msg("lobby", "x", id=m.MAX_ID)),
+    ({"type": "msg", "room": "lobby", "text": "x", "id": None}, m.Msg("lobby", "x")),
+    ({"type": "msg", "room": "lobby", "text": "x", "extra": [1, {"a": 2}]}, m.Msg("lobby", "x")),
+]
+
+
+@pytest.mark.parametrize(("obj", "expected"), VALID)
+def test_valid_requests(obj: dict[str, Any], expected: m.Request) -> None:
+    req = parse(obj)
+    assert req == expected
+    assert type(req) is type(expected)
+    assert obj["type"] == req.TYPE
+
+
+@pytest.mark.parametrize(("obj", "expected"), VALID)
+def test_to_obj_round_trips(obj: dict[str, Any], expected: m.Request) -> None:
+    wire = expected.to_obj()
+    assert wire["type"] == expected.TYPE
+    assert all(v is not None for v in wire.values())
+    assert m.parse_obj(json.loads(json.dumps(wire))) == expected
+
+
+def test_every_request_type_is_covered() -> None:
+    kinds = {obj["type"] for obj, _ in VALID}
+    assert kinds == {c.TYPE for c in m.Request.__subclasses__()}
+
+
+def test_requests_are_frozen() -> None:
+    req = m.Msg("lobby", "hi")
+    with pytest.raises(AttributeError):
+        req.text = "other"  # type: ignore[misc]
+
+
+# --- every request type, invalid ------------------------------------------------------------------------------
+
+INVALID: list[tuple[Any, str]] = [
+    ([], m.Err.BAD_JSON),
+    ("hello", m.Err.BAD_JSON),
+    (None, m.Err.BAD_JSON),
+    (42, m.Err.BAD_JSON),
+    ({}, m.Err.BAD_FIELD),
+    ({"type": 5}, m.Err.BAD_FIELD),
+    ({"type": None}, m.Err.BAD_FIELD),
+    ({"type": ["msg"]}, m.Err.BAD_FIELD),
+    ({"type": "launch"}, m.Err.UNKNOWN_TYPE),
+    ({"type": "MSG", "room": "a", "text": "b"}, m.Err.UNKNOWN_TYPE),
+    ({"type": ""}, m.Err.UNKNOWN_TYPE),
+    # ids
+    ({"type": "ping", "id": True}, m.Err.BAD_FIELD),
+    ({"type": "ping", "id": False}, m.Err.BAD_FIELD),
+    ({"type": "ping", "id": -1}, m.Err.BAD_FIELD),
+    ({"type": "ping", "id": 1.0}, m.Err.BAD_FIELD),
+    ({"type": "ping", "id": "1"}, m.Err.BAD_FIELD),
+    ({"type": "ping", "id": m.MAX_ID + 1}, m.Err.BAD_FIELD),
+    ({"type": "ping", "id": 10**40}, m.Err.BAD_FIELD),
+    # msg / action
+    ({"type": "msg", "text": "x"}, m.Err.BAD_ROOM),
+    ({"type": "msg", "room": "lobby"}, m.Err.BAD_FIELD),
+    ({"type": "msg", "room": "lobby", "text": ""}, m.Err.BAD_TEXT),
+    ({"type": "msg", "room": "lobby", "text": 5}, m.Err.BAD_FIELD),
+    ({"type": "msg", "room": "lobby", "text": ["x"]}, m.Err.BAD_FIELD),
+    ({"type": "msg", "room": 5, "text": "x"}, m.Err.BAD_ROOM),
+    ({"type": "msg", "room": "lobby", "text": "x" * (const.MAX_TEXT + 1)}, m.Err.BAD_TEXT),
+    ({"type": "action", "room": "lobby", "text": ""}, m.Err.BAD_TEXT),
+    ({"type": "action", "room": "bad room", "text": "x"}, m.Err.BAD_ROOM),
+    # privmsg
+    ({"type": "privmsg", "text": "x"}, m.Err.BAD_NICK),
+    ({"type": "privmsg", "to": "9lives", "text": "x"}, m.Err.BAD_NICK),
+    ({"type": "privmsg", "to": "bob", "text": ""}, m.Err.BAD_TEXT),
+    ({"type": "privmsg", "to": "bob"}, m.Err.BAD_FIELD),
+    # join / part / who
+    ({"type": "join"}, m.Err.BAD_ROOM),
+    ({"type": "join", "room": ""}, m.Err.BAD_ROOM),
+    ({"type": "join", "room": "#"}, m.Err.BAD_ROOM),
+    ({"type": "part"}, m.Err.BAD_ROOM),
+    ({"type": "part", "room": "a", "reason": 3}, m.Err.BAD_FIELD),
+    ({"type": "part", "room": "a", "reason": "r" * (const.REASON_MAX + 1)}, m.Err.BAD_TEXT),
+    ({"type": "part", "room": "a", "reason": "a\x1bb"}, m.Err.BAD_TEXT),
+    ({"type": "who"}, m.Err.BAD_ROOM),
+    # nick
+    ({"type": "nick"}, m.Err.BAD_NICK),
+    ({"type": "nick", "nick": ""}, m.Err.BAD_NICK),
+    ({"type": "nick", "nick": 7}, m.Err.BAD_NICK),
+    # topic
+    ({"type": "topic"}, m.Err.BAD_ROOM),
+    ({"type": "topic", "room": "a", "topic": 5}, m.Err.BAD_FIELD),
+    ({"type": "topic", "room": "a", "topic": "t" * (const.TOPIC_MAX + 1)}, m.Err.BAD_TEXT),
+    ({"type": "topic", "room": "a", "topic": "\x07"}, m.Err.BAD_TEXT),
+    # history
+    ({"type": "history"}, m.Err.BAD_ROOM),
+    ({"type": "history", "room": "a", "limit": 0}, m.Err.BAD_FIELD),
+    ({"type": "history", "room": "a", "limit": const.HISTORY_PAGE_MAX + 1}, m.Err.BAD_FIELD),
+    ({"type": "history", "room": "a", "limit": True}, m.Err.BAD_FIELD),
+    ({"type": "history", "room": "a", "before": -1}, m.Err.BAD_FIELD),
+    ({"type": "history", "room": "a", "after": "3"}, m.Err.BAD_FIELD),
+    # quit
+    ({"type": "quit", "reason": "\x00"}, m.Err.BAD_TEXT),
+    ({"type": "quit", "reason": {}}, m.Err.BAD_FIELD),
+    # hello
+    ({"type": "hello"}, m.Err.BAD_NICK),
+    ({"type": "hello", "nick": "a b"}, m.Err.BAD_NICK),
+    ({"type": "hello", "nick": "al", "proto": 2}, m.Err.PROTO_VERSION),
+    ({"type": "hello", "nick": "al", "proto": 0}, m.Err.BAD_FIELD),
+    ({"type": "hello", "nick": "al", "proto": True}, m.Err.BAD_FIELD),
+    ({"type": "hello", "nick": "al", "proto": "1"}, m.Err.BAD_FIELD),
+    ({"type": "hello", "nick": "al", "rooms": "lobby"}, m.Err.BAD_FIELD),
+    ({"type": "hello", "nick": "al", "rooms": {"lobby": 1}}, m.Err.BAD_FIELD),
+    ({"type": "hello", "nick": "al", "rooms": [f"r{i}" for i in range(const.MAX_ROOMS_PER_SESSION + 1)]}, "bad_field"),
+    ({"type": "hello", "nick": "al", "rooms": ["ok", 5]}, m.Err.BAD_ROOM),
+    ({"type": "hello", "nick": "al", "rooms": ["ok", "not ok"]}, m.Err.BAD_ROOM),
+    ({"type": "hello", "nick": "al", "room": "!"}, m.Err.BAD_ROOM),
+    ({"type": "hello", "nick": "al", "token": ""}, m.Err.BAD_FIELD),
+    ({"type": "hello", "nick": "al", "token": "t" * 65}, m.Err.BAD_FIELD),
+    ({"type": "hello", "nick": "al", "token": 12}, m.Err.BAD_FIELD),
+    ({"type": "hello", "nick": "al", "token": "t", "last_seq": -3}, m.Err.BAD_FIELD),
+    ({"type": "hello", "nick": "al", "token": "t", "last_seq": True}, m.Err.BAD_FIELD),
+]
+
+
+@pytest.mark.parametrize(("obj", "code"), INVALID)
+def test_invalid_requests(obj: Any, code: str) -> None:
+    assert code_of(json.dumps(obj).encode()) == code
+    assert obj_code(obj).code == code
+
+
+def test_error_carries_the_request_id() -> None:
+    exc = obj_code({"type": "msg", "room": "no room", "text": "x", "id": 42})
+    assert exc.code == m.Err.BAD_ROOM
+    assert exc.request_id == 42
+    exc = obj_code({"type": "hello", "nick": "!", "id": 5})
+    assert exc.request_id == 5
+    assert obj_code({"type": "launch", "id": 3}).code == m.Err.UNKNOWN_TYPE
+
+
+def test_unknown_type_message_is_bounded() -> None:
+    exc = obj_code({"type": "x" * 10_000})
+    assert len(exc.message) < 200
+
+
+# --- hostile bytes --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"\xff\xfe", m.Err.BAD_UTF8),
+        (b'{"type":"msg","room":"a","text":"\xc3"}', m.Err.BAD_UTF8),
+        (b"\xed\xa0\x80", m.Err.BAD_UTF8),  # an encoded surrogate is not UTF-8
+        (b"", m.Err.BAD_JSON),
+        (b"hello there", m.Err.BAD_JSON),
+        (b'{"type":"ping"', m.Err.BAD_JSON),
+        (b'{"type":"ping"} {}', m.Err.BAD_JSON),
+        (b"{'type':'ping'}", m.Err.BAD_JSON),
+        (b"[" * 100_000, m.Err.BAD_JSON),
+        (b"[" * 100_000 + b"]" * 100_000, m.Err.BAD_JSON),
+        (b'{"a":' * 100_000, m.Err.BAD_JSON),
+        (b'{"type":"msg","room":' + b"[" * 50_000 + b"]" * 50_000 + b',"text":"x"}', m.Err.BAD_JSON),
+        (b"1" * 5000, m.Err.BAD_JSON),
+        (b'{"type":"ping","id":' + b"1" * 5000 + b"}", m.Err.BAD_JSON),
+        (b'{"type":"ping","id":1' + b"0" * 400 + b"}", m.Err.BAD_FIELD),
+        (b'{"type":"ping","id":1e999}', m.Err.BAD_FIELD),
+        (b'{"type":"ping","id":NaN}', m.Err.BAD_FIELD),
+        (b'{"type":"ping","id":-Infinity}', m.Err.BAD_FIELD),
+        (b"null", m.Err.BAD_JSON),
+        (b'"just a string"', m.Err.BAD_JSON),
+    ],
+)
+def test_hostile_lines(line: bytes, code: str) -> None:
+    assert code_of(line) == code
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\x00", "a\x1b[31mred", "\x07", "\n", "\r", "a\x7f", "\x85", "\x9b31m", "\ud800", "x\udfffy", "\x1f"],
+)
+def test_control_characters_in_text_are_refused(text: str) -> None:
+    for obj in (
+        {"type": "msg", "room": "lobby", "text": text},
+        {"type": "action", "room": "lobby", "text": text},
+        {"type": "privmsg", "to": "bob", "text": text},
+        {"type": "topic", "room": "lobby", "topic": text},
+        {"type": "quit", "reason": text},
+        {"type": "part", "room": "lobby", "reason": text},
+    ):
+        # json.dumps escapes them (\\u001b, \\ud800): the parser sees the real character after decoding
+        assert code_of(json.dumps(obj).encode()) == m.Err.BAD_TEXT
+
+
+def test_surrogate_escape_on_the_wire() -> None:
+    line = b'{"type":"msg","room":"lobby","text":"\\ud800"}'
+    assert code_of(line) == m.Err.BAD_TEXT
+    assert code_of(b'{"type":"nick","nick":"a\\udc00"}') == m.Err.BAD_NICK
+    assert code_of(b'{"type":"join","room":"\\ud83d"}') == m.Err.BAD_ROOM
+    # a correctly paired escape is a real character and fine
+    assert m.parse_line(b'{"type":"msg","room":"lobby","text":"\\ud83d\\ude00"}') == m.Msg("lobby", "\U0001f600")
+
+
+def test_text_limits_and_allowed_characters() -> None:
+    assert parse({"type": "msg", "room": "a", "text": "x" * const.MAX_TEXT}) == m.Msg("a", "x" * const.MAX_TEXT)
+    assert parse({"type": "msg", "room": "a", "text": "tab\tok"}) == m.Msg("a", "tab\tok")
+    assert parse({"type": "msg", "room": "a", "text": "héllo 漢字 🎉"}) == m.Msg("a", "héllo 漢字 🎉")
+    assert parse({"type": "topic", "room": "a", "topic": "t" * const.TOPIC_MAX}) == m.Topic("a", "t" * const.TOPIC_MAX)
+    assert m.check_text(" ", limit=1) == " "
+    assert m.check_text("", empty=True) == ""
+
+
+# --- names ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "nick",
+    ["a", "Bob", "_", "_x9", "a-b.c[]{}|^`", "Zoë", "Ωmega", "名前", "x" * const.NICK_MAX, "A1234"],
+)
+def test_good_nicks(nick: str) -> None:
+    assert m.check_nick(nick) == nick
+    assert parse({"type": "nick", "nick": nick}) == m.Nick(nick)
+
+
+@pytest.mark.parametrize(
+    "nick",
+    ["", "1abc", "-x", ".x", "[x]", "a b", "a\tb", "a@b", "a#b", "a/b", "x" * (const.NICK_MAX + 1), "a\u200bb",
+     "\x1b", "é\u0301\u0301", None, 5, ["bob"]],
+)  # fmt: skip
+def test_bad_nicks(nick: object) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        m.check_nick(nick)
+    assert info.value.code == m.Err.BAD_NICK
+
+
+def test_nick_is_normalised_to_nfc_before_the_length_check() -> None:
+    decomposed = "Zoe\u0308"  # e + combining diaeresis
+    assert m.check_nick(decomposed) == "Zoë"
+    assert m.check_nick("e\u0301" * const.NICK_MAX) == "é" * const.NICK_MAX
+
+
+def test_nick_keys_are_case_insensitive() -> None:
+    assert m.nick_key("Alice") == m.nick_key("aLICE") == m.nick_key("ALICE")
+    assert m.nick_key("Straße") == m.nick_key("STRASSE")
+    assert m.nick_key("bob") != m.nick_key("bob_")
+
+
+@pytest.mark.parametrize(
+    ("raw", "room"),
+    [("lobby", "lobby"), ("#Lobby", "lobby"), ("DEV", "dev"), ("a.b-c_d", "a.b-c_d"), ("9", "9"),
+     ("x" * const.ROOM_MAX, "x" * const.ROOM_MAX), ("#" + "y" * const.ROOM_MAX, "y" * const.ROOM_MAX)],
+)  # fmt: skip
+def test_room_normalisation(raw: str, room: str) -> None:
+    assert m.check_room(raw) == room
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "#", "##a", "a b", "-a", ".a", "_a", "é", "a/b", "a\x00", "x" * (const.ROOM_MAX + 1), "@sid", None, 3],
+)
+def test_bad_rooms(raw: object) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        m.check_room(raw)
+    assert info.value.code == m.Err.BAD_ROOM
+
+
+def test_bad_room_message_is_bounded_and_escaped() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        m.check_room("\x1b" * 1000)
+    assert "\x1b" not in info.value.message
+    assert len(info.value.message) < 300  # 40 characters quoted
+
+
+# --- hello details --------------------------------------------------------------------------------------------
+
+
+def test_hello_rooms_deduplicated_in_order() -> None:
+    req = parse({"type": "hello", "nick": "al", "rooms": ["b", "#A", "b", "a", "c"]})
+    assert isinstance(req, m.Hello)
+    assert req.rooms == ("b", "a", "c")
+
+
+def test_hello_room_limit_exactly() -> None:
+    rooms = [f"r{i}" for i in range(const.MAX_ROOMS_PER_SESSION)]
+    req = parse({"type": "hello", "nick": "al", "rooms": rooms})
+    assert isinstance(req, m.Hello)
+    assert len(req.rooms) == const.MAX_ROOMS_PER_SESSION
+
+
+def test_plain_flag_only_from_the_hub_side() -> None:
+    obj = {"type": "hello", "nick": "al", "plain": True}
+    assert parse(obj) == m.Hello("al", plain=False)
+    assert m.parse_obj(obj, allow_plain=True) == m.Hello("al", plain=True)
+    assert m.parse_obj({**obj, "plain": 1}, allow_plain=True) == m.Hello("al", plain=False)
+
+
+def test_hello_proto_defaults_and_last_seq() -> None:
+    req = parse({"type": "hello", "nick": "al", "token": "abc", "last_seq": 0})
+    assert isinstance(req, m.Hello)
+    assert (req.proto, req.token, req.last_seq) == (const.PROTOCOL_VERSION, "abc", 0)
+
+
+# --- server frames --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", "line\nbreak", "cr\rlf\r\n", "ls\u2028ps\u2029", "nel\x85", "vt\x0bff\x0c", "\x1c\x1d\x1e", ""]
+)
+def test_encode_is_one_line(text: str) -> None:
+    frame = {"type": "msg", "seq": 1, "from": "al", "text": text}
+    out = m.encode(frame)
+    assert out.endswith(b"\n")
+    assert out.count(b"\n") == 1
+    assert b"\r" not in out
+    assert json.loads(out) == frame
+    assert out.splitlines() == [out[:-1]]  # bytes.splitlines: what the worker's plain mode splits on
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=5), st.text() | st.integers() | st.booleans(), max_size=5))
+def test_encode_any_frame_is_one_line(frame: dict[str, Any]) -> None:
+    frame = {k.encode("utf-8", "replace").decode(): v for k, v in frame.items()}
+    frame = {k: v.encode("utf-8", "replace").decode() if isinstance(v, str) else v for k, v in frame.items()}
+    out = m.encode(frame)
+    assert out.count(b"\n") == 1 and out.endswith(b"\n")
+    assert json.loads(out) == frame
+
+
+def test_error_frames() -> None:
+    assert m.error_frame("bad_json", "oops") == {"type": "error", "code": "bad_json", "message": "oops"}
+    assert m.error_frame("x", "y", id=0, fatal=True) == {
+        "type": "error",
+        "code": "x",
+        "message": "y",
+        "id": 0,
+        "fatal": True,
+    }
+    exc = RemoteProtocolError(m.Err.BAD_TEXT, "no", request_id=9, fatal=True)
+    assert json.loads(m.error_line(exc)) == {
+        "type": "error",
+        "code": "bad_text",
+        "message": "no",
+        "id": 9,
+        "fatal": True,
+    }
+
+
+def test_server_hello() -> None:
+    frame = m.server_hello("kitchen")
+    assert frame["type"] == "server" and frame["name"] == "kitchen"
+    assert frame["proto"] == const.PROTOCOL_VERSION
+    assert "/nick" in frame["hint"]
+    assert m.encode(frame).count(b"\n") == 1
+
+
+# --- fuzzing --------------------------------------------------------------------------------------------------
+
+TYPES = ["hello", "join", "part", "msg", "action", "privmsg", "nick", "topic", "who", "rooms", "history", "ping",
+         "pong", "stats", "quit", "other"]  # fmt: skip
+KEYS = ["type", "id", "room", "rooms", "text", "to", "nick", "topic", "reason", "before", "after", "limit", "proto",
+        "token", "last_seq", "plain"]  # fmt: skip
+json_scalars = st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats() | st.text(max_size=40)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=4,
+)
+
+
+@st.composite
+def request_like(draw: st.DrawFn) -> dict[str, Any]:
+    obj = draw(st.dictionaries(st.sampled_from(KEYS), json_values | st.sampled_from(["lobby", "#A", "bob", "hi"])))
+    if draw(st.booleans()):
+        obj["type"] = draw(st.sampled_from(TYPES))
+    return obj
+
+
+@settings(max_examples=400, deadline=None)
+@given(request_like(), st.booleans())
+def test_any_request_like_object_parses_or_raises_remote_protocol_error(obj: dict[str, Any], plain: bool) -> None:
+    try:
+        req = m.parse_obj(obj, allow_plain=plain)
+    except RemoteProtocolError as exc:
+        assert exc.code in ERR_CODES
+        with pytest.raises(RemoteProtocolError) as again:  # the same object as a line fails the same way
+            m.parse_line(json.dumps(obj).encode())
+        assert again.value.code == exc.code or plain
+        return
+    assert isinstance(req, m.Request)
+    assert m.parse_obj(req.to_obj(), allow_plain=True) == req  # what passed validation passes again at the hub
+    if not plain:
+        assert m.parse_line(json.dumps(obj).encode()) == req
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_parse_or_raise_remote_protocol_error(data: bytes) -> None:
+    try:
+        req = m.parse_line(data)
+    except RemoteProtocolError as exc:
+        assert exc.code in ERR_CODES
+    else:
+        assert isinstance(req, m.Request)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_is_accepted_only_without_control_characters(text: str) -> None:
+    try:
+        got = m.check_text(text)
+    except RemoteProtocolError as exc:
+        assert exc.code in (m.Err.BAD_TEXT, m.Err.BAD_FIELD)
+        assert not text or any(
+            (ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in text
+        )
+    else:
+        assert got == text
+        m.encode({"text": got})  # accepted text always encodes

@@ -1,0 +1,389 @@
+"""Plain-text mode: every slash command, the rendering of every frame type, and neutralising hostile text."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lanchat import const
+from lanchat.errors import RemoteProtocolError
+from lanchat.protocol import messages as m
+from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clean, clock, parse_command, render
+
+UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+TS = 1_700_000_000.0
+HHMM = r"\[\d\d:\d\d\]"
+
+
+def err(line: str, room: str | None = "lobby") -> str:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_command(line, room)
+    return info.value.code
+
+
+def assert_terminal_safe(text: str, *, multiline: bool = False) -> None:
+    lines = text.split("\n") if multiline else [text]
+    for line in lines:
+        assert not UNSAFE.search(line), repr(line)
+
+
+# --- parse_command --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("hello", m.Msg("lobby", "hello")),
+        ("  indented /not a command", m.Msg("lobby", "  indented /not a command")),
+        ("hello\r\n", m.Msg("lobby", "hello")),
+        ("tab\there", m.Msg("lobby", "tab\there")),
+        ("//slash at start", m.Msg("lobby", "/slash at start")),
+        ("///x", m.Msg("lobby", "//x")),
+        ("//", m.Msg("lobby", "/")),
+        ("/me waves", m.Action("lobby", "waves")),
+        ("/ME  dances  ", m.Action("lobby", "dances")),
+        ("/msg bob hi there", m.PrivMsg("bob", "hi there")),
+        ("/query Bob  hi", m.PrivMsg("Bob", " hi")),
+        ("/join #Dev", m.Join("dev")),
+        ("/join dev extra words", m.Join("dev")),
+        ("/part", m.Part("lobby", "")),
+        ("/part #dev", m.Part("dev", "")),
+        ("/part dev", m.Part("dev", "")),
+        ("/part #dev gone home", m.Part("dev", "gone home")),
+        ("/part Bye all", m.Part("lobby", "Bye all")),
+        ("/leave", m.Part("lobby", "")),
+        ("/nick carol", m.Nick("carol")),
+        ("/NICK Zoë", m.Nick("Zoë")),
+        ("/topic", m.Topic("lobby", None)),
+        ("/topic Friday: pizza", m.Topic("lobby", "Friday: pizza")),
+        ("/who", m.Who("lobby")),
+        ("/who #Dev", m.Who("dev")),
+        ("/names", m.Who("lobby")),
+        ("/rooms", m.Rooms()),
+        ("/list", m.Rooms()),
+        ("/history", m.History("lobby", limit=20)),
+        ("/history 5", m.History("lobby", limit=5)),
+        ("/history 500", m.History("lobby", limit=500)),
+        ("/history 501", m.History("lobby", limit=20)),
+        ("/history 0", m.History("lobby", limit=20)),
+        ("/history lots", m.History("lobby", limit=20)),
+        ("/status", m.Stats()),
+        ("/stats", m.Stats()),
+        ("/quit", m.Quit("")),
+        ("/quit see you", m.Quit("see you")),
+        ("/exit", m.Quit("")),
+        ("/bye", m.Quit("")),
+        ("/help", LocalCommand("help")),
+        ("/?", LocalCommand("help")),
+        ("/switch dev", LocalCommand("switch", "dev")),
+        ("/switch #Dev", LocalCommand("switch", "dev")),
+        ("/switch", LocalCommand("switch", "")),
+    ],
+)
+def test_commands(line: str, expected: object) -> None:
+    assert parse_command(line, "lobby") == expected
+
+
+@pytest.mark.parametrize("line", ["", "   ", "\r\n", "\t", "\n"])
+def test_blank_lines_are_nothing(line: str) -> None:
+    assert parse_command(line, "lobby") is None
+    assert parse_command(line, None) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ("/frobnicate", m.Err.UNKNOWN_TYPE),
+        ("/", m.Err.UNKNOWN_TYPE),
+        ("/me", m.Err.BAD_TEXT),
+        ("/msg", m.Err.BAD_FIELD),
+        ("/msg bob", m.Err.BAD_FIELD),
+        ("/msg bob    ", m.Err.BAD_FIELD),
+        ("/msg 9lives hi", m.Err.BAD_NICK),
+        ("/join", m.Err.BAD_FIELD),
+        ("/join !!!", m.Err.BAD_ROOM),
+        ("/part #!!", m.Err.BAD_ROOM),
+        ("/part #dev " + "r" * 201, m.Err.BAD_TEXT),
+        ("/nick", m.Err.BAD_FIELD),
+        ("/nick two words", m.Err.BAD_NICK),
+        ("/nick 1st", m.Err.BAD_NICK),
+        ("/topic " + "t" * (const.TOPIC_MAX + 1), m.Err.BAD_TEXT),
+        ("/who !", m.Err.BAD_ROOM),
+        ("/switch ***", m.Err.BAD_ROOM),
+        ("/quit " + "q" * 201, m.Err.BAD_TEXT),
+        ("hi \x1b[2J", m.Err.BAD_TEXT),
+        ("nul\x00", m.Err.BAD_TEXT),
+        ("x" * (const.MAX_TEXT + 1), m.Err.BAD_TEXT),
+    ],
+)
+def test_command_errors(line: str, code: str) -> None:
+    assert err(line) == code
+
+
+@pytest.mark.parametrize("line", ["hello", "//x", "/me waves", "/part", "/part Bye", "/topic", "/who", "/history"])
+def test_commands_that_need_a_current_room(line: str) -> None:
+    assert err(line, None) == m.Err.NOT_IN_ROOM
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [("/part #dev", m.Part("dev", "")), ("/who dev", m.Who("dev")), ("/join x", m.Join("x")), ("/rooms", m.Rooms()),
+     ("/msg bob hi", m.PrivMsg("bob", "hi")), ("/nick al", m.Nick("al")), ("/quit", m.Quit(""))],
+)  # fmt: skip
+def test_commands_that_work_in_no_room(line: str, expected: object) -> None:
+    assert parse_command(line, None) == expected
+
+
+def test_unknown_command_message_is_bounded() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_command("/" + "z" * 5000, "lobby")
+    assert len(info.value.message) < 100
+
+
+def test_help_lists_every_command() -> None:
+    for cmd in COMMANDS:
+        if cmd != "/help":
+            assert cmd in HELP, cmd
+    for cmd in COMMANDS:  # and each of them parses (with arguments where needed)
+        arg = {"/me": " x", "/msg": " bob x", "/join": " x", "/nick": " bob", "/switch": " x"}.get(cmd, "")
+        assert parse_command(cmd + arg, "lobby") is not None
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.text(max_size=40), st.none() | st.just("lobby"))
+def test_any_typed_line_parses_or_raises_remote_protocol_error(line: str, room: str | None) -> None:
+    try:
+        parse_command(line, room)
+    except RemoteProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=40).filter(lambda t: not t.startswith("/") and t.strip()))
+def test_text_that_does_not_start_with_slash_is_a_message(line: str) -> None:
+    try:
+        req = parse_command(line, "room")
+    except RemoteProtocolError as exc:
+        assert exc.code == m.Err.BAD_TEXT
+    else:
+        assert req == m.Msg("room", line.rstrip("\r\n"))
+
+
+# --- clean / clock --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["\x1b[2J", "\x1b]0;title\x07", "\x9b31m", "\x00", "\r", "\n", "\x08\x08", "\x7f", "\u202eevil", "\u2066x\u2069",
+     "\u2028", "\u2029", "\x85", "\u202a\u202b\u202c\u202d"],
+)  # fmt: skip
+def test_clean_neutralises(hostile: str) -> None:
+    out = clean("a" + hostile + "b")
+    assert not UNSAFE.search(out)
+    assert out.startswith("a") and out.endswith("b")
+    assert "\ufffd" in out
+
+
+def test_clean_keeps_ordinary_text_and_stringifies() -> None:
+    assert clean("héllo 漢字 🎉 [x]") == "héllo 漢字 🎉 [x]"
+    assert clean(None) == "None"
+    assert clean(42) == "42"
+    assert clean("tab\t") == "tab\ufffd"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text())
+def test_clean_never_leaves_a_control_character(text: str) -> None:
+    out = clean(text)
+    assert not UNSAFE.search(out)
+    assert len(out) == len(text)
+
+
+def test_clock() -> None:
+    assert re.fullmatch(r"\d\d:\d\d", clock(TS))
+    assert re.fullmatch(r"\d\d:\d\d", clock("1700000000.5"))
+    bad: object
+    for bad in (None, "x", [1], {}, float("nan"), 1e300, float("inf"), -1e20):
+        assert clock(bad) == "--:--"
+
+
+# --- render ---------------------------------------------------------------------------------------------------
+
+
+def ev(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, "seq": 5, "ts": TS, **fields}
+
+
+@pytest.mark.parametrize(
+    ("frame", "pattern"),
+    [
+        (ev("msg", room="lobby", **{"from": "al"}, text="hi"), HHMM + r" #lobby <al> hi"),
+        (ev("action", room="dev", **{"from": "al"}, text="waves"), HHMM + r" #dev \* al waves"),
+        (ev("privmsg", **{"from": "al"}, to="bob", text="psst"), HHMM + r" \*al\* psst"),
+        (ev("join", room="lobby", nick="al"), HHMM + r" #lobby -- al joined"),
+        (ev("part", room="lobby", nick="al", reason=""), HHMM + r" #lobby -- al left"),
+        (ev("part", room="lobby", nick="al", reason="food"), HHMM + r" #lobby -- al left \(food\)"),
+        (ev("quit", nick="al", reason=""), HHMM + r" -- al quit"),
+        (ev("quit", nick="al", reason="bye"), HHMM + r" -- al quit \(bye\)"),
+        (ev("nick", old="al", new="alan"), HHMM + r" -- al is now alan"),
+        (ev("topic", room="lobby", nick="al", topic="pizza"), HHMM + r" #lobby -- al set the topic: pizza"),
+        ({"type": "topic", "room": "lobby", "topic": "pizza"}, r"#lobby topic: pizza"),
+        ({"type": "topic", "room": "lobby", "topic": ""}, r"#lobby topic: \(none\)"),
+        ({"type": "welcome", "nick": "al", "rooms": ["lobby", "dev"], "resumed": False},
+         r"\* Welcome! You are al in #lobby #dev\. /help lists commands\."),
+        ({"type": "welcome", "nick": "al", "rooms": [], "resumed": True}, r"\* Resumed: you are al in no room\..*"),
+        ({"type": "room", "room": "dev", "topic": "t", "nicks": ["al", "bo"]}, r"\* #dev: topic: t; 2 here: al, bo"),
+        ({"type": "room", "room": "dev", "topic": "", "nicks": ["al"]}, r"\* #dev: 1 here: al"),
+        ({"type": "who", "room": "dev", "nicks": ["al", "bo"]}, r"\* #dev: al, bo"),
+        ({"type": "rooms", "rooms": [{"name": "lobby", "users": 3}, {"name": "dev", "users": 1}]},
+         r"\* rooms: #lobby \(3\), #dev \(1\)"),
+        ({"type": "rooms", "rooms": []}, r"\* rooms: none"),
+        ({"type": "error", "code": "bad_text", "message": "nope"}, r"! nope \[bad_text\]"),
+        ({"type": "gap", "after": 3}, r"! some events could not be recovered \(history too short\)"),
+        ({"type": "gap", "after": 3, "reason": "pruned"}, r"! some events could not be recovered \(pruned\)"),
+        ({"type": "bye", "reason": "shutting down"}, r"\* server: shutting down"),
+        ({"type": "server", "hint": "type /nick"}, r"\* type /nick"),
+        ({"type": "history", "room": "dev", "more": False, "events": []}, r"\* history of #dev \(0 events\)"),
+    ],
+)  # fmt: skip
+def test_render_each_frame_type(frame: dict[str, Any], pattern: str) -> None:
+    out = render(frame, "me")
+    assert out is not None
+    assert re.fullmatch(pattern, out), out
+
+
+def test_render_own_privmsg_shows_the_recipient() -> None:
+    frame = ev("privmsg", **{"from": "Al"}, to="bob", text="psst")
+    out = render(frame, "aL")  # case-insensitive: it is me
+    assert out is not None and re.fullmatch(HHMM + r" -> \*bob\* psst", out)
+    assert render(frame, "") is not None and "->" not in render(frame, "")  # type: ignore[operator]
+
+
+def test_render_history_with_events() -> None:
+    frame = {
+        "type": "history", "room": "dev", "more": True,
+        "events": [ev("msg", room="dev", **{"from": "al"}, text="one"), {"type": "ack", "id": 1}, "junk",
+                   ev("join", room="dev", nick="bo")],
+    }  # fmt: skip
+    out = render(frame)
+    assert out is not None
+    head, *lines = out.split("\n")
+    assert head == "* history of #dev (3 events, more before)"  # dicts are counted, the ack renders no line
+    assert len(lines) == 2
+    assert lines[0].startswith("  [") and lines[0].endswith("<al> one")
+    assert lines[1].endswith("bo joined")
+
+
+def test_render_stats() -> None:
+    frame = {"type": "stats", "processes": [
+        {"role": "main", "pid": 1, "connections": 0, "cpu_percent": 1.5, "rss": 2048 * 1024},
+        {"role": "worker", "pid": 2, "connections": 7, "cpu_percent": 0, "rss": 1024}, "junk"]}  # fmt: skip
+    out = render(frame)
+    assert out == (
+        "* server stats:\n  main pid 1: 0 conns, cpu 1.5%, rss 2048 KiB\n  worker pid 2: 7 conns, cpu 0%, rss 1 KiB"
+    )
+
+
+@pytest.mark.parametrize("kind", ["ack", "ping", "pong", "unknown", None, 5])
+def test_render_frames_not_for_humans(kind: object) -> None:
+    assert render({"type": kind, "id": 1, "seq": 3}) is None
+    assert render({}) is None
+
+
+def test_render_missing_fields_does_not_raise() -> None:
+    for kind in ("msg", "action", "privmsg", "join", "part", "quit", "nick", "topic", "welcome", "room", "who",
+                 "rooms", "history", "error", "gap", "bye", "stats", "server"):  # fmt: skip
+        out = render({"type": kind})
+        assert isinstance(out, str)
+        assert_terminal_safe(out, multiline=True)
+
+
+HOSTILE = st.text(
+    alphabet=st.sampled_from(["a", " ", "\x1b", "[", "\x00", "\x07", "\r", "\n", "\x9b", "\x85", "\u202e", "\u2066",
+                              "\u2028", "é", "\x7f", "\t"]),
+    max_size=12,
+)  # fmt: skip
+
+
+@st.composite
+def hostile_frames(draw: st.DrawFn) -> dict[str, Any]:
+    def s() -> str:
+        return draw(HOSTILE)
+
+    kind = draw(st.sampled_from(["msg", "action", "privmsg", "join", "part", "quit", "nick", "topic", "welcome",
+                                 "room", "who", "rooms", "error", "gap", "bye", "server"]))  # fmt: skip
+    frame: dict[str, Any] = {
+        "type": kind, "room": s(), "from": s(), "to": s(), "text": s(), "nick": s(), "reason": s(), "old": s(),
+        "new": s(), "topic": s(), "rooms": [s(), s()], "nicks": [s(), s()], "message": s(), "code": s(), "hint": s(),
+        "resumed": draw(st.booleans()), "ts": draw(st.sampled_from([TS, s(), None])),
+    }  # fmt: skip
+    if draw(st.booleans()):
+        frame["seq"] = 1
+    if kind == "rooms":
+        frame["rooms"] = [{"name": s(), "users": 2}, {"name": s(), "users": 0}]
+    return frame
+
+
+@settings(max_examples=800, deadline=None)
+@given(hostile_frames(), HOSTILE)
+def test_render_of_hostile_text_never_contains_control_characters(frame: dict[str, Any], me: str) -> None:
+    out = render(frame, me)
+    assert out is not None
+    assert "\n" not in out
+    assert_terminal_safe(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(hostile_frames(), max_size=4), HOSTILE)
+def test_render_of_hostile_history_is_safe_line_by_line(events: list[dict[str, Any]], room: str) -> None:
+    out = render({"type": "history", "room": room, "more": False, "events": events})
+    assert out is not None
+    assert out.count("\n") == len(events)  # one line per event, newlines only between lines
+    assert_terminal_safe(out, multiline=True)
+
+
+# --- bugs -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg", ["²", "⁵", "①", "1²"])
+def test_history_with_a_unicode_digit_does_not_crash(arg: str) -> None:
+    try:
+        req = parse_command(f"/history {arg}", "lobby")
+    except RemoteProtocolError:
+        return
+    assert isinstance(req, m.History) and 1 <= req.limit <= 500
+
+
+def test_rooms_users_field_is_cleaned() -> None:
+    out = render({"type": "rooms", "rooms": [{"name": "a", "users": "\x1b[2J\x1b]0;pwned\x07"}]})
+    assert out is not None
+    assert_terminal_safe(out)
+
+
+def test_stats_fields_are_cleaned() -> None:
+    proc = {"role": "\x1b[2J", "pid": "\x1b[31m", "connections": "\x07", "cpu_percent": "\x9b1m", "rss": 0}
+    out = render({"type": "stats", "processes": [proc]})
+    assert out is not None
+    assert_terminal_safe(out, multiline=True)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "stats", "processes": [{"rss": "lots"}]},
+        {"type": "stats", "processes": [{"rss": None}]},
+        {"type": "stats", "processes": 5},
+        {"type": "who", "nicks": 5},
+        {"type": "room", "nicks": None},
+        {"type": "welcome", "rooms": 3},
+        {"type": "rooms", "rooms": True},
+        {"type": "history", "events": 7},
+    ],
+)
+def test_render_of_wrongly_typed_fields_does_not_raise(frame: dict[str, Any]) -> None:
+    out = render(frame)
+    assert out is None or isinstance(out, str)

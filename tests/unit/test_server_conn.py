@@ -1,0 +1,510 @@
+"""The server's side of one connection: mode detection, handshake, local replies, rate limit, plain mode."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lanchat import const
+from lanchat.protocol import messages as m
+from lanchat.protocol.plain import HELP
+from lanchat.protocol.server_conn import (
+    Close,
+    Forward,
+    Mode,
+    Reply,
+    ServerConnection,
+    TokenBucket,
+    render_for_plain,
+)
+
+
+def conn(*, rate: float = 1000.0, burst: int = 1000, max_frame: int = 1024, conn_id: int = 7) -> ServerConnection:
+    return ServerConnection(conn_id, max_frame=max_frame, rate=rate, burst=burst, now=0.0)
+
+
+def mode_of(c: ServerConnection) -> Mode:
+    return c.mode  # read through a call: mypy would keep an earlier narrowing of the attribute
+
+
+def line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+def reply_obj(action: object) -> dict[str, Any]:
+    assert isinstance(action, Reply)
+    assert action.data.endswith(b"\n") and action.data.count(b"\n") == 1
+    obj = json.loads(action.data)
+    assert isinstance(obj, dict)
+    return obj
+
+
+def registered_json(c: ServerConnection) -> None:
+    assert c.receive_data(line({"type": "hello", "nick": "al"}), 0.0) == [Forward(m.Hello("al"))]
+    c.bound("al")
+
+
+def registered_plain(c: ServerConnection, nick: str = "bob") -> None:
+    assert c.receive_data(f"/nick {nick}\n".encode(), 0.0) == [Forward(m.Hello(nick, plain=True))]
+    c.bound(nick)
+
+
+# --- mode detection -------------------------------------------------------------------------------------------
+
+
+def test_first_line_json_selects_json_mode() -> None:
+    c = conn()
+    assert c.mode is Mode.UNKNOWN
+    c.receive_data(b'{"type":"ping"}\n', 0.0)
+    assert mode_of(c) is Mode.JSON
+
+
+def test_leading_whitespace_before_brace_is_json() -> None:
+    c = conn()
+    c.receive_data(b'   {"type":"ping"}\r\n', 0.0)
+    assert c.mode is Mode.JSON
+
+
+def test_first_line_text_selects_plain_mode() -> None:
+    c = conn()
+    c.receive_data(b"hello\n", 0.0)
+    assert c.mode is Mode.PLAIN
+
+
+def test_blank_lines_and_too_long_lines_do_not_decide_the_mode() -> None:
+    c = conn(max_frame=10)
+    assert c.receive_data(b"\n  \r\n\t\n", 0.0) == []
+    assert c.mode is Mode.UNKNOWN
+    out = c.receive_data(b"x" * 11 + b"\n", 0.0)
+    assert reply_obj(out[0])["code"] == m.Err.FRAME_TOO_LONG  # JSON until the client shows otherwise
+    assert c.mode is Mode.UNKNOWN
+    c.receive_data(b"/nick al\n", 0.0)
+    assert mode_of(c) is Mode.PLAIN
+
+
+def test_mode_sticks_once_chosen() -> None:
+    c = conn()
+    c.receive_data(b'{"type":"ping"}\n', 0.0)
+    out = c.receive_data(b"/nick al\n", 0.0)
+    assert reply_obj(out[0])["code"] == m.Err.BAD_JSON
+    assert c.mode is Mode.JSON
+
+
+# --- JSON mode ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [{"type": "join", "room": "dev", "id": 4}, {"type": "msg", "room": "lobby", "text": "hi", "id": 4},
+     {"type": "who", "room": "lobby", "id": 4}, {"type": "nick", "nick": "x", "id": 4}, {"type": "rooms", "id": 4}],
+)  # fmt: skip
+def test_requests_before_hello_are_not_registered(obj: dict[str, Any]) -> None:
+    c = conn()
+    (action,) = c.receive_data(line(obj), 0.0)
+    err = reply_obj(action)
+    assert err == {"type": "error", "code": m.Err.NOT_REGISTERED, "message": "send a hello first", "id": 4}
+
+
+def test_stats_before_hello_is_forwarded() -> None:
+    c = conn()
+    assert c.receive_data(line({"type": "stats", "id": 1}), 0.0) == [Forward(m.Stats(id=1))]
+
+
+def test_hello_then_requests_are_forwarded_in_order() -> None:
+    c = conn()
+    data = line({"type": "hello", "nick": "al", "id": 1}) + line({"type": "msg", "room": "lobby", "text": "x", "id": 2})
+    assert c.receive_data(data, 0.0) == [Forward(m.Hello("al", id=1)), Forward(m.Msg("lobby", "x", id=2))]
+    assert c.hello_sent and not c.registered
+    c.bound("al")
+    assert c.registered and c.nick == "al"
+
+
+def test_ping_is_answered_locally() -> None:
+    c = conn()
+    (a,) = c.receive_data(b'{"type":"ping","id":9}\n', 0.0)
+    assert reply_obj(a) == {"type": "pong", "id": 9}
+    (a,) = c.receive_data(b'{"type":"ping"}\n', 1.0)
+    assert reply_obj(a) == {"type": "pong"}
+    assert c.receive_data(b'{"type":"pong"}\n', 2.0) == []
+    assert c.last_seen == 2.0
+
+
+def test_quit_before_hello_closes_without_forwarding() -> None:
+    c = conn()
+    assert c.receive_data(b'{"type":"quit"}\n', 0.0) == [Close("quit", clean=True)]
+    assert c.closed
+
+
+def test_quit_after_hello_is_forwarded_then_closes_clean() -> None:
+    c = conn()
+    registered_json(c)
+    out = c.receive_data(line({"type": "quit", "reason": "bye"}) + line({"type": "ping"}), 0.0)
+    assert out == [Forward(m.Quit("bye")), Close("bye", clean=True)]
+    assert c.closed
+    assert c.receive_data(line({"type": "ping"}), 1.0) == []  # nothing after the close
+
+
+def test_eof_is_an_unclean_close() -> None:
+    c = conn()
+    registered_json(c)
+    assert c.receive_data(b"", 3.0) == [Close("connection closed by peer", clean=False)]
+    assert c.closed
+    assert c.receive_data(b"", 4.0) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"{not json}\n", m.Err.BAD_JSON),
+        (b'{"type":"fly"}\n', m.Err.UNKNOWN_TYPE),
+        (b'{"type":"msg"}\n', m.Err.BAD_ROOM),
+        (b'{"\xff":1}\n', m.Err.BAD_UTF8),
+        (b"{" * 100_000 + b"\n", m.Err.BAD_JSON),
+    ],
+)
+def test_bad_lines_get_an_error_and_the_connection_continues(data: bytes, code: str) -> None:
+    c = conn(max_frame=200_000)
+    registered_json(c)
+    (a,) = c.receive_data(data, 0.0)
+    assert reply_obj(a)["code"] == code
+    assert not c.closed
+    (a,) = c.receive_data(b'{"type":"ping"}\n', 0.0)
+    assert reply_obj(a)["type"] == "pong"
+
+
+def test_bad_field_error_echoes_the_id() -> None:
+    c = conn()
+    registered_json(c)
+    (a,) = c.receive_data(line({"type": "msg", "room": "lobby", "text": "", "id": 77}), 0.0)
+    assert reply_obj(a) == {"type": "error", "code": m.Err.BAD_TEXT, "message": "text is empty", "id": 77}
+
+
+def test_frame_too_long_reply_and_the_connection_continues() -> None:
+    c = conn(max_frame=32)
+    registered_json(c)
+    out = c.receive_data(b"{" + b"x" * 100, 0.0)
+    assert len(out) == 1 and reply_obj(out[0])["code"] == m.Err.FRAME_TOO_LONG
+    assert "32" in reply_obj(out[0])["message"]
+    assert c.receive_data(b"x" * 1000, 0.0) == []  # the rest of the long line is skipped silently
+    out = c.receive_data(b'xx\n{"type":"ping"}\n', 0.0)
+    assert [reply_obj(a)["type"] for a in out] == ["pong"]
+    assert not c.closed
+
+
+def test_lines_split_across_reads() -> None:
+    c = conn()
+    data = line({"type": "hello", "nick": "al"}) + line({"type": "join", "room": "dev"})
+    out = []
+    for i in range(len(data)):
+        out += c.receive_data(data[i : i + 1], float(i))
+    assert out == [Forward(m.Hello("al")), Forward(m.Join("dev"))]
+    assert c.last_seen == float(len(data) - 1)
+
+
+def test_error_bytes_in_json_mode() -> None:
+    c = conn()
+    c.receive_data(b'{"type":"ping"}\n', 0.0)
+    data = c.error_bytes(m.Err.IDLE_TIMEOUT, "gone quiet", fatal=True)
+    assert json.loads(data) == {"type": "error", "code": "idle_timeout", "message": "gone quiet", "fatal": True}
+
+
+# --- token bucket ---------------------------------------------------------------------------------------------
+
+
+def test_token_bucket_unit() -> None:
+    b = TokenBucket(2.0, 3, now=0.0)
+    assert [b.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert b.ready_at(0.0) == 0.5
+    assert not b.take(0.25)
+    assert b.ready_at(0.25) == 0.5
+    assert b.take(0.5)
+    assert not b.take(0.5)
+    assert b.take(100.0)  # refilled, but never above burst
+    assert b.take(100.0) and b.take(100.0)
+    assert not b.take(100.0)
+
+
+def test_fourth_frame_is_held_and_released_later() -> None:
+    c = conn(rate=2.0, burst=3)
+    pings = b"".join(line({"type": "ping", "id": i}) for i in range(4))
+    out = c.receive_data(pings, 0.0)
+    assert [reply_obj(a)["id"] for a in out] == [0, 1, 2]
+    assert c.throttled_until == 0.5
+    assert c.pending == 1
+    assert c.process(0.4) == []
+    assert c.throttled_until == 0.5  # still waiting; nothing lost
+    assert c.pending == 1
+    out = c.process(0.5)
+    assert [reply_obj(a)["id"] for a in out] == [3]
+    assert c.throttled_until is None
+    assert c.pending == 0
+    assert c.frames_in == 4
+
+
+def test_throttled_lines_keep_their_order_with_new_input() -> None:
+    c = conn(rate=1.0, burst=1)
+    out = c.receive_data(line({"type": "ping", "id": 1}) + line({"type": "ping", "id": 2}), 0.0)
+    assert [reply_obj(a)["id"] for a in out] == [1]
+    out = c.receive_data(line({"type": "ping", "id": 3}), 0.2)  # more arrives while throttled
+    assert out == []
+    assert c.pending == 2
+    assert c.throttled_until == pytest.approx(1.0)
+    assert [reply_obj(a)["id"] for a in c.process(1.0)] == [2]
+    assert [reply_obj(a)["id"] for a in c.process(2.0)] == [3]
+    assert c.throttled_until is None
+
+
+def test_bucket_refill_is_capped_at_burst() -> None:
+    c = conn(rate=2.0, burst=3)
+    c.receive_data(line({"type": "ping"}), 0.0)
+    out = c.receive_data(b"".join(line({"type": "ping", "id": i}) for i in range(5)), 1000.0)
+    assert len(out) == 3
+    assert c.throttled_until == 1000.5
+
+
+def test_process_at_throttled_until_releases_the_held_line() -> None:
+    c = conn(rate=5.0, burst=4)
+    now = 0.0
+    answered: list[int] = []
+    for i in range(12):  # one line every 0.1 s at 5/s: the bucket drains by half a token each time
+        now += 0.1
+        answered += [reply_obj(a)["id"] for a in c.receive_data(line({"type": "ping", "id": i}), now)]
+        while c.throttled_until is not None:  # the I/O edge wakes up exactly when told: never a stall
+            until = c.throttled_until
+            assert until > now or c.pending == 0
+            released = [reply_obj(a)["id"] for a in c.process(until)]
+            assert released, f"woke at {until} and nothing was released"
+            answered += released
+            now = max(now, until)
+    assert answered == list(range(12))  # every line, in order, none dropped
+
+
+def test_blank_lines_cost_no_tokens() -> None:
+    c = conn(rate=1.0, burst=1)
+    out = c.receive_data(b"\n\n\n\r\n" + line({"type": "ping"}), 0.0)
+    assert len(out) == 1 and c.throttled_until is None
+
+
+def test_throttled_quit_still_closes_when_released() -> None:
+    c = conn(rate=1.0, burst=1)
+    registered_json(c)
+    out = c.receive_data(line({"type": "quit"}), 0.0)
+    assert out == [] and c.throttled_until == 1.0 and not c.closed
+    assert c.process(1.0) == [Forward(m.Quit("")), Close("quit", clean=True)]
+
+
+# --- plain mode -----------------------------------------------------------------------------------------------
+
+
+def test_plain_first_line_nick() -> None:
+    c = conn()
+    assert c.receive_data(b"/nick bob\r\n", 0.0) == [Forward(m.Hello("bob", plain=True))]
+    assert c.mode is Mode.PLAIN
+    assert c.hello_sent and not c.registered
+    assert c.rooms == [const.DEFAULT_ROOM] and c.current == const.DEFAULT_ROOM
+
+
+def test_plain_first_line_text_is_refused_until_a_nick() -> None:
+    c = conn(conn_id=42)
+    assert c.receive_data(b"hi all\n", 0.0) == [Reply(b"! choose a nick first: /nick NAME [not_registered]\n")]
+    assert c.mode is Mode.PLAIN
+    assert not c.hello_sent and c.rooms == []
+    assert c.receive_data(b"/nick al\n", 0.0) == [Forward(m.Hello("al", plain=True))]
+
+
+@pytest.mark.parametrize(
+    "banner", [b"SSH-2.0-OpenSSH_9.6\r\n", b"EHLO mail.example.com\r\n", b" /nick bob\n", b"/join lobby\n", b"/me x\n"]
+)
+def test_plain_stray_protocols_never_post(banner: bytes) -> None:
+    c = conn()
+    (a,) = c.receive_data(banner, 0.0)
+    assert isinstance(a, Reply) and a.data.endswith(b"[not_registered]\n")
+    assert not c.hello_sent
+
+
+def test_plain_first_line_help_replies_without_a_session() -> None:
+    c = conn(conn_id=3)
+    assert c.receive_data(b"/help\n", 0.0) == [Reply(HELP.encode() + b"\n")]
+    assert c.receive_data(b"/?\n", 0.0) == [Reply(HELP.encode() + b"\n")]
+    assert not c.hello_sent
+
+
+def test_plain_commands_allowed_before_the_nick() -> None:
+    c = conn()
+    assert c.receive_data(b"/STATUS\n", 0.0) == [Forward(m.Stats())]
+    assert c.receive_data(b"/rooms\n", 0.0) == [Forward(m.Rooms())]
+    assert not c.hello_sent
+    (a,) = c.receive_data(b"/nick\n", 0.0)
+    assert isinstance(a, Reply) and a.data == b"! usage: /nick NAME [bad_field]\n"
+    assert c.receive_data(b"/quit\n", 0.0) == [Close("quit", clean=True)]  # no session: nothing forwarded
+    assert c.closed
+
+
+def test_plain_http_request_is_answered_and_closed() -> None:
+    c = conn()
+    out = c.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert len(out) == 2
+    reply, close = out
+    assert isinstance(reply, Reply) and reply.data.startswith(b"HTTP/1.1 400 ")
+    head, body = reply.data.split(b"\r\n\r\n", 1)
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert close == Close("http request", clean=True)
+    assert c.closed and not c.hello_sent
+
+
+def test_plain_http_looking_text_after_the_nick_is_a_message() -> None:
+    c = conn()
+    registered_plain(c)
+    assert c.receive_data(b"GET / HTTP/1.1\n", 0.0) == [Forward(m.Msg("lobby", "GET / HTTP/1.1"))]
+
+
+def test_plain_lines_pipelined_after_the_nick_are_posted() -> None:
+    c = conn()
+    out = c.receive_data(b"/nick bob\nhello everyone\n", 0.0)
+    assert out == [Forward(m.Hello("bob", plain=True)), Forward(m.Msg("lobby", "hello everyone"))]
+
+
+def test_plain_nick_taken_may_be_retried() -> None:
+    c = conn()
+    c.receive_data(b"/nick bob\n", 0.0)  # the hub answers nick_taken: no bind
+    assert c.receive_data(b"/nick bob2\n", 2.0) == [Forward(m.Hello("bob2", plain=True))]
+    assert c.rooms == ["lobby"]
+    c.bound("bob2")
+    assert c.receive_data(b"/nick bob3\n", 3.0) == [Forward(m.Nick("bob3"))]  # registered: a nick change
+
+
+def test_plain_after_registration() -> None:
+    c = conn()
+    registered_plain(c)
+    assert c.receive_data(b"hello\n", 0.0) == [Forward(m.Msg("lobby", "hello"))]
+    assert c.receive_data(b"/me waves\n", 0.0) == [Forward(m.Action("lobby", "waves"))]
+    assert c.receive_data(b"//etc/passwd\n", 0.0) == [Forward(m.Msg("lobby", "/etc/passwd"))]
+    assert c.receive_data(b"/nick bobby\n", 0.0) == [Forward(m.Nick("bobby"))]
+    assert c.receive_data(b"/join dev\n", 0.0) == [Forward(m.Join("dev"))]
+    assert c.receive_data(b"/help\n", 0.0) == [Reply(HELP.encode() + b"\n")]
+
+
+def test_plain_switch_between_joined_rooms() -> None:
+    c = conn()
+    registered_plain(c)
+    c.joined("dev")
+    assert c.current == "dev"
+    assert c.receive_data(b"in dev\n", 0.0) == [Forward(m.Msg("dev", "in dev"))]
+    assert c.receive_data(b"/switch #lobby\n", 0.0) == [Reply(b"* current room: #lobby\n")]
+    assert c.current == "lobby"
+    assert c.receive_data(b"in lobby\n", 0.0) == [Forward(m.Msg("lobby", "in lobby"))]
+    assert c.receive_data(b"/switch games\n", 0.0) == [Reply(b"! /switch ROOM needs a room you have joined\n")]
+    assert c.receive_data(b"/switch\n", 0.0) == [Reply(b"! /switch ROOM needs a room you have joined\n")]
+    assert c.current == "lobby"
+
+
+def test_plain_part_moves_the_current_room() -> None:
+    c = conn()
+    registered_plain(c)
+    c.joined("dev")
+    c.joined("games")
+    c.joined("dev")  # no duplicate, but current again
+    assert c.rooms == ["lobby", "dev", "games"] and c.current == "dev"
+    c.parted("dev")
+    assert c.rooms == ["lobby", "games"] and c.current == "games"
+    c.parted("lobby")
+    assert c.current == "games"
+    c.parted("games")
+    assert c.rooms == [] and c.current is None
+    c.parted("nowhere")
+    (a,) = c.receive_data(b"anyone?\n", 0.0)
+    assert isinstance(a, Reply) and a.data.endswith(b"[not_in_room]\n")
+
+
+def test_plain_quit() -> None:
+    c = conn()
+    registered_plain(c)
+    assert c.receive_data(b"/quit gotta go\n", 0.0) == [Forward(m.Quit("gotta go")), Close("gotta go", clean=True)]
+    assert c.closed
+
+
+def test_plain_errors_are_text() -> None:
+    c = conn()
+    registered_plain(c)
+    (a,) = c.receive_data(b"/frob\n", 0.0)
+    assert isinstance(a, Reply) and a.data == b"! unknown command /frob; /help lists them [unknown_type]\n"
+    (a,) = c.receive_data(b"caf\xc3\n", 0.0)
+    assert isinstance(a, Reply) and a.data == b"! that line is not valid UTF-8 [bad_utf8]\n"
+    assert c.error_bytes("too_slow", "bye") == b"! bye [too_slow]\n"
+
+
+def test_plain_frame_too_long_is_text() -> None:
+    c = conn(max_frame=16)
+    registered_plain(c)
+    (a,) = c.receive_data(b"z" * 40 + b"\n", 0.0)
+    assert isinstance(a, Reply) and a.data == b"! line longer than 16 bytes [frame_too_long]\n"
+
+
+def test_plain_bad_utf8_first_line_sends_no_hello() -> None:
+    c = conn()
+    (a,) = c.receive_data(b"\xff\xfe\n", 0.0)
+    assert isinstance(a, Reply) and b"[bad_utf8]" in a.data
+    assert not c.hello_sent
+
+
+def test_plain_error_replies_contain_no_control_characters() -> None:
+    c = conn()
+    registered_plain(c)
+    (a,) = c.receive_data(b"/\x1b]0;pwned\x07\x1b[2J\n", 0.0)
+    assert isinstance(a, Reply)
+    assert b"\x1b" not in a.data and b"\x07" not in a.data
+
+
+def test_plain_history_with_a_unicode_digit_does_not_raise() -> None:
+    c = conn()
+    registered_plain(c)
+    out = c.receive_data("/history ²\n".encode(), 0.0)
+    assert len(out) == 1
+
+
+# --- render_for_plain -----------------------------------------------------------------------------------------
+
+
+def test_render_for_plain() -> None:
+    ev = m.encode({"type": "msg", "seq": 1, "ts": 0, "room": "lobby", "from": "al", "text": "hi \x1b"})
+    out = render_for_plain(ev[:-1], "bob")
+    assert out is not None and out.endswith(b"<al> hi \xef\xbf\xbd\n") and b"\x1b" not in out
+    assert render_for_plain(m.encode({"type": "ack", "id": 1, "seq": 2}), "bob") is None
+    assert render_for_plain(b"not json", "bob") is None
+    assert render_for_plain(b"[1,2]", "bob") is None
+    assert render_for_plain(b"\xff", "bob") is None
+    pm = m.encode({"type": "privmsg", "seq": 1, "ts": 0, "from": "Bob", "to": "al", "text": "x"})
+    assert b"-> *al*" in (render_for_plain(pm, "bob") or b"")
+
+
+# --- fuzzing --------------------------------------------------------------------------------------------------
+
+chunks = st.lists(
+    st.binary(max_size=30) | st.sampled_from([b"\n", b'{"type":"hello","nick":"al"}\n', b"/nick x\n", b"/help\n",
+                                              b'{"type":"ping"}\n', b"hi\n", b"/quit\n"]),
+    max_size=12,
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks, st.booleans())
+def test_any_input_gives_actions_never_an_exception(data: list[bytes], register: bool) -> None:
+    c = conn(rate=5.0, burst=4, max_frame=40)
+    now = 0.0
+    for chunk in data:
+        now += 0.1
+        if register and c.hello_sent and not c.registered:
+            c.bound("x")
+        for a in c.receive_data(chunk, now):
+            assert isinstance(a, Forward | Reply | Close)
+            if isinstance(a, Reply):
+                assert a.data.endswith(b"\n")
+            if isinstance(a, Forward):  # what a worker forwards always passes the hub's validation
+                assert m.parse_obj(a.request.to_obj(), allow_plain=True) == a.request
+        assert c.throttled_until is None or c.throttled_until >= now
+    c.process(now + 100.0)
+    assert c.pending == 0 or c.closed
