@@ -61,3 +61,8 @@ RECONNECT_GIVE_UP: Final = 300.0  # seconds of failed reconnects before the clie
 CONNECT_TIMEOUT: Final = 5.0  # seconds for one TCP connect + hello
 CLIENT_PING_INTERVAL: Final = 15.0  # seconds of server silence before the client pings
 CLIENT_PING_TIMEOUT: Final = 10.0  # seconds more without any byte before the client reconnects
+
+# --- large rooms -----------------------------------------------------------------------------------------
+LARGE_ROOM: Final = 1000  # members: above this a room's joins, parts and quits are not announced to it
+# (as Twitch does): each announcement costs O(members), so filling a room would cost O(members²)
+ROOM_INFO_NICKS: Final = 500  # nicks listed in the reply to a join (with the full count); /who lists all

@@ -51,6 +51,14 @@ class Room:
     topic: str = ""
     members: dict[str, Session] = field(default_factory=dict)  # sid -> session, in join order
     workers: Counter[int] = field(default_factory=Counter)  # attached members per worker
+    # The newest events, for the history a joiner gets without a database read (loaded on first join).
+    tail: deque[bytes] = field(default_factory=deque)
+    tail_loaded: bool = False
+    tail_more: bool = False  # the database has older events than the tail
+
+    @property
+    def large(self) -> bool:
+        return len(self.members) > const.LARGE_ROOM
 
 
 @dataclass(slots=True)
@@ -228,6 +236,10 @@ class Hub:
         if convs:
             self.store.add_event(seq, convs, ts, kind, line[:-1].decode())
             self.recent.append(_Recent(seq, convs, line))
+            for conv in convs:
+                room = self.rooms.get(conv)
+                if room is not None and room.tail_loaded:
+                    room.tail.append(line)
         else:
             self.store.note_seq(seq)  # stored nowhere, but the number is used up all the same
         return seq, line
@@ -272,9 +284,10 @@ class Hub:
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
         for room in rooms:
             room.members.pop(s.sid, None)
-        if rooms:
-            _, line = self._event("quit", {"nick": s.nick, "reason": reason}, tuple(r.name for r in rooms), now)
-            self._to_sessions(self._members_of(rooms), line)
+        told = [r for r in rooms if not r.large]
+        if told:
+            _, line = self._event("quit", {"nick": s.nick, "reason": reason}, tuple(r.name for r in told), now)
+            self._to_sessions(self._members_of(told), line)
         for room in rooms:
             self._drop_if_empty(room)
         self.sessions.pop(s.sid, None)
@@ -454,26 +467,47 @@ class Hub:
             )
         room = self._room(name)
         if self.history_on_join:
-            self._history(s, m.History(name, limit=self.history_on_join), now)
+            self._join_history(s, room, now)
         room.members[s.sid] = s
         s.rooms.append(name)
         if s.worker is not None and s.conn is not None:
             room.workers[s.worker] += 1
             self._json(s.worker, ["member", s.conn, name, True])
-        _, line = self._event("join", {"room": name, "nick": s.nick}, (name,), now)
-        self._to_room(room, line)
+        self._presence(s, room, "join", {"room": name, "nick": s.nick}, now)
         self._send(s, self._room_info(room, rid))
 
+    def _presence(self, s: Session, room: Room, kind: str, fields: dict[str, Any], now: float) -> None:
+        """A join or part: announced to the room, or in a large room only to the member concerned."""
+        if room.large:
+            _, line = self._event(kind, fields, ("@" + s.sid,), now)
+            self._to_sessions([s], line)
+        else:
+            _, line = self._event(kind, fields, (room.name,), now)
+            self._to_room(room, line)
+
+    def _join_history(self, s: Session, room: Room, now: float) -> None:
+        """The newest events of the room, marked as history, from memory (one database read per room)."""
+        if not room.tail_loaded:
+            self.store.commit(now)
+            lines, more = self.store.events(room.name, limit=self.history_on_join)
+            if not lines and self.store.degraded:
+                lines = [e.line[:-1].decode() for e in self.recent if room.name in e.convs][-self.history_on_join :]
+            room.tail = deque((line.encode() + b"\n" for line in lines), maxlen=self.history_on_join)
+            room.tail_loaded = True
+            room.tail_more = more
+        more = room.tail_more or len(room.tail) == room.tail.maxlen
+        self._send_history(s, room.name, [line[:-1] for line in room.tail], more, None)
+
     def _room_info(self, room: Room, rid: int | None) -> dict[str, Any]:
-        nicks = [x.nick for x in room.members.values()]
-        return _with_id({"type": "room", "room": room.name, "topic": room.topic, "nicks": nicks}, rid)
+        nicks = [x.nick for _, x in zip(range(const.ROOM_INFO_NICKS), room.members.values(), strict=False)]
+        frame = {"type": "room", "room": room.name, "topic": room.topic, "users": len(room.members), "nicks": nicks}
+        return _with_id(frame, rid)
 
     def _part(self, s: Session, req: m.Part, now: float) -> None:
         room = self.rooms.get(req.room)
         if room is None or s.sid not in room.members:
             raise RemoteProtocolError(m.Err.NOT_IN_ROOM, f"you are not in #{req.room}", request_id=req.id)
-        _, line = self._event("part", {"room": room.name, "nick": s.nick, "reason": req.reason}, (room.name,), now)
-        self._to_room(room, line)
+        self._presence(s, room, "part", {"room": room.name, "nick": s.nick, "reason": req.reason}, now)
         del room.members[s.sid]
         s.rooms.remove(room.name)
         if s.worker is not None and s.conn is not None:
@@ -526,10 +560,12 @@ class Hub:
             more = len(found) > req.limit
             found = found[: req.limit] if req.after is not None and req.before is None else found[-req.limit :]
             lines = [e.line[:-1].decode() for e in found]
-        body = ",".join(lines)
-        head = m.encode(_with_id({"type": "history", "room": req.room, "more": more, "events": []}, req.id))
+        self._send_history(s, req.room, [line.encode() for line in lines], more, req.id)
+
+    def _send_history(self, s: Session, room: str, events: list[bytes], more: bool, rid: int | None) -> None:
+        head = m.encode(_with_id({"type": "history", "room": room, "more": more, "events": []}, rid))
         # Splice the stored frames in as they are: no decode/encode round trip per event.
-        line = head.replace(b'"events":[]', b'"events":[' + body.encode() + b"]", 1)
+        line = head.replace(b'"events":[]', b'"events":[' + b",".join(events) + b"]", 1)
         self._send_lines(s, [line])
 
     def _stats_frame(self, req: m.Stats) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def test_hello_welcome_and_join(net: Workers) -> None:
     assert "resume_failed" not in welcome
     assert history == {"type": "history", "room": "lobby", "more": False, "events": []}
     assert join == {"type": "join", "seq": 1, "ts": 5.0, "room": "lobby", "nick": "Alice"}
-    assert room == {"type": "room", "room": "lobby", "topic": "", "nicks": ["Alice"]}
+    assert room == {"type": "room", "room": "lobby", "topic": "", "users": 1, "nicks": ["Alice"]}
     assert hub.users == 1
 
 
@@ -371,7 +371,7 @@ def test_join_part_topic_who_rooms(net: Workers) -> None:
     assert net.take_records(2) == [["member", 20, "dev", True]]
     frames = net.take(2, 20)
     assert kinds(frames) == ["history", "join", "room"]
-    assert frames[2] == {"type": "room", "room": "dev", "topic": "", "nicks": ["bo"], "id": 1}
+    assert frames[2] == {"type": "room", "room": "dev", "topic": "", "users": 1, "nicks": ["bo"], "id": 1}
     assert net.take(1, 10) == []  # al is not in dev
     hub.request(1, 10, {"type": "join", "room": "dev"}, 1.0)
     (join,) = net.take(2, 20)
@@ -379,7 +379,7 @@ def test_join_part_topic_who_rooms(net: Workers) -> None:
     assert net.take(1, 10)[-1]["nicks"] == ["bo", "al"]
     # joining again: the room info only
     hub.request(1, 10, {"type": "join", "room": "dev", "id": 2}, 1.0)
-    assert net.take(1, 10) == [{"type": "room", "room": "dev", "topic": "", "nicks": ["bo", "al"], "id": 2}]
+    assert net.take(1, 10) == [{"type": "room", "room": "dev", "topic": "", "users": 2, "nicks": ["bo", "al"], "id": 2}]
     assert net.take(2, 20) == []
     # topic
     hub.request(2, 20, {"type": "topic", "room": "dev", "topic": "ship it"}, 2.0)
@@ -887,3 +887,32 @@ def test_acks_and_history_while_the_disk_fails(net: Workers) -> None:
     hub.store._db.execute("PRAGMA query_only=OFF")
     assert hub.commit(100.0) is True
     assert [json.loads(x).get("text") for x in hub.store.events("lobby")[0]] == [None, "during"]
+
+
+def test_large_rooms_do_not_announce_presence(tmp_path: Path, stores: list[HistoryStore], monkeypatch) -> None:
+    """Above LARGE_ROOM members a join is told only to the joiner: filling a room stays O(members)."""
+    monkeypatch.setattr(const, "LARGE_ROOM", 3)
+    net = Workers(make_hub(stores, tmp_path))
+    for i in range(3):
+        welcome_of(net, 1, 10 + i, f"u{i}")
+    net.clear()
+    net.hub.request(2, 20, {"type": "hello", "nick": "fourth"}, 4.0)  # the room now has 4 > 3 members
+    own = [f for f in net.take(2, 20) if f.get("type") == "join"]
+    assert net.take(1, 10) == [] and net.take(1, 11) == []  # nobody else hears of it
+    assert [f["nick"] for f in own] == ["fourth"]  # the joiner still gets its own join, with a seq
+    net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "to all", "id": 1}, 5.0)
+    assert [f["text"] for f in net.take(2, 20) if f.get("type") == "msg"] == ["to all"]  # messages still flow
+
+
+def test_join_history_comes_from_memory_after_the_first_join(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path))
+    welcome_of(net, 1, 10, "al")
+    net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "remember me", "id": 1}, 2.0)
+    net.clear()
+    calls = []
+    real = net.hub.store.events
+    net.hub.store.events = lambda *a, **k: calls.append(a) or real(*a, **k)  # type: ignore[method-assign]
+    net.hub.request(1, 11, {"type": "hello", "nick": "bo"}, 3.0)
+    history = next(f for f in net.take(1, 11) if f.get("type") == "history")
+    assert [e.get("text") for e in history["events"] if e["type"] == "msg"] == ["remember me"]
+    assert calls == []  # served from the room's tail: no database read per join

@@ -1,0 +1,824 @@
+"""The interactive face of `lanchat join` (stdin and stdout are a terminal), and the server chooser.
+
+Owns two layers:
+
+* ``ChatView``: the model, with no terminal and no socket. It turns server frames and connection states
+  into styled lines (timestamps, a stable colour per nick, own messages in bold, mentions highlighted with
+  a bell, system events in their own colours), turns what the person typed into requests (command
+  dispatch, the current room), and answers the prompt, the status line and Tab completion. Tests drive
+  it with dicts and strings.
+* The glue (``run_app``, ``Printer``, ``ViewCompleter``): a prompt_toolkit ``PromptSession`` and a
+  ``ChatClient`` (connection.py: reconnect, resume and the outbox live there, not here).
+
+Why ``PromptSession.prompt_async`` in a loop and not a full-screen ``Application``: chat lines are printed
+*above* the prompt into the terminal's own scrollback (prompt_toolkit erases the input line and the
+status line, prints, then redraws them with the half-typed text and the cursor where they were), so the
+terminal keeps doing what it does best: scrolling back, searching, selecting and copying text, and the
+conversation stays on screen after /quit. A full-screen layout would have to re-implement scrollback,
+selection and resizing, for no gain in a line-oriented chat. The prompt gives us the rest for free: a
+bottom toolbar (the status line), completion, history (up/down) and emacs editing keys.
+
+It must never write a string from the network to the terminal raw: every such string goes through
+``plain.clean`` (control characters, escape sequences and bidi overrides become U+FFFD) and is printed as
+prompt_toolkit formatted text, whose output layer escapes ESC once more. It never touches a socket itself
+and never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application.run_in_terminal import in_terminal
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.output import Output
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.renderer import print_formatted_text
+from prompt_toolkit.styles import Style
+from prompt_toolkit.validation import Validator
+
+from lanchat import const
+from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient
+from lanchat.errors import ConnectError, RemoteProtocolError
+from lanchat.protocol import messages as m
+from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clean, clock, parse_command, render
+
+if TYPE_CHECKING:
+    from lanchat.discovery.browser import ServerRecord
+
+Fragments = list[tuple[str, str]]
+
+# Nick colours: ANSI colours every terminal has; red is kept for errors, grey for system lines.
+PALETTE: Final = (
+    "ansigreen", "ansiblue", "ansimagenta", "ansicyan", "ansiyellow",
+    "ansibrightgreen", "ansibrightblue", "ansibrightmagenta", "ansibrightcyan", "ansibrightyellow",
+)  # fmt: skip
+
+STYLE: Final = Style.from_dict(
+    {
+        "time": "ansibrightblack",
+        "room": "ansibrightblack",
+        "own": "bold",
+        "mention": "bg:ansiyellow fg:ansiblack bold",
+        "action": "italic",
+        "privmsg": "italic",
+        "event": "ansibrightblack",
+        "info": "ansicyan",
+        "state": "ansiyellow bold",
+        "error": "ansired bold",
+        "history": "ansibrightblack",
+        "prompt": "bold",
+        "prompt.room": "ansicyan bold",
+        "bottom-toolbar": "noreverse bg:ansiblue fg:ansiwhite",
+        "bottom-toolbar.key": "bold",
+        "bottom-toolbar.connected": "bg:ansigreen fg:ansiblack bold",
+        "bottom-toolbar.reconnecting": "bg:ansiyellow fg:ansiblack bold",
+        "bottom-toolbar.closed": "bg:ansired fg:ansiwhite bold",
+        "bottom-toolbar.unsent": "bg:ansiyellow fg:ansiblack",
+    }
+)
+
+KEYS: Final = """\
+  /help                this list
+Keys:
+  Enter                send the line
+  Tab                  complete a command, a nick or a #room (again: the next candidate)
+  Up / Down            earlier input
+  F2                   next joined room (as /switch without a room)
+  Ctrl-C               clear the line; on an empty line: quit
+  Ctrl-D               quit (on an empty line)
+  Ctrl-L               clear the screen"""
+
+TRANSCRIPT_MAX: Final = 2000  # lines of plain text the view remembers (tests, /status); the terminal keeps the rest
+RECENT_SPEAKERS_MAX: Final = 200  # nicks remembered for completion beyond the rooms' member lists
+KNOWN_ROOMS_MAX: Final = 1000  # room names remembered for completion (a /rooms reply can be long)
+_NO_ARG_COMMANDS: Final = frozenset({"/rooms", "/status", "/help"})
+_ROOM_ARG_COMMANDS: Final = frozenset({"/join", "/switch", "/part", "/leave", "/who", "/names"})
+_NICK_ARG_COMMANDS: Final = frozenset({"/msg", "/query"})
+
+
+def nick_colour(nick: str) -> str:
+    """A stable colour per nick (the same in every run and on every machine: crc32, not hash())."""
+    return PALETTE[zlib.crc32(m.nick_key(nick).encode("utf-8", "replace")) % len(PALETTE)]
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line to print above the prompt: styled fragments, and whether it rings the terminal bell."""
+
+    fragments: tuple[tuple[str, str], ...]
+    bell: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(text for _, text in self.fragments)
+
+
+@dataclass(slots=True)
+class Submitted:
+    """What one line of input amounts to: requests to send, lines to show, or the wish to quit."""
+
+    requests: list[m.Request] = field(default_factory=list)
+    lines: list[Line] = field(default_factory=list)
+    quit: m.Quit | None = None
+
+
+class ChatView:
+    """The terminal UI's model: frames in, styled lines out; typed lines in, requests out. No I/O."""
+
+    def __init__(
+        self,
+        nick: str,
+        room: str | None,
+        *,
+        server: str = "",
+        address: str = "",
+        unsent: Callable[[], int] = lambda: 0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.nick = nick
+        self.room: str | None = room  # the current room: where plain text goes
+        self.server = clean(server)
+        self.address = clean(address)
+        self.status = "connecting"
+        self.joined: list[str] = []  # rooms we are in, in join order
+        self.members: dict[str, list[str]] = {}  # room -> nicks, for the rooms we are in
+        self.known_rooms: dict[str, None] = {}  # insertion-ordered set, for completion
+        self.speakers: dict[str, str] = {}  # nick_key -> nick, most recent last, for completion
+        self.transcript: deque[str] = deque(maxlen=TRANSCRIPT_MAX)
+        self.unsent = unsent
+        self._now = now
+        self._history_asked: set[str] = set()
+        self._reconnecting = False
+        self._replies: dict[str, Callable[[dict[str, Any]], list[Line]]] = {
+            "server": self._on_server, "welcome": self._on_welcome, "room": self._on_room, "who": self._on_room,
+            "rooms": self._on_rooms, "topic": self._on_topic, "stats": self._on_stats, "error": self._on_error,
+            "gap": self._on_gap, "bye": self._on_bye, "history": self._on_history,
+        }  # fmt: skip
+        if room:
+            self._know_room(room)
+
+    # --- server frames -------------------------------------------------------------------------------------
+
+    def on_frame(self, frame: dict[str, Any]) -> list[Line]:
+        """Update the model from one server frame; return the lines to show (often one, maybe none)."""
+        kind = frame.get("type")
+        if kind in m.EVENT_TYPES:
+            self._absorb_event(frame)
+            line = self._event_line(frame, historic=False)
+            return self._out([line] if line else [])
+        handler = self._replies.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            return []  # ack, ping, pong and frames of a newer protocol
+        return self._out(handler(frame))
+
+    def _on_server(self, frame: dict[str, Any]) -> list[Line]:
+        if not self.server:
+            self.server = clean(frame.get("name", ""))
+        return []  # its hint is for people on nc/telnet
+
+    def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
+        self.nick = str(frame.get("nick", self.nick))
+        rooms = [str(r) for r in frame.get("rooms", []) if isinstance(r, str)]
+        for r in rooms:
+            self._know_room(r)
+        where = " ".join("#" + clean(r) for r in rooms) or "no room"
+        if frame.get("resumed"):
+            self.joined = rooms
+            self.members = {r: ns for r, ns in self.members.items() if r in rooms}
+            return [self._system(f"session resumed: you are {clean(self.nick)} in {where}", "state")]
+        self.joined, self.members = [], {}
+        lines = []
+        if frame.get("resume_failed"):
+            why = clean(frame["resume_failed"])
+            lines.append(self._system(f"the old session could not be resumed ({why}): joining again", "error"))
+        lines.append(
+            self._system(f"welcome! You are {clean(self.nick)}, joining {where}. /help lists commands.", "info")
+        )
+        return lines
+
+    def _on_room(self, frame: dict[str, Any]) -> list[Line]:
+        room = str(frame.get("room", ""))
+        nicks = [str(n) for n in frame.get("nicks", []) if isinstance(n, str)]
+        if room in self.joined:
+            self.members[room] = nicks
+        self._know_room(room)
+        self._know_nicks(nicks)
+        return self._rendered(frame, "info")
+
+    def _on_rooms(self, frame: dict[str, Any]) -> list[Line]:
+        for r in frame.get("rooms", []):
+            if isinstance(r, dict) and isinstance(r.get("name"), str):
+                self._know_room(r["name"])
+        return self._rendered(frame, "info")
+
+    def _on_topic(self, frame: dict[str, Any]) -> list[Line]:  # the reply (the event has a seq)
+        return self._rendered(frame, "info")
+
+    def _on_stats(self, frame: dict[str, Any]) -> list[Line]:
+        name = clean(frame.get("name", self.server))
+        head = f"server {name}: {clean(frame.get('users'))} users, {clean(frame.get('rooms'))} rooms"
+        return [self._system(head, "info"), *self._rendered(frame, "info")]
+
+    def _on_error(self, frame: dict[str, Any]) -> list[Line]:
+        return self._rendered(frame, "error")
+
+    def _on_gap(self, frame: dict[str, Any]) -> list[Line]:
+        return self._rendered(frame, "error")
+
+    def _on_bye(self, frame: dict[str, Any]) -> list[Line]:
+        return self._rendered(frame, "state")
+
+    def _on_history(self, frame: dict[str, Any]) -> list[Line]:
+        room = str(frame.get("room", ""))
+        events = [e for e in frame.get("events", []) if isinstance(e, dict)]
+        asked = room in self._history_asked
+        self._history_asked.discard(room)
+        if not events:
+            return [self._system(f"no earlier events in #{clean(room)}", "info")] if asked else []
+        more = ", more before: /history 200" if frame.get("more") else ""
+        lines = [self._system(f"history of #{clean(room)}: {len(events)} events{more}", "history")]
+        for e in events:
+            sender = e.get("from")
+            if isinstance(sender, str):
+                self._know_speaker(sender)
+            line = self._event_line(e, historic=True)
+            if line is not None:
+                lines.append(line)
+        lines.append(self._system(f"end of history of #{clean(room)}", "history"))
+        return lines
+
+    def _absorb_event(self, frame: dict[str, Any]) -> None:
+        """Keep rooms, members and the own nick current (events in a history page never come here)."""
+        kind = frame.get("type")
+        room = str(frame.get("room", ""))
+        me = m.nick_key(self.nick)
+        if kind in ("msg", "action", "privmsg"):
+            sender = frame.get("from")
+            if isinstance(sender, str) and m.nick_key(sender) != me:
+                self._know_speaker(sender)
+            to = frame.get("to")
+            if kind == "privmsg" and isinstance(to, str) and m.nick_key(to) != me:
+                self._know_speaker(to)
+        elif kind == "join":
+            nick = str(frame.get("nick", ""))
+            self._know_room(room)
+            if m.nick_key(nick) == me:
+                if room not in self.joined:
+                    self.joined.append(room)
+                self.members.setdefault(room, [])
+                if self.room is None:
+                    self.room = room
+            if room in self.members and nick not in self.members[room]:
+                self.members[room].append(nick)
+        elif kind == "part":
+            nick = str(frame.get("nick", ""))
+            if m.nick_key(nick) == me:
+                if room in self.joined:
+                    self.joined.remove(room)
+                self.members.pop(room, None)
+                if self.room == room:
+                    self.room = self.joined[-1] if self.joined else None
+            elif room in self.members:
+                self.members[room] = [n for n in self.members[room] if m.nick_key(n) != m.nick_key(nick)]
+        elif kind == "quit":
+            key = m.nick_key(str(frame.get("nick", "")))
+            for r, nicks in self.members.items():
+                self.members[r] = [n for n in nicks if m.nick_key(n) != key]
+            self.speakers.pop(key, None)
+        elif kind == "nick":
+            old, new = str(frame.get("old", "")), str(frame.get("new", ""))
+            if m.nick_key(old) == me:
+                self.nick = new
+            for r, nicks in self.members.items():
+                self.members[r] = [new if m.nick_key(n) == m.nick_key(old) else n for n in nicks]
+            if self.speakers.pop(m.nick_key(old), None) is not None:
+                self._know_speaker(new)
+
+    def _event_line(self, frame: dict[str, Any], *, historic: bool) -> Line | None:
+        """One event as a styled line. ``historic``: from a history page, dimmed and never ringing."""
+        kind = frame.get("type")
+        c = clean
+        me = m.nick_key(self.nick)
+        frags: Fragments = [("class:time", f"{clock(frame.get('ts'))} ")]
+        room = str(frame.get("room", ""))
+        if room and (room != self.room or len(self.joined) > 1):
+            frags.append(("class:room", f"#{c(room)} "))
+        bell = False
+        if kind in ("msg", "action"):
+            sender = str(frame.get("from", ""))
+            mine = m.nick_key(sender) == me
+            text, mentioned = self._text(str(frame.get("text", "")), highlight=not mine)
+            bell = mentioned and not historic
+            if kind == "msg":
+                frags += [(self._nick_style(sender), f"<{c(sender)}>"), ("", " "), *text]
+            else:
+                frags += [("class:action", "* "), (self._nick_style(sender), c(sender)), ("", " ")]
+                frags += [(f"class:action {s}".strip(), t) for s, t in text]
+        elif kind == "privmsg":
+            sender, to = str(frame.get("from", "")), str(frame.get("to", ""))
+            text, _ = self._text(str(frame.get("text", "")), highlight=False)
+            if m.nick_key(sender) == me:
+                frags += [("class:privmsg", "-> "), (self._nick_style(to), f"*{c(to)}*"), ("", " ")]
+            else:
+                frags += [(self._nick_style(sender), f"*{c(sender)}*"), ("class:privmsg", " (private) ")]
+                bell = not historic
+            frags += [(f"class:privmsg {s}".strip(), t) for s, t in text]
+        else:
+            described = self._describe(frame)
+            if described is None:
+                return None
+            frags.append(("class:event", f"-- {described}"))
+        if historic:
+            frags = [(f"{s} class:history".strip(), t) for s, t in frags]
+        return Line(tuple(frags), bell=bell)
+
+    def _describe(self, frame: dict[str, Any]) -> str | None:
+        c = clean
+        kind = frame.get("type")
+        who = c(frame.get("nick", ""))
+        room = f"#{c(frame.get('room', ''))}"
+        why = f" ({c(frame['reason'])})" if frame.get("reason") else ""
+        if kind == "join":
+            return f"{who} joined {room}"
+        if kind == "part":
+            return f"{who} left {room}{why}"
+        if kind == "quit":
+            return f"{who} quit{why}"
+        if kind == "nick":
+            return f"{c(frame.get('old', ''))} is now known as {c(frame.get('new', ''))}"
+        if kind == "topic":
+            return f"{who} set the topic of {room}: {c(frame.get('topic', '')) or '(none)'}"
+        return None
+
+    def _text(self, raw: str, *, highlight: bool) -> tuple[Fragments, bool]:
+        """Message text, cleaned; with ``highlight``, mentions of the own nick marked. -> (fragments, mentioned)."""
+        text = clean(raw.expandtabs(4))
+        if not highlight or not self.nick:
+            return [("", text)], False
+        rx = re.compile(rf"(?<![\w\-\[\]{{}}|^`]){re.escape(self.nick)}(?![\w\-\[\]{{}}|^`])", re.IGNORECASE)
+        frags: Fragments = []
+        pos = 0
+        for hit in rx.finditer(text):
+            if hit.start() > pos:
+                frags.append(("", text[pos : hit.start()]))
+            frags.append(("class:mention", hit.group()))
+            pos = hit.end()
+        if pos < len(text):
+            frags.append(("", text[pos:]))
+        return frags or [("", "")], pos > 0
+
+    def _nick_style(self, nick: str) -> str:
+        if m.nick_key(nick) == m.nick_key(self.nick):
+            return "class:own"
+        return f"class:nick fg:{nick_colour(nick)}"
+
+    # --- connection states ---------------------------------------------------------------------------------
+
+    def on_status(self, status: str, reason: str = "") -> list[Line]:
+        """A ChatClient state change. Reconnecting is a state, shown as such: typing goes on meanwhile."""
+        self.status = status
+        if status == "reconnecting":
+            self._reconnecting = True
+            why = f" ({clean(reason)})" if reason else ""
+            line = self._system(f"connection lost{why}: reconnecting; keep typing, it is sent after", "state")
+            return self._out([line])
+        if status == "connected" and self._reconnecting:
+            self._reconnecting = False
+            return self._out([self._system(f"connected again to {self.server or self.address}", "state")])
+        return []
+
+    def lost(self, reason: str) -> list[Line]:
+        """The client gave up reconnecting."""
+        self.status = "closed"
+        why = f": {clean(reason)}" if reason else ""
+        unsent = self.unsent()
+        left = f"; {unsent} messages were not sent" if unsent else ""
+        return self._out([self._system(f"connection lost for good{why}{left}", "error")])
+
+    def note(self, text: str, kind: str = "info") -> list[Line]:
+        """A line of the client's own (connecting..., errors of the glue)."""
+        return self._out([self._system(text, kind)])
+
+    # --- input ---------------------------------------------------------------------------------------------
+
+    def submit(self, text: str) -> Submitted:
+        """One line the person typed -> what to send and what to show. Updates the current room."""
+        try:
+            cmd = parse_command(text, self.room)
+        except RemoteProtocolError as exc:
+            return Submitted(lines=self._out([self._system(exc.message, "error")]))
+        except ValueError as exc:  # e.g. /history with a number too long for int()
+            return Submitted(lines=self._out([self._system(str(exc), "error")]))
+        if cmd is None:
+            return Submitted()
+        if isinstance(cmd, LocalCommand):
+            return Submitted(lines=self._out(self._local(cmd)))
+        if isinstance(cmd, m.Quit):
+            return Submitted(quit=cmd)
+        lines: list[Line] = []
+        if isinstance(cmd, m.Join):
+            self.room = cmd.room
+            self._know_room(cmd.room)
+        elif isinstance(cmd, m.Part) and cmd.room == self.room:
+            others = [r for r in self.joined if r != cmd.room]
+            self.room = others[-1] if others else None
+        elif isinstance(cmd, m.History):
+            self._history_asked.add(cmd.room)
+        elif isinstance(cmd, m.Stats):
+            lines.append(self._system(self.describe_session(), "info"))
+        elif isinstance(cmd, m.Msg | m.Action | m.PrivMsg) and self.status != "connected":
+            what = f"-> *{cmd.to}* {cmd.text}" if isinstance(cmd, m.PrivMsg) else cmd.text
+            lines.append(self._system(f"queued until reconnected: {clean(what)}", "state"))
+        return Submitted(requests=[cmd], lines=self._out(lines))
+
+    def _local(self, cmd: LocalCommand) -> list[Line]:
+        if cmd.name == "switch":
+            if not cmd.arg:
+                return [self._system(self.next_room(), "info")]
+            if cmd.arg not in self.joined:
+                return [self._system(f"you are not in #{cmd.arg}: /join {cmd.arg}", "error")]
+            self.room = cmd.arg
+            return [self._system(f"now talking in #{cmd.arg}", "info")]
+        return [Line((("class:info", line),)) for line in (HELP + "\n" + KEYS).splitlines()]
+
+    def next_room(self) -> str:
+        """Make the next joined room current (F2, /switch without a room); returns what to tell."""
+        if not self.joined:
+            return "you are in no room: /join ROOM"
+        at = self.joined.index(self.room) if self.room in self.joined else -1
+        self.room = self.joined[(at + 1) % len(self.joined)]
+        return f"now talking in #{self.room} (rooms: {' '.join('#' + r for r in self.joined)})"
+
+    def describe_session(self) -> str:
+        rooms = " ".join("#" + clean(r) for r in self.joined) or "no room"
+        unsent = self.unsent()
+        return f"{self.status} to {self.server or '?'} ({self.address}) as {clean(self.nick)}; in {rooms}" + (
+            f"; {unsent} messages not yet acknowledged" if unsent else ""
+        )
+
+    # --- prompt, status line, completion -------------------------------------------------------------------
+
+    def prompt(self) -> StyleAndTextTuples:
+        room = f"#{self.room}" if self.room else "(no room)"
+        return [("class:prompt.room", room), ("class:prompt", "> ")]
+
+    def toolbar(self) -> StyleAndTextTuples:
+        """The status line: server, room, nick, users in the room, connection state (and unsent posts)."""
+        users = len(self.members.get(self.room, [])) if self.room else 0
+        others = len([r for r in self.joined if r != self.room])
+        room = f"#{self.room}" if self.room else "no room"
+        frags: StyleAndTextTuples = [
+            ("class:bottom-toolbar", " "),
+            ("class:bottom-toolbar.key", self.server or self.address),
+            ("class:bottom-toolbar", f" ({self.address}) | " if self.server and self.address else " | "),
+            ("class:bottom-toolbar.key", room),
+            ("class:bottom-toolbar", f" (+{others} rooms)" if others else ""),
+            ("class:bottom-toolbar", f" | {clean(self.nick)} | {users} user{'' if users == 1 else 's'} | "),
+            (f"class:bottom-toolbar.{self.status}", f" {self.status} "),
+        ]
+        unsent = self.unsent()
+        if unsent:
+            frags += [("class:bottom-toolbar", " "), ("class:bottom-toolbar.unsent", f" {unsent} unsent ")]
+        frags.append(("class:bottom-toolbar", "  /help"))
+        return frags
+
+    def complete(self, before: str) -> list[tuple[str, int]]:
+        """Completions for the text before the cursor: (text to insert, start position relative to the cursor).
+
+        The first word of a line that starts with / is a command; after /join /switch /part /who a room;
+        after /msg a nick; elsewhere a word starting with # is a room and any other word a nick (the
+        first word of a message gets ``: `` after it, as people address each other on IRC).
+        """
+        word = before.rsplit(" ", 1)[-1]
+        head = before[: len(before) - len(word)]
+        if before.startswith("/") and not head:
+            commands = [c for c in sorted(COMMANDS) if c.startswith(word.lower())]
+            return [(c if c in _NO_ARG_COMMANDS else c + " ", -len(word)) for c in commands]
+        command = before.split(" ", 1)[0].lower() if before.startswith("/") else ""
+        arg_index = len(head.split())
+        if word.startswith("#") or (command in _ROOM_ARG_COMMANDS and arg_index == 1):
+            prefix = "#" if word.startswith("#") else ""
+            stem = word.removeprefix("#").lower()
+            rooms = [r for r in self.known_rooms if r.startswith(stem)]
+            return [(prefix + r + " ", -len(word)) for r in rooms]
+        if not word:
+            return []
+        suffix = ": " if not head and not before.startswith("/") else " "
+        if command in _NICK_ARG_COMMANDS and arg_index != 1:
+            suffix = " "
+        return [(n + suffix, -len(word)) for n in self.nick_candidates() if n.casefold().startswith(word.casefold())]
+
+    def nick_candidates(self) -> list[str]:
+        """Nicks to complete: recent speakers first (latest first), then the current room, then other rooms."""
+        me = m.nick_key(self.nick)
+        seen: dict[str, str] = {}
+        for nick in reversed(self.speakers.values()):
+            seen.setdefault(m.nick_key(nick), nick)
+        rooms = [self.room] if self.room else []
+        rooms += [r for r in self.joined if r != self.room]
+        for r in rooms:
+            for nick in sorted(self.members.get(r, []), key=str.casefold):
+                seen.setdefault(m.nick_key(nick), nick)
+        seen.pop(me, None)
+        return [clean(n) for n in seen.values()]
+
+    # --- helpers -------------------------------------------------------------------------------------------
+
+    def _know_room(self, room: str) -> None:
+        if room and room not in self.known_rooms:
+            self.known_rooms[room] = None
+            while len(self.known_rooms) > KNOWN_ROOMS_MAX:
+                del self.known_rooms[next(iter(self.known_rooms))]
+
+    def _know_nicks(self, nicks: Iterable[str]) -> None:
+        for nick in nicks:
+            if m.nick_key(nick) not in self.speakers and m.nick_key(nick) != m.nick_key(self.nick):
+                self.speakers[m.nick_key(nick)] = nick
+        self._trim_speakers()
+
+    def _know_speaker(self, nick: str) -> None:
+        key = m.nick_key(nick)
+        self.speakers.pop(key, None)
+        self.speakers[key] = nick  # most recent last
+        self._trim_speakers()
+
+    def _trim_speakers(self) -> None:
+        while len(self.speakers) > RECENT_SPEAKERS_MAX:
+            del self.speakers[next(iter(self.speakers))]
+
+    def _system(self, text: str, kind: str) -> Line:
+        return Line((("class:time", f"{clock(self._now())} "), (f"class:{kind}", f"* {text}")))
+
+    def _rendered(self, frame: dict[str, Any], kind: str) -> list[Line]:
+        """A reply as plain.render words it (the same words as piped mode), in the view's style."""
+        text = render(frame, self.nick)
+        if not text:
+            return []
+        return [self._system(line.removeprefix("* ").removeprefix("! "), kind) for line in text.splitlines()]
+
+    def _out(self, lines: list[Line]) -> list[Line]:
+        self.transcript.extend(line.text for line in lines)
+        return lines
+
+
+# --- prompt_toolkit glue -----------------------------------------------------------------------------------
+
+
+class ViewCompleter(Completer):
+    """Tab completion from the view's commands, nicks and rooms."""
+
+    def __init__(self, view: ChatView) -> None:
+        self.view = view
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        for text, start in self.view.complete(document.text_before_cursor):
+            yield Completion(text, start_position=start, display=text.strip())
+
+
+class Printer:
+    """Prints lines above the prompt: batched, in order, one erase-and-redraw of the prompt per batch."""
+
+    def __init__(self, output: Output, style: Style = STYLE) -> None:
+        self.output = output
+        self.style = style
+        self._pending: list[Line] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tui-printer")
+
+    def show(self, lines: Sequence[Line]) -> None:
+        if lines:
+            self._pending.extend(lines)
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            async with in_terminal():  # erases the prompt, lets us print, redraws it (or just runs: no prompt)
+                batch, self._pending = self._pending, []
+                self.write(batch)
+
+    def write(self, lines: Sequence[Line]) -> None:
+        bell = False
+        for line in lines:
+            print_formatted_text(self.output, [*line.fragments, ("", "\n")], self.style)
+            bell = bell or line.bell
+        if bell:
+            self.output.bell()
+        self.output.flush()
+
+    async def close(self) -> None:
+        """Stop and print whatever is still pending (the prompt is gone by now)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        batch, self._pending = self._pending, []
+        self.write(batch)
+
+
+def _key_bindings(view: ChatView, invalidate: Callable[[], None], show: Callable[[list[Line]], None]) -> KeyBindings:
+    kb = KeyBindings()
+
+    @kb.add("c-c")
+    def _clear_or_quit(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        if buffer.text:
+            buffer.reset()
+        else:
+            event.app.exit(exception=EOFError())
+
+    @kb.add("f2")
+    def _next_room(event: KeyPressEvent) -> None:
+        show(view.note(view.next_room()))
+        invalidate()
+
+    return kb
+
+
+async def run_app(
+    host: str,
+    port: int,
+    nick: str,
+    room: str,
+    *,
+    server_name: str = "",
+    view: ChatView | None = None,
+    input: Input | None = None,
+    output: Output | None = None,
+    give_up_after: float = const.RECONNECT_GIVE_UP,
+) -> int:
+    """The interactive client until /quit, Ctrl-D or a lost connection. Returns the exit code of `lanchat join`.
+
+    ``input``/``output`` default to the terminal; tests pass a pipe input and a DummyOutput.
+    """
+    client: ChatClient | None = None
+    view = view or ChatView(nick, room, server=server_name, address=f"{host}:{port}")
+    view.unsent = lambda: client.state.unacked if client is not None else 0
+    history = InMemoryHistory()
+    session: PromptSession[str] = PromptSession(
+        message=view.prompt,
+        bottom_toolbar=view.toolbar,
+        completer=ViewCompleter(view),
+        complete_while_typing=False,
+        history=history,
+        style=STYLE,
+        include_default_pygments_style=False,
+        erase_when_done=True,  # the server's echo shows what was said; the typed line would be a duplicate
+        input=input,
+        output=output,
+    )
+    printer = Printer(session.app.output)
+    session.key_bindings = _key_bindings(view, session.app.invalidate, printer.show)
+
+    def on_frame(frame: dict[str, Any]) -> None:
+        printer.show(view.on_frame(frame))
+        session.app.invalidate()
+
+    def on_status(status: str) -> None:
+        printer.show(view.on_status(status, client.lost_reason if client is not None else ""))
+        session.app.invalidate()
+
+    client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after)
+    printer.start()
+    where = f"{view.server} ({view.address})" if view.server else view.address
+    printer.show(view.note(f"connecting to {where} as {clean(nick)}"))
+    closed: asyncio.Task[None] | None = None
+    try:
+        try:
+            await client.connect()
+        except ConnectError as exc:
+            printer.show(view.note(f"lanchat: {exc}", "error"))
+            return exc.exit_code
+        closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
+        while True:
+            prompt = asyncio.create_task(session.prompt_async(), name="tui-prompt")
+            await asyncio.wait({prompt, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not prompt.done():  # the client gave up reconnecting
+                await _stop_prompt(session, prompt)
+                printer.show(view.lost(client.lost_reason))
+                return EXIT_LOST
+            try:
+                text = prompt.result()
+            except (EOFError, KeyboardInterrupt):
+                await client.close()
+                return EXIT_OK
+            submitted = view.submit(text)
+            printer.show(submitted.lines)
+            if submitted.quit is not None:
+                await client.close(submitted.quit.reason)
+                return EXIT_OK
+            for req in submitted.requests:
+                try:
+                    client.send(req)
+                except RemoteProtocolError as exc:  # the outbox is full
+                    printer.show(view.note(exc.message, "error"))
+    finally:
+        if closed is not None:
+            closed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closed
+        if client.status != "closed":
+            await client.close()
+        await printer.close()
+
+
+async def _stop_prompt(session: PromptSession[str], prompt: asyncio.Task[str]) -> None:
+    app = session.app
+    if app.is_running and not app.is_done:
+        app.exit(exception=EOFError())
+    else:
+        prompt.cancel()
+    with contextlib.suppress(EOFError, KeyboardInterrupt, asyncio.CancelledError):
+        await prompt
+
+
+def run_tui(host: str, port: int, nick: str, room: str, *, server_name: str = "") -> int:
+    """`lanchat join` on a terminal. Stray writes to stdout/stderr (a warning, a log line) are printed
+    above the prompt by patch_stdout instead of through it."""
+    with patch_stdout():
+        return asyncio.run(run_app(host, port, nick, room, server_name=server_name))
+
+
+# --- choosing among several servers ------------------------------------------------------------------------
+
+
+def server_lines(found: Sequence[ServerRecord]) -> list[Line]:
+    """The numbered list of servers discovery found (names come from the LAN: cleaned)."""
+    lines = [Line((("class:info", "Several lanchat servers answered:"),))]
+    for i, s in enumerate(found, 1):
+        latency = f"{s.latency_ms:.1f} ms" if s.latency_ms is not None else "-"
+        lines.append(
+            Line(
+                (
+                    ("class:prompt", f"  {i:>2}  "),
+                    ("class:nick", f"{clean(s.name)[:40]:<24}"),
+                    ("", f" {clean(s.host)}:{s.port}  {s.users} users, {s.rooms} rooms, {latency}"),
+                )
+            )
+        )
+    return lines
+
+
+def pick_server(found: Sequence[ServerRecord], answer: str) -> ServerRecord | None:
+    """An answer (a number or a server name) -> the server; None if it names none."""
+    answer = answer.strip()
+    if answer.isdigit() and 1 <= int(answer) <= len(found):
+        return found[int(answer) - 1]
+    named = [s for s in found if s.name.casefold() == answer.casefold()]
+    return named[0] if len(named) == 1 else None
+
+
+async def choose_server(
+    found: list[ServerRecord], *, input: Input | None = None, output: Output | None = None
+) -> ServerRecord | None:
+    """Ask which of several discovered servers to join (a number or a name; empty, q, Ctrl-C: none)."""
+    found = sorted(found, key=lambda s: (s.name.casefold(), s.host, s.port))
+
+    def valid(text: str) -> bool:
+        return text.strip().lower() in ("", "q") or pick_server(found, text) is not None
+
+    session: PromptSession[str] = PromptSession(input=input, output=output, style=STYLE)
+    Printer(session.app.output).write(server_lines(found))
+    validator = Validator.from_callable(
+        valid, error_message=f"a number from 1 to {len(found)}, a name, or q", move_cursor_to_end=True
+    )
+    try:
+        answer = await session.prompt_async(
+            f"Join which one? [1-{len(found)}, q to cancel] ", validator=validator, validate_while_typing=False
+        )
+    except (EOFError, KeyboardInterrupt):
+        return None
+    return pick_server(found, answer)
+
+
+__all__ = [
+    "STYLE",
+    "ChatView",
+    "Line",
+    "Printer",
+    "Submitted",
+    "ViewCompleter",
+    "choose_server",
+    "nick_colour",
+    "run_app",
+    "run_tui",
+]
