@@ -54,7 +54,8 @@ from lanchat import const
 from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clean, clock, parse_command, render
+from lanchat.protocol import plain
+from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clock, parse_command, render
 
 if TYPE_CHECKING:
     from lanchat.discovery.browser import ServerRecord
@@ -108,6 +109,11 @@ KNOWN_ROOMS_MAX: Final = 1000  # room names remembered for completion (a /rooms 
 _NO_ARG_COMMANDS: Final = frozenset({"/rooms", "/status", "/help"})
 _ROOM_ARG_COMMANDS: Final = frozenset({"/join", "/switch", "/part", "/leave", "/who", "/names"})
 _NICK_ARG_COMMANDS: Final = frozenset({"/msg", "/query"})
+
+
+def clean(text: object) -> str:
+    """``plain.clean`` (control characters, escapes, bidi overrides -> U+FFFD), and a tab shown as a space."""
+    return plain.clean(str(text).replace("\t", " "))
 
 
 def nick_colour(nick: str) -> str:
@@ -366,7 +372,7 @@ class ChatView:
 
     def _text(self, raw: str, *, highlight: bool) -> tuple[Fragments, bool]:
         """Message text, cleaned; with ``highlight``, mentions of the own nick marked. -> (fragments, mentioned)."""
-        text = clean(raw.expandtabs(4))
+        text = clean(raw)
         if not highlight or not self.nick:
             return [("", text)], False
         rx = re.compile(rf"(?<![\w\-\[\]{{}}|^`]){re.escape(self.nick)}(?![\w\-\[\]{{}}|^`])", re.IGNORECASE)

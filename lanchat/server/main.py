@@ -61,6 +61,7 @@ class WorkerSlot:
     crashes: int = 0
     respawn_at: float | None = None
     ps: Any = None  # psutil.Process, kept so cpu_percent() measures between calls
+    pressure: bool = False  # its pipe's queue is above PIPE_HIGH_WATER (logged once per episode)
     killed_for: str = ""  # why the supervisor itself killed it (so the log does not guess)
 
 
@@ -258,9 +259,12 @@ class Server:
             self._conn_gone(conn)
         self.hub.worker_lost(slot.index, time.time())
         self._schedule_flush()
-        if slot.proc is not None and slot.proc.poll() is None:
-            slot.killed_for = "its pipe closed"
-            slot.proc.kill()  # a half-dead worker must not keep sockets of sessions the hub released
+        if slot.proc is not None:
+            try:  # usually it is dying already: let its exit status say how
+                slot.proc.wait(0.05)
+            except subprocess.TimeoutExpired:
+                slot.killed_for = "its pipe closed"
+                slot.proc.kill()  # a half-dead worker must not keep sockets of sessions the hub released
 
     def _kill(self, slot: WorkerSlot, why: str = "") -> None:
         if slot.proc is not None and slot.proc.poll() is None:
@@ -425,6 +429,10 @@ class Server:
             slot = self.slots[index]
             if slot.ctrl is not None and not slot.ctrl.is_closing():
                 slot.ctrl.write(data)
+                queued = slot.ctrl.get_write_buffer_size()
+                if queued > const.PIPE_HIGH_WATER and not slot.pressure:
+                    log.warning("worker %d: %d bytes queued on its pipe (busy or stuck?)", slot.index, queued)
+                slot.pressure = queued > const.PIPE_HIGH_WATER
 
     def _commit(self) -> None:
         self._commit_handle = None

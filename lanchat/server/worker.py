@@ -46,8 +46,8 @@ class ClientConn(asyncio.Protocol):
         self.pinged = False
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
-        self.out_bytes = 0
         self.closing = False
+        self.json_mode = False  # JSON session and open: the fan-out may append bytes without rendering
         self.reported = False
         self._resume_handle: asyncio.TimerHandle | None = None
 
@@ -64,6 +64,7 @@ class ClientConn(asyncio.Protocol):
         self.pinged = False
         try:
             self._handle(self.state.receive_data(data, time.monotonic()))
+            self.json_mode = self.state.mode is Mode.JSON and not self.closing
         except Exception:  # a parser bug costs this one connection, never the worker
             log.exception("conn %d (%s): internal error on input; closing it", self.conn_id, self.peer)
             self._report_closed(False, "internal error")
@@ -125,18 +126,15 @@ class ClientConn(asyncio.Protocol):
             if not data:
                 return
         self.out.append(data)
-        self.out_bytes += len(data)
         self.worker.mark_dirty(self)
 
     def flush(self) -> None:
         t = self.transport
         if not self.out or t is None or t.is_closing():
             self.out.clear()
-            self.out_bytes = 0
             return
         data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
         self.out.clear()
-        self.out_bytes = 0
         t.write(data)
         self.worker.bytes_out += len(data)
         if t.get_write_buffer_size() > self.worker.sendq:
@@ -153,6 +151,7 @@ class ClientConn(asyncio.Protocol):
             self.push(final)
         self.flush()
         self.closing = True
+        self.json_mode = False
         if self.transport is not None:
             self.transport.close()
 
@@ -259,8 +258,14 @@ class Worker:
                 members = self.rooms.get(frame.room)
                 if members:
                     payload = frame.payload
-                    for conn in members.values():
-                        conn.push(payload)
+                    dirty = self.dirty
+                    for conn in members.values():  # the hot loop: one append per member per batch
+                        if conn.json_mode:
+                            conn.out.append(payload)
+                            dirty.add(conn)
+                        else:
+                            conn.push(payload)
+                    self._schedule()
                     self.msgs_out += len(members) * payload.count(b"\n")
             elif isinstance(frame, control.ConnsFrame):
                 for cid in frame.conns:
