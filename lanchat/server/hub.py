@@ -325,19 +325,23 @@ class Hub:
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain)
         self._add_session(s)
         self._attach(s, worker, conn)
-        welcome: dict[str, Any] = {
-            "type": "welcome", "nick": s.nick, "session": s.sid, "token": s.token, "seq": self.seq,
-            "resumed": False, "rooms": list(req.rooms),
-        }  # fmt: skip
-        if req.id is not None:
-            welcome["id"] = req.id
-        if req.token is not None:
-            welcome["resume_failed"] = "session expired or unknown"
-        self._send(s, welcome)
+        self._welcome(s, req, list(req.rooms))
         for name in req.rooms:
-            self._join(s, name, now)
+            try:
+                self._join(s, name, now)
+            except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
+                self._send(s, m.error_frame(exc.code, exc.message))
         self.store.put_session(s.row())
         log.info("session %s (%s) started on worker %d", s.sid[:8], s.nick, worker)
+
+    def _welcome(self, s: Session, req: m.Hello, rooms: list[str], *, resumed: bool = False) -> None:
+        welcome: dict[str, Any] = {
+            "type": "welcome", "nick": s.nick, "session": s.sid, "token": s.token, "seq": self.seq,
+            "resumed": resumed, "rooms": rooms,
+        }  # fmt: skip
+        if req.token is not None and not resumed:
+            welcome["resume_failed"] = "session expired or unknown"
+        self._send(s, _with_id(welcome, req.id))
 
     def _resume(self, worker: int, conn: int, s: Session, req: m.Hello, now: float) -> None:
         if s.worker is not None and s.conn is not None:  # the old connection is half-open: replace it
@@ -346,13 +350,7 @@ class Hub:
             self._json(old_w, ["close", old_c, "session resumed elsewhere"])
             self._detach(s, now)
         self._attach(s, worker, conn)
-        welcome: dict[str, Any] = {
-            "type": "welcome", "nick": s.nick, "session": s.sid, "token": s.token, "seq": self.seq,
-            "resumed": True, "rooms": list(s.rooms),
-        }  # fmt: skip
-        if req.id is not None:
-            welcome["id"] = req.id
-        self._send(s, welcome)
+        self._welcome(s, req, list(s.rooms), resumed=True)
         after = req.last_seq if req.last_seq is not None else self.seq
         self._replay(s, after, now)
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
