@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -164,3 +165,27 @@ def test_duplicate_client_ids_are_posted_once(make_server) -> None:
         c.send({"type": "msg", "room": "lobby", "text": "marker", "id": 43})
         counter.expect(lambda f: f.get("text") == "marker")
         assert [f.get("text") for f in counter.seen if f.get("type") == "msg"] == ["once", "marker"]
+
+
+def test_history_can_be_backed_up_while_serving(make_server, tmp_path: Path) -> None:
+    """docs/operations.md: `sqlite3 history.sqlite3 ".backup copy"` while the server runs."""
+    import shutil
+    import sqlite3
+    import subprocess
+
+    data = tmp_path / "live"
+    server = make_server(workers=1, data_dir=data)
+    with Client(server.port, "writer") as w:
+        for i in range(20):
+            w.send({"type": "msg", "room": "lobby", "text": f"b{i}", "id": i + 1})
+        w.expect(lambda f: f.get("type") == "ack" and f.get("id") == 20)
+        copy = tmp_path / "copy.sqlite3"
+        if shutil.which("sqlite3"):
+            subprocess.run(["sqlite3", str(data / "history.sqlite3"), f".backup {copy}"], check=True, timeout=30)
+        else:  # the same online-backup API the CLI uses
+            with sqlite3.connect(data / "history.sqlite3") as src, sqlite3.connect(copy) as dst:
+                src.backup(dst)
+        w.send({"type": "msg", "room": "lobby", "text": "still serving", "id": 21})
+        assert w.expect("ack")["id"] == 21
+    rows = sqlite3.connect(copy).execute("SELECT line FROM events WHERE kind='msg' ORDER BY seq").fetchall()
+    assert [json.loads(r[0])["text"] for r in rows] == [f"b{i}" for i in range(20)]

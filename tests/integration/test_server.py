@@ -200,3 +200,21 @@ def test_status_command_prints_every_process(make_server) -> None:
         assert all(p["rss"] > 0 for p in stats["processes"])
         assert stats["users"] == 1
     assert run_cli("status", "127.0.0.1:1").returncode == 3
+
+
+def test_dual_stack_listens_on_ipv4_and_ipv6(make_server) -> None:
+    import socket
+
+    import pytest
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            pass
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    server = make_server("--host", "::", workers=2)  # support starts it with --host 127.0.0.1 first; this wins
+    with Client(server.port, "v4", host="127.0.0.1") as v4, Client(server.port, "v6", host="::1") as v6:
+        v6.send({"type": "msg", "room": "lobby", "text": "over ipv6", "id": 1})
+        assert v4.expect("msg")["text"] == "over ipv6"
