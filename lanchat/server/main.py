@@ -39,6 +39,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2  # bad options, port in use, unusable data directory
 EXIT_WORKER_BOOT = 3  # a worker cannot start: restarting it forever would only hide the problem
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
+CHECKPOINT_INTERVAL = 1.0  # seconds between write-ahead-log checkpoints (bounds the log's size)
 ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -92,6 +93,7 @@ class Server:
         self.announcer: Any = None
         self._goodbye: asyncio.Task[None] | None = None
         self._stopper: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
         self._me = psutil.Process()
         self._me.cpu_percent(None)
 
@@ -119,6 +121,7 @@ class Server:
             cfg.name, cfg.host, self.port, len(self.slots), os.getpid(), cfg.data_dir,
         )  # fmt: skip
         self.loop.call_later(SUPERVISE_INTERVAL, self._supervise)
+        self._checkpoints = self.loop.create_task(self._checkpoint_loop())
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + const.WORKER_BOOT_TIMEOUT
@@ -441,6 +444,13 @@ class Server:
         if self.store.pending:  # the disk failed: try again later (the store paces its retries)
             self._commit_handle = self.loop.call_later(const.DB_RETRY_INTERVAL, self._commit)
 
+    async def _checkpoint_loop(self) -> None:
+        """Fold the SQLite write-ahead log into the database once a second, in a thread: the fsync it
+        costs never stalls the hub (commits themselves only append to the log)."""
+        while not self.done.is_set():
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            await asyncio.to_thread(self.store.checkpoint)
+
     # --- stats ---------------------------------------------------------------------------------------------
 
     def _stats(self) -> dict[str, Any]:
@@ -508,6 +518,8 @@ class Server:
         self.done.set()
 
     async def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
         for slot in self.slots:
             if slot.proc is not None:
                 if slot.proc.poll() is None:
@@ -525,6 +537,7 @@ class Server:
         for s in self.hub.sessions.values():
             self.store.put_session(s.row())
         self.store.commit(time.time())
+        self.store.checkpoint()
         self.store.close()
         if self.listener is not None:
             self.listener.close()

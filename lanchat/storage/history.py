@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ class HistoryStore:
         self.last_error: str | None = None
         self.dropped = 0  # events given up on while the disk failed (bounded pending queue)
         self._db: sqlite3.Connection | None = None
+        self._ckpt: sqlite3.Connection | None = None  # used only by checkpoint(), on another thread
+        self._ckpt_lock = threading.Lock()
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}
         self._pruned: dict[str, int] = {}
@@ -125,6 +128,8 @@ class HistoryStore:
                 raise sqlite3.DatabaseError(f"schema version {meta.get('schema')}, expected {SCHEMA_VERSION}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
+        # Checkpoints (the only fsyncs) run off the hub's loop, in checkpoint() on another thread.
+        db.execute("PRAGMA wal_autocheckpoint=0")
         db.execute("PRAGMA busy_timeout=1000")
         db.executescript(_SCHEMA)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?), ('schema', ?)", (APP_ID, str(SCHEMA_VERSION)))
@@ -329,7 +334,24 @@ class HistoryStore:
         """The highest sequence number removed from ``conv`` by retention (0: nothing removed)."""
         return self._pruned.get(conv, 0)
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file. Blocking (it fsyncs): call it from a worker
+        thread, never the hub's loop; it uses its own connection and never blocks the writer (PASSIVE)."""
+        if self._db is None:
+            return
+        with self._ckpt_lock:
+            try:
+                if self._ckpt is None:
+                    self._ckpt = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.debug("history: checkpoint skipped: %s", exc)
+
     def close(self) -> None:
+        with self._ckpt_lock:  # a checkpoint may still run on its thread
+            if self._ckpt is not None:
+                self._ckpt.close()
+                self._ckpt = None
         if self._db is not None:
             try:
                 self._db.close()

@@ -75,11 +75,11 @@ def test_full_disk_keeps_chat_alive_and_resumes_writing(make_server, tmpfs: Path
         a.send({"type": "msg", "room": "lobby", "text": "before", "id": 1})
         a.expect("ack")
         assert b.expect("msg")["text"] == "before"
-        with open(filler, "wb") as f:  # fill the file system to the last block
+        with open(filler, "wb", buffering=0) as f:  # fill the file system to the last block
             try:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
+
             except OSError:
                 pass
         big = "x" * 3000

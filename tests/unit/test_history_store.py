@@ -466,3 +466,19 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
     s.close()
     assert s.events("lobby") == ([], False)
     assert s.load_sessions() == []
+
+
+def test_checkpoint_folds_the_log_into_the_database(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path, history_limit=100)
+    try:
+        for seq in range(1, 200):
+            store.add_event(seq, ("lobby",), 1.0, "msg", '{"type":"msg","text":"' + "x" * 500 + '"}')
+        assert store.commit(1.0)
+        wal = tmp_path / "history.sqlite3-wal"
+        assert wal.stat().st_size > 50_000  # the writer never checkpoints by itself (no fsync on the loop)
+        store.checkpoint()
+        db_size = (tmp_path / "history.sqlite3").stat().st_size
+        assert db_size > 40_000  # the rows are in the main file now
+        assert store.events("lobby", limit=5)[0]
+    finally:
+        store.close()
