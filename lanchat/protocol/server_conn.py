@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
 from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.framing import FRAME_TOO_LONG, LineFramer
+from lanchat.protocol.framing import FRAME_TOO_LONG, Frame, LineFramer
 from lanchat.protocol.plain import HELP, LocalCommand, clean, parse_command, render
 
 _HTTP = re.compile(r"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) \S+ HTTP/\d")
@@ -79,7 +78,12 @@ class TokenBucket:
 
 
 class ServerConnection:
-    """Per-connection protocol state on the server side."""
+    """Per-connection protocol state on the server side (slotted: a worker holds thousands)."""
+
+    __slots__ = (
+        "_bucket", "_framer", "_head", "_pending", "closed", "conn_id", "current", "frames_in", "hello_sent",
+        "last_seen", "mode", "nick", "registered", "rooms", "throttled_until",
+    )  # fmt: skip
 
     def __init__(self, conn_id: int, *, max_frame: int, rate: float, burst: int, now: float) -> None:
         self.conn_id = conn_id
@@ -93,7 +97,8 @@ class ServerConnection:
         self.last_seen = now
         self._framer = LineFramer(max_frame)
         self._bucket = TokenBucket(rate, burst, now)
-        self._pending: deque[bytes | object] = deque()
+        self._pending: list[Frame] = []  # lines read but not yet handled (a list: a deque costs 600 B idle)
+        self._head = 0
         self.throttled_until: float | None = None
         self.frames_in = 0
 
@@ -117,22 +122,26 @@ class ServerConnection:
         out: list[Action] = []
         self.throttled_until = None
         pending = self._pending
-        while pending and not self.closed:
+        while self._head < len(pending) and not self.closed:
             if not self._bucket.take(now):
                 self.throttled_until = self._bucket.ready_at(now)
                 break
-            frame = pending.popleft()
+            frame = pending[self._head]
+            self._head += 1
             self.frames_in += 1
             if frame is FRAME_TOO_LONG:
                 out.append(Reply(self._error(m.Err.FRAME_TOO_LONG, f"line longer than {self._framer.max_frame} bytes")))
                 continue
             assert isinstance(frame, bytes)
             self._line(frame, out)
+        if self._head >= len(pending):
+            pending.clear()
+            self._head = 0
         return out
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) - self._head
 
     def _line(self, line: bytes, out: list[Action]) -> None:
         if self.mode is Mode.UNKNOWN:

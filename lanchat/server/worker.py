@@ -33,6 +33,11 @@ HOUSEKEEPING_INTERVAL = 0.5  # seconds between timeout sweeps (handshake, ping, 
 class ClientConn(asyncio.Protocol):
     """I/O edge of one client: bytes in -> ServerConnection -> actions; output buffered per tick."""
 
+    __slots__ = (
+        "_resume_handle", "closing", "conn_id", "created", "json_mode", "out", "peer", "pinged", "reported",
+        "state", "transport", "worker",
+    )  # fmt: skip
+
     def __init__(self, worker: Worker, conn_id: int, peer: str) -> None:
         self.worker = worker
         self.conn_id = conn_id
