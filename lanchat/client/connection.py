@@ -165,14 +165,14 @@ class ChatClient:
                     if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK) and not first:
                         self.state.info.nick = self.state.info.nick[: const.NICK_MAX - 1] + "_"
                         writer.write(self.state.hello())
-                        self.on_frame(frame)
+                        self._deliver(frame)
                         continue
                     self._drop_connection()
                     exit_code = EXIT_NICK if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK) else EXIT_ERROR
                     raise ConnectError(str(frame.get("message", code)), exit_code)
                 if kind == "welcome":
                     welcomed = True
-                self.on_frame(frame)
+                self._deliver(frame)
             if welcomed:
                 break
         for line in self.state.resend():
@@ -224,7 +224,7 @@ class ChatClient:
                     self._acked.set()
                 if kind == "error" and not self.state.outbox:
                     self._acked.set()
-                self.on_frame(frame)
+                self._deliver(frame)
 
     async def _reconnect(self) -> bool:
         """Capped exponential backoff with jitter until resumed or ``give_up_after`` seconds pass."""
@@ -244,6 +244,12 @@ class ChatClient:
                 return False
             delay = min(delay * 2, const.RECONNECT_MAX)
         return False
+
+    def _deliver(self, frame: dict[str, Any]) -> None:
+        try:
+            self.on_frame(frame)
+        except Exception:  # a bug in a front end must not end the connection's read loop
+            log.exception("client: error showing a %.20s frame", frame.get("type"))
 
     def _write(self, line: bytes) -> None:
         if self._writer is not None and not self._writer.is_closing():

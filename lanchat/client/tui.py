@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 import zlib
@@ -103,6 +104,7 @@ Keys:
   Ctrl-D               quit (on an empty line)
   Ctrl-L               clear the screen"""
 
+EXIT_INTERRUPTED: Final = 130  # Ctrl-C while connecting (the shell's convention for SIGINT)
 TRANSCRIPT_MAX: Final = 2000  # lines of plain text the view remembers (tests, /status); the terminal keeps the rest
 RECENT_SPEAKERS_MAX: Final = 200  # nicks remembered for completion beyond the rooms' member lists
 KNOWN_ROOMS_MAX: Final = 1000  # room names remembered for completion (a /rooms reply can be long)
@@ -114,6 +116,18 @@ _NICK_ARG_COMMANDS: Final = frozenset({"/msg", "/query"})
 def clean(text: object) -> str:
     """``plain.clean`` (control characters, escapes, bidi overrides -> U+FFFD), and a tab shown as a space."""
     return plain.clean(str(text).replace("\t", " "))
+
+
+def _list(frame: dict[str, Any], key: str) -> list[Any]:
+    value = frame.get(key)
+    return value if isinstance(value, list) else []
+
+
+@functools.lru_cache(maxsize=8)
+def _mention_rx(nick: str) -> re.Pattern[str]:
+    """The own nick as a word of its own (not inside a longer nick), any case."""
+    edge = r"\w\-\[\]{}|^`"
+    return re.compile(rf"(?<![{edge}]){re.escape(nick)}(?![{edge}])", re.IGNORECASE)
 
 
 def nick_colour(nick: str) -> str:
@@ -161,7 +175,8 @@ class ChatView:
         self.address = clean(address)
         self.status = "connecting"
         self.joined: list[str] = []  # rooms we are in, in join order
-        self.members: dict[str, list[str]] = {}  # room -> nicks, for the rooms we are in
+        self.members: dict[str, list[str]] = {}  # room -> nicks, for the rooms we are in (maybe the first 500)
+        self.counts: dict[str, int] = {}  # room -> member count (the room reply's ``users``, then events)
         self.known_rooms: dict[str, None] = {}  # insertion-ordered set, for completion
         self.speakers: dict[str, str] = {}  # nick_key -> nick, most recent last, for completion
         self.transcript: deque[str] = deque(maxlen=TRANSCRIPT_MAX)
@@ -180,7 +195,18 @@ class ChatView:
     # --- server frames -------------------------------------------------------------------------------------
 
     def on_frame(self, frame: dict[str, Any]) -> list[Line]:
-        """Update the model from one server frame; return the lines to show (often one, maybe none)."""
+        """Update the model from one server frame; return the lines to show (often one, maybe none).
+
+        A malformed frame (a field of the wrong type) is reported in one line, never raised: it would
+        otherwise end the connection's read loop.
+        """
+        try:
+            return self._frame(frame)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError):
+            what = clean(frame.get("type"))[:30] if isinstance(frame, dict) else "?"
+            return self._out([self._system(f"ignored a malformed {what} frame from the server", "error")])
+
+    def _frame(self, frame: dict[str, Any]) -> list[Line]:
         kind = frame.get("type")
         if kind in m.EVENT_TYPES:
             self._absorb_event(frame)
@@ -198,15 +224,16 @@ class ChatView:
 
     def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
         self.nick = str(frame.get("nick", self.nick))
-        rooms = [str(r) for r in frame.get("rooms", []) if isinstance(r, str)]
+        rooms = [str(r) for r in _list(frame, "rooms") if isinstance(r, str)]
         for r in rooms:
             self._know_room(r)
         where = " ".join("#" + clean(r) for r in rooms) or "no room"
         if frame.get("resumed"):
             self.joined = rooms
             self.members = {r: ns for r, ns in self.members.items() if r in rooms}
+            self.counts = {r: n for r, n in self.counts.items() if r in rooms}
             return [self._system(f"session resumed: you are {clean(self.nick)} in {where}", "state")]
-        self.joined, self.members = [], {}
+        self.joined, self.members, self.counts = [], {}, {}
         lines = []
         if frame.get("resume_failed"):
             why = clean(frame["resume_failed"])
@@ -218,15 +245,17 @@ class ChatView:
 
     def _on_room(self, frame: dict[str, Any]) -> list[Line]:
         room = str(frame.get("room", ""))
-        nicks = [str(n) for n in frame.get("nicks", []) if isinstance(n, str)]
+        nicks = [str(n) for n in _list(frame, "nicks") if isinstance(n, str)]
         if room in self.joined:
             self.members[room] = nicks
+            users = frame.get("users")  # a join reply lists the first nicks only, with the full count
+            self.counts[room] = users if type(users) is int and users >= len(nicks) else len(nicks)
         self._know_room(room)
         self._know_nicks(nicks)
         return self._rendered(frame, "info")
 
     def _on_rooms(self, frame: dict[str, Any]) -> list[Line]:
-        for r in frame.get("rooms", []):
+        for r in _list(frame, "rooms"):
             if isinstance(r, dict) and isinstance(r.get("name"), str):
                 self._know_room(r["name"])
         return self._rendered(frame, "info")
@@ -236,10 +265,12 @@ class ChatView:
 
     def _on_stats(self, frame: dict[str, Any]) -> list[Line]:
         name = clean(frame.get("name", self.server))
-        head = f"server {name}: {clean(frame.get('users'))} users, {clean(frame.get('rooms'))} rooms"
+        head = f"server {name}: {clean(frame.get('users', '?'))} users, {clean(frame.get('rooms', '?'))} rooms"
         return [self._system(head, "info"), *self._rendered(frame, "info")]
 
     def _on_error(self, frame: dict[str, Any]) -> list[Line]:
+        if frame.get("code") in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM) and self.room not in self.joined:
+            self.room = self.joined[-1] if self.joined else None  # the /join was refused: back to a joined room
         return self._rendered(frame, "error")
 
     def _on_gap(self, frame: dict[str, Any]) -> list[Line]:
@@ -250,13 +281,14 @@ class ChatView:
 
     def _on_history(self, frame: dict[str, Any]) -> list[Line]:
         room = str(frame.get("room", ""))
-        events = [e for e in frame.get("events", []) if isinstance(e, dict)]
+        events = [e for e in _list(frame, "events") if isinstance(e, dict)]
         asked = room in self._history_asked
         self._history_asked.discard(room)
         if not events:
             return [self._system(f"no earlier events in #{clean(room)}", "info")] if asked else []
         more = ", more before: /history 200" if frame.get("more") else ""
-        lines = [self._system(f"history of #{clean(room)}: {len(events)} events{more}", "history")]
+        n = len(events)
+        lines = [self._system(f"history of #{clean(room)}: {n} event{'' if n == 1 else 's'}{more}", "history")]
         for e in events:
             sender = e.get("from")
             if isinstance(sender, str):
@@ -290,6 +322,7 @@ class ChatView:
                     self.room = room
             if room in self.members and nick not in self.members[room]:
                 self.members[room].append(nick)
+                self.counts[room] = self.counts.get(room, 0) + 1
         elif kind == "part":
             nick = str(frame.get("nick", ""))
             if m.nick_key(nick) == me:
@@ -298,12 +331,14 @@ class ChatView:
                 self.members.pop(room, None)
                 if self.room == room:
                     self.room = self.joined[-1] if self.joined else None
+                self.counts.pop(room, None)
             elif room in self.members:
-                self.members[room] = [n for n in self.members[room] if m.nick_key(n) != m.nick_key(nick)]
+                self._drop_member(room, nick, left_this_room=True)
         elif kind == "quit":
-            key = m.nick_key(str(frame.get("nick", "")))
-            for r, nicks in self.members.items():
-                self.members[r] = [n for n in nicks if m.nick_key(n) != key]
+            nick = str(frame.get("nick", ""))
+            for r in list(self.members):
+                self._drop_member(r, nick, left_this_room=False)  # a quit names no room
+            key = m.nick_key(nick)
             self.speakers.pop(key, None)
         elif kind == "nick":
             old, new = str(frame.get("old", "")), str(frame.get("new", ""))
@@ -314,6 +349,17 @@ class ChatView:
             if self.speakers.pop(m.nick_key(old), None) is not None:
                 self._know_speaker(new)
 
+    def _drop_member(self, room: str, nick: str, *, left_this_room: bool) -> None:
+        """``nick`` is no longer in ``room`` (if it was): the member list and the count follow. A nick missing
+        from a capped member list (the first 500 of a big room) still counts if it surely left this room."""
+        key = m.nick_key(nick)
+        nicks = self.members[room]
+        kept = [n for n in nicks if m.nick_key(n) != key]
+        count = self.counts.get(room, len(nicks))
+        if len(kept) < len(nicks) or (left_this_room and count > len(nicks)):
+            self.counts[room] = max(len(kept), count - 1)
+        self.members[room] = kept
+
     def _event_line(self, frame: dict[str, Any], *, historic: bool) -> Line | None:
         """One event as a styled line. ``historic``: from a history page, dimmed and never ringing."""
         kind = frame.get("type")
@@ -321,8 +367,8 @@ class ChatView:
         me = m.nick_key(self.nick)
         frags: Fragments = [("class:time", f"{clock(frame.get('ts'))} ")]
         room = str(frame.get("room", ""))
-        if room and (room != self.room or len(self.joined) > 1):
-            frags.append(("class:room", f"#{c(room)} "))
+        if kind in ("msg", "action") and room and (room != self.room or len(self.joined) > 1):
+            frags.append(("class:room", f"#{c(room)} "))  # (other events name their room in their words)
         bell = False
         if kind in ("msg", "action"):
             sender = str(frame.get("from", ""))
@@ -375,7 +421,7 @@ class ChatView:
         text = clean(raw)
         if not highlight or not self.nick:
             return [("", text)], False
-        rx = re.compile(rf"(?<![\w\-\[\]{{}}|^`]){re.escape(self.nick)}(?![\w\-\[\]{{}}|^`])", re.IGNORECASE)
+        rx = _mention_rx(self.nick)
         frags: Fragments = []
         pos = 0
         for hit in rx.finditer(text):
@@ -422,7 +468,20 @@ class ChatView:
     # --- input ---------------------------------------------------------------------------------------------
 
     def submit(self, text: str) -> Submitted:
-        """One line the person typed -> what to send and what to show. Updates the current room."""
+        """What the person typed -> what to send and what to show. Updates the current room.
+
+        Pasted text may hold several lines: each is a line of its own (up to a /quit).
+        """
+        if "\n" in text or "\r" in text:
+            merged = Submitted()
+            for line in text.splitlines():
+                one = self.submit(line)
+                merged.requests += one.requests
+                merged.lines += one.lines
+                if one.quit is not None:
+                    merged.quit = one.quit
+                    break
+            return merged
         try:
             cmd = parse_command(text, self.room)
         except RemoteProtocolError as exc:
@@ -484,7 +543,7 @@ class ChatView:
 
     def toolbar(self) -> StyleAndTextTuples:
         """The status line: server, room, nick, users in the room, connection state (and unsent posts)."""
-        users = len(self.members.get(self.room, [])) if self.room else 0
+        users = self.counts.get(self.room, len(self.members.get(self.room, []))) if self.room else 0
         others = len([r for r in self.joined if r != self.room])
         room = f"#{self.room}" if self.room else "no room"
         frags: StyleAndTextTuples = [
@@ -634,11 +693,12 @@ class Printer:
         """Stop and print whatever is still pending (the prompt is gone by now)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, OSError):
                 await self._task
             self._task = None
         batch, self._pending = self._pending, []
-        self.write(batch)
+        with contextlib.suppress(OSError):  # the terminal is gone
+            self.write(batch)
 
 
 def _key_bindings(view: ChatView, invalidate: Callable[[], None], show: Callable[[list[Line]], None]) -> KeyBindings:
@@ -760,8 +820,11 @@ async def _stop_prompt(session: PromptSession[str], prompt: asyncio.Task[str]) -
 def run_tui(host: str, port: int, nick: str, room: str, *, server_name: str = "") -> int:
     """`lanchat join` on a terminal. Stray writes to stdout/stderr (a warning, a log line) are printed
     above the prompt by patch_stdout instead of through it."""
-    with patch_stdout():
-        return asyncio.run(run_app(host, port, nick, room, server_name=server_name))
+    try:
+        with patch_stdout():
+            return asyncio.run(run_app(host, port, nick, room, server_name=server_name))
+    except KeyboardInterrupt:  # Ctrl-C before the prompt took the keyboard (while connecting)
+        return EXIT_INTERRUPTED
 
 
 # --- choosing among several servers ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ Commands:
   /rooms               list rooms with their member counts
   /history [N]         show N earlier events of the current room
   /status              server figures
+  /help                this list
   /quit [WHY]          leave"""
 
 COMMANDS: Final = (
@@ -134,7 +135,7 @@ def render(frame: dict[str, Any], me: str = "") -> str | None:
     """
     try:
         return _render(frame, me)
-    except (TypeError, ValueError, AttributeError, KeyError):
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError):
         return f"! unreadable {clean(frame.get('type'))[:20]} frame from the server"
 
 

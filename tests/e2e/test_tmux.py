@@ -1,0 +1,241 @@
+"""`lanchat join` in a real terminal (tmux, detached): the half-typed line survives incoming messages, Tab
+completes, the status line follows a server restart, hostile text is harmless on screen, and discovery
+picks the server (or asks which one)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tmux_support import TMUX, Tmux
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from discovery_support import free_udp_port
+from support import Client, ServerProcess
+
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed: the real-terminal tests need it")
+
+BIDI = re.compile(r"[\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.fixture
+def term(tmp_path: Path) -> Iterator[Tmux]:
+    t = Tmux(tmp_path)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "data", workers=1)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+def join(term: Tmux, port: int, nick: str = "alice") -> None:
+    term.start("join", f"127.0.0.1:{port}", "--nick", nick)
+    term.wait_status(" connected ", f"#lobby | {nick} |")
+    term.wait_prompt("#lobby>")
+
+
+def test_typing_while_messages_arrive_keeps_the_line_whole(term: Tmux, server: ServerProcess) -> None:
+    join(term, server.port)
+    with Client(server.port, "bob") as bob:
+        term.wait_for("bob joined #lobby")
+        term.type("half typed line")
+        term.wait_prompt("#lobby> half typed line")
+        for i in range(6):
+            bob.send({"type": "msg", "room": "lobby", "text": f"incoming {i}", "id": i + 1})
+            term.type(f" w{i}")
+        term.wait_for("<bob> incoming 5")
+        term.wait_prompt("#lobby> half typed line w0 w1 w2 w3 w4 w5")
+        screen = term.wait(lambda s: "\n#lobby> half typed line w0 w1 w2 w3 w4 w5" in s, "a settled screen")
+        assert screen.count("half typed") == 1, screen  # never smeared into the lines printed above
+        rows = screen.splitlines()
+        incoming = [i for i, row in enumerate(rows) if "<bob> incoming" in row]
+        prompt = next(i for i, row in enumerate(rows) if row.startswith("#lobby> half"))
+        assert len(incoming) == 6 and max(incoming) < prompt  # all above the input line, in order
+        assert [rows[i].split("incoming ")[1] for i in incoming] == [str(i) for i in range(6)]
+        term.keys("Enter")
+        msg = bob.expect(lambda f: f.get("type") == "msg" and f.get("from") == "alice")
+        assert msg["text"] == "half typed line w0 w1 w2 w3 w4 w5"  # sent whole, once
+        term.wait_for("<alice> half typed line w0 w1 w2 w3 w4 w5")
+        term.type("/quit")
+        term.keys("Enter")
+        assert term.exit_status() == 0
+        assert bob.expect("quit")["nick"] == "alice"
+
+
+def test_tab_completes_a_command_and_a_nick(term: Tmux, server: ServerProcess) -> None:
+    join(term, server.port)
+    with Client(server.port, "bob") as bob:
+        term.wait_for("bob joined #lobby")
+        term.type("/ms")
+        term.keys("Tab")
+        term.wait_prompt("#lobby> /msg")
+        assert term.prompt_line() + " " == "#lobby> /msg "
+        term.type("bo")
+        term.keys("Tab")
+        term.wait_prompt("#lobby> /msg bob")
+        term.type("hi there")
+        term.wait_prompt("#lobby> /msg bob hi there")
+        term.keys("Enter")
+        pm = bob.expect("privmsg")
+        assert (pm["from"], pm["to"], pm["text"]) == ("alice", "bob", "hi there")
+        term.wait_for("-> *bob* hi there")
+        term.keys("Up")  # history
+        term.wait_prompt("#lobby> /msg bob hi there")
+
+
+def test_the_status_line_follows_a_server_restart(term: Tmux, server: ServerProcess) -> None:
+    join(term, server.port)
+    server.stop()
+    term.wait_status(" reconnecting ")
+    term.wait_for("reconnecting; keep typing")
+    term.type("typed while down")
+    term.keys("Enter")
+    term.wait_for("queued until reconnected: typed while down")
+    term.wait_status(" reconnecting ", "1 unsent")
+    server.start()  # the same port and data directory
+    assert "unsent" not in term.wait_status(" connected ", timeout=15)
+    screen = term.wait_for("<alice> typed while down")
+    assert "connected again" in screen and "session resumed" in screen
+    with Client(server.port, "carol") as carol:  # it was posted once, after the resume
+        page = carol.expect("history")
+        assert [e["text"] for e in page["events"] if e["type"] == "msg"] == ["typed while down"]
+
+
+def test_bidi_overrides_and_tabs_from_other_users_are_neutralised(term: Tmux, server: ServerProcess) -> None:
+    join(term, server.port)
+    with Client(server.port, "mallory") as mallory:
+        mallory.send({"type": "msg", "room": "lobby", "text": "\x1b[2J wipe", "id": 1})
+        assert mallory.expect("error")["code"] == "bad_text"  # the server refuses control characters...
+        # ... but accepts bidi overrides, isolates, separators and tabs: the client must neutralise them
+        mallory.send(
+            {"type": "msg", "room": "lobby", "text": "safe \u202eevil txet\u202c \u2066iso\u2069\u2028x", "id": 2}
+        )
+        mallory.send({"type": "topic", "room": "lobby", "topic": "\u202etopic"})
+        mallory.send({"type": "part", "room": "lobby", "reason": "\u2067bye\tnow"})
+        screen = term.wait_for("mallory left #lobby")
+    assert not BIDI.search(screen), screen
+    assert "<mallory> safe \ufffdevil txet\ufffd \ufffdiso\ufffd\ufffdx" in screen
+    assert "set the topic of #lobby: \ufffdtopic" in screen
+    assert "(\ufffdbye now)" in screen, screen
+    assert "connecting to" in screen  # nothing was wiped
+
+
+class HostileServer:
+    """A fake lanchat server on loopback that sends escape sequences in every field it can."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.stop = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, name="hostile-server")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.conns.append(conn)
+            self._greet(conn)
+
+    def _greet(self, conn: socket.socket) -> None:
+        def send(frame: dict[str, Any]) -> None:
+            conn.sendall(json.dumps(frame).encode() + b"\n")
+
+        now = time.time()
+        evil_nick = "m\x1b[31mred"
+        send({"type": "server", "proto": 1, "name": "evil\x1b]0;PWNED\x07", "hint": "\x1b[2J"})
+        conn.settimeout(5)
+        conn.recv(65536)  # the hello
+        send({"type": "welcome", "nick": "alice", "session": "s", "token": "t", "seq": 0, "resumed": False,
+              "rooms": ["lobby"]})  # fmt: skip
+        send({"type": "join", "seq": 1, "ts": now, "room": "lobby", "nick": "alice"})
+        send({"type": "room", "room": "lobby", "topic": "\x1b[5mblink", "nicks": [evil_nick, "alice"]})
+        text = "\x1b[2J\x1b[HCLEARED \x1b]0;PWNED\x07TITLE \x1b[31mRED \x9b5mC1 \u202eevil"
+        send({"type": "msg", "seq": 2, "ts": now, "room": "lobby", "from": evil_nick, "text": text})
+        send({"type": "nick", "seq": 3, "ts": now, "old": evil_nick, "new": "n\x1b[5mblink"})
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+def test_escape_sequences_from_a_hostile_server_never_take_effect(term: Tmux) -> None:
+    hostile = HostileServer()
+    try:
+        term.start("join", f"127.0.0.1:{hostile.port}", "--nick", "alice")
+        before = term.title()
+        screen = term.wait_for("is now known as")
+        # the server's name, from its first frame, is in the status line: harmless
+        term.wait_status("evil\ufffd]0;PWNED\ufffd")
+        escapes = term.screen(escapes=True)
+        title = term.title()
+    finally:
+        hostile.close()
+    assert "connecting to" in screen  # ESC[2J did not clear the screen
+    assert (
+        "<m\ufffd[31mred> \ufffd[2J\ufffd[HCLEARED \ufffd]0;PWNED\ufffdTITLE \ufffd[31mRED \ufffd5mC1 \ufffdevil"
+        in screen
+    )
+    assert "m\ufffd[31mred is now known as n\ufffd[5mblink" in screen
+    assert title == before != "PWNED"
+    assert "\x1b[31m" not in escapes and "\x1b[5m" not in escapes  # no red, no blink: nothing took effect
+    assert not BIDI.search(screen)
+
+
+def test_join_without_an_address_uses_the_only_server_on_loopback(term: Tmux, tmp_path: Path) -> None:
+    udp = free_udp_port()
+    server = ServerProcess(
+        tmp_path / "d1", "--interface", "lo", "--discovery-port", str(udp), workers=1, discovery=True
+    ).start()
+    try:
+        term.start("join", "--interface", "lo", "--discovery-port", str(udp), "--nick", "alice")
+        term.wait_status(" connected ", f"test-{server.port} (127.0.0.1:{server.port})")
+        term.wait_for("welcome! You are alice")
+    finally:
+        server.kill()
+
+
+def test_join_asks_which_server_when_discovery_finds_several(term: Tmux, tmp_path: Path) -> None:
+    udp = free_udp_port()
+    servers = [
+        ServerProcess(tmp_path / f"d{i}", "--interface", "lo", "--discovery-port", str(udp), workers=1, discovery=True)
+        for i in range(2)
+    ]
+    try:
+        for s in servers:
+            s.start()
+        chosen = sorted(servers, key=lambda s: f"test-{s.port}")[1]
+        term.start("join", "--interface", "lo", "--discovery-port", str(udp), "--nick", "alice")
+        screen = term.wait_for("Join which one?")
+        assert "Several lanchat servers answered" in screen
+        assert all(f"127.0.0.1:{s.port}" in screen for s in servers)
+        term.type("2")
+        term.keys("Enter")
+        term.wait_status(" connected ", f"test-{chosen.port} (127.0.0.1:{chosen.port})")
+    finally:
+        for s in servers:
+            s.kill()

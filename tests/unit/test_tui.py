@@ -1,0 +1,622 @@
+"""The terminal UI without a terminal: the ChatView model with frames and typed lines, then the whole app
+(prompt_toolkit with a pipe input and a DummyOutput) against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prompt_toolkit.application.current import get_app_or_none
+from prompt_toolkit.data_structures import Size
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.output.vt100 import Vt100_Output
+
+from lanchat.client import tui
+from lanchat.client.connection import EXIT_LOST, EXIT_NICK, EXIT_OK, EXIT_UNREACHABLE
+from lanchat.client.tui import (
+    PALETTE,
+    ChatView,
+    Line,
+    Printer,
+    choose_server,
+    nick_colour,
+    pick_server,
+    run_app,
+    server_lines,
+)
+from lanchat.discovery.browser import ServerRecord
+from lanchat.protocol import messages as m
+from lanchat.protocol.plain import clock
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from support import ServerProcess, free_port
+
+T = TypeVar("T")
+Frame = dict[str, Any]
+TS = 1_700_000_000.0
+UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def ev(kind: str, seq: int = 1, /, **fields: Any) -> Frame:
+    return {"type": kind, "seq": seq, "ts": TS, **fields}
+
+
+def joined_view(nick: str = "alice", others: tuple[str, ...] = ("bob",)) -> ChatView:
+    """A view as after connecting: welcome, own join, the room reply."""
+    view = ChatView(nick, "lobby", server="office", address="127.0.0.1:7272")
+    view.on_status("connected")
+    view.on_frame({"type": "welcome", "nick": nick, "rooms": ["lobby"], "resumed": False, "seq": 0})
+    view.on_frame(ev("join", room="lobby", nick=nick))
+    view.on_frame({"type": "room", "room": "lobby", "topic": "", "nicks": [*others, nick]})
+    return view
+
+
+def styles(line: Line) -> list[str]:
+    return [style for style, _ in line.fragments]
+
+
+def toolbar(view: ChatView) -> str:
+    return "".join(frag[1] for frag in view.toolbar())
+
+
+# --- formatting --------------------------------------------------------------------------------------------
+
+
+def test_a_message_has_a_timestamp_and_the_sender_in_a_stable_colour() -> None:
+    view = joined_view()
+    [line] = view.on_frame(ev("msg", room="lobby", **{"from": "bob"}, text="hello"))
+    assert line.text == f"{clock(TS)} <bob> hello"
+    assert ("class:nick fg:ansiyellow", "<bob>") in line.fragments
+    assert not line.bell
+    # crc32 of the case-folded nick: the same colour in every run, for every spelling of the nick
+    assert nick_colour("bob") == nick_colour("BOB") == "ansiyellow"
+    assert nick_colour("alice") == "ansibrightgreen"
+    assert len({nick_colour(f"user{i}") for i in range(40)}) >= len(PALETTE) - 2  # nicks spread over the palette
+
+
+def test_own_messages_are_distinguishable_and_never_ring() -> None:
+    view = joined_view()
+    [own] = view.on_frame(ev("msg", room="lobby", **{"from": "alice"}, text="I am alice"))
+    [other] = view.on_frame(ev("msg", 2, room="lobby", **{"from": "bob"}, text="I am bob"))
+    assert ("class:own", "<alice>") in own.fragments
+    assert "class:own" not in styles(other)
+    assert not own.bell  # a mention of oneself by oneself
+    assert "class:mention" not in styles(own)
+
+
+def test_a_mention_is_highlighted_and_rings_but_not_a_word_that_contains_the_nick() -> None:
+    view = joined_view()
+    [line] = view.on_frame(ev("msg", room="lobby", **{"from": "bob"}, text="hey ALICE, look"))
+    assert line.bell
+    assert ("class:mention", "ALICE") in line.fragments
+    assert line.text.endswith("<bob> hey ALICE, look")
+    [action] = view.on_frame(ev("action", 2, room="lobby", **{"from": "bob"}, text="pokes alice"))
+    assert action.bell and any("class:mention" in s for s in styles(action))
+    [plain] = view.on_frame(ev("msg", 3, room="lobby", **{"from": "bob"}, text="malice and alices"))
+    assert not plain.bell and "class:mention" not in styles(plain)
+    [private] = view.on_frame(ev("privmsg", 4, **{"from": "bob"}, to="alice", text="psst"))
+    assert private.bell and "(private)" in private.text
+    [sent] = view.on_frame(ev("privmsg", 5, **{"from": "alice"}, to="bob", text="psst back"))
+    assert not sent.bell and sent.text.endswith("-> *bob* psst back")
+
+
+def test_system_events_look_different_from_chat() -> None:
+    view = joined_view()
+    chat = view.on_frame(ev("msg", room="lobby", **{"from": "bob"}, text="x"))[0]
+    events = [
+        ev("join", 2, room="lobby", nick="carol"),
+        ev("part", 3, room="lobby", nick="carol", reason="lunch"),
+        ev("quit", 4, nick="bob", reason="gone"),
+        ev("nick", 5, old="dave", new="david"),
+        ev("topic", 6, room="lobby", nick="alice", topic="plans"),
+    ]
+    lines = [view.on_frame(e)[0] for e in events]
+    assert [line.text.split(" ", 1)[1] for line in lines] == [
+        "-- carol joined #lobby",
+        "-- carol left #lobby (lunch)",
+        "-- bob quit (gone)",
+        "-- dave is now known as david",
+        "-- alice set the topic of #lobby: plans",
+    ]
+    assert all("class:event" in styles(line) for line in lines)
+    assert "class:event" not in styles(chat)
+    [error] = view.on_frame({"type": "error", "code": "no_such_nick", "message": "no one is called zed"})
+    assert "class:error" in styles(error) and "no one is called zed" in error.text
+    [state] = view.on_status("reconnecting", "connection reset")
+    assert "class:state" in styles(state) and "class:error" not in styles(state)
+
+
+def test_network_strings_are_neutralised_everywhere() -> None:
+    evil = "\x1b[2J\x1b]0;pwned\x07\u202eevil\u2066\x9b31m\r\n"
+    view = ChatView("alice", "lobby", server=f"srv{evil}", address="127.0.0.1:1")
+    frames: list[Frame] = [
+        {"type": "welcome", "nick": "alice", "rooms": ["lobby"], "resumed": False},
+        ev("join", room="lobby", nick="alice"),
+        {"type": "room", "room": "lobby", "topic": evil, "nicks": [f"m{evil}", "alice"]},
+        ev("msg", 2, room="lobby", **{"from": f"m{evil}"}, text=f"alice {evil}"),
+        ev("action", 3, room="lobby", **{"from": f"m{evil}"}, text=evil),
+        ev("privmsg", 4, **{"from": f"m{evil}"}, to="alice", text=evil),
+        ev("topic", 5, room="lobby", nick=f"m{evil}", topic=evil),
+        ev("part", 6, room="lobby", nick=f"m{evil}", reason=evil),
+        ev("nick", 7, old=f"m{evil}", new=f"n{evil}"),
+        ev("quit", 8, nick=f"n{evil}", reason=evil),
+        {"type": "error", "code": evil, "message": evil},
+        {"type": "bye", "reason": evil},
+        {"type": "history", "room": "lobby", "more": False, "events": [ev("msg", 1, room="lobby", text=evil)]},
+        {"type": "rooms", "rooms": [{"name": evil, "users": evil}]},
+        {"type": "stats", "name": evil, "users": 1, "rooms": 1, "processes": [{"role": evil, "pid": 1}]},
+    ]
+    texts = [line.text for frame in frames for line in view.on_frame(frame)]
+    texts += [line.text for line in view.on_status("reconnecting", evil)]
+    texts.append(toolbar(view))
+    assert len(texts) > 15
+    for text in texts:
+        assert not UNSAFE.search(text), repr(text)
+    assert any("\ufffd[2J" in t for t in texts)  # shown, but harmless
+    assert all("\x1b" not in t and "\u202e" not in t for t in view.transcript)
+
+
+def test_a_history_page_is_dimmed_never_rings_and_changes_no_membership() -> None:
+    view = joined_view()
+    page = {
+        "type": "history",
+        "room": "lobby",
+        "more": True,
+        "events": [
+            ev("join", 1, room="lobby", nick="zoe"),
+            ev("msg", 2, room="lobby", **{"from": "zoe"}, text="alice?"),
+        ],
+    }
+    lines = view.on_frame(page)
+    assert "2 events" in lines[0].text and "more before" in lines[0].text
+    assert len(lines) == 4 and "end of history" in lines[-1].text
+    assert all(all("class:history" in s for s in styles(line)) for line in lines[1:-1])  # every fragment dimmed
+    assert "class:history" in styles(lines[0])
+    assert not any(line.bell for line in lines)
+    assert "zoe" not in view.members["lobby"]  # the past is not the present
+    assert view.nick_candidates()[0] == "zoe"  # but a recent speaker is worth completing
+    assert view.on_frame({"type": "history", "room": "lobby", "more": False, "events": []}) == []  # on join: silent
+    view.submit("/history 5")
+    [none] = view.on_frame({"type": "history", "room": "lobby", "more": False, "events": []})
+    assert "no earlier events" in none.text
+
+
+SGR = re.compile(r"\x1b\[[0-9;]*m|\x1b\[\?7h")  # colours/attributes and autowrap: what the client itself emits
+
+
+def test_what_reaches_the_terminal_holds_no_escape_but_the_clients_own_colours() -> None:
+    buf = io.StringIO()
+    output = Vt100_Output(buf, lambda: Size(24, 80), term="xterm-256color")
+    view = joined_view()
+    frames = [
+        ev("msg", room="lobby", **{"from": "bob"}, text="hi alice \x1b[2J\x1b]0;PWNED\x07 \u202eevil"),
+        ev("topic", 2, room="lobby", nick="m\x1b[5m", topic="\x9b31m\r"),
+    ]
+    Printer(output).write([line for f in frames for line in view.on_frame(f)])
+    written = buf.getvalue()
+    assert "hi " in written and "PWNED" in written  # shown, as text
+    assert "\x1b" not in SGR.sub("", written), repr(written)
+    assert written.count("\x07") == 1  # one bell (for the mention), the hostile BEL became U+FFFD
+    assert not UNSAFE.search(SGR.sub("", written).replace("\x07", "").replace("\r\n", ""))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+KINDS = sorted(m.EVENT_TYPES | {"welcome", "room", "who", "rooms", "topic", "stats", "error", "gap", "bye", "history",
+                                "server", "ack", "ping", "x"})  # fmt: skip
+FIELDS = ["room", "from", "to", "text", "nick", "old", "new", "topic", "reason", "rooms", "nicks", "events", "ts",
+          "seq", "resumed", "resume_failed", "name", "message", "code", "more", "users", "processes"]  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(KINDS), fields=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=8))
+def test_any_frame_a_server_may_send_is_shown_safely_and_never_raises(kind: str, fields: Frame) -> None:
+    view = joined_view()
+    lines = view.on_frame({**fields, "type": kind})
+    for text in [line.text for line in lines] + [toolbar(view), "".join(f[1] for f in view.prompt())]:
+        assert not UNSAFE.search(text), repr(text)
+    view.complete("/msg ")
+    view.complete("#")
+
+
+# --- status line and states --------------------------------------------------------------------------------
+
+
+def test_the_status_line_follows_rooms_members_nick_and_state() -> None:
+    unsent = [0]
+    view = joined_view(others=("bob", "carol"))
+    view.unsent = lambda: unsent[0]
+    bar = toolbar(view)
+    for part in ("office", "127.0.0.1:7272", "#lobby", "alice", "3 users", "connected"):
+        assert part in bar
+    view.on_frame(ev("join", 2, room="lobby", nick="dave"))
+    view.on_frame(ev("part", 3, room="lobby", nick="bob"))
+    view.on_frame(ev("quit", 4, nick="carol"))
+    assert "2 users" in toolbar(view)  # alice, dave
+    view.on_frame(ev("nick", 5, old="alice", new="alicia"))
+    assert view.nick == "alicia" and "alicia" in toolbar(view)
+    assert sorted(view.members["lobby"]) == ["alicia", "dave"]
+    view.on_status("reconnecting", "server shutting down")
+    unsent[0] = 2
+    bar = toolbar(view)
+    assert "reconnecting" in bar and "2 unsent" in bar
+    assert ("class:bottom-toolbar.reconnecting", " reconnecting ") in view.toolbar()
+
+
+def test_the_user_count_of_a_big_room_comes_from_the_reply_not_the_capped_nick_list() -> None:
+    view = joined_view()
+    view.on_frame({"type": "room", "room": "lobby", "topic": "", "users": 1200, "nicks": [f"u{i}" for i in range(500)]})
+    assert "1200 users" in toolbar(view)
+    view.on_frame(ev("join", 2, room="lobby", nick="late"))
+    view.on_frame(ev("part", 3, room="lobby", nick="u7"))
+    view.on_frame(ev("part", 4, room="lobby", nick="unlisted"))
+    view.on_frame(ev("quit", 5, nick="someone"))  # a quit names no room: no guess
+    assert "1199 users" in toolbar(view)
+    view.on_frame({"type": "who", "room": "lobby", "nicks": ["alice", "bob"]})  # /who lists everyone
+    assert "2 users" in toolbar(view)
+
+
+def test_reconnecting_is_a_state_and_typing_goes_on() -> None:
+    view = joined_view()
+    [lost] = view.on_status("reconnecting", "server shutting down")
+    assert "reconnecting" in lost.text and "server shutting down" in lost.text
+    typed = view.submit("sent later")
+    assert typed.requests == [m.Msg("lobby", "sent later")]
+    assert "queued until reconnected: sent later" in typed.lines[0].text
+    [resumed] = view.on_frame({"type": "welcome", "nick": "alice", "rooms": ["lobby"], "resumed": True})
+    assert "resumed" in resumed.text
+    [again] = view.on_status("connected")
+    assert "connected again to office" in again.text
+    assert view.submit("now").lines == []  # connected: the echo from the server shows it
+    assert view.on_status("connected") == []
+
+
+def test_a_failed_resume_says_so() -> None:
+    view = joined_view()
+    view.on_status("reconnecting")
+    lines = view.on_frame(
+        {"type": "welcome", "nick": "alice", "rooms": ["lobby"], "resumed": False, "resume_failed": "expired"}
+    )
+    assert "could not be resumed (expired)" in lines[0].text and "class:error" in styles(lines[0])
+    assert view.joined == []  # the join events that follow fill it again
+
+
+# --- commands ----------------------------------------------------------------------------------------------
+
+
+def test_commands_become_requests_and_the_current_room_follows() -> None:
+    view = joined_view()
+    assert view.submit("hello").requests == [m.Msg("lobby", "hello")]
+    assert view.submit("//slash").requests == [m.Msg("lobby", "/slash")]
+    assert view.submit("/me waves").requests == [m.Action("lobby", "waves")]
+    assert view.submit("/msg bob psst").requests == [m.PrivMsg("bob", "psst")]
+    assert view.submit("/who").requests == [m.Who("lobby")]
+    assert view.submit("/rooms").requests == [m.Rooms()]
+    assert view.submit("/topic plans").requests == [m.Topic("lobby", "plans")]
+    assert view.submit("/nick alicia").requests == [m.Nick("alicia")]
+    assert view.submit("/history 5").requests == [m.History("lobby", limit=5)]
+    status = view.submit("/status")
+    assert status.requests == [m.Stats()] and "connected to office" in status.lines[0].text
+    assert view.submit("/join Dev").requests == [m.Join("dev")]
+    assert view.room == "dev"  # like piped mode: the room is current at once
+    view.on_frame(ev("join", 2, room="dev", nick="alice"))
+    assert view.submit("in dev").requests == [m.Msg("dev", "in dev")]
+    assert "#dev" in toolbar(view) and "(+1 rooms)" in toolbar(view)
+    switched = view.submit("/switch lobby")
+    assert view.room == "lobby" and switched.requests == [] and "now talking in #lobby" in switched.lines[0].text
+    assert "next" not in view.submit("/switch").lines[0].text and view.room == "dev"  # cycles
+    refused = view.submit("/switch kitchen")
+    assert view.room == "dev" and "not in #kitchen" in refused.lines[0].text
+    assert view.submit("/part").requests == [m.Part("dev")]
+    assert view.room == "lobby"
+    assert view.submit("/quit see you").quit == m.Quit("see you")
+    assert view.submit("   ").requests == []
+
+
+def test_bad_input_is_explained_and_nothing_is_sent() -> None:
+    view = joined_view()
+    for typed, why in [("/bogus", "unknown command"), ("/msg bob", "usage: /msg"), ("/join", "usage: /join")]:
+        result = view.submit(typed)
+        assert result.requests == [] and result.quit is None
+        assert why in result.lines[0].text and "class:error" in styles(result.lines[0])
+    view.on_frame(ev("part", 2, room="lobby", nick="alice"))
+    assert view.room is None and "(no room)" in "".join(frag[1] for frag in view.prompt())
+    assert "/join ROOM first" in view.submit("hello?").lines[0].text
+
+
+def test_a_frame_that_breaks_rendering_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """on_frame runs inside the connection's read loop: an exception there would end the connection."""
+    view = joined_view()
+
+    def broken(frame: Frame, me: str = "") -> str:
+        raise RecursionError("a history nested 400 deep")
+
+    monkeypatch.setattr(tui, "render", broken)
+    [line] = view.on_frame({"type": "who", "room": "lobby", "nicks": ["bob"]})
+    assert "ignored a malformed who frame" in line.text and "class:error" in styles(line)
+    [line] = view.on_frame(ev("msg", 9, room="lobby", **{"from": "bob"}, text="still fine"))
+    assert line.text.endswith("<bob> still fine")
+
+
+def test_a_pasted_block_is_sent_line_by_line_up_to_a_quit() -> None:
+    view = joined_view()
+    result = view.submit("one\n/me two\n\nthree\n/quit bye\nnever")
+    assert result.requests == [m.Msg("lobby", "one"), m.Action("lobby", "two"), m.Msg("lobby", "three")]
+    assert result.quit == m.Quit("bye")
+
+
+def test_a_refused_join_goes_back_to_a_joined_room() -> None:
+    view = joined_view()
+    view.submit("/join toomany")
+    assert view.room == "toomany"
+    view.on_frame({"type": "error", "code": "too_many_rooms", "message": "at most 50 rooms per session"})
+    assert view.room == "lobby"
+
+
+def test_help_lists_every_command_and_the_keys() -> None:
+    text = "\n".join(line.text for line in joined_view().submit("/help").lines)
+    for word in ("/join", "/part", "/switch", "/rooms", "/who", "/msg", "/nick", "/me", "/topic", "/history"):
+        assert word in text
+    for word in ("/status", "/help", "/quit", "Tab", "Up / Down", "Ctrl-D"):
+        assert word in text
+
+
+# --- completion --------------------------------------------------------------------------------------------
+
+
+def test_tab_completes_commands_nicks_and_rooms() -> None:
+    view = joined_view(others=("bob", "bea", "carol"))
+    view.on_frame({"type": "rooms", "rooms": [{"name": "lobby", "users": 4}, {"name": "dev", "users": 1}]})
+    assert view.complete("/ms") == [("/msg ", -3)]
+    assert view.complete("/ro") == [("/rooms", -3)]  # no argument: no space
+    assert len(view.complete("/")) == len({"/me", "/msg", "/join", "/part", "/switch", "/nick", "/topic", "/who",
+                                           "/rooms", "/history", "/status", "/help", "/quit"})  # fmt: skip
+    assert view.complete("/msg b") == [("bea ", -1), ("bob ", -1)]
+    view.on_frame(ev("msg", 2, room="lobby", **{"from": "bob"}, text="hi"))
+    assert view.complete("/msg b") == [("bob ", -1), ("bea ", -1)]  # the last speaker first
+    assert view.complete("Ca") == [("carol: ", -2)]  # addressing someone at the start of a line
+    assert view.complete("hi ca") == [("carol ", -2)]
+    assert view.complete("/join d") == [("dev ", -1)]
+    assert view.complete("see #l") == [("#lobby ", -2)]
+    assert view.complete("al") == []  # never oneself
+    assert view.complete("hi ") == []
+    view.on_frame(ev("quit", 3, nick="bob"))
+    assert view.complete("/msg b") == [("bea ", -1)]
+
+
+# --- choosing a server -------------------------------------------------------------------------------------
+
+
+def record(name: str, port: int) -> ServerRecord:
+    return ServerRecord("id" + name, name, "127.0.0.1", port, 1, 2, 3, 1, 0.0, 1.5)
+
+
+def test_pick_server_by_number_or_name_and_names_are_cleaned() -> None:
+    found = [record("alpha", 1), record("beta", 2)]
+    assert pick_server(found, "2") == found[1]
+    assert pick_server(found, " ALPHA ") == found[0]
+    assert pick_server(found, "3") is None and pick_server(found, "gamma") is None
+    lines = server_lines([record("evil\x1b[2J\u202e", 3)])
+    assert not any(UNSAFE.search(line.text) for line in lines)
+
+
+def run(coro: Awaitable[T], timeout: float = 30.0) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+@pytest.mark.parametrize(
+    ("typed", "chosen"), [("2\r", "beta"), ("9\r\x7fbeta\r", "beta"), ("q\r", None), ("\x04", None)]
+)
+def test_choose_server_asks_until_the_answer_is_valid(typed: str, chosen: str | None) -> None:
+    found = [record("beta", 2), record("alpha", 1)]  # shown sorted: 1 alpha, 2 beta
+
+    async def main() -> ServerRecord | None:
+        with create_pipe_input() as inp:
+            inp.send_text(typed)
+            return await choose_server(found, input=inp, output=DummyOutput())
+
+    result = run(main(), 10)
+    assert (result.name if result else None) == chosen
+
+
+# --- the whole app against a real server -------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "data", workers=1)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+async def until(cond: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Peer:
+    """A raw JSON Lines client on asyncio streams (the app under test shares the loop)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.frames: list[Frame] = []
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, port: int, nick: str) -> Peer:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        peer = cls(reader, writer)
+        await peer.send({"type": "hello", "nick": nick, "rooms": ["lobby"]})
+        await peer.expect(lambda f: f.get("type") == "room")
+        return peer
+
+    async def _read(self) -> None:
+        while line := await self.reader.readline():
+            self.frames.append(json.loads(line))
+
+    async def send(self, obj: Frame) -> None:
+        self.writer.write(json.dumps(obj).encode() + b"\n")
+        await self.writer.drain()
+
+    async def expect(self, pred: Callable[[Frame], bool], timeout: float = 10.0) -> Frame:
+        await until(lambda: any(pred(f) for f in self.frames), "a frame", timeout)
+        return next(f for f in self.frames if pred(f))
+
+    async def close(self) -> None:
+        self._task.cancel()
+        self.writer.close()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        await self.writer.wait_closed()
+
+
+@asynccontextmanager
+async def app(
+    port: int, nick: str = "alice", **kw: Any
+) -> AsyncIterator[tuple[asyncio.Task[int], PipeInput, ChatView]]:
+    """The interactive client on a pipe input; the test types into the pipe and reads the view."""
+    with create_pipe_input() as inp:
+        view = ChatView(nick, "lobby", address=f"127.0.0.1:{port}")
+        task = asyncio.create_task(
+            run_app("127.0.0.1", port, nick, "lobby", view=view, input=inp, output=DummyOutput(), **kw)
+        )
+        try:
+            yield task, inp, view
+        finally:
+            if not task.done():
+                task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+def shown(view: ChatView, text: str) -> Callable[[], bool]:
+    return lambda: any(text in line for line in view.transcript)
+
+
+def typed(text: str) -> Callable[[], bool]:
+    """True when the running prompt's input line holds ``text``."""
+
+    def check() -> bool:
+        current = get_app_or_none()
+        return current is not None and current.is_running and current.current_buffer.text == text
+
+    return check
+
+
+def test_typing_sends_and_events_are_shown(server: ServerProcess) -> None:
+    async def main() -> None:
+        bob = await Peer.open(server.port, "bob")
+        try:
+            async with app(server.port) as (task, inp, view):
+                await until(lambda: "bob" in view.nick_candidates() and view.status == "connected", "bob in #lobby")
+                inp.send_text("hello bob\r")
+                msg = await bob.expect(lambda f: f.get("type") == "msg" and f.get("from") == "alice")
+                assert msg["text"] == "hello bob"
+                await until(shown(view, "<alice> hello bob"), "the echo")
+                await bob.send({"type": "msg", "room": "lobby", "text": "hi alice", "id": 1})
+                await until(shown(view, "<bob> hi alice"), "bob's message")
+                # Tab: /ms -> /msg , b -> bob
+                inp.send_text("/ms\t")
+                await until(typed("/msg "), "/ms completed")
+                inp.send_text("b\t")
+                await until(typed("/msg bob "), "the nick completed")
+                inp.send_text("how are you\r")
+                pm = await bob.expect(lambda f: f.get("type") == "privmsg")
+                assert (pm["from"], pm["text"]) == ("alice", "how are you")
+                # Up recalls the last line; Ctrl-C clears a half-typed line instead of quitting
+                inp.send_text("\x1b[A")
+                await until(typed("/msg bob how are you"), "history recall")
+                inp.send_text("\x03")
+                await until(typed(""), "the line cleared")
+                inp.send_text("oops")
+                await until(typed("oops"), "typing")
+                inp.send_text("\x03fine\r")
+                await until(shown(view, "<alice> fine"), "the line after Ctrl-C")
+                assert not shown(view, "oops")()
+                assert "alice: 3 users" not in view.transcript  # sanity: transcript holds lines, not the bar
+                inp.send_text("/quit see you\r")
+                assert await asyncio.wait_for(task, 10) == EXIT_OK
+                quit_ = await bob.expect(lambda f: f.get("type") == "quit")
+                assert (quit_["nick"], quit_["reason"]) == ("alice", "see you")
+        finally:
+            await bob.close()
+
+    run(main())
+
+
+def test_a_server_restart_is_a_state_and_what_was_typed_is_sent_after(server: ServerProcess) -> None:
+    async def main() -> None:
+        async with app(server.port) as (task, inp, view):
+            await until(lambda: view.status == "connected" and view.joined == ["lobby"], "connected")
+            await asyncio.to_thread(server.stop)
+            await until(lambda: "reconnecting" in toolbar(view), "reconnecting in the status line")
+            inp.send_text("while away\r")
+            await until(shown(view, "queued until reconnected: while away"), "the queued note")
+            await asyncio.to_thread(server.start)
+            await until(lambda: "connected" in toolbar(view) and "reconnecting" not in toolbar(view), "connected")
+            await until(shown(view, "<alice> while away"), "the message sent after the resume", 15)
+            assert shown(view, "connected again")()
+            assert not any("error" in line.lower() for line in view.transcript if "reconnect" in line)
+            carol = await Peer.open(server.port, "carol")
+            try:
+                page = await carol.expect(lambda f: f.get("type") == "history")
+                assert [e.get("text") for e in page["events"] if e.get("type") == "msg"] == ["while away"]
+            finally:
+                await carol.close()
+            inp.send_text("\x04")  # Ctrl-D on an empty line
+            assert await asyncio.wait_for(task, 10) == EXIT_OK
+
+    run(main(), 60)
+
+
+def test_exit_codes_unreachable_nick_taken_and_lost(server: ServerProcess) -> None:
+    async def main() -> None:
+        async with app(free_port()) as (task, _, view):
+            assert await asyncio.wait_for(task, 10) == EXIT_UNREACHABLE
+            assert shown(view, "cannot reach")()
+        bob = await Peer.open(server.port, "bob")
+        try:
+            async with app(server.port, "BOB") as (task, _, view):
+                assert await asyncio.wait_for(task, 10) == EXIT_NICK
+                assert shown(view, "taken")()
+        finally:
+            await bob.close()
+        async with app(server.port) as (task, inp, view):
+            await until(lambda: view.status == "connected", "connected")
+            inp.send_text("\x03")  # Ctrl-C on an empty line quits
+            assert await asyncio.wait_for(task, 10) == EXIT_OK
+        async with app(server.port, give_up_after=0.3) as (task, _, view):
+            await until(lambda: view.status == "connected", "connected")
+            await asyncio.to_thread(server.kill)
+            assert await asyncio.wait_for(task, 15) == EXIT_LOST
+            assert shown(view, "connection lost for good")()
+
+    run(main(), 60)
