@@ -35,11 +35,12 @@ class ClientConn(asyncio.Protocol):
 
     __slots__ = (
         "_resume_handle", "closing", "conn_id", "created", "json_mode", "out", "peer", "pinged", "reported",
-        "state", "transport", "worker",
+        "sock", "state", "transport", "worker",
     )  # fmt: skip
 
-    def __init__(self, worker: Worker, conn_id: int, peer: str) -> None:
+    def __init__(self, worker: Worker, conn_id: int, peer: str, sock: socket.socket | None = None) -> None:
         self.worker = worker
+        self.sock = sock  # the raw socket, for the fast path of flush()
         self.conn_id = conn_id
         self.peer = peer
         cfg = worker.cfg
@@ -140,8 +141,21 @@ class ClientConn(asyncio.Protocol):
             return
         data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
         self.out.clear()
-        t.write(data)
         self.worker.bytes_out += len(data)
+        queued = t.get_write_buffer_size()
+        if not queued and self.sock is not None:
+            # Fast path (the common case): nothing is queued in the transport, so sending on the socket
+            # ourselves keeps the order and skips the transport's bookkeeping; it takes any remainder.
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the transport reports the error its own way on the write below
+            if sent == len(data):
+                return
+            data = data[sent:]
+        t.write(data)
         if t.get_write_buffer_size() > self.worker.sendq:
             log.info(
                 "conn %d (%s): dropped, %d bytes queued (sendq)", self.conn_id, self.peer, t.get_write_buffer_size()
@@ -357,7 +371,7 @@ class Worker:
     async def _adopt(self, sock: socket.socket, conn_id: int, peer: str) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.connect_accepted_socket(lambda: ClientConn(self, conn_id, peer), sock)
+            await loop.connect_accepted_socket(lambda: ClientConn(self, conn_id, peer, sock), sock)
         except OSError as exc:
             log.info("conn %d (%s): gone before adoption: %s", conn_id, peer, exc)
             sock.close()
