@@ -41,7 +41,6 @@ HISTORY_LIMIT: Final = 10_000  # events kept per room (and per private conversat
 HISTORY_ON_JOIN: Final = 50  # events replayed (marked as history) when a client joins a room
 HISTORY_PAGE_MAX: Final = 500  # events one history request may return
 RECENT_EVENTS: Final = 50_000  # events the hub keeps in memory to serve resumes without the disk
-COMMIT_INTERVAL: Final = 0.005  # seconds: the hub batches history writes; acks wait for the commit
 PENDING_WRITES_MAX: Final = 100_000  # rows held in memory while the disk fails, then the oldest are dropped
 DB_RETRY_INTERVAL: Final = 2.0  # seconds between write attempts while the disk is failing
 

@@ -101,13 +101,16 @@ class ClientState:
         """Update the state from one frame; False if the frame is a duplicate to drop."""
         seq = frame.get("seq")
         kind = frame.get("type")
+        if not isinstance(kind, str):
+            return False  # not a frame of this protocol: ignore it
         if kind == "welcome":
             self.registered = True
             self.info.session = str(frame.get("session", ""))
             self.info.token = frame.get("token") if isinstance(frame.get("token"), str) else None
             self.info.nick = str(frame.get("nick", self.info.nick))
+            rooms = frame.get("rooms")
             if frame.get("resumed"):
-                self.rooms = [str(r) for r in frame.get("rooms", [])]
+                self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
             else:
                 self.rooms = []
                 if self.last_seq is None and isinstance(seq, int):

@@ -112,9 +112,9 @@ class ServerConnection:
         if not data:
             self.closed = True
             return [Close("connection closed by peer", clean=False)]
-        for frame in self._framer.feed(data):
-            if frame is FRAME_TOO_LONG or frame.strip():  # type: ignore[union-attr]
-                self._pending.append(frame)
+        # Every line counts against the rate, blank ones too: a flood of newlines must pause reading like
+        # any other flood, or it keeps the worker framing for nothing.
+        self._pending += self._framer.feed(data)
         return self.process(now)
 
     def process(self, now: float) -> list[Action]:
@@ -133,7 +133,8 @@ class ServerConnection:
                 out.append(Reply(self._error(m.Err.FRAME_TOO_LONG, f"line longer than {self._framer.max_frame} bytes")))
                 continue
             assert isinstance(frame, bytes)
-            self._line(frame, out)
+            if frame.strip():
+                self._line(frame, out)
         if self._head >= len(pending):
             pending.clear()
             self._head = 0

@@ -155,9 +155,14 @@ class Hub:
         for s in [s for s in self.sessions.values() if s.detached_at is not None and s.detached_at <= limit]:
             self._end_session(s, "connection lost", now)
 
+    @property
+    def acks_pending(self) -> bool:
+        return bool(self._acks)
+
     def commit(self, now: float) -> bool:
         """Write the history batch, then release the acks it covers (an ack means: on disk, if the disk
-        works; while it fails, the message was still relayed and the ack says so: chat goes on)."""
+        works; while it fails, the message was still relayed and the ack says so: chat goes on).
+        The I/O edge calls this before it relays a tick's output, so what is seen is on disk."""
         ok = self.store.commit(now)
         acks, self._acks = self._acks, []
         for s, rid, seq in acks:

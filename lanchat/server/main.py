@@ -83,12 +83,13 @@ class Server:
         self.next_conn = 1
         self.conn_peer: dict[int, tuple[str, int]] = {}  # conn -> (ip, worker index)
         self.per_ip: Counter[str] = Counter()
+        self.handoff: dict[int, socket.socket] = {}  # conn -> our copy, until its worker adopts it
         self.stopping = False
         self.exit_code = EXIT_OK
         self.done = asyncio.Event()
         self._signals: list[int] = []
         self._flush_scheduled = False
-        self._commit_handle: asyncio.TimerHandle | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
         self._accept_paused = False
         self.announcer: Any = None
         self._goodbye: asyncio.Task[None] | None = None
@@ -230,9 +231,16 @@ class Server:
                 kind = rec[0]
                 if kind == "req":
                     hub.request(slot.index, int(rec[1]), rec[2], now)
+                elif kind == "adopted":
+                    self._release_handoff(int(rec[1]))
                 elif kind == "closed":
                     self._conn_gone(int(rec[1]))
                     hub.closed(slot.index, int(rec[1]), bool(rec[2]), str(rec[3]), now)
+                elif kind == "refused":
+                    sock = self.handoff.pop(int(rec[1]), None)
+                    if sock is not None:
+                        self._refuse(sock, m.Err.SERVER_FULL, f"server busy ({rec[2]}); try again shortly")
+                    self._conn_gone(int(rec[1]))
                 elif kind == "pong":
                     slot.last_pong = time.monotonic()
                     slot.figures = dict(rec[2])
@@ -399,13 +407,21 @@ class Server:
             log.warning("could not hand connection to worker %d: %s", slot.index, exc)
             self._refuse(sock, m.Err.INTERNAL, "worker unavailable; reconnect")
             return
-        sock.close()  # the worker has its own descriptor now
+        # Keep our descriptor until the worker says it adopted the connection: if the worker could not
+        # take it (out of descriptors), we can still tell the client why instead of a bare close.
+        self.handoff[conn] = sock
         slot.conns.add(conn)
         self.conn_peer[conn] = (ip if counted else "", slot.index)
         if counted:
             self.per_ip[ip] += 1
 
+    def _release_handoff(self, conn: int) -> None:
+        sock = self.handoff.pop(conn, None)
+        if sock is not None:
+            sock.close()
+
     def _conn_gone(self, conn: int) -> None:
+        self._release_handoff(conn)
         entry = self.conn_peer.pop(conn, None)
         if entry is None:
             return
@@ -422,11 +438,19 @@ class Server:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
-        if self._commit_handle is None and (self.store.pending or self.hub._acks):
-            self._commit_handle = self.loop.call_later(const.COMMIT_INTERVAL, self._commit)
 
     def _flush(self) -> None:
+        """Once per loop tick: commit the tick's events, then relay them (one write per worker).
+
+        Committing first means nothing is seen that is not on disk: a crash of this process can lose
+        only what nobody was shown, so a resend after it is never a duplicate. While the disk fails,
+        the commit is skipped (the store paces its retries) and chat is relayed all the same.
+        """
         self._flush_scheduled = False
+        if self.store.pending or self.hub.acks_pending:
+            self.hub.commit(time.time())
+            if self.store.pending and self._retry_handle is None:  # the disk fails: come back to it
+                self._retry_handle = self.loop.call_later(const.DB_RETRY_INTERVAL, self._retry_commit)
         for index in self.hub.pending_workers():
             data = self.hub.drain(index)
             slot = self.slots[index]
@@ -437,12 +461,9 @@ class Server:
                     log.warning("worker %d: %d bytes queued on its pipe (busy or stuck?)", slot.index, queued)
                 slot.pressure = queued > const.PIPE_HIGH_WATER
 
-    def _commit(self) -> None:
-        self._commit_handle = None
-        self.hub.commit(time.time())
+    def _retry_commit(self) -> None:
+        self._retry_handle = None
         self._flush()
-        if self.store.pending:  # the disk failed: try again later (the store paces its retries)
-            self._commit_handle = self.loop.call_later(const.DB_RETRY_INTERVAL, self._commit)
 
     async def _checkpoint_loop(self) -> None:
         """Fold the SQLite write-ahead log into the database once a second, in a thread: the fsync it
@@ -520,6 +541,8 @@ class Server:
     async def close(self) -> None:
         if self._checkpoints is not None:
             self._checkpoints.cancel()
+        for conn in list(self.handoff):
+            self._release_handoff(conn)
         for slot in self.slots:
             if slot.proc is not None:
                 if slot.proc.poll() is None:
@@ -570,6 +593,9 @@ async def _amain(config: ServerConfig) -> int:
 
 
 def run(config: ServerConfig) -> int:
+    # History holds private messages and the sessions' resume tokens (which take a session over): every
+    # file the server creates is for its own user only, whatever umask it was started with.
+    os.umask(0o077)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s main %(message)s",

@@ -63,6 +63,7 @@ class ClientConn(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.worker.conns[self.conn_id] = self
+        self.worker.to_hub(["adopted", self.conn_id])  # the main process may let go of its descriptor
         self.push(m.encode(m.server_hello(self.worker.name)))
 
     def data_received(self, data: bytes) -> None:
@@ -351,15 +352,20 @@ class Worker:
                 return
             if not data and not fds:
                 return
+            try:
+                info = json.loads(data)
+                conn_id, peer = int(info["conn"]), str(info["peer"])
+            except (ValueError, KeyError, TypeError):
+                log.error("worker %d: bad fd message %r", self.worker_id, data[:100])
+                for fd in fds:
+                    os.close(fd)
+                continue
+            if not fds:  # MSG_CTRUNC: no descriptor was free here, so the kernel dropped it
+                log.warning("worker %d: no free file descriptor for connection %d; refused", self.worker_id, conn_id)
+                self.to_hub(["refused", conn_id, "out of file descriptors"])
+                continue
             for fd in fds:
                 sock = socket.socket(fileno=fd)
-                try:
-                    info = json.loads(data)
-                    conn_id, peer = int(info["conn"]), str(info["peer"])
-                except (ValueError, KeyError, TypeError):
-                    log.error("worker %d: bad fd message %r", self.worker_id, data[:100])
-                    sock.close()
-                    continue
                 if self.shutting_down:
                     sock.close()
                     self.to_hub(["closed", conn_id, True, "shutting down"])

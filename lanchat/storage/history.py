@@ -1,7 +1,7 @@
 """The history database: every room and private event, sessions and topics, in one SQLite file.
 
 Owns the file and its schema; the hub is its only writer. Writes are queued in memory and committed in
-one transaction per ``commit()`` (the hub calls it every few milliseconds), so a burst of messages costs
+one transaction per ``commit()`` (the server calls it once per loop tick), so a burst of messages costs
 one commit. A failing disk never stops chat: the error is logged once, the store reports ``degraded``,
 keeps what it could not write (bounded) and retries. A corrupt or foreign file is a ``StorageError`` at
 open: the server refuses to start rather than overwrite someone's data.
@@ -92,7 +92,7 @@ class HistoryStore:
     def _open(self) -> None:
         """Open or create the file. Corrupt/foreign: StorageError. Unwritable: degraded, retried later."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             self._fail(f"cannot open {self.path}: {exc}")

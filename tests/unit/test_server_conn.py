@@ -283,10 +283,13 @@ def test_process_at_throttled_until_releases_the_held_line() -> None:
     assert answered == list(range(12))  # every line, in order, none dropped
 
 
-def test_blank_lines_cost_no_tokens() -> None:
-    c = conn(rate=1.0, burst=1)
+def test_blank_lines_cost_tokens_like_any_line() -> None:
+    """A flood of newlines is paused like any flood (it would keep the worker framing for nothing)."""
+    c = conn(rate=1.0, burst=2)
     out = c.receive_data(b"\n\n\n\r\n" + line({"type": "ping"}), 0.0)
-    assert len(out) == 1 and c.throttled_until is None
+    assert out == [] and c.throttled_until == 1.0 and c.pending == 3
+    assert c.process(3.0) == []  # two more blank lines go, each for a token
+    assert [reply_obj(a)["type"] for a in c.process(4.0)] == ["pong"]  # and the ping is not lost
 
 
 def test_throttled_quit_still_closes_when_released() -> None:
