@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Markdown tables for docs/benchmarks.md from the JSON lines of one or more runs of scripts/bench.py.
+
+Owned by the benchmark. Every ratio is computed inside one run (lanchat and Redis measured minutes apart
+under the same conditions), then the median over runs is shown with the per-run values beside it, so a
+noisy run is visible instead of averaged away.
+
+  .venv/bin/python scripts/bench_report.py run1.jsonl run2.jsonl ... > /tmp/tables.md
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TARGETS = ["lanchat-w1", "lanchat-w2", "lanchat-w4", "redis", "threaded"]
+Key = tuple[str, str, int, int]  # target, scenario, clients, senders
+
+
+def load(path: Path) -> tuple[dict[Key, dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    summaries: dict[Key, dict[str, Any]] = {}
+    steps: list[dict[str, Any]] = []
+    machine: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        row = json.loads(line)
+        if row["kind"] == "summary":
+            summaries[(row["target"], row["scenario"], row["clients"], row["senders"])] = row
+        elif row["kind"] == "step":
+            steps.append(row)
+        elif row["kind"] == "machine":
+            machine = row
+    return summaries, steps, machine
+
+
+def _at_least(limit: float, value: float) -> bool:
+    return value >= limit
+
+
+def med(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def rate(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x / 1e6:.2f} M" if x >= 1e6 else f"{x / 1e3:.0f} k"
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
+
+
+def num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def cell(values: list[float | None], show: Callable[[float | None], str]) -> str:
+    m = med(values)
+    if len(values) <= 1:
+        return show(m)
+    return f"**{show(m)}** ({', '.join(show(v) for v in values)})"
+
+
+def main(argv: list[str]) -> int:
+    runs = [load(Path(p)) for p in argv]
+    if not runs:
+        print(__doc__)
+        return 2
+    summaries = [r[0] for r in runs]
+    keys = sorted({k for s in summaries for k in s}, key=lambda k: (k[1], k[2], k[3], TARGETS.index(k[0])))
+
+    def values(key: Key, field: str) -> list[float | None]:
+        return [s[key].get(field) if key in s else None for s in summaries]
+
+    out: list[str] = []
+    m = runs[0][2]
+    loads = ", ".join(str(r[2].get("loadavg")) for r in runs)
+    versions = ", ".join(str(r[2].get("lanchat", "?")) for r in runs)
+    out.append(f"Runs: {len(runs)}. Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('ram_gib')} GiB RAM, "
+               f"Python {m.get('python')}, kernel {m.get('kernel')}, RLIMIT_NOFILE {m.get('nofile')}. "
+               f"lanchat measured: {versions}. Load average at the start of each run: {loads}.\n")  # fmt: skip
+
+    out.append("### Maximum sustainable rate (deliveries/s; p99 <= 100 ms, nothing lost)\n")
+    out.append("Median of the runs in bold, each run's figure in brackets.\n")
+    out.append("| scenario | C | senders | target | max deliveries/s | p99 at max (ms) | p50 / p99 at half max (ms) "
+               "| server CPU at half max (cores) | server CPU us/delivery at half max |")  # fmt: skip
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for key in keys:
+        target, scenario, clients, senders = key
+        if scenario == "idle":
+            continue
+        out.append(
+            f"| {scenario} | {clients} | {senders} | {target} | {cell(values(key, 'max_deliveries_per_s'), rate)} "
+            f"| {cell(values(key, 'p99_at_max_ms'), ms)} "
+            f"| {ms(med(values(key, 'half_max_p50_ms')))} / {ms(med(values(key, 'half_max_p99_ms')))} "
+            f"| {num(med(values(key, 'half_max_server_cpu')))} "
+            f"| {num(med(values(key, 'half_max_cpu_us_per_delivery')))} |"
+        )
+    out.append("")
+    out.append("### Latency at half of Redis's maximum rate (same offered rate for every target)\n")
+    out.append("| scenario | C | senders | target | p50 (ms) | p99 (ms) | lost |")
+    out.append("|---|---|---|---|---|---|---|")
+    for key in keys:
+        target, scenario, clients, senders = key
+        if scenario == "idle":
+            continue
+        if target == "redis":
+            p50, p99 = values(key, "half_max_p50_ms"), values(key, "half_max_p99_ms")
+            lost: list[float | None] = [0.0]
+        else:
+            p50, p99, lost = (
+                values(key, "half_redis_p50_ms"),
+                values(key, "half_redis_p99_ms"),
+                values(key, "half_redis_lost"),
+            )
+        out.append(f"| {scenario} | {clients} | {senders} | {target} | {cell(p50, ms)} | {cell(p99, ms)} "
+                   f"| {num(med(lost), 0)} |")  # fmt: skip
+    out.append("")
+    out.append("### Idle clients, then one broadcast to all\n")
+    out.append("| clients | target | connect all (s) | server RSS (MiB, all processes) | RSS per connection (bytes) "
+               "| broadcast: last one has it (ms, median of 3) | note |")  # fmt: skip
+    out.append("|---|---|---|---|---|---|---|")
+    for key in keys:
+        target, scenario, clients, _ = key
+        if scenario != "idle":
+            continue
+        note = next((s[key].get("note") for s in summaries if key in s and s[key].get("note")), "") or ""
+        out.append(
+            f"| {clients} | {target} | {cell(values(key, 'connect_s'), lambda x: num(x, 1))} "
+            f"| {num(med(values(key, 'server_rss_mib')), 0)} "
+            f"| {cell(values(key, 'rss_per_conn_bytes'), lambda x: num(x, 0))} "
+            f"| {cell(values(key, 'broadcast_median_ms'), ms)} | {note} |"
+        )
+    out.append("")
+    out.append("### Goals (ratio computed within each run; median, then each run)\n")
+    out.append("| goal | target | value | met (median) |")
+    out.append("|---|---|---|---|")
+
+    def ratio_rows(label: str, goal: str, ok: Callable[[float], bool], pairs: list[tuple[Key, str, Key, str]]) -> None:
+        for a_key, a_field, b_key, b_field in pairs:
+            vals: list[float | None] = []
+            for s in summaries:
+                a = s.get(a_key, {}).get(a_field)
+                b = s.get(b_key, {}).get(b_field)
+                vals.append(a / b if a and b else None)
+            mv = med(vals)
+            verdict = "-" if mv is None else ("yes" if ok(mv) else "**no**")
+            out.append(f"| {label} ({goal}) | {a_key[0]} | {cell(vals, num)} | {verdict} |")
+
+    lan = ["lanchat-w1", "lanchat-w2", "lanchat-w4"]
+    cs = sorted({k[2] for k in keys if k[1] == "fanout"})
+    two = min((k[3] for k in keys if k[1] == "fanout"), default=2)
+    many = max((k[3] for k in keys if k[1] == "fanout"), default=50)
+    for c in cs:
+        need = 1.0 if c >= 1000 else 0.9
+        ratio_rows(f"fanout C={c}, {two} senders: max / Redis max", f">= {need}", functools.partial(_at_least, need),
+                   [((w, "fanout", c, two), "max_deliveries_per_s", ("redis", "fanout", c, two),
+                     "max_deliveries_per_s") for w in lan])  # fmt: skip
+        ratio_rows(f"fanout C={c}: p99 at half Redis max / Redis p99 there", "<= 1.5", lambda v: v <= 1.5,
+                   [((w, "fanout", c, two), "half_redis_p99_ms", ("redis", "fanout", c, two), "half_max_p99_ms")
+                    for w in lan])  # fmt: skip
+    if many != two and cs:
+        c = max(cs)
+        ratio_rows(f"fanout C={c}, {many} senders: max / threaded max", ">= 8", lambda v: v >= 8,
+                   [((w, "fanout", c, many), "max_deliveries_per_s", ("threaded", "fanout", c, many),
+                     "max_deliveries_per_s") for w in lan])  # fmt: skip
+    for c in cs:
+        ratio_rows(f"fanout C={c}: max / lanchat-w1 max", ">= 0.8", lambda v: v >= 0.8,
+                   [((w, "fanout", c, two), "max_deliveries_per_s", ("lanchat-w1", "fanout", c, two),
+                     "max_deliveries_per_s") for w in lan[1:]])  # fmt: skip
+        ratio_rows(f"fanout C={c}: server CPU per delivery / lanchat-w1's (half max)", "<= 1.2", lambda v: v <= 1.2,
+                   [((w, "fanout", c, two), "half_max_cpu_us_per_delivery", ("lanchat-w1", "fanout", c, two),
+                     "half_max_cpu_us_per_delivery") for w in lan[1:]])  # fmt: skip
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

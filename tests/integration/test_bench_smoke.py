@@ -1,0 +1,39 @@
+"""Smoke test of the benchmark (scripts/bench.py): it runs against lanchat and reports no loss.
+
+Owned by the benchmark. A tiny scenario (20 receivers, 2 s at a low fixed rate, loopback only); no timed
+assertion: the figures depend on the machine, only "it runs, counts and loses nothing" is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runs_against_lanchat_without_loss(tmp_path: Path) -> None:
+    out_file = tmp_path / "bench.jsonl"
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "bench.py"), "--targets", "lanchat-w1", "--scenarios", "fanout",
+        "--clients", "20", "--many-senders", "0", "--rates", "2000", "--step-duration", "2", "--json",
+        "--json-file", str(out_file), "--no-plot",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert rows == [json.loads(line) for line in out_file.read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert steps, proc.stderr[-3000:]
+    for step in steps:
+        assert step["target"] == "lanchat-w1"
+        assert step["scenario"] == "fanout"
+        assert step["clients"] == 20
+        assert step["expected"] > 0
+        assert step["lost"] == 0, step
+        assert step["delivered"] == step["expected"], step
+        assert step["samples"] > 0
+        for key in ("deliveries_per_s", "p50_ms", "p99_ms", "server_cpu", "generator_cpu", "offered_msgs_per_s"):
+            assert key in step

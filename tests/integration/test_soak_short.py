@@ -1,0 +1,29 @@
+"""The soak test (scripts/soak.py) in its short CI form: 20 s of churn, worker kills and restarts (one of
+them a SIGKILL of the main process), then the exactly-once and resource checks. docs/security.md gives the
+figures of a long run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SOAK = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
+
+
+def test_short_soak_loses_nothing_and_returns_its_resources() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SOAK), "--duration", "20", "--clients", "20", "--kill-interval", "4",
+         "--restart-interval", "9", "--crash", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.stdout.strip(), f"no result; stderr:\n{done.stderr[-3000:]}"
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0 and result["ok"], f"{result}\n{done.stderr[-3000:]}"
+    # the faults really happened, and something was checked
+    assert result["worker_kills"] >= 3 and result["restarts"] >= 2 and result["crashes"] >= 1, result
+    assert result["resumes"] > 0 and result["members_total"] > result["clients"], result
+    assert result["deliveries_checked"] > 1000 and result["acked"] > 200, result
+    assert result["missing"] == result["duplicates"] == result["dup_posts"] == result["out_of_order"] == 0
+    assert result["fds_end"] <= result["fds_start"] + 4 and result["connections_at_end"] == 0
