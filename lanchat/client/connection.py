@@ -30,6 +30,8 @@ EXIT_SEVERAL: Final = 5  # discovery found several servers and there is no termi
 EXIT_NONE_FOUND: Final = 6  # discovery found no server
 EXIT_LOST: Final = 7  # the connection was lost and could not be resumed in time
 
+# Refusals that say "not now" (full, restarting, no worker ready): a reconnecting client keeps trying.
+_REFUSED_FOR_NOW: Final = frozenset({m.Err.SERVER_FULL, m.Err.TOO_MANY_FROM_IP, m.Err.SHUTTING_DOWN, m.Err.INTERNAL})
 QUEUED_MAX: Final = 1000  # non-post requests (joins, who, ...) held while reconnecting
 
 FrameHandler = Callable[[dict[str, Any]], None]
@@ -168,7 +170,12 @@ class ChatClient:
                         self._deliver(frame)
                         continue
                     self._drop_connection()
-                    exit_code = EXIT_NICK if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK) else EXIT_ERROR
+                    if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK):
+                        exit_code = EXIT_NICK
+                    elif code in _REFUSED_FOR_NOW:  # the server is there but cannot take us yet: retry
+                        exit_code = EXIT_UNREACHABLE
+                    else:
+                        exit_code = EXIT_ERROR
                     raise ConnectError(str(frame.get("message", code)), exit_code)
                 if kind == "welcome":
                     welcomed = True

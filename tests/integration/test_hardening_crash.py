@@ -98,14 +98,6 @@ REFUSALS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: client/connection.py ChatClient._reconnect gives up for good on any error frame before the "
-    "welcome other than nick_taken/bad_nick (ConnectError with EXIT_ERROR): a resuming client refused once "
-    "with 'no worker available; try again in a moment' (main.Server._place while no worker is ready, e.g. "
-    "after a worker crash with --workers 1: 4 of 5 trials), shutting_down or server_full ends in status "
-    "'closed' instead of retrying with backoff",
-)
 @pytest.mark.parametrize("code", sorted(REFUSALS))
 def test_a_resuming_client_keeps_trying_a_server_that_refuses_it_for_a_moment(code: str) -> None:
     """A scripted server on 127.0.0.1 refuses the first reconnect exactly as the acceptor does (one fatal
