@@ -1,5 +1,6 @@
 """Crashes and restarts (issue 7, both found by scripts/soak.py --crash): exactly once across a crash of the
-main process, and a resuming client that does not give up when the server refuses it for a moment.
+main process, and a resuming client that does not give up when the server refuses it for a moment (the
+client gave up for good on any refusal before the welcome; fixed).
 
 The bug this pins (fixed): the hub relayed an event at once and acknowledged it only after the history
 commit (every 5 ms). A SIGKILL of the main process in between lost the event and the sender's dedup mark
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import Client, ServerProcess
+from support import Client, Frame, ServerProcess
 from test_hardening import MakeServer
 
 from lanchat.client.connection import ChatClient
@@ -145,3 +148,37 @@ def test_a_resuming_client_keeps_trying_a_server_that_refuses_it_for_a_moment(co
     status, statuses = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert len(attempts) >= 3, f"the client stopped after {len(attempts)} connections: {statuses}"
     assert status == "connected", statuses
+
+
+def test_a_worker_crash_with_a_single_worker_is_invisible_to_a_chat_client(make_server: MakeServer) -> None:
+    """The real case behind the refusals above: with --workers 1 a reconnect lands while the replacement
+    worker boots and is refused with "no worker available" (before the fix: 4 clients in 5 gave up)."""
+    server = make_server("--resume-grace", "30", workers=1)
+
+    async def scenario() -> list[tuple[str, bool, int | None]]:
+        outcomes = []
+        for trial in range(3):
+            resumed: list[bool] = []
+
+            def on_frame(frame: Frame, resumed: list[bool] = resumed) -> None:
+                if frame.get("type") == "welcome":
+                    resumed.append(bool(frame.get("resumed")))
+
+            client = ChatClient("127.0.0.1", server.port, f"ann{trial}", on_frame=on_frame)
+            try:
+                await client.connect()
+                [worker] = await asyncio.to_thread(server.worker_pids)
+                os.kill(worker, signal.SIGKILL)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 10
+                while loop.time() < deadline and not (len(resumed) >= 2 or client.status == "closed"):
+                    await asyncio.sleep(0.02)
+                rid = client.send(m.Msg("lobby", f"after crash {trial}"))
+                acked = await client.wait_acked(5)
+                outcomes.append((client.status, resumed[-1], rid if acked else None))
+            finally:
+                await client.close()
+        return outcomes
+
+    for status, resumed, acked_id in asyncio.run(asyncio.wait_for(scenario(), 60)):
+        assert (status, resumed, acked_id) == ("connected", True, 1)
