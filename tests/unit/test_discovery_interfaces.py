@@ -25,7 +25,7 @@ LO = Interface("lo", "127.0.0.1", "255.0.0.0", "127.255.255.255")
 ETH = Interface("eth0", "198.51.100.3", "255.255.255.0", "198.51.100.255")
 WLAN = Interface("wlan0", "203.0.113.9", "255.255.255.0", "203.0.113.255")
 DOWN = Interface("eth1", "192.0.2.9", "255.255.255.0", "192.0.2.255", up=False)
-TUN = Interface("tun0", "198.51.100.130", "255.255.255.255", None, peer="198.51.100.129")
+TUN = Interface("tun0", "198.51.100.130", "255.255.255.255", None, peer="198.51.100.129")  # doc example: data only
 HOST = [LO, ETH, WLAN, DOWN, TUN]
 
 
@@ -76,7 +76,7 @@ def test_same_subnet_questions() -> None:
 
 def test_unicast_source() -> None:
     assert is_unicast_source("127.0.0.1")
-    for bad in ("0.0.0.0", "255.255.255.255", "224.0.0.251", "nonsense"):
+    for bad in ("0.0.0.0", "255.255.255.255", "224.0.0.251", "nonsense"):  # doc example: data only
         assert not is_unicast_source(bad)
 
 

@@ -69,7 +69,8 @@ def test_reply_address_policy() -> None:
     assert reply_address(("203.0.113.51", 40000), [LAN], trusted, 7272) == (None, "not_directly_connected")
     assert reply_address(("198.51.100.77", 7272), [LAN], trusted, 7272) == (None, "spoofed_source")  # a server
     assert reply_address(("198.51.100.77", 0), [LAN], trusted, 7272) == (None, "spoofed_source")
-    assert reply_address(("255.255.255.255", 40000), [LAN], trusted, 7272) == (None, "spoofed_source")
+    spoofed = ("255.255.255.255", 40000)  # doc example: data only
+    assert reply_address(spoofed, [LAN], trusted, 7272) == (None, "spoofed_source")
     assert reply_address(("198.51.100.77", 40000), [], trusted, 7272) == (None, "not_directly_connected")
 
 

@@ -152,7 +152,7 @@ def test_spoofed_looking_sources_and_probes_are_ignored() -> None:
     t = ServerTable()
     assert t.receive(beacon(), ("0.0.0.0", 7272), 0.0) == []
     assert t.receive(beacon(), ("198.51.100.1", 0), 0.0) == []
-    assert t.receive(beacon(), ("255.255.255.255", 7272), 0.0) == []
+    assert t.receive(beacon(), ("255.255.255.255", 7272), 0.0) == []  # doc example: data only
     assert t.receive(beacon(port=0), SRC_A, 0.0) == []
     assert t.receive(Probe(N1), SRC_A, 0.0) == []  # other browsers' probes: not servers
     assert len(t) == 0
