@@ -226,8 +226,6 @@ class Quit(Request):
 EVENT_TYPES: Final = frozenset({"msg", "action", "privmsg", "join", "part", "quit", "nick", "topic"})
 # Requests the server answers before a hello (status tools need no nick).
 PRE_HELLO: Final = frozenset({"hello", "ping", "pong", "stats", "quit"})
-# Requests that post to a room or a person: they carry an ack/dedup id and count as chat.
-POSTS: Final = frozenset({"msg", "action", "privmsg"})
 
 
 def parse_obj(obj: object, *, allow_plain: bool = False) -> Request:

@@ -58,6 +58,7 @@ class WorkerSlot:
     started: float = 0.0
     last_pong: float = 0.0
     ping_seq: int = 0
+    last_ping: float = 0.0
     figures: dict[str, int] = field(default_factory=dict)
     crashes: int = 0
     respawn_at: float | None = None
@@ -328,8 +329,9 @@ class Server:
                             slot.index, now - slot.last_pong,
                         )  # fmt: skip
                         self._kill(slot, "no heartbeat")
-                    elif slot.ctrl is not None:
+                    elif slot.ctrl is not None and now - slot.last_ping >= const.HEARTBEAT_INTERVAL:
                         slot.ping_seq += 1
+                        slot.last_ping = now
                         slot.ctrl.write(control.json_frame([["ping", slot.ping_seq]]))
                 elif slot.alive and now - slot.started > const.WORKER_BOOT_TIMEOUT:
                     log.error("worker %d: not ready after %.0f s; killing it", slot.index, const.WORKER_BOOT_TIMEOUT)
