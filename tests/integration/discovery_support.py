@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import selectors
 import signal
 import socket
@@ -28,10 +29,18 @@ PROCESS_STOP_TIMEOUT = 5.0  # seconds after SIGTERM before SIGKILL
 
 
 def free_udp_port() -> int:
-    """A UDP port nobody has bound on any address right now (the kernel's choice; closed at once)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
+    """A UDP port nobody has bound right now, chosen below the kernel's ephemeral range (32768+): a port
+    the kernel picked would be free again the moment we close it, and the next ephemeral bind (a test's
+    own receiving socket) could be handed the very same port."""
+    for _ in range(200):
+        candidate = random.randrange(20_000, 32_000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("0.0.0.0", candidate))
+            except OSError:
+                continue
+            return candidate
+    raise RuntimeError("no free UDP port in 20000-32000")
 
 
 def free_tcp_port() -> int:
