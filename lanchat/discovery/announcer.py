@@ -396,21 +396,17 @@ class Announcer:
             self._info_failed = True
         return self._last_info
 
+    def _advert(self, address: str, info: ServerInfo) -> tuple[str, str, int, int, int, int, int, int, float, str]:
+        """The fields a beacon and a probe reply share, in their order."""
+        return (
+            self.server_id, address, self.tcp_port, const.PROTOCOL_VERSION, self._interval_ms,
+            info.users, info.rooms, info.workers, info.load, self.name,
+        )  # fmt: skip
+
     def _send_beacons(self) -> None:
         info = self._current_info()
         for target, address in self._targets_with_address():
-            beacon = Beacon(
-                self.server_id,
-                address,
-                self.tcp_port,
-                const.PROTOCOL_VERSION,
-                self._interval_ms,
-                info.users,
-                info.rooms,
-                info.workers,
-                info.load,
-                self.name,
-            )
+            beacon = Beacon(*self._advert(address, info))
             if self._send(encode(beacon), target, "beacon"):
                 self._stats.beacons += 1
 
@@ -452,20 +448,7 @@ class Announcer:
         if advertised is None:
             self._drops(refusal, source)
             return
-        info = self._current_info()
-        reply = Reply(
-            self.server_id,
-            advertised,
-            self.tcp_port,
-            const.PROTOCOL_VERSION,
-            self._interval_ms,
-            info.users,
-            info.rooms,
-            info.workers,
-            info.load,
-            self.name,
-            message.nonce,
-        )
+        reply = Reply(*self._advert(advertised, self._current_info()), message.nonce)
         out = encode_reply_within(reply, len(data))
         if out is None:  # checked before the limiter: a probe we would never answer costs no token
             self._drops("probe_too_small", source, f"{len(data)} bytes")
