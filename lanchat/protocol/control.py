@@ -5,6 +5,9 @@ Every frame is ``!IB`` (body length, kind) + body. Kinds:
 - ``ROOM``  hub -> worker: fan ``payload`` (one or more ready-made client lines) out to the room's local members.
 - ``CONNS`` hub -> worker: send ``payload`` to the listed connections (replies, private messages, replay).
 - ``JSON``  either way: a list of control records, e.g. ``["req", conn, {...}]`` or ``["member", conn, room, true]``.
+- ``POST``  worker -> hub: one chat message the worker has validated (msg, action or privmsg), binary,
+  with its text already JSON-encoded, so the hub splices it into the event line: no JSON parse, no
+  second validation, no per-message objects on the hottest path (docs/architecture.md, "Performance").
 
 The hub encodes each event line once; workers copy the same bytes to every member. A peer that sends a
 frame of an unknown kind or over ``MAX_CONTROL_FRAME`` is broken: decoding raises RemoteProtocolError.
@@ -23,9 +26,12 @@ HEADER: Final = struct.Struct("!IB")
 ROOM: Final = 1
 CONNS: Final = 2
 JSON: Final = 3
+POST: Final = 4
+POST_KINDS: Final = ("msg", "action", "privmsg")  # a POST frame's kind byte indexes this
 MAX_CONTROL_FRAME: Final = 64 * 1024 * 1024  # bytes: a batch of one tick; larger means a broken peer
 _ROOM_HEAD: Final = struct.Struct("!H")
 _COUNT: Final = struct.Struct("!I")
+_POST_HEAD: Final = struct.Struct("!QqBB")  # conn, request id (-1: none), kind, target length
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +51,19 @@ class JsonFrame:
     records: list[Any]
 
 
-ControlFrame = RoomFrame | ConnsFrame | JsonFrame
+@dataclass(slots=True)
+class PostFrame:
+    """A validated chat message: ``text`` is the JSON string literal (quotes included), ``to`` the room
+    (msg, action) or nick (privmsg), ``id`` the client's request id or None."""
+
+    conn: int
+    kind: str
+    to: str
+    text: bytes
+    id: int | None = None
+
+
+ControlFrame = RoomFrame | ConnsFrame | JsonFrame | PostFrame
 
 
 def room_frame(room: str, payload: bytes) -> bytes:
@@ -61,6 +79,12 @@ def conns_frame(conns: list[int] | tuple[int, ...], payload: bytes) -> bytes:
 def json_frame(records: list[Any]) -> bytes:
     body = json.dumps(records, separators=(",", ":")).encode()
     return HEADER.pack(len(body), JSON) + body
+
+
+def post_frame(conn: int, kind: str, to: str, text_json: bytes, rid: int | None = None) -> bytes:
+    target = to.encode()
+    head = _POST_HEAD.pack(conn, -1 if rid is None else rid, POST_KINDS.index(kind), len(target))
+    return HEADER.pack(len(head) + len(target) + len(text_json), POST) + head + target + text_json
 
 
 class ControlDecoder:
@@ -104,6 +128,13 @@ def _decode(kind: int, body: bytes) -> ControlFrame:
             start = _COUNT.size
             ids = struct.unpack_from(f"!{count}Q", body, start)
             return ConnsFrame(ids, body[start + 8 * count :])
+        if kind == POST:
+            conn, rid, k, n = _POST_HEAD.unpack_from(body)
+            start = _POST_HEAD.size
+            if start + n > len(body) or k >= len(POST_KINDS):
+                raise ValueError("bad post header")
+            to = body[start : start + n].decode()
+            return PostFrame(conn, POST_KINDS[k], to, body[start + n :], None if rid < 0 else rid)
         if kind == JSON:
             records = json.loads(body)
             if not isinstance(records, list):

@@ -11,6 +11,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field, fields
+from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) escapes strings with
 from typing import Any, ClassVar, Final
 
 from lanchat import const
@@ -329,6 +330,11 @@ def parse_line(line: bytes) -> Request:
 
 
 # --- server frames ----------------------------------------------------------------------------------------
+
+
+def json_str(text: str) -> bytes:
+    """``text`` as a JSON string literal, exactly as ``encode`` writes it (the same C escaper)."""
+    return encode_basestring(text).encode("utf-8")
 
 
 def encode(frame: dict[str, Any]) -> bytes:

@@ -69,7 +69,7 @@ class _Run:
     lines: list[bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and a frozen __init__ costs twice as much
 class _Recent:
     seq: int
     convs: tuple[str, ...]
@@ -132,6 +132,20 @@ class Hub:
                 self._dispatch(session, req, now)
         except RemoteProtocolError as exc:
             self._reply(worker, conn, m.error_frame(exc.code, exc.message, id=exc.request_id or req.id))
+
+    def post(self, worker: int, p: control.PostFrame, now: float) -> None:
+        """A chat message a worker parsed and validated (the hot path: see control.POST)."""
+        self.msgs_in += 1
+        s = self.conns.get((worker, p.conn))
+        try:
+            if s is None:
+                raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=p.id)
+            if p.kind == "privmsg":
+                self._privmsg(s, p.to, p.text, p.id, now)
+            else:
+                self._post_room(s, p.kind, p.to, p.text, p.id, now)
+        except RemoteProtocolError as exc:
+            self._reply(worker, p.conn, m.error_frame(exc.code, exc.message, id=exc.request_id or p.id))
 
     def closed(self, worker: int, conn: int, clean: bool, reason: str, now: float) -> None:
         """A worker lost a connection. Unclean: the session waits ``resume_grace`` for its client."""
@@ -234,10 +248,18 @@ class Hub:
 
     def _event(self, kind: str, fields: dict[str, Any], convs: tuple[str, ...], now: float) -> tuple[int, bytes]:
         """Assign the next sequence number, encode once, queue for history."""
+        seq, ts = self._stamp(now)
+        line = m.encode({"type": kind, "seq": seq, "ts": ts, **fields})
+        self._keep(seq, ts, kind, convs, line)
+        return seq, line
+
+    def _stamp(self, now: float) -> tuple[int, float]:
         # A store that opened late (the disk came back) may know of higher numbers: never go below them.
         self.seq = seq = max(self.seq, self.store.start_seq) + 1
-        ts = round(now, 3)
-        line = m.encode({"type": kind, "seq": seq, "ts": ts, **fields})
+        return seq, round(now, 3)
+
+    def _keep(self, seq: int, ts: float, kind: str, convs: tuple[str, ...], line: bytes) -> None:
+        """Queue an encoded event for history, the resume ring and the rooms' join tails."""
         if convs:
             self.store.add_event(seq, convs, ts, kind, line[:-1].decode())
             self.recent.append(_Recent(seq, convs, line))
@@ -247,7 +269,6 @@ class Hub:
                     room.tail.append(line)
         else:
             self.store.note_seq(seq)  # stored nowhere, but the number is used up all the same
-        return seq, line
 
     def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
@@ -397,9 +418,9 @@ class Hub:
 
     def _dispatch(self, s: Session, req: m.Request, now: float) -> None:
         if isinstance(req, m.Msg | m.Action):
-            self._post_room(s, req, now)
+            self._post_room(s, req.TYPE, req.room, m.json_str(req.text), req.id, now)
         elif isinstance(req, m.PrivMsg):
-            self._privmsg(s, req, now)
+            self._privmsg(s, req.to, m.json_str(req.text), req.id, now)
         elif isinstance(req, m.Join):
             if req.room in s.rooms:
                 self._send(s, self._room_info(self.rooms[req.room], req.id))
@@ -438,29 +459,39 @@ class Hub:
         s.last_id = rid
         return False
 
-    def _post_room(self, s: Session, req: m.Msg | m.Action, now: float) -> None:
-        room = self.rooms.get(req.room)
+    def _post_room(self, s: Session, kind: str, name: str, text: bytes, rid: int | None, now: float) -> None:
+        """A msg or action; ``text`` is already a JSON string literal (m.json_str), spliced in as is."""
+        room = self.rooms.get(name)
         if room is None or s.sid not in room.members:
-            raise RemoteProtocolError(m.Err.NOT_IN_ROOM, f"you are not in #{req.room}", request_id=req.id)
-        if self._dedup(s, req.id):
+            raise RemoteProtocolError(m.Err.NOT_IN_ROOM, f"you are not in #{name}", request_id=rid)
+        if self._dedup(s, rid):
             return
-        seq, line = self._event(req.TYPE, {"room": room.name, "from": s.nick, "text": req.text}, (room.name,), now)
+        seq, ts = self._stamp(now)
+        # The same bytes m.encode() writes for {"type", "seq", "ts", "room", "from", "text"}, without a dict.
+        line = b'{"type":"%b","seq":%d,"ts":%a,"room":"%b","from":%b,"text":%b}\n' % (
+            kind.encode(), seq, ts, name.encode(), m.json_str(s.nick), text,
+        )  # fmt: skip
+        self._keep(seq, ts, kind, (name,), line)
         self._to_room(room, line)
-        if req.id is not None:
-            self._acks.append((s, req.id, seq))
+        if rid is not None:
+            self._acks.append((s, rid, seq))
             self.store.put_session(s.row())
 
-    def _privmsg(self, s: Session, req: m.PrivMsg, now: float) -> None:
-        target = self.nicks.get(m.nick_key(req.to))
+    def _privmsg(self, s: Session, to: str, text: bytes, rid: int | None, now: float) -> None:
+        target = self.nicks.get(m.nick_key(to))
         if target is None:
-            raise RemoteProtocolError(m.Err.NO_SUCH_NICK, f"no one is called {req.to}", request_id=req.id)
-        if self._dedup(s, req.id):
+            raise RemoteProtocolError(m.Err.NO_SUCH_NICK, f"no one is called {to}", request_id=rid)
+        if self._dedup(s, rid):
             return
         convs = ("@" + s.sid,) if target is s else ("@" + s.sid, "@" + target.sid)
-        seq, line = self._event("privmsg", {"from": s.nick, "to": target.nick, "text": req.text}, convs, now)
+        seq, ts = self._stamp(now)
+        line = b'{"type":"privmsg","seq":%d,"ts":%a,"from":%b,"to":%b,"text":%b}\n' % (
+            seq, ts, m.json_str(s.nick), m.json_str(target.nick), text,
+        )  # fmt: skip
+        self._keep(seq, ts, "privmsg", convs, line)
         self._to_sessions([s] if target is s else [s, target], line)
-        if req.id is not None:
-            self._acks.append((s, req.id, seq))
+        if rid is not None:
+            self._acks.append((s, rid, seq))
             self.store.put_session(s.row())
 
     def _join(self, s: Session, name: str, now: float, rid: int | None = None) -> None:

@@ -206,9 +206,8 @@ class Server:
                     log.error("worker %d: broken control stream (%s); killing it", slot.index, exc)
                     server._kill(slot, "broken control stream")
                     return
-                for frame in frames:
-                    if isinstance(frame, control.JsonFrame):
-                        server._from_worker(slot, frame.records)
+                if frames:
+                    server._from_worker(slot, frames)
 
             def connection_lost(self, exc: Exception | None) -> None:
                 if slot.ctrl is transport_box[0]:
@@ -224,9 +223,23 @@ class Server:
         self.loop.create_task(connect())
         log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
 
-    def _from_worker(self, slot: WorkerSlot, records: list[Any]) -> None:
+    def _from_worker(self, slot: WorkerSlot, frames: list[control.ControlFrame]) -> None:
         hub = self.hub
         now = time.time()
+        for frame in frames:
+            if isinstance(frame, control.PostFrame):
+                try:
+                    hub.post(slot.index, frame, now)
+                except Exception:  # a hub bug must cost one message, not the worker's pipe
+                    log.exception("internal error handling a message from worker %d", slot.index)
+                    err = m.error_frame(m.Err.INTERNAL, "internal server error; the message was not processed")
+                    hub._reply(slot.index, frame.conn, err)
+            elif isinstance(frame, control.JsonFrame):
+                self._records(slot, frame.records, now)
+        self._schedule_flush()
+
+    def _records(self, slot: WorkerSlot, records: list[Any], now: float) -> None:
+        hub = self.hub
         for rec in records:
             try:
                 kind = rec[0]
@@ -256,7 +269,6 @@ class Server:
                 if isinstance(rec, list) and len(rec) > 1 and rec[0] == "req":
                     err = m.error_frame(m.Err.INTERNAL, "internal server error; the request was not processed")
                     hub._reply(slot.index, int(rec[1]), err)
-        self._schedule_flush()
 
     def _worker_gone(self, slot: WorkerSlot) -> None:
         """The worker's pipe closed: it died or is dying. Its sessions wait for their clients to resume."""

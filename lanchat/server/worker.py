@@ -98,7 +98,13 @@ class ClientConn(asyncio.Protocol):
         for action in actions:
             if isinstance(action, Forward):
                 self.worker.msgs_in += 1
-                self.worker.to_hub(["req", self.conn_id, action.request.to_obj()])
+                req = action.request
+                if isinstance(req, m.Msg | m.Action):  # the hot path: a binary frame, text encoded here
+                    self.worker.post(control.post_frame(self.conn_id, req.TYPE, req.room, m.json_str(req.text), req.id))
+                elif isinstance(req, m.PrivMsg):
+                    self.worker.post(control.post_frame(self.conn_id, req.TYPE, req.to, m.json_str(req.text), req.id))
+                else:
+                    self.worker.to_hub(["req", self.conn_id, req.to_obj()])
             elif isinstance(action, Reply):
                 self.push(action.data)
             else:
@@ -207,7 +213,8 @@ class Worker:
         self.conns: dict[int, ClientConn] = {}
         self.rooms: dict[str, dict[int, ClientConn]] = {}
         self.dirty: set[ClientConn] = set()
-        self._hub_out: list[Any] = []
+        self._hub_out: list[bytes] = []  # frames for the hub, in order
+        self._hub_records: list[Any] = []  # JSON records not framed yet (consecutive ones share a frame)
         self._flush_scheduled = False
         self._decoder = control.ControlDecoder()
         self.ctrl: asyncio.Transport | None = None
@@ -243,8 +250,19 @@ class Worker:
         self.done.set()
 
     def to_hub(self, record: list[Any]) -> None:
-        self._hub_out.append(record)
+        self._hub_records.append(record)
         self._schedule()
+
+    def post(self, frame: bytes) -> None:
+        """A chat message for the hub (a control.POST frame), behind everything queued before it."""
+        self._frame_records()
+        self._hub_out.append(frame)
+        self._schedule()
+
+    def _frame_records(self) -> None:
+        if self._hub_records:
+            self._hub_out.append(control.json_frame(self._hub_records))
+            self._hub_records = []
 
     def mark_dirty(self, conn: ClientConn) -> None:
         self.dirty.add(conn)
@@ -261,9 +279,10 @@ class Worker:
         dirty, self.dirty = self.dirty, set()
         for conn in dirty:
             conn.flush()
+        self._frame_records()
         if self._hub_out and self.ctrl is not None and not self.ctrl.is_closing():
-            records, self._hub_out = self._hub_out, []
-            self.ctrl.write(control.json_frame(records))
+            frames, self._hub_out = self._hub_out, []
+            self.ctrl.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def from_hub(self, data: bytes) -> None:
         try:
@@ -293,9 +312,11 @@ class Worker:
                     if c is not None:
                         c.push(frame.payload)
                         self.msgs_out += 1
-            else:
+            elif isinstance(frame, control.JsonFrame):
                 for record in frame.records:
                     self._control(record)
+            else:  # a POST goes to the hub, never from it
+                log.error("worker %d: unexpected %s from the hub; ignored", self.worker_id, type(frame).__name__)
 
     def _control(self, record: list[Any]) -> None:
         kind = record[0]

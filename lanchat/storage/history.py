@@ -14,8 +14,9 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Final
 
@@ -29,6 +30,9 @@ SCHEMA_VERSION: Final = 1
 DB_NAME: Final = "history.sqlite3"
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
 PRUNE_BATCH: Final = 500  # rows deleted per commit at most, so pruning never stalls the hub
+# Events a conversation may run over its limit before it is pruned (at most 1 % of the limit): a busy room
+# is pruned once per PRUNE_SLACK events instead of at every commit, each of which would rewrite pages.
+PRUNE_SLACK: Final = 100
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,6 +44,8 @@ CREATE TABLE IF NOT EXISTS events (
     line TEXT NOT NULL,          -- the exact frame clients were sent
     PRIMARY KEY (conv, seq)
 ) WITHOUT ROWID;
+-- Written when a conversation is pruned. count is informational: counts are taken with count(*) on a
+-- conversation's first event of a run (writing them at every commit would rewrite a page per commit).
 CREATE TABLE IF NOT EXISTS convs (conv TEXT PRIMARY KEY, count INTEGER NOT NULL, pruned_upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
@@ -144,8 +150,7 @@ class HistoryStore:
         # Take the next block now, so a crash after this point can never hand out a number twice.
         self._reserved = max(self._reserved, self.start_seq + SEQ_RESERVE)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(self._reserved),))
-        for conv, count, pruned in db.execute("SELECT conv, count, pruned_upto FROM convs"):
-            self._counts[conv] = count
+        for conv, pruned in db.execute("SELECT conv, pruned_upto FROM convs"):
             self._pruned[conv] = pruned
 
     def _unknown_sequence(self) -> None:
@@ -265,13 +270,18 @@ class HistoryStore:
     def _count_and_prune(
         self, db: sqlite3.Connection, events: deque[tuple[str, int, float, str, str]]
     ) -> dict[str, int]:
+        """New row counts of the conversations this commit touched; prunes those over their limit."""
         counts: dict[str, int] = {}
-        for conv, *_ in events:
-            counts[conv] = counts.get(conv, self._counts.get(conv, 0)) + 1
         budget = PRUNE_BATCH
-        for conv, count in counts.items():
+        slack = min(PRUNE_SLACK, self.history_limit // 100)
+        for conv, added in Counter(map(itemgetter(0), events)).items():
+            known = self._counts.get(conv)
+            if known is None:  # first event of this run: count what the file holds (the batch included)
+                count = db.execute("SELECT count(*) FROM events WHERE conv=?", (conv,)).fetchone()[0]
+            else:
+                count = known + added
             excess = count - self.history_limit
-            if excess > 0 and budget > 0:
+            if excess > slack and budget > 0:
                 n = min(excess, budget)
                 budget -= n
                 upto = db.execute(
@@ -279,9 +289,10 @@ class HistoryStore:
                 ).fetchone()
                 if upto is not None:
                     db.execute("DELETE FROM events WHERE conv=? AND seq<=?", (conv, upto[0]))
-                    counts[conv] = count - n
+                    count -= n
                     self._pruned[conv] = upto[0]
-            db.execute("INSERT OR REPLACE INTO convs VALUES (?, ?, ?)", (conv, counts[conv], self._pruned.get(conv, 0)))
+                    db.execute("INSERT OR REPLACE INTO convs VALUES (?, ?, ?)", (conv, count, upto[0]))
+            counts[conv] = count
         return counts
 
     # --- reads ---------------------------------------------------------------------------------------------

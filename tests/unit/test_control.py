@@ -45,6 +45,9 @@ SAMPLE: list[tuple[bytes, c.ControlFrame]] = [
     (c.json_frame([]), c.JsonFrame([])),
     (c.json_frame([["member", 1, "lobby", True], ["bind", 1, "al", False]]),
      c.JsonFrame([["member", 1, "lobby", True], ["bind", 1, "al", False]])),
+    (c.post_frame(7, "msg", "lobby", b'"hi \\"there\\""', 12), c.PostFrame(7, "msg", "lobby", b'"hi \\"there\\""', 12)),
+    (c.post_frame(2**64 - 1, "action", "r", b'""'), c.PostFrame(2**64 - 1, "action", "r", b'""', None)),
+    (c.post_frame(0, "privmsg", "Zoë", '"é"'.encode(), 0), c.PostFrame(0, "privmsg", "Zoë", '"é"'.encode(), 0)),
 ]  # fmt: skip
 
 
@@ -86,7 +89,7 @@ def test_partial_frame_waits() -> None:
 
 
 def test_unknown_kind() -> None:
-    for kind in (0, 4, 255):
+    for kind in (0, 5, 255):
         assert "kind" in bad(c.HEADER.pack(2, kind) + b"{}").message
 
 
@@ -146,7 +149,7 @@ def test_any_bytes_decode_or_raise(data: bytes) -> None:
     except RemoteProtocolError as exc:
         assert exc.code == "bad_control"
     else:
-        assert all(isinstance(f, c.RoomFrame | c.ConnsFrame | c.JsonFrame) for f in frames)
+        assert all(isinstance(f, c.RoomFrame | c.ConnsFrame | c.JsonFrame | c.PostFrame) for f in frames)
 
 
 @settings(max_examples=300, deadline=None)
@@ -171,6 +174,8 @@ frames_st = st.one_of(
     st.builds(c.RoomFrame, room_names, st.binary(max_size=50)),
     st.builds(c.ConnsFrame, st.lists(st.integers(0, 2**64 - 1), max_size=5).map(tuple), st.binary(max_size=50)),
     st.builds(c.JsonFrame, json_records),
+    st.builds(c.PostFrame, st.integers(0, 2**64 - 1), st.sampled_from(c.POST_KINDS), room_names,
+              st.binary(max_size=50), st.none() | st.integers(0, 2**53)),
 )  # fmt: skip
 
 
@@ -179,7 +184,19 @@ def encode(frame: Any) -> bytes:
         return c.room_frame(frame.room, frame.payload)
     if isinstance(frame, c.ConnsFrame):
         return c.conns_frame(frame.conns, frame.payload)
+    if isinstance(frame, c.PostFrame):
+        return c.post_frame(frame.conn, frame.kind, frame.to, frame.text, frame.id)
     return c.json_frame(frame.records)
+
+
+def test_post_frame_bounds() -> None:
+    frame = c.post_frame(1, "msg", "lobby", b'"x"')
+    kind_at = c.HEADER.size + 16
+    assert "post" in bad(frame[:kind_at] + bytes([len(c.POST_KINDS)]) + frame[kind_at + 1 :]).message
+    body_len = len(frame) - c.HEADER.size
+    long_target = frame[: kind_at + 1] + bytes([200]) + frame[kind_at + 2 :]
+    assert "post" in bad(c.HEADER.pack(body_len, c.POST) + long_target[c.HEADER.size :]).message
+    assert "malformed" in bad(c.HEADER.pack(5, c.POST) + b"short").message
 
 
 @settings(max_examples=300, deadline=None)

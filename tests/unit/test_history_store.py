@@ -258,6 +258,19 @@ def test_pruning_per_commit_is_bounded(
     assert s.pruned_upto("lobby") == 4
 
 
+def test_a_large_limit_is_pruned_in_steps_of_its_slack(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path, history_limit=300)  # slack: 1 % of the limit = 3 events
+    for seq in range(1, 304):
+        add(s, seq)
+    assert s.commit(0.0)
+    assert s.pruned_upto("lobby") == 0  # 3 over the limit: within the slack, nothing rewritten
+    add(s, 304)
+    assert s.commit(0.0)
+    assert s.pruned_upto("lobby") == 4  # 4 over: back to the limit at once
+    kept = seqs(s.events("lobby", limit=500)[0])
+    assert kept == list(range(5, 305))
+
+
 def test_event_in_several_convs_is_counted_and_pruned_per_conv(tmp_path: Path, stores: list[HistoryStore]) -> None:
     s = open_store(stores, tmp_path, history_limit=1)
     add(s, 1, "a", "b")

@@ -916,3 +916,50 @@ def test_join_history_comes_from_memory_after_the_first_join(tmp_path: Path, sto
     history = next(f for f in net.take(1, 11) if f.get("type") == "history")
     assert [e.get("text") for e in history["events"] if e["type"] == "msg"] == ["remember me"]
     assert calls == []  # served from the room's tail: no database read per join
+
+
+# --- the binary fast path (control.POST) ----------------------------------------------------------------------
+
+TRICKY = 'say "hi" \\ to Zoë\t😀 </script> \u2028'
+
+
+def post(hub: Hub, w: int, conn: int, kind: str, to: str, text: str, rid: int | None, now: float) -> None:
+    hub.post(w, control.PostFrame(conn, kind, to, m.json_str(text), rid), now)
+
+
+def test_posted_lines_are_the_bytes_encode_writes(net: Workers) -> None:
+    welcome_of(net, 1, 1, "Zoë")
+    welcome_of(net, 1, 2, "bo")
+    net.clear()
+    post(net.hub, 1, 1, "msg", "lobby", TRICKY, None, 12.3456)
+    post(net.hub, 1, 1, "action", "lobby", TRICKY, None, 13.0)
+    payloads = [f.payload for f in net.take_raw(1) if isinstance(f, control.RoomFrame)]
+    seq = net.hub.seq
+    assert b"".join(payloads) == m.encode(
+        {"type": "msg", "seq": seq - 1, "ts": 12.346, "room": "lobby", "from": "Zoë", "text": TRICKY}
+    ) + m.encode({"type": "action", "seq": seq, "ts": 13.0, "room": "lobby", "from": "Zoë", "text": TRICKY})
+    post(net.hub, 1, 2, "privmsg", "ZOË", TRICKY, 5, 14.0)
+    (frame,) = [f for f in net.take_raw(1) if isinstance(f, control.ConnsFrame) and sorted(f.conns) == [1, 2]]
+    expected = {"type": "privmsg", "seq": seq + 1, "ts": 14.0, "from": "bo", "to": "Zoë", "text": TRICKY}
+    assert frame.payload == m.encode(expected)
+    net.clear()
+    net.hub.commit(14.0)
+    assert net.take(1, 2) == [{"type": "ack", "id": 5, "seq": seq + 1}]
+
+
+def test_posted_messages_are_checked_like_requests(net: Workers) -> None:
+    hub = net.hub
+    post(hub, 1, 1, "msg", "lobby", "x", 4, 0.0)
+    (err,) = net.take(1, 1)
+    assert (err["code"], err["id"]) == (m.Err.NOT_REGISTERED, 4)
+    welcome_of(net, 1, 1, "al")
+    net.clear()
+    post(hub, 1, 1, "msg", "elsewhere", "x", 5, 0.0)
+    post(hub, 1, 1, "privmsg", "nobody", "x", 6, 0.0)
+    assert [(f["code"], f["id"]) for f in net.take(1, 1)] == [(m.Err.NOT_IN_ROOM, 5), (m.Err.NO_SUCH_NICK, 6)]
+    post(hub, 1, 1, "msg", "lobby", "once", 7, 0.0)
+    post(hub, 1, 1, "msg", "lobby", "once", 7, 0.0)  # a resend after a drop: acked again, posted once
+    hub.commit(0.0)
+    frames = net.take(1, 1)
+    assert [f["text"] for f in events(frames)] == ["once"]
+    assert [(f["id"], f["seq"]) for f in frames if f["type"] == "ack"] == [(7, hub.seq), (7, None)]
