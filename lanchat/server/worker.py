@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
@@ -216,6 +217,8 @@ class Worker:
         self._hub_out: list[bytes] = []  # frames for the hub, in order
         self._hub_records: list[Any] = []  # JSON records not framed yet (consecutive ones share a frame)
         self._flush_scheduled = False
+        self._fanout_scheduled = False
+        self._fanout_at = 0.0  # loop time before which no fan-out round starts (see _fanout)
         self._decoder = control.ControlDecoder()
         self.ctrl: asyncio.Transport | None = None
         self.done = asyncio.Event()
@@ -266,23 +269,49 @@ class Worker:
 
     def mark_dirty(self, conn: ClientConn) -> None:
         self.dirty.add(conn)
-        self._schedule()
+        self._schedule_fanout()
 
     def _schedule(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush_hub)
+
+    def _schedule_fanout(self) -> None:
+        if not self._fanout_scheduled:
+            self._fanout_scheduled = True
+            loop = asyncio.get_running_loop()
+            delay = self._fanout_at - loop.time()
+            if delay >= const.FANOUT_PAUSE_MIN:  # shorter waits would round up to the timer's 1 ms
+                loop.call_later(delay, self._fanout)
+            else:
+                loop.call_soon(self._fanout)
 
     def _flush(self) -> None:
-        """Once per loop tick: one write per dirty client, one batch to the hub."""
+        self._flush_hub()
+        self._fanout()
+
+    def _flush_hub(self) -> None:
+        """Once per loop tick: everything for the hub in one write (it sequences while we fan out)."""
         self._flush_scheduled = False
-        dirty, self.dirty = self.dirty, set()
-        for conn in dirty:
-            conn.flush()
         self._frame_records()
         if self._hub_out and self.ctrl is not None and not self.ctrl.is_closing():
             frames, self._hub_out = self._hub_out, []
             self.ctrl.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _fanout(self) -> None:
+        """One write per dirty client. A round that took t seconds starts the next no sooner than
+        FANOUT_PAUSE * t later (if that is at least FANOUT_PAUSE_MIN): lines arriving meanwhile share
+        the next round's send() calls, so a busy large room costs fewer system calls per delivery on
+        both ends, and the fan-out never takes more than half of the worker's time. A short round,
+        as in a quiet room, is never followed by a wait (docs/benchmarks.md, "Levers")."""
+        self._fanout_scheduled = False
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            conn.flush()
+        end = loop.time()
+        self._fanout_at = end + (end - start) * const.FANOUT_PAUSE
 
     def from_hub(self, data: bytes) -> None:
         try:
@@ -304,7 +333,7 @@ class Worker:
                             dirty.add(conn)
                         else:
                             conn.push(payload)
-                    self._schedule()
+                    self._schedule_fanout()
                     self.msgs_out += len(members) * payload.count(b"\n")
             elif isinstance(frame, control.ConnsFrame):
                 for cid in frame.conns:
