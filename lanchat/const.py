@@ -21,6 +21,7 @@ SENDQ: Final = 1024 * 1024  # bytes queued for one client before it is dropped a
 HANDSHAKE_TIMEOUT: Final = 10.0  # seconds from connect to a completed hello
 PING_INTERVAL: Final = 30.0  # seconds of silence from a client before the server pings it
 IDLE_TIMEOUT: Final = 90.0  # seconds of silence (no byte at all) before the server drops a client
+CLOSE_TIMEOUT: Final = 5.0  # seconds a closing connection may take to read its last bytes before it is cut
 
 # --- server-wide limits (main process) ---------------------------------------------------------------------
 MAX_CLIENTS: Final = 10_000  # connections across all workers

@@ -260,6 +260,7 @@ class Bench:
         """Start the server and connect every client; False (with setup_error) if not all could join."""
         self.target.start()
         self.rss0 = self.server_rss()
+        self.rss0_each = self.server_rss_each()
         self._spawn()
         self.call_all("connect")
         deadline = time.monotonic() + connect_timeout
@@ -339,6 +340,15 @@ class Bench:
             except Exception:
                 pass
         return total
+
+    def server_rss_each(self) -> list[int]:
+        out = []
+        for p in self.target.processes():
+            try:
+                out.append(p.memory_info().rss)
+            except Exception:
+                out.append(0)
+        return out
 
     def server_rss(self) -> int:
         total = 0
@@ -628,6 +638,8 @@ class Runner:
             time.sleep(0.5)  # let buffers drain and the allocator settle before reading RSS
             rss = b.server_rss()
             per_conn = (rss - b.rss0) / clients
+            procs_rss = b.server_rss_each()
+            main_rss = procs_rss[0] if procs_rss else 0
             times: list[float] = []
             reached: list[int] = []
             poster = next(i for i, specs in enumerate(layout.per_proc) if any(s.poster for s in specs))
@@ -654,6 +666,8 @@ class Runner:
                 "server_rss_mib": round(rss / 2**20, 1),
                 "server_rss_base_mib": round(b.rss0 / 2**20, 1),
                 "rss_per_conn_bytes": round(per_conn),
+                # the first process is the main one (lanchat: hub, sessions); the others are its workers
+                "rss_per_conn_main_bytes": round((main_rss - b.rss0_each[0]) / clients) if b.rss0_each else None,
                 "broadcast_ms": [round(t, 2) for t in times],
                 "broadcast_median_ms": round(ok_times[len(ok_times) // 2], 2) if ok_times else None,
                 "broadcast_reached": reached,

@@ -1,0 +1,173 @@
+"""The worker's socket edge with real sockets and a real loop, but no hub: fan-out pacing, the write queue,
+closing (drain, then close; cut off after CLOSE_TIMEOUT) and the sendq limit."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from lanchat import const
+from lanchat.protocol import control
+from lanchat.server.worker import ClientConn, Worker
+
+
+class FakeConn:
+    """Stands in for a ClientConn: records when it was flushed; a slow one takes `cost` seconds to send."""
+
+    def __init__(self, cost: float = 0.0) -> None:
+        self.cost = cost
+        self.flushed: list[float] = []
+        self.event = asyncio.Event()
+
+    def flush(self) -> None:
+        self.flushed.append(asyncio.get_running_loop().time())
+        if self.cost:
+            time.sleep(self.cost)  # stands for a round of many send() calls
+        self.event.set()
+
+
+def make_worker() -> tuple[Worker, list[socket.socket]]:
+    a, b = socket.socketpair()
+    c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    cfg: dict[str, Any] = {"sendq": 1 << 20, "max_frame": 1024, "rate": 10.0, "burst": 10}
+    return Worker(0, a, c, cfg), [a, b, c, d]
+
+
+def test_a_long_round_defers_the_next_and_a_short_one_does_not() -> None:
+    async def main() -> None:
+        worker, socks = make_worker()
+        try:
+            slow, fast = FakeConn(cost=3 * const.FANOUT_PAUSE_MIN), FakeConn()
+            worker.mark_dirty(slow)  # type: ignore[arg-type]
+            await asyncio.wait_for(slow.event.wait(), 5)
+            pause_until = worker._fanout_at
+            assert pause_until - slow.flushed[0] >= 3 * const.FANOUT_PAUSE_MIN * const.FANOUT_PAUSE
+            worker.mark_dirty(fast)  # type: ignore[arg-type]
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert fast.flushed == []  # the pause holds it back past the next loop iterations...
+            await asyncio.wait_for(fast.event.wait(), 5)
+            assert fast.flushed[0] >= pause_until  # ...until the pause is over
+            fast.event.clear()
+            worker.mark_dirty(fast)  # type: ignore[arg-type]
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert len(fast.flushed) == 2  # a short round: the next one runs at once
+        finally:
+            for s in socks:
+                s.close()
+
+    asyncio.run(main())
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Run the loop until ``check()`` holds (the worker's own callbacks make it true)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def told_hub(worker: Worker) -> list[Any]:
+    """The JSON records the worker has queued for the hub (there is no hub here to send them to)."""
+    worker._frame_records()
+    return [rec for frame in control.ControlDecoder().feed(b"".join(worker._hub_out)) for rec in frame.records]
+
+
+def with_conn(body: Callable[[Worker, ClientConn, socket.socket], Awaitable[None]], sendq: int = 1 << 24) -> None:
+    async def main() -> None:
+        worker, socks = make_worker()
+        worker.sendq = sendq
+        ours, peer = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn = ClientConn(worker, 1, "test", ours)
+        conn.start()
+        try:
+            await body(worker, conn, peer)
+        finally:
+            conn.abort()
+            peer.close()
+            for s in socks:
+                s.close()
+
+    asyncio.run(main())
+
+
+def test_output_the_kernel_cannot_take_is_queued_in_order_and_sent_when_it_can() -> None:
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        lines = [b"%06d %s\n" % (i, b"x" * 200) for i in range(2000)]  # ~400 KB, far more than the buffers
+        for line in lines:
+            conn.push(line)
+        await until(lambda: conn.wbuf is not None)  # the kernel took part, the rest waits
+        peer.setblocking(False)
+        got = bytearray()
+
+        def drained() -> bool:
+            try:
+                got.extend(peer.recv(1 << 20))
+            except BlockingIOError:
+                pass
+            return len(got) >= len(b"".join(lines))
+
+        await until(lambda: drained() and conn.wbuf is None)
+        assert got.endswith(b"".join(lines))  # after the greeting: every line, once, in order
+        assert 1 in worker.conns
+
+    with_conn(body)
+
+
+def test_close_sends_everything_then_closes() -> None:
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        payload = b"y" * 300_000 + b"\n"
+        conn.push(payload)
+        conn.close(b"bye\n")
+        assert conn.closing and 1 in worker.conns  # still draining
+        peer.setblocking(False)
+        got = bytearray()
+        eof = False
+
+        def read() -> bool:
+            nonlocal eof
+            try:
+                chunk = peer.recv(1 << 20)
+                eof = chunk == b""
+                got.extend(chunk)
+            except BlockingIOError:
+                pass
+            return eof
+
+        await until(read)
+        assert got.endswith(payload + b"bye\n")
+        assert 1 not in worker.conns and conn.sock is None
+
+    with_conn(body)
+
+
+def test_a_peer_that_never_reads_is_cut_off_after_close_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(const, "CLOSE_TIMEOUT", 0.05)
+
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        conn.push(b"z" * 300_000)
+        conn.close()
+        assert 1 in worker.conns
+        await until(lambda: 1 not in worker.conns)
+        assert conn.sock is None and told_hub(worker)[-1] == ["closed", 1, False, "connection lost"]
+
+    with_conn(body)
+
+
+def test_a_client_over_sendq_is_dropped_as_too_slow() -> None:
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        for _ in range(10):
+            conn.push(b"w" * 10_000)
+        await until(lambda: 1 not in worker.conns)
+        assert conn.sock is None
+        assert told_hub(worker)[-1] == ["closed", 1, False, "too slow"]
+
+    with_conn(body, sendq=50_000)
