@@ -32,8 +32,9 @@ def load(path: Path) -> tuple[dict[Key, dict[str, Any]], list[dict[str, Any]], d
         row = json.loads(line)
         if row["kind"] == "machine":
             machine = row
-        elif row["kind"] == "summary":
-            summaries[(row["target"], row["scenario"], row["clients"], row["senders"])] = row
+        elif row["kind"] == "summary":  # a run may come in parts (e.g. a separate --only-light file): merge
+            key = (row["target"], row["scenario"], row["clients"], row["senders"])
+            summaries[key] = {**summaries.get(key, {}), **row}
         elif row["kind"] == "step":
             steps.append(row)
     for st in steps:  # CPU at half of Redis's maximum: the one offered rate every target ran at
@@ -138,6 +139,16 @@ def main(argv: list[str]) -> int:
                    f"| {num(med(lost), 0)} | {num(med(values(key, 'same_rate_server_cpu')))} "
                    f"| {num(med(values(key, 'same_rate_cpu_us_per_delivery')))} |")  # fmt: skip
     out.append("")
+    out.append("### Light load: 50,000 deliveries/s (C = 100 at 500 msg/s, C = 1,000 at 50 msg/s)\n")
+    out.append("| C | senders | target | p50 (ms) | p99 (ms) | lost | server CPU (cores) |")
+    out.append("|---|---|---|---|---|---|---|")
+    for key in keys:
+        target, scenario, clients, senders = key
+        if scenario == "fanout" and any(v is not None for v in values(key, "light_p99_ms")):
+            out.append(f"| {clients} | {senders} | {target} | {cell(values(key, 'light_p50_ms'), ms)} "
+                       f"| {cell(values(key, 'light_p99_ms'), ms)} | {num(med(values(key, 'light_lost')), 0)} "
+                       f"| {num(med(values(key, 'light_server_cpu')))} |")  # fmt: skip
+    out.append("")
     out.append("### Idle clients, then one broadcast to all\n")
     out.append("| clients | target | connect all (s) | server RSS (MiB, all processes) | RSS per connection (bytes) "
                "| broadcast: last one has it (ms, median of 3) | note |")  # fmt: skip
@@ -180,6 +191,9 @@ def main(argv: list[str]) -> int:
                      "max_deliveries_per_s") for w in lan])  # fmt: skip
         ratio_rows(f"fanout C={c}: p99 at half Redis max / Redis p99 there", "<= 1.5", lambda v: v <= 1.5,
                    [((w, "fanout", c, two), "half_redis_p99_ms", ("redis", "fanout", c, two), "half_max_p99_ms")
+                    for w in lan])  # fmt: skip
+        ratio_rows(f"fanout C={c}: p99 at light load / Redis p99 there", "<= 1.5", lambda v: v <= 1.5,
+                   [((w, "fanout", c, two), "light_p99_ms", ("redis", "fanout", c, two), "light_p99_ms")
                     for w in lan])  # fmt: skip
     if many != two and cs:
         c = max(cs)
