@@ -494,7 +494,13 @@ class Worker:
                     sock.close()
                     self.to_hub(["closed", conn_id, True, "shutting down"])
                     continue
-                ClientConn(self, conn_id, sys.intern(peer), sock).start()
+                conn = ClientConn(self, conn_id, sys.intern(peer), sock)
+                try:
+                    conn.start()
+                except OSError as exc:  # the descriptor went bad on the way
+                    log.info("conn %d (%s): gone before adoption: %s", conn_id, peer, exc)
+                    self.conns.pop(conn_id, None)
+                    conn.abort()
 
     # --- timers and shutdown -------------------------------------------------------------------------------
 
