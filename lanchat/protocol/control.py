@@ -7,7 +7,7 @@ Every frame is ``!IB`` (body length, kind) + body. Kinds:
 - ``JSON``  either way: a list of control records, e.g. ``["req", conn, {...}]`` or ``["member", conn, room, true]``.
 - ``POST``  worker -> hub: one chat message the worker has validated (msg, action or privmsg), binary,
   with its text already JSON-encoded, so the hub splices it into the event line: no JSON parse, no
-  second validation, no per-message objects on the hottest path (docs/architecture.md, "Performance").
+  second validation, no per-message objects on the hottest path (docs/architecture.md, "Where we differ").
 
 The hub encodes each event line once; workers copy the same bytes to every member. A peer that sends a
 frame of an unknown kind or over ``MAX_CONTROL_FRAME`` is broken: decoding raises RemoteProtocolError.
@@ -51,7 +51,7 @@ class JsonFrame:
     records: list[Any]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True)  # not frozen, unlike the others: one per message, and a frozen __init__ costs twice
 class PostFrame:
     """A validated chat message: ``text`` is the JSON string literal (quotes included), ``to`` the room
     (msg, action) or nick (privmsg), ``id`` the client's request id or None."""

@@ -232,8 +232,7 @@ class Server:
                     hub.post(slot.index, frame, now)
                 except Exception:  # a hub bug must cost one message, not the worker's pipe
                     log.exception("internal error handling a message from worker %d", slot.index)
-                    err = m.error_frame(m.Err.INTERNAL, "internal server error; the message was not processed")
-                    hub._reply(slot.index, frame.conn, err)
+                    self._internal_error(slot, frame.conn)
             elif isinstance(frame, control.JsonFrame):
                 self._records(slot, frame.records, now)
         self._schedule_flush()
@@ -267,8 +266,11 @@ class Server:
             except Exception:  # a hub bug must cost one request, not the worker's pipe
                 log.exception("internal error handling %.200r from worker %d", rec, slot.index)
                 if isinstance(rec, list) and len(rec) > 1 and rec[0] == "req":
-                    err = m.error_frame(m.Err.INTERNAL, "internal server error; the request was not processed")
-                    hub._reply(slot.index, int(rec[1]), err)
+                    self._internal_error(slot, int(rec[1]))
+
+    def _internal_error(self, slot: WorkerSlot, conn: int) -> None:
+        err = m.error_frame(m.Err.INTERNAL, "internal server error; the request was not processed")
+        self.hub._reply(slot.index, conn, err)
 
     def _worker_gone(self, slot: WorkerSlot) -> None:
         """The worker's pipe closed: it died or is dying. Its sessions wait for their clients to resume."""

@@ -226,8 +226,6 @@ class ClientConn:
 
     def abort(self) -> None:
         """Close now, dropping anything unsent."""
-        self.closing = True
-        self.json_mode = False
         self._lost()
 
     def _lost(self) -> None:
