@@ -293,6 +293,7 @@ class Worker:
         self._flush_scheduled = False
         self._fanout_scheduled = False
         self._fanout_at = 0.0  # loop time before which no fan-out round starts (see _fanout)
+        self._out_mark = 0
         self._decoder = control.ControlDecoder()
         self.ctrl: asyncio.Transport | None = None
         self.done = asyncio.Event()
@@ -372,11 +373,13 @@ class Worker:
             self.ctrl.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def _fanout(self) -> None:
-        """One write per dirty client. A round that took t seconds starts the next no sooner than
-        FANOUT_PAUSE * t later (if that is at least FANOUT_PAUSE_MIN): lines arriving meanwhile share
-        the next round's send() calls, so a busy large room costs fewer system calls per delivery on
-        both ends, and the fan-out never takes more than half of the worker's time. A short round,
-        as in a quiet room, is never followed by a wait (docs/benchmarks.md, "Levers")."""
+        """One write per dirty client. A round that took t seconds and carried at least FANOUT_THICK
+        lines per client (the room is busy: lines pile up between rounds) starts the next no sooner
+        than FANOUT_PAUSE * t later (if that is at least FANOUT_PAUSE_MIN): lines arriving meanwhile
+        share the next round's send() calls, so a busy large room costs fewer system calls per delivery
+        on both ends, and the fan-out never takes more than half of the worker's time. A short round,
+        or one with a line or so per client (the room keeps up), is never followed by a wait
+        (docs/benchmarks.md, "Levers")."""
         self._fanout_scheduled = False
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -384,7 +387,9 @@ class Worker:
         for conn in dirty:
             conn.flush()
         end = loop.time()
-        self._fanout_at = end + (end - start) * const.FANOUT_PAUSE
+        lines, self._out_mark = self.msgs_out - self._out_mark, self.msgs_out
+        thick = lines >= const.FANOUT_THICK * len(dirty)  # else the room keeps up: pausing would only delay
+        self._fanout_at = end + (end - start) * const.FANOUT_PAUSE if thick else end
 
     def from_hub(self, data: bytes) -> None:
         try:

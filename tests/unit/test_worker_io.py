@@ -38,15 +38,20 @@ def make_worker() -> tuple[Worker, list[socket.socket]]:
     return Worker(0, a, c, cfg), [a, b, c, d]
 
 
-def test_a_long_round_defers_the_next_and_a_short_one_does_not() -> None:
+def test_a_long_busy_round_defers_the_next_and_a_short_or_thin_one_does_not() -> None:
     async def main() -> None:
         worker, socks = make_worker()
         try:
             slow, fast = FakeConn(cost=3 * const.FANOUT_PAUSE_MIN), FakeConn()
             worker.mark_dirty(slow)  # type: ignore[arg-type]
             await asyncio.wait_for(slow.event.wait(), 5)
+            assert worker._fanout_at <= asyncio.get_running_loop().time()  # one line or less: no pause
+            slow.event.clear()
+            worker.msgs_out += const.FANOUT_THICK  # lines piled up for it: a busy room
+            worker.mark_dirty(slow)  # type: ignore[arg-type]
+            await asyncio.wait_for(slow.event.wait(), 5)
             pause_until = worker._fanout_at
-            assert pause_until - slow.flushed[0] >= 3 * const.FANOUT_PAUSE_MIN * const.FANOUT_PAUSE
+            assert pause_until - slow.flushed[-1] >= 3 * const.FANOUT_PAUSE_MIN * const.FANOUT_PAUSE
             worker.mark_dirty(fast)  # type: ignore[arg-type]
             for _ in range(3):
                 await asyncio.sleep(0)
