@@ -228,10 +228,13 @@ class Bench:
 
     def _spawn(self) -> None:
         ctx = mp.get_context("fork")
+        pings_after = getattr(self.target, "PING_INTERVAL", 0)
         for specs in self.layout.per_proc:
             parent, child = ctx.Pipe()
             p = ctx.Process(
-                target=generator_main, args=(child, self.target.kind, self.target.port, specs, self.opts), daemon=True
+                target=generator_main,
+                args=(child, self.target.kind, self.target.port, specs, {**self.opts, "pings_after": pings_after}),
+                daemon=True,
             )
             p.start()
             child.close()

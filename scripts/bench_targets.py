@@ -180,6 +180,9 @@ def lanchat_source(ref: str | None) -> tuple[Path | None, str]:
 
 class Lanchat(Target):
     kind = "lanchat"
+    # Silent receivers are pinged after this long (and dropped after twice it): longer than any run, so the
+    # generator need not look for pings in what it receives before then (see bench_gen.Generator.ping_from).
+    PING_INTERVAL = 3600
     source: Path | None = None  # set by bench.py from --lanchat-ref: where `python -m lanchat` comes from
 
     def __init__(self, workers: int) -> None:
@@ -197,8 +200,8 @@ class Lanchat(Target):
             "--port", str(self.port), "--workers", str(self.workers), "--data-dir", str(self.tmp / "data"),
             "--name", "bench", "--rate", "100000", "--burst", "100000", "--max-clients", "100000",
             "--max-per-ip", "100000", "--sendq", "16777216",
-            # silent receivers are not pinged or dropped during a run (the generator answers pings anyway)
-            "--ping-interval", "3600", "--idle-timeout", "7200", "--handshake-timeout", "120",
+            "--ping-interval", str(self.PING_INTERVAL), "--idle-timeout", str(2 * self.PING_INTERVAL),
+            "--handshake-timeout", "120",
             "--log-level", "warning",
         ]  # fmt: skip
 
