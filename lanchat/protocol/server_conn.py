@@ -51,7 +51,7 @@ class Close:
     clean: bool  # the client said goodbye (quit): its session ends now instead of waiting for a resume
 
 
-Action = Forward | Reply | Close
+Action = Forward | m.Post | Reply | Close  # m.Post: a msg or action that skipped decoding (m.parse_post)
 
 
 class TokenBucket:
@@ -156,6 +156,12 @@ class ServerConnection:
             out.append(Reply(self._error_exc(exc)))
 
     def _json_line(self, line: bytes, out: list[Action]) -> None:
+        post = m.parse_post(line)
+        if post is not None:
+            if not self.hello_sent:
+                raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=post.id)
+            out.append(post)
+            return
         req = m.parse_line(line)
         if isinstance(req, m.Ping):
             out.append(Reply(m.encode({"type": "pong"} if req.id is None else {"type": "pong", "id": req.id})))

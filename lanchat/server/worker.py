@@ -23,7 +23,7 @@ from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
-from lanchat.protocol.server_conn import Close, Forward, Mode, Reply, ServerConnection, render_for_plain
+from lanchat.protocol.server_conn import Action, Forward, Mode, Reply, ServerConnection, render_for_plain
 
 log = logging.getLogger("lanchat.worker")
 
@@ -116,9 +116,12 @@ class ClientConn:
 
     # --- protocol actions ----------------------------------------------------------------------------------
 
-    def _handle(self, actions: list[Forward | Reply | Close]) -> None:
+    def _handle(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Forward):
+            if isinstance(action, m.Post):  # the hot path: forwarded as it came
+                self.worker.msgs_in += 1
+                self.worker.post(control.post_frame(self.conn_id, action.kind, action.room, action.text, action.id))
+            elif isinstance(action, Forward):
                 self.worker.msgs_in += 1
                 req = action.request
                 if isinstance(req, m.Msg | m.Action | m.PrivMsg):  # the hot path: a binary frame, text encoded here

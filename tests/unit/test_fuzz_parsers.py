@@ -212,9 +212,13 @@ def client_streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 
 def check_actions(actions: list[Any], mode: Mode) -> None:
     for action in actions:
-        assert isinstance(action, Forward | Reply | Close)
+        assert isinstance(action, Forward | m.Post | Reply | Close)
         if isinstance(action, Forward):
             assert m.parse_obj(action.request.to_obj(), allow_plain=True) == action.request
+        elif isinstance(action, m.Post):  # forwarded undecoded: must still be what the hub would accept
+            text = json.loads(action.text)
+            req = m.parse_obj({"type": action.kind, "room": action.room, "text": text, "id": action.id})
+            assert m.json_str(text) == action.text and req.id == action.id
         elif isinstance(action, Reply) and mode is Mode.JSON:
             assert action.data.endswith(b"\n") and action.data.count(b"\n") == 1
             reply = json.loads(action.data)

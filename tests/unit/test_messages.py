@@ -478,3 +478,88 @@ def test_any_text_is_accepted_only_without_control_characters(text: str) -> None
     else:
         assert got == text
         m.encode({"text": got})  # accepted text always encodes
+
+
+# --- the hot path: parse_post must agree with parse_line on every line it accepts ---------------------------
+
+
+def _slow(line: bytes) -> m.Request | str:
+    try:
+        return m.parse_line(line)
+    except RemoteProtocolError as exc:
+        return exc.code
+
+
+def _agrees(line: bytes) -> m.Post | None:
+    """parse_post's answer, after checking it is what the full parser says about the same line."""
+    post = m.parse_post(line)
+    if post is not None:
+        req = m.parse_line(line)  # must not raise: the fast path never accepts what the parser refuses
+        assert isinstance(req, m.Msg | m.Action) and req.TYPE == post.kind
+        assert (req.room, req.id) == (post.room, post.id)
+        assert m.json_str(req.text) == post.text  # the literal spliced into the event is the canonical one
+    return post
+
+
+def _shape(kind: str, room: str, text: str, rid: int | None = None) -> bytes:
+    line = b'{"type":"%s","room":"%s","text":"%s"' % (kind.encode(), room.encode(), text.encode())
+    return line + (b"}" if rid is None else b',"id":%d}' % rid)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["msg", "action", "privmsg", "Msg"]),
+    st.text(alphabet="abzAZ09_.-#\u00e9", min_size=0, max_size=34),
+    st.text(min_size=0, max_size=30) | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126)),
+    st.none() | st.integers(min_value=-2, max_value=m.MAX_ID + 2),
+)
+def test_parse_post_agrees_with_the_full_parser(kind: str, room: str, text: str, rid: int | None) -> None:
+    _agrees(_shape(kind, room, text, rid))  # raw text: quotes, backslashes, control characters included
+    line = json.dumps({"type": kind, "room": room, "text": text, **({} if rid is None else {"id": rid})})
+    compact = json.dumps(json.loads(line), ensure_ascii=False, separators=(",", ":")).encode()
+    post = _agrees(compact)  # the client's encoding: taken by the fast path whenever its shape allows
+    simple = all(" " <= c <= "~" and c not in '"\\' for c in text) and 0 < len(text) <= const.MAX_TEXT
+    canonical = m._ROOM.fullmatch(room) is not None and len(room) <= const.ROOM_MAX
+    fast = kind in ("msg", "action") and simple and canonical and (rid is None or 0 <= rid <= m.MAX_ID)
+    assert (post is not None) == fast
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=80))
+def test_parse_post_on_arbitrary_bytes(line: bytes) -> None:
+    _agrees(b'{"type":"msg","room":"a","text":"' + line)
+    _agrees(line)
+
+
+def test_parse_post_limits_at_their_edges() -> None:
+    room = "r" * const.ROOM_MAX
+    assert _agrees(_shape("msg", room, "x" * const.MAX_TEXT, m.MAX_ID)) == m.Post(
+        "msg", room, b'"' + b"x" * const.MAX_TEXT + b'"', m.MAX_ID
+    )
+    too_long = _shape("msg", "a", "x" * (const.MAX_TEXT + 1))
+    assert m.parse_post(too_long) is None and _slow(too_long) == m.Err.BAD_TEXT
+    long_room = _shape("msg", "r" * (const.ROOM_MAX + 1), "x")
+    assert m.parse_post(long_room) is None and _slow(long_room) == m.Err.BAD_ROOM
+    big_id = _shape("action", "a", "x", m.MAX_ID + 1)
+    assert m.parse_post(big_id) is None and _slow(big_id) == m.Err.BAD_FIELD
+    assert _agrees(_shape("action", "a", "x", 0)) == m.Post("action", "a", b'"x"', 0)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type":"msg","room":"#a","text":"x"}',  # the full parser drops the '#'
+        b'{"type":"msg","room":"Lobby","text":"x"}',  # and lowercases
+        b'{"type":"msg","room":"a","text":"caf\xc3\xa9"}',  # non-ASCII text
+        b'{"type":"msg","room":"a","text":"a\\"b"}',  # escapes
+        b'{"type":"msg","room":"a","text":"a\tb"}',  # a raw tab: invalid JSON
+        b'{"type":"msg","room":"a","text":""}',  # empty
+        b'{"type": "msg", "room": "a", "text": "x"}',  # other spacing
+        b'{"room":"a","type":"msg","text":"x"}',  # other key order
+        b'{"type":"msg","room":"a","text":"x","id":01}',  # not JSON
+        b'{"type":"msg","room":"a","text":"x","id":1.0}',
+        b'{"type":"msg","room":"a","text":"x"} ',
+    ],
+)
+def test_parse_post_leaves_other_shapes_to_the_full_parser(line: bytes) -> None:
+    assert m.parse_post(line) is None

@@ -503,7 +503,7 @@ def test_any_input_gives_actions_never_an_exception(data: list[bytes], register:
         if register and c.hello_sent and not c.registered:
             c.bound("x")
         for a in c.receive_data(chunk, now):
-            assert isinstance(a, Forward | Reply | Close)
+            assert isinstance(a, Forward | m.Post | Reply | Close)
             if isinstance(a, Reply):
                 assert a.data.endswith(b"\n")
             if isinstance(a, Forward):  # what a worker forwards always passes the hub's validation
@@ -511,3 +511,18 @@ def test_any_input_gives_actions_never_an_exception(data: list[bytes], register:
         assert c.throttled_until is None or c.throttled_until >= now
     c.process(now + 100.0)
     assert c.pending == 0 or c.closed
+
+
+def test_common_message_shape_is_forwarded_without_decoding() -> None:
+    c = conn()
+    fast = b'{"type":"msg","room":"lobby","text":"hi there","id":5}\n'
+    (early,) = c.receive_data(fast, 0.0)  # before the hello: the same answer as the full parser gives
+    assert reply_obj(early) == {"type": "error", "code": "not_registered", "message": "send a hello first", "id": 5}
+    assert c.receive_data(line({"type": "hello", "nick": "al"}), 0.0) == [Forward(m.Hello("al"))]
+    c.bound("al")
+    assert c.receive_data(fast, 0.0) == [m.Post("msg", "lobby", b'"hi there"', 5)]
+    assert c.receive_data(b'{"type":"action","room":"lobby","text":"waves"}\n', 0.0) == [
+        m.Post("action", "lobby", b'"waves"')
+    ]
+    # Anything else takes the full parser, which normalises: the hub sees the same request either way.
+    assert c.receive_data(b'{"type":"msg","room":"#Lobby","text":"hi"}\n', 0.0) == [Forward(m.Msg("lobby", "hi"))]
