@@ -53,6 +53,7 @@ class ServerConfig:
     def worker_args(self) -> dict[str, object]:
         """The part of the config a worker needs (sent to it as JSON at spawn)."""
         return {
+            "workers": self.workers,
             "max_frame": self.max_frame,
             "rate": self.rate,
             "burst": self.burst,

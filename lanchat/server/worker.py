@@ -287,6 +287,7 @@ class Worker:
         self.cfg = cfg
         self.name = str(cfg.get("name", "lanchat"))
         self.sendq = int(cfg["sendq"])
+        self.workers = int(cfg.get("workers", 1))  # how many workers share the fan-out (see _fanout)
         self.conns: dict[int, ClientConn] = {}
         self.rooms: dict[str, dict[int, ClientConn]] = {}
         self.dirty: set[ClientConn] = set()
@@ -377,11 +378,12 @@ class Worker:
     def _fanout(self) -> None:
         """One write per dirty client. A round that took t seconds and carried at least FANOUT_THICK
         lines per client (the room is busy: lines pile up between rounds) starts the next no sooner
-        than FANOUT_PAUSE * t later (if that is at least FANOUT_PAUSE_MIN): lines arriving meanwhile
-        share the next round's send() calls, so a busy large room costs fewer system calls per delivery
-        on both ends, and the fan-out never takes more than half of the worker's time. A short round,
-        or one with a line or so per client (the room keeps up), is never followed by a wait
-        (docs/benchmarks.md, "Levers")."""
+        than FANOUT_PAUSE * t * workers later (if that is at least FANOUT_PAUSE_MIN): lines arriving
+        meanwhile share the next round's send() calls, so a busy large room costs fewer system calls per
+        delivery on both ends. A room spread over W workers gives each a round of about t / W: scaled by
+        W, the pause is what one worker holding the whole room would take, so the sends per delivery do
+        not grow with the number of workers. A short round, or one with a line or so per client (the
+        room keeps up), is never followed by a wait (docs/benchmarks.md, "Levers")."""
         self._fanout_scheduled = False
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -391,7 +393,7 @@ class Worker:
         end = loop.time()
         lines, self._out_mark = self.msgs_out - self._out_mark, self.msgs_out
         thick = lines >= const.FANOUT_THICK * len(dirty)  # else the room keeps up: pausing would only delay
-        self._fanout_at = end + (end - start) * const.FANOUT_PAUSE if thick else end
+        self._fanout_at = end + (end - start) * const.FANOUT_PAUSE * self.workers if thick else end
 
     def from_hub(self, data: bytes) -> None:
         try:

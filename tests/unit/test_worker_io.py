@@ -31,10 +31,10 @@ class FakeConn:
         self.event.set()
 
 
-def make_worker() -> tuple[Worker, list[socket.socket]]:
+def make_worker(workers: int = 1) -> tuple[Worker, list[socket.socket]]:
     a, b = socket.socketpair()
     c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    cfg: dict[str, Any] = {"sendq": 1 << 20, "max_frame": 1024, "rate": 10.0, "burst": 10}
+    cfg: dict[str, Any] = {"sendq": 1 << 20, "max_frame": 1024, "rate": 10.0, "burst": 10, "workers": workers}
     return Worker(0, a, c, cfg), [a, b, c, d]
 
 
@@ -63,6 +63,26 @@ def test_a_long_busy_round_defers_the_next_and_a_short_or_thin_one_does_not() ->
             for _ in range(3):
                 await asyncio.sleep(0)
             assert len(fast.flushed) == 2  # a short round: the next one runs at once
+        finally:
+            for s in socks:
+                s.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_pause_after_a_busy_round_scales_with_the_workers_sharing_the_room(workers: int) -> None:
+    async def main() -> None:
+        worker, socks = make_worker(workers)
+        try:
+            slow = FakeConn(cost=2 * const.FANOUT_PAUSE_MIN)
+            worker.msgs_out += const.FANOUT_THICK
+            worker.mark_dirty(slow)  # type: ignore[arg-type]
+            await asyncio.wait_for(slow.event.wait(), 5)
+            # The round lasted at least the flush's cost, from its start (flushed[-1]) to its end: the next
+            # one may start no sooner than the round's end plus workers times its length.
+            cost = 2 * const.FANOUT_PAUSE_MIN
+            assert worker._fanout_at - slow.flushed[-1] >= cost * (1 + const.FANOUT_PAUSE * workers)
         finally:
             for s in socks:
                 s.close()
