@@ -318,10 +318,11 @@ def _hello(obj: dict[str, Any], rid: int | None, allow_plain: bool) -> Hello:
 
 @dataclass(frozen=True, slots=True)
 class Post:
-    """A msg or action line in its common shape, taken apart without decoding it (``parse_post``)."""
+    """A chat message as it travels to the hub: from ``parse_post`` (a msg or action line in its common
+    shape, never decoded) or from a decoded Msg, Action or PrivMsg."""
 
-    kind: str  # "msg" or "action"
-    room: str
+    kind: str  # "msg", "action" or "privmsg" (control.POST_KINDS)
+    to: str  # the room, or the nick of a privmsg
     text: bytes  # the text as a JSON string literal, exactly as json_str() writes it
     id: int | None = None
 

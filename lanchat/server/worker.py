@@ -118,17 +118,17 @@ class ClientConn:
 
     def _handle(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, m.Post):  # the hot path: forwarded as it came
-                self.worker.msgs_in += 1
-                self.worker.post(control.post_frame(self.conn_id, action.kind, action.room, action.text, action.id))
-            elif isinstance(action, Forward):
-                self.worker.msgs_in += 1
+            if isinstance(action, Forward):
                 req = action.request
-                if isinstance(req, m.Msg | m.Action | m.PrivMsg):  # the hot path: a binary frame, text encoded here
-                    to = req.to if isinstance(req, m.PrivMsg) else req.room
-                    self.worker.post(control.post_frame(self.conn_id, req.TYPE, to, m.json_str(req.text), req.id))
-                else:
+                if not isinstance(req, m.Msg | m.Action | m.PrivMsg):
+                    self.worker.msgs_in += 1
                     self.worker.to_hub(["req", self.conn_id, req.to_obj()])
+                    continue
+                to = req.to if isinstance(req, m.PrivMsg) else req.room  # a message the full parser decoded
+                action = m.Post(req.TYPE, to, m.json_str(req.text), req.id)
+            if isinstance(action, m.Post):  # every message: a binary frame for the hub (control.POST)
+                self.worker.msgs_in += 1
+                self.worker.post(control.post_frame(self.conn_id, action.kind, action.to, action.text, action.id))
             elif isinstance(action, Reply):
                 self.push(action.data)
             else:

@@ -217,7 +217,7 @@ def check_actions(actions: list[Any], mode: Mode) -> None:
             assert m.parse_obj(action.request.to_obj(), allow_plain=True) == action.request
         elif isinstance(action, m.Post):  # forwarded undecoded: must still be what the hub would accept
             text = json.loads(action.text)
-            req = m.parse_obj({"type": action.kind, "room": action.room, "text": text, "id": action.id})
+            req = m.parse_obj({"type": action.kind, "room": action.to, "text": text, "id": action.id})
             assert m.json_str(text) == action.text and req.id == action.id
         elif isinstance(action, Reply) and mode is Mode.JSON:
             assert action.data.endswith(b"\n") and action.data.count(b"\n") == 1

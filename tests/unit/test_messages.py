@@ -496,7 +496,7 @@ def _agrees(line: bytes) -> m.Post | None:
     if post is not None:
         req = m.parse_line(line)  # must not raise: the fast path never accepts what the parser refuses
         assert isinstance(req, m.Msg | m.Action) and post.kind == req.TYPE
-        assert (req.room, req.id) == (post.room, post.id)
+        assert (req.room, req.id) == (post.to, post.id)
         assert m.json_str(req.text) == post.text  # the literal spliced into the event is the canonical one
     return post
 
