@@ -54,10 +54,11 @@ ACCEPT_BACKOFF: Final = 0.1  # seconds the accept loop pauses on EMFILE/ENFILE/E
 PIPE_HIGH_WATER: Final = 8 * 1024 * 1024  # bytes queued to one worker pipe before the hub logs pressure
 
 # --- fan-out pacing (worker) -------------------------------------------------------------------------------
-# A fan-out round (one send() per member with output) that took t seconds is followed by the next no sooner
-# than FANOUT_PAUSE * t * workers later, so lines that arrive meanwhile share its send() calls. Measured on
-# 2 cores, 1,000 members and 50 senders: p99 half, server CPU -10 %; neutral for small rooms; the factor
-# "workers" took 2 workers' CPU per delivery from 1.34x to 1.18x that of 1 (docs/benchmarks.md, "Levers").
+# A busy fan-out round (one send() per member with output) that took t seconds is followed by the next no
+# sooner than FANOUT_PAUSE * t * (workers per core left to them) later, so lines that arrive meanwhile share
+# its send() calls. Measured on 2 cores, 1,000 members and 50 senders: p99 half, server CPU -10 %; neutral
+# for small rooms; the workers-per-core factor took 2 workers' CPU per delivery from 1.34x to 1.18x that of
+# 1 (worker.workers_per_core; docs/benchmarks.md, "Levers").
 FANOUT_PAUSE: Final = 1.0
 FANOUT_PAUSE_MIN: Final = 0.001  # seconds: shorter pauses are skipped (epoll's timer would round them to 1 ms)
 # Lines per client a round must carry to be followed by a pause: about one means the room keeps up, and

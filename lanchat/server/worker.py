@@ -279,6 +279,24 @@ class ClientConn:
             self.push(b'{"type":"ping"}\n')
 
 
+def workers_per_core(workers: int, cores: int) -> float:
+    """How many workers take turns on each core left to them (one core is the main process's), at least 1.
+
+    A busy room spread over W workers gives each a round of about t / W. If the W share one core, the
+    room's fan-out still takes t of that core's time, and a pause of t / W after each round would make
+    the W of them send W times as often as one worker holding the whole room: scaled by this factor,
+    the pause is that one worker's again. Workers on cores of their own really do run in parallel, so
+    there the factor is 1 and nobody waits longer than their own round."""
+    return max(1.0, workers / max(1, cores - 1))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on (containers, taskset)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Worker:
     def __init__(self, worker_id: int, ctrl: socket.socket, fds: socket.socket, cfg: dict[str, Any]) -> None:
         self.worker_id = worker_id
@@ -287,7 +305,7 @@ class Worker:
         self.cfg = cfg
         self.name = str(cfg.get("name", "lanchat"))
         self.sendq = int(cfg["sendq"])
-        self.workers = int(cfg.get("workers", 1))  # how many workers share the fan-out (see _fanout)
+        self.pause_factor = const.FANOUT_PAUSE * workers_per_core(int(cfg.get("workers", 1)), _cores())
         self.conns: dict[int, ClientConn] = {}
         self.rooms: dict[str, dict[int, ClientConn]] = {}
         self.dirty: set[ClientConn] = set()
@@ -378,12 +396,11 @@ class Worker:
     def _fanout(self) -> None:
         """One write per dirty client. A round that took t seconds and carried at least FANOUT_THICK
         lines per client (the room is busy: lines pile up between rounds) starts the next no sooner
-        than FANOUT_PAUSE * t * workers later (if that is at least FANOUT_PAUSE_MIN): lines arriving
-        meanwhile share the next round's send() calls, so a busy large room costs fewer system calls per
-        delivery on both ends. A room spread over W workers gives each a round of about t / W: scaled by
-        W, the pause is what one worker holding the whole room would take, so the sends per delivery do
-        not grow with the number of workers. A short round, or one with a line or so per client (the
-        room keeps up), is never followed by a wait (docs/benchmarks.md, "Levers")."""
+        than t * pause_factor later (if that is at least FANOUT_PAUSE_MIN): lines arriving meanwhile
+        share the next round's send() calls, so a busy large room costs fewer system calls per delivery
+        on both ends. pause_factor is FANOUT_PAUSE times the workers that take turns on each core (see
+        workers_per_core). A short round, or one with a line or so per client (the room keeps up), is
+        never followed by a wait (docs/benchmarks.md, "Levers")."""
         self._fanout_scheduled = False
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -393,7 +410,7 @@ class Worker:
         end = loop.time()
         lines, self._out_mark = self.msgs_out - self._out_mark, self.msgs_out
         thick = lines >= const.FANOUT_THICK * len(dirty)  # else the room keeps up: pausing would only delay
-        self._fanout_at = end + (end - start) * const.FANOUT_PAUSE * self.workers if thick else end
+        self._fanout_at = end + (end - start) * self.pause_factor if thick else end
 
     def from_hub(self, data: bytes) -> None:
         try:

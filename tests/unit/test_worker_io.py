@@ -13,7 +13,8 @@ import pytest
 
 from lanchat import const
 from lanchat.protocol import control
-from lanchat.server.worker import ClientConn, Worker
+from lanchat.server import worker as worker_mod
+from lanchat.server.worker import ClientConn, Worker, workers_per_core
 
 
 class FakeConn:
@@ -70,8 +71,20 @@ def test_a_long_busy_round_defers_the_next_and_a_short_or_thin_one_does_not() ->
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(
+    ("workers", "cores", "factor"),
+    [(1, 2, 1.0), (2, 2, 2.0), (4, 2, 4.0), (4, 3, 2.0), (4, 5, 1.0), (8, 64, 1.0), (1, 1, 1.0), (3, 1, 3.0)],
+)
+def test_workers_per_core(workers: int, cores: int, factor: float) -> None:
+    assert workers_per_core(workers, cores) == factor  # one core is left to the main process
+
+
 @pytest.mark.parametrize("workers", [1, 3])
-def test_the_pause_after_a_busy_round_scales_with_the_workers_sharing_the_room(workers: int) -> None:
+def test_the_pause_after_a_busy_round_scales_with_the_workers_sharing_a_core(
+    workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_mod, "_cores", lambda: 2)  # as on the benchmark machine: one core for workers
+
     async def main() -> None:
         worker, socks = make_worker(workers)
         try:
