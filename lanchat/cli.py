@@ -60,7 +60,7 @@ def serve(
             min=0,
             max=64,
             show_default="number of CPUs",
-            help="Worker processes (0: one per CPU).",
+            help="Worker processes (0: one per CPU this process may use).",
         ),
     ] = 0,
     name: Annotated[

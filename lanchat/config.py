@@ -26,11 +26,19 @@ class DiscoveryConfig:
     discovery: bool = True
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on: a container or taskset may allow fewer than the host has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = const.DEFAULT_PORT
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=lambda: usable_cores())
     name: str = field(default_factory=socket.gethostname)
     data_dir: Path = field(default_factory=default_data_dir)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)

@@ -60,6 +60,9 @@ PIPE_HIGH_WATER: Final = 8 * 1024 * 1024  # bytes queued to one worker pipe befo
 # for small rooms; the workers-per-core factor took 2 workers' CPU per delivery from 1.34x to 1.18x that of
 # 1 (worker.workers_per_core; docs/benchmarks.md, "Levers").
 FANOUT_PAUSE: Final = 1.0
+# At most this many workers per core count for the pause (measured: 2 and 4 workers on 2 cores). It bounds
+# a worker that holds most of a busy room alone, which would otherwise pause as if it shared the room.
+FANOUT_SHARE_MAX: Final = 4
 FANOUT_PAUSE_MIN: Final = 0.001  # seconds: shorter pauses are skipped (epoll's timer would round them to 1 ms)
 # Lines per client a round must carry to be followed by a pause: about one means the room keeps up, and
 # a pause would only add latency (50 msg/s to 1,000 members, 1 worker: p99 32 -> 18 ms; busy rooms unchanged).

@@ -117,7 +117,8 @@ class Generator:
         self.pings = 0
         # lanchat pings a silent client after its --ping-interval: scanning every read for pings before
         # then would cost the generator (and so the server) CPU that no other target is charged. Half the
-        # interval is the margin (the server counts from each connection's start, later than ours).
+        # interval is the margin (the server counts from a client's last input, never before its
+        # connection started, which is after this process started).
         self.ping_from = time.monotonic() + float(opts.get("pings_after", 0)) / 2
         self.watch_pings = kind == "lanchat" and self.ping_from <= time.monotonic()
         self.samples = array("q")

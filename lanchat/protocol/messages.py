@@ -1,7 +1,8 @@
 """Client requests and server frames of the chat protocol (docs/protocol.md), sans-IO.
 
-Requests are frozen, slotted dataclasses that validate in their constructors; ``parse_line`` turns one
-frame into one request or raises ``RemoteProtocolError`` with a wire error code. Server frames are plain
+Requests are frozen, slotted dataclasses; ``parse_line`` (through ``parse_obj``, which does the checks)
+turns one frame into one request or raises ``RemoteProtocolError`` with a wire error code, and
+``parse_post`` takes the common shape of a chat message apart without decoding it. Server frames are plain
 dicts encoded once by ``encode`` (events are encoded once by the hub and fanned out as the same bytes).
 """
 

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from lanchat import const
+from lanchat.config import usable_cores
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
@@ -280,21 +281,20 @@ class ClientConn:
 
 
 def workers_per_core(workers: int, cores: int) -> float:
-    """How many workers take turns on each core left to them (one core is the main process's), at least 1.
+    """How many workers take turns on each core left to them (one core is the main process's): from 1
+    to FANOUT_SHARE_MAX.
 
     A busy room spread over W workers gives each a round of about t / W. If the W share one core, the
     room's fan-out still takes t of that core's time, and a pause of t / W after each round would make
     the W of them send W times as often as one worker holding the whole room: scaled by this factor,
     the pause is that one worker's again. Workers on cores of their own really do run in parallel, so
-    there the factor is 1 and nobody waits longer than their own round."""
-    return max(1.0, workers / max(1, cores - 1))
+    there the factor is 1 and nobody waits longer than their own round. The cap bounds what a worker
+    holding most of a busy room alone gives up: its fan-out takes at least 1 / (1 + factor) of its time."""
+    return min(float(const.FANOUT_SHARE_MAX), max(1.0, workers / max(1, cores - 1)))
 
 
 def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may run on (containers, taskset)
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return usable_cores()  # a seam for tests
 
 
 class Worker:
@@ -398,9 +398,10 @@ class Worker:
         lines per client (the room is busy: lines pile up between rounds) starts the next no sooner
         than t * pause_factor later (if that is at least FANOUT_PAUSE_MIN): lines arriving meanwhile
         share the next round's send() calls, so a busy large room costs fewer system calls per delivery
-        on both ends. pause_factor is FANOUT_PAUSE times the workers that take turns on each core (see
-        workers_per_core). A short round, or one with a line or so per client (the room keeps up), is
-        never followed by a wait (docs/benchmarks.md, "Levers")."""
+        on both ends, and a busy room's fan-out takes at most 1 / (1 + pause_factor) of the worker's time
+        (the rest is reading, parsing and the hub's frames). pause_factor is FANOUT_PAUSE times the
+        workers that take turns on each core (see workers_per_core). A short round, or one with a line
+        or so per client (the room keeps up), is never followed by a wait (docs/benchmarks.md, "Levers")."""
         self._fanout_scheduled = False
         loop = asyncio.get_running_loop()
         start = loop.time()

@@ -525,6 +525,14 @@ def test_parse_post_agrees_with_the_full_parser(kind: str, room: str, text: str,
 
 
 @settings(max_examples=200, deadline=None)
+@given(st.from_regex(m._POST, fullmatch=True))
+def test_every_line_of_the_fast_shape_is_taken_and_agrees(line: bytes) -> None:
+    rid = line.rsplit(b'"id":', 1)[1][:-1] if line.endswith(b"}") and b',"id":' in line[-25:] else None
+    post = _agrees(line)
+    assert (post is not None) == (rid is None or int(rid) <= m.MAX_ID)  # only an id over MAX_ID falls through
+
+
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=80))
 def test_parse_post_on_arbitrary_bytes(line: bytes) -> None:
     _agrees(b'{"type":"msg","room":"a","text":"' + line)

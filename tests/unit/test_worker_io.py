@@ -73,10 +73,11 @@ def test_a_long_busy_round_defers_the_next_and_a_short_or_thin_one_does_not() ->
 
 @pytest.mark.parametrize(
     ("workers", "cores", "factor"),
-    [(1, 2, 1.0), (2, 2, 2.0), (4, 2, 4.0), (4, 3, 2.0), (4, 5, 1.0), (8, 64, 1.0), (1, 1, 1.0), (3, 1, 3.0)],
-)
+    [(1, 2, 1.0), (2, 2, 2.0), (4, 2, 4.0), (4, 3, 2.0), (4, 5, 1.0), (8, 64, 1.0), (1, 1, 1.0), (3, 1, 3.0),
+     (5, 2, const.FANOUT_SHARE_MAX), (64, 2, const.FANOUT_SHARE_MAX), (12, 4, const.FANOUT_SHARE_MAX)],
+)  # fmt: skip
 def test_workers_per_core(workers: int, cores: int, factor: float) -> None:
-    assert workers_per_core(workers, cores) == factor  # one core is left to the main process
+    assert workers_per_core(workers, cores) == factor  # one core is left to the main process; capped
 
 
 @pytest.mark.parametrize("workers", [1, 3])
