@@ -36,6 +36,14 @@ class Session:
     worker: int | None = None
     conn: int | None = None
     detached_at: float | None = None
+    _nick_src: str | None = field(default=None, init=False, repr=False)
+    _nick_lit: bytes = field(default=b"", init=False, repr=False)
+
+    def nick_literal(self) -> bytes:
+        """The nick as a JSON string literal, made once per nick: every message the session posts carries it."""
+        if self._nick_src is not self.nick:
+            self._nick_src, self._nick_lit = self.nick, m.json_str(self.nick)
+        return self._nick_lit
 
     @property
     def convs(self) -> list[str]:
@@ -101,6 +109,8 @@ class Hub:
         self.recent: deque[_Recent] = deque(maxlen=recent_max)
         self._out: dict[int, list[bytes | _Run]] = {}
         self._acks: list[tuple[Session, int, int | None]] = []
+        self._ts_src = -1.0  # the last timestamp formatted for a message line, and its JSON text
+        self._ts_lit = b""
         self.msgs_in = 0
         self.events_out = 0
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
@@ -252,6 +262,13 @@ class Hub:
         line = m.encode({"type": kind, "seq": seq, "ts": ts, **fields})
         self._keep(seq, ts, kind, convs, line)
         return seq, line
+
+    def _ts_literal(self, ts: float) -> bytes:
+        """``ts`` as JSON text (float repr, as m.encode writes it). The posts of one batch share their
+        timestamp, so it is formatted once per batch: a float's repr costs more than the rest of the line."""
+        if ts != self._ts_src:
+            self._ts_src, self._ts_lit = ts, repr(ts).encode()
+        return self._ts_lit
 
     def _stamp(self, now: float) -> tuple[int, float]:
         # A store that opened late (the disk came back) may know of higher numbers: never go below them.
@@ -468,8 +485,8 @@ class Hub:
             return
         seq, ts = self._stamp(now)
         # The same bytes m.encode() writes for {"type", "seq", "ts", "room", "from", "text"}, without a dict.
-        line = b'{"type":"%b","seq":%d,"ts":%a,"room":"%b","from":%b,"text":%b}\n' % (
-            kind.encode(), seq, ts, name.encode(), m.json_str(s.nick), text,
+        line = b'{"type":"%b","seq":%d,"ts":%b,"room":"%b","from":%b,"text":%b}\n' % (
+            kind.encode(), seq, self._ts_literal(ts), name.encode(), s.nick_literal(), text,
         )  # fmt: skip
         self._keep(seq, ts, kind, (name,), line)
         self._to_room(room, line)
@@ -485,8 +502,8 @@ class Hub:
             return
         convs = ("@" + s.sid,) if target is s else ("@" + s.sid, "@" + target.sid)
         seq, ts = self._stamp(now)
-        line = b'{"type":"privmsg","seq":%d,"ts":%a,"from":%b,"to":%b,"text":%b}\n' % (
-            seq, ts, m.json_str(s.nick), m.json_str(target.nick), text,
+        line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b}\n' % (
+            seq, self._ts_literal(ts), s.nick_literal(), target.nick_literal(), text,
         )  # fmt: skip
         self._keep(seq, ts, "privmsg", convs, line)
         self._to_sessions([s] if target is s else [s, target], line)

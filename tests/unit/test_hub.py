@@ -947,6 +947,25 @@ def test_posted_lines_are_the_bytes_encode_writes(net: Workers) -> None:
     assert net.take(1, 2) == [{"type": "ack", "id": 5, "seq": seq + 1}]
 
 
+def test_posted_lines_follow_nick_changes_and_each_timestamp(net: Workers) -> None:
+    # The hub caches a nick's and a timestamp's JSON text: a change of either must show in the next line.
+    welcome_of(net, 1, 1, "al")
+    welcome_of(net, 1, 2, "bo")
+    post(net.hub, 1, 1, "msg", "lobby", "one", None, 20.0)
+    post(net.hub, 1, 1, "msg", "lobby", "two", None, 20.0)  # same batch, same timestamp
+    net.hub.request(1, 1, {"type": "nick", "nick": "Älan"}, 20.5)
+    post(net.hub, 1, 1, "msg", "lobby", "three", None, 21.25)
+    post(net.hub, 1, 2, "privmsg", "älan", "four", None, 0.1)
+    events = [e for e in net.take(1, 2) if e["type"] in ("msg", "privmsg")]
+    assert [(e["from"], e["text"], e["ts"]) for e in events] == [
+        ("al", "one", 20.0),
+        ("al", "two", 20.0),
+        ("Älan", "three", 21.25),
+        ("bo", "four", 0.1),
+    ]
+    assert events[-1]["to"] == "Älan"
+
+
 def test_posted_messages_are_checked_like_requests(net: Workers) -> None:
     hub = net.hub
     post(hub, 1, 1, "msg", "lobby", "x", 4, 0.0)
