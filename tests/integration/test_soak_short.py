@@ -14,8 +14,8 @@ SOAK = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
 
 def test_short_soak_loses_nothing_and_returns_its_resources() -> None:
     done = subprocess.run(
-        [sys.executable, str(SOAK), "--duration", "20", "--clients", "20", "--kill-interval", "4",
-         "--restart-interval", "9", "--crash", "--json"],
+        [sys.executable, str(SOAK), "--duration", "14", "--clients", "20", "--kill-interval", "3",
+         "--restart-interval", "6", "--crash", "--json"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.stdout.strip(), f"no result; stderr:\n{done.stderr[-3000:]}"
