@@ -38,7 +38,7 @@ def usable_cores() -> int:
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = const.DEFAULT_PORT
-    workers: int = field(default_factory=lambda: usable_cores())
+    workers: int = field(default_factory=usable_cores)
     name: str = field(default_factory=socket.gethostname)
     data_dir: Path = field(default_factory=default_data_dir)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
