@@ -524,8 +524,7 @@ class Worker:
                     conn.start()
                 except OSError as exc:  # the descriptor went bad on the way
                     log.info("conn %d (%s): gone before adoption: %s", conn_id, peer, exc)
-                    self.conns.pop(conn_id, None)
-                    conn.abort()
+                    conn.abort()  # releases all it holds (conns included) and reports it closed
 
     # --- timers and shutdown -------------------------------------------------------------------------------
 
