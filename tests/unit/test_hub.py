@@ -904,6 +904,37 @@ def test_large_rooms_do_not_announce_presence(tmp_path: Path, stores: list[Histo
     assert [f["text"] for f in net.take(2, 20) if f.get("type") == "msg"] == ["to all"]  # messages still flow
 
 
+def test_room_info_lists_the_first_nicks_as_they_are_now(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch
+) -> None:
+    """The nick list of the reply to a join is cached per room: every change to its first
+    ROOM_INFO_NICKS members (join, part, quit, nick) shows in the next reply, and nothing past them."""
+    monkeypatch.setattr(const, "ROOM_INFO_NICKS", 3)
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+
+    def info(conn: int, rid: int) -> Frame:
+        hub.request(1, conn, {"type": "join", "room": "lobby", "id": rid}, 1.0)
+        (frame,) = [f for f in net.take(1, conn) if f.get("type") == "room"]
+        assert frame["id"] == rid
+        return frame
+
+    for i, nick in enumerate(["a", "b", "c", "d"]):
+        welcome_of(net, 1, 10 + i, nick)
+    assert (info(10, 1)["nicks"], info(10, 1)["users"]) == (["a", "b", "c"], 4)  # capped; d is past it
+    hub.request(1, 11, {"type": "nick", "nick": "B2"}, 2.0)
+    assert info(10, 2)["nicks"] == ["a", "B2", "c"]
+    hub.request(1, 10, {"type": "part", "room": "lobby"}, 3.0)
+    assert info(11, 3)["nicks"] == ["B2", "c", "d"]
+    hub.request(1, 12, {"type": "quit"}, 4.0)
+    hub.closed(1, 12, True, "quit", 4.0)
+    expected = {"type": "room", "room": "lobby", "topic": "", "users": 2, "nicks": ["B2", "d"], "id": 4}
+    assert info(11, 4) == expected
+    hub.request(1, 10, {"type": "join", "room": "lobby", "id": 5}, 5.0)  # a's join appends: still under the cap
+    (frame,) = [f for f in net.take(1, 10) if f.get("type") == "room"]
+    assert frame["nicks"] == ["B2", "d", "a"]
+
+
 def test_join_history_comes_from_memory_after_the_first_join(tmp_path: Path, stores: list[HistoryStore]) -> None:
     net = Workers(make_hub(stores, tmp_path))
     welcome_of(net, 1, 10, "al")
