@@ -449,6 +449,7 @@ class Runner:
         self.out = out
         self.opts: dict[str, Any] = {
             "connect_window": args.connect_window,
+            "spread_sources": not args.one_source,
             "bulk_interval": args.bulk_interval,
             "tick": args.tick,
             "samples_per_s": args.samples_per_s,
@@ -902,6 +903,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bulk-interval", type=float, default=0.01, help="s between reads of non-probe clients")
     p.add_argument("--tick", type=float, default=0.001, help="s between sender wake-ups")
     p.add_argument("--connect-window", type=int, default=100, help="connections in progress per process")
+    p.add_argument(
+        "--one-source", action="store_true",
+        help="connect every client from 127.0.0.1 (default: spread over 64 loopback source addresses, see bench_gen)",
+    )  # fmt: skip
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--quiet", type=float, default=0.5, help="s without progress that ends a step's drain")
     p.add_argument("--drain-cap", type=float, default=5.0, help="s at most to wait for a step's tail")
