@@ -131,6 +131,7 @@ class Hub:
         self.recent: deque[_Recent] = deque(maxlen=recent_max)
         self._out: dict[int, list[bytes | _Run]] = {}
         self._acks: list[tuple[Session, int, int | None]] = []
+        self._now_src, self._now_ms = -1.0, 0.0  # the last clock reading stamped, rounded to ms
         self._ts_src = -1.0  # the last timestamp formatted for a message line, and its JSON text
         self._ts_lit = b""
         self.msgs_in = 0
@@ -295,7 +296,9 @@ class Hub:
     def _stamp(self, now: float) -> tuple[int, float]:
         # A store that opened late (the disk came back) may know of higher numbers: never go below them.
         self.seq = seq = max(self.seq, self.store.start_seq) + 1
-        return seq, round(now, 3)
+        if now != self._now_src:  # a batch shares its clock reading: round() (a dtoa) once per batch
+            self._now_src, self._now_ms = now, round(now, 3)
+        return seq, self._now_ms
 
     def _keep(self, seq: int, ts: float, kind: str, convs: tuple[str, ...], line: bytes) -> None:
         """Queue an encoded event for history, the resume ring and the rooms' join tails."""
