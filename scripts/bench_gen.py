@@ -177,9 +177,18 @@ class Generator:
             if not self.t_first:
                 self.t_first = time.monotonic()
             if self.spread:
-                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((SOURCE_ADDRESSES[self.connects % len(SOURCE_ADDRESSES)], 0))
-                self.connects += 1
+                try:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                    sock.bind((SOURCE_ADDRESSES[self.connects % len(SOURCE_ADDRESSES)], 0))
+                    self.connects += 1
+                except OSError as exc:  # e.g. a namespace whose lo lacks 127.0.1.x: connect as before
+                    self.spread = False
+                    self.errors.append(f"source addresses not usable ({exc}); connecting from 127.0.0.1")
+                    sock.close()
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    c = Conn(spec, sock)
             rc = sock.connect_ex(self.addr)
             if rc not in (0, errno.EINPROGRESS):
                 self._fail(c, f"connect: {os.strerror(rc)}")

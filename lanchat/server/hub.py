@@ -64,8 +64,9 @@ class Room:
     tail: deque[bytes] = field(default_factory=deque)
     tail_loaded: bool = False
     tail_more: bool = False  # the database has older events than the tail
-    # The first ROOM_INFO_NICKS nicks as a JSON array, for the reply to every join: made again only when
-    # they change (in a big room a join appends past them), not per join (20,000 joins x 500 nicks).
+    # The first ROOM_INFO_NICKS nicks as a JSON array, for the reply to every join: made again after a
+    # member leaves or renames, or a join within the first ROOM_INFO_NICKS; not per join (a join to a big
+    # room appends past them: 20,000 joins would encode 500 nicks each).
     _nicks_lit: bytes | None = field(default=None, init=False, repr=False)
 
     @property
@@ -131,9 +132,8 @@ class Hub:
         self.recent: deque[_Recent] = deque(maxlen=recent_max)
         self._out: dict[int, list[bytes | _Run]] = {}
         self._acks: list[tuple[Session, int, int | None]] = []
-        self._now_src, self._now_ms = -1.0, 0.0  # the last clock reading stamped, rounded to ms
-        self._ts_src = -1.0  # the last timestamp formatted for a message line, and its JSON text
-        self._ts_lit = b""
+        self._now_src, self._now_ms = -1.0, -1.0  # the last clock reading stamped, rounded to ms
+        self._ts_src, self._ts_lit = -1.0, b"-1.0"  # the last timestamp formatted for a line, and its JSON text
         self.msgs_in = 0
         self.events_out = 0
         for row in store.load_sessions():  # sessions of the previous run wait for their clients

@@ -935,6 +935,17 @@ def test_room_info_lists_the_first_nicks_as_they_are_now(
     assert frame["nicks"] == ["B2", "d", "a"]
 
 
+def test_room_info_bytes_are_what_encode_writes(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "Zoë")
+    welcome_of(net, 1, 11, "al")
+    hub.request(1, 10, {"type": "topic", "room": "lobby", "topic": TRICKY}, 1.0)
+    room = hub.rooms["lobby"]
+    for rid in (None, 7):
+        frame = {"type": "room", "room": "lobby", "topic": TRICKY, "users": 2, "nicks": ["Zoë", "al"]}
+        assert hub._room_info(room, rid) == m.encode(frame if rid is None else {**frame, "id": rid})
+
+
 def test_join_history_comes_from_memory_after_the_first_join(tmp_path: Path, stores: list[HistoryStore]) -> None:
     net = Workers(make_hub(stores, tmp_path))
     welcome_of(net, 1, 10, "al")
