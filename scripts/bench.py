@@ -12,7 +12,7 @@ Scenarios:
           maximum, and a step at half of Redis's maximum for the other targets.
   rooms   C clients in C/10 rooms of 10, everyone posting; the same search on the per-client rate.
   idle    N silent clients in one room: time to connect them all, server RSS per connection (all server
-          processes), then broadcasts: time until the last client has one.
+          processes), then broadcasts: time until the last client has one (kernel receive time).
 
 Safety: every server listens on 127.0.0.1 only (lanchat with --no-discovery), every loop is bounded
 in count and time, and every process started here (servers, redis-server, generator processes) is
@@ -665,7 +665,7 @@ class Runner:
             poster = next(i for i, specs in enumerate(layout.per_proc) if any(s.poster for s in specs))
             for n in range(a.idle_broadcasts):
                 marker = f"BCAST{n}"
-                b.call_all("marker", {"marker": marker, "eager": True})
+                b.call_all("marker", {"marker": marker, "eager": a.eager_broadcast, "stamped": not a.eager_broadcast})
                 t_post = b.call(poster, "post")
                 deadline = time.monotonic() + 10.0
                 while time.monotonic() < deadline:
@@ -691,6 +691,7 @@ class Runner:
                 "broadcast_ms": [round(t, 2) for t in times],
                 "broadcast_median_ms": round(ok_times[len(ok_times) // 2], 2) if ok_times else None,
                 "broadcast_reached": reached,
+                "broadcast_clock": "read by the generator" if a.eager_broadcast else "kernel receive timestamp",
                 "server_processes": len(b.target.processes()),
                 "note": note,
             }
@@ -880,6 +881,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--room-size", type=int, default=10)
     p.add_argument("--idle-clients", type=ints, default=[10_000, 20_000], help="idle scenario sizes")
     p.add_argument("--idle-broadcasts", type=int, default=3)
+    p.add_argument(
+        "--eager-broadcast", action="store_true",
+        help="time the idle broadcast by reading every client as data comes (default: kernel receive timestamps, "
+        "clients read once all have it; see bench_gen)",
+    )  # fmt: skip
     p.add_argument("--idle-per-proc", type=int, default=8000, help="idle clients per generator process")
     p.add_argument("--rates", type=floats, default=[], help="fixed offered deliveries/s steps (no search)")
     p.add_argument("--light-rate", type=float, default=50_000.0,

@@ -1,7 +1,8 @@
 """Smoke test of the benchmark (scripts/bench.py): it runs against lanchat and reports no loss.
 
-Owned by the benchmark. A tiny scenario (20 receivers, 2 s at a low fixed rate, loopback only); no timed
-assertion: the figures depend on the machine, only "it runs, counts and loses nothing" is checked.
+Owned by the benchmark. Tiny scenarios (20 receivers, 2 s at a low fixed rate; 200 idle clients and one
+broadcast; loopback only); no timed assertion: the figures depend on the machine, only "it runs, counts,
+loses nothing and times the broadcast to every client" is checked.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_runs_against_lanchat_without_loss(tmp_path: Path) -> None:
     out_file = tmp_path / "bench.jsonl"
     cmd = [
-        sys.executable, str(ROOT / "scripts" / "bench.py"), "--targets", "lanchat-w1", "--scenarios", "fanout",
-        "--clients", "20", "--many-senders", "0", "--rates", "2000", "--step-duration", "2", "--json",
+        sys.executable, str(ROOT / "scripts" / "bench.py"), "--targets", "lanchat-w1", "--scenarios", "fanout,idle",
+        "--clients", "20", "--idle-clients", "200", "--idle-broadcasts", "1", "--many-senders", "0",
+        "--rates", "2000", "--step-duration", "2", "--json",
         "--quiet", "3", "--drain-cap", "20",  # a busy machine may be slow, but must not lose anything
         "--json-file", str(out_file), "--no-plot",
     ]  # fmt: skip
@@ -38,3 +40,8 @@ def test_bench_runs_against_lanchat_without_loss(tmp_path: Path) -> None:
         assert step["samples"] > 0
         for key in ("deliveries_per_s", "p50_ms", "p99_ms", "server_cpu", "generator_cpu", "offered_msgs_per_s"):
             assert key in step
+    (idle,) = [r for r in rows if r["kind"] == "summary" and r["scenario"] == "idle"]
+    values = idle
+    assert values["connected"] == 201 and values["broadcast_reached"] == [200], values  # 200 and the poster
+    assert values["broadcast_clock"] == "kernel receive timestamp"
+    assert 0 < values["broadcast_ms"][0] < 10_000, values  # a kernel timestamp after the post, before the deadline
