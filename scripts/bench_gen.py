@@ -183,25 +183,10 @@ class Generator:
     def _start_connects(self) -> None:
         while self.pending and self.inflight < self.window:
             spec = self.pending.pop()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = self._socket()
             c = Conn(spec, sock)
             if not self.t_first:
                 self.t_first = time.monotonic()
-            if self.spread:
-                try:
-                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                    sock.bind((SOURCE_ADDRESSES[self.connects % len(SOURCE_ADDRESSES)], 0))
-                    self.connects += 1
-                except OSError as exc:  # e.g. a namespace whose lo lacks 127.0.1.x: connect as before
-                    self.spread = False
-                    self.errors.append(f"source addresses not usable ({exc}); connecting from 127.0.0.1")
-                    sock.close()
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                    sock.setblocking(False)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    c = Conn(spec, sock)
             rc = sock.connect_ex(self.addr)
             if rc not in (0, errno.EINPROGRESS):
                 self._fail(c, f"connect: {os.strerror(rc)}")
@@ -209,6 +194,22 @@ class Generator:
             self.conns[c.fd] = c
             self.inflight += 1
             self.fast.register(c.fd, select.EPOLLOUT)
+
+    def _socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.spread:
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((SOURCE_ADDRESSES[self.connects % len(SOURCE_ADDRESSES)], 0))
+                self.connects += 1
+            except OSError as exc:  # e.g. a namespace whose lo lacks 127.0.1.x: connect as before
+                self.spread = False
+                self.errors.append(f"source addresses not usable ({exc}); connecting from 127.0.0.1")
+                sock.close()
+                return self._socket()
+        return sock
 
     def _connected(self, c: Conn) -> None:
         err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
