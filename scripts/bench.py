@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_gen import LINES_PER_MSG, TEXT_LEN, ConnSpec, generator_main
+from bench_gen import TEXT_LEN, ConnSpec, generator_main
 from bench_targets import ROOT, Lanchat, Target, lanchat_source, make_target, nofile_limit
 
 ALL_TARGETS = ["lanchat-w1", "lanchat-w2", "lanchat-w4", "redis", "threaded"]
@@ -382,7 +382,7 @@ class Bench:
         while True:
             st = self.call_all("status")
             sent = sum(s["sent"] for s in st)
-            received = sum(s["lines"] for s in st) // LINES_PER_MSG[self.target.kind]
+            received = sum(s["msgs"] for s in st)
             still_sending = any(s["sending"] for s in st)
             now = time.monotonic()
             if received != last_total:
@@ -397,7 +397,7 @@ class Bench:
         cpu1 = self.server_cpu()
         sys1 = busy_cpu()
         sent = sum(r["sent"] for r in res)
-        received = sum(r["lines"] for r in res) // LINES_PER_MSG[self.target.kind]
+        received = sum(r["msgs"] for r in res)
         expected = sent * lay.counted_per_msg
         closed = sum(r["closed"] for r in res)
         samples = array("q")
@@ -508,8 +508,7 @@ class Runner:
             if not r.ok:
                 if b.sync(timeout=a.drain_cap * 3):  # the backlog is delivered: count what came late
                     st = b.call_all("status")
-                    per = LINES_PER_MSG[b.target.kind]
-                    final = sum(s["lines"] for s in st) // per - b.layout.counted
+                    final = sum(s["msgs"] for s in st)  # the sync marker has no END: not counted
                     if r.lost and final > r.delivered:
                         r.late = min(r.lost, final - r.delivered)
                         r.lost -= r.late

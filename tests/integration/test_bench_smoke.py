@@ -45,3 +45,28 @@ def test_bench_runs_against_lanchat_without_loss(tmp_path: Path) -> None:
     assert values["connected"] == 201 and values["broadcast_reached"] == [200], values  # 200 and the poster
     assert values["broadcast_clock"] == "kernel receive timestamp"
     assert 0 < values["broadcast_ms"][0] < 10_000, values  # a kernel timestamp after the post, before the deadline
+
+
+def test_the_generator_counts_every_message_however_reads_cut_the_stream() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from bench_gen import END, TEXT_LEN, count_ends
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    text = b"@%016d s0:%09d " % (1, 2)
+    text += b"x" * (TEXT_LEN - len(text) - len(END)) + END
+    lanchat = b'{"type":"msg","seq":7,"ts":1.5,"room":"r","from":"s0","text":"%s"}\n' % text
+    redis = b"*3\r\n$7\r\nmessage\r\n$1\r\nr\r\n$%d\r\n%s\r\n" % (len(text), text)
+    for stream in (lanchat * 5 + b'{"type":"ping"}\n' + lanchat * 2, redis * 7):
+        assert stream.count(END) == 7
+        for size in (1, 2, len(END) - 1, len(END), 37, len(stream)):
+            for first in range(1, min(size, len(END) + 1)):  # shifts every later cut by one byte
+                tail, total, pos = b"", 0, 0
+                while pos < len(stream):
+                    chunk = stream[pos : pos + (first if pos == 0 else size)]
+                    buf = bytearray(chunk) + END  # stale bytes past n, as in the real buffer: ignored
+                    k, tail = count_ends(tail, buf, len(chunk))
+                    total, pos = total + k, pos + len(chunk)
+                assert total == 7, (size, first)
+    lines = bytearray(b"a\nbb\n\nc")
+    assert count_ends(b"", lines, len(lines) - 1, b"\n") == (3, b"")  # the threaded baseline's unit
