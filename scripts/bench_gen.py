@@ -12,7 +12,8 @@ Measuring without getting in the way:
   ``END``, which nothing else a target sends contains (``Conn.ctail`` catches a tag split between two
   reads; the threaded baseline's lines are counted by their newline, see UNIT). Counting newlines read
   every byte (``count`` of one byte goes byte by byte, ~2 GB/s here): at 3 M deliveries/s of ~190-byte
-  lanchat lines, 0.25 of the 2 cores the server also runs on; the tag is skipped to 2-3 times faster.
+  lanchat lines, 0.25 of the 2 cores the server also runs on; the search for the tag runs 1.5-2.5 times
+  faster.
 - **Latency** is sampled: senders stamp *every* message with its intended send time (open loop, so a
   stalled server cannot hide its latency); every ``sample_every``-th message (by sender sequence, so
   independent of arrival timing) carries ``@`` instead of ``#``; only the *probe* receivers (a fixed,
@@ -50,8 +51,8 @@ CONNECTING, HANDSHAKE, READY, CLOSED, FAILED = range(5)
 
 # Ends every message text (so one per delivery, whatever the target's framing). Its bytes are chosen
 # for the substring search of bytes.count: '~' and capitals share no 6-bit class of its skip filter
-# with digits, 'x', JSON or RESP punctuation or CR/LF (no J, M), so it skips ~len(END) bytes at a time;
-# two to three times faster than counting b"\n" on this machine (at ~2 GB/s).
+# with digits, 'x', JSON or RESP punctuation or CR/LF (no J, M), so it skips ~len(END) bytes at a time:
+# 1.5 to 2.5 times faster than counting b"\n" (~2 GB/s) on this machine.
 END = b"~BENCH~END~OF~TEXT~"
 # What is counted as one delivery. The threaded baseline's relay threads write to a receiver's socket
 # at the same time (each `sendall` of whatever its `recv` returned), so bytes of two senders can mix
@@ -111,7 +112,7 @@ class Conn:
         self.out = bytearray()
         self.seen = False  # saw the current sync / broadcast marker
         self.tail = b""  # the last bytes received while waiting for a marker (it may straddle two reads)
-        self.ctail = b""  # the last len(END) - 1 bytes received (an END may straddle two reads)
+        self.ctail = b""  # the last bytes received: a counted unit (END) may straddle two reads
 
 
 def count_ends(tail: bytes, buf: bytearray, n: int, unit: bytes = END) -> tuple[int, bytes]:
