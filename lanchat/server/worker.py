@@ -31,6 +31,7 @@ log = logging.getLogger("lanchat.worker")
 EXIT_BOOT_FAILED = 3  # as gunicorn: the supervisor stops the server instead of respawning forever
 HOUSEKEEPING_INTERVAL = 0.5  # seconds between timeout sweeps (handshake, ping, idle)
 RECV_SIZE = 65536  # bytes per read from a client: several maximal lines
+CTRL_DRAIN_READS = 64  # reads of RECV_SIZE from the hub at the end of a pause, at most (the rest: next tick)
 
 
 class ClientConn:
@@ -314,6 +315,7 @@ class Worker:
         self._flush_scheduled = False
         self._fanout_scheduled = False
         self._fanout_at = 0.0  # loop time before which no fan-out round starts (see _fanout)
+        self._ctrl_paused = False  # the hub's pipe is left unread until the pause ends (see _fanout)
         self._out_mark = 0
         self._decoder = control.ControlDecoder()
         self.ctrl: asyncio.Transport | None = None
@@ -401,8 +403,16 @@ class Worker:
         on both ends, and a busy room's fan-out takes at most 1 / (1 + pause_factor) of the worker's time
         (the rest is reading, parsing and the hub's frames). pause_factor is FANOUT_PAUSE times the
         workers that take turns on each core (see workers_per_core). A short round, or one with a line
-        or so per client (the room keeps up), is never followed by a wait (docs/benchmarks.md, "Levers")."""
+        or so per client (the room keeps up), is never followed by a wait (docs/benchmarks.md, "Levers").
+
+        During a pause the hub's pipe is not read: its batches wait in the kernel and are read in one go
+        when the pause ends, instead of waking this process once per hub tick only to queue lines for a
+        round that cannot start yet (consecutive batches for one room then share one pass over it)."""
+        if self._ctrl_paused:  # before the flag below: what the hub sent is in this round, not another
+            self._resume_ctrl()
         self._fanout_scheduled = False
+        if not self.dirty:
+            return
         loop = asyncio.get_running_loop()
         start = loop.time()
         dirty, self.dirty = self.dirty, set()
@@ -412,6 +422,31 @@ class Worker:
         lines, self._out_mark = self.msgs_out - self._out_mark, self.msgs_out
         thick = lines >= const.FANOUT_THICK * len(dirty)  # else the room keeps up: pausing would only delay
         self._fanout_at = end + (end - start) * self.pause_factor if thick else end
+        if self._fanout_at - end >= const.FANOUT_PAUSE_MIN and self.ctrl is not None and not self.ctrl.is_closing():
+            self._ctrl_paused = True
+            self.ctrl.pause_reading()
+            loop.call_at(self._fanout_at, self._resume_ctrl)
+
+    def _resume_ctrl(self) -> None:
+        """The pause is over: take what the hub sent meanwhile (one parse for all of it), read as usual again."""
+        if not self._ctrl_paused:
+            return
+        self._ctrl_paused = False
+        chunks = []
+        for _ in range(CTRL_DRAIN_READS):
+            try:
+                data = self.ctrl_sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # the transport sees it too once it reads again, and reports the hub gone
+                break
+            if not data:  # EOF: likewise
+                break
+            chunks.append(data)
+        if chunks:
+            self.from_hub(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if self.ctrl is not None and not self.ctrl.is_closing():
+            self.ctrl.resume_reading()
 
     def from_hub(self, data: bytes) -> None:
         try:
@@ -421,11 +456,22 @@ class Worker:
             self.done.set()
             return
         conns = self.conns
-        for frame in frames:
+        last = len(frames) - 1
+        merged: list[bytes] = []  # payloads of consecutive batches for one room: one pass over its members
+        for i, frame in enumerate(frames):
             if isinstance(frame, control.RoomFrame):
+                nxt = frames[i + 1] if i < last else None
+                if isinstance(nxt, control.RoomFrame) and nxt.room == frame.room:
+                    merged.append(frame.payload)
+                    continue
                 members = self.rooms.get(frame.room)
-                if members:
+                if merged:
+                    merged.append(frame.payload)
+                    payload = b"".join(merged)
+                    merged.clear()
+                else:
                     payload = frame.payload
+                if members:
                     dirty = self.dirty
                     for conn in members.values():  # the hot loop: one append per member per batch
                         if conn.json_mode:

@@ -104,6 +104,52 @@ def test_the_pause_after_a_busy_round_scales_with_the_workers_sharing_a_core(
     asyncio.run(main())
 
 
+class Member(FakeConn):
+    """A room member in JSON mode: what each round sends, as the list of batches queued for it."""
+
+    json_mode = True
+
+    def __init__(self, cost: float = 0.0) -> None:
+        super().__init__(cost)
+        self.out: list[bytes] = []
+        self.rounds: list[list[bytes]] = []
+
+    def flush(self) -> None:
+        self.rounds.append(self.out[:])
+        self.out.clear()
+        super().flush()
+
+
+def test_the_hub_pipe_rests_during_a_pause_and_what_came_meanwhile_joins_the_next_round_in_one_pass() -> None:
+    async def main() -> None:
+        worker, socks = make_worker()
+        hub = socks[1]
+        try:
+            await worker.start()
+            member = Member(cost=20 * const.FANOUT_PAUSE_MIN)  # a long round: a pause follows
+            worker.rooms["r"] = {1: member}  # type: ignore[dict-item]
+            hub.sendall(control.room_frame("r", b"a\nb\n"))  # two lines for one member: a busy round
+            await asyncio.wait_for(member.event.wait(), 5)
+            member.event.clear()
+            assert member.rounds == [[b"a\nb\n"]] and worker._ctrl_paused
+            pause_until = worker._fanout_at
+            hub.sendall(control.room_frame("r", b"c\n") + control.room_frame("r", b"d\n"))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert member.out == []  # the pipe is not read during the pause...
+            await asyncio.wait_for(member.event.wait(), 5)
+            assert member.flushed[-1] >= pause_until  # ...its batches go out in the round after it,
+            assert member.rounds[-1] == [b"c\nd\n"]  # queued once, in order, as one payload
+            assert worker.msgs_out == 4
+        finally:
+            if worker.ctrl is not None:
+                worker.ctrl.close()
+            for s in socks:
+                s.close()
+
+    asyncio.run(main())
+
+
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
     """Run the loop until ``check()`` holds (the worker's own callbacks make it true)."""
     deadline = time.monotonic() + timeout
