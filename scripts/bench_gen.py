@@ -116,7 +116,7 @@ class Conn:
 
 
 def count_ends(tail: bytes, buf: bytearray, n: int, unit: bytes = END) -> tuple[int, bytes]:
-    """The ``unit``s in ``buf[:n]``, plus one begun in ``tail`` (the last bytes of the previous read)
+    """The ``unit``s (END, or a sync marker) in ``buf[:n]``, plus one begun in ``tail`` (the end of the previous read)
     and finished here; and the tail to keep for the next read."""
     keep = len(unit) - 1
     k = buf.count(unit, 0, n)
@@ -363,9 +363,8 @@ class Generator:
             self._now_ready(c)
 
     def _look_for_marker(self, c: Conn, n: int, stamp: float = 0.0) -> None:
-        marker, buf = self.marker, self.buf
-        k = len(marker) - 1
-        if buf.find(marker, 0, n) >= 0 or (c.tail and marker in c.tail + bytes(buf[: min(n, k)])):
+        found, c.tail = count_ends(c.tail, self.buf, n, self.marker)
+        if found:
             c.seen = True
             c.tail = b""
             self.marker_seen += 1
@@ -373,8 +372,6 @@ class Generator:
                 self.marker_last = max(self.marker_last, stamp or time.time())
             else:
                 self.marker_last = time.monotonic()
-        else:
-            c.tail = bytes(buf[max(0, n - k) : n])
 
     def _flush(self, c: Conn) -> None:
         if not c.out or c.state != READY:

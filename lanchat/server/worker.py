@@ -436,9 +436,7 @@ class Worker:
         for _ in range(CTRL_DRAIN_READS):
             try:
                 data = self.ctrl_sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # the transport sees it too once it reads again, and reports the hub gone
+            except OSError:  # nothing more now, or the pipe failed: the transport sees that when it reads again
                 break
             if not data:  # EOF: likewise
                 break
