@@ -656,6 +656,7 @@ class Hub:
             "error": self.store.last_error,
             "pending": self.store.pending,
             "dropped": self.store.dropped,
+            "journal": self.store.journal,
         }
         return _with_id(frame, req.id)
 

@@ -281,15 +281,123 @@ def test_event_in_several_convs_is_counted_and_pruned_per_conv(tmp_path: Path, s
     assert s.replay(0, ["a", "b"], 10) == [(1, line(1, "a")), (2, line(2, "a"))]
 
 
+# --- the journal: commits spread over many conversations -------------------------------------------------------
+
+
+def table_sizes(s: HistoryStore) -> tuple[int, int]:
+    """(rows in events, rows in journal), read from the file by a connection of the test's own."""
+    with sqlite3.connect(s.path) as db:
+        sizes = tuple(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("events", "journal"))
+    db.close()
+    return sizes[0], sizes[1]
+
+
+def spread(s: HistoryStore, first: int, n: int, rooms: int) -> None:
+    """Events first .. first+n-1, round robin over rooms r0 .. r{rooms-1}."""
+    for seq in range(first, first + n):
+        add(s, seq, f"r{seq % rooms}")
+
+
+def test_a_commit_over_few_conversations_is_written_directly(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    spread(s, 1, 40, h.JOURNAL_CONVS)
+    assert s.commit(0.0)
+    assert table_sizes(s) == (40, 0)
+
+
+def test_a_spread_commit_goes_to_the_journal_and_is_folded_at_fold_rows(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h, "FOLD_ROWS", 12)
+    s = open_store(stores, tmp_path)
+    spread(s, 1, 6, h.JOURNAL_CONVS + 1)  # 5 conversations: one more than the direct path takes
+    assert s.commit(0.0)
+    assert table_sizes(s) == (0, 6)
+    assert seqs(s.events("r1")[0]) == [1, 6]  # readable at once, from the journal
+    spread(s, 7, 5, 5)
+    assert s.commit(0.0)
+    assert table_sizes(s) == (0, 11)  # one short of FOLD_ROWS
+    add(s, 12, "r0")  # a direct commit does not fold ...
+    assert s.commit(0.0)
+    assert table_sizes(s) == (1, 11)
+    spread(s, 13, 5, 5)  # ... the spread one that reaches FOLD_ROWS does, its own events included
+    assert s.commit(0.0)
+    assert table_sizes(s) == (17, 0)
+    assert seqs(s.events("r0", limit=100)[0]) == [5, 10, 12, 15]
+    assert [q for q, _ in s.replay(0, [f"r{i}" for i in range(5)], 100)] == list(range(1, 18))
+
+
+def test_retention_applies_to_journal_events_when_folded(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h, "FOLD_ROWS", 20)
+    s = open_store(stores, tmp_path, history_limit=2)
+    spread(s, 1, 15, 5)  # 3 events in each of 5 rooms, the limit is 2
+    assert s.commit(0.0)
+    assert seqs(s.events("r1")[0]) == [1, 6, 11]  # in the journal: not pruned yet
+    assert s.pruned_upto("r1") == 0
+    spread(s, 16, 5, 5)
+    assert s.commit(0.0)  # 20 rows: folded, then pruned
+    assert table_sizes(s) == (10, 0)
+    assert seqs(s.events("r1")[0]) == [11, 16]
+    assert s.pruned_upto("r1") == 6
+
+
+def test_the_journal_survives_a_restart(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h, "FOLD_ROWS", 15)
+    s = open_store(stores, tmp_path)
+    spread(s, 1, 10, 5)
+    assert s.commit(0.0)
+    s.close()
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # a reservation behind the journal: the file decides
+        db.execute("UPDATE meta SET value='5' WHERE key='seq_reserved'")
+    db.close()
+    s2 = open_store(stores, tmp_path)
+    assert s2.start_seq == 10  # the journal's events count for the sequence
+    assert seqs(s2.events("r3")[0]) == [3, 8]
+    spread(s2, 11, 5, 5)  # 15 with what the journal held before the restart: folded
+    assert s2.commit(0.0)
+    assert table_sizes(s2) == (15, 0)
+    assert seqs(s2.events("r3")[0]) == [3, 8, 13]
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    add(s, 1)
+    assert s.commit(0.0)
+    s.close()
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # what lanchat before the journal wrote
+        db.execute("DROP TABLE journal")
+        db.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    db.close()
+    s2 = open_store(stores, tmp_path)
+    assert seqs(s2.events("lobby")[0]) == [1]
+    assert table_sizes(s2) == (1, 0)
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(h.SCHEMA_VERSION),)
+    db.close()
+
+
 # --- reads ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ten(tmp_path: Path, stores: list[HistoryStore]) -> HistoryStore:
+@pytest.fixture(params=["events", "journal", "both"])
+def ten(
+    request: pytest.FixtureRequest, tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> HistoryStore:
+    """20 events in two conversations, stored directly, in the journal (not yet folded), or 1-10 directly
+    and 11-20 in the journal: every read below must give the same answers from each."""
     s = open_store(stores, tmp_path)
     for seq in range(1, 21):
+        if (seq, request.param) in ((1, "journal"), (11, "both")):
+            assert s.commit(0.0)
+            monkeypatch.setattr(h, "JOURNAL_CONVS", 0)  # every commit from here on is a spread one
         add(s, seq, "lobby" if seq % 2 == 0 else "dev")  # lobby: 2 4 ... 20
     assert s.commit(0.0)
+    in_journal = {"events": 0, "journal": 20, "both": 10}[request.param]
+    assert table_sizes(s) == (20 - in_journal, in_journal)
     return s
 
 
@@ -339,6 +447,18 @@ def test_replay_gives_an_event_of_several_convs_once(tmp_path: Path, stores: lis
     add(s, 1, "a", "b", "@me")
     add(s, 2, "b")
     s.commit(0.0)
+    assert [q for q, _ in s.replay(0, ["a", "b", "@me"], 10)] == [1, 2]
+
+
+def test_replay_gives_an_event_of_several_convs_once_from_the_journal(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h, "JOURNAL_CONVS", 0)
+    s = open_store(stores, tmp_path)
+    add(s, 1, "a", "b", "@me")
+    add(s, 2, "b")
+    s.commit(0.0)
+    assert table_sizes(s) == (0, 4)
     assert [q for q, _ in s.replay(0, ["a", "b", "@me"], 10)] == [1, 2]
 
 

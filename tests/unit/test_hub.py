@@ -478,6 +478,30 @@ def test_history_paging(net: Workers) -> None:
     assert net.take(1, 10) == [{"type": "history", "room": "nowhere", "more": False, "events": []}]
 
 
+def test_a_tick_over_many_rooms_is_journaled_and_read_back(net: Workers) -> None:
+    """Six rooms talking in one tick: the commit goes to the history's journal; stats count it, history and
+    a newcomer's join history read it from there as from the clustered table."""
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    rooms = [f"r{i}" for i in range(6)]
+    for room in rooms:
+        hub.request(1, 10, {"type": "join", "room": room}, 1.0)
+    hub.commit(1.0)
+    for room in rooms:
+        hub.request(1, 10, {"type": "msg", "room": room, "text": f"hi {room}"}, 2.0)
+    hub.commit(2.0)
+    net.clear()
+    hub.request(1, 10, {"type": "stats", "id": 1}, 3.0)
+    (stats,) = net.take(1, 10)
+    assert stats["history"]["journal"] == 6
+    hub.request(1, 10, {"type": "history", "room": "r4"}, 3.0)
+    (frame,) = net.take(1, 10)
+    assert [e.get("text") for e in frame["events"]] == [None, "hi r4"]  # al's join, then the message
+    hub.request(2, 20, {"type": "hello", "nick": "bo", "rooms": ["r5"]}, 4.0)
+    (history,) = [f for f in net.take(2, 20) if f["type"] == "history"]
+    assert [e.get("text") for e in history["events"]] == [None, "hi r5"]
+
+
 def test_history_frame_is_valid_json_with_awkward_text(net: Workers) -> None:
     hub = net.hub
     welcome_of(net, 1, 10, "al")
