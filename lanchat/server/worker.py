@@ -31,7 +31,10 @@ log = logging.getLogger("lanchat.worker")
 EXIT_BOOT_FAILED = 3  # as gunicorn: the supervisor stops the server instead of respawning forever
 HOUSEKEEPING_INTERVAL = 0.5  # seconds between timeout sweeps (handshake, ping, idle)
 RECV_SIZE = 65536  # bytes per read from a client: several maximal lines
-CTRL_DRAIN_READS = 64  # reads of RECV_SIZE from the hub at the end of a pause, at most (the rest: next tick)
+# Reads of RECV_SIZE from the hub at the end of a pause, at most; the rest is read as usual, next tick. A
+# pause gathers tens of KiB at chat rates; a larger drain (64 reads, 4 MiB) made glibc keep the peak in the
+# heap: +400 bytes of RSS per idle connection with 10,000 connected (3.45 -> 3.85-4.08 KiB, 2 workers).
+CTRL_DRAIN_READS = 4
 
 
 class ClientConn:

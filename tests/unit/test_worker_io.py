@@ -150,6 +150,34 @@ def test_the_hub_pipe_rests_during_a_pause_and_what_came_meanwhile_joins_the_nex
     asyncio.run(main())
 
 
+def test_what_the_drain_after_a_pause_leaves_in_the_pipe_follows_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_mod, "CTRL_DRAIN_READS", 1)
+    monkeypatch.setattr(worker_mod, "RECV_SIZE", 16)  # one read of the drain takes the first 16 bytes only
+
+    async def main() -> None:
+        worker, socks = make_worker()
+        hub = socks[1]
+        try:
+            await worker.start()
+            member = Member(cost=20 * const.FANOUT_PAUSE_MIN)
+            worker.rooms["r"] = {1: member}  # type: ignore[dict-item]
+            hub.sendall(control.room_frame("r", b"a\nb\n"))
+            await asyncio.wait_for(member.event.wait(), 5)
+            assert worker._ctrl_paused
+            later = [control.room_frame("r", f"line {i}\n".encode()) for i in range(6)]
+            hub.sendall(b"".join(later))  # several times what one drain read takes
+            await until(lambda: worker.msgs_out == 8)
+            sent = b"".join(b"".join(r) for r in member.rounds)
+            assert sent == b"a\nb\n" + b"".join(f"line {i}\n".encode() for i in range(6))
+        finally:
+            if worker.ctrl is not None:
+                worker.ctrl.close()
+            for s in socks:
+                s.close()
+
+    asyncio.run(main())
+
+
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
     """Run the loop until ``check()`` holds (the worker's own callbacks make it true)."""
     deadline = time.monotonic() + timeout
