@@ -120,27 +120,21 @@ class Member(FakeConn):
         super().flush()
 
 
-def test_the_hub_pipe_rests_during_a_pause_and_what_came_meanwhile_joins_the_next_round_in_one_pass() -> None:
+def after_a_busy_round(body: Callable[[Worker, socket.socket, Member], Awaitable[None]]) -> None:
+    """Run ``body(worker, hub, member)`` once the worker's one member has had a busy round (two lines,
+    "a" and "b") that took long enough for a pause to follow, and the worker rests the hub's pipe."""
+
     async def main() -> None:
         worker, socks = make_worker()
-        hub = socks[1]
         try:
             await worker.start()
             member = Member(cost=20 * const.FANOUT_PAUSE_MIN)  # a long round: a pause follows
             worker.rooms["r"] = {1: member}  # type: ignore[dict-item]
-            hub.sendall(control.room_frame("r", b"a\nb\n"))  # two lines for one member: a busy round
+            socks[1].sendall(control.room_frame("r", b"a\nb\n"))  # two lines for one member: a busy round
             await asyncio.wait_for(member.event.wait(), 5)
             member.event.clear()
             assert member.rounds == [[b"a\nb\n"]] and worker._ctrl_paused
-            pause_until = worker._fanout_at
-            hub.sendall(control.room_frame("r", b"c\n") + control.room_frame("r", b"d\n"))
-            for _ in range(5):
-                await asyncio.sleep(0)
-            assert member.out == []  # the pipe is not read during the pause...
-            await asyncio.wait_for(member.event.wait(), 5)
-            assert member.flushed[-1] >= pause_until  # ...its batches go out in the round after it,
-            assert member.rounds[-1] == [b"c\nd\n"]  # queued once, in order, as one payload
-            assert worker.msgs_out == 4
+            await body(worker, socks[1], member)
         finally:
             if worker.ctrl is not None:
                 worker.ctrl.close()
@@ -148,34 +142,35 @@ def test_the_hub_pipe_rests_during_a_pause_and_what_came_meanwhile_joins_the_nex
                 s.close()
 
     asyncio.run(main())
+
+
+def test_the_hub_pipe_rests_during_a_pause_and_what_came_meanwhile_joins_the_next_round_in_one_pass() -> None:
+    async def body(worker: Worker, hub: socket.socket, member: Member) -> None:
+        pause_until = worker._fanout_at
+        hub.sendall(control.room_frame("r", b"c\n") + control.room_frame("r", b"d\n"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert member.out == []  # the pipe is not read during the pause...
+        await asyncio.wait_for(member.event.wait(), 5)
+        assert member.flushed[-1] >= pause_until  # ...its batches go out in the round after it,
+        assert member.rounds[-1] == [b"c\nd\n"]  # queued once, in order, as one payload
+        assert worker.msgs_out == 4
+
+    after_a_busy_round(body)
 
 
 def test_what_the_drain_after_a_pause_leaves_in_the_pipe_follows_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_mod, "CTRL_DRAIN_READS", 1)
     monkeypatch.setattr(worker_mod, "RECV_SIZE", 16)  # one read of the drain takes the first 16 bytes only
 
-    async def main() -> None:
-        worker, socks = make_worker()
-        hub = socks[1]
-        try:
-            await worker.start()
-            member = Member(cost=20 * const.FANOUT_PAUSE_MIN)
-            worker.rooms["r"] = {1: member}  # type: ignore[dict-item]
-            hub.sendall(control.room_frame("r", b"a\nb\n"))
-            await asyncio.wait_for(member.event.wait(), 5)
-            assert worker._ctrl_paused
-            later = [control.room_frame("r", f"line {i}\n".encode()) for i in range(6)]
-            hub.sendall(b"".join(later))  # several times what one drain read takes
-            await until(lambda: worker.msgs_out == 8)
-            sent = b"".join(b"".join(r) for r in member.rounds)
-            assert sent == b"a\nb\n" + b"".join(f"line {i}\n".encode() for i in range(6))
-        finally:
-            if worker.ctrl is not None:
-                worker.ctrl.close()
-            for s in socks:
-                s.close()
+    async def body(worker: Worker, hub: socket.socket, member: Member) -> None:
+        later = [control.room_frame("r", f"line {i}\n".encode()) for i in range(6)]
+        hub.sendall(b"".join(later))  # several times what one drain read takes
+        await until(lambda: worker.msgs_out == 8)
+        sent = b"".join(b"".join(r) for r in member.rounds)
+        assert sent == b"a\nb\n" + b"".join(f"line {i}\n".encode() for i in range(6))
 
-    asyncio.run(main())
+    after_a_busy_round(body)
 
 
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
