@@ -262,11 +262,10 @@ class HistoryStore:
         try:
             db.execute("BEGIN IMMEDIATE")
             added = Counter(map(itemgetter(0), p.events))
-            journal = self._journal.copy()
+            journal = self._journal  # replaced, never changed in place: a failed commit leaves it as it was
             if len(added) > JOURNAL_CONVS:
                 db.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?)", p.events)
-                journal.update(added)
-                added.clear()  # counted (and pruned) when folded
+                journal, added = journal + added, Counter()  # counted (and pruned) when folded
             elif p.events:
                 db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", p.events)
             for sid, row in p.sessions.items():
@@ -284,7 +283,7 @@ class HistoryStore:
             if journal.total() >= FOLD_ROWS:
                 self._fold(db)
                 added.update(journal)
-                journal.clear()
+                journal = Counter()
             touched = self._count_and_prune(db, added)
             db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:

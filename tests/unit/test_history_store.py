@@ -363,6 +363,24 @@ def test_the_journal_survives_a_restart(
     assert seqs(s2.events("r3")[0]) == [3, 8, 13]
 
 
+def test_a_failed_spread_commit_leaves_the_journal_as_it_was(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h, "FOLD_ROWS", 10)
+    s = open_store(stores, tmp_path)
+    spread(s, 1, 6, 6)
+    assert s.commit(0.0)
+    assert s.journal == 6
+    db_of(s).execute("PRAGMA query_only=ON")
+    spread(s, 7, 6, 6)  # would fold: 12 >= 10
+    assert s.commit(1.0) is False
+    assert s.journal == 6 and s.pending == 6  # neither counted nor folded, still queued
+    db_of(s).execute("PRAGMA query_only=OFF")
+    assert s.commit(1.0 + const.DB_RETRY_INTERVAL)
+    assert (s.journal, table_sizes(s)) == (0, (12, 0))
+    assert seqs(s.events("r0", limit=100)[0]) == [6, 12]
+
+
 def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path, stores: list[HistoryStore]) -> None:
     s = open_store(stores, tmp_path)
     add(s, 1)
