@@ -7,7 +7,9 @@ Owned by issue 7 ("Hardening"); see docs/security.md for the figures of a long r
 What runs, for ``--duration`` seconds, against one `lanchat serve` on 127.0.0.1 (--no-discovery):
 - ``--clients`` members of room ``soak``, each a ``lanchat.client.connection.ChatClient`` (the project's
   client library: reconnect with backoff, resume with token + last_seq, outbox resent with its ids), each
-  posting a unique text every 0.2-1.0 s;
+  posting a unique text every 0.2-1.0 s; with ``--rooms N`` every member is in rooms ``soak``, ``soak1`` ..
+  ``soak{N-1}`` and posts a text to each of them at once, so that a tick's events span N rooms (N >= 5: the
+  history's journal, docs/architecture.md);
 - churn: every ``--churn-interval`` s one member leaves (waits for its acks, then quits) and a new one joins;
 - every ``--kill-interval`` s a random worker is SIGKILLed (the supervisor replaces it; its users resume);
 - every ``--restart-interval`` s the whole server is stopped (SIGTERM; with ``--crash`` every other stop
@@ -20,8 +22,8 @@ sent and awaited by every member (events arrive in sequence order, so everything
 
 - **exactly once**: a message is *acknowledged* when its sender got an ``ack`` for its id. A member is
   *continuously present* for a message when its session (one ChatClient, resumed across drops, never
-  restarted as a new session) had joined the room with a join event whose ``seq`` is lower than the
-  message's ``seq``, and stayed in it until the end. Every acknowledged message must have been delivered
+  restarted as a new session) had joined the message's room with a join event whose ``seq`` is lower than
+  the message's ``seq``, and stayed in it until the end. Every acknowledged message must have been delivered
   exactly once to every member continuously present for it; no text may be sequenced twice (the dedup);
   every member must see its events in increasing ``seq`` order. Members whose resume failed (a new session
   instead) are counted and reported; their earlier events are not checked. A member whose client gives up
@@ -180,7 +182,7 @@ def _alive(p: psutil.Process) -> bool:
 class Member:
     name: str
     client: ChatClient
-    since: int | None = None  # seq of our own join in the current session: we are present after it
+    since: dict[str, int] = field(default_factory=dict)  # room -> seq of our own join in this session
     welcomes: int = 0
     resume_failed: int = 0
     resumed: int = 0
@@ -199,7 +201,9 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.members: list[Member] = []
         self.departed: list[Member] = []
+        self.rooms = [ROOM] + [f"{ROOM}{i}" for i in range(1, args.rooms)]
         self.seq_text: dict[int, str] = {}  # every room message seen by anyone
+        self.text_room: dict[str, str] = {}  # every text posted -> its room (the marker's: ROOM)
         self.text_seqs: dict[str, set[int]] = {}
         self.next_name = 0
         self.kills = 0
@@ -220,11 +224,12 @@ class Soak:
                 member.resumed += 1
             elif member.welcomes > 1:  # a new session instead of our old one: continuity is broken
                 member.resume_failed += 1
-                member.since = None
-        elif kind == "join" and frame.get("room") == ROOM:
-            if member.since is None and m.nick_key(str(frame.get("nick"))) == m.nick_key(member.client.nick):
-                member.since = int(frame["seq"])
-        elif kind == "msg" and frame.get("room") == ROOM:
+                member.since.clear()
+        elif kind == "join" and frame.get("room") in self.rooms:
+            room = str(frame["room"])
+            if room not in member.since and m.nick_key(str(frame.get("nick"))) == m.nick_key(member.client.nick):
+                member.since[room] = int(frame["seq"])
+        elif kind == "msg" and frame.get("room") in self.rooms:
             seq, text = int(frame["seq"]), str(frame["text"])
             member.seqs.append(seq)
             self.seq_text[seq] = text
@@ -244,7 +249,7 @@ class Soak:
         self.next_name += 1
         holder: list[Member] = []
         client = ChatClient(
-            LOOPBACK, self.server.port, name, [ROOM],
+            LOOPBACK, self.server.port, name, self.rooms,
             on_frame=lambda f: self._on_frame(holder[0], f), on_status=lambda s: self._on_status(holder[0], s),
         )  # fmt: skip
         member = Member(name, client)
@@ -272,14 +277,16 @@ class Soak:
             await asyncio.sleep(self.rng.uniform(0.2, 1.0))
             if not (member.active and self.posting):
                 return
-            text = f"{member.name}#{k}"
+            for room in self.rooms:  # one text per room, sent together: one tick holds them all
+                text = f"{member.name}#{k}" if room == ROOM else f"{member.name}#{k}@{room}"
+                try:
+                    rid = member.client.send(m.Msg(room, text))
+                except RemoteProtocolError:
+                    continue  # outbox full while reconnecting
+                if rid is not None:
+                    member.posted[rid] = text
+                    self.text_room[text] = room
             k += 1
-            try:
-                rid = member.client.send(m.Msg(ROOM, text))
-            except RemoteProtocolError:
-                continue  # outbox full while reconnecting
-            if rid is not None:
-                member.posted[rid] = text
 
     # --- the run ---------------------------------------------------------------------------------------------
 
@@ -383,13 +390,14 @@ class Soak:
         missing = duplicates = out_of_order = checked = 0
         examples: list[str] = []
         for mb in present:
-            if mb.since is None:
+            if not mb.since:
                 continue  # its session was replaced and it never rejoined: nothing to check
-            got = Counter(s for s in mb.seqs if s > mb.since)
+            got = Counter(s for s in mb.seqs if s > min(mb.since.values()))
             out_of_order += sum(1 for a, b in zip(mb.seqs, mb.seqs[1:], strict=False) if b <= a)
             duplicates += sum(n - 1 for n in got.values() if n > 1)
             for text, seq in acked.items():
-                if seq is None or seq <= mb.since:
+                since = mb.since.get(self.text_room.get(text, ROOM))
+                if seq is None or since is None or seq <= since:
                     continue
                 checked += 1
                 if got[seq] == 0:
@@ -403,7 +411,7 @@ class Soak:
             "gave_up_why": sorted({mb.gave_up for mb in everyone if mb.gave_up}),
             "left_unacked": self.left_unacked,
             "left_unacked_while": dict(self.left_while),
-            "members_checked": sum(1 for mb in present if mb.since is not None),
+            "members_checked": sum(1 for mb in present if mb.since),
             "posted": posted,
             "acked": len(acked),
             "deliveries_checked": checked,
@@ -477,6 +485,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     p.add_argument("--clients", type=int, default=20, help="members at any time (default 20)")
+    p.add_argument("--rooms", type=int, default=1, help="rooms every member is in and posts to at once (default 1)")
     p.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
     p.add_argument("--churn-interval", type=float, default=1.0, help="seconds between a leave+join (default 1)")
     p.add_argument("--kill-interval", type=float, default=5.0, help="seconds between worker SIGKILLs; 0: none")

@@ -1,6 +1,8 @@
 """The soak test (scripts/soak.py) in its short CI form: 10 s of churn, a worker SIGKILL every 2 s and two
 restarts (at 4 and 8 s; the second a SIGKILL of the main process), then the exactly-once and resource
-checks. docs/security.md gives the figures of a long run."""
+checks. Members are in 8 rooms and post to all of them at once: a tick spans 8 rooms, so history goes
+through the journal and a fold (docs/architecture.md) as well as the direct path (joins, one room each).
+docs/security.md gives the figures of a long run."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ SOAK = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
 
 def test_short_soak_loses_nothing_and_returns_its_resources() -> None:
     done = subprocess.run(
-        [sys.executable, str(SOAK), "--duration", "10", "--clients", "20", "--kill-interval", "2",
+        [sys.executable, str(SOAK), "--duration", "10", "--clients", "20", "--rooms", "8", "--kill-interval", "2",
          "--restart-interval", "4", "--crash", "--json"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
