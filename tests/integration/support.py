@@ -149,6 +149,9 @@ class ServerProcess:
         return [p["pid"] for p in self.stats()["processes"] if p["role"].startswith("worker")]
 
 
+MakeServer = Callable[..., ServerProcess]  # the make_server fixture (conftest.py)
+
+
 class Client:
     """A raw JSON Lines client on a blocking socket; every wait has a deadline."""
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Client, ServerProcess
+from support import Client, MakeServer, ServerProcess
 
 
 @pytest.fixture
@@ -42,13 +42,13 @@ def _history(port: int) -> list[str]:
 def _wait_degraded(server: ServerProcess, degraded: bool, timeout: float = 10.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
-        history = server.stats()["history"]
+        history: dict[str, object] = server.stats()["history"]
         if history["degraded"] is degraded or time.monotonic() > deadline:
             return history
         time.sleep(0.1)  # polling a figure: the store retries on its own schedule (DB_RETRY_INTERVAL)
 
 
-def test_read_only_data_dir_keeps_chat_alive_and_recovers(make_server, tmpfs: Path) -> None:
+def test_read_only_data_dir_keeps_chat_alive_and_recovers(make_server: MakeServer, tmpfs: Path) -> None:
     _remount(tmpfs, "ro")
     server = make_server(workers=1, data_dir=tmpfs)
     with Client(server.port, "alice") as a, Client(server.port, "bob") as b:
@@ -68,7 +68,7 @@ def test_read_only_data_dir_keeps_chat_alive_and_recovers(make_server, tmpfs: Pa
     assert (tmpfs / "history.sqlite3").exists()
 
 
-def test_full_disk_keeps_chat_alive_and_resumes_writing(make_server, tmpfs: Path) -> None:
+def test_full_disk_keeps_chat_alive_and_resumes_writing(make_server: MakeServer, tmpfs: Path) -> None:
     server = make_server(workers=1, data_dir=tmpfs)
     filler = tmpfs / "filler"
     with Client(server.port, "alice") as a, Client(server.port, "bob") as b:

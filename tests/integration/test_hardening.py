@@ -22,12 +22,11 @@ from typing import Any
 
 import psutil
 import pytest
-from support import Client, Frame, ServerProcess
+from support import Client, Frame, MakeServer, ServerProcess
 
 from lanchat.protocol import control
 
 MiB = 1024 * 1024
-MakeServer = Callable[..., ServerProcess]  # the make_server fixture (conftest.py)
 
 
 # --- shared helpers -----------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import threading
 import time
 
 import psutil
-from support import Client, ServerProcess
-from test_hardening import MakeServer, main_connections, nofile_at_least, open_fds, server_pids, wait_until
+from support import Client, MakeServer, ServerProcess
+from test_hardening import main_connections, nofile_at_least, open_fds, server_pids, wait_until
 
 HANDSHAKE = 2.0  # --handshake-timeout for the idle test
 SWEEP = 0.5  # the worker checks timeouts every HOUSEKEEPING_INTERVAL (0.5 s)

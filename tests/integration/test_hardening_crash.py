@@ -21,8 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import Client, Frame, ServerProcess
-from test_hardening import MakeServer
+from support import Client, Frame, MakeServer, ServerProcess
 
 from lanchat.client.connection import ChatClient
 from lanchat.protocol import messages as m

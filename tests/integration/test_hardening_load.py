@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from support import Client, Frame
-from test_hardening import MakeServer, MiB, main_connections, peak_rss
+from support import Client, Frame, MakeServer
+from test_hardening import MiB, main_connections, peak_rss
 
 
 class Conn:

@@ -18,8 +18,8 @@ import socket
 import time
 
 from discovery_support import free_udp_port
-from support import Client
-from test_hardening import MakeServer, MiB, peak_rss
+from support import Client, MakeServer
+from test_hardening import MiB, peak_rss
 
 from lanchat.protocol import beacon as b
 

@@ -7,7 +7,7 @@ import socket
 import time
 
 import pytest
-from support import Client
+from support import Client, MakeServer
 
 
 def _msg_line(length: int, rid: int = 1) -> bytes:
@@ -20,7 +20,7 @@ def _msg_line(length: int, rid: int = 1) -> bytes:
     return line
 
 
-def test_max_frame_edge_and_connection_survives(make_server) -> None:
+def test_max_frame_edge_and_connection_survives(make_server: MakeServer) -> None:
     server = make_server("--max-frame", "1024", workers=1)
     with Client(server.port, "edge") as c:
         c.send_raw(_msg_line(1024, 1) + b"\n")
@@ -32,7 +32,7 @@ def test_max_frame_edge_and_connection_survives(make_server) -> None:
         assert c.expect("msg")["text"] == "after"  # the connection survived
 
 
-def test_line_without_newline_is_cut_at_the_limit(make_server) -> None:
+def test_line_without_newline_is_cut_at_the_limit(make_server: MakeServer) -> None:
     server = make_server("--max-frame", "1024", workers=1)
     with Client(server.port, "dribble") as c:
         c.send_raw(b"y" * 5000)  # never a newline: refused as soon as it passes the limit
@@ -42,7 +42,7 @@ def test_line_without_newline_is_cut_at_the_limit(make_server) -> None:
         assert c.expect("msg")["text"] == "next line works"
 
 
-def test_rate_and_burst_slow_a_flood_without_losing_it(make_server) -> None:
+def test_rate_and_burst_slow_a_flood_without_losing_it(make_server: MakeServer) -> None:
     server = make_server("--rate", "5", "--burst", "3", workers=1)
     with Client(server.port, "fast") as c:
         c.send_raw(
@@ -60,7 +60,7 @@ def test_rate_and_burst_slow_a_flood_without_losing_it(make_server) -> None:
         assert stamps[5] - stamps[0] >= 0.45
 
 
-def test_slow_consumer_is_dropped_at_sendq_and_others_keep_receiving(make_server) -> None:
+def test_slow_consumer_is_dropped_at_sendq_and_others_keep_receiving(make_server: MakeServer) -> None:
     server = make_server("--sendq", "65536", "--rate", "10000", "--burst", "10000", "--resume-grace", "0", workers=2)
     slow = socket.create_connection(("127.0.0.1", server.port))
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -85,7 +85,7 @@ def test_slow_consumer_is_dropped_at_sendq_and_others_keep_receiving(make_server
     slow.close()
 
 
-def test_max_clients_holds_across_workers(make_server) -> None:
+def test_max_clients_holds_across_workers(make_server: MakeServer) -> None:
     server = make_server("--max-clients", "3", workers=2)
     clients = [Client(server.port, f"c{i}") for i in range(3)]
     try:
@@ -108,7 +108,7 @@ def test_max_clients_holds_across_workers(make_server) -> None:
 
 
 @pytest.mark.parametrize("exempt", [False, True])
-def test_max_per_ip_across_workers(make_server, exempt: bool) -> None:
+def test_max_per_ip_across_workers(make_server: MakeServer, exempt: bool) -> None:
     args = ["--max-per-ip", "2"] + ([] if exempt else ["--no-exempt-loopback"])
     server = make_server(*args, workers=2)
     clients = [Client(server.port, f"ip{i}") for i in range(2)]  # one on each worker
@@ -125,7 +125,7 @@ def test_max_per_ip_across_workers(make_server, exempt: bool) -> None:
             c.close()
 
 
-def test_handshake_timeout_closes_silent_connections(make_server) -> None:
+def test_handshake_timeout_closes_silent_connections(make_server: MakeServer) -> None:
     server = make_server("--handshake-timeout", "0.5", workers=1)
     with Client(server.port) as silent:
         err = silent.expect("error", timeout=3)
@@ -133,7 +133,7 @@ def test_handshake_timeout_closes_silent_connections(make_server) -> None:
         assert silent.closed_by_server(timeout=2)
 
 
-def test_idle_client_is_pinged_then_dropped_but_a_ponging_one_stays(make_server) -> None:
+def test_idle_client_is_pinged_then_dropped_but_a_ponging_one_stays(make_server: MakeServer) -> None:
     server = make_server("--ping-interval", "0.3", "--idle-timeout", "1.2", workers=1)
     with Client(server.port, "sleepy") as sleepy, Client(server.port, "awake") as awake:
         awake.expect("ping", timeout=3)
@@ -161,7 +161,7 @@ def test_idle_client_is_pinged_then_dropped_but_a_ponging_one_stays(make_server)
         (b'{"type":"privmsg","to":"","text":"x"}\n', "bad_nick"),
     ],
 )
-def test_bad_input_gets_a_clear_error_and_is_never_relayed(make_server, raw: bytes, code: str) -> None:
+def test_bad_input_gets_a_clear_error_and_is_never_relayed(make_server: MakeServer, raw: bytes, code: str) -> None:
     server = make_server("--max-frame", "65536", workers=1)
     pids = server.worker_pids()
     with Client(server.port, "victim") as victim, Client(server.port, "mallory") as mallory:
@@ -173,7 +173,7 @@ def test_bad_input_gets_a_clear_error_and_is_never_relayed(make_server, raw: byt
     assert server.worker_pids() == pids  # no worker crashed
 
 
-def test_http_request_to_chat_port_is_closed_without_effect(make_server) -> None:
+def test_http_request_to_chat_port_is_closed_without_effect(make_server: MakeServer) -> None:
     server = make_server("--handshake-timeout", "1", workers=1)
     with Client(server.port, "watcher") as watcher:
         http = socket.create_connection(("127.0.0.1", server.port), timeout=5)

@@ -7,8 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
-from support import Client, run_cli
+from support import Client, MakeServer, run_cli
 
 
 class Plain:
@@ -37,7 +38,7 @@ class Plain:
         self.sock.close()
 
 
-def test_plain_text_session_with_a_raw_socket(make_server) -> None:
+def test_plain_text_session_with_a_raw_socket(make_server: MakeServer) -> None:
     server = make_server(workers=2)
     with Client(server.port, "jason") as js:
         nc = Plain(server.port)
@@ -88,7 +89,7 @@ def _join(port: int, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_piped_join_sends_lines_and_prints_events(make_server) -> None:
+def test_piped_join_sends_lines_and_prints_events(make_server: MakeServer) -> None:
     server = make_server(workers=2)
     with Client(server.port, "observer") as obs:
         out = run_cli(
@@ -102,12 +103,12 @@ def test_piped_join_sends_lines_and_prints_events(make_server) -> None:
         assert texts == [("msg", "hello from a script"), ("action", "runs"), ("privmsg", "secret")]
 
 
-def test_piped_join_json_output_stays_connected_while_stdin_is_open(make_server) -> None:
+def test_piped_join_json_output_stays_connected_while_stdin_is_open(make_server: MakeServer) -> None:
     server = make_server(workers=2)
     proc = _join(server.port, "--nick", "bot", "--json")
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        frames = []
+        frames: list[dict[str, Any]] = []
         while not any(f.get("type") == "room" for f in frames):
             frames.append(json.loads(proc.stdout.readline()))
         assert {"server", "welcome", "join", "room"} <= {f["type"] for f in frames}
@@ -132,7 +133,7 @@ def test_piped_join_json_output_stays_connected_while_stdin_is_open(make_server)
                 f.close()
 
 
-def test_piped_join_exit_codes(make_server) -> None:
+def test_piped_join_exit_codes(make_server: MakeServer) -> None:
     server = make_server(workers=1)
     with Client(server.port, "taken"):
         out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "TAKEN", input="")

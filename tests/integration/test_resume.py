@@ -8,14 +8,14 @@ import signal
 from pathlib import Path
 
 import pytest
-from support import Client, JoinProcess, ServerProcess
+from support import Client, JoinProcess, MakeServer, ServerProcess
 
 FAST = ("--rate", "5000", "--burst", "5000")
 N = 1000
 
 
 def _worker_pid(server: ServerProcess, index: int) -> int:
-    return next(p["pid"] for p in server.stats()["processes"] if p["role"] == f"worker{index}")
+    return int(next(p["pid"] for p in server.stats()["processes"] if p["role"] == f"worker{index}"))
 
 
 def _numbered(n: int = N) -> list[str]:
@@ -23,7 +23,7 @@ def _numbered(n: int = N) -> list[str]:
 
 
 @pytest.mark.parametrize("victim", ["listener", "sender"])
-def test_worker_killed_mid_stream_loses_nothing(make_server, victim: str) -> None:
+def test_worker_killed_mid_stream_loses_nothing(make_server: MakeServer, victim: str) -> None:
     server = make_server(*FAST, workers=2)
     listener = JoinProcess(server.port, "listener")  # least-loaded placement: worker0
     sender: JoinProcess | None = None
@@ -48,7 +48,7 @@ def test_worker_killed_mid_stream_loses_nothing(make_server, victim: str) -> Non
             sender.kill()
 
 
-def test_server_restart_mid_conversation(make_server, tmp_path: Path) -> None:
+def test_server_restart_mid_conversation(make_server: MakeServer, tmp_path: Path) -> None:
     data = tmp_path / "shared-data"
     server = make_server(*FAST, workers=2, data_dir=data)
     port = server.port
@@ -80,7 +80,7 @@ def test_server_restart_mid_conversation(make_server, tmp_path: Path) -> None:
         bob.kill()
 
 
-def test_acknowledged_history_survives_sigkill_of_the_whole_server(make_server, tmp_path: Path) -> None:
+def test_acknowledged_history_survives_sigkill_of_the_whole_server(make_server: MakeServer, tmp_path: Path) -> None:
     data = tmp_path / "crash-data"
     server = make_server(*FAST, workers=2, data_dir=data)
     with Client(server.port, "writer") as w:
@@ -101,7 +101,7 @@ def test_acknowledged_history_survives_sigkill_of_the_whole_server(make_server, 
         assert r.expect("msg")["seq"] > last_ack["seq"]  # the sequence never goes back
 
 
-def test_resume_by_token_replays_exactly_the_missed_events(make_server) -> None:
+def test_resume_by_token_replays_exactly_the_missed_events(make_server: MakeServer) -> None:
     server = make_server(workers=2)
     a = Client(server.port, "alice")
     token, seen = a.welcome["token"], a.welcome["seq"]
@@ -131,7 +131,7 @@ def test_resume_by_token_replays_exactly_the_missed_events(make_server) -> None:
         back.close()
 
 
-def test_gap_is_reported_when_history_is_shorter_than_the_absence(make_server, tmp_path: Path) -> None:
+def test_gap_is_reported_when_history_is_shorter_than_the_absence(make_server: MakeServer, tmp_path: Path) -> None:
     data = tmp_path / "gap-data"
     server = make_server("--history-limit", "5", workers=1, data_dir=data)
     a = Client(server.port, "alice")
@@ -146,7 +146,7 @@ def test_gap_is_reported_when_history_is_shorter_than_the_absence(make_server, t
         back = Client(again.port, "alice", token=token, last_seq=last)
         gap = back.expect("gap")
         assert gap["after"] == last
-        texts = []
+        texts: list[str] = []
         while len(texts) < 5:
             frame = back.recv()
             if frame.get("type") == "msg":
@@ -155,7 +155,7 @@ def test_gap_is_reported_when_history_is_shorter_than_the_absence(make_server, t
         back.close()
 
 
-def test_duplicate_client_ids_are_posted_once(make_server) -> None:
+def test_duplicate_client_ids_are_posted_once(make_server: MakeServer) -> None:
     server = make_server(workers=1)
     with Client(server.port, "resender") as c, Client(server.port, "count") as counter:
         for _ in range(3):
@@ -167,7 +167,7 @@ def test_duplicate_client_ids_are_posted_once(make_server) -> None:
         assert [f.get("text") for f in counter.seen if f.get("type") == "msg"] == ["once", "marker"]
 
 
-def test_history_can_be_backed_up_while_serving(make_server, tmp_path: Path) -> None:
+def test_history_can_be_backed_up_while_serving(make_server: MakeServer, tmp_path: Path) -> None:
     """docs/operations.md: `sqlite3 history.sqlite3 ".backup copy"` while the server runs."""
     import shutil
     import sqlite3

@@ -6,12 +6,14 @@ import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import psutil
-from support import Client, ServerProcess, run_cli
+from support import Client, MakeServer, ServerProcess, run_cli
 
 
-def _spread_clients(server: ServerProcess, nicks: list[str], **hello: object) -> list[Client]:
+def _spread_clients(server: ServerProcess, nicks: list[str], **hello: Any) -> list[Client]:
     """Connect clients one by one: least-loaded placement puts consecutive clients on different workers."""
     return [Client(server.port, nick, **hello) for nick in nicks]
 
@@ -20,7 +22,7 @@ def _worker_conns(server: ServerProcess) -> list[int]:
     return [p["connections"] for p in server.stats()["processes"] if p["role"].startswith("worker")]
 
 
-def test_room_fanout_across_workers(make_server) -> None:
+def test_room_fanout_across_workers(make_server: MakeServer) -> None:
     server = make_server(workers=4)
     clients = _spread_clients(server, [f"user{i}" for i in range(8)])
     try:
@@ -38,7 +40,7 @@ def test_room_fanout_across_workers(make_server) -> None:
             c.close()
 
 
-def test_rooms_only_reach_their_members(make_server) -> None:
+def test_rooms_only_reach_their_members(make_server: MakeServer) -> None:
     server = make_server(workers=4)
     a, b, c = _spread_clients(server, ["ann", "ben", "cat"])
     try:
@@ -57,7 +59,7 @@ def test_rooms_only_reach_their_members(make_server) -> None:
             x.close()
 
 
-def test_nick_collision_across_workers_is_case_insensitive(make_server) -> None:
+def test_nick_collision_across_workers_is_case_insensitive(make_server: MakeServer) -> None:
     server = make_server(workers=4)
     first = Client(server.port, "Alice")
     others = _spread_clients(server, ["x1", "x2"])  # so the next client lands on another worker
@@ -75,7 +77,7 @@ def test_nick_collision_across_workers_is_case_insensitive(make_server) -> None:
             o.close()
 
 
-def test_private_messages_across_workers(make_server) -> None:
+def test_private_messages_across_workers(make_server: MakeServer) -> None:
     server = make_server(workers=4)
     a, b, c = _spread_clients(server, ["ann", "ben", "cat"])
     try:
@@ -93,7 +95,7 @@ def test_private_messages_across_workers(make_server) -> None:
             x.close()
 
 
-def test_worker_killed_is_replaced_and_others_unaffected(make_server) -> None:
+def test_worker_killed_is_replaced_and_others_unaffected(make_server: MakeServer) -> None:
     server = make_server("--resume-grace", "0.5", workers=4)
     clients = _spread_clients(server, [f"u{i}" for i in range(4)])
     try:
@@ -125,7 +127,7 @@ def test_worker_killed_is_replaced_and_others_unaffected(make_server) -> None:
             c.close()
 
 
-def test_sigterm_tells_clients_and_exits_within_5s(make_server) -> None:
+def test_sigterm_tells_clients_and_exits_within_5s(make_server: MakeServer) -> None:
     server = make_server(workers=4)
     clients = _spread_clients(server, ["a1", "a2", "a3"])
     assert server.proc is not None
@@ -140,7 +142,7 @@ def test_sigterm_tells_clients_and_exits_within_5s(make_server) -> None:
         c.close()
 
 
-def test_worker_that_cannot_boot_stops_the_server(tmp_path) -> None:
+def test_worker_that_cannot_boot_stops_the_server(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "d", workers=2)
     os.environ["LANCHAT_FAULT"] = "worker-boot"
     try:
@@ -158,7 +160,7 @@ def test_worker_that_cannot_boot_stops_the_server(tmp_path) -> None:
         server.kill()
 
 
-def test_hung_worker_is_detected_by_heartbeat_and_replaced(make_server) -> None:
+def test_hung_worker_is_detected_by_heartbeat_and_replaced(make_server: MakeServer) -> None:
     server = make_server("--worker-timeout", "1", workers=2)
     victim = server.worker_pids()[0]
     mark = server.mark()
@@ -174,7 +176,7 @@ def test_hung_worker_is_detected_by_heartbeat_and_replaced(make_server) -> None:
             pass
 
 
-def test_main_process_killed_takes_workers_with_it(make_server) -> None:
+def test_main_process_killed_takes_workers_with_it(make_server: MakeServer) -> None:
     server = make_server(workers=2)
     assert server.proc is not None
     workers = [psutil.Process(pid) for pid in server.worker_pids()]
@@ -185,7 +187,7 @@ def test_main_process_killed_takes_workers_with_it(make_server) -> None:
     assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
 
 
-def test_status_command_prints_every_process(make_server) -> None:
+def test_status_command_prints_every_process(make_server: MakeServer) -> None:
     server = make_server(workers=2)
     with Client(server.port, "someone"):
         out = run_cli("status", f"127.0.0.1:{server.port}")
@@ -202,7 +204,7 @@ def test_status_command_prints_every_process(make_server) -> None:
     assert run_cli("status", "127.0.0.1:1").returncode == 3
 
 
-def test_dual_stack_listens_on_ipv4_and_ipv6(make_server) -> None:
+def test_dual_stack_listens_on_ipv4_and_ipv6(make_server: MakeServer) -> None:
     import socket
 
     import pytest

@@ -270,6 +270,7 @@ def encode_control(frame: c.ControlFrame) -> bytes:
         return c.room_frame(frame.room, frame.payload)
     if isinstance(frame, c.ConnsFrame):
         return c.conns_frame(frame.conns, frame.payload)
+    assert isinstance(frame, c.JsonFrame)  # the hub never sends a POST
     return c.json_frame(frame.records)
 
 

@@ -46,6 +46,7 @@ class Workers:
                     for conn in f.conns:
                         self.inbox[(w, conn)] += lines(f.payload)
                 else:
+                    assert isinstance(f, control.JsonFrame), f  # a POST goes to the hub, never from it
                     for rec in f.records:
                         self.records[w].append(rec)
                         if rec[0] == "member":
@@ -919,7 +920,9 @@ def test_acks_and_history_while_the_disk_fails(net: Workers) -> None:
     assert [json.loads(x).get("text") for x in hub.store.events("lobby")[0]] == [None, "during"]
 
 
-def test_large_rooms_do_not_announce_presence(tmp_path: Path, stores: list[HistoryStore], monkeypatch) -> None:
+def test_large_rooms_do_not_announce_presence(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Above LARGE_ROOM members a join is told only to the joiner: filling a room stays O(members)."""
     monkeypatch.setattr(const, "LARGE_ROOM", 3)
     net = Workers(make_hub(stores, tmp_path))
@@ -935,7 +938,7 @@ def test_large_rooms_do_not_announce_presence(tmp_path: Path, stores: list[Histo
 
 
 def test_room_info_lists_the_first_nicks_as_they_are_now(
-    tmp_path: Path, stores: list[HistoryStore], monkeypatch
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The nick list of the reply to a join is cached per room: every change to its first
     ROOM_INFO_NICKS members (join, part, quit, nick) shows in the next reply, and nothing past them."""
@@ -981,9 +984,14 @@ def test_join_history_comes_from_memory_after_the_first_join(tmp_path: Path, sto
     welcome_of(net, 1, 10, "al")
     net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "remember me", "id": 1}, 2.0)
     net.clear()
-    calls = []
+    calls: list[tuple[Any, ...]] = []
     real = net.hub.store.events
-    net.hub.store.events = lambda *a, **k: calls.append(a) or real(*a, **k)  # type: ignore[method-assign]
+
+    def counted(*a: Any, **k: Any) -> Any:
+        calls.append(a)
+        return real(*a, **k)
+
+    net.hub.store.events = counted  # type: ignore[method-assign]
     net.hub.request(1, 11, {"type": "hello", "nick": "bo"}, 3.0)
     history = next(f for f in net.take(1, 11) if f.get("type") == "history")
     assert [e.get("text") for e in history["events"] if e["type"] == "msg"] == ["remember me"]

@@ -184,7 +184,8 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
 def told_hub(worker: Worker) -> list[Any]:
     """The JSON records the worker has queued for the hub (there is no hub here to send them to)."""
     worker._frame_records()
-    return [rec for frame in control.ControlDecoder().feed(b"".join(worker._hub_out)) for rec in frame.records]
+    frames = control.ControlDecoder().feed(b"".join(worker._hub_out))
+    return [rec for frame in frames if isinstance(frame, control.JsonFrame) for rec in frame.records]
 
 
 def with_conn(body: Callable[[Worker, ClientConn, socket.socket], Awaitable[None]], sendq: int = 1 << 24) -> None:
