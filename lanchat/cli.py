@@ -43,8 +43,20 @@ Interface = Annotated[
     ),
 ]
 DiscoveryPort = Annotated[
-    int, typer.Option(envvar=_env("discovery_port"), help="UDP port of discovery beacons and probes.")
+    int,
+    typer.Option(envvar=_env("discovery_port"), min=1, max=65535, help="UDP port of discovery beacons and probes."),
 ]
+
+
+def _room(value: str) -> str:
+    """--room checked here (exit code 2, as any bad option) rather than refused by the server after connecting."""
+    from lanchat.errors import RemoteProtocolError
+    from lanchat.protocol.messages import check_room
+
+    try:
+        return check_room(value)
+    except RemoteProtocolError as exc:
+        raise typer.BadParameter(exc.message) from None
 
 
 @app.command()
@@ -52,7 +64,9 @@ def serve(
     host: Annotated[
         str, typer.Option(envvar=_env("host"), help="Address to listen on (`::` for IPv4+IPv6).")
     ] = "0.0.0.0",
-    port: Annotated[int, typer.Option(envvar=_env("port"), help="TCP port for chat.")] = const.DEFAULT_PORT,
+    port: Annotated[
+        int, typer.Option(envvar=_env("port"), min=0, max=65535, help="TCP port for chat (0: any free one).")
+    ] = const.DEFAULT_PORT,
     workers: Annotated[
         int,
         typer.Option(
@@ -185,7 +199,9 @@ def join(
         str | None, typer.Argument(help="HOST, HOST:PORT or a server NAME from discovery; none: discover.")
     ] = None,
     nick: Annotated[str, typer.Option(envvar=_env("nick"), help="Your nick (default: login name).")] = "",
-    room: Annotated[str, typer.Option(envvar=_env("room"), help="Room to start in.")] = const.DEFAULT_ROOM,
+    room: Annotated[
+        str, typer.Option(envvar=_env("room"), callback=_room, help="Room to start in.")
+    ] = const.DEFAULT_ROOM,
     json_output: Annotated[bool, typer.Option("--json", help="Piped mode: one JSON event per line.")] = False,
     interface: Interface = [],  # noqa: B006
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,

@@ -12,18 +12,20 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from itertools import count, islice
 from typing import Any, Final
 
 from lanchat import const
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.client_conn import ClientState
+from lanchat.protocol.client_conn import OUTBOX_MAX, ClientState
 
 log = logging.getLogger("lanchat.client")
 
 # Exit codes of `lanchat join` (documented in docs/client.md).
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2  # bad address or option (as typer's own usage errors)
 EXIT_UNREACHABLE: Final = 3  # no connection to the server (refused, timeout, bad address)
 EXIT_NICK: Final = 4  # nick taken or invalid
 EXIT_SEVERAL: Final = 5  # discovery found several servers and there is no terminal to choose
@@ -39,14 +41,34 @@ StateHandler = Callable[[str], None]
 
 
 def parse_address(address: str, default_port: int = const.DEFAULT_PORT) -> tuple[str, int]:
-    """HOST, HOST:PORT, [V6]:PORT or a bare V6 address -> (host, port)."""
+    """HOST, HOST:PORT, [V6]:PORT or a bare V6 address -> (host, port); ValueError says what is wrong."""
     if address.startswith("["):
         host, _, rest = address[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if address.count(":") == 1:
-        host, _, port = address.partition(":")
-        return host, int(port)
-    return address, default_port
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected [V6ADDRESS]:PORT")
+        port = _port(rest[1:]) if rest else default_port
+    elif address.count(":") == 1:
+        host, _, text = address.partition(":")
+        port = _port(text)
+    else:
+        host, port = address, default_port
+    if not host:
+        raise ValueError("no host")
+    return host, port
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise ValueError(f"port must be a number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def fallback_nick(nick: str, attempt: int) -> str:
+    """The nick to try after ``nick`` was taken ``attempt`` times on a reconnect: the attempt-th of nick_,
+    nick_2, nick_3, ... (each cut to fit NICK_MAX) that differs from ``nick`` itself: a full-length nick
+    ending in _ would otherwise come back unchanged, and the client would ask for the same nick again."""
+    candidates = (nick[: const.NICK_MAX - len(sfx)] + sfx for sfx in ("_" if k == 1 else f"_{k}" for k in count(1)))
+    return next(islice((c for c in candidates if c != nick), max(0, attempt - 1), None))
 
 
 class ChatClient:
@@ -73,9 +95,17 @@ class ChatClient:
         self.server_name = ""
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._queued: list[bytes] = []
+        # What was typed while not connected, in order: request lines, and the ids of posts (their lines
+        # come from the outbox then, unless acknowledged meanwhile). A join typed before a message to that
+        # room must reach the server first, or the message would be refused as not in the room.
+        self._queued: list[bytes | int] = []
+        self._queued_requests = 0
+        self._nick_attempts = 0  # nick_taken answers to this reconnect's hellos so far
+        self._wanted_nick = nick
         self._acked = asyncio.Event()
         self._acked.set()
+        self._room = asyncio.Event()  # set while the outbox can take another post (see wait_room)
+        self._room.set()
         self._closing = False
         self._last_rx = time.monotonic()
         self._task: asyncio.Task[None] | None = None
@@ -97,14 +127,19 @@ class ChatClient:
         if isinstance(req, m.Msg | m.Action | m.PrivMsg):
             rid, line = self.state.post(req)
             self._acked.clear()
+            if self.state.unacked >= OUTBOX_MAX:
+                self._room.clear()
             if self.status == "connected":
                 self._write(line)
+            else:
+                self._queued.append(rid)
             return rid
         line = self.state.request(req)
         if self.status == "connected":
             self._write(line)
-        elif len(self._queued) < QUEUED_MAX:
+        elif self._queued_requests < QUEUED_MAX:
             self._queued.append(line)
+            self._queued_requests += 1
         return None
 
     async def wait_acked(self, timeout: float | None = None) -> bool:
@@ -114,6 +149,11 @@ class ChatClient:
         except TimeoutError:
             return False
         return True
+
+    async def wait_room(self) -> None:
+        """Wait until the outbox can take another post (it holds OUTBOX_MAX unacknowledged ones at most):
+        a script piping a long file in waits here for acks instead of being refused."""
+        await self._room.wait()
 
     async def wait_closed(self) -> None:
         if self._task is not None:
@@ -165,7 +205,10 @@ class ChatClient:
                 if kind == "error" and not self.state.registered:
                     code = frame.get("code")
                     if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK) and not first:
-                        self.state.info.nick = self.state.info.nick[: const.NICK_MAX - 1] + "_"
+                        if not self._nick_attempts:  # what the user had; every fallback derives from it
+                            self._wanted_nick = self.state.info.nick
+                        self._nick_attempts += 1
+                        self.state.info.nick = fallback_nick(self._wanted_nick, self._nick_attempts)
                         writer.write(self.state.hello())
                         self._deliver(frame)
                         continue
@@ -182,11 +225,16 @@ class ChatClient:
                 self._deliver(frame)
             if welcomed:
                 break
-        for line in self.state.resend():
-            writer.write(line)
-        queued, self._queued = self._queued, []
-        for line in queued:
-            writer.write(line)
+        self._nick_attempts = 0
+        queued, self._queued, self._queued_requests = self._queued, [], 0
+        typed_offline = {item for item in queued if isinstance(item, int)}
+        for rid in list(self.state.outbox):  # first what was sent before the drop, then what was typed since
+            if rid not in typed_offline:
+                writer.write(self.state.post_line(rid) or b"")
+        for item in queued:
+            line = self.state.post_line(item) if isinstance(item, int) else item
+            if line:
+                writer.write(line)
         if not self.state.outbox:
             self._acked.set()
         self._set_status("connected")
@@ -227,10 +275,11 @@ class ChatClient:
                     continue
                 if kind == "bye":
                     self.lost_reason = str(frame.get("reason", "server said goodbye"))
-                if kind == "ack" and not self.state.outbox:
-                    self._acked.set()
-                if kind == "error" and not self.state.outbox:
-                    self._acked.set()
+                if kind in ("ack", "error"):
+                    if not self.state.outbox:
+                        self._acked.set()
+                    if self.state.unacked < OUTBOX_MAX:
+                        self._room.set()
                 self._deliver(frame)
 
     async def _reconnect(self) -> bool:

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 
 from lanchat import const
-from lanchat.client.connection import EXIT_NONE_FOUND, EXIT_SEVERAL, EXIT_UNREACHABLE, parse_address
+from lanchat.client.connection import EXIT_NONE_FOUND, EXIT_SEVERAL, EXIT_UNREACHABLE, EXIT_USAGE, parse_address
 from lanchat.config import DiscoveryConfig
 
 
@@ -37,11 +37,11 @@ class Unresolved(Exception):
 
 
 def _looks_like_host(address: str) -> bool:
-    host = parse_address(address)[0] if address.count(":") <= 1 or address.startswith("[") else address
-    if ":" in address or host == "localhost" or "." in host:
+    """An address (parsed, or refused with exit code 2), not a server name to discover?"""
+    if ":" in address or address == "localhost" or "." in address:
         return True
     try:
-        ipaddress.ip_address(host)
+        ipaddress.ip_address(address)
     except ValueError:
         return False
     return True
@@ -52,8 +52,10 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
     if config.address and _looks_like_host(config.address):
         try:
             host, port = parse_address(config.address)
-        except ValueError:
-            raise Unresolved(f"bad address {config.address!r}: use HOST, HOST:PORT or a server name", 2) from None
+        except ValueError as exc:
+            raise Unresolved(
+                f"bad address {config.address!r} ({exc}): use HOST, HOST:PORT or a server name", EXIT_USAGE
+            ) from None
         return Target(host, port)
     from lanchat.discovery.browser import browse
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 import threading
+from collections.abc import Awaitable
 from typing import Any
 
 from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient
@@ -29,6 +30,7 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
 async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: bool) -> int:
     client: ChatClient
     reconnects: list[str] = []
+    view = _Current(room)
 
     def emit(text: str) -> None:
         try:
@@ -38,6 +40,8 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             pass
 
     def on_frame(frame: dict[str, Any]) -> None:
+        if frame.get("type") == "error":
+            view.refused(frame)
         if json_output:
             emit(json.dumps(frame, ensure_ascii=False))
         else:
@@ -55,6 +59,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             reconnects.append(status)
 
     client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status)
+    view.client = client
     try:
         await client.connect()
     except ConnectError as exc:
@@ -63,46 +68,91 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     threading.Thread(target=_stdin_lines, args=(loop, queue), daemon=True, name="stdin").start()
-    current: str | None = room
     closed = asyncio.create_task(client.wait_closed())
+
+    async def before_closed(aw: Awaitable[Any]) -> bool:
+        """Await ``aw`` unless the connection is given up first."""
+        task = asyncio.ensure_future(aw)
+        await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return True
+        task.cancel()
+        return False
+
+    reason = ""
     while True:
-        getter = asyncio.create_task(queue.get())
-        await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if not getter.done():
-            getter.cancel()
+        getter = asyncio.ensure_future(queue.get())
+        if not await before_closed(getter):
             print(f"lanchat: connection lost: {client.lost_reason}", file=sys.stderr)
             return EXIT_LOST
         line = getter.result()
         if line is None:
             break
         try:
-            cmd = parse_command(line, current)
+            cmd = parse_command(line, view.current)
         except RemoteProtocolError as exc:
             print(f"lanchat: {exc.message}", file=sys.stderr)
             continue
         if cmd is None:
             continue
         if isinstance(cmd, LocalCommand):
-            if cmd.name == "switch" and cmd.arg:
-                current = cmd.arg
+            if cmd.name == "switch":
+                view.switch(cmd.arg)
             else:
                 emit(HELP)
             continue
         if isinstance(cmd, m.Quit):
+            reason = cmd.reason
             break
-        if isinstance(cmd, m.Join):
-            current = cmd.room
-        elif isinstance(cmd, m.Part) and cmd.room == current:
-            others = [r for r in client.state.rooms if r != current]
-            current = others[-1] if others else None
-        client.send(cmd)
-    # EOF: everything typed must be acknowledged (or the connection given up) before we leave.
-    acked = asyncio.create_task(client.wait_acked())
-    await asyncio.wait({acked, closed}, return_when=asyncio.FIRST_COMPLETED)
-    if not acked.done():
-        acked.cancel()
+        if isinstance(cmd, m.Msg | m.Action | m.PrivMsg) and not await before_closed(client.wait_room()):
+            print(f"lanchat: connection lost with {client.state.unacked} messages unsent", file=sys.stderr)
+            return EXIT_LOST  # a long input waits here for acks: the outbox holds OUTBOX_MAX at most
+        view.sent(cmd)
+        try:
+            client.send(cmd)
+        except RemoteProtocolError as exc:  # too long for this server: said, and the next line goes on
+            print(f"lanchat: not sent: {exc.message}", file=sys.stderr)
+    # EOF or /quit: everything typed must be acknowledged (or the connection given up) before we leave.
+    if not await before_closed(client.wait_acked()):
         print(f"lanchat: connection lost with {client.state.unacked} messages unsent", file=sys.stderr)
         return EXIT_LOST
     closed.cancel()
-    await client.close()
+    await client.close(reason)
     return EXIT_OK
+
+
+class _Current:
+    """Where text goes (the current room), as in the terminal UI: /join makes the joined room current,
+    /part of it the last other room, /switch a joined room (without one: the next); a refused /join
+    goes back to a room we are in."""
+
+    def __init__(self, room: str) -> None:
+        self.current: str | None = room
+        self.client: ChatClient | None = None
+
+    def _joined(self) -> list[str]:
+        return self.client.state.rooms if self.client is not None else []
+
+    def sent(self, cmd: m.Request) -> None:
+        if isinstance(cmd, m.Join):
+            self.current = cmd.room
+        elif isinstance(cmd, m.Part) and cmd.room == self.current:
+            others = [r for r in self._joined() if r != self.current]
+            self.current = others[-1] if others else None
+
+    def switch(self, room: str) -> None:
+        joined = self._joined()
+        if room and room not in joined:
+            print(f"lanchat: you are not in #{room}: /join {room}", file=sys.stderr)
+        elif room:
+            self.current = room
+        elif joined:
+            at = joined.index(self.current) if self.current in joined else -1
+            self.current = joined[(at + 1) % len(joined)]
+        else:
+            print("lanchat: you are in no room: /join ROOM", file=sys.stderr)
+
+    def refused(self, frame: dict[str, Any]) -> None:
+        joined = self._joined()
+        if frame.get("code") in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM) and self.current not in joined:
+            self.current = joined[-1] if joined else None

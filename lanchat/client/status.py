@@ -6,12 +6,16 @@ import asyncio
 import json
 import sys
 
-from lanchat.client.connection import EXIT_ERROR, EXIT_UNREACHABLE, parse_address, request_once
+from lanchat.client.connection import EXIT_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, parse_address, request_once
 from lanchat.errors import ConnectError, RemoteProtocolError
 
 
 def run_status(address: str, *, json_output: bool) -> int:
-    host, port = parse_address(address)
+    try:
+        host, port = parse_address(address)
+    except ValueError as exc:
+        print(f"lanchat: bad address {address!r}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         stats = asyncio.run(request_once(host, port, {"type": "stats"}))
     except (OSError, TimeoutError, ConnectError) as exc:

@@ -38,9 +38,10 @@ class ClientState:
         self.wanted_rooms = list(rooms)
         self.rooms: list[str] = []  # rooms we are in, join order
         self.last_seq: int | None = None
-        self.outbox: OrderedDict[int, m.Request] = OrderedDict()
+        self.outbox: OrderedDict[int, m.Msg | m.Action | m.PrivMsg] = OrderedDict()
         self.next_id = 1
         self.registered = False
+        self.max_frame: int | None = None  # the server's line limit, from its welcome
         self._framer = LineFramer(CLIENT_MAX_FRAME)
 
     # --- output -----------------------------------------------------------------------------------------
@@ -58,27 +59,32 @@ class ClientState:
         return m.encode(obj)
 
     def post(self, req: m.Msg | m.Action | m.PrivMsg) -> tuple[int, bytes]:
-        """Queue a post with the next id; returns (id, line). The line may be sent now or after resume."""
+        """Queue a post with the next id; returns (id, line). The line may be sent now or after resume.
+        Raises RemoteProtocolError if the outbox is full or the line is longer than the server takes
+        (a refusal without an id could not be matched to the post, which would then wait forever)."""
         if len(self.outbox) >= OUTBOX_MAX:
             raise RemoteProtocolError("outbox_full", f"{OUTBOX_MAX} messages are waiting to be sent already")
+        line = _post_line(self.next_id, req)
+        if self.max_frame is not None and len(line) - 1 > self.max_frame:
+            raise RemoteProtocolError(
+                m.Err.FRAME_TOO_LONG, f"too long for this server ({len(line) - 1} bytes; it takes {self.max_frame})"
+            )
         rid = self.next_id
         self.next_id += 1
-        obj = req.to_obj()
-        obj["id"] = rid
         self.outbox[rid] = req
-        return rid, m.encode(obj)
+        return rid, line
 
     def request(self, req: m.Request) -> bytes:
         return m.encode(req.to_obj())
 
+    def post_line(self, rid: int) -> bytes | None:
+        """The line of an unacknowledged post, with its original id (None once acknowledged or refused)."""
+        req = self.outbox.get(rid)
+        return None if req is None else _post_line(rid, req)
+
     def resend(self) -> list[bytes]:
         """Every unacknowledged post, in order, with its original id (after a welcome)."""
-        lines = []
-        for rid, req in self.outbox.items():
-            obj = req.to_obj()
-            obj["id"] = rid
-            lines.append(m.encode(obj))
-        return lines
+        return [_post_line(rid, req) for rid, req in self.outbox.items()]
 
     # --- input ---------------------------------------------------------------------------------------------
 
@@ -108,13 +114,14 @@ class ClientState:
             self.info.session = str(frame.get("session", ""))
             self.info.token = frame.get("token") if isinstance(frame.get("token"), str) else None
             self.info.nick = str(frame.get("nick", self.info.nick))
+            limit = frame.get("max_frame")
+            self.max_frame = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
             rooms = frame.get("rooms")
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
-            else:
-                self.rooms = []
-                if self.last_seq is None and isinstance(seq, int):
-                    self.last_seq = seq
+            else:  # a new session starts at the server's sequence now, wherever an old one ended (even
+                self.rooms = []  # above it: a server with a new data directory counts from 0 again)
+                self.last_seq = seq if isinstance(seq, int) else None
             return True
         if isinstance(seq, int) and kind in m.EVENT_TYPES:
             if self.last_seq is not None and seq <= self.last_seq:
@@ -144,3 +151,9 @@ class ClientState:
     @property
     def unacked(self) -> int:
         return len(self.outbox)
+
+
+def _post_line(rid: int, req: m.Msg | m.Action | m.PrivMsg) -> bytes:
+    obj = req.to_obj()
+    obj["id"] = rid
+    return m.encode(obj)

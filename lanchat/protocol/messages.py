@@ -227,7 +227,7 @@ class Quit(Request):
 # replayed on resume. Every other frame (welcome, ack, error, replies) is a reply to one client.
 EVENT_TYPES: Final = frozenset({"msg", "action", "privmsg", "join", "part", "quit", "nick", "topic"})
 # Requests the server answers before a hello (status tools need no nick).
-PRE_HELLO: Final = frozenset({"hello", "ping", "pong", "stats", "quit"})
+PRE_HELLO: Final = frozenset({"hello", "ping", "pong", "stats", "quit", "rooms"})  # rooms: look before choosing a nick
 
 
 def parse_obj(obj: object, *, allow_plain: bool = False) -> Request:

@@ -88,7 +88,8 @@ def parse_command(line: str, room: str | None) -> m.Request | LocalCommand | Non
     if cmd in ("/rooms", "/list"):
         return m.Rooms()
     if cmd == "/history":
-        limit = int(rest) if rest.isascii() and rest.isdigit() and 0 < int(rest) <= 500 else 20
+        # len first: int() of more than 4,300 digits raises ValueError (CPython's guard against slow parsing)
+        limit = int(rest) if len(rest) <= 3 and rest.isascii() and rest.isdigit() and 0 < int(rest) <= 500 else 20
         return m.History(_need_room(room), limit=limit)
     if cmd in ("/status", "/stats"):
         return m.Stats()
@@ -177,7 +178,10 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
     if kind == "room":
         names = _items(frame.get("nicks"))
         topic = f" topic: {c(frame['topic'])};" if frame.get("topic") else ""
-        return f"* {room}:{topic} {len(names)} here: " + ", ".join(c(n) for n in names)
+        users = frame.get("users")
+        here = users if isinstance(users, int) and not isinstance(users, bool) else len(names)
+        more = f", and {here - len(names)} more" if here > len(names) else ""  # the list stops at 500 nicks
+        return f"* {room}:{topic} {here} here: " + ", ".join(c(n) for n in names) + more
     if kind == "who":
         return f"* {room}: " + ", ".join(c(n) for n in _items(frame.get("nicks")))
     if kind == "rooms":

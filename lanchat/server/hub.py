@@ -114,6 +114,7 @@ class Hub:
         *,
         resume_grace: float = const.RESUME_GRACE,
         history_on_join: int = const.HISTORY_ON_JOIN,
+        max_frame: int = const.MAX_FRAME,
         stats: Callable[[], dict[str, Any]] | None = None,
         recent_max: int = const.RECENT_EVENTS,
         now: float = 0.0,
@@ -121,6 +122,7 @@ class Hub:
         self.store = store
         self.resume_grace = resume_grace
         self.history_on_join = history_on_join
+        self.max_frame = max_frame  # told in the welcome: a client refuses longer posts before sending them
         self._stats = stats
         self.seq = store.start_seq
         self.sessions: dict[str, Session] = {}  # sid ->
@@ -158,6 +160,8 @@ class Hub:
                 self._hello(worker, conn, session, req, now)
             elif isinstance(req, m.Stats):
                 self._reply(worker, conn, self._stats_frame(req))
+            elif isinstance(req, m.Rooms):  # also before a hello: an nc user may look around first
+                self._reply(worker, conn, self._rooms_frame(req.id))
             elif session is None:
                 if not isinstance(req, m.Quit):
                     raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=req.id)
@@ -405,7 +409,7 @@ class Hub:
     def _welcome(self, s: Session, req: m.Hello, rooms: list[str], *, resumed: bool = False) -> None:
         welcome: dict[str, Any] = {
             "type": "welcome", "nick": s.nick, "session": s.sid, "token": s.token, "seq": self.seq,
-            "resumed": resumed, "rooms": rooms,
+            "resumed": resumed, "rooms": rooms, "max_frame": self.max_frame,
         }  # fmt: skip
         if req.token is not None and not resumed:
             welcome["resume_failed"] = "session expired or unknown"
@@ -479,10 +483,6 @@ class Hub:
             room = self.rooms.get(req.room)
             nicks = [x.nick for x in room.members.values()] if room else []
             self._send(s, _with_id({"type": "who", "room": req.room, "nicks": nicks}, req.id))
-        elif isinstance(req, m.Rooms):
-            rooms = [{"name": r.name, "users": len(r.members), "topic": r.topic} for r in self.rooms.values()]
-            rooms.sort(key=lambda r: (-int(r["users"]), str(r["name"])))  # type: ignore[call-overload]
-            self._send(s, _with_id({"type": "rooms", "rooms": rooms}, req.id))
         elif isinstance(req, m.History):
             self._history(s, req, now)
         elif isinstance(req, m.Quit):
@@ -645,6 +645,11 @@ class Hub:
         # Splice the stored frames in as they are: no decode/encode round trip per event.
         line = head.replace(b'"events":[]', b'"events":[' + b",".join(events) + b"]", 1)
         self._send_lines(s, [line])
+
+    def _rooms_frame(self, rid: int | None) -> dict[str, Any]:
+        rooms = [{"name": r.name, "users": len(r.members), "topic": r.topic} for r in self.rooms.values()]
+        rooms.sort(key=lambda r: (-int(r["users"]), str(r["name"])))  # type: ignore[call-overload]
+        return _with_id({"type": "rooms", "rooms": rooms}, rid)
 
     def _stats_frame(self, req: m.Stats) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "stats", **(self._stats() if self._stats else {})}

@@ -76,6 +76,7 @@ class Server:
             self.store,
             resume_grace=config.resume_grace,
             history_on_join=config.history_on_join,
+            max_frame=config.max_frame,
             stats=self._stats,
             now=time.time(),
         )

@@ -115,9 +115,12 @@ class ClientConn:
             self._handle(self.state.receive_data(data, time.monotonic()))
             self.json_mode = self.state.mode is Mode.JSON and not self.closing
         except Exception:  # a parser bug costs this one connection, never the worker
-            log.exception("conn %d (%s): internal error on input; closing it", self.conn_id, self.peer)
-            self._report_closed(False, "internal error")
-            self.close(self.state.error_bytes(m.Err.INTERNAL, "internal server error", fatal=True))
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        log.exception("conn %d (%s): internal error on input; closing it", self.conn_id, self.peer)
+        self._report_closed(False, "internal error")
+        self.close(self.state.error_bytes(m.Err.INTERNAL, "internal server error", fatal=True))
 
     # --- protocol actions ----------------------------------------------------------------------------------
 
@@ -149,7 +152,11 @@ class ClientConn:
         self._resume_handle = None
         if self.closing or self.sock is None:
             return
-        self._handle(self.state.process(time.monotonic()))
+        try:
+            self._handle(self.state.process(time.monotonic()))
+        except Exception:  # as in _readable: else the connection would stay paused, never read again
+            self._internal_error()
+            return
         if self.state.throttled_until is None and not self.closing:
             self._resume_reading()
 

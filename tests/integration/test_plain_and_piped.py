@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
+import pytest
 from support import Client, MakeServer, run_cli
+
+from lanchat.client import connection
+from lanchat.client.piped import run_piped
+from lanchat.protocol import client_conn
+from lanchat.protocol import messages as m
 
 
 class Plain:
@@ -142,3 +152,67 @@ def test_piped_join_exit_codes(make_server: MakeServer) -> None:
         assert bad.returncode == 4 and "nick" in bad.stderr
     closed = run_cli("join", "127.0.0.1:1", "--nick", "x", input="")
     assert closed.returncode == 3 and "cannot reach" in closed.stderr
+
+
+def test_piped_input_longer_than_the_outbox_waits_for_acks(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A script piping in more lines than the outbox holds (OUTBOX_MAX unacknowledged posts) is slowed to
+    the server's acks, never refused or crashed (it was an uncaught outbox_full). In-process, so that the
+    outbox can be made small: 3 here, 25 lines."""
+    server = make_server(workers=1)
+    monkeypatch.setattr(client_conn, "OUTBOX_MAX", 3)
+    monkeypatch.setattr(connection, "OUTBOX_MAX", 3)
+    lines = [f"line {i}" for i in range(25)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{x}\n" for x in lines)))
+    with Client(server.port, "watcher", rooms=["lobby"]) as watcher:
+        assert asyncio.run(run_piped("127.0.0.1", server.port, "bot", "lobby", json_output=True)) == 0
+        got = [watcher.expect(lambda f: f.get("type") == "msg")["text"] for _ in lines]
+    assert got == lines  # every line, in order, once
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_piped_switch_and_quit_reason(make_server: MakeServer) -> None:
+    """/switch without a room goes to the next joined room, /switch to a room not joined is refused (said
+    on stderr), and /quit WHY tells the others WHY."""
+    server = make_server(workers=1)
+    with Client(server.port, "watcher", rooms=["lobby", "dev"]) as watcher:
+        script = "/join dev\nin dev\n/switch\nin lobby\n/switch nowhere\nstill lobby\n/quit lunch\n"
+        out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", input=script)
+        assert out.returncode == 0, out.stderr
+        assert "you are not in #nowhere" in out.stderr
+        said = [watcher.expect(lambda f: f.get("type") == "msg" and f.get("from") == "bot") for _ in range(3)]
+        where = [(f["room"], f["text"]) for f in said]
+        assert where == [("dev", "in dev"), ("lobby", "in lobby"), ("lobby", "still lobby")]
+        assert watcher.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "bot")["reason"] == "lunch"
+
+
+def test_a_join_typed_while_reconnecting_goes_before_the_messages_after_it(make_server: MakeServer) -> None:
+    """Typed while the connection is down: /join dev, then a message to #dev. After the resume both go in
+    the order typed (the message used to go first, be refused as not in the room, and be lost)."""
+    server = make_server(workers=2)
+    with Client(server.port, "watcher", rooms=["dev"]) as watcher:  # least-loaded placement: worker0
+
+        async def scenario() -> None:
+            typed: list[int | None] = []
+            resumed = asyncio.Event()
+
+            def on_status(status: str) -> None:
+                if status == "reconnecting" and not typed:  # while the connection is down, for sure
+                    typed.append(client.send(m.Join("dev")))
+                    typed.append(client.send(m.Msg("dev", "typed while away")))
+                elif status == "connected" and typed:
+                    resumed.set()
+
+            client = connection.ChatClient("127.0.0.1", server.port, "ann", ["lobby"], on_status=on_status)
+            await client.connect()  # ... and worker1
+            os.kill(server.worker_pids()[1], signal.SIGKILL)
+            await resumed.wait()
+            assert typed[1] is not None and client.state.unacked == 1
+            assert await client.wait_acked(10)
+            assert client.state.rooms == ["lobby", "dev"]
+            await client.close()
+
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+        said = watcher.expect(lambda f: f.get("type") == "msg" and f.get("from") == "ann", timeout=10)
+        assert said["room"] == "dev" and said["text"] == "typed while away"

@@ -9,8 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 import lanchat.server.main
+from lanchat import const
 from lanchat.cli import app
+from lanchat.client.connection import fallback_nick, parse_address
 from lanchat.config import ServerConfig
+from lanchat.protocol import messages as m
 
 
 @pytest.fixture
@@ -71,8 +74,67 @@ def test_flags_beat_the_environment(captured: dict[str, Any]) -> None:
     assert cfg.port == 4000 and cfg.discovery.discovery is False and cfg.discovery.beacon is False
 
 
-@pytest.mark.parametrize("args", [["--max-frame", "10"], ["--rate", "0"], ["--workers", "100"], ["--port", "x"]])
+@pytest.mark.parametrize(
+    "args",
+    [["--max-frame", "10"], ["--rate", "0"], ["--workers", "100"], ["--port", "x"], ["--port", "65536"],
+     ["--discovery-port", "0"], ["--discovery-port", "70000"]],
+)  # fmt: skip
 def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], args: list[str]) -> None:
     result = CliRunner().invoke(app, ["serve", *args])
     assert result.exit_code == 2 and "Invalid value" in result.output
     assert "config" not in captured
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["join", "127.0.0.1:1", "--room", "bad room"],  # checked here, not refused by a server after connecting
+        ["join", "127.0.0.1:70000"],
+        ["join", "host:abc"],
+        ["join", "[::1]x"],
+        ["join", "127.0.0.1:"],
+        ["discover", "--discovery-port", "70000"],
+        ["status", "127.0.0.1:abc"],
+        ["status", "127.0.0.1:0"],
+    ],
+)
+def test_bad_addresses_and_options_of_the_client_commands_exit_with_2(args: list[str]) -> None:
+    """docs/client.md: exit code 2 is a bad address or option; never a traceback (which exits 1)."""
+    result = CliRunner().invoke(app, args, env={"LANCHAT_INTERFACE": "lo"})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("lab.local", ("lab.local", const.DEFAULT_PORT)),
+        ("lab.local:7000", ("lab.local", 7000)),
+        ("[::1]:7000", ("::1", 7000)),
+        ("[::1]", ("::1", const.DEFAULT_PORT)),
+        ("fe80::1", ("fe80::1", const.DEFAULT_PORT)),
+        ("h:65535", ("h", 65535)),
+        ("h:1", ("h", 1)),
+    ],
+)
+def test_parse_address(address: str, expected: tuple[str, int]) -> None:
+    assert parse_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["h:0", "h:65536", "h:-1", "h:", ":7000", "h:７", "[::1]7000", "[::1]:x", "[]:7"])
+def test_parse_address_refuses_what_is_not_an_address(address: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(address)
+
+
+def test_fallback_nicks_differ_and_fit() -> None:
+    """After nick_taken on a reconnect: nick_, nick_2, ... each different, never over NICK_MAX (a 24-character
+    nick ending in _ used to come back unchanged, so the client asked for the same taken nick again)."""
+    full = "a" * (const.NICK_MAX - 1) + "_"
+    tries = [fallback_nick(full, n) for n in range(1, 12)]
+    assert len(set(tries)) == len(tries) and full not in tries
+    assert all(len(t) <= const.NICK_MAX and m.check_nick(t) == t for t in tries)
+    assert [fallback_nick("ann", n) for n in (1, 2, 10)] == ["ann_", "ann_2", "ann_10"]
+    numbered = "a" * (const.NICK_MAX - 2) + "_2"
+    assert numbered not in [fallback_nick(numbered, n) for n in range(1, 5)]

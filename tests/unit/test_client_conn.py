@@ -181,6 +181,38 @@ def test_outbox_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert c.next_id == 4  # the refused post used no id
 
 
+def test_a_post_longer_than_the_servers_frame_limit_is_refused_before_sending() -> None:
+    """The server's frame_too_long names no id (the line was never parsed), so the post would stay in the
+    outbox forever: the client checks the limit the welcome told it."""
+    c = ClientState("al", ["lobby"])
+    c.hello()
+    c.receive_data(enc(type="welcome", nick="al", session="s", token="t", seq=1, rooms=[], max_frame=100))
+    assert c.max_frame == 100
+    rid, line = c.post(m.Msg("lobby", "x" * 45))
+    assert len(line) - 1 <= 100  # the limit counts the line without its newline
+    edge = 100 - (len(line) - 1) + 45  # the longest text that fits, exactly
+    _, line = c.post(m.Msg("lobby", "x" * edge))
+    assert len(line) - 1 == 100
+    with pytest.raises(RemoteProtocolError) as info:
+        c.post(m.Msg("lobby", "x" * (edge + 1)))
+    assert info.value.code == m.Err.FRAME_TOO_LONG and "100" in info.value.message
+    assert list(c.outbox) == [rid, rid + 1] and c.next_id == rid + 2  # the refused post used no id
+
+
+def test_without_a_limit_in_the_welcome_posts_are_not_checked() -> None:
+    c = welcomed()  # a welcome without max_frame (an older server)
+    assert c.max_frame is None
+    c.post(m.Msg("lobby", "x" * const.MAX_TEXT))
+
+
+def test_post_line_is_the_original_line_until_acknowledged() -> None:
+    c = welcomed()
+    rid, line = c.post(m.Msg("lobby", "hi"))
+    assert c.post_line(rid) == line
+    c.receive_data(enc(type="ack", id=rid, seq=12))
+    assert c.post_line(rid) is None
+
+
 def test_request_is_encoded_as_is() -> None:
     c = ClientState("al")
     assert decoded(c.request(m.History("lobby", before=5, limit=3, id=2))) == {
@@ -289,7 +321,17 @@ def test_fresh_welcome_forgets_old_rooms_and_resumed_welcome_restores_them() -> 
     c.hello()
     c.receive_data(welcome(40, resumed=False))  # the session expired: a new one, rooms come back as joins
     assert c.rooms == []
-    assert c.last_seq == 12  # the cursor is kept, a fresh welcome does not rewind or skip it
+    assert c.last_seq == 40  # a new session's events are those after its welcome
+
+
+def test_a_fresh_welcome_below_the_old_cursor_moves_it_back() -> None:
+    """A server that lost its data directory counts from 0 again: its events are not duplicates."""
+    c = welcomed(seq=5000)
+    c.hello()
+    c.receive_data(welcome(3, resumed=False))
+    frames = c.receive_data(ev("join", 4, room="lobby", nick="al") + ev("msg", 5, room="lobby", text="hi"))
+    assert [f["seq"] for f in frames] == [4, 5]
+    assert c.rooms == ["lobby"] and c.last_seq == 5
 
 
 def test_duplicate_own_join_does_not_alter_membership_after_part() -> None:

@@ -152,12 +152,23 @@ def test_hello_welcome_and_join(net: Workers) -> None:
     welcome, history, join, room = frames
     assert welcome["nick"] == "Alice" and welcome["resumed"] is False and welcome["id"] == 1
     assert welcome["rooms"] == ["lobby"] and welcome["seq"] == 0
+    assert welcome["max_frame"] == const.MAX_FRAME  # the client refuses longer posts itself
     assert isinstance(welcome["session"], str) and isinstance(welcome["token"], str) and len(welcome["token"]) <= 64
     assert "resume_failed" not in welcome
     assert history == {"type": "history", "room": "lobby", "more": False, "events": []}
     assert join == {"type": "join", "seq": 1, "ts": 5.0, "room": "lobby", "nick": "Alice"}
     assert room == {"type": "room", "room": "lobby", "topic": "", "users": 1, "nicks": ["Alice"]}
     assert hub.users == 1
+
+
+def test_rooms_can_be_listed_before_a_hello(net: Workers) -> None:
+    """A plain-text user may look at the rooms (/rooms) before choosing a nick; nothing else is answered."""
+    welcome_of(net, 1, 10, "al")
+    net.hub.request(1, 11, {"type": "rooms", "id": 3}, 1.0)
+    net.hub.request(1, 11, {"type": "who", "room": "lobby", "id": 4}, 1.0)
+    (rooms, refused) = net.take(1, 11)
+    assert rooms == {"type": "rooms", "rooms": [{"name": "lobby", "users": 1, "topic": ""}], "id": 3}
+    assert refused["code"] == m.Err.NOT_REGISTERED and refused["id"] == 4
 
 
 def test_hello_with_several_rooms_and_none(net: Workers) -> None:

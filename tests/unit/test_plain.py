@@ -238,6 +238,9 @@ def ev(kind: str, **fields: Any) -> dict[str, Any]:
         ({"type": "welcome", "nick": "al", "rooms": [], "resumed": True}, r"\* Resumed: you are al in no room\..*"),
         ({"type": "room", "room": "dev", "topic": "t", "nicks": ["al", "bo"]}, r"\* #dev: topic: t; 2 here: al, bo"),
         ({"type": "room", "room": "dev", "topic": "", "nicks": ["al"]}, r"\* #dev: 1 here: al"),
+        ({"type": "room", "room": "dev", "topic": "", "users": 2, "nicks": ["al", "bo"]}, r"\* #dev: 2 here: al, bo$"),
+        ({"type": "room", "room": "big", "topic": "", "users": 1200, "nicks": ["al", "bo"]},
+         r"\* #big: 1200 here: al, bo, and 1198 more$"),  # the list stops at ROOM_INFO_NICKS, the count does not
         ({"type": "who", "room": "dev", "nicks": ["al", "bo"]}, r"\* #dev: al, bo"),
         ({"type": "rooms", "rooms": [{"name": "lobby", "users": 3}, {"name": "dev", "users": 1}]},
          r"\* rooms: #lobby \(3\), #dev \(1\)"),
@@ -349,8 +352,9 @@ def test_render_of_hostile_history_is_safe_line_by_line(events: list[dict[str, A
 # --- bugs -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arg", ["²", "⁵", "①", "1²"])
-def test_history_with_a_unicode_digit_does_not_crash(arg: str) -> None:
+@pytest.mark.parametrize("arg", ["²", "⁵", "①", "1²", "9" * 4301, "0" * 5000 + "5"])
+def test_history_with_a_unicode_digit_or_thousands_of_digits_does_not_crash(arg: str) -> None:
+    """int() of more than 4,300 digits raises ValueError: a plain-text user could end their session with it."""
     try:
         req = parse_command(f"/history {arg}", "lobby")
     except RemoteProtocolError:

@@ -100,7 +100,7 @@ def test_mode_sticks_once_chosen() -> None:
 @pytest.mark.parametrize(
     "obj",
     [{"type": "join", "room": "dev", "id": 4}, {"type": "msg", "room": "lobby", "text": "hi", "id": 4},
-     {"type": "who", "room": "lobby", "id": 4}, {"type": "nick", "nick": "x", "id": 4}, {"type": "rooms", "id": 4}],
+     {"type": "who", "room": "lobby", "id": 4}, {"type": "nick", "nick": "x", "id": 4}],
 )  # fmt: skip
 def test_requests_before_hello_are_not_registered(obj: dict[str, Any]) -> None:
     c = conn()
@@ -109,9 +109,10 @@ def test_requests_before_hello_are_not_registered(obj: dict[str, Any]) -> None:
     assert err == {"type": "error", "code": m.Err.NOT_REGISTERED, "message": "send a hello first", "id": 4}
 
 
-def test_stats_before_hello_is_forwarded() -> None:
+def test_stats_and_rooms_before_hello_are_forwarded() -> None:
     c = conn()
     assert c.receive_data(line({"type": "stats", "id": 1}), 0.0) == [Forward(m.Stats(id=1))]
+    assert c.receive_data(line({"type": "rooms", "id": 2}), 0.0) == [Forward(m.Rooms(id=2))]
 
 
 def test_hello_then_requests_are_forwarded_in_order() -> None:
