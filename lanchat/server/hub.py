@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
-from typing import Any
+from itertools import chain, islice, takewhile
+from typing import Any, Final
 
 from lanchat import const
 from lanchat.errors import RemoteProtocolError
@@ -24,6 +24,10 @@ from lanchat.protocol import messages as m
 from lanchat.storage.history import HistoryStore, SessionRow
 
 log = logging.getLogger("lanchat.hub")
+
+# Bytes of one client's lines per control frame (a long replay is several): the worker refuses a frame of
+# more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
+REPLAY_FRAME: Final = 256 * 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -115,6 +119,7 @@ class Hub:
         resume_grace: float = const.RESUME_GRACE,
         history_on_join: int = const.HISTORY_ON_JOIN,
         max_frame: int = const.MAX_FRAME,
+        replay_max: int = const.SENDQ // 2,
         stats: Callable[[], dict[str, Any]] | None = None,
         recent_max: int = const.RECENT_EVENTS,
         now: float = 0.0,
@@ -123,6 +128,7 @@ class Hub:
         self.resume_grace = resume_grace
         self.history_on_join = history_on_join
         self.max_frame = max_frame  # told in the welcome: a client refuses longer posts before sending them
+        self.replay_max = replay_max  # bytes a resume replays at most (see _replay)
         self._stats = stats
         self.seq = store.start_seq
         self.sessions: dict[str, Session] = {}  # sid ->
@@ -428,37 +434,59 @@ class Hub:
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
 
     def _replay(self, s: Session, after: int, now: float) -> None:
-        """Send ``s`` every event of its rooms and private messages after ``after``, once, in order."""
+        """Send ``s`` the events of its rooms and private messages after ``after``, once, in order: all of
+        them, or, past ``replay_max`` bytes, a ``gap`` and the newest that fit. More than its send queue
+        would have the worker drop the client as too slow, and the client would reconnect to the same
+        replay until its session expired; what does not fit, /history still pages back to."""
         if after >= self.seq:
             return
-        convs = s.convs
+        wanted = set(s.convs)
         recent = self.recent
-        if recent and recent[0].seq <= after + 1:
-            wanted = set(convs)
-            lines = [e.line for e in recent if e.seq > after and not wanted.isdisjoint(e.convs)]
-            if lines:
-                self._send_lines(s, lines)
-            return
-        self.store.commit(now)
-        lost = max((self.store.pruned_upto(c) for c in convs), default=0)
-        if lost > after or self.store.degraded:
-            self._send(s, {"type": "gap", "after": after, "reason": "some events are older than the history kept"})
-        sent = after
-        while True:
-            rows = self.store.replay(sent, convs, 1000)
-            if not rows:
+
+        def mine(newest_above: int) -> Iterator[bytes]:  # the ring's events for s above a seq, newest first
+            for e in takewhile(lambda e: e.seq > newest_above, reversed(recent)):
+                if not wanted.isdisjoint(e.convs):
+                    yield e.line
+
+        newest_first: Iterable[bytes]
+        if recent and recent[0].seq <= after + 1:  # the ring holds all of it
+            newest_first = mine(after)
+        else:
+            self.store.commit(now)
+            lost = max((self.store.pruned_upto(c) for c in s.convs), default=0)
+            if lost > after or self.store.degraded:
+                self._send(s, {"type": "gap", "after": after, "reason": "some events are older than the history kept"})
+            disk = self.store.replay_newest(after, s.convs)
+            top = next(disk, None)
+            # Above the disk's newest: events it does not have (not committed yet, or lost while it failed).
+            newest_first = chain(
+                mine(top[0] if top else after),
+                (line.encode() + b"\n" for _, line in chain([top] if top else [], disk)),
+            )
+        lines: list[bytes] = []
+        size = 0
+        for line in newest_first:
+            size += len(line)
+            if size > self.replay_max:
+                self._send(s, {"type": "gap", "after": after, "reason": "too many events to replay; /history has them"})
                 break
-            self._send_lines(s, [line.encode() + b"\n" for _, line in rows])
-            sent = rows[-1][0]
-        if recent:  # events the disk does not have (uncommitted or lost while it failed)
-            wanted = set(convs)
-            tail = [e.line for e in recent if e.seq > sent and not wanted.isdisjoint(e.convs)]
-            if tail:
-                self._send_lines(s, tail)
+            lines.append(line)
+        lines.reverse()
+        self._send_lines(s, lines)
 
     def _send_lines(self, s: Session, lines: list[bytes]) -> None:
-        if s.worker is not None and s.conn is not None:
-            self._out.setdefault(s.worker, []).append(control.conns_frame([s.conn], b"".join(lines)))
+        """Lines for one client, in control frames of at most about REPLAY_FRAME bytes each."""
+        if s.worker is None or s.conn is None:
+            return
+        out = self._out.setdefault(s.worker, [])
+        start = size = 0
+        for i, line in enumerate(lines):
+            if size and size + len(line) > REPLAY_FRAME:
+                out.append(control.conns_frame([s.conn], b"".join(lines[start:i])))
+                start, size = i, 0
+            size += len(line)
+        if size:
+            out.append(control.conns_frame([s.conn], b"".join(lines[start:])))
 
     # --- requests of a registered session ------------------------------------------------------------------
 

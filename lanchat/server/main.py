@@ -77,6 +77,7 @@ class Server:
             resume_grace=config.resume_grace,
             history_on_join=config.history_on_join,
             max_frame=config.max_frame,
+            replay_max=config.sendq // 2,  # a resume's replay, with what else the round sends, stays under sendq
             stats=self._stats,
             now=time.time(),
         )
@@ -179,7 +180,12 @@ class Server:
             sys.executable, "-m", "lanchat.server.worker", "--worker-id", str(slot.index),
             "--ctrl-fd", str(ctrl_child.fileno()), "--fd-fd", str(fd_child.fileno()), "--config", json.dumps(wcfg),
         ]  # fmt: skip
-        slot.proc = subprocess.Popen(cmd, pass_fds=(ctrl_child.fileno(), fd_child.fileno()))
+        try:
+            slot.proc = subprocess.Popen(cmd, pass_fds=(ctrl_child.fileno(), fd_child.fileno()))
+        except OSError:  # no process now (fork: EAGAIN, ENOMEM): the caller decides whether to retry
+            for sock in (ctrl_parent, ctrl_child, fd_parent, fd_child):
+                sock.close()
+            raise
         ctrl_child.close()
         fd_child.close()
         fd_parent.setblocking(False)
@@ -322,13 +328,27 @@ class Server:
                 self.exit_code = EXIT_WORKER_BOOT
                 self._begin_stop("a worker could not start")
                 continue
-            slot.crashes += 1
-            delay = min(const.RESTART_BACKOFF_MAX, 0.0 if slot.crashes <= 1 else 0.1 * 2 ** (slot.crashes - 2))
-            slot.respawn_at = time.monotonic() + delay
+            self._respawn_later(slot)
+
+    @staticmethod
+    def _respawn_later(slot: WorkerSlot) -> float:
+        slot.crashes += 1
+        delay = min(const.RESTART_BACKOFF_MAX, 0.0 if slot.crashes <= 1 else 0.1 * 2 ** (slot.crashes - 2))
+        slot.respawn_at = time.monotonic() + delay
+        return delay
 
     def _supervise(self) -> None:
+        """Every SUPERVISE_INTERVAL, whatever happens in one round: it is what handles signals, replaces
+        workers and expires sessions, so an exception must not end it."""
         if self.done.is_set():
             return
+        try:
+            self._supervise_once()
+        except Exception:
+            log.exception("supervisor: internal error; going on")
+        self.loop.call_later(SUPERVISE_INTERVAL, self._supervise)
+
+    def _supervise_once(self) -> None:
         now = time.monotonic()
         while self._signals:
             self._handle_signal(self._signals.pop(0))
@@ -336,7 +356,11 @@ class Server:
         if not self.stopping:
             for slot in self.slots:
                 if slot.proc is None and slot.respawn_at is not None and now >= slot.respawn_at:
-                    self._spawn(slot)
+                    try:
+                        self._spawn(slot)
+                    except OSError as exc:  # memory or process limits: try again, backing off like a crash
+                        delay = self._respawn_later(slot)
+                        log.error("worker %d: cannot start a process (%s); next try in %.1f s", slot.index, exc, delay)
                 elif slot.alive and slot.ready:
                     if now - slot.last_pong > self.config.worker_timeout:
                         log.error(
@@ -355,7 +379,6 @@ class Server:
                     slot.crashes = 0  # stable again: the next crash restarts at once
             self.hub.tick(time.time())
             self._schedule_flush()
-        self.loop.call_later(SUPERVISE_INTERVAL, self._supervise)
 
     # --- accepting -----------------------------------------------------------------------------------------
 

@@ -526,8 +526,8 @@ class Worker:
             self.to_hub(["pong", record[1], self.figures()])
         elif kind == "close":
             conn = self.conns.get(record[1])
-            if conn is not None:
-                conn.reported = True  # the hub asked for it: nothing to report back
+            if conn is not None:  # reported all the same: the main process counts connections (limits, placement)
+                conn._report_closed(True, str(record[2]) if len(record) > 2 else "closed by the server")
                 conn.close()
         elif kind == "shutdown":
             self.shutdown(str(record[1]))

@@ -41,8 +41,17 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 class ServerProcess:
     """`python -m lanchat serve` on 127.0.0.1 with its own port and data directory."""
 
-    def __init__(self, data_dir: Path, *args: str, workers: int = 4, port: int | None = None, discovery: bool = False):
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        workers: int = 4,
+        port: int | None = None,
+        discovery: bool = False,
+        launcher: tuple[str, ...] = ("-m", "lanchat"),  # python's arguments before `serve` (a wrapper: "-c", CODE)
+    ):
         self.data_dir = data_dir
+        self.launcher = launcher
         self.port = port or free_port()
         self.workers = workers
         self.args = list(args)
@@ -54,7 +63,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         cmd = [
-            sys.executable, "-m", "lanchat", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            sys.executable, *self.launcher, "serve", "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(self.workers), "--data-dir", str(self.data_dir), "--name", f"test-{self.port}",
         ]  # fmt: skip
         if not self.discovery:

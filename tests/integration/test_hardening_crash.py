@@ -181,3 +181,34 @@ def test_a_worker_crash_with_a_single_worker_is_invisible_to_a_chat_client(make_
 
     for status, resumed, acked_id in asyncio.run(asyncio.wait_for(scenario(), 60)):
         assert (status, resumed, acked_id) == ("connected", True, 1)
+
+
+# The server, with its second Popen (the first respawn of a worker) failing as fork does under memory or
+# process limits (EAGAIN). Run as `python -c FORK_FAILS_ONCE serve ...`.
+FORK_FAILS_ONCE = """
+import errno, subprocess, sys
+real, calls = subprocess.Popen, []
+def popen(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    return real(*args, **kwargs)
+subprocess.Popen = popen
+from lanchat.cli import main
+sys.argv[0] = "lanchat"
+main()
+"""
+
+
+def test_a_worker_that_cannot_be_started_again_is_retried_and_the_server_still_stops(make_server: MakeServer) -> None:
+    """A failed respawn used to end the supervisor for good: no worker ever again, detached sessions kept
+    forever, and SIGTERM queued but never handled."""
+    server = make_server(workers=1, launcher=("-c", FORK_FAILS_ONCE))
+    (first,) = server.worker_pids()
+    mark = server.mark()
+    os.kill(first, signal.SIGKILL)
+    server.wait_log(r"worker 0: cannot start a process \(.*Resource temporarily unavailable\); next try", start=mark)
+    server.wait_log(r"worker 0 ready", start=mark)
+    with Client(server.port, "after") as c:  # served by the replacement
+        assert c.welcome["nick"] == "after"
+    assert server.stop(signal.SIGTERM, timeout=10) == 0

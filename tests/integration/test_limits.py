@@ -107,6 +107,38 @@ def test_max_clients_holds_across_workers(make_server: MakeServer) -> None:
             c.close()
 
 
+def _accepted(port: int, timeout: float = 5.0) -> Client:
+    """A connection the server accepts (greets) within ``timeout``: a slot frees up once the worker's report
+    of a close reaches the main process, which may come just after the client saw the close."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = Client(port)
+        if c.server["type"] == "server" or time.monotonic() > deadline:
+            return c
+        c.close()
+
+
+def test_a_resume_that_replaces_an_open_connection_frees_its_slot(make_server: MakeServer) -> None:
+    """A client that resumes while its old connection is still open (half-open after a network change)
+    replaces it; the old one is closed and must stop counting toward --max-clients (it used to stay
+    counted: after a few such resumes nobody could connect)."""
+    server = make_server("--max-clients", "2", workers=1)
+    old = Client(server.port, "ann")
+    token = old.welcome["token"]
+    try:
+        for _ in range(4):
+            new = _accepted(server.port)
+            assert new.server["type"] == "server", new.server  # not server_full
+            new.send({"type": "hello", "nick": "ann", "token": token})
+            assert new.expect("welcome")["resumed"] is True
+            assert old.expect("bye")["reason"] == "session resumed on another connection"
+            assert old.closed_by_server()
+            old.close()
+            old = new
+    finally:
+        old.close()
+
+
 @pytest.mark.parametrize("exempt", [False, True])
 def test_max_per_ip_across_workers(make_server: MakeServer, exempt: bool) -> None:
     args = ["--max-per-ip", "2"] + ([] if exempt else ["--no-exempt-loopback"])

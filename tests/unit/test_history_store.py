@@ -278,7 +278,7 @@ def test_event_in_several_convs_is_counted_and_pruned_per_conv(tmp_path: Path, s
     assert s.commit(0.0)
     assert seqs(s.events("a")[0]) == [2]
     assert seqs(s.events("b")[0]) == [1]
-    assert s.replay(0, ["a", "b"], 10) == [(1, line(1, "a")), (2, line(2, "a"))]
+    assert list(s.replay_newest(0, ["a", "b"])) == [(2, line(2, "a")), (1, line(1, "a"))]
 
 
 # --- the journal: commits spread over many conversations -------------------------------------------------------
@@ -324,7 +324,7 @@ def test_a_spread_commit_goes_to_the_journal_and_is_folded_at_fold_rows(
     assert s.commit(0.0)
     assert table_sizes(s) == (17, 0)
     assert seqs(s.events("r0", limit=100)[0]) == [5, 10, 12, 15]
-    assert [q for q, _ in s.replay(0, [f"r{i}" for i in range(5)], 100)] == list(range(1, 18))
+    assert replayed(s, 0, [f"r{i}" for i in range(5)]) == list(range(17, 0, -1))
 
 
 def test_retention_applies_to_journal_events_when_folded(
@@ -451,13 +451,31 @@ def test_events_of_unknown_conv(ten: HistoryStore) -> None:
     assert ten.events("nowhere") == ([], False)
 
 
-def test_replay(ten: HistoryStore) -> None:
-    assert [q for q, _ in ten.replay(15, ["lobby", "dev"], 100)] == [16, 17, 18, 19, 20]
-    assert [q for q, _ in ten.replay(15, ["lobby"], 100)] == [16, 18, 20]
-    assert [q for q, _ in ten.replay(0, ["lobby", "dev"], 4)] == [1, 2, 3, 4]
-    assert ten.replay(0, [], 10) == []
-    assert ten.replay(20, ["lobby"], 10) == []
-    assert ten.replay(0, ["lobby"], 1) == [(2, line(2))]
+def replayed(s: HistoryStore, after: int, convs: list[str], page: int = h.REPLAY_PAGE) -> list[int]:
+    return [q for q, _ in s.replay_newest(after, convs, page)]
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, h.REPLAY_PAGE])
+def test_replay_newest(ten: HistoryStore, page: int) -> None:
+    """Newest first, merged over the conversations, whatever the page size of each conversation's reads."""
+    assert replayed(ten, 15, ["lobby", "dev"], page) == [20, 19, 18, 17, 16]
+    assert replayed(ten, 15, ["lobby"], page) == [20, 18, 16]
+    assert replayed(ten, 0, ["lobby", "dev"], page) == list(range(20, 0, -1))
+    assert replayed(ten, 0, [], page) == []
+    assert replayed(ten, 20, ["lobby"], page) == []
+    assert list(ten.replay_newest(18, ["lobby"], page)) == [(20, line(20))]
+
+
+def test_replay_newest_reads_only_as_far_as_it_is_iterated(ten: HistoryStore) -> None:
+    """A resume stops at its byte budget: the pages it did not reach are never read."""
+    statements: list[str] = []
+    assert ten._db is not None
+    ten._db.set_trace_callback(statements.append)
+    newest = ten.replay_newest(0, ["lobby", "dev"], page=2)
+    assert [next(newest)[0] for _ in range(3)] == [20, 19, 18]
+    assert len(statements) == 2  # the first page of each conversation (20 18, 19 17)
+    assert [q for q, _ in newest] == list(range(17, 0, -1))
+    assert len(statements) == 12  # all of it: 5 pages of each and an empty sixth
 
 
 def test_replay_gives_an_event_of_several_convs_once(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -465,7 +483,7 @@ def test_replay_gives_an_event_of_several_convs_once(tmp_path: Path, stores: lis
     add(s, 1, "a", "b", "@me")
     add(s, 2, "b")
     s.commit(0.0)
-    assert [q for q, _ in s.replay(0, ["a", "b", "@me"], 10)] == [1, 2]
+    assert replayed(s, 0, ["a", "b", "@me"]) == [2, 1]
 
 
 def test_replay_gives_an_event_of_several_convs_once_from_the_journal(
@@ -477,7 +495,7 @@ def test_replay_gives_an_event_of_several_convs_once_from_the_journal(
     add(s, 2, "b")
     s.commit(0.0)
     assert table_sizes(s) == (0, 4)
-    assert [q for q, _ in s.replay(0, ["a", "b", "@me"], 10)] == [1, 2]
+    assert replayed(s, 0, ["a", "b", "@me"], page=1) == [2, 1]
 
 
 def test_uncommitted_events_are_not_read(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -588,7 +606,7 @@ def test_unopenable_directory_is_degraded_not_fatal(tmp_path: Path, stores: list
     assert s.degraded and s.last_error is not None and "cannot open" in s.last_error
     assert s.load_sessions() == [] and s.load_topics() == {}
     assert s.events("lobby") == ([], False)
-    assert s.replay(0, ["lobby"], 10) == []
+    assert list(s.replay_newest(0, ["lobby"])) == []
     s.put_topic("lobby", "kept")
     assert s.commit(0.0) is False
     assert s.pending == 1

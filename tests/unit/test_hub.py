@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import lanchat.server.hub as hub_module
 from lanchat import const
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
@@ -717,6 +718,40 @@ def test_resume_replay_from_disk_when_memory_does_not_reach(tmp_path: Path, stor
     assert frames[0]["resumed"] is True
     assert [f.get("text") for f in frames[1:]] == ["m0", "m1", "m2", "m3", "m4", "m5", "dm", "uncommitted"]
     assert "gap" not in kinds(frames)
+
+
+@pytest.mark.parametrize("recent_max", [1000, 2], ids=["from memory", "from disk"])
+def test_a_replay_past_its_byte_budget_sends_a_gap_and_the_newest_that_fit(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, recent_max: int
+) -> None:
+    """More than replay_max bytes missed: a gap, then the newest events that fit, in order, in frames of
+    about REPLAY_FRAME bytes. All of it would overflow the client's send queue (the worker drops it as too
+    slow, it reconnects to the same replay) or, past 64 MiB, the worker's control pipe."""
+    monkeypatch.setattr(hub_module, "REPLAY_FRAME", 300)
+    net = Workers(make_hub(stores, tmp_path, recent_max=recent_max))
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.closed(1, 10, False, "lost", 2.0)
+    for i in range(20):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"m{i:02}"}, 3.0)
+        hub.commit(3.0)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "uncommitted"}, 3.0)
+    net.clear()
+    line_size = len(m.encode({"type": "msg", "seq": 100, "ts": 3.0, "room": "lobby", "from": "bo", "text": "m00"}))
+    hub.replay_max = 5 * line_size + 10  # room for five of them (the uncommitted one is longer)
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 4.0)
+    frames = net.take(3, 30)
+    assert kinds(frames)[:2] == ["welcome", "gap"] and frames[1]["after"] == last_seq
+    assert [f.get("text") for f in frames[2:]] == ["m16", "m17", "m18", "m19", "uncommitted"]
+    sizes = [len(f.payload) for f in net.raw[3] if isinstance(f, control.ConnsFrame) and b'"msg"' in f.payload]
+    assert len(sizes) >= 2 and all(size <= 300 for size in sizes)
+    hub.replay_max = 10_000_000  # the same resume with room for all: no gap, every event
+    hub.request(4, 40, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 5.0)
+    frames = net.take(4, 40)
+    assert "gap" not in kinds(frames)
+    assert [f.get("text") for f in frames[1:]] == [f"m{i:02}" for i in range(20)] + ["uncommitted"]
 
 
 def test_resume_without_last_seq_replays_nothing(net: Workers) -> None:
