@@ -41,6 +41,9 @@ HISTORY_LIMIT: Final = 10_000  # events kept per room (and per private conversat
 HISTORY_ON_JOIN: Final = 50  # events replayed (marked as history) when a client joins a room
 HISTORY_PAGE_MAX: Final = 500  # events one history request may return
 RECENT_EVENTS: Final = 50_000  # events the hub keeps in memory to serve resumes without the disk
+# ... and their bytes at most: 50,000 lines of a few hundred bytes are ~15 MB, of the largest (MAX_FRAME) 800 MB.
+RECENT_BYTES: Final = 32 * 1024 * 1024
+ROOM_TAIL_BYTES: Final = 64 * 1024  # of a room's newest events kept for joiners (HISTORY_ON_JOIN of them at most)
 PENDING_WRITES_MAX: Final = 100_000  # rows held in memory while the disk fails, then the oldest are dropped
 DB_RETRY_INTERVAL: Final = 2.0  # seconds between write attempts while the disk is failing
 

@@ -68,6 +68,7 @@ class Room:
     tail: deque[bytes] = field(default_factory=deque)
     tail_loaded: bool = False
     tail_more: bool = False  # the database has older events than the tail
+    tail_bytes: int = 0  # at most ROOM_TAIL_BYTES (but one line): 10,000 rooms of big lines must not take GBs
     # The first ROOM_INFO_NICKS nicks as a JSON array, for the reply to every join: made again after a
     # member leaves or renames, or a join within the first ROOM_INFO_NICKS; not per join (a join to a big
     # room appends past them: 20,000 joins would encode 500 nicks each).
@@ -76,6 +77,17 @@ class Room:
     @property
     def large(self) -> bool:
         return len(self.members) > const.LARGE_ROOM
+
+    def keep(self, line: bytes) -> None:
+        """A new event of the room, for the history joiners get."""
+        tail = self.tail
+        if len(tail) == tail.maxlen:
+            self.tail_bytes -= len(tail[0])
+        tail.append(line)
+        self.tail_bytes += len(line)
+        while self.tail_bytes > const.ROOM_TAIL_BYTES and len(tail) > 1:
+            self.tail_bytes -= len(tail.popleft())
+            self.tail_more = True
 
     def add(self, s: Session) -> None:
         self.members[s.sid] = s
@@ -122,6 +134,7 @@ class Hub:
         replay_max: int = const.SENDQ // 2,
         stats: Callable[[], dict[str, Any]] | None = None,
         recent_max: int = const.RECENT_EVENTS,
+        recent_bytes: int = const.RECENT_BYTES,
         now: float = 0.0,
     ) -> None:
         self.store = store
@@ -138,6 +151,8 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.topics: dict[str, str] = store.load_topics()
         self.recent: deque[_Recent] = deque(maxlen=recent_max)
+        self.recent_bytes = recent_bytes  # the ring's bytes at most (its lines')
+        self._recent_bytes = 0
         self._out: dict[int, list[bytes | _Run]] = {}
         self._acks: list[tuple[Session, int, int | None]] = []
         self._now_src, self._now_ms = -1.0, -1.0  # the last clock reading stamped, rounded to ms
@@ -149,6 +164,13 @@ class Hub:
             self._add_session(s)
             for name in s.rooms:
                 self._room(name).add(s)
+        self.end_plain_sessions("connection lost", now)  # left by a crash: their nicks are free at once
+
+    def end_plain_sessions(self, reason: str, now: float) -> None:
+        """End the plain-text (nc) sessions: they cannot resume, so holding their nicks for the resume grace
+        (as a restart does for JSON clients) would only keep the nicks from their owners when they come back."""
+        for s in [s for s in self.sessions.values() if s.plain]:
+            self._end_session(s, reason, now)
 
     # --- inputs from the I/O edge --------------------------------------------------------------------------
 
@@ -314,11 +336,17 @@ class Hub:
         """Queue an encoded event for history, the resume ring and the rooms' join tails."""
         if convs:
             self.store.add_event(seq, convs, ts, kind, line[:-1].decode())
-            self.recent.append(_Recent(seq, convs, line))
+            recent = self.recent
+            if len(recent) == recent.maxlen:
+                self._recent_bytes -= len(recent[0].line)
+            recent.append(_Recent(seq, convs, line))
+            self._recent_bytes += len(line)
+            while self._recent_bytes > self.recent_bytes:
+                self._recent_bytes -= len(recent.popleft().line)
             for conv in convs:
                 room = self.rooms.get(conv)
                 if room is not None and room.tail_loaded:
-                    room.tail.append(line)
+                    room.keep(line)
         else:
             self.store.note_seq(seq)  # stored nowhere, but the number is used up all the same
 
@@ -596,9 +624,12 @@ class Hub:
             lines, more = self.store.events(room.name, limit=self.history_on_join)
             if not lines and self.store.degraded:
                 lines = [e.line[:-1].decode() for e in self.recent if room.name in e.convs][-self.history_on_join :]
-            room.tail = deque((line.encode() + b"\n" for line in lines), maxlen=self.history_on_join)
-            room.tail_loaded = True
+            room.tail = deque(maxlen=self.history_on_join)
+            room.tail_bytes = 0
             room.tail_more = more
+            for line in lines:
+                room.keep(line.encode() + b"\n")
+            room.tail_loaded = True
         more = room.tail_more or len(room.tail) == room.tail.maxlen
         self._send_history(s, room.name, [line[:-1] for line in room.tail], more, None)
 

@@ -597,6 +597,7 @@ class Server:
                 await self.announcer.stop()  # idempotent: a no-op if the stop already sent the goodbye
             except OSError as exc:
                 log.warning("discovery: goodbye failed: %s", exc)
+        self.hub.end_plain_sessions("server shutting down", time.time())
         for s in self.hub.sessions.values():
             self.store.put_session(s.row())
         self.store.commit(time.time())

@@ -265,6 +265,8 @@ class ClientConn:
             members = worker.rooms.get(room)
             if members is not None:
                 members.pop(self.conn_id, None)
+                if not members:  # as a part does: room names come and go, the dict must not keep them all
+                    del worker.rooms[room]
         for handle in (self._resume_handle, self._closer):
             if handle is not None:
                 handle.cancel()

@@ -285,7 +285,12 @@ class HistoryStore:
                 db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?)", (room, topic))
             if p.reserve is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(p.reserve),))
-            if journal.total() >= FOLD_ROWS:
+            # Fold at FOLD_ROWS, or before pruning a conversation that has rows in the journal: pruning sees
+            # only ``events``, and would cut rows newer than the journal's (a hole in the history).
+            slack = self._slack()
+            if journal.total() >= FOLD_ROWS or any(
+                journal[conv] and self._count(db, conv, n) - self.history_limit > slack for conv, n in added.items()
+            ):
                 self._fold(db)
                 added.update(journal)
                 journal = Counter()
@@ -317,18 +322,24 @@ class HistoryStore:
         db.execute("INSERT OR IGNORE INTO events SELECT conv, seq, ts, kind, line FROM journal ORDER BY conv, seq")
         db.execute("DELETE FROM journal")  # no WHERE: SQLite frees the table's pages whole
 
+    def _slack(self) -> int:
+        return min(PRUNE_SLACK, self.history_limit // 100)
+
+    def _count(self, db: sqlite3.Connection, conv: str, added: int) -> int:
+        """Rows of ``conv`` in ``events`` once this commit's ``added`` are in."""
+        known = self._counts.get(conv)
+        if known is None:  # first event of this run: count what the file holds (the batch included)
+            return int(db.execute("SELECT count(*) FROM events WHERE conv=?", (conv,)).fetchone()[0])
+        return known + added
+
     def _count_and_prune(self, db: sqlite3.Connection, added_to: Counter[str]) -> dict[str, int]:
         """New row counts in ``events`` of the conversations this commit added to; prunes those over
         their limit (events still in the journal are counted, and pruned, once folded)."""
         counts: dict[str, int] = {}
         budget = PRUNE_BATCH
-        slack = min(PRUNE_SLACK, self.history_limit // 100)
+        slack = self._slack()
         for conv, added in added_to.items():
-            known = self._counts.get(conv)
-            if known is None:  # first event of this run: count what the file holds (the batch included)
-                count = db.execute("SELECT count(*) FROM events WHERE conv=?", (conv,)).fetchone()[0]
-            else:
-                count = known + added
+            count = self._count(db, conv, added)
             excess = count - self.history_limit
             if excess > slack and budget > 0:
                 n = min(excess, budget)

@@ -343,6 +343,24 @@ def test_retention_applies_to_journal_events_when_folded(
     assert s.pruned_upto("r1") == 6
 
 
+def test_a_room_with_journaled_rows_is_folded_before_it_is_pruned(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A burst over many rooms leaves rows of a busy room in the journal; the room then talks alone (direct
+    commits) past its limit. Pruning sees only ``events``: it used to delete rows newer than the journaled
+    ones, and the history had a hole (old rows, then a jump, no gap)."""
+    s = open_store(stores, tmp_path, history_limit=100)
+    spread(s, 1, 50, 5)  # one commit over r0 .. r4: 10 rows of r0 in the journal
+    assert s.commit(0.0) and table_sizes(s) == (0, 50)
+    for seq in range(51, 351):  # then r0 alone, one event per commit
+        add(s, seq, "r0")
+        assert s.commit(0.0)
+    everything = [q for q in range(1, 351) if q % 5 == 0 or q > 50]  # r0's events
+    lines, _ = s.events("r0", limit=500)
+    kept = seqs(lines)
+    assert kept == everything[-len(kept) :] and 100 <= len(kept) <= 101  # the newest, contiguous: no hole
+    assert s.pruned_upto("r0") == everything[-len(kept) - 1]
+    assert seqs(s.events("r0", before=kept[5], limit=10)[0]) == kept[:5]  # paging back ends at the cut
+
+
 def test_the_journal_survives_a_restart(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:

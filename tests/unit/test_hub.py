@@ -893,6 +893,36 @@ def test_restored_sessions_expire_after_the_grace(tmp_path: Path, stores: list[H
     assert [r.nick for r in hub2.store.load_sessions()] == ["cy"]
 
 
+def test_plain_sessions_are_not_held_across_a_restart(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A plain-text (nc) session cannot resume: restored, it only kept its nick from its owner for the
+    grace period. Left in the file (a crash), it is ended at start, with a quit the others can replay."""
+    net = Workers(make_hub(stores, tmp_path))
+    welcome_of(net, 1, 10, "al")
+    net.hub.request(1, 11, {"type": "hello", "nick": "pl", "plain": True}, 0.0)
+    last_seq = net.hub.seq
+    net.hub.commit(1.0)
+    net.hub.store.close()
+    net2 = Workers(make_hub(stores, tmp_path, now=50.0))
+    hub2 = net2.hub
+    assert sorted(s.nick for s in hub2.sessions.values()) == ["al"]  # al is held for a resume, pl is not
+    assert welcome_of(net2, 2, 20, "pl", 50.0)["nick"] == "pl"  # its nick is free at once
+    hub2.request(3, 30, {"type": "hello", "nick": "al", "token": net.hub.nicks["al"].token, "last_seq": last_seq}, 51.0)
+    replayed = [f for f in net2.take(3, 30) if f["type"] in ("quit", "join")]
+    assert [(f["type"], f["nick"]) for f in replayed] == [("quit", "pl"), ("join", "pl")]
+
+
+def test_plain_sessions_end_at_a_clean_stop(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path))
+    welcome_of(net, 1, 10, "al")
+    net.hub.request(1, 11, {"type": "hello", "nick": "pl", "plain": True}, 0.0)
+    net.clear()
+    net.hub.end_plain_sessions("server shutting down", 2.0)
+    (quit,) = [f for f in net.take(1, 10) if f["type"] == "quit"]
+    assert quit["nick"] == "pl" and quit["reason"] == "server shutting down"
+    net.hub.commit(2.0)
+    assert [r.nick for r in net.hub.store.load_sessions()] == ["al"]
+
+
 def test_seq_is_never_reused_after_a_crash(tmp_path: Path, stores: list[HistoryStore]) -> None:
     net = Workers(make_hub(stores, tmp_path))
     welcome_of(net, 1, 10, "al")
@@ -1042,6 +1072,54 @@ def test_join_history_comes_from_memory_after_the_first_join(tmp_path: Path, sto
     history = next(f for f in net.take(1, 11) if f.get("type") == "history")
     assert [e.get("text") for e in history["events"] if e["type"] == "msg"] == ["remember me"]
     assert calls == []  # served from the room's tail: no database read per join
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["tail read from disk", "tail kept in memory"])
+def test_a_rooms_join_history_is_bounded_in_bytes(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, loaded: bool
+) -> None:
+    """ROOM_TAIL_BYTES: a room's newest events kept for joiners take that many bytes at most (but one
+    event), fewer than HISTORY_ON_JOIN when they are big; `more` says the rest is in the history."""
+    net = Workers(make_hub(stores, tmp_path))
+    welcome_of(net, 1, 10, "al")  # the room's tail is loaded at this first join, and kept as events come
+    big = "x" * 900
+    for i in range(21):
+        net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": f"{i:02}{big}"}, 2.0)
+        if i == 19:
+            monkeypatch.setattr(const, "ROOM_TAIL_BYTES", 4000)  # about four of these lines
+    net.hub.commit(2.0)
+    if not loaded:  # a restart: the next join reads the tail from the database
+        net.hub.store.close()
+        net = Workers(make_hub(stores, tmp_path, now=2.5))
+        assert not net.hub.rooms["lobby"].tail_loaded  # al's session is held, its room known, the tail not read
+    net.clear()
+    net.hub.request(1, 12, {"type": "hello", "nick": "cy"}, 3.0)
+    history = next(f for f in net.take(1, 12) if f.get("type") == "history")
+    texts = [e["text"][:2] for e in history["events"] if e["type"] == "msg"]
+    assert 1 <= len(texts) <= 4 and texts == [f"{i:02}" for i in range(21 - len(texts), 21)]
+    assert history["more"] is True
+    room = net.hub.rooms["lobby"]
+    assert room.tail_bytes == sum(map(len, room.tail)) <= 4000
+
+
+def test_the_resume_ring_is_bounded_in_bytes(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """recent_bytes: the in-memory ring of recent events (resumes without the disk) holds that many bytes at
+    most; a resume older than the ring is served from the disk, whole."""
+    net = Workers(make_hub(stores, tmp_path, recent_bytes=3000))
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.closed(1, 10, False, "lost", 2.0)
+    for i in range(30):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"{i:02}" + "y" * 200}, 3.0)
+    hub.commit(3.0)
+    assert hub._recent_bytes == sum(len(e.line) for e in hub.recent) <= 3000
+    assert 5 < len(hub.recent) < 30
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 4.0)
+    texts = [f["text"][:2] for f in net.take(3, 30) if f.get("type") == "msg"]
+    assert texts == [f"{i:02}" for i in range(30)]
 
 
 # --- the binary fast path (control.POST) ----------------------------------------------------------------------

@@ -280,3 +280,31 @@ def test_a_client_over_sendq_is_dropped_as_too_slow() -> None:
         assert told_hub(worker)[-1] == ["closed", 1, False, "too slow"]
 
     with_conn(body, sendq=50_000)
+
+
+def test_a_lost_connection_leaves_no_empty_room_behind() -> None:
+    """As a part does: a worker that has seen many room names come and go keeps none of them."""
+
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        worker._control(["member", 1, "kept", True])
+        worker._control(["member", 1, "gone", True])
+        worker._control(["member", 1, "gone", False])
+        assert list(worker.rooms) == ["kept"]
+        peer.close()  # the client goes away
+        await until(lambda: 1 not in worker.conns)
+        assert worker.rooms == {}
+        assert ["closed", 1, False, "connection lost"] in told_hub(worker)
+
+    with_conn(body)
+
+
+def test_a_close_the_hub_asks_for_is_reported_back() -> None:
+    """The main process counts connections (--max-clients, --max-per-ip, placement): it must hear of every
+    close, also of one it asked for (a session resumed on another connection)."""
+
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        worker._control(["close", 1, "session resumed elsewhere"])
+        await until(lambda: 1 not in worker.conns)
+        assert ["closed", 1, True, "session resumed elsewhere"] in told_hub(worker)
+
+    with_conn(body)
