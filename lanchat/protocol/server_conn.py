@@ -111,6 +111,7 @@ class ServerConnection:
         self.last_seen = now
         if not data:
             self.closed = True
+            self.throttled_until = None  # nothing more will be read: no pause to wait out
             return [Close("connection closed by peer", clean=False)]
         # Every line counts against the rate, blank ones too: a flood of newlines must pause reading like
         # any other flood, or it keeps the worker framing for nothing.

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lanchat import const
@@ -496,6 +496,7 @@ chunks = st.lists(
 
 @settings(max_examples=400, deadline=None)
 @given(chunks, st.booleans())
+@example([b"\n"] * 8 + [b"", b""], False)  # throttled, then EOF: a closed connection is not throttled
 def test_any_input_gives_actions_never_an_exception(data: list[bytes], register: bool) -> None:
     c = conn(rate=5.0, burst=4, max_frame=40)
     now = 0.0
