@@ -96,6 +96,7 @@ class _Pending:
     sessions: dict[str, SessionRow | None]  # None: delete
     topics: dict[str, str]
     reserve: int | None = None
+    bytes: int = 0  # of the events' lines
 
 
 class HistoryStore:
@@ -214,13 +215,14 @@ class HistoryStore:
     # --- queued writes -------------------------------------------------------------------------------------
 
     def add_event(self, seq: int, convs: tuple[str, ...] | list[str], ts: float, kind: str, line: str) -> None:
-        events = self._pending.events
+        p = self._pending
+        events = p.events
         for conv in convs:
             events.append((conv, seq, ts, kind, line))
-        if len(events) > const.PENDING_WRITES_MAX:
-            self.dropped += len(events) - const.PENDING_WRITES_MAX
-            while len(events) > const.PENDING_WRITES_MAX:
-                events.popleft()
+            p.bytes += len(line)
+        while len(events) > const.PENDING_WRITES_MAX or p.bytes > const.PENDING_WRITES_BYTES:
+            p.bytes -= len(events.popleft()[4])  # the disk has been failing for a while: the oldest go
+            self.dropped += 1
         self.note_seq(seq)
 
     def note_seq(self, seq: int) -> None:
@@ -307,6 +309,7 @@ class HistoryStore:
         self._counts.update(touched)
         self._journal = journal
         p.events.clear()
+        p.bytes = 0
         p.sessions.clear()
         p.topics.clear()
         p.reserve = None

@@ -601,10 +601,14 @@ def test_degraded_commit_with_nothing_pending_reports_failure(tmp_path: Path, st
     assert s.commit(0.5) is False
 
 
+@pytest.mark.parametrize("limit", ["rows", "bytes"])
 def test_pending_writes_are_bounded_while_failing(
-    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, limit: str
 ) -> None:
-    monkeypatch.setattr(const, "PENDING_WRITES_MAX", 5)
+    if limit == "rows":
+        monkeypatch.setattr(const, "PENDING_WRITES_MAX", 5)
+    else:  # five of these lines fit: 100,000 rows of the largest lines would be 1.6 GB
+        monkeypatch.setattr(const, "PENDING_WRITES_BYTES", 5 * len(line(1)) + 3)
     s = open_store(stores, tmp_path)
     db_of(s).execute("PRAGMA query_only=ON")
     for seq in range(1, 9):
