@@ -175,20 +175,29 @@ class HistoryStore:
         top = max(db.execute(f"SELECT max(seq) FROM {t}").fetchone()[0] or 0 for t in ("events", "journal"))
         self._journal = Counter(dict(db.execute("SELECT conv, count(*) FROM journal GROUP BY conv").fetchall()))
         start = max(int(reserved[0]) if reserved else 0, top)
+        clean = db.execute("SELECT value FROM meta WHERE key='clean_stop'").fetchone()
+        if clean is not None and clean[0] != "1" and self._reserved == 0:  # (0: this run's first open)
+            # The last run did not stop cleanly. A crash is covered by the reservation, but a run whose disk
+            # was failing at the end may have handed out numbers past it (they could not be written), and
+            # which of the two it was cannot be told: continue from the clock, as for an unreadable file.
+            floor = _clock_floor()
+            if floor > start:
+                log.warning("history: the last run did not stop cleanly; sequence continues from %d", floor)
+                start = floor
         if start > self.start_seq:
             self.start_seq = start
         # Take the next block now, so a crash after this point can never hand out a number twice.
         self._reserved = max(self._reserved, self.start_seq + SEQ_RESERVE)
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(self._reserved),))
+        db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?), ('clean_stop', '0')", (str(self._reserved),)
+        )
         for conv, pruned in db.execute("SELECT conv, pruned_upto FROM convs"):
             self._pruned[conv] = pruned
 
     def _unknown_sequence(self) -> None:
-        """The file exists but cannot be read: the numbers it holds are unknown. Continue from a floor
-        derived from the clock (microseconds since the epoch): above anything an earlier run handed out,
-        since no run hands out a number per microsecond, and below 2**53 until the 23rd century."""
+        """The file exists but cannot be read: the numbers it holds are unknown. Continue from the clock."""
         if self.path.exists() and self.start_seq == 0:
-            self.start_seq = int(time.time() * 1_000_000)
+            self.start_seq = _clock_floor()
             log.warning(
                 "history: sequence continues from %d (the database's own numbers are unreadable)", self.start_seq
             )
@@ -442,6 +451,12 @@ class HistoryStore:
                 log.debug("history: checkpoint skipped: %s", exc)
 
     def close(self) -> None:
+        """Close the file; marked as a clean stop if everything was written (see _check_and_init)."""
+        if self._db is not None and not self.degraded and not self.pending and not self._pending.reserve:
+            try:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_stop', '1')")
+            except sqlite3.Error as exc:
+                log.warning("history: cannot mark the stop as clean: %s", exc)
         with self._ckpt_lock:  # a checkpoint may still run on its thread
             if self._ckpt is not None:
                 self._ckpt.close()
@@ -452,6 +467,12 @@ class HistoryStore:
             except sqlite3.Error:
                 pass
             self._db = None
+
+
+def _clock_floor() -> int:
+    """Microseconds since the epoch: above any number an earlier run handed out, since no run hands out
+    one per microsecond, and below 2**53 until the 23rd century."""
+    return int(time.time() * 1_000_000)
 
 
 def _minus_seq(row: tuple[int, str]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,6 +142,31 @@ def test_reservation_moves_ahead_of_use(tmp_path: Path, stores: list[HistoryStor
     # a crash now (no close) must not let a new process reuse numbers near ``seq``
     crashed_view = open_store(stores, tmp_path)
     assert crashed_view.start_seq >= seq + h.SEQ_RESERVE
+
+
+def test_after_an_unclean_stop_the_sequence_continues_from_the_clock(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A clean stop (above) continues where it was; after a crash the clock is the floor: the reservation
+    covers a crash, but not numbers handed out while the disk failed, and the two cannot be told apart."""
+    s = open_store(stores, tmp_path)
+    add(s, 1)
+    assert s.commit(0.0)
+    before = int(time.time() * 1_000_000)
+    crashed_view = open_store(stores, tmp_path)  # s was never closed
+    assert before <= crashed_view.start_seq < 2**53
+
+
+def test_numbers_handed_out_while_the_disk_failed_until_the_stop_are_never_reused(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    s = open_store(stores, tmp_path)
+    db_of(s).execute("PRAGMA query_only=ON")  # the disk fails ...
+    for seq in range(1, 3 * h.SEQ_RESERVE):  # ... while the hub hands out numbers past the reservation
+        s.add_event(seq, ("lobby",), 0.0, "msg", line(seq))
+    assert s.commit(0.0) is False
+    s.close()  # ... until the server stops: nothing could be written, not even the stop
+    assert open_store(stores, tmp_path).start_seq >= 3 * h.SEQ_RESERVE  # the disk works again
 
 
 def test_reservation_alone_is_committed(tmp_path: Path, stores: list[HistoryStore]) -> None:
