@@ -48,6 +48,12 @@ DiscoveryPort = Annotated[
 ]
 
 
+def _log_level(value: str) -> str:
+    if value.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter(f"{value!r} is not one of debug, info, warning, error")
+    return value.lower()
+
+
 def _room(value: str) -> str:
     """--room checked here (exit code 2, as any bad option) rather than refused by the server after connecting."""
     from lanchat.errors import RemoteProtocolError
@@ -154,7 +160,9 @@ def serve(
             envvar=_env("worker_timeout"), min=0.5, help="Seconds without a heartbeat before a worker is replaced."
         ),
     ] = const.WORKER_TIMEOUT,
-    log_level: Annotated[str, typer.Option(envvar=_env("log_level"), help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(envvar=_env("log_level"), callback=_log_level, help="debug, info, warning or error.")
+    ] = "info",
 ) -> None:
     """Run a chat server: TCP chat, UDP discovery, history in SQLite."""
     from lanchat.server.main import run

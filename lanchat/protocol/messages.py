@@ -281,7 +281,9 @@ def parse_obj(obj: object, *, allow_plain: bool = False) -> Request:
     except RemoteProtocolError as exc:
         exc.request_id = rid
         raise
-    raise _bad(Err.UNKNOWN_TYPE, f"unknown request type {kind[:40]!r}")
+    unknown = _bad(Err.UNKNOWN_TYPE, f"unknown request type {kind[:40]!r}")
+    unknown.request_id = rid  # as for every other error about a request
+    raise unknown
 
 
 def _reason(obj: dict[str, Any]) -> str:

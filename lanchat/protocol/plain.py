@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
+from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
 
@@ -89,7 +90,8 @@ def parse_command(line: str, room: str | None) -> m.Request | LocalCommand | Non
         return m.Rooms()
     if cmd == "/history":
         # len first: int() of more than 4,300 digits raises ValueError (CPython's guard against slow parsing)
-        limit = int(rest) if len(rest) <= 3 and rest.isascii() and rest.isdigit() and 0 < int(rest) <= 500 else 20
+        n = int(rest) if 0 < len(rest) <= 9 and rest.isascii() and rest.isdigit() else 0
+        limit = min(n, const.HISTORY_PAGE_MAX) if n > 0 else 20
         return m.History(_need_room(room), limit=limit)
     if cmd in ("/status", "/stats"):
         return m.Stats()

@@ -77,7 +77,7 @@ def test_flags_beat_the_environment(captured: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "args",
     [["--max-frame", "10"], ["--rate", "0"], ["--workers", "100"], ["--port", "x"], ["--port", "65536"],
-     ["--discovery-port", "0"], ["--discovery-port", "70000"]],
+     ["--discovery-port", "0"], ["--discovery-port", "70000"], ["--log-level", "loud"]],
 )  # fmt: skip
 def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], args: list[str]) -> None:
     result = CliRunner().invoke(app, ["serve", *args])

@@ -197,7 +197,8 @@ def test_error_carries_the_request_id() -> None:
     assert exc.request_id == 42
     exc = obj_code({"type": "hello", "nick": "!", "id": 5})
     assert exc.request_id == 5
-    assert obj_code({"type": "launch", "id": 3}).code == m.Err.UNKNOWN_TYPE
+    unknown = obj_code({"type": "launch", "id": 3})
+    assert unknown.code == m.Err.UNKNOWN_TYPE and unknown.request_id == 3
 
 
 def test_unknown_type_message_is_bounded() -> None:

@@ -68,7 +68,8 @@ def assert_terminal_safe(text: str, *, multiline: bool = False) -> None:
         ("/history", m.History("lobby", limit=20)),
         ("/history 5", m.History("lobby", limit=5)),
         ("/history 500", m.History("lobby", limit=500)),
-        ("/history 501", m.History("lobby", limit=20)),
+        ("/history 501", m.History("lobby", limit=500)),  # at most 500, as the help says
+        ("/history 99999", m.History("lobby", limit=500)),
         ("/history 0", m.History("lobby", limit=20)),
         ("/history lots", m.History("lobby", limit=20)),
         ("/status", m.Stats()),
