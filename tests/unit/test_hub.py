@@ -666,6 +666,29 @@ def test_worker_lost_detaches_all_its_sessions(net: Workers) -> None:
 # --- resume ---------------------------------------------------------------------------------------------------
 
 
+def away_while_bo_posts(net: Workers, texts: list[str], *, commit_each: bool = True) -> tuple[str, int]:
+    """al and bo in #lobby; al's connection drops; bo posts ``texts``. Returns al's token and the last
+    sequence number al saw, for the resume."""
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.closed(1, 10, False, "lost", 1.0)
+    for text in texts:
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": text}, 2.0)
+        if commit_each:
+            hub.commit(2.0)
+    hub.commit(2.0)
+    return w["token"], last_seq
+
+
+def resumed(net: Workers, token: str, last_seq: int, w: int = 3, conn: int = 30) -> list[Frame]:
+    """al resumes on a new connection: what it gets."""
+    net.clear()
+    net.hub.request(w, conn, {"type": "hello", "nick": "al", "token": token, "last_seq": last_seq}, 3.0)
+    return net.take(w, conn)
+
+
 def test_resume_replays_exactly_the_missed_events(net: Workers) -> None:
     hub = net.hub
     w = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
@@ -730,26 +753,17 @@ def test_a_replay_past_its_byte_budget_sends_a_gap_and_the_newest_that_fit(
     monkeypatch.setattr(hub_module, "REPLAY_FRAME", 300)
     net = Workers(make_hub(stores, tmp_path, recent_max=recent_max))
     hub = net.hub
-    w = welcome_of(net, 1, 10, "al")
-    welcome_of(net, 2, 20, "bo")
-    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
-    hub.closed(1, 10, False, "lost", 2.0)
-    for i in range(20):
-        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"m{i:02}"}, 3.0)
-        hub.commit(3.0)
-    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "uncommitted"}, 3.0)
-    net.clear()
-    line_size = len(m.encode({"type": "msg", "seq": 100, "ts": 3.0, "room": "lobby", "from": "bo", "text": "m00"}))
+    token, last_seq = away_while_bo_posts(net, [f"m{i:02}" for i in range(20)])
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "uncommitted"}, 2.0)
+    line_size = len(m.encode({"type": "msg", "seq": 100, "ts": 2.0, "room": "lobby", "from": "bo", "text": "m00"}))
     hub.replay_max = 5 * line_size + 10  # room for five of them (the uncommitted one is longer)
-    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 4.0)
-    frames = net.take(3, 30)
+    frames = resumed(net, token, last_seq)
     assert kinds(frames)[:2] == ["welcome", "gap"] and frames[1]["after"] == last_seq
     assert [f.get("text") for f in frames[2:]] == ["m16", "m17", "m18", "m19", "uncommitted"]
     sizes = [len(f.payload) for f in net.raw[3] if isinstance(f, control.ConnsFrame) and b'"msg"' in f.payload]
     assert len(sizes) >= 2 and all(size <= 300 for size in sizes)
     hub.replay_max = 10_000_000  # the same resume with room for all: no gap, every event
-    hub.request(4, 40, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 5.0)
-    frames = net.take(4, 40)
+    frames = resumed(net, token, last_seq, 4, 40)
     assert "gap" not in kinds(frames)
     assert [f.get("text") for f in frames[1:]] == [f"m{i:02}" for i in range(20)] + ["uncommitted"]
 
@@ -796,17 +810,8 @@ def test_expired_session_cannot_be_resumed(net: Workers) -> None:
 
 def test_gap_when_history_was_pruned_past_last_seq(tmp_path: Path, stores: list[HistoryStore]) -> None:
     net = Workers(make_hub(stores, tmp_path, history_limit=3, recent_max=2))
-    hub = net.hub
-    w = welcome_of(net, 1, 10, "al")
-    welcome_of(net, 2, 20, "bo")
-    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
-    hub.closed(1, 10, False, "lost", 1.0)
-    for i in range(8):
-        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"m{i}"}, 2.0)
-        hub.commit(2.0)
-    net.clear()
-    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 3.0)
-    frames = net.take(3, 30)
+    token, last_seq = away_while_bo_posts(net, [f"m{i}" for i in range(8)])
+    frames = resumed(net, token, last_seq)
     assert kinds(frames)[:2] == ["welcome", "gap"]
     assert frames[1]["after"] == last_seq
     assert [f.get("text") for f in frames[2:]] == ["m5", "m6", "m7"]  # what history still holds
@@ -1107,18 +1112,10 @@ def test_the_resume_ring_is_bounded_in_bytes(tmp_path: Path, stores: list[Histor
     most; a resume older than the ring is served from the disk, whole."""
     net = Workers(make_hub(stores, tmp_path, recent_bytes=3000))
     hub = net.hub
-    w = welcome_of(net, 1, 10, "al")
-    welcome_of(net, 2, 20, "bo")
-    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
-    hub.closed(1, 10, False, "lost", 2.0)
-    for i in range(30):
-        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"{i:02}" + "y" * 200}, 3.0)
-    hub.commit(3.0)
+    token, last_seq = away_while_bo_posts(net, [f"{i:02}" + "y" * 200 for i in range(30)], commit_each=False)
     assert hub._recent_bytes == sum(len(e.line) for e in hub.recent) <= 3000
     assert 5 < len(hub.recent) < 30
-    net.clear()
-    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 4.0)
-    texts = [f["text"][:2] for f in net.take(3, 30) if f.get("type") == "msg"]
+    texts = [f["text"][:2] for f in resumed(net, token, last_seq) if f.get("type") == "msg"]
     assert texts == [f"{i:02}" for i in range(30)]
 
 
