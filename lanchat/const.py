@@ -45,7 +45,7 @@ RECENT_EVENTS: Final = 50_000  # events the hub keeps in memory to serve resumes
 RECENT_BYTES: Final = 32 * 1024 * 1024
 ROOM_TAIL_BYTES: Final = 64 * 1024  # of a room's newest events kept for joiners (HISTORY_ON_JOIN of them at most)
 PENDING_WRITES_MAX: Final = 100_000  # rows held in memory while the disk fails, then the oldest are dropped
-PENDING_WRITES_BYTES: Final = 64 * 1024 * 1024  # ... and their lines' bytes at most (100,000 big lines: 1.6 GB)
+PENDING_WRITES_BYTES: Final = 64 * 1024 * 1024  # ... and their lines' characters at most (100,000 big lines: 1.6 GB)
 DB_RETRY_INTERVAL: Final = 2.0  # seconds between write attempts while the disk is failing
 
 # --- supervision -------------------------------------------------------------------------------------------

@@ -237,6 +237,8 @@ class ChatClient:
                 writer.write(line)
         if not self.state.outbox:
             self._acked.set()
+        if self.state.unacked < OUTBOX_MAX:
+            self._room.set()
         self._set_status("connected")
 
     async def _run(self) -> None:

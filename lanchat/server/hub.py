@@ -477,13 +477,14 @@ class Hub:
                     yield e.line
 
         newest_first: Iterable[bytes]
-        if recent and recent[0].seq <= after + 1:  # the ring holds all of it
+        from_disk = not (recent and recent[0].seq <= after + 1)
+        gap = False
+        if not from_disk:  # the ring holds all of it
             newest_first = mine(after)
         else:
             self.store.commit(now)
             lost = max((self.store.pruned_upto(c) for c in s.convs), default=0)
-            if lost > after or self.store.degraded:
-                self._send(s, {"type": "gap", "after": after, "reason": "some events are older than the history kept"})
+            gap = lost > after or self.store.degraded
             disk = self.store.replay_newest(after, s.convs)
             top = next(disk, None)
             # Above the disk's newest: events it does not have (not committed yet, or lost while it failed).
@@ -499,6 +500,9 @@ class Hub:
                 self._send(s, {"type": "gap", "after": after, "reason": "too many events to replay; /history has them"})
                 break
             lines.append(line)
+        else:  # all of it fits; a gap still if history lost some (degraded now: a read failed on the way)
+            if gap or (from_disk and self.store.degraded):
+                self._send(s, {"type": "gap", "after": after, "reason": "some events are older than the history kept"})
         lines.reverse()
         self._send_lines(s, lines)
 

@@ -39,6 +39,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2  # bad options, port in use, unusable data directory
 EXIT_WORKER_BOOT = 3  # a worker cannot start: restarting it forever would only hide the problem
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
+SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
 CHECKPOINT_INTERVAL = 1.0  # seconds between write-ahead-log checkpoints (bounds the log's size)
 ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -90,6 +91,7 @@ class Server:
         self.stopping = False
         self.exit_code = EXIT_OK
         self.done = asyncio.Event()
+        self._supervise_logged = -SUPERVISE_ERROR_LOG_INTERVAL  # when a supervisor error was last logged
         self._signals: list[int] = []
         self._flush_scheduled = False
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -112,7 +114,10 @@ class Server:
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
         for slot in self.slots:
-            self._spawn(slot)
+            try:
+                self._spawn(slot)
+            except OSError as exc:  # not "cannot listen": the port is fine, the process limits are not
+                raise RuntimeError(f"cannot start worker {slot.index}: {exc}") from None
         await self._wait_ready()
         if self.stopping:  # a worker could not boot: _reap began the stop
             return
@@ -311,6 +316,9 @@ class Server:
                 continue
             code = proc.returncode
             slot.proc = None
+            boot_failed = not slot.ready or code == EXIT_BOOT_FAILED
+            if not self.stopping and not boot_failed:
+                self._respawn_later(slot)  # first: whatever goes wrong below, the slot gets a new worker
             self._worker_gone(slot)
             killed_for, slot.killed_for = slot.killed_for, ""
             if self.stopping:
@@ -318,17 +326,15 @@ class Server:
             if killed_for:
                 log.error("worker %d was killed by the supervisor (%s); replacing it", slot.index, killed_for)
             elif code < 0:
-                name = signal.Signals(-code).name
+                name = _signal_name(-code)
                 hint = " (out of memory, or killed by hand?)" if name == "SIGKILL" else ""
                 log.error("worker %d was killed by %s%s; replacing it", slot.index, name, hint)
             else:
                 log.error("worker %d exited with code %d; replacing it", slot.index, code)
-            if not slot.ready or code == EXIT_BOOT_FAILED:
+            if boot_failed:
                 log.critical("worker %d could not boot (exit %s); stopping the server", slot.index, code)
                 self.exit_code = EXIT_WORKER_BOOT
                 self._begin_stop("a worker could not start")
-                continue
-            self._respawn_later(slot)
 
     @staticmethod
     def _respawn_later(slot: WorkerSlot) -> float:
@@ -345,7 +351,10 @@ class Server:
         try:
             self._supervise_once()
         except Exception:
-            log.exception("supervisor: internal error; going on")
+            now = time.monotonic()
+            if now - self._supervise_logged >= SUPERVISE_ERROR_LOG_INTERVAL:  # not ten tracebacks a second
+                self._supervise_logged = now
+                log.exception("supervisor: internal error; going on")
         self.loop.call_later(SUPERVISE_INTERVAL, self._supervise)
 
     def _supervise_once(self) -> None:
@@ -605,6 +614,13 @@ class Server:
         self.store.close()
         if self.listener is not None:
             self.listener.close()
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # real-time signals (SIGRTMIN+n) have no name in the enum
+        return f"signal {signum}"
 
 
 def _is_loopback(ip: str) -> bool:

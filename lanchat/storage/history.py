@@ -51,6 +51,7 @@ FOLD_ROWS: Final = 2_000
 # Rows per read of one conversation in replay_newest: a resume's budget (half a send queue) is a few
 # thousand lines, so most resumes read one page per conversation.
 REPLAY_PAGE: Final = 500
+REPLAY_FIRST_PAGE: Final = 16  # ... but the first read of each is this small, then doubled
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,7 +97,7 @@ class _Pending:
     sessions: dict[str, SessionRow | None]  # None: delete
     topics: dict[str, str]
     reserve: int | None = None
-    bytes: int = 0  # of the events' lines
+    bytes: int = 0  # characters of the events' lines (as stored: UTF-8, so up to 4 bytes each)
 
 
 class HistoryStore:
@@ -418,20 +419,22 @@ class HistoryStore:
     def _newest_of(self, conv: str, after: int, page: int) -> Iterator[tuple[int, str]]:
         assert self._db is not None
         where, args = "conv=? AND seq>? AND seq<?", [conv, after, 1 << 62]
-        while True:
+        size = min(REPLAY_FIRST_PAGE, page)  # the merge reads a page of every conversation before the first
+        while True:  # event: small ones first (a session in 50 rooms), doubled as a conversation is read on
             try:  # a compound SELECT, as in events(): the key's walk merged with the journal, up to the limit
                 rows = self._db.execute(
                     f"SELECT seq, line FROM events WHERE {where} UNION ALL SELECT seq, line FROM journal"
                     f" WHERE {where} ORDER BY seq DESC LIMIT ?",
-                    (*args, *args, page),
+                    (*args, *args, size),
                 ).fetchall()
             except sqlite3.Error as exc:
                 self._fail(f"read failed: {exc}")
                 return
             yield from rows
-            if len(rows) < page:
+            if len(rows) < size:
                 return
             args[2] = rows[-1][0]
+            size = min(2 * size, page)
 
     def pruned_upto(self, conv: str) -> int:
         """The highest sequence number removed from ``conv`` by retention (0: nothing removed)."""

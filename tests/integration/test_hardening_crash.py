@@ -212,3 +212,16 @@ def test_a_worker_that_cannot_be_started_again_is_retried_and_the_server_still_s
     with Client(server.port, "after") as c:  # served by the replacement
         assert c.welcome["nick"] == "after"
     assert server.stop(signal.SIGTERM, timeout=10) == 0
+
+
+def test_a_worker_killed_by_a_signal_without_a_name_is_replaced(make_server: MakeServer) -> None:
+    """A real-time signal (SIGRTMIN+1) has no name in Python's enum: naming it for the log raised, and the
+    slot was never given a new worker."""
+    server = make_server(workers=1)
+    (first,) = server.worker_pids()
+    mark = server.mark()
+    os.kill(first, signal.SIGRTMIN + 1)
+    server.wait_log(rf"worker 0 was killed by signal {signal.SIGRTMIN + 1}; replacing it", start=mark)
+    server.wait_log(r"worker 0 ready", start=mark)
+    with Client(server.port, "after") as c:
+        assert c.welcome["nick"] == "after"

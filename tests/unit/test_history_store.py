@@ -522,6 +522,22 @@ def test_replay_newest_reads_only_as_far_as_it_is_iterated(ten: HistoryStore) ->
     assert len(statements) == 12  # all of it: 5 pages of each and an empty sixth
 
 
+def test_replay_newest_starts_with_small_pages(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """The merge reads a page of every conversation before it yields the first event: a session in 50 rooms
+    must not read 50 full pages to replay a handful of events."""
+    s = open_store(stores, tmp_path)
+    for seq in range(1, 3001):
+        add(s, seq, f"r{seq % 3}")
+    assert s.commit(0.0)
+    statements: list[str] = []
+    db_of(s).set_trace_callback(statements.append)
+    newest = s.replay_newest(0, ["r0", "r1", "r2"])
+    assert [next(newest)[0] for _ in range(5)] == [3000, 2999, 2998, 2997, 2996]
+    assert [q.rsplit("LIMIT ", 1)[1] for q in statements] == [str(h.REPLAY_FIRST_PAGE)] * 3
+    assert len([q for q, _ in newest]) == 2995  # and all of it, pages doubling up to REPLAY_PAGE
+    assert max(int(q.rsplit("LIMIT ", 1)[1]) for q in statements) == h.REPLAY_PAGE
+
+
 def test_replay_gives_an_event_of_several_convs_once(tmp_path: Path, stores: list[HistoryStore]) -> None:
     s = open_store(stores, tmp_path)
     add(s, 1, "a", "b", "@me")
