@@ -795,7 +795,7 @@ async def run_app(
             for req in submitted.requests:
                 try:
                     client.send(req)
-                except RemoteProtocolError as exc:  # the outbox is full
+                except RemoteProtocolError as exc:  # the outbox is full, or the line too long for this server
                     printer.show(view.note(exc.message, "error"))
     finally:
         if closed is not None:
