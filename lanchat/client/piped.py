@@ -128,6 +128,7 @@ class _Current:
 
     def __init__(self, room: str) -> None:
         self.current: str | None = room
+        self.before_join: str | None = None
         self.client: ChatClient | None = None
 
     def _joined(self) -> list[str]:
@@ -135,6 +136,8 @@ class _Current:
 
     def sent(self, cmd: m.Request) -> None:
         if isinstance(cmd, m.Join):
+            if self.current in self._joined():
+                self.before_join = self.current
             self.current = cmd.room
         elif isinstance(cmd, m.Part) and cmd.room == self.current:
             others = [r for r in self._joined() if r != self.current]
@@ -155,4 +158,5 @@ class _Current:
     def refused(self, frame: dict[str, Any]) -> None:
         joined = self._joined()
         if frame.get("code") in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM) and self.current not in joined:
-            self.current = joined[-1] if joined else None
+            back = self.before_join
+            self.current = back if back in joined else joined[-1] if joined else None

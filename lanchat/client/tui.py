@@ -171,6 +171,7 @@ class ChatView:
     ) -> None:
         self.nick = nick
         self.room: str | None = room  # the current room: where plain text goes
+        self._before_join: str | None = None  # the current room before the last /join (back to it if refused)
         self.server = clean(server)
         self.address = clean(address)
         self.status = "connecting"
@@ -251,7 +252,8 @@ class ChatView:
             users = frame.get("users")  # a join reply lists the first nicks only, with the full count
             self.counts[room] = users if type(users) is int and users >= len(nicks) else len(nicks)
         self._know_room(room)
-        self._know_nicks(nicks)
+        if room not in self.joined:  # a joined room's members are completed after those who spoke, from members
+            self._know_nicks(nicks)
         return self._rendered(frame, "info")
 
     def _on_rooms(self, frame: dict[str, Any]) -> list[Line]:
@@ -270,7 +272,9 @@ class ChatView:
 
     def _on_error(self, frame: dict[str, Any]) -> list[Line]:
         if frame.get("code") in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM) and self.room not in self.joined:
-            self.room = self.joined[-1] if self.joined else None  # the /join was refused: back to a joined room
+            # the /join was refused: back to the room we were in (or another we are in)
+            back = self._before_join
+            self.room = back if back in self.joined else self.joined[-1] if self.joined else None
         return self._rendered(frame, "error")
 
     def _on_gap(self, frame: dict[str, Any]) -> list[Line]:
@@ -496,6 +500,8 @@ class ChatView:
             return Submitted(quit=cmd)
         lines: list[Line] = []
         if isinstance(cmd, m.Join):
+            if self.room in self.joined:
+                self._before_join = self.room
             self.room = cmd.room
             self._know_room(cmd.room)
         elif isinstance(cmd, m.Part) and cmd.room == self.room:
@@ -526,7 +532,7 @@ class ChatView:
             return "you are in no room: /join ROOM"
         at = self.joined.index(self.room) if self.room in self.joined else -1
         self.room = self.joined[(at + 1) % len(self.joined)]
-        return f"now talking in #{self.room} (rooms: {' '.join('#' + r for r in self.joined)})"
+        return f"now talking in #{clean(self.room)} (rooms: {' '.join('#' + clean(r) for r in self.joined)})"
 
     def describe_session(self) -> str:
         rooms = " ".join("#" + clean(r) for r in self.joined) or "no room"
@@ -538,14 +544,14 @@ class ChatView:
     # --- prompt, status line, completion -------------------------------------------------------------------
 
     def prompt(self) -> StyleAndTextTuples:
-        room = f"#{self.room}" if self.room else "(no room)"
+        room = f"#{clean(self.room)}" if self.room else "(no room)"
         return [("class:prompt.room", room), ("class:prompt", "> ")]
 
     def toolbar(self) -> StyleAndTextTuples:
         """The status line: server, room, nick, users in the room, connection state (and unsent posts)."""
         users = self.counts.get(self.room, len(self.members.get(self.room, []))) if self.room else 0
         others = len([r for r in self.joined if r != self.room])
-        room = f"#{self.room}" if self.room else "no room"
+        room = f"#{clean(self.room)}" if self.room else "no room"
         frags: StyleAndTextTuples = [
             ("class:bottom-toolbar", " "),
             ("class:bottom-toolbar.key", self.server or self.address),
@@ -579,7 +585,7 @@ class ChatView:
             prefix = "#" if word.startswith("#") else ""
             stem = word.removeprefix("#").lower()
             rooms = [r for r in self.known_rooms if r.startswith(stem)]
-            return [(prefix + r + " ", -len(word)) for r in rooms]
+            return [(prefix + clean(r) + " ", -len(word)) for r in rooms]
         if not word:
             return []
         suffix = ": " if not head and not before.startswith("/") else " "
@@ -772,7 +778,7 @@ async def run_app(
         try:
             await client.connect()
         except ConnectError as exc:
-            printer.show(view.note(f"lanchat: {exc}", "error"))
+            printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
             return exc.exit_code
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
         while True:
@@ -850,7 +856,7 @@ def server_lines(found: Sequence[ServerRecord]) -> list[Line]:
 def pick_server(found: Sequence[ServerRecord], answer: str) -> ServerRecord | None:
     """An answer (a number or a server name) -> the server; None if it names none."""
     answer = answer.strip()
-    if answer.isdigit() and 1 <= int(answer) <= len(found):
+    if answer.isascii() and answer.isdigit() and len(answer) <= 6 and 1 <= int(answer) <= len(found):
         return found[int(answer) - 1]
     named = [s for s in found if s.name.casefold() == answer.casefold()]
     return named[0] if len(named) == 1 else None

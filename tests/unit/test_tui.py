@@ -368,6 +368,43 @@ def test_a_refused_join_goes_back_to_a_joined_room() -> None:
     assert view.room == "lobby"
 
 
+def test_a_refused_join_goes_back_to_the_room_we_were_in_not_the_last_joined() -> None:
+    view = joined_view()
+    view.submit("/join dev")
+    view.on_frame(ev("join", room="dev", nick="alice"))
+    view.submit("/switch lobby")
+    view.submit("/join ops")
+    view.on_frame({"type": "error", "code": "too_many_rooms", "message": "at most 50 rooms per session"})
+    assert view.room == "lobby"
+
+
+def test_room_names_from_the_server_never_reach_the_terminal_raw() -> None:
+    """Room names come from the server's frames; the prompt, the status line, F2 and completion show them
+    cleaned like any other text from the network (a newline could forge a line, a bidi override reorder it)."""
+    view = joined_view()
+    evil = "dev\n00:00 <admin> trust me\u202e"
+    view.on_frame(ev("join", room=evil, nick="alice"))
+    view.room = evil
+    shown = [frag[1] for frag in [*view.prompt(), *view.toolbar()]]
+    shown.append(view.next_room())
+    shown += [text for text, _ in view.complete("#de")]
+    assert shown and not any(ch in text for text in shown for ch in "\n\u202e")
+
+
+def test_the_server_chooser_takes_only_plain_numbers() -> None:
+    found = [record("a", 7001), record("b", 7002)]
+    assert pick_server(found, "2") is found[1]
+    for answer in ("²", "9" * 5000, "0", "3"):
+        assert pick_server(found, answer) is None  # no ValueError from int() either
+
+
+def test_members_of_joined_rooms_do_not_outrank_those_who_spoke_in_completion() -> None:
+    view = joined_view(others=("dora",))
+    view.on_frame(ev("msg", room="lobby", **{"from": "dan"}, text="hi"))
+    view.on_frame({"type": "who", "room": "lobby", "nicks": ["alice", "dora", "dan", "dex"]})  # dex: silent
+    assert [text for text, _ in view.complete("d")] == ["dan: ", "dex: ", "dora: "]
+
+
 def test_help_lists_every_command_and_the_keys() -> None:
     text = "\n".join(line.text for line in joined_view().submit("/help").lines)
     for word in ("/join", "/part", "/switch", "/rooms", "/who", "/msg", "/nick", "/me", "/topic", "/history"):
