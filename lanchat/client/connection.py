@@ -181,7 +181,7 @@ class ChatClient:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, limit=1 << 20), const.CONNECT_TIMEOUT
             )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a name that cannot be one ("a..b")
             raise ConnectError(f"cannot reach {self.host}:{self.port}: {_why(exc)}", EXIT_UNREACHABLE) from None
         self._reader, self._writer = reader, writer
         writer.write(self.state.hello())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -51,6 +50,7 @@ from lanchat.discovery.interfaces import (
     address_for,
     broadcast_targets,
     choose_interfaces,
+    is_subnet_broadcast,
     is_unicast_source,
     list_interfaces,
 )
@@ -166,7 +166,7 @@ def reply_address(
     be a real prober (port 0, our own discovery port, broadcast, multicast) is spoofed-looking.
     """
     ip, port = source[0], source[1]
-    if port == 0 or port == discovery_port or not is_unicast_source(ip):
+    if port == 0 or port == discovery_port or not is_unicast_source(ip) or is_subnet_broadcast(ip, interfaces):
         return None, "spoofed_source"
     advertised = address_for(ip, interfaces)
     if advertised is not None:
@@ -297,8 +297,12 @@ class Announcer:
         self._stopped = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # whatever ended it, the goodbye still goes out and the socket is closed
+                log.exception("discovery: the beacon task had failed")
             self._task = None
         sock = self._sock
         if sock is None:
@@ -330,21 +334,30 @@ class Announcer:
 
     async def _maintain(self, names: list[str]) -> None:
         """Beacon every interval (jittered shorter, never longer); re-read interfaces and names now and then."""
-        assert self._loop is not None
-        refresh_at = self._loop.time() + INTERFACE_REFRESH
+        loop = self._loop
+        assert loop is not None
+        refresh_at = loop.time() + INTERFACE_REFRESH
         if names:
-            self._set_beacon_to(self._beacon_to + await self._resolve(names))
-        period = self.config.beacon_interval if self.config.beacon else INTERFACE_REFRESH
-        while True:
-            await asyncio.sleep(period * (1.0 - BEACON_JITTER * random.random()))
             try:
-                if self._loop.time() >= refresh_at:
-                    refresh_at = self._loop.time() + INTERFACE_REFRESH
+                self._set_beacon_to(self._beacon_to + await self._resolve(names))
+            except Exception:  # as below: the loop must run whatever the names are
+                log.exception("discovery: cannot resolve --beacon-to names %s", names)
+
+        def next_beacon() -> float:
+            return loop.time() + self.config.beacon_interval * (1.0 - BEACON_JITTER * random.random())
+
+        beacon_at = next_beacon() if self.config.beacon else float("inf")
+        while True:  # whichever is due first: the next beacon, or the next re-read (not only on beacon rounds)
+            await asyncio.sleep(max(0.0, min(beacon_at, refresh_at) - loop.time()))
+            try:
+                if loop.time() >= refresh_at:
+                    refresh_at = loop.time() + INTERFACE_REFRESH
                     self._refresh_interfaces()
                     if names:
                         literal, _ = _split_literals(self.config.beacon_to, self.config.discovery_port)
                         self._set_beacon_to(literal + await self._resolve(names))
-                if self.config.beacon:
+                if loop.time() >= beacon_at:
+                    beacon_at = next_beacon()
                     self._send_beacons()
             except Exception:  # a bug here must not silence the server for good: log it, try next round
                 log.exception("discovery: beacon round failed")

@@ -144,6 +144,22 @@ def is_directly_connected(source: str, interfaces: Iterable[Interface]) -> bool:
     return address_for(source, interfaces) is not None
 
 
+def is_subnet_broadcast(ip: str, interfaces: Iterable[Interface]) -> bool:
+    """Is ``ip`` the network or broadcast address of one of ``interfaces``' subnets? No host sends from
+    those: a probe that claims to would have its reply broadcast to the whole subnet."""
+    try:
+        addr = ipaddress.IPv4Address(ip)
+    except ValueError:
+        return False
+    for iface in interfaces:
+        net = iface.network
+        if net.prefixlen < 31 and addr in (net.network_address, net.broadcast_address):  # /31, /32: hosts only
+            return True
+        if iface.broadcast is not None and ip == iface.broadcast:
+            return True
+    return False
+
+
 def is_unicast_source(ip: str) -> bool:
     """Could ``ip`` be the source of a real datagram? (not 0.0.0.0, multicast or limited broadcast)."""
     try:

@@ -104,7 +104,7 @@ async def resolve_targets(targets: tuple[str, ...], default_port: int, *, timeou
                 loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM),
                 max(deadline - loop.time(), 0.01),
             )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: not a name at all ("a..b")
             log.warning("cannot resolve %s: %s (hint: use an IPv4 address)", host, exc or "timed out")
             continue
         for info in infos[:1]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -38,6 +40,7 @@ log = logging.getLogger("lanchat.server")
 EXIT_OK = 0
 EXIT_CONFIG = 2  # bad options, port in use, unusable data directory
 EXIT_WORKER_BOOT = 3  # a worker cannot start: restarting it forever would only hide the problem
+LOCK_NAME = "lock"  # in the data directory: one server per directory (lock_data_dir)
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
 SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
 CHECKPOINT_INTERVAL = 1.0  # seconds between write-ahead-log checkpoints (bounds the log's size)
@@ -68,10 +71,36 @@ class WorkerSlot:
     killed_for: str = ""  # why the supervisor itself killed it (so the log does not guess)
 
 
+def lock_data_dir(data_dir: Path) -> int | None:
+    """Hold ``data_dir/lock`` for this process's life: a second server on the same directory would share
+    its history file and its discovery id (clients would see one server at a mix of two addresses).
+    Raises StorageError if another server holds it; None if the lock cannot be made at all (a directory
+    that cannot be written: the store then runs degraded, as it would anyway)."""
+    path = data_dir / LOCK_NAME
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        log.warning("cannot lock %s (%s): nothing keeps a second server off this data directory", path, exc)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StorageError(
+            f"{data_dir} is in use by another lanchat server (pid {holder}); give each server its own --data-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
+        self._lock = lock_data_dir(config.data_dir)
         self.store = HistoryStore(config.data_dir, history_limit=config.history_limit)
         self.hub = Hub(
             self.store,
@@ -614,6 +643,9 @@ class Server:
         self.store.close()
         if self.listener is not None:
             self.listener.close()
+        if self._lock is not None:  # last: the file is written and closed
+            os.close(self._lock)
+            self._lock = None
 
 
 def _signal_name(signum: int) -> str:

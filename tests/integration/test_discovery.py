@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from discovery_support import announcer_process, free_udp_port, run_async, until, until_count
 
 from lanchat.config import DiscoveryConfig
+from lanchat.discovery import announcer as announcer_module
 from lanchat.discovery.announcer import Announcer, ReplyLimiter, ServerInfo
 from lanchat.discovery.browser import Browser, ServerTable, browse
 from lanchat.discovery.const import REPLY_BURST_PER_SOURCE, REPLY_BURST_TOTAL, REPLY_RATE_PER_SOURCE, REPLY_RATE_TOTAL
@@ -368,5 +370,69 @@ def test_beacon_to_a_unicast_target_gets_beacons_and_the_goodbye(port: int, raw:
         beacons = [m for m in got if isinstance(m, b.Beacon)]
         assert len(beacons) >= 3 and all(m.server_id == a.server_id and m.address == "127.0.0.1" for m in beacons)
         assert isinstance(got[-1], b.Goodbye) and got[-1].server_id == a.server_id
+
+    run_async(scenario())
+
+
+def test_a_beacon_to_name_that_cannot_be_a_name_does_not_silence_the_server(port: int, raw: socket.socket) -> None:
+    """`--beacon-to a..b` raised UnicodeError from the resolver (locally: no DNS query is sent): the beacon
+    task died after its first beacon, and stop() re-raised it: no goodbye, the socket left open."""
+    target = f"127.0.0.1:{raw.getsockname()[1]}"
+
+    async def scenario() -> None:
+        a = announcer(config(port, beacon_interval=0.05, beacon_to=(target, "a..b")), "alpha", 7001)
+        await a.start()
+        try:
+            await until_count(lambda: a.stats().beacons, 6, what="beacons")  # it goes on beaconing
+        finally:
+            await a.stop()
+        got = [b.decode(d) for d in drain(raw)]
+        assert isinstance(got[-1], b.Goodbye) and got[-1].server_id == a.server_id
+
+    run_async(scenario())
+
+
+def test_a_failed_beacon_task_still_lets_stop_say_goodbye(port: int, raw: socket.socket) -> None:
+    target = f"127.0.0.1:{raw.getsockname()[1]}"
+
+    async def scenario() -> None:
+        a = announcer(config(port, beacon_interval=0.05, beacon_to=(target,)), "alpha", 7001)
+        await a.start()
+        assert a._task is not None
+        a._task.cancel()  # stands for any failure of the beacon task: replaced by one that raised
+
+        async def failed() -> None:
+            raise RuntimeError("boom")
+
+        a._task = asyncio.ensure_future(failed())
+        await asyncio.sleep(0)
+        await a.stop()
+        assert [m for m in map(b.decode, drain(raw)) if isinstance(m, b.Goodbye)]
+
+    run_async(scenario())
+
+
+def test_interfaces_are_reread_on_time_whatever_the_beacon_interval(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-reading the interfaces (a Wi-Fi that comes back) used to happen only on a beacon round: every
+    minute with --beacon-interval 60, never more often than the beacons."""
+    monkeypatch.setattr(announcer_module, "INTERFACE_REFRESH", 0.05)
+
+    async def scenario() -> None:
+        a = announcer(config(port, beacon_interval=60.0), "alpha", 7001)
+        rereads: list[float] = []
+        real = a._refresh_interfaces
+
+        def counted() -> None:
+            rereads.append(time.monotonic())
+            real()
+
+        a._refresh_interfaces = counted  # type: ignore[method-assign]
+        await a.start()
+        beacons = a.stats().beacons
+        try:
+            await until(lambda: len(rereads) >= 3, what="three re-reads")
+        finally:
+            await a.stop()
+        assert a.stats().beacons == beacons  # and no beacon before its minute
 
     run_async(scenario())

@@ -220,3 +220,20 @@ def test_dual_stack_listens_on_ipv4_and_ipv6(make_server: MakeServer) -> None:
     with Client(server.port, "v4", host="127.0.0.1") as v4, Client(server.port, "v6", host="::1") as v6:
         v6.send({"type": "msg", "room": "lobby", "text": "over ipv6", "id": 1})
         assert v4.expect("msg")["text"] == "over ipv6"
+
+
+def test_a_second_server_on_the_same_data_directory_is_refused(make_server: MakeServer, tmp_path: Path) -> None:
+    """Two servers on one data directory would share the history file and the discovery id: the second
+    stops at once with exit code 2 and says who holds it; the first is not disturbed."""
+    first = make_server(workers=1, data_dir=tmp_path / "shared")
+    out = run_cli(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--no-discovery", "--workers", "1",
+        "--data-dir", str(tmp_path / "shared"), timeout=20,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"in use by another lanchat server (pid {first.proc.pid})" in out.stderr  # type: ignore[union-attr]
+    with Client(first.port, "still") as c:
+        assert c.welcome["nick"] == "still"
+    first.stop()
+    again = make_server(workers=1, data_dir=tmp_path / "shared")  # free once the first has stopped
+    assert again.stats()["seq"] >= 0

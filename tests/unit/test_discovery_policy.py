@@ -72,6 +72,10 @@ def test_reply_address_policy() -> None:
     spoofed = ("255.255.255.255", 40000)  # doc example: data only
     assert reply_address(spoofed, [LAN], trusted, 7272) == (None, "spoofed_source")
     assert reply_address(("198.51.100.77", 40000), [], trusted, 7272) == (None, "not_directly_connected")
+    for subnet_broadcast in ("198.51.100.255", "198.51.100.0"):  # the reply would go to the whole subnet
+        assert reply_address((subnet_broadcast, 40000), [LAN], trusted, 7272) == (None, "spoofed_source")
+    point_to_point = Interface("tun0", "192.0.2.1", "255.255.255.254", None)  # a /31: both ends are hosts
+    assert reply_address(("192.0.2.0", 40000), [point_to_point], trusted, 7272) == ("192.0.2.1", "")
 
 
 def test_resolve_targets_without_dns(monkeypatch: pytest.MonkeyPatch) -> None:
