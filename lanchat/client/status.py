@@ -18,7 +18,7 @@ def run_status(address: str, *, json_output: bool) -> int:
         return EXIT_USAGE
     try:
         stats = asyncio.run(request_once(host, port, {"type": "stats"}))
-    except (OSError, TimeoutError, ConnectError) as exc:
+    except (OSError, TimeoutError, UnicodeError, ConnectError) as exc:  # UnicodeError: not a name ("a..b")
         print(f"lanchat: cannot reach {host}:{port}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except RemoteProtocolError as exc:

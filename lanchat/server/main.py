@@ -85,14 +85,21 @@ def lock_data_dir(data_dir: Path) -> int | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # no locks here at all (ENOLCK on NFS, ...)
+            log.warning("cannot lock %s (%s): nothing keeps a second server off this data directory", path, exc)
+            os.close(fd)
+            return None
         holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise StorageError(
             f"{data_dir} is in use by another lanchat server (pid {holder}); give each server its own --data-dir"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:  # the pid is only for that message: a full disk must not keep the server from starting
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
     return fd
 
 
@@ -101,7 +108,12 @@ class Server:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self._lock = lock_data_dir(config.data_dir)
-        self.store = HistoryStore(config.data_dir, history_limit=config.history_limit)
+        try:
+            self.store = HistoryStore(config.data_dir, history_limit=config.history_limit)
+        except BaseException:  # a foreign or corrupt file: the lock goes with the refusal
+            if self._lock is not None:
+                os.close(self._lock)
+            raise
         self.hub = Hub(
             self.store,
             resume_grace=config.resume_grace,

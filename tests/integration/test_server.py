@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -10,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from support import Client, MakeServer, ServerProcess, run_cli
+
+from lanchat.config import DiscoveryConfig, ServerConfig
+from lanchat.errors import StorageError
+from lanchat.server.main import Server, lock_data_dir
 
 
 def _spread_clients(server: ServerProcess, nicks: list[str], **hello: Any) -> list[Client]:
@@ -237,3 +243,27 @@ def test_a_second_server_on_the_same_data_directory_is_refused(make_server: Make
     first.stop()
     again = make_server(workers=1, data_dir=tmp_path / "shared")  # free once the first has stopped
     assert again.stats()["seq"] >= 0
+
+
+def test_the_data_directory_lock_is_released_when_the_server_refuses_to_start(tmp_path: Path) -> None:
+    """A foreign history file stops the server at start (StorageError): the lock it took goes with it, so a
+    second attempt in the same process says what is wrong with the file, not "in use by another server"."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "history.sqlite3").write_bytes(b"not a database" * 100)
+    config = ServerConfig(data_dir=data, workers=1, discovery=DiscoveryConfig(discovery=False, beacon=False))
+
+    async def attempt() -> str:
+        with pytest.raises(StorageError) as info:
+            Server(config)
+        return str(info.value)
+
+    for _ in range(2):
+        assert "not a usable lanchat history database" in asyncio.run(attempt())
+    fd = lock_data_dir(data)
+    assert fd is not None
+    try:
+        with pytest.raises(StorageError, match=f"in use by another lanchat server \\(pid {os.getpid()}\\)"):
+            lock_data_dir(data)  # a second holder (here: this process again, through another open file)
+    finally:
+        os.close(fd)
