@@ -85,8 +85,7 @@ def test_tab_completes_a_command_and_a_nick(term: Tmux, server: ServerProcess) -
         term.wait_for("bob joined #lobby")
         term.type("/ms")
         term.keys("Tab")
-        term.wait_prompt("#lobby> /msg")
-        assert term.prompt_line() + " " == "#lobby> /msg "
+        term.wait_prompt("#lobby> /msg")  # (a trailing space cannot be seen: the next wait shows it was there)
         term.type("bo")
         term.keys("Tab")
         term.wait_prompt("#lobby> /msg bob")

@@ -55,8 +55,8 @@ def test_rate_and_burst_slow_a_flood_without_losing_it(make_server: MakeServer) 
         for i in range(6):
             assert c.expect("msg")["text"] == f"m{i}"  # all of them, in order
             stamps.append(time.monotonic())
-        # The burst of 3 passes at once; 3 more need 3 tokens at 5/s: at least ~0.6 s later.
-        assert stamps[2] - stamps[0] < 0.3
+        # The burst of 3 passes at once; 3 more need 3 tokens at 5/s: at least ~0.6 s later (a lower bound: a
+        # slow machine only makes it later; how fast the burst passes is the unit tests' business, fake clock).
         assert stamps[5] - stamps[0] >= 0.45
 
 
@@ -170,7 +170,7 @@ def test_idle_client_is_pinged_then_dropped_but_a_ponging_one_stays(make_server:
     with Client(server.port, "sleepy") as sleepy, Client(server.port, "awake") as awake:
         awake.expect("ping", timeout=3)
         awake.send({"type": "pong"})
-        assert sleepy.expect("ping", timeout=3)
+        sleepy.expect("ping", timeout=3)
         assert sleepy.expect("error", timeout=3)["code"] == "idle_timeout"
         assert sleepy.closed_by_server(timeout=2)
         awake.send({"type": "msg", "room": "lobby", "text": "I answered", "id": 1})

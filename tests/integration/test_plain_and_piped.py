@@ -166,7 +166,8 @@ def test_piped_input_longer_than_the_outbox_waits_for_acks(
     lines = [f"line {i}" for i in range(25)]
     monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{x}\n" for x in lines)))
     with Client(server.port, "watcher", rooms=["lobby"]) as watcher:
-        assert asyncio.run(run_piped("127.0.0.1", server.port, "bot", "lobby", json_output=True)) == 0
+        piped = run_piped("127.0.0.1", server.port, "bot", "lobby", json_output=True)
+        assert asyncio.run(asyncio.wait_for(piped, 60)) == 0
         got = [watcher.expect(lambda f: f.get("type") == "msg")["text"] for _ in lines]
     assert got == lines  # every line, in order, once
     assert "Traceback" not in capsys.readouterr().err
