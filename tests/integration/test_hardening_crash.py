@@ -14,6 +14,7 @@ Network safety: servers on 127.0.0.1 with --no-discovery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -129,15 +130,18 @@ def test_a_resuming_client_keeps_trying_a_server_that_refuses_it_for_a_moment(co
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         statuses: list[str] = []
-        client = ChatClient("127.0.0.1", port, "ann", on_status=statuses.append, give_up_after=10)
+        settled = asyncio.Event()  # connected after the third connection, or given up
+
+        def on_status(status: str) -> None:
+            statuses.append(status)
+            if status == "closed" or (status == "connected" and len(attempts) >= 3):
+                settled.set()
+
+        client = ChatClient("127.0.0.1", port, "ann", on_status=on_status, give_up_after=10)
         try:
             await client.connect()
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 8  # backoff: 0.2 s then 0.4 s, each +-50 %
-            while loop.time() < deadline and not (len(attempts) >= 3 and client.status == "connected"):
-                if client.status == "closed":
-                    break
-                await asyncio.sleep(0.02)
+            with contextlib.suppress(TimeoutError):  # backoff: 0.2 s then 0.4 s, each +-50 %
+                await asyncio.wait_for(settled.wait(), 8)
             return client.status, statuses
         finally:
             await client.close()
@@ -158,20 +162,25 @@ def test_a_worker_crash_with_a_single_worker_is_invisible_to_a_chat_client(make_
         outcomes = []
         for trial in range(3):
             resumed: list[bool] = []
+            settled = asyncio.Event()  # the second welcome (the resume), or the client gave up
 
-            def on_frame(frame: Frame, resumed: list[bool] = resumed) -> None:
+            def on_frame(frame: Frame, resumed: list[bool] = resumed, settled: asyncio.Event = settled) -> None:
                 if frame.get("type") == "welcome":
                     resumed.append(bool(frame.get("resumed")))
+                    if len(resumed) >= 2:
+                        settled.set()
 
-            client = ChatClient("127.0.0.1", server.port, f"ann{trial}", on_frame=on_frame)
+            def on_status(status: str, settled: asyncio.Event = settled) -> None:
+                if status == "closed":
+                    settled.set()
+
+            client = ChatClient("127.0.0.1", server.port, f"ann{trial}", on_frame=on_frame, on_status=on_status)
             try:
                 await client.connect()
                 [worker] = await asyncio.to_thread(server.worker_pids)
                 os.kill(worker, signal.SIGKILL)
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 10
-                while loop.time() < deadline and not (len(resumed) >= 2 or client.status == "closed"):
-                    await asyncio.sleep(0.02)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), 10)
                 rid = client.send(m.Msg("lobby", f"after crash {trial}"))
                 acked = await client.wait_acked(5)
                 outcomes.append((client.status, resumed[-1], rid if acked else None))
