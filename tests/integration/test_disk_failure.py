@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,13 +38,13 @@ def _history(port: int) -> list[str]:
         return [e["text"] for e in page["events"] if e.get("type") == "msg"]
 
 
-def _wait_degraded(server: ServerProcess, degraded: bool, timeout: float = 10.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        history: dict[str, object] = server.stats()["history"]
-        if history["degraded"] is degraded or time.monotonic() > deadline:
-            return history
-        time.sleep(0.1)  # polling a figure: the store retries on its own schedule (DB_RETRY_INTERVAL)
+def _history_after(server: ServerProcess, mark: int, degraded: bool) -> dict[str, object]:
+    """The store's figures once it has said, since ``mark``, that it failed (or that writing resumed): it
+    retries on its own schedule (DB_RETRY_INTERVAL) and logs each change once."""
+    pattern = "chat goes on" if degraded else "writes resumed|database open again"
+    server.wait_log(pattern, timeout=10, start=mark)
+    history: dict[str, object] = server.stats()["history"]
+    return history
 
 
 def test_read_only_data_dir_keeps_chat_alive_and_recovers(make_server: MakeServer, tmpfs: Path) -> None:
@@ -59,10 +58,11 @@ def test_read_only_data_dir_keeps_chat_alive_and_recovers(make_server: MakeServe
         state = server.stats()["history"]
         assert state["degraded"] is True and "open" in str(state["error"])
         assert server.log.count("chat goes on") == 1  # logged once, not per message
+        mark = server.mark()
         _remount(tmpfs, "rw")
         a.send({"type": "msg", "room": "lobby", "text": "disk is back", "id": 6})
         b.expect("msg")
-        state = _wait_degraded(server, False)
+        state = _history_after(server, mark, degraded=False)
         assert state["degraded"] is False and state["pending"] == 0
     assert _history(server.port) == [*(f"ro{i}" for i in range(5)), "disk is back"]  # nothing was lost
     assert (tmpfs / "history.sqlite3").exists()
@@ -83,18 +83,20 @@ def test_full_disk_keeps_chat_alive_and_resumes_writing(make_server: MakeServer,
             except OSError:
                 pass
         big = "x" * 3000
+        mark = server.mark()
         for i in range(2, 60):  # enough to need new database pages
             a.send({"type": "msg", "room": "lobby", "text": f"full{i} {big}", "id": i})
         for i in range(2, 60):
             assert b.expect("msg")["text"].startswith(f"full{i} ")  # relayed while the disk is full
         a.expect(lambda f: f.get("type") == "ack" and f.get("id") == 59)
-        state = _wait_degraded(server, True)
+        state = _history_after(server, mark, degraded=True)
         assert state["degraded"] is True and "full" in str(state["error"]).lower()
         assert server.log.count("chat goes on") == 1
+        mark = server.mark()
         filler.unlink()
         a.send({"type": "msg", "room": "lobby", "text": "space again", "id": 60})
         b.expect("msg")
-        assert _wait_degraded(server, False)["degraded"] is False
+        assert _history_after(server, mark, degraded=False)["degraded"] is False
     texts = _history(server.port)
     assert texts[0] == "before" and texts[-1] == "space again" and len(texts) == 60
 
