@@ -377,31 +377,16 @@ class HistoryStore:
         ``limit`` after ``after``. Returns (lines, more) where more says whether further pages exist."""
         if self._db is None:
             return [], False
-        args: list[object] = [conv]
-        where = "conv=?"
-        if before is not None:
-            where += " AND seq<?"
-            args.append(before)
-        if after is not None:
-            where += " AND seq>?"
-            args.append(after)
-        order = "ASC" if after is not None and before is None else "DESC"
+        newest = after is None or before is not None
         try:
-            # A compound SELECT, not a subquery: SQLite then merges the primary key's walk with the
-            # (small, sorted) journal and stops at the limit, instead of sorting the whole conversation.
-            rows = self._db.execute(
-                f"SELECT seq, line FROM events WHERE {where} UNION ALL SELECT seq, line FROM journal"
-                f" WHERE {where} ORDER BY seq {order} LIMIT ?",
-                (*args, *args, limit + 1),
-            ).fetchall()
+            rows = self._rows(conv, before=before, after=after, limit=limit + 1, newest=newest)
         except sqlite3.Error as exc:
             self._fail(f"read failed: {exc}")
             return [], False
-        more = len(rows) > limit
         lines = [r[1] for r in rows[:limit]]
-        if order == "DESC":
+        if newest:
             lines.reverse()
-        return lines, more
+        return lines, len(rows) > limit
 
     def replay_newest(self, after: int, convs: list[str], page: int = REPLAY_PAGE) -> Iterator[tuple[int, str]]:
         """Events of any of ``convs`` with seq > after, newest first, each once (a private message is in two
@@ -417,24 +402,42 @@ class HistoryStore:
                 last = seq
 
     def _newest_of(self, conv: str, after: int, page: int) -> Iterator[tuple[int, str]]:
-        assert self._db is not None
-        where, args = "conv=? AND seq>? AND seq<?", [conv, after, 1 << 62]
+        before = None
         size = min(REPLAY_FIRST_PAGE, page)  # the merge reads a page of every conversation before the first
         while True:  # event: small ones first (a session in 50 rooms), doubled as a conversation is read on
-            try:  # a compound SELECT, as in events(): the key's walk merged with the journal, up to the limit
-                rows = self._db.execute(
-                    f"SELECT seq, line FROM events WHERE {where} UNION ALL SELECT seq, line FROM journal"
-                    f" WHERE {where} ORDER BY seq DESC LIMIT ?",
-                    (*args, *args, size),
-                ).fetchall()
+            try:
+                rows = self._rows(conv, before=before, after=after, limit=size, newest=True)
             except sqlite3.Error as exc:
                 self._fail(f"read failed: {exc}")
                 return
             yield from rows
             if len(rows) < size:
                 return
-            args[2] = rows[-1][0]
+            before = rows[-1][0]
             size = min(2 * size, page)
+
+    def _rows(
+        self, conv: str, *, before: int | None, after: int | None, limit: int, newest: bool
+    ) -> list[tuple[int, str]]:
+        """(seq, line) of one conversation between ``after`` and ``before``: the newest ``limit`` (newest
+        first) or the oldest. Raises sqlite3.Error."""
+        assert self._db is not None
+        args: list[object] = [conv]
+        where = "conv=?"
+        if before is not None:
+            where += " AND seq<?"
+            args.append(before)
+        if after is not None:
+            where += " AND seq>?"
+            args.append(after)
+        # A compound SELECT, not a subquery: SQLite then merges the primary key's walk with the (small,
+        # sorted) journal and stops at the limit, instead of sorting the whole conversation.
+        rows: list[tuple[int, str]] = self._db.execute(
+            f"SELECT seq, line FROM events WHERE {where} UNION ALL SELECT seq, line FROM journal"
+            f" WHERE {where} ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?",
+            (*args, *args, limit),
+        ).fetchall()
+        return rows
 
     def pruned_upto(self, conv: str) -> int:
         """The highest sequence number removed from ``conv`` by retention (0: nothing removed)."""
