@@ -262,11 +262,7 @@ class ClientConn:
         worker.conns.pop(self.conn_id, None)
         worker.dirty.discard(self)
         for room in self.state.rooms:
-            members = worker.rooms.get(room)
-            if members is not None:
-                members.pop(self.conn_id, None)
-                if not members:  # as a part does: room names come and go, the dict must not keep them all
-                    del worker.rooms[room]
+            worker.leave(room, self.conn_id)
         for handle in (self._resume_handle, self._closer):
             if handle is not None:
                 handle.cancel()
@@ -514,11 +510,7 @@ class Worker:
                 self.rooms.setdefault(room, {})[cid] = conn
                 conn.state.joined(room)
             else:
-                members = self.rooms.get(room)
-                if members is not None:
-                    members.pop(cid, None)
-                    if not members:
-                        del self.rooms[room]
+                self.leave(room, cid)
                 conn.state.parted(room)
         elif kind == "bind":
             conn = self.conns.get(record[1])
@@ -533,6 +525,14 @@ class Worker:
                 conn.close()
         elif kind == "shutdown":
             self.shutdown(str(record[1]))
+
+    def leave(self, room: str, cid: int) -> None:
+        """``cid`` is no longer in ``room`` here; an emptied room is forgotten (names come and go)."""
+        members = self.rooms.get(room)
+        if members is not None:
+            members.pop(cid, None)
+            if not members:
+                del self.rooms[room]
 
     def figures(self) -> dict[str, int]:
         return {
