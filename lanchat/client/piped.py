@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient
+from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.plain import HELP, LocalCommand, parse_command, render
@@ -30,7 +31,7 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
 async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: bool) -> int:
     client: ChatClient
     reconnects: list[str] = []
-    view = _Current(room)
+    current = CurrentRoom(room)  # where text goes, as in the terminal UI
 
     def emit(text: str) -> None:
         try:
@@ -41,7 +42,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
 
     def on_frame(frame: dict[str, Any]) -> None:
         if frame.get("type") == "error":
-            view.refused(frame)
+            current.refused(frame.get("code"), client.state.rooms)
         if json_output:
             emit(json.dumps(frame, ensure_ascii=False))
         else:
@@ -59,7 +60,6 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             reconnects.append(status)
 
     client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status)
-    view.client = client
     try:
         await client.connect()
     except ConnectError as exc:
@@ -89,7 +89,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         if line is None:
             break
         try:
-            cmd = parse_command(line, view.current)
+            cmd = parse_command(line, current.room)
         except RemoteProtocolError as exc:
             print(f"lanchat: {exc.message}", file=sys.stderr)
             continue
@@ -97,7 +97,9 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             continue
         if isinstance(cmd, LocalCommand):
             if cmd.name == "switch":
-                view.switch(cmd.arg)
+                refused = current.switch(cmd.arg, client.state.rooms)
+                if refused:
+                    print(f"lanchat: {refused}", file=sys.stderr)
             else:
                 emit(HELP)
             continue
@@ -107,7 +109,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         if isinstance(cmd, m.Msg | m.Action | m.PrivMsg) and not await before_closed(client.wait_room()):
             print(f"lanchat: connection lost with {client.state.unacked} messages unsent", file=sys.stderr)
             return EXIT_LOST  # a long input waits here for acks: the outbox holds OUTBOX_MAX at most
-        view.sent(cmd)
+        current.typed(cmd, client.state.rooms)
         try:
             client.send(cmd)
         except RemoteProtocolError as exc:  # too long for this server: said, and the next line goes on
@@ -119,44 +121,3 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     closed.cancel()
     await client.close(reason)
     return EXIT_OK
-
-
-class _Current:
-    """Where text goes (the current room), as in the terminal UI: /join makes the joined room current,
-    /part of it the last other room, /switch a joined room (without one: the next); a refused /join
-    goes back to a room we are in."""
-
-    def __init__(self, room: str) -> None:
-        self.current: str | None = room
-        self.before_join: str | None = None
-        self.client: ChatClient | None = None
-
-    def _joined(self) -> list[str]:
-        return self.client.state.rooms if self.client is not None else []
-
-    def sent(self, cmd: m.Request) -> None:
-        if isinstance(cmd, m.Join):
-            if self.current in self._joined():
-                self.before_join = self.current
-            self.current = cmd.room
-        elif isinstance(cmd, m.Part) and cmd.room == self.current:
-            others = [r for r in self._joined() if r != self.current]
-            self.current = others[-1] if others else None
-
-    def switch(self, room: str) -> None:
-        joined = self._joined()
-        if room and room not in joined:
-            print(f"lanchat: you are not in #{room}: /join {room}", file=sys.stderr)
-        elif room:
-            self.current = room
-        elif joined:
-            at = joined.index(self.current) if self.current in joined else -1
-            self.current = joined[(at + 1) % len(joined)]
-        else:
-            print("lanchat: you are in no room: /join ROOM", file=sys.stderr)
-
-    def refused(self, frame: dict[str, Any]) -> None:
-        joined = self._joined()
-        if frame.get("code") in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM) and self.current not in joined:
-            back = self.before_join
-            self.current = back if back in joined else joined[-1] if joined else None

@@ -53,6 +53,7 @@ from prompt_toolkit.validation import Validator
 
 from lanchat import const
 from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient
+from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol import plain
@@ -170,8 +171,7 @@ class ChatView:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.nick = nick
-        self.room: str | None = room  # the current room: where plain text goes
-        self._before_join: str | None = None  # the current room before the last /join (back to it if refused)
+        self.current = CurrentRoom(room)  # where plain text goes
         self.server = clean(server)
         self.address = clean(address)
         self.status = "connecting"
@@ -265,16 +265,22 @@ class ChatView:
     def _on_topic(self, frame: dict[str, Any]) -> list[Line]:  # the reply (the event has a seq)
         return self._rendered(frame, "info")
 
+    @property
+    def room(self) -> str | None:
+        """The current room (where plain text goes)."""
+        return self.current.room
+
+    @room.setter
+    def room(self, room: str | None) -> None:
+        self.current.room = room
+
     def _on_stats(self, frame: dict[str, Any]) -> list[Line]:
         name = clean(frame.get("name", self.server))
         head = f"server {name}: {clean(frame.get('users', '?'))} users, {clean(frame.get('rooms', '?'))} rooms"
         return [self._system(head, "info"), *self._rendered(frame, "info")]
 
     def _on_error(self, frame: dict[str, Any]) -> list[Line]:
-        if frame.get("code") in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM) and self.room not in self.joined:
-            # the /join was refused: back to the room we were in (or another we are in)
-            back = self._before_join
-            self.room = back if back in self.joined else self.joined[-1] if self.joined else None
+        self.current.refused(frame.get("code"), self.joined)
         return self._rendered(frame, "error")
 
     def _on_gap(self, frame: dict[str, Any]) -> list[Line]:
@@ -499,14 +505,9 @@ class ChatView:
         if isinstance(cmd, m.Quit):
             return Submitted(quit=cmd)
         lines: list[Line] = []
+        self.current.typed(cmd, self.joined)
         if isinstance(cmd, m.Join):
-            if self.room in self.joined:
-                self._before_join = self.room
-            self.room = cmd.room
             self._know_room(cmd.room)
-        elif isinstance(cmd, m.Part) and cmd.room == self.room:
-            others = [r for r in self.joined if r != cmd.room]
-            self.room = others[-1] if others else None
         elif isinstance(cmd, m.History):
             self._history_asked.add(cmd.room)
         elif isinstance(cmd, m.Stats):
@@ -520,18 +521,17 @@ class ChatView:
         if cmd.name == "switch":
             if not cmd.arg:
                 return [self._system(self.next_room(), "info")]
-            if cmd.arg not in self.joined:
-                return [self._system(f"you are not in #{cmd.arg}: /join {cmd.arg}", "error")]
-            self.room = cmd.arg
+            refused = self.current.switch(cmd.arg, self.joined)
+            if refused:
+                return [self._system(refused, "error")]
             return [self._system(f"now talking in #{cmd.arg}", "info")]
         return [Line((("class:info", line),)) for line in (HELP + "\n" + KEYS).splitlines()]
 
     def next_room(self) -> str:
         """Make the next joined room current (F2, /switch without a room); returns what to tell."""
-        if not self.joined:
-            return "you are in no room: /join ROOM"
-        at = self.joined.index(self.room) if self.room in self.joined else -1
-        self.room = self.joined[(at + 1) % len(self.joined)]
+        refused = self.current.switch("", self.joined)
+        if refused:
+            return refused
         return f"now talking in #{clean(self.room)} (rooms: {' '.join('#' + clean(r) for r in self.joined)})"
 
     def describe_session(self) -> str:
