@@ -48,6 +48,7 @@ from bench_gen import TEXT_LEN, ConnSpec, generator_main
 from bench_targets import ROOT, Lanchat, Target, lanchat_source, make_target, nofile_limit
 
 ALL_TARGETS = ["lanchat-w1", "lanchat-w2", "lanchat-w4", "redis", "threaded"]
+SYNC_QUIET = 0.3  # seconds without a new delivery after a sync marker: the backlog of every sender is in
 
 
 # --- results -----------------------------------------------------------------------------------------------
@@ -306,7 +307,7 @@ class Bench:
         while time.monotonic() < deadline:
             st = self.call_all("status")
             if sum(s["marker_seen"] for s in st) >= self.layout.counted:
-                return True
+                return self._quiet(deadline, sum(s["msgs"] for s in st))
             if sum(s["closed"] for s in st):
                 break
             time.sleep(0.02)
@@ -315,6 +316,20 @@ class Bench:
         errors = [e for s in st for e in s["errors"]][:3]
         self.setup_error = f"sync: {seen} of {self.layout.counted} receivers saw the marker ({closed} closed {errors})"
         return False
+
+    def _quiet(self, deadline: float, msgs: int) -> bool:
+        """The marker came from one sender per room: another sender's messages still queued in the server
+        may come after it (Redis orders nothing across connections; lanchat's hub may sequence another
+        worker's batch later). Wait until the receivers' count has not moved for SYNC_QUIET seconds."""
+        still = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(SYNC_QUIET / 4)
+            now = sum(s["msgs"] for s in self.call_all("status"))
+            if now != msgs:
+                msgs, still = now, time.monotonic()
+            elif time.monotonic() - still >= SYNC_QUIET:
+                break
+        return True
 
     def stop(self) -> None:
         for pipe in self.pipes:
@@ -508,7 +523,9 @@ class Runner:
             if not r.ok:
                 if b.sync(timeout=a.drain_cap * 3):  # the backlog is delivered: count what came late
                     st = b.call_all("status")
-                    final = sum(s["msgs"] for s in st)  # the sync marker has no END: not counted
+                    final = sum(s["msgs"] for s in st)  # the sync marker has no END: not counted ...
+                    if name == "threaded":  # ... except by the threaded baseline's newline count
+                        final -= b.layout.counted
                     if r.lost and final > r.delivered:
                         r.late = min(r.lost, final - r.delivered)
                         r.lost -= r.late
@@ -560,9 +577,10 @@ class Runner:
                 return r
 
             tried: list[tuple[float, StepResult]] = []
-            rate, skips = a.start_rate, 0
+            rate, skips, skipping = a.start_rate, 0, False
             for _ in range(a.max_steps):
-                r = probe(rate, 0 if skips else a.retries)
+                r = probe(rate, 0 if skipping else a.retries)  # the step above a failure: a look, no retries
+                skipping = False
                 tried.append((rate, r))
                 passed = [x for x, y in tried if y.ok]
                 if r.ok:
@@ -573,8 +591,8 @@ class Runner:
                     if rate <= a.min_rate:
                         break
                     rate = max(a.min_rate, rate / a.factor)
-                elif skips < a.skip_ahead:  # batching can make a higher rate pass: look one step above
-                    skips += 1
+                elif skips < a.skip_ahead and rate < a.max_rate:  # batching can make a higher rate pass: look
+                    skips, skipping = skips + 1, True  # one step above (none above the ceiling: it failed there)
                     rate = min(a.max_rate, rate * a.factor)
                 else:
                     break
@@ -597,8 +615,12 @@ class Runner:
                 "max_offered_deliveries_per_s": best.offered_deliveries_per_s if best else 0.0,
                 "p99_at_max_ms": best.p99_ms if best else None,
                 "first_failed_offered": fail_rate,
+                # passed at --max-rate, the search's ceiling: the target's maximum is that or more
+                "capped": best is not None and best.offered_deliveries_per_s >= 0.999 * a.max_rate,
                 "steps": [[round(x), y.ok] for x, y in tried],
             }
+            if values["capped"]:
+                self.out.say(f"{name}: passed the search's ceiling ({fmt_rate(a.max_rate)}, --max-rate): a lower bound")
             if best:
                 half = run("half_max", best.offered_deliveries_per_s / 2)
                 values.update(half_max_p50_ms=half.p50_ms, half_max_p99_ms=half.p99_ms,
@@ -746,7 +768,10 @@ def goals(runner: Runner, args: argparse.Namespace) -> list[str]:
                 continue
             r = ratio(lc["max_deliveries_per_s"], red["max_deliveries_per_s"])
             need = 1.0 if c >= 1000 else 0.9
-            show(f"fanout C={c} S={s}: {w} max / Redis max", r, f">= {need}", None if r is None else r >= need)
+            at_least = " (at least: lanchat at the ceiling)" if lc.get("capped") else ""
+            show(
+                f"fanout C={c} S={s}: {w} max / Redis max{at_least}", r, f">= {need}", None if r is None else r >= need
+            )
             if lc.get("half_redis_p99_ms") is not None and red.get("half_max_p99_ms"):
                 r = ratio(lc["half_redis_p99_ms"], red["half_max_p99_ms"])
                 show(f"fanout C={c}: {w} p99 / Redis p99 at half Redis max", r, "<= 1.5",
@@ -757,7 +782,8 @@ def goals(runner: Runner, args: argparse.Namespace) -> list[str]:
         lc = _find(S, w, "fanout", c, args.many_senders)
         if lc and thr:
             r = ratio(lc.get("max_deliveries_per_s"), thr.get("max_deliveries_per_s"))
-            show(f"fanout C={c} S={args.many_senders}: {w} max / threaded max", r, ">= 8",
+            at_least = " (at least)" if lc.get("capped") else ""
+            show(f"fanout C={c} S={args.many_senders}: {w} max / threaded max{at_least}", r, ">= 8",
                  None if r is None else r >= 8)  # fmt: skip
     for c in args.clients:
         w1 = _find(S, "lanchat-w1", "fanout", c, s)

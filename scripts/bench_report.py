@@ -81,6 +81,16 @@ def cell(values: list[float | None], show: Callable[[float | None], str]) -> str
     return f"**{show(m)}** ({', '.join(show(v) for v in values)})"
 
 
+def capped(summary: dict[str, Any]) -> bool:
+    """The search passed its highest step and failed none above it (the ceiling, --max-rate): the maximum
+    is that or more. Older JSON has no "capped": read it from the steps."""
+    if "capped" in summary:
+        return bool(summary["capped"])
+    steps = summary.get("steps") or []
+    passed = [r for r, ok in steps if ok]
+    return bool(passed) and not any(r > max(passed) for r, ok in steps if not ok)
+
+
 def main(argv: list[str]) -> int:
     runs = [load(Path(p)) for p in argv]
     if not runs:
@@ -92,6 +102,17 @@ def main(argv: list[str]) -> int:
     def values(key: Key, field: str) -> list[float | None]:
         return [s[key].get(field) if key in s else None for s in summaries]
 
+    def max_cell(key: Key) -> str:
+        """The maximum, with ">=" where a run passed the search's ceiling (a lower bound)."""
+        per_run = [
+            (s[key].get("max_deliveries_per_s"), capped(s[key])) if key in s else (None, False) for s in summaries
+        ]
+        shown = [("≥ " if c else "") + rate(v) for v, c in per_run]
+        mid = med([v for v, _ in per_run])
+        low = mid is not None and any(c and v is not None and v <= mid for v, c in per_run)  # the median is a bound
+        head = ("≥ " if low else "") + rate(mid)
+        return head if len(per_run) <= 1 else f"**{head}** ({', '.join(shown)})"
+
     out: list[str] = []
     m = runs[0][2]
     loads = ", ".join(str(r[2].get("loadavg")) for r in runs)
@@ -101,7 +122,8 @@ def main(argv: list[str]) -> int:
                f"lanchat measured: {versions}. Load average at the start of each run: {loads}.\n")  # fmt: skip
 
     out.append("### Maximum sustainable rate (deliveries/s; p99 <= 100 ms, nothing lost)\n")
-    out.append("Median of the runs in bold, each run's figure in brackets.\n")
+    out.append("Median of the runs in bold, each run's figure in brackets; ≥: the run passed the search's ceiling "
+               "(`--max-rate`, 8 M by default), so the target's maximum is that or more.\n")  # fmt: skip
     out.append("| scenario | C | senders | target | max deliveries/s | p99 at max (ms) | p50 / p99 at half max (ms) "
                "| server CPU at half max (cores) | server CPU us/delivery at half max |")  # fmt: skip
     out.append("|---|---|---|---|---|---|---|---|---|")
@@ -110,7 +132,7 @@ def main(argv: list[str]) -> int:
         if scenario == "idle":
             continue
         out.append(
-            f"| {scenario} | {clients} | {senders} | {target} | {cell(values(key, 'max_deliveries_per_s'), rate)} "
+            f"| {scenario} | {clients} | {senders} | {target} | {max_cell(key)} "
             f"| {cell(values(key, 'p99_at_max_ms'), ms)} "
             f"| {ms(med(values(key, 'half_max_p50_ms')))} / {ms(med(values(key, 'half_max_p99_ms')))} "
             f"| {num(med(values(key, 'half_max_server_cpu')))} "
