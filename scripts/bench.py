@@ -747,7 +747,7 @@ def goals(runner: Runner, args: argparse.Namespace) -> list[str]:
     lines: list[str] = []
 
     def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a and b else None
+        return a / b if a is not None and b else None  # a = 0 (nothing passed): 0, not "no figure"
 
     def show(label: str, value: float | None, goal: str, good: bool | None) -> None:
         v = "n/a" if value is None else f"{value:.2f}"

@@ -46,8 +46,7 @@ def load(path: Path) -> tuple[dict[Key, dict[str, Any]], list[dict[str, Any]], d
         ):
             summaries[key]["same_rate_cpu_us_per_delivery"] = st["server_cpu_us_per_delivery"]
             summaries[key]["same_rate_server_cpu"] = st["server_cpu"]
-        elif row["kind"] == "machine":
-            machine = row
+            summaries[key]["same_rate_lost"] = st["lost"]
     return summaries, steps, machine
 
 
@@ -150,13 +149,9 @@ def main(argv: list[str]) -> int:
             continue
         if target == "redis":
             p50, p99 = values(key, "half_max_p50_ms"), values(key, "half_max_p99_ms")
-            lost: list[float | None] = [0.0]
         else:
-            p50, p99, lost = (
-                values(key, "half_redis_p50_ms"),
-                values(key, "half_redis_p99_ms"),
-                values(key, "half_redis_lost"),
-            )
+            p50, p99 = values(key, "half_redis_p50_ms"), values(key, "half_redis_p99_ms")
+        lost = values(key, "same_rate_lost")  # from that step itself: Redis's as every other target's
         out.append(f"| {scenario} | {clients} | {senders} | {target} | {cell(p50, ms)} | {cell(p99, ms)} "
                    f"| {num(med(lost), 0)} | {num(med(values(key, 'same_rate_server_cpu')))} "
                    f"| {num(med(values(key, 'same_rate_cpu_us_per_delivery')))} |")  # fmt: skip
@@ -197,7 +192,7 @@ def main(argv: list[str]) -> int:
             for s in summaries:
                 a = s.get(a_key, {}).get(a_field)
                 b = s.get(b_key, {}).get(b_field)
-                vals.append(a / b if a and b else None)
+                vals.append(a / b if a is not None and b else None)  # a = 0 (nothing passed) is a ratio of 0
             mv = med(vals)
             verdict = "-" if mv is None else ("yes" if ok(mv) else "**no**")
             out.append(f"| {label} ({goal}) | {a_key[0]} | {cell(vals, num)} | {verdict} |")
