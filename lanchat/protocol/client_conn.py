@@ -82,10 +82,6 @@ class ClientState:
         req = self.outbox.get(rid)
         return None if req is None else _post_line(rid, req)
 
-    def resend(self) -> list[bytes]:
-        """Every unacknowledged post, in order, with its original id (after a welcome)."""
-        return [_post_line(rid, req) for rid, req in self.outbox.items()]
-
     # --- input ---------------------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[dict[str, Any]]:

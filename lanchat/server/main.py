@@ -80,21 +80,20 @@ def lock_data_dir(data_dir: Path) -> int | None:
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StorageError(
+                    f"{data_dir} is in use by another lanchat server (pid {holder}); "
+                    "give each server its own --data-dir"
+                ) from None
+            raise  # no locks here at all (ENOLCK on NFS, ...)
     except OSError as exc:
         log.warning("cannot lock %s (%s): nothing keeps a second server off this data directory", path, exc)
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # no locks here at all (ENOLCK on NFS, ...)
-            log.warning("cannot lock %s (%s): nothing keeps a second server off this data directory", path, exc)
-            os.close(fd)
-            return None
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StorageError(
-            f"{data_dir} is in use by another lanchat server (pid {holder}); give each server its own --data-dir"
-        ) from None
     try:  # the pid is only for that message: a full disk must not keep the server from starting
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
