@@ -6,12 +6,15 @@ import asyncio
 import io
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import pytest
 from support import Client, MakeServer, run_cli
@@ -46,6 +49,29 @@ class Plain:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _line_reader(stream: IO[str], timeout: float = 10.0) -> Callable[[], str]:
+    """A function returning the stream's next line, or failing after ``timeout`` seconds (a thread reads, so
+    a client that stops writing fails the test instead of hanging it)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+        except ValueError:  # closed by the test's cleanup
+            pass
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def next_line() -> str:
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout} s") from None
+
+    return next_line
 
 
 def test_plain_text_session_with_a_raw_socket(make_server: MakeServer) -> None:
@@ -118,14 +144,15 @@ def test_piped_join_json_output_stays_connected_while_stdin_is_open(make_server:
     proc = _join(server.port, "--nick", "bot", "--json")
     try:
         assert proc.stdout is not None and proc.stdin is not None
+        readline = _line_reader(proc.stdout)
         frames: list[dict[str, Any]] = []
         while not any(f.get("type") == "room" for f in frames):
-            frames.append(json.loads(proc.stdout.readline()))
+            frames.append(json.loads(readline()))
         assert {"server", "welcome", "join", "room"} <= {f["type"] for f in frames}
         with Client(server.port, "human") as human:
             human.send({"type": "msg", "room": "lobby", "text": "hello bot", "id": 1})
             while True:  # every line is one JSON object
-                frame = json.loads(proc.stdout.readline())
+                frame = json.loads(readline())
                 if frame.get("type") == "msg":
                     break
             assert (frame["from"], frame["text"]) == ("human", "hello bot")
