@@ -80,6 +80,29 @@ def cell(values: list[float | None], show: Callable[[float | None], str]) -> str
     return f"**{show(m)}** ({', '.join(show(v) for v in values)})"
 
 
+def ratio_mark(a_capped: bool, b_capped: bool) -> str:
+    """What a ratio a / b of two maxima is when either passed the search's ceiling (a lower bound)."""
+    return "?" if a_capped and b_capped else "≥" if a_capped else "≤" if b_capped else ""
+
+
+def marked_cell(vals: list[float | None], marks: list[str], ok: Callable[[float], bool]) -> str:
+    """The "value | met" cells of a goal row: median (with its bound mark), each run's value, the verdict."""
+    mv = med(vals)
+    if mv is None:
+        return "- | -"
+    lower = any(k in "≥?" and k and v is not None and v <= mv for v, k in zip(vals, marks, strict=True))
+    upper = any(k in "≤?" and k and v is not None and v >= mv for v, k in zip(vals, marks, strict=True))
+    head = "?" if lower and upper else "≥" if lower else "≤" if upper else ""
+    met = ok(mv)
+    # every goal on maxima is an at-least goal: a lower bound that meets it meets it, an upper bound that
+    # fails it fails it; anything else is not known from this run
+    known = not head or (head == "≥" and met) or (head == "≤" and not met)
+    verdict = ("yes" if met else "**no**") if known else "?"
+    shown = [(k + " " if k else "") + num(v) for v, k in zip(vals, marks, strict=True)]
+    text = (head + " " if head else "") + num(mv)
+    return (text if len(vals) <= 1 else f"**{text}** ({', '.join(shown)})") + f" | {verdict}"
+
+
 def capped(summary: dict[str, Any]) -> bool:
     """The search passed its highest step and failed none above it (the ceiling, --max-rate): the maximum
     is that or more. Older JSON has no "capped": read it from the steps."""
@@ -183,19 +206,27 @@ def main(argv: list[str]) -> int:
         )
     out.append("")
     out.append("### Goals (ratio computed within each run; median, then each run)\n")
+    out.append("A ratio of two maxima is a bound where a run passed the search's ceiling: ≥ where lanchat did, ≤ "
+               "where the target it is compared with did, ? where both did; a median such a run could move is "
+               "marked the same way, and is met (or not) only where the bound says so, else ?.\n")  # fmt: skip
     out.append("| goal | target | value | met (median) |")
     out.append("|---|---|---|---|")
 
     def ratio_rows(label: str, goal: str, ok: Callable[[float], bool], pairs: list[tuple[Key, str, Key, str]]) -> None:
+        """One row per pair: a / b in each run, the median, and whether it meets the goal. A ratio of maxima
+        where a run passed the search's ceiling is a bound: >= when a (the numerator) did, <= when b did,
+        ? when both did; a median that such a run may move is a bound too, and a bound on the wrong side
+        of the goal gives "?" (not known), not a verdict."""
         for a_key, a_field, b_key, b_field in pairs:
             vals: list[float | None] = []
+            marks: list[str] = []
             for s in summaries:
-                a = s.get(a_key, {}).get(a_field)
-                b = s.get(b_key, {}).get(b_field)
+                a_sum, b_sum = s.get(a_key, {}), s.get(b_key, {})
+                a, b = a_sum.get(a_field), b_sum.get(b_field)
                 vals.append(a / b if a is not None and b else None)  # a = 0 (nothing passed) is a ratio of 0
-            mv = med(vals)
-            verdict = "-" if mv is None else ("yes" if ok(mv) else "**no**")
-            out.append(f"| {label} ({goal}) | {a_key[0]} | {cell(vals, num)} | {verdict} |")
+                marks.append(ratio_mark(a_field == "max_deliveries_per_s" and capped(a_sum),
+                                        b_field == "max_deliveries_per_s" and capped(b_sum)))  # fmt: skip
+            out.append(f"| {label} ({goal}) | {a_key[0]} | {marked_cell(vals, marks, ok)} |")
 
     lan = ["lanchat-w1", "lanchat-w2", "lanchat-w4"]
     cs = sorted({k[2] for k in keys if k[1] == "fanout"})

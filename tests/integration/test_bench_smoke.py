@@ -69,3 +69,25 @@ def test_the_generator_counts_every_message_however_reads_cut_the_stream() -> No
                 assert total == 7, (size, first)
     lines = bytearray(b"a\nbb\n\nc")
     assert count_ends(b"", lines, len(lines) - 1, b"\n") == (3, b"")  # the threaded baseline's unit
+
+
+def test_the_report_marks_ratios_of_capped_maxima_as_bounds() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from bench_report import marked_cell, ratio_mark
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert [ratio_mark(a, b) for a, b in ((False, False), (True, False), (False, True), (True, True))] == [
+        "", "≥", "≤", "?",
+    ]  # fmt: skip
+    at_least = lambda v: v >= 0.9  # noqa: E731
+    assert marked_cell([1.4, 0.97, 0.71], ["", "", ""], at_least) == "**0.97** (1.40, 0.97, 0.71) | yes"
+    # the other target passed the ceiling in the median's run: lanchat's share may be smaller, not known
+    assert marked_cell([1.4, 0.97, 0.71], ["", "≤", ""], at_least) == "**≤ 0.97** (1.40, ≤ 0.97, 0.71) | ?"
+    # a bound below the median cannot move it
+    assert marked_cell([1.25, 0.81, 1.0], ["", "≤", ""], at_least) == "**1.00** (1.25, ≤ 0.81, 1.00) | yes"
+    assert marked_cell([2.1, 2.1, 2.96], ["≥", "≥", "≥"], at_least) == "**≥ 2.10** (≥ 2.10, ≥ 2.10, ≥ 2.96) | yes"
+    assert marked_cell([0.5, 0.6, 0.7], ["≤", "≤", "≤"], at_least) == "**≤ 0.60** (≤ 0.50, ≤ 0.60, ≤ 0.70) | **no**"
+    assert marked_cell([0.5, 0.6, 0.7], ["≥", "≥", "≥"], at_least).endswith("| ?")  # may be higher
+    assert marked_cell([1.0, 1.0, 1.0], ["?", "?", "?"], at_least) == "**? 1.00** (? 1.00, ? 1.00, ? 1.00) | ?"
+    assert marked_cell([None], [""], at_least) == "- | -"
