@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from itertools import count, islice
@@ -182,7 +184,9 @@ class ChatClient:
                 asyncio.open_connection(self.host, self.port, limit=1 << 20), const.CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a name that cannot be one ("a..b")
-            raise ConnectError(f"cannot reach {self.host}:{self.port}: {_why(exc)}", EXIT_UNREACHABLE) from None
+            raise ConnectError(
+                f"cannot reach {host_port(self.host, self.port)}: {_why(exc)}", EXIT_UNREACHABLE
+            ) from None
         self._reader, self._writer = reader, writer
         writer.write(self.state.hello())
         deadline = time.monotonic() + const.CONNECT_TIMEOUT
@@ -192,10 +196,12 @@ class ChatClient:
                 data = await asyncio.wait_for(reader.read(65536), max(0.01, remaining))
             except (OSError, TimeoutError) as exc:
                 self._drop_connection()
-                raise ConnectError(f"no welcome from {self.host}:{self.port}: {_why(exc)}", EXIT_UNREACHABLE) from None
+                raise ConnectError(
+                    f"no welcome from {host_port(self.host, self.port)}: {_why(exc)}", EXIT_UNREACHABLE
+                ) from None
             if not data:
                 self._drop_connection()
-                raise ConnectError(f"{self.host}:{self.port} closed the connection", EXIT_UNREACHABLE)
+                raise ConnectError(f"{host_port(self.host, self.port)} closed the connection", EXIT_UNREACHABLE)
             self._last_rx = time.monotonic()
             welcomed = False
             for frame in self.state.receive_data(data):
@@ -239,6 +245,7 @@ class ChatClient:
             self._acked.set()
         if self.state.unacked < OUTBOX_MAX:
             self._room.set()
+        self.lost_reason = ""  # the next drop gives its own reason, not one of an earlier outage
         self._set_status("connected")
 
     async def _run(self) -> None:
@@ -325,11 +332,46 @@ class ChatClient:
 
 
 def _why(exc: BaseException) -> str:
+    """A connection failure in words: asyncio's "Connect call failed ('10.0.0.5', 7272)" says less than
+    "connection refused"."""
     if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    if isinstance(exc, UnicodeError):
+        return "not a valid host name"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (no server on that port?)"
+    if isinstance(exc, OSError):
+        if exc.strerror and not exc.strerror.startswith("Connect call failed"):
+            return exc.strerror
+        if exc.errno:
+            return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
+
+
+def on_hangup(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]) -> Callable[[], None]:
+    """Call ``callback(signum)`` on SIGTERM or SIGHUP (the terminal window or the ssh session was closed),
+    so that a front end can say goodbye: the server then frees the nick at once instead of holding it for
+    a reconnect that will never come. Returns the function that removes the handlers. Outside the main
+    thread (tests) there are no signals to handle: nothing is installed."""
+    installed: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            loop.add_signal_handler(sig, callback, int(sig))
+        except (ValueError, RuntimeError, NotImplementedError):
+            break
+        installed.append(sig)
+
+    def remove() -> None:
+        for sig in installed:
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+    return remove
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as it is typed: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def request_once(host: str, port: int, req: dict[str, Any], *, timeout: float = 5.0) -> dict[str, Any]:
@@ -341,7 +383,7 @@ async def request_once(host: str, port: int, req: dict[str, Any], *, timeout: fl
         while True:
             line = await asyncio.wait_for(reader.readline(), max(0.01, deadline - time.monotonic()))
             if not line:
-                raise ConnectError(f"{host}:{port} closed the connection", EXIT_UNREACHABLE)
+                raise ConnectError(f"{host_port(host, port)} closed the connection", EXIT_UNREACHABLE)
             try:
                 frame = json.loads(line)
             except ValueError:

@@ -12,33 +12,53 @@ class CurrentRoom:
     def __init__(self, room: str | None) -> None:
         self.room = room
         self._before_join: str | None = None  # the current room before the last /join (back to it if refused)
+        # Rooms /joined that the server has not confirmed yet: /switch may go there (a script's
+        # "/join dev, /switch lobby, /switch dev, text" must not send the text to #lobby).
+        self._pending: list[str] = []
 
     def typed(self, cmd: m.Request, joined: Sequence[str]) -> None:
         """A request the user typed: /join makes its room current at once (lines typed next go there), /part
         of the current room moves to the last other room."""
+        self._confirmed(joined)
         if isinstance(cmd, m.Join):
             if self.room in joined:
                 self._before_join = self.room
             self.room = cmd.room
-        elif isinstance(cmd, m.Part) and cmd.room == self.room:
-            others = [r for r in joined if r != cmd.room]
-            self.room = others[-1] if others else None
+            if cmd.room not in joined and cmd.room not in self._pending:
+                self._pending.append(cmd.room)
+        elif isinstance(cmd, m.Part):
+            if cmd.room in self._pending:
+                self._pending.remove(cmd.room)
+            if cmd.room == self.room:
+                others = [r for r in self._rooms(joined) if r != cmd.room]
+                self.room = others[-1] if others else None
+
+    def _confirmed(self, joined: Sequence[str]) -> None:
+        self._pending = [r for r in self._pending if r not in joined]
+
+    def _rooms(self, joined: Sequence[str]) -> list[str]:
+        """The rooms we are in, or asked to be in."""
+        self._confirmed(joined)
+        return [*joined, *self._pending]
 
     def switch(self, room: str, joined: Sequence[str]) -> str | None:
         """/switch ROOM (one we are in), or without a room the next joined one (F2). None if done, else why not."""
+        rooms = self._rooms(joined)
         if room:
-            if room not in joined:
+            if room not in rooms:
                 return f"you are not in #{room}: /join {room}"
             self.room = room
             return None
-        if not joined:
+        if not rooms:
             return "you are in no room: /join ROOM"
-        at = list(joined).index(self.room) if self.room is not None and self.room in joined else -1
-        self.room = joined[(at + 1) % len(joined)]
+        at = rooms.index(self.room) if self.room is not None and self.room in rooms else -1
+        self.room = rooms[(at + 1) % len(rooms)]
         return None
 
     def refused(self, code: object, joined: Sequence[str]) -> None:
         """An error from the server: if it refused the /join that made the current room, go back."""
         if code in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM) and self.room not in joined:
+            if self.room in self._pending:
+                self._pending.remove(self.room)
             back = self._before_join
             self.room = back if back in joined else joined[-1] if joined else None

@@ -1,6 +1,7 @@
 """Piped mode of `lanchat join` (stdin not a terminal): each stdin line is sent (slash commands are
 interpreted), each event is printed as one line (one JSON object per line with --json). On stdin EOF
-it exits only once the server has acknowledged every message it sent."""
+it exits only once the server has acknowledged every message it sent; with exit code 1 if any line was
+refused (by the client or the server), so that a script can tell."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Awaitable
 from typing import Any
 
-from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient
+from lanchat.client.connection import EXIT_ERROR, EXIT_LOST, EXIT_OK, ChatClient, on_hangup
 from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
@@ -32,6 +33,9 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     client: ChatClient
     reconnects: list[str] = []
     current = CurrentRoom(room)  # where text goes, as in the terminal UI
+    refused: list[str] = []  # what the client or the server refused: the exit code says so
+    terminated: list[int] = []  # the signal that ended us (SIGTERM, SIGHUP)
+    closing: list[asyncio.Task[None]] = []  # its goodbye (a reference, or the task could be collected)
 
     def emit(text: str) -> None:
         try:
@@ -41,14 +45,23 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             pass
 
     def on_frame(frame: dict[str, Any]) -> None:
-        if frame.get("type") == "error":
+        kind = frame.get("type")
+        if kind == "error":
             current.refused(frame.get("code"), client.state.rooms)
+            if client.state.registered and not frame.get("fatal"):  # a refusal of a line we sent (a fatal
+                refused.append(str(frame.get("code")))  # one ends the connection: the reconnect says so)
         if json_output:
             emit(json.dumps(frame, ensure_ascii=False))
+            return
+        if kind == "server":
+            return  # its hint is for people on nc/telnet
+        text = render(frame, client.nick)
+        if text is None:
+            pass
+        elif kind == "error":  # errors go to stderr with the client's own (docs/client.md)
+            print(f"lanchat: {text}", file=sys.stderr, flush=True)
         else:
-            text = render(frame, client.nick)
-            if text is not None:
-                emit(text)
+            emit(text)
 
     def on_status(status: str) -> None:
         if status == "reconnecting":  # only changes after the first connect are news
@@ -60,12 +73,23 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             reconnects.append(status)
 
     client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status)
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        """SIGTERM, or SIGHUP (the terminal or ssh session went away): say goodbye, so that the nick is free at
+        once instead of held for a reconnect that will never come; lines not acknowledged yet are dropped."""
+        if not terminated:
+            terminated.append(signum)
+            closing.append(loop.create_task(client.close()))
+
+    on_hangup(loop, on_signal)  # before connecting (the session starts there); they go with the loop
     try:
         await client.connect()
     except ConnectError as exc:
+        if terminated:
+            return 128 + terminated[0]
         print(f"lanchat: {exc}", file=sys.stderr)
         return exc.exit_code
-    loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     threading.Thread(target=_stdin_lines, args=(loop, queue), daemon=True, name="stdin").start()
     closed = asyncio.create_task(client.wait_closed())
@@ -79,27 +103,38 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         task.cancel()
         return False
 
+    def lost(what: str) -> int:
+        if terminated:  # we closed it: the shell's convention for "killed by signal N"
+            return 128 + terminated[0]
+        print(f"lanchat: {what}", file=sys.stderr)
+        return EXIT_LOST
+
+    def not_sent(number: int, why: str) -> None:
+        refused.append(why)
+        print(f"lanchat: line {number} not sent: {why}", file=sys.stderr)
+
     reason = ""
+    number = 0  # of the stdin line, for the messages about it
     while True:
         getter = asyncio.ensure_future(queue.get())
         if not await before_closed(getter):
-            print(f"lanchat: connection lost: {client.lost_reason}", file=sys.stderr)
-            return EXIT_LOST
+            return lost(f"connection lost: {client.lost_reason}")
         line = getter.result()
         if line is None:
             break
+        number += 1
         try:
-            cmd = parse_command(line, current.room)
+            cmd = parse_command(line, current.room, client.state.rooms)
         except RemoteProtocolError as exc:
-            print(f"lanchat: {exc.message}", file=sys.stderr)
+            not_sent(number, exc.message)
             continue
         if cmd is None:
             continue
         if isinstance(cmd, LocalCommand):
             if cmd.name == "switch":
-                refused = current.switch(cmd.arg, client.state.rooms)
-                if refused:
-                    print(f"lanchat: {refused}", file=sys.stderr)
+                why = current.switch(cmd.arg, client.state.rooms)
+                if why:
+                    not_sent(number, why)
             else:
                 emit(HELP)
             continue
@@ -107,17 +142,19 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             reason = cmd.reason
             break
         if isinstance(cmd, m.Msg | m.Action | m.PrivMsg) and not await before_closed(client.wait_room()):
-            print(f"lanchat: connection lost with {client.state.unacked} messages unsent", file=sys.stderr)
-            return EXIT_LOST  # a long input waits here for acks: the outbox holds OUTBOX_MAX at most
+            # a long input waits here for acks: the outbox holds OUTBOX_MAX at most
+            return lost(f"connection lost with {client.state.unacked} messages unsent")
         current.typed(cmd, client.state.rooms)
         try:
             client.send(cmd)
         except RemoteProtocolError as exc:  # too long for this server: said, and the next line goes on
-            print(f"lanchat: not sent: {exc.message}", file=sys.stderr)
+            not_sent(number, exc.message)
     # EOF or /quit: everything typed must be acknowledged (or the connection given up) before we leave.
     if not await before_closed(client.wait_acked()):
-        print(f"lanchat: connection lost with {client.state.unacked} messages unsent", file=sys.stderr)
-        return EXIT_LOST
+        return lost(f"connection lost with {client.state.unacked} messages unsent")
     closed.cancel()
     await client.close(reason)
+    if refused:
+        print(f"lanchat: {len(refused)} line(s) refused (above)", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK

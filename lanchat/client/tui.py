@@ -52,12 +52,11 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.validation import Validator
 
 from lanchat import const
-from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient
+from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient, host_port, on_hangup
 from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol import plain
-from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clock, parse_command, render
+from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clean, clock, parse_command, render
 
 if TYPE_CHECKING:
     from lanchat.discovery.browser import ServerRecord
@@ -95,7 +94,6 @@ STYLE: Final = Style.from_dict(
 )
 
 KEYS: Final = """\
-  /help                this list
 Keys:
   Enter                send the line
   Tab                  complete a command, a nick or a #room (again: the next candidate)
@@ -112,11 +110,6 @@ KNOWN_ROOMS_MAX: Final = 1000  # room names remembered for completion (a /rooms 
 _NO_ARG_COMMANDS: Final = frozenset({"/rooms", "/status", "/help"})
 _ROOM_ARG_COMMANDS: Final = frozenset({"/join", "/switch", "/part", "/leave", "/who", "/names"})
 _NICK_ARG_COMMANDS: Final = frozenset({"/msg", "/query"})
-
-
-def clean(text: object) -> str:
-    """``plain.clean`` (control characters, escapes, bidi overrides -> U+FFFD), and a tab shown as a space."""
-    return plain.clean(str(text).replace("\t", " "))
 
 
 def _list(frame: dict[str, Any], key: str) -> list[Any]:
@@ -209,7 +202,7 @@ class ChatView:
 
     def _frame(self, frame: dict[str, Any]) -> list[Line]:
         kind = frame.get("type")
-        if kind in m.EVENT_TYPES:
+        if kind in m.EVENT_TYPES and "seq" in frame:  # a reply may share an event's type (topic): no seq
             self._absorb_event(frame)
             line = self._event_line(frame, historic=False)
             return self._out([line] if line else [])
@@ -493,7 +486,7 @@ class ChatView:
                     break
             return merged
         try:
-            cmd = parse_command(text, self.room)
+            cmd = parse_command(text, self.room, self.joined)
         except RemoteProtocolError as exc:
             return Submitted(lines=self._out([self._system(exc.message, "error")]))
         except ValueError as exc:  # e.g. /history with a number too long for int()
@@ -743,7 +736,7 @@ async def run_app(
     ``input``/``output`` default to the terminal; tests pass a pipe input and a DummyOutput.
     """
     client: ChatClient | None = None
-    view = view or ChatView(nick, room, server=server_name, address=f"{host}:{port}")
+    view = view or ChatView(nick, room, server=server_name, address=host_port(host, port))
     view.unsent = lambda: client.state.unacked if client is not None else 0
     history = InMemoryHistory()
     session: PromptSession[str] = PromptSession(
@@ -770,6 +763,8 @@ async def run_app(
         session.app.invalidate()
 
     client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after)
+    loop = asyncio.get_running_loop()
+    unhook: Callable[[], None] = lambda: None  # noqa: E731
     printer.start()
     where = f"{view.server} ({view.address})" if view.server else view.address
     printer.show(view.note(f"connecting to {where} as {clean(nick)}"))
@@ -781,9 +776,16 @@ async def run_app(
             printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
             return exc.exit_code
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
+        signalled: asyncio.Future[int] = loop.create_future()  # SIGTERM, SIGHUP: quit as /quit does
+        unhook = on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig))
         while True:
             prompt = asyncio.create_task(session.prompt_async(), name="tui-prompt")
-            await asyncio.wait({prompt, closed}, return_when=asyncio.FIRST_COMPLETED)
+            waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if signalled.done():
+                await _stop_prompt(session, prompt)
+                await client.close()
+                return 128 + signalled.result()  # the shell's convention for "killed by signal N"
             if not prompt.done():  # the client gave up reconnecting
                 await _stop_prompt(session, prompt)
                 printer.show(view.lost(client.lost_reason))
@@ -804,6 +806,7 @@ async def run_app(
                 except RemoteProtocolError as exc:  # the outbox is full, or the line too long for this server
                     printer.show(view.note(exc.message, "error"))
     finally:
+        unhook()
         if closed is not None:
             closed.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,8 +49,9 @@ class LocalCommand:
     arg: str = ""
 
 
-def parse_command(line: str, room: str | None) -> m.Request | LocalCommand | None:
-    """What a person typed -> a request (or a local command, or None for an empty line).
+def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> m.Request | LocalCommand | None:
+    """What a person typed -> a request (or a local command, or None for an empty line). ``joined``: the
+    rooms we are in, which tell `/part dev bye` (leave #dev) from `/part see you later` (leave this room).
 
     Raises RemoteProtocolError with a readable message for unknown commands and bad arguments.
     """
@@ -75,7 +77,7 @@ def parse_command(line: str, room: str | None) -> m.Request | LocalCommand | Non
         return m.Join(m.check_room(rest.split()[0]))
     if cmd in ("/part", "/leave"):
         target, _, reason = rest.partition(" ")
-        if target and (target.startswith("#") or _looks_like_room(target)):
+        if target.startswith("#") or target in joined or (target and not reason and _looks_like_room(target)):
             return m.Part(m.check_room(target), m.check_text(reason, limit=200, what="reason", empty=True))
         return m.Part(_need_room(room), m.check_text(rest, limit=200, what="reason", empty=True))
     if cmd == "/nick":
@@ -120,8 +122,9 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069
 
 
 def clean(text: object) -> str:
-    """Neutralise control characters and bidi overrides: shown as U+FFFD, never sent to a terminal raw."""
-    return _UNSAFE.sub("\ufffd", str(text))
+    """Neutralise control characters and bidi overrides: shown as U+FFFD, never sent to a terminal raw. A tab
+    (allowed in a message) becomes a space: it is harmless but would break a line's columns."""
+    return _UNSAFE.sub("\ufffd", str(text).replace("\t", " "))
 
 
 def clock(ts: object) -> str:

@@ -191,7 +191,7 @@ class ServerConnection:
         if not self.hello_sent and text.split(" ", 1)[0].lower() not in _BEFORE_NICK:
             # Plain sessions start with /nick: a stray protocol (SSH banner, SMTP, ...) never posts.
             raise RemoteProtocolError(m.Err.NOT_REGISTERED, "choose a nick first: /nick NAME")
-        cmd = parse_command(text, self.current)
+        cmd = parse_command(text, self.current, self.rooms)
         if isinstance(cmd, m.Nick) and not self.registered:  # a nick that was taken may be retried
             self._plain_hello(cmd.nick, out)
             return

@@ -36,7 +36,7 @@ APP_ID: Final = "lanchat"
 SCHEMA_VERSION: Final = 2  # 2: the journal table (a version-1 file is upgraded in place at open)
 DB_NAME: Final = "history.sqlite3"
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
-PRUNE_BATCH: Final = 500  # rows deleted per commit at most, so pruning never stalls the hub
+PRUNE_BATCH: Final = 500  # rows a commit may delete beyond those it added, so pruning never stalls the hub
 # Events a conversation may run over its limit before it is pruned (at most 1 % of the limit): a busy room
 # is pruned once per PRUNE_SLACK events instead of at every commit, each of which would rewrite pages.
 PRUNE_SLACK: Final = 100
@@ -349,7 +349,9 @@ class HistoryStore:
         """New row counts in ``events`` of the conversations this commit added to; prunes those over
         their limit (events still in the journal are counted, and pruned, once folded)."""
         counts: dict[str, int] = {}
-        budget = PRUNE_BATCH
+        # At least as many rows as the commit added (a fold adds FOLD_ROWS at once): with a fixed batch,
+        # retention fell behind whenever commits went to the journal or one commit added more than a batch.
+        budget = max(PRUNE_BATCH, added_to.total())
         slack = self._slack()
         for conv, added in added_to.items():
             count = self._count(db, conv, added)

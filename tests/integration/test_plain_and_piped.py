@@ -207,8 +207,8 @@ def test_piped_switch_and_quit_reason(make_server: MakeServer) -> None:
     with Client(server.port, "watcher", rooms=["lobby", "dev"]) as watcher:
         script = "/join dev\nin dev\n/switch\nin lobby\n/switch nowhere\nstill lobby\n/quit lunch\n"
         out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", input=script)
-        assert out.returncode == 0, out.stderr
-        assert "you are not in #nowhere" in out.stderr
+        assert out.returncode == 1, out.stderr  # a line was refused: the script can tell
+        assert "line 5 not sent: you are not in #nowhere" in out.stderr
         said = [watcher.expect(lambda f: f.get("type") == "msg" and f.get("from") == "bot") for _ in range(3)]
         where = [(f["room"], f["text"]) for f in said]
         assert where == [("dev", "in dev"), ("lobby", "in lobby"), ("lobby", "still lobby")]
@@ -244,3 +244,41 @@ def test_a_join_typed_while_reconnecting_goes_before_the_messages_after_it(make_
         asyncio.run(asyncio.wait_for(scenario(), 30))
         said = watcher.expect(lambda f: f.get("type") == "msg" and f.get("from") == "ann", timeout=10)
         assert said["room"] == "dev" and said["text"] == "typed while away"
+
+
+def test_piped_refusals_go_to_stderr_and_set_the_exit_code(make_server: MakeServer) -> None:
+    """What the server refuses (a message to nobody) and what the client refuses itself (too long) are said
+    on stderr, the rest goes on, and the exit code is 1 instead of 0. The hint for nc users is not shown."""
+    server = make_server(workers=1)
+    with Client(server.port, "watcher") as watcher:
+        script = "first\n/msg nobody hi\n" + "x" * 5000 + "\nlast\n"
+        out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", input=script)
+        assert out.returncode == 1, out.stderr
+        assert "no one is called nobody" in out.stderr and "nobody" not in out.stdout
+        assert "line 3 not sent: " in out.stderr
+        assert "2 line(s) refused" in out.stderr
+        assert "Plain text" not in out.stdout
+        said = [watcher.expect(lambda f: f.get("type") == "msg" and f.get("from") == "bot")["text"] for _ in range(2)]
+        assert said == ["first", "last"]
+
+
+def test_a_terminated_piped_client_says_goodbye_and_frees_its_nick(make_server: MakeServer) -> None:
+    """SIGTERM or SIGHUP (the terminal closed): the client quits at once, so its nick is not held for a
+    reconnect (--resume-grace) and the same nick can join again straight away."""
+    server = make_server(workers=1)
+    with Client(server.port, "watcher") as watcher:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            proc = _join(server.port, "--nick", "hal")
+            try:
+                watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
+                proc.send_signal(sig)
+                assert proc.wait(10) == 128 + sig
+                watcher.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "hal")
+            finally:
+                proc.kill()
+                proc.wait()
+                for f in (proc.stdout, proc.stderr, proc.stdin):
+                    if f is not None:
+                        f.close()
+        again = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "hal", input="back\n")
+        assert again.returncode == 0, again.stderr

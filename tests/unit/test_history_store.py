@@ -271,16 +271,22 @@ def test_pruning_keeps_history_limit_per_conv(tmp_path: Path, stores: list[Histo
 def test_pruning_per_commit_is_bounded(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(h, "PRUNE_BATCH", 2)
-    s = open_store(stores, tmp_path, history_limit=2)
+    """A backlog (the limit lowered at a restart) is worked off PRUNE_BATCH rows per commit (or as many as the
+    commit added, if more), so that one commit never rewrites the whole table."""
+    s = open_store(stores, tmp_path, history_limit=100)
     for seq in range(1, 8):
         add(s, seq)
     assert s.commit(0.0)
-    assert seqs(s.events("lobby", limit=100)[0]) == [3, 4, 5, 6, 7]  # only 2 removed this time
-    assert s.pruned_upto("lobby") == 2
+    s.close()
+    monkeypatch.setattr(h, "PRUNE_BATCH", 2)
+    s = open_store(stores, tmp_path, history_limit=2)
     add(s, 8)
     assert s.commit(0.0)
-    assert seqs(s.events("lobby", limit=100)[0]) == [5, 6, 7, 8]
+    assert seqs(s.events("lobby", limit=100)[0]) == [3, 4, 5, 6, 7, 8]  # only 2 removed this time
+    assert s.pruned_upto("lobby") == 2
+    add(s, 9)
+    assert s.commit(0.0)
+    assert seqs(s.events("lobby", limit=100)[0]) == [5, 6, 7, 8, 9]
     assert s.pruned_upto("lobby") == 4
 
 
@@ -715,3 +721,30 @@ def test_checkpoint_folds_the_log_into_the_database(tmp_path: Path) -> None:
         assert store.events("lobby", limit=5)[0]
     finally:
         store.close()
+
+
+def test_retention_keeps_up_when_every_commit_goes_to_the_journal(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """Ten rooms talking at once: every commit is journaled, a fold brings FOLD_ROWS rows at once. Pruning
+    at most PRUNE_BATCH rows per commit left three quarters of every fold unpruned: rooms grew without
+    bound (2,000 rows against a limit of 100 after 20,000 events)."""
+    s = open_store(stores, tmp_path, history_limit=100)
+    seq = 0
+    for tick in range(1000):
+        for r in range(10):
+            seq += 1
+            add(s, seq, f"r{r}")
+        assert s.commit(float(tick))
+    with sqlite3.connect(s.path) as db:
+        worst = max(n for (n,) in db.execute("SELECT count(*) FROM events GROUP BY conv"))
+    db.close()
+    assert worst <= 100 + s._slack() + h.FOLD_ROWS // 10  # at most what one fold brings per room
+
+
+def test_one_commit_larger_than_the_prune_batch_is_pruned_whole(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path, history_limit=100)
+    for c in range(3):
+        for seq in range(c * 600 + 1, c * 600 + 601):
+            add(s, seq, "lobby")
+        assert s.commit(float(c))
+    assert table_sizes(s)[0] <= 100 + s._slack()
+    assert seqs(s.events("lobby", limit=500)[0])[-1] == 1800

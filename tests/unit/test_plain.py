@@ -125,6 +125,15 @@ def test_command_errors(line: str, code: str) -> None:
     assert err(line) == code
 
 
+def test_part_takes_a_reason_unless_the_first_word_names_a_room() -> None:
+    """The first word is a room if it has a #, is a room we are in, or is all there is."""
+    joined = ["lobby", "dev"]
+    assert parse_command("/part see you later", "lobby", joined) == m.Part("lobby", "see you later")
+    assert parse_command("/part dev bye all", "lobby", joined) == m.Part("dev", "bye all")
+    assert parse_command("/part #ops bye", "lobby", joined) == m.Part("ops", "bye")
+    assert parse_command("/part ops", "lobby", joined) == m.Part("ops", "")  # the server says if we are not in it
+
+
 @pytest.mark.parametrize("line", ["hello", "//x", "/me waves", "/part", "/part Bye", "/topic", "/who", "/history"])
 def test_commands_that_need_a_current_room(line: str) -> None:
     assert err(line, None) == m.Err.NOT_IN_ROOM
@@ -193,7 +202,7 @@ def test_clean_keeps_ordinary_text_and_stringifies() -> None:
     assert clean("héllo 漢字 🎉 [x]") == "héllo 漢字 🎉 [x]"
     assert clean(None) == "None"
     assert clean(42) == "42"
-    assert clean("tab\t") == "tab\ufffd"
+    assert clean("tab\there") == "tab here"  # harmless, but it would break a line's columns
 
 
 @settings(max_examples=500, deadline=None)

@@ -1,0 +1,41 @@
+"""CurrentRoom: where a typed line goes, in the terminal UI and in piped mode alike (sans-IO)."""
+
+from __future__ import annotations
+
+from lanchat.client.current import CurrentRoom
+from lanchat.protocol import messages as m
+
+
+def test_switch_may_go_to_a_room_whose_join_is_not_confirmed_yet() -> None:
+    """A script's /join dev, /switch lobby, /switch dev, TEXT: the text is for #dev, even though the server
+    has not answered the join when the second /switch is read (it went to #lobby)."""
+    cur = CurrentRoom("lobby")
+    cur.typed(m.Join("dev"), ["lobby"])
+    assert cur.room == "dev"
+    assert cur.switch("lobby", ["lobby"]) is None and cur.room == "lobby"
+    assert cur.switch("dev", ["lobby"]) is None and cur.room == "dev"
+    assert cur.switch("", ["lobby"]) is None and cur.room == "lobby"  # F2 cycles through it too
+    assert cur.switch("ops", ["lobby"]) == "you are not in #ops: /join ops"
+
+
+def test_a_confirmed_or_parted_room_is_no_longer_pending() -> None:
+    cur = CurrentRoom("lobby")
+    cur.typed(m.Join("dev"), ["lobby"])
+    cur.typed(m.Part("dev"), ["lobby"])  # parted before the server confirmed it
+    assert cur.room == "lobby"
+    assert cur.switch("dev", ["lobby"]) == "you are not in #dev: /join dev"
+    cur.typed(m.Join("ops"), ["lobby"])
+    assert cur.switch("ops", ["lobby", "ops"]) is None  # confirmed: joined, not pending
+    cur.typed(m.Part("ops"), ["lobby", "ops"])
+    assert cur.room == "lobby"
+    assert cur.switch("ops", ["lobby"]) == "you are not in #ops: /join ops"
+
+
+def test_a_refused_join_goes_back_and_is_forgotten() -> None:
+    cur = CurrentRoom("lobby")
+    cur.typed(m.Join("r50"), ["lobby"])
+    cur.refused(m.Err.TOO_MANY_ROOMS, ["lobby"])
+    assert cur.room == "lobby"
+    assert cur.switch("r50", ["lobby"]) == "you are not in #r50: /join r50"
+    cur.refused(m.Err.NO_SUCH_NICK, ["lobby"])  # not about a join: nothing moves
+    assert cur.room == "lobby"
