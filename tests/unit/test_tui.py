@@ -657,3 +657,20 @@ def test_exit_codes_unreachable_nick_taken_and_lost(server: ServerProcess) -> No
             assert shown(view, "connection lost for good")()
 
     run(main(), 60)
+
+
+def test_the_reply_to_a_bare_topic_is_not_taken_for_a_topic_event() -> None:
+    """`/topic` alone asks for the topic; the reply has the event's type but no seq (it was shown as a
+    garbled "--:-- -- set the topic of #lobby: (none)")."""
+    view = joined_view()
+    (line,) = view.on_frame({"type": "topic", "room": "lobby", "topic": None})
+    assert "--:--" not in line.text and "set the topic" not in line.text
+    assert "lobby" in line.text
+    (event,) = view.on_frame(ev("topic", 9, room="lobby", nick="bob", topic="plans"))
+    assert "bob set the topic of #lobby: plans" in event.text
+
+
+def test_help_lists_each_command_once() -> None:
+    view = joined_view()
+    text = "\n".join(line.text for line in view.submit("/help").lines)
+    assert text.count("/help") == 1 and "Keys:" in text
