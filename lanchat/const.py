@@ -43,6 +43,7 @@ HISTORY_PAGE_MAX: Final = 500  # events one history request may return
 RECENT_EVENTS: Final = 50_000  # events the hub keeps in memory to serve resumes without the disk
 # ... and their bytes at most: 50,000 lines of a few hundred bytes are ~15 MB, of the largest (MAX_FRAME) 800 MB.
 RECENT_BYTES: Final = 32 * 1024 * 1024
+HISTORY_REPLY_BYTES: Final = 256 * 1024  # of events in one history reply (or half --sendq, if less); more: true
 ROOM_TAIL_BYTES: Final = 64 * 1024  # of a room's newest events kept for joiners (HISTORY_ON_JOIN of them at most)
 PENDING_WRITES_MAX: Final = 100_000  # rows held in memory while the disk fails, then the oldest are dropped
 PENDING_WRITES_BYTES: Final = 64 * 1024 * 1024  # ... and their lines' characters at most (100,000 big lines: 1.6 GB)

@@ -701,7 +701,16 @@ class Hub:
             more = len(found) > req.limit
             found = found[: req.limit] if req.after is not None and req.before is None else found[-req.limit :]
             lines = [e.line[:-1].decode() for e in found]
-        self._send_history(s, req.room, [line.encode() for line in lines], more, req.id)
+        page = [line.encode() for line in lines]
+        # A page of 500 events of 4,000 characters would be one line of up to 8 MB: more than --sendq
+        # (the asker was dropped as too slow) and the client's line limit. Keep what fits, nearest the
+        # cursor (the newest going back, the oldest going forward); ``more`` says there is the rest.
+        budget = min(const.HISTORY_REPLY_BYTES, self.replay_max)
+        forward = req.after is not None and req.before is None
+        fitted = _fit(page if forward else page[::-1], budget)
+        if len(fitted) < len(page):
+            page, more = (fitted if forward else fitted[::-1]), True
+        self._send_history(s, req.room, page, more, req.id)
 
     def _send_history(self, s: Session, room: str, events: list[bytes], more: bool, rid: int | None) -> None:
         head = m.encode(_with_id({"type": "history", "room": room, "more": more, "events": []}, rid))
@@ -733,6 +742,16 @@ class Hub:
     @property
     def users(self) -> int:
         return len(self.sessions)
+
+
+def _fit(lines: list[bytes], budget: int) -> list[bytes]:
+    """The first of ``lines`` whose bytes (and a separator each) fit ``budget``; at least one."""
+    total = 0
+    for n, line in enumerate(lines):
+        total += len(line) + 1
+        if total > budget and n:
+            return lines[:n]
+    return lines
 
 
 def _with_id(frame: dict[str, Any], rid: int | None) -> dict[str, Any]:

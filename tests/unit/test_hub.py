@@ -461,6 +461,31 @@ def test_history_on_join_shows_earlier_events(net: Workers) -> None:
 # --- history paging -------------------------------------------------------------------------------------------
 
 
+def test_a_history_page_stops_at_its_byte_limit(net: Workers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """500 events of 4,000 characters would be one reply of 2-8 MB, over --sendq: the asker was dropped as
+    too slow. The page keeps the events nearest its cursor that fit, and says there are more."""
+    monkeypatch.setattr(const, "HISTORY_REPLY_BYTES", 50_000)
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    for i in range(40):
+        hub.request(1, 10, {"type": "msg", "room": "lobby", "text": f"{i:02d}" + "x" * 3990}, 1.0)
+    net.clear()
+
+    def page(**kw: Any) -> tuple[list[str], bool, int]:
+        hub.request(1, 10, {"type": "history", "room": "lobby", "id": 1, **kw}, 2.0)
+        (frame,) = net.take(1, 10)
+        size = len(json.dumps(frame))
+        return [str(e.get("text", "join"))[:2] for e in frame["events"]], frame["more"], size
+
+    texts, more, size = page(limit=500)  # the newest that fit
+    assert more and size <= 50_000 and 5 <= len(texts) < 40
+    assert texts == [f"{i:02d}" for i in range(40 - len(texts), 40)]
+    first = hub.store.events("lobby", limit=500)[0][0]
+    after = json.loads(first)["seq"]  # the join
+    texts, more, size = page(after=after, limit=500)  # the oldest after the cursor that fit
+    assert more and size <= 50_000 and texts == [f"{i:02d}" for i in range(len(texts))]
+
+
 def test_history_paging(net: Workers) -> None:
     hub = net.hub
     welcome_of(net, 1, 10, "al")
