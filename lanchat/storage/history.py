@@ -261,12 +261,13 @@ class HistoryStore:
         """Events committed to the journal and not yet folded into ``events``."""
         return self._journal.total()
 
-    def commit(self, now: float) -> bool:
-        """Write everything queued in one transaction. False while the disk fails (data kept, retried)."""
+    def commit(self, now: float, *, force: bool = False) -> bool:
+        """Write everything queued in one transaction. False while the disk fails (data kept, retried every
+        DB_RETRY_INTERVAL, or at once with ``force``: the last chance at a stop)."""
         if not self.pending and self._pending.reserve is None:
             return not self.degraded
         if self._db is None or self.degraded:
-            if now < self._retry_at:
+            if now < self._retry_at and not force:
                 return False
             self._retry_at = now + const.DB_RETRY_INTERVAL
             if self._db is None:
@@ -460,6 +461,9 @@ class HistoryStore:
 
     def close(self) -> None:
         """Close the file; marked as a clean stop if everything was written (see _check_and_init)."""
+        if self.pending:
+            log.warning("history: %d events, sessions or topics could not be written (%s): lost at this stop",
+                        self.pending, self.last_error or "the disk fails")  # fmt: skip
         if self._db is not None and not self.degraded and not self.pending and not self._pending.reserve:
             try:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_stop', '1')")

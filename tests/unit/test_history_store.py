@@ -748,3 +748,24 @@ def test_one_commit_larger_than_the_prune_batch_is_pruned_whole(tmp_path: Path, 
         assert s.commit(float(c))
     assert table_sizes(s)[0] <= 100 + s._slack()
     assert seqs(s.events("lobby", limit=500)[0])[-1] == 1800
+
+
+def test_a_forced_commit_ignores_the_retry_wait(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """At a stop the server commits once more: the disk may have recovered a moment ago, within the retry
+    wait of the last failure, and what it holds (events, sessions to resume) must not be thrown away."""
+    s = open_store(stores, tmp_path)
+    db_of(s).execute("PRAGMA query_only=ON")
+    add(s, 1)
+    assert s.commit(10.0) is False
+    db_of(s).execute("PRAGMA query_only=OFF")  # recovered
+    assert s.commit(10.5) is False  # within DB_RETRY_INTERVAL: not tried
+    assert s.commit(10.5, force=True)
+    assert seqs(s.events("lobby")[0]) == [1]
+    db_of(s).execute("PRAGMA query_only=ON")
+    add(s, 2)
+    assert s.commit(20.0, force=True) is False
+    with caplog.at_level("WARNING", logger="lanchat.storage"):
+        s.close()
+    assert "could not be written" in caplog.text
