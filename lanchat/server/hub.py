@@ -483,7 +483,7 @@ class Hub:
             newest_first = mine(after)
         else:
             self.store.commit(now)
-            lost = max((self.store.pruned_upto(c) for c in s.convs), default=0)
+            lost = max((self.store.lost_upto(c) for c in s.convs), default=0)
             gap = lost > after or self.store.degraded
             disk = self.store.replay_newest(after, s.convs)
             top = next(disk, None)

@@ -115,6 +115,7 @@ class HistoryStore:
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}
         self._pruned: dict[str, int] = {}
+        self._dropped: dict[str, int] = {}  # conv -> newest seq given up on while the disk failed (this run)
         self._journal: Counter[str] = Counter()  # events per conversation in the journal table
         self._retry_at = 0.0
         self.start_seq = 0
@@ -231,8 +232,10 @@ class HistoryStore:
             events.append((conv, seq, ts, kind, line))
             p.bytes += len(line)
         while len(events) > const.PENDING_WRITES_MAX or p.bytes > const.PENDING_WRITES_BYTES:
-            p.bytes -= len(events.popleft()[4])  # the disk has been failing for a while: the oldest go
+            gone = events.popleft()  # the disk has been failing for a while: the oldest go
+            p.bytes -= len(gone[4])
             self.dropped += 1
+            self._dropped[gone[0]] = gone[1]  # a resume from before it is told of the hole (lost_upto)
         self.note_seq(seq)
 
     def note_seq(self, seq: int) -> None:
@@ -441,6 +444,11 @@ class HistoryStore:
             (*args, *args, limit),
         ).fetchall()
         return rows
+
+    def lost_upto(self, conv: str) -> int:
+        """The newest sequence number of ``conv`` that history no longer has: pruned, or given up on while
+        the disk failed (0: none). A replay from below it has a hole, and says so."""
+        return max(self._pruned.get(conv, 0), self._dropped.get(conv, 0))
 
     def pruned_upto(self, conv: str) -> int:
         """The highest sequence number removed from ``conv`` by retention (0: nothing removed)."""

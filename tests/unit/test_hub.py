@@ -768,6 +768,34 @@ def test_resume_replay_from_disk_when_memory_does_not_reach(tmp_path: Path, stor
     assert "gap" not in kinds(frames)
 
 
+def test_events_given_up_on_while_the_disk_failed_mean_a_gap_on_resume(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk failed long enough that the oldest held writes were dropped; it recovered. A resume from
+    before them, read from disk, has a hole: it must say so with a gap (it replayed the rest silently)."""
+    monkeypatch.setattr(const, "PENDING_WRITES_MAX", 5)
+    net = Workers(make_hub(stores, tmp_path, recent_max=3))
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.commit(1.0)
+    assert hub.store._db is not None
+    hub.store._db.execute("PRAGMA query_only=ON")
+    for i in range(10):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"m{i}"}, 2.0)
+        hub.commit(2.0)
+    assert hub.store.dropped > 0
+    hub.store._db.execute("PRAGMA query_only=OFF")
+    assert hub.commit(100.0)
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 101.0)
+    frames = net.take(3, 30)
+    assert kinds(frames)[:2] == ["welcome", "gap"]
+    assert [f.get("text") for f in frames[2:]] == [f"m{i}" for i in range(5, 10)]
+
+
 @pytest.mark.parametrize("recent_max", [1000, 2], ids=["from memory", "from disk"])
 def test_a_replay_past_its_byte_budget_sends_a_gap_and_the_newest_that_fit(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, recent_max: int
