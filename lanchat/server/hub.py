@@ -392,7 +392,8 @@ class Hub:
             room.remove(s.sid)
         told = [r for r in rooms if not r.large]
         if told:
-            _, line = self._event("quit", {"nick": s.nick, "reason": reason}, tuple(r.name for r in told), now)
+            said = "" if reason == "quit" else reason  # a bare /quit: "bot quit", not "bot quit (quit)"
+            _, line = self._event("quit", {"nick": s.nick, "reason": said}, tuple(r.name for r in told), now)
             self._to_sessions(self._members_of(told), line)
         for room in rooms:
             self._drop_if_empty(room)

@@ -644,6 +644,17 @@ def test_quit_request_ends_the_session_at_once(net: Workers) -> None:
     assert hub.users == 1
 
 
+def test_a_quit_without_a_reason_says_none(net: Workers) -> None:
+    """Others saw "bo quit (quit)": the word used for the log is not a reason anyone gave."""
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.request(2, 20, {"type": "quit"}, 5.0)
+    (quit_,) = net.take(1, 10)
+    assert (quit_["type"], quit_["reason"]) == ("quit", "")
+
+
 def test_plain_sessions_end_on_any_close(net: Workers) -> None:
     hub = net.hub
     hub.request(1, 10, {"type": "hello", "nick": "pl", "plain": True}, 0.0)
