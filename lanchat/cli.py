@@ -22,6 +22,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from lanchat import __version__
+
+        typer.echo(f"lanchat {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """LAN chat: `lanchat serve` on one machine, `lanchat join` on the others."""
+
+
 def _env(name: str) -> str:
     return "LANCHAT_" + name.upper().replace("-", "_")
 

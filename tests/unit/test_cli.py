@@ -138,3 +138,10 @@ def test_fallback_nicks_differ_and_fit() -> None:
     assert [fallback_nick("ann", n) for n in (1, 2, 10)] == ["ann_", "ann_2", "ann_10"]
     numbered = "a" * (const.NICK_MAX - 2) + "_2"
     assert numbered not in [fallback_nick(numbered, n) for n in range(1, 5)]
+
+
+def test_version() -> None:
+    from lanchat import __version__
+
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.output.strip() == f"lanchat {__version__}"
