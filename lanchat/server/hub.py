@@ -9,6 +9,7 @@ connections. The I/O edge feeds requests in (``request``, ``closed``, ``worker_l
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections import Counter, deque
@@ -622,13 +623,28 @@ class Hub:
             _, line = self._event(kind, fields, (room.name,), now)
             self._to_room(room, line)
 
+    def _held(self, conv: str, lines: list[str], before: int | None, after: int | None) -> list[str]:
+        """While the disk fails: the events of ``conv`` newer than the database's ``lines`` (which it could
+        not write: only memory has them), below ``before``. Reads still work on a full disk, so a page
+        read from it alone lacked everything since the failure, and said there was nothing more."""
+        if not self.store.degraded:
+            return []
+        newest = int(json.loads(lines[-1])["seq"]) if lines else (after or 0)
+        return [
+            e.line[:-1].decode()
+            for e in self.recent
+            if e.seq > newest and (before is None or e.seq < before) and conv in e.convs
+        ]
+
     def _join_history(self, s: Session, room: Room, now: float) -> None:
         """The newest events of the room, marked as history, from memory (one database read per room)."""
         if not room.tail_loaded:
             self.store.commit(now)
             lines, more = self.store.events(room.name, limit=self.history_on_join)
-            if not lines and self.store.degraded:
-                lines = [e.line[:-1].decode() for e in self.recent if room.name in e.convs][-self.history_on_join :]
+            held = self._held(room.name, lines, None, None)
+            if held:
+                lines = lines + held
+                more = more or len(lines) > self.history_on_join
             room.tail = deque(maxlen=self.history_on_join)
             room.tail_bytes = 0
             room.tail_more = more
@@ -693,21 +709,17 @@ class Hub:
     def _history(self, s: Session, req: m.History, now: float) -> None:
         self.store.commit(now)  # pages are read from the database; make it current first
         lines, more = self.store.events(req.room, before=req.before, after=req.after, limit=req.limit)
-        if not lines and self.store.degraded:  # the disk fails: serve what memory holds
-            found = [e for e in self.recent if req.room in e.convs]
-            if req.before is not None:
-                found = [e for e in found if e.seq < req.before]
-            if req.after is not None:
-                found = [e for e in found if e.seq > req.after]
-            more = len(found) > req.limit
-            found = found[: req.limit] if req.after is not None and req.before is None else found[-req.limit :]
-            lines = [e.line[:-1].decode() for e in found]
+        forward = req.after is not None and req.before is None
+        held = self._held(req.room, lines, req.before, req.after)
+        if held:
+            lines = lines + held
+            more = more or len(lines) > req.limit
+            lines = lines[: req.limit] if forward else lines[-req.limit :]
         page = [line.encode() for line in lines]
         # A page of 500 events of 4,000 characters would be one line of up to 8 MB: more than --sendq
         # (the asker was dropped as too slow) and the client's line limit. Keep what fits, nearest the
         # cursor (the newest going back, the oldest going forward); ``more`` says there is the rest.
         budget = min(const.HISTORY_REPLY_BYTES, self.replay_max)
-        forward = req.after is not None and req.before is None
         fitted = _fit(page if forward else page[::-1], budget)
         if len(fitted) < len(page):
             page, more = (fitted if forward else fitted[::-1]), True

@@ -486,6 +486,33 @@ def test_a_history_page_stops_at_its_byte_limit(net: Workers, monkeypatch: pytes
     assert more and size <= 50_000 and texts == [f"{i:02d}" for i in range(len(texts))]
 
 
+def test_history_while_writes_fail_includes_what_memory_holds(net: Workers) -> None:
+    """A full disk: reads work, writes fail. A page read from the database alone lacked every event since
+    the failure (and said there were no more)."""
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "before"}, 1.0)
+    hub.commit(1.0)
+    assert hub.store._db is not None
+    hub.store._db.execute("PRAGMA query_only=ON")
+    for i in range(3):
+        hub.request(1, 10, {"type": "msg", "room": "lobby", "text": f"during{i}"}, 2.0)
+    hub.commit(2.0)
+    assert hub.store.degraded
+    net.clear()
+
+    def page(**kw: Any) -> tuple[list[str], bool]:
+        hub.request(1, 10, {"type": "history", "room": "lobby", **kw}, 3.0)
+        (reply,) = [f for f in net.take(1, 10) if f["type"] == "history"]
+        return [str(e.get("text", "join")) for e in reply["events"]], reply["more"]
+
+    assert page(limit=2) == (["during1", "during2"], True)
+    assert page(limit=50) == (["join", "before", "during0", "during1", "during2"], False)
+    first = hub.store.events("lobby", limit=50)[0][0]
+    assert page(after=json.loads(first)["seq"], limit=2) == (["before", "during0"], True)
+    hub.store._db.execute("PRAGMA query_only=OFF")
+
+
 def test_history_paging(net: Workers) -> None:
     hub = net.hub
     welcome_of(net, 1, 10, "al")
