@@ -297,6 +297,16 @@ class HistoryStore:
                         "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
                         (row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, int(row.plain)),
                     )
+            # A session that ended for good takes its own conversation (its private messages, its joins in
+            # large rooms) with it: nobody can read it again, and it was kept forever.
+            gone = ["@" + sid for sid, row in p.sessions.items() if row is None]
+            for conv in gone:
+                db.execute("DELETE FROM events WHERE conv=?", (conv,))
+                db.execute("DELETE FROM convs WHERE conv=?", (conv,))
+                if journal[conv]:
+                    db.execute("DELETE FROM journal WHERE conv=?", (conv,))
+                    journal = journal - Counter({conv: journal[conv]})
+                added.pop(conv, None)
             for room, topic in p.topics.items():
                 db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?)", (room, topic))
             if p.reserve is not None:
@@ -321,6 +331,10 @@ class HistoryStore:
             self._fail(f"write failed: {exc}")
             return False
         self._counts.update(touched)
+        for conv in gone:
+            self._counts.pop(conv, None)
+            self._pruned.pop(conv, None)
+            self._dropped.pop(conv, None)
         self._journal = journal
         p.events.clear()
         p.bytes = 0

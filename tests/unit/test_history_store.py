@@ -769,3 +769,26 @@ def test_a_forced_commit_ignores_the_retry_wait(
     with caplog.at_level("WARNING", logger="lanchat.storage"):
         s.close()
     assert "could not be written" in caplog.text
+
+
+def test_a_session_that_ends_takes_its_own_conversation_with_it(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """Private messages live in '@' + sid (each side's copy in its own): once the session has ended for
+    good nobody can read them again, and they were kept forever. Journaled rows go too."""
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("s1", "t1", "al", ("lobby",), 0, False))
+    add(s, 1, "@s1", "@s2")  # a private message between s1 and s2
+    add(s, 2, "lobby")
+    assert s.commit(0.0)
+    spread(s, 3, 6, 5)  # r0..r4 ...
+    add(s, 9, "@s1")  # ... and one more for s1: a spread commit, into the journal
+    assert s.commit(0.0) and s.journal == 7
+    s.drop_session("s1")
+    assert s.commit(1.0)
+    assert s.events("@s1")[0] == [] and s.journal == 6
+    assert seqs(s.events("@s2")[0]) == [1]  # the other side keeps its copy
+    assert seqs(s.events("lobby")[0]) == [2]
+    with sqlite3.connect(s.path) as db:
+        left = db.execute("SELECT (SELECT count(*) FROM events WHERE conv='@s1') + "
+                          "(SELECT count(*) FROM journal WHERE conv='@s1')").fetchone()[0]  # fmt: skip
+    db.close()
+    assert left == 0
