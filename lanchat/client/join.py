@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from lanchat import const
 from lanchat.client.connection import EXIT_NONE_FOUND, EXIT_SEVERAL, EXIT_UNREACHABLE, EXIT_USAGE, parse_address
 from lanchat.config import DiscoveryConfig
+from lanchat.protocol.plain import count_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
         if chosen is None:
             raise Unresolved("no server chosen", 1)
         return Target(chosen.host, chosen.port, chosen.name)
-    listing = "\n".join(f"  {s.name}  {s.host}:{s.port}  ({s.users} users)" for s in found)
+    listing = "\n".join(f"  {s.name}  {s.host}:{s.port}  ({count_of(s.users, 'user')})" for s in found)
     raise Unresolved(f"several servers found; name one:\n{listing}", EXIT_SEVERAL)
 
 

@@ -1,13 +1,58 @@
-"""`lanchat status ADDRESS`: a server's per-process figures as a table, or JSON."""
+"""`lanchat status ADDRESS`: a server's per-process figures as a table, or JSON.
+
+Every string the server sends (its name, process roles, the history error) is shown as rich ``Text``,
+never parsed as markup (a name like ``[/oops] lab`` is printed as is, ``[red]x`` colours nothing), and
+through ``plain.clean`` first (no control character reaches the terminal). A figure of the wrong type
+is shown as ``?``. Why a server cannot be reached is said in words: refused, or no answer in time.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import re
 import sys
+from typing import Any, Final
 
 from lanchat.client.connection import EXIT_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, parse_address, request_once
 from lanchat.errors import ConnectError, RemoteProtocolError
+from lanchat.protocol.plain import clean, count_of
+
+STATUS_TIMEOUT: Final = 5.0  # seconds to connect and get the stats: a server that is up answers at once
+
+_ERRNO_RE: Final = re.compile(r"\[Errno (-?\d+)\]")
+
+
+def unreachable_reason(exc: BaseException, timeout: float) -> str:
+    """Why a request could not be made, in words (a TimeoutError has no message; a refusal's message is
+    ``[Errno 111] Connect call failed ('127.0.0.1', 7310)``)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, UnicodeError):  # the resolver's answer to a name like "a..b"
+        return "not a valid host name"
+    if isinstance(exc, OSError):
+        # A name with several addresses (localhost: ::1 and 127.0.0.1) that all failed: asyncio raises one
+        # OSError without errno, "Multiple exceptions: [Errno 111] ..., [Errno 111] ...".
+        codes = {int(code) for code in _ERRNO_RE.findall(str(exc))}
+        if exc.errno is None and codes == {errno.ECONNREFUSED}:
+            return "connection refused"
+        if exc.strerror:
+            return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
+def _number(value: object, scale: float = 1.0) -> str:
+    """A figure with one decimal, or ``?`` if the server sent something else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "?"
+    return f"{value / scale:.1f}"
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def run_status(address: str, *, json_output: bool) -> int:
@@ -17,39 +62,47 @@ def run_status(address: str, *, json_output: bool) -> int:
         print(f"lanchat: bad address {address!r}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        stats = asyncio.run(request_once(host, port, {"type": "stats"}))
+        stats = asyncio.run(request_once(host, port, {"type": "stats"}, timeout=STATUS_TIMEOUT))
     except (OSError, TimeoutError, UnicodeError, ConnectError) as exc:  # UnicodeError: not a name ("a..b")
-        print(f"lanchat: cannot reach {host}:{port}: {exc}", file=sys.stderr)
+        print(f"lanchat: cannot reach {host}:{port}: {unreachable_reason(exc, STATUS_TIMEOUT)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except RemoteProtocolError as exc:
-        print(f"lanchat: server refused: {exc}", file=sys.stderr)
+        print(f"lanchat: server refused: {clean(exc)}", file=sys.stderr)
         return EXIT_ERROR
     if json_output:
         print(json.dumps(stats))
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    history = stats.get("history", {})
-    title = (
-        f"{stats.get('name')} ({host}:{stats.get('port', port)}): {stats.get('users')} users, "
-        f"{stats.get('rooms')} rooms, seq {stats.get('seq')}"
+    history = _dict(stats.get("history"))
+    users, rooms = count_of(stats.get("users"), "user"), count_of(stats.get("rooms"), "room")
+    title = Text(
+        f"{clean(stats.get('name'))} ({host}:{clean(stats.get('port', port))}): {users}, {rooms}, "
+        f"seq {clean(stats.get('seq'))}"
     )
     table = Table(title=title)
     for col in ("role", "pid", "connections", "cpu %", "rss MiB", "msgs in", "msgs out"):
         table.add_column(col, justify="left" if col == "role" else "right")
-    for p in stats.get("processes", []):
+    processes = stats.get("processes")
+    for p in map(_dict, processes if isinstance(processes, list) else []):
         table.add_row(
-            str(p.get("role")),
-            str(p.get("pid")),
-            str(p.get("connections")),
-            f"{p.get('cpu_percent', 0):.1f}",
-            f"{p.get('rss', 0) / 2**20:.1f}",
-            str(p.get("msgs_in")),
-            str(p.get("msgs_out")),
+            Text(clean(p.get("role"))),
+            Text(clean(p.get("pid"))),
+            Text(clean(p.get("connections"))),
+            _number(p.get("cpu_percent", 0)),
+            _number(p.get("rss", 0), 2**20),
+            Text(clean(p.get("msgs_in"))),
+            Text(clean(p.get("msgs_out"))),
         )
     console = Console()
     console.print(table)
     if history.get("degraded"):
-        console.print(f"[bold red]history degraded:[/] {history.get('error')} ({history.get('pending')} pending)")
+        console.print(
+            Text.assemble(
+                ("history degraded:", "bold red"),
+                f" {clean(history.get('error'))} ({clean(history.get('pending'))} pending)",
+            )
+        )
     return 0

@@ -56,7 +56,7 @@ from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient, host_port,
 from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clean, clock, parse_command, render
+from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clean, clock, count_of, parse_command, render
 
 if TYPE_CHECKING:
     from lanchat.discovery.browser import ServerRecord
@@ -269,7 +269,9 @@ class ChatView:
 
     def _on_stats(self, frame: dict[str, Any]) -> list[Line]:
         name = clean(frame.get("name", self.server))
-        head = f"server {name}: {clean(frame.get('users', '?'))} users, {clean(frame.get('rooms', '?'))} rooms"
+        head = (
+            f"server {name}: {count_of(frame.get('users', '?'), 'user')}, {count_of(frame.get('rooms', '?'), 'room')}"
+        )
         return [self._system(head, "info"), *self._rendered(frame, "info")]
 
     def _on_error(self, frame: dict[str, Any]) -> list[Line]:
@@ -550,7 +552,7 @@ class ChatView:
             ("class:bottom-toolbar.key", self.server or self.address),
             ("class:bottom-toolbar", f" ({self.address}) | " if self.server and self.address else " | "),
             ("class:bottom-toolbar.key", room),
-            ("class:bottom-toolbar", f" (+{others} rooms)" if others else ""),
+            ("class:bottom-toolbar", f" (+{count_of(others, 'room')})" if others else ""),
             ("class:bottom-toolbar", f" | {clean(self.nick)} | {users} user{'' if users == 1 else 's'} | "),
             (f"class:bottom-toolbar.{self.status}", f" {self.status} "),
         ]
@@ -849,7 +851,11 @@ def server_lines(found: Sequence[ServerRecord]) -> list[Line]:
                 (
                     ("class:prompt", f"  {i:>2}  "),
                     ("class:nick", f"{clean(s.name)[:40]:<24}"),
-                    ("", f" {clean(s.host)}:{s.port}  {s.users} users, {s.rooms} rooms, {latency}"),
+                    (
+                        "",
+                        f" {clean(s.host)}:{s.port}  {count_of(s.users, 'user')}, "
+                        f"{count_of(s.rooms, 'room')}, {latency}",
+                    ),
                 )
             )
         )

@@ -5,7 +5,8 @@ through SO_REUSEADDR + SO_REUSEPORT) inside the server's asyncio loop: a beacon 
 broadcast address (and each --beacon-to target) at start and every beacon interval, an immediate unicast
 reply to each acceptable probe, a goodbye on clean stop. The reply policy (never larger than the probe,
 rate-limited per source and in total, only to loopback, directly connected subnets and --beacon-to hosts)
-lives in pure pieces (``ReplyLimiter``, ``encode_reply_within``) that take ``now`` as an argument.
+lives in pure pieces (``ReplyLimiter``, ``encode_reply_within``) that take ``now`` as an argument. A chat
+bound to one IPv4 address (``bind_host``) is announced at it: every datagram is sent from that address.
 
 It must never let a datagram from the LAN crash it or grow its memory, never block the loop, and never
 take the chat server down: a socket it cannot open or a send that fails is logged with a hint.
@@ -26,11 +27,13 @@ import os
 import random
 import signal
 import socket
+import struct
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from lanchat import const
 from lanchat.config import DiscoveryConfig, default_data_dir
@@ -76,6 +79,43 @@ log = logging.getLogger("lanchat.discovery")
 
 _U16 = 0xFFFF
 _U32 = 0xFFFF_FFFF
+
+# IP_PKTINFO (Linux: 8) lets one sendmsg choose a datagram's source address. Python exposes the constant
+# only from 3.12; its value is part of Linux's ABI. None where we do not know it (the fallback is logged).
+IP_PKTINFO: Final[int | None] = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
+
+
+@dataclass(frozen=True, slots=True)
+class BindHost:
+    """What the chat's bind address means for discovery (see ``bind_host``)."""
+
+    source: str | None  # the IPv4 address every discovery datagram is sent from and announces; None: wildcard
+    ipv6_only: str | None  # the IPv6 address the chat listens on, when discovery (IPv4 only) cannot announce it
+
+    @property
+    def loopback_only(self) -> bool:
+        """Listening on a loopback address: only this host can connect, so only loopback hears of it."""
+        return self.source is not None and ipaddress.IPv4Address(self.source).is_loopback
+
+
+def bind_host(host: str) -> BindHost:
+    """The discovery consequence of serving chat on ``host`` (an IP literal; "" or a wildcard: every address).
+
+    A wildcard (0.0.0.0, ::) is reachable at every address of the host, so each beacon announces the
+    address of the interface it goes out on (and browsers use the datagram's source). A specific IPv4
+    address is the only one clients can connect to: it is announced everywhere. An IPv6-only address
+    cannot be announced (the datagram format carries IPv4); ValueError for anything that is not an address.
+    """
+    if host == "":
+        return BindHost(None, None)
+    addr = ipaddress.ip_address(host.split("%", 1)[0])  # strip an IPv6 scope (fe80::1%eth0)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_unspecified:
+        return BindHost(None, None)
+    if isinstance(addr, ipaddress.IPv6Address):
+        return BindHost(None, host)
+    return BindHost(str(addr), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +262,24 @@ class Announcer:
         info: Callable[[], ServerInfo],
         interfaces: Callable[[], list[Interface]] = list_interfaces,
         limiter: ReplyLimiter | None = None,
+        host: str = "0.0.0.0",
     ) -> None:
         Goodbye(server_id=server_id, address="0.0.0.0", port=tcp_port)  # validates both (LocalProtocolError)
+        try:
+            self.bind = bind_host(host)  # `lanchat serve` passes the address it bound: always a literal
+        except ValueError:
+            log.warning("discovery: %r is not an IP address: announcing each interface's address", host)
+            self.bind = BindHost(None, None)
+        # A server bound to one address (serve --host 10.0.0.7) must be announced at that address. Browsers
+        # take a server's address from the *source* of its datagrams (the payload's address is only a hint:
+        # behind NAT or on a multi-address interface the source is what is reachable), so rather than a new
+        # payload rule that browsers already in the field would not follow, every datagram is sent *from*
+        # that address: one sendmsg with IP_PKTINFO, on the same socket (a second socket bound to it would
+        # take unicast probes away from this one). The payload's address says the same.
+        self._pktinfo: list[tuple[int, int, bytes]] = []
+        if self.bind.source is not None and IP_PKTINFO is not None:
+            spec = struct.pack("@i4s4s", 0, socket.inet_aton(self.bind.source), bytes(4))  # struct in_pktinfo
+            self._pktinfo = [(socket.IPPROTO_IP, IP_PKTINFO, spec)]
         self.config = config
         self.server_id = server_id
         self.name = clean_name(name)
@@ -277,6 +333,7 @@ class Announcer:
             return
         self._port = self._sock.getsockname()[1]
         self._loop = asyncio.get_running_loop()
+        self._warn_about_bind_host()
         self._refresh_interfaces()
         literal, names = _split_literals(self.config.beacon_to, port)
         self._set_beacon_to(literal)
@@ -289,6 +346,24 @@ class Announcer:
         log.info(
             "discovery: %s (id %s, tcp %d) on udp/%d, %s", self.name, self.server_id[:8], self.tcp_port, self.port, mode
         )
+
+    def _warn_about_bind_host(self) -> None:
+        bind = self.bind
+        if bind.ipv6_only is not None:
+            log.warning(
+                "discovery: chat listens on %s (IPv6) only, but discovery announces IPv4 addresses: browsers "
+                "will be given this host's IPv4 address and cannot connect (hint: --host :: for IPv4 and IPv6, "
+                "or clients join [%s]:%d by address)",
+                bind.ipv6_only, bind.ipv6_only.split("%", 1)[0], self.tcp_port,
+            )  # fmt: skip
+        elif bind.source is not None and not self._pktinfo:
+            log.warning(
+                "discovery: cannot send from %s on this platform (no IP_PKTINFO): browsers will be given the "
+                "interface's address instead and may fail to connect (hint: --host 0.0.0.0)",
+                bind.source,
+            )
+        elif bind.loopback_only:
+            log.info("discovery: chat listens on %s only: announced on loopback only (--interface lo)", bind.source)
 
     async def stop(self) -> None:
         """Send a goodbye to every beacon target and close. Idempotent."""
@@ -383,12 +458,27 @@ class Announcer:
         self._trusted = frozenset(host for host, _ in self._beacon_to)
 
     def _targets_with_address(self) -> list[tuple[tuple[str, int], str]]:
-        """(target, our address as seen from there) for each interface broadcast and --beacon-to target."""
+        """(target, our address as seen from there) for each interface broadcast and --beacon-to target.
+
+        A server bound to one address announces that one; bound to a loopback address, only to loopback."""
         port = self.config.discovery_port
         out = [((bcast, port), address) for bcast, address in broadcast_targets(self._chosen)]
         for host, target_port in self._beacon_to:
             out.append(((host, target_port), address_for(host, self._chosen) or "0.0.0.0"))
-        return out
+        source = self.bind.source
+        if source is None:
+            return out
+        return [(target, source) for target, _ in out if self._can_reach(target[0])]
+
+    def _can_reach(self, ip: str) -> bool:
+        """Could a client at ``ip`` connect to the chat? To a loopback bind address, only from this host:
+        loopback, or one of our own addresses (a browser here probing an interface's broadcast address)."""
+        if not self.bind.loopback_only:
+            return True
+        try:
+            return ipaddress.IPv4Address(ip).is_loopback or any(i.address == ip for i in self._chosen)
+        except ValueError:
+            return False
 
     def _targets(self) -> list[tuple[str, int]]:
         return [target for target, _ in self._targets_with_address()]
@@ -461,6 +551,11 @@ class Announcer:
         if advertised is None:
             self._drops(refusal, source)
             return
+        if self.bind.source is not None:
+            if not self._can_reach(ip):  # loopback-bound: a prober elsewhere could not connect
+                self._drops("loopback_only", source)
+                return
+            advertised = self.bind.source
         reply = Reply(*self._advert(advertised, self._current_info()), message.nonce)
         out = encode_reply_within(reply, len(data))
         if out is None:  # checked before the limiter: a probe we would never answer costs no token
@@ -477,7 +572,10 @@ class Announcer:
         if sock is None:
             return False
         try:
-            sock.sendto(data, target)
+            if self._pktinfo:
+                sock.sendmsg([data], self._pktinfo, 0, target)  # sent from the chat's bind address
+            else:
+                sock.sendto(data, target)
         except (BlockingIOError, InterruptedError):
             self._drops("send_buffer_full", target)
             return False
@@ -517,6 +615,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", default=socket.gethostname(), help="server name shown by browsers")
     p.add_argument("--port", type=int, default=const.DEFAULT_PORT, help="TCP chat port to advertise")
+    p.add_argument("--host", default="0.0.0.0", help="the chat's bind address (as serve --host; an IP address)")
     p.add_argument("--data-dir", type=Path, default=None, help="where the server id lives")
     p.add_argument("--interface", action="append", default=None, help="repeatable; default: $LANCHAT_INTERFACE or all")
     p.add_argument("--discovery-port", type=int, default=const.DEFAULT_DISCOVERY_PORT)
@@ -532,7 +631,9 @@ def _parser() -> argparse.ArgumentParser:
 async def _run_standalone(args: argparse.Namespace, config: DiscoveryConfig) -> int:
     server_id = load_or_create_server_id(args.data_dir or default_data_dir())
     info = ServerInfo(users=args.users, rooms=args.rooms, workers=0, load=0.0)
-    announcer = Announcer(config, server_id=server_id, name=args.name, tcp_port=args.port, info=lambda: info)
+    announcer = Announcer(
+        config, server_id=server_id, name=args.name, tcp_port=args.port, info=lambda: info, host=args.host
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -551,7 +652,12 @@ async def _run_standalone(args: argparse.Namespace, config: DiscoveryConfig) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        bind_host(args.host)
+    except ValueError:
+        parser.error(f"--host must be an IP address, not {args.host!r}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     interface = args.interface
     if interface is None:

@@ -1,9 +1,12 @@
 """`lanchat discover`: list the servers on the LAN, once or live.
 
-Owns the presentation of discovery results: a rich table on a terminal, plain text when piped, one JSON
-object per line with ``--json``; with ``--watch`` a live table (or one line per event) until Ctrl-C.
+Owns the presentation of discovery results: a rich table on a terminal; plain text when stdout is not a
+terminal (one server per line, tab-separated: name, HOST:PORT, users, rooms, version, latency in ms or
+`-`); one JSON object per line with ``--json``. With ``--watch``: a live table on a terminal, else one
+line per change (an update only when a field of the line changed), or one JSON object per event.
 Exit status: 0 if at least one server was found (always 0 for a watch ended by Ctrl-C), 1 if none,
-2 if discovery could not run at all (no UDP socket). No discovery logic here: that is browser.py's.
+2 if discovery could not run at all (no UDP socket) or an --interface does not exist (a usage error).
+No discovery logic here: that is browser.py's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rich.text import Text
 
 from lanchat.config import DiscoveryConfig
 from lanchat.discovery.browser import ServerRecord, TableEvent, browse, watch
+from lanchat.discovery.interfaces import list_interface_names, list_interfaces, unknown_interfaces
 
 EXIT_FOUND = 0
 EXIT_NONE = 1
@@ -34,6 +38,10 @@ def run_discover(
 ) -> int:
     """Run `lanchat discover`; returns the exit status (see the module docstring)."""
     _setup_logging()
+    unknown = _unknown_interfaces(config)
+    if unknown:
+        print(f"lanchat discover: {unknown}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         if watch:
             asyncio.run(_watch(config, probe=probe, json_output=json_output))
@@ -48,7 +56,12 @@ def run_discover(
         for record in records:
             print(json.dumps(record.as_dict()), flush=True)
     elif records:
-        Console().print(render_table(records))
+        console = Console()
+        if console.is_terminal:
+            console.print(render_table(records))
+        else:  # piped: lines a script can split on tabs (names may hold spaces, never a tab)
+            for record in records:
+                print(plain_line(record), flush=True)
     if not records:
         print(
             f"no lanchat server found within {timeout:g}s "
@@ -57,6 +70,25 @@ def run_discover(
         )
         return EXIT_NONE
     return EXIT_FOUND
+
+
+def _unknown_interfaces(config: DiscoveryConfig) -> str:
+    """Why an --interface names no interface at all ("" if each exists): a typo is a usage error here.
+
+    `lanchat serve` logs the same words and serves on (an interface that appears later is used then);
+    a one-shot discover would only report "no server found" after its timeout.
+    """
+    if not config.interface:
+        return ""
+    all_names = list_interface_names()
+    if all_names is None:  # cannot tell: let discovery run and say what it can
+        return ""
+    unknown = unknown_interfaces(config.interface, list_interfaces(), all_names)
+    if not unknown:
+        return ""
+    known = ", ".join(sorted(all_names)) or "none"
+    what = "interface " + ", ".join(unknown) + (" does" if len(unknown) == 1 else " do")
+    return f"{what} not exist (hint: known: {known})"
 
 
 def _setup_logging() -> None:
@@ -84,6 +116,13 @@ def render_table(records: Iterable[ServerRecord]) -> Table:
     return table
 
 
+def plain_line(record: ServerRecord) -> str:
+    """One server as a tab-separated line (piped output): name, address, users, rooms, version, latency."""
+    latency = "-" if record.latency_ms is None else f"{record.latency_ms:.1f}"
+    fields = (record.name or "?", record.address, record.users, record.rooms, record.proto, latency)
+    return "\t".join(map(str, fields))
+
+
 def event_line(event: TableEvent) -> str:
     """One event as a line of plain text (watching without a terminal)."""
     r = event.record
@@ -91,9 +130,34 @@ def event_line(event: TableEvent) -> str:
     return f"{event.kind}{why}: {r.name or '?'} {r.address} users={r.users} rooms={r.rooms} version={r.proto}"
 
 
+def _shown(record: ServerRecord) -> tuple[object, ...]:
+    """What ``event_line`` shows of a server: an update that changes none of it is not printed."""
+    return (record.name, record.address, record.users, record.rooms, record.proto)
+
+
+class EventLines:
+    """The lines a piped ``--watch`` prints: every add and removal, an update only if its line changed
+    (a new latency, which the line does not show, comes with every probe reply)."""
+
+    def __init__(self) -> None:
+        self._shown: dict[str, tuple[object, ...]] = {}
+
+    def __call__(self, event: TableEvent) -> str | None:
+        sid = event.record.server_id
+        if event.kind == "removed":
+            self._shown.pop(sid, None)
+            return event_line(event)
+        shown = _shown(event.record)
+        if self._shown.get(sid) == shown:
+            return None
+        self._shown[sid] = shown
+        return event_line(event)
+
+
 async def _watch(config: DiscoveryConfig, *, probe: tuple[str, ...], json_output: bool) -> None:
     console = Console()
     servers: dict[str, ServerRecord] = {}
+    lines = EventLines()
     live = (
         Live(render_table([]), console=console, auto_refresh=False) if console.is_terminal and not json_output else None
     )
@@ -110,5 +174,5 @@ async def _watch(config: DiscoveryConfig, *, probe: tuple[str, ...], json_output
                 elif live is not None:
                     ordered = sorted(servers.values(), key=lambda r: (r.name.casefold(), r.host, r.port))
                     live.update(render_table(ordered), refresh=True)
-                else:
-                    print(event_line(event), flush=True)
+                elif (line := lines(event)) is not None:
+                    print(line, flush=True)

@@ -3,7 +3,8 @@
 Owns the interface choice (explicit names, or by default every interface that is up and has an IPv4
 broadcast address; `lo` maps to 127.255.255.255) and the "same subnet" questions the announcer asks
 (which address do I advertise to this prober, is it directly connected). psutil is read only in
-``list_interfaces``; everything else takes the list as an argument and is pure. Never sends a packet.
+``list_interfaces`` and ``list_interface_names``; everything else takes the lists as arguments and is
+pure. Never sends a packet.
 """
 
 from __future__ import annotations
@@ -72,6 +73,23 @@ def list_interfaces() -> list[Interface]:
                 iface = Interface(name, entry.address, entry.netmask, broadcast, up, None)
             out.append(iface)
     return out
+
+
+def list_interface_names() -> set[str] | None:
+    """The name of every interface, up or down, with or without an IPv4 address (None: cannot tell)."""
+    try:
+        return set(psutil.net_if_stats()) | set(psutil.net_if_addrs())
+    except OSError as exc:
+        log.warning("cannot list network interfaces: %s (hint: is /proc or /sys mounted?)", exc)
+        return None
+
+
+def unknown_interfaces(names: Sequence[str], available: Iterable[Interface], all_names: Iterable[str]) -> list[str]:
+    """The ``names`` that are no interface at all (a typo), as opposed to one that is down or has no IPv4
+    address: not among ``all_names``, and not `lo` while ``available`` has a loopback address. Pure."""
+    known = set(all_names)
+    has_loopback = any(i.is_loopback for i in available)
+    return [n for n in dict.fromkeys(names) if n not in known and not (n == "lo" and has_loopback)]
 
 
 def choose_interfaces(names: Sequence[str], available: Iterable[Interface]) -> tuple[list[Interface], list[str]]:

@@ -134,7 +134,7 @@ class _Info:
     """The fields shared by BEACON and REPLY: who the server is and how busy."""
 
     server_id: str
-    address: str  # the server's IPv4 address on the interface this was sent from; 0.0.0.0: unknown
+    address: str  # our IPv4 address on the sending interface, or the chat's bind address; 0.0.0.0: unknown
     port: int  # TCP chat port
     proto: int  # chat protocol version
     interval_ms: int  # beacon interval; 0: this server does not beacon (expire it by probing)

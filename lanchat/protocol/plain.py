@@ -127,6 +127,13 @@ def clean(text: object) -> str:
     return _UNSAFE.sub("\ufffd", str(text).replace("\t", " "))
 
 
+def count_of(value: object, word: str) -> str:
+    """``1 user``, ``2 users``; a value that is not a count (from a broken server) is shown cleaned."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value} {word}{'' if value == 1 else 's'}"
+    return f"{clean(value)} {word}s"
+
+
 def clock(ts: object) -> str:
     try:
         return time.strftime("%H:%M", time.localtime(float(ts)))  # type: ignore[arg-type]

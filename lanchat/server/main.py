@@ -77,6 +77,8 @@ def lock_data_dir(data_dir: Path) -> int | None:
     Raises StorageError if another server holds it; None if the lock cannot be made at all (a directory
     that cannot be written: the store then runs degraded, as it would anyway)."""
     path = data_dir / LOCK_NAME
+    if data_dir.exists() and not data_dir.is_dir():  # a typo, not a failing disk: say so and stop
+        raise StorageError(f"--data-dir {data_dir} is not a directory")
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -208,7 +210,11 @@ class Server:
             server_id = uuid.uuid4().hex
             log.warning("discovery: cannot keep the server id in %s (%s); using %s for this run",
                         self.config.data_dir, exc, server_id)  # fmt: skip
-        self.announcer = Announcer(dcfg, server_id=server_id, name=self.config.name, tcp_port=self.port, info=info)
+        # The address actually bound (a --host name resolved): a server on one address is announced at it.
+        host = str(self.listener.getsockname()[0]) if self.listener is not None else self.config.host
+        self.announcer = Announcer(
+            dcfg, server_id=server_id, name=self.config.name, tcp_port=self.port, info=info, host=host
+        )
         await self.announcer.start()  # logs and stays inactive (with a hint) if it cannot bind
         if not self.announcer.active:
             self.announcer = None
@@ -363,7 +369,11 @@ class Server:
             killed_for, slot.killed_for = slot.killed_for, ""
             if self.stopping:
                 continue
-            if killed_for:
+            if boot_failed:  # not replaced: a worker that cannot start would fail again, forever
+                log.critical("worker %d could not boot (exit %s); stopping the server", slot.index, code)
+                self.exit_code = EXIT_WORKER_BOOT
+                self._begin_stop("a worker could not start")
+            elif killed_for:
                 log.error("worker %d was killed by the supervisor (%s); replacing it", slot.index, killed_for)
             elif code < 0:
                 name = _signal_name(-code)
@@ -371,10 +381,6 @@ class Server:
                 log.error("worker %d was killed by %s%s; replacing it", slot.index, name, hint)
             else:
                 log.error("worker %d exited with code %d; replacing it", slot.index, code)
-            if boot_failed:
-                log.critical("worker %d could not boot (exit %s); stopping the server", slot.index, code)
-                self.exit_code = EXIT_WORKER_BOOT
-                self._begin_stop("a worker could not start")
 
     @staticmethod
     def _respawn_later(slot: WorkerSlot) -> float:
@@ -649,7 +655,7 @@ class Server:
         self.hub.end_plain_sessions("server shutting down", time.time())
         for s in self.hub.sessions.values():
             self.store.put_session(s.row())
-        self.store.commit(time.time())
+        self.store.commit(time.time(), force=True)  # even within the retry wait of a failed write
         self.store.checkpoint()
         self.store.close()
         if self.listener is not None:

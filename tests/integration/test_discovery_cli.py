@@ -48,10 +48,14 @@ def test_two_servers_on_one_host_listed_by_one_discover(tmp_path: Path, port: in
         assert all(isinstance(r["latency_ms"], float) for r in rows)
         assert elapsed < 1 + PROCESS_START_TIMEOUT  # returns once its 1 s are over (plus Python's start-up)
 
-        table = run_cli(discover(port, "--timeout", "0.5"))
-        assert table.returncode == 0
-        for text in ("alpha", "bravo", "127.0.0.1:7101", "127.0.0.1:7102", "latency"):
-            assert text in table.stdout
+        piped = run_cli(discover(port, "--timeout", "0.5"))  # stdout is a pipe: plain lines, no table
+        assert piped.returncode == 0
+        lines = [line.split("\t") for line in piped.stdout.splitlines()]
+        assert [fields[:5] for fields in lines] == [
+            ["alpha", "127.0.0.1:7101", "0", "0", "1"],
+            ["bravo", "127.0.0.1:7102", "0", "0", "1"],
+        ]
+        assert all(float(fields[5]) >= 0 for fields in lines)  # latency in ms (probe replies)
 
 
 def test_server_id_survives_a_restart(tmp_path: Path, port: int) -> None:
@@ -75,15 +79,19 @@ def test_probe_target_finds_a_server_that_does_not_beacon(tmp_path: Path, port: 
         _,
         ready,
     ):
-        done = run_cli(
-            lanchat_cmd(
-                "discover", "--interface", "none-such0", "--probe", f"127.0.0.1:{port}", "--json", "--timeout", "0.5"
-            )
-        )
+        # Broadcast probes go to another port (nobody there): only the unicast one can find the server.
+        done = run_cli(discover(free_udp_port(), "--probe", f"127.0.0.1:{port}", "--json", "--timeout", "0.5"))
         assert done.returncode == 0, done.stderr
         [row] = [json.loads(line) for line in done.stdout.splitlines()]
         assert row["server_id"] == ready["server_id"] and row["host"] == "127.0.0.1"
-        assert "none-such0" in done.stderr  # the unknown interface is reported with a hint
+
+
+def test_an_interface_that_does_not_exist_exits_2(port: int) -> None:
+    """A usage error, said at once: it used to listen for the whole timeout and exit 1 (none found)."""
+    done = run_cli(discover(port, "--interface", "none-such0", "--timeout", "0.2"))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "interface none-such0 does not exist (hint: known: " in done.stderr
 
 
 def next_event(events: LineReader, kind: str, server_id: str, timeout: float) -> dict[str, Any]:

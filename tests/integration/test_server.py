@@ -159,6 +159,7 @@ def test_worker_that_cannot_boot_stops_the_server(tmp_path: Path) -> None:
         assert server.proc is not None
         assert server.proc.wait(10) == 3
         assert "could not boot" in server.log
+        assert "replacing it" not in server.log  # it is not replaced: the log said so anyway
     finally:
         del os.environ["LANCHAT_FAULT"]
         server.kill()
@@ -249,6 +250,18 @@ def test_a_second_server_on_the_same_data_directory_is_refused(make_server: Make
     first.stop()
     again = make_server(workers=1, data_dir=tmp_path / "shared")  # free once the first has stopped
     assert again.stats()["seq"] >= 0
+
+
+def test_a_data_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    """A typo that names a file: it served without history for good ("chat goes on until the disk
+    recovers"), which it never would. Exit code 2, as for any bad option."""
+    (tmp_path / "afile").write_text("x")
+    out = run_cli(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--no-discovery", "--workers", "1",
+        "--data-dir", str(tmp_path / "afile"), timeout=20,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "is not a directory" in out.stderr
 
 
 def test_the_data_directory_lock_is_released_when_the_server_refuses_to_start(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ from lanchat.discovery.interfaces import (
     interface_for,
     is_directly_connected,
     is_unicast_source,
+    list_interface_names,
     list_interfaces,
+    unknown_interfaces,
 )
 from lanchat.discovery.server_id import SERVER_ID_FILE, load_or_create_server_id
 from lanchat.discovery.sockets import Drops, parse_target
@@ -116,3 +118,18 @@ def test_damaged_server_id_is_replaced(tmp_path: Path, caplog: pytest.LogCapture
         new = load_or_create_server_id(tmp_path)
     assert len(new) == 32 and "damaged" in caplog.text
     assert load_or_create_server_id(tmp_path) == new
+
+
+def test_unknown_interfaces_are_only_names_that_exist_nowhere() -> None:
+    """A typo is unknown; an interface that is down or has no IPv4 address exists (choose_interfaces
+    says what is wrong with it); `lo` is loopback whatever the system calls it."""
+    all_names = {"lo0", "eth0", "eth1", "wlan0", "tun0", "v6only"}
+    names = ("lo", "eth1", "v6only", "nosuch", "wlan0", "nosuch", "eht0")
+    assert unknown_interfaces(names, HOST, all_names) == ["nosuch", "eht0"]
+    assert unknown_interfaces(("lo",), [ETH], {"eth0"}) == ["lo"]  # no loopback address at all
+    assert unknown_interfaces((), HOST, set()) == []
+
+
+def test_real_interface_names_include_loopback() -> None:
+    names = list_interface_names()
+    assert names is not None and any(i.name in names for i in list_interfaces() if i.is_loopback)

@@ -401,3 +401,10 @@ def test_stats_fields_are_cleaned() -> None:
 def test_render_of_wrongly_typed_fields_does_not_raise(frame: dict[str, Any]) -> None:
     out = render(frame)
     assert out is None or isinstance(out, str)
+
+
+def test_count_of_says_one_in_the_singular() -> None:
+    from lanchat.protocol.plain import count_of
+
+    assert [count_of(n, "room") for n in (0, 1, 2)] == ["0 rooms", "1 room", "2 rooms"]
+    assert count_of(True, "user") == "True users" and count_of("\x1b[2J", "user") == "\ufffd[2J users"

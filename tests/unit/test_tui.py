@@ -316,7 +316,7 @@ def test_commands_become_requests_and_the_current_room_follows() -> None:
     assert view.room == "dev"  # like piped mode: the room is current at once
     view.on_frame(ev("join", 2, room="dev", nick="alice"))
     assert view.submit("in dev").requests == [m.Msg("dev", "in dev")]
-    assert "#dev" in toolbar(view) and "(+1 rooms)" in toolbar(view)
+    assert "#dev" in toolbar(view) and "(+1 room)" in toolbar(view)
     switched = view.submit("/switch lobby")
     assert view.room == "lobby" and switched.requests == [] and "now talking in #lobby" in switched.lines[0].text
     assert "next" not in view.submit("/switch").lines[0].text and view.room == "dev"  # cycles
