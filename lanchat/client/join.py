@@ -59,7 +59,11 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
             ) from None
         return Target(host, port)
     from lanchat.discovery.browser import browse
+    from lanchat.discovery.cli import interface_problem
 
+    problem = interface_problem(config.discovery)  # a typo: say so now, not "no server found" later
+    if problem:
+        raise Unresolved(problem, EXIT_USAGE)
     found = await browse(config.discovery, timeout=config.timeout)
     if config.address:
         named = [s for s in found if s.name.casefold() == config.address.casefold()]

@@ -38,7 +38,7 @@ def run_discover(
 ) -> int:
     """Run `lanchat discover`; returns the exit status (see the module docstring)."""
     _setup_logging()
-    unknown = _unknown_interfaces(config)
+    unknown = interface_problem(config)
     if unknown:
         print(f"lanchat discover: {unknown}", file=sys.stderr)
         return EXIT_ERROR
@@ -72,7 +72,7 @@ def run_discover(
     return EXIT_FOUND
 
 
-def _unknown_interfaces(config: DiscoveryConfig) -> str:
+def interface_problem(config: DiscoveryConfig) -> str:
     """Why an --interface names no interface at all ("" if each exists): a typo is a usage error here.
 
     `lanchat serve` logs the same words and serves on (an interface that appears later is used then);

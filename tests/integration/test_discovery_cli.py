@@ -92,6 +92,9 @@ def test_an_interface_that_does_not_exist_exits_2(port: int) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert "interface none-such0 does not exist (hint: known: " in done.stderr
+    joined = run_cli(lanchat_cmd("join", "--interface", "none-such0", "--discovery-port", str(port), "--nick", "x"))
+    assert joined.returncode == 2  # the same for join (it said "no server found", exit 6)
+    assert "interface none-such0 does not exist" in joined.stderr
 
 
 def next_event(events: LineReader, kind: str, server_id: str, timeout: float) -> dict[str, Any]:
