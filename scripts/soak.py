@@ -35,7 +35,7 @@ sent and awaited by every member (events arrive in sequence order, so everything
 Safety: loopback only, every loop bounded in count and time, the server (and its workers: own process
 group) is stopped on exit, on errors and on Ctrl-C.
 
-  .venv/bin/python scripts/soak.py --duration 7 --kill-interval 1.5 --restart-interval 3 --crash  # as in CI
+  .venv/bin/python scripts/soak.py --duration 10 --kill-interval 2 --restart-interval 4 --crash  # as in CI
   .venv/bin/python scripts/soak.py --duration 300 --clients 50 --crash --json
 """
 

@@ -1,5 +1,5 @@
-"""The soak test (scripts/soak.py) in its short CI form: 7 s of churn, a worker SIGKILL every 1.5 s and two
-restarts (at 3 and 6 s; the second a SIGKILL of the main process), then the exactly-once and resource
+"""The soak test (scripts/soak.py) in its short CI form: 10 s of churn, a worker SIGKILL every 2 s and two
+restarts (at 4 and 8 s; the second a SIGKILL of the main process), then the exactly-once and resource
 checks. Members are in 8 rooms and post to all of them at once: a tick spans 8 rooms, so history goes
 through the journal and a fold (docs/architecture.md) as well as the direct path (joins, one room each).
 docs/security.md gives the figures of a long run."""
@@ -16,8 +16,8 @@ SOAK = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
 
 def test_short_soak_loses_nothing_and_returns_its_resources() -> None:
     done = subprocess.run(
-        [sys.executable, str(SOAK), "--duration", "7", "--clients", "20", "--rooms", "8", "--kill-interval", "1.5",
-         "--restart-interval", "3", "--crash", "--json"],
+        [sys.executable, str(SOAK), "--duration", "10", "--clients", "20", "--rooms", "8", "--kill-interval", "2",
+         "--restart-interval", "4", "--crash", "--json"],
         capture_output=True, text=True, timeout=90, check=False,  # under pytest's 120 s: the soak cleans up itself
     )  # fmt: skip
     assert done.stdout.strip(), f"no result; stderr:\n{done.stderr[-3000:]}"
