@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -36,6 +38,7 @@ EXIT_LOST: Final = 7  # the connection was lost and could not be resumed in time
 
 # Refusals that say "not now" (full, restarting, no worker ready): a reconnecting client keeps trying.
 _REFUSED_FOR_NOW: Final = frozenset({m.Err.SERVER_FULL, m.Err.TOO_MANY_FROM_IP, m.Err.SHUTTING_DOWN, m.Err.INTERNAL})
+_ERRNO_RE: Final = re.compile(r"\[Errno (-?\d+)\]")
 QUEUED_MAX: Final = 1000  # non-post requests (joins, who, ...) held while reconnecting
 
 FrameHandler = Callable[[dict[str, Any]], None]
@@ -185,7 +188,7 @@ class ChatClient:
             )
         except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a name that cannot be one ("a..b")
             raise ConnectError(
-                f"cannot reach {host_port(self.host, self.port)}: {_why(exc)}", EXIT_UNREACHABLE
+                f"cannot reach {host_port(self.host, self.port)}: {unreachable_reason(exc)}", EXIT_UNREACHABLE
             ) from None
         self._reader, self._writer = reader, writer
         writer.write(self.state.hello())
@@ -197,7 +200,7 @@ class ChatClient:
             except (OSError, TimeoutError) as exc:
                 self._drop_connection()
                 raise ConnectError(
-                    f"no welcome from {host_port(self.host, self.port)}: {_why(exc)}", EXIT_UNREACHABLE
+                    f"no welcome from {host_port(self.host, self.port)}: {unreachable_reason(exc)}", EXIT_UNREACHABLE
                 ) from None
             if not data:
                 self._drop_connection()
@@ -253,7 +256,7 @@ class ChatClient:
             try:
                 await self._read_loop()
             except (OSError, ConnectionError) as exc:
-                self.lost_reason = _why(exc)
+                self.lost_reason = unreachable_reason(exc)
             if self._closing:
                 break
             self._drop_connection()
@@ -331,20 +334,25 @@ class ChatClient:
             self.on_status(status)
 
 
-def _why(exc: BaseException) -> str:
-    """A connection failure in words: asyncio's "Connect call failed ('10.0.0.5', 7272)" says less than
-    "connection refused"."""
+def unreachable_reason(exc: BaseException, timeout: float | None = None) -> str:
+    """Why a connection failed, in words: a TimeoutError has no message, and asyncio's refusal reads
+    ``[Errno 111] Connect call failed ('127.0.0.1', 7310)``."""
     if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, UnicodeError):
-        return "not a valid host name"
+        return f"no answer within {timeout:g} s" if timeout else "timed out"
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (no server on that port?)"
+        return "connection refused"
+    if isinstance(exc, UnicodeError):  # the resolver's answer to a name like "a..b"
+        return "not a valid host name"
     if isinstance(exc, OSError):
+        # A name with several addresses (localhost: ::1 and 127.0.0.1) that all failed: asyncio raises one
+        # OSError without errno, "Multiple exceptions: [Errno 111] ..., [Errno 111] ...".
+        codes = {int(code) for code in _ERRNO_RE.findall(str(exc))}
+        if exc.errno is None and codes == {errno.ECONNREFUSED}:
+            return "connection refused"
         if exc.strerror and not exc.strerror.startswith("Connect call failed"):
-            return exc.strerror
+            return exc.strerror[:1].lower() + exc.strerror[1:]
         if exc.errno:
-            return os.strerror(exc.errno)
+            return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
 
 

@@ -30,20 +30,20 @@ class CurrentRoom:
             if cmd.room in self._pending:
                 self._pending.remove(cmd.room)
             if cmd.room == self.room:
-                others = [r for r in self._rooms(joined) if r != cmd.room]
+                others = [r for r in self.rooms(joined) if r != cmd.room]
                 self.room = others[-1] if others else None
 
     def _confirmed(self, joined: Sequence[str]) -> None:
         self._pending = [r for r in self._pending if r not in joined]
 
-    def _rooms(self, joined: Sequence[str]) -> list[str]:
-        """The rooms we are in, or asked to be in."""
+    def rooms(self, joined: Sequence[str]) -> list[str]:
+        """The rooms we are in, or asked to be in (what /switch and /part ROOM may name)."""
         self._confirmed(joined)
         return [*joined, *self._pending]
 
     def switch(self, room: str, joined: Sequence[str]) -> str | None:
         """/switch ROOM (one we are in), or without a room the next joined one (F2). None if done, else why not."""
-        rooms = self._rooms(joined)
+        rooms = self.rooms(joined)
         if room:
             if room not in rooms:
                 return f"you are not in #{room}: /join {room}"
@@ -57,8 +57,11 @@ class CurrentRoom:
 
     def refused(self, code: object, joined: Sequence[str]) -> None:
         """An error from the server: if it refused the /join that made the current room, go back."""
-        if code in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM) and self.room not in joined:
-            if self.room in self._pending:
-                self._pending.remove(self.room)
+        if code not in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM):
+            return
+        # A join was refused, and errors do not say which room: none still unanswered is trusted any more
+        # (/switch to one then says "not in #x"; one the server confirms later is in ``joined`` anyway).
+        self._pending.clear()
+        if self.room not in joined:
             back = self._before_join
             self.room = back if back in joined else joined[-1] if joined else None

@@ -6,17 +6,26 @@ refused (by the client or the server), so that a script can tell."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import threading
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Final
 
 from lanchat.client.connection import EXIT_ERROR, EXIT_LOST, EXIT_OK, ChatClient, on_hangup
 from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.plain import HELP, LocalCommand, parse_command, render
+
+SETTLE_ID: Final = m.MAX_ID  # the id of the last request (never one of our posts': they count from 1)
+SETTLE_TIMEOUT: Final = 10.0  # seconds to wait for its answer before leaving anyway
+
+
+async def _within(aw: Awaitable[Any], timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(aw, timeout)
 
 
 def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
@@ -34,6 +43,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     reconnects: list[str] = []
     current = CurrentRoom(room)  # where text goes, as in the terminal UI
     refused: list[str] = []  # what the client or the server refused: the exit code says so
+    settled = asyncio.Event()  # the hub has answered everything sent before the last request
     terminated: list[int] = []  # the signal that ended us (SIGTERM, SIGHUP)
     closing: list[asyncio.Task[None]] = []  # its goodbye (a reference, or the task could be collected)
 
@@ -46,6 +56,9 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
 
     def on_frame(frame: dict[str, Any]) -> None:
         kind = frame.get("type")
+        if kind == "rooms" and frame.get("id") == SETTLE_ID:  # our own round trip at the end (below)
+            settled.set()
+            return
         if kind == "error":
             current.refused(frame.get("code"), client.state.rooms)
             if client.state.registered and not frame.get("fatal"):  # a refusal of a line we sent (a fatal
@@ -124,7 +137,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             break
         number += 1
         try:
-            cmd = parse_command(line, current.room, client.state.rooms)
+            cmd = parse_command(line, current.room, current.rooms(client.state.rooms))
         except RemoteProtocolError as exc:
             not_sent(number, exc.message)
             continue
@@ -152,6 +165,11 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     # EOF or /quit: everything typed must be acknowledged (or the connection given up) before we leave.
     if not await before_closed(client.wait_acked()):
         return lost(f"connection lost with {client.state.unacked} messages unsent")
+    # Acks cover messages only: a refused /part or /topic on the last line would come after we left (exit
+    # code 0). The hub answers a connection's requests in order, so once it answers one more, every error
+    # for what came before it is in.
+    client.send(m.Rooms(id=SETTLE_ID))
+    await before_closed(_within(settled.wait(), SETTLE_TIMEOUT))
     closed.cancel()
     await client.close(reason)
     if refused:

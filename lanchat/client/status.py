@@ -9,39 +9,23 @@ is shown as ``?``. Why a server cannot be reached is said in words: refused, or 
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import re
 import sys
 from typing import Any, Final
 
-from lanchat.client.connection import EXIT_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, parse_address, request_once
+from lanchat.client.connection import (
+    EXIT_ERROR,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    host_port,
+    parse_address,
+    request_once,
+    unreachable_reason,
+)
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol.plain import clean, count_of
 
 STATUS_TIMEOUT: Final = 5.0  # seconds to connect and get the stats: a server that is up answers at once
-
-_ERRNO_RE: Final = re.compile(r"\[Errno (-?\d+)\]")
-
-
-def unreachable_reason(exc: BaseException, timeout: float) -> str:
-    """Why a request could not be made, in words (a TimeoutError has no message; a refusal's message is
-    ``[Errno 111] Connect call failed ('127.0.0.1', 7310)``)."""
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:g} s"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, UnicodeError):  # the resolver's answer to a name like "a..b"
-        return "not a valid host name"
-    if isinstance(exc, OSError):
-        # A name with several addresses (localhost: ::1 and 127.0.0.1) that all failed: asyncio raises one
-        # OSError without errno, "Multiple exceptions: [Errno 111] ..., [Errno 111] ...".
-        codes = {int(code) for code in _ERRNO_RE.findall(str(exc))}
-        if exc.errno is None and codes == {errno.ECONNREFUSED}:
-            return "connection refused"
-        if exc.strerror:
-            return exc.strerror[:1].lower() + exc.strerror[1:]
-    return str(exc) or type(exc).__name__
 
 
 def _number(value: object, scale: float = 1.0) -> str:
@@ -64,7 +48,9 @@ def run_status(address: str, *, json_output: bool) -> int:
     try:
         stats = asyncio.run(request_once(host, port, {"type": "stats"}, timeout=STATUS_TIMEOUT))
     except (OSError, TimeoutError, UnicodeError, ConnectError) as exc:  # UnicodeError: not a name ("a..b")
-        print(f"lanchat: cannot reach {host}:{port}: {unreachable_reason(exc, STATUS_TIMEOUT)}", file=sys.stderr)
+        print(
+            f"lanchat: cannot reach {host_port(host, port)}: {unreachable_reason(exc, STATUS_TIMEOUT)}", file=sys.stderr
+        )
         return EXIT_UNREACHABLE
     except RemoteProtocolError as exc:
         print(f"lanchat: server refused: {clean(exc)}", file=sys.stderr)

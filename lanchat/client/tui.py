@@ -488,7 +488,7 @@ class ChatView:
                     break
             return merged
         try:
-            cmd = parse_command(text, self.room, self.joined)
+            cmd = parse_command(text, self.room, self.current.rooms(self.joined))
         except RemoteProtocolError as exc:
             return Submitted(lines=self._out([self._system(exc.message, "error")]))
         except ValueError as exc:  # e.g. /history with a number too long for int()
@@ -553,7 +553,7 @@ class ChatView:
             ("class:bottom-toolbar", f" ({self.address}) | " if self.server and self.address else " | "),
             ("class:bottom-toolbar.key", room),
             ("class:bottom-toolbar", f" (+{count_of(others, 'room')})" if others else ""),
-            ("class:bottom-toolbar", f" | {clean(self.nick)} | {users} user{'' if users == 1 else 's'} | "),
+            ("class:bottom-toolbar", f" | {clean(self.nick)} | {count_of(users, 'user')} | "),
             (f"class:bottom-toolbar.{self.status}", f" {self.status} "),
         ]
         unsent = self.unsent()

@@ -81,7 +81,7 @@ class ServerConnection:
     """Per-connection protocol state on the server side (slotted: a worker holds thousands)."""
 
     __slots__ = (
-        "_bucket", "_framer", "_head", "_pending", "closed", "conn_id", "current", "frames_in", "hello_sent",
+        "_bucket", "_framer", "_head", "_pending", "asked", "closed", "conn_id", "current", "frames_in", "hello_sent",
         "last_seen", "mode", "nick", "registered", "rooms", "throttled_until",
     )  # fmt: skip
 
@@ -92,6 +92,8 @@ class ServerConnection:
         self.hello_sent = False
         self.nick = ""
         self.rooms: list[str] = []  # joined rooms, most recent last (plain mode's current room)
+        self.asked: tuple[str, ...] = ()  # rooms a /join was sent for (a room word for /part before the hub
+        # answers); a tuple: the empty one is shared, and idle connections are counted in bytes
         self.current: str | None = None
         self.closed = False
         self.last_seen = now
@@ -191,7 +193,9 @@ class ServerConnection:
         if not self.hello_sent and text.split(" ", 1)[0].lower() not in _BEFORE_NICK:
             # Plain sessions start with /nick: a stray protocol (SSH banner, SMTP, ...) never posts.
             raise RemoteProtocolError(m.Err.NOT_REGISTERED, "choose a nick first: /nick NAME")
-        cmd = parse_command(text, self.current, self.rooms)
+        cmd = parse_command(text, self.current, [*self.rooms, *self.asked])  # "/join dev" pasted with "/part dev x"
+        if isinstance(cmd, m.Join) and cmd.room not in self.asked:
+            self.asked = (*self.asked[-(const.MAX_ROOMS_PER_SESSION - 1) :], cmd.room)
         if isinstance(cmd, m.Nick) and not self.registered:  # a nick that was taken may be retried
             self._plain_hello(cmd.nick, out)
             return

@@ -464,10 +464,6 @@ class HistoryStore:
         the disk failed (0: none). A replay from below it has a hole, and says so."""
         return max(self._pruned.get(conv, 0), self._dropped.get(conv, 0))
 
-    def pruned_upto(self, conv: str) -> int:
-        """The highest sequence number removed from ``conv`` by retention (0: nothing removed)."""
-        return self._pruned.get(conv, 0)
-
     def checkpoint(self) -> None:
         """Copy the write-ahead log into the database file. Blocking (it fsyncs): call it from a worker
         thread, never the hub's loop; it uses its own connection and never blocks the writer (PASSIVE)."""

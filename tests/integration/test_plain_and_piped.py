@@ -282,3 +282,15 @@ def test_a_terminated_piped_client_says_goodbye_and_frees_its_nick(make_server: 
                         f.close()
         again = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "hal", input="back\n")
         assert again.returncode == 0, again.stderr
+
+
+def test_a_refused_command_on_the_last_line_still_sets_the_exit_code(make_server: MakeServer) -> None:
+    """Acks cover messages only: the error for a /part of a room we are not in came after the client had
+    left, and the exit code was 0. The client waits for the hub to answer one more request."""
+    server = make_server(workers=1)
+    out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", input="/part nowhere\n")
+    assert out.returncode == 1, out.stderr
+    assert "not in #nowhere" in out.stderr
+    ok = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", "--json", input="/who\n")
+    assert ok.returncode == 0, ok.stderr
+    assert str(2**53) not in ok.stdout  # the client's own round trip is not printed

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from lanchat.client import status as status_module
-from lanchat.client.status import run_status, unreachable_reason
+from lanchat.client.connection import unreachable_reason
+from lanchat.client.status import run_status
 
 THREAD_TIMEOUT = 10.0  # seconds: a bound against a hang, never a speed
 

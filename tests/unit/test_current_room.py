@@ -39,3 +39,15 @@ def test_a_refused_join_goes_back_and_is_forgotten() -> None:
     assert cur.switch("r50", ["lobby"]) == "you are not in #r50: /join r50"
     cur.refused(m.Err.NO_SUCH_NICK, ["lobby"])  # not about a join: nothing moves
     assert cur.room == "lobby"
+
+
+def test_a_refused_join_forgets_every_join_still_unanswered() -> None:
+    """Errors do not say which /join they refuse: a refusal that is not the current room's must not leave
+    that room pending for good (/switch there, then text to a room we are not in)."""
+    cur = CurrentRoom("lobby")
+    cur.typed(m.Join("dev"), ["lobby"])
+    assert cur.switch("lobby", ["lobby"]) is None
+    cur.refused(m.Err.TOO_MANY_ROOMS, ["lobby"])
+    assert cur.room == "lobby" and cur.rooms(["lobby"]) == ["lobby"]
+    assert cur.switch("dev", ["lobby"]) == "you are not in #dev: /join dev"
+    assert cur.rooms(["lobby", "dev"]) == ["lobby", "dev"]  # confirmed after all: joined

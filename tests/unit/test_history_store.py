@@ -251,21 +251,21 @@ def test_pruning_keeps_history_limit_per_conv(tmp_path: Path, stores: list[Histo
     assert s.commit(0.0)
     assert seqs(s.events("lobby")[0]) == [3, 5, 7]
     assert seqs(s.events("dev")[0]) == [2, 4, 6]
-    assert s.pruned_upto("lobby") == 1
-    assert s.pruned_upto("dev") == 0
-    assert s.pruned_upto("never") == 0
+    assert s.lost_upto("lobby") == 1
+    assert s.lost_upto("dev") == 0
+    assert s.lost_upto("never") == 0
     for seq in range(8, 12):
         add(s, seq, "dev")
     assert s.commit(0.0)
     assert seqs(s.events("dev")[0]) == [9, 10, 11]
-    assert s.pruned_upto("dev") == 8
+    assert s.lost_upto("dev") == 8
     s.close()
     s2 = open_store(stores, tmp_path, history_limit=3)
-    assert (s2.pruned_upto("lobby"), s2.pruned_upto("dev")) == (1, 8)  # recorded in the file
+    assert (s2.lost_upto("lobby"), s2.lost_upto("dev")) == (1, 8)  # recorded in the file
     add(s2, 20, "lobby")
     assert s2.commit(0.0)
     assert seqs(s2.events("lobby")[0]) == [5, 7, 20]  # counts were reloaded too
-    assert s2.pruned_upto("lobby") == 3
+    assert s2.lost_upto("lobby") == 3
 
 
 def test_pruning_per_commit_is_bounded(
@@ -283,11 +283,11 @@ def test_pruning_per_commit_is_bounded(
     add(s, 8)
     assert s.commit(0.0)
     assert seqs(s.events("lobby", limit=100)[0]) == [3, 4, 5, 6, 7, 8]  # only 2 removed this time
-    assert s.pruned_upto("lobby") == 2
+    assert s.lost_upto("lobby") == 2
     add(s, 9)
     assert s.commit(0.0)
     assert seqs(s.events("lobby", limit=100)[0]) == [5, 6, 7, 8, 9]
-    assert s.pruned_upto("lobby") == 4
+    assert s.lost_upto("lobby") == 4
 
 
 def test_a_large_limit_is_pruned_in_steps_of_its_slack(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -295,10 +295,10 @@ def test_a_large_limit_is_pruned_in_steps_of_its_slack(tmp_path: Path, stores: l
     for seq in range(1, 304):
         add(s, seq)
     assert s.commit(0.0)
-    assert s.pruned_upto("lobby") == 0  # 3 over the limit: within the slack, nothing rewritten
+    assert s.lost_upto("lobby") == 0  # 3 over the limit: within the slack, nothing rewritten
     add(s, 304)
     assert s.commit(0.0)
-    assert s.pruned_upto("lobby") == 4  # 4 over: back to the limit at once
+    assert s.lost_upto("lobby") == 4  # 4 over: back to the limit at once
     kept = seqs(s.events("lobby", limit=500)[0])
     assert kept == list(range(5, 305))
 
@@ -367,12 +367,12 @@ def test_retention_applies_to_journal_events_when_folded(
     spread(s, 1, 15, 5)  # 3 events in each of 5 rooms, the limit is 2
     assert s.commit(0.0)
     assert seqs(s.events("r1")[0]) == [1, 6, 11]  # in the journal: not pruned yet
-    assert s.pruned_upto("r1") == 0
+    assert s.lost_upto("r1") == 0
     spread(s, 16, 5, 5)
     assert s.commit(0.0)  # 20 rows: folded, then pruned
     assert table_sizes(s) == (10, 0)
     assert seqs(s.events("r1")[0]) == [11, 16]
-    assert s.pruned_upto("r1") == 6
+    assert s.lost_upto("r1") == 6
 
 
 def test_a_room_with_journaled_rows_is_folded_before_it_is_pruned(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -389,7 +389,7 @@ def test_a_room_with_journaled_rows_is_folded_before_it_is_pruned(tmp_path: Path
     lines, _ = s.events("r0", limit=500)
     kept = seqs(lines)
     assert kept == everything[-len(kept) :] and 100 <= len(kept) <= 101  # the newest, contiguous: no hole
-    assert s.pruned_upto("r0") == everything[-len(kept) - 1]
+    assert s.lost_upto("r0") == everything[-len(kept) - 1]
     assert seqs(s.events("r0", before=kept[5], limit=10)[0]) == kept[:5]  # paging back ends at the cut
 
 

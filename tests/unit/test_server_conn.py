@@ -528,3 +528,12 @@ def test_common_message_shape_is_forwarded_without_decoding() -> None:
     ]
     # Anything else takes the full parser, which normalises: the hub sees the same request either way.
     assert c.receive_data(b'{"type":"msg","room":"#Lobby","text":"hi"}\n', 0.0) == [Forward(m.Msg("lobby", "hi"))]
+
+
+def test_plain_part_names_a_room_whose_join_the_hub_has_not_answered() -> None:
+    """A pasted "/join dev" and "/part dev bye": the hub has not confirmed #dev when the second line is
+    read, and "dev" was taken for the start of a reason (#lobby was left instead)."""
+    c = conn()
+    registered_plain(c)
+    out = c.receive_data(b"/join dev\r\n/part dev bye\r\n/part see you later\r\n", 0.0)
+    assert out == [Forward(m.Join("dev")), Forward(m.Part("dev", "bye")), Forward(m.Part("lobby", "see you later"))]
