@@ -125,6 +125,9 @@ class ChatClient:
     async def connect(self) -> None:
         """First connection. Raises ConnectError (with the CLI exit code) if it cannot register."""
         await self._connect_once(first=True)
+        if self._closing:  # close() came while connecting (a SIGTERM): say goodbye now that we can
+            await self.close()
+            raise ConnectError("closed while connecting", EXIT_ERROR)
         self._task = asyncio.create_task(self._run())
 
     def send(self, req: m.Request) -> int | None:
@@ -168,7 +171,7 @@ class ChatClient:
     async def close(self, reason: str = "") -> None:
         """Say goodbye (ends the session at once) and close."""
         self._closing = True
-        if self._writer is not None and self.status == "connected":
+        if self._writer is not None:  # connected, or the hello is out: the server has (or will have) a session
             self._write(m.encode({"type": "quit", "reason": reason} if reason else {"type": "quit"}))
             with contextlib.suppress(OSError, ConnectionError):
                 await asyncio.wait_for(self._writer.drain(), 1.0)
