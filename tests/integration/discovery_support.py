@@ -22,10 +22,19 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lanchat.config import DiscoveryConfig
+
 T = TypeVar("T")
 
 PROCESS_START_TIMEOUT = 15.0  # seconds for a Python process to import lanchat and bind (slow CI machines)
 PROCESS_STOP_TIMEOUT = 5.0  # seconds after SIGTERM before SIGKILL
+
+
+def loopback_config(port: int, **over: object) -> DiscoveryConfig:
+    """Discovery on loopback only, on a port of the test's own (beacons every 10 s unless ``over`` says)."""
+    fields: dict[str, object] = {"interface": ("lo",), "discovery_port": port, "beacon_interval": 10.0}
+    fields.update(over)
+    return DiscoveryConfig(**fields)  # type: ignore[arg-type]
 
 
 def free_udp_port() -> int:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from discovery_support import announcer_process, free_udp_port, run_async, until, until_count
+from discovery_support import announcer_process, free_udp_port, loopback_config, run_async, until, until_count
 
 from lanchat.config import DiscoveryConfig
 from lanchat.discovery import announcer as announcer_module
@@ -33,10 +33,7 @@ def port() -> int:
     return free_udp_port()
 
 
-def config(port: int, **over: object) -> DiscoveryConfig:
-    fields: dict[str, object] = {"interface": ("lo",), "discovery_port": port, "beacon_interval": 10.0}
-    fields.update(over)
-    return DiscoveryConfig(**fields)  # type: ignore[arg-type]
+config = loopback_config
 
 
 def announcer(cfg: DiscoveryConfig, name: str, tcp_port: int, **kw: object) -> Announcer:

@@ -25,6 +25,7 @@ from discovery_support import (
     free_tcp_port,
     free_udp_port,
     lanchat_cmd,
+    loopback_config,
     run_async,
     run_cli,
     spawn,
@@ -46,10 +47,7 @@ def port() -> int:
     return free_udp_port()
 
 
-def config(port: int, **over: object) -> DiscoveryConfig:
-    fields: dict[str, object] = {"interface": ("lo",), "discovery_port": port, "beacon_interval": 10.0}
-    fields.update(over)
-    return DiscoveryConfig(**fields)  # type: ignore[arg-type]
+config = loopback_config
 
 
 def announcer(cfg: DiscoveryConfig, **kw: Any) -> Announcer:

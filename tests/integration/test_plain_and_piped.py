@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import pytest
@@ -115,14 +116,24 @@ def test_plain_text_session_with_a_raw_socket(make_server: MakeServer) -> None:
             nc.close()
 
 
-def _join(port: int, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _join(port: int, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`lanchat join` in piped mode with pipes on all three streams; killed and closed afterwards."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "lanchat", "join", f"127.0.0.1:{port}", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        for f in (proc.stdout, proc.stderr, proc.stdin):
+            if f is not None:
+                f.close()
 
 
 def test_piped_join_sends_lines_and_prints_events(make_server: MakeServer) -> None:
@@ -141,8 +152,7 @@ def test_piped_join_sends_lines_and_prints_events(make_server: MakeServer) -> No
 
 def test_piped_join_json_output_stays_connected_while_stdin_is_open(make_server: MakeServer) -> None:
     server = make_server(workers=2)
-    proc = _join(server.port, "--nick", "bot", "--json")
-    try:
+    with _join(server.port, "--nick", "bot", "--json") as proc:
         assert proc.stdout is not None and proc.stdin is not None
         readline = _line_reader(proc.stdout)
         frames: list[dict[str, Any]] = []
@@ -162,12 +172,6 @@ def test_piped_join_json_output_stays_connected_while_stdin_is_open(make_server:
             proc.stdin.close()  # EOF: exits once its message is acknowledged
             assert proc.wait(10) == 0
             assert human.expect("quit")["nick"] == "bot"
-    finally:
-        proc.kill()
-        proc.wait()
-        for f in (proc.stdout, proc.stderr, proc.stdin):
-            if f is not None:
-                f.close()
 
 
 def test_piped_join_exit_codes(make_server: MakeServer) -> None:
@@ -268,18 +272,11 @@ def test_a_terminated_piped_client_says_goodbye_and_frees_its_nick(make_server: 
     server = make_server(workers=1)
     with Client(server.port, "watcher") as watcher:
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            proc = _join(server.port, "--nick", "hal")
-            try:
+            with _join(server.port, "--nick", "hal") as proc:
                 watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
                 proc.send_signal(sig)
                 assert proc.wait(10) == 128 + sig
                 watcher.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "hal")
-            finally:
-                proc.kill()
-                proc.wait()
-                for f in (proc.stdout, proc.stderr, proc.stdin):
-                    if f is not None:
-                        f.close()
         again = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "hal", input="back\n")
         assert again.returncode == 0, again.stderr
 
