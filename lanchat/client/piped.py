@@ -69,11 +69,9 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         if kind == "server":
             return  # its hint is for people on nc/telnet
         text = render(frame, client.nick)
-        if text is None:
-            pass
-        elif kind == "error":  # errors go to stderr with the client's own (docs/client.md)
+        if text is not None and kind == "error":  # errors go to stderr with the client's own (docs/client.md)
             print(f"lanchat: {text}", file=sys.stderr, flush=True)
-        else:
+        elif text is not None:
             emit(text)
 
     def on_status(status: str) -> None:
@@ -169,7 +167,8 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     # code 0). The hub answers a connection's requests in order, so once it answers one more, every error
     # for what came before it is in.
     client.send(m.Rooms(id=SETTLE_ID))
-    await before_closed(_within(settled.wait(), SETTLE_TIMEOUT))
+    if not await before_closed(_within(settled.wait(), SETTLE_TIMEOUT)) and terminated:
+        return 128 + terminated[0]
     closed.cancel()
     await client.close(reason)
     if refused:
