@@ -190,9 +190,13 @@ class HistoryStore:
             self.start_seq = start
         # Take the next block now, so a crash after this point can never hand out a number twice.
         self._reserved = max(self._reserved, self.start_seq + SEQ_RESERVE)
+        # This one write must survive a power cut (WAL + NORMAL fsyncs only at checkpoints): lost, the file
+        # would still say the last stop was clean, and a restart would hand out this run's numbers again.
+        db.execute("PRAGMA synchronous=FULL")
         db.execute(
             "INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?), ('clean_stop', '0')", (str(self._reserved),)
         )
+        db.execute("PRAGMA synchronous=NORMAL")
         for conv, pruned in db.execute("SELECT conv, pruned_upto FROM convs"):
             self._pruned[conv] = pruned
 

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -792,3 +793,24 @@ def test_a_session_that_ends_takes_its_own_conversation_with_it(tmp_path: Path, 
                           "(SELECT count(*) FROM journal WHERE conv='@s1')").fetchone()[0]  # fmt: skip
     db.close()
     assert left == 0
+
+
+def test_the_unclean_marker_is_written_durably_and_commits_stay_cheap(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marker that says "this run has not stopped cleanly" is written with synchronous=FULL (an fsync):
+    lost to a power cut, the next start would trust the file's numbers and hand this run's out again.
+    Every later commit is back to NORMAL (fsyncs only at checkpoints)."""
+    seen: list[str] = []
+    real = sqlite3.connect
+
+    def tracing(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = real(*args, **kwargs)
+        db.set_trace_callback(seen.append)
+        return db
+
+    monkeypatch.setattr(h.sqlite3, "connect", tracing)
+    s = open_store(stores, tmp_path)
+    marker = next(i for i, sql in enumerate(seen) if "'clean_stop', '0'" in sql)
+    assert "synchronous=FULL" in seen[marker - 1] and "synchronous=NORMAL" in seen[marker + 1]
+    assert db_of(s).execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
