@@ -805,11 +805,11 @@ def test_the_unclean_marker_is_written_durably_and_commits_stay_cheap(
     real = sqlite3.connect
 
     def tracing(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        db = real(*args, **kwargs)
+        db: sqlite3.Connection = real(*args, **kwargs)
         db.set_trace_callback(seen.append)
         return db
 
-    monkeypatch.setattr(h.sqlite3, "connect", tracing)
+    monkeypatch.setattr(sqlite3, "connect", tracing)
     s = open_store(stores, tmp_path)
     marker = next(i for i, sql in enumerate(seen) if "'clean_stop', '0'" in sql)
     assert "synchronous=FULL" in seen[marker - 1] and "synchronous=NORMAL" in seen[marker + 1]
