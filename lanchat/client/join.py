@@ -7,11 +7,15 @@ import asyncio
 import ipaddress
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 from lanchat import const
 from lanchat.client.connection import EXIT_NONE_FOUND, EXIT_SEVERAL, EXIT_UNREACHABLE, EXIT_USAGE, parse_address
 from lanchat.config import DiscoveryConfig
 from lanchat.protocol.plain import count_of
+
+if TYPE_CHECKING:
+    from lanchat.discovery.browser import ServerRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,8 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
     found = await browse(config.discovery, timeout=config.timeout)
     if config.address:
         named = [s for s in found if s.name.casefold() == config.address.casefold()]
-        if not named:  # maybe a host name after all
+        if not named:  # maybe a host name after all; if not, say what was tried ("cannot reach x: Name or
+            await _must_resolve(config.address, found)  # service not known" did not say discovery was)
             return Target(config.address, const.DEFAULT_PORT)
         found = named
     if not found:
@@ -86,6 +91,22 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
         return Target(chosen.host, chosen.port, chosen.name)
     listing = "\n".join(f"  {s.name}  {s.host}:{s.port}  ({count_of(s.users, 'user')})" for s in found)
     raise Unresolved(f"several servers found; name one:\n{listing}", EXIT_SEVERAL)
+
+
+RESOLVE_TIMEOUT: Final = 3.0  # seconds for the system resolver to answer for a NAME discovery did not find
+
+
+async def _must_resolve(name: str, found: list[ServerRecord]) -> None:
+    """Unresolved (exit 3) unless ``name`` is a host name the system can resolve."""
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(name, const.DEFAULT_PORT), RESOLVE_TIMEOUT)
+    except (OSError, TimeoutError, UnicodeError):
+        others = ", ".join(sorted(s.name for s in found)) or "none"
+        raise Unresolved(
+            f"no server named {name!r} answered discovery (servers found: {others}), and {name!r} is not a "
+            "host name either (try `lanchat discover`)",
+            EXIT_UNREACHABLE,
+        ) from None
 
 
 def run_join(config: JoinConfig) -> int:

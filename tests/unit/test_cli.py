@@ -145,3 +145,29 @@ def test_version() -> None:
 
     out = CliRunner().invoke(app, ["--version"])
     assert out.exit_code == 0 and out.output.strip() == f"lanchat {__version__}"
+
+
+def test_join_of_a_name_nobody_announces_says_what_was_tried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No server of that name answered and it is no host name either: exit 3 with both said (it was
+    "cannot reach nosuch:7272: Name or service not known"). In-process, with the resolver replaced: a real
+    lookup of an unknown name would ask the machine's DNS server, off loopback."""
+    import asyncio
+    import socket
+
+    from lanchat.client import join
+    from lanchat.discovery import browser
+
+    async def nobody(*_: Any, **__: Any) -> list[Any]:
+        return []
+
+    async def no_such_host(self: Any, host: str, *_: Any, **__: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(browser, "browse", nobody)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", no_such_host)
+    config = join.JoinConfig("nosuch", "x")
+    with pytest.raises(join.Unresolved) as err:
+        asyncio.run(join.resolve(config, interactive=False))
+    assert err.value.exit_code == 3
+    assert "no server named 'nosuch' answered discovery (servers found: none)" in str(err.value)
+    assert "not a host name either" in str(err.value)
