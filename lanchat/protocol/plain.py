@@ -195,7 +195,7 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
         more = f", and {here - len(names)} more" if here > len(names) else ""  # the list stops at 500 nicks
         return f"* {room}:{topic} {here} here: " + ", ".join(c(n) for n in names) + more
     if kind == "who":
-        return f"* {room}: " + ", ".join(c(n) for n in _items(frame.get("nicks")))
+        return f"* {room}: " + (", ".join(c(n) for n in _items(frame.get("nicks"))) or "nobody is here")
     if kind == "rooms":
         parts = [
             f"#{c(r.get('name'))} ({c(r.get('users'))})" for r in _items(frame.get("rooms")) if isinstance(r, dict)

@@ -408,3 +408,8 @@ def test_count_of_says_one_in_the_singular() -> None:
 
     assert [count_of(n, "room") for n in (0, 1, 2)] == ["0 rooms", "1 room", "2 rooms"]
     assert count_of(True, "user") == "True users" and count_of("\x1b[2J", "user") == "\ufffd[2J users"
+
+
+def test_who_of_an_empty_or_unknown_room_says_so() -> None:
+    assert render({"type": "who", "room": "nowhere", "nicks": []}) == "* #nowhere: nobody is here"
+    assert render({"type": "who", "room": "lobby", "nicks": ["al", "bo"]}) == "* #lobby: al, bo"
