@@ -82,8 +82,9 @@ class Room:
     def keep(self, line: bytes) -> None:
         """A new event of the room, for the history joiners get."""
         tail = self.tail
-        if len(tail) == tail.maxlen:
+        if len(tail) == tail.maxlen:  # the oldest goes: there is history before the tail now
             self.tail_bytes -= len(tail[0])
+            self.tail_more = True
         tail.append(line)
         self.tail_bytes += len(line)
         while self.tail_bytes > const.ROOM_TAIL_BYTES and len(tail) > 1:
@@ -651,7 +652,7 @@ class Hub:
             for line in lines:
                 room.keep(line.encode() + b"\n")
             room.tail_loaded = True
-        more = room.tail_more or len(room.tail) == room.tail.maxlen
+        more = room.tail_more
         self._send_history(s, room.name, [line[:-1] for line in room.tail], more, None)
 
     def _room_info(self, room: Room, rid: int | None) -> bytes:

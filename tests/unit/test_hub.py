@@ -458,6 +458,23 @@ def test_history_on_join_shows_earlier_events(net: Workers) -> None:
     assert [e.get("text") for e in history["events"]] == [None, "m0", "m1", "m2"]  # al's join, then the messages
 
 
+def test_the_join_history_says_more_only_when_there_is_more(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A room with exactly --history-on-join events has nothing older: more was true because the tail was
+    full; it is true once an event has left the tail."""
+    net = Workers(make_hub(stores, tmp_path, history_on_join=4))
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")  # its join is the room's first event
+    for i in range(3):
+        hub.request(1, 10, {"type": "msg", "room": "lobby", "text": f"m{i}"}, 1.0)
+    hub.request(2, 20, {"type": "hello", "nick": "bo"}, 2.0)
+    (history,) = [f for f in net.take(2, 20) if f["type"] == "history"]
+    assert (len(history["events"]), history["more"]) == (4, False)
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "m3"}, 3.0)  # bo's join pushed one out already
+    hub.request(3, 30, {"type": "hello", "nick": "cy"}, 4.0)
+    (history,) = [f for f in net.take(3, 30) if f["type"] == "history"]
+    assert (len(history["events"]), history["more"]) == (4, True)
+
+
 # --- history paging -------------------------------------------------------------------------------------------
 
 
