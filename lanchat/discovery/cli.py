@@ -125,14 +125,13 @@ def plain_line(record: ServerRecord) -> str:
 
 def event_line(event: TableEvent) -> str:
     """One event as a line of plain text (watching without a terminal)."""
-    r = event.record
     why = f" ({event.reason})" if event.reason else ""
-    return f"{event.kind}{why}: {r.name or '?'} {r.address} users={r.users} rooms={r.rooms} version={r.proto}"
+    return f"{event.kind}{why}: {_record_text(event.record)}"
 
 
-def _shown(record: ServerRecord) -> tuple[object, ...]:
-    """What ``event_line`` shows of a server: an update that changes none of it is not printed."""
-    return (record.name, record.address, record.users, record.rooms, record.proto)
+def _record_text(r: ServerRecord) -> str:
+    """What an event line shows of a server: an update that changes none of it is not printed."""
+    return f"{r.name or '?'} {r.address} users={r.users} rooms={r.rooms} version={r.proto}"
 
 
 class EventLines:
@@ -140,14 +139,14 @@ class EventLines:
     (a new latency, which the line does not show, comes with every probe reply)."""
 
     def __init__(self) -> None:
-        self._shown: dict[str, tuple[object, ...]] = {}
+        self._shown: dict[str, str] = {}
 
     def __call__(self, event: TableEvent) -> str | None:
         sid = event.record.server_id
         if event.kind == "removed":
             self._shown.pop(sid, None)
             return event_line(event)
-        shown = _shown(event.record)
+        shown = _record_text(event.record)
         if self._shown.get(sid) == shown:
             return None
         self._shown[sid] = shown
