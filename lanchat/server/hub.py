@@ -624,28 +624,34 @@ class Hub:
             _, line = self._event(kind, fields, (room.name,), now)
             self._to_room(room, line)
 
-    def _held(self, conv: str, lines: list[str], before: int | None, after: int | None) -> list[str]:
-        """While the disk fails: the events of ``conv`` newer than the database's ``lines`` (which it could
-        not write: only memory has them), below ``before``. Reads still work on a full disk, so a page
-        read from it alone lacked everything since the failure, and said there was nothing more."""
+    def _with_held(
+        self, conv: str, page: tuple[list[str], bool], limit: int, before: int | None = None, after: int | None = None
+    ) -> tuple[list[str], bool]:
+        """A page read from the database (lines, more), with the events of ``conv`` only memory has while
+        the disk fails (newer than the page, below ``before``), cut to ``limit`` nearest the cursor. Reads
+        still work on a full disk: a page from it alone lacked everything since the failure, and said
+        there was nothing more."""
+        lines, more = page
         if not self.store.degraded:
-            return []
+            return lines, more
         newest = int(json.loads(lines[-1])["seq"]) if lines else (after or 0)
-        return [
+        held = [
             e.line[:-1].decode()
             for e in self.recent
             if e.seq > newest and (before is None or e.seq < before) and conv in e.convs
         ]
+        if not held:
+            return lines, more
+        lines = lines + held
+        forward = after is not None and before is None
+        return (lines[:limit] if forward else lines[-limit:]), more or len(lines) > limit
 
     def _join_history(self, s: Session, room: Room, now: float) -> None:
         """The newest events of the room, marked as history, from memory (one database read per room)."""
         if not room.tail_loaded:
             self.store.commit(now)
-            lines, more = self.store.events(room.name, limit=self.history_on_join)
-            held = self._held(room.name, lines, None, None)
-            if held:
-                lines = lines + held
-                more = more or len(lines) > self.history_on_join
+            page = self.store.events(room.name, limit=self.history_on_join)
+            lines, more = self._with_held(room.name, page, self.history_on_join)
             room.tail = deque(maxlen=self.history_on_join)
             room.tail_bytes = 0
             room.tail_more = more
@@ -709,13 +715,9 @@ class Hub:
 
     def _history(self, s: Session, req: m.History, now: float) -> None:
         self.store.commit(now)  # pages are read from the database; make it current first
-        lines, more = self.store.events(req.room, before=req.before, after=req.after, limit=req.limit)
+        stored = self.store.events(req.room, before=req.before, after=req.after, limit=req.limit)
+        lines, more = self._with_held(req.room, stored, req.limit, req.before, req.after)
         forward = req.after is not None and req.before is None
-        held = self._held(req.room, lines, req.before, req.after)
-        if held:
-            lines = lines + held
-            more = more or len(lines) > req.limit
-            lines = lines[: req.limit] if forward else lines[-req.limit :]
         page = [line.encode() for line in lines]
         # A page of 500 events of 4,000 characters would be one line of up to 8 MB: more than --sendq
         # (the asker was dropped as too slow) and the client's line limit. Keep what fits, nearest the
