@@ -17,6 +17,9 @@ from lanchat.config import DiscoveryConfig, ServerConfig, default_data_dir
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Classic help layout (as click and most Unix tools print it): typer's rich panels show a type column
+    # (``<bool>`` beside every flag, ``<list[str]>``) that tells a user less than a metavar does.
+    rich_markup_mode=None,
     help="LAN chat: `lanchat serve` on one machine, `lanchat join` on the others.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -55,13 +58,20 @@ Interface = Annotated[
     typer.Option(
         "--interface",
         envvar=_env("interface"),
+        metavar="NAME",
         help="Network interface for discovery (repeatable); `lo` means 127.255.255.255. "
         "Default: every interface that is up and has an IPv4 broadcast address.",
     ),
 ]
 DiscoveryPort = Annotated[
     int,
-    typer.Option(envvar=_env("discovery_port"), min=1, max=65535, help="UDP port of discovery beacons and probes."),
+    typer.Option(
+        envvar=_env("discovery_port"),
+        metavar="PORT",
+        min=1,
+        max=65535,
+        help="UDP port of discovery beacons and probes.",
+    ),
 ]
 
 
@@ -85,15 +95,19 @@ def _room(value: str) -> str:
 @app.command()
 def serve(
     host: Annotated[
-        str, typer.Option(envvar=_env("host"), help="Address to listen on (`::` for IPv4+IPv6).")
+        str, typer.Option(envvar=_env("host"), metavar="ADDR", help="Address to listen on (`::` for IPv4+IPv6).")
     ] = "0.0.0.0",
     port: Annotated[
-        int, typer.Option(envvar=_env("port"), min=0, max=65535, help="TCP port for chat (0: any free one).")
+        int,
+        typer.Option(
+            envvar=_env("port"), metavar="PORT", min=0, max=65535, help="TCP port for chat (0: any free one)."
+        ),
     ] = const.DEFAULT_PORT,
     workers: Annotated[
         int,
         typer.Option(
             envvar=_env("workers"),
+            metavar="N",
             min=0,
             max=64,
             show_default="number of CPUs",
@@ -101,20 +115,29 @@ def serve(
         ),
     ] = 0,
     name: Annotated[
-        str, typer.Option(envvar=_env("name"), show_default="host name", help="Server name shown by discovery.")
+        str,
+        typer.Option(
+            envvar=_env("name"), metavar="NAME", show_default="host name", help="Server name shown by discovery."
+        ),
     ] = "",
     data_dir: Annotated[
         Path | None,
-        typer.Option(envvar=_env("data_dir"), help="History and server id (default: ~/.local/share/lanchat)."),
+        typer.Option(
+            envvar=_env("data_dir"), metavar="DIR", help="History and server id (default: ~/.local/share/lanchat)."
+        ),
     ] = None,
     interface: Interface = [],  # noqa: B006 - typer reads the default, never mutates it
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
     beacon_interval: Annotated[
-        float, typer.Option(envvar=_env("beacon_interval"), min=0.1, help="Seconds between beacons.")
+        float, typer.Option(envvar=_env("beacon_interval"), metavar="SECONDS", min=0.1, help="Seconds between beacons.")
     ] = 5.0,
     beacon_to: Annotated[
         list[str],
-        typer.Option(envvar=_env("beacon_to"), help="Extra unicast/directed-broadcast beacon target (repeatable)."),
+        typer.Option(
+            envvar=_env("beacon_to"),
+            metavar="ADDR",
+            help="Extra unicast/directed-broadcast beacon target (repeatable).",
+        ),
     ] = [],  # noqa: B006
     no_beacon: Annotated[
         bool, typer.Option("--no-beacon", envvar=_env("no_beacon"), help="Do not announce; still answer probes.")
@@ -123,25 +146,28 @@ def serve(
         bool, typer.Option("--no-discovery", envvar=_env("no_discovery"), help="No UDP at all.")
     ] = False,
     max_frame: Annotated[
-        int, typer.Option(envvar=_env("max_frame"), min=256, help="Bytes per protocol line.")
+        int, typer.Option(envvar=_env("max_frame"), metavar="BYTES", min=256, help="Bytes per protocol line.")
     ] = const.MAX_FRAME,
     rate: Annotated[
-        float, typer.Option(envvar=_env("rate"), min=0.1, help="Messages per second per connection.")
+        float, typer.Option(envvar=_env("rate"), metavar="PER_S", min=0.1, help="Messages per second per connection.")
     ] = const.RATE,
     burst: Annotated[
-        int, typer.Option(envvar=_env("burst"), min=1, help="Messages a connection may send at once.")
+        int, typer.Option(envvar=_env("burst"), metavar="N", min=1, help="Messages a connection may send at once.")
     ] = const.BURST,
     sendq: Annotated[
         int,
         typer.Option(
-            envvar=_env("sendq"), min=4096, help="Bytes queued for one client before it is dropped as too slow."
+            envvar=_env("sendq"),
+            metavar="BYTES",
+            min=4096,
+            help="Bytes queued for one client before it is dropped as too slow.",
         ),
     ] = const.SENDQ,
     max_clients: Annotated[
-        int, typer.Option(envvar=_env("max_clients"), min=1, help="Connections across all workers.")
+        int, typer.Option(envvar=_env("max_clients"), metavar="N", min=1, help="Connections across all workers.")
     ] = const.MAX_CLIENTS,
     max_per_ip: Annotated[
-        int, typer.Option(envvar=_env("max_per_ip"), min=1, help="Connections from one address.")
+        int, typer.Option(envvar=_env("max_per_ip"), metavar="N", min=1, help="Connections from one address.")
     ] = const.MAX_PER_IP,
     exempt_loopback: Annotated[
         bool,
@@ -152,33 +178,55 @@ def serve(
         ),
     ] = True,
     handshake_timeout: Annotated[
-        float, typer.Option(envvar=_env("handshake_timeout"), min=0.1, help="Seconds to complete the hello.")
+        float,
+        typer.Option(
+            envvar=_env("handshake_timeout"), metavar="SECONDS", min=0.1, help="Seconds to complete the hello."
+        ),
     ] = const.HANDSHAKE_TIMEOUT,
     ping_interval: Annotated[
-        float, typer.Option(envvar=_env("ping_interval"), min=0.1, help="Seconds of client silence before a ping.")
+        float,
+        typer.Option(
+            envvar=_env("ping_interval"), metavar="SECONDS", min=0.1, help="Seconds of client silence before a ping."
+        ),
     ] = const.PING_INTERVAL,
     idle_timeout: Annotated[
         float,
-        typer.Option(envvar=_env("idle_timeout"), min=0.2, help="Seconds of client silence before it is dropped."),
+        typer.Option(
+            envvar=_env("idle_timeout"),
+            metavar="SECONDS",
+            min=0.2,
+            help="Seconds of client silence before it is dropped.",
+        ),
     ] = const.IDLE_TIMEOUT,
     resume_grace: Annotated[
         float,
-        typer.Option(envvar=_env("resume_grace"), min=0, help="Seconds a dropped session keeps its nick and rooms."),
+        typer.Option(
+            envvar=_env("resume_grace"),
+            metavar="SECONDS",
+            min=0,
+            help="Seconds a dropped session keeps its nick and rooms.",
+        ),
     ] = const.RESUME_GRACE,
     history_limit: Annotated[
-        int, typer.Option(envvar=_env("history_limit"), min=1, help="Events kept per room.")
+        int, typer.Option(envvar=_env("history_limit"), metavar="N", min=1, help="Events kept per room.")
     ] = const.HISTORY_LIMIT,
     history_on_join: Annotated[
-        int, typer.Option(envvar=_env("history_on_join"), min=0, help="Events shown when joining a room.")
+        int, typer.Option(envvar=_env("history_on_join"), metavar="N", min=0, help="Events shown when joining a room.")
     ] = const.HISTORY_ON_JOIN,
     worker_timeout: Annotated[
         float,
         typer.Option(
-            envvar=_env("worker_timeout"), min=0.5, help="Seconds without a heartbeat before a worker is replaced."
+            envvar=_env("worker_timeout"),
+            metavar="SECONDS",
+            min=0.5,
+            help="Seconds without a heartbeat before a worker is replaced.",
         ),
     ] = const.WORKER_TIMEOUT,
     log_level: Annotated[
-        str, typer.Option(envvar=_env("log_level"), callback=_log_level, help="debug, info, warning or error.")
+        str,
+        typer.Option(
+            envvar=_env("log_level"), metavar="LEVEL", callback=_log_level, help="debug, info, warning or error."
+        ),
     ] = "info",
 ) -> None:
     """Run a chat server: TCP chat, UDP discovery, history in SQLite."""
@@ -218,19 +266,24 @@ def serve(
     raise typer.Exit(run(config))
 
 
-@app.command()
+@app.command(short_help="Join a chat (a terminal UI, or lines when piped).")
 def join(
     address: Annotated[
-        str | None, typer.Argument(help="HOST, HOST:PORT or a server NAME from discovery; none: discover.")
+        str | None,
+        typer.Argument(metavar="ADDRESS", help="HOST, HOST:PORT or a server NAME from discovery; none: discover."),
     ] = None,
-    nick: Annotated[str, typer.Option(envvar=_env("nick"), help="Your nick (default: login name).")] = "",
+    nick: Annotated[
+        str, typer.Option(envvar=_env("nick"), metavar="NICK", help="Your nick (default: login name).")
+    ] = "",
     room: Annotated[
-        str, typer.Option(envvar=_env("room"), callback=_room, help="Room to start in.")
+        str, typer.Option(envvar=_env("room"), metavar="ROOM", callback=_room, help="Room to start in.")
     ] = const.DEFAULT_ROOM,
     json_output: Annotated[bool, typer.Option("--json", help="Piped mode: one JSON event per line.")] = False,
     interface: Interface = [],  # noqa: B006
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
-    timeout: Annotated[float, typer.Option(envvar=_env("timeout"), min=0.1, help="Seconds to look for servers.")] = 1.0,
+    timeout: Annotated[
+        float, typer.Option(envvar=_env("timeout"), metavar="SECONDS", min=0.1, help="Seconds to look for servers.")
+    ] = 1.0,
 ) -> None:
     """Join a chat: interactive on a terminal, line-oriented when piped."""
     from lanchat.client.join import JoinConfig, run_join
@@ -250,9 +303,12 @@ def join(
 def discover(
     interface: Interface = [],  # noqa: B006
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
-    timeout: Annotated[float, typer.Option(envvar=_env("timeout"), min=0.05, help="Seconds to listen.")] = 1.0,
+    timeout: Annotated[
+        float, typer.Option(envvar=_env("timeout"), metavar="SECONDS", min=0.05, help="Seconds to listen.")
+    ] = 1.0,
     probe: Annotated[
-        list[str], typer.Option(envvar=_env("probe"), help="Also probe this HOST directly (repeatable).")
+        list[str],
+        typer.Option(envvar=_env("probe"), metavar="HOST", help="Also probe this HOST directly (repeatable)."),
     ] = [],  # noqa: B006
     watch: Annotated[bool, typer.Option("--watch", help="Live table until Ctrl-C.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per server.")] = False,
@@ -271,9 +327,11 @@ def discover(
     )
 
 
-@app.command()
+@app.command(short_help="Print a server's per-process figures.")
 def status(
-    address: Annotated[str, typer.Argument(help="HOST or HOST:PORT of a lanchat server.")] = "127.0.0.1",
+    address: Annotated[
+        str, typer.Argument(metavar="ADDRESS", help="HOST or HOST:PORT of a lanchat server.")
+    ] = "127.0.0.1",
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Print a server's per-process figures (connections, CPU, memory, messages)."""

@@ -491,8 +491,6 @@ class ChatView:
             cmd = parse_command(text, self.room, self.current.rooms(self.joined))
         except RemoteProtocolError as exc:
             return Submitted(lines=self._out([self._system(exc.message, "error")]))
-        except ValueError as exc:  # e.g. /history with a number too long for int()
-            return Submitted(lines=self._out([self._system(str(exc), "error")]))
         if cmd is None:
             return Submitted()
         if isinstance(cmd, LocalCommand):

@@ -72,9 +72,9 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
             raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /msg NICK TEXT")
         return m.PrivMsg(m.check_nick(to), m.check_text(text))
     if cmd == "/join":
-        if not rest:
-            raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /join ROOM")
-        return m.Join(m.check_room(rest.split()[0]))
+        if not rest or len(rest.split()) > 1:  # "/join my room" meant something; #my is not it
+            raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /join ROOM (a room name is one word)")
+        return m.Join(m.check_room(rest))
     if cmd in ("/part", "/leave"):
         target, _, reason = rest.partition(" ")
         if target.startswith("#") or target in joined or (target and not reason and _looks_like_room(target)):
@@ -91,10 +91,14 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
     if cmd in ("/rooms", "/list"):
         return m.Rooms()
     if cmd == "/history":
-        # len first: int() of more than 4,300 digits raises ValueError (CPython's guard against slow parsing)
-        n = int(rest) if 0 < len(rest) <= 9 and rest.isascii() and rest.isdigit() else 0
-        limit = min(n, const.HISTORY_PAGE_MAX) if n > 0 else 20
-        return m.History(_need_room(room), limit=limit)
+        if not rest:
+            return m.History(_need_room(room), limit=20)
+        if not (rest.isascii() and rest.isdigit()) or not rest.strip("0"):
+            raise RemoteProtocolError(m.Err.BAD_FIELD, f"usage: /history [N], N from 1 to {const.HISTORY_PAGE_MAX}")
+        # at most 9 digits into int(): more than 4,300 raise ValueError (CPython's guard against slow parsing)
+        digits = rest.lstrip("0")
+        n = int(digits) if len(digits) <= 9 else const.HISTORY_PAGE_MAX
+        return m.History(_need_room(room), limit=min(n, const.HISTORY_PAGE_MAX))
     if cmd in ("/status", "/stats"):
         return m.Stats()
     if cmd in ("/quit", "/exit", "/bye"):

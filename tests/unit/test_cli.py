@@ -171,3 +171,16 @@ def test_join_of_a_name_nobody_announces_says_what_was_tried(monkeypatch: pytest
     assert err.value.exit_code == 3
     assert "no server named 'nosuch' answered discovery (servers found: none)" in str(err.value)
     assert "not a host name either" in str(err.value)
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["join"], ["discover"], ["status"]])
+def test_help_names_each_value_and_shows_no_type_placeholders_for_options(command: list[str]) -> None:
+    """Every option that takes a value names it (``--port PORT``); flags show none (typer's panels printed
+    ``<bool>`` beside every flag and ``<list[str]>`` for --interface)."""
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    options = [line.strip() for line in result.output.splitlines() if line.strip().startswith("--")]
+    assert options and not [line for line in options if "<" in line.split("  ")[0]], result.output
+    if command == ["serve"]:
+        assert "--port PORT " in result.output and "--workers N " in result.output
+        assert "--no-beacon  " in result.output  # a flag: no value placeholder

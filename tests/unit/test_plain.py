@@ -49,7 +49,6 @@ def assert_terminal_safe(text: str, *, multiline: bool = False) -> None:
         ("/msg bob hi there", m.PrivMsg("bob", "hi there")),
         ("/query Bob  hi", m.PrivMsg("Bob", " hi")),
         ("/join #Dev", m.Join("dev")),
-        ("/join dev extra words", m.Join("dev")),
         ("/part", m.Part("lobby", "")),
         ("/part #dev", m.Part("dev", "")),
         ("/part dev", m.Part("dev", "")),
@@ -70,8 +69,8 @@ def assert_terminal_safe(text: str, *, multiline: bool = False) -> None:
         ("/history 500", m.History("lobby", limit=500)),
         ("/history 501", m.History("lobby", limit=500)),  # at most 500, as the help says
         ("/history 99999", m.History("lobby", limit=500)),
-        ("/history 0", m.History("lobby", limit=20)),
-        ("/history lots", m.History("lobby", limit=20)),
+        ("/history 007", m.History("lobby", limit=7)),
+        ("/history " + "9" * 5000, m.History("lobby", limit=500)),  # no int() of 5,000 digits
         ("/status", m.Stats()),
         ("/stats", m.Stats()),
         ("/quit", m.Quit("")),
@@ -107,6 +106,11 @@ def test_blank_lines_are_nothing(line: str) -> None:
         ("/msg 9lives hi", m.Err.BAD_NICK),
         ("/join", m.Err.BAD_FIELD),
         ("/join !!!", m.Err.BAD_ROOM),
+        ("/join dev extra words", m.Err.BAD_FIELD),  # not #dev: the user meant something else
+        ("/history 0", m.Err.BAD_FIELD),
+        ("/history lots", m.Err.BAD_FIELD),
+        ("/history -5", m.Err.BAD_FIELD),
+        ("/history ５", m.Err.BAD_FIELD),  # a full-width digit: isdigit() but not ASCII
         ("/part #!!", m.Err.BAD_ROOM),
         ("/part #dev " + "r" * 201, m.Err.BAD_TEXT),
         ("/nick", m.Err.BAD_FIELD),
