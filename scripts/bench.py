@@ -944,11 +944,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lanchat-ref", help="measure this git commit's lanchat/ (exported), not the working tree")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout (the table goes to stderr)")
     p.add_argument("--json-file", type=Path, help="also write the JSON lines here")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench-latency.png")
+    p.add_argument(
+        "--plot", type=Path,
+        help="PNG of latency against offered rate (default: docs/bench-latency.png for a full run, the temporary "
+        "directory for a run narrowed by --quick, --rates, --targets, --scenarios or --clients)",
+    )  # fmt: skip
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
+    given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    if args.plot is None:  # an A/B of a few steps must not overwrite the full run's plot committed in docs/
+        narrowed = given & {"--quick", "--rates", "--targets", "--scenarios", "--clients"}
+        args.plot = (
+            Path(tempfile.gettempdir()) / "lanchat-bench.png" if narrowed else ROOT / "docs" / "bench-latency.png"
+        )
     if args.quick:
-        given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
 
         def default(name: str, value: Any) -> None:
             if f"--{name.replace('_', '-')}" not in given:
@@ -970,7 +979,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default("drain_cap", 1.5)
         default("quiet", 0.3)
         default("targets", "lanchat-w1,lanchat-w2,redis,threaded")
-        default("plot", Path(tempfile.gettempdir()) / "lanchat-bench-quick.png")  # docs/ keeps the full run's
     args.targets = [t for t in args.targets.split(",") if t]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for t in args.targets:

@@ -91,3 +91,25 @@ def test_the_report_marks_ratios_of_capped_maxima_as_bounds() -> None:
     assert marked_cell([0.5, 0.6, 0.7], ["≥", "≥", "≥"], at_least).endswith("| ?")  # may be higher
     assert marked_cell([1.0, 1.0, 1.0], ["?", "?", "?"], at_least) == "**? 1.00** (? 1.00, ? 1.00, ? 1.00) | ?"
     assert marked_cell([None], [""], at_least) == "- | -"
+
+
+def test_only_a_full_run_writes_the_plot_committed_in_docs() -> None:
+    """An A/B of a few fixed steps once overwrote docs/bench-latency.png, the full run's plot."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+
+    docs_plot = ROOT / "docs" / "bench-latency.png"
+    assert bench.parse_args([]).plot == docs_plot
+    assert bench.parse_args(["--lanchat-ref", "HEAD", "--json-file", "r1.jsonl"]).plot == docs_plot
+    for narrowed in (
+        ["--quick"],
+        ["--rates", "4000000"],
+        ["--targets=redis"],
+        ["--scenarios", "idle"],
+        ["--clients", "100"],
+    ):
+        assert bench.parse_args(narrowed).plot != docs_plot, narrowed
+    assert bench.parse_args(["--rates", "5", "--plot", "/tmp/x.png"]).plot == Path("/tmp/x.png")
