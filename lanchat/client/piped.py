@@ -63,8 +63,9 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             current.refused(frame.get("code"), client.state.rooms)
             if client.state.registered and not frame.get("fatal"):  # a refusal of a line we sent (a fatal
                 refused.append(str(frame.get("code")))  # one ends the connection: the reconnect says so)
-        if json_output:
-            emit(json.dumps(frame, ensure_ascii=False))
+        if json_output:  # the resume token is a bearer credential: scripts that log stdout must not keep it
+            shown = {k: v for k, v in frame.items() if k != "token"} if kind == "welcome" else frame
+            emit(json.dumps(shown, ensure_ascii=False))
             return
         if kind == "server":
             return  # its hint is for people on nc/telnet

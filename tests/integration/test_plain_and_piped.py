@@ -159,6 +159,8 @@ def test_piped_join_json_output_stays_connected_while_stdin_is_open(make_server:
         while not any(f.get("type") == "room" for f in frames):
             frames.append(json.loads(readline()))
         assert {"server", "welcome", "join", "room"} <= {f["type"] for f in frames}
+        welcome = next(f for f in frames if f["type"] == "welcome")
+        assert welcome["nick"] == "bot" and "token" not in welcome  # a credential, not for logs
         with Client(server.port, "human") as human:
             human.send({"type": "msg", "room": "lobby", "text": "hello bot", "id": 1})
             while True:  # every line is one JSON object
