@@ -276,7 +276,9 @@ class ClientConn:
         if not st.registered:
             if now - self.created > float(cfg["handshake_timeout"]):
                 self._report_closed(False, "handshake timeout")
-                self.close(st.error_bytes(m.Err.HANDSHAKE_TIMEOUT, "no hello in time", fatal=True))
+                limit = float(cfg["handshake_timeout"])
+                why = f"no /nick within {limit:g} s" if st.mode is Mode.PLAIN else "no hello in time"
+                self.close(st.error_bytes(m.Err.HANDSHAKE_TIMEOUT, why, fatal=True))
             return
         if st.mode is not Mode.JSON:
             return  # nc users may read for hours; TCP keepalive finds their dead peers

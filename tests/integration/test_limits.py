@@ -163,6 +163,13 @@ def test_handshake_timeout_closes_silent_connections(make_server: MakeServer) ->
         err = silent.expect("error", timeout=3)
         assert err["code"] == "handshake_timeout"
         assert silent.closed_by_server(timeout=2)
+    # someone on nc who typed a line but no /nick is told in their words what the server waited for
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as human:
+        human.sendall(b"hello?\n")
+        said = b""
+        while chunk := human.recv(4096):
+            said += chunk
+        assert b"! no /nick within 0.5 s [handshake_timeout]\n" in said, said
 
 
 def test_idle_client_is_pinged_then_dropped_but_a_ponging_one_stays(make_server: MakeServer) -> None:
