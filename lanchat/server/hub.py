@@ -482,12 +482,15 @@ class Hub:
         newest_first: Iterable[bytes]
         from_disk = not (recent and recent[0].seq <= after + 1)
         gap = False
+        reads_failed = self.store.reads_failed
         if not from_disk:  # the ring holds all of it
             newest_first = mine(after)
         else:
             self.store.commit(now)
+            # A hole: events history lost, or holds for a failing disk from before the ring's oldest (those
+            # after it the ring serves: a failing disk alone is no hole, reads still work).
             lost = max((self.store.lost_upto(c) for c in s.convs), default=0)
-            gap = lost > after or self.store.degraded
+            gap = lost > after or self.store.held(s.convs, after, recent[0].seq if recent else None)
             disk = self.store.replay_newest(after, s.convs)
             top = next(disk, None)
             # Above the disk's newest: events it does not have (not committed yet, or lost while it failed).
@@ -503,8 +506,8 @@ class Hub:
                 self._send(s, {"type": "gap", "after": after, "reason": "too many events to replay; /history has them"})
                 break
             lines.append(line)
-        else:  # all of it fits; a gap still if history lost some (degraded now: a read failed on the way)
-            if gap or (from_disk and self.store.degraded):
+        else:  # all of it fits; a gap still if history lost some, or a read failed on the way
+            if gap or self.store.reads_failed != reads_failed:
                 self._send(s, {"type": "gap", "after": after, "reason": "some events are older than the history kept"})
         lines.reverse()
         self._send_lines(s, lines)

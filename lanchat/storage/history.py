@@ -8,8 +8,9 @@ rewrite one page per conversation, so it appends to ``journal`` instead, which i
 in one sorted pass once it holds ``FOLD_ROWS`` rows. Reads see both.
 
 A failing disk never stops chat: the error is logged once, the store reports ``degraded``, keeps what
-it could not write (bounded) and retries. A corrupt or foreign file is a ``StorageError`` at
-open: the server refuses to start rather than overwrite someone's data.
+it could not write (events and session records, each bounded by the pending-write caps) and retries. A
+corrupt or foreign file is a ``StorageError`` at open: the server refuses to start rather than overwrite
+someone's data.
 """
 
 from __future__ import annotations
@@ -94,10 +95,12 @@ class SessionRow:
 @dataclass(slots=True)
 class _Pending:
     events: deque[tuple[str, int, float, str, str]]
-    sessions: dict[str, SessionRow | None]  # None: delete
+    sessions: dict[str, SessionRow | None]  # None: delete; while degraded, the oldest write first
     topics: dict[str, str]
     reserve: int | None = None
     bytes: int = 0  # characters of the events' lines (as stored: UTF-8, so up to 4 bytes each)
+    # Characters of the session records (counted while degraded), held to the same caps apart from the events.
+    session_bytes: int = 0
 
 
 class HistoryStore:
@@ -108,7 +111,8 @@ class HistoryStore:
         self.history_limit = history_limit
         self.degraded = False
         self.last_error: str | None = None
-        self.dropped = 0  # events given up on while the disk failed (bounded pending queue)
+        self.dropped = 0  # event rows and session records given up on while the disk failed (bounded queues)
+        self.reads_failed = 0  # reads that failed: a replay that met one has a hole
         self._db: sqlite3.Connection | None = None
         self._ckpt: sqlite3.Connection | None = None  # used only by checkpoint(), on another thread
         self._ckpt_lock = threading.Lock()
@@ -201,18 +205,27 @@ class HistoryStore:
             self._pruned[conv] = pruned
 
     def _unknown_sequence(self) -> None:
-        """The file exists but cannot be read: the numbers it holds are unknown. Continue from the clock."""
-        if self.path.exists() and self.start_seq == 0:
+        """The file cannot be opened at start: the numbers it holds are unknown, whether it exists now or
+        appears later (a data directory mounted or made writable after the start, then opened by a retry:
+        numbers counted from 0 meanwhile would be those of its events again). Continue from the clock."""
+        if self.start_seq == 0:
             self.start_seq = _clock_floor()
             log.warning(
-                "history: sequence continues from %d (the database's own numbers are unreadable)", self.start_seq
+                "history: sequence continues from %d (the database's own numbers cannot be read)", self.start_seq
             )
 
     def _fail(self, message: str) -> None:
         if not self.degraded:
             log.error("history: %s; chat goes on, history is kept in memory until the disk recovers", message)
+            # Session records are counted only while degraded (_hold_session): count those already queued.
+            p = self._pending
+            p.session_bytes = sum(_record_chars(sid, row) for sid, row in p.sessions.items())
         self.degraded = True
         self.last_error = message
+
+    def _read_failed(self, exc: sqlite3.Error) -> None:
+        self.reads_failed += 1
+        self._fail(f"read failed: {exc}")
 
     # --- loading at start ----------------------------------------------------------------------------------
 
@@ -250,10 +263,29 @@ class HistoryStore:
             self._pending.reserve = self._reserved
 
     def put_session(self, row: SessionRow) -> None:
-        self._pending.sessions[row.sid] = row
+        self._hold_session(row.sid, row)
 
     def drop_session(self, sid: str) -> None:
-        self._pending.sessions[sid] = None
+        self._hold_session(sid, None)
+
+    def _hold_session(self, sid: str, row: SessionRow | None) -> None:
+        """Queue a session's record (None: its deletion), bounded like the events: sessions that come and
+        go while the disk fails would each leave one behind. The oldest write goes first; a lost one costs
+        little (a live session's record is written again with its next post, and all at a stop; an ended
+        one comes back at the next start and expires after the grace)."""
+        p = self._pending
+        sessions = p.sessions
+        if not self.degraded:  # written at this tick's commit: nothing to count (the cost of every acked post)
+            sessions[sid] = row
+            return
+        if sid in sessions:  # rewritten: to the end, so that the oldest write is the first to go
+            p.session_bytes -= _record_chars(sid, sessions.pop(sid))
+        sessions[sid] = row
+        p.session_bytes += _record_chars(sid, row)
+        while len(sessions) > const.PENDING_WRITES_MAX or p.session_bytes > const.PENDING_WRITES_BYTES:
+            gone = next(iter(sessions))  # the disk has been failing for a while: the oldest go
+            p.session_bytes -= _record_chars(gone, sessions.pop(gone))
+            self.dropped += 1
 
     def put_topic(self, room: str, topic: str) -> None:
         self._pending.topics[room] = topic
@@ -343,6 +375,7 @@ class HistoryStore:
         p.events.clear()
         p.bytes = 0
         p.sessions.clear()
+        p.session_bytes = 0
         p.topics.clear()
         p.reserve = None
         if self.degraded:
@@ -405,7 +438,7 @@ class HistoryStore:
         try:
             rows = self._rows(conv, before=before, after=after, limit=limit + 1, newest=newest)
         except sqlite3.Error as exc:
-            self._fail(f"read failed: {exc}")
+            self._read_failed(exc)
             return [], False
         lines = [r[1] for r in rows[:limit]]
         if newest:
@@ -432,7 +465,7 @@ class HistoryStore:
             try:
                 rows = self._rows(conv, before=before, after=after, limit=size, newest=True)
             except sqlite3.Error as exc:
-                self._fail(f"read failed: {exc}")
+                self._read_failed(exc)
                 return
             yield from rows
             if len(rows) < size:
@@ -464,9 +497,23 @@ class HistoryStore:
         return rows
 
     def lost_upto(self, conv: str) -> int:
-        """The newest sequence number of ``conv`` that history no longer has: pruned, or given up on while
-        the disk failed (0: none). A replay from below it has a hole, and says so."""
-        return max(self._pruned.get(conv, 0), self._dropped.get(conv, 0))
+        """The newest sequence number of ``conv`` that history no longer has: pruned, given up on while
+        the disk failed, or in a file not open yet (all of whose numbers are below ``start_seq``) (0: none).
+        A replay from below it has a hole, and says so."""
+        lost = max(self._pruned.get(conv, 0), self._dropped.get(conv, 0))
+        return lost if self._db is not None else max(lost, self.start_seq)
+
+    def held(self, convs: list[str], after: int, before: int | None) -> bool:
+        """Whether an event of ``convs`` with ``after`` < seq < ``before`` is held in memory only: it could
+        not be written (the disk fails), so no read of the database finds it. Scans the held events from
+        the oldest, only up to ``before``: nothing at all once a commit has succeeded."""
+        wanted = set(convs)
+        for conv, seq, _, _, _ in self._pending.events:
+            if before is not None and seq >= before:
+                return False
+            if seq > after and conv in wanted:
+                return True
+        return False
 
     def checkpoint(self) -> None:
         """Copy the write-ahead log into the database file. Blocking (it fsyncs): call it from a worker
@@ -507,6 +554,13 @@ def _clock_floor() -> int:
     """Microseconds since the epoch: above any number an earlier run handed out, since no run hands out
     one per microsecond, and below 2**53 until the 23rd century."""
     return int(time.time() * 1_000_000)
+
+
+def _record_chars(sid: str, row: SessionRow | None) -> int:
+    """A queued session record's characters, as the events' lines are counted."""
+    if row is None:
+        return len(sid)
+    return len(sid) + len(row.token) + len(row.nick) + sum(map(len, row.rooms))
 
 
 def _minus_seq(row: tuple[int, str]) -> int:

@@ -670,6 +670,44 @@ def test_pending_writes_are_bounded_while_failing(
     assert seqs(s.events("lobby")[0]) == [4, 5, 6, 7, 8]  # the oldest were given up
 
 
+@pytest.mark.parametrize("limit", ["rows", "bytes"])
+def test_pending_sessions_are_bounded_while_failing(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    """Each session that came and went while the disk failed left its record (or its deletion) in memory,
+    without bound. They are held to the events' caps, counted apart; the oldest write goes first."""
+
+    def row(sid: str, last_id: int = 0) -> SessionRow:
+        return SessionRow(sid, "tok", "al", ("lobby",), last_id, False)  # 12 characters with a 2-character sid
+
+    if limit == "rows":
+        monkeypatch.setattr(const, "PENDING_WRITES_MAX", 3)
+    else:
+        monkeypatch.setattr(const, "PENDING_WRITES_BYTES", 3 * 12 + 1)
+    s = open_store(stores, tmp_path)
+    db_of(s).execute("PRAGMA query_only=ON")
+    add(s, 1)  # an event: its own budget, not the sessions'
+    s.put_session(row("s0"))  # queued before the failure is known: counted once it is
+    assert s.commit(0.0) is False
+    for i in range(1, 5):
+        s.put_session(row(f"s{i}"))
+    assert (s.pending, s.dropped) == (1 + 3, 2)  # s0 and s1 were given up
+    s.put_session(row("s2", 7))  # written again: the newest write now, s3 is the oldest
+    s.drop_session("s9")  # a deletion is a write too (2 characters)
+    assert (s.pending, s.dropped) == (1 + 3, 3)
+    db_of(s).execute("PRAGMA query_only=OFF")
+    assert s.commit(const.DB_RETRY_INTERVAL)
+    assert sorted(s.load_sessions(), key=lambda r: r.sid) == [row("s2", 7), row("s4")]
+    assert seqs(s.events("lobby")[0]) == [1]
+    db_of(s).execute("PRAGMA query_only=ON")
+    s.put_session(row("t0"))
+    assert s.commit(100.0) is False
+    s.put_session(row("t1"))
+    s.drop_session("t2")
+    assert (s.pending, s.dropped) == (3, 3)  # the budget was freed by the commit: nothing more given up
+    db_of(s).execute("PRAGMA query_only=OFF")
+
+
 def test_unopenable_directory_is_degraded_not_fatal(tmp_path: Path, stores: list[HistoryStore]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -686,6 +724,29 @@ def test_unopenable_directory_is_degraded_not_fatal(tmp_path: Path, stores: list
     assert s.commit(const.DB_RETRY_INTERVAL) is True
     assert not s.degraded
     assert s.load_topics() == {"lobby": "kept"}
+
+
+def test_a_file_that_appears_after_a_failed_open_is_never_counted_over(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """At the start the data directory cannot be made (a disk not mounted yet): no file to read numbers
+    from. Counting from 0 would hand out the numbers of the events in the file that appears later."""
+    data, elsewhere = tmp_path / "data", tmp_path / "not-mounted"
+    s = open_store(stores, data)
+    add(s, 5)
+    assert s.commit(0.0)
+    s.close()
+    data.rename(elsewhere)
+    data.write_text("")
+    s2 = open_store(stores, data)
+    assert s2.degraded and s2.start_seq > h.SEQ_RESERVE  # the clock: above anything a file can hold
+    assert s2.lost_upto("lobby") == s2.start_seq  # a file not open: its events are out of reach
+    add(s2, s2.start_seq + 1)
+    data.unlink()
+    elsewhere.rename(data)
+    assert s2.commit(const.DB_RETRY_INTERVAL)
+    assert seqs(s2.events("lobby")[0]) == [5, s2.start_seq + 1]
+    assert s2.lost_upto("lobby") == 0
 
 
 def test_events_are_queued_while_the_file_cannot_be_opened(tmp_path: Path, stores: list[HistoryStore]) -> None:

@@ -7,6 +7,7 @@ the local members, so a test can ask what one connection was sent.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -1085,6 +1086,33 @@ def test_seq_is_not_reused_when_the_store_opens_late(tmp_path: Path, stores: lis
     assert [j["nick"] for j in joins] == ["al", "bo"]
 
 
+def test_seq_is_not_reused_when_the_file_appears_after_the_start(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """The data directory is not there at the start (a disk mounted later): the first open failed with no
+    file to look at, so the numbers counted from 0, those of the file's own events. Once the file opened,
+    a held event whose number the file already had was dropped (INSERT OR IGNORE) and clients that had
+    seen the old one skipped the new."""
+    data, elsewhere = tmp_path / "data", tmp_path / "not-mounted"
+    net = Workers(make_hub(stores, data))
+    welcome_of(net, 1, 10, "al")
+    net.hub.commit(1.0)
+    high = net.hub.seq
+    net.hub.store.close()
+    data.rename(elsewhere)
+    data.write_text("")  # nothing can be made at the mount point for now
+    net2 = Workers(make_hub(stores, data))
+    assert net2.hub.store.degraded
+    bo = welcome_of(net2, 1, 10, "bo", 1.0)
+    assert bo["seq"] > high
+    data.unlink()
+    elsewhere.rename(data)  # the disk is mounted
+    assert net2.hub.commit(10.0)
+    joins = [json.loads(x) for x in net2.hub.store.events("lobby")[0]]
+    assert [j["nick"] for j in joins] == ["al", "bo"]
+    assert joins[1]["seq"] > high
+    net2.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "after"}, 11.0)
+    assert net2.take(1, 10)[-1]["seq"] > joins[1]["seq"]
+
+
 # --- degraded history -----------------------------------------------------------------------------------------
 
 
@@ -1107,6 +1135,68 @@ def test_acks_and_history_while_the_disk_fails(net: Workers) -> None:
     hub.store._db.execute("PRAGMA query_only=OFF")
     assert hub.commit(100.0) is True
     assert [json.loads(x).get("text") for x in hub.store.events("lobby")[0]] == [None, "during"]
+
+
+@pytest.mark.parametrize("failure", ["writes fail", "not open"])
+def test_a_resume_while_the_disk_fails_says_gap_only_for_what_is_missing(
+    tmp_path: Path, stores: list[HistoryStore], failure: str
+) -> None:
+    """While the disk fails a resume the ring cannot serve alone is read from the database, and what it
+    lacks comes from the ring: it said gap whenever the store was degraded, though nothing was missing.
+    A gap is due when an event held in memory only has left the ring too (or a read fails: below)."""
+    blocker = tmp_path / "blocker"
+    if failure == "not open":
+        blocker.write_text("")  # the data directory cannot be made: the file is never opened
+    net = Workers(make_hub(stores, blocker / "data" if failure == "not open" else tmp_path, recent_max=3))
+    hub = net.hub
+    token = welcome_of(net, 1, 10, "al")["token"]
+    welcome_of(net, 2, 20, "bo", rooms=["lobby", "games"])
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.closed(1, 10, False, "lost", 1.0)
+    if failure == "writes fail":
+        assert hub.commit(1.0)
+        assert hub.store._db is not None
+        hub.store._db.execute("PRAGMA query_only=ON")
+
+    def say(room: str, *texts: str) -> None:
+        for text in texts:
+            hub.request(2, 20, {"type": "msg", "room": room, "text": text}, 2.0)
+        assert hub.commit(2.0) is False
+
+    def replay(worker: int) -> tuple[bool, list[str]]:  # al resumes on a new connection: (gap?, texts)
+        frames = resumed(net, token, last_seq, worker, worker * 10)
+        return "gap" in kinds(frames), [str(f["text"]) for f in frames if f["type"] == "msg"]
+
+    say("games", "g0", "g1", "g2")
+    say("lobby", "m0", "m1")  # the ring (3) begins after al's last seq, but has all al missed
+    assert hub.recent[0].seq > last_seq + 1 and hub.store.degraded
+    assert replay(3) == (False, ["m0", "m1"])
+    say("lobby", "m2", "m3", "m4")  # m0 and m1 are now only in the held writes: no read finds them
+    assert replay(4) == (True, ["m2", "m3", "m4"])
+    if failure == "writes fail":
+        assert hub.store._db is not None
+        hub.store._db.execute("PRAGMA query_only=OFF")
+    else:
+        blocker.unlink()
+    assert hub.commit(100.0)
+    assert replay(5) == (False, ["m0", "m1", "m2", "m3", "m4"])
+
+
+def test_a_read_that_fails_during_a_resume_means_a_gap(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that fails on the way leaves a hole, and the gap says so. The store counts its failed reads:
+    ``degraded`` alone cannot tell one apart from writes that were failing already."""
+    net = Workers(make_hub(stores, tmp_path, recent_max=1))
+    token, last_seq = away_while_bo_posts(net, ["m0", "m1", "m2"])
+
+    def failing(*args: Any, **kwargs: Any) -> list[tuple[int, str]]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(net.hub.store, "_rows", failing)
+    frames = resumed(net, token, last_seq)
+    assert kinds(frames) == ["welcome", "gap", "msg"]  # only the ring's m2
+    assert net.hub.store.degraded
 
 
 def test_large_rooms_do_not_announce_presence(
