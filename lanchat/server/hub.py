@@ -151,7 +151,6 @@ class Hub:
         self.nicks: dict[str, Session] = {}  # nick_key ->
         self.conns: dict[tuple[int, int], Session] = {}  # (worker, conn) ->
         self.rooms: dict[str, Room] = {}
-        self.topics: dict[str, str] = store.load_topics()
         self.recent: deque[_Recent] = deque(maxlen=recent_max)
         self.recent_bytes = recent_bytes  # the ring's bytes at most (its lines')
         self._recent_bytes = 0
@@ -357,7 +356,7 @@ class Hub:
         if room is None:
             if len(self.rooms) >= const.MAX_ROOMS:
                 raise RemoteProtocolError(m.Err.BAD_ROOM, "the server has too many rooms")
-            room = self.rooms[name] = Room(name, self.topics.get(name, ""))
+            room = self.rooms[name] = Room(name, self.store.topic(name))
         return room
 
     # --- sessions ------------------------------------------------------------------------------------------
@@ -711,7 +710,6 @@ class Hub:
             self._send(s, _with_id({"type": "topic", "room": room.name, "topic": room.topic}, req.id))
             return
         room.topic = req.topic
-        self.topics[room.name] = req.topic
         self.store.put_topic(room.name, req.topic)
         _, line = self._event("topic", {"room": room.name, "nick": s.nick, "topic": req.topic}, (room.name,), now)
         self._to_room(room, line)

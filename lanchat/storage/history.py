@@ -235,10 +235,21 @@ class HistoryStore:
         rows = self._db.execute("SELECT sid, token, nick, rooms, last_id, plain FROM sessions").fetchall()
         return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5])) for r in rows]
 
-    def load_topics(self) -> dict[str, str]:
+    def topic(self, room: str) -> str:
+        """A room's topic ('' for none), read when the room comes back: the hub holds only the topics of
+        rooms that exist, so rooms made and left one after another cost it no memory. A topic held for a
+        failing disk first; one in a file that cannot be read is not known ('')."""
+        held = self._pending.topics.get(room)
+        if held is not None:
+            return held
         if self._db is None:
-            return {}
-        return dict(self._db.execute("SELECT room, topic FROM topics").fetchall())
+            return ""
+        try:
+            row = self._db.execute("SELECT topic FROM topics WHERE room = ?", (room,)).fetchone()
+        except sqlite3.Error as exc:
+            self._read_failed(exc)
+            return ""
+        return str(row[0]) if row else ""
 
     # --- queued writes -------------------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ def test_create_makes_the_directory_and_file(tmp_path: Path, stores: list[Histor
     assert s.path.exists()
     assert not s.degraded and s.last_error is None
     assert s.start_seq == 0
-    assert s.load_sessions() == [] and s.load_topics() == {}
+    assert s.load_sessions() == [] and s.topic("lobby") == ""
     assert s.events("lobby") == ([], False)
     assert s.pending == 0
     assert s.commit(0.0) is True  # nothing to do is a success
@@ -92,7 +92,7 @@ def test_reopen_keeps_events_sessions_topics(tmp_path: Path, stores: list[Histor
         SessionRow("sid1", "tok1", "Al", ("lobby", "dev"), 7, False),
         SessionRow("sid2", "tok2", "bo", (), -1, True),
     ]
-    assert s2.load_topics() == {"lobby": "pizza"}
+    assert (s2.topic("lobby"), s2.topic("dev")) == ("pizza", "")
 
 
 def test_session_update_and_drop(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -116,7 +116,7 @@ def test_topic_overwrite(tmp_path: Path, stores: list[HistoryStore]) -> None:
     s.commit(0.0)
     s.put_topic("dev", "")
     s.commit(0.0)
-    assert s.load_topics() == {"dev": ""}
+    assert s.topic("dev") == ""
 
 
 # --- sequence reservation -------------------------------------------------------------------------------------
@@ -621,7 +621,7 @@ def test_write_failure_degrades_keeps_data_and_recovers(
     assert not s.degraded and s.last_error is None
     assert s.pending == 0
     assert seqs(s.events("lobby", limit=100)[0]) == list(range(1, 40))
-    assert s.load_topics() == {"lobby": "x" * 50_000}
+    assert s.topic("lobby") == "x" * 50_000
     assert [r.sid for r in s.load_sessions()] == ["sid"]
     assert any("resumed" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert s.commit(100.0) is True
@@ -713,7 +713,7 @@ def test_unopenable_directory_is_degraded_not_fatal(tmp_path: Path, stores: list
     blocker.write_text("not a directory")
     s = open_store(stores, blocker / "data")
     assert s.degraded and s.last_error is not None and "cannot open" in s.last_error
-    assert s.load_sessions() == [] and s.load_topics() == {}
+    assert s.load_sessions() == [] and s.topic("lobby") == ""
     assert s.events("lobby") == ([], False)
     assert list(s.replay_newest(0, ["lobby"])) == []
     s.put_topic("lobby", "kept")
@@ -723,7 +723,7 @@ def test_unopenable_directory_is_degraded_not_fatal(tmp_path: Path, stores: list
     assert s.commit(1.0) is False  # before the retry time
     assert s.commit(const.DB_RETRY_INTERVAL) is True
     assert not s.degraded
-    assert s.load_topics() == {"lobby": "kept"}
+    assert s.topic("lobby") == "kept"
 
 
 def test_a_file_that_appears_after_a_failed_open_is_never_counted_over(

@@ -446,7 +446,26 @@ def test_empty_room_disappears_but_its_topic_stays(net: Workers) -> None:
     assert "dev" not in hub.rooms
     net.clear()
     hub.request(1, 10, {"type": "join", "room": "dev"}, 2.0)
-    assert net.take(1, 10)[-1]["topic"] == "kept"
+    assert net.take(1, 10)[-1]["topic"] == "kept"  # held for the disk still
+
+
+def test_the_hub_keeps_topics_of_live_rooms_only_and_reads_a_room_s_back(net: Workers) -> None:
+    """Topics of rooms that were made and left stayed in the hub's memory for good (a loop of join, topic,
+    part grew it without bound); now they are on disk only, read when the room comes back."""
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    for i in range(20):
+        hub.request(1, 10, {"type": "join", "room": f"r{i}"}, 1.0)
+        hub.request(1, 10, {"type": "topic", "room": f"r{i}", "topic": f"topic {i}"}, 1.0)
+        hub.request(1, 10, {"type": "part", "room": f"r{i}"}, 1.0)
+    assert hub.commit(1.0)
+    assert set(hub.rooms) == {"lobby"}
+    assert not [v for v in vars(hub).values() if isinstance(v, dict) and "r0" in v]  # nothing keyed by r0
+    net.clear()
+    hub.request(1, 10, {"type": "join", "room": "r7"}, 2.0)
+    assert net.take(1, 10)[-1]["topic"] == "topic 7"  # from the database
+    hub.request(1, 10, {"type": "join", "room": "never"}, 2.0)
+    assert net.take(1, 10)[-1]["topic"] == ""
 
 
 def test_history_on_join_shows_earlier_events(net: Workers) -> None:
