@@ -146,7 +146,14 @@ def serve(
         bool, typer.Option("--no-discovery", envvar=_env("no_discovery"), help="No UDP at all.")
     ] = False,
     max_frame: Annotated[
-        int, typer.Option(envvar=_env("max_frame"), metavar="BYTES", min=256, help="Bytes per protocol line.")
+        int,
+        typer.Option(
+            envvar=_env("max_frame"),
+            metavar="BYTES",
+            min=256,
+            max=const.MAX_FRAME_LIMIT,
+            help="Bytes per protocol line.",
+        ),
     ] = const.MAX_FRAME,
     rate: Annotated[
         float, typer.Option(envvar=_env("rate"), metavar="PER_S", min=0.1, help="Messages per second per connection.")

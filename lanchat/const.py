@@ -14,6 +14,7 @@ DEFAULT_ROOM: Final = "lobby"
 
 # --- per-connection limits (worker) ------------------------------------------------------------------------
 MAX_FRAME: Final = 16 * 1024  # bytes per line: a chat line is short; bounds what one peer makes us buffer
+MAX_FRAME_LIMIT: Final = 1024 * 1024  # the highest --max-frame: one line, escaped, stays far under a control frame
 MAX_TEXT: Final = 4000  # characters of message text, well under MAX_FRAME once JSON-escaped
 RATE: Final = 20.0  # messages per second per connection (token bucket refill)
 BURST: Final = 50  # token bucket size: a pasted block of 50 lines goes out at once

@@ -371,7 +371,7 @@ class Worker:
 
     def _frame_records(self) -> None:
         if self._hub_records:
-            self._hub_out.append(control.json_frame(self._hub_records))
+            self._hub_out += control.json_frames(self._hub_records)
             self._hub_records = []
 
     def mark_dirty(self, conn: ClientConn) -> None:

@@ -74,10 +74,16 @@ def test_flags_beat_the_environment(captured: dict[str, Any]) -> None:
     assert cfg.port == 4000 and cfg.discovery.discovery is False and cfg.discovery.beacon is False
 
 
+def test_max_frame_edges_are_accepted(captured: dict[str, Any]) -> None:
+    for value in (256, 1024 * 1024):  # a line of 1 MiB, escaped, stays far under a control frame (64 MiB)
+        assert CliRunner().invoke(app, ["serve", "--max-frame", str(value)]).exit_code == 0
+        assert captured["config"].max_frame == value
+
+
 @pytest.mark.parametrize(
     "args",
-    [["--max-frame", "10"], ["--rate", "0"], ["--workers", "100"], ["--port", "x"], ["--port", "65536"],
-     ["--discovery-port", "0"], ["--discovery-port", "70000"], ["--log-level", "loud"]],
+    [["--max-frame", "10"], ["--max-frame", "1048577"], ["--rate", "0"], ["--workers", "100"], ["--port", "x"],
+     ["--port", "65536"], ["--discovery-port", "0"], ["--discovery-port", "70000"], ["--log-level", "loud"]],
 )  # fmt: skip
 def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], args: list[str]) -> None:
     result = CliRunner().invoke(app, ["serve", *args])

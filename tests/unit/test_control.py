@@ -211,3 +211,22 @@ def test_round_trip_any_frames_in_any_chunks(frames: list[c.ControlFrame], sizes
         pos += size
     out += dec.feed(data[pos:])
     assert out == frames
+
+
+def test_a_tick_of_records_past_the_frame_limit_is_split_in_order_and_every_frame_decodes() -> None:
+    """A worker that read hundreds of clients' bursts in one tick (300 emoji topics: 3.6 KB each, escaped)
+    made one JSON frame of over 64 MiB; the hub took it for a broken pipe and killed the worker."""
+    topic = "\U0001f600" * 300
+    records: list[Any] = [["req", i, {"type": "topic", "room": "lobby", "topic": topic}] for i in range(20_000)]
+    assert len(c.json_frame(records)) > c.MAX_CONTROL_FRAME  # the old single frame
+    frames = c.json_frames(records)
+    assert all(len(f) <= c.HEADER.size + c.JSON_FRAME_TARGET for f in frames)
+    decoded = c.ControlDecoder().feed(b"".join(frames))
+    assert [r for f in decoded if isinstance(f, c.JsonFrame) for r in f.records] == records
+
+
+def test_small_ticks_stay_one_frame_and_a_record_over_the_target_goes_alone() -> None:
+    assert c.json_frames([["pong", 1]]) == [c.json_frame([["pong", 1]])]
+    big = ["req", 1, {"type": "msg", "text": "x" * (c.JSON_FRAME_TARGET + 10)}]
+    frames = c.json_frames([["a"], big, ["b"]])
+    assert [f.records for f in c.ControlDecoder().feed(b"".join(frames))] == [[["a"]], [big], [["b"]]]  # type: ignore[union-attr]
