@@ -132,6 +132,7 @@ class ServerConnection:
             frame = pending[self._head]
             self._head += 1
             self.frames_in += 1
+            self.last_seen = now  # a line handled late (rate limit) is heard now: silence counts from here
             if frame is FRAME_TOO_LONG:
                 out.append(Reply(self._error(m.Err.FRAME_TOO_LONG, f"line longer than {self._framer.max_frame} bytes")))
                 continue

@@ -282,6 +282,8 @@ class ClientConn:
             return
         if st.mode is not Mode.JSON:
             return  # nc users may read for hours; TCP keepalive finds their dead peers
+        if st.pending:
+            return  # the rate limit holds lines of theirs (and their pong behind them): we are slow, not they
         silent = now - st.last_seen
         if silent > float(cfg["idle_timeout"]):
             self._report_closed(False, "idle timeout")
