@@ -258,6 +258,8 @@ class Server:
 
         class Ctrl(asyncio.Protocol):
             def data_received(self, data: bytes) -> None:
+                if slot.ctrl is not transport_box[0]:  # written off (_worker_gone): what it left in the pipe
+                    return  # is for sessions already released; a hello there would make one nobody can reach
                 try:
                     frames = decoder.feed(data)
                 except RemoteProtocolError as exc:
@@ -335,6 +337,8 @@ class Server:
         if not slot.alive:
             return
         slot.alive = False
+        if slot.ctrl is not None:  # nothing more is read from it (a reap can come before its pipe is drained)
+            slot.ctrl.abort()
         slot.ctrl = None
         if slot.fd_sock is not None:
             slot.fd_sock.close()
@@ -362,7 +366,9 @@ class Server:
                 continue
             code = proc.returncode
             slot.proc = None
-            boot_failed = not slot.ready or code == EXIT_BOOT_FAILED
+            # A worker that exits before it is ready would fail again, forever; one killed by a signal then
+            # (the OOM killer, an operator) is replaced like any crash, with the same backoff.
+            boot_failed = code == EXIT_BOOT_FAILED or (not slot.ready and code >= 0)
             if not self.stopping and not boot_failed:
                 self._respawn_later(slot)  # first: whatever goes wrong below, the slot gets a new worker
             self._worker_gone(slot)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -16,6 +17,8 @@ from support import Client, MakeServer, ServerProcess, run_cli
 
 from lanchat.config import DiscoveryConfig, ServerConfig
 from lanchat.errors import StorageError
+from lanchat.protocol import control
+from lanchat.protocol import messages as m
 from lanchat.server.main import Server, lock_data_dir
 
 
@@ -286,3 +289,60 @@ def test_the_data_directory_lock_is_released_when_the_server_refuses_to_start(tm
             lock_data_dir(data)  # a second holder (here: this process again, through another open file)
     finally:
         os.close(fd)
+
+
+def test_what_a_written_off_worker_left_in_its_pipe_is_not_handled(tmp_path: Path) -> None:
+    """The supervisor reaps a dead worker as soon as its process has exited, which can be before the main
+    loop has read all its pipe held (more than one read behind). A hello found there afterwards made a
+    session bound to a connection that exists nowhere: never detached, never expired, its nick taken for
+    the server's life. Written off, the pipe is closed and what it held is dropped (unacknowledged posts
+    among it are resent by their clients when they resume)."""
+    config = ServerConfig(
+        data_dir=tmp_path / "data", workers=1, discovery=DiscoveryConfig(discovery=False, beacon=False)
+    )
+
+    async def scenario() -> None:
+        server = Server(config)
+        slot = server.slots[0]
+        try:
+            server._spawn(slot)
+            while slot.ctrl is None:  # the pipe's transport is made by a task
+                await asyncio.sleep(0)
+            old = slot.ctrl
+            stale = old.get_protocol()
+            server._worker_gone(slot)  # what a reap does (it kills the process if it still runs)
+            assert old.is_closing()
+            stale.data_received(control.json_frame([["req", 7, {"type": "hello", "nick": "ghost"}]]))
+            assert m.nick_key("ghost") not in server.hub.nicks
+        finally:
+            if slot.proc is not None:
+                slot.proc.kill()
+                slot.proc.wait(5)
+            server.store.close()
+            if server._lock is not None:
+                os.close(server._lock)
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_replacement_killed_before_it_is_ready_is_replaced_again(make_server: MakeServer) -> None:
+    """A worker that exits before it is ready cannot boot, and the server stops (exit 3) rather than start
+    it forever; one killed by a signal then (the OOM killer, an operator) stopped the whole server too."""
+    server = make_server(workers=2)
+    for _ in range(3):  # the kill must land before the replacement is ready (it takes ~0.1 s to import)
+        mark = server.mark()
+        os.kill(server.worker_pids()[0], signal.SIGKILL)
+        match = re.search(r"started \(pid (\d+)\)", server.wait_log(r"worker \d started", 10, mark))
+        assert match is not None
+        pid = int(match[1])
+        os.kill(pid, signal.SIGKILL)
+        server.wait_log(rf"worker \d ready \(pid (?!{pid}\))", 10, mark)  # a replacement of the replacement
+        if f"ready (pid {pid})" not in server.log:
+            break  # it was killed before it was ready: the case
+    else:
+        pytest.skip("each replacement was ready before the test could kill it")
+    assert server.proc is not None and server.proc.poll() is None  # still serving
+    assert "could not boot" not in server.log
+    with Client(server.port, "a") as a, Client(server.port, "b") as b:
+        a.send({"type": "msg", "room": "lobby", "text": "still here", "id": 1})
+        assert b.expect("msg")["text"] == "still here"
