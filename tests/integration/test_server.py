@@ -310,6 +310,7 @@ def test_what_a_written_off_worker_left_in_its_pipe_is_not_handled(tmp_path: Pat
                 await asyncio.sleep(0)
             old = slot.ctrl
             stale = old.get_protocol()
+            assert isinstance(stale, asyncio.Protocol)
             server._worker_gone(slot)  # what a reap does (it kills the process if it still runs)
             assert old.is_closing()
             stale.data_received(control.json_frame([["req", 7, {"type": "hello", "nick": "ghost"}]]))
