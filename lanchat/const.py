@@ -58,6 +58,9 @@ WORKER_BOOT_TIMEOUT: Final = 10.0  # seconds a new worker has to report ready
 RESTART_BACKOFF_MAX: Final = 1.0  # seconds: cap of the delay before respawning a crashed worker
 ACCEPT_BACKOFF: Final = 0.1  # seconds the accept loop pauses on EMFILE/ENFILE/ENOBUFS/ENOMEM (as trio)
 PIPE_HIGH_WATER: Final = 8 * 1024 * 1024  # bytes queued to one worker pipe before the hub logs pressure
+# Bytes a worker queues for the hub (beyond the socketpair's own buffers) before it stops reading its
+# clients until the hub catches up: TCP then holds them back, and a stalled hub costs no worker memory.
+HUB_WRITE_HIGH_WATER: Final = 1024 * 1024
 
 # --- fan-out pacing (worker) -------------------------------------------------------------------------------
 # A busy fan-out round (one send() per member with output) that took t seconds is followed by the next no

@@ -98,6 +98,10 @@ class ClientConn:
     def _readable(self) -> None:
         if self.sock is None:
             return
+        if self.worker.hub_full:  # the hub is behind: the bytes stay in the kernel until it catches up
+            self._pause_reading()
+            self.worker.held.append(self)
+            return
         try:
             data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -116,6 +120,10 @@ class ClientConn:
             self.json_mode = self.state.mode is Mode.JSON and not self.closing
         except Exception:  # a parser bug costs this one connection, never the worker
             self._internal_error()
+
+    def hub_caught_up(self) -> None:
+        if self.sock is not None and not self.closing and self._resume_handle is None:  # else: closed, or
+            self._resume_reading()  # throttled (its own pause ends with a read)
 
     def _internal_error(self) -> None:
         log.exception("conn %d (%s): internal error on input; closing it", self.conn_id, self.peer)
@@ -282,8 +290,8 @@ class ClientConn:
             return
         if st.mode is not Mode.JSON:
             return  # nc users may read for hours; TCP keepalive finds their dead peers
-        if st.pending:
-            return  # the rate limit holds lines of theirs (and their pong behind them): we are slow, not they
+        if st.pending or self.worker.hub_full:
+            return  # lines of theirs (their pong too) wait for the rate limit or the hub: we are slow, not they
         silent = now - st.last_seen
         if silent > float(cfg["idle_timeout"]):
             self._report_closed(False, "idle timeout")
@@ -334,6 +342,8 @@ class Worker:
         self.done = asyncio.Event()
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
         self.shutting_down = False
+        self.hub_full = False  # more than HUB_WRITE_HIGH_WATER queued for the hub: clients are not read
+        self.held: list[ClientConn] = []  # connections left unread until the hub catches up
 
     # --- control pipe --------------------------------------------------------------------------------------
 
@@ -348,11 +358,26 @@ class Worker:
             def connection_lost(self, exc: Exception | None) -> None:
                 worker.hub_gone()
 
+            def pause_writing(self) -> None:
+                worker.hub_full = True
+
+            def resume_writing(self) -> None:
+                worker.hub_caught_up()
+
         self.ctrl, _ = await loop.create_unix_connection(Ctrl, sock=self.ctrl_sock)
+        self.ctrl.set_write_buffer_limits(high=const.HUB_WRITE_HIGH_WATER, low=const.HUB_WRITE_HIGH_WATER // 4)
         self.fd_sock.setblocking(False)
         loop.add_reader(self.fd_sock.fileno(), self._receive_fds)
         loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
         self.to_hub(["ready", os.getpid()])
+
+    def hub_caught_up(self) -> None:
+        """The hub took most of what was queued for it: read the clients left waiting again (a throttled
+        one resumes when its own pause ends)."""
+        self.hub_full = False
+        held, self.held = self.held, []
+        for conn in held:
+            conn.hub_caught_up()
 
     def hub_gone(self) -> None:
         if not self.shutting_down:

@@ -332,3 +332,49 @@ def test_saturated_worker_pipes_both_ways_do_not_deadlock(make_server: MakeServe
         mux.close()
         for c in conns:
             c.client.close()
+
+
+def test_a_stalled_hub_holds_clients_back_instead_of_filling_a_worker(make_server: MakeServer) -> None:
+    """While the main process does not read (a long commit, swap; here SIGSTOP), a worker used to go on
+    reading its clients and queue their posts for the hub without bound: 100 clients at the rate limit
+    grew it by 60 MiB in 4 s. Past HUB_WRITE_HIGH_WATER it stops reading them, TCP holds the senders
+    back, and once the hub reads again every post is acknowledged, in order."""
+    server = make_server("--rate", "100000", "--burst", "100000", "--sendq", str(64 * MiB), workers=1)
+    [worker] = server.worker_pids()
+    assert server.proc is not None
+
+    def line_of(i: int) -> bytes:
+        return json.dumps({"type": "msg", "room": "lobby", "text": POST_TEXT * 4, "id": i}).encode() + b"\n"
+
+    with Client(server.port, "flood") as c:
+        rss_before = peak_rss(worker)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        sent, ids, held, pending = 0, 0, False, b""
+        try:
+            c.sock.setblocking(False)
+            while sent < 64 * MiB:  # bounded: a worker that never pushes back takes all of it
+                if not pending:
+                    ids += 1
+                    pending = line_of(ids)
+                try:
+                    n = c.sock.send(pending)
+                except BlockingIOError:
+                    sel = selectors.DefaultSelector()
+                    sel.register(c.sock, selectors.EVENT_WRITE)
+                    ready = sel.select(1.0)  # a worker that reads frees room at once; a held one never
+                    sel.close()
+                    if not ready:
+                        held = True
+                        break
+                    continue
+                sent += n
+                pending = pending[n:]
+            grown = peak_rss(worker) - rss_before
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert held, f"the worker read {sent / MiB:.0f} MiB while the hub read nothing"
+        assert grown < 16 * MiB, f"worker grew by {grown / MiB:.1f} MiB while the hub was stopped"
+        c.sock.setblocking(True)
+        c.sock.sendall(pending)
+        acks = [c.expect("ack", timeout=30)["id"] for _ in range(ids)]
+        assert acks == list(range(1, ids + 1))  # nothing held back was lost, nothing reordered
