@@ -44,6 +44,7 @@ LOCK_NAME = "lock"  # in the data directory: one server per directory (lock_data
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
 SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
 CHECKPOINT_INTERVAL = 1.0  # seconds between write-ahead-log checkpoints (bounds the log's size)
+WORKER_EXIT_WAIT = 0.05  # seconds a worker whose pipe closed has to exit by itself before it is killed
 ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -347,12 +348,15 @@ class Server:
             self._conn_gone(conn)
         self.hub.worker_lost(slot.index, time.time())
         self._schedule_flush()
-        if slot.proc is not None:
-            try:  # usually it is dying already: let its exit status say how
-                slot.proc.wait(0.05)
-            except subprocess.TimeoutExpired:
-                slot.killed_for = "its pipe closed"
-                slot.proc.kill()  # a half-dead worker must not keep sockets of sessions the hub released
+        proc = slot.proc
+        if proc is not None and proc.poll() is None:  # usually it is dying already: let its exit status say how
+
+            def half_dead() -> None:  # it must not keep sockets of sessions the hub released
+                if slot.proc is proc and proc.poll() is None:
+                    slot.killed_for = "its pipe closed"
+                    proc.kill()
+
+            self.loop.call_later(WORKER_EXIT_WAIT, half_dead)  # not a wait in the loop: chat goes on meanwhile
 
     def _kill(self, slot: WorkerSlot, why: str = "") -> None:
         if slot.proc is not None and slot.proc.poll() is None:
