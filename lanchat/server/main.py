@@ -499,17 +499,20 @@ class Server:
         if not live:
             self._refuse(sock, m.Err.INTERNAL, "no worker available; try again in a moment")
             return
-        slot = min(live, key=lambda s: len(s.conns))
         conn = self.next_conn
         self.next_conn += 1
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            assert slot.fd_sock is not None
-            socket.send_fds(slot.fd_sock, [json.dumps({"conn": conn, "peer": ip}).encode()], [sock.fileno()])
-        except OSError as exc:
-            log.warning("could not hand connection to worker %d: %s", slot.index, exc)
+        note = [json.dumps({"conn": conn, "peer": ip}).encode()]
+        for slot in sorted(live, key=lambda s: len(s.conns)):  # the least loaded first
+            try:
+                assert slot.fd_sock is not None
+                socket.send_fds(slot.fd_sock, note, [sock.fileno()])
+                break
+            except OSError as exc:  # its queue is full (a stalled worker, a storm of connects): the next one
+                log.warning("could not hand connection to worker %d: %s", slot.index, exc)
+        else:
             self._refuse(sock, m.Err.INTERNAL, "worker unavailable; reconnect")
             return
         # Keep our descriptor until the worker says it adopted the connection: if the worker could not

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -347,3 +349,46 @@ def test_a_replacement_killed_before_it_is_ready_is_replaced_again(make_server: 
     with Client(server.port, "a") as a, Client(server.port, "b") as b:
         a.send({"type": "msg", "room": "lobby", "text": "still here", "id": 1})
         assert b.expect("msg")["text"] == "still here"
+
+
+def test_a_connection_goes_to_another_worker_when_one_cannot_take_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose descriptor queue is full (stalled, in a storm of connects: ~2,700 queued) refused the
+    client ("worker unavailable") although another worker could take it."""
+    config = ServerConfig(
+        data_dir=tmp_path / "data", workers=2, discovery=DiscoveryConfig(discovery=False, beacon=False)
+    )
+
+    async def scenario() -> None:
+        server = Server(config)
+        try:
+            for slot in server.slots:
+                server._spawn(slot)
+            while not all(slot.ready for slot in server.slots):  # their "ready" records come through the loop
+                await asyncio.sleep(0.01)
+            full = server.slots[0].fd_sock
+            send_fds = socket.send_fds
+
+            def queue_full_on_worker_0(sock: socket.socket, *args: Any) -> int:
+                if sock is full:
+                    raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+                return send_fds(sock, *args)
+
+            monkeypatch.setattr(socket, "send_fds", queue_full_on_worker_0)
+            mine, theirs = socket.socketpair()
+            with mine:
+                server._place(theirs, "127.0.0.1")  # worker 0 has fewer connections: it is tried first
+                assert not server.slots[0].conns and len(server.slots[1].conns) == 1
+                mine.settimeout(10)
+                assert b'"type":"server"' in mine.recv(4096)  # worker 1 greets it
+        finally:
+            for slot in server.slots:
+                if slot.proc is not None:
+                    slot.proc.kill()
+                    slot.proc.wait(5)
+            server.store.close()
+            if server._lock is not None:
+                os.close(server._lock)
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
