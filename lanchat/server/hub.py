@@ -556,23 +556,24 @@ class Hub:
         else:
             raise RemoteProtocolError(m.Err.UNKNOWN_TYPE, f"{req.TYPE} is not allowed here", request_id=req.id)
 
-    def _dedup(self, s: Session, rid: int | None) -> bool:
-        """True if ``rid`` was posted before (a resend after an uncertain drop): ack it again, post nothing."""
-        if rid is None:
-            return False
-        if rid <= s.last_id:
+    def _resent(self, s: Session, rid: int | None) -> bool:
+        """True if ``rid`` was posted before (a resend after an uncertain drop): ack it again, post nothing.
+        Asked before the post is checked: a post that was delivered stays delivered, though its room was
+        left or its addressee renamed since (refusing it would tell the sender it failed)."""
+        if rid is not None and rid <= s.last_id:
             self._acks.append((s, rid, None))
             return True
-        s.last_id = rid
         return False
 
     def _post_room(self, s: Session, kind: str, name: str, text: bytes, rid: int | None, now: float) -> None:
         """A msg or action; ``text`` is already a JSON string literal (m.json_str), spliced in as is."""
+        if self._resent(s, rid):
+            return
         room = self.rooms.get(name)
         if room is None or s.sid not in room.members:
             raise RemoteProtocolError(m.Err.NOT_IN_ROOM, f"you are not in #{name}", request_id=rid)
-        if self._dedup(s, rid):
-            return
+        if rid is not None:
+            s.last_id = rid
         seq, ts = self._stamp(now)
         # The same bytes m.encode() writes for {"type", "seq", "ts", "room", "from", "text"}, without a dict.
         line = b'{"type":"%b","seq":%d,"ts":%b,"room":"%b","from":%b,"text":%b}\n' % (
@@ -585,11 +586,13 @@ class Hub:
             self.store.put_session(s.row())
 
     def _privmsg(self, s: Session, to: str, text: bytes, rid: int | None, now: float) -> None:
+        if self._resent(s, rid):
+            return
         target = self.nicks.get(m.nick_key(to))
         if target is None:
             raise RemoteProtocolError(m.Err.NO_SUCH_NICK, f"no one is called {to}", request_id=rid)
-        if self._dedup(s, rid):
-            return
+        if rid is not None:
+            s.last_id = rid
         convs = ("@" + s.sid,) if target is s else ("@" + s.sid, "@" + target.sid)
         seq, ts = self._stamp(now)
         line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b}\n' % (

@@ -344,6 +344,42 @@ def test_resent_ids_are_not_posted_twice_but_acked_again(net: Workers) -> None:
     assert net.take(2, 20) == []
 
 
+@pytest.mark.parametrize("change", ["the addressee renamed", "the addressee quit", "the sender left the room"])
+def test_a_delivered_post_resent_after_things_changed_is_acked_not_refused(net: Workers, change: str) -> None:
+    """A post was delivered, its ack lost with the connection; meanwhile the addressee renamed or quit, or
+    the sender left the room. The resend was refused (no_such_nick, not_in_room): the client dropped it
+    as failed and its user typed it again, delivering it twice. A resend is recognised first now."""
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    resend: dict[str, Any]
+    if change == "the sender left the room":
+        resend = {"type": "msg", "room": "dev", "text": "bye all", "id": 3}
+        hub.request(1, 10, resend, 1.0)
+        hub.request(1, 10, {"type": "part", "room": "dev"}, 1.0)
+    else:
+        resend = {"type": "privmsg", "to": "bo", "text": "see you at 5", "id": 3}
+        hub.request(1, 10, resend, 1.0)
+        assert [f["text"] for f in net.take(2, 20)] == ["see you at 5"]
+    hub.commit(1.0)
+    net.forget(1, 10)  # al's connection dies before it reads its ack
+    hub.closed(1, 10, False, "lost", 1.5)
+    if change == "the addressee renamed":
+        hub.request(2, 20, {"type": "nick", "nick": "bob"}, 2.0)
+    elif change == "the addressee quit":
+        hub.request(2, 20, {"type": "quit"}, 2.0)
+    resumed(net, al["token"], al["seq"])
+    hub.request(3, 30, resend, 3.0)  # from the outbox, with its id
+    hub.commit(3.0)
+    assert net.take(3, 30) == [{"type": "ack", "id": 3, "seq": None}]
+    hub.request(3, 30, {**resend, "id": 4}, 3.0)  # a new post there is refused as before, and its id not used up
+    assert net.take(3, 30)[0]["type"] == "error"
+    hub.request(3, 30, {"type": "msg", "room": "lobby", "text": "new", "id": 4}, 3.0)
+    hub.commit(3.0)
+    assert [f["type"] for f in net.take(3, 30)] == ["msg", "ack"]
+
+
 def test_posts_without_id_are_never_deduplicated(net: Workers) -> None:
     welcome_of(net, 1, 10, "al")
     net.clear()
