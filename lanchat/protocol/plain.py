@@ -156,6 +156,16 @@ def render(frame: dict[str, Any], me: str = "") -> str | None:
         return f"! unreadable {clean(frame.get('type'))[:20]} frame from the server"
 
 
+def _more(frame: dict[str, Any], count_field: str, shown: int) -> str:
+    """', and 12 more' when a listing was cut to fit the server's reply size (``more``)."""
+    if not frame.get("more"):
+        return ""
+    total = frame.get(count_field)
+    if isinstance(total, int) and not isinstance(total, bool) and total > shown:
+        return f", and {total - shown} more"
+    return ", and more"
+
+
 def _items(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -199,12 +209,13 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
         more = f", and {here - len(names)} more" if here > len(names) else ""  # the list stops at 500 nicks
         return f"* {room}:{topic} {here} here: " + ", ".join(c(n) for n in names) + more
     if kind == "who":
-        return f"* {room}: " + (", ".join(c(n) for n in _items(frame.get("nicks"))) or "nobody is here")
+        nicks = [c(n) for n in _items(frame.get("nicks"))]
+        return f"* {room}: " + (", ".join(nicks) or "nobody is here") + _more(frame, "users", len(nicks))
     if kind == "rooms":
         parts = [
             f"#{c(r.get('name'))} ({c(r.get('users'))})" for r in _items(frame.get("rooms")) if isinstance(r, dict)
         ]
-        return "* rooms: " + (", ".join(parts) or "none")
+        return "* rooms: " + (", ".join(parts) or "none") + _more(frame, "total", len(parts))
     if kind == "history":
         lines = [render(e, me) for e in _items(frame.get("events")) if isinstance(e, dict)]
         body = "\n".join(f"  {line}" for line in lines if line)

@@ -547,7 +547,12 @@ class Hub:
         elif isinstance(req, m.Who):
             room = self.rooms.get(req.room)
             nicks = [x.nick for x in room.members.values()] if room else []
-            self._send(s, _with_id({"type": "who", "room": req.room, "nicks": nicks}, req.id))
+            frame: dict[str, Any] = {"type": "who", "room": req.room, "users": len(nicks)}
+            shown = _fitting((len(json.dumps(n)) for n in nicks), self._reply_budget)  # 10,000 long nicks
+            frame["nicks"] = nicks[:shown]
+            if shown < len(nicks):
+                frame["more"] = True
+            self._send(s, _with_id(frame, req.id))
         elif isinstance(req, m.History):
             self._history(s, req, now)
         elif isinstance(req, m.Quit):
@@ -726,8 +731,7 @@ class Hub:
         # A page of 500 events of 4,000 characters would be one line of up to 8 MB: more than --sendq
         # (the asker was dropped as too slow) and the client's line limit. Keep what fits, nearest the
         # cursor (the newest going back, the oldest going forward); ``more`` says there is the rest.
-        budget = min(const.HISTORY_REPLY_BYTES, self.replay_max)
-        fitted = _fit(page if forward else page[::-1], budget)
+        fitted = _fit(page if forward else page[::-1], self._reply_budget)
         if len(fitted) < len(page):
             page, more = (fitted if forward else fitted[::-1]), True
         self._send_history(s, req.room, page, more, req.id)
@@ -738,10 +742,23 @@ class Hub:
         line = head.replace(b'"events":[]', b'"events":[' + b",".join(events) + b"]", 1)
         self._send_lines(s, [line])
 
+    @property
+    def _reply_budget(self) -> int:
+        """Bytes of one reply that lists (history, who, rooms): under the asker's send queue with room to
+        spare, and small enough for the hub to build between ticks."""
+        return min(const.HISTORY_REPLY_BYTES, self.replay_max)
+
     def _rooms_frame(self, rid: int | None) -> dict[str, Any]:
-        rooms = [{"name": r.name, "users": len(r.members), "topic": r.topic} for r in self.rooms.values()]
-        rooms.sort(key=lambda r: (-int(r["users"]), str(r["name"])))  # type: ignore[call-overload]
-        return _with_id({"type": "rooms", "rooms": rooms}, rid)
+        """The busiest rooms first, as many as fit the reply budget (10,000 rooms with topics would be a
+        12 MB line: the asker dropped for its send queue, the hub's loop held for 60 ms); ``more`` and
+        ``total`` say what was left out."""
+        ordered = sorted(self.rooms.values(), key=lambda r: (-len(r.members), r.name))
+        entries = [{"name": r.name, "users": len(r.members), "topic": r.topic} for r in ordered]
+        shown = _fitting((len(json.dumps(e)) for e in entries), self._reply_budget)  # encoded as far as it goes
+        frame: dict[str, Any] = {"type": "rooms", "rooms": entries[:shown]}
+        if shown < len(entries):
+            frame.update(more=True, total=len(entries))
+        return _with_id(frame, rid)
 
     def _stats_frame(self, req: m.Stats) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "stats", **(self._stats() if self._stats else {})}
@@ -764,14 +781,21 @@ class Hub:
         return len(self.sessions)
 
 
+def _fitting(sizes: Iterable[int], budget: int) -> int:
+    """How many of the first items, of these sizes (and a separator each), fit ``budget``; at least one
+    (a lone item larger than the budget is still sent: the caller's limits keep it far under --sendq)."""
+    count = total = 0
+    for size in sizes:
+        total += size + 1
+        if total > budget and count:
+            break
+        count += 1
+    return count
+
+
 def _fit(lines: list[bytes], budget: int) -> list[bytes]:
-    """The first of ``lines`` whose bytes (and a separator each) fit ``budget``; at least one."""
-    total = 0
-    for n, line in enumerate(lines):
-        total += len(line) + 1
-        if total > budget and n:
-            return lines[:n]
-    return lines
+    """The first of ``lines`` that fit ``budget`` (see _fitting)."""
+    return lines[: _fitting(map(len, lines), budget)]
 
 
 def _with_id(frame: dict[str, Any], rid: int | None) -> dict[str, Any]:

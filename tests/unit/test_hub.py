@@ -380,6 +380,35 @@ def test_a_delivered_post_resent_after_things_changed_is_acked_not_refused(net: 
     assert [f["type"] for f in net.take(3, 30)] == ["msg", "ack"]
 
 
+def test_rooms_and_who_replies_are_held_to_the_reply_budget(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """At the limits (10,000 rooms with 300-character topics) the rooms reply was one 12 MB line: the asker
+    was dropped for its send queue and the hub's loop held for 60 ms; a who of a huge room likewise. They
+    list the busiest rooms (the first members) that fit, and say how many there are."""
+    net = Workers(make_hub(stores, tmp_path, replay_max=4096))
+    hub = net.hub
+    rooms = [f"r{i:02d}" for i in range(40)]
+    welcome_of(net, 1, 10, "al", rooms=rooms)
+    welcome_of(net, 2, 20, "bo", rooms=["r39"])  # the busiest room: listed first
+    for name in rooms:
+        hub.request(1, 10, {"type": "topic", "room": name, "topic": "t" * 300}, 1.0)
+    for i in range(200):
+        welcome_of(net, 3, 30 + i, f"member{i:03d}-" + "x" * 12, rooms=["r00"])
+    net.clear()
+    hub.request(1, 10, {"type": "rooms", "id": 1}, 2.0)
+    [reply] = net.take(1, 10)
+    assert reply["more"] is True and reply["total"] == 40
+    assert len(json.dumps(reply, separators=(",", ":"))) <= 4096 + 200 and [r["name"] for r in reply["rooms"][:2]] == [
+        "r00",
+        "r39",
+    ]
+    hub.request(1, 10, {"type": "who", "room": "r00", "id": 2}, 2.0)
+    [who] = net.take(1, 10)
+    assert who["more"] is True and who["users"] == 201 and 0 < len(who["nicks"]) < 201
+    assert len(json.dumps(who, separators=(",", ":"))) <= 4096 + 200  # as the server encodes it
+    hub.request(1, 10, {"type": "who", "room": "r39", "id": 3}, 2.0)
+    assert net.take(1, 10) == [{"type": "who", "room": "r39", "users": 2, "nicks": ["al", "bo"], "id": 3}]
+
+
 def test_posts_without_id_are_never_deduplicated(net: Workers) -> None:
     welcome_of(net, 1, 10, "al")
     net.clear()
@@ -443,9 +472,9 @@ def test_join_part_topic_who_rooms(net: Workers) -> None:
     assert net.take(1, 10)[0]["code"] == m.Err.NOT_IN_ROOM
     # who and rooms
     hub.request(1, 10, {"type": "who", "room": "dev", "id": 5}, 2.0)
-    assert net.take(1, 10) == [{"type": "who", "room": "dev", "nicks": ["bo", "al"], "id": 5}]
+    assert net.take(1, 10) == [{"type": "who", "room": "dev", "users": 2, "nicks": ["bo", "al"], "id": 5}]
     hub.request(1, 10, {"type": "who", "room": "empty"}, 2.0)
-    assert net.take(1, 10) == [{"type": "who", "room": "empty", "nicks": []}]
+    assert net.take(1, 10) == [{"type": "who", "room": "empty", "users": 0, "nicks": []}]
     welcome_of(net, 3, 30, "cy", rooms=["a"])
     hub.request(1, 10, {"type": "rooms", "id": 6}, 2.0)
     assert net.take(1, 10) == [{"type": "rooms", "id": 6, "rooms": [

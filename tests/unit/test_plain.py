@@ -259,6 +259,10 @@ def ev(kind: str, **fields: Any) -> dict[str, Any]:
         ({"type": "rooms", "rooms": [{"name": "lobby", "users": 3}, {"name": "dev", "users": 1}]},
          r"\* rooms: #lobby \(3\), #dev \(1\)"),
         ({"type": "rooms", "rooms": []}, r"\* rooms: none"),
+        ({"type": "rooms", "rooms": [{"name": "lobby", "users": 3}], "more": True, "total": 41},
+         r"\* rooms: #lobby \(3\), and 40 more$"),  # cut to the server's reply size
+        ({"type": "who", "room": "dev", "nicks": ["al"], "users": 9, "more": True}, r"\* #dev: al, and 8 more$"),
+        ({"type": "who", "room": "dev", "nicks": ["al"], "users": "x", "more": True}, r"\* #dev: al, and more$"),
         ({"type": "error", "code": "bad_text", "message": "nope"}, r"! nope \[bad_text\]"),
         ({"type": "gap", "after": 3}, r"! some events could not be recovered \(history too short\)"),
         ({"type": "gap", "after": 3, "reason": "pruned"}, r"! some events could not be recovered \(pruned\)"),
