@@ -82,6 +82,7 @@ RECONNECT_MIN: Final = 0.2  # seconds: first reconnect delay (then doubled, with
 RECONNECT_MAX: Final = 5.0  # seconds: cap of the reconnect delay
 RECONNECT_GIVE_UP: Final = 300.0  # seconds of failed reconnects before the client gives up
 CONNECT_TIMEOUT: Final = 5.0  # seconds for one TCP connect + hello
+GOODBYE_TIMEOUT: Final = 2.0  # seconds a client quitting while it reconnects spends to say goodbye
 CLIENT_PING_INTERVAL: Final = 15.0  # seconds of server silence before the client pings
 CLIENT_PING_TIMEOUT: Final = 10.0  # seconds more without any byte before the client reconnects
 

@@ -171,16 +171,35 @@ class ChatClient:
     async def close(self, reason: str = "") -> None:
         """Say goodbye (ends the session at once) and close."""
         self._closing = True
-        if self._writer is not None:  # connected, or the hello is out: the server has (or will have) a session
-            self._write(m.encode({"type": "quit", "reason": reason} if reason else {"type": "quit"}))
+        quit_line = m.encode({"type": "quit", "reason": reason} if reason else {"type": "quit"})
+        writer = self._writer
+        if writer is not None:  # connected, or the hello is out: the server has (or will have) a session
+            self._write(quit_line)
             with contextlib.suppress(OSError, ConnectionError):
-                await asyncio.wait_for(self._writer.drain(), 1.0)
+                await asyncio.wait_for(writer.drain(), 1.0)
         self._drop_connection()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if writer is None and self.state.info.token is not None:  # between reconnects: the server holds it
+            await self._goodbye_from_afar(quit_line)
         self._set_status("closed")
+
+    async def _goodbye_from_afar(self, quit_line: bytes) -> None:
+        """Resume the session only to end it: else the server holds the nick for --resume-grace and the
+        user's next `lanchat join` is refused. One short try (GOODBYE_TIMEOUT); no answer is no harm."""
+        try:
+            async with asyncio.timeout(const.GOODBYE_TIMEOUT):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                try:
+                    writer.write(self.state.hello() + quit_line)
+                    while await reader.read(65536):  # until the server closes: the quit was handled
+                        pass
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError, UnicodeError):
+            pass
 
     # --- connection lifecycle ------------------------------------------------------------------------------
 

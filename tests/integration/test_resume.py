@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from support import Client, JoinProcess, MakeServer, ServerProcess
+
+from lanchat.client.connection import ChatClient
 
 FAST = ("--rate", "5000", "--burst", "5000")
 N = 1000
@@ -189,3 +193,44 @@ def test_history_can_be_backed_up_while_serving(make_server: MakeServer, tmp_pat
         assert w.expect("ack")["id"] == 21
     rows = sqlite3.connect(copy).execute("SELECT line FROM events WHERE kind='msg' ORDER BY seq").fetchall()
     assert [json.loads(r[0])["text"] for r in rows] == [f"b{i}" for i in range(20)]
+
+
+def test_quitting_between_reconnects_still_ends_the_session(make_server: MakeServer) -> None:
+    """A user who quits while the client waits to reconnect (the link was cut) left the session held for
+    --resume-grace: their next `lanchat join` was refused, nick taken. The client now resumes only to say
+    goodbye. The link runs through a proxy here, which the test cuts."""
+    server = make_server(workers=1)
+
+    async def scenario() -> None:
+        links: list[asyncio.StreamWriter] = []
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", server.port)
+            links.extend((client_w, server_w))
+            await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+        proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        reconnecting = asyncio.Event()
+        client = ChatClient(
+            "127.0.0.1", port, "al", on_status=lambda st: reconnecting.set() if st == "reconnecting" else None
+        )
+        await client.connect()
+        for link in links:  # the Wi-Fi drops
+            link.transport.abort()
+        await reconnecting.wait()
+        await client.close("gave up")  # before its next try (0.2 s at the soonest)
+        proxy.close()
+        again = ChatClient("127.0.0.1", server.port, "al")
+        await again.connect()  # the nick is free: no "nick taken" (exit 4) for the next `lanchat join`
+        assert again.nick == "al"
+        await again.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
