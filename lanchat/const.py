@@ -38,6 +38,10 @@ REASON_MAX: Final = 200  # characters of a part/quit reason
 
 # --- sessions and history ----------------------------------------------------------------------------------
 RESUME_GRACE: Final = 60.0  # seconds a dropped session keeps its nick and rooms for a resume
+# After the grace, a session's token is remembered with the highest message id it posted, so that a client
+# resending its unacknowledged posts into a new session (a laptop that slept) does not post them twice.
+EXPIRED_TOKENS_MAX: Final = 10_000  # tokens remembered (about 200 bytes each), the oldest forgotten first
+EXPIRED_TOKEN_TTL: Final = 24 * 3600.0  # seconds a token is remembered: a night's sleep
 HISTORY_LIMIT: Final = 10_000  # events kept per room (and per private conversation) in SQLite
 HISTORY_ON_JOIN: Final = 50  # events replayed (marked as history) when a client joins a room
 HISTORY_PAGE_MAX: Final = 500  # events one history request may return

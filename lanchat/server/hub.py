@@ -160,6 +160,7 @@ class Hub:
         self._ts_src, self._ts_lit = -1.0, b"-1.0"  # the last timestamp formatted for a line, and its JSON text
         self.msgs_in = 0
         self.events_out = 0
+        self._expired: dict[str, tuple[int, float]] = {}  # token of an expired session -> (last_id, when)
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
             self._add_session(s)
@@ -220,7 +221,7 @@ class Hub:
             return
         self._detach(session, now)
         if clean or session.plain or self.resume_grace <= 0:
-            self._end_session(session, reason or "quit", now)
+            self._end_session(session, reason or "quit", now, resumable=not clean)
 
     def worker_lost(self, worker: int, now: float) -> None:
         """A worker died: its connections are gone; their sessions wait for a resume like any drop."""
@@ -233,7 +234,8 @@ class Hub:
         """Expire sessions whose grace period ran out."""
         limit = now - self.resume_grace
         for s in [s for s in self.sessions.values() if s.detached_at is not None and s.detached_at <= limit]:
-            self._end_session(s, "connection lost", now)
+            self._end_session(s, "connection lost", now, resumable=True)
+        self._forget_expired(now)
 
     @property
     def acks_pending(self) -> bool:
@@ -385,9 +387,13 @@ class Hub:
         s.worker = s.conn = None
         s.detached_at = now
 
-    def _end_session(self, s: Session, reason: str, now: float) -> None:
+    def _end_session(self, s: Session, reason: str, now: float, *, resumable: bool = False) -> None:
+        """``resumable``: it ended without a goodbye, so its client may still come back with its token and
+        resend what it never saw acknowledged: the token is remembered with the session's highest id."""
         if s.worker is not None:
             self._detach(s, now)
+        if resumable and not s.plain and s.last_id >= 0:
+            self._remember_expired(s.token, s.last_id, now)
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
         for room in rooms:
             room.remove(s.sid)
@@ -404,6 +410,18 @@ class Hub:
             del self.nicks[m.nick_key(s.nick)]
         self.store.drop_session(s.sid)
         log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, reason)
+
+    def _remember_expired(self, token: str, last_id: int, now: float) -> None:
+        self._expired[token] = (last_id, now)
+        self._forget_expired(now)
+
+    def _forget_expired(self, now: float) -> None:
+        expired = self._expired
+        while expired:  # insertion order is age order: forget the oldest past the count or the age
+            oldest, (_, since) = next(iter(expired.items()))
+            if len(expired) <= const.EXPIRED_TOKENS_MAX and now - since <= const.EXPIRED_TOKEN_TTL:
+                break
+            del expired[oldest]
 
     def _drop_if_empty(self, room: Room) -> None:
         if not room.members:
@@ -430,7 +448,10 @@ class Hub:
         if holder is not None:
             held = " (held for a reconnecting user)" if holder.detached_at is not None else ""
             raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken{held}", request_id=req.id)
-        s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain)
+        # A token whose session expired: its client resends what it never saw acknowledged, and the ids
+        # it already posted must be acked as duplicates, not posted again.
+        last_id, _ = self._expired.pop(req.token, (-1, now)) if req.token is not None else (-1, now)
+        s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id)
         self._add_session(s)
         self._attach(s, worker, conn)
         self._welcome(s, req, list(req.rooms))

@@ -409,6 +409,47 @@ def test_rooms_and_who_replies_are_held_to_the_reply_budget(tmp_path: Path, stor
     assert net.take(1, 10) == [{"type": "who", "room": "r39", "users": 2, "nicks": ["al", "bo"], "id": 3}]
 
 
+def test_a_resend_into_a_new_session_after_the_grace_is_not_posted_twice(net: Workers) -> None:
+    """A laptop slept past the grace with a post delivered but not acknowledged: the resume failed, the
+    client resent its outbox into the new session (last_id -1), and the post was delivered twice. The
+    expired session's token is remembered with its highest id (a bounded number of them, for a day)."""
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "meeting moved to 3pm", "id": 7}, 1.0)
+    hub.commit(1.0)
+    net.forget(1, 10)  # the ack is lost with the connection
+    hub.closed(1, 10, False, "lost", 1.5)
+    hub.tick(1.5 + GRACE + 1)  # the session expires
+    assert [f.get("text") for f in net.take(2, 20)] == ["meeting moved to 3pm", None]  # the msg, al's quit
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}, 100.0)
+    assert net.take(3, 30)[0]["resume_failed"]
+    hub.request(3, 30, {"type": "msg", "room": "lobby", "text": "meeting moved to 3pm", "id": 7}, 100.0)
+    hub.request(3, 30, {"type": "msg", "room": "lobby", "text": "new", "id": 8}, 100.0)
+    hub.commit(100.0)
+    assert [f["text"] for f in net.take(2, 20) if f["type"] == "msg"] == ["new"]
+    assert [(f["id"], f["seq"] is None) for f in net.take(3, 30) if f["type"] == "ack"] == [(7, True), (8, False)]
+
+
+def test_expired_tokens_are_remembered_for_a_bounded_count_and_time(
+    net: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(const, "EXPIRED_TOKENS_MAX", 3)
+    hub = net.hub
+    for i in range(5):  # five sessions drop and expire, one after another
+        welcome_of(net, 1, 10 + i, f"u{i}")
+        hub.request(1, 10 + i, {"type": "msg", "room": "lobby", "text": "x", "id": 1}, float(i))
+        hub.closed(1, 10 + i, False, "lost", float(i))
+        hub.tick(i + GRACE + 1)
+    assert len(hub._expired) == 3  # the two oldest forgotten
+    hub.tick(5 + GRACE + 1)
+    welcome_of(net, 1, 99, "late", now=const.EXPIRED_TOKEN_TTL + GRACE + 10)  # a day later: the rest too
+    hub.closed(1, 99, False, "lost", const.EXPIRED_TOKEN_TTL + GRACE + 10)
+    hub.tick(const.EXPIRED_TOKEN_TTL + 2 * GRACE + 20)
+    assert len(hub._expired) == 0  # "late" posted nothing: no id to remember; the others aged out
+
+
 def test_posts_without_id_are_never_deduplicated(net: Workers) -> None:
     welcome_of(net, 1, 10, "al")
     net.clear()
