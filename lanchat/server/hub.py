@@ -42,6 +42,7 @@ class Session:
     worker: int | None = None
     conn: int | None = None
     detached_at: float | None = None
+    held_for: str = ""  # the address whose held sessions count it (see Hub.closed), while it is held
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -134,6 +135,7 @@ class Hub:
         history_on_join: int = const.HISTORY_ON_JOIN,
         max_frame: int = const.MAX_FRAME,
         replay_max: int = const.SENDQ // 2,
+        held_per_ip: int = const.MAX_PER_IP,
         stats: Callable[[], dict[str, Any]] | None = None,
         recent_max: int = const.RECENT_EVENTS,
         recent_bytes: int = const.RECENT_BYTES,
@@ -161,6 +163,8 @@ class Hub:
         self.msgs_in = 0
         self.events_out = 0
         self._expired: dict[str, tuple[int, float]] = {}  # token of an expired session -> (last_id, when)
+        self.held_per_ip = held_per_ip
+        self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
             self._add_session(s)
@@ -214,14 +218,32 @@ class Hub:
         except RemoteProtocolError as exc:
             self._reply(worker, p.conn, m.error_frame(exc.code, exc.message, id=exc.request_id or p.id))
 
-    def closed(self, worker: int, conn: int, clean: bool, reason: str, now: float) -> None:
-        """A worker lost a connection. Unclean: the session waits ``resume_grace`` for its client."""
+    def closed(self, worker: int, conn: int, clean: bool, reason: str, now: float, *, peer: str = "") -> None:
+        """A worker lost a connection. Unclean: the session waits ``resume_grace`` for its client. ``peer``:
+        the client's address as --max-per-ip counts it; one address holds at most ``held_per_ip`` sessions
+        (else a host that says hello with 50 new rooms and drops, again and again, would fill the server's
+        rooms with sessions nobody uses), the oldest ending when another is held."""
         session = self.conns.pop((worker, conn), None)
         if session is None or session.conn != conn or session.worker != worker:
             return
         self._detach(session, now)
         if clean or session.plain or self.resume_grace <= 0:
             self._end_session(session, reason or "quit", now, resumable=not clean)
+        elif peer:
+            held = self._held.setdefault(peer, deque())
+            held.append(session)
+            session.held_for = peer
+            while len(held) > self.held_per_ip:
+                self._end_session(held[0], "too many sessions held for this address", now, resumable=True)
+
+    def _unhold(self, s: Session) -> None:
+        """``s`` resumed or ended: its address holds one session fewer."""
+        held = self._held.get(s.held_for)
+        if held is not None:
+            held.remove(s)
+            if not held:
+                del self._held[s.held_for]
+        s.held_for = ""
 
     def worker_lost(self, worker: int, now: float) -> None:
         """A worker died: its connections are gone; their sessions wait for a resume like any drop."""
@@ -369,6 +391,8 @@ class Hub:
         self.nicks[m.nick_key(s.nick)] = s
 
     def _attach(self, s: Session, worker: int, conn: int) -> None:
+        if s.held_for:
+            self._unhold(s)
         s.worker, s.conn, s.detached_at = worker, conn, None
         self.conns[(worker, conn)] = s
         self._json(worker, ["bind", conn, s.nick, s.plain])
@@ -392,6 +416,8 @@ class Hub:
         resend what it never saw acknowledged: the token is remembered with the session's highest id."""
         if s.worker is not None:
             self._detach(s, now)
+        if s.held_for:
+            self._unhold(s)
         if resumable and not s.plain and s.last_id >= 0:
             self._remember_expired(s.token, s.last_id, now)
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]

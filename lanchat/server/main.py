@@ -122,6 +122,7 @@ class Server:
             history_on_join=config.history_on_join,
             max_frame=config.max_frame,
             replay_max=config.sendq // 2,  # a resume's replay, with what else the round sends, stays under sendq
+            held_per_ip=config.max_per_ip,
             stats=self._stats,
             now=time.time(),
         )
@@ -308,8 +309,8 @@ class Server:
                 elif kind == "adopted":
                     self._release_handoff(int(rec[1]))
                 elif kind == "closed":
-                    self._conn_gone(int(rec[1]))
-                    hub.closed(slot.index, int(rec[1]), bool(rec[2]), str(rec[3]), now)
+                    peer = self._conn_gone(int(rec[1]))
+                    hub.closed(slot.index, int(rec[1]), bool(rec[2]), str(rec[3]), now, peer=peer)
                 elif kind == "refused":
                     sock = self.handoff.pop(int(rec[1]), None)
                     if sock is not None:
@@ -528,17 +529,19 @@ class Server:
         if sock is not None:
             sock.close()
 
-    def _conn_gone(self, conn: int) -> None:
+    def _conn_gone(self, conn: int) -> str:
+        """Forget a connection; its address as --max-per-ip counts it ('' if it is not counted)."""
         self._release_handoff(conn)
         entry = self.conn_peer.pop(conn, None)
         if entry is None:
-            return
+            return ""
         ip, index = entry
         self.slots[index].conns.discard(conn)
         if ip:
             self.per_ip[ip] -= 1
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]
+        return ip
 
     # --- hub output and history commits --------------------------------------------------------------------
 

@@ -141,6 +141,20 @@ def test_a_resume_that_replaces_an_open_connection_frees_its_slot(make_server: M
         old.close()
 
 
+def test_an_address_holds_at_most_max_per_ip_sessions_for_a_resume(make_server: MakeServer) -> None:
+    """Sessions dropped without a goodbye are held for the grace; a host dropping session after session
+    (each with its rooms) held them all. It holds --max-per-ip of them: the oldest ends, its nick is free."""
+    server = make_server("--max-per-ip", "2", "--no-exempt-loopback", workers=1)  # 1 worker: drops in order
+    for nick in ("u0", "u1", "u2"):
+        Client(server.port, nick, rooms=[f"{nick}-a", f"{nick}-b"]).close()  # gone without a quit: held
+    server.wait_log(r"\(u0\) ended: too many sessions held for this address")  # all three drops counted
+    with Client(server.port, "u0") as again:  # u0's nick is free
+        again.send({"type": "quit"})  # a goodbye: not held
+    with Client(server.port) as again:
+        again.send({"type": "hello", "nick": "u1"})
+        assert again.expect("error")["code"] == "nick_taken"  # u1 is still held for its owner
+
+
 @pytest.mark.parametrize("exempt", [False, True])
 def test_max_per_ip_across_workers(make_server: MakeServer, exempt: bool) -> None:
     args = ["--max-per-ip", "2"] + ([] if exempt else ["--no-exempt-loopback"])
