@@ -145,6 +145,7 @@ class ChatClient:
         line = self.state.request(req)
         if self.status == "connected":
             self._write(line)
+            self.state.sent(line)
         elif self._queued_requests < QUEUED_MAX:
             self._queued.append(line)
             self._queued_requests += 1
@@ -259,13 +260,17 @@ class ChatClient:
         self._nick_attempts = 0
         queued, self._queued, self._queued_requests = self._queued, [], 0
         typed_offline = {item for item in queued if isinstance(item, int)}
+        joins, parts = self.state.unconfirmed()  # sent before the drop, lost with it
+        writer.write(b"".join(joins))
         for rid in list(self.state.outbox):  # first what was sent before the drop, then what was typed since
             if rid not in typed_offline:
                 writer.write(self.state.post_line(rid) or b"")
+        writer.write(b"".join(parts))
         for item in queued:
             line = self.state.post_line(item) if isinstance(item, int) else item
             if line:
                 writer.write(line)
+                self.state.sent(line)
         if not self.state.outbox:
             self._acked.set()
         if self.state.unacked < OUTBOX_MAX:

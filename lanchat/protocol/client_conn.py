@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from lanchat import const
@@ -43,6 +43,10 @@ class ClientState:
         self.registered = False
         self.max_frame: int | None = None  # the server's line limit, from its welcome
         self._framer = LineFramer(CLIENT_MAX_FRAME)
+        # Joins and parts the server has not confirmed, the latest per room: a link that dies silently takes
+        # what was written last with it, and a post to a room joined just before would then be refused.
+        self._asked: dict[str, _Asked] = {}
+        self._welcome_rooms: list[str] = []
 
     # --- output -----------------------------------------------------------------------------------------
 
@@ -75,7 +79,37 @@ class ClientState:
         return rid, line
 
     def request(self, req: m.Request) -> bytes:
-        return m.encode(req.to_obj())
+        """A request's line. A join or a part gets an id (from the posts' counter: the server's replies and
+        refusals echo it) and is kept until the server confirms it (see ``unconfirmed``)."""
+        if not isinstance(req, m.Join | m.Part):
+            return m.encode(req.to_obj())
+        if req.id is None:
+            req = replace(req, id=self.next_id)
+            self.next_id += 1
+        line = m.encode(req.to_obj())
+        self._asked[req.room] = _Asked(isinstance(req, m.Join), req.id, line)
+        return line
+
+    def sent(self, line: bytes) -> None:
+        """``line`` went out on the current connection (queued ones go out after a reconnect)."""
+        for asked in self._asked.values():
+            if asked.line == line:
+                asked.sent = True
+
+    def unconfirmed(self) -> tuple[list[bytes], list[bytes]]:
+        """After a welcome: the joins and the parts that were sent but never reached the server (the
+        welcome's rooms say so), to send again: the joins before the posts in the outbox (which may be for
+        those rooms), the parts after them. Those the welcome shows done are forgotten; those never sent
+        (typed while offline) go out from the client's queue, in the order they were typed."""
+        joins: list[bytes] = []
+        parts: list[bytes] = []
+        rooms = set(self._welcome_rooms)
+        for room, asked in list(self._asked.items()):
+            if asked.join == (room in rooms):
+                del self._asked[room]  # done
+            elif asked.sent:
+                (joins if asked.join else parts).append(asked.line)
+        return joins, parts
 
     def post_line(self, rid: int) -> bytes | None:
         """The line of an unacknowledged post, with its original id (None once acknowledged or refused)."""
@@ -113,6 +147,7 @@ class ClientState:
             limit = frame.get("max_frame")
             self.max_frame = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
             rooms = frame.get("rooms")
+            self._welcome_rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
             else:  # a new session starts at the server's sequence now, wherever an old one ended (even
@@ -132,21 +167,41 @@ class ClientState:
             room = str(frame.get("room"))
             if room not in self.rooms:
                 self.rooms.append(room)
+            self._confirmed(room, join=True)
         elif kind == "part" and m.nick_key(str(frame.get("nick", ""))) == me:
             room = str(frame.get("room"))
             if room in self.rooms:
                 self.rooms.remove(room)
+            self._confirmed(room, join=False)
+        elif kind == "room":  # the reply to a join of a room we were in already
+            self._confirmed(str(frame.get("room")), join=True)
         elif kind == "nick" and m.nick_key(str(frame.get("old", ""))) == me:
             self.info.nick = str(frame.get("new"))
         elif kind == "server":
             self.info.server_name = str(frame.get("name", ""))
         elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:
             self.outbox.pop(frame["id"], None)  # refused for good (bad text, not in room): do not resend
+            for room, asked in list(self._asked.items()):
+                if asked.id == frame["id"]:
+                    del self._asked[room]  # a join or part refused: answered, not lost
         return True
+
+    def _confirmed(self, room: str, *, join: bool) -> None:
+        asked = self._asked.get(room)
+        if asked is not None and asked.join == join:
+            del self._asked[room]
 
     @property
     def unacked(self) -> int:
         return len(self.outbox)
+
+
+@dataclass(slots=True)
+class _Asked:
+    join: bool  # else a part
+    id: int | None
+    line: bytes
+    sent: bool = False  # written on a connection (else queued while offline)
 
 
 def _post_line(rid: int, req: m.Msg | m.Action | m.PrivMsg) -> bytes:

@@ -13,6 +13,7 @@ import pytest
 from support import Client, JoinProcess, MakeServer, ServerProcess
 
 from lanchat.client.connection import ChatClient
+from lanchat.protocol import messages as m
 
 FAST = ("--rate", "5000", "--burst", "5000")
 N = 1000
@@ -195,42 +196,94 @@ def test_history_can_be_backed_up_while_serving(make_server: MakeServer, tmp_pat
     assert [json.loads(r[0])["text"] for r in rows] == [f"b{i}" for i in range(20)]
 
 
+class _Proxy:
+    """A TCP relay to the server that can lose what the client sends (bytes in flight when a link dies
+    silently) and cut the link (both ends see EOF)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.blackhole = False
+        self.links: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.port)
+        self.links += (client_w, server_w)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if not (upstream and self.blackhole):
+                        writer.write(data)
+                        await writer.drain()
+            writer.close()
+
+        await asyncio.gather(pipe(client_r, server_w, True), pipe(server_r, client_w, False))
+
+    def cut(self) -> None:
+        for link in self.links:
+            link.transport.abort()
+        self.links.clear()
+
+    async def close(self) -> None:
+        self.server.close()
+        self.cut()
+        await self.server.wait_closed()
+
+
 def test_quitting_between_reconnects_still_ends_the_session(make_server: MakeServer) -> None:
     """A user who quits while the client waits to reconnect (the link was cut) left the session held for
     --resume-grace: their next `lanchat join` was refused, nick taken. The client now resumes only to say
-    goodbye. The link runs through a proxy here, which the test cuts."""
+    goodbye."""
     server = make_server(workers=1)
 
     async def scenario() -> None:
-        links: list[asyncio.StreamWriter] = []
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            writer.close()
-
-        async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", server.port)
-            links.extend((client_w, server_w))
-            await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
-
-        proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
-        port = proxy.sockets[0].getsockname()[1]
+        proxy = _Proxy(server.port)
         reconnecting = asyncio.Event()
         client = ChatClient(
-            "127.0.0.1", port, "al", on_status=lambda st: reconnecting.set() if st == "reconnecting" else None
+            "127.0.0.1",
+            await proxy.start(),
+            "al",
+            on_status=lambda st: reconnecting.set() if st == "reconnecting" else None,
         )
         await client.connect()
-        for link in links:  # the Wi-Fi drops
-            link.transport.abort()
+        proxy.cut()  # the Wi-Fi drops
         await reconnecting.wait()
         await client.close("gave up")  # before its next try (0.2 s at the soonest)
-        proxy.close()
+        await proxy.close()
         again = ChatClient("127.0.0.1", server.port, "al")
         await again.connect()  # the nick is free: no "nick taken" (exit 4) for the next `lanchat join`
         assert again.nick == "al"
         await again.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_join_and_a_post_lost_in_flight_arrive_after_the_resume(make_server: MakeServer) -> None:
+    """The user joins #dev and says something there; the link dies silently with both lines in flight.
+    After the resume the post came back from the outbox but the join did not: the post was refused (not in
+    the room) and lost. Joins are kept until the server confirms them, and go before the posts."""
+    server = make_server(workers=2)
+
+    async def scenario() -> None:
+        proxy = _Proxy(server.port)
+        frames: list[dict[str, object]] = []
+        client = ChatClient("127.0.0.1", await proxy.start(), "al", on_frame=frames.append)
+        await client.connect()
+        proxy.blackhole = True  # what the client writes now never reaches the server
+        client.send(m.Join("dev"))
+        client.send(m.Msg("dev", "hello dev"))
+        proxy.cut()
+        proxy.blackhole = False
+        assert await client.wait_acked(20)  # resumed, and the post acknowledged
+        assert "dev" in client.state.rooms
+        assert not [f for f in frames if f.get("type") == "error"]
+        await client.close()
+        await proxy.close()
+
+    with Client(server.port, "bo", rooms=["dev"]) as bo:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+        assert bo.expect(lambda f: f.get("type") == "msg")["text"] == "hello dev"

@@ -355,3 +355,40 @@ def test_every_event_is_delivered_once_in_increasing_order(seqs: list[int]) -> N
             expected.append(s)
             top = s
     assert got == expected
+
+
+def test_a_join_or_part_lost_with_the_link_is_sent_again_after_the_welcome() -> None:
+    """A link that dies silently takes what was written last with it: a join lost so, and the post to that
+    room after it, was refused as not in the room after the resume (the post came back from the outbox,
+    the join did not). Joins and parts are kept until the server confirms them."""
+    st = welcomed()
+    join = st.request(m.Join("dev"))
+    st.sent(join)
+    rid, _ = st.post(m.Msg("dev", "hello dev"))
+    part = st.request(m.Part("games"))
+    st.sent(part)
+    assert decoded(join)["id"] < rid < decoded(part)["id"]  # replies and refusals echo them
+    st.hello()
+    st.receive_data(welcome(resumed=True, rooms=["lobby", "games"]))  # neither reached the server
+    assert st.unconfirmed() == ([join], [part])  # the join before the outbox's posts, the part after
+    st.receive_data(ev("join", 11, room="dev", nick="al") + ev("part", 12, room="games", nick="al"))
+    st.hello()
+    st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"]))
+    assert st.unconfirmed() == ([], [])  # confirmed: nothing is sent twice
+
+
+def test_joins_and_parts_are_forgotten_once_answered_or_seen_done() -> None:
+    st = welcomed()
+    dev, full, lobby, nowhere = (st.request(r) for r in (m.Join("dev"), m.Join("full"), m.Join("lobby"), m.Part("x")))
+    for line in (dev, full, lobby, nowhere):
+        st.sent(line)
+    st.receive_data(enc(type="error", code=m.Err.TOO_MANY_ROOMS, message="no", id=decoded(full)["id"]))  # refused
+    st.receive_data(enc(type="room", room="lobby", topic="", users=1, nicks=["al"], id=decoded(lobby)["id"]))
+    later = st.request(m.Join("later"))  # typed while offline: the client's queue sends it, in typed order
+    st.hello()
+    st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"]))  # dev got there; x was left already
+    assert st.unconfirmed() == ([], [])
+    st.sent(later)  # sent after the reconnect, and lost with the next drop
+    st.hello()
+    st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"]))
+    assert st.unconfirmed() == ([later], [])
