@@ -466,8 +466,11 @@ class Generator:
                         self.stamping.add(c.fd)
             return True
         if cmd == "post":  # only once every process watches for the marker (else it may pass unseen)
+            # The clock is read before the send: read after it, a generator descheduled in between (a busy
+            # machine) could read it after the last member's kernel stamp, and the broadcast took < 0 ms.
+            posted = time.time() if self.stamped else time.monotonic()
             self._post_marker(self.marker)
-            return time.time() if self.stamped else time.monotonic()
+            return posted
         if cmd == "reset":
             self.marker = b""
             self.stamped = False

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,3 +116,20 @@ def test_only_a_full_run_writes_the_plot_committed_in_docs() -> None:
     ):
         assert bench.parse_args(narrowed).plot != docs_plot, narrowed
     assert bench.parse_args(["--rates", "5", "--plot", "/tmp/x.png"]).plot == Path("/tmp/x.png")
+
+
+def test_the_idle_broadcast_is_timed_from_before_its_post_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator read the clock after sending the broadcast: descheduled in between (a busy machine),
+    it read it after the last member's kernel receive stamp, and the broadcast took less than 0 ms (the
+    smoke test above failed once so while the suite ran in 4 processes)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from bench_gen import Generator
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    gen = Generator.__new__(Generator)  # only the "post" command's state: no processes, no sockets
+    gen.marker, gen.stamped = b"BCAST0", True
+    sent_at: list[float] = []
+    monkeypatch.setattr(Generator, "_post_marker", lambda self, marker: sent_at.append(time.time()))
+    posted = gen._command("post", {})
+    assert sent_at and posted <= sent_at[0]
