@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -293,20 +295,33 @@ def test_the_data_directory_lock_is_released_when_the_server_refuses_to_start(tm
         os.close(fd)
 
 
+@contextlib.asynccontextmanager
+async def _in_process_server(data_dir: Path, workers: int) -> AsyncIterator[Server]:
+    """The main process's Server in this process (its workers real processes), never started: a test
+    drives its methods; the workers are killed and the store and lock released at the end."""
+    server = Server(ServerConfig(data_dir=data_dir, workers=workers, discovery=DiscoveryConfig(discovery=False)))
+    try:
+        yield server
+    finally:
+        for slot in server.slots:
+            if slot.proc is not None:
+                slot.proc.kill()
+                slot.proc.wait(5)
+        server.store.close()
+        if server._lock is not None:
+            os.close(server._lock)
+
+
 def test_what_a_written_off_worker_left_in_its_pipe_is_not_handled(tmp_path: Path) -> None:
     """The supervisor reaps a dead worker as soon as its process has exited, which can be before the main
     loop has read all its pipe held (more than one read behind). A hello found there afterwards made a
     session bound to a connection that exists nowhere: never detached, never expired, its nick taken for
     the server's life. Written off, the pipe is closed and what it held is dropped (unacknowledged posts
     among it are resent by their clients when they resume)."""
-    config = ServerConfig(
-        data_dir=tmp_path / "data", workers=1, discovery=DiscoveryConfig(discovery=False, beacon=False)
-    )
 
     async def scenario() -> None:
-        server = Server(config)
-        slot = server.slots[0]
-        try:
+        async with _in_process_server(tmp_path / "data", workers=1) as server:
+            slot = server.slots[0]
             server._spawn(slot)
             while slot.ctrl is None:  # the pipe's transport is made by a task
                 await asyncio.sleep(0)
@@ -317,13 +332,6 @@ def test_what_a_written_off_worker_left_in_its_pipe_is_not_handled(tmp_path: Pat
             assert old.is_closing()
             stale.data_received(control.json_frame([["req", 7, {"type": "hello", "nick": "ghost"}]]))
             assert m.nick_key("ghost") not in server.hub.nicks
-        finally:
-            if slot.proc is not None:
-                slot.proc.kill()
-                slot.proc.wait(5)
-            server.store.close()
-            if server._lock is not None:
-                os.close(server._lock)
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
@@ -356,13 +364,9 @@ def test_a_connection_goes_to_another_worker_when_one_cannot_take_it(
 ) -> None:
     """A worker whose descriptor queue is full (stalled, in a storm of connects: ~2,700 queued) refused the
     client ("worker unavailable") although another worker could take it."""
-    config = ServerConfig(
-        data_dir=tmp_path / "data", workers=2, discovery=DiscoveryConfig(discovery=False, beacon=False)
-    )
 
     async def scenario() -> None:
-        server = Server(config)
-        try:
+        async with _in_process_server(tmp_path / "data", workers=2) as server:
             for slot in server.slots:
                 server._spawn(slot)
             while not all(slot.ready for slot in server.slots):  # their "ready" records come through the loop
@@ -382,13 +386,5 @@ def test_a_connection_goes_to_another_worker_when_one_cannot_take_it(
                 assert not server.slots[0].conns and len(server.slots[1].conns) == 1
                 mine.settimeout(10)
                 assert b'"type":"server"' in mine.recv(4096)  # worker 1 greets it
-        finally:
-            for slot in server.slots:
-                if slot.proc is not None:
-                    slot.proc.kill()
-                    slot.proc.wait(5)
-            server.store.close()
-            if server._lock is not None:
-                os.close(server._lock)
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
