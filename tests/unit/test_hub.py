@@ -460,15 +460,15 @@ def test_one_address_holds_a_bounded_number_of_sessions(tmp_path: Path, stores: 
         welcome_of(net, 1, 10 + i, f"u{i}", rooms=[f"r{i}a", f"r{i}b"])
     welcome_of(net, 2, 20, "far")
     welcome_of(net, 2, 21, "exempt")
-    hub.closed(2, 20, False, "lost", 1.0, peer="10.0.0.9")  # another address: its own count
+    hub.closed(2, 20, False, "lost", 1.0, peer="203.0.113.9")  # another address (a documentation one: no I/O here)
     hub.closed(2, 21, False, "lost", 1.0)  # not counted (loopback, exempt)
     for i in range(3):
-        hub.closed(1, 10 + i, False, "lost", 2.0, peer="10.0.0.1")
+        hub.closed(1, 10 + i, False, "lost", 2.0, peer="203.0.113.1")
     assert sorted(s.nick for s in hub.sessions.values()) == ["exempt", "far", "u1", "u2"]  # u0 ended
     assert "r0a" not in hub.rooms and "r1a" in hub.rooms
     u1 = next(s for s in hub.sessions.values() if s.nick == "u1")
     hub.request(3, 30, {"type": "hello", "nick": "u1", "token": u1.token}, 3.0)  # u1 resumes: one held less
-    hub.closed(3, 30, False, "lost", 4.0, peer="10.0.0.1")  # and drops again: u1, u2 held, nobody ends
+    hub.closed(3, 30, False, "lost", 4.0, peer="203.0.113.1")  # and drops again: u1, u2 held, nobody ends
     assert sorted(s.nick for s in hub.sessions.values()) == ["exempt", "far", "u1", "u2"]
     hub.tick(4.0 + GRACE + 1)  # the grace ends them all; nothing is left counted
     assert hub.sessions == {} and hub._held == {}
