@@ -131,7 +131,9 @@ class ChatClient:
         self._task = asyncio.create_task(self._run())
 
     def send(self, req: m.Request) -> int | None:
-        """Send a request; posts get an id and survive reconnects until acknowledged. Returns the id."""
+        """Send a request; posts get an id and survive reconnects until acknowledged. Returns the id.
+        Raises RemoteProtocolError when it cannot be kept (outbox full, QUEUED_MAX commands waiting, a line
+        longer than the server takes)."""
         if isinstance(req, m.Msg | m.Action | m.PrivMsg):
             rid, line = self.state.post(req)
             self._acked.clear()
@@ -142,11 +144,13 @@ class ChatClient:
             else:
                 self._queued.append(rid)
             return rid
+        if self.status != "connected" and self._queued_requests >= QUEUED_MAX:
+            raise RemoteProtocolError("queue_full", f"{QUEUED_MAX} commands are waiting to be sent already")
         line = self.state.request(req)
         if self.status == "connected":
             self._write(line)
             self.state.sent(line)
-        elif self._queued_requests < QUEUED_MAX:
+        else:
             self._queued.append(line)
             self._queued_requests += 1
         return None

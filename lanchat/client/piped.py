@@ -159,7 +159,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         current.typed(cmd, client.state.rooms)
         try:
             client.send(cmd)
-        except RemoteProtocolError as exc:  # too long for this server: said, and the next line goes on
+        except RemoteProtocolError as exc:  # too long for this server, too many waiting: said; the next goes on
             not_sent(number, exc.message)
     # EOF or /quit: everything typed must be acknowledged (or the connection given up) before we leave.
     if not await before_closed(client.wait_acked()):
@@ -167,7 +167,8 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     # Acks cover messages only: a refused /part or /topic on the last line would come after we left (exit
     # code 0). The hub answers a connection's requests in order, so once it answers one more, every error
     # for what came before it is in.
-    client.send(m.Rooms(id=SETTLE_ID))
+    with contextlib.suppress(RemoteProtocolError):  # 1,000 commands waiting for a reconnect: none more
+        client.send(m.Rooms(id=SETTLE_ID))
     if not await before_closed(_within(settled.wait(), SETTLE_TIMEOUT)) and terminated:
         return 128 + terminated[0]
     closed.cancel()

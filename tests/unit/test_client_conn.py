@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lanchat import const
+from lanchat.client.connection import QUEUED_MAX, ChatClient
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import client_conn as cc
 from lanchat.protocol import messages as m
@@ -392,3 +393,14 @@ def test_joins_and_parts_are_forgotten_once_answered_or_seen_done() -> None:
     st.hello()
     st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"]))
     assert st.unconfirmed() == ([later], [])
+
+
+def test_commands_queued_while_reconnecting_are_bounded_and_the_one_too_many_is_refused_aloud() -> None:
+    """Past QUEUED_MAX commands typed while the client reconnects, more were dropped without a word."""
+    client = ChatClient("127.0.0.1", 9, "al")  # never connected: everything typed is queued
+    for i in range(QUEUED_MAX):
+        client.send(m.Join(f"r{i % 50}"))
+    with pytest.raises(RemoteProtocolError) as info:
+        client.send(m.Who("lobby"))
+    assert info.value.code == "queue_full"
+    client.send(m.Msg("lobby", "posts have their own bound (the outbox)"))
