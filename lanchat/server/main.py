@@ -44,6 +44,7 @@ LOCK_NAME = "lock"  # in the data directory: one server per directory (lock_data
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
 SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
 CHECKPOINT_INTERVAL = 1.0  # seconds between write-ahead-log checkpoints (bounds the log's size)
+BOOT_TIMEOUT_KILL = "boot timeout"  # why the supervisor killed a worker that never got ready (see _reap)
 WORKER_EXIT_WAIT = 0.05  # seconds a worker whose pipe closed has to exit by itself before it is killed
 ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -371,9 +372,11 @@ class Server:
                 continue
             code = proc.returncode
             slot.proc = None
-            # A worker that exits before it is ready would fail again, forever; one killed by a signal then
-            # (the OOM killer, an operator) is replaced like any crash, with the same backoff.
-            boot_failed = code == EXIT_BOOT_FAILED or (not slot.ready and code >= 0)
+            # A worker that exits before it is ready, or never gets ready (killed at the boot timeout), would
+            # fail again, forever; one killed by a signal then (the OOM killer, an operator) is replaced like
+            # any crash, with the same backoff.
+            hung = slot.killed_for == BOOT_TIMEOUT_KILL
+            boot_failed = code == EXIT_BOOT_FAILED or (not slot.ready and (code >= 0 or hung))
             if not self.stopping and not boot_failed:
                 self._respawn_later(slot)  # first: whatever goes wrong below, the slot gets a new worker
             self._worker_gone(slot)
@@ -440,8 +443,8 @@ class Server:
                         slot.ctrl.write(control.json_frame([["ping", slot.ping_seq]]))
                 elif slot.alive and now - slot.started > const.WORKER_BOOT_TIMEOUT:
                     log.error("worker %d: not ready after %.0f s; killing it", slot.index, const.WORKER_BOOT_TIMEOUT)
-                    self._kill(slot, "boot timeout")
-                if slot.crashes and slot.alive and now - slot.started > 10.0:
+                    self._kill(slot, BOOT_TIMEOUT_KILL)
+                if slot.crashes and slot.alive and slot.ready and now - slot.started > 10.0:
                     slot.crashes = 0  # stable again: the next crash restarts at once
             self.hub.tick(time.time())
             self._schedule_flush()

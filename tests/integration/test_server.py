@@ -23,7 +23,7 @@ from lanchat.config import DiscoveryConfig, ServerConfig
 from lanchat.errors import StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
-from lanchat.server.main import Server, lock_data_dir
+from lanchat.server.main import BOOT_TIMEOUT_KILL, EXIT_WORKER_BOOT, Server, lock_data_dir
 
 
 def _spread_clients(server: ServerProcess, nicks: list[str], **hello: Any) -> list[Client]:
@@ -386,5 +386,23 @@ def test_a_connection_goes_to_another_worker_when_one_cannot_take_it(
                 assert not server.slots[0].conns and len(server.slots[1].conns) == 1
                 mine.settimeout(10)
                 assert b'"type":"server"' in mine.recv(4096)  # worker 1 greets it
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_worker_that_hangs_at_boot_stops_the_server_as_one_that_cannot_boot(tmp_path: Path) -> None:
+    """The supervisor's own kill of a worker not ready after WORKER_BOOT_TIMEOUT is a SIGKILL too: it was
+    taken for the OOM killer's, and the worker replaced every 10 s for ever, serving nobody."""
+
+    async def scenario() -> None:
+        async with _in_process_server(tmp_path / "data", workers=1) as server:
+            slot = server.slots[0]
+            server._spawn(slot)
+            assert not slot.ready
+            server._kill(slot, BOOT_TIMEOUT_KILL)  # what a supervisor round does at the boot timeout
+            assert slot.proc is not None
+            slot.proc.wait(5)
+            server._reap()
+            assert server.stopping and server.exit_code == EXIT_WORKER_BOOT and slot.respawn_at is None
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
