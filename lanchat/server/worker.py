@@ -292,7 +292,7 @@ class ClientConn:
             return  # nc users may read for hours; TCP keepalive finds their dead peers
         if st.pending or self.worker.hub_full:
             return  # lines of theirs (their pong too) wait for the rate limit or the hub: we are slow, not they
-        silent = now - st.last_seen
+        silent = now - max(st.last_seen, self.worker.caught_up_at)  # a wait for the hub is not their silence
         if silent > float(cfg["idle_timeout"]):
             self._report_closed(False, "idle timeout")
             self.close(st.error_bytes(m.Err.IDLE_TIMEOUT, "no data from you in time", fatal=True))
@@ -343,6 +343,7 @@ class Worker:
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
         self.shutting_down = False
         self.hub_full = False  # more than HUB_WRITE_HIGH_WATER queued for the hub: clients are not read
+        self.caught_up_at = 0.0  # when the hub last caught up (monotonic): silence is counted from then on
         self.held: list[ClientConn] = []  # connections left unread until the hub catches up
 
     # --- control pipe --------------------------------------------------------------------------------------
@@ -375,6 +376,7 @@ class Worker:
         """The hub took most of what was queued for it: read the clients left waiting again (a throttled
         one resumes when its own pause ends)."""
         self.hub_full = False
+        self.caught_up_at = time.monotonic()
         held, self.held = self.held, []
         for conn in held:
             conn.hub_caught_up()

@@ -308,3 +308,26 @@ def test_a_close_the_hub_asks_for_is_reported_back() -> None:
         assert ["closed", 1, True, "session resumed elsewhere"] in told_hub(worker)
 
     with_conn(body)
+
+
+def test_a_wait_for_the_hub_is_not_counted_as_a_clients_silence() -> None:
+    """While the hub is behind the worker reads nobody, so nobody's pong is read either: the sweep skipped
+    them then, but counted the stall as their silence once the hub caught up, and dropped clients that
+    answer every ping (never pinged) as idle."""
+
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        worker.cfg.update(idle_timeout=2.0, ping_interval=1.0, handshake_timeout=10.0)
+        peer.sendall(b'{"type":"hello","nick":"al"}\n')
+        await until(lambda: conn.state.hello_sent)
+        worker._control(["bind", 1, "al", False])  # the hub's answer: registered
+        start = time.monotonic()
+        worker.hub_full = True  # the hub stalls for longer than the idle timeout
+        conn.sweep(start + 5.0)
+        assert not conn.closing and not conn.pinged
+        worker.hub_caught_up()
+        conn.sweep(worker.caught_up_at + 0.5)
+        assert not conn.closing and not conn.pinged
+        conn.sweep(worker.caught_up_at + 1.5)  # silent since the hub caught up: pinged, not dropped
+        assert not conn.closing and conn.pinged
+
+    with_conn(body)
