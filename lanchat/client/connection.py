@@ -198,7 +198,8 @@ class ChatClient:
             async with asyncio.timeout(const.GOODBYE_TIMEOUT):
                 reader, writer = await asyncio.open_connection(self.host, self.port)
                 try:
-                    writer.write(self.state.hello() + quit_line)
+                    # No rooms: if the session expired meanwhile, the new one must not join and quit them
+                    writer.write(self.state.hello(rooms=[]) + quit_line)
                     while await reader.read(65536):  # until the server closes: the quit was handled
                         pass
                 finally:
@@ -264,12 +265,11 @@ class ChatClient:
         self._nick_attempts = 0
         queued, self._queued, self._queued_requests = self._queued, [], 0
         typed_offline = {item for item in queued if isinstance(item, int)}
-        joins, parts = self.state.unconfirmed()  # sent before the drop, lost with it
-        writer.write(b"".join(joins))
-        for rid in list(self.state.outbox):  # first what was sent before the drop, then what was typed since
-            if rid not in typed_offline:
-                writer.write(self.state.post_line(rid) or b"")
-        writer.write(b"".join(parts))
+        # First what was sent before the drop, in the order typed: the joins and parts the server did not
+        # handle, and every post not acknowledged (those it handled are acked again); then what was typed since.
+        resend = self.state.unconfirmed()
+        resend += ((rid, self.state.post_line(rid) or b"") for rid in self.state.outbox if rid not in typed_offline)
+        writer.write(b"".join(line for _, line in sorted(resend)))
         for item in queued:
             line = self.state.post_line(item) if isinstance(item, int) else item
             if line:

@@ -43,19 +43,20 @@ class ClientState:
         self.registered = False
         self.max_frame: int | None = None  # the server's line limit, from its welcome
         self._framer = LineFramer(CLIENT_MAX_FRAME)
-        # Joins and parts the server has not confirmed, the latest per room: a link that dies silently takes
+        # Joins and parts the server has not confirmed, in the order typed: a link that dies silently takes
         # what was written last with it, and a post to a room joined just before would then be refused.
-        self._asked: dict[str, _Asked] = {}
-        self._welcome_rooms: list[str] = []
+        self._journal: list[_Asked] = []
+        self._handled_upto = -1  # the highest of our request ids the server handled, from its welcome
 
     # --- output -----------------------------------------------------------------------------------------
 
-    def hello(self) -> bytes:
-        """The hello for a new connection: a resume if we had a session, else a fresh one."""
+    def hello(self, rooms: list[str] | None = None) -> bytes:
+        """The hello for a new connection: a resume if we had a session, else a fresh one (in ``rooms``,
+        by default the rooms we are in or asked for at the start)."""
         self._framer = LineFramer(CLIENT_MAX_FRAME)
         self.registered = False
         obj: dict[str, Any] = {"type": "hello", "proto": const.PROTOCOL_VERSION, "nick": self.info.nick}
-        obj["rooms"] = self.rooms or self.wanted_rooms
+        obj["rooms"] = (self.rooms or self.wanted_rooms) if rooms is None else rooms
         if self.info.token is not None:
             obj["token"] = self.info.token
             if self.last_seq is not None:
@@ -80,36 +81,33 @@ class ClientState:
 
     def request(self, req: m.Request) -> bytes:
         """A request's line. A join or a part gets an id (from the posts' counter: the server's replies and
-        refusals echo it) and is kept until the server confirms it (see ``unconfirmed``)."""
+        refusals echo it, and its welcome says up to which id it handled our requests) and is kept until
+        the server confirms it (see ``unconfirmed``)."""
         if not isinstance(req, m.Join | m.Part):
             return m.encode(req.to_obj())
         if req.id is None:
             req = replace(req, id=self.next_id)
             self.next_id += 1
         line = m.encode(req.to_obj())
-        self._asked[req.room] = _Asked(isinstance(req, m.Join), req.id, line)
+        assert req.id is not None
+        self._journal.append(_Asked(isinstance(req, m.Join), req.room, req.id, line))
         return line
 
     def sent(self, line: bytes) -> None:
         """``line`` went out on the current connection (queued ones go out after a reconnect)."""
-        for asked in self._asked.values():
+        for asked in reversed(self._journal):
             if asked.line == line:
                 asked.sent = True
+                return
 
-    def unconfirmed(self) -> tuple[list[bytes], list[bytes]]:
-        """After a welcome: the joins and the parts that were sent but never reached the server (the
-        welcome's rooms say so), to send again: the joins before the posts in the outbox (which may be for
-        those rooms), the parts after them. Those the welcome shows done are forgotten; those never sent
-        (typed while offline) go out from the client's queue, in the order they were typed."""
-        joins: list[bytes] = []
-        parts: list[bytes] = []
-        rooms = set(self._welcome_rooms)
-        for room, asked in list(self._asked.items()):
-            if asked.join == (room in rooms):
-                del self._asked[room]  # done
-            elif asked.sent:
-                (joins if asked.join else parts).append(asked.line)
-        return joins, parts
+    def unconfirmed(self) -> list[tuple[int, bytes]]:
+        """After a welcome: the joins and parts sent before the drop that the server did not handle (their
+        ids are above the welcome's ``last_id``), as (id, line) to send again in id order with the posts of
+        the outbox: the order they were typed in. Those it handled are forgotten; those never sent (typed
+        while offline) go out from the client's queue."""
+        upto = self._handled_upto
+        self._journal = [a for a in self._journal if a.id > upto]
+        return [(a.id, a.line) for a in self._journal if a.sent]
 
     def post_line(self, rid: int) -> bytes | None:
         """The line of an unacknowledged post, with its original id (None once acknowledged or refused)."""
@@ -147,7 +145,8 @@ class ClientState:
             limit = frame.get("max_frame")
             self.max_frame = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
             rooms = frame.get("rooms")
-            self._welcome_rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
+            upto = frame.get("last_id")
+            self._handled_upto = upto if isinstance(upto, int) and not isinstance(upto, bool) else -1
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
             else:  # a new session starts at the server's sequence now, wherever an old one ended (even
@@ -173,23 +172,24 @@ class ClientState:
             if room in self.rooms:
                 self.rooms.remove(room)
             self._confirmed(room, join=False)
-        elif kind == "room":  # the reply to a join of a room we were in already
-            self._confirmed(str(frame.get("room")), join=True)
+        elif kind == "room":  # the reply to a join (after its event, or alone for a room we were in)
+            self._confirmed(str(frame.get("room")), join=True, rid=frame.get("id"))
         elif kind == "nick" and m.nick_key(str(frame.get("old", ""))) == me:
             self.info.nick = str(frame.get("new"))
         elif kind == "server":
             self.info.server_name = str(frame.get("name", ""))
         elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:
             self.outbox.pop(frame["id"], None)  # refused for good (bad text, not in room): do not resend
-            for room, asked in list(self._asked.items()):
-                if asked.id == frame["id"]:
-                    del self._asked[room]  # a join or part refused: answered, not lost
+            self._journal = [a for a in self._journal if a.id != frame["id"]]  # a join or part refused: answered
         return True
 
-    def _confirmed(self, room: str, *, join: bool) -> None:
-        asked = self._asked.get(room)
-        if asked is not None and asked.join == join:
-            del self._asked[room]
+    def _confirmed(self, room: str, *, join: bool, rid: object = None) -> None:
+        """The server did a join or part of ours: the oldest of that kind for that room (or the one with
+        that id) is done."""
+        for i, asked in enumerate(self._journal):
+            if asked.id == rid or (rid is None and asked.join == join and asked.room == room):
+                del self._journal[i]
+                return
 
     @property
     def unacked(self) -> int:
@@ -199,7 +199,8 @@ class ClientState:
 @dataclass(slots=True)
 class _Asked:
     join: bool  # else a part
-    id: int | None
+    room: str
+    id: int
     line: bytes
     sent: bool = False  # written on a connection (else queued while offline)
 

@@ -38,7 +38,9 @@ class Session:
     nick: str
     plain: bool
     rooms: list[str] = field(default_factory=list)
-    last_id: int = -1  # highest client message id posted: lower or equal ids are resends, dropped
+    last_id: int = -1  # highest client request id handled (posts, joins, parts): lower or equal post ids are
+    # resends, dropped, unless refused (below); the welcome of a resume tells it, so the client resends the rest
+    refused: set[int] | None = None  # ids of posts refused below last_id (made on the first; REFUSED_IDS_KEPT)
     worker: int | None = None
     conn: int | None = None
     detached_at: float | None = None
@@ -494,6 +496,8 @@ class Hub:
             "type": "welcome", "nick": s.nick, "session": s.sid, "token": s.token, "seq": self.seq,
             "resumed": resumed, "rooms": rooms, "max_frame": self.max_frame,
         }  # fmt: skip
+        if s.last_id >= 0:  # the highest request id of the client's this session handled: it resends the rest
+            welcome["last_id"] = s.last_id
         if req.token is not None and not resumed:
             welcome["resume_failed"] = "session expired or unknown"
         self._send(s, _with_id(welcome, req.id))
@@ -575,6 +579,8 @@ class Hub:
     # --- requests of a registered session ------------------------------------------------------------------
 
     def _dispatch(self, s: Session, req: m.Request, now: float) -> None:
+        if isinstance(req, m.Join | m.Part) and req.id is not None and req.id > s.last_id:
+            s.last_id = req.id  # handled, refused or not: the welcome of a resume says so (no resend)
         if isinstance(req, m.Msg | m.Action):
             self._post_room(s, req.TYPE, req.room, m.json_str(req.text), req.id, now)
         elif isinstance(req, m.PrivMsg):
@@ -611,11 +617,30 @@ class Hub:
     def _resent(self, s: Session, rid: int | None) -> bool:
         """True if ``rid`` was posted before (a resend after an uncertain drop): ack it again, post nothing.
         Asked before the post is checked: a post that was delivered stays delivered, though its room was
-        left or its addressee renamed since (refusing it would tell the sender it failed)."""
-        if rid is not None and rid <= s.last_id:
+        left or its addressee renamed since (refusing it would tell the sender it failed). A post that was
+        refused is checked again instead: acking it would tell the sender it went out."""
+        if rid is not None and rid <= s.last_id and not (s.refused and rid in s.refused):
             self._acks.append((s, rid, None))
             return True
         return False
+
+    def _posted(self, s: Session, rid: int | None) -> None:
+        if rid is None:
+            return
+        s.last_id = max(s.last_id, rid)
+        if s.refused:
+            s.refused.discard(rid)
+
+    @staticmethod
+    def _refused(s: Session, rid: int | None, code: str, message: str) -> RemoteProtocolError:
+        """The refusal of a post, its id remembered (a resend of it must be refused again, not acked)."""
+        if rid is not None:
+            refused = s.refused if s.refused is not None else set()
+            s.refused = refused
+            refused.add(rid)
+            if len(refused) > const.REFUSED_IDS_KEPT:
+                refused.discard(min(refused))
+        return RemoteProtocolError(code, message, request_id=rid)
 
     def _post_room(self, s: Session, kind: str, name: str, text: bytes, rid: int | None, now: float) -> None:
         """A msg or action; ``text`` is already a JSON string literal (m.json_str), spliced in as is."""
@@ -623,9 +648,8 @@ class Hub:
             return
         room = self.rooms.get(name)
         if room is None or s.sid not in room.members:
-            raise RemoteProtocolError(m.Err.NOT_IN_ROOM, f"you are not in #{name}", request_id=rid)
-        if rid is not None:
-            s.last_id = rid
+            raise self._refused(s, rid, m.Err.NOT_IN_ROOM, f"you are not in #{name}")
+        self._posted(s, rid)
         seq, ts = self._stamp(now)
         # The same bytes m.encode() writes for {"type", "seq", "ts", "room", "from", "text"}, without a dict.
         line = b'{"type":"%b","seq":%d,"ts":%b,"room":"%b","from":%b,"text":%b}\n' % (
@@ -642,9 +666,8 @@ class Hub:
             return
         target = self.nicks.get(m.nick_key(to))
         if target is None:
-            raise RemoteProtocolError(m.Err.NO_SUCH_NICK, f"no one is called {to}", request_id=rid)
-        if rid is not None:
-            s.last_id = rid
+            raise self._refused(s, rid, m.Err.NO_SUCH_NICK, f"no one is called {to}")
+        self._posted(s, rid)
         convs = ("@" + s.sid,) if target is s else ("@" + s.sid, "@" + target.sid)
         seq, ts = self._stamp(now)
         line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b}\n' % (

@@ -263,23 +263,33 @@ def test_quitting_between_reconnects_still_ends_the_session(make_server: MakeSer
 
 
 def test_a_join_and_a_post_lost_in_flight_arrive_after_the_resume(make_server: MakeServer) -> None:
-    """The user joins #dev and says something there; the link dies silently with both lines in flight.
-    After the resume the post came back from the outbox but the join did not: the post was refused (not in
-    the room) and lost. Joins are kept until the server confirms them, and go before the posts."""
+    """The user joins #dev, says something there and leaves; the link dies silently with the three lines in
+    flight. After the resume the post came back from the outbox but the join did not: the post was refused
+    (not in the room) and lost. Joins and parts are kept until the server has handled them, and are sent
+    again with the posts in the order typed."""
     server = make_server(workers=2)
 
     async def scenario() -> None:
         proxy = _Proxy(server.port)
         frames: list[dict[str, object]] = []
-        client = ChatClient("127.0.0.1", await proxy.start(), "al", on_frame=frames.append)
+        parted = asyncio.Event()
+
+        def on_frame(frame: dict[str, object]) -> None:
+            frames.append(frame)
+            if frame.get("type") == "part":
+                parted.set()
+
+        client = ChatClient("127.0.0.1", await proxy.start(), "al", on_frame=on_frame)
         await client.connect()
         proxy.blackhole = True  # what the client writes now never reaches the server
         client.send(m.Join("dev"))
         client.send(m.Msg("dev", "hello dev"))
+        client.send(m.Part("dev"))
         proxy.cut()
         proxy.blackhole = False
         assert await client.wait_acked(20)  # resumed, and the post acknowledged
-        assert "dev" in client.state.rooms
+        await asyncio.wait_for(parted.wait(), 10)  # then the part, in the order typed
+        assert "dev" not in client.state.rooms
         assert not [f for f in frames if f.get("type") == "error"]
         await client.close()
         await proxy.close()

@@ -25,8 +25,12 @@ def ev(kind: str, seq: int, **fields: Any) -> bytes:
     return m.encode({"type": kind, "seq": seq, "ts": 1.0, **fields})
 
 
-def welcome(seq: int = 10, *, resumed: bool = False, rooms: list[str] | None = None, nick: str = "al") -> bytes:
-    return enc(type="welcome", nick=nick, session="s1", token="tok", seq=seq, resumed=resumed, rooms=rooms or [])
+def welcome(
+    seq: int = 10, *, resumed: bool = False, rooms: list[str] | None = None, nick: str = "al", **extra: Any
+) -> bytes:
+    return enc(
+        type="welcome", nick=nick, session="s1", token="tok", seq=seq, resumed=resumed, rooms=rooms or [], **extra
+    )
 
 
 def decoded(line: bytes) -> dict[str, Any]:
@@ -361,38 +365,39 @@ def test_every_event_is_delivered_once_in_increasing_order(seqs: list[int]) -> N
 def test_a_join_or_part_lost_with_the_link_is_sent_again_after_the_welcome() -> None:
     """A link that dies silently takes what was written last with it: a join lost so, and the post to that
     room after it, was refused as not in the room after the resume (the post came back from the outbox,
-    the join did not). Joins and parts are kept until the server confirms them."""
+    the join did not). Joins and parts are kept, in order, until the server confirms them; the welcome
+    says up to which id it handled our requests."""
     st = welcomed()
-    join = st.request(m.Join("dev"))
+    join = st.request(m.Join("b"))
     st.sent(join)
-    rid, _ = st.post(m.Msg("dev", "hello dev"))
-    part = st.request(m.Part("games"))
+    rid, _ = st.post(m.Msg("b", "hello b"))
+    part = st.request(m.Part("b"))  # join, post, part: the last one must not hide the first
     st.sent(part)
-    assert decoded(join)["id"] < rid < decoded(part)["id"]  # replies and refusals echo them
+    assert decoded(join)["id"] < rid < decoded(part)["id"]  # one counter: the order typed
     st.hello()
-    st.receive_data(welcome(resumed=True, rooms=["lobby", "games"]))  # neither reached the server
-    assert st.unconfirmed() == ([join], [part])  # the join before the outbox's posts, the part after
-    st.receive_data(ev("join", 11, room="dev", nick="al") + ev("part", 12, room="games", nick="al"))
+    st.receive_data(welcome(resumed=True, rooms=["lobby"]))  # nothing of the three reached the server
+    assert st.unconfirmed() == [(decoded(join)["id"], join), (decoded(part)["id"], part)]  # with the post between
     st.hello()
-    st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"]))
-    assert st.unconfirmed() == ([], [])  # confirmed: nothing is sent twice
+    st.receive_data(welcome(resumed=True, rooms=["lobby"], last_id=decoded(part)["id"]))  # all three handled
+    assert st.unconfirmed() == []
 
 
-def test_joins_and_parts_are_forgotten_once_answered_or_seen_done() -> None:
+def test_joins_and_parts_are_forgotten_once_answered_or_handled() -> None:
     st = welcomed()
-    dev, full, lobby, nowhere = (st.request(r) for r in (m.Join("dev"), m.Join("full"), m.Join("lobby"), m.Part("x")))
-    for line in (dev, full, lobby, nowhere):
+    dev, full, lobby, gone = (st.request(r) for r in (m.Join("dev"), m.Join("full"), m.Join("lobby"), m.Part("x")))
+    for line in (dev, full, lobby, gone):
         st.sent(line)
     st.receive_data(enc(type="error", code=m.Err.TOO_MANY_ROOMS, message="no", id=decoded(full)["id"]))  # refused
     st.receive_data(enc(type="room", room="lobby", topic="", users=1, nicks=["al"], id=decoded(lobby)["id"]))
+    st.receive_data(ev("join", 12, room="dev", nick="al"))  # done
     later = st.request(m.Join("later"))  # typed while offline: the client's queue sends it, in typed order
     st.hello()
-    st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"]))  # dev got there; x was left already
-    assert st.unconfirmed() == ([], [])
+    st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"]))
+    assert st.unconfirmed() == [(decoded(gone)["id"], gone)]  # the part's answer was lost with the link
     st.sent(later)  # sent after the reconnect, and lost with the next drop
     st.hello()
-    st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"]))
-    assert st.unconfirmed() == ([later], [])
+    st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"], last_id=decoded(gone)["id"]))
+    assert st.unconfirmed() == [(decoded(later)["id"], later)]
 
 
 def test_commands_queued_while_reconnecting_are_bounded_and_the_one_too_many_is_refused_aloud() -> None:
@@ -404,3 +409,12 @@ def test_commands_queued_while_reconnecting_are_bounded_and_the_one_too_many_is_
         client.send(m.Who("lobby"))
     assert info.value.code == "queue_full"
     client.send(m.Msg("lobby", "posts have their own bound (the outbox)"))
+
+
+def test_the_goodbye_hello_asks_for_no_rooms() -> None:
+    """Quitting between reconnects resumes only to say goodbye; if the session had expired meanwhile, a
+    hello with the old rooms made a new session that joined them and quit again, in front of everyone."""
+    st = welcomed()
+    goodbye = decoded(st.hello(rooms=[]))
+    assert goodbye["rooms"] == [] and goodbye["token"] == "tok"
+    assert decoded(st.hello())["rooms"] == ["lobby"]

@@ -380,6 +380,32 @@ def test_a_delivered_post_resent_after_things_changed_is_acked_not_refused(net: 
     assert [f["type"] for f in net.take(3, 30)] == ["msg", "ack"]
 
 
+def test_a_refused_post_resent_after_a_later_one_went_out_is_refused_again_not_acked(net: Workers) -> None:
+    """Its refusal lost with the link, a refused post came back from the outbox after the resume; with a
+    later post delivered its id was below the highest, and it was acked as posted: the user believed it
+    sent. Refused ids are remembered; joins and parts count as handled and the welcome says up to where."""
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.request(1, 10, {"type": "privmsg", "to": "carol", "text": "hi", "id": 1}, 1.0)  # nobody is carol
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "went out", "id": 2}, 1.0)
+    hub.request(1, 10, {"type": "join", "room": "dev", "id": 3}, 1.0)
+    hub.commit(1.0)
+    assert [f["text"] for f in net.take(2, 20) if f["type"] == "msg"] == ["went out"]
+    net.forget(1, 10)  # the refusal and the acks are lost with the link
+    hub.closed(1, 10, False, "lost", 1.5)
+    [welcome] = [f for f in resumed(net, al["token"], al["seq"]) if f["type"] == "welcome"]
+    assert welcome["last_id"] == 3  # the client resends nothing up to 3 but its outbox (for the acks)
+    for rid, text in ((1, "hi"), (2, "went out")):
+        hub.request(3, 30, {"type": "privmsg" if rid == 1 else "msg", "to": "carol", "room": "lobby", "text": text,
+                            "id": rid}, 3.0)  # fmt: skip
+    hub.commit(3.0)
+    answers = [(f["type"], f.get("code"), f.get("seq", "-")) for f in net.take(3, 30) if f["type"] in ("ack", "error")]
+    assert answers == [("error", "no_such_nick", "-"), ("ack", None, None)]
+    assert [f for f in net.take(2, 20) if f["type"] == "msg"] == []  # once only
+
+
 def test_rooms_and_who_replies_are_held_to_the_reply_budget(tmp_path: Path, stores: list[HistoryStore]) -> None:
     """At the limits (10,000 rooms with 300-character topics) the rooms reply was one 12 MB line: the asker
     was dropped for its send queue and the hub's loop held for 60 ms; a who of a huge room likewise. They
