@@ -40,7 +40,9 @@ REASON_MAX: Final = 200  # characters of a part/quit reason
 RESUME_GRACE: Final = 60.0  # seconds a dropped session keeps its nick and rooms for a resume
 # After the grace, a session's token is remembered with the highest message id it posted, so that a client
 # resending its unacknowledged posts into a new session (a laptop that slept) does not post them twice.
-REFUSED_IDS_KEPT: Final = 1000  # a session's refused message ids kept, so that a resend of one is not acked as posted
+# A session's most recent refused message ids, kept so that a resend of one (its refusal lost with the link,
+# so it was in flight at a drop: a handful) is refused again, not acked as posted. 64 ints: ~4 KB at most.
+REFUSED_IDS_KEPT: Final = 64
 EXPIRED_TOKENS_MAX: Final = 10_000  # tokens remembered (about 200 bytes each), the oldest forgotten first
 EXPIRED_TOKEN_TTL: Final = 24 * 3600.0  # seconds a token is remembered: a night's sleep
 HISTORY_LIMIT: Final = 10_000  # events kept per room (and per private conversation) in SQLite

@@ -40,7 +40,7 @@ class Session:
     rooms: list[str] = field(default_factory=list)
     last_id: int = -1  # highest client request id handled (posts, joins, parts): lower or equal post ids are
     # resends, dropped, unless refused (below); the welcome of a resume tells it, so the client resends the rest
-    refused: set[int] | None = None  # ids of posts refused below last_id (made on the first; REFUSED_IDS_KEPT)
+    refused: set[int] | None = None  # ids of refused posts, the most recent REFUSED_IDS_KEPT (made on the first)
     worker: int | None = None
     conn: int | None = None
     detached_at: float | None = None
