@@ -219,7 +219,7 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
     if kind == "history":
         lines = [render(e, me) for e in _items(frame.get("events")) if isinstance(e, dict)]
         body = "\n".join(f"  {line}" for line in lines if line)
-        head = f"* history of {room} ({len(lines)} events{', more before' if frame.get('more') else ''})"
+        head = f"* history of {room} ({count_of(len(lines), 'event')}{', more before' if frame.get('more') else ''})"
         return head + ("\n" + body if body else "")
     if kind == "error":
         return f"! {c(frame.get('message'))} [{c(frame.get('code'))}]"

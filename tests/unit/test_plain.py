@@ -294,6 +294,8 @@ def test_render_history_with_events() -> None:
     assert out is not None
     head, *lines = out.split("\n")
     assert head == "* history of #dev (3 events, more before)"  # dicts are counted, the ack renders no line
+    one = render({"type": "history", "room": "dev", "events": [ev("join", room="dev", nick="bo")]})
+    assert one is not None and one.startswith("* history of #dev (1 event)\n")  # not "1 events"
     assert len(lines) == 2
     assert lines[0].startswith("  [") and lines[0].endswith("<al> one")
     assert lines[1].endswith("bo joined")
