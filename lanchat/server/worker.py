@@ -282,9 +282,9 @@ class ClientConn:
         cfg = self.worker.cfg
         st = self.state
         if not st.registered:
-            if now - self.created > float(cfg["handshake_timeout"]):
+            limit = float(cfg["handshake_timeout"])
+            if now - self.created > limit:
                 self._report_closed(False, "handshake timeout")
-                limit = float(cfg["handshake_timeout"])
                 why = f"no /nick within {limit:g} s" if st.mode is Mode.PLAIN else "no hello in time"
                 self.close(st.error_bytes(m.Err.HANDSHAKE_TIMEOUT, why, fatal=True))
             return
