@@ -38,7 +38,7 @@ class Session:
     nick: str
     plain: bool
     rooms: list[str] = field(default_factory=list)
-    last_id: int = -1  # highest client request id handled (posts, joins, parts): lower or equal post ids are
+    last_id: int = -1  # highest client request id handled (posts, changes: _is_change): lower or equal post ids are
     # resends, dropped, unless refused (below); the welcome of a resume tells it, so the client resends the rest
     refused: set[int] | None = None  # ids of refused posts, the most recent REFUSED_IDS_KEPT (made on the first)
     worker: int | None = None
@@ -247,11 +247,13 @@ class Hub:
                 del self._held[s.held_for]
         s.held_for = ""
 
-    def worker_lost(self, worker: int, now: float) -> None:
-        """A worker died: its connections are gone; their sessions wait for a resume like any drop."""
+    def worker_lost(self, worker: int, now: float, peers: dict[int, str] | None = None) -> None:
+        """A worker died: its connections are gone; their sessions wait for a resume like any drop, counted
+        per address (``peers``: connection -> address, as ``closed`` takes it) like any other held session."""
+        peers = peers or {}
         for w, conn in list(self.conns):
             if w == worker:
-                self.closed(w, conn, False, "connection lost", now)
+                self.closed(w, conn, False, "connection lost", now, peer=peers.get(conn, ""))
         self._out.pop(worker, None)
 
     def tick(self, now: float) -> None:
@@ -579,7 +581,7 @@ class Hub:
     # --- requests of a registered session ------------------------------------------------------------------
 
     def _dispatch(self, s: Session, req: m.Request, now: float) -> None:
-        if isinstance(req, m.Join | m.Part) and req.id is not None and req.id > s.last_id:
+        if req.id is not None and req.id > s.last_id and _is_change(req):
             s.last_id = req.id  # handled, refused or not: the welcome of a resume says so (no resend)
         if isinstance(req, m.Msg | m.Action):
             self._post_room(s, req.TYPE, req.room, m.json_str(req.text), req.id, now)
@@ -872,3 +874,9 @@ def _with_id(frame: dict[str, Any], rid: int | None) -> dict[str, Any]:
     if rid is not None:
         frame["id"] = rid
     return frame
+
+
+def _is_change(req: m.Request) -> bool:
+    """A request the client keeps until it is handled, and sends again after a resume if it was not: a
+    join, a part, a nick change, a topic set (the client's ClientState.request gives these ids)."""
+    return isinstance(req, m.Join | m.Part | m.Nick) or (isinstance(req, m.Topic) and req.topic is not None)

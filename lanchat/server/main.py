@@ -73,6 +73,28 @@ class WorkerSlot:
     killed_for: str = ""  # why the supervisor itself killed it (so the log does not guess)
 
 
+class Throttled:
+    """Warnings that come in storms (a connection each): the first is logged, then at most one per
+    ``interval`` seconds for the same key, saying how many like it were held back since."""
+
+    def __init__(self, interval: float = const.LOG_REPEAT_INTERVAL) -> None:
+        self.interval = interval
+        self._quiet_until: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def warning(self, key: str, msg: str, *args: object, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if now < self._quiet_until.get(key, -1.0):
+            self._held[key] += 1
+            return
+        self._quiet_until[key] = now + self.interval
+        held = self._held.pop(key, 0)
+        if held:
+            log.warning(msg + " (and %d more like it in the last %.0f s)", *args, held, self.interval)
+        else:
+            log.warning(msg, *args)
+
+
 def lock_data_dir(data_dir: Path) -> int | None:
     """Hold ``data_dir/lock`` for this process's life: a second server on the same directory would share
     its history file and its discovery id (clients would see one server at a mix of two addresses).
@@ -132,6 +154,7 @@ class Server:
         self.next_conn = 1
         self.conn_peer: dict[int, tuple[str, int]] = {}  # conn -> (ip, worker index)
         self.per_ip: Counter[str] = Counter()
+        self.storms = Throttled()  # warnings that would come once per connection in a storm of connects
         self.handoff: dict[int, socket.socket] = {}  # conn -> our copy, until its worker adopts it
         self.stopping = False
         self.exit_code = EXIT_OK
@@ -346,9 +369,8 @@ class Server:
         if slot.fd_sock is not None:
             slot.fd_sock.close()
             slot.fd_sock = None
-        for conn in list(slot.conns):
-            self._conn_gone(conn)
-        self.hub.worker_lost(slot.index, time.time())
+        peers = {conn: self._conn_gone(conn) for conn in list(slot.conns)}
+        self.hub.worker_lost(slot.index, time.time(), peers)
         self._schedule_flush()
         proc = slot.proc
         if proc is not None and proc.poll() is None:  # usually it is dying already: let its exit status say how
@@ -460,7 +482,8 @@ class Server:
                 return
             except OSError as exc:
                 if exc.errno in _ACCEPT_BACKOFF_ERRNOS:
-                    log.warning("accept: %s; pausing %.0f ms", os.strerror(exc.errno or 0), const.ACCEPT_BACKOFF * 1000)
+                    why, pause = os.strerror(exc.errno or 0), const.ACCEPT_BACKOFF * 1000
+                    self.storms.warning("accept", "accept: %s; pausing %.0f ms", why, pause)
                     self._pause_accept()
                     return
                 raise
@@ -515,7 +538,8 @@ class Server:
                 socket.send_fds(slot.fd_sock, note, [sock.fileno()])
                 break
             except OSError as exc:  # its queue is full (a stalled worker, a storm of connects): the next one
-                log.warning("could not hand connection to worker %d: %s", slot.index, exc)
+                msg = "could not hand a connection to worker %d: %s"
+                self.storms.warning(f"handoff{slot.index}", msg, slot.index, exc)
         else:
             self._refuse(sock, m.Err.INTERNAL, "worker unavailable; reconnect")
             return

@@ -500,6 +500,37 @@ def test_one_address_holds_a_bounded_number_of_sessions(tmp_path: Path, stores: 
     assert hub.sessions == {} and hub._held == {}
 
 
+def test_sessions_held_after_a_worker_died_count_per_address(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A crashed worker's sessions are held for a resume like any drop, and count against their address's
+    bound the same way (they were not: each address held any number of them)."""
+    net = Workers(make_hub(stores, tmp_path, held_per_ip=2))
+    hub = net.hub
+    for i in range(3):
+        welcome_of(net, 1, 10 + i, f"u{i}")
+    welcome_of(net, 2, 20, "other")
+    hub.worker_lost(1, 2.0, {10: "203.0.113.1", 11: "203.0.113.1", 12: "203.0.113.1"})
+    assert sorted(s.nick for s in hub.sessions.values()) == ["other", "u1", "u2"]  # u0 ended: the oldest
+    assert len(hub._held["203.0.113.1"]) == 2
+    hub.worker_lost(2, 2.0)  # connections not counted (loopback is exempt): held, not bounded
+    assert sorted(s.nick for s in hub.sessions.values()) == ["other", "u1", "u2"]
+    hub.tick(2.0 + GRACE + 1)
+    assert hub.sessions == {} and hub._held == {}
+
+
+def test_nick_and_topic_changes_count_as_handled_in_the_welcome_of_a_resume(net: Workers) -> None:
+    """The client resends the changes above the welcome's last_id: a nick or topic change the server did
+    must count, or it would be done twice (a second topic event, a rename back and forth)."""
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    hub.request(1, 10, {"type": "topic", "room": "lobby", "topic": "plans", "id": 4}, 1.0)
+    hub.request(1, 10, {"type": "nick", "nick": "alice", "id": 5}, 1.0)
+    hub.request(1, 10, {"type": "topic", "room": "lobby", "id": 9}, 1.0)  # a question changes nothing
+    hub.commit(1.0)
+    hub.closed(1, 10, False, "lost", 1.5)
+    [welcome] = [f for f in resumed(net, al["token"], al["seq"]) if f["type"] == "welcome"]
+    assert welcome["last_id"] == 5 and welcome["nick"] == "alice"
+
+
 def test_posts_without_id_are_never_deduplicated(net: Workers) -> None:
     welcome_of(net, 1, 10, "al")
     net.clear()
