@@ -43,8 +43,9 @@ class ClientState:
         self.registered = False
         self.max_frame: int | None = None  # the server's line limit, from its welcome
         self._framer = LineFramer(CLIENT_MAX_FRAME)
-        # Joins and parts the server has not confirmed, in the order typed: a link that dies silently takes
-        # what was written last with it, and a post to a room joined just before would then be refused.
+        # Joins, parts, nick and topic changes the server has not confirmed, in the order typed: a link that
+        # dies silently takes what was written last with it (and a post to a room joined just before would
+        # then be refused).
         self._journal: list[_Asked] = []
         self._handled_upto = -1  # the highest of our request ids the server handled, from its welcome
 
@@ -80,17 +81,21 @@ class ClientState:
         return rid, line
 
     def request(self, req: m.Request) -> bytes:
-        """A request's line. A join or a part gets an id (from the posts' counter: the server's replies and
-        refusals echo it, and its welcome says up to which id it handled our requests) and is kept until
-        the server confirms it (see ``unconfirmed``)."""
-        if not isinstance(req, m.Join | m.Part):
+        """A request's line. A change (join, part, nick, topic set) gets an id (from the posts' counter: the
+        server's replies and refusals echo it, and its welcome says up to which id it handled our requests)
+        and is kept until the server confirms it (see ``unconfirmed``). Questions are not: lost, they are
+        asked again by whoever wants the answer."""
+        key = _change_key(req)
+        if isinstance(req, m.Nick) and req.nick == self.info.nick and not any(a.kind == "nick" for a in self._journal):
+            key = None  # the nick we have, none other on the way: the server answers nothing to confirm it by
+        if key is None:
             return m.encode(req.to_obj())
         if req.id is None:
             req = replace(req, id=self.next_id)
             self.next_id += 1
         line = m.encode(req.to_obj())
         assert req.id is not None
-        self._journal.append(_Asked(isinstance(req, m.Join), req.room, req.id, line))
+        self._journal.append(_Asked(req.TYPE, key, req.id, line))
         return line
 
     def sent(self, line: bytes) -> None:
@@ -129,7 +134,26 @@ class ClientState:
                 continue  # not for us; the server speaks JSON Lines only
             if isinstance(frame, dict) and self._absorb(frame):
                 frames.append(frame)
+                if frame["type"] == "welcome":
+                    frames += self._too_long_now()
         return frames
+
+    def _too_long_now(self) -> list[dict[str, Any]]:
+        """After a welcome: posts in the outbox longer than this server takes (restarted with a smaller
+        --max-frame while we were away) are refused here, as ``post`` refuses new ones. Sent, the server
+        could only answer ``frame_too_long`` without the post's id, and the post would wait in the outbox,
+        sent again after every reconnect, forever."""
+        limit = self.max_frame
+        if limit is None:
+            return []
+        refused: list[dict[str, Any]] = []
+        for rid, req in list(self.outbox.items()):
+            size = len(_post_line(rid, req)) - 1
+            if size > limit:
+                del self.outbox[rid]
+                text = f"not sent: too long for this server now ({size} bytes; it takes {limit})"
+                refused.append(m.error_frame(m.Err.FRAME_TOO_LONG, text, id=rid))
+        return refused
 
     def _absorb(self, frame: dict[str, Any]) -> bool:
         """Update the state from one frame; False if the frame is a duplicate to drop."""
@@ -166,16 +190,19 @@ class ClientState:
             room = str(frame.get("room"))
             if room not in self.rooms:
                 self.rooms.append(room)
-            self._confirmed(room, join=True)
+            self._confirmed("join", room)
         elif kind == "part" and m.nick_key(str(frame.get("nick", ""))) == me:
             room = str(frame.get("room"))
             if room in self.rooms:
                 self.rooms.remove(room)
-            self._confirmed(room, join=False)
+            self._confirmed("part", room)
         elif kind == "room":  # the reply to a join (after its event, or alone for a room we were in)
-            self._confirmed(str(frame.get("room")), join=True, rid=frame.get("id"))
+            self._confirmed("join", str(frame.get("room")), rid=frame.get("id"))
         elif kind == "nick" and m.nick_key(str(frame.get("old", ""))) == me:
             self.info.nick = str(frame.get("new"))
+            self._confirmed("nick", m.nick_key(self.info.nick))
+        elif kind == "topic" and "seq" in frame and m.nick_key(str(frame.get("nick", ""))) == me:
+            self._confirmed("topic", str(frame.get("room")))
         elif kind == "server":
             self.info.server_name = str(frame.get("name", ""))
         elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:
@@ -183,12 +210,13 @@ class ClientState:
             self._journal = [a for a in self._journal if a.id != frame["id"]]  # a join or part refused: answered
         return True
 
-    def _confirmed(self, room: str, *, join: bool, rid: object = None) -> None:
-        """The server did a join or part of ours: the oldest of that kind for that room (or the one with
-        that id) is done."""
+    def _confirmed(self, kind: str, key: str, *, rid: object = None) -> None:
+        """The server did a change of ours: the oldest of that kind for that room or nick (or the one with
+        that id) is done, and so is every one typed before it (the server handles a connection's requests in
+        order; one it did silently, a nick it already had, is let go here)."""
         for i, asked in enumerate(self._journal):
-            if asked.id == rid or (rid is None and asked.join == join and asked.room == room):
-                del self._journal[i]
+            if asked.id == rid or (rid is None and asked.kind == kind and asked.key == key):
+                del self._journal[: i + 1]
                 return
 
     @property
@@ -198,11 +226,20 @@ class ClientState:
 
 @dataclass(slots=True)
 class _Asked:
-    join: bool  # else a part
-    room: str
+    kind: str  # join, part, nick, topic
+    key: str  # the room (the nick's key for a nick change): what the server's event names
     id: int
     line: bytes
     sent: bool = False  # written on a connection (else queued while offline)
+
+
+def _change_key(req: m.Request) -> str | None:
+    """What a change's confirming event names (None for requests that change nothing)."""
+    if isinstance(req, m.Join | m.Part) or (isinstance(req, m.Topic) and req.topic is not None):
+        return req.room
+    if isinstance(req, m.Nick):
+        return m.nick_key(req.nick)
+    return None
 
 
 def _post_line(rid: int, req: m.Msg | m.Action | m.PrivMsg) -> bytes:

@@ -297,3 +297,35 @@ def test_a_join_and_a_post_lost_in_flight_arrive_after_the_resume(make_server: M
     with Client(server.port, "bo", rooms=["dev"]) as bo:
         asyncio.run(asyncio.wait_for(scenario(), 30))
         assert bo.expect(lambda f: f.get("type") == "msg")["text"] == "hello dev"
+
+
+def test_a_topic_and_a_nick_change_lost_in_flight_arrive_after_the_resume(make_server: MakeServer) -> None:
+    """/topic and /nick lost with a link that died silently were not sent again: the user saw neither happen
+    and had to notice. They are kept like joins and parts until handled, and resent in the order typed."""
+    server = make_server(workers=1)
+
+    async def scenario() -> None:
+        proxy = _Proxy(server.port)
+        renamed = asyncio.Event()
+        client = ChatClient(
+            "127.0.0.1", await proxy.start(), "al", ["dev"],
+            on_frame=lambda f: renamed.set() if f.get("type") == "nick" else None,
+        )  # fmt: skip
+        await client.connect()
+        proxy.blackhole = True
+        client.send(m.Topic("dev", "plans"))
+        client.send(m.Nick("alice"))
+        client.send(m.Msg("dev", "as alice"))
+        proxy.cut()
+        proxy.blackhole = False
+        assert await client.wait_acked(20)
+        await asyncio.wait_for(renamed.wait(), 10)
+        assert client.nick == "alice"
+        await client.close()
+        await proxy.close()
+
+    with Client(server.port, "bo", rooms=["dev"]) as bo:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+        seen = bo.expect(lambda f: f.get("type") == "msg")
+        assert seen["from"] == "alice" and seen["text"] == "as alice"  # renamed before the post, as typed
+        assert [f["type"] for f in bo.seen if f.get("type") in ("topic", "nick", "msg")] == ["topic", "nick", "msg"]

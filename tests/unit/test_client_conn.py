@@ -205,6 +205,27 @@ def test_a_post_longer_than_the_servers_frame_limit_is_refused_before_sending() 
     assert list(c.outbox) == [rid, rid + 1] and c.next_id == rid + 2  # the refused post used no id
 
 
+def test_posts_waiting_for_a_server_that_came_back_with_a_smaller_limit_are_refused_not_resent() -> None:
+    """Posts queued under one --max-frame, resumed with a server restarted with a smaller one: the server
+    would answer each with a frame_too_long naming no id, and the post would be sent again after every
+    reconnect, forever. The welcome's limit refuses them at once, each with its id; the others go on."""
+    c = ClientState("al", ["lobby"])
+    c.hello()
+    c.receive_data(welcome(rooms=["lobby"], max_frame=1000))
+    short, line = c.post(m.Msg("lobby", "x" * 10))
+    fits = 200 - (len(line) - 1) + 10  # the longest text that fits a 200-byte limit, exactly
+    at_edge, _ = c.post(m.Msg("lobby", "x" * fits))
+    over, _ = c.post(m.Msg("lobby", "x" * (fits + 1)))
+    c.hello()
+    frames = c.receive_data(welcome(seq=10, resumed=True, rooms=["lobby"], max_frame=200))
+    assert [f["type"] for f in frames] == ["welcome", "error"]
+    assert frames[1]["id"] == over and frames[1]["code"] == m.Err.FRAME_TOO_LONG and "200" in frames[1]["message"]
+    assert list(c.outbox) == [short, at_edge]  # the line of exactly 200 bytes is still sent
+    assert c.receive_data(welcome(seq=10, resumed=True, rooms=["lobby"])) == [  # no limit said: nothing to refuse
+        decoded(welcome(seq=10, resumed=True, rooms=["lobby"]))
+    ]
+
+
 def test_without_a_limit_in_the_welcome_posts_are_not_checked() -> None:
     c = welcomed()  # a welcome without max_frame (an older server)
     assert c.max_frame is None
@@ -398,6 +419,55 @@ def test_joins_and_parts_are_forgotten_once_answered_or_handled() -> None:
     st.hello()
     st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"], last_id=decoded(gone)["id"]))
     assert st.unconfirmed() == [(decoded(later)["id"], later)]
+
+
+def test_nick_and_topic_changes_are_kept_until_confirmed_and_questions_are_not() -> None:
+    """/nick and /topic lost with a link that died silently were not sent again; they are changes, kept
+    like joins and parts. Asking (a topic without text, who, rooms, history) keeps nothing."""
+    st = welcomed()
+    topic, nick = st.request(m.Topic("lobby", "plans")), st.request(m.Nick("alice"))
+    asked = [st.request(r) for r in (m.Topic("lobby"), m.Who("lobby"), m.Rooms(), m.History("lobby"))]
+    assert all("id" not in decoded(line) for line in asked)
+    for line in (topic, nick, *asked):
+        st.sent(line)
+    st.hello()
+    st.receive_data(welcome(resumed=True, rooms=["lobby"]))  # none of it reached the server
+    assert st.unconfirmed() == [(decoded(topic)["id"], topic), (decoded(nick)["id"], nick)]
+    st.receive_data(ev("topic", 12, room="lobby", nick="al", topic="plans"))
+    assert st.unconfirmed() == [(decoded(nick)["id"], nick)]
+    st.receive_data(enc(type="topic", room="lobby", topic="plans"))  # the answer to a question: no event
+    st.receive_data(ev("nick", 13, old="al", new="alice"))
+    assert st.info.nick == "alice" and st.unconfirmed() == []
+
+
+def test_a_nick_taken_is_answered_and_a_nick_we_have_is_not_kept() -> None:
+    """The server answers a nick it was asked for that the session has already with nothing at all: kept,
+    it would wait for a confirmation that never comes. Unless another nick change is on the way (then
+    it is a change back, and the server does it)."""
+    st = welcomed()
+    assert "id" not in decoded(st.request(m.Nick("al")))
+    taken = st.request(m.Nick("bo"))
+    st.receive_data(enc(type="error", code=m.Err.NICK_TAKEN, message="taken", id=decoded(taken)["id"]))
+    assert st.unconfirmed() == []
+    away, back = st.request(m.Nick("alice")), st.request(m.Nick("al"))
+    assert "id" in decoded(back)
+    for line in (away, back):
+        st.sent(line)
+    st.receive_data(ev("nick", 12, old="al", new="alice"))
+    assert st.unconfirmed() == [(decoded(back)["id"], back)]
+    st.receive_data(ev("nick", 13, old="alice", new="al"))
+    assert st.info.nick == "al" and st.unconfirmed() == []
+
+
+def test_a_confirmation_settles_every_change_typed_before_it() -> None:
+    """The server handles a connection's requests in order: once a later change is confirmed, earlier ones
+    were handled too (a part of a room we were not in, answered by an error we lost, for one)."""
+    st = welcomed()
+    lines = [st.request(r) for r in (m.Part("nowhere"), m.Join("dev"), m.Join("ops"))]
+    for line in lines:
+        st.sent(line)
+    st.receive_data(ev("join", 12, room="dev", nick="al"))
+    assert st.unconfirmed() == [(decoded(lines[2])["id"], lines[2])]
 
 
 def test_commands_queued_while_reconnecting_are_bounded_and_the_one_too_many_is_refused_aloud() -> None:
