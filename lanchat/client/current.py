@@ -15,11 +15,13 @@ class CurrentRoom:
         # Rooms /joined that the server has not confirmed yet: /switch may go there (a script's
         # "/join dev, /switch lobby, /switch dev, text" must not send the text to #lobby).
         self._pending: list[str] = []
+        self._undo: tuple[m.Request, str | None, str | None, list[str]] | None = None  # see not_sent
 
     def typed(self, cmd: m.Request, joined: Sequence[str]) -> None:
         """A request the user typed: /join makes its room current at once (lines typed next go there), /part
         of the current room moves to the last other room."""
         self._confirmed(joined)
+        self._undo = (cmd, self.room, self._before_join, list(self._pending))
         if isinstance(cmd, m.Join):
             if self.room in joined:
                 self._before_join = self.room
@@ -32,6 +34,14 @@ class CurrentRoom:
             if cmd.room == self.room:
                 others = [r for r in self.rooms(joined) if r != cmd.room]
                 self.room = others[-1] if others else None
+
+    def not_sent(self, cmd: m.Request) -> None:
+        """The client could not take ``cmd`` (1,000 commands already waiting for a reconnect): what
+        ``typed`` did for it is undone, so lines typed next do not go to a room never asked for. Only for the
+        last one typed: once more were typed after it (a paste), they were meant for the room it made current."""
+        if self._undo is not None and self._undo[0] is cmd:
+            _, self.room, self._before_join, self._pending = self._undo
+        self._undo = None
 
     def _confirmed(self, joined: Sequence[str]) -> None:
         self._pending = [r for r in self._pending if r not in joined]

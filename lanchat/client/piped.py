@@ -160,6 +160,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         try:
             client.send(cmd)
         except RemoteProtocolError as exc:  # too long for this server, too many waiting: said; the next goes on
+            current.not_sent(cmd)
             not_sent(number, exc.message)
     # EOF or /quit: everything typed must be acknowledged (or the connection given up) before we leave.
     if not await before_closed(client.wait_acked()):

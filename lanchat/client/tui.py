@@ -804,6 +804,7 @@ async def run_app(
                 try:
                     client.send(req)
                 except RemoteProtocolError as exc:  # the outbox is full, or the line too long for this server
+                    view.current.not_sent(req)
                     printer.show(view.note(exc.message, "error"))
     finally:
         unhook()

@@ -51,3 +51,31 @@ def test_a_refused_join_forgets_every_join_still_unanswered() -> None:
     assert cur.room == "lobby" and cur.rooms(["lobby"]) == ["lobby"]
     assert cur.switch("dev", ["lobby"]) == "you are not in #dev: /join dev"
     assert cur.rooms(["lobby", "dev"]) == ["lobby", "dev"]  # confirmed after all: joined
+
+
+def test_a_command_the_client_could_not_take_is_undone() -> None:
+    """1,000 commands already waiting for a reconnect: the /join is refused aloud (queue_full) and never
+    sent, so the room it made current must not stay current (text typed next would go to #dev, refused)."""
+    cur = CurrentRoom("lobby")
+    join = m.Join("dev")
+    cur.typed(join, ["lobby"])
+    cur.not_sent(join)
+    assert cur.room == "lobby" and cur.rooms(["lobby"]) == ["lobby"]
+    cur.typed(m.Join("ops"), ["lobby"])
+    assert cur.switch("lobby", ["lobby"]) is None
+    part = m.Part("lobby")
+    cur.typed(part, ["lobby"])  # parts the current room: the last other one (ops, pending) becomes current
+    assert cur.room == "ops"
+    cur.not_sent(part)
+    assert cur.room == "lobby" and cur.rooms(["lobby"]) == ["lobby", "ops"]
+
+
+def test_only_the_last_command_typed_is_undone() -> None:
+    """A paste: /join dev, then text meant for #dev. If the join is not taken, what was typed after it
+    already went where it made current; undoing it then would move the room under later lines."""
+    cur = CurrentRoom("lobby")
+    join = m.Join("dev")
+    cur.typed(join, ["lobby"])
+    cur.typed(m.Join("ops"), ["lobby"])
+    cur.not_sent(join)
+    assert cur.room == "ops" and cur.rooms(["lobby"]) == ["lobby", "dev", "ops"]
