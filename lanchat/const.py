@@ -64,6 +64,8 @@ WORKER_TIMEOUT: Final = 5.0  # seconds without a heartbeat reply before a worker
 WORKER_BOOT_TIMEOUT: Final = 10.0  # seconds a new worker has to report ready
 RESTART_BACKOFF_MAX: Final = 1.0  # seconds: cap of the delay before respawning a crashed worker
 ACCEPT_BACKOFF: Final = 0.1  # seconds the accept loop pauses on EMFILE/ENFILE/ENOBUFS/ENOMEM (as trio)
+LOG_REPEAT_INTERVAL: Final = 10.0  # seconds: a warning that repeats (accept out of descriptors, a worker that
+# cannot take connections) is logged once per interval, with how many were held back
 PIPE_HIGH_WATER: Final = 8 * 1024 * 1024  # bytes queued to one worker pipe before the hub logs pressure
 # Bytes a worker queues for the hub (beyond the socketpair's own buffers) before it stops reading its
 # clients until the hub catches up: TCP then holds them back, and a stalled hub costs no worker memory.

@@ -159,7 +159,8 @@ def lowest_free_fd(pid: int) -> int:
 
 
 def test_the_acceptor_out_of_descriptors_backs_off_and_recovers(make_server: MakeServer) -> None:
-    """EMFILE on accept: logged, a pause of ACCEPT_BACKOFF (not a busy loop, not a crash), then service again.
+    """EMFILE on accept: logged (once per LOG_REPEAT_INTERVAL), a pause of ACCEPT_BACKOFF (not a busy loop,
+    not a crash), then service again.
 
     The main process holds an accepted socket only until it has passed it to a worker, so connections alone
     never exhaust it (they exhaust the workers: next test). Its limit is lowered to what it holds instead.
@@ -176,11 +177,12 @@ def test_the_acceptor_out_of_descriptors_backs_off_and_recovers(make_server: Mak
         server.wait_log(r"accept: Too many open files; pausing 100 ms", 5, mark)
         cpu_before = main.cpu_times()
         t0 = time.monotonic()
-        wait_until(lambda: sum("accept:" in line for line in server.lines[mark:]) >= 6, 5, "retries", 0.01)
+        time.sleep(0.6)  # a window to measure over (not a wait for an event): six retries would fit in it
         elapsed = time.monotonic() - t0
         cpu = sum(main.cpu_times()[:2]) - sum(cpu_before[:2])
-        assert elapsed > 0.3, f"6 accept attempts within {elapsed:.2f} s: no backoff between them"
         assert cpu < 0.5 * elapsed + 0.05, f"{cpu:.2f} s of CPU in {elapsed:.2f} s: spinning"
+        # one warning, not one per retry (10 a second while it lasts): the next says how many were held back
+        assert sum("accept:" in line for line in server.lines[mark:]) == 1
         assert server.proc.poll() is None
         main.rlimit(psutil.RLIMIT_NOFILE, limit)  # descriptors are back
         waiting.settimeout(5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import re
 import signal
@@ -23,7 +24,7 @@ from lanchat.config import DiscoveryConfig, ServerConfig
 from lanchat.errors import StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
-from lanchat.server.main import BOOT_TIMEOUT_KILL, EXIT_WORKER_BOOT, Server, lock_data_dir
+from lanchat.server.main import BOOT_TIMEOUT_KILL, EXIT_WORKER_BOOT, Server, Throttled, lock_data_dir
 
 
 def _spread_clients(server: ServerProcess, nicks: list[str], **hello: Any) -> list[Client]:
@@ -269,6 +270,24 @@ def test_a_data_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert "is not a directory" in out.stderr
+
+
+def test_a_storm_of_the_same_warning_is_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """A storm of connects at a stalled worker logged one warning per connection (thousands a second);
+    the acceptor out of descriptors, one per 100 ms retry. The first is logged, then one per interval
+    and key, counting those held back."""
+    storms = Throttled(10.0)
+    with caplog.at_level(logging.WARNING, logger="lanchat.server"):
+        for i in range(500):
+            storms.warning("handoff0", "could not hand a connection to worker %d: %s", 0, "full", now=100.0 + i * 0.01)
+        storms.warning("handoff1", "could not hand a connection to worker %d: %s", 1, "full", now=104.0)  # own key
+        storms.warning("handoff0", "could not hand a connection to worker %d: %s", 0, "full", now=110.0)  # at the edge
+        storms.warning("handoff0", "could not hand a connection to worker %d: %s", 0, "full", now=119.99)
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not hand a connection to worker 0: full",
+        "could not hand a connection to worker 1: full",
+        "could not hand a connection to worker 0: full (and 499 more like it in the last 10 s)",
+    ]
 
 
 def test_the_data_directory_lock_is_released_when_the_server_refuses_to_start(tmp_path: Path) -> None:
