@@ -9,6 +9,7 @@ connections. The I/O edge feeds requests in (``request``, ``closed``, ``worker_l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -164,7 +165,8 @@ class Hub:
         self._ts_src, self._ts_lit = -1.0, b"-1.0"  # the last timestamp formatted for a line, and its JSON text
         self.msgs_in = 0
         self.events_out = 0
-        self._expired: dict[str, tuple[int, float]] = {}  # token of an expired session -> (last_id, when)
+        # An expired session's token key (_token_key) -> (last_id, when), oldest first; kept in the database too
+        self._expired: dict[str, tuple[int, float]] = {k: (i, t) for k, i, t in store.load_expired(now)}
         self.held_per_ip = held_per_ip
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
@@ -442,7 +444,9 @@ class Hub:
         log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, reason)
 
     def _remember_expired(self, token: str, last_id: int, now: float) -> None:
-        self._expired[token] = (last_id, now)
+        key = _token_key(token)
+        self._expired[key] = (last_id, now)
+        self.store.put_expired(key, last_id, now)
         self._forget_expired(now)
 
     def _forget_expired(self, now: float) -> None:
@@ -452,6 +456,7 @@ class Hub:
             if len(expired) <= const.EXPIRED_TOKENS_MAX and now - since <= const.EXPIRED_TOKEN_TTL:
                 break
             del expired[oldest]
+            self.store.drop_expired(oldest)
 
     def _drop_if_empty(self, room: Room) -> None:
         if not room.members:
@@ -480,7 +485,10 @@ class Hub:
             raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken{held}", request_id=req.id)
         # A token whose session expired: its client resends what it never saw acknowledged, and the ids
         # it already posted must be acked as duplicates, not posted again.
-        last_id, _ = self._expired.pop(req.token, (-1, now)) if req.token is not None else (-1, now)
+        last_id = -1
+        if req.token is not None and (gone := self._expired.pop(_token_key(req.token), None)) is not None:
+            last_id = gone[0]
+            self.store.drop_expired(_token_key(req.token))
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id)
         self._add_session(s)
         self._attach(s, worker, conn)
@@ -880,3 +888,9 @@ def _is_change(req: m.Request) -> bool:
     """A request the client keeps until it is handled, and sends again after a resume if it was not: a
     join, a part, a nick change, a topic set (the client's ClientState.request gives these ids)."""
     return isinstance(req, m.Join | m.Part | m.Nick) or (isinstance(req, m.Topic) and req.topic is not None)
+
+
+def _token_key(token: str) -> str:
+    """How an expired session's token is remembered (in memory and on disk): a hash, so that the file
+    holds no usable credential of a session that is gone."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 from typing import Final
@@ -72,6 +72,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_id INTEGER NOT NULL, plain INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS topics (room TEXT PRIMARY KEY, topic TEXT NOT NULL);
+-- Sessions that expired, by a hash of their resume token, with the highest message id each posted: a
+-- client that comes back later resends its unacknowledged messages into a new session, and those already
+-- posted must be acked, not posted twice, across a restart too (the hub's Hub._expired; bounded there).
+CREATE TABLE IF NOT EXISTS expired (token_key TEXT PRIMARY KEY, last_id INTEGER NOT NULL, at REAL NOT NULL);
 -- Events of commits that touched many conversations, in commit order (appending costs a page per ~16
 -- events, whatever the conversations); folded into events once FOLD_ROWS have gathered. No index: it is
 -- small, and only reads of history (not of the hub's hot path) scan it.
@@ -97,6 +101,7 @@ class _Pending:
     events: deque[tuple[str, int, float, str, str]]
     sessions: dict[str, SessionRow | None]  # None: delete; while degraded, the oldest write first
     topics: dict[str, str]
+    expired: dict[str, tuple[int, float] | None] = field(default_factory=dict)  # token key -> row; None: delete
     reserve: int | None = None
     bytes: int = 0  # characters of the events' lines (as stored: UTF-8, so up to 4 bytes each)
     # Characters of the session records (counted while degraded), held to the same caps apart from the events.
@@ -235,6 +240,23 @@ class HistoryStore:
         rows = self._db.execute("SELECT sid, token, nick, rooms, last_id, plain FROM sessions").fetchall()
         return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5])) for r in rows]
 
+    def load_expired(self, now: float) -> list[tuple[str, int, float]]:
+        """The expired sessions' token keys still remembered (``const.EXPIRED_TOKEN_TTL``, the newest
+        ``const.EXPIRED_TOKENS_MAX``), oldest first, as (key, last_id, when); the rest are deleted here."""
+        if self._db is None:
+            return []
+        try:
+            self._db.execute("DELETE FROM expired WHERE at < ?", (now - const.EXPIRED_TOKEN_TTL,))
+            rows = self._db.execute(
+                "SELECT token_key, last_id, at FROM expired ORDER BY at DESC LIMIT ?", (const.EXPIRED_TOKENS_MAX,)
+            ).fetchall()
+            if len(rows) == const.EXPIRED_TOKENS_MAX:
+                self._db.execute("DELETE FROM expired WHERE at < ?", (rows[-1][2],))
+        except sqlite3.Error as exc:
+            self._read_failed(exc)
+            return []
+        return [(str(k), int(i), float(t)) for k, i, t in reversed(rows)]
+
     def topic(self, room: str) -> str:
         """A room's topic ('' for none), read when the room comes back: the hub holds only the topics of
         rooms that exist, so rooms made and left one after another cost it no memory. A topic held for a
@@ -298,13 +320,29 @@ class HistoryStore:
             p.session_bytes -= _record_chars(gone, sessions.pop(gone))
             self.dropped += 1
 
+    def put_expired(self, key: str, last_id: int, at: float) -> None:
+        self._hold_expired(key, (last_id, at))
+
+    def drop_expired(self, key: str) -> None:
+        self._hold_expired(key, None)
+
+    def _hold_expired(self, key: str, row: tuple[int, float] | None) -> None:
+        """Queue an expired session's record (None: its deletion); while the disk fails, the oldest
+        writes go past PENDING_WRITES_MAX (one lost costs at most a duplicate after a restart)."""
+        expired = self._pending.expired
+        expired.pop(key, None)  # rewritten: to the end
+        expired[key] = row
+        while self.degraded and len(expired) > const.PENDING_WRITES_MAX:
+            del expired[next(iter(expired))]
+            self.dropped += 1
+
     def put_topic(self, room: str, topic: str) -> None:
         self._pending.topics[room] = topic
 
     @property
     def pending(self) -> int:
         p = self._pending
-        return len(p.events) + len(p.sessions) + len(p.topics)
+        return len(p.events) + len(p.sessions) + len(p.topics) + len(p.expired)
 
     @property
     def journal(self) -> int:
@@ -356,6 +394,11 @@ class HistoryStore:
                 added.pop(conv, None)
             for room, topic in p.topics.items():
                 db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?)", (room, topic))
+            for key, expiry in p.expired.items():
+                if expiry is None:
+                    db.execute("DELETE FROM expired WHERE token_key=?", (key,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO expired VALUES (?, ?, ?)", (key, *expiry))
             if p.reserve is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(p.reserve),))
             # Fold at FOLD_ROWS, or before pruning a conversation that has rows in the journal: pruning sees
@@ -388,6 +431,7 @@ class HistoryStore:
         p.sessions.clear()
         p.session_bytes = 0
         p.topics.clear()
+        p.expired.clear()
         p.reserve = None
         if self.degraded:
             log.warning("history: writes resumed at %s", self.path)

@@ -708,6 +708,27 @@ def test_pending_sessions_are_bounded_while_failing(
     db_of(s).execute("PRAGMA query_only=OFF")
 
 
+def test_expired_tokens_are_written_deleted_and_bounded_while_failing(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(const, "PENDING_WRITES_MAX", 2)
+    s = open_store(stores, tmp_path)
+    s.put_expired("k0", 5, 10.0)
+    s.put_expired("k1", 6, 11.0)
+    assert s.commit(11.0)
+    assert s.load_expired(12.0) == [("k0", 5, 10.0), ("k1", 6, 11.0)]  # oldest first
+    db_of(s).execute("PRAGMA query_only=ON")
+    s.drop_expired("k0")
+    assert s.commit(12.0) is False
+    for i in range(2, 5):
+        s.put_expired(f"k{i}", i, 12.0 + i)
+    assert (s.pending, s.dropped) == (2, 2)  # the deletion of k0 and k2 were given up: the oldest writes
+    db_of(s).execute("PRAGMA query_only=OFF")
+    assert s.commit(12.0 + const.DB_RETRY_INTERVAL)
+    assert [k for k, _, _ in s.load_expired(20.0)] == ["k0", "k1", "k3", "k4"]
+    assert [k for k, _, _ in s.load_expired(11.5 + const.EXPIRED_TOKEN_TTL)] == ["k3", "k4"]  # a day on
+
+
 def test_unopenable_directory_is_degraded_not_fatal(tmp_path: Path, stores: list[HistoryStore]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -1193,6 +1193,57 @@ def test_new_hub_continues_the_sequence_and_restores_sessions(tmp_path: Path, st
     assert net2.take(6, 60) == []
 
 
+def test_an_expired_sessions_token_is_remembered_across_a_restart(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A session expired, the server restarted, then its client came back (a laptop that slept through
+    both) and resent its unacknowledged post into a new session: delivered before, it was delivered twice.
+    Expired tokens are kept in the database (a hash of each, never the token itself), bounded as in memory."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "delivered, never acked", "id": 7}, 1.0)
+    hub.closed(1, 10, False, "lost", 1.5)
+    hub.tick(1.5 + GRACE + 1)  # expired
+    hub.commit(100.0)
+    hub.store.close()
+    raw = b"".join(f.read_bytes() for f in tmp_path.glob("history.sqlite3*"))
+    assert al["token"].encode() not in raw  # the session row went, and the expired one keeps only a hash
+
+    net2 = Workers(make_hub(stores, tmp_path, now=200.0))
+    hub2 = net2.hub
+    welcome_of(net2, 2, 20, "bo", 200.0)
+    hub2.request(3, 30, {"type": "hello", "nick": "al", "token": al["token"]}, 201.0)
+    assert net2.take(3, 30)[0]["resume_failed"]
+    net2.clear()
+    hub2.request(3, 30, {"type": "msg", "room": "lobby", "text": "delivered, never acked", "id": 7}, 201.0)
+    hub2.commit(201.0)
+    assert net2.take(3, 30) == [{"type": "ack", "id": 7, "seq": None}]  # acked as already posted, not posted
+    assert net2.take(2, 20) == []
+    hub2.store.close()
+    net3 = Workers(make_hub(stores, tmp_path, now=300.0))
+    assert net3.hub._expired == {}  # used once: forgotten, on disk too
+
+
+def test_expired_tokens_on_disk_are_bounded_like_those_in_memory(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(const, "EXPIRED_TOKENS_MAX", 3)
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    for i in range(5):
+        welcome_of(net, 1, 10 + i, f"u{i}")
+        hub.request(1, 10 + i, {"type": "msg", "room": "lobby", "text": "x", "id": 1}, float(i))
+        hub.closed(1, 10 + i, False, "lost", float(i))
+        hub.tick(i + GRACE + 1)
+    hub.commit(100.0)
+    rows = hub.store._db.execute("SELECT count(*) FROM expired").fetchone()  # type: ignore[union-attr]
+    assert rows == (3,)  # the two forgotten in memory were deleted from the file too
+    hub.store.close()
+    later = 4 + GRACE + 1 + const.EXPIRED_TOKEN_TTL - 0.5  # the newest is still within the day, the others not
+    net2 = Workers(make_hub(stores, tmp_path, now=later))
+    assert [last_id for last_id, _ in net2.hub._expired.values()] == [1]
+    assert net2.hub.store._db.execute("SELECT count(*) FROM expired").fetchone() == (1,)  # type: ignore[union-attr]
+
+
 def test_restored_sessions_expire_after_the_grace(tmp_path: Path, stores: list[HistoryStore]) -> None:
     net = Workers(make_hub(stores, tmp_path))
     welcome_of(net, 1, 10, "al")
