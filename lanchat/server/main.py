@@ -75,7 +75,8 @@ class WorkerSlot:
 
 class Throttled:
     """Warnings that come in storms (a connection each): the first is logged, then at most one per
-    ``interval`` seconds for the same key, saying how many like it were held back since."""
+    ``interval`` seconds for the same key, saying how many like it were held back since (those held back
+    after the last one logged are told by the next, if one comes)."""
 
     def __init__(self, interval: float = const.LOG_REPEAT_INTERVAL) -> None:
         self.interval = interval
@@ -90,7 +91,7 @@ class Throttled:
         self._quiet_until[key] = now + self.interval
         held = self._held.pop(key, 0)
         if held:
-            log.warning(msg + " (and %d more like it in the last %.0f s)", *args, held, self.interval)
+            log.warning(msg + " (and %d more like it since the last one logged)", *args, held)
         else:
             log.warning(msg, *args)
 

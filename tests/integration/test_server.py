@@ -286,7 +286,7 @@ def test_a_storm_of_the_same_warning_is_logged_once_per_interval(caplog: pytest.
     assert [r.getMessage() for r in caplog.records] == [
         "could not hand a connection to worker 0: full",
         "could not hand a connection to worker 1: full",
-        "could not hand a connection to worker 0: full (and 499 more like it in the last 10 s)",
+        "could not hand a connection to worker 0: full (and 499 more like it since the last one logged)",
     ]
 
 
