@@ -43,9 +43,10 @@ class ClientState:
         self.registered = False
         self.max_frame: int | None = None  # the server's line limit, from its welcome
         self._framer = LineFramer(CLIENT_MAX_FRAME)
-        # Joins, parts, nick and topic changes the server has not confirmed, in the order typed: a link that
-        # dies silently takes what was written last with it (and a post to a room joined just before would
-        # then be refused).
+        # Changes (joins, parts, nick and topic changes) the server has not acknowledged, in the order typed:
+        # a link that dies silently takes what was written last with it (and a post to a room joined just
+        # before would then be refused). Settled only by id (an ack, a reply, a refusal), never by matching
+        # events: a replayed event of an earlier change, or the joins of a new session's hello, look alike.
         self._journal: list[_Asked] = []
         self._handled_upto = -1  # the highest of our request ids the server handled, from its welcome
 
@@ -71,10 +72,7 @@ class ClientState:
         if len(self.outbox) >= OUTBOX_MAX:
             raise RemoteProtocolError("outbox_full", f"{OUTBOX_MAX} messages are waiting to be sent already")
         line = _post_line(self.next_id, req)
-        if self.max_frame is not None and len(line) - 1 > self.max_frame:
-            raise RemoteProtocolError(
-                m.Err.FRAME_TOO_LONG, f"too long for this server ({len(line) - 1} bytes; it takes {self.max_frame})"
-            )
+        self._check_size(line)
         rid = self.next_id
         self.next_id += 1
         self.outbox[rid] = req
@@ -82,21 +80,27 @@ class ClientState:
 
     def request(self, req: m.Request) -> bytes:
         """A request's line. A change (join, part, nick, topic set) gets an id (from the posts' counter: the
-        server's replies and refusals echo it, and its welcome says up to which id it handled our requests)
-        and is kept until the server confirms it (see ``unconfirmed``). Questions are not: lost, they are
-        asked again by whoever wants the answer."""
-        key = _change_key(req)
-        if isinstance(req, m.Nick) and req.nick == self.info.nick and not any(a.kind == "nick" for a in self._journal):
-            key = None  # the nick we have, none other on the way: the server answers nothing to confirm it by
-        if key is None:
-            return m.encode(req.to_obj())
-        if req.id is None:
+        server acks it, its replies and refusals echo it, and its welcome says up to which id it handled
+        our requests) and is kept until the server acks it (see ``unconfirmed``). Questions are not: lost,
+        they are asked again by whoever wants the answer. Raises RemoteProtocolError, as ``post`` does, for
+        a line longer than the server takes."""
+        change = _is_change(req)
+        if change and req.id is None:
             req = replace(req, id=self.next_id)
-            self.next_id += 1
         line = m.encode(req.to_obj())
+        self._check_size(line)
+        if not change:
+            return line
         assert req.id is not None
-        self._journal.append(_Asked(req.TYPE, key, req.id, line))
+        self.next_id = max(self.next_id, req.id + 1)
+        self._journal.append(_Asked(req.id, line))
         return line
+
+    def _check_size(self, line: bytes) -> None:
+        if self.max_frame is not None and len(line) - 1 > self.max_frame:
+            raise RemoteProtocolError(
+                m.Err.FRAME_TOO_LONG, f"too long for this server ({len(line) - 1} bytes; it takes {self.max_frame})"
+            )
 
     def sent(self, line: bytes) -> None:
         """``line`` went out on the current connection (queued ones go out after a reconnect)."""
@@ -106,7 +110,7 @@ class ClientState:
                 return
 
     def unconfirmed(self) -> list[tuple[int, bytes]]:
-        """After a welcome: the joins and parts sent before the drop that the server did not handle (their
+        """After a welcome: the changes sent before the drop that the server did not handle (their
         ids are above the welcome's ``last_id``), as (id, line) to send again in id order with the posts of
         the outbox: the order they were typed in. Those it handled are forgotten; those never sent (typed
         while offline) go out from the client's queue."""
@@ -139,21 +143,23 @@ class ClientState:
         return frames
 
     def _too_long_now(self) -> list[dict[str, Any]]:
-        """After a welcome: posts in the outbox longer than this server takes (restarted with a smaller
-        --max-frame while we were away) are refused here, as ``post`` refuses new ones. Sent, the server
-        could only answer ``frame_too_long`` without the post's id, and the post would wait in the outbox,
-        sent again after every reconnect, forever."""
+        """After a welcome: posts in the outbox and changes in the journal longer than this server takes
+        (restarted with a smaller --max-frame while we were away) are refused here, as ``post`` and
+        ``request`` refuse new ones. Sent, the server could only answer ``frame_too_long`` without their
+        id, and they would wait, sent again after every reconnect, forever."""
         limit = self.max_frame
         if limit is None:
             return []
+        lines = [(rid, _post_line(rid, req)) for rid, req in self.outbox.items()]
+        lines += ((a.id, a.line) for a in self._journal)
         refused: list[dict[str, Any]] = []
-        for rid, req in list(self.outbox.items()):
-            size = len(_post_line(rid, req)) - 1
-            if size > limit:
-                del self.outbox[rid]
-                text = f"not sent: too long for this server now ({size} bytes; it takes {limit})"
+        for rid, line in lines:
+            if len(line) - 1 > limit:
+                self.outbox.pop(rid, None)
+                self._settle(rid)
+                text = f"not sent: too long for this server now ({len(line) - 1} bytes; it takes {limit})"
                 refused.append(m.error_frame(m.Err.FRAME_TOO_LONG, text, id=rid))
-        return refused
+        return sorted(refused, key=lambda f: int(f["id"]))
 
     def _absorb(self, frame: dict[str, Any]) -> bool:
         """Update the state from one frame; False if the frame is a duplicate to drop."""
@@ -182,42 +188,31 @@ class ClientState:
                 return False
             self.last_seq = seq
         me = m.nick_key(self.info.nick)
-        if kind == "ack":
+        if kind == "ack":  # a post (or a change) handled: not to be sent again
             rid = frame.get("id")
             if isinstance(rid, int):
                 self.outbox.pop(rid, None)
+                self._settle(rid)
         elif kind == "join" and m.nick_key(str(frame.get("nick", ""))) == me:
             room = str(frame.get("room"))
             if room not in self.rooms:
                 self.rooms.append(room)
-            self._confirmed("join", room)
         elif kind == "part" and m.nick_key(str(frame.get("nick", ""))) == me:
             room = str(frame.get("room"))
             if room in self.rooms:
                 self.rooms.remove(room)
-            self._confirmed("part", room)
-        elif kind == "room":  # the reply to a join (after its event, or alone for a room we were in)
-            self._confirmed("join", str(frame.get("room")), rid=frame.get("id"))
         elif kind == "nick" and m.nick_key(str(frame.get("old", ""))) == me:
             self.info.nick = str(frame.get("new"))
-            self._confirmed("nick", m.nick_key(self.info.nick))
-        elif kind == "topic" and "seq" in frame and m.nick_key(str(frame.get("nick", ""))) == me:
-            self._confirmed("topic", str(frame.get("room")))
         elif kind == "server":
             self.info.server_name = str(frame.get("name", ""))
         elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:
             self.outbox.pop(frame["id"], None)  # refused for good (bad text, not in room): do not resend
-            self._journal = [a for a in self._journal if a.id != frame["id"]]  # a join or part refused: answered
+            self._settle(frame["id"])  # a change refused: answered
         return True
 
-    def _confirmed(self, kind: str, key: str, *, rid: object = None) -> None:
-        """The server did a change of ours: the oldest of that kind for that room or nick (or the one with
-        that id) is done, and so is every one typed before it (the server handles a connection's requests in
-        order; one it did silently, a nick it already had, is let go here)."""
-        for i, asked in enumerate(self._journal):
-            if asked.id == rid or (rid is None and asked.kind == kind and asked.key == key):
-                del self._journal[: i + 1]
-                return
+    def _settle(self, rid: int) -> None:
+        if self._journal and self._journal[0].id <= rid:  # usually the oldest: answers come in order
+            self._journal = [a for a in self._journal if a.id != rid]
 
     @property
     def unacked(self) -> int:
@@ -226,20 +221,14 @@ class ClientState:
 
 @dataclass(slots=True)
 class _Asked:
-    kind: str  # join, part, nick, topic
-    key: str  # the room (the nick's key for a nick change): what the server's event names
     id: int
     line: bytes
     sent: bool = False  # written on a connection (else queued while offline)
 
 
-def _change_key(req: m.Request) -> str | None:
-    """What a change's confirming event names (None for requests that change nothing)."""
-    if isinstance(req, m.Join | m.Part) or (isinstance(req, m.Topic) and req.topic is not None):
-        return req.room
-    if isinstance(req, m.Nick):
-        return m.nick_key(req.nick)
-    return None
+def _is_change(req: m.Request) -> bool:
+    """A request kept until handled (the hub's own _is_change: it counts them in a resume's last_id)."""
+    return isinstance(req, m.Join | m.Part | m.Nick) or (isinstance(req, m.Topic) and req.topic is not None)
 
 
 def _post_line(rid: int, req: m.Msg | m.Action | m.PrivMsg) -> bytes:

@@ -589,8 +589,10 @@ class Hub:
     # --- requests of a registered session ------------------------------------------------------------------
 
     def _dispatch(self, s: Session, req: m.Request, now: float) -> None:
-        if req.id is not None and req.id > s.last_id and _is_change(req):
-            s.last_id = req.id  # handled, refused or not: the welcome of a resume says so (no resend)
+        change = req.id if _is_change(req) else None  # its id: acked once done
+        if change is not None and change > s.last_id:
+            s.last_id = change  # handled, refused or not: the welcome of a resume says so (no resend),
+            self.store.put_session(s.row())  # after a restart too
         if isinstance(req, m.Msg | m.Action):
             self._post_room(s, req.TYPE, req.room, m.json_str(req.text), req.id, now)
         elif isinstance(req, m.PrivMsg):
@@ -623,6 +625,8 @@ class Hub:
                 self.closed(s.worker, s.conn, True, req.reason or "quit", now)
         else:
             raise RemoteProtocolError(m.Err.UNKNOWN_TYPE, f"{req.TYPE} is not allowed here", request_id=req.id)
+        if change is not None:  # after its events and replies: the client forgets it (else resent after a drop)
+            self._send(s, {"type": "ack", "id": change})
 
     def _resent(self, s: Session, rid: int | None) -> bool:
         """True if ``rid`` was posted before (a resend after an uncertain drop): ack it again, post nothing.

@@ -274,19 +274,26 @@ def test_a_data_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 def test_a_storm_of_the_same_warning_is_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     """A storm of connects at a stalled worker logged one warning per connection (thousands a second);
-    the acceptor out of descriptors, one per 100 ms retry. The first is logged, then one per interval
-    and key, counting those held back."""
+    the acceptor out of descriptors, one per 100 ms retry. The first is logged, then one line per interval
+    and key with the count, also once the storm stopped (the supervisor's tick flushes them)."""
     storms = Throttled(10.0)
+    msg = "could not hand a connection to worker %d: %s"
     with caplog.at_level(logging.WARNING, logger="lanchat.server"):
-        for i in range(500):
-            storms.warning("handoff0", "could not hand a connection to worker %d: %s", 0, "full", now=100.0 + i * 0.01)
-        storms.warning("handoff1", "could not hand a connection to worker %d: %s", 1, "full", now=104.0)  # own key
-        storms.warning("handoff0", "could not hand a connection to worker %d: %s", 0, "full", now=110.0)  # at the edge
-        storms.warning("handoff0", "could not hand a connection to worker %d: %s", 0, "full", now=119.99)
+        for i in range(500):  # 5 s of it
+            storms.warning("handoff0", msg, 0, f"full {i}", now=100.0 + i * 0.01)
+            storms.flush(100.0 + i * 0.01)
+        storms.warning("handoff1", msg, 1, "full", now=104.0)  # another key: its own
+        storms.flush(109.99)
+        assert len(caplog.records) == 2
+        storms.flush(110.0)  # the interval is over: how many were held back, though the storm stopped
+        storms.flush(119.0)
+        storms.flush(120.5)  # nothing more came: nothing to say, and the next one is logged at once
+        storms.warning("handoff0", msg, 0, "again", now=3600.0)
     assert [r.getMessage() for r in caplog.records] == [
-        "could not hand a connection to worker 0: full",
+        "could not hand a connection to worker 0: full 0",
         "could not hand a connection to worker 1: full",
-        "could not hand a connection to worker 0: full (and 499 more like it since the last one logged)",
+        "could not hand a connection to worker 0: full 499 (499 like it in the last 10 s)",
+        "could not hand a connection to worker 0: again",
     ]
 
 

@@ -571,8 +571,9 @@ def test_join_part_topic_who_rooms(net: Workers) -> None:
     hub.request(2, 20, {"type": "join", "room": "#Dev", "id": 1}, 1.0)
     assert net.take_records(2) == [["member", 20, "dev", True]]
     frames = net.take(2, 20)
-    assert kinds(frames) == ["history", "join", "room"]
+    assert kinds(frames) == ["history", "join", "room", "ack"]  # a change with an id is acked, after its effects
     assert frames[2] == {"type": "room", "room": "dev", "topic": "", "users": 1, "nicks": ["bo"], "id": 1}
+    assert frames[3] == {"type": "ack", "id": 1}
     assert net.take(1, 10) == []  # al is not in dev
     hub.request(1, 10, {"type": "join", "room": "dev"}, 1.0)
     (join,) = net.take(2, 20)
@@ -580,7 +581,10 @@ def test_join_part_topic_who_rooms(net: Workers) -> None:
     assert net.take(1, 10)[-1]["nicks"] == ["bo", "al"]
     # joining again: the room info only
     hub.request(1, 10, {"type": "join", "room": "dev", "id": 2}, 1.0)
-    assert net.take(1, 10) == [{"type": "room", "room": "dev", "topic": "", "users": 2, "nicks": ["bo", "al"], "id": 2}]
+    assert net.take(1, 10) == [
+        {"type": "room", "room": "dev", "topic": "", "users": 2, "nicks": ["bo", "al"], "id": 2},
+        {"type": "ack", "id": 2},
+    ]
     assert net.take(2, 20) == []
     # topic
     hub.request(2, 20, {"type": "topic", "room": "dev", "topic": "ship it"}, 2.0)
@@ -818,8 +822,9 @@ def test_nick_change(net: Workers) -> None:
     net.clear()
     hub.request(1, 10, {"type": "nick", "nick": "alan", "id": 1}, 1.0)
     (ev_bo,) = net.take(2, 20)  # once, though bo shares two rooms
-    (ev_al,) = net.take(1, 10)
+    ev_al, ack = net.take(1, 10)
     assert ev_bo == ev_al and (ev_bo["type"], ev_bo["old"], ev_bo["new"]) == ("nick", "al", "alan")
+    assert ack == {"type": "ack", "id": 1}
     assert net.take(3, 30) == []
     assert net.take_records(1) == [["bind", 10, "alan", False]]
     welcome_of(net, 4, 40, "AL")  # the old nick is free again
@@ -829,6 +834,8 @@ def test_nick_change(net: Workers) -> None:
     assert (err["code"], err["id"]) == (m.Err.NICK_TAKEN, 2)
     hub.request(1, 10, {"type": "nick", "nick": "alan"}, 1.0)  # the same nick: nothing happens
     assert net.take(1, 10) == []
+    hub.request(1, 10, {"type": "nick", "nick": "alan", "id": 3}, 1.0)  # ... but the ack of one with an id
+    assert net.take(1, 10) == [{"type": "ack", "id": 3}]
     hub.request(1, 10, {"type": "nick", "nick": "Alan"}, 1.0)  # a case change of one's own nick is allowed
     assert net.take(2, 20)[0]["new"] == "Alan"
     hub.request(1, 10, {"type": "who", "room": "dev"}, 1.0)
