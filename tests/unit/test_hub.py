@@ -1251,6 +1251,22 @@ def test_expired_tokens_on_disk_are_bounded_like_those_in_memory(
     assert net2.hub.store._db.execute("SELECT count(*) FROM expired").fetchone() == (1,)  # type: ignore[union-attr]
 
 
+def test_a_topic_set_counts_in_last_id_after_a_crash_too(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A topic set moved the session's last_id in memory only: after the main process died (no orderly
+    stop), the resume's welcome left it out and the client set the topic a second time, over anyone's
+    since (review, night)."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    hub.request(1, 10, {"type": "topic", "room": "lobby", "topic": "plans", "id": 4}, 1.0)
+    hub.commit(1.0)
+    hub.store.close()  # no shutdown(): kill -9, the OOM killer, a power cut
+    net2 = Workers(make_hub(stores, tmp_path, now=100.0))
+    net2.hub.request(6, 60, {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}, 101.0)
+    welcome = net2.take(6, 60)[0]
+    assert welcome["resumed"] is True and welcome["last_id"] == 4
+
+
 def test_restored_sessions_expire_after_the_grace(tmp_path: Path, stores: list[HistoryStore]) -> None:
     net = Workers(make_hub(stores, tmp_path))
     welcome_of(net, 1, 10, "al")
