@@ -458,16 +458,21 @@ def test_a_resend_into_a_new_session_after_the_grace_is_not_posted_twice(net: Wo
     assert [(f["id"], f["seq"] is None) for f in net.take(3, 30) if f["type"] == "ack"] == [(7, True), (8, False)]
 
 
+def expire_five(net: Workers) -> None:
+    """Five sessions post (id 1), drop and expire, one after another (at 0, 1, ... 4 + GRACE + 1)."""
+    for i in range(5):
+        welcome_of(net, 1, 10 + i, f"u{i}")
+        net.hub.request(1, 10 + i, {"type": "msg", "room": "lobby", "text": "x", "id": 1}, float(i))
+        net.hub.closed(1, 10 + i, False, "lost", float(i))
+        net.hub.tick(i + GRACE + 1)
+
+
 def test_expired_tokens_are_remembered_for_a_bounded_count_and_time(
     net: Workers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(const, "EXPIRED_TOKENS_MAX", 3)
     hub = net.hub
-    for i in range(5):  # five sessions drop and expire, one after another
-        welcome_of(net, 1, 10 + i, f"u{i}")
-        hub.request(1, 10 + i, {"type": "msg", "room": "lobby", "text": "x", "id": 1}, float(i))
-        hub.closed(1, 10 + i, False, "lost", float(i))
-        hub.tick(i + GRACE + 1)
+    expire_five(net)
     assert len(hub._expired) == 3  # the two oldest forgotten
     hub.tick(5 + GRACE + 1)
     welcome_of(net, 1, 99, "late", now=const.EXPIRED_TOKEN_TTL + GRACE + 10)  # a day later: the rest too
@@ -1236,11 +1241,7 @@ def test_expired_tokens_on_disk_are_bounded_like_those_in_memory(
     monkeypatch.setattr(const, "EXPIRED_TOKENS_MAX", 3)
     net = Workers(make_hub(stores, tmp_path))
     hub = net.hub
-    for i in range(5):
-        welcome_of(net, 1, 10 + i, f"u{i}")
-        hub.request(1, 10 + i, {"type": "msg", "room": "lobby", "text": "x", "id": 1}, float(i))
-        hub.closed(1, 10 + i, False, "lost", float(i))
-        hub.tick(i + GRACE + 1)
+    expire_five(net)
     hub.commit(100.0)
     rows = hub.store._db.execute("SELECT count(*) FROM expired").fetchone()  # type: ignore[union-attr]
     assert rows == (3,)  # the two forgotten in memory were deleted from the file too
