@@ -84,7 +84,7 @@ class ClientState:
         our requests) and is kept until the server acks it (see ``unconfirmed``). Questions are not: lost,
         they are asked again by whoever wants the answer. Raises RemoteProtocolError, as ``post`` does, for
         a line longer than the server takes."""
-        change = _is_change(req)
+        change = m.is_change(req)
         if change and req.id is None:
             req = replace(req, id=self.next_id)
         line = m.encode(req.to_obj())
@@ -224,11 +224,6 @@ class _Asked:
     id: int
     line: bytes
     sent: bool = False  # written on a connection (else queued while offline)
-
-
-def _is_change(req: m.Request) -> bool:
-    """A request kept until handled (the hub's own _is_change: it counts them in a resume's last_id)."""
-    return isinstance(req, m.Join | m.Part | m.Nick) or (isinstance(req, m.Topic) and req.topic is not None)
 
 
 def _post_line(rid: int, req: m.Msg | m.Action | m.PrivMsg) -> bytes:

@@ -230,6 +230,12 @@ EVENT_TYPES: Final = frozenset({"msg", "action", "privmsg", "join", "part", "qui
 PRE_HELLO: Final = frozenset({"hello", "ping", "pong", "stats", "quit", "rooms"})  # rooms: look before choosing a nick
 
 
+def is_change(req: Request) -> bool:
+    """A join, a part, a nick change or a topic set: with an id, the server acks it once done and counts it
+    in a resume's ``last_id``; the client keeps it until then and sends it again after a drop if not."""
+    return isinstance(req, Join | Part | Nick) or (isinstance(req, Topic) and req.topic is not None)
+
+
 def parse_obj(obj: object, *, allow_plain: bool = False) -> Request:
     """Validate one decoded JSON value as a request. Raises RemoteProtocolError."""
     if not isinstance(obj, dict):

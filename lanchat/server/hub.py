@@ -39,7 +39,7 @@ class Session:
     nick: str
     plain: bool
     rooms: list[str] = field(default_factory=list)
-    last_id: int = -1  # highest client request id handled (posts, changes: _is_change): lower or equal post ids are
+    last_id: int = -1  # highest client request id handled (posts, changes: m.is_change): lower or equal post ids are
     # resends, dropped, unless refused (below); the welcome of a resume tells it, so the client resends the rest
     refused: set[int] | None = None  # ids of refused posts, the most recent REFUSED_IDS_KEPT (made on the first)
     worker: int | None = None
@@ -485,10 +485,10 @@ class Hub:
             raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken{held}", request_id=req.id)
         # A token whose session expired: its client resends what it never saw acknowledged, and the ids
         # it already posted must be acked as duplicates, not posted again.
-        last_id = -1
-        if req.token is not None and (gone := self._expired.pop(_token_key(req.token), None)) is not None:
+        last_id, key = -1, (_token_key(req.token) if req.token is not None else "")
+        if (gone := self._expired.pop(key, None)) is not None:
             last_id = gone[0]
-            self.store.drop_expired(_token_key(req.token))
+            self.store.drop_expired(key)
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id)
         self._add_session(s)
         self._attach(s, worker, conn)
@@ -589,7 +589,7 @@ class Hub:
     # --- requests of a registered session ------------------------------------------------------------------
 
     def _dispatch(self, s: Session, req: m.Request, now: float) -> None:
-        change = req.id if _is_change(req) else None  # its id: acked once done
+        change = req.id if m.is_change(req) else None  # its id: acked once done
         if change is not None and change > s.last_id:
             s.last_id = change  # handled, refused or not: the welcome of a resume says so (no resend),
             self.store.put_session(s.row())  # after a restart too
@@ -886,12 +886,6 @@ def _with_id(frame: dict[str, Any], rid: int | None) -> dict[str, Any]:
     if rid is not None:
         frame["id"] = rid
     return frame
-
-
-def _is_change(req: m.Request) -> bool:
-    """A request the client keeps until it is handled, and sends again after a resume if it was not: a
-    join, a part, a nick change, a topic set (the client's ClientState.request gives these ids)."""
-    return isinstance(req, m.Join | m.Part | m.Nick) or (isinstance(req, m.Topic) and req.topic is not None)
 
 
 def _token_key(token: str) -> str:
