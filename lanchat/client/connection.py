@@ -36,6 +36,12 @@ EXIT_SEVERAL: Final = 5  # discovery found several servers and there is no termi
 EXIT_NONE_FOUND: Final = 6  # discovery found no server
 EXIT_LOST: Final = 7  # the connection was lost and could not be resumed in time
 
+# Said when a quit found no server (between reconnects): the user's next `lanchat join` would be refused
+GOODBYE_LOST_NOTE: Final = (
+    "could not say goodbye (the server is unreachable): it keeps your nick for its resume grace "
+    "(60 s by default) before anyone, you included, can take it again"
+)
+
 # Refusals that say "not now" (full, restarting, no worker ready): a reconnecting client keeps trying.
 _REFUSED_FOR_NOW: Final = frozenset({m.Err.SERVER_FULL, m.Err.TOO_MANY_FROM_IP, m.Err.SHUTTING_DOWN, m.Err.INTERNAL})
 _ERRNO_RE: Final = re.compile(r"\[Errno (-?\d+)\]")
@@ -115,6 +121,7 @@ class ChatClient:
         self._last_rx = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self.lost_reason = ""
+        self.goodbye_lost = False  # closed while the server was unreachable: it holds our nick for its grace
 
     # --- public API ----------------------------------------------------------------------------------------
 
@@ -131,7 +138,8 @@ class ChatClient:
         self._task = asyncio.create_task(self._run())
 
     def send(self, req: m.Request) -> int | None:
-        """Send a request; posts get an id and survive reconnects until acknowledged. Returns the id.
+        """Send a request; posts and changes (joins, parts, nick and topic changes) get an id and survive
+        reconnects until acknowledged. Returns the id (None for questions).
         Raises RemoteProtocolError when it cannot be kept (outbox full, QUEUED_MAX commands waiting, a line
         longer than the server takes)."""
         if isinstance(req, m.Msg | m.Action | m.PrivMsg):
@@ -153,7 +161,7 @@ class ChatClient:
         else:
             self._queued.append(line)
             self._queued_requests += 1
-        return None
+        return self.state.last_change_id if m.is_change(req) else None
 
     async def wait_acked(self, timeout: float | None = None) -> bool:
         """Wait until the server acknowledged every post (what piped mode does before exiting)."""
@@ -188,12 +196,13 @@ class ChatClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if writer is None and self.state.info.token is not None:  # between reconnects: the server holds it
-            await self._goodbye_from_afar(quit_line)
+            self.goodbye_lost = not await self._goodbye_from_afar(quit_line)
         self._set_status("closed")
 
-    async def _goodbye_from_afar(self, quit_line: bytes) -> None:
+    async def _goodbye_from_afar(self, quit_line: bytes) -> bool:
         """Resume the session only to end it: else the server holds the nick for --resume-grace and the
-        user's next `lanchat join` is refused. One short try (GOODBYE_TIMEOUT); no answer is no harm."""
+        user's next `lanchat join` is refused. One short try (GOODBYE_TIMEOUT); False if it found no server
+        (the front end tells the user the nick stays taken a while)."""
         try:
             async with asyncio.timeout(const.GOODBYE_TIMEOUT):
                 reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -205,7 +214,8 @@ class ChatClient:
                 finally:
                     writer.close()
         except (OSError, TimeoutError, UnicodeError):
-            pass
+            return False
+        return True
 
     # --- connection lifecycle ------------------------------------------------------------------------------
 

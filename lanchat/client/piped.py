@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable
 from typing import Any, Final
 
-from lanchat.client.connection import EXIT_ERROR, EXIT_LOST, EXIT_OK, ChatClient, on_hangup
+from lanchat.client.connection import EXIT_ERROR, EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, on_hangup
 from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
@@ -46,6 +46,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     settled = asyncio.Event()  # the hub has answered everything sent before the last request
     terminated: list[int] = []  # the signal that ended us (SIGTERM, SIGHUP)
     closing: list[asyncio.Task[None]] = []  # its goodbye (a reference, or the task could be collected)
+    line_of: dict[int, int] = {}  # request id -> the input line it came from, until answered
 
     def emit(text: str) -> None:
         try:
@@ -59,6 +60,8 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         if kind == "rooms" and frame.get("id") == SETTLE_ID:  # our own round trip at the end (below)
             settled.set()
             return
+        rid = frame.get("id")
+        number = line_of.pop(rid, None) if kind in ("ack", "error") and isinstance(rid, int) else None
         if kind == "error":
             current.refused(frame.get("code"), client.state.rooms)
             if client.state.registered and not frame.get("fatal"):  # a refusal of a line we sent (a fatal
@@ -71,7 +74,8 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             return  # its hint is for people on nc/telnet
         text = render(frame, client.nick)
         if text is not None and kind == "error":  # errors go to stderr with the client's own (docs/client.md)
-            print(f"lanchat: {text}", file=sys.stderr, flush=True)
+            where = f"line {number}: " if number is not None else ""
+            print(f"lanchat: {where}{text}", file=sys.stderr, flush=True)
         elif text is not None:
             emit(text)
 
@@ -158,7 +162,9 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             return lost(f"connection lost with {client.state.unacked} messages unsent")
         current.typed(cmd, client.state.rooms)
         try:
-            client.send(cmd)
+            rid = client.send(cmd)
+            if rid is not None:
+                line_of[rid] = number
         except RemoteProtocolError as exc:  # too long for this server, too many waiting: said; the next goes on
             current.not_sent(cmd)
             not_sent(number, exc.message)
@@ -174,6 +180,8 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         return 128 + terminated[0]
     closed.cancel()
     await client.close(reason)
+    if client.goodbye_lost:
+        print(f"lanchat: {GOODBYE_LOST_NOTE}", file=sys.stderr, flush=True)
     if refused:
         print(f"lanchat: {len(refused)} line(s) refused (above)", file=sys.stderr)
         return EXIT_ERROR

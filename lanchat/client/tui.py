@@ -52,7 +52,7 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.validation import Validator
 
 from lanchat import const
-from lanchat.client.connection import EXIT_LOST, EXIT_OK, ChatClient, host_port, on_hangup
+from lanchat.client.connection import EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, host_port, on_hangup
 from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
@@ -291,8 +291,10 @@ class ChatView:
         self._history_asked.discard(room)
         if not events:
             return [self._system(f"no earlier events in #{clean(room)}", "info")] if asked else []
-        more = ", more before: /history 200" if frame.get("more") else ""
+        # /history N shows the newest N: the hint offers more than this page, up to what one request takes
         n = len(events)
+        wider = min(const.HISTORY_PAGE_MAX, n + 200)
+        more = (f", more before: /history {wider}" if wider > n else ", more before") if frame.get("more") else ""
         lines = [self._system(f"history of #{clean(room)}: {n} event{'' if n == 1 else 's'}{more}", "history")]
         for e in events:
             sender = e.get("from")
@@ -505,8 +507,11 @@ class ChatView:
             self._history_asked.add(cmd.room)
         elif isinstance(cmd, m.Stats):
             lines.append(self._system(self.describe_session(), "info"))
-        elif isinstance(cmd, m.Msg | m.Action | m.PrivMsg) and self.status != "connected":
-            what = f"-> *{cmd.to}* {cmd.text}" if isinstance(cmd, m.PrivMsg) else cmd.text
+        if self.status != "connected":  # said at once: else a command typed offline seems ignored until then
+            if isinstance(cmd, m.PrivMsg):
+                what = f"-> *{cmd.to}* {cmd.text}"
+            else:
+                what = cmd.text if isinstance(cmd, m.Msg | m.Action) else text.strip()
             lines.append(self._system(f"queued until reconnected: {clean(what)}", "state"))
         return Submitted(requests=[cmd], lines=self._out(lines))
 
@@ -794,11 +799,15 @@ async def run_app(
                 text = prompt.result()
             except (EOFError, KeyboardInterrupt):
                 await client.close()
+                if client.goodbye_lost:
+                    printer.show(view.note(GOODBYE_LOST_NOTE, "error"))
                 return EXIT_OK
             submitted = view.submit(text)
             printer.show(submitted.lines)
             if submitted.quit is not None:
                 await client.close(submitted.quit.reason)
+                if client.goodbye_lost:
+                    printer.show(view.note(GOODBYE_LOST_NOTE, "error"))
                 return EXIT_OK
             for req in submitted.requests:
                 try:

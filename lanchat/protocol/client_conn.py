@@ -49,6 +49,7 @@ class ClientState:
         # events: a replayed event of an earlier change, or the joins of a new session's hello, look alike.
         self._journal: list[_Asked] = []
         self._handled_upto = -1  # the highest of our request ids the server handled, from its welcome
+        self.last_change_id: int | None = None  # the id ``request`` gave the last change
 
     # --- output -----------------------------------------------------------------------------------------
 
@@ -94,13 +95,12 @@ class ClientState:
         assert req.id is not None
         self.next_id = max(self.next_id, req.id + 1)
         self._journal.append(_Asked(req.id, line))
+        self.last_change_id = req.id
         return line
 
     def _check_size(self, line: bytes) -> None:
         if self.max_frame is not None and len(line) - 1 > self.max_frame:
-            raise RemoteProtocolError(
-                m.Err.FRAME_TOO_LONG, f"too long for this server ({len(line) - 1} bytes; it takes {self.max_frame})"
-            )
+            raise RemoteProtocolError(m.Err.FRAME_TOO_LONG, _too_long(len(line) - 1, self.max_frame))
 
     def sent(self, line: bytes) -> None:
         """``line`` went out on the current connection (queued ones go out after a reconnect)."""
@@ -150,14 +150,15 @@ class ClientState:
         limit = self.max_frame
         if limit is None:
             return []
-        lines = [(rid, _post_line(rid, req)) for rid, req in self.outbox.items()]
-        lines += ((a.id, a.line) for a in self._journal)
+        lines = [(rid, _post_line(rid, req), req.text) for rid, req in self.outbox.items()]
+        lines += ((a.id, a.line, a.line.decode(errors="replace")) for a in self._journal)
         refused: list[dict[str, Any]] = []
-        for rid, line in lines:
+        for rid, line, what in lines:
             if len(line) - 1 > limit:
                 self.outbox.pop(rid, None)
                 self._settle(rid)
-                text = f"not sent: too long for this server now ({len(line) - 1} bytes; it takes {limit})"
+                shown = what if len(what) <= 60 else what[:57] + "..."
+                text = f"not sent: {shown!r}: {_too_long(len(line) - 1, limit)} (it restarted with a smaller limit)"
                 refused.append(m.error_frame(m.Err.FRAME_TOO_LONG, text, id=rid))
         return sorted(refused, key=lambda f: int(f["id"]))
 
@@ -224,6 +225,12 @@ class _Asked:
     id: int
     line: bytes
     sent: bool = False  # written on a connection (else queued while offline)
+
+
+def _too_long(size: int, limit: int) -> str:
+    """Said in bytes over, which is what to cut: the limit counts the whole line (the JSON fields and the
+    UTF-8 of the text), so "it takes 256" would leave a user counting characters to guess."""
+    return f"{size - limit} bytes too long for this server (it takes lines of {limit} bytes, fields included)"
 
 
 def _post_line(rid: int, req: m.Msg | m.Action | m.PrivMsg) -> bytes:

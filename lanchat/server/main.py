@@ -466,7 +466,7 @@ class Server:
                 elif slot.alive and slot.ready:
                     if now - slot.last_pong > self.config.worker_timeout:
                         log.error(
-                            "worker %d: no heartbeat for %.1f s (hung?); killing and replacing it",
+                            "worker %d: no heartbeat for %.1f s (hung?); killing it",
                             slot.index, now - slot.last_pong,
                         )  # fmt: skip
                         self._kill(slot, "no heartbeat")

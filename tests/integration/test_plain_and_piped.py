@@ -257,12 +257,14 @@ def test_piped_refusals_go_to_stderr_and_set_the_exit_code(make_server: MakeServ
     on stderr, the rest goes on, and the exit code is 1 instead of 0. The hint for nc users is not shown."""
     server = make_server(workers=1)
     with Client(server.port, "watcher") as watcher:
-        script = "first\n/msg nobody hi\n" + "x" * 5000 + "\nlast\n"
+        script = "first\n/msg nobody hi\n" + "x" * 5000 + "\n/part nowhere\nlast\n"
         out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", input=script)
         assert out.returncode == 1, out.stderr
-        assert "no one is called nobody" in out.stderr and "nobody" not in out.stdout
+        assert "nobody" not in out.stdout
+        assert "lanchat: line 2: ! no one is called nobody" in out.stderr  # the server's refusal names the line
         assert "line 3 not sent: " in out.stderr
-        assert "2 line(s) refused" in out.stderr
+        assert "lanchat: line 4: ! you are not in #nowhere" in out.stderr  # a change's refusal too
+        assert "3 line(s) refused" in out.stderr
         assert "Plain text" not in out.stdout
         said = [watcher.expect(lambda f: f.get("type") == "msg" and f.get("from") == "bot")["text"] for _ in range(2)]
         assert said == ["first", "last"]

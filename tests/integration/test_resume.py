@@ -253,11 +253,33 @@ def test_quitting_between_reconnects_still_ends_the_session(make_server: MakeSer
         proxy.cut()  # the Wi-Fi drops
         await reconnecting.wait()
         await client.close("gave up")  # before its next try (0.2 s at the soonest)
+        assert not client.goodbye_lost
         await proxy.close()
         again = ChatClient("127.0.0.1", server.port, "al")
         await again.connect()  # the nick is free: no "nick taken" (exit 4) for the next `lanchat join`
         assert again.nick == "al"
         await again.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_quitting_while_the_server_is_unreachable_says_the_nick_stays_taken(make_server: MakeServer) -> None:
+    """The goodbye between reconnects finds no server: the user quit and was told nothing, then found the
+    nick taken for the grace. The client says so (the front ends print GOODBYE_LOST_NOTE)."""
+    server = make_server(workers=1)
+
+    async def scenario() -> None:
+        proxy = _Proxy(server.port)
+        reconnecting = asyncio.Event()
+        client = ChatClient(
+            "127.0.0.1", await proxy.start(), "al",
+            on_status=lambda st: reconnecting.set() if st == "reconnecting" else None,
+        )  # fmt: skip
+        await client.connect()
+        await proxy.close()  # the server's address answers no more (the proxy's port is closed)
+        await reconnecting.wait()
+        await client.close("gave up")
+        assert client.goodbye_lost
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 

@@ -7,6 +7,7 @@ the local members, so a test can ask what one connection was sent.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator
@@ -1268,13 +1269,17 @@ def test_a_topic_set_counts_in_last_id_after_a_crash_too(tmp_path: Path, stores:
     assert welcome["resumed"] is True and welcome["last_id"] == 4
 
 
-def test_restored_sessions_expire_after_the_grace(tmp_path: Path, stores: list[HistoryStore]) -> None:
+def test_restored_sessions_expire_after_the_grace(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
     net = Workers(make_hub(stores, tmp_path))
     welcome_of(net, 1, 10, "al")
     welcome_of(net, 2, 20, "bo")
     net.hub.commit(1.0)
     net.hub.store.close()
-    net2 = Workers(make_hub(stores, tmp_path, now=50.0))
+    with caplog.at_level(logging.INFO, logger="lanchat.hub"):
+        net2 = Workers(make_hub(stores, tmp_path, now=50.0))
+    assert f"2 sessions of the last run held {GRACE:.0f} s for their clients to resume" in caplog.text
     hub2 = net2.hub
     w = welcome_of(net2, 1, 10, "cy", 50.0)
     assert w["resumed"] is False

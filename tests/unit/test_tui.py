@@ -180,7 +180,7 @@ def test_a_history_page_is_dimmed_never_rings_and_changes_no_membership() -> Non
         ],
     }
     lines = view.on_frame(page)
-    assert "2 events" in lines[0].text and "more before" in lines[0].text
+    assert "2 events" in lines[0].text and "more before: /history 202" in lines[0].text  # more than this page
     assert len(lines) == 4 and "end of history" in lines[-1].text
     assert all(all("class:history" in s for s in styles(line)) for line in lines[1:-1])  # every fragment dimmed
     assert "class:history" in styles(lines[0])
@@ -191,6 +191,19 @@ def test_a_history_page_is_dimmed_never_rings_and_changes_no_membership() -> Non
     view.submit("/history 5")
     [none] = view.on_frame({"type": "history", "room": "lobby", "more": False, "events": []})
     assert "no earlier events" in none.text
+
+
+def test_the_history_hint_offers_more_than_the_page_shown() -> None:
+    """/history N shows the newest N: the hint said /history 200 after a page of 300 (fewer, not more)."""
+    view = joined_view()
+
+    def head(n: int) -> str:
+        page = [ev("msg", i, room="lobby", **{"from": "zoe"}, text="x") for i in range(1, n + 1)]
+        return view.on_frame({"type": "history", "room": "lobby", "more": True, "events": page})[0].text
+
+    assert "more before: /history 250" in head(50)  # a join's page
+    assert "more before: /history 500" in head(300)
+    assert head(500).endswith("500 events, more before")  # the most one request shows: no command to offer
 
 
 SGR = re.compile(r"\x1b\[[0-9;]*m|\x1b\[\?7h")  # colours/attributes and autowrap: what the client itself emits
@@ -278,6 +291,9 @@ def test_reconnecting_is_a_state_and_typing_goes_on() -> None:
     typed = view.submit("sent later")
     assert typed.requests == [m.Msg("lobby", "sent later")]
     assert "queued until reconnected: sent later" in typed.lines[0].text
+    for command in ("/nick annie", "/topic offline", "/who", "/msg bob psst"):  # commands too: said, not silent
+        [queued] = view.submit(command).lines
+        assert "queued until reconnected: " + ("-> *bob* psst" if "msg" in command else command) in queued.text
     [resumed] = view.on_frame({"type": "welcome", "nick": "alice", "rooms": ["lobby"], "resumed": True})
     assert "resumed" in resumed.text
     [again] = view.on_status("connected")
