@@ -17,7 +17,7 @@ from lanchat.client.connection import EXIT_ERROR, EXIT_LOST, EXIT_OK, GOODBYE_LO
 from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.plain import HELP, LocalCommand, parse_command, render
+from lanchat.protocol.plain import CLIENT_HELP, LocalCommand, parse_command, render
 
 SETTLE_ID: Final = m.MAX_ID  # the id of the last request (never one of our posts': they count from 1)
 SETTLE_TIMEOUT: Final = 10.0  # seconds to wait for its answer before leaving anyway
@@ -152,7 +152,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
                 if why:
                     not_sent(number, why)
             else:
-                emit(HELP)
+                emit(CLIENT_HELP)
             continue
         if isinstance(cmd, m.Quit):
             reason = cmd.reason

@@ -56,7 +56,7 @@ from lanchat.client.connection import EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, Cha
 from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clean, clock, count_of, parse_command, render
+from lanchat.protocol.plain import CLIENT_HELP, COMMANDS, LocalCommand, clean, clock, count_of, parse_command, render
 
 if TYPE_CHECKING:
     from lanchat.discovery.browser import ServerRecord
@@ -523,7 +523,7 @@ class ChatView:
             if refused:
                 return [self._system(refused, "error")]
             return [self._system(f"now talking in #{cmd.arg}", "info")]
-        return [Line((("class:info", line),)) for line in (HELP + "\n" + KEYS).splitlines()]
+        return [Line((("class:info", line),)) for line in (CLIENT_HELP + "\n" + KEYS).splitlines()]
 
     def next_room(self) -> str:
         """Make the next joined room current (F2, /switch without a room); returns what to tell."""

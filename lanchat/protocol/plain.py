@@ -35,6 +35,12 @@ Commands:
   /help                this list
   /quit [WHY]          leave"""
 
+# `lanchat join` (both faces) also cycles through the joined rooms with /switch alone; nc users cannot
+CLIENT_HELP: Final = HELP.replace(
+    "  /switch ROOM         make a joined room current",
+    "  /switch [ROOM]       make a joined room current (alone: the next)",
+)
+
 COMMANDS: Final = (
     "/me", "/msg", "/join", "/part", "/switch", "/nick", "/topic", "/who", "/rooms", "/history",
     "/status", "/help", "/quit",

@@ -427,6 +427,7 @@ def test_help_lists_every_command_and_the_keys() -> None:
         assert word in text
     for word in ("/status", "/help", "/quit", "Tab", "Up / Down", "Ctrl-D"):
         assert word in text
+    assert "/switch [ROOM]" in text  # alone it goes to the next room here (nc users' help says /switch ROOM)
 
 
 # --- completion --------------------------------------------------------------------------------------------
