@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -31,7 +30,6 @@ log = logging.getLogger("lanchat.hub")
 # Bytes of one client's lines per control frame (a long replay is several): the worker refuses a frame of
 # more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
 REPLAY_FRAME: Final = 256 * 1024
-_SEQ_FIELD: Final = re.compile(rb'"seq":(\d+)')
 
 
 @dataclass(slots=True, eq=False)
@@ -429,7 +427,7 @@ class Hub:
             self._detach(s, now)
         if s.held_for:
             self._unhold(s)
-        if resumable and not s.plain:  # (with last_id -1 too: its join history after a failed resume)
+        if resumable and not s.plain and s.last_id >= 0:
             self._remember_expired(s.token, s.last_id, now)
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
         for room in rooms:
@@ -490,20 +488,17 @@ class Hub:
             raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken{held}", request_id=req.id)
         # A token whose session expired: its client resends what it never saw acknowledged, and the ids
         # it already posted must be acked as duplicates, not posted again.
-        last_id, key, seen = -1, (_token_key(req.token) if req.token is not None else ""), None
+        last_id, key = -1, (_token_key(req.token) if req.token is not None else "")
         if (gone := self._expired.pop(key, None)) is not None:
             last_id = gone[0]
             self.store.drop_expired(key)
-            # Its session was ours, so its last_seq counts in our numbers: its joins' history leaves out what
-            # it saw (else the user reads the last 50 lines of each room again, before what they missed).
-            seen = req.last_seq if req.last_seq is not None and req.last_seq <= self.seq else None
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id)
         self._add_session(s)
         self._attach(s, worker, conn)
         self._welcome(s, req, list(req.rooms))
         for name in req.rooms:
             try:
-                self._join(s, name, now, seen=seen)
+                self._join(s, name, now)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
         self.store.put_session(s.row())
@@ -701,14 +696,14 @@ class Hub:
             self._acks.append((s, rid, seq))
             self.store.put_session(s.row())
 
-    def _join(self, s: Session, name: str, now: float, rid: int | None = None, *, seen: int | None = None) -> None:
+    def _join(self, s: Session, name: str, now: float, rid: int | None = None) -> None:
         if len(s.rooms) >= const.MAX_ROOMS_PER_SESSION:
             raise RemoteProtocolError(
                 m.Err.TOO_MANY_ROOMS, f"at most {const.MAX_ROOMS_PER_SESSION} rooms per session", request_id=rid
             )
         room = self._room(name)
         if self.history_on_join:
-            self._join_history(s, room, now, seen)
+            self._join_history(s, room, now)
         room.add(s)
         s.rooms.append(name)
         if s.worker is not None and s.conn is not None:
@@ -748,9 +743,8 @@ class Hub:
         forward = after is not None and before is None
         return (lines[:limit] if forward else lines[-limit:]), more or len(lines) > limit
 
-    def _join_history(self, s: Session, room: Room, now: float, seen: int | None = None) -> None:
-        """The newest events of the room, marked as history, from memory (one database read per room);
-        past ``seen`` only (what the client had seen of an expired session of its own, see _hello)."""
+    def _join_history(self, s: Session, room: Room, now: float) -> None:
+        """The newest events of the room, marked as history, from memory (one database read per room)."""
         if not room.tail_loaded:
             self.store.commit(now)
             page = self.store.events(room.name, limit=self.history_on_join)
@@ -762,11 +756,7 @@ class Hub:
                 room.keep(line.encode() + b"\n")
             room.tail_loaded = True
         more = room.tail_more
-        tail = [line[:-1] for line in room.tail]
-        if seen is not None:
-            shown = [line for line in tail if _seq_of(line) > seen]
-            tail, more = shown, more and len(shown) == len(tail)  # a line left out: nothing unseen before
-        self._send_history(s, room.name, tail, more, None)
+        self._send_history(s, room.name, [line[:-1] for line in room.tail], more, None)
 
     def _room_info(self, room: Room, rid: int | None) -> bytes:
         head = m.encode({"type": "room", "room": room.name, "topic": room.topic, "users": len(room.members)})
@@ -905,9 +895,3 @@ def _token_key(token: str) -> str:
     """How an expired session's token is remembered (in memory and on disk): a hash, so that the file
     holds no usable credential of a session that is gone."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _seq_of(line: bytes) -> int:
-    """An event line's sequence number (``"seq":`` cannot occur inside a JSON string: quotes are escaped)."""
-    found = _SEQ_FIELD.search(line)
-    return int(found.group(1)) if found else -1
