@@ -38,8 +38,8 @@ EXIT_LOST: Final = 7  # the connection was lost and could not be resumed in time
 
 # Said when a quit found no server (between reconnects): the user's next `lanchat join` would be refused
 GOODBYE_LOST_NOTE: Final = (
-    "could not say goodbye (the server is unreachable): it keeps your nick for its resume grace "
-    "(60 s by default) before anyone, you included, can take it again"
+    "the server did not answer the goodbye (unreachable, or busy): it may keep your nick for its resume "
+    "grace (60 s by default) before anyone, you included, can take it again"
 )
 
 # Refusals that say "not now" (full, restarting, no worker ready): a reconnecting client keeps trying.
@@ -201,21 +201,24 @@ class ChatClient:
 
     async def _goodbye_from_afar(self, quit_line: bytes) -> bool:
         """Resume the session only to end it: else the server holds the nick for --resume-grace and the
-        user's next `lanchat join` is refused. One short try (GOODBYE_TIMEOUT); False if it found no server
-        (the front end tells the user the nick stays taken a while)."""
+        user's next `lanchat join` is refused. One short try (GOODBYE_TIMEOUT); True once the server closed
+        the connection without an error (its worker closes it on the quit), False if it did not (no
+        server, no answer in time, or a refusal: the front end tells the user the nick may stay taken)."""
+        head, done = b"", False
         try:
             async with asyncio.timeout(const.GOODBYE_TIMEOUT):
                 reader, writer = await asyncio.open_connection(self.host, self.port)
                 try:
                     # No rooms: if the session expired meanwhile, the new one must not join and quit them
                     writer.write(self.state.hello(rooms=[]) + quit_line)
-                    while await reader.read(65536):  # until the server closes: the quit was handled
-                        pass
+                    while data := await reader.read(65536):  # until the server closes: the quit was handled
+                        head = head if len(head) > 65536 else head + data
+                    done = True
                 finally:
                     writer.close()
         except (OSError, TimeoutError, UnicodeError):
-            return False
-        return True
+            pass
+        return done and b'"type":"error"' not in head
 
     # --- connection lifecycle ------------------------------------------------------------------------------
 

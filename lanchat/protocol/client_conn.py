@@ -146,7 +146,8 @@ class ClientState:
         """After a welcome: posts in the outbox and changes in the journal longer than this server takes
         (restarted with a smaller --max-frame while we were away) are refused here, as ``post`` and
         ``request`` refuse new ones. Sent, the server could only answer ``frame_too_long`` without their
-        id, and they would wait, sent again after every reconnect, forever."""
+        id, and they would wait, sent again after every reconnect, forever. Those the welcome's last_id
+        covers reached the server before the drop: they are let go without a word."""
         limit = self.max_frame
         if limit is None:
             return []
@@ -157,6 +158,8 @@ class ClientState:
             if len(line) - 1 > limit:
                 self.outbox.pop(rid, None)
                 self._settle(rid)
+                if rid <= self._handled_upto:  # it reached the server before the drop (its ack was lost)
+                    continue
                 shown = what if len(what) <= 60 else what[:57] + "..."
                 text = f"not sent: {shown!r}: {_too_long(len(line) - 1, limit)} (it restarted with a smaller limit)"
                 refused.append(m.error_frame(m.Err.FRAME_TOO_LONG, text, id=rid))

@@ -226,6 +226,23 @@ def test_posts_waiting_for_a_server_that_came_back_with_a_smaller_limit_are_refu
     ]
 
 
+def test_a_long_post_the_server_handled_before_it_restarted_is_not_reported_unsent() -> None:
+    """Its ack lost with the drop, a long post reached the server; the server came back with a smaller
+    limit. The welcome's last_id covers it: it was posted, and "not sent" would be false (piped mode
+    would exit 1 for it). Only those above last_id are refused (review, night)."""
+    c = ClientState("al", ["lobby"])
+    c.hello()
+    c.receive_data(welcome(rooms=["lobby"], max_frame=1000))
+    handled, _ = c.post(m.Msg("lobby", "x" * 300))
+    topic = decoded(c.request(m.Topic("lobby", "y" * 290)))["id"]
+    lost, _ = c.post(m.Msg("lobby", "z" * 300))
+    c.hello()
+    frames = c.receive_data(welcome(seq=10, resumed=True, rooms=["lobby"], max_frame=256, last_id=topic))
+    assert [(f["type"], f.get("id")) for f in frames] == [("welcome", None), ("error", lost)]
+    assert c.outbox == {} and c.unconfirmed() == []
+    assert handled < topic < lost
+
+
 def test_without_a_limit_in_the_welcome_posts_are_not_checked() -> None:
     c = welcomed()  # a welcome without max_frame (an older server)
     assert c.max_frame is None
