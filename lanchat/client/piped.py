@@ -61,7 +61,11 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             settled.set()
             return
         rid = frame.get("id")
-        number = line_of.pop(rid, None) if kind in ("ack", "error") and isinstance(rid, int) else None
+        final = kind == "ack" or (kind == "error" and frame.get("code") != m.Err.NOT_REGISTERED)  # as ClientState
+        number = line_of.pop(rid, None) if final and isinstance(rid, int) else None
+        if kind == "welcome" and isinstance(upto := frame.get("last_id"), int):  # changes handled before a drop
+            for done in [r for r in line_of if r <= upto and r not in client.state.outbox]:  # get no answer now
+                del line_of[done]
         if kind == "error":
             current.refused(frame.get("code"), client.state.rooms)
             if client.state.registered and not frame.get("fatal"):  # a refusal of a line we sent (a fatal
