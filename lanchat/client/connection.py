@@ -121,7 +121,7 @@ class ChatClient:
         self._last_rx = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self.lost_reason = ""
-        self.goodbye_lost = False  # closed while the server was unreachable: it holds our nick for its grace
+        self.goodbye_lost = False  # a quit between reconnects the server did not confirm: it may hold our nick
 
     # --- public API ----------------------------------------------------------------------------------------
 

@@ -769,6 +769,12 @@ async def run_app(
 
     client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after)
     loop = asyncio.get_running_loop()
+
+    async def quit_with(reason: str = "") -> None:
+        await client.close(reason)
+        if client.goodbye_lost:
+            printer.show(view.note(GOODBYE_LOST_NOTE, "error"))
+
     unhook: Callable[[], None] = lambda: None  # noqa: E731
     printer.start()
     where = f"{view.server} ({view.address})" if view.server else view.address
@@ -798,16 +804,12 @@ async def run_app(
             try:
                 text = prompt.result()
             except (EOFError, KeyboardInterrupt):
-                await client.close()
-                if client.goodbye_lost:
-                    printer.show(view.note(GOODBYE_LOST_NOTE, "error"))
+                await quit_with()
                 return EXIT_OK
             submitted = view.submit(text)
             printer.show(submitted.lines)
             if submitted.quit is not None:
-                await client.close(submitted.quit.reason)
-                if client.goodbye_lost:
-                    printer.show(view.note(GOODBYE_LOST_NOTE, "error"))
+                await quit_with(submitted.quit.reason)
                 return EXIT_OK
             for req in submitted.requests:
                 try:
