@@ -9,7 +9,7 @@ dedup makes sure it is posted exactly once.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -20,6 +20,7 @@ from lanchat.protocol.framing import FRAME_TOO_LONG, LineFramer
 
 CLIENT_MAX_FRAME: Final = 32 * 1024 * 1024  # bytes: a history page of 500 large events fits
 OUTBOX_MAX: Final = 10_000  # unacknowledged posts kept while disconnected; beyond, typing is refused
+SEEN_KEPT: Final = 2_000  # events remembered as shown (seq, ts): a failed resume's join history leaves them out
 
 
 @dataclass(slots=True)
@@ -50,6 +51,13 @@ class ClientState:
         self._journal: list[_Asked] = []
         self._handled_upto = -1  # the highest of our request ids the server handled, from its welcome
         self.last_change_id: int | None = None  # the id ``request`` gave the last change
+        # The newest events shown, by (seq, ts): after a failed resume the new session's joins send each
+        # room's recent history, and what the user saw before the drop is left out of it. Identity, not a
+        # high-water mark: a private message or a replay gap raises last_seq past events never shown, and a
+        # server with a new data directory reuses numbers (never with the same timestamp).
+        self._seen: deque[tuple[int, object]] = deque()
+        self._seen_set: set[tuple[int, object]] = set()
+        self._rejoined = False  # this connection's session replaced an expired one: filter join histories
 
     # --- output -----------------------------------------------------------------------------------------
 
@@ -91,6 +99,10 @@ class ClientState:
         line = m.encode(req.to_obj())
         self._check_size(line)
         if not change:
+            if isinstance(req, m.History) and req.id is None:  # its reply is then told from a join's history
+                req = replace(req, id=self.next_id)
+                self.next_id += 1
+                line = m.encode(req.to_obj())
             return line
         assert req.id is not None
         self.next_id = max(self.next_id, req.id + 1)
@@ -181,6 +193,7 @@ class ClientState:
             rooms = frame.get("rooms")
             upto = frame.get("last_id")
             self._handled_upto = upto if isinstance(upto, int) and not isinstance(upto, bool) else -1
+            self._rejoined = bool(frame.get("resume_failed"))
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
             else:  # a new session starts at the server's sequence now, wherever an old one ended (even
@@ -191,6 +204,9 @@ class ClientState:
             if self.last_seq is not None and seq <= self.last_seq:
                 return False
             self.last_seq = seq
+            self._saw(seq, frame.get("ts"))
+        elif kind == "history":
+            return self._history(frame)
         me = m.nick_key(self.info.nick)
         if kind == "ack":  # a post (or a change) handled: not to be sent again
             rid = frame.get("id")
@@ -212,6 +228,29 @@ class ClientState:
         elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:
             self.outbox.pop(frame["id"], None)  # refused for good (bad text, not in room): do not resend
             self._settle(frame["id"])  # a change refused: answered
+        return True
+
+    def _saw(self, seq: int, ts: object) -> None:
+        key = (seq, ts)
+        if key not in self._seen_set:
+            self._seen.append(key)
+            self._seen_set.add(key)
+            if len(self._seen) > SEEN_KEPT:
+                self._seen_set.discard(self._seen.popleft())
+
+    def _history(self, frame: dict[str, Any]) -> bool:
+        """A history page: its events count as shown. A join's (no id: ours always carry one) after a failed
+        resume leaves out those shown before the drop: the user reads what they missed, not 50 lines again."""
+        events = frame.get("events")
+        if not isinstance(events, list):
+            return True
+        if self._rejoined and "id" not in frame:
+            fresh = [e for e in events if not (isinstance(e, dict) and (e.get("seq"), e.get("ts")) in self._seen_set)]
+            if len(fresh) < len(events):
+                frame["events"], frame["more"] = fresh, False  # older than what was left out: seen too
+        for e in frame["events"]:
+            if isinstance(e, dict) and isinstance(e.get("seq"), int):
+                self._saw(e["seq"], e.get("ts"))
         return True
 
     def _settle(self, rid: int) -> None:

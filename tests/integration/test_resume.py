@@ -205,8 +205,8 @@ class _Proxy:
         self.blackhole = False
         self.links: list[asyncio.StreamWriter] = []
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", port)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
@@ -282,6 +282,52 @@ def test_quitting_while_the_server_is_unreachable_says_the_nick_stays_taken(make
         assert client.goodbye_lost
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_after_an_expired_session_the_rooms_history_shows_only_what_was_missed(make_server: MakeServer) -> None:
+    """Away longer than --resume-grace: the client starts a new session and joins its rooms again; their
+    history showed the last events the user had already read (a walkthrough: 50 lines) before the few
+    they missed. Only those they never saw are shown now."""
+    server = make_server("--resume-grace", "1", workers=1)
+
+    async def scenario(bo: Client) -> None:
+        proxy = _Proxy(server.port)
+        frames: list[dict[str, object]] = []
+        connected, read = asyncio.Event(), asyncio.Event()
+
+        def on_frame(frame: dict[str, object]) -> None:
+            frames.append(frame)
+            if frame.get("text") == "read before the drop":
+                read.set()
+
+        client = ChatClient(
+            "127.0.0.1", port := await proxy.start(), "al",
+            on_frame=on_frame, on_status=lambda st: connected.set() if st == "connected" else None,
+        )  # fmt: skip
+        await client.connect()
+        bo.send({"type": "msg", "room": "lobby", "text": "read before the drop"})
+        await asyncio.wait_for(read.wait(), 10)
+        mark = server.mark()
+        await proxy.close()  # the server is out of reach longer than the grace
+        await asyncio.to_thread(server.wait_log, r"\(al\) ended: connection lost", 10, mark)
+        bo.send({"type": "msg", "room": "lobby", "text": "missed"})
+        await asyncio.to_thread(lambda: bo.expect(lambda f: f.get("text") == "missed"))
+        connected.clear()
+        frames.clear()
+        await proxy.start(port)  # back: the resume fails, a new session joins #lobby again
+        await asyncio.wait_for(connected.wait(), 20)
+        [welcome] = [f for f in frames if f.get("type") == "welcome"]
+        assert welcome.get("resume_failed")
+        [history] = [f for f in frames if f.get("type") == "history"]
+        events = history["events"]
+        assert isinstance(events, list)
+        texts = [e.get("text") for e in events]
+        assert "missed" in texts and "read before the drop" not in texts
+        await client.close()
+        await proxy.close()
+
+    with Client(server.port, "bo") as bo:
+        asyncio.run(asyncio.wait_for(scenario(bo), 40))
 
 
 def test_a_join_and_a_post_lost_in_flight_arrive_after_the_resume(make_server: MakeServer) -> None:

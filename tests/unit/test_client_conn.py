@@ -444,7 +444,8 @@ def test_nick_and_topic_changes_are_kept_until_acked_and_questions_are_not() -> 
     st = welcomed()
     topic, nick = st.request(m.Topic("lobby", "plans")), st.request(m.Nick("alice"))
     asked = [st.request(r) for r in (m.Topic("lobby"), m.Who("lobby"), m.Rooms(), m.History("lobby"))]
-    assert all("id" not in decoded(line) for line in asked)
+    assert ["id" in decoded(line) for line in asked] == [False, False, False, True]  # a history page's id tells
+    # its reply from a join's history (below); none is kept
     for line in (topic, nick, *asked):
         st.sent(line)
     st.hello()
@@ -513,6 +514,41 @@ def test_a_change_longer_than_the_servers_limit_is_refused_and_not_kept() -> Non
     frames = st.receive_data(welcome(seq=11, resumed=True, rooms=["lobby"], max_frame=256))
     assert [(f["type"], f.get("id")) for f in frames] == [("welcome", None), ("error", decoded(line)["id"])]
     assert st.unconfirmed() == []
+
+
+def test_after_a_failed_resume_a_joins_history_leaves_out_what_was_shown() -> None:
+    """The session expired while away: the new session's joins send each room's last events, and the user
+    read again what they had seen before the drop (a walkthrough: 50 lines). Events are matched by (seq,
+    ts), not by last_seq: a private message or a replay gap raises last_seq past events never shown."""
+    st = welcomed()
+    st.receive_data(ev("msg", 12, room="lobby", **{"from": "bo"}, text="seen"))
+    st.receive_data(enc(type="gap", reason="history too short"))
+    st.receive_data(ev("privmsg", 40, **{"from": "bo"}, to="al", text="psst"))  # last_seq 40: 13..39 unseen
+    st.hello()
+    frames = st.receive_data(welcome(seq=50, rooms=["lobby"], resume_failed="session expired or unknown"))
+    page = [
+        decoded(ev("join", 11, room="lobby", nick="al")),  # shown: at the start (welcomed)
+        decoded(ev("msg", 12, room="lobby", **{"from": "bo"}, text="seen")),
+        decoded(ev("msg", 13, room="lobby", **{"from": "bo"}, text="never shown")),
+        decoded(ev("quit", 45, nick="al")),  # the old session's end: after the drop
+    ]
+    [hist] = st.receive_data(enc(type="history", room="lobby", more=True, events=page))
+    assert [e["seq"] for e in hist["events"]] == [13, 45] and hist["more"] is False
+    asked = decoded(st.request(m.History("lobby", limit=4)))  # the user's own /history: everything
+    [own] = st.receive_data(enc(type="history", room="lobby", more=False, events=page, id=asked["id"]))
+    assert len(own["events"]) == 4
+    st.hello()
+    st.receive_data(welcome(seq=60, resumed=True, rooms=["lobby"]))  # a resume: joins send no history anyway
+    [again] = st.receive_data(enc(type="history", room="lobby", more=True, events=page))
+    assert len(again["events"]) == 4  # filtered only in a session that replaced an expired one
+    assert frames[0]["type"] == "welcome"
+
+
+def test_the_events_remembered_as_shown_are_bounded() -> None:
+    st = welcomed()
+    for seq in range(12, 12 + cc.SEEN_KEPT + 10):
+        st.receive_data(ev("msg", seq, room="lobby", **{"from": "bo"}, text="x"))
+    assert len(st._seen) == len(st._seen_set) == cc.SEEN_KEPT
 
 
 def test_commands_queued_while_reconnecting_are_bounded_and_the_one_too_many_is_refused_aloud() -> None:
