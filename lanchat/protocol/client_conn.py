@@ -55,8 +55,8 @@ class ClientState:
         # room's recent history, and what the user saw before the drop is left out of it. Identity, not a
         # high-water mark: a private message or a replay gap raises last_seq past events never shown, and a
         # server with a new data directory reuses numbers (never with the same timestamp).
-        self._seen: deque[tuple[int, object]] = deque()
-        self._seen_set: set[tuple[int, object]] = set()
+        self._seen: deque[tuple[int, float]] = deque()
+        self._seen_set: set[tuple[int, float]] = set()
         self._rejoined = False  # this connection's session replaced an expired one: filter join histories
 
     # --- output -----------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class ClientState:
             if self.last_seq is not None and seq <= self.last_seq:
                 return False
             self.last_seq = seq
-            self._saw(seq, frame.get("ts"))
+            self._saw(frame)
         elif kind == "history":
             return self._history(frame)
         me = m.nick_key(self.info.nick)
@@ -230,9 +230,9 @@ class ClientState:
             self._settle(frame["id"])  # a change refused: answered
         return True
 
-    def _saw(self, seq: int, ts: object) -> None:
-        key = (seq, ts)
-        if key not in self._seen_set:
+    def _saw(self, event: dict[str, Any]) -> None:
+        key = _identity(event)
+        if key is not None and key not in self._seen_set:
             self._seen.append(key)
             self._seen_set.add(key)
             if len(self._seen) > SEEN_KEPT:
@@ -245,12 +245,12 @@ class ClientState:
         if not isinstance(events, list):
             return True
         if self._rejoined and "id" not in frame:
-            fresh = [e for e in events if not (isinstance(e, dict) and (e.get("seq"), e.get("ts")) in self._seen_set)]
+            fresh = [e for e in events if not (isinstance(e, dict) and _identity(e) in self._seen_set)]
             if len(fresh) < len(events):
                 frame["events"], frame["more"] = fresh, False  # older than what was left out: seen too
         for e in frame["events"]:
-            if isinstance(e, dict) and isinstance(e.get("seq"), int):
-                self._saw(e["seq"], e.get("ts"))
+            if isinstance(e, dict):
+                self._saw(e)
         return True
 
     def _settle(self, rid: int) -> None:
@@ -267,6 +267,15 @@ class _Asked:
     id: int
     line: bytes
     sent: bool = False  # written on a connection (else queued while offline)
+
+
+def _identity(event: dict[str, Any]) -> tuple[int, float] | None:
+    """(seq, ts): what tells one event from any other, on this server or one that reuses its numbers
+    (None for a frame without them: a server's values are checked, never trusted to be hashable)."""
+    seq, ts = event.get("seq"), event.get("ts")
+    if type(seq) is int and isinstance(ts, int | float) and not isinstance(ts, bool):
+        return seq, float(ts)
+    return None
 
 
 def _too_long(size: int, limit: int) -> str:

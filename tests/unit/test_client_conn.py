@@ -544,6 +544,18 @@ def test_after_a_failed_resume_a_joins_history_leaves_out_what_was_shown() -> No
     assert frames[0]["type"] == "welcome"
 
 
+def test_odd_values_in_events_and_history_pages_are_ignored_not_a_crash() -> None:
+    """A list as a timestamp is not hashable: remembering or looking up such an event must not raise."""
+    st = welcomed()
+    st.receive_data(enc(type="msg", seq=12, ts=[1], room="lobby", text="x"))
+    st.receive_data(enc(type="msg", seq=13, ts={"a": 1}, room="lobby", text="x"))
+    st.hello()
+    st.receive_data(welcome(seq=50, rooms=["lobby"], resume_failed="expired"))
+    page = [{"seq": 12, "ts": [1]}, {"seq": [1], "ts": 1.0}, "junk", decoded(ev("msg", 14, room="lobby", text="y"))]
+    [hist] = st.receive_data(enc(type="history", room="lobby", events=page))
+    assert len(hist["events"]) == 4
+
+
 def test_the_events_remembered_as_shown_are_bounded() -> None:
     st = welcomed()
     for seq in range(12, 12 + cc.SEEN_KEPT + 10):
