@@ -434,6 +434,10 @@ def _same(a: Any, b_: Any) -> bool:
 
 RESUMED_WITHOUT_ROOMS = b'{"type":"welcome","nick":"ann","session":"s","token":"t","resumed":true,"rooms":null}\n'
 UNHASHABLE_TYPE = b'{"type":[],"seq":1}\n'
+UNHASHABLE_TS = (  # an event's identity is (seq, ts): a list as ts was a TypeError (fixed)
+    b'{"type":"welcome","nick":"ann","token":"t","resume_failed":"x"}\n{"type":"msg","seq":1,"ts":[1]}\n'
+    b'{"type":"history","events":[{"seq":2,"ts":{}},{"seq":1,"ts":[1]}]}\n'
+)
 STATS_WITH_INFINITE_RSS = {"type": "stats", "processes": [{"role": "main", "pid": 1, "rss": math.inf}]}
 
 
@@ -441,6 +445,7 @@ STATS_WITH_INFINITE_RSS = {"type": "stats", "processes": [{"role": "main", "pid"
 @given(server_streams())
 @example(RESUMED_WITHOUT_ROOMS)  # was a TypeError out of receive_data (fixed)
 @example(UNHASHABLE_TYPE)  # was a TypeError out of receive_data (fixed)
+@example(UNHASHABLE_TS)
 def test_client_state_never_raises_and_whole_equals_bytewise(data: bytes) -> None:
     whole, whole_state = client_run([data])
     bytewise, byte_state = client_run([data[i : i + 1] for i in range(len(data))])
