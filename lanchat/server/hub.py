@@ -235,7 +235,8 @@ class Hub:
             return
         self._detach(session, now)
         if clean or session.plain or self.resume_grace <= 0:
-            self._end_session(session, reason or "quit", now, resumable=not clean)
+            said = f"quit ({reason})" if clean and reason and reason != "quit" else None  # not "ended: bye"
+            self._end_session(session, reason or "quit", now, resumable=not clean, logged=said)
         elif peer:
             held = self._held.setdefault(peer, deque())
             held.append(session)
@@ -420,7 +421,9 @@ class Hub:
         s.worker = s.conn = None
         s.detached_at = now
 
-    def _end_session(self, s: Session, reason: str, now: float, *, resumable: bool = False) -> None:
+    def _end_session(
+        self, s: Session, reason: str, now: float, *, resumable: bool = False, logged: str | None = None
+    ) -> None:
         """``resumable``: it ended without a goodbye, so its client may still come back with its token and
         resend what it never saw acknowledged: the token is remembered with the session's highest id."""
         if s.worker is not None:
@@ -444,7 +447,7 @@ class Hub:
         if self.nicks.get(m.nick_key(s.nick)) is s:
             del self.nicks[m.nick_key(s.nick)]
         self.store.drop_session(s.sid)
-        log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, reason)
+        log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, logged or reason)
 
     def _remember_expired(self, token: str, last_id: int, now: float) -> None:
         key = _token_key(token)

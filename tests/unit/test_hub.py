@@ -894,14 +894,16 @@ def test_clean_close_ends_the_session_at_once(net: Workers) -> None:
     welcome_of(net, 3, 30, "al")
 
 
-def test_quit_request_ends_the_session_at_once(net: Workers) -> None:
+def test_quit_request_ends_the_session_at_once(net: Workers, caplog: pytest.LogCaptureFixture) -> None:
     hub = net.hub
     welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
     welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
     net.clear()
-    hub.request(1, 10, {"type": "quit", "reason": "off"}, 5.0)
+    with caplog.at_level(logging.INFO, logger="lanchat.hub"):
+        hub.request(1, 10, {"type": "quit", "reason": "off"}, 5.0)
     (quit_,) = net.take(2, 20)  # one quit, though al was in two rooms with bo
     assert (quit_["type"], quit_["reason"]) == ("quit", "off")
+    assert "(al) ended: quit (off)" in caplog.text  # not "ended: off", as if "off" were a way to end
     assert net.take(1, 10) == []
     hub.closed(1, 10, True, "off", 5.0)  # the worker reports the close afterwards: nothing more happens
     assert net.take(2, 20) == []
