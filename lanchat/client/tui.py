@@ -287,8 +287,9 @@ class ChatView:
     def _on_history(self, frame: dict[str, Any]) -> list[Line]:
         room = str(frame.get("room", ""))
         events = [e for e in _list(frame, "events") if isinstance(e, dict)]
-        asked = room in self._history_asked
-        self._history_asked.discard(room)
+        asked = "id" in frame and room in self._history_asked  # a join's history (no id) answers no /history
+        if asked:
+            self._history_asked.discard(room)
         if not events:
             return [self._system(f"no earlier events in #{clean(room)}", "info")] if asked else []
         # /history N shows the newest N: the hint offers more than this page, up to what one request takes

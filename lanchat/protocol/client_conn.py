@@ -57,7 +57,9 @@ class ClientState:
         # server with a new data directory reuses numbers (never with the same timestamp).
         self._seen: deque[tuple[int, float]] = deque()
         self._seen_set: set[tuple[int, float]] = set()
-        self._rejoined = False  # this connection's session replaced an expired one: filter join histories
+        self._hello_rooms: list[str] = []  # the rooms the last hello asked for
+        self._refill: set[str] = set()  # rooms whose join history, in a session that replaced an expired one,
+        # is still to come (filtered: see _history)
 
     # --- output -----------------------------------------------------------------------------------------
 
@@ -68,6 +70,7 @@ class ClientState:
         self.registered = False
         obj: dict[str, Any] = {"type": "hello", "proto": const.PROTOCOL_VERSION, "nick": self.info.nick}
         obj["rooms"] = (self.rooms or self.wanted_rooms) if rooms is None else rooms
+        self._hello_rooms = list(obj["rooms"])
         if self.info.token is not None:
             obj["token"] = self.info.token
             if self.last_seq is not None:
@@ -193,7 +196,7 @@ class ClientState:
             rooms = frame.get("rooms")
             upto = frame.get("last_id")
             self._handled_upto = upto if isinstance(upto, int) and not isinstance(upto, bool) else -1
-            self._rejoined = bool(frame.get("resume_failed"))
+            self._refill = set(self._hello_rooms) if frame.get("resume_failed") else set()
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
             else:  # a new session starts at the server's sequence now, wherever an old one ended (even
@@ -239,15 +242,17 @@ class ClientState:
                 self._seen_set.discard(self._seen.popleft())
 
     def _history(self, frame: dict[str, Any]) -> bool:
-        """A history page: its events count as shown. A join's (no id: ours always carry one) after a failed
-        resume leaves out those shown before the drop: the user reads what they missed, not 50 lines again."""
+        """A history page: its events count as shown. The join history of a room the hello asked for, in a
+        session that replaced an expired one (no id: our own pages carry one), leaves out those shown
+        before the drop: the user reads what they missed, not 50 lines again (``more`` stays the server's:
+        older events may never have been shown)."""
         events = frame.get("events")
         if not isinstance(events, list):
             return True
-        if self._rejoined and "id" not in frame:
-            fresh = [e for e in events if not (isinstance(e, dict) and _identity(e) in self._seen_set)]
-            if len(fresh) < len(events):
-                frame["events"], frame["more"] = fresh, False  # older than what was left out: seen too
+        room = frame.get("room")
+        if "id" not in frame and isinstance(room, str) and room in self._refill:  # the hello's join of it
+            self._refill.discard(room)  # (a /join typed later shows its history whole, as ever)
+            frame["events"] = [e for e in events if not (isinstance(e, dict) and _identity(e) in self._seen_set)]
         for e in frame["events"]:
             if isinstance(e, dict):
                 self._saw(e)
@@ -274,7 +279,10 @@ def _identity(event: dict[str, Any]) -> tuple[int, float] | None:
     (None for a frame without them: a server's values are checked, never trusted to be hashable)."""
     seq, ts = event.get("seq"), event.get("ts")
     if type(seq) is int and isinstance(ts, int | float) and not isinstance(ts, bool):
-        return seq, float(ts)
+        try:
+            return seq, float(ts)
+        except OverflowError:  # an integer of 400 digits
+            return None
     return None
 
 

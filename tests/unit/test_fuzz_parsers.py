@@ -438,6 +438,7 @@ UNHASHABLE_TS = (  # an event's identity is (seq, ts): a list as ts was a TypeEr
     b'{"type":"welcome","nick":"ann","token":"t","resume_failed":"x"}\n{"type":"msg","seq":1,"ts":[1]}\n'
     b'{"type":"history","events":[{"seq":2,"ts":{}},{"seq":1,"ts":[1]}]}\n'
 )
+HUGE_TS = b'{"type":"msg","seq":1,"ts":1' + b"0" * 400 + b"}\n"  # float() overflowed: the read task died (fixed)
 STATS_WITH_INFINITE_RSS = {"type": "stats", "processes": [{"role": "main", "pid": 1, "rss": math.inf}]}
 
 
@@ -446,6 +447,7 @@ STATS_WITH_INFINITE_RSS = {"type": "stats", "processes": [{"role": "main", "pid"
 @example(RESUMED_WITHOUT_ROOMS)  # was a TypeError out of receive_data (fixed)
 @example(UNHASHABLE_TYPE)  # was a TypeError out of receive_data (fixed)
 @example(UNHASHABLE_TS)
+@example(HUGE_TS)
 def test_client_state_never_raises_and_whole_equals_bytewise(data: bytes) -> None:
     whole, whole_state = client_run([data])
     bytewise, byte_state = client_run([data[i : i + 1] for i in range(len(data))])

@@ -189,7 +189,8 @@ def test_a_history_page_is_dimmed_never_rings_and_changes_no_membership() -> Non
     assert view.nick_candidates()[0] == "zoe"  # but a recent speaker is worth completing
     assert view.on_frame({"type": "history", "room": "lobby", "more": False, "events": []}) == []  # on join: silent
     view.submit("/history 5")
-    [none] = view.on_frame({"type": "history", "room": "lobby", "more": False, "events": []})
+    assert view.on_frame({"type": "history", "room": "lobby", "more": False, "events": []}) == []  # a join's: no id
+    [none] = view.on_frame({"type": "history", "room": "lobby", "more": False, "events": [], "id": 7})
     assert "no earlier events" in none.text
 
 
