@@ -143,11 +143,16 @@ class Line:
 
 @dataclass(slots=True)
 class Submitted:
-    """What one line of input amounts to: requests to send, lines to show, or the wish to quit."""
+    """What one line of input amounts to: requests to send, lines to show, or the wish to quit.
+
+    ``queued`` maps a request (by its index in ``requests``) typed while the connection is down to the
+    line that says it waits for the reconnect: shown (View.taken) only once the client took it, so a
+    request the client refuses (too many waiting, too long) gets its refusal, not both."""
 
     requests: list[m.Request] = field(default_factory=list)
     lines: list[Line] = field(default_factory=list)
     quit: m.Quit | None = None
+    queued: dict[int, Line] = field(default_factory=dict)
 
 
 class ChatView:
@@ -484,6 +489,7 @@ class ChatView:
             merged = Submitted()
             for line in text.splitlines():
                 one = self.submit(line)
+                merged.queued |= {len(merged.requests) + i: note for i, note in one.queued.items()}
                 merged.requests += one.requests
                 merged.lines += one.lines
                 if one.quit is not None:
@@ -508,13 +514,19 @@ class ChatView:
             self._history_asked.add(cmd.room)
         elif isinstance(cmd, m.Stats):
             lines.append(self._system(self.describe_session(), "info"))
+        queued: dict[int, Line] = {}
         if self.status != "connected":  # said at once: else a command typed offline seems ignored until then
             if isinstance(cmd, m.PrivMsg):
                 what = f"-> *{cmd.to}* {cmd.text}"
             else:
                 what = cmd.text if isinstance(cmd, m.Msg | m.Action) else text.strip()
-            lines.append(self._system(f"queued until reconnected: {clean(what)}", "state"))
-        return Submitted(requests=[cmd], lines=self._out(lines))
+            queued[0] = self._system(f"queued until reconnected: {clean(what)}", "state")
+        return Submitted(requests=[cmd], lines=self._out(lines), queued=queued)
+
+    def taken(self, submitted: Submitted, index: int) -> list[Line]:
+        """The client took request ``index`` of ``submitted``: what to show for it now."""
+        note = submitted.queued.get(index)
+        return self._out([note]) if note is not None else []
 
     def _local(self, cmd: LocalCommand) -> list[Line]:
         if cmd.name == "switch":
@@ -812,12 +824,14 @@ async def run_app(
             if submitted.quit is not None:
                 await quit_with(submitted.quit.reason)
                 return EXIT_OK
-            for req in submitted.requests:
+            for i, req in enumerate(submitted.requests):
                 try:
                     client.send(req)
                 except RemoteProtocolError as exc:  # the outbox is full, or the line too long for this server
                     view.current.not_sent(req)
                     printer.show(view.note(exc.message, "error"))
+                else:
+                    printer.show(view.taken(submitted, i))
     finally:
         unhook()
         if closed is not None:

@@ -291,10 +291,14 @@ def test_reconnecting_is_a_state_and_typing_goes_on() -> None:
     assert "reconnecting" in lost.text and "server shutting down" in lost.text
     typed = view.submit("sent later")
     assert typed.requests == [m.Msg("lobby", "sent later")]
-    assert "queued until reconnected: sent later" in typed.lines[0].text
+    assert typed.lines == [] and "queued until reconnected: sent later" in typed.queued[0].text
+    assert view.taken(typed, 0) == [typed.queued[0]] and "queued until reconnected" in view.transcript[-1]
     for command in ("/nick annie", "/topic offline", "/who", "/msg bob psst"):  # commands too: said, not silent
-        [queued] = view.submit(command).lines
+        queued = view.submit(command).queued[0]
         assert "queued until reconnected: " + ("-> *bob* psst" if "msg" in command else command) in queued.text
+    pasted = view.submit("one\n/who\ntwo")  # a paste: each line's note goes with its own request
+    assert [note.text.rsplit(": ", 1)[1] for _, note in sorted(pasted.queued.items())] == ["one", "/who", "two"]
+    assert sorted(pasted.queued) == [0, 1, 2] and len(pasted.requests) == 3
     [resumed] = view.on_frame({"type": "welcome", "nick": "alice", "rooms": ["lobby"], "resumed": True})
     assert "resumed" in resumed.text
     [again] = view.on_status("connected")
@@ -625,6 +629,30 @@ def test_typing_sends_and_events_are_shown(server: ServerProcess) -> None:
             await bob.close()
 
     run(main())
+
+
+def test_a_command_typed_offline_and_refused_by_the_client_shows_only_the_refusal(tmp_path: Path) -> None:
+    """Too long for the server (its --max-frame, known from the welcome): refused at once, not "queued"."""
+    server = ServerProcess(tmp_path / "data", "--max-frame", "256", workers=1)
+    server.start()
+
+    async def main() -> None:
+        async with app(server.port) as (task, inp, view):
+            await until(lambda: view.status == "connected" and view.joined == ["lobby"], "connected")
+            await asyncio.to_thread(server.stop)
+            await until(lambda: "reconnecting" in toolbar(view), "reconnecting in the status line")
+            inp.send_text("x" * 300 + "\r")
+            await until(shown(view, "bytes too long for this server"), "the refusal")
+            inp.send_text("short one\r")
+            await until(shown(view, "queued until reconnected: short one"), "the note of the one kept")
+            assert not shown(view, "queued until reconnected: xxx")()
+            inp.send_text("\x04")
+            await asyncio.wait_for(task, 10)
+
+    try:
+        run(main())
+    finally:
+        server.kill()
 
 
 def test_a_server_restart_is_a_state_and_what_was_typed_is_sent_after(server: ServerProcess) -> None:
