@@ -43,6 +43,7 @@ RESUME_GRACE: Final = 60.0  # seconds a dropped session keeps its nick and rooms
 # A session's most recent refused message ids, kept so that a resend of one (its refusal lost with the link,
 # so it was in flight at a drop: a handful) is refused again, not acked as posted. 64 ints: ~4 KB at most.
 REFUSED_IDS_KEPT: Final = 64
+PARTED_KEPT: Final = 16  # rooms a session left whose events a resume still replays, up to its part (newest kept)
 EXPIRED_TOKENS_MAX: Final = 10_000  # tokens remembered (about 200 bytes each), the oldest forgotten first
 EXPIRED_TOKEN_TTL: Final = 24 * 3600.0  # seconds a token is remembered: a night's sleep
 HISTORY_LIMIT: Final = 10_000  # events kept per room (and per private conversation) in SQLite

@@ -42,6 +42,9 @@ class Session:
     last_id: int = -1  # highest client request id handled (posts, changes: m.is_change): lower or equal post ids are
     # resends, dropped, unless refused (below); the welcome of a resume tells it, so the client resends the rest
     refused: set[int] | None = None  # ids of refused posts, the most recent REFUSED_IDS_KEPT (made on the first)
+    # Rooms left since the last resume -> the seq of the part: a resume still replays their events up to it
+    # (the connection may have dropped with them and the part in flight). PARTED_KEPT at most, newest kept.
+    parted: dict[str, int] | None = None
     worker: int | None = None
     conn: int | None = None
     detached_at: float | None = None
@@ -528,6 +531,7 @@ class Hub:
         self._welcome(s, req, list(s.rooms), resumed=True)
         after = req.last_seq if req.last_seq is not None else self.seq
         self._replay(s, after, now)
+        s.parted = None  # replayed up to now: the rooms left before are done with
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
 
     def _replay(self, s: Session, after: int, now: float) -> None:
@@ -538,11 +542,13 @@ class Hub:
         if after >= self.seq:
             return
         wanted = set(s.convs)
+        left = {conv: upto for conv, upto in (s.parted or {}).items() if upto > after}  # rooms left meanwhile
+        convs = [*s.convs, *left]
         recent = self.recent
 
         def mine(newest_above: int) -> Iterator[bytes]:  # the ring's events for s above a seq, newest first
             for e in takewhile(lambda e: e.seq > newest_above, reversed(recent)):
-                if not wanted.isdisjoint(e.convs):
+                if not wanted.isdisjoint(e.convs) or (left and any(left.get(c, -1) >= e.seq for c in e.convs)):
                     yield e.line
 
         newest_first: Iterable[bytes]
@@ -555,9 +561,9 @@ class Hub:
             self.store.commit(now)
             # A hole: events history lost, or holds for a failing disk from before the ring's oldest (those
             # after it the ring serves: a failing disk alone is no hole, reads still work).
-            lost = max((self.store.lost_upto(c) for c in s.convs), default=0)
-            gap = lost > after or self.store.held(s.convs, after, recent[0].seq if recent else None)
-            disk = self.store.replay_newest(after, s.convs)
+            lost = max((self.store.lost_upto(c) for c in convs), default=0)
+            gap = lost > after or self.store.held(convs, after, recent[0].seq if recent else None)
+            disk = self.store.replay_newest(after, s.convs, until=left)
             top = next(disk, None)
             # Above the disk's newest: events it does not have (not committed yet, or lost while it failed).
             newest_first = chain(
@@ -709,6 +715,8 @@ class Hub:
             self._join_history(s, room, now)
         room.add(s)
         s.rooms.append(name)
+        if s.parted:  # a member again: a resume replays the room whole
+            s.parted.pop(name, None)
         if s.worker is not None and s.conn is not None:
             room.workers[s.worker] += 1
             self._json(s.worker, ["member", s.conn, name, True])
@@ -773,6 +781,12 @@ class Hub:
         self._presence(s, room, "part", {"room": room.name, "nick": s.nick, "reason": req.reason}, now)
         room.remove(s.sid)
         s.rooms.remove(room.name)
+        parted = s.parted if s.parted is not None else {}
+        parted.pop(room.name, None)
+        parted[room.name] = self.seq  # the part's own event
+        while len(parted) > const.PARTED_KEPT:
+            del parted[next(iter(parted))]
+        s.parted = parted
         if s.worker is not None and s.conn is not None:
             room.workers[s.worker] -= 1
             self._json(s.worker, ["member", s.conn, room.name, False])

@@ -500,21 +500,25 @@ class HistoryStore:
             lines.reverse()
         return lines, len(rows) > limit
 
-    def replay_newest(self, after: int, convs: list[str], page: int = REPLAY_PAGE) -> Iterator[tuple[int, str]]:
-        """Events of any of ``convs`` with seq > after, newest first, each once (a private message is in two
-        conversations). Each conversation is read a page at a time along its primary key, only as far as
-        the caller iterates: a resume that stops at its byte budget reads little, however long the absence."""
-        if self._db is None or not convs:
+    def replay_newest(
+        self, after: int, convs: list[str], page: int = REPLAY_PAGE, *, until: dict[str, int] | None = None
+    ) -> Iterator[tuple[int, str]]:
+        """Events of any of ``convs`` with seq > after, and of the conversations in ``until`` up to their
+        seq there, newest first, each once (a private message is in two conversations). Each conversation
+        is read a page at a time along its primary key, only as far as the caller iterates: a resume that
+        stops at its byte budget reads little, however long the absence."""
+        bounded = {conv: upto for conv, upto in (until or {}).items() if conv not in convs}
+        if self._db is None or not (convs or bounded):
             return
         pages = [self._newest_of(conv, after, page) for conv in dict.fromkeys(convs)]
+        pages += [self._newest_of(conv, after, page, before=upto + 1) for conv, upto in bounded.items()]
         last = None
         for seq, line in heapq.merge(*pages, key=_minus_seq):
             if seq != last:
                 yield seq, line
                 last = seq
 
-    def _newest_of(self, conv: str, after: int, page: int) -> Iterator[tuple[int, str]]:
-        before = None
+    def _newest_of(self, conv: str, after: int, page: int, before: int | None = None) -> Iterator[tuple[int, str]]:
         size = min(REPLAY_FIRST_PAGE, page)  # the merge reads a page of every conversation before the first
         while True:  # event: small ones first (a session in 50 rooms), doubled as a conversation is read on
             try:

@@ -1025,6 +1025,82 @@ def test_resume_replays_exactly_the_missed_events(net: Workers) -> None:
     assert hub.users == 2  # an attached session never expires
 
 
+def _part_with_events_in_flight(net: Workers, commit: bool = False) -> tuple[dict[str, Any], int]:
+    """al sees up to last_seq, then its link dies unnoticed while bo posts in #dev and al's /part of #dev
+    is handled; bo posts on after it. Returns (al's welcome, last_seq)."""
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.request(2, 20, {"type": "msg", "room": "dev", "text": "before the part"}, 2.0)
+    hub.request(1, 10, {"type": "part", "room": "dev", "id": 7}, 2.0)
+    hub.request(2, 20, {"type": "msg", "room": "dev", "text": "after the part"}, 2.0)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "in lobby"}, 2.0)
+    if commit:
+        hub.commit(2.0)
+    hub.closed(1, 10, False, "lost", 3.0)
+    net.clear()
+    return w, last_seq
+
+
+def test_resume_replays_a_room_left_meanwhile_up_to_the_part(net: Workers) -> None:
+    """The events of a room up to the session's own part were its to see: a connection that dropped with
+    them (and the part) in flight gets them in the replay; none after the part."""
+    w, last_seq = _part_with_events_in_flight(net)
+    net.hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 4.0)
+    frames = net.take(3, 30)
+    assert frames[0]["rooms"] == ["lobby"]
+    replay = frames[1:]
+    assert [(f["type"], f.get("text")) for f in replay] == [
+        ("msg", "before the part"), ("part", None), ("msg", "in lobby")]  # fmt: skip
+    assert [f["seq"] for f in replay] == sorted(f["seq"] for f in replay)
+    net.hub.closed(3, 30, False, "lost", 5.0)  # replayed once: the next resume is back to the rooms it is in
+    net.clear()
+    net.hub.request(4, 40, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 6.0)
+    assert [f.get("text") for f in net.take(4, 40)[1:]] == ["in lobby"]
+
+
+def test_resume_replays_a_room_left_meanwhile_from_disk_too(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path, recent_max=2))
+    w, last_seq = _part_with_events_in_flight(net, commit=True)
+    net.hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 4.0)
+    frames = net.take(3, 30)
+    assert [(f["type"], f.get("text")) for f in frames[1:]] == [
+        ("msg", "before the part"), ("part", None), ("msg", "in lobby")]  # fmt: skip
+    assert "gap" not in kinds(frames)
+
+
+def test_a_room_left_and_joined_again_is_replayed_once(net: Workers) -> None:
+    w, last_seq = _part_with_events_in_flight(net)
+    hub = net.hub
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 4.0)
+    hub.request(3, 30, {"type": "join", "room": "dev", "id": 8}, 4.0)
+    hub.request(2, 20, {"type": "msg", "room": "dev", "text": "back"}, 4.0)
+    seen = max(f["seq"] for f in events(net.take(3, 30)))
+    hub.request(2, 20, {"type": "msg", "room": "dev", "text": "missed"}, 4.0)
+    hub.closed(3, 30, False, "lost", 5.0)
+    net.clear()
+    hub.request(4, 40, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": seen}, 6.0)
+    assert [f.get("text") for f in net.take(4, 40)[1:]] == ["missed"]
+
+
+def test_a_resume_replays_the_newest_parted_kept_rooms_left(net: Workers) -> None:
+    """PARTED_KEPT rooms left at most: one more, and the oldest is replayed no more (its events after the
+    last seen one stay in /history)."""
+    hub = net.hub
+    rooms = [f"r{i}" for i in range(const.PARTED_KEPT + 1)]
+    w = welcome_of(net, 1, 10, "al", rooms=["lobby", *rooms])
+    welcome_of(net, 2, 20, "bo", rooms=rooms)
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    for i, room in enumerate(rooms):
+        hub.request(2, 20, {"type": "msg", "room": room, "text": room}, 2.0)
+        hub.request(1, 10, {"type": "part", "room": room, "id": 10 + i}, 2.0)
+    hub.closed(1, 10, False, "lost", 3.0)
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 4.0)
+    assert [f["text"] for f in net.take(3, 30) if f.get("type") == "msg"] == rooms[1:]
+
+
 def test_resume_replay_from_disk_when_memory_does_not_reach(tmp_path: Path, stores: list[HistoryStore]) -> None:
     net = Workers(make_hub(stores, tmp_path, recent_max=2))
     hub = net.hub
