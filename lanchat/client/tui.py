@@ -145,14 +145,20 @@ class Line:
 class Submitted:
     """What one line of input amounts to: requests to send, lines to show, or the wish to quit.
 
-    ``queued`` maps a request (by its index in ``requests``) typed while the connection is down to the
-    line that says it waits for the reconnect: shown (View.taken) only once the client took it, so a
-    request the client refuses (too many waiting, too long) gets its refusal, not both."""
+    ``queued`` is, for a request typed while the connection is down, the line that says it waits for the
+    reconnect: shown (View.taken) only once the client took it, so a request the client refuses (too many
+    waiting, too long) gets its refusal, not both."""
 
     requests: list[m.Request] = field(default_factory=list)
     lines: list[Line] = field(default_factory=list)
     quit: m.Quit | None = None
-    queued: dict[int, Line] = field(default_factory=dict)
+    queued: Line | None = None
+
+
+def typed_lines(text: str) -> list[str]:
+    """What the prompt returned, one entry per line: a paste may hold several, each a line of its own
+    (submitted, sent and answered in turn, up to a /quit)."""
+    return text.splitlines() if "\n" in text or "\r" in text else [text]
 
 
 class ChatView:
@@ -481,21 +487,8 @@ class ChatView:
     # --- input ---------------------------------------------------------------------------------------------
 
     def submit(self, text: str) -> Submitted:
-        """What the person typed -> what to send and what to show. Updates the current room.
-
-        Pasted text may hold several lines: each is a line of its own (up to a /quit).
-        """
-        if "\n" in text or "\r" in text:
-            merged = Submitted()
-            for line in text.splitlines():
-                one = self.submit(line)
-                merged.queued |= {len(merged.requests) + i: note for i, note in one.queued.items()}
-                merged.requests += one.requests
-                merged.lines += one.lines
-                if one.quit is not None:
-                    merged.quit = one.quit
-                    break
-            return merged
+        """One line the person typed (see typed_lines) -> what to send and what to show. Updates the
+        current room."""
         try:
             cmd = parse_command(text, self.room, self.current.rooms(self.joined))
         except RemoteProtocolError as exc:
@@ -514,19 +507,18 @@ class ChatView:
             self._history_asked.add(cmd.room)
         elif isinstance(cmd, m.Stats):
             lines.append(self._system(self.describe_session(), "info"))
-        queued: dict[int, Line] = {}
+        queued = None
         if self.status != "connected":  # said at once: else a command typed offline seems ignored until then
             if isinstance(cmd, m.PrivMsg):
                 what = f"-> *{cmd.to}* {cmd.text}"
             else:
                 what = cmd.text if isinstance(cmd, m.Msg | m.Action) else text.strip()
-            queued[0] = self._system(f"queued until reconnected: {clean(what)}", "state")
+            queued = self._system(f"queued until reconnected: {clean(what)}", "state")
         return Submitted(requests=[cmd], lines=self._out(lines), queued=queued)
 
-    def taken(self, submitted: Submitted, index: int) -> list[Line]:
-        """The client took request ``index`` of ``submitted``: what to show for it now."""
-        note = submitted.queued.get(index)
-        return self._out([note]) if note is not None else []
+    def taken(self, submitted: Submitted) -> list[Line]:
+        """The client took the request of ``submitted``: what to show for it now."""
+        return self._out([submitted.queued]) if submitted.queued is not None else []
 
     def _local(self, cmd: LocalCommand) -> list[Line]:
         if cmd.name == "switch":
@@ -819,19 +811,20 @@ async def run_app(
             except (EOFError, KeyboardInterrupt):
                 await quit_with()
                 return EXIT_OK
-            submitted = view.submit(text)
-            printer.show(submitted.lines)
-            if submitted.quit is not None:
-                await quit_with(submitted.quit.reason)
-                return EXIT_OK
-            for i, req in enumerate(submitted.requests):
-                try:
-                    client.send(req)
-                except RemoteProtocolError as exc:  # the outbox is full, or the line too long for this server
-                    view.current.not_sent(req)
-                    printer.show(view.note(exc.message, "error"))
-                else:
-                    printer.show(view.taken(submitted, i))
+            for line in typed_lines(text):  # each line answered before the next (a paste in order)
+                submitted = view.submit(line)
+                printer.show(submitted.lines)
+                if submitted.quit is not None:  # the lines before it are sent: the quit follows them
+                    await quit_with(submitted.quit.reason)
+                    return EXIT_OK
+                for req in submitted.requests:
+                    try:
+                        client.send(req)
+                    except RemoteProtocolError as exc:  # the outbox is full, or the line too long for this server
+                        view.current.not_sent(req)
+                        printer.show(view.note(exc.message, "error"))
+                    else:
+                        printer.show(view.taken(submitted))
     finally:
         unhook()
         if closed is not None:
@@ -930,4 +923,5 @@ __all__ = [
     "nick_colour",
     "run_app",
     "run_tui",
+    "typed_lines",
 ]

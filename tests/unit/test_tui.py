@@ -35,6 +35,7 @@ from lanchat.client.tui import (
     pick_server,
     run_app,
     server_lines,
+    typed_lines,
 )
 from lanchat.discovery.browser import ServerRecord
 from lanchat.protocol import messages as m
@@ -291,14 +292,13 @@ def test_reconnecting_is_a_state_and_typing_goes_on() -> None:
     assert "reconnecting" in lost.text and "server shutting down" in lost.text
     typed = view.submit("sent later")
     assert typed.requests == [m.Msg("lobby", "sent later")]
-    assert typed.lines == [] and "queued until reconnected: sent later" in typed.queued[0].text
-    assert view.taken(typed, 0) == [typed.queued[0]] and "queued until reconnected" in view.transcript[-1]
+    assert typed.lines == [] and typed.queued is not None
+    assert "queued until reconnected: sent later" in typed.queued.text
+    assert view.taken(typed) == [typed.queued] and "queued until reconnected" in view.transcript[-1]
     for command in ("/nick annie", "/topic offline", "/who", "/msg bob psst"):  # commands too: said, not silent
-        queued = view.submit(command).queued[0]
+        queued = view.submit(command).queued
+        assert queued is not None
         assert "queued until reconnected: " + ("-> *bob* psst" if "msg" in command else command) in queued.text
-    pasted = view.submit("one\n/who\ntwo")  # a paste: each line's note goes with its own request
-    assert [note.text.rsplit(": ", 1)[1] for _, note in sorted(pasted.queued.items())] == ["one", "/who", "two"]
-    assert sorted(pasted.queued) == [0, 1, 2] and len(pasted.requests) == 3
     [resumed] = view.on_frame({"type": "welcome", "nick": "alice", "rooms": ["lobby"], "resumed": True})
     assert "resumed" in resumed.text
     [again] = view.on_status("connected")
@@ -374,11 +374,14 @@ def test_a_frame_that_breaks_rendering_is_reported_not_raised(monkeypatch: pytes
     assert line.text.endswith("<bob> still fine")
 
 
-def test_a_pasted_block_is_sent_line_by_line_up_to_a_quit() -> None:
+def test_a_pasted_block_is_a_line_each() -> None:
+    assert typed_lines("one\n/me two\n\nthree\r\n/quit bye\nnever") == [
+        "one", "/me two", "", "three", "/quit bye", "never"]  # fmt: skip
+    assert typed_lines("just one") == ["just one"] and typed_lines("") == [""]
     view = joined_view()
-    result = view.submit("one\n/me two\n\nthree\n/quit bye\nnever")
-    assert result.requests == [m.Msg("lobby", "one"), m.Action("lobby", "two"), m.Msg("lobby", "three")]
-    assert result.quit == m.Quit("bye")
+    results = [view.submit(line) for line in typed_lines("one\n/me two\n\n/quit bye")]
+    assert [r.requests for r in results] == [[m.Msg("lobby", "one")], [m.Action("lobby", "two")], [], []]
+    assert results[-1].quit == m.Quit("bye")
 
 
 def test_a_refused_join_goes_back_to_a_joined_room() -> None:
@@ -653,6 +656,47 @@ def test_a_command_typed_offline_and_refused_by_the_client_shows_only_the_refusa
         run(main())
     finally:
         server.kill()
+
+
+def test_a_paste_typed_offline_is_answered_line_by_line_in_the_order_typed(tmp_path: Path) -> None:
+    """Each line's answer (queued, refused by the client, unknown command) in the order of the lines."""
+    server = ServerProcess(tmp_path / "data", "--max-frame", "256", workers=1)
+    server.start()
+
+    async def main() -> None:
+        async with app(server.port) as (task, inp, view):
+            await until(lambda: view.status == "connected" and view.joined == ["lobby"], "connected")
+            await asyncio.to_thread(server.stop)
+            await until(lambda: "reconnecting" in toolbar(view), "reconnecting in the status line")
+            start = len(view.transcript)
+            inp.send_text("\x1b[200~one\n/nosuch\n" + "x" * 300 + "\ntwo\x1b[201~\r")  # a bracketed paste
+            await until(shown(view, "queued until reconnected: two"), "the last note")
+            said = [line.split(" * ", 1)[-1] for line in list(view.transcript)[start:]]
+            assert said[:2] == ["queued until reconnected: one", "unknown command /nosuch; /help lists them"]
+            assert "too long for this server" in said[2] and said[3:] == ["queued until reconnected: two"]
+            inp.send_text("\x04")
+            await asyncio.wait_for(task, 10)
+
+    try:
+        run(main())
+    finally:
+        server.kill()
+
+
+def test_a_paste_ending_in_quit_sends_the_lines_before_it(server: ServerProcess) -> None:
+    async def main() -> None:
+        bob = await Peer.open(server.port, "bob")
+        try:
+            async with app(server.port) as (task, inp, view):
+                await until(lambda: "bob" in view.nick_candidates() and view.status == "connected", "bob in #lobby")
+                inp.send_text("\x1b[200~bye all\n/quit\x1b[201~\r")
+                assert await asyncio.wait_for(task, 10) == EXIT_OK
+                await bob.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "alice")
+                assert [f.get("text") for f in bob.frames if f.get("type") == "msg"] == ["bye all"]
+        finally:
+            await bob.close()
+
+    run(main())
 
 
 def test_a_server_restart_is_a_state_and_what_was_typed_is_sent_after(server: ServerProcess) -> None:
