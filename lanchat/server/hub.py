@@ -531,7 +531,9 @@ class Hub:
         self._welcome(s, req, list(s.rooms), resumed=True)
         after = req.last_seq if req.last_seq is not None else self.seq
         self._replay(s, after, now)
-        s.parted = None  # replayed up to now: the rooms left before are done with
+        # A part the client had seen (below its last_seq) is done with; the others stay until a resume from
+        # after them: this replay may be lost with its connection too.
+        s.parted = {room: upto for room, upto in (s.parted or {}).items() if upto > after} or None
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
 
     def _replay(self, s: Session, after: int, now: float) -> None:
@@ -543,7 +545,6 @@ class Hub:
             return
         wanted = set(s.convs)
         left = {conv: upto for conv, upto in (s.parted or {}).items() if upto > after}  # rooms left meanwhile
-        convs = [*s.convs, *left]
         recent = self.recent
 
         def mine(newest_above: int) -> Iterator[bytes]:  # the ring's events for s above a seq, newest first
@@ -561,8 +562,12 @@ class Hub:
             self.store.commit(now)
             # A hole: events history lost, or holds for a failing disk from before the ring's oldest (those
             # after it the ring serves: a failing disk alone is no hole, reads still work).
-            lost = max((self.store.lost_upto(c) for c in convs), default=0)
-            gap = lost > after or self.store.held(convs, after, recent[0].seq if recent else None)
+            ring0 = recent[0].seq if recent else None
+            lost = max((self.store.lost_upto(c) for c in s.convs), default=0)
+            gap = lost > after or self.store.held(s.convs, after, ring0)
+            for conv, upto in left.items():  # a room left: only a hole up to its part counts
+                below = upto + 1 if ring0 is None else min(ring0, upto + 1)
+                gap = gap or self.store.lost_between(conv, after, upto) or self.store.held([conv], after, below)
             disk = self.store.replay_newest(after, s.convs, until=left)
             top = next(disk, None)
             # Above the disk's newest: events it does not have (not committed yet, or lost while it failed).

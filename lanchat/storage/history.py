@@ -125,6 +125,7 @@ class HistoryStore:
         self._counts: dict[str, int] = {}
         self._pruned: dict[str, int] = {}
         self._dropped: dict[str, int] = {}  # conv -> newest seq given up on while the disk failed (this run)
+        self._dropped_from: dict[str, int] = {}  # conv -> oldest such seq
         self._journal: Counter[str] = Counter()  # events per conversation in the journal table
         self._retry_at = 0.0
         self.start_seq = 0
@@ -286,6 +287,7 @@ class HistoryStore:
             p.bytes -= len(gone[4])
             self.dropped += 1
             self._dropped[gone[0]] = gone[1]  # a resume from before it is told of the hole (lost_upto)
+            self._dropped_from.setdefault(gone[0], gone[1])
         self.note_seq(seq)
 
     def note_seq(self, seq: int) -> None:
@@ -425,6 +427,7 @@ class HistoryStore:
             self._counts.pop(conv, None)
             self._pruned.pop(conv, None)
             self._dropped.pop(conv, None)
+            self._dropped_from.pop(conv, None)
         self._journal = journal
         p.events.clear()
         p.bytes = 0
@@ -561,6 +564,15 @@ class HistoryStore:
         A replay from below it has a hole, and says so."""
         lost = max(self._pruned.get(conv, 0), self._dropped.get(conv, 0))
         return lost if self._db is not None else max(lost, self.start_seq)
+
+    def lost_between(self, conv: str, after: int, upto: int) -> bool:
+        """Whether history lacks an event of ``conv`` with ``after`` < seq <= ``upto`` (see lost_upto; the
+        events given up on are taken as one range, oldest to newest: at worst a hole is told that is not)."""
+        if self.lost_upto(conv) <= after:
+            return False
+        if self._pruned.get(conv, 0) > after or self._db is None:  # pruned from the oldest, or a file not open
+            return True
+        return self._dropped_from.get(conv, 0) <= upto
 
     def held(self, convs: list[str], after: int, before: int | None) -> bool:
         """Whether an event of ``convs`` with ``after`` < seq < ``before`` is held in memory only: it could

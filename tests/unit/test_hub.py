@@ -1054,10 +1054,102 @@ def test_resume_replays_a_room_left_meanwhile_up_to_the_part(net: Workers) -> No
     assert [(f["type"], f.get("text")) for f in replay] == [
         ("msg", "before the part"), ("part", None), ("msg", "in lobby")]  # fmt: skip
     assert [f["seq"] for f in replay] == sorted(f["seq"] for f in replay)
-    net.hub.closed(3, 30, False, "lost", 5.0)  # replayed once: the next resume is back to the rooms it is in
+    seen = replay[-1]["seq"]
+    net.hub.closed(3, 30, False, "lost", 5.0)  # that replay lost with its link too: the next resume repeats it
+    net.forget(3, 30)
     net.clear()
     net.hub.request(4, 40, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 6.0)
-    assert [f.get("text") for f in net.take(4, 40)[1:]] == ["in lobby"]
+    assert [f.get("text") for f in net.take(4, 40)[1:]] == ["before the part", None, "in lobby"]
+    net.hub.closed(4, 40, False, "lost", 7.0)  # from after the part: the room left is done with
+    net.forget(4, 40)
+    net.clear()
+    net.hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "later"}, 8.0)
+    net.hub.request(5, 50, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": seen}, 8.0)
+    assert [f.get("text") for f in net.take(5, 50)[1:]] == ["later"]
+
+
+def _left_while_the_disk_fails(
+    tmp_path: Path, stores: list[HistoryStore], before_part: int, after_part: int
+) -> tuple[Workers, dict[str, Any], int]:
+    """al's link dies unnoticed; bo posts ``before_part`` messages in #dev, al's part is handled, bo posts
+    ``after_part`` more; the disk fails from the first of bo's messages (the part and those before it
+    written first if there are none), then recovers and bo posts three in #lobby. With PENDING_WRITES_MAX
+    lowered, the oldest held are given up on."""
+    net = Workers(make_hub(stores, tmp_path, recent_max=3))
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    assert hub.commit(1.0) and hub.store._db is not None
+    if before_part:
+        hub.store._db.execute("PRAGMA query_only=ON")
+    for i in range(before_part):
+        hub.request(2, 20, {"type": "msg", "room": "dev", "text": f"before{i}"}, 1.0)
+        hub.commit(1.0)
+    hub.request(1, 10, {"type": "part", "room": "dev", "id": 7}, 1.0)
+    hub.closed(1, 10, False, "lost", 1.0)
+    if not before_part:
+        assert hub.commit(1.0)
+        hub.store._db.execute("PRAGMA query_only=ON")
+    for i in range(after_part):
+        hub.request(2, 20, {"type": "msg", "room": "dev", "text": f"after{i}"}, 2.0)
+        hub.commit(2.0)
+    hub.store._db.execute("PRAGMA query_only=OFF")
+    for i in range(3):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"l{i}"}, 100.0)
+    assert hub.commit(100.0)
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 101.0)
+    return net, w, last_seq
+
+
+def test_events_after_the_part_given_up_on_by_a_failing_disk_are_no_gap(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """al had none of #dev's events after its part to see: their loss is no hole in its replay."""
+    monkeypatch.setattr(const, "PENDING_WRITES_MAX", 5)
+    net, _, _ = _left_while_the_disk_fails(tmp_path, stores, 0, 10)
+    assert net.hub.store.dropped > 0
+    frames = net.take(3, 30)
+    assert [(f["type"], f.get("text")) for f in frames[1:]] == [
+        ("part", None), ("msg", "l0"), ("msg", "l1"), ("msg", "l2")]  # fmt: skip
+
+
+def test_events_before_the_part_given_up_on_by_a_failing_disk_are_a_gap(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(const, "PENDING_WRITES_MAX", 5)
+    net, _, _ = _left_while_the_disk_fails(tmp_path, stores, 10, 0)
+    frames = net.take(3, 30)
+    assert frames[1]["type"] == "gap"
+    texts = [f.get("text") for f in frames[2:]]
+    assert texts[-4:] == [None, "l0", "l1", "l2"] and "before0" not in texts  # the oldest were given up on
+
+
+def test_events_after_the_part_held_by_a_failing_disk_are_no_gap(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A resume while the disk still fails: #dev's events after the part are held in memory only, and none
+    of them was al's to see."""
+    net = Workers(make_hub(stores, tmp_path, recent_max=3))
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.request(2, 20, {"type": "msg", "room": "dev", "text": "before the part"}, 1.0)
+    hub.request(1, 10, {"type": "part", "room": "dev", "id": 7}, 1.0)
+    assert hub.commit(1.0) and hub.store._db is not None
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.store._db.execute("PRAGMA query_only=ON")
+    for i in range(3):
+        hub.request(2, 20, {"type": "msg", "room": "dev", "text": f"after{i}"}, 2.0)
+    for i in range(3):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"l{i}"}, 2.0)
+    assert hub.commit(2.0) is False
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 3.0)
+    frames = net.take(3, 30)
+    hub.store._db.execute("PRAGMA query_only=OFF")
+    assert [(f["type"], f.get("text")) for f in frames[1:]] == [
+        ("msg", "before the part"), ("part", None), ("msg", "l0"), ("msg", "l1"), ("msg", "l2")]  # fmt: skip
 
 
 def test_resume_replays_a_room_left_meanwhile_from_disk_too(tmp_path: Path, stores: list[HistoryStore]) -> None:
