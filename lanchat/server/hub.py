@@ -240,7 +240,12 @@ class Hub:
         if clean or session.plain or self.resume_grace <= 0:
             said = f"quit ({reason})" if clean and reason and reason != "quit" else None  # not "ended: bye"
             self._end_session(session, reason or "quit", now, resumable=not clean, logged=said)
-        elif peer:
+            return
+        log.info(  # why it dropped (an idle timeout, too slow a reader...): the end or the resume follows
+            "session %s (%s) lost its connection (%s); held %g s for a resume",
+            session.sid[:8], session.nick, reason or "connection lost", self.resume_grace,
+        )  # fmt: skip
+        if peer:
             held = self._held.setdefault(peer, deque())
             held.append(session)
             session.held_for = peer

@@ -196,6 +196,8 @@ def test_idle_client_is_pinged_then_dropped_but_a_ponging_one_stays(make_server:
         sleepy.expect("ping", timeout=3)
         assert sleepy.expect("error", timeout=3)["code"] == "idle_timeout"
         assert sleepy.closed_by_server(timeout=2)
+        # The operator's log says why: its session is held for a resume, and ends (or resumes) later.
+        server.wait_log(r"\(sleepy\) lost its connection \(idle timeout\); held 60 s for a resume", timeout=5)
         awake.send({"type": "msg", "room": "lobby", "text": "I answered", "id": 1})
         assert awake.expect("msg")["text"] == "I answered"
 
