@@ -42,8 +42,8 @@ class Session:
     last_id: int = -1  # highest client request id handled (posts, changes: m.is_change): lower or equal post ids are
     # resends, dropped, unless refused (below); the welcome of a resume tells it, so the client resends the rest
     refused: set[int] | None = None  # ids of refused posts, the most recent REFUSED_IDS_KEPT (made on the first)
-    # Rooms left since the last resume -> the seq of the part: a resume still replays their events up to it
-    # (the connection may have dropped with them and the part in flight). PARTED_KEPT at most, newest kept.
+    # Rooms left -> the seq of the part: a resume from before it still replays their events up to it (the
+    # connection may have dropped with them and the part in flight). PARTED_KEPT at most, newest kept.
     parted: dict[str, int] | None = None
     worker: int | None = None
     conn: int | None = None
@@ -535,21 +535,22 @@ class Hub:
         self._attach(s, worker, conn)
         self._welcome(s, req, list(s.rooms), resumed=True)
         after = req.last_seq if req.last_seq is not None else self.seq
-        self._replay(s, after, now)
-        # A part the client had seen (below its last_seq) is done with; the others stay until a resume from
-        # after them: this replay may be lost with its connection too.
-        s.parted = {room: upto for room, upto in (s.parted or {}).items() if upto > after} or None
+        # A part the client had seen (up to its last_seq) is done with; the others are replayed, and stay
+        # until a resume from after them: this replay may be lost with its connection too.
+        left = {room: upto for room, upto in (s.parted or {}).items() if upto > after}
+        s.parted = left or None
+        self._replay(s, after, left, now)
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
 
-    def _replay(self, s: Session, after: int, now: float) -> None:
-        """Send ``s`` the events of its rooms and private messages after ``after``, once, in order: all of
-        them, or, past ``replay_max`` bytes, a ``gap`` and the newest that fit. More than its send queue
-        would have the worker drop the client as too slow, and the client would reconnect to the same
-        replay until its session expired; what does not fit, /history still pages back to."""
+    def _replay(self, s: Session, after: int, left: dict[str, int], now: float) -> None:
+        """Send ``s`` the events of its rooms and private messages after ``after`` (and of the rooms it
+        ``left``, up to the seq of its part there), once, in order: all of them, or, past ``replay_max``
+        bytes, a ``gap`` and the newest that fit. More than its send queue would have the worker drop the
+        client as too slow, and the client would reconnect to the same replay until its session expired;
+        what does not fit, /history still pages back to."""
         if after >= self.seq:
             return
         wanted = set(s.convs)
-        left = {conv: upto for conv, upto in (s.parted or {}).items() if upto > after}  # rooms left meanwhile
         recent = self.recent
 
         def mine(newest_above: int) -> Iterator[bytes]:  # the ring's events for s above a seq, newest first
