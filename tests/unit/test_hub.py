@@ -1025,15 +1025,22 @@ def test_resume_replays_exactly_the_missed_events(net: Workers) -> None:
     assert hub.users == 2  # an attached session never expires
 
 
-def _part_with_events_in_flight(net: Workers, commit: bool = False) -> tuple[dict[str, Any], int]:
+def _al_parts_dev(net: Workers) -> tuple[dict[str, Any], int]:
     """al sees up to last_seq, then its link dies unnoticed while bo posts in #dev and al's /part of #dev
-    is handled; bo posts on after it. Returns (al's welcome, last_seq)."""
+    is handled. Returns (al's welcome, last_seq)."""
     hub = net.hub
     w = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
     welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
     last_seq = max(f["seq"] for f in events(net.take(1, 10)))
     hub.request(2, 20, {"type": "msg", "room": "dev", "text": "before the part"}, 2.0)
     hub.request(1, 10, {"type": "part", "room": "dev", "id": 7}, 2.0)
+    return w, last_seq
+
+
+def _part_with_events_in_flight(net: Workers, commit: bool = False) -> tuple[dict[str, Any], int]:
+    """_al_parts_dev, then bo posts on after the part; al's link is found dead. Returns as it does."""
+    hub = net.hub
+    w, last_seq = _al_parts_dev(net)
     hub.request(2, 20, {"type": "msg", "room": "dev", "text": "after the part"}, 2.0)
     hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "in lobby"}, 2.0)
     if commit:
@@ -1131,13 +1138,9 @@ def test_events_after_the_part_held_by_a_failing_disk_are_no_gap(tmp_path: Path,
     of them was al's to see."""
     net = Workers(make_hub(stores, tmp_path, recent_max=3))
     hub = net.hub
-    w = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
-    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
-    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
-    hub.request(2, 20, {"type": "msg", "room": "dev", "text": "before the part"}, 1.0)
-    hub.request(1, 10, {"type": "part", "room": "dev", "id": 7}, 1.0)
-    assert hub.commit(1.0) and hub.store._db is not None
-    hub.closed(1, 10, False, "lost", 1.0)
+    w, last_seq = _al_parts_dev(net)
+    assert hub.commit(2.0) and hub.store._db is not None
+    hub.closed(1, 10, False, "lost", 2.0)
     hub.store._db.execute("PRAGMA query_only=ON")
     for i in range(3):
         hub.request(2, 20, {"type": "msg", "room": "dev", "text": f"after{i}"}, 2.0)

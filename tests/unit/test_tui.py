@@ -634,8 +634,9 @@ def test_typing_sends_and_events_are_shown(server: ServerProcess) -> None:
     run(main())
 
 
-def test_a_command_typed_offline_and_refused_by_the_client_shows_only_the_refusal(tmp_path: Path) -> None:
-    """Too long for the server (its --max-frame, known from the welcome): refused at once, not "queued"."""
+def test_what_is_typed_offline_is_answered_line_by_line_and_a_refusal_is_not_queued(tmp_path: Path) -> None:
+    """A line too long for the server (its --max-frame, known from the welcome) is refused at once, not
+    "queued"; a paste gets each line's answer (queued, refused by the client, unknown command) in order."""
     server = ServerProcess(tmp_path / "data", "--max-frame", "256", workers=1)
     server.start()
 
@@ -649,25 +650,6 @@ def test_a_command_typed_offline_and_refused_by_the_client_shows_only_the_refusa
             inp.send_text("short one\r")
             await until(shown(view, "queued until reconnected: short one"), "the note of the one kept")
             assert not shown(view, "queued until reconnected: xxx")()
-            inp.send_text("\x04")
-            await asyncio.wait_for(task, 10)
-
-    try:
-        run(main())
-    finally:
-        server.kill()
-
-
-def test_a_paste_typed_offline_is_answered_line_by_line_in_the_order_typed(tmp_path: Path) -> None:
-    """Each line's answer (queued, refused by the client, unknown command) in the order of the lines."""
-    server = ServerProcess(tmp_path / "data", "--max-frame", "256", workers=1)
-    server.start()
-
-    async def main() -> None:
-        async with app(server.port) as (task, inp, view):
-            await until(lambda: view.status == "connected" and view.joined == ["lobby"], "connected")
-            await asyncio.to_thread(server.stop)
-            await until(lambda: "reconnecting" in toolbar(view), "reconnecting in the status line")
             start = len(view.transcript)
             inp.send_text("\x1b[200~one\n/nosuch\n" + "x" * 300 + "\ntwo\x1b[201~\r")  # a bracketed paste
             await until(shown(view, "queued until reconnected: two"), "the last note")
