@@ -44,6 +44,10 @@ LOCK_NAME = "lock"  # in the data directory: one server per directory (lock_data
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
 SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
 CHECKPOINT_INTERVAL = 1.0  # seconds between write-ahead-log checkpoints (bounds the log's size)
+# Seconds the hub holds its commits (and so its relays) while a checkpoint starts the log over (a few
+# milliseconds): past it they go on, and a commit waits for the checkpoint in SQLite's busy handler (1 s at
+# most, then it is retried as for a failing disk), so a disk that hangs cannot stop chat.
+LOG_RESTART_HOLD = 0.1
 BOOT_TIMEOUT_KILL = "boot timeout"  # why the supervisor killed a worker that never got ready (see _reap)
 WORKER_EXIT_WAIT = 0.05  # seconds a worker whose pipe closed has to exit by itself before it is killed
 ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
@@ -179,6 +183,7 @@ class Server:
         self._goodbye: asyncio.Task[None] | None = None
         self._stopper: asyncio.Task[None] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
+        self._commits_held = False  # while the write-ahead log starts over (_checkpoint_loop)
         self._me = psutil.Process()
         self._me.cpu_percent(None)
 
@@ -597,6 +602,8 @@ class Server:
         the commit is skipped (the store paces its retries) and chat is relayed all the same.
         """
         self._flush_scheduled = False
+        if self._commits_held:  # the log is starting over: the checkpoint loop flushes when it is done
+            return
         if self.store.pending or self.hub.acks_pending:
             self.hub.commit(time.time())
             if self.store.pending and self._retry_handle is None:  # the disk fails: come back to it
@@ -617,10 +624,21 @@ class Server:
 
     async def _checkpoint_loop(self) -> None:
         """Fold the SQLite write-ahead log into the database once a second, in a thread: the fsync it
-        costs never stalls the hub (commits themselves only append to the log)."""
+        costs never stalls the hub (commits themselves only append to the log). When the log is over its
+        limit (a steady load: see HistoryStore.checkpoint) the hub holds its commits while the log starts
+        over: its loop goes on reading and sequencing, and the tick's relays wait for the commit."""
         while not self.done.is_set():
             await asyncio.sleep(CHECKPOINT_INTERVAL)
-            await asyncio.to_thread(self.store.checkpoint)
+            if not await asyncio.to_thread(self.store.checkpoint):
+                continue
+            self._commits_held = True
+            restart = asyncio.ensure_future(asyncio.to_thread(self.store.restart_log))
+            try:
+                await asyncio.wait({restart}, timeout=LOG_RESTART_HOLD)
+            finally:
+                self._commits_held = False
+                self._schedule_flush()
+            await restart
 
     # --- stats ---------------------------------------------------------------------------------------------
 
@@ -673,6 +691,7 @@ class Server:
             self.listener.close()
             self.listener = None
         self.hub.shutdown(reason)
+        self._commits_held = False  # the stop goes out now; a commit waits for a restart of the log, if one runs
         self._flush()
         if self.announcer is not None:  # the goodbye first, so browsers drop us at once
             self._goodbye = self.loop.create_task(self.announcer.stop())
@@ -711,7 +730,8 @@ class Server:
         for s in self.hub.sessions.values():
             self.store.put_session(s.row())
         self.store.commit(time.time(), force=True)  # even within the retry wait of a failed write
-        self.store.checkpoint()
+        if self.store.checkpoint():  # nothing writes now: the log can start over at no cost
+            self.store.restart_log()
         self.store.close()
         if self.listener is not None:
             self.listener.close()

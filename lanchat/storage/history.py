@@ -596,33 +596,47 @@ class HistoryStore:
         return False
 
     def checkpoint(self) -> bool:
-        """Copy the write-ahead log into the database file; True if it also started the log over.
-        Blocking (it fsyncs): call it from a worker thread, never the hub's loop; it uses its own connection.
+        """Copy the write-ahead log into the database file, never blocking the writer (PASSIVE); True if
+        the log is over ``wal_limit`` and must be started over (restart_log). Blocking (it fsyncs): call
+        it from a worker thread, never the hub's loop; it uses its own connection.
 
-        A PASSIVE checkpoint never blocks the writer, but alone it does not bound the log: the writer
-        starts the log over only at a transaction that begins once everything is copied, and under a
-        steady load some commit is always in flight while a checkpoint runs (a tick's commit every
-        millisecond, a checkpoint's fsyncs tens of milliseconds). Measured: 460 MB of log after 12 s at
-        27,000 messages a second, growing for as long as the load lasted. So once the log is over
-        ``wal_limit`` a RESTART follows the PASSIVE one: it copies what came meanwhile and starts the log
-        over, holding the writer off while it does (a few milliseconds after the PASSIVE one did the bulk;
-        the hub's commit waits in its busy handler)."""
+        PASSIVE alone does not bound the log: SQLite starts it over only at a write transaction that
+        begins once everything in it is copied, and under a steady load some commit is always in flight
+        while a checkpoint runs (a tick's commit every millisecond, a checkpoint's fsyncs tens of
+        milliseconds). Measured: 460 MB of log after 12 s at 27,000 messages a second, growing for as long
+        as the load lasted. At human rates the log starts over by itself and this returns False."""
         if self._db is None:
             return False
         with self._ckpt_lock:
             try:
-                if self._ckpt is None:
-                    self._ckpt = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                    self._page = int(self._ckpt.execute("PRAGMA page_size").fetchone()[0])
-                _, frames, _ = self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if frames * (self._page + WAL_FRAME_HEADER) <= self.wal_limit:
-                    return False
-                busy, _, _ = self._ckpt.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                log.debug("history: write-ahead log of %d pages started over%s", frames, " (busy)" if busy else "")
-                return not busy
+                ckpt = self._checkpointer()
+                _, frames, _ = ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:
                 log.debug("history: checkpoint skipped: %s", exc)
                 return False
+            return bool(frames * (self._page + WAL_FRAME_HEADER) > self.wal_limit)
+
+    def restart_log(self) -> bool:
+        """Copy what is left of the log and start it over (RESTART); True if it did. Call it from a worker
+        thread while no commit is made (the hub holds its commits): a commit in flight would make it wait
+        in SQLite's busy handler, and one made meanwhile would wait for it there, stalling the hub's loop.
+        Right after checkpoint() little is left to copy: a few milliseconds, the fsyncs included."""
+        if self._db is None:
+            return False
+        with self._ckpt_lock:
+            try:
+                busy, frames, _ = self._checkpointer().execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            except sqlite3.Error as exc:
+                log.debug("history: restart of the log skipped: %s", exc)
+                return False
+            log.debug("history: write-ahead log of %d pages started over%s", frames, " (busy)" if busy else "")
+            return not busy
+
+    def _checkpointer(self) -> sqlite3.Connection:
+        if self._ckpt is None:
+            self._ckpt = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._page = int(self._ckpt.execute("PRAGMA page_size").fetchone()[0])
+        return self._ckpt
 
     def close(self) -> None:
         """Close the file; marked as a clean stop if everything was written (see _check_and_init)."""

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from lanchat.config import DiscoveryConfig, ServerConfig
 from lanchat.errors import StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
+from lanchat.server import main as server_main
 from lanchat.server.main import BOOT_TIMEOUT_KILL, EXIT_WORKER_BOOT, Server, Throttled, lock_data_dir
 
 
@@ -360,6 +362,74 @@ def test_what_a_written_off_worker_left_in_its_pipe_is_not_handled(tmp_path: Pat
             assert m.nick_key("ghost") not in server.hub.nicks
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_the_hub_holds_its_commits_while_the_log_starts_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log over its limit is started over (RESTART) while the hub holds its commits: one made meanwhile
+    would wait in SQLite's busy handler, stalling the hub's loop, and one in flight keeps the log from
+    starting over. The loop goes on; the held commit is made once the log started over, or once
+    LOG_RESTART_HOLD has passed (a disk that hangs must not stop chat: the commit then waits in SQLite)."""
+    monkeypatch.setattr(server_main, "CHECKPOINT_INTERVAL", 0.01)
+    monkeypatch.setattr(server_main, "LOG_RESTART_HOLD", 0.5)
+    line = '{"type":"msg","text":"' + "x" * 500 + '"}'
+
+    async def scenario() -> None:
+        async with _in_process_server(tmp_path / "data", workers=1) as server:
+            store = server.store
+            store.wal_limit = 64 * 1024
+            for seq in range(1, 300):
+                store.add_event(seq, ("lobby",), 1.0, "msg", line)
+            assert store.commit(1.0)
+            started, release = threading.Event(), threading.Event()
+            restarts: list[bool] = []
+            restart_log = store.restart_log
+
+            def slow_restart() -> bool:
+                started.set()
+                assert release.wait(10)
+                restarts.append(restart_log())
+                return restarts[-1]
+
+            monkeypatch.setattr(store, "restart_log", slow_restart)
+            loop_task = asyncio.get_running_loop().create_task(server._checkpoint_loop())
+            try:
+                while not started.is_set():
+                    await asyncio.sleep(0.005)
+                assert server._commits_held
+                store.add_event(300, ("lobby",), 1.0, "msg", line)
+                server._flush()  # what a tick does: held, nothing committed yet
+                assert store.pending
+                release.set()
+                while server._commits_held or store.pending:
+                    await asyncio.sleep(0.005)
+                assert restarts == [True]
+                assert store.events("lobby", limit=1)[0] == [line]
+
+                # a restart that outlasts the hold: the hold ends, the commit waits in SQLite instead
+                server_main.LOG_RESTART_HOLD = 0.05
+                started.clear()
+                release.clear()
+                for seq in range(301, 600):
+                    store.add_event(seq, ("lobby",), 1.0, "msg", line)
+                assert store.commit(1.0)
+                while not started.is_set():
+                    await asyncio.sleep(0.005)
+                assert server._commits_held
+                store.add_event(600, ("lobby",), 1.0, "msg", line)
+                server._flush()
+                while server._commits_held or store.pending:
+                    await asyncio.sleep(0.005)
+                assert len(restarts) == 1  # committed while the second restart has not even begun
+                release.set()
+                while len(restarts) < 2:
+                    await asyncio.sleep(0.005)
+            finally:
+                release.set()
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
 def test_a_replacement_killed_before_it_is_ready_is_replaced_again(make_server: MakeServer) -> None:

@@ -810,9 +810,9 @@ def test_checkpoint_folds_the_log_into_the_database(tmp_path: Path) -> None:
 LINE = '{"type":"msg","text":"' + "x" * 500 + '"}'
 
 
-def test_a_checkpoint_starts_a_log_over_the_limit_over(tmp_path: Path) -> None:
-    """Past wal_limit a checkpoint starts the write-ahead log over and the file is cut back to the limit at
-    the next commit; under the limit it only copies (PASSIVE, never holding the writer off)."""
+def test_a_log_over_the_limit_is_started_over_and_cut_back(tmp_path: Path) -> None:
+    """Past wal_limit a checkpoint says so and restart_log starts the write-ahead log over; the file is cut
+    back to the limit at the next commit. Under the limit a checkpoint only copies."""
     limit = 64 * 1024
     store = HistoryStore(tmp_path, wal_limit=limit)
     wal = tmp_path / "history.sqlite3-wal"
@@ -824,10 +824,11 @@ def test_a_checkpoint_starts_a_log_over_the_limit_over(tmp_path: Path) -> None:
         assert store.commit(1.0)
         assert wal.stat().st_size > 2 * limit
         assert store.checkpoint()
+        assert store.restart_log()
         store.add_event(400, ("lobby",), 1.0, "msg", LINE)
         assert store.commit(1.0)
         assert wal.stat().st_size <= limit
-        assert not store.checkpoint()  # a page or two: copied, not started over
+        assert not store.checkpoint()  # a page or two: copied, not to be started over
         assert store.events("lobby", limit=3)[0] == [LINE] * 3  # nothing lost on the way
     finally:
         store.close()
@@ -837,9 +838,10 @@ def test_the_log_stays_bounded_while_commits_overlap_checkpoints(tmp_path: Path)
     """Under a steady load some commit is in flight during every checkpoint, and a PASSIVE checkpoint
     alone then never lets the log start over: it grew by every commit, for as long as the load lasted
     (460 MB after 12 s at 27,000 messages a second). Here the writer makes a fixed number of commits
-    while each checkpoint runs (a round): a checkpoint that finds the log under the limit lets it grow by
-    a round, the next starts it over once the commits already in flight are in, so the file holds at most
-    the limit and two rounds (the first round's log, from empty, is one round's worth)."""
+    while each checkpoint runs (a round), and restarts the log between rounds when the checkpoint says so,
+    as the hub does (holding its commits): a checkpoint that finds the log under the limit lets it grow by
+    a round, so the file holds at most the limit and two rounds (the first round's log, from empty, is one
+    round's worth)."""
     limit, rounds, per_round = 64 * 1024, 30, 10
     store = HistoryStore(tmp_path, wal_limit=limit)
     wal = tmp_path / "history.sqlite3-wal"
@@ -863,8 +865,10 @@ def test_the_log_stays_bounded_while_commits_overlap_checkpoints(tmp_path: Path)
     try:
         for _ in range(rounds):
             go.release()  # the writer commits while this checkpoint runs
-            store.checkpoint()
+            due = store.checkpoint()
             assert done.acquire(timeout=30)
+            if due:  # the writer waits for the next round meanwhile
+                assert store.restart_log()
             sizes.append(wal.stat().st_size)
     finally:
         thread.join(timeout=30)
