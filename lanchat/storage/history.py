@@ -56,8 +56,10 @@ REPLAY_FIRST_PAGE: Final = 16  # ... but the first read of each is this small, t
 # Bytes of write-ahead log past which a checkpoint starts the log over (see HistoryStore.checkpoint), and to
 # which the file is cut back when it starts over. The log grows by whole pages per commit: at 27,000
 # messages a second (one commit per hub tick) about 40 MB a second, so under such a load it starts over
-# every second or two; a chat at human rates starts it over by itself at every checkpoint.
-WAL_LIMIT: Final = 64 * 1024 * 1024
+# every six seconds or so, each time holding the hub's commits for 6-12 ms; at 64 MiB (every 1.6 s) the
+# benchmark's p99 at C = 100 was 20-40 % worse (docs/benchmarks.md, "Levers"). A chat at human rates
+# starts it over by itself at every checkpoint.
+WAL_LIMIT: Final = 256 * 1024 * 1024
 WAL_FRAME_HEADER: Final = 24  # bytes before each page in the log
 
 _SCHEMA: Final = """
