@@ -44,10 +44,11 @@ LOCK_NAME = "lock"  # in the data directory: one server per directory (lock_data
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
 SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
 CHECKPOINT_INTERVAL = 1.0  # seconds between write-ahead-log checkpoints (bounds the log's size)
-# Seconds the hub holds its commits (and so its relays) while a checkpoint starts the log over (a few
-# milliseconds): past it they go on, and a commit waits for the checkpoint in SQLite's busy handler (1 s at
-# most, then it is retried as for a failing disk), so a disk that hangs cannot stop chat.
+# Seconds the hub holds its commits (and so its relays) while a checkpoint starts the log over (6-12 ms under
+# the benchmark's load): past it they go on, and a commit waits for the restart in SQLite's busy handler (the
+# restart gives up on readers of the log after history.RESTART_BUSY_WAIT), so a slow disk cannot stop chat.
 LOG_RESTART_HOLD = 0.1
+LOG_RESTART_BACKOFF_MAX = 60.0  # seconds: restarts kept from happening by a reader (a backup) back off to this
 BOOT_TIMEOUT_KILL = "boot timeout"  # why the supervisor killed a worker that never got ready (see _reap)
 WORKER_EXIT_WAIT = 0.05  # seconds a worker whose pipe closed has to exit by itself before it is killed
 ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
@@ -183,7 +184,8 @@ class Server:
         self._goodbye: asyncio.Task[None] | None = None
         self._stopper: asyncio.Task[None] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
-        self._commits_held = False  # while the write-ahead log starts over (_checkpoint_loop)
+        self._commits_held = False  # while the write-ahead log starts over (_restart_log)
+        self._restart: asyncio.Future[bool] | None = None
         self._me = psutil.Process()
         self._me.cpu_percent(None)
 
@@ -625,20 +627,34 @@ class Server:
     async def _checkpoint_loop(self) -> None:
         """Fold the SQLite write-ahead log into the database once a second, in a thread: the fsync it
         costs never stalls the hub (commits themselves only append to the log). When the log is over its
-        limit (a steady load: see HistoryStore.checkpoint) the hub holds its commits while the log starts
-        over: its loop goes on reading and sequencing, and the tick's relays wait for the commit."""
+        limit (a steady load: see HistoryStore.checkpoint) it is started over (_restart_log); if a reader
+        kept it in use, the next try waits, twice as long each time."""
+        backoff, retry_at = 0.0, 0.0
         while not self.done.is_set():
             await asyncio.sleep(CHECKPOINT_INTERVAL)
-            if not await asyncio.to_thread(self.store.checkpoint):
-                continue
-            self._commits_held = True
-            restart = asyncio.ensure_future(asyncio.to_thread(self.store.restart_log))
             try:
-                await asyncio.wait({restart}, timeout=LOG_RESTART_HOLD)
-            finally:
-                self._commits_held = False
-                self._schedule_flush()
-            await restart
+                if not await asyncio.to_thread(self.store.checkpoint) or time.monotonic() < retry_at:
+                    continue
+                if await self._restart_log():
+                    backoff = 0.0
+                else:
+                    backoff = min(LOG_RESTART_BACKOFF_MAX, max(CHECKPOINT_INTERVAL, 2 * backoff))
+                    retry_at = time.monotonic() + backoff
+            except Exception:  # a bug here must not end checkpoints for good: the log would grow again
+                log.exception("history: checkpoint failed")
+
+    async def _restart_log(self) -> bool:
+        """Start the log over while the hub holds its commits: its loop goes on reading and sequencing,
+        the tick's relays wait for their commit, and no commit waits in SQLite's busy handler (the loop's
+        own commits for /history, a first join or a resume from disk still can, for those milliseconds)."""
+        self._commits_held = True
+        self._restart = asyncio.ensure_future(asyncio.to_thread(self.store.restart_log))
+        try:
+            await asyncio.wait({self._restart}, timeout=LOG_RESTART_HOLD)
+        finally:
+            self._commits_held = False
+            self._schedule_flush()
+        return await self._restart
 
     # --- stats ---------------------------------------------------------------------------------------------
 
@@ -710,6 +726,8 @@ class Server:
     async def close(self) -> None:
         if self._checkpoints is not None:
             self._checkpoints.cancel()
+        if self._restart is not None and not self._restart.done():  # its thread holds SQLite's write lock
+            await asyncio.wait({self._restart}, timeout=2.0)
         for conn in list(self.handoff):
             self._release_handoff(conn)
         for slot in self.slots:
@@ -730,8 +748,7 @@ class Server:
         for s in self.hub.sessions.values():
             self.store.put_session(s.row())
         self.store.commit(time.time(), force=True)  # even within the retry wait of a failed write
-        if self.store.checkpoint():  # nothing writes now: the log can start over at no cost
-            self.store.restart_log()
+        self.store.checkpoint()
         self.store.close()
         if self.listener is not None:
             self.listener.close()
