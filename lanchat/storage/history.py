@@ -613,15 +613,12 @@ class HistoryStore:
         milliseconds). Measured: 460 MB of log after 12 s at 27,000 messages a second, growing for as long
         as the load lasted. At human rates the log starts over by itself and this returns False."""
         with self._ckpt_lock:
-            if self._closed or self._db is None:
+            done = self._wal_checkpoint("PASSIVE")
+            if done is None:
                 return False
-            try:
-                _, frames, _ = self._checkpointer().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            except sqlite3.Error as exc:
-                log.debug("history: checkpoint skipped: %s", exc)
-                return False
+            frames = done[1]
             # After a restart the log's header keeps its old size until the next commit writes: not due again.
-            return bool(frames * (self._page + WAL_FRAME_HEADER) > self.wal_limit and frames != self._restarted)
+            return frames * (self._page + WAL_FRAME_HEADER) > self.wal_limit and frames != self._restarted
 
     def restart_log(self) -> bool:
         """Copy what is left of the log and start it over (RESTART); True if it did. Call it from a worker
@@ -632,17 +629,26 @@ class HistoryStore:
         A reader that keeps the log in use (a backup, a ``sqlite3`` shell in a transaction) keeps it from
         starting over: this then gives up after RESTART_BUSY_WAIT (False), and the caller backs off."""
         with self._ckpt_lock:
-            if self._closed or self._db is None:
+            done = self._wal_checkpoint("RESTART")
+            if done is None:
                 return False
-            try:
-                busy, frames, _ = self._checkpointer().execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-            except sqlite3.Error as exc:
-                log.debug("history: restart of the log skipped: %s", exc)
-                return False
+            busy, frames = done
             log.debug("history: write-ahead log of %d pages started over%s", frames, " (busy)" if busy else "")
             if not busy:
                 self._restarted = frames
             return not busy
+
+    def _wal_checkpoint(self, mode: str) -> tuple[bool, int] | None:
+        """One checkpoint (under _ckpt_lock): whether it found the log busy, and the log's pages; None if
+        the store is closed or it failed (it is tried again a second later)."""
+        if self._closed or self._db is None:
+            return None
+        try:
+            busy, frames, _ = self._checkpointer().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("history: checkpoint (%s) skipped: %s", mode, exc)
+            return None
+        return bool(busy), int(frames)
 
     def _checkpointer(self) -> sqlite3.Connection:
         if self._ckpt is None:

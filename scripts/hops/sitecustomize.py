@@ -49,29 +49,29 @@ def _stamps(data: bytes) -> list[bytes]:
     return found
 
 
+def _noting(kind: str, pending: list[bytes], method: Callable[[Any, bytes], None]) -> Callable[[Any, bytes], None]:
+    """``method``, after it logs the stamps in its argument as ``kind`` and notes them in ``pending``."""
+
+    def wrapper(self: Any, data: bytes) -> None:
+        s = _stamps(data)
+        _log(kind, s)
+        pending.extend(s)
+        method(self, data)
+
+    return wrapper
+
+
 def _patch_worker(mod: Any) -> None:
     w = mod.Worker
     fwd: list[bytes] = []  # read from clients, not yet written to the hub
     rly: list[bytes] = []  # relayed by the hub, not yet sent in a round
     post, flush_hub, from_hub, fanout = w.post, w._flush_hub, w.from_hub, w._fanout
 
-    def p_post(self: Any, frame: bytes) -> None:
-        s = _stamps(frame)
-        _log("Win", s)
-        fwd.extend(s)
-        post(self, frame)
-
     def p_flush_hub(self: Any) -> None:
         flush_hub(self)
         if fwd and not self._hub_out:
             _log("Wfwd", fwd)
             fwd.clear()
-
-    def p_from_hub(self: Any, data: bytes) -> None:
-        s = _stamps(data)
-        _log("Wrly", s)
-        rly.extend(s)
-        from_hub(self, data)
 
     def p_fanout(self: Any) -> None:
         t0, ran = time.monotonic(), bool(self.dirty)
@@ -81,7 +81,8 @@ def _patch_worker(mod: Any) -> None:
             _log("Ws1", rly)
             rly.clear()
 
-    w.post, w._flush_hub, w.from_hub, w._fanout = p_post, p_flush_hub, p_from_hub, p_fanout
+    w.post, w.from_hub = _noting("Win", fwd, post), _noting("Wrly", rly, from_hub)
+    w._flush_hub, w._fanout = p_flush_hub, p_fanout
 
 
 def _patch_main(mod: Any) -> None:
