@@ -125,11 +125,11 @@ class _Run:
     lines: list[bytes]
 
 
-@dataclass(slots=True)  # not frozen: one per event, and a frozen __init__ costs twice as much
-class _Recent:
-    seq: int
-    convs: tuple[str, ...]
-    line: bytes
+# An event of the resume ring: (seq, convs, line). A plain tuple, not a class: the garbage collector stops
+# tracking a tuple of ints, strings and bytes, so the ring's 50,000 events, replaced at the message rate, never
+# count towards a full collection. As objects they did, and the main process's full collections scanned them
+# all: 20-27 ms, with most of the benchmark's slowest messages in flight (docs/benchmarks.md, "Levers").
+_Recent = tuple[int, tuple[str, ...], bytes]
 
 
 class Hub:
@@ -381,11 +381,11 @@ class Hub:
             self.store.add_event(seq, convs, ts, kind, line[:-1].decode())
             recent = self.recent
             if len(recent) == recent.maxlen:
-                self._recent_bytes -= len(recent[0].line)
-            recent.append(_Recent(seq, convs, line))
+                self._recent_bytes -= len(recent[0][2])
+            recent.append((seq, convs, line))
             self._recent_bytes += len(line)
             while self._recent_bytes > self.recent_bytes:
-                self._recent_bytes -= len(recent.popleft().line)
+                self._recent_bytes -= len(recent.popleft()[2])
             for conv in convs:
                 room = self.rooms.get(conv)
                 if room is not None and room.tail_loaded:
@@ -554,12 +554,12 @@ class Hub:
         recent = self.recent
 
         def mine(newest_above: int) -> Iterator[bytes]:  # the ring's events for s above a seq, newest first
-            for e in takewhile(lambda e: e.seq > newest_above, reversed(recent)):
-                if not wanted.isdisjoint(e.convs) or (left and any(left.get(c, -1) >= e.seq for c in e.convs)):
-                    yield e.line
+            for seq, convs, line in takewhile(lambda e: e[0] > newest_above, reversed(recent)):
+                if not wanted.isdisjoint(convs) or (left and any(left.get(c, -1) >= seq for c in convs)):
+                    yield line
 
         newest_first: Iterable[bytes]
-        from_disk = not (recent and recent[0].seq <= after + 1)
+        from_disk = not (recent and recent[0][0] <= after + 1)
         gap = False
         reads_failed = self.store.reads_failed
         if not from_disk:  # the ring holds all of it
@@ -568,7 +568,7 @@ class Hub:
             self.store.commit(now)
             # A hole: events history lost, or holds for a failing disk from before the ring's oldest (those
             # after it the ring serves: a failing disk alone is no hole, reads still work).
-            ring0 = recent[0].seq if recent else None
+            ring0 = recent[0][0] if recent else None
             lost = max((self.store.lost_upto(c) for c in s.convs), default=0)
             gap = lost > after or self.store.held(s.convs, after, ring0)
             for conv, upto in left.items():  # a room left: only a hole up to its part counts
@@ -755,9 +755,9 @@ class Hub:
             return lines, more
         newest = int(json.loads(lines[-1])["seq"]) if lines else (after or 0)
         held = [
-            e.line[:-1].decode()
-            for e in self.recent
-            if e.seq > newest and (before is None or e.seq < before) and conv in e.convs
+            line[:-1].decode()
+            for seq, convs, line in self.recent
+            if seq > newest and (before is None or seq < before) and conv in convs
         ]
         if not held:
             return lines, more

@@ -31,6 +31,7 @@ from lanchat.config import ServerConfig
 from lanchat.errors import RemoteProtocolError, StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
+from lanchat.server import heap
 from lanchat.server.hub import Hub
 from lanchat.server.worker import EXIT_BOOT_FAILED
 from lanchat.storage.history import HistoryStore
@@ -784,6 +785,7 @@ async def _amain(config: ServerConfig) -> int:
         log.critical("%s", exc)
         await server.close()
         return EXIT_WORKER_BOOT
+    heap.settle()
     await server.done.wait()
     await server.close()
     log.info("stopped")

@@ -25,6 +25,7 @@ from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
 from lanchat.protocol.server_conn import Action, Forward, Mode, Reply, ServerConnection, render_for_plain
+from lanchat.server import heap
 
 log = logging.getLogger("lanchat.worker")
 
@@ -648,6 +649,7 @@ async def _amain(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides; Ctrl-C hits the group
     loop.add_signal_handler(signal.SIGTERM, lambda: worker.shutdown("server shutting down"))
     await worker.start()
+    heap.settle()
     await worker.done.wait()
     if worker.ctrl is not None:
         worker._flush()

@@ -1628,7 +1628,7 @@ def test_a_resume_while_the_disk_fails_says_gap_only_for_what_is_missing(
 
     say("games", "g0", "g1", "g2")
     say("lobby", "m0", "m1")  # the ring (3) begins after al's last seq, but has all al missed
-    assert hub.recent[0].seq > last_seq + 1 and hub.store.degraded
+    assert hub.recent[0][0] > last_seq + 1 and hub.store.degraded
     assert replay(3) == (False, ["m0", "m1"])
     say("lobby", "m2", "m3", "m4")  # m0 and m1 are now only in the held writes: no read finds them
     assert replay(4) == (True, ["m2", "m3", "m4"])
@@ -1770,7 +1770,7 @@ def test_the_resume_ring_is_bounded_in_bytes(tmp_path: Path, stores: list[Histor
     net = Workers(make_hub(stores, tmp_path, recent_bytes=3000))
     hub = net.hub
     token, last_seq = away_while_bo_posts(net, [f"{i:02}" + "y" * 200 for i in range(30)], commit_each=False)
-    assert hub._recent_bytes == sum(len(e.line) for e in hub.recent) <= 3000
+    assert hub._recent_bytes == sum(len(line) for _, _, line in hub.recent) <= 3000
     assert 5 < len(hub.recent) < 30
     texts = [f["text"][:2] for f in resumed(net, token, last_seq) if f.get("type") == "msg"]
     assert texts == [f"{i:02}" for i in range(30)]
