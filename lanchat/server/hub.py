@@ -126,9 +126,10 @@ class _Run:
 
 
 # An event of the resume ring: (seq, convs, line). A plain tuple, not a class: the garbage collector stops
-# tracking a tuple of ints, strings and bytes, so the ring's 50,000 events, replaced at the message rate, never
-# count towards a full collection. As objects they did, and the main process's full collections scanned them
-# all: 20-27 ms, with most of the benchmark's slowest messages in flight (docs/benchmarks.md, "Levers").
+# tracking a tuple of ints, strings and bytes (at its first collection of the middle generation), so the
+# ring's 50,000 events, replaced at the message rate, never reach the oldest generation. As objects they did,
+# and set off full collections of the main process mid-load, 12-35 ms each with nothing relayed
+# (docs/benchmarks.md, "Levers"; see also heap.py).
 _Recent = tuple[int, tuple[str, ...], bytes]
 
 

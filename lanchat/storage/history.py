@@ -57,8 +57,8 @@ REPLAY_FIRST_PAGE: Final = 16  # ... but the first read of each is this small, t
 # which the file is cut back when it starts over. The log grows by whole pages per commit: at 27,000
 # messages a second (one commit per hub tick) about 40 MB a second, so under such a load it starts over
 # every six seconds or so, each time holding the hub's commits for 6-12 ms; at 64 MiB (every 1.6 s) the
-# benchmark's p99 at C = 100 was 20-40 % worse (docs/benchmarks.md, "Levers"). A chat at human rates
-# starts it over by itself at every checkpoint.
+# benchmark's p99 at C = 100 was 20-40 % worse (docs/benchmarks.md, "Levers"). At human chat rates SQLite
+# starts it over by itself.
 WAL_LIMIT: Final = 256 * 1024 * 1024
 WAL_FRAME_HEADER: Final = 24  # bytes before each page in the log
 # Seconds a restart of the log waits for readers still using it (PRAGMA busy_timeout of the checkpoint's
