@@ -106,7 +106,9 @@ def main() -> int:
     p.add_argument("--lanchat-ref", help="measure this commit's lanchat/ (bench.py --lanchat-ref)")
     p.add_argument("--keep", type=Path, help="keep the per-process logs in this directory")
     p.add_argument(
-        "--gc-freeze", action="store_true", help="a lever to measure: gc.freeze() in every server process once started"
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() in every server process once started (lanchat does since 4c88154)",
     )
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lanchat-hops-"))

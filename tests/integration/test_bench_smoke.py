@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark (scripts/bench.py): it runs against lanchat and reports no loss.
+"""Smoke test of the benchmark (scripts/bench.py; scripts/bench_hops.py): it runs against lanchat, loses nothing.
 
 Owned by the benchmark. Tiny scenarios (20 receivers, 2 s at a low fixed rate; 200 idle clients and one
 broadcast; loopback only); no timed assertion: the figures depend on the machine, only "it runs, counts,
@@ -47,6 +47,22 @@ def test_bench_runs_against_lanchat_without_loss(tmp_path: Path) -> None:
     assert idle["connected"] == 201 and idle["broadcast_reached"] == [200], idle  # 200 and the poster
     assert idle["broadcast_clock"] == "kernel receive timestamp"
     assert 0 < idle["broadcast_ms"][0] < 10_000, idle  # a kernel timestamp after the post, before the deadline
+
+
+def test_bench_hops_traces_every_hop() -> None:
+    """scripts/bench_hops.py wraps lanchat's methods by name (Worker.post, Hub.drain, ...): a rename would
+    leave it tracing nothing. A short light step must trace messages through every hop."""
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "bench_hops.py"),
+        "--clients", "20", "--rate", "100000", "--duration", "2",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "sampled messages; intended send -> end of the round" in out, out
+    for hop in ("to worker", "in worker", "pipe to hub", "hub ", "pipe back", "wait round", "round "):
+        assert "\n" + hop in out, (hop, out)
+    assert "history checkpoints:" in out and "full collections in the main process:" in out, out
 
 
 def test_the_generator_counts_every_message_however_reads_cut_the_stream() -> None:
