@@ -7,8 +7,10 @@ The hops: the worker reads the message (``Worker.post``), writes it to the hub (
 process reads it (``_from_worker``), commits and relays it (``Hub.drain`` for worker 0); the worker reads
 the relay (``from_hub``) and sends it in a fan-out round (``_fanout``: its start and end). Also logged: each
 history checkpoint's span and every full garbage collection (generation 2) of the main process, so that
-the slowest messages can be set beside them. The instrumentation is scripts/hops/sitecustomize.py, put on
-the servers' PYTHONPATH for the run: lanchat itself is not changed; it costs a ``find`` per frame.
+the slowest messages can be set beside them, and each history commit (the main process's loop waits for
+it): how many a second, how long, and their share of the step. The instrumentation is
+scripts/hops/sitecustomize.py, put on the servers' PYTHONPATH for the run: lanchat itself is not changed;
+it costs a ``find`` per frame.
 
   .venv/bin/python scripts/bench_hops.py --workers 1 --rate 2700000 --duration 5 [--lanchat-ref REF]
 
@@ -50,7 +52,7 @@ def analyse(out_dir: Path) -> None:
     for f in out_dir.glob("hops-*.log"):
         for line in f.read_text().splitlines():
             kind, a, b = line.split()
-            if kind in ("CKPT", "GC2"):
+            if kind in ("CKPT", "COMMIT", "GC2"):
                 events.append((kind, int(b), int(a)))
                 continue
             stamp, t = int(a), int(b)
@@ -95,6 +97,11 @@ def analyse(out_dir: Path) -> None:
         durations = ", ".join(f"{(b - a) / 1e3:.0f}" for a, b in spans[:12])
         print(f"{what}: {len(spans)} ({durations} ms; {share:.1%} of the step); "
               f"the slowest 1 % in flight during one: {near} of {len(slow)}")  # fmt: skip
+    commits = sorted(float(d) for k, t, d in events if k == "COMMIT" and t0 <= t <= t1)
+    if commits:  # the hub's loop waits for each: its share of the step is time the main process reads nothing
+        print(f"history commits: {len(commits) / max(1e-6, (t1 - t0) / 1e6):.0f} a second, "
+              f"p50 {pct(commits, 0.5) / 1e3:.2f} ms, p99 {pct(commits, 0.99) / 1e3:.2f} ms, "
+              f"max {commits[-1] / 1e3:.1f} ms; {sum(commits) / max(1, t1 - t0):.1%} of the step")  # fmt: skip
 
 
 def main() -> int:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
+
+from lanchat.storage import reserve
 
 os.environ["LANCHAT_INTERFACE"] = "lo"  # also for subprocesses started outside monkeypatch
 
@@ -32,3 +35,17 @@ def _loopback_only_and_clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         t.join(timeout=2)
     extra = [t for t in extra if t.is_alive()]
     assert not extra, f"test left threads running: {extra}"
+
+
+@pytest.fixture
+def reservable(tmp_path: Path) -> None:
+    """Skips a test of reserved disk blocks where tmp_path's filesystem cannot reserve them (ext4, XFS,
+    Btrfs and tmpfs can)."""
+    probe = tmp_path / "reserve-probe"
+    probe.write_bytes(b"")
+    try:
+        reserve.reserve(probe, 0, 4096)
+    except OSError as exc:
+        pytest.skip(f"this filesystem cannot reserve blocks past a file's end: {exc}")
+    finally:
+        probe.unlink()

@@ -3,8 +3,8 @@ puts this directory on their PYTHONPATH, so Python imports it at start). Inert u
 set; lanchat's code is not changed: its classes are wrapped as their modules load.
 
 Each process appends "KIND STAMP MICROSECONDS" lines (CLOCK_MONOTONIC, as the stamps) to
-LANCHAT_HOPS_DIR/hops-PID.log at exit, plus "CKPT"/"GC2" lines (duration, start) for history checkpoints
-and full garbage collections of the main process."""
+LANCHAT_HOPS_DIR/hops-PID.log at exit, plus "CKPT"/"COMMIT"/"GC2" lines (duration, start) for history
+checkpoints, history commits and full garbage collections of the main process."""
 
 from __future__ import annotations
 
@@ -137,6 +137,16 @@ def _patch_history(mod: Any) -> None:
             _out.append(f"CKPT {int((time.monotonic() - t) * 1e6)} {int(t * 1e6)}\n")
 
     mod.HistoryStore.checkpoint = p_checkpoint
+    commit = mod.HistoryStore.commit
+
+    def p_commit(self: Any, *a: Any, **k: Any) -> Any:  # on the hub's loop: it waits for each
+        t = time.monotonic()
+        try:
+            return commit(self, *a, **k)
+        finally:
+            _out.append(f"COMMIT {int((time.monotonic() - t) * 1e6)} {int(t * 1e6)}\n")
+
+    mod.HistoryStore.commit = p_commit
 
 
 _PATCHES: dict[str, Callable[[Any], None]] = {

@@ -63,6 +63,7 @@ def test_bench_hops_traces_every_hop() -> None:
     for hop in ("to worker", "in worker", "pipe to hub", "hub ", "pipe back", "wait round", "round "):
         assert "\n" + hop in out, (hop, out)
     assert "history checkpoints:" in out and "full collections in the main process:" in out, out
+    assert "history commits: " in out, out  # the hub commits at every tick that has events
 
 
 def test_the_generator_counts_every_message_however_reads_cut_the_stream() -> None:
