@@ -63,11 +63,13 @@ REPLAY_FIRST_PAGE: Final = 16  # ... but the first read of each is this small, t
 # starts it over by itself.
 WAL_LIMIT: Final = 256 * 1024 * 1024
 WAL_FRAME_HEADER: Final = 24  # bytes before each page in the log
-# Before each checkpoint, disk blocks are reserved past the end of a growing log's file for this many times
-# what it grew by since the last (at most wal_limit): on ext4 a commit that grew the log waited for its
-# blocks while the checkpoint's fsync ran (the slowest in a checkpoint 7-16 ms; reserved, 2-5: reserve.py). A log
-# that does not grow (human rates: it starts over by itself) reserves nothing. The blocks stay reserved
-# past the file's size (``du`` counts them) until SQLite cuts the file back or removes it.
+WAL_HEADER: Final = 32  # bytes before the log's first frame
+# After each checkpoint, disk blocks are reserved past the log's file for the log's next growth: as far as
+# its end plus this many times what it grew by since the last checkpoint (at most wal_limit more). On ext4
+# a commit that grew the file waited for its blocks while the checkpoint's fsync ran (the slowest in a
+# checkpoint 7-16 ms; reserved, 2-5: reserve.py). Nothing is reserved while the log stays inside its file
+# (it started over, or does at human rates by itself). Blocks reserved past the file's size (``du``
+# counts them) are freed when SQLite cuts the file back (over wal_limit) or removes it (a clean stop).
 WAL_RESERVE_GROWTHS: Final = 2
 # Seconds a restart of the log waits for readers still using it (PRAGMA busy_timeout of the checkpoint's
 # connection), holding SQLite's write lock meanwhile: far less than the hub's hold (LOG_RESTART_HOLD).
@@ -143,8 +145,8 @@ class HistoryStore:
         self._ckpt_lock = threading.Lock()
         self._page = 4096  # the file's page size, read when the checkpoint connection opens
         self._restarted = -1  # the log's size in pages when restart_log last started it over
-        self._reserve = reserve.supported()  # reserve the log's blocks ahead (off after the first refusal)
-        self._wal_seen = 0  # the log file's size at the last checkpoint
+        self._reserve_blocks: bool | None = None  # for the log's growth (reserve.useful; off after a refusal)
+        self._log_end: int | None = None  # bytes of log at the last checkpoint (None: not seen yet)
         self._closed = False
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}
@@ -623,11 +625,11 @@ class HistoryStore:
         milliseconds). Measured: 460 MB of log after 12 s at 27,000 messages a second, growing for as long
         as the load lasted. At human rates the log starts over by itself and this returns False."""
         with self._ckpt_lock:
-            self._reserve_log()
             done = self._wal_checkpoint("PASSIVE")
             if done is None:
                 return False
             frames = done[1]
+            self._reserve_log(frames)
             # After a restart the log's header keeps its old size until the next commit writes: not due again.
             return frames * (self._page + WAL_FRAME_HEADER) > self.wal_limit and frames != self._restarted
 
@@ -649,26 +651,28 @@ class HistoryStore:
                 self._restarted = frames
             return not busy
 
-    def _reserve_log(self) -> None:
-        """Reserve the disk blocks the log will grow into by the next checkpoint (WAL_RESERVE_GROWTHS); under
-        _ckpt_lock: never while the store closes and SQLite may remove the file."""
-        if not self._reserve or self._closed:
+    def _reserve_log(self, frames: int) -> None:
+        """Reserve the disk blocks the log will grow into by the next checkpoint or two (WAL_RESERVE_GROWTHS),
+        after this checkpoint's fsyncs; under _ckpt_lock, so never while the store closes."""
+        end = WAL_HEADER + frames * (self._page + WAL_FRAME_HEADER)
+        last, self._log_end = self._log_end, end
+        if last is None or end <= last or self._db is None:  # first look (a crash's log), not growing, closed
             return
-        wal = f"{self.path}-wal"
+        wal = os.path.realpath(f"{self.path}-wal")  # SQLite follows a symlinked database to its directory
+        if self._reserve_blocks is None:
+            self._reserve_blocks = reserve.useful(os.path.dirname(wal))
+        if not self._reserve_blocks:
+            return
+        want = end + min(WAL_RESERVE_GROWTHS * (end - last), self.wal_limit)
         try:
             size = os.stat(wal).st_size
-        except OSError:
-            return
-        grown, self._wal_seen = size - self._wal_seen, size
-        if grown <= 0:  # not growing (or cut back, or new): nothing to reserve
-            return
-        try:  # SQLite may append meanwhile: blocks it has written are left as they are
-            reserve.reserve(wal, size, min(WAL_RESERVE_GROWTHS * grown, self.wal_limit))
+            if want > size:  # blocks inside the file exist: the log may have started over within it
+                reserve.reserve(wal, size, want - size)  # SQLite may append meanwhile: its blocks stay as they are
         except OSError as exc:
             if exc.errno in reserve.UNSUPPORTED:  # the log grows as SQLite writes it, as before
-                self._reserve = False
+                self._reserve_blocks = False
                 log.info("history: cannot reserve disk blocks for the write-ahead log (%s); going on without", exc)
-            else:  # a full disk, say: SQLite's own writes will say so; tried again at the next checkpoint
+            else:  # the file gone with a stop, say; tried again at the next checkpoint
                 log.debug("history: reserving disk blocks for the write-ahead log failed: %s", exc)
 
     def _wal_checkpoint(self, mode: str) -> tuple[bool, int] | None:

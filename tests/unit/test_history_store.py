@@ -898,9 +898,10 @@ def grow_the_log(store: HistoryStore, first: int, n: int = 100) -> int:
 @pytest.mark.usefixtures("reservable")
 def test_a_growing_log_has_the_blocks_of_its_next_growth_reserved(tmp_path: Path) -> None:
     """While the log grows (here a reader keeps it from starting over, as a steady load does), each
-    checkpoint reserves disk blocks past the file's end for twice what it grew by: on ext4 a commit that
-    grew the file during a checkpoint's fsync waited for its blocks (7-16 ms). The file itself, all
-    SQLite sees, is unchanged; a log that stops growing gets nothing more."""
+    checkpoint reserves disk blocks past the file's end for twice what it grew by since the last: on ext4 a
+    commit that grew the file during a checkpoint's fsync waited for its blocks (7-16 ms). The file itself,
+    all SQLite sees, is unchanged; the first look (perhaps at a log left by a crash) and a log that stops
+    growing reserve nothing."""
     store = HistoryStore(tmp_path)
     wal = tmp_path / "history.sqlite3-wal"
     reader = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
@@ -908,7 +909,9 @@ def test_a_growing_log_has_the_blocks_of_its_next_growth_reserved(tmp_path: Path
         seq = grow_the_log(store, 1)
         reader.execute("BEGIN")
         assert reader.execute("SELECT count(*) FROM events").fetchone()[0] > 0  # holds the log's snapshot
-        seen = 0
+        store.checkpoint()
+        seen = wal.stat().st_size
+        assert wal.stat().st_blocks * 512 < seen + 65536  # the first look
         for _ in range(3):
             seq = grow_the_log(store, seq)
             size = wal.stat().st_size
@@ -921,7 +924,7 @@ def test_a_growing_log_has_the_blocks_of_its_next_growth_reserved(tmp_path: Path
         held = wal.stat().st_blocks
         seq = grow_the_log(store, seq, 10)
         store.checkpoint()
-        assert wal.stat().st_blocks == held  # not growing: nothing more reserved
+        assert wal.stat().st_blocks == held  # inside its file: nothing more reserved
         assert len(store.events("lobby", limit=1000)[0]) == seq - 1  # every event readable
     finally:
         reader.close()
@@ -932,15 +935,15 @@ def test_a_growing_log_has_the_blocks_of_its_next_growth_reserved(tmp_path: Path
 def test_a_filesystem_that_cannot_reserve_blocks_is_asked_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, err: int, asked: int
 ) -> None:
-    """A filesystem that cannot reserve blocks (EOPNOTSUPP) is not asked again; a full disk is, at the
-    next checkpoint. Either way the checkpoints go on as before."""
+    """A filesystem that cannot reserve blocks (EOPNOTSUPP) is not asked again; after another error it is,
+    at the next checkpoint. Either way the checkpoints go on as before."""
     calls = []
 
     def refuse(path: Any, start: int, length: int) -> bool:
         calls.append(length)
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(reserve, "supported", lambda: True)
+    monkeypatch.setattr(reserve, "useful", lambda directory: True)
     monkeypatch.setattr(reserve, "reserve", refuse)
     caplog.set_level(logging.DEBUG, logger="lanchat.storage")
     store = HistoryStore(tmp_path)
@@ -949,7 +952,7 @@ def test_a_filesystem_that_cannot_reserve_blocks_is_asked_once(
         seq = grow_the_log(store, 1)
         reader.execute("BEGIN")
         assert reader.execute("SELECT count(*) FROM events").fetchone()[0] > 0  # the log grows from here on
-        for _ in range(2):
+        for _ in range(3):  # the first look, then two growths
             seq = grow_the_log(store, seq)
             assert not store.checkpoint()  # copies what it can, as before
         assert len(calls) == asked
@@ -961,34 +964,37 @@ def test_a_filesystem_that_cannot_reserve_blocks_is_asked_once(
         store.close()
 
 
+@pytest.mark.usefixtures("reservable")
 def test_a_log_with_reserved_blocks_is_recovered_after_a_crash(tmp_path: Path) -> None:
     """A process that dies with its log's blocks reserved (no close, no final checkpoint): the next open
     recovers every committed event from the log, and writes go on."""
     code = textwrap.dedent(f"""
-        import os, sqlite3, sys
+        import os, sqlite3
         from pathlib import Path
         from lanchat.storage.history import HistoryStore
         store = HistoryStore(Path({str(tmp_path)!r}))
         reader = sqlite3.connect(store.path, isolation_level=None)
         seq = 1
-        for round in range(3):
+        for round in range(4):
             for _ in range(50):
                 store.add_event(seq, ("lobby",), 1.0, "msg", {LINE!r})
                 seq += 1
             assert store.commit(1.0)
-            if round == 0:
+            if round == 0:  # the log grows from here on
                 reader.execute("BEGIN")
                 reader.execute("SELECT count(*) FROM events").fetchone()
             store.checkpoint()
+        wal = os.stat(str(store.path) + "-wal")
+        assert wal.st_blocks * 512 > wal.st_size + 65536, "nothing reserved"
         os._exit(0)
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     store = HistoryStore(tmp_path)
     try:
-        assert [len(store.events("lobby", limit=500)[0])] == [150]
-        store.add_event(151, ("lobby",), 1.0, "msg", LINE)
+        assert len(store.events("lobby", limit=500)[0]) == 200
+        store.add_event(201, ("lobby",), 1.0, "msg", LINE)
         assert store.commit(1.0)
-        assert len(store.events("lobby", limit=500)[0]) == 151
+        assert len(store.events("lobby", limit=500)[0]) == 201
     finally:
         store.close()
 
