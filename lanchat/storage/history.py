@@ -64,12 +64,12 @@ REPLAY_FIRST_PAGE: Final = 16  # ... but the first read of each is this small, t
 WAL_LIMIT: Final = 256 * 1024 * 1024
 WAL_FRAME_HEADER: Final = 24  # bytes before each page in the log
 WAL_HEADER: Final = 32  # bytes before the log's first frame
-# After each checkpoint, disk blocks are reserved past the log's file for the log's next growth: as far as
-# its end plus this many times what it grew by since the last checkpoint (at most wal_limit more). On ext4
-# a commit that grew the file waited for its blocks while the checkpoint's fsync ran (the slowest in a
-# checkpoint 7-16 ms; reserved, 2-5: reserve.py). Nothing is reserved while the log stays inside its file
-# (it started over, or does at human rates by itself). Blocks reserved past the file's size (``du``
-# counts them) are freed when SQLite cuts the file back (over wal_limit) or removes it (a clean stop).
+# Around each checkpoint, disk blocks are reserved past the log's file for its next growth: this many times
+# what it grew by since the last checkpoint (at most wal_limit). On ext4 a commit that grew the file waited
+# for its blocks while the checkpoint's fsync ran (the slowest in a checkpoint 7-16 ms; reserved, 2-5 ms:
+# reserve.py). Nothing is reserved while the log stays inside its file (it started over, or does at human
+# rates by itself). Blocks reserved past the file's size (``du`` counts them) are freed when SQLite cuts
+# the file back (over wal_limit) or removes it (a clean stop).
 WAL_RESERVE_GROWTHS: Final = 2
 # Seconds a restart of the log waits for readers still using it (PRAGMA busy_timeout of the checkpoint's
 # connection), holding SQLite's write lock meanwhile: far less than the hub's hold (LOG_RESTART_HOLD).
@@ -147,6 +147,7 @@ class HistoryStore:
         self._restarted = -1  # the log's size in pages when restart_log last started it over
         self._reserve_blocks: bool | None = None  # for the log's growth (reserve.useful; off after a refusal)
         self._log_end: int | None = None  # bytes of log at the last checkpoint (None: not seen yet)
+        self._wal_size: int | None = None  # the log file's size before the last checkpoint (None: not seen yet)
         self._closed = False
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}
@@ -625,6 +626,9 @@ class HistoryStore:
         milliseconds). Measured: 460 MB of log after 12 s at 27,000 messages a second, growing for as long
         as the load lasted. At human rates the log starts over by itself and this returns False."""
         with self._ckpt_lock:
+            if self._closed:
+                return False
+            self._reserve_log()
             done = self._wal_checkpoint("PASSIVE")
             if done is None:
                 return False
@@ -651,22 +655,30 @@ class HistoryStore:
                 self._restarted = frames
             return not busy
 
-    def _reserve_log(self, frames: int) -> None:
-        """Reserve the disk blocks the log will grow into by the next checkpoint or two (WAL_RESERVE_GROWTHS),
-        after this checkpoint's fsyncs; under _ckpt_lock, so never while the store closes."""
-        end = WAL_HEADER + frames * (self._page + WAL_FRAME_HEADER)
-        last, self._log_end = self._log_end, end
-        if last is None or end <= last or self._db is None:  # first look (a crash's log), not growing, closed
+    def _reserve_log(self, frames: int | None = None) -> None:
+        """Reserve the disk blocks the log will grow into by the next checkpoint (WAL_RESERVE_GROWTHS times its
+        last growth; under _ckpt_lock, so never while the store closes). Before a checkpoint (``frames``
+        None) by the file's growth since the last look: a log climbing past its file, as after a start.
+        After it by the log's own end: a log that started over inside its file and comes to its end again
+        (the file does not grow until then). The first look (perhaps at a log left by a crash) reserves
+        nothing."""
+        if self._db is None:
             return
         wal = os.path.realpath(f"{self.path}-wal")  # SQLite follows a symlinked database to its directory
         if self._reserve_blocks is None:
             self._reserve_blocks = reserve.useful(os.path.dirname(wal))
         if not self._reserve_blocks:
             return
-        want = end + min(WAL_RESERVE_GROWTHS * (end - last), self.wal_limit)
         try:
             size = os.stat(wal).st_size
-            if want > size:  # blocks inside the file exist: the log may have started over within it
+            if frames is None:
+                last, self._wal_size = self._wal_size, size
+                end = size
+            else:
+                last, self._log_end = self._log_end, WAL_HEADER + frames * (self._page + WAL_FRAME_HEADER)
+                end = self._log_end
+            want = end + min(WAL_RESERVE_GROWTHS * (end - last), self.wal_limit) if last is not None else 0
+            if want > size:  # blocks inside the file exist already
                 reserve.reserve(wal, size, want - size)  # SQLite may append meanwhile: its blocks stay as they are
         except OSError as exc:
             if exc.errno in reserve.UNSUPPORTED:  # the log grows as SQLite writes it, as before
