@@ -147,7 +147,7 @@ class HistoryStore:
         self._restarted = -1  # the log's size in pages when restart_log last started it over
         self._reserve_blocks: bool | None = None  # for the log's growth (reserve.useful; off after a refusal)
         self._log_end: int | None = None  # bytes of log at the last checkpoint (None: not seen yet)
-        self._wal_size: int | None = None  # the log file's size before the last checkpoint (None: not seen yet)
+        self._wal_size = 0  # the log file's size before the last checkpoint (or at the open)
         self._closed = False
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}
@@ -184,6 +184,10 @@ class HistoryStore:
                 "another --data-dir"
             ) from None
         self._db = db
+        try:  # the log's growth is counted from here: one left by a crash is not growth (_reserve_log)
+            self._wal_size = os.stat(os.path.realpath(f"{self.path}-wal")).st_size
+        except OSError:
+            self._wal_size = 0
         if self.degraded:
             log.warning("history: database open again at %s; writing resumes", self.path)
         self.degraded = False
@@ -658,10 +662,9 @@ class HistoryStore:
     def _reserve_log(self, frames: int | None = None) -> None:
         """Reserve the disk blocks the log will grow into by the next checkpoint (WAL_RESERVE_GROWTHS times its
         last growth; under _ckpt_lock, so never while the store closes). Before a checkpoint (``frames``
-        None) by the file's growth since the last look: a log climbing past its file, as after a start.
-        After it by the log's own end: a log that started over inside its file and comes to its end again
-        (the file does not grow until then). The first look (perhaps at a log left by a crash) reserves
-        nothing."""
+        None) by the file's growth since the last checkpoint (or the open): a log climbing past its file, as
+        after a start. After it by the log's own end: a log that started over inside its file and comes to
+        its end again (the file does not grow until then; the first look at the log's end reserves nothing)."""
         if self._db is None:
             return
         wal = os.path.realpath(f"{self.path}-wal")  # SQLite follows a symlinked database to its directory
@@ -671,6 +674,7 @@ class HistoryStore:
             return
         try:
             size = os.stat(wal).st_size
+            last: int | None
             if frames is None:
                 last, self._wal_size = self._wal_size, size
                 end = size
