@@ -183,11 +183,11 @@ class HistoryStore:
                 f"{self.path} is not a usable lanchat history database ({exc}); move it away or choose "
                 "another --data-dir"
             ) from None
-        self._db = db
-        try:  # the log's growth is counted from here: one left by a crash is not growth (_reserve_log)
+        try:  # the log's growth is counted from here (before _db: the checkpoint thread may look at once)
             self._wal_size = os.stat(os.path.realpath(f"{self.path}-wal")).st_size
         except OSError:
             self._wal_size = 0
+        self._db = db
         if self.degraded:
             log.warning("history: database open again at %s; writing resumes", self.path)
         self.degraded = False
@@ -637,9 +637,11 @@ class HistoryStore:
             if done is None:
                 return False
             frames = done[1]
-            self._reserve_log(frames)
             # After a restart the log's header keeps its old size until the next commit writes: not due again.
-            return frames * (self._page + WAL_FRAME_HEADER) > self.wal_limit and frames != self._restarted
+            due = frames * (self._page + WAL_FRAME_HEADER) > self.wal_limit and frames != self._restarted
+            if not due:  # a restart cuts the file back at its next commit: blocks reserved now would go with it
+                self._reserve_log(frames)
+            return due
 
     def restart_log(self) -> bool:
         """Copy what is left of the log and start it over (RESTART); True if it did. Call it from a worker
@@ -678,6 +680,9 @@ class HistoryStore:
             if frames is None:
                 last, self._wal_size = self._wal_size, size
                 end = size
+            elif frames < 0:  # another process held the checkpoint (SQLite answers -1): no end to go by
+                self._log_end = None
+                return
             else:
                 last, self._log_end = self._log_end, WAL_HEADER + frames * (self._page + WAL_FRAME_HEADER)
                 end = self._log_end

@@ -27,8 +27,8 @@ FALLOC_FL_KEEP_SIZE: Final = 0x01  # linux/falloc.h
 USEFUL_FILESYSTEMS: Final = frozenset({0xEF53, 0x58465342})  # ext2/3/4, XFS
 # What a filesystem (or system) that cannot reserve blocks answers: asking again would not help.
 UNSUPPORTED: Final = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
-# Never take the last of a disk: a reservation is skipped unless this much, and four times its size, stays
-# free (a full disk is SQLite's to report, and a reservation would bring it on sooner).
+# Never take the last of a disk: a reservation is skipped unless this much stays free after it (a full disk
+# is SQLite's to report, and a reservation would bring it on sooner).
 KEEP_FREE: Final = 1 << 30
 
 _Fallocate = Callable[[int, int, int, int], int]
@@ -64,13 +64,13 @@ def useful(directory: str | os.PathLike[str]) -> bool:
     buf = _ctypes.create_string_buffer(512)  # struct statfs(64): f_type, a native word, comes first
     if _statfs(os.fsencode(directory), buf) != 0:
         return False
-    return _ctypes.c_long.from_buffer(buf).value in USEFUL_FILESYSTEMS
+    return _ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF in USEFUL_FILESYSTEMS  # 32-bit magics
 
 
 def reserve(path: str | os.PathLike[str], start: int, length: int) -> bool:
     """Allocate the blocks of ``path`` for ``[start, start + length)`` and keep its size and its bytes
     (blocks already allocated, or written meanwhile, are left as they are). False if the file is missing
-    or the disk is short of space (KEEP_FREE); OSError if this system or filesystem cannot (an errno in
+    or the disk would be left short of space (KEEP_FREE); OSError if this system or filesystem cannot (an errno in
     UNSUPPORTED: the caller stops asking) or the call failed. The file is opened for this call only
     (SQLite keeps no lock on a write-ahead log's own file, only on the database and the -shm file:
     closing another descriptor of it releases nothing of SQLite's)."""
@@ -84,7 +84,7 @@ def reserve(path: str | os.PathLike[str], start: int, length: int) -> bool:
         return False
     try:
         st = os.fstatvfs(fd)
-        if st.f_bavail * st.f_frsize < max(KEEP_FREE, 4 * length):
+        if st.f_bavail * st.f_frsize - length < KEEP_FREE:
             return False
         if _fallocate(fd, FALLOC_FL_KEEP_SIZE, start, length) != 0:
             err = _ctypes.get_errno()
