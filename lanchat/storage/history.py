@@ -148,6 +148,7 @@ class HistoryStore:
         self._reserve_blocks: bool | None = None  # for the log's growth (reserve.useful; off after a refusal)
         self._log_end: int | None = None  # bytes of log at the last checkpoint (None: not seen yet)
         self._wal_size = 0  # the log file's size before the last checkpoint (or at the open)
+        self._wal_file = ""  # the log's real path, set at the open
         self._closed = False
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}
@@ -183,8 +184,10 @@ class HistoryStore:
                 f"{self.path} is not a usable lanchat history database ({exc}); move it away or choose "
                 "another --data-dir"
             ) from None
+        # SQLite keeps the log beside the database's real file (it follows a symlinked database).
+        self._wal_file = os.path.realpath(self.path) + "-wal"
         try:  # the log's growth is counted from here (before _db: the checkpoint thread may look at once)
-            self._wal_size = os.stat(os.path.realpath(f"{self.path}-wal")).st_size
+            self._wal_size = os.stat(self._wal_file).st_size
         except OSError:
             self._wal_size = 0
         self._db = db
@@ -669,7 +672,7 @@ class HistoryStore:
         its end again (the file does not grow until then; the first look at the log's end reserves nothing)."""
         if self._db is None:
             return
-        wal = os.path.realpath(f"{self.path}-wal")  # SQLite follows a symlinked database to its directory
+        wal = self._wal_file
         if self._reserve_blocks is None:
             self._reserve_blocks = reserve.useful(os.path.dirname(wal))
         if not self._reserve_blocks:

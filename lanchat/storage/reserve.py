@@ -70,9 +70,9 @@ def useful(directory: str | os.PathLike[str]) -> bool:
 def reserve(path: str | os.PathLike[str], start: int, length: int) -> bool:
     """Allocate the blocks of ``path`` for ``[start, start + length)`` and keep its size and its bytes
     (blocks already allocated, or written meanwhile, are left as they are). False if the file is missing
-    or the disk would be left short of space (KEEP_FREE); OSError if this system or filesystem cannot (an errno in
-    UNSUPPORTED: the caller stops asking) or the call failed. The file is opened for this call only
-    (SQLite keeps no lock on a write-ahead log's own file, only on the database and the -shm file:
+    or the disk would be left short of space (KEEP_FREE); OSError if this system or filesystem cannot (an
+    errno in UNSUPPORTED: the caller stops asking) or the call failed. The file is opened for this call
+    only (SQLite keeps no lock on a write-ahead log's own file, only on the database and the -shm file:
     closing another descriptor of it releases nothing of SQLite's)."""
     if _ctypes is None or _fallocate is None:
         raise OSError(errno.ENOSYS, "fallocate is not available on this system")

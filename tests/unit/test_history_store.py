@@ -973,6 +973,26 @@ def test_a_log_started_over_inside_its_file_has_blocks_reserved_before_it_reache
         store.close()
 
 
+@pytest.mark.usefixtures("reservable")
+def test_the_log_of_a_symlinked_database_is_reserved_beside_its_real_file(tmp_path: Path) -> None:
+    """SQLite follows a symlinked database and keeps the log beside the real file: that is the file whose
+    blocks are reserved (a name beside the link would be a file that never grows, or none)."""
+    real, data = tmp_path / "disk", tmp_path / "data"
+    real.mkdir()
+    data.mkdir()
+    (data / "history.sqlite3").symlink_to(real / "history.sqlite3")
+    store = HistoryStore(data)
+    try:
+        grow_the_log(store, 1)
+        wal = real / "history.sqlite3-wal"
+        assert wal.exists() and not (data / "history.sqlite3-wal").exists()
+        size = wal.stat().st_size
+        store.checkpoint()
+        assert wal.stat().st_blocks * 512 > size + 65536  # the growth since the open, reserved
+    finally:
+        store.close()
+
+
 def test_a_checkpoint_that_another_process_held_is_no_log_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PRAGMA wal_checkpoint answers (1, -1, -1) when another process holds the checkpoint (a backup
     tool, an operator's sqlite3 shell): -1 is no log end. Taken as one (a negative size), the next
