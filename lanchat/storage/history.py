@@ -633,8 +633,6 @@ class HistoryStore:
         milliseconds). Measured: 460 MB of log after 12 s at 27,000 messages a second, growing for as long
         as the load lasted. At human rates the log starts over by itself and this returns False."""
         with self._ckpt_lock:
-            if self._closed:
-                return False
             self._reserve_log()
             done = self._wal_checkpoint("PASSIVE")
             if done is None:
@@ -670,7 +668,7 @@ class HistoryStore:
         None) by the file's growth since the last checkpoint (or the open): a log climbing past its file, as
         after a start. After it by the log's own end: a log that started over inside its file and comes to
         its end again (the file does not grow until then; the first look at the log's end reserves nothing)."""
-        if self._db is None:
+        if self._closed or self._db is None:  # as _wal_checkpoint: SQLite may remove the file at the close
             return
         wal = self._wal_file
         if self._reserve_blocks is None:
