@@ -895,6 +895,13 @@ def grow_the_log(store: HistoryStore, first: int, n: int = 100) -> int:
     return first + n
 
 
+def hold_the_log(reader: sqlite3.Connection) -> None:
+    """A read transaction on the log's snapshot, as a backup keeps one: until it ends, the log cannot be
+    copied whole, so it neither starts over nor stops growing (a steady load's log, in a test)."""
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM events").fetchone()[0] > 0
+
+
 SLACK = 64 * 1024  # a filesystem's own blocks past what was asked (an extent tree's, ext4: none or one)
 
 
@@ -910,8 +917,7 @@ def test_a_growing_log_has_the_blocks_of_its_next_growth_reserved(tmp_path: Path
     try:
         opened = wal.stat().st_size
         seq = grow_the_log(store, 1)
-        reader.execute("BEGIN")
-        assert reader.execute("SELECT count(*) FROM events").fetchone()[0] > 0  # holds the log's snapshot
+        hold_the_log(reader)
         seen = wal.stat().st_size
         store.checkpoint()
         assert seen + 2 * (seen - opened) <= wal.stat().st_blocks * 512 < seen + 2 * (seen - opened) + SLACK
@@ -957,8 +963,7 @@ def test_a_log_started_over_inside_its_file_has_blocks_reserved_before_it_reache
         store.checkpoint()  # copies it all: the next commit starts the log over at the file's start
         full = wal.stat().st_size
         seq = grow_the_log(store, seq, 20)
-        reader.execute("BEGIN")  # from here on the log grows without starting over, as under a steady load
-        assert reader.execute("SELECT count(*) FROM events").fetchone()[0] > 0
+        hold_the_log(reader)  # from here on the log grows without starting over, as under a steady load
         calls.clear()
         for _ in range(20):
             if wal.stat().st_size > full:
@@ -1029,8 +1034,7 @@ def test_a_filesystem_that_cannot_reserve_blocks_is_asked_once(
     reader = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
     try:
         seq = grow_the_log(store, 1)
-        reader.execute("BEGIN")
-        assert reader.execute("SELECT count(*) FROM events").fetchone()[0] > 0  # the log grows from here on
+        hold_the_log(reader)  # the log grows from here on
         for _ in range(3):  # the first look, then two growths
             seq = grow_the_log(store, seq)
             assert not store.checkpoint()  # copies what it can, as before
@@ -1094,8 +1098,7 @@ def test_a_reader_keeping_the_log_in_use_makes_a_restart_give_up_quickly(tmp_pat
             store.add_event(seq, ("lobby",), 1.0, "msg", LINE)
             if seq % 50 == 0:
                 assert store.commit(1.0)
-        reader.execute("BEGIN")
-        assert reader.execute("SELECT count(*) FROM events").fetchone()[0] > 0  # a read of the log's snapshot
+        hold_the_log(reader)
         store.add_event(400, ("lobby",), 1.0, "msg", LINE)
         assert store.commit(1.0)  # past the reader's snapshot: the log cannot be copied whole
         assert store.checkpoint()
