@@ -79,6 +79,7 @@ class StepResult:
     closed: int
     ok: bool
     late: int = 0  # not delivered within the drain window, but delivered before the next step
+    acks: int = 0  # --ids: acks the senders received (lanchat)
     note: str = ""
 
     def row(self) -> dict[str, Any]:
@@ -451,6 +452,7 @@ class Bench:
             duration_s=round(duration, 2),
             closed=closed,
             ok=ok,
+            acks=sum(r.get("acks", 0) for r in res),
             note="" if received <= expected else f"{received - expected} more than expected",
         )
 
@@ -465,6 +467,7 @@ class Runner:
         self.opts: dict[str, Any] = {
             "connect_window": args.connect_window,
             "spread_sources": not args.one_source,
+            "ids": args.ids,
             "bulk_interval": args.bulk_interval,
             "tick": args.tick,
             "samples_per_s": args.samples_per_s,
@@ -938,6 +941,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--one-source", action="store_true",
         help="connect every client from 127.0.0.1 (default: spread over 64 loopback source addresses, see bench_gen)",
     )  # fmt: skip
+    p.add_argument(
+        "--ids", action="store_true",
+        help="lanchat: every post carries an increasing id, as the terminal client's do (the server stores the "
+        "session's highest id with it and acks it); default: no ids, as for the other targets",
+    )  # fmt: skip
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--quiet", type=float, default=0.5, help="s without progress that ends a step's drain")
     p.add_argument("--drain-cap", type=float, default=5.0, help="s at most to wait for a step's tail")
@@ -999,11 +1007,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     source, version = lanchat_source(args.lanchat_ref)
     Lanchat.source = source
-    info = {**machine(), "lanchat": version}
+    info = {**machine(), "lanchat": version, "ids": args.ids}
     out.record(info)
     out.say(f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gib']} GiB, Python {info['python']}, "
             f"RLIMIT_NOFILE {info['nofile']}, load {info['loadavg']}; {TEXT_LEN}-byte messages")  # fmt: skip
-    out.say(f"lanchat measured: {version}" + (f" (exported to {source})" if source else " (working tree)"))
+    out.say(f"lanchat measured: {version}" + (f" (exported to {source})" if source else " (working tree)")
+            + ("; its posts carry ids (acked)" if args.ids else ""))  # fmt: skip
     runner = Runner(args, out)
     t_start = time.monotonic()
     # Redis first: the other targets are also measured at half of its maximum rate

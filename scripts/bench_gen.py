@@ -94,8 +94,8 @@ class ConnSpec:
 
 class Conn:
     __slots__ = (
-        "counted", "ctail", "fd", "nick", "out", "poster", "probe", "room", "seen", "sends", "sock", "spec", "state",
-        "tail",
+        "counted", "ctail", "fd", "nick", "out", "poster", "probe", "rid", "room", "seen", "sends", "sock", "spec",
+        "state", "tail",
     )  # fmt: skip
 
     def __init__(self, spec: ConnSpec, sock: socket.socket) -> None:
@@ -113,6 +113,7 @@ class Conn:
         self.seen = False  # saw the current sync / broadcast marker
         self.tail = b""  # the last bytes received while waiting for a marker (it may straddle two reads)
         self.ctail = b""  # the last bytes received: a counted unit (END) may straddle two reads
+        self.rid = 0  # the id of its last post (lanchat with --ids)
 
 
 def count_ends(tail: bytes, buf: bytearray, n: int, unit: bytes = END) -> tuple[int, bytes]:
@@ -153,6 +154,8 @@ class Generator:
         self.conns: dict[int, Conn] = {}
         self.pending = list(reversed(specs))  # popped from the end: connect in spec order
         self.spread = bool(opts.get("spread_sources", True))
+        self.ids = bool(opts.get("ids", False))  # lanchat: posts carry ids, as the terminal client's do
+        self.acks = 0  # acks the senders received (--ids; one cut by a read is missed: a check, not a count)
         self.connects = 0
         self.inflight = 0
         self.ready = self.failed = self.closed = 0
@@ -193,6 +196,9 @@ class Generator:
 
     def _frame(self, c: Conn, text: bytes) -> bytes:
         if self.kind == "lanchat":
+            if self.ids:  # the server then stores the session's highest id with the post, and acks it
+                c.rid += 1
+                return b'{"type":"msg","room":"%s","text":"%s","id":%d}\n' % (c.room, text, c.rid)
             return b'{"type":"msg","room":"%s","text":"%s"}\n' % (c.room, text)
         if self.kind == "redis":
             return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(c.room), c.room, len(text), text)
@@ -337,6 +343,8 @@ class Generator:
                             if j < n and buf[j] == 32 and buf[i + 1 : j].isdigit():  # else cut by the read
                                 samples.append(now_us - int(buf[i + 1 : j]))
                             i = buf.find(b"@", i + 1, n)
+            if self.ids and c.sends:
+                self.acks += buf.count(b'{"type":"ack"', 0, n)
             if self.watch_pings and buf.find(b'{"type":"ping"}', 0, n) >= 0:
                 k = buf.count(b'{"type":"ping"}', 0, n)
                 self.pings += k
@@ -441,6 +449,7 @@ class Generator:
             "marker_seen": self.marker_seen,
             "marker_last": self.marker_last,
             "pings": self.pings,
+            "acks": self.acks,
         }
 
     def _command(self, cmd: str, args: dict[str, Any]) -> Any:
@@ -477,6 +486,7 @@ class Generator:
             self._set_eager(False)
             self.msgs = 0
             self.pings = 0
+            self.acks = 0
             self.sent = 0
             self.samples = array("q")
             self.last_recv = 0.0

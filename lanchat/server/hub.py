@@ -287,6 +287,11 @@ class Hub:
         works; while it fails, the message was still relayed and the ack says so: chat goes on).
         The I/O edge calls this before it relays a tick's output, so what is seen is on disk."""
         ok = self.store.commit(now)
+        if ok and self.store.sessions_lost:  # records given up on while the disk failed: all live ones again
+            self.store.sessions_lost = False
+            for s in self.sessions.values():
+                self.store.put_session(s.row())
+            ok = self.store.commit(now)
         acks, self._acks = self._acks, []
         for s, rid, seq in acks:
             if s.worker is not None and s.conn is not None:
@@ -616,7 +621,7 @@ class Hub:
         change = req.id if m.is_change(req) else None  # its id: acked once done
         if change is not None and change > s.last_id:
             s.last_id = change  # handled, refused or not: the welcome of a resume says so (no resend),
-            self.store.put_session(s.row())  # after a restart too
+            self.store.put_posted(s.sid, change)  # after a restart too (a join, part or nick writes the record)
         if isinstance(req, m.Msg | m.Action):
             self._post_room(s, req.TYPE, req.room, m.json_str(req.text), req.id, now)
         elif isinstance(req, m.PrivMsg):
@@ -697,7 +702,7 @@ class Hub:
         self._to_room(room, line)
         if rid is not None:
             self._acks.append((s, rid, seq))
-            self.store.put_session(s.row())
+            self.store.put_posted(s.sid, s.last_id)
 
     def _privmsg(self, s: Session, to: str, text: bytes, rid: int | None, now: float) -> None:
         if self._resent(s, rid):
@@ -715,7 +720,7 @@ class Hub:
         self._to_sessions([s] if target is s else [s, target], line)
         if rid is not None:
             self._acks.append((s, rid, seq))
-            self.store.put_session(s.row())
+            self.store.put_posted(s.sid, s.last_id)
 
     def _join(self, s: Session, name: str, now: float, rid: int | None = None) -> None:
         if len(s.rooms) >= const.MAX_ROOMS_PER_SESSION:

@@ -15,6 +15,7 @@ someone's data.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
@@ -51,6 +52,12 @@ JOURNAL_CONVS: Final = 4
 # all its rows (SQLite micro-benchmark, 100 rooms, 85 events per commit: 12-13 us per event directly,
 # 5-6 us through a journal of 2,000) and takes a few milliseconds of the hub's loop; reads scan the journal.
 FOLD_ROWS: Final = 2_000
+# Rows of ``posted`` (a session's highest message id, appended at each commit it posted in) that trigger
+# their fold into ``sessions.last_id``. Written into the session's own row instead, each post rewrote that
+# row's page and its key's index page (``INSERT OR REPLACE``): 40 posters of 1,000 sessions in a commit
+# made it 42 pages and 570 us instead of 6 pages and 115 us (SQLite micro-benchmark, docs/benchmarks.md,
+# "Levers"); appended, they are a page per ~100, and a fold updates each session's row once for all.
+POSTED_FOLD_ROWS: Final = 2_000
 # Rows per read of one conversation in replay_newest: a resume's budget (half a send queue) is a few
 # thousand lines, so most resumes read one page per conversation.
 REPLAY_PAGE: Final = 500
@@ -92,6 +99,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
     last_id INTEGER NOT NULL, plain INTEGER NOT NULL
 );
+-- A session's highest message id as of a commit in which it posted, in commit order: its row in sessions
+-- is rewritten only when something else changes, and these are folded into sessions.last_id once
+-- POSTED_FOLD_ROWS have gathered, at each open and at a clean stop (so an older lanchat, which does not
+-- read this table, finds the ids in sessions after a clean stop). No index: only folds read it.
+CREATE TABLE IF NOT EXISTS posted (sid TEXT NOT NULL, last_id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS topics (room TEXT PRIMARY KEY, topic TEXT NOT NULL);
 -- Sessions that expired, by a hash of their resume token, with the highest message id each posted: a
 -- client that comes back later resends its unacknowledged messages into a new session, and those already
@@ -123,6 +135,7 @@ class _Pending:
     sessions: dict[str, SessionRow | None]  # None: delete; while degraded, the oldest write first
     topics: dict[str, str]
     expired: dict[str, tuple[int, float] | None] = field(default_factory=dict)  # token key -> row; None: delete
+    posted: dict[str, int] = field(default_factory=dict)  # sid -> its highest message id (one per session)
     reserve: int | None = None
     bytes: int = 0  # characters of the events' lines (as stored: UTF-8, so up to 4 bytes each)
     # Characters of the session records (counted while degraded), held to the same caps apart from the events.
@@ -140,6 +153,9 @@ class HistoryStore:
         self.last_error: str | None = None
         self.dropped = 0  # event rows and session records given up on while the disk failed (bounded queues)
         self.reads_failed = 0  # reads that failed: a replay that met one has a hole
+        # A session record was given up on while the disk failed: a post writes only its id (put_posted), so
+        # the hub writes every live session's record again once a commit succeeds, and clears this.
+        self.sessions_lost = False
         self._db: sqlite3.Connection | None = None
         self._ckpt: sqlite3.Connection | None = None  # used only by checkpoint(), on another thread
         self._ckpt_lock = threading.Lock()
@@ -156,6 +172,7 @@ class HistoryStore:
         self._dropped: dict[str, int] = {}  # conv -> newest seq given up on while the disk failed (this run)
         self._dropped_from: dict[str, int] = {}  # conv -> oldest such seq
         self._journal: Counter[str] = Counter()  # events per conversation in the journal table
+        self._posted_rows = 0  # rows in the posted table (folded at POSTED_FOLD_ROWS)
         self._retry_at = 0.0
         self.start_seq = 0
         self._reserved = 0
@@ -245,6 +262,11 @@ class HistoryStore:
         db.execute("PRAGMA synchronous=NORMAL")
         for conv, pruned in db.execute("SELECT conv, pruned_upto FROM convs"):
             self._pruned[conv] = pruned
+        if db.execute("SELECT 1 FROM posted LIMIT 1").fetchone():  # the last run did not stop cleanly
+            db.execute("BEGIN IMMEDIATE")
+            self._fold_posted(db)
+            db.execute("COMMIT")
+        self._posted_rows = 0
 
     def _unknown_sequence(self) -> None:
         """The file cannot be opened at start: the numbers it holds are unknown, whether it exists now or
@@ -334,19 +356,29 @@ class HistoryStore:
             self._pending.reserve = self._reserved
 
     def put_session(self, row: SessionRow) -> None:
+        self._pending.posted.pop(row.sid, None)  # the row carries its last_id
         self._hold_session(row.sid, row)
 
     def drop_session(self, sid: str) -> None:
+        self._pending.posted.pop(sid, None)
         self._hold_session(sid, None)
+
+    def put_posted(self, sid: str, last_id: int) -> None:
+        """A session posted (``last_id``, its highest message id, is all that changed): one small row
+        appended at the commit instead of its whole record. One per session however many it posted, so
+        bounded by the sessions, while the disk fails too."""
+        posted = self._pending.posted
+        if last_id > posted.get(sid, -1):  # ids start at 0
+            posted[sid] = last_id
 
     def _hold_session(self, sid: str, row: SessionRow | None) -> None:
         """Queue a session's record (None: its deletion), bounded like the events: sessions that come and
         go while the disk fails would each leave one behind. The oldest write goes first; a lost one costs
-        little (a live session's record is written again with its next post, and all at a stop; an ended
-        one comes back at the next start and expires after the grace)."""
+        little (``sessions_lost``: the hub writes every live session's record again once the disk works;
+        an ended one comes back at the next start and expires after the grace)."""
         p = self._pending
         sessions = p.sessions
-        if not self.degraded:  # written at this tick's commit: nothing to count (the cost of every acked post)
+        if not self.degraded:  # written at this tick's commit: nothing to count
             sessions[sid] = row
             return
         if sid in sessions:  # rewritten: to the end, so that the oldest write is the first to go
@@ -357,6 +389,7 @@ class HistoryStore:
             gone = next(iter(sessions))  # the disk has been failing for a while: the oldest go
             p.session_bytes -= _record_chars(gone, sessions.pop(gone))
             self.dropped += 1
+            self.sessions_lost = True
 
     def put_expired(self, key: str, last_id: int, at: float) -> None:
         self._hold_expired(key, (last_id, at))
@@ -380,7 +413,7 @@ class HistoryStore:
     @property
     def pending(self) -> int:
         p = self._pending
-        return len(p.events) + len(p.sessions) + len(p.topics) + len(p.expired)
+        return len(p.events) + len(p.sessions) + len(p.topics) + len(p.expired) + len(p.posted)
 
     @property
     def journal(self) -> int:
@@ -442,12 +475,20 @@ class HistoryStore:
             # Fold at FOLD_ROWS, or before pruning a conversation that has rows in the journal: pruning sees
             # only ``events``, and would cut rows newer than the journal's (a hole in the history).
             slack = self._slack()
-            if journal.total() >= FOLD_ROWS or any(
+            folded = journal.total() >= FOLD_ROWS or any(
                 journal[conv] and self._count(db, conv, n) - self.history_limit > slack for conv, n in added.items()
-            ):
+            )
+            if folded:
                 self._fold(db)
                 added.update(journal)
                 journal = Counter()
+            posted_rows = self._posted_rows
+            if p.posted:
+                db.executemany("INSERT INTO posted VALUES (?, ?)", p.posted.items())
+                posted_rows += len(p.posted)
+            if posted_rows >= POSTED_FOLD_ROWS and not folded:  # one fold per commit at most: at the next
+                self._fold_posted(db)
+                posted_rows = 0
             touched = self._count_and_prune(db, added)
             db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
@@ -465,6 +506,8 @@ class HistoryStore:
             self._dropped.pop(conv, None)
             self._dropped_from.pop(conv, None)
         self._journal = journal
+        self._posted_rows = posted_rows
+        p.posted.clear()
         p.events.clear()
         p.bytes = 0
         p.sessions.clear()
@@ -483,6 +526,14 @@ class HistoryStore:
         """Move the journal into ``events``: sorted, so each conversation's pages are written once."""
         db.execute("INSERT OR IGNORE INTO events SELECT conv, seq, ts, kind, line FROM journal ORDER BY conv, seq")
         db.execute("DELETE FROM journal")  # no WHERE: SQLite frees the table's pages whole
+
+    @staticmethod
+    def _fold_posted(db: sqlite3.Connection) -> None:
+        """Move the posted ids into their sessions' rows (the highest of both; a session deleted since
+        has no row, and its ids go with the table)."""
+        rows = db.execute("SELECT sid, max(last_id) FROM posted GROUP BY sid").fetchall()
+        db.executemany("UPDATE sessions SET last_id=?2 WHERE sid=?1 AND last_id<?2", rows)
+        db.execute("DELETE FROM posted")
 
     def _slack(self) -> int:
         return min(PRUNE_SLACK, self.history_limit // 100)
@@ -723,8 +774,14 @@ class HistoryStore:
                         self.pending, self.last_error or "the disk fails")  # fmt: skip
         if self._db is not None and not self.degraded and not self.pending and not self._pending.reserve:
             try:
+                self._db.execute("BEGIN IMMEDIATE")
+                if self._posted_rows:
+                    self._fold_posted(self._db)
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_stop', '1')")
+                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 log.warning("history: cannot mark the stop as clean: %s", exc)
         with self._ckpt_lock:  # a checkpoint may still run on its thread: it finishes first, none starts after
             self._closed = True

@@ -49,6 +49,26 @@ def test_bench_runs_against_lanchat_without_loss(tmp_path: Path) -> None:
     assert 0 < idle["broadcast_ms"][0] < 10_000, idle  # a kernel timestamp after the post, before the deadline
 
 
+def test_bench_posts_with_ids_as_the_terminal_client_does(tmp_path: Path) -> None:
+    """--ids: every post carries an increasing id, which the server stores with it and acks; the acks
+    come back on the senders' connections and are not counted as deliveries."""
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "bench.py"), "--targets", "lanchat-w1", "--scenarios", "rooms",
+        "--rooms-clients", "20", "--rooms-rates", "2000", "--step-duration", "2", "--ids", "--json",
+        "--quiet", "3", "--drain-cap", "20", "--no-plot",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["ids"] for r in rows if r["kind"] == "machine"] == [True]
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert steps, proc.stderr[-3000:]
+    for step in steps:
+        assert step["scenario"] == "rooms" and step["expected"] > 0
+        assert step["lost"] == 0 and step["delivered"] == step["expected"], step
+        assert step["acks"] > 0, step  # counted on the senders' connections (one cut by a read is missed)
+
+
 def test_bench_hops_traces_every_hop() -> None:
     """scripts/bench_hops.py wraps lanchat's methods by name (Worker.post, Hub.drain, ...): a rename would
     leave it tracing nothing. A short light step must trace messages through every hop."""

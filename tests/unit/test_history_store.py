@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -115,6 +116,146 @@ def test_session_update_and_drop(tmp_path: Path, stores: list[HistoryStore]) -> 
     s.drop_session("a")
     s.commit(0.0)
     assert s.load_sessions() == []
+
+
+# --- the posted ids: a session's highest message id, appended per commit -----------------------------------
+
+
+def posted_rows(s: HistoryStore) -> list[tuple[str, int]]:
+    return [(str(sid), int(i)) for sid, i in db_of(s).execute("SELECT sid, last_id FROM posted ORDER BY rowid")]
+
+
+def session_ids(path: Path) -> dict[str, int]:
+    """sessions.last_id as the file holds it, read by a connection of the test's own (an older lanchat's view)."""
+    with contextlib.closing(sqlite3.connect(path / h.DB_NAME)) as db:
+        return {str(sid): int(i) for sid, i in db.execute("SELECT sid, last_id FROM sessions")}
+
+
+def test_a_post_appends_the_sessions_id_not_its_record(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 1, False))
+    s.commit(0.0)
+    s.put_posted("a", 2)
+    s.put_posted("a", 4)  # one row per session and commit: the highest
+    s.put_posted("a", 3)
+    assert s.pending == 1
+    s.commit(0.0)
+    s.put_posted("b", 9)  # a session whose record was never written: its row waits for it, or goes at the fold
+    s.put_posted("c", 0)  # ids start at 0
+    s.commit(0.0)
+    assert posted_rows(s) == [("a", 4), ("b", 9), ("c", 0)]
+    assert session_ids(tmp_path) == {"a": 1}  # the record itself was not rewritten
+    s.put_posted("a", 5)
+    s.put_session(SessionRow("a", "t", "al2", ("x",), 5, False))  # a record written anyway carries the id
+    s.commit(0.0)
+    assert posted_rows(s) == [("a", 4), ("b", 9), ("c", 0)]
+    assert session_ids(tmp_path) == {"a": 5}
+
+
+def test_posted_ids_are_folded_into_the_sessions_at_posted_fold_rows(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h, "POSTED_FOLD_ROWS", 5)
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 0, False))
+    s.put_session(SessionRow("b", "u", "bo", ("x",), 0, False))
+    s.commit(0.0)
+    s.put_posted("a", 1)
+    s.put_posted("b", 1)
+    s.commit(0.0)
+    s.put_posted("a", 2)
+    s.put_posted("b", 2)
+    s.commit(0.0)
+    assert len(posted_rows(s)) == 4  # one short of the fold
+    assert session_ids(tmp_path) == {"a": 0, "b": 0}
+    s.put_posted("a", 3)  # the fifth: folded in the same commit
+    s.commit(0.0)
+    assert posted_rows(s) == []
+    assert session_ids(tmp_path) == {"a": 3, "b": 2}
+    assert sorted((r.sid, r.last_id) for r in s.load_sessions()) == [("a", 3), ("b", 2)]
+
+
+def test_the_posted_ids_wait_for_the_commit_after_a_journal_fold(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both folds in one commit added up (many rooms and many posters reach their thresholds together)."""
+    monkeypatch.setattr(h, "FOLD_ROWS", 5)
+    monkeypatch.setattr(h, "POSTED_FOLD_ROWS", 5)
+    s = open_store(stores, tmp_path)
+    for i in range(5):
+        s.put_session(SessionRow(f"s{i}", "t", f"n{i}", (f"r{i}",), 0, False))
+    s.commit(0.0)
+    for i in range(5):
+        s.put_posted(f"s{i}", 2)
+    spread(s, 1, 5, 5)  # five rooms: journaled, and the journal folded at once
+    s.commit(0.0)
+    assert table_sizes(s) == (5, 0) and len(posted_rows(s)) == 5  # the ids' fold waits for the next commit
+    s.put_posted("s0", 3)
+    s.commit(0.0)
+    assert posted_rows(s) == []
+    assert session_ids(tmp_path) == {"s0": 3, "s1": 2, "s2": 2, "s3": 2, "s4": 2}
+
+
+def test_posted_ids_survive_a_crash_and_are_folded_at_the_next_open(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 1, False))
+    s.put_session(SessionRow("b", "u", "bo", ("x",), 1, False))
+    s.commit(0.0)
+    s.put_posted("a", 6)
+    s.put_posted("b", 2)
+    s.commit(0.0)
+    s.drop_session("b")  # ended: its posted row must not bring it back
+    s.commit(0.0)
+    # No close: the process died here. The next run opens the file as it is.
+    s2 = open_store(stores, tmp_path)
+    assert [(r.sid, r.last_id) for r in s2.load_sessions()] == [("a", 6)]
+    assert posted_rows(s2) == []
+
+
+def test_a_clean_stop_leaves_the_posted_ids_in_the_sessions(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """An older lanchat does not read the posted table: after a clean stop it finds the ids where it looks."""
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 1, False))
+    s.commit(0.0)
+    s.put_posted("a", 8)
+    s.commit(0.0)
+    s.close()
+    assert session_ids(tmp_path) == {"a": 8}
+    with contextlib.closing(sqlite3.connect(tmp_path / h.DB_NAME)) as db:
+        assert db.execute("SELECT count(*) FROM posted").fetchone() == (0,)
+        assert db.execute("SELECT value FROM meta WHERE key='clean_stop'").fetchone() == ("1",)
+
+
+def test_posted_ids_are_kept_while_the_disk_fails(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 1, False))
+    s.commit(0.0)
+    db_of(s).execute("PRAGMA query_only=ON")
+    s.put_posted("a", 3)
+    assert s.commit(0.0) is False
+    s.put_posted("a", 4)
+    assert s.pending == 1
+    db_of(s).execute("PRAGMA query_only=OFF")
+    assert s.commit(const.DB_RETRY_INTERVAL)
+    assert posted_rows(s) == [("a", 4)]
+
+
+def test_a_commit_of_many_posters_writes_a_page_or_two_not_one_per_poster(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """Many small rooms, everyone talking: a commit in which 40 of 1,000 sessions posted rewrote 40 pages of
+    sessions and their index (INSERT OR REPLACE of each record), 90 % of the commit's cost."""
+    s = open_store(stores, tmp_path)
+    for i in range(1000):
+        s.put_session(SessionRow(f"session-{i:04d}", "t" * 43, f"nick{i}", ("x",), 0, False))
+    s.commit(0.0)
+    log = Path(str(s.path) + "-wal")
+    before = log.stat().st_size
+    for i in range(0, 1000, 25):
+        s.put_posted(f"session-{i:04d}", 1)
+    s.commit(0.0)
+    pages = (log.stat().st_size - before) // (4096 + h.WAL_FRAME_HEADER)
+    assert 1 <= pages <= 3  # the posted table's last page (and the tree above it, once it has one)
 
 
 def test_topic_overwrite(tmp_path: Path, stores: list[HistoryStore]) -> None:

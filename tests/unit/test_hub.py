@@ -1110,6 +1110,28 @@ def _left_while_the_disk_fails(
     return net, w, last_seq
 
 
+def test_session_records_given_up_on_while_the_disk_failed_are_written_again_when_it_works(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A post writes only its id, no longer the whole record: a record given up on would stay lost (no
+    resume after a crash) until the session changed something. Every live one is written again instead."""
+    monkeypatch.setattr(const, "PENDING_WRITES_MAX", 2)
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    assert hub.store._db is not None
+    hub.store._db.execute("PRAGMA query_only=ON")
+    for i in range(5):
+        welcome_of(net, 1, 10 + i, f"n{i}")
+        hub.request(1, 10 + i, {"type": "msg", "room": "lobby", "text": "hi", "id": 1}, 1.0)
+        assert hub.commit(1.0) is False
+    assert hub.store.sessions_lost  # three of the five records (and most events) were given up on
+    hub.store._db.execute("PRAGMA query_only=OFF")
+    assert hub.commit(1.0 + const.DB_RETRY_INTERVAL)
+    assert not hub.store.sessions_lost and hub.store.pending == 0
+    rows = sorted((r.nick, r.last_id) for r in hub.store.load_sessions())
+    assert rows == [(f"n{i}", 1) for i in range(5)]
+
+
 def test_events_after_the_part_given_up_on_by_a_failing_disk_are_no_gap(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1440,6 +1462,28 @@ def test_a_topic_set_counts_in_last_id_after_a_crash_too(tmp_path: Path, stores:
     net2.hub.request(6, 60, {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}, 101.0)
     welcome = net2.take(6, 60)[0]
     assert welcome["resumed"] is True and welcome["last_id"] == 4
+
+
+@pytest.mark.parametrize("kind", ["msg", "privmsg", "topic"])
+def test_a_posts_id_counts_in_last_id_after_a_crash(tmp_path: Path, stores: list[HistoryStore], kind: str) -> None:
+    """A post (or a topic set) writes only its id (HistoryStore.put_posted), not the session's record: a
+    resume after the main process died, with the store never closed (closing folds the ids into the
+    records), still knows it was handled, so the client does not resend it."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    post = {
+        "msg": {"type": "msg", "room": "lobby", "text": "hi"},
+        "privmsg": {"type": "privmsg", "to": "bo", "text": "hi"},
+        "topic": {"type": "topic", "room": "lobby", "topic": "plans"},
+    }[kind]
+    hub.request(1, 10, {**post, "id": 6}, 1.0)
+    hub.commit(1.0)
+    net2 = Workers(make_hub(stores, tmp_path, now=100.0))  # the first store still open: no orderly anything
+    net2.hub.request(6, 60, {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}, 101.0)
+    welcome = net2.take(6, 60)[0]
+    assert welcome["resumed"] is True and welcome["last_id"] == 6
 
 
 def test_restored_sessions_expire_after_the_grace(
