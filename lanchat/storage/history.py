@@ -55,8 +55,9 @@ FOLD_ROWS: Final = 2_000
 # Rows of ``posted`` (a session's highest message id, appended at each commit it posted in) that trigger
 # their fold into ``sessions.last_id``. Written into the session's own row instead, each post rewrote that
 # row's page and its key's index page (``INSERT OR REPLACE``): 40 posters of 1,000 sessions in a commit
-# made it 42 pages and 570 us instead of 6 pages and 115 us (SQLite micro-benchmark, docs/benchmarks.md,
-# "Levers"); appended, they are a page per ~100, and a fold updates each session's row once for all.
+# made it 42 pages and 570 us, appended 7 pages and 154 us (SQLite micro-benchmark, docs/benchmarks.md,
+# "Levers"): a page per ~100 ids, and a fold updates each session's row once for all its posts. A fold is
+# put off by one commit if the journal folds in that one, but never past twice this many rows.
 POSTED_FOLD_ROWS: Final = 2_000
 # Rows per read of one conversation in replay_newest: a resume's budget (half a send queue) is a few
 # thousand lines, so most resumes read one page per conversation.
@@ -356,7 +357,9 @@ class HistoryStore:
             self._pending.reserve = self._reserved
 
     def put_session(self, row: SessionRow) -> None:
-        self._pending.posted.pop(row.sid, None)  # the row carries its last_id
+        posted = self._pending.posted
+        if posted.get(row.sid, -1) <= row.last_id:  # the record carries the id
+            posted.pop(row.sid, None)
         self._hold_session(row.sid, row)
 
     def drop_session(self, sid: str) -> None:
@@ -387,9 +390,10 @@ class HistoryStore:
         p.session_bytes += _record_chars(sid, row)
         while len(sessions) > const.PENDING_WRITES_MAX or p.session_bytes > const.PENDING_WRITES_BYTES:
             gone = next(iter(sessions))  # the disk has been failing for a while: the oldest go
-            p.session_bytes -= _record_chars(gone, sessions.pop(gone))
+            lost = sessions.pop(gone)
+            p.session_bytes -= _record_chars(gone, lost)
             self.dropped += 1
-            self.sessions_lost = True
+            self.sessions_lost = self.sessions_lost or lost is not None  # (a deletion: the next start ends it)
 
     def put_expired(self, key: str, last_id: int, at: float) -> None:
         self._hold_expired(key, (last_id, at))
@@ -486,7 +490,8 @@ class HistoryStore:
             if p.posted:
                 db.executemany("INSERT INTO posted VALUES (?, ?)", p.posted.items())
                 posted_rows += len(p.posted)
-            if posted_rows >= POSTED_FOLD_ROWS and not folded:  # one fold per commit at most: at the next
+            # One fold per commit, as a rule (the two added up): this one waits for the next commit.
+            if posted_rows >= POSTED_FOLD_ROWS * (2 if folded else 1):
                 self._fold_posted(db)
                 posted_rows = 0
             touched = self._count_and_prune(db, added)

@@ -196,6 +196,53 @@ def test_the_posted_ids_wait_for_the_commit_after_a_journal_fold(
     assert session_ids(tmp_path) == {"s0": 3, "s1": 2, "s2": 2, "s3": 2, "s4": 2}
 
 
+def test_a_fold_never_lowers_an_id_a_later_record_carries(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A post's id (4) is appended, then a join (5) rewrites the record: folded after a crash, the posted 4
+    must not take the record back to 4, or the resent join would be handled twice."""
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 1, False))
+    s.put_posted("a", 4)
+    s.commit(0.0)
+    s.put_session(SessionRow("a", "t", "al", ("x", "y"), 5, False))
+    s.commit(0.0)
+    s2 = open_store(stores, tmp_path)  # no close: a crash
+    assert [(r.sid, r.last_id) for r in s2.load_sessions()] == [("a", 5)]
+
+
+def test_a_record_older_than_a_queued_id_leaves_the_id_queued(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    s = open_store(stores, tmp_path)
+    s.put_posted("a", 7)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 5, False))
+    s.commit(0.0)
+    assert posted_rows(s) == [("a", 7)]
+    s.put_posted("a", 8)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 8, False))  # carries it: nothing more to append
+    s.commit(0.0)
+    assert posted_rows(s) == [("a", 7)]
+
+
+def test_the_posted_ids_fold_is_put_off_at_most_to_twice_its_rows(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every commit folds the journal (spread over many rooms, with a fold's worth each): the ids' fold
+    cannot wait for a commit without one."""
+    monkeypatch.setattr(h, "FOLD_ROWS", 5)
+    monkeypatch.setattr(h, "POSTED_FOLD_ROWS", 3)
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 0, False))
+    s.put_session(SessionRow("b", "u", "bo", ("x",), 0, False))
+    sizes = []
+    for i in range(3):
+        s.put_posted("a", i + 1)
+        s.put_posted("b", i + 1)
+        spread(s, 1 + 5 * i, 5, 5)
+        s.commit(0.0)
+        assert table_sizes(s) == (5 * (i + 1), 0)  # the journal folded in every one
+        sizes.append(len(posted_rows(s)))
+    assert sizes == [2, 4, 0]  # 4 >= 3 but the journal folded; 6 = twice 3: folded all the same
+    assert session_ids(tmp_path) == {"a": 3, "b": 3}
+
+
 def test_posted_ids_survive_a_crash_and_are_folded_at_the_next_open(tmp_path: Path, stores: list[HistoryStore]) -> None:
     s = open_store(stores, tmp_path)
     s.put_session(SessionRow("a", "t", "al", ("x",), 1, False))
@@ -855,6 +902,23 @@ def test_pending_sessions_are_bounded_while_failing(
     s.drop_session("t2")
     assert (s.pending, s.dropped) == (3, 3)  # the budget was freed by the commit: nothing more given up
     db_of(s).execute("PRAGMA query_only=OFF")
+
+
+def test_only_a_live_sessions_record_given_up_on_asks_for_every_record_again(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(const, "PENDING_WRITES_MAX", 1)
+    s = open_store(stores, tmp_path)
+    db_of(s).execute("PRAGMA query_only=ON")
+    s.drop_session("x")
+    assert s.commit(0.0) is False
+    s.drop_session("y")  # a deletion given up on: that session comes back at the next start and ends there
+    assert (s.dropped, s.sessions_lost) == (1, False)
+    s.put_session(SessionRow("a", "t", "al", ("x",), 0, False))
+    s.put_session(SessionRow("b", "u", "bo", ("x",), 0, False))
+    assert s.sessions_lost  # a live one's: the hub writes them all again once the disk works
+    db_of(s).execute("PRAGMA query_only=OFF")
+    assert s.commit(const.DB_RETRY_INTERVAL)
 
 
 def test_expired_tokens_are_written_deleted_and_bounded_while_failing(
