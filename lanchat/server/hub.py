@@ -26,6 +26,9 @@ from lanchat.protocol import messages as m
 from lanchat.storage.history import HistoryStore, SessionRow
 
 log = logging.getLogger("lanchat.hub")
+# The bytes m.encode() writes for {"type": "ack", "id": rid, "seq": seq} (seq None: a resend's ack).
+_ACK: Final = b'{"type":"ack","id":%d,"seq":%d}\n'
+_ACK_NO_SEQ: Final = b'{"type":"ack","id":%d,"seq":null}\n'
 
 # Bytes of one client's lines per control frame (a long replay is several): the worker refuses a frame of
 # more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
@@ -293,9 +296,14 @@ class Hub:
                 self.store.put_session(s.row())
             ok = self.store.commit(now)
         acks, self._acks = self._acks, []
-        for s, rid, seq in acks:
-            if s.worker is not None and s.conn is not None:
-                self._reply(s.worker, s.conn, {"type": "ack", "id": rid, "seq": seq})
+        if acks:  # a busy sender has tens a tick: one frame each, lines made by a template (not a dict each)
+            lines: dict[tuple[int, int], list[bytes]] = {}
+            for s, rid, seq in acks:
+                if s.worker is not None and s.conn is not None:
+                    line = _ACK % (rid, seq) if seq is not None else _ACK_NO_SEQ % rid
+                    lines.setdefault((s.worker, s.conn), []).append(line)
+            for (worker, conn), group in lines.items():
+                self._out.setdefault(worker, []).append(control.conns_frame([conn], b"".join(group)))
         return ok
 
     def shutdown(self, reason: str) -> None:
