@@ -131,6 +131,13 @@ def session_ids(path: Path) -> dict[str, int]:
         return {str(sid): int(i) for sid, i in db.execute("SELECT sid, last_id FROM sessions")}
 
 
+def al_and_bo(s: HistoryStore, last_id: int = 0) -> None:
+    """Two sessions' records, committed: sids "a" and "b"."""
+    s.put_session(SessionRow("a", "t", "al", ("x",), last_id, False))
+    s.put_session(SessionRow("b", "u", "bo", ("x",), last_id, False))
+    s.commit(0.0)
+
+
 def test_a_post_appends_the_sessions_id_not_its_record(tmp_path: Path, stores: list[HistoryStore]) -> None:
     s = open_store(stores, tmp_path)
     s.put_session(SessionRow("a", "t", "al", ("x",), 1, False))
@@ -157,9 +164,7 @@ def test_posted_ids_are_folded_into_the_sessions_at_posted_fold_rows(
 ) -> None:
     monkeypatch.setattr(h, "POSTED_FOLD_ROWS", 5)
     s = open_store(stores, tmp_path)
-    s.put_session(SessionRow("a", "t", "al", ("x",), 0, False))
-    s.put_session(SessionRow("b", "u", "bo", ("x",), 0, False))
-    s.commit(0.0)
+    al_and_bo(s)
     s.put_posted("a", 1)
     s.put_posted("b", 1)
     s.commit(0.0)
@@ -229,8 +234,7 @@ def test_the_posted_ids_fold_is_put_off_at_most_to_twice_its_rows(
     monkeypatch.setattr(h, "FOLD_ROWS", 5)
     monkeypatch.setattr(h, "POSTED_FOLD_ROWS", 3)
     s = open_store(stores, tmp_path)
-    s.put_session(SessionRow("a", "t", "al", ("x",), 0, False))
-    s.put_session(SessionRow("b", "u", "bo", ("x",), 0, False))
+    al_and_bo(s)
     sizes = []
     for i in range(3):
         s.put_posted("a", i + 1)
@@ -245,9 +249,7 @@ def test_the_posted_ids_fold_is_put_off_at_most_to_twice_its_rows(
 
 def test_posted_ids_survive_a_crash_and_are_folded_at_the_next_open(tmp_path: Path, stores: list[HistoryStore]) -> None:
     s = open_store(stores, tmp_path)
-    s.put_session(SessionRow("a", "t", "al", ("x",), 1, False))
-    s.put_session(SessionRow("b", "u", "bo", ("x",), 1, False))
-    s.commit(0.0)
+    al_and_bo(s, 1)
     s.put_posted("a", 6)
     s.put_posted("b", 2)
     s.commit(0.0)
