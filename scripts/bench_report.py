@@ -142,6 +142,11 @@ def main(argv: list[str]) -> int:
     out.append(f"Runs: {len(runs)}. Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('ram_gib')} GiB RAM, "
                f"Python {m.get('python')}, kernel {m.get('kernel')}, RLIMIT_NOFILE {m.get('nofile')}. "
                f"lanchat measured: {versions}. Load average at the start of each run: {loads}.\n")  # fmt: skip
+    ids = [bool(r[2].get("ids")) for r in runs]
+    if any(ids):  # --ids: lanchat's posts stored and acked as the terminal client's are; not comparable without
+        which = "every run" if all(ids) else "runs " + ", ".join(str(i + 1) for i, v in enumerate(ids) if v)
+        out.append(f"lanchat's posts carried ids (`--ids`, stored and acked) in {which}"
+                   + ("" if all(ids) else ": **runs with and without ids are mixed here**") + ".\n")  # fmt: skip
 
     out.append("### Maximum sustainable rate (deliveries/s; p99 <= 100 ms, nothing lost)\n")
     out.append("Median of the runs in bold, each run's figure in brackets; ≥: the run passed the search's ceiling "

@@ -55,7 +55,7 @@ def test_bench_posts_with_ids_as_the_terminal_client_does(tmp_path: Path) -> Non
     cmd = [
         sys.executable, str(ROOT / "scripts" / "bench.py"), "--targets", "lanchat-w1", "--scenarios", "rooms",
         "--rooms-clients", "20", "--rooms-rates", "2000", "--step-duration", "2", "--ids", "--json",
-        "--quiet", "3", "--drain-cap", "20", "--no-plot",
+        "--quiet", "3", "--drain-cap", "20", "--no-plot", "--json-file", str(tmp_path / "ids.jsonl"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -67,6 +67,15 @@ def test_bench_posts_with_ids_as_the_terminal_client_does(tmp_path: Path) -> Non
         assert step["scenario"] == "rooms" and step["expected"] > 0
         assert step["lost"] == 0 and step["delivered"] == step["expected"], step
         assert step["acks"] > 0, step  # counted on the senders' connections (one cut by a read is missed)
+    # The report says so, and warns when runs with and without ids are mixed.
+    without = tmp_path / "without.jsonl"
+    without.write_text((tmp_path / "ids.jsonl").read_text().replace('"ids":true', '"ids":false'))
+    report = [sys.executable, str(ROOT / "scripts" / "bench_report.py")]
+    alone = subprocess.run([*report, str(tmp_path / "ids.jsonl")], capture_output=True, text=True, timeout=60)
+    assert "carried ids (`--ids`, stored and acked) in every run." in alone.stdout, alone.stderr[-2000:]
+    mixed = subprocess.run([*report, str(without), str(tmp_path / "ids.jsonl")], capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert "in runs 2: **runs with and without ids are mixed here**" in mixed.stdout, mixed.stderr[-2000:]
 
 
 def test_bench_hops_traces_every_hop() -> None:
