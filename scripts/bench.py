@@ -1007,12 +1007,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     source, version = lanchat_source(args.lanchat_ref)
     Lanchat.source = source
-    info = {**machine(), "lanchat": version, "ids": args.ids}
+    ids = args.ids and any(t.startswith("lanchat") for t in args.targets)  # only lanchat's posts can carry them
+    info = {**machine(), "lanchat": version, "ids": ids}
     out.record(info)
     out.say(f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gib']} GiB, Python {info['python']}, "
             f"RLIMIT_NOFILE {info['nofile']}, load {info['loadavg']}; {TEXT_LEN}-byte messages")  # fmt: skip
     out.say(f"lanchat measured: {version}" + (f" (exported to {source})" if source else " (working tree)")
-            + ("; its posts carry ids (acked)" if args.ids else ""))  # fmt: skip
+            + ("; its posts carry ids (acked)" if ids else ""))  # fmt: skip
     runner = Runner(args, out)
     t_start = time.monotonic()
     # Redis first: the other targets are also measured at half of its maximum rate

@@ -144,7 +144,8 @@ def main(argv: list[str]) -> int:
                f"lanchat measured: {versions}. Load average at the start of each run: {loads}.\n")  # fmt: skip
     ids = [bool(r[2].get("ids")) for r in runs]
     if any(ids):  # --ids: lanchat's posts stored and acked as the terminal client's are; not comparable without
-        which = "every run" if all(ids) else "runs " + ", ".join(str(i + 1) for i, v in enumerate(ids) if v)
+        numbers = [str(i + 1) for i, v in enumerate(ids) if v]
+        which = "every run" if all(ids) else ("run " if len(numbers) == 1 else "runs ") + ", ".join(numbers)
         out.append(f"lanchat's posts carried ids (`--ids`, stored and acked) in {which}"
                    + ("" if all(ids) else ": **runs with and without ids are mixed here**") + ".\n")  # fmt: skip
 

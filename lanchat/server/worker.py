@@ -520,11 +520,12 @@ class Worker:
                     self._schedule_fanout()
                     self.msgs_out += len(members) * payload.count(b"\n")
             elif isinstance(frame, control.ConnsFrame):
+                n = frame.payload.count(b"\n")  # lines, as for a room (a tick's acks, a replay: many in one)
                 for cid in frame.conns:
                     c = conns.get(cid)
                     if c is not None:
                         c.push(frame.payload)
-                        self.msgs_out += 1
+                        self.msgs_out += n
             elif isinstance(frame, control.JsonFrame):
                 for record in frame.records:
                     self._control(record)

@@ -75,7 +75,7 @@ def test_bench_posts_with_ids_as_the_terminal_client_does(tmp_path: Path) -> Non
     assert "carried ids (`--ids`, stored and acked) in every run." in alone.stdout, alone.stderr[-2000:]
     mixed = subprocess.run([*report, str(without), str(tmp_path / "ids.jsonl")], capture_output=True, text=True,
                            timeout=60)  # fmt: skip
-    assert "in runs 2: **runs with and without ids are mixed here**" in mixed.stdout, mixed.stderr[-2000:]
+    assert "in run 2: **runs with and without ids are mixed here**" in mixed.stdout, mixed.stderr[-2000:]
 
 
 def test_bench_hops_traces_every_hop() -> None:

@@ -366,6 +366,14 @@ def test_a_ticks_acks_go_to_each_sender_in_one_frame_as_m_encode_writes_them(net
     assert frames[1].payload == m.encode({"type": "ack", "id": 9, "seq": seqs[3]})
 
 
+@pytest.mark.parametrize("rid", [0, 1, 2**31, m.MAX_ID])
+@pytest.mark.parametrize("seq", [None, 1, 1_800_000_000_000_000, 2**63 - 1])
+def test_the_ack_templates_write_what_m_encode_writes(rid: int, seq: int | None) -> None:
+    """Ids up to MAX_ID; sequence numbers from 1 to the clock's microseconds (after an unclean stop) and past."""
+    line = hub_module._ACK % (rid, seq) if seq is not None else hub_module._ACK_NO_SEQ % rid
+    assert line == m.encode({"type": "ack", "id": rid, "seq": seq})
+
+
 @pytest.mark.parametrize("change", ["the addressee renamed", "the addressee quit", "the sender left the room"])
 def test_a_delivered_post_resent_after_things_changed_is_acked_not_refused(net: Workers, change: str) -> None:
     """A post was delivered, its ack lost with the connection; meanwhile the addressee renamed or quit, or

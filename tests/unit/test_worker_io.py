@@ -331,3 +331,27 @@ def test_a_wait_for_the_hub_is_not_counted_as_a_clients_silence() -> None:
         assert not conn.closing and conn.pinged
 
     with_conn(body)
+
+
+def test_a_frame_for_named_connections_counts_its_lines_for_each() -> None:
+    """A tick's acks for one sender come in one frame (Hub.commit): each line counts, as for a room, in the
+    figures and in the fan-out's measure of a busy round."""
+
+    class Pushed:
+        def __init__(self) -> None:
+            self.data: list[bytes] = []
+
+        def push(self, data: bytes) -> None:
+            self.data.append(data)
+
+    worker, socks = make_worker()
+    try:
+        a, b = Pushed(), Pushed()
+        worker.conns.update({1: a, 2: b})  # type: ignore[dict-item]
+        payload = b'{"type":"ack","id":1,"seq":5}\n{"type":"ack","id":2,"seq":6}\n{"type":"ack","id":3,"seq":7}\n'
+        worker.from_hub(control.conns_frame([1, 2, 9], payload))  # 9: gone meanwhile
+        assert a.data == b.data == [payload]
+        assert worker.msgs_out == 6
+    finally:
+        for s in socks:
+            s.close()
