@@ -292,24 +292,25 @@ class Hub:
         ok = self.store.commit(now)
         if ok and self.store.sessions_lost:  # records given up on while the disk failed: all live ones again
             self.store.sessions_lost = False
-            for s in self.sessions.values():
-                self.store.put_session(s.row())
+            self.save_sessions()
             ok = self.store.commit(now)
         acks, self._acks = self._acks, []
         if acks:  # a busy sender has tens a tick: one frame each, lines made by a template (not a dict each)
-            lines: dict[tuple[int, int], list[bytes]] = {}
+            lines: dict[Session, list[bytes]] = {}
             for s, rid, seq in acks:
-                if s.worker is not None and s.conn is not None:
-                    line = _ACK % (rid, seq) if seq is not None else _ACK_NO_SEQ % rid
-                    lines.setdefault((s.worker, s.conn), []).append(line)
-            for (worker, conn), group in lines.items():
-                self._out.setdefault(worker, []).append(control.conns_frame([conn], b"".join(group)))
+                lines.setdefault(s, []).append(_ACK % (rid, seq) if seq is not None else _ACK_NO_SEQ % rid)
+            for s, group in lines.items():
+                self._send_lines(s, group)
         return ok
 
     def shutdown(self, reason: str) -> None:
         """Tell every worker to say goodbye to its clients (sessions stay on disk for the resume)."""
         for w in list(self._out):
             self._json(w, ["shutdown", reason])
+        self.save_sessions()
+
+    def save_sessions(self) -> None:
+        """Queue every session's record (with its last_id) for the next commit."""
         for s in self.sessions.values():
             self.store.put_session(s.row())
 

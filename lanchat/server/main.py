@@ -746,8 +746,7 @@ class Server:
             except OSError as exc:
                 log.warning("discovery: goodbye failed: %s", exc)
         self.hub.end_plain_sessions("server shutting down", time.time())
-        for s in self.hub.sessions.values():
-            self.store.put_session(s.row())
+        self.hub.save_sessions()
         self.store.commit(time.time(), force=True)  # even within the retry wait of a failed write
         self.store.checkpoint()
         self.store.close()
