@@ -1,6 +1,7 @@
 """The `lanchat` command line. It only parses options into typed configs and hands them on: no logic here.
 
-Every option also reads the environment variable LANCHAT_<OPTION> (``--max-per-ip`` -> ``LANCHAT_MAX_PER_IP``).
+Every setting also reads the environment variable LANCHAT_<OPTION> (``--max-per-ip`` -> ``LANCHAT_MAX_PER_IP``);
+the per-run switches (``--json``, ``--watch``, ``--version``) do not.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import typer
 
 from lanchat import const
 from lanchat.config import DiscoveryConfig, ServerConfig, default_data_dir
+
+# Seconds: the least --timeout of join and discover, the same for both since LANCHAT_TIMEOUT sets both.
+MIN_TIMEOUT = 0.05
 
 app = typer.Typer(
     add_completion=False,
@@ -60,7 +64,7 @@ Interface = Annotated[
         envvar=_env("interface"),
         metavar="NAME",
         help="Network interface for discovery (repeatable); `lo` means 127.255.255.255. "
-        "Default: every interface that is up and has an IPv4 broadcast address.",
+        "Default: every interface that is up and has an IPv4 broadcast address, loopback excluded.",
     ),
 ]
 DiscoveryPort = Annotated[
@@ -109,9 +113,9 @@ def serve(
             envvar=_env("workers"),
             metavar="N",
             min=0,
-            max=64,
+            max=const.MAX_WORKERS,
             show_default="number of CPUs",
-            help="Worker processes (0: one per CPU this process may use).",
+            help=f"Worker processes (0: one per CPU this process may use, at most {const.MAX_WORKERS}).",
         ),
     ] = 0,
     name: Annotated[
@@ -123,7 +127,9 @@ def serve(
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            envvar=_env("data_dir"), metavar="DIR", help="History and server id (default: ~/.local/share/lanchat)."
+            envvar=_env("data_dir"),
+            metavar="DIR",
+            help="History and server id (default: $XDG_DATA_HOME/lanchat, else ~/.local/share/lanchat).",
         ),
     ] = None,
     interface: Interface = [],  # noqa: B006 - typer reads the default, never mutates it
@@ -289,7 +295,8 @@ def join(
     interface: Interface = [],  # noqa: B006
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
     timeout: Annotated[
-        float, typer.Option(envvar=_env("timeout"), metavar="SECONDS", min=0.1, help="Seconds to look for servers.")
+        float,
+        typer.Option(envvar=_env("timeout"), metavar="SECONDS", min=MIN_TIMEOUT, help="Seconds to look for servers."),
     ] = 1.0,
 ) -> None:
     """Join a chat: interactive on a terminal, line-oriented when piped."""
@@ -311,7 +318,7 @@ def discover(
     interface: Interface = [],  # noqa: B006
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
     timeout: Annotated[
-        float, typer.Option(envvar=_env("timeout"), metavar="SECONDS", min=0.05, help="Seconds to listen.")
+        float, typer.Option(envvar=_env("timeout"), metavar="SECONDS", min=MIN_TIMEOUT, help="Seconds to listen.")
     ] = 1.0,
     probe: Annotated[
         list[str],

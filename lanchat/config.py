@@ -1,4 +1,4 @@
-"""Typed configuration. The CLI only parses options into these; option name = field = LANCHAT_<NAME>."""
+"""Typed configuration. The CLI only parses options into these; option name = field = LANCHAT_<NAME> (see cli.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ class DiscoveryConfig:
     discovery: bool = True
 
 
+def default_workers() -> int:
+    """One worker per usable CPU, up to MAX_WORKERS."""
+    return min(const.MAX_WORKERS, usable_cores())
+
+
 def usable_cores() -> int:
     """The CPUs this process may run on: a container or taskset may allow fewer than the host has."""
     try:
@@ -38,7 +43,7 @@ def usable_cores() -> int:
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = const.DEFAULT_PORT
-    workers: int = field(default_factory=usable_cores)
+    workers: int = field(default_factory=default_workers)
     name: str = field(default_factory=socket.gethostname)
     data_dir: Path = field(default_factory=default_data_dir)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)

@@ -9,6 +9,7 @@ PROTOCOL_VERSION: Final = 1
 
 # --- network -----------------------------------------------------------------------------------------------
 DEFAULT_PORT: Final = 7272  # TCP chat port; also the default UDP discovery port
+MAX_WORKERS: Final = 64  # worker processes: --workers 0 (one per CPU) stops here on a larger host
 DEFAULT_DISCOVERY_PORT: Final = 7272
 DEFAULT_ROOM: Final = "lobby"
 

@@ -10,6 +10,7 @@ noisy run is visible instead of averaged away.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import statistics
@@ -114,10 +115,9 @@ def capped(summary: dict[str, Any]) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    runs = [load(Path(p)) for p in argv]
-    if not runs:
-        print(__doc__)
-        return 2
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN.jsonl", help="the --json-file of a run of bench.py")
+    runs = [load(path) for path in p.parse_args(argv).runs]
     summaries = [r[0] for r in runs]
     keys = sorted({k for s in summaries for k in s}, key=lambda k: (k[1], k[2], k[3], TARGETS.index(k[0])))
 

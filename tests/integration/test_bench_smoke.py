@@ -179,3 +179,11 @@ def test_the_idle_broadcast_is_timed_from_before_its_post_is_sent(monkeypatch: p
     monkeypatch.setattr(Generator, "_post_marker", lambda self, marker: sent_at.append(time.time()))
     posted = gen._command("post", {})
     assert sent_at and posted <= sent_at[0]
+
+
+def test_the_report_explains_itself_and_refuses_no_runs() -> None:
+    report = [sys.executable, str(ROOT / "scripts" / "bench_report.py")]
+    helped = subprocess.run([*report, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "RUN.jsonl" in helped.stdout, helped.stderr[-2000:]
+    bare = subprocess.run(report, capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2 and "RUN.jsonl" in bare.stderr

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import lanchat.config
 import lanchat.server.main
 from lanchat import const
 from lanchat.cli import app
@@ -35,6 +36,25 @@ def test_serve_defaults(captured: dict[str, Any]) -> None:
     assert (cfg.host, cfg.port, cfg.workers) == ("0.0.0.0", 7272, os.cpu_count())
     assert cfg.discovery.interface == ("lo",) and cfg.discovery.beacon and cfg.discovery.discovery
     assert cfg.exempt_loopback is True and cfg.max_frame == 16384
+
+
+def test_one_worker_per_cpu_stops_at_max_workers(captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lanchat.config, "usable_cores", lambda: 200)
+    result = CliRunner().invoke(app, ["serve"], env={"LANCHAT_INTERFACE": "lo"})
+    assert result.exit_code == 0, result.output
+    assert captured["config"].workers == const.MAX_WORKERS == 64
+
+
+def test_join_and_discover_take_the_same_timeouts() -> None:
+    """LANCHAT_TIMEOUT sets both: a value one accepts must not be a usage error for the other."""
+    import typer.main
+
+    from lanchat.cli import MIN_TIMEOUT
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for name in ("join", "discover"):
+        (timeout,) = [p for p in commands[name].params if p.name == "timeout"]
+        assert timeout.min == MIN_TIMEOUT == 0.05, name
 
 
 def test_every_option_reads_its_environment_variable(captured: dict[str, Any]) -> None:
@@ -100,6 +120,8 @@ def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], a
         ["join", "[::1]x"],
         ["join", "127.0.0.1:"],
         ["discover", "--discovery-port", "70000"],
+        ["discover", "--timeout", "0.04"],  # under MIN_TIMEOUT, as for join:
+        ["join", "--timeout", "0.04"],  # one LANCHAT_TIMEOUT sets both, so both take the same values
         ["status", "127.0.0.1:abc"],
         ["status", "127.0.0.1:0"],
     ],
