@@ -52,6 +52,10 @@ LOG_RESTART_HOLD = 0.1
 LOG_RESTART_BACKOFF_MAX = 60.0  # seconds: restarts kept from happening by a reader (a backup) back off to this
 BOOT_TIMEOUT_KILL = "boot timeout"  # why the supervisor killed a worker that never got ready (see _reap)
 WORKER_EXIT_WAIT = 0.05  # seconds a worker whose pipe closed has to exit by itself before it is killed
+# Seconds: a second SIGINT sooner than this after the stop began is the same Ctrl-C delivered twice (the
+# terminal signals its whole foreground group, and a wrapper such as timeout(1) passes it on), not a person
+# asking for an exit now; sooner than anyone presses a key twice.
+REPEAT_SIGINT_MIN = 0.3
 ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -174,6 +178,7 @@ class Server:
         self.storms = Throttled()  # warnings that would come once per connection in a storm of connects
         self.handoff: dict[int, socket.socket] = {}  # conn -> our copy, until its worker adopts it
         self.stopping = False
+        self._stop_signal_at = 0.0  # monotonic time of the signal that began the stop
         self.exit_code = EXIT_OK
         self.done = asyncio.Event()
         self._supervise_logged = -SUPERVISE_ERROR_LOG_INTERVAL  # when a supervisor error was last logged
@@ -690,13 +695,16 @@ class Server:
 
     def _handle_signal(self, sig: int) -> None:
         if self.stopping:
-            if sig == signal.SIGINT:
+            if sig == signal.SIGINT and time.monotonic() - self._stop_signal_at < REPEAT_SIGINT_MIN:
+                log.debug("SIGINT again within %.1f s of the first: the same Ctrl-C, ignored", REPEAT_SIGINT_MIN)
+            elif sig == signal.SIGINT:
                 log.warning("second SIGINT: exiting now")
                 for slot in self.slots:
                     self._kill(slot)
                 self.done.set()
             return
         log.info("%s: shutting down (clients are told; up to %.0f s)", signal.Signals(sig).name, const.SHUTDOWN_GRACE)
+        self._stop_signal_at = time.monotonic()
         self._begin_stop("server shutting down")
 
     def _begin_stop(self, reason: str) -> None:

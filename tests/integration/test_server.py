@@ -341,6 +341,24 @@ async def _in_process_server(data_dir: Path, workers: int) -> AsyncIterator[Serv
             os.close(server._lock)
 
 
+def test_one_ctrl_c_delivered_twice_is_still_a_graceful_stop(tmp_path: Path) -> None:
+    """The terminal signals its whole foreground group and a wrapper (timeout(1)) passes the same Ctrl-C
+    on: two SIGINTs a millisecond apart, handled in one supervisor round. That is no second Ctrl-C asking
+    to exit now; one that comes REPEAT_SIGINT_MIN later is."""
+
+    async def scenario() -> None:
+        async with _in_process_server(tmp_path / "data", workers=1) as server:
+            server._handle_signal(signal.SIGINT)
+            assert server.stopping and not server.done.is_set()
+            server._handle_signal(signal.SIGINT)  # the same Ctrl-C, passed on
+            assert not server.done.is_set()
+            server._stop_signal_at -= server_main.REPEAT_SIGINT_MIN  # a person pressing it again
+            server._handle_signal(signal.SIGINT)
+            assert server.done.is_set()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_what_a_written_off_worker_left_in_its_pipe_is_not_handled(tmp_path: Path) -> None:
     """The supervisor reaps a dead worker as soon as its process has exited, which can be before the main
     loop has read all its pipe held (more than one read behind). A hello found there afterwards made a
