@@ -79,10 +79,11 @@ def check_room(room: object) -> str:
     """A room: 1..ROOM_MAX of a-z 0-9 _ . - (case-folded; a leading # is accepted and dropped)."""
     if not isinstance(room, str):
         raise _bad(Err.BAD_ROOM, "room must be a string")
-    room = room.removeprefix("#").lower()
-    if not 1 <= len(room) <= const.ROOM_MAX or not _ROOM.fullmatch(room):
-        raise _bad(Err.BAD_ROOM, f"room names are 1 to {const.ROOM_MAX} of a-z 0-9 _ . - (not {room[:40]!r})")
-    return room
+    name = room.removeprefix("#").lower()
+    if not 1 <= len(name) <= const.ROOM_MAX or not _ROOM.fullmatch(name):
+        given = room if len(room) <= 40 else room[:40] + "…"  # as typed: quoting it lowered would misquote
+        raise _bad(Err.BAD_ROOM, f"room names are 1 to {const.ROOM_MAX} of a-z 0-9 _ . - (not {given!r})")
+    return name
 
 
 def check_text(text: object, *, limit: int = const.MAX_TEXT, what: str = "text", empty: bool = False) -> str:

@@ -183,7 +183,7 @@ class Hub:
                 self._room(name).add(s)
         self.end_plain_sessions("connection lost", now)  # left by a crash: their nicks are free at once
         if self.sessions:
-            log.info("%d sessions of the last run held %.0f s for their clients to resume", len(self.sessions),
+            log.info("%d sessions of the last run held %g s for their clients to resume", len(self.sessions),
                      self.resume_grace)  # fmt: skip
 
     def end_plain_sessions(self, reason: str, now: float) -> None:

@@ -334,6 +334,16 @@ def test_bad_room_message_is_bounded_and_escaped() -> None:
     assert len(info.value.message) < 300  # 40 characters quoted
 
 
+@pytest.mark.parametrize(
+    ("raw", "quoted"), [("Ünïcødé", "'Ünïcødé'"), ("#My Room", "'#My Room'"), ("a" * 48, "'" + "a" * 40 + "…'")]
+)
+def test_bad_room_message_quotes_the_name_as_given(raw: str, quoted: str) -> None:
+    """Not lowered (the user would read back a name they never typed) and cut visibly, not silently."""
+    with pytest.raises(RemoteProtocolError) as info:
+        m.check_room(raw)
+    assert info.value.message.endswith(f"(not {quoted})")
+
+
 # --- hello details --------------------------------------------------------------------------------------------
 
 

@@ -181,7 +181,8 @@ def test_a_history_page_is_dimmed_never_rings_and_changes_no_membership() -> Non
         ],
     }
     lines = view.on_frame(page)
-    assert "2 events" in lines[0].text and "more before: /history 202" in lines[0].text  # more than this page
+    assert "2 events" in lines[0].text  # and the hint asks for more than this page:
+    assert "more before: /history 202 shows up to 200 more" in lines[0].text
     assert len(lines) == 4 and "end of history" in lines[-1].text
     assert all(all("class:history" in s for s in styles(line)) for line in lines[1:-1])  # every fragment dimmed
     assert "class:history" in styles(lines[0])
@@ -203,8 +204,8 @@ def test_the_history_hint_offers_more_than_the_page_shown() -> None:
         page = [ev("msg", i, room="lobby", **{"from": "zoe"}, text="x") for i in range(1, n + 1)]
         return view.on_frame({"type": "history", "room": "lobby", "more": True, "events": page})[0].text
 
-    assert "more before: /history 250" in head(50)  # a join's page
-    assert "more before: /history 500" in head(300)
+    assert "more before: /history 250 shows up to 200 more" in head(50)  # a join's page
+    assert "more before: /history 500 shows up to 200 more" in head(300)
     assert head(500).endswith("500 events, more before")  # the most one request shows: no command to offer
 
 
