@@ -86,8 +86,8 @@ def serve(lan: Lan, host: str, data_dir: Path, *interfaces: str) -> list[str]:
     )
 
 
-def discover_from_c(lan: Lan, *extra: str) -> list[dict[str, Any]]:
-    done = run_cli(lan.on("c", *lanchat_cmd("discover", "--json", "--timeout", "0.7", *extra)), env=lan.env)
+def discover_on(lan: Lan, *extra: str, host: str = "c") -> list[dict[str, Any]]:
+    done = run_cli(lan.on(host, *lanchat_cmd("discover", "--json", "--timeout", "0.7", *extra)), env=lan.env)
     assert done.returncode in (0, 1), done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -119,14 +119,17 @@ def test_broadcast_discovery_across_namespaces(lan: Lan, tmp_path: Path) -> None
         while len(rows) < 2:  # the servers boot their workers first
             assert time.monotonic() < deadline, f"found only {rows}"
             assert srv_a.poll() is None and srv_b.poll() is None, "a server died"
-            rows = discover_from_c(lan, "--interface", lan.iface("c"))
-        rows = discover_from_c(lan, "--interface", lan.iface("c"))  # both up now: both answer the probes
+            rows = discover_on(lan, "--interface", lan.iface("c"))
+        rows = discover_on(lan, "--interface", lan.iface("c"))  # both up now: both answer the probes
         found = {r["name"]: r for r in rows}
         assert sorted(found) == ["server-a", "server-b"]
         assert found["server-a"]["host"] == ADDR["a"]  # the address on c's side, not A_SECOND
         assert found["server-b"]["host"] == ADDR["b"]
         assert A_SECOND not in json.dumps(rows)
         assert all(r["port"] == 7272 and r["latency_ms"] is not None for r in rows)
+        # on a server's own host too, through its LAN interface (loopback is not among the defaults)
+        own = discover_on(lan, "--interface", lan.iface("b"), host="b")
+        assert sorted(r["name"] for r in own) == ["server-a", "server-b"], own
 
         # listed addresses are really reachable from c: a TCP connect to each succeeds
         for row in rows:
@@ -135,7 +138,7 @@ def test_broadcast_discovery_across_namespaces(lan: Lan, tmp_path: Path) -> None
             assert done.returncode == 0, done.stderr
 
         # a unicast --probe reaches one server without any broadcast (c's lo has no lanchat server)
-        rows = discover_from_c(lan, "--interface", "lo", "--probe", ADDR["b"])
+        rows = discover_on(lan, "--interface", "lo", "--probe", ADDR["b"])
         assert [r["name"] for r in rows] == ["server-b"]
 
         # b answers c's subnet, but not a source that is on none of its subnets, even with a route back
