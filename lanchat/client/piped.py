@@ -102,12 +102,21 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             terminated.append(signum)
             closing.append(loop.create_task(client.close()))
 
+    async def signalled() -> int:
+        """The exit after a signal: once its goodbye is done (the connection closes before it is: between
+        reconnects it connects once more, and returning sooner would cancel that), with the note /quit
+        gives if it found no server. The shell's convention for "killed by signal N"."""
+        await asyncio.gather(*closing, return_exceptions=True)
+        if client.goodbye_lost:
+            print(f"lanchat: {GOODBYE_LOST_NOTE}", file=sys.stderr, flush=True)
+        return 128 + terminated[0]
+
     on_hangup(loop, on_signal)  # before connecting (the session starts there); they go with the loop
     try:
         await client.connect()
     except ConnectError as exc:
         if terminated:
-            return 128 + terminated[0]
+            return await signalled()
         print(f"lanchat: {exc}", file=sys.stderr)
         return exc.exit_code
     queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -123,9 +132,9 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         task.cancel()
         return False
 
-    def lost(what: str) -> int:
-        if terminated:  # we closed it: the shell's convention for "killed by signal N"
-            return 128 + terminated[0]
+    async def lost(what: str) -> int:
+        if terminated:
+            return await signalled()
         print(f"lanchat: {what}", file=sys.stderr)
         return EXIT_LOST
 
@@ -138,7 +147,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     while True:
         getter = asyncio.ensure_future(queue.get())
         if not await before_closed(getter):
-            return lost(f"connection lost: {client.lost_reason}")
+            return await lost(f"connection lost: {client.lost_reason}")
         line = getter.result()
         if line is None:
             break
@@ -163,7 +172,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             break
         if isinstance(cmd, m.Msg | m.Action | m.PrivMsg) and not await before_closed(client.wait_room()):
             # a long input waits here for acks: the outbox holds OUTBOX_MAX at most
-            return lost(f"connection lost with {client.state.unacked} messages unsent")
+            return await lost(f"connection lost with {client.state.unacked} messages unsent")
         current.typed(cmd, client.state.rooms)
         try:
             rid = client.send(cmd)
@@ -174,14 +183,14 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             not_sent(number, exc.message)
     # EOF or /quit: everything typed must be acknowledged (or the connection given up) before we leave.
     if not await before_closed(client.wait_acked()):
-        return lost(f"connection lost with {client.state.unacked} messages unsent")
+        return await lost(f"connection lost with {client.state.unacked} messages unsent")
     # Acks cover messages only: a refused /part or /topic on the last line would come after we left (exit
     # code 0). The hub answers a connection's requests in order, so once it answers one more, every error
     # for what came before it is in.
     with contextlib.suppress(RemoteProtocolError):  # 1,000 commands waiting for a reconnect: none more
         client.send(m.Rooms(id=SETTLE_ID))
     if not await before_closed(_within(settled.wait(), SETTLE_TIMEOUT)) and terminated:
-        return 128 + terminated[0]
+        return await signalled()
     closed.cancel()
     await client.close(reason)
     if client.goodbye_lost:

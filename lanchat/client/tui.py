@@ -801,7 +801,7 @@ async def run_app(
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if signalled.done():
                 await _stop_prompt(session, prompt)
-                await client.close()
+                await quit_with()  # the same goodbye as /quit, and the same note if it found no server
                 return 128 + signalled.result()  # the shell's convention for "killed by signal N"
             if not prompt.done():  # the client gave up reconnecting
                 await _stop_prompt(session, prompt)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import sys
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from tmux_support import TMUX, Tmux
 
@@ -116,6 +118,18 @@ def test_the_status_line_follows_a_server_restart(term: Tmux, server: ServerProc
     with Client(server.port, "carol") as carol:  # it was posted once, after the resume
         page = carol.expect("history")
         assert [e["text"] for e in page["events"] if e["type"] == "msg"] == ["typed while down"]
+
+
+def test_sigterm_while_the_server_is_down_says_the_nick_may_stay_taken(term: Tmux, server: ServerProcess) -> None:
+    """The terminal client's goodbye between reconnects finds no server: as after /quit, it says so."""
+    join(term, server.port)
+    server.stop()
+    term.wait_status(" reconnecting ")
+    assert term.pane_pid is not None
+    (client,) = psutil.Process(term.pane_pid).children()  # the pane's shell runs `env ... python -m lanchat`
+    client.send_signal(signal.SIGTERM)
+    assert term.exit_status() == 128 + signal.SIGTERM
+    assert "did not answer the goodbye" in term.screen()
 
 
 def test_bidi_overrides_and_tabs_from_other_users_are_neutralised(term: Tmux, server: ServerProcess) -> None:

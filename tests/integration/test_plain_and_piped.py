@@ -285,6 +285,34 @@ def test_a_terminated_piped_client_says_goodbye_and_frees_its_nick(make_server: 
         assert again.returncode == 0, again.stderr
 
 
+def test_a_piped_client_terminated_while_the_server_is_down_says_the_nick_may_stay_taken(
+    make_server: MakeServer,
+) -> None:
+    """Its goodbye between reconnects finds no server: as after /quit (docs/client.md), it says so as it exits."""
+    server = make_server(workers=1)
+    with _join(server.port, "--nick", "hal") as proc:
+        stderr = proc.stderr
+        assert stderr is not None
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            for line in stderr:
+                lines.put(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        with Client(server.port, "watcher") as watcher:
+            watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
+        server.kill()
+        while "reconnecting" not in lines.get(timeout=10):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+        reader.join(5)  # it ends with the pipe, which ends with the process
+        rest = [lines.get_nowait() for _ in range(lines.qsize())]
+        assert any("did not answer the goodbye" in x for x in rest), rest
+
+
 def test_a_refused_command_on_the_last_line_still_sets_the_exit_code(make_server: MakeServer) -> None:
     """Acks cover messages only: the error for a /part of a room we are not in came after the client had
     left, and the exit code was 0. The client waits for the hub to answer one more request."""
