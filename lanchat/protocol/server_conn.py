@@ -225,6 +225,8 @@ class ServerConnection:
     def _quit(self, req: m.Quit, out: list[Action]) -> None:
         if self.hello_sent:
             out.append(Forward(req))  # the hub ends the session and tells the rooms
+        if self.mode is Mode.PLAIN:  # a telnet user sees the connection end with a word, not in silence
+            out.append(Reply(b"* bye\n"))
         self.closed = True
         out.append(Close(req.reason or "quit", clean=True))
 

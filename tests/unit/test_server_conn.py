@@ -344,7 +344,7 @@ def test_plain_commands_allowed_before_the_nick() -> None:
     assert not c.hello_sent
     (a,) = c.receive_data(b"/nick\n", 0.0)
     assert isinstance(a, Reply) and a.data == b"! usage: /nick NAME [bad_field]\n"
-    assert c.receive_data(b"/quit\n", 0.0) == [Close("quit", clean=True)]  # no session: nothing forwarded
+    assert c.receive_data(b"/quit\n", 0.0) == [Reply(b"* bye\n"), Close("quit", clean=True)]  # no session: no Forward
     assert c.closed
 
 
@@ -427,7 +427,9 @@ def test_plain_part_moves_the_current_room() -> None:
 def test_plain_quit() -> None:
     c = conn()
     registered_plain(c)
-    assert c.receive_data(b"/quit gotta go\n", 0.0) == [Forward(m.Quit("gotta go")), Close("gotta go", clean=True)]
+    assert c.receive_data(b"/quit gotta go\n", 0.0) == [
+        Forward(m.Quit("gotta go")), Reply(b"* bye\n"), Close("gotta go", clean=True),
+    ]  # fmt: skip
     assert c.closed
 
 
