@@ -95,10 +95,11 @@ def _setup_logging() -> None:
     """Warnings (with their hints) on stderr; LANCHAT_LOG_LEVEL=debug also shows every kind of ignored datagram."""
     if logging.getLogger().handlers:
         return
-    level = os.environ.get("LANCHAT_LOG_LEVEL", "warning").upper()
-    if level not in logging.getLevelNamesMapping():
-        level = "WARNING"
+    given = os.environ.get("LANCHAT_LOG_LEVEL", "warning")
+    level = given.upper() if given.upper() in logging.getLevelNamesMapping() else "WARNING"
     logging.basicConfig(level=level, format="lanchat discover: %(levelname)s %(message)s", stream=sys.stderr)
+    if level != given.upper():  # said, not silently ignored (serve refuses it: a usage error there)
+        logging.getLogger(__name__).warning("LANCHAT_LOG_LEVEL=%r is not a log level; using warning", given)
 
 
 def _latency(record: ServerRecord) -> str:

@@ -73,6 +73,13 @@ def test_nothing_found_exits_1(port: int) -> None:
     assert "no lanchat server found" in done.stderr
 
 
+def test_a_bad_log_level_is_said_not_silently_ignored(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANCHAT_LOG_LEVEL", "loud")
+    done = run_cli(discover(port, "--timeout", "0.2"))
+    assert done.returncode == 1  # it still runs, at the default level
+    assert "LANCHAT_LOG_LEVEL='loud' is not a log level; using warning" in done.stderr
+
+
 def test_probe_target_finds_a_server_that_does_not_beacon(tmp_path: Path, port: int) -> None:
     """--probe HOST:PORT reaches a server by unicast (the route across subnets), even with --no-beacon."""
     with announcer_process(name="quiet", port=7103, data_dir=tmp_path, discovery_port=port, extra=["--no-beacon"]) as (
