@@ -30,12 +30,13 @@ async def _within(aw: Awaitable[Any], timeout: float) -> None:
 
 def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
     """A thread, because stdin may be a pipe, a file or a socket, and only blocking reads work on all."""
-    try:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-    except (OSError, ValueError):
-        pass
-    loop.call_soon_threadsafe(queue.put_nowait, None)
+    with contextlib.suppress(RuntimeError):  # the loop is closed: run_piped returned (a signal), nobody reads
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+        except (OSError, ValueError):  # stdin failed or was closed: as its end
+            pass
+        loop.call_soon_threadsafe(queue.put_nowait, None)
 
 
 async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: bool) -> int:

@@ -95,7 +95,7 @@ def _setup_logging() -> None:
     """Warnings (with their hints) on stderr; LANCHAT_LOG_LEVEL=debug also shows every kind of ignored datagram."""
     if logging.getLogger().handlers:
         return
-    given = os.environ.get("LANCHAT_LOG_LEVEL", "warning")
+    given = os.environ.get("LANCHAT_LOG_LEVEL") or "warning"  # empty: unset, as for serve
     level = given.upper() if given.upper() in logging.getLevelNamesMapping() else "WARNING"
     logging.basicConfig(level=level, format="lanchat discover: %(levelname)s %(message)s", stream=sys.stderr)
     if level != given.upper():  # said, not silently ignored (serve refuses it: a usage error there)

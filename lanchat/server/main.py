@@ -178,11 +178,11 @@ class Server:
         self.storms = Throttled()  # warnings that would come once per connection in a storm of connects
         self.handoff: dict[int, socket.socket] = {}  # conn -> our copy, until its worker adopts it
         self.stopping = False
-        self._stop_signal_at = 0.0  # monotonic time of the signal that began the stop
+        self._stop_signal: tuple[int, float] | None = None  # the signal that began the stop, and when it came
         self.exit_code = EXIT_OK
         self.done = asyncio.Event()
         self._supervise_logged = -SUPERVISE_ERROR_LOG_INTERVAL  # when a supervisor error was last logged
-        self._signals: list[int] = []
+        self._signals: list[tuple[int, float]] = []  # (signal, monotonic time it came), for the supervisor
         self._flush_scheduled = False
         self._retry_handle: asyncio.TimerHandle | None = None
         self._accept_paused = False
@@ -215,7 +215,7 @@ class Server:
             return
         self.loop.add_reader(self.listener.fileno(), self._accept)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self.loop.add_signal_handler(sig, self._signals.append, sig)
+            self.loop.add_signal_handler(sig, self._signal_came, sig)
         await self._start_discovery()
         log.info(
             "lanchat %r serving on %s:%d with %d workers (pid %d, data %s)",
@@ -466,7 +466,7 @@ class Server:
     def _supervise_once(self) -> None:
         now = time.monotonic()
         while self._signals:
-            self._handle_signal(self._signals.pop(0))
+            self._handle_signal(*self._signals.pop(0))
         self._reap()
         if not self.stopping:
             for slot in self.slots:
@@ -693,9 +693,14 @@ class Server:
 
     # --- stopping ------------------------------------------------------------------------------------------
 
-    def _handle_signal(self, sig: int) -> None:
+    def _signal_came(self, sig: int) -> None:
+        """Only queued (the supervisor acts), with the time it came: that decides whether a SIGINT repeats one."""
+        self._signals.append((sig, time.monotonic()))
+
+    def _handle_signal(self, sig: int, came: float) -> None:
         if self.stopping:
-            if sig == signal.SIGINT and time.monotonic() - self._stop_signal_at < REPEAT_SIGINT_MIN:
+            first = self._stop_signal
+            if sig == signal.SIGINT and first is not None and first[0] == sig and came - first[1] < REPEAT_SIGINT_MIN:
                 log.debug("SIGINT again within %.1f s of the first: the same Ctrl-C, ignored", REPEAT_SIGINT_MIN)
             elif sig == signal.SIGINT:
                 log.warning("second SIGINT: exiting now")
@@ -704,7 +709,7 @@ class Server:
                 self.done.set()
             return
         log.info("%s: shutting down (clients are told; up to %.0f s)", signal.Signals(sig).name, const.SHUTDOWN_GRACE)
-        self._stop_signal_at = time.monotonic()
+        self._stop_signal = (sig, came)
         self._begin_stop("server shutting down")
 
     def _begin_stop(self, reason: str) -> None:

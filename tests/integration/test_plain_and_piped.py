@@ -20,7 +20,7 @@ from typing import IO, Any
 import pytest
 from support import Client, MakeServer, run_cli
 
-from lanchat.client import connection
+from lanchat.client import connection, piped
 from lanchat.client.piped import run_piped
 from lanchat.protocol import client_conn
 from lanchat.protocol import messages as m
@@ -311,6 +311,47 @@ def test_a_piped_client_terminated_while_the_server_is_down_says_the_nick_may_st
         reader.join(5)  # it ends with the pipe, which ends with the process
         rest = [lines.get_nowait() for _ in range(lines.qsize())]
         assert any("did not answer the goodbye" in x for x in rest), rest
+
+
+def test_a_terminated_piped_client_waits_for_its_goodbye(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The connection closes before the goodbye is done (between reconnects it connects once more, up to
+    GOODBYE_TIMEOUT): returning then let asyncio.run cancel it. In-process, with a goodbye that takes a
+    while and finds no server, and the signal delivered through the front end's own hook."""
+    server = make_server(workers=1)
+    hooks: list[tuple[asyncio.AbstractEventLoop, Callable[[int], None]]] = []
+
+    def hook(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]) -> Callable[[], None]:
+        hooks.append((loop, callback))
+        return lambda: None
+
+    real_close = connection.ChatClient.close
+
+    async def slow_goodbye(self: connection.ChatClient, reason: str = "") -> None:
+        await real_close(self, reason)
+        await asyncio.sleep(0.2)  # the goodbye's connection, still trying: wait_closed() is already over
+        self.goodbye_lost = True
+
+    monkeypatch.setattr(piped, "on_hangup", hook)
+    monkeypatch.setattr(connection.ChatClient, "close", slow_goodbye)
+    r, w = os.pipe()  # stdin stays open: the client is waiting for a line when the signal comes
+    os.write(w, b"hi\n")  # once it is seen, the client has connected (a signal while connecting goes elsewhere)
+    stdin = os.fdopen(r)
+    monkeypatch.setattr(sys, "stdin", stdin)
+    with Client(server.port, "watcher") as watcher:
+
+        def hang_up() -> None:
+            watcher.expect(lambda f: f.get("type") == "msg" and f.get("text") == "hi")
+            loop, callback = hooks[0]
+            loop.call_soon_threadsafe(callback, signal.SIGTERM)
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        code = asyncio.run(asyncio.wait_for(run_piped("127.0.0.1", server.port, "bot", "lobby", json_output=False), 30))
+    os.close(w)  # the client's stdin thread reads its end now, with nobody left to tell
+    stdin.close()
+    assert code == 128 + signal.SIGTERM
+    assert "did not answer the goodbye" in capsys.readouterr().err
 
 
 def test_a_refused_command_on_the_last_line_still_sets_the_exit_code(make_server: MakeServer) -> None:
