@@ -10,6 +10,11 @@ from pathlib import Path
 from lanchat import const
 
 
+def host_port(host: str, port: int | str) -> str:
+    """HOST:PORT as it is typed: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def default_data_dir() -> Path:
     """The user's data directory (XDG on Linux): where history and the server id live."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")

@@ -20,6 +20,7 @@ from itertools import count, islice
 from typing import Any, Final
 
 from lanchat import const
+from lanchat.config import host_port
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.client_conn import OUTBOX_MAX, ClientState
@@ -419,11 +420,6 @@ def on_hangup(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]) 
                 loop.remove_signal_handler(sig)
 
     return remove
-
-
-def host_port(host: str, port: int) -> str:
-    """HOST:PORT as it is typed: an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def request_once(host: str, port: int, req: dict[str, Any], *, timeout: float = 5.0) -> dict[str, Any]:

@@ -17,11 +17,11 @@ from lanchat.client.connection import (
     EXIT_ERROR,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    host_port,
     parse_address,
     request_once,
     unreachable_reason,
 )
+from lanchat.config import host_port
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol.plain import clean, count_of
 
@@ -65,7 +65,7 @@ def run_status(address: str, *, json_output: bool) -> int:
     history = _dict(stats.get("history"))
     users, rooms = count_of(stats.get("users"), "user"), count_of(stats.get("rooms"), "room")
     title = Text(
-        f"{clean(stats.get('name'))} ({host}:{clean(stats.get('port', port))}): {users}, {rooms}, "
+        f"{clean(stats.get('name'))} ({host_port(host, clean(stats.get('port', port)))}): {users}, {rooms}, "
         f"seq {clean(stats.get('seq'))}"
     )
     table = Table(title=title)

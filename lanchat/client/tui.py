@@ -52,8 +52,9 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.validation import Validator
 
 from lanchat import const
-from lanchat.client.connection import EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, host_port, on_hangup
+from lanchat.client.connection import EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, on_hangup
 from lanchat.client.current import CurrentRoom
+from lanchat.config import host_port
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.plain import CLIENT_HELP, COMMANDS, LocalCommand, clean, clock, count_of, parse_command, render

@@ -8,6 +8,7 @@ Signal handlers only queue; the supervisor loop acts (reap, heartbeat, respawn, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import json
@@ -27,7 +28,7 @@ from typing import Any
 import psutil
 
 from lanchat import const
-from lanchat.config import ServerConfig
+from lanchat.config import ServerConfig, host_port
 from lanchat.errors import RemoteProtocolError, StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
@@ -44,6 +45,7 @@ EXIT_WORKER_BOOT = 3  # a worker cannot start: restarting it forever would only 
 LOCK_NAME = "lock"  # in the data directory: one server per directory (lock_data_dir)
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
 SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
+CPU_SAMPLE_INTERVAL = 1.0  # seconds: `stats` reports each process's CPU % over the last whole interval
 CHECKPOINT_INTERVAL = 1.0  # seconds between write-ahead-log checkpoints (bounds the log's size)
 # Seconds the hub holds its commits (and so its relays) while a checkpoint starts the log over (6-12 ms under
 # the benchmark's load): past it they go on, and a commit waits for the restart in SQLite's busy handler (the
@@ -194,6 +196,10 @@ class Server:
         self._restart: asyncio.Future[bool] | None = None
         self._me = psutil.Process()
         self._me.cpu_percent(None)
+        # CPU % per pid, sampled by the supervisor: measured at each `stats` request instead, a figure covered
+        # the time since anyone's previous request, and two monitors made each other's near zero.
+        self._cpu: dict[int, float] = {}
+        self._cpu_next = 0.0
 
     # --- start ---------------------------------------------------------------------------------------------
 
@@ -214,12 +220,12 @@ class Server:
         if self.stopping:  # a worker could not boot: _reap began the stop
             return
         self.loop.add_reader(self.listener.fileno(), self._accept)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal or ssh session closed
             self.loop.add_signal_handler(sig, self._signal_came, sig)
         await self._start_discovery()
         log.info(
-            "lanchat %r serving on %s:%d with %d workers (pid %d, data %s)",
-            cfg.name, cfg.host, self.port, len(self.slots), os.getpid(), cfg.data_dir,
+            "lanchat %r serving on %s with %d workers (pid %d, data %s)",
+            cfg.name, host_port(cfg.host, self.port), len(self.slots), os.getpid(), cfg.data_dir,
         )  # fmt: skip
         self.loop.call_later(SUPERVISE_INTERVAL, self._supervise)
         self._checkpoints = self.loop.create_task(self._checkpoint_loop())
@@ -467,6 +473,9 @@ class Server:
         now = time.monotonic()
         while self._signals:
             self._handle_signal(*self._signals.pop(0))
+        if now >= self._cpu_next:
+            self._cpu_next = now + CPU_SAMPLE_INTERVAL
+            self._sample_cpu()
         self._reap()
         if not self.stopping:
             for slot in self.slots:
@@ -664,6 +673,14 @@ class Server:
 
     # --- stats ---------------------------------------------------------------------------------------------
 
+    def _sample_cpu(self) -> None:
+        procs = [self._me, *(slot.ps for slot in self.slots if slot.ps is not None and slot.alive)]
+        cpu = {}
+        for ps in procs:
+            with contextlib.suppress(psutil.Error):
+                cpu[ps.pid] = ps.cpu_percent(None)
+        self._cpu = cpu
+
     def _stats(self) -> dict[str, Any]:
         procs: list[dict[str, Any]] = [self._proc_figures(self._me, "main", len(self.conn_peer), {})]
         procs[0]["msgs_in"] = self.hub.msgs_in
@@ -673,19 +690,16 @@ class Server:
                 procs.append(self._proc_figures(slot.ps, f"worker{slot.index}", len(slot.conns), slot.figures))
         return {"name": self.config.name, "port": self.port, "processes": procs}
 
-    @staticmethod
-    def _proc_figures(ps: Any, role: str, conns: int, figures: dict[str, int]) -> dict[str, Any]:
+    def _proc_figures(self, ps: Any, role: str, conns: int, figures: dict[str, int]) -> dict[str, Any]:
         try:
-            with ps.oneshot():
-                cpu = ps.cpu_percent(None)
-                rss = ps.memory_info().rss
+            rss = ps.memory_info().rss
         except psutil.Error:
-            cpu, rss = 0.0, 0
+            rss = 0
         return {
             "pid": ps.pid,
             "role": role,
             "connections": conns,
-            "cpu_percent": round(cpu, 1),
+            "cpu_percent": round(self._cpu.get(ps.pid, 0.0), 1),
             "rss": rss,
             "msgs_in": figures.get("msgs_in", 0),
             "msgs_out": figures.get("msgs_out", 0),

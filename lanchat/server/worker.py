@@ -647,7 +647,8 @@ async def _amain(args: argparse.Namespace) -> int:
     fds = socket.socket(fileno=args.fd_fd)
     worker = Worker(args.worker_id, ctrl, fds, cfg)
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides; Ctrl-C hits the group
+    for sig in (signal.SIGINT, signal.SIGHUP):  # the supervisor decides: Ctrl-C and a hang-up hit the group
+        loop.add_signal_handler(sig, lambda: None)
     loop.add_signal_handler(signal.SIGTERM, lambda: worker.shutdown("server shutting down"))
     await worker.start()
     heap.settle()

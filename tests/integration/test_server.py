@@ -157,6 +157,19 @@ def test_sigterm_tells_clients_and_exits_within_5s(make_server: MakeServer) -> N
         c.close()
 
 
+def test_sighup_is_a_graceful_stop_too(make_server: MakeServer) -> None:
+    """The terminal or ssh session of a `lanchat serve` in the foreground closed: it stopped at once (the
+    default action), clients were not told and the next start found the history not stopped cleanly."""
+    server = make_server(workers=1)
+    (client,) = _spread_clients(server, ["h1"])
+    assert server.stop(signal.SIGHUP, timeout=5) == 0
+    bye = client.expect("bye")
+    assert bye["reason"] == "server shutting down" and bye["reconnect"] is True
+    client.close()
+    server.wait_log(r"\bstopped\b")
+    assert "SIGHUP: shutting down" in server.log
+
+
 def test_worker_that_cannot_boot_stops_the_server(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "d", workers=2)
     os.environ["LANCHAT_FAULT"] = "worker-boot"
@@ -368,6 +381,32 @@ def test_one_ctrl_c_delivered_twice_is_still_a_graceful_stop(tmp_path: Path, mon
             server._handle_signal(signal.SIGTERM, 100.0)
             server._handle_signal(signal.SIGINT, 100.01)
             assert server.done.is_set()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_cpu_figures_cover_the_last_second_whoever_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measured at each `stats` request, a CPU figure covered the time since anyone's previous request: two
+    monitors (or a table right after a --json) read each other's leftovers, near zero. The supervisor samples
+    every CPU_SAMPLE_INTERVAL; requests read the sample."""
+
+    async def scenario() -> None:
+        async with _in_process_server(tmp_path / "data", workers=1) as server:
+            readings = iter([42.0, 7.0])
+            calls: list[float] = []
+
+            def cpu_percent(interval: float | None = None) -> float:
+                calls.append(next(readings))
+                return calls[-1]
+
+            monkeypatch.setattr(server._me, "cpu_percent", cpu_percent)
+            server.port = 7272  # never started: what start() would have set
+            server._sample_cpu()
+            first, second = server._stats(), server._stats()  # two monitors, one after the other
+            assert first["processes"][0]["cpu_percent"] == second["processes"][0]["cpu_percent"] == 42.0
+            assert calls == [42.0]  # asking did not measure
+            server._sample_cpu()
+            assert server._stats()["processes"][0]["cpu_percent"] == 7.0
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
 

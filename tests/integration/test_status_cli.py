@@ -92,6 +92,20 @@ def test_a_name_with_brackets_is_printed_as_text(listener: socket.socket, capsys
     assert "Traceback" not in err and "MarkupError" not in err
 
 
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_an_ipv6_address_is_printed_in_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    """`vm (::1:7272)` read as a port of some address; `[::1]:7272` is how it is typed."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
+        listener.bind(("::1", 0))
+        listener.listen()
+        thread = _answer_once(listener, _stats())
+        code = run_status(f"[::1]:{listener.getsockname()[1]}", json_output=False)
+        thread.join(THREAD_TIMEOUT)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "lab ([::1]:7272)" in out
+
+
 def test_no_server_string_is_markup_or_a_control_sequence(
     listener: socket.socket, capsys: pytest.CaptureFixture[str]
 ) -> None:

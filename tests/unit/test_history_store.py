@@ -630,7 +630,9 @@ def test_a_failed_spread_commit_leaves_the_journal_as_it_was(
     assert seqs(s.events("r0", limit=100)[0]) == [6, 12]
 
 
-def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path, stores: list[HistoryStore]) -> None:
+def test_a_version_1_file_is_upgraded_in_place(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
     s = open_store(stores, tmp_path)
     add(s, 1)
     assert s.commit(0.0)
@@ -640,6 +642,7 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path, stores: list[Hist
         db.execute("UPDATE meta SET value='1' WHERE key='schema'")
     db.close()
     s2 = open_store(stores, tmp_path)
+    assert "history: file format 1 upgraded to 2; an earlier lanchat refuses it now" in caplog.text
     assert seqs(s2.events("lobby")[0]) == [1]
     assert table_sizes(s2) == (1, 0)
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
