@@ -197,6 +197,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     if client.goodbye_lost:
         print(f"lanchat: {GOODBYE_LOST_NOTE}", file=sys.stderr, flush=True)
     if refused:
-        print(f"lanchat: {len(refused)} line(s) refused (above)", file=sys.stderr)
+        where = "their error frames are in the output" if json_output else "above"
+        print(f"lanchat: {len(refused)} line(s) refused ({where})", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK

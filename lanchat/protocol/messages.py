@@ -82,7 +82,10 @@ def check_room(room: object) -> str:
     name = room.removeprefix("#").lower()
     if not 1 <= len(name) <= const.ROOM_MAX or not _ROOM.fullmatch(name):
         given = room if len(room) <= 40 else room[:40] + "…"  # as typed: quoting it lowered would misquote
-        raise _bad(Err.BAD_ROOM, f"room names are 1 to {const.ROOM_MAX} of a-z 0-9 _ . - (not {given!r})")
+        raise _bad(
+            Err.BAD_ROOM,
+            f"room names are 1 to {const.ROOM_MAX} of a-z 0-9 _ . -, starting with a letter or digit (not {given!r})",
+        )
     return name
 
 
@@ -242,9 +245,11 @@ def parse_obj(obj: object, *, allow_plain: bool = False) -> Request:
     if not isinstance(obj, dict):
         raise _bad(Err.BAD_JSON, "a frame must be a JSON object")
     kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise _bad(Err.BAD_FIELD, "missing 'type'")
     rid = _opt_int(obj, "id")
+    if not isinstance(kind, str):
+        missing = _bad(Err.BAD_FIELD, "missing 'type'" if kind is None else "'type' must be a string")
+        missing.request_id = rid  # a valid id is echoed whatever else is wrong, so the sender can match it
+        raise missing
     try:
         if kind == "msg":
             return Msg(check_room(obj.get("room")), check_text(obj.get("text")), id=rid)

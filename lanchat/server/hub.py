@@ -544,7 +544,10 @@ class Hub:
     def _resume(self, worker: int, conn: int, s: Session, req: m.Hello, now: float) -> None:
         if s.worker is not None and s.conn is not None:  # the old connection is half-open: replace it
             old_w, old_c = s.worker, s.conn
-            self._reply(old_w, old_c, {"type": "bye", "reason": "session resumed on another connection"})
+            # reconnect: false, or the two connections would take the session from each other in turns
+            self._reply(
+                old_w, old_c, {"type": "bye", "reason": "session resumed on another connection", "reconnect": False}
+            )
             self._json(old_w, ["close", old_c, "session resumed elsewhere"])
             self._detach(s, now)
         self._attach(s, worker, conn)
@@ -601,7 +604,7 @@ class Hub:
         for line in newest_first:
             size += len(line)
             if size > self.replay_max:
-                self._send(s, {"type": "gap", "after": after, "reason": "too many events to replay; /history has them"})
+                self._send(s, {"type": "gap", "after": after, "reason": "too many events to replay"})
                 break
             lines.append(line)
         else:  # all of it fits; a gap still if history lost some, or a read failed on the way

@@ -264,10 +264,14 @@ def test_piped_refusals_go_to_stderr_and_set_the_exit_code(make_server: MakeServ
         assert "lanchat: line 2: ! no one is called nobody" in out.stderr  # the server's refusal names the line
         assert "line 3 not sent: " in out.stderr
         assert "lanchat: line 4: ! you are not in #nowhere" in out.stderr  # a change's refusal too
-        assert "3 line(s) refused" in out.stderr
+        assert "3 line(s) refused (above)" in out.stderr
         assert "Plain text" not in out.stdout
         said = [watcher.expect(lambda f: f.get("type") == "msg" and f.get("from") == "bot")["text"] for _ in range(2)]
         assert said == ["first", "last"]
+    as_json = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", "--json", input="/msg nobody hi\n")
+    assert as_json.returncode == 1, as_json.stderr
+    assert '"no_such_nick"' in as_json.stdout  # the server's error frame is output, not said on stderr
+    assert "1 line(s) refused (their error frames are in the output)" in as_json.stderr
 
 
 def test_a_terminated_piped_client_says_goodbye_and_frees_its_nick(make_server: MakeServer) -> None:

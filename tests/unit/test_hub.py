@@ -1336,7 +1336,7 @@ def test_resume_of_an_attached_session_replaces_the_old_connection(net: Workers)
     w = welcome_of(net, 1, 10, "al")
     net.clear()
     hub.request(2, 20, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": w["seq"]}, 1.0)
-    assert net.take(1, 10) == [{"type": "bye", "reason": "session resumed on another connection"}]
+    assert net.take(1, 10) == [{"type": "bye", "reason": "session resumed on another connection", "reconnect": False}]
     assert ["close", 10, "session resumed elsewhere"] in net.take_records(1)
     assert net.take(2, 20)[0]["resumed"] is True
     hub.closed(1, 10, False, "closed", 2.0)  # the old connection's close arrives later: it changes nothing

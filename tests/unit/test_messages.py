@@ -197,6 +197,9 @@ def test_error_carries_the_request_id() -> None:
     assert exc.request_id == 42
     exc = obj_code({"type": "hello", "nick": "!", "id": 5})
     assert exc.request_id == 5
+    for bad_type in ({"id": 6}, {"type": 5, "id": 6}):  # whatever else is wrong, a valid id is echoed
+        exc = obj_code(bad_type)
+        assert (exc.code, exc.request_id) == (m.Err.BAD_FIELD, 6)
     unknown = obj_code({"type": "launch", "id": 3})
     assert unknown.code == m.Err.UNKNOWN_TYPE and unknown.request_id == 3
 
