@@ -307,8 +307,9 @@ class ChatView:
         # /history N shows the newest N: the hint offers more than this page, up to what one request takes
         n = len(events)
         wider = min(const.HISTORY_PAGE_MAX, n + 200)
-        more = f", more before: /history {wider} shows up to {wider - n} more" if wider > n else ", more before"
-        more = more if frame.get("more") else ""
+        more = ""
+        if frame.get("more"):
+            more = f", more before: /history {wider} shows up to {wider - n} more" if wider > n else ", more before"
         lines = [self._system(f"history of #{clean(room)}: {n} event{'' if n == 1 else 's'}{more}", "history")]
         for e in events:
             sender = e.get("from")

@@ -221,6 +221,8 @@ class Server:
             return
         self.loop.add_reader(self.listener.fileno(), self._accept)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal or ssh session closed
+            if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # started under nohup: a hang-up is meant to pass unnoticed
             self.loop.add_signal_handler(sig, self._signal_came, sig)
         await self._start_discovery()
         log.info(

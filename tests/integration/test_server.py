@@ -11,6 +11,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -168,6 +170,41 @@ def test_sighup_is_a_graceful_stop_too(make_server: MakeServer) -> None:
     client.close()
     server.wait_log(r"\bstopped\b")
     assert "SIGHUP: shutting down" in server.log
+
+
+def test_under_nohup_a_hang_up_passes_unnoticed(tmp_path: Path) -> None:
+    """`nohup lanchat serve &` ignores SIGHUP so that the server outlives its terminal: the stop on SIGHUP
+    must not override that. Signals are handled in the order they came: a SIGHUP taken for a stop would
+    be the first one logged."""
+    cmd = [
+        sys.executable, "-m", "lanchat", "serve", "--host", "127.0.0.1", "--port", "0", "--workers", "1",
+        "--no-discovery", "--data-dir", str(tmp_path / "data"),
+    ]  # fmt: skip
+    env = {**os.environ, "LANCHAT_INTERFACE": "lo", "PYTHONUNBUFFERED": "1"}
+    ignore_hup = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731 - what nohup does
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ignore_hup)
+    try:
+        assert proc.stderr is not None
+        log_lines = []
+        for line in proc.stderr:  # until it serves (bounded: the process exits on a failure)
+            log_lines.append(line)
+            if "serving on" in line:
+                break
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        ignored, caught = (int(status.split(f"{k}:")[1].split()[0], 16) for k in ("SigIgn", "SigCgt"))
+        hup = 1 << (signal.SIGHUP - 1)
+        assert ignored & hup and not caught & hup  # still ignored: no handler of ours took it over
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=10)
+        log_lines.append(rest)
+        assert proc.returncode == 0
+        text = "".join(log_lines)
+        assert "SIGTERM: shutting down" in text and "SIGHUP" not in text, text[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 def test_worker_that_cannot_boot_stops_the_server(tmp_path: Path) -> None:
