@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,12 @@ from lanchat import const
 def host_port(host: str, port: int | str) -> str:
     """HOST:PORT as it is typed: an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def ignored_from_start(sig: int) -> bool:
+    """Was this process started with ``sig`` ignored? (`nohup` ignores SIGHUP, so that its command outlives
+    the terminal: a handler of ours must not take that over.)"""
+    return signal.getsignal(sig) is signal.SIG_IGN
 
 
 def default_data_dir() -> Path:

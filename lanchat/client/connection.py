@@ -20,7 +20,7 @@ from itertools import count, islice
 from typing import Any, Final
 
 from lanchat import const
-from lanchat.config import host_port
+from lanchat.config import host_port, ignored_from_start
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.client_conn import OUTBOX_MAX, ClientState
@@ -408,6 +408,8 @@ def on_hangup(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]) 
     thread (tests) there are no signals to handle: nothing is installed."""
     installed: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGHUP):
+        if sig == signal.SIGHUP and ignored_from_start(sig):
+            continue  # started under nohup: a hang-up is meant to pass unnoticed
         try:
             loop.add_signal_handler(sig, callback, int(sig))
         except (ValueError, RuntimeError, NotImplementedError):

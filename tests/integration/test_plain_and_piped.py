@@ -358,6 +358,24 @@ def test_a_terminated_piped_client_waits_for_its_goodbye(
     assert "did not answer the goodbye" in capsys.readouterr().err
 
 
+def test_a_hang_up_ignored_by_nohup_stays_ignored() -> None:
+    """`nohup lanchat join … < script &` must outlive the terminal: the goodbye on SIGHUP is not for it."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    async def scenario() -> None:
+        remove = connection.on_hangup(asyncio.get_running_loop(), lambda _: None)
+        try:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)  # SIGTERM is taken
+        finally:
+            remove()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_a_refused_command_on_the_last_line_still_sets_the_exit_code(make_server: MakeServer) -> None:
     """Acks cover messages only: the error for a /part of a room we are not in came after the client had
     left, and the exit code was 0. The client waits for the hub to answer one more request."""
