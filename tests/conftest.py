@@ -8,6 +8,7 @@ Every test must end clean: the autouse fixture fails a test that leaves child pr
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 from lanchat.storage import reserve
 
 os.environ["LANCHAT_INTERFACE"] = "lo"  # also for subprocesses started outside monkeypatch
+# A suite run under nohup would pass its ignored SIGHUP to every server and client it starts, and the tests
+# of a hang-up need the default (the nohup tests ignore it themselves).
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)

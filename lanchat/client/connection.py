@@ -123,6 +123,7 @@ class ChatClient:
         self._task: asyncio.Task[None] | None = None
         self.lost_reason = ""
         self.goodbye_lost = False  # a quit between reconnects the server did not confirm: it may hold our nick
+        self._stay_away = False  # a bye said reconnect: false (the session was taken over elsewhere)
 
     # --- public API ----------------------------------------------------------------------------------------
 
@@ -305,7 +306,9 @@ class ChatClient:
             if self._closing:
                 break
             self._drop_connection()
-            if not await self._reconnect():
+            # Another connection resumed the session: reconnecting would take it back, and that one would
+            # take it again, in turns. The front end says why (lost_reason) and ends.
+            if self._stay_away or not await self._reconnect():
                 self._set_status("closed")
                 return
 
@@ -332,6 +335,7 @@ class ChatClient:
                     continue
                 if kind == "bye":
                     self.lost_reason = str(frame.get("reason", "server said goodbye"))
+                    self._stay_away = frame.get("reconnect") is False
                 if kind in ("ack", "error"):
                     if not self.state.outbox:
                         self._acked.set()

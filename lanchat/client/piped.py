@@ -44,6 +44,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     reconnects: list[str] = []
     current = CurrentRoom(room)  # where text goes, as in the terminal UI
     refused: list[str] = []  # what the client or the server refused: the exit code says so
+    by_server: list[str] = []  # those the server refused (with --json, error frames in the output)
     settled = asyncio.Event()  # the hub has answered everything sent before the last request
     terminated: list[int] = []  # the signal that ended us (SIGTERM, SIGHUP)
     closing: list[asyncio.Task[None]] = []  # its goodbye (a reference, or the task could be collected)
@@ -71,6 +72,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             current.refused(frame.get("code"), client.state.rooms)
             if client.state.registered and not frame.get("fatal"):  # a refusal of a line we sent (a fatal
                 refused.append(str(frame.get("code")))  # one ends the connection: the reconnect says so)
+                by_server.append(refused[-1])
         if json_output:  # the resume token is a bearer credential: scripts that log stdout must not keep it
             shown = {k: v for k, v in frame.items() if k != "token"} if kind == "welcome" else frame
             emit(json.dumps(shown, ensure_ascii=False))
@@ -197,7 +199,11 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     if client.goodbye_lost:
         print(f"lanchat: {GOODBYE_LOST_NOTE}", file=sys.stderr, flush=True)
     if refused:
-        where = "their error frames are in the output" if json_output else "above"
+        where = "above"  # on stderr, as the client's own refusals always are
+        if json_output and by_server:
+            where = "the server's as error frames in the output" + (
+                ", the client's above" if len(by_server) < len(refused) else ""
+            )
         print(f"lanchat: {len(refused)} line(s) refused ({where})", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK

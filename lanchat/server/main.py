@@ -679,7 +679,7 @@ class Server:
         procs = [self._me, *(slot.ps for slot in self.slots if slot.ps is not None and slot.alive)]
         cpu = {}
         for ps in procs:
-            with contextlib.suppress(psutil.Error):
+            with contextlib.suppress(psutil.Error, OSError):  # OSError: out of descriptors (EMFILE), say
                 cpu[ps.pid] = ps.cpu_percent(None)
         self._cpu = cpu
 

@@ -234,12 +234,13 @@ class HistoryStore:
         # A version-1 file gains the journal table above and is marked 2, so that an older lanchat (which
         # would not see the journal's events) refuses it instead of serving history with holes.
         db.execute("INSERT OR REPLACE INTO meta VALUES ('app', ?), ('schema', ?)", (APP_ID, str(SCHEMA_VERSION)))
+        # Written at once (autocommit): said at once, whatever comes next (the check below may fail).
+        if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
+            log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",
+                        meta.get("schema"), SCHEMA_VERSION)  # fmt: skip
         check = db.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-        if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):  # an operator must see this step
-            log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",
-                        meta.get("schema"), SCHEMA_VERSION)  # fmt: skip
         reserved = db.execute("SELECT value FROM meta WHERE key='seq_reserved'").fetchone()
         top = max(db.execute(f"SELECT max(seq) FROM {t}").fetchone()[0] or 0 for t in ("events", "journal"))
         self._journal = Counter(dict(db.execute("SELECT conv, count(*) FROM journal GROUP BY conv").fetchall()))

@@ -271,7 +271,12 @@ def test_piped_refusals_go_to_stderr_and_set_the_exit_code(make_server: MakeServ
     as_json = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", "--json", input="/msg nobody hi\n")
     assert as_json.returncode == 1, as_json.stderr
     assert '"no_such_nick"' in as_json.stdout  # the server's error frame is output, not said on stderr
-    assert "1 line(s) refused (their error frames are in the output)" in as_json.stderr
+    assert "1 line(s) refused (the server's as error frames in the output)" in as_json.stderr
+    both = run_cli(
+        "join", f"127.0.0.1:{server.port}", "--nick", "bot", "--json", input="/switch nowhere\n/msg nobody hi\n"
+    )
+    assert "line 1 not sent: " in both.stderr  # the client's own refusal: no frame, said on stderr
+    assert "2 line(s) refused (the server's as error frames in the output, the client's above)" in both.stderr
 
 
 def test_a_terminated_piped_client_says_goodbye_and_frees_its_nick(make_server: MakeServer) -> None:

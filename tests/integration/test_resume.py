@@ -263,6 +263,28 @@ def test_quitting_between_reconnects_still_ends_the_session(make_server: MakeSer
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
+def test_a_session_resumed_elsewhere_is_not_taken_back(make_server: MakeServer) -> None:
+    """The server's bye says reconnect: false when another connection resumed the session (a copied token,
+    a second copy of a bot): reconnecting would take it back, and the other would take it again."""
+    server = make_server(workers=1)
+
+    async def scenario() -> None:
+        client = ChatClient("127.0.0.1", server.port, "al")
+        await client.connect()
+        token = client.state.info.token
+        assert token is not None
+        with Client(server.port) as other:
+            other.send({"type": "hello", "nick": "al", "token": token})
+            assert other.expect("welcome")["resumed"] is True
+            await asyncio.wait_for(client.wait_closed(), 10)
+            assert client.status == "closed"
+            assert client.lost_reason == "session resumed on another connection"
+            other.send({"type": "who", "room": "lobby", "id": 1})  # still its session: nobody took it back
+            assert other.expect("who")["nicks"] == ["al"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 def test_quitting_while_the_server_is_unreachable_says_the_nick_stays_taken(make_server: MakeServer) -> None:
     """The goodbye between reconnects finds no server: the user quit and was told nothing, then found the
     nick taken for the grace. The client says so (the front ends print GOODBYE_LOST_NOTE)."""

@@ -159,6 +159,19 @@ def test_sigterm_tells_clients_and_exits_within_5s(make_server: MakeServer) -> N
         c.close()
 
 
+def test_a_hang_up_of_the_terminal_leaves_the_workers_to_the_main_process(make_server: MakeServer) -> None:
+    """The terminal signals its whole process group: a worker must not die of the SIGHUP (the main process
+    stops them, telling their clients). A worker killed by it could not pass a message on afterwards."""
+    server = make_server(workers=1)
+    (client,) = _spread_clients(server, ["w1"])
+    worker = next(p["pid"] for p in server.stats()["processes"] if p["role"].startswith("worker"))
+    os.kill(worker, signal.SIGHUP)
+    client.send({"type": "msg", "room": "lobby", "text": "still here", "id": 1})
+    assert client.expect("msg")["text"] == "still here"  # through that worker, after the signal came
+    assert psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE
+    client.close()
+
+
 def test_sighup_is_a_graceful_stop_too(make_server: MakeServer) -> None:
     """The terminal or ssh session of a `lanchat serve` in the foreground closed: it stopped at once (the
     default action), clients were not told and the next start found the history not stopped cleanly."""
@@ -294,6 +307,7 @@ def test_dual_stack_listens_on_ipv4_and_ipv6(make_server: MakeServer) -> None:
     with Client(server.port, "v4", host="127.0.0.1") as v4, Client(server.port, "v6", host="::1") as v6:
         v6.send({"type": "msg", "room": "lobby", "text": "over ipv6", "id": 1})
         assert v4.expect("msg")["text"] == "over ipv6"
+    assert f"serving on [::]:{server.port} " in server.log  # as typed: ":::7272" read as a port of some address
 
 
 def test_a_second_server_on_the_same_data_directory_is_refused(make_server: MakeServer, tmp_path: Path) -> None:
@@ -444,6 +458,17 @@ def test_cpu_figures_cover_the_last_second_whoever_asks(tmp_path: Path, monkeypa
             assert calls == [42.0]  # asking did not measure
             server._sample_cpu()
             assert server._stats()["processes"][0]["cpu_percent"] == 7.0
+
+            def out_of_descriptors(interval: float | None = None) -> float:
+                raise OSError(errno.EMFILE, "Too many open files")  # what psutil lets through then
+
+            monkeypatch.setattr(server._me, "cpu_percent", out_of_descriptors)
+            server._sample_cpu()  # not a supervisor round lost (it would skip reaping and heartbeats)
+            assert server._stats()["processes"][0]["cpu_percent"] == 0.0
+
+        async with _in_process_server(tmp_path / "data2", workers=1) as server:
+            server._supervise_once()  # the supervisor samples: a round fills the figures
+            assert set(server._cpu) == {server._me.pid}
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
 

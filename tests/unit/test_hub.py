@@ -1311,6 +1311,7 @@ def test_a_replay_past_its_byte_budget_sends_a_gap_and_the_newest_that_fit(
     hub.replay_max = 5 * line_size + 10  # room for five of them (the uncommitted one is longer)
     frames = resumed(net, token, last_seq)
     assert kinds(frames)[:2] == ["welcome", "gap"] and frames[1]["after"] == last_seq
+    assert frames[1]["reason"] == "too many events to replay"  # as protocol.md says (history may not have them)
     assert [f.get("text") for f in frames[2:]] == ["m16", "m17", "m18", "m19", "uncommitted"]
     sizes = [len(f.payload) for f in net.raw[3] if isinstance(f, control.ConnsFrame) and b'"msg"' in f.payload]
     assert len(sizes) >= 2 and all(size <= 300 for size in sizes)
