@@ -695,7 +695,7 @@ class Server:
     def _proc_figures(self, ps: Any, role: str, conns: int, figures: dict[str, int]) -> dict[str, Any]:
         try:
             rss = ps.memory_info().rss
-        except psutil.Error:
+        except (psutil.Error, OSError):  # as in _sample_cpu: a figure lost, not the stats reply
             rss = 0
         return {
             "pid": ps.pid,

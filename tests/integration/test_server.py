@@ -463,8 +463,10 @@ def test_cpu_figures_cover_the_last_second_whoever_asks(tmp_path: Path, monkeypa
                 raise OSError(errno.EMFILE, "Too many open files")  # what psutil lets through then
 
             monkeypatch.setattr(server._me, "cpu_percent", out_of_descriptors)
+            monkeypatch.setattr(server._me, "memory_info", out_of_descriptors)
             server._sample_cpu()  # not a supervisor round lost (it would skip reaping and heartbeats)
-            assert server._stats()["processes"][0]["cpu_percent"] == 0.0
+            main = server._stats()["processes"][0]  # nor the stats reply
+            assert (main["cpu_percent"], main["rss"]) == (0.0, 0)
 
         async with _in_process_server(tmp_path / "data2", workers=1) as server:
             server._supervise_once()  # the supervisor samples: a round fills the figures
