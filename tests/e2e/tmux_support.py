@@ -136,21 +136,22 @@ class Tmux:
         return self.tmux("display-message", "-p", "-t", "t", "#{pane_title}").strip()
 
     def close(self) -> None:
-        """Kill the tmux server (SIGHUP to the pane) and make sure the program in the pane is gone."""
+        """Kill the tmux server (SIGHUP to the pane) and make sure the program in the pane is gone. Its
+        process tree is taken first: once the pane's shell is gone, the program would be nobody's child."""
+        procs: list[psutil.Process] = []
+        if self.pane_pid is not None:
+            try:
+                proc = psutil.Process(self.pane_pid)
+                procs = [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                pass
         try:
             self.tmux("kill-server")
         except (AssertionError, subprocess.TimeoutExpired):
             pass
         if self.socket_path is not None:
             self.socket_path.unlink(missing_ok=True)  # tmux leaves its socket file behind
-        if self.pane_pid is None:
-            return
-        try:
-            proc = psutil.Process(self.pane_pid)
-            procs = [proc, *proc.children(recursive=True)]
-        except psutil.Error:
-            return
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 5  # a client's goodbye on SIGHUP may try a server for 2 s
         while any(_alive(p) for p in procs) and time.monotonic() < deadline:
             time.sleep(POLL)
         for p in procs:
