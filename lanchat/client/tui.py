@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import re
+import sys
 import time
 import zlib
 from collections import deque
@@ -45,10 +46,12 @@ from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
-from prompt_toolkit.output import Output
+from prompt_toolkit.output import ColorDepth, Output, create_output
+from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.renderer import print_formatted_text
 from prompt_toolkit.styles import Style
+from prompt_toolkit.utils import get_bell_environment_variable, get_term_environment_variable
 from prompt_toolkit.validation import Validator
 
 from lanchat import const
@@ -849,12 +852,37 @@ async def _stop_prompt(session: PromptSession[str], prompt: asyncio.Task[str]) -
         await prompt
 
 
+class HungUpOutput(Vt100_Output):
+    """The terminal's output, quiet once the terminal is gone. A closed window or a dropped ssh session
+    hangs the terminal up: every write then fails (EIO), and prompt_toolkit would raise from the redraw
+    that ends the prompt, before the goodbye is sent (the nick held for --resume-grace, a traceback, exit
+    1), or from a print above the prompt, which leaves it waiting for that print forever (a client that
+    never exits). The SIGHUP that comes with the hang-up ends the client as /quit does."""
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):  # EINTR is handled inside; what is left means no terminal
+            super().flush()
+
+
+def terminal_output() -> Output:
+    """The output prompt_toolkit would pick for stdout (create_output), hang-up-safe on a terminal."""
+    if not sys.stdout.isatty():
+        return create_output()
+    return HungUpOutput.from_pty(
+        sys.stdout,
+        term=get_term_environment_variable(),
+        default_color_depth=ColorDepth.from_env(),
+        enable_bell=get_bell_environment_variable(),
+    )
+
+
 def run_tui(host: str, port: int, nick: str, room: str, *, server_name: str = "") -> int:
     """`lanchat join` on a terminal. Stray writes to stdout/stderr (a warning, a log line) are printed
     above the prompt by patch_stdout instead of through it."""
+    output = terminal_output()  # before patch_stdout replaces sys.stdout
     try:
         with patch_stdout():
-            return asyncio.run(run_app(host, port, nick, room, server_name=server_name))
+            return asyncio.run(run_app(host, port, nick, room, server_name=server_name, output=output))
     except KeyboardInterrupt:  # Ctrl-C before the prompt took the keyboard (while connecting)
         return EXIT_INTERRUPTED
 
@@ -901,7 +929,7 @@ async def choose_server(
     def valid(text: str) -> bool:
         return text.strip().lower() in ("", "q") or pick_server(found, text) is not None
 
-    session: PromptSession[str] = PromptSession(input=input, output=output, style=STYLE)
+    session: PromptSession[str] = PromptSession(input=input, output=output or terminal_output(), style=STYLE)
     Printer(session.app.output).write(server_lines(found))
     validator = Validator.from_callable(
         valid, error_message=f"a number from 1 to {len(found)}, a name, or q", move_cursor_to_end=True
