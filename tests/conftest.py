@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,9 @@ import psutil
 import pytest
 
 from lanchat.storage import reserve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))  # the tests' helpers (support.py)
+from support import ServerProcess
 
 os.environ["LANCHAT_INTERFACE"] = "lo"  # also for subprocesses started outside monkeypatch
 # A suite run under nohup would pass its ignored SIGHUP to every server and client it starts, and the tests
@@ -50,3 +54,15 @@ def reservable(tmp_path: Path) -> None:
     st = os.statvfs(tmp_path)
     if st.f_bavail * st.f_frsize < reserve.KEEP_FREE + (64 << 20):  # the tests reserve a few MiB at most
         pytest.skip("tmp_path's filesystem is too full to reserve disk blocks on (reserve.KEEP_FREE)")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real server with one worker, killed with it at the end of the test (more servers, other options:
+    tests/integration's make_server)."""
+    proc = ServerProcess(tmp_path / "data", workers=1)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.kill()

@@ -11,7 +11,6 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,6 @@ from support import Client, Frame, ServerProcess
 
 PROMPT_SHOWN = b"\x1b[?2004h"  # bracketed paste on: the prompt is up, reading the keyboard
 EXIT_DEADLINE = 10.0  # seconds for the client to end after the hang-up (its goodbye takes milliseconds)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", workers=1)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.kill()
 
 
 def _read_until(fd: int, marker: bytes, timeout: float = 15.0) -> bytes:

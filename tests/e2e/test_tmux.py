@@ -37,16 +37,6 @@ def term(tmp_path: Path) -> Iterator[Tmux]:
         t.close()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", workers=1)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.kill()
-
-
 def join(term: Tmux, port: int, nick: str = "alice") -> None:
     term.start("join", f"127.0.0.1:{port}", "--nick", nick)
     term.wait_status(" connected ", f"#lobby | {nick} |")

@@ -9,7 +9,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -501,16 +501,6 @@ def test_choose_server_asks_until_the_answer_is_valid(typed: str, chosen: str | 
 
 
 # --- the whole app against a real server -------------------------------------------------------------------
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", workers=1)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.kill()
 
 
 async def until(cond: Callable[[], object], what: str, timeout: float = 10.0) -> None:
