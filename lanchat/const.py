@@ -94,6 +94,10 @@ RECONNECT_MAX: Final = 5.0  # seconds: cap of the reconnect delay
 RECONNECT_GIVE_UP: Final = 300.0  # seconds of failed reconnects before the client gives up
 CONNECT_TIMEOUT: Final = 5.0  # seconds for one TCP connect + hello
 GOODBYE_TIMEOUT: Final = 2.0  # seconds a client quitting while it reconnects spends to say goodbye
+# Seconds a quitting client waits for the server to read its quit, which queues behind what it sent before
+# (a server limiting the connection's rate reads 20 lines a second). Then it resets the connection and says
+# goodbye on a new one (GOODBYE_TIMEOUT), its unacknowledged lines dropped: a quit must not wait on a paste.
+GOODBYE_LINGER: Final = 1.0
 CLIENT_PING_INTERVAL: Final = 15.0  # seconds of server silence before the client pings
 CLIENT_PING_TIMEOUT: Final = 10.0  # seconds more without any byte before the client reconnects
 

@@ -119,6 +119,7 @@ class ChatClient:
         self._room = asyncio.Event()  # set while the outbox can take another post (see wait_room)
         self._room.set()
         self._closing = False
+        self._server_closed = False  # the connection ended by the server's close, not a reset or our own
         self._last_rx = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self.lost_reason = ""
@@ -179,27 +180,53 @@ class ChatClient:
         await self._room.wait()
 
     async def wait_closed(self) -> None:
+        """Until the connection is given up (or closed). Cancelling the wait leaves the connection be."""
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})
 
     async def close(self, reason: str = "") -> None:
-        """Say goodbye (ends the session at once) and close."""
+        """Say goodbye (ends the session at once) and close.
+
+        The quit queues behind whatever was sent before it, and the server reads it once it has handled
+        those (at its rate limit). Until it closes the connection we keep reading: a socket closed with
+        unread input is reset, and the reset throws away what the server had not read yet, the quit with
+        it (the session would be held for --resume-grace). A server that has not closed within
+        GOODBYE_LINGER gets the quit on a new connection instead, and what it had not read is dropped."""
         self._closing = True
         quit_line = m.encode({"type": "quit", "reason": reason} if reason else {"type": "quit"})
         writer = self._writer
+        said = False
         if writer is not None:  # connected, or the hello is out: the server has (or will have) a session
             self._write(quit_line)
-            with contextlib.suppress(OSError, ConnectionError):
-                await asyncio.wait_for(writer.drain(), 1.0)
+            said = await self._linger()
+            if not said:
+                writer.transport.abort()
         self._drop_connection()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if writer is None and self.state.info.token is not None:  # between reconnects: the server holds it
+        if not said and self.state.info.token is not None:  # between reconnects, or not read in time
             self.goodbye_lost = not await self._goodbye_from_afar(quit_line)
         self._set_status("closed")
+
+    async def _linger(self) -> bool:
+        """After the quit: True once the server closed the connection, frames delivered meanwhile as usual
+        (the acks of the last posts). False if it did not within GOODBYE_LINGER, or reset it."""
+        reader, task = self._reader, self._task
+        self._server_closed = False
+        try:
+            async with asyncio.timeout(const.GOODBYE_LINGER):
+                if task is not None and task is not asyncio.current_task():
+                    await asyncio.wait({task})  # _run reads on, and ends at the server's close
+                elif reader is not None:  # closed while connecting: nobody reads yet
+                    while data := await reader.read(1 << 16):
+                        for frame in self.state.receive_data(data):
+                            self._deliver(frame)
+                    self._server_closed = True
+        except (TimeoutError, OSError, ConnectionError):
+            return False
+        return self._server_closed
 
     async def _goodbye_from_afar(self, quit_line: bytes) -> bool:
         """Resume the session only to end it: else the server holds the nick for --resume-grace and the
@@ -326,6 +353,7 @@ class ChatClient:
                 continue
             if not data:
                 self.lost_reason = self.lost_reason or "connection closed by server"
+                self._server_closed = True
                 return
             self._last_rx = time.monotonic()
             for frame in self.state.receive_data(data):

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import re
+import signal
 import sys
 import time
 import zlib
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import Application
 from prompt_toolkit.application.run_in_terminal import in_terminal
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
@@ -105,6 +107,7 @@ Keys:
   F2                   next joined room (as /switch without a room)
   Ctrl-C               clear the line; on an empty line: quit
   Ctrl-D               quit (on an empty line)
+  Ctrl-Z               stop the client (fg brings it back)
   Ctrl-L               clear the screen"""
 
 EXIT_INTERRUPTED: Final = 130  # Ctrl-C while connecting (the shell's convention for SIGINT)
@@ -764,6 +767,7 @@ async def run_app(
         style=STYLE,
         include_default_pygments_style=False,
         erase_when_done=True,  # the server's echo shows what was said; the typed line would be a duplicate
+        enable_suspend=True,  # Ctrl-Z stops the client as it stops any program (else it types a ^Z)
         input=input,
         output=output,
     )
@@ -774,23 +778,60 @@ async def run_app(
         printer.show(view.on_frame(frame))
         session.app.invalidate()
 
+    offline = asyncio.Event()  # set while not connected: /quit then sends nothing first
+
     def on_status(status: str) -> None:
         printer.show(view.on_status(status, client.lost_reason if client is not None else ""))
         session.app.invalidate()
+        if status == "connected":
+            offline.clear()
+        else:
+            offline.set()
 
     client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after)
     loop = asyncio.get_running_loop()
 
-    async def quit_with(reason: str = "") -> None:
+    async def quit_with(reason: str = "", *, send_first: bool = True) -> None:
+        if send_first and client.state.unacked and client.status == "connected":
+            await send_before_quitting()
         await client.close(reason)
+        if client.state.unacked:
+            printer.show(view.note(f"{count_of(client.state.unacked, 'message')} not sent", "error"))
         if client.goodbye_lost:
             printer.show(view.note(GOODBYE_LOST_NOTE, "error"))
+
+    async def send_before_quitting() -> None:
+        """/quit and Ctrl-D first send what was typed (a paste ending in /quit: its lines at the server's
+        rate), unless Ctrl-C, a signal or a lost connection says otherwise (what is left is then dropped,
+        and the goodbye says how many)."""
+        left = count_of(client.state.unacked, "message")
+        printer.show(view.note(f"sending {left} before quitting (Ctrl-C: quit now)"))
+        waits: set[asyncio.Future[Any]] = {
+            asyncio.ensure_future(client.wait_acked()),
+            asyncio.ensure_future(offline.wait()),
+            skip,
+        }
+        if signalled is not None:
+            waits.add(signalled)
+        try:  # the prompt is gone: Ctrl-C is a SIGINT now
+            loop.add_signal_handler(signal.SIGINT, lambda: None if skip.done() else skip.set_result(None))
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
+            pass
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+            for w in waits - {signalled}:
+                w.cancel()
 
     unhook: Callable[[], None] = lambda: None  # noqa: E731
     printer.start()
     where = f"{view.server} ({view.address})" if view.server else view.address
     printer.show(view.note(f"connecting to {where} as {clean(nick)}"))
     closed: asyncio.Task[None] | None = None
+    signalled: asyncio.Future[int] | None = None
+    skip: asyncio.Future[None] = loop.create_future()  # Ctrl-C while sending before quitting
     try:
         try:
             await client.connect()
@@ -798,16 +839,21 @@ async def run_app(
             printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
             return exc.exit_code
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
-        signalled: asyncio.Future[int] = loop.create_future()  # SIGTERM, SIGHUP: quit as /quit does
-        unhook = on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig))
+        hangup: asyncio.Future[int] = loop.create_future()  # SIGTERM, SIGHUP: quit as /quit does
+        signalled = hangup
+        unhook = on_hangup(loop, lambda sig: None if hangup.done() else hangup.set_result(sig))
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
+            loop.add_signal_handler(signal.SIGCONT, _continued, session.app)
         while True:
             prompt = asyncio.create_task(session.prompt_async(), name="tui-prompt")
-            waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
+            waits: set[asyncio.Future[Any]] = {prompt, closed, hangup}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if signalled.done():
+            if hangup.done():
                 await _stop_prompt(session, prompt)
-                await quit_with()  # the same goodbye as /quit, and the same note if it found no server
-                return 128 + signalled.result()  # the shell's convention for "killed by signal N"
+                # The same goodbye as /quit, and the same note if it found no server, but at once: lines not
+                # acknowledged yet are dropped (docs/client.md)
+                await quit_with(send_first=False)
+                return 128 + hangup.result()  # the shell's convention for "killed by signal N"
             if not prompt.done():  # the client gave up reconnecting
                 await _stop_prompt(session, prompt)
                 printer.show(view.lost(client.lost_reason))
@@ -833,6 +879,8 @@ async def run_app(
                         printer.show(view.taken(submitted))
     finally:
         unhook()
+        with contextlib.suppress(ValueError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGCONT)
         if closed is not None:
             closed.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -840,6 +888,15 @@ async def run_app(
         if client.status != "closed":
             await client.close()
         await printer.close()
+
+
+def _continued(app: Application[Any]) -> None:
+    """SIGCONT: back from a stop (Ctrl-Z or a `kill -TSTP`, then `fg`). The shell hands the terminal back in
+    its own mode, not ours: without raw mode again, keys would echo and Ctrl-C would be a SIGINT."""
+    if app.is_running:
+        app.input.raw_mode().__enter__()  # no exit: the app's own raw mode restores the terminal at its end
+        app.renderer.reset()  # the screen was the shell's meanwhile: draw the prompt anew
+        app.invalidate()
 
 
 async def _stop_prompt(session: PromptSession[str], prompt: asyncio.Task[str]) -> None:

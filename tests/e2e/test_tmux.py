@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from tmux_support import TMUX, Tmux
+from tmux_support import BASH, TMUX, Tmux
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from discovery_support import free_udp_port
@@ -120,6 +120,56 @@ def test_sigterm_while_the_server_is_down_says_the_nick_may_stay_taken(term: Tmu
     client.send_signal(signal.SIGTERM)
     assert term.exit_status() == 128 + signal.SIGTERM
     assert "did not answer the goodbye" in term.screen()
+
+
+@pytest.mark.skipif(BASH is None, reason="needs bash for job control")
+def test_ctrl_z_stops_the_client_and_fg_brings_it_back_as_it_was(term: Tmux, server: ServerProcess) -> None:
+    """Ctrl-Z stops it (it used to type a ^Z into the line, which was then refused); after `fg`, and after a
+    stop from outside (`kill -TSTP`), its keys are keys again: the shell gives the terminal back in the
+    shell's mode, in which Ctrl-C would be a SIGINT (a traceback, exit 130) instead of "clear, then quit"."""
+    term.start_in_shell("join", f"127.0.0.1:{server.port}", "--nick", "zed")
+    term.wait_status(" connected ", "#lobby | zed |")
+    term.type("kept line")
+    with Client(server.port, "bob") as bob:
+        for stops, stop in enumerate(("C-z", "kill -TSTP"), 1):
+            if stop == "C-z":
+                term.keys("C-z")
+            else:
+                assert term.pane_pid is not None
+                (client,) = psutil.Process(term.pane_pid).children()  # bash runs `env ... python -m lanchat`
+                client.send_signal(signal.SIGTSTP)
+            term.wait(lambda s, n=stops: s.count("Stopped") == n, f"the shell's word on {stop}")  # type: ignore[misc]
+            bob.send({"type": "msg", "room": "lobby", "text": f"while stopped by {stop}"})  # shown once back
+            term.resume()
+            term.wait_for(f"<bob> while stopped by {stop}")
+            term.wait_prompt("#lobby> kept line")
+    term.keys("C-c")  # a key again: clears the line
+    term.wait_prompt("#lobby>")
+    term.keys("C-c")  # and on an empty line, quits
+    assert term.shell_exit_status() == 0
+
+
+def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(term: Tmux, tmp_path: Path) -> None:
+    """/quit after a long paste waits for the server to take every line (20 a second by default); Ctrl-C
+    then quits at once, saying how many were dropped, with the goodbye still said (exit 0, not 130)."""
+    server = ServerProcess(tmp_path / "slow", "--rate", "2", "--burst", "2", workers=1)
+    server.start()
+    try:
+        with Client(server.port, "bob") as bob:
+            term.start("join", f"127.0.0.1:{server.port}", "--nick", "alice")
+            term.wait_status(" connected ", "#lobby | alice |")
+            paste = tmp_path / "paste.txt"
+            paste.write_text("".join(f"line {i}\n" for i in range(20)) + "/quit")
+            term.tmux("load-buffer", str(paste))
+            term.tmux("paste-buffer", "-p", "-t", "t")  # bracketed, as a terminal pastes
+            term.keys("Enter")
+            term.wait_for("sending 20 messages before quitting (Ctrl-C: quit now)")
+            term.keys("C-c")
+            assert term.exit_status() == 0
+            assert re.search(r"\d+ messages not sent", term.screen())
+            bob.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "alice")
+    finally:
+        server.kill()
 
 
 def test_bidi_overrides_and_tabs_from_other_users_are_neutralised(term: Tmux, server: ServerProcess) -> None:

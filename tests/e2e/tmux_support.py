@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 TMUX = shutil.which("tmux")
+BASH = shutil.which("bash")
 POLL = 0.05  # seconds between screen captures
 CONF = "set -g status off\nset -g remain-on-exit on\nset -g history-limit 2000\n"
 
@@ -51,11 +52,41 @@ class Tmux:
 
     def start(self, *argv: str) -> None:
         """Run ``python -m lanchat ARGV...`` in a new detached session (loopback-only environment)."""
+        self._session(self._command_line(argv))
+
+    def start_in_shell(self, *argv: str) -> None:
+        """The same, typed into an interactive bash (job control: Ctrl-Z stops the program, `fg` resumes it).
+        A stop ends a command list as an exit does: `resume` records the exit status."""
+        assert BASH is not None
+        self._session(shlex.join([BASH, "--norc", "--noprofile", "-i"]))
+        self.type(self._command_line(argv, status=False))
+        self.keys("Enter")
+
+    def resume(self) -> None:
+        """`fg` in the shell of ``start_in_shell``."""
+        self.type("fg")
+        self.keys("Enter")
+
+    def shell_exit_status(self, timeout: float = 8.0) -> int:
+        """The exit status of the program ``start_in_shell`` ran, once it has ended (the shell's `$?`)."""
+        assert self.pane_pid is not None
+        shell, deadline = psutil.Process(self.pane_pid), time.monotonic() + timeout
+        while any(_alive(p) for p in shell.children()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the program did not exit; screen:\n{self.screen()}")
+            time.sleep(POLL)
+        self.type(f"echo $? > {shlex.quote(str(self.status_file))}")
+        self.keys("Enter")
+        return self.exit_status(timeout)
+
+    def _command_line(self, argv: tuple[str, ...], *, status: bool = True) -> str:
         env = {"LANCHAT_INTERFACE": "lo", "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        cmd = ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "lanchat", *argv]
+        cmd = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "lanchat", *argv])
         # The shell in the pane records the exit status in a file: tmux 3.3 sometimes leaves a program that
         # exited unreaped (pane_dead but no pane_dead_status), so the status is not asked from tmux.
-        line = f"{shlex.join(cmd)}; echo $? > {shlex.quote(str(self.status_file))}"
+        return f"{cmd}; echo $? > {shlex.quote(str(self.status_file))}" if status else cmd
+
+    def _session(self, line: str) -> None:
         self.tmux(
             "new-session", "-d", "-s", "t", "-x", str(self.width), "-y", str(self.height), "-c", os.getcwd(), line,
         )  # fmt: skip

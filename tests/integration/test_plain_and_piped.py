@@ -294,6 +294,24 @@ def test_a_terminated_piped_client_says_goodbye_and_frees_its_nick(make_server: 
         assert again.returncode == 0, again.stderr
 
 
+def test_a_client_terminated_with_a_backlog_still_says_goodbye(make_server: MakeServer) -> None:
+    """Its quit queues behind lines the server reads at its rate limit. Closing then would reset the
+    connection (our input unread), and the reset throws away the quit: the nick was held for the grace.
+    The client waits for the server's close a moment (GOODBYE_LINGER), then says goodbye anew."""
+    server = make_server("--rate", "2", "--burst", "2", workers=1)
+    with Client(server.port, "watcher") as watcher:
+        with _join(server.port, "--nick", "hal") as proc:
+            assert proc.stdin is not None
+            proc.stdin.write("".join(f"line {i}\n" for i in range(40)))
+            proc.stdin.flush()
+            watcher.expect(lambda f: f.get("type") == "msg" and f.get("from") == "hal")  # the backlog is in
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 128 + signal.SIGTERM
+            watcher.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "hal")
+        posted = [f["text"] for f in watcher.seen if f.get("type") == "msg"]
+        assert posted == [f"line {i}" for i in range(len(posted))] and len(posted) < 40  # dropped, as documented
+
+
 def test_a_piped_client_terminated_while_the_server_is_down_says_the_nick_may_stay_taken(
     make_server: MakeServer,
 ) -> None:

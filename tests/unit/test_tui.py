@@ -434,7 +434,7 @@ def test_help_lists_every_command_and_the_keys() -> None:
     text = "\n".join(line.text for line in joined_view().submit("/help").lines)
     for word in ("/join", "/part", "/switch", "/rooms", "/who", "/msg", "/nick", "/me", "/topic", "/history"):
         assert word in text
-    for word in ("/status", "/help", "/quit", "Tab", "Up / Down", "Ctrl-D"):
+    for word in ("/status", "/help", "/quit", "Tab", "Up / Down", "Ctrl-D", "Ctrl-Z"):
         assert word in text
     assert "/switch [ROOM]" in text  # alone it goes to the next room here (nc users' help says /switch ROOM)
 
@@ -670,6 +670,32 @@ def test_a_paste_ending_in_quit_sends_the_lines_before_it(server: ServerProcess)
             await bob.close()
 
     run(main())
+
+
+def test_quit_after_a_paste_waits_for_the_server_to_take_every_line(tmp_path: Path) -> None:
+    """The server reads a paste at its rate limit: /quit (and Ctrl-D) wait for the acks, then say goodbye
+    (docs/client.md). Quitting at once lost the lines still queued and, with them, the quit."""
+    server = ServerProcess(tmp_path / "data", "--rate", "10", "--burst", "5", workers=1)
+    server.start()
+
+    async def main() -> None:
+        bob = await Peer.open(server.port, "bob")
+        try:
+            async with app(server.port) as (task, inp, view):
+                await until(lambda: "bob" in view.nick_candidates() and view.status == "connected", "bob in #lobby")
+                lines = [f"line {i}" for i in range(25)]
+                inp.send_text("\x1b[200~" + "\n".join([*lines, "/quit"]) + "\x1b[201~\r")
+                assert await asyncio.wait_for(task, 15) == EXIT_OK
+                await until(shown(view, "before quitting"), "the note")
+                await bob.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "alice")
+                assert [f.get("text") for f in bob.frames if f.get("type") == "msg"] == lines
+        finally:
+            await bob.close()
+
+    try:
+        run(main(), 30)
+    finally:
+        server.kill()
 
 
 def test_a_server_restart_is_a_state_and_what_was_typed_is_sent_after(server: ServerProcess) -> None:
