@@ -206,7 +206,10 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
     if kind == "welcome":
         rooms = " ".join("#" + c(r) for r in _items(frame.get("rooms")))
         again = "Resumed: you are" if frame.get("resumed") else "Welcome! You are"
-        return f"* {again} {c(frame.get('nick'))} in {rooms or 'no room'}. /help lists commands."
+        line = f"* {again} {c(frame.get('nick'))} in {rooms or 'no room'}. /help lists commands."
+        if frame.get("resume_failed"):  # a client's reconnect came too late: a new session, maybe a gap
+            return f"* The old session could not be resumed ({c(frame['resume_failed'])}): joining again.\n{line}"
+        return line
     if kind == "room":
         names = _items(frame.get("nicks"))
         topic = f" topic: {c(frame['topic'])};" if frame.get("topic") else ""

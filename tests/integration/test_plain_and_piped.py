@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import pytest
-from support import Client, MakeServer, run_cli
+from support import Client, Frame, MakeServer, run_cli
 
 from lanchat.client import connection, piped
 from lanchat.client.piped import run_piped
@@ -338,6 +338,43 @@ def test_a_piped_client_terminated_while_the_server_is_down_says_the_nick_may_st
         reader.join(5)  # it ends with the pipe, which ends with the process
         rest = [lines.get_nowait() for _ in range(lines.qsize())]
         assert any("did not answer the goodbye" in x for x in rest), rest
+
+
+def test_a_piped_client_back_too_late_to_resume_says_it_is_a_new_session(make_server: MakeServer) -> None:
+    """Stopped past the server's idle timeout and resume grace, it reconnects as a new session: what was
+    said meanwhile may be missing, and it says so (it used to say only "connected again")."""
+    server = make_server("--ping-interval", "0.3", "--idle-timeout", "1.2", "--resume-grace", "0.5", workers=1)
+    with Client(server.port, "watcher") as watcher, _join(server.port, "--nick", "hal") as proc:
+        stderr, stdout = proc.stderr, proc.stdout
+        assert stderr is not None and stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            for line in stderr:
+                lines.put(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+
+        def event_of_hal(kind: str) -> Callable[[Frame], bool]:
+            def match(f: Frame) -> bool:
+                if f.get("type") == "ping":  # the watcher is held to the same short idle timeout
+                    watcher.send({"type": "pong"})
+                return f.get("type") == kind and f.get("nick") == "hal"
+
+            return match
+
+        watcher.expect(event_of_hal("join"))
+        proc.send_signal(signal.SIGSTOP)
+        watcher.expect(event_of_hal("quit"), timeout=10)  # its session expired
+        proc.send_signal(signal.SIGCONT)
+        while "connected again" not in (line := lines.get(timeout=10)):
+            pass
+        assert "as a new session: the old one could not be resumed" in line, line
+        proc.stdin.close()  # type: ignore[union-attr]
+        assert proc.wait(10) == 0
+        assert "The old session could not be resumed" in stdout.read()
+        reader.join(5)
 
 
 def test_a_terminated_piped_client_waits_for_its_goodbye(

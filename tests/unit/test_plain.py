@@ -250,6 +250,8 @@ def ev(kind: str, **fields: Any) -> dict[str, Any]:
         ({"type": "welcome", "nick": "al", "rooms": ["lobby", "dev"], "resumed": False},
          r"\* Welcome! You are al in #lobby #dev\. /help lists commands\."),
         ({"type": "welcome", "nick": "al", "rooms": [], "resumed": True}, r"\* Resumed: you are al in no room\..*"),
+        ({"type": "welcome", "nick": "al", "rooms": ["lobby"], "resumed": False, "resume_failed": "expired"},
+         r"\* The old session could not be resumed \(expired\): joining again\.\n\* Welcome! You are al in #lobby\..*"),
         ({"type": "room", "room": "dev", "topic": "t", "nicks": ["al", "bo"]}, r"\* #dev: topic: t; 2 here: al, bo"),
         ({"type": "room", "room": "dev", "topic": "", "nicks": ["al"]}, r"\* #dev: 1 here: al"),
         ({"type": "room", "room": "dev", "topic": "", "users": 2, "nicks": ["al", "bo"]}, r"\* #dev: 2 here: al, bo$"),
