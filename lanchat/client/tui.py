@@ -796,7 +796,10 @@ async def run_app(
             await send_before_quitting()
         await client.close(reason)
         if client.state.unacked:
-            printer.show(view.note(f"{count_of(client.state.unacked, 'message')} not sent", "error"))
+            # Those before the quit reach the server if it reads them within GOODBYE_LINGER, but the quit
+            # ends the connection before their acks: "may", not "were not"
+            left = count_of(client.state.unacked, "message")
+            printer.show(view.note(f"{left} may not have been sent (no acknowledgement)", "error"))
         if client.goodbye_lost:
             printer.show(view.note(GOODBYE_LOST_NOTE, "error"))
 
