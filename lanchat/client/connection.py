@@ -119,6 +119,7 @@ class ChatClient:
         self._room = asyncio.Event()  # set while the outbox can take another post (see wait_room)
         self._room.set()
         self._closing = False
+        self._connecting = False  # connect() is reading the first welcome: nobody else may read
         self._server_closed = False  # the connection ended by the server's close, not a reset or our own
         self._last_rx = time.monotonic()
         self._task: asyncio.Task[None] | None = None
@@ -134,7 +135,11 @@ class ChatClient:
 
     async def connect(self) -> None:
         """First connection. Raises ConnectError (with the CLI exit code) if it cannot register."""
-        await self._connect_once(first=True)
+        self._connecting = True
+        try:
+            await self._connect_once(first=True)
+        finally:
+            self._connecting = False
         if self._closing:  # close() came while connecting (a SIGTERM): say goodbye now that we can
             await self.close()
             raise ConnectError("closed while connecting", EXIT_ERROR)
@@ -196,7 +201,10 @@ class ChatClient:
         quit_line = m.encode({"type": "quit", "reason": reason} if reason else {"type": "quit"})
         writer = self._writer
         said = False
-        if writer is not None:  # connected, or the hello is out: the server has (or will have) a session
+        if writer is not None and self._connecting:  # a signal while connect() waits for the welcome: the
+            self._write(quit_line)  # hello and the quit go with a plain close (nothing queued behind them),
+            said = True  # and connect() then fails at once instead of waiting for its timeout
+        elif writer is not None:  # connected, or a reconnect's hello is out: the server has (or will have) a session
             self._write(quit_line)
             said = await self._linger()
             if not said:
@@ -219,7 +227,7 @@ class ChatClient:
             async with asyncio.timeout(const.GOODBYE_LINGER):
                 if task is not None and task is not asyncio.current_task():
                     await asyncio.wait({task})  # _run reads on, and ends at the server's close
-                elif reader is not None:  # closed while connecting: nobody reads yet
+                elif reader is not None:  # connect()'s own close, after the welcome: nobody reads yet
                     while data := await reader.read(1 << 16):
                         for frame in self.state.receive_data(data):
                             self._deliver(frame)
@@ -305,6 +313,8 @@ class ChatClient:
             if welcomed:
                 break
         self._nick_attempts = 0
+        if self._closing:  # close() came meanwhile, and its quit is on the wire already: nothing may follow it
+            return
         queued, self._queued, self._queued_requests = self._queued, [], 0
         typed_offline = {item for item in queued if isinstance(item, int)}
         # First what was sent before the drop, in the order typed: the joins and parts the server did not
@@ -325,7 +335,7 @@ class ChatClient:
         self._set_status("connected")
 
     async def _run(self) -> None:
-        while not self._closing:
+        while True:  # a reconnect that close() came during reads on too: the quit went out on it
             try:
                 await self._read_loop()
             except (OSError, ConnectionError) as exc:
@@ -436,22 +446,36 @@ def unreachable_reason(exc: BaseException, timeout: float | None = None) -> str:
 def on_hangup(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]) -> Callable[[], None]:
     """Call ``callback(signum)`` on SIGTERM or SIGHUP (the terminal window or the ssh session was closed),
     so that a front end can say goodbye: the server then frees the nick at once instead of holding it for
-    a reconnect that will never come. Returns the function that removes the handlers. Outside the main
-    thread (tests) there are no signals to handle: nothing is installed."""
-    installed: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if sig == signal.SIGHUP and ignored_from_start(sig):
-            continue  # started under nohup: a hang-up is meant to pass unnoticed
+    a reconnect that will never come. Returns the function that removes the handlers."""
+    # started under nohup, a hang-up is meant to pass unnoticed
+    sigs = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if not (sig == signal.SIGHUP and ignored_from_start(sig))]
+    return handle_signals(loop, sigs, callback)
+
+
+def handle_signals(
+    loop: asyncio.AbstractEventLoop, sigs: list[signal.Signals], callback: Callable[[int], None]
+) -> Callable[[], None]:
+    """Call ``callback(signum)`` on each of ``sigs``, in the loop. Returns the function that removes them
+    and puts back the handlers they replaced (asyncio.run's own for SIGINT, say: asyncio would leave
+    Python's default, a KeyboardInterrupt wherever the program happens to be). Outside the main thread
+    (tests) there are no signals to handle: nothing is installed."""
+    installed: list[tuple[signal.Signals, Any]] = []
+    for sig in sigs:
+        previous = signal.getsignal(sig)
         try:
             loop.add_signal_handler(sig, callback, int(sig))
         except (ValueError, RuntimeError, NotImplementedError):
             break
-        installed.append(sig)
+        installed.append((sig, previous))
 
     def remove() -> None:
-        for sig in installed:
+        for sig, previous in installed:
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
+            if previous is not None:  # None: set from outside Python, nothing to put back
+                with contextlib.suppress(ValueError, TypeError, OSError):
+                    signal.signal(sig, previous)
+        installed.clear()
 
     return remove
 

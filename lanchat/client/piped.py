@@ -17,7 +17,7 @@ from lanchat.client.connection import EXIT_ERROR, EXIT_LOST, EXIT_OK, GOODBYE_LO
 from lanchat.client.current import CurrentRoom
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.plain import CLIENT_HELP, LocalCommand, clean, parse_command, render
+from lanchat.protocol.plain import CLIENT_HELP, LocalCommand, not_resumed, parse_command, render
 
 SETTLE_ID: Final = m.MAX_ID  # the id of the last request (never one of our posts': they count from 1)
 SETTLE_TIMEOUT: Final = 10.0  # seconds to wait for its answer before leaving anyway
@@ -49,7 +49,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     terminated: list[int] = []  # the signal that ended us (SIGTERM, SIGHUP)
     closing: list[asyncio.Task[None]] = []  # its goodbye (a reference, or the task could be collected)
     line_of: dict[int, int] = {}  # request id -> the input line it came from, until answered
-    not_resumed: list[str] = []  # why the last welcome began a new session (the old one expired), if it did
+    new_session: list[str] = []  # the last welcome began a new session (the old one expired): why
 
     def emit(text: str) -> None:
         try:
@@ -61,7 +61,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     def on_frame(frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         if kind == "welcome":
-            not_resumed[:] = [clean(frame["resume_failed"])] if frame.get("resume_failed") else []
+            new_session[:] = [not_resumed(frame["resume_failed"])] if frame.get("resume_failed") else []
         if kind == "rooms" and frame.get("id") == SETTLE_ID:  # our own round trip at the end (below)
             settled.set()
             return
@@ -94,12 +94,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             why = f" ({client.lost_reason})" if client.lost_reason else ""
             print(f"lanchat: reconnecting{why}", file=sys.stderr, flush=True)
         elif status == "connected" and reconnects:
-            how = (
-                f" as a new session: the old one could not be resumed ({not_resumed[0]}); what was said "
-                "meanwhile may be missing"
-                if not_resumed
-                else ""
-            )
+            how = f"; {new_session[0]}: what was said meanwhile may be missing" if new_session else ""
             print(f"lanchat: connected again{how}", file=sys.stderr, flush=True)
         if status == "reconnecting":
             reconnects.append(status)

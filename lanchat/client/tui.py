@@ -32,6 +32,7 @@ import functools
 import re
 import signal
 import sys
+import termios
 import time
 import zlib
 from collections import deque
@@ -57,12 +58,22 @@ from prompt_toolkit.utils import get_bell_environment_variable, get_term_environ
 from prompt_toolkit.validation import Validator
 
 from lanchat import const
-from lanchat.client.connection import EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, on_hangup
+from lanchat.client.connection import EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, handle_signals, on_hangup
 from lanchat.client.current import CurrentRoom
 from lanchat.config import host_port
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.plain import CLIENT_HELP, COMMANDS, LocalCommand, clean, clock, count_of, parse_command, render
+from lanchat.protocol.plain import (
+    CLIENT_HELP,
+    COMMANDS,
+    LocalCommand,
+    clean,
+    clock,
+    count_of,
+    not_resumed,
+    parse_command,
+    render,
+)
 
 if TYPE_CHECKING:
     from lanchat.discovery.browser import ServerRecord
@@ -248,8 +259,7 @@ class ChatView:
         self.joined, self.members, self.counts = [], {}, {}
         lines = []
         if frame.get("resume_failed"):
-            why = clean(frame["resume_failed"])
-            lines.append(self._system(f"the old session could not be resumed ({why}): joining again", "error"))
+            lines.append(self._system(not_resumed(frame["resume_failed"]), "error"))
         lines.append(
             self._system(f"welcome! You are {clean(self.nick)}, joining {where}. /help lists commands.", "info")
         )
@@ -809,32 +819,31 @@ async def run_app(
         and the goodbye says how many)."""
         left = count_of(client.state.unacked, "message")
         printer.show(view.note(f"sending {left} before quitting (Ctrl-C: quit now)"))
+        skip: asyncio.Future[None] = loop.create_future()
         waits: set[asyncio.Future[Any]] = {
             asyncio.ensure_future(client.wait_acked()),
             asyncio.ensure_future(offline.wait()),
             skip,
         }
-        if signalled is not None:
-            waits.add(signalled)
-        try:  # the prompt is gone: Ctrl-C is a SIGINT now
-            loop.add_signal_handler(signal.SIGINT, lambda: None if skip.done() else skip.set_result(None))
-        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
-            pass
+        # The prompt is gone: Ctrl-C is a SIGINT now
+        unhook_int = handle_signals(loop, [signal.SIGINT], lambda _: None if skip.done() else skip.set_result(None))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({*waits, signalled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            with contextlib.suppress(ValueError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGINT)
-            for w in waits - {signalled}:
+            unhook_int()
+            for w in waits:
                 w.cancel()
+
+    def quit_code() -> int:
+        """After a quit: a signal during its wait (send_before_quitting) ends the client as a signal does."""
+        return 128 + signalled.result() if signalled.done() else EXIT_OK  # the shell's "killed by signal N"
 
     unhook: Callable[[], None] = lambda: None  # noqa: E731
     printer.start()
     where = f"{view.server} ({view.address})" if view.server else view.address
     printer.show(view.note(f"connecting to {where} as {clean(nick)}"))
     closed: asyncio.Task[None] | None = None
-    signalled: asyncio.Future[int] | None = None
-    skip: asyncio.Future[None] = loop.create_future()  # Ctrl-C while sending before quitting
+    signalled: asyncio.Future[int] = loop.create_future()  # SIGTERM, SIGHUP: quit as /quit does
     try:
         try:
             await client.connect()
@@ -842,21 +851,24 @@ async def run_app(
             printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
             return exc.exit_code
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
-        hangup: asyncio.Future[int] = loop.create_future()  # SIGTERM, SIGHUP: quit as /quit does
-        signalled = hangup
-        unhook = on_hangup(loop, lambda sig: None if hangup.done() else hangup.set_result(sig))
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
-            loop.add_signal_handler(signal.SIGCONT, _continued, session.app)
+        unhook_hup = on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig))
+        unhook_cont = handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app))
+
+        def unhook_all() -> None:
+            unhook_hup()
+            unhook_cont()
+
+        unhook = unhook_all
         while True:
             prompt = asyncio.create_task(session.prompt_async(), name="tui-prompt")
-            waits: set[asyncio.Future[Any]] = {prompt, closed, hangup}
+            waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if hangup.done():
+            if signalled.done():
                 await _stop_prompt(session, prompt)
                 # The same goodbye as /quit, and the same note if it found no server, but at once: lines not
-                # acknowledged yet are dropped (docs/client.md)
+                # acknowledged yet may be dropped (docs/client.md)
                 await quit_with(send_first=False)
-                return 128 + hangup.result()  # the shell's convention for "killed by signal N"
+                return quit_code()
             if not prompt.done():  # the client gave up reconnecting
                 await _stop_prompt(session, prompt)
                 printer.show(view.lost(client.lost_reason))
@@ -865,13 +877,13 @@ async def run_app(
                 text = prompt.result()
             except (EOFError, KeyboardInterrupt):
                 await quit_with()
-                return EXIT_OK
+                return quit_code()
             for line in typed_lines(text):  # each line answered before the next (a paste in order)
                 submitted = view.submit(line)
                 printer.show(submitted.lines)
                 if submitted.quit is not None:  # the lines before it are sent: the quit follows them
                     await quit_with(submitted.quit.reason)
-                    return EXIT_OK
+                    return quit_code()
                 for req in submitted.requests:
                     try:
                         client.send(req)
@@ -882,8 +894,6 @@ async def run_app(
                         printer.show(view.taken(submitted))
     finally:
         unhook()
-        with contextlib.suppress(ValueError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGCONT)
         if closed is not None:
             closed.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -894,9 +904,17 @@ async def run_app(
 
 
 def _continued(app: Application[Any]) -> None:
-    """SIGCONT: back from a stop (Ctrl-Z or a `kill -TSTP`, then `fg`). The shell hands the terminal back in
-    its own mode, not ours: without raw mode again, keys would echo and Ctrl-C would be a SIGINT."""
-    if app.is_running:
+    """SIGCONT: back from a stop. After a `kill -TSTP` and `fg` the shell hands the terminal back in its own
+    mode, not ours: without raw mode again, keys would echo and Ctrl-C would be a SIGINT. (Ctrl-Z goes
+    through prompt_toolkit, which takes the terminal back and redraws itself: drawing again would show
+    the prompt twice.)"""
+    if not app.is_running:
+        return
+    try:
+        lflag = termios.tcgetattr(app.input.fileno())[3]
+    except (termios.error, OSError, ValueError, NotImplementedError):  # not a terminal (tests: a pipe)
+        return
+    if lflag & (termios.ICANON | termios.ECHO):
         app.input.raw_mode().__enter__()  # no exit: the app's own raw mode restores the terminal at its end
         app.renderer.reset()  # the screen was the shell's meanwhile: draw the prompt anew
         app.invalidate()

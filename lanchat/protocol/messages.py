@@ -97,8 +97,8 @@ def check_text(text: object, *, limit: int = const.MAX_TEXT, what: str = "text",
     if len(text) > limit:
         raise _bad(Err.BAD_TEXT, f"{what} is longer than {limit} characters")
     if (bad := _CONTROL.search(text)) is not None:
-        if "\ud800" <= bad.group() <= "\udfff":  # what Python makes of bytes a non-UTF-8 locale cannot decode
-            raise _bad(Err.BAD_TEXT, f"{what} is not valid Unicode (input in a locale that is not UTF-8?)")
+        if "\ud800" <= bad.group() <= "\udfff":  # a lone surrogate (JSON's \ud800): no character at all
+            raise _bad(Err.BAD_TEXT, f"{what} is not valid Unicode (a lone surrogate)")
         raise _bad(Err.BAD_TEXT, f"{what} contains control characters")
     return text
 

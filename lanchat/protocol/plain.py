@@ -55,6 +55,14 @@ class LocalCommand:
     arg: str = ""
 
 
+def not_resumed(why: object) -> str:
+    """What a client says when its reconnect came too late to resume its session (the welcome's resume_failed)."""
+    return f"the old session could not be resumed ({clean(why)}): joined again as a new session"
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
 def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> m.Request | LocalCommand | None:
     """What a person typed -> a request (or a local command, or None for an empty line). ``joined``: the
     rooms we are in, which tell `/part dev bye` (leave #dev) from `/part see you later` (leave this room).
@@ -64,6 +72,10 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
     line = line.rstrip("\r\n")
     if not line.strip():
         return None
+    if _UNDECODED.search(line):  # Python's escapes for input bytes the locale's encoding did not decode
+        raise RemoteProtocolError(
+            m.Err.BAD_TEXT, "this line is not valid text in the terminal's encoding (is the locale UTF-8?)"
+        )
     if not line.startswith("/") or line.startswith("//"):
         text = line[1:] if line.startswith("//") else line
         return m.Msg(_need_room(room), m.check_text(text))
@@ -208,7 +220,7 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
         again = "Resumed: you are" if frame.get("resumed") else "Welcome! You are"
         line = f"* {again} {c(frame.get('nick'))} in {rooms or 'no room'}. /help lists commands."
         if frame.get("resume_failed"):  # a client's reconnect came too late: a new session, maybe a gap
-            return f"* The old session could not be resumed ({c(frame['resume_failed'])}): joining again.\n{line}"
+            return f"* {not_resumed(frame['resume_failed'])}\n{line}"
         return line
     if kind == "room":
         names = _items(frame.get("nicks"))

@@ -143,15 +143,28 @@ def test_ctrl_z_stops_the_client_and_fg_brings_it_back_as_it_was(term: Tmux, ser
             term.resume()
             term.wait_for(f"<bob> while stopped by {stop}")
             term.wait_prompt("#lobby> kept line")
+        term.type("!")  # typed once both redraws that follow a stop are done: the prompt is on screen once
+        term.wait_prompt("#lobby> kept line!")
+        assert term.screen().rsplit("# fg", 1)[1].count("kept line") == 1, term.screen()
+    term.keys("C-z")  # once more, with nothing said meanwhile (nothing to redraw the screen but the client)
+    term.wait(lambda s: s.count("Stopped") == 3, "the shell's word on the last Ctrl-Z")
+    term.resume()
+    term.type("?")
+    term.wait_prompt("#lobby> kept line!?")
+    assert term.screen().rsplit("# fg", 1)[1].count("kept line") == 1, term.screen()  # once since `fg`
     term.keys("C-c")  # a key again: clears the line
     term.wait_prompt("#lobby>")
     term.keys("C-c")  # and on an empty line, quits
     assert term.shell_exit_status() == 0
 
 
-def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(term: Tmux, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "code"), [("C-c", 0), ("SIGTERM", 128 + signal.SIGTERM)])
+def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(
+    term: Tmux, tmp_path: Path, stop: str, code: int
+) -> None:
     """/quit after a long paste waits for the server to take every line (20 a second by default); Ctrl-C
-    then quits at once, saying how many were dropped, with the goodbye still said (exit 0, not 130)."""
+    then quits at once, saying how many may be lost, with the goodbye still said (exit 0, not 130); a
+    signal meanwhile ends it as a signal does (143)."""
     server = ServerProcess(tmp_path / "slow", "--rate", "2", "--burst", "2", workers=1)
     server.start()
     try:
@@ -164,8 +177,13 @@ def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(term: Tmux, tmp_
             term.tmux("paste-buffer", "-p", "-t", "t")  # bracketed, as a terminal pastes
             term.keys("Enter")
             term.wait_for("sending 20 messages before quitting (Ctrl-C: quit now)")
-            term.keys("C-c")
-            assert term.exit_status() == 0
+            if stop == "C-c":
+                term.keys("C-c")
+            else:
+                assert term.pane_pid is not None
+                (client,) = psutil.Process(term.pane_pid).children()  # the pane's shell runs the client
+                client.send_signal(signal.SIGTERM)
+            assert term.exit_status() == code
             assert re.search(r"\d+ messages may not have been sent", term.screen())
             bob.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "alice")
     finally:

@@ -258,10 +258,9 @@ def test_control_characters_in_text_are_refused(text: str) -> None:
         assert code_of(json.dumps(obj).encode()) == m.Err.BAD_TEXT
 
 
-def test_undecodable_input_is_named_as_such_not_as_control_characters() -> None:
-    """Typed in a locale that is not UTF-8, "café" reaches the client as "caf\\udcc3\\udca9" (surrogate escapes)."""
+def test_a_lone_surrogate_is_named_as_such_not_as_control_characters() -> None:
     with pytest.raises(RemoteProtocolError, match="not valid Unicode"):
-        m.check_text("caf\udcc3\udca9")
+        m.check_text("caf\ud800")
     with pytest.raises(RemoteProtocolError, match="control characters"):
         m.check_text("caf\x1b")
 

@@ -698,6 +698,27 @@ def test_quit_after_a_paste_waits_for_the_server_to_take_every_line(tmp_path: Pa
         server.kill()
 
 
+def test_quit_stops_waiting_for_a_paste_when_the_connection_is_lost(tmp_path: Path) -> None:
+    """The wait of /quit for the server to take a paste ends with the connection: the client quits,
+    saying how many messages the server did not acknowledge (docs/client.md)."""
+    server = ServerProcess(tmp_path / "data", "--rate", "2", "--burst", "2", workers=1)
+    server.start()
+
+    async def main() -> None:
+        async with app(server.port) as (task, inp, view):
+            await until(lambda: view.status == "connected", "connected")
+            inp.send_text("\x1b[200~" + "\n".join([*(f"line {i}" for i in range(20)), "/quit"]) + "\x1b[201~\r")
+            await until(shown(view, "before quitting"), "the note")
+            await asyncio.to_thread(server.kill)
+            assert await asyncio.wait_for(task, 15) == EXIT_OK
+            assert shown(view, "messages may not have been sent")()
+
+    try:
+        run(main(), 30)
+    finally:
+        server.kill()
+
+
 def test_a_server_restart_is_a_state_and_what_was_typed_is_sent_after(server: ServerProcess) -> None:
     async def main() -> None:
         async with app(server.port) as (task, inp, view):
