@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application
-from prompt_toolkit.application.run_in_terminal import in_terminal
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples
@@ -683,11 +682,17 @@ class ViewCompleter(Completer):
 
 
 class Printer:
-    """Prints lines above the prompt: batched, in order, one erase-and-redraw of the prompt per batch."""
+    """Prints lines above the prompt: batched, in order, one erase-and-redraw of the prompt per batch.
 
-    def __init__(self, output: Output, style: Style = STYLE) -> None:
+    Not through prompt_toolkit's in_terminal(): it switches the terminal to cooked mode for the print, and
+    a key typed in that moment was echoed by the terminal itself (a stray character in the chat, a blank
+    line), a Ctrl-C became a SIGINT (the client ended with a traceback). At a thousand messages a second
+    that was one Ctrl-C in forty. The terminal stays raw here; only the prompt is erased and redrawn."""
+
+    def __init__(self, output: Output, style: Style = STYLE, app: Application[Any] | None = None) -> None:
         self.output = output
         self.style = style
+        self.app = app
         self._pending: list[Line] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -704,9 +709,16 @@ class Printer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            async with in_terminal():  # erases the prompt, lets us print, redraws it (or just runs: no prompt)
-                batch, self._pending = self._pending, []
+            batch, self._pending = self._pending, []
+            app = self.app
+            if app is None or not app.is_running or app.is_done:
                 self.write(batch)
+                continue
+            app.renderer.erase()  # the prompt and the status line; the cursor where they began
+            self.write(batch)
+            if not app.key_processor.input_queue:  # as in_terminal: where the prompt may draw now
+                app.renderer.request_absolute_cursor_position()
+            app.invalidate()  # the prompt and the status line again, below what was printed
 
     def write(self, lines: Sequence[Line]) -> None:
         bell = False
@@ -781,12 +793,15 @@ async def run_app(
         input=input,
         output=output,
     )
-    printer = Printer(session.app.output)
+    printer = Printer(session.app.output, app=session.app)
     session.key_bindings = _key_bindings(view, session.app.invalidate, printer.show)
 
     def on_frame(frame: dict[str, Any]) -> None:
-        printer.show(view.on_frame(frame))
-        session.app.invalidate()
+        lines = view.on_frame(frame)
+        if lines:
+            printer.show(lines)  # which redraws the prompt and the status line once for the batch
+        else:
+            session.app.invalidate()  # the status line may have changed (a count of users, an ack)
 
     offline = asyncio.Event()  # set while not connected: /quit then sends nothing first
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import re
@@ -654,6 +655,35 @@ def test_what_is_typed_offline_is_answered_line_by_line_and_a_refusal_is_not_que
         run(main())
     finally:
         server.kill()
+
+
+def test_messages_are_printed_above_the_prompt_without_leaving_raw_mode(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prompt_toolkit's in_terminal() prints in cooked mode: a key typed meanwhile was echoed by the
+    terminal itself, a Ctrl-C became a SIGINT (in a busy room, one Ctrl-C in forty ended the client)."""
+    cooked: list[object] = []
+
+    def no_cooked_mode(self: object) -> object:
+        cooked.append(self)
+        return contextlib.nullcontext()
+
+    async def main() -> None:
+        bob = await Peer.open(server.port, "bob")
+        try:
+            async with app(server.port) as (_task, inp, view):
+                await until(typed(""), "the prompt")
+                monkeypatch.setattr(type(inp), "cooked_mode", no_cooked_mode)
+                for i in range(20):
+                    await bob.send({"type": "msg", "room": "lobby", "text": f"busy {i}"})
+                await until(shown(view, "<bob> busy 19"), "the last message")
+                inp.send_text("still typing")
+                await until(typed("still typing"), "the typed line")
+                assert cooked == []
+        finally:
+            await bob.close()
+
+    run(main())
 
 
 def test_a_paste_ending_in_quit_sends_the_lines_before_it(server: ServerProcess) -> None:
