@@ -136,6 +136,21 @@ def _join(port: int, *args: str) -> Iterator[subprocess.Popen[str]]:
                 f.close()
 
 
+def _stderr_lines(proc: subprocess.Popen[str]) -> tuple[queue.Queue[str], threading.Thread]:
+    """The lines ``proc`` writes to stderr, as they come (a thread reads them until the pipe ends)."""
+    stderr = proc.stderr
+    assert stderr is not None
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stderr:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
+
+
 def test_piped_join_sends_lines_and_prints_events(make_server: MakeServer) -> None:
     server = make_server(workers=2)
     with Client(server.port, "observer") as obs:
@@ -318,16 +333,7 @@ def test_a_piped_client_terminated_while_the_server_is_down_says_the_nick_may_st
     """Its goodbye between reconnects finds no server: as after /quit (docs/client.md), it says so as it exits."""
     server = make_server(workers=1)
     with _join(server.port, "--nick", "hal") as proc:
-        stderr = proc.stderr
-        assert stderr is not None
-        lines: queue.Queue[str] = queue.Queue()
-
-        def read() -> None:
-            for line in stderr:
-                lines.put(line)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        lines, reader = _stderr_lines(proc)
         with Client(server.port, "watcher") as watcher:
             watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
         server.kill()
@@ -345,16 +351,9 @@ def test_a_piped_client_back_too_late_to_resume_says_it_is_a_new_session(make_se
     said meanwhile may be missing, and it says so (it used to say only "connected again")."""
     server = make_server("--ping-interval", "0.3", "--idle-timeout", "1.2", "--resume-grace", "0.5", workers=1)
     with Client(server.port, "watcher") as watcher, _join(server.port, "--nick", "hal") as proc:
-        stderr, stdout = proc.stderr, proc.stdout
-        assert stderr is not None and stdout is not None
-        lines: queue.Queue[str] = queue.Queue()
-
-        def read() -> None:
-            for line in stderr:
-                lines.put(line)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        stdout = proc.stdout
+        assert stdout is not None
+        lines, reader = _stderr_lines(proc)
 
         def event_of_hal(kind: str) -> Callable[[Frame], bool]:
             def match(f: Frame) -> bool:
