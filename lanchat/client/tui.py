@@ -715,6 +715,9 @@ class Printer:
                 self.write(batch)
                 continue
             app.renderer.erase()  # the prompt and the status line; the cursor where they began
+            # erase() turned bracketed paste off until the next render: a paste meanwhile would come
+            # unbracketed, each of its lines sent on its own (1 paste in 5 in a busy room)
+            app.output.enable_bracketed_paste()
             self.write(batch)
             if not app.key_processor.input_queue:  # as in_terminal: where the prompt may draw now
                 app.renderer.request_absolute_cursor_position()

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from prompt_toolkit.application.current import get_app_or_none
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import PipeInput, create_pipe_input
-from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.output import DummyOutput, Output
 from prompt_toolkit.output.vt100 import Vt100_Output
 
 from lanchat.client import tui
@@ -552,13 +552,14 @@ class Peer:
 
 @asynccontextmanager
 async def app(
-    port: int, nick: str = "alice", **kw: Any
+    port: int, nick: str = "alice", *, output: Output | None = None, **kw: Any
 ) -> AsyncIterator[tuple[asyncio.Task[int], PipeInput, ChatView]]:
-    """The interactive client on a pipe input; the test types into the pipe and reads the view."""
+    """The interactive client on a pipe input; the test types into the pipe and reads the view (or what
+    reached ``output``)."""
     with create_pipe_input() as inp:
         view = ChatView(nick, "lobby", address=f"127.0.0.1:{port}")
         task = asyncio.create_task(
-            run_app("127.0.0.1", port, nick, "lobby", view=view, input=inp, output=DummyOutput(), **kw)
+            run_app("127.0.0.1", port, nick, "lobby", view=view, input=inp, output=output or DummyOutput(), **kw)
         )
         try:
             yield task, inp, view
@@ -684,6 +685,32 @@ def test_messages_are_printed_above_the_prompt_without_leaving_raw_mode(
             await bob.close()
 
     run(main())
+
+
+def test_bracketed_paste_stays_on_while_messages_are_printed(server: ServerProcess) -> None:
+    """Erasing the prompt turns bracketed paste off until the prompt is drawn again; a paste in between
+    came unbracketed, each of its lines sent on its own. It is turned on again at once."""
+    buf = io.StringIO()
+    output = Vt100_Output(buf, lambda: Size(24, 80), term="xterm-256color")
+
+    async def main() -> None:
+        bob = await Peer.open(server.port, "bob")
+        try:
+            async with app(server.port, output=output) as (_task, _inp, view):
+                await until(typed(""), "the prompt")
+                for i in range(20):
+                    await bob.send({"type": "msg", "room": "lobby", "text": f"busy {i}"})
+                await until(shown(view, "<bob> busy 19"), "the last message")
+        finally:
+            await bob.close()
+
+    run(main())
+    written = buf.getvalue()
+    assert "busy 19" in written and "\x1b[?2004l" in written
+    for after_off in written.split("\x1b[?2004l")[1:]:  # whatever is printed after paste was turned off...
+        printed = after_off.find("busy")
+        if printed >= 0:  # ... comes after it was turned on again
+            assert "\x1b[?2004h" in after_off[:printed], after_off[:200]
 
 
 def test_a_paste_ending_in_quit_sends_the_lines_before_it(server: ServerProcess) -> None:
