@@ -221,17 +221,14 @@ class ChatClient:
     async def _linger(self) -> bool:
         """After the quit: True once the server closed the connection, frames delivered meanwhile as usual
         (the acks of the last posts). False if it did not within GOODBYE_LINGER, or reset it."""
-        reader, task = self._reader, self._task
+        task = self._task
         self._server_closed = False
         try:
             async with asyncio.timeout(const.GOODBYE_LINGER):
                 if task is not None and task is not asyncio.current_task():
                     await asyncio.wait({task})  # _run reads on, and ends at the server's close
-                elif reader is not None:  # connect()'s own close, after the welcome: nobody reads yet
-                    while data := await reader.read(1 << 16):
-                        for frame in self.state.receive_data(data):
-                            self._deliver(frame)
-                    self._server_closed = True
+                elif self._reader is not None:  # connect()'s own close, after the welcome: nobody reads yet
+                    await self._read_loop()
         except (TimeoutError, OSError, ConnectionError):
             return False
         return self._server_closed

@@ -856,7 +856,7 @@ async def run_app(
         """After a quit: a signal during its wait (send_before_quitting) ends the client as a signal does."""
         return 128 + signalled.result() if signalled.done() else EXIT_OK  # the shell's "killed by signal N"
 
-    unhook: Callable[[], None] = lambda: None  # noqa: E731
+    unhooks: list[Callable[[], None]] = []  # the signal handlers, removed at the end
     printer.start()
     where = f"{view.server} ({view.address})" if view.server else view.address
     printer.show(view.note(f"connecting to {where} as {clean(nick)}"))
@@ -869,14 +869,8 @@ async def run_app(
             printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
             return exc.exit_code
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
-        unhook_hup = on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig))
-        unhook_cont = handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app))
-
-        def unhook_all() -> None:
-            unhook_hup()
-            unhook_cont()
-
-        unhook = unhook_all
+        unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
+        unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
         while True:
             prompt = asyncio.create_task(session.prompt_async(), name="tui-prompt")
             waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
@@ -911,7 +905,8 @@ async def run_app(
                     else:
                         printer.show(view.taken(submitted))
     finally:
-        unhook()
+        for unhook in unhooks:
+            unhook()
         if closed is not None:
             closed.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -952,8 +947,8 @@ class HungUpOutput(Vt100_Output):
     """The terminal's output, quiet once the terminal is gone. A closed window or a dropped ssh session
     hangs the terminal up: every write then fails (EIO), and prompt_toolkit would raise from the redraw
     that ends the prompt, before the goodbye is sent (the nick held for --resume-grace, a traceback, exit
-    1), or from a print above the prompt, which leaves it waiting for that print forever (a client that
-    never exits). The SIGHUP that comes with the hang-up ends the client as /quit does."""
+    1), and from any print above the prompt (with in_terminal(), which the printer once used, a client that
+    never exited). The SIGHUP that comes with the hang-up ends the client as /quit does."""
 
     def flush(self) -> None:
         with contextlib.suppress(OSError):  # EINTR is handled inside; what is left means no terminal
