@@ -16,10 +16,11 @@ def host_port(host: str, port: int | str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def ignored_from_start(sig: int) -> bool:
-    """Was this process started with ``sig`` ignored? (`nohup` ignores SIGHUP, so that its command outlives
-    the terminal: a handler of ours must not take that over.)"""
-    return signal.getsignal(sig) is signal.SIG_IGN
+def stop_signals(*sigs: signal.Signals) -> list[signal.Signals]:
+    """The signals among ``sigs`` that should end this process gracefully: SIGHUP only if it was not ignored
+    when the process started (`nohup` ignores it, so that its command outlives the terminal: a handler of
+    ours must not take that over)."""
+    return [sig for sig in sigs if not (sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN)]
 
 
 def default_data_dir() -> Path:

@@ -20,7 +20,7 @@ from itertools import count, islice
 from typing import Any, Final
 
 from lanchat import const
-from lanchat.config import host_port, ignored_from_start
+from lanchat.config import host_port, stop_signals
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.client_conn import OUTBOX_MAX, ClientState
@@ -444,9 +444,7 @@ def on_hangup(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]) 
     """Call ``callback(signum)`` on SIGTERM or SIGHUP (the terminal window or the ssh session was closed),
     so that a front end can say goodbye: the server then frees the nick at once instead of holding it for
     a reconnect that will never come. Returns the function that removes the handlers."""
-    # started under nohup, a hang-up is meant to pass unnoticed
-    sigs = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if not (sig == signal.SIGHUP and ignored_from_start(sig))]
-    return handle_signals(loop, sigs, callback)
+    return handle_signals(loop, stop_signals(signal.SIGTERM, signal.SIGHUP), callback)
 
 
 def handle_signals(

@@ -114,9 +114,12 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         reconnects it connects once more, and returning sooner would cancel that), with the note /quit
         gives if it found no server. The shell's convention for "killed by signal N"."""
         await asyncio.gather(*closing, return_exceptions=True)
+        note_goodbye_lost()
+        return 128 + terminated[0]
+
+    def note_goodbye_lost() -> None:
         if client.goodbye_lost:
             print(f"lanchat: {GOODBYE_LOST_NOTE}", file=sys.stderr, flush=True)
-        return 128 + terminated[0]
 
     on_hangup(loop, on_signal)  # before connecting (the session starts there); they go with the loop
     try:
@@ -200,8 +203,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         return await signalled()
     closed.cancel()
     await client.close(reason)
-    if client.goodbye_lost:
-        print(f"lanchat: {GOODBYE_LOST_NOTE}", file=sys.stderr, flush=True)
+    note_goodbye_lost()
     if refused:
         where = "above"  # on stderr, as the client's own refusals always are
         if json_output and by_server:

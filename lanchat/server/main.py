@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from lanchat import const
-from lanchat.config import ServerConfig, host_port, ignored_from_start
+from lanchat.config import ServerConfig, host_port, stop_signals
 from lanchat.errors import RemoteProtocolError, StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
@@ -220,9 +220,7 @@ class Server:
         if self.stopping:  # a worker could not boot: _reap began the stop
             return
         self.loop.add_reader(self.listener.fileno(), self._accept)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal or ssh session closed
-            if sig == signal.SIGHUP and ignored_from_start(sig):
-                continue  # started under nohup: a hang-up is meant to pass unnoticed
+        for sig in stop_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
             self.loop.add_signal_handler(sig, self._signal_came, sig)
         await self._start_discovery()
         log.info(
