@@ -49,6 +49,10 @@ class Reply:
 class Close:
     reason: str
     clean: bool  # the client said goodbye (quit): its session ends now instead of waiting for a resume
+    final: bytes = b""  # sent last, just before the close (a plain-text user's "* bye")
+    # The quit went to the hub: the connection stays open until the hub says close, so that what it
+    # sequenced before the quit (room lines, the acks of the client's last posts) still reaches the client.
+    after_hub: bool = False
 
 
 Action = Forward | m.Post | Reply | Close  # m.Post: a msg or action that skipped decoding (m.parse_post)
@@ -225,10 +229,9 @@ class ServerConnection:
     def _quit(self, req: m.Quit, out: list[Action]) -> None:
         if self.hello_sent:
             out.append(Forward(req))  # the hub ends the session and tells the rooms
-        if self.mode is Mode.PLAIN:  # a telnet user sees the connection end with a word, not in silence
-            out.append(Reply(b"* bye\n"))
+        bye = b"* bye\n" if self.mode is Mode.PLAIN else b""  # a telnet user sees the end with a word, not silence
         self.closed = True
-        out.append(Close(req.reason or "quit", clean=True))
+        out.append(Close(req.reason or "quit", clean=True, final=bye, after_hub=self.hello_sent))
 
     # --- what the hub tells us -----------------------------------------------------------------------------
 

@@ -167,7 +167,9 @@ class Hub:
         self.recent_bytes = recent_bytes  # the ring's bytes at most (its lines')
         self._recent_bytes = 0
         self._out: dict[int, list[bytes | _Run]] = {}
-        self._acks: list[tuple[Session, int, int | None]] = []
+        # Released by the next commit: acks (worker, conn, id, seq), then the closes of quit connections
+        self._acks: list[tuple[int, int, int, int | None]] = []
+        self._closes: list[tuple[int, int, str]] = []  # (worker, conn, reason)
         self._now_src, self._now_ms = -1.0, -1.0  # the last clock reading stamped, rounded to ms
         self._ts_src, self._ts_lit = -1.0, b"-1.0"  # the last timestamp formatted for a line, and its JSON text
         self.msgs_in = 0
@@ -213,6 +215,7 @@ class Hub:
             elif session is None:
                 if not isinstance(req, m.Quit):
                     raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=req.id)
+                self._closes.append((worker, conn, req.reason or "quit"))  # its worker waits for the word
             else:
                 self._dispatch(session, req, now)
         except RemoteProtocolError as exc:
@@ -282,8 +285,9 @@ class Hub:
         self._forget_expired(now)
 
     @property
-    def acks_pending(self) -> bool:
-        return bool(self._acks)
+    def commit_pending(self) -> bool:
+        """Acks or closes wait for the next commit."""
+        return bool(self._acks or self._closes)
 
     def commit(self, now: float) -> bool:
         """Write the history batch, then release the acks it covers (an ack means: on disk, if the disk
@@ -295,12 +299,17 @@ class Hub:
             self.save_sessions()
             ok = self.store.commit(now)
         acks, self._acks = self._acks, []
+        closes, self._closes = self._closes, []
         if acks:  # a busy sender has tens a tick: one frame each, lines made by a template (not a dict each)
-            lines: dict[Session, list[bytes]] = {}
-            for s, rid, seq in acks:
-                lines.setdefault(s, []).append(_ACK % (rid, seq) if seq is not None else _ACK_NO_SEQ % rid)
-            for s, group in lines.items():
-                self._send_lines(s, group)
+            lines: dict[tuple[int, int], list[bytes]] = {}
+            quit_ = {(w, c) for w, c, _ in closes}
+            for w, c, rid, seq in acks:
+                if (w, c) in self.conns or (w, c) in quit_:  # else dropped: a resume's welcome says last_id
+                    lines.setdefault((w, c), []).append(_ACK % (rid, seq) if seq is not None else _ACK_NO_SEQ % rid)
+            for (w, c), group in lines.items():
+                self._lines_to(w, c, group)
+        for w, c, reason in closes:  # after the acks: the client of a quit sees its last posts acked
+            self._json(w, ["close", c, reason])
         return ok
 
     def shutdown(self, reason: str) -> None:
@@ -614,18 +623,20 @@ class Hub:
         self._send_lines(s, lines)
 
     def _send_lines(self, s: Session, lines: list[bytes]) -> None:
+        if s.worker is not None and s.conn is not None:
+            self._lines_to(s.worker, s.conn, lines)
+
+    def _lines_to(self, worker: int, conn: int, lines: list[bytes]) -> None:
         """Lines for one client, in control frames of at most about REPLAY_FRAME bytes each."""
-        if s.worker is None or s.conn is None:
-            return
-        out = self._out.setdefault(s.worker, [])
+        out = self._out.setdefault(worker, [])
         start = size = 0
         for i, line in enumerate(lines):
             if size and size + len(line) > REPLAY_FRAME:
-                out.append(control.conns_frame([s.conn], b"".join(lines[start:i])))
+                out.append(control.conns_frame([conn], b"".join(lines[start:i])))
                 start, size = i, 0
             size += len(line)
         if size:
-            out.append(control.conns_frame([s.conn], b"".join(lines[start:])))
+            out.append(control.conns_frame([conn], b"".join(lines[start:])))
 
     # --- requests of a registered session ------------------------------------------------------------------
 
@@ -663,7 +674,11 @@ class Hub:
             self._history(s, req, now)
         elif isinstance(req, m.Quit):
             if s.worker is not None and s.conn is not None:
-                self.closed(s.worker, s.conn, True, req.reason or "quit", now)
+                w, c, reason = s.worker, s.conn, req.reason or "quit"
+                for name in s.rooms:  # the room lines that follow the quit are not for it
+                    self._json(w, ["member", c, name, False])
+                self.closed(w, c, True, reason, now)
+                self._closes.append((w, c, reason))  # its worker keeps it open for what came before the quit
         else:
             raise RemoteProtocolError(m.Err.UNKNOWN_TYPE, f"{req.TYPE} is not allowed here", request_id=req.id)
         if change is not None:  # after its events and replies: the client forgets it (else resent after a drop)
@@ -675,9 +690,14 @@ class Hub:
         left or its addressee renamed since (refusing it would tell the sender it failed). A post that was
         refused is checked again instead: acking it would tell the sender it went out."""
         if rid is not None and rid <= s.last_id and not (s.refused and rid in s.refused):
-            self._acks.append((s, rid, None))
+            self._ack(s, rid, None)
             return True
         return False
+
+    def _ack(self, s: Session, rid: int, seq: int | None) -> None:
+        """Acked at the next commit, to the connection the post came on (a quit may have ended the session by then)."""
+        if s.worker is not None and s.conn is not None:
+            self._acks.append((s.worker, s.conn, rid, seq))
 
     def _posted(self, s: Session, rid: int | None) -> None:
         if rid is None:
@@ -713,7 +733,7 @@ class Hub:
         self._keep(seq, ts, kind, (name,), line)
         self._to_room(room, line)
         if rid is not None:
-            self._acks.append((s, rid, seq))
+            self._ack(s, rid, seq)
             self.store.put_posted(s.sid, s.last_id)
 
     def _privmsg(self, s: Session, to: str, text: bytes, rid: int | None, now: float) -> None:
@@ -731,7 +751,7 @@ class Hub:
         self._keep(seq, ts, "privmsg", convs, line)
         self._to_sessions([s] if target is s else [s, target], line)
         if rid is not None:
-            self._acks.append((s, rid, seq))
+            self._ack(s, rid, seq)
             self.store.put_posted(s.sid, s.last_id)
 
     def _join(self, s: Session, name: str, now: float, rid: int | None = None) -> None:

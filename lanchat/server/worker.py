@@ -49,8 +49,8 @@ class ClientConn:
     """
 
     __slots__ = (
-        "_closer", "_resume_handle", "closing", "conn_id", "created", "fd", "json_mode", "out", "peer",
-        "pinged", "reading", "reported", "sock", "state", "wbuf", "worker",
+        "_closer", "_resume_handle", "closing", "conn_id", "created", "farewell", "fd", "json_mode", "out",
+        "peer", "pinged", "reading", "reported", "sock", "state", "wbuf", "worker",
     )  # fmt: skip
 
     def __init__(self, worker: Worker, conn_id: int, peer: str, sock: socket.socket) -> None:
@@ -72,6 +72,7 @@ class ClientConn:
         self.closing = False
         self.json_mode = False  # JSON session and open: the fan-out may append bytes without rendering
         self.reported = False
+        self.farewell: bytes | None = None  # it quit: the last words, sent when the hub says close
         self._resume_handle: asyncio.TimerHandle | None = None
         self._closer: asyncio.TimerHandle | None = None
 
@@ -148,9 +149,11 @@ class ClientConn:
                 self.worker.post(control.post_frame(self.conn_id, action.kind, action.to, action.text, action.id))
             elif isinstance(action, Reply):
                 self.push(action.data)
+            elif action.after_hub:
+                self._quitting(action.final)
             else:
                 self._report_closed(action.clean, action.reason)
-                self.close()
+                self.close(action.final or None)
         until = self.state.throttled_until
         if until is not None and self.sock is not None and not self.closing and self._resume_handle is None:
             self._pause_reading()  # fakelag: TCP holds the flood back, nothing is dropped
@@ -168,6 +171,19 @@ class ClientConn:
             return
         if self.state.throttled_until is None and not self.closing:
             self._resume_reading()
+
+    def _quitting(self, final: bytes) -> None:
+        """The client quit. The hub ends its session and then sends a close for it, after everything it
+        sequenced before the quit and after the commit that acks the client's last posts: until then the
+        connection stays open for that output (the client reads until we close). A close that does not
+        come in CLOSE_TIMEOUT (a hub gone or stuck) is made here."""
+        self.farewell = final
+        self._closer = asyncio.get_running_loop().call_later(const.CLOSE_TIMEOUT, self.close_for_hub, "quit")
+
+    def close_for_hub(self, reason: str) -> None:
+        """The hub ended this connection's session (a quit, a resume elsewhere): close, reported as clean."""
+        self._report_closed(True, reason)  # the main process counts connections (limits, placement)
+        self.close(self.farewell or None)
 
     def _report_closed(self, clean: bool, reason: str) -> None:
         if not self.reported:
@@ -236,6 +252,9 @@ class ClientConn:
         CLOSE_TIMEOUT seconds is cut off."""
         if self.closing:
             return
+        if self._closer is not None:  # the wait for the hub's close after a quit
+            self._closer.cancel()
+            self._closer = None
         if final is not None:
             self.push(final)
         self.flush()
@@ -282,6 +301,8 @@ class ClientConn:
     def sweep(self, now: float) -> None:
         cfg = self.worker.cfg
         st = self.state
+        if self.farewell is not None:
+            return  # it quit: closed when the hub says so, or by the timer set then
         if not st.registered:
             limit = float(cfg["handshake_timeout"])
             if now - self.created > limit:
@@ -553,9 +574,8 @@ class Worker:
             self.to_hub(["pong", record[1], self.figures()])
         elif kind == "close":
             conn = self.conns.get(record[1])
-            if conn is not None:  # reported all the same: the main process counts connections (limits, placement)
-                conn._report_closed(True, str(record[2]) if len(record) > 2 else "closed by the server")
-                conn.close()
+            if conn is not None:
+                conn.close_for_hub(str(record[2]) if len(record) > 2 else "closed by the server")
         elif kind == "shutdown":
             self.shutdown(str(record[1]))
 

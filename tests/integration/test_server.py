@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import itertools
+import json
 import logging
 import os
 import re
@@ -112,6 +113,33 @@ def test_private_messages_across_workers(make_server: MakeServer) -> None:
     finally:
         for x in (a, b, c):
             x.close()
+
+
+def test_a_quit_right_behind_posts_still_gets_their_echoes_and_acks(make_server: MakeServer) -> None:
+    """A script that writes its lines and a quit at once, over JSON and over plain text: the server closes
+    only after what it sequenced before the quit, its acks included (the worker used to close on the quit
+    line, before the hub had even read the posts: a JSON client saw no ack, a plain one no echo)."""
+    server = make_server(workers=2)
+    with Client(server.port, "bo") as bo:
+        al = Client(server.port)
+        posts = b"".join(
+            b'{"type":"msg","room":"lobby","text":"line %d","id":%d}\n' % (i, i) for i in range(1, 11)
+        )  # fmt: skip
+        al.send_raw(b'{"type":"hello","nick":"al"}\n' + posts + b'{"type":"quit","reason":"done"}\n')
+        assert al.closed_by_server()
+        frames = [json.loads(x) for x in al.buf.splitlines()]
+        assert [f["id"] for f in frames if f["type"] == "ack"] == list(range(1, 11))
+        assert [f["text"] for f in frames if f["type"] == "msg"] == [f"line {i}" for i in range(1, 11)]
+        assert bo.expect("quit")["reason"] == "done"
+        plain = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        with plain:
+            plain.sendall(b"/nick pl\nhello all\n/quit\n")
+            got = b""
+            while chunk := plain.recv(65536):
+                got += chunk
+        assert got.endswith(b"<pl> hello all\n* bye\n"), got[-200:]
+        assert bo.expect("msg")["text"] == "hello all"
+        al.close()
 
 
 def test_worker_killed_is_replaced_and_others_unaffected(make_server: MakeServer) -> None:

@@ -939,6 +939,41 @@ def test_quit_request_ends_the_session_at_once(net: Workers, caplog: pytest.LogC
     assert hub.users == 1
 
 
+def test_a_quit_is_closed_after_what_came_before_it_and_the_acks_of_its_posts(net: Workers) -> None:
+    """The quitter's worker keeps its connection open for the hub's close: the close follows the room lines
+    sequenced before the quit and the commit that acks the quitter's last posts; nothing after the quit is
+    for it. Before, the worker closed on the quit line: those lines and acks went to a closed connection."""
+    hub = net.hub
+    welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "before"}, 5.0)
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "last words", "id": 7}, 5.0)
+    hub.request(1, 10, {"type": "quit", "reason": "off"}, 5.0)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "after"}, 5.0)
+    assert hub.commit_pending
+    assert net.take_records(1) == [["member", 10, "lobby", False], ["member", 10, "dev", False]]  # no close yet
+    hub.commit(5.0)
+    got = net.take(1, 10)
+    assert [(f["type"], f.get("text")) for f in got] == [("msg", "before"), ("msg", "last words"), ("ack", None)]
+    assert got[-1]["id"] == 7 and got[-1]["seq"] == got[1]["seq"]
+    assert net.take_records(1) == [["close", 10, "off"]]
+    raw = net.raw[1]
+    assert isinstance(raw[-1], control.JsonFrame) and isinstance(raw[-2], control.ConnsFrame)  # acks, then close
+    assert [f.get("text") or f["type"] for f in net.take(2, 20)] == ["before", "last words", "quit", "after"]
+    assert not hub.commit_pending
+
+
+def test_a_quit_of_a_connection_without_a_session_is_closed_by_the_hub(net: Workers) -> None:
+    """A hello refused (nick taken), then a quit: the worker waits for the hub's word all the same."""
+    welcome_of(net, 1, 10, "al")
+    assert hello(net, 1, 11, "al")["code"] == m.Err.NICK_TAKEN
+    net.clear()
+    net.hub.request(1, 11, {"type": "quit"}, 1.0)
+    net.hub.commit(1.0)
+    assert net.take_records(1) == [["close", 11, "quit"]]
+
+
 def test_a_quit_without_a_reason_says_none(net: Workers) -> None:
     """Others saw "bo quit (quit)": the word used for the log is not a reason anyone gave."""
     hub = net.hub

@@ -144,7 +144,8 @@ def test_quit_after_hello_is_forwarded_then_closes_clean() -> None:
     c = conn()
     registered_json(c)
     out = c.receive_data(line({"type": "quit", "reason": "bye"}) + line({"type": "ping"}), 0.0)
-    assert out == [Forward(m.Quit("bye")), Close("bye", clean=True)]
+    # the worker keeps the connection open until the hub's close: what came before the quit still arrives
+    assert out == [Forward(m.Quit("bye")), Close("bye", clean=True, after_hub=True)]
     assert c.closed
     assert c.receive_data(line({"type": "ping"}), 1.0) == []  # nothing after the close
 
@@ -298,7 +299,7 @@ def test_throttled_quit_still_closes_when_released() -> None:
     registered_json(c)
     out = c.receive_data(line({"type": "quit"}), 0.0)
     assert out == [] and c.throttled_until == 1.0 and not c.closed
-    assert c.process(1.0) == [Forward(m.Quit("")), Close("quit", clean=True)]
+    assert c.process(1.0) == [Forward(m.Quit("")), Close("quit", clean=True, after_hub=True)]
 
 
 # --- plain mode -----------------------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def test_plain_commands_allowed_before_the_nick() -> None:
     assert not c.hello_sent
     (a,) = c.receive_data(b"/nick\n", 0.0)
     assert isinstance(a, Reply) and a.data == b"! usage: /nick NAME [bad_field]\n"
-    assert c.receive_data(b"/quit\n", 0.0) == [Reply(b"* bye\n"), Close("quit", clean=True)]  # no session: no Forward
+    assert c.receive_data(b"/quit\n", 0.0) == [Close("quit", clean=True, final=b"* bye\n")]  # no session: no Forward
     assert c.closed
 
 
@@ -428,7 +429,7 @@ def test_plain_quit() -> None:
     c = conn()
     registered_plain(c)
     assert c.receive_data(b"/quit gotta go\n", 0.0) == [
-        Forward(m.Quit("gotta go")), Reply(b"* bye\n"), Close("gotta go", clean=True),
+        Forward(m.Quit("gotta go")), Close("gotta go", clean=True, final=b"* bye\n", after_hub=True),
     ]  # fmt: skip
     assert c.closed
 

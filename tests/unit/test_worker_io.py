@@ -188,6 +188,22 @@ def told_hub(worker: Worker) -> list[Any]:
     return [rec for frame in frames if isinstance(frame, control.JsonFrame) for rec in frame.records]
 
 
+def eof_reader(peer: socket.socket) -> tuple[Callable[[], bool], bytearray]:
+    """A check for until(): reads what the peer has, true at EOF; and what was read."""
+    peer.setblocking(False)
+    got = bytearray()
+
+    def read() -> bool:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            return False
+        got.extend(chunk)
+        return chunk == b""
+
+    return read, got
+
+
 def with_conn(body: Callable[[Worker, ClientConn, socket.socket], Awaitable[None]], sendq: int = 1 << 24) -> None:
     async def main() -> None:
         worker, socks = make_worker()
@@ -237,20 +253,7 @@ def test_close_sends_everything_then_closes() -> None:
         conn.push(payload)
         conn.close(b"bye\n")
         assert conn.closing and 1 in worker.conns  # still draining
-        peer.setblocking(False)
-        got = bytearray()
-        eof = False
-
-        def read() -> bool:
-            nonlocal eof
-            try:
-                chunk = peer.recv(1 << 20)
-                eof = chunk == b""
-                got.extend(chunk)
-            except BlockingIOError:
-                pass
-            return eof
-
+        read, got = eof_reader(peer)
         await until(read)
         assert got.endswith(payload + b"bye\n")
         assert 1 not in worker.conns and conn.sock is None
@@ -306,6 +309,45 @@ def test_a_close_the_hub_asks_for_is_reported_back() -> None:
         worker._control(["close", 1, "session resumed elsewhere"])
         await until(lambda: 1 not in worker.conns)
         assert ["closed", 1, True, "session resumed elsewhere"] in told_hub(worker)
+
+    with_conn(body)
+
+
+def test_a_quit_stays_open_for_what_the_hub_sends_until_the_hub_closes_it() -> None:
+    """What the hub sequenced before the quit (and the acks of the last posts) comes after the worker has
+    read the quit: the connection waits for the hub's close, and the plain "* bye" is the last line."""
+
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        peer.sendall(b"/nick al\n")
+        await until(lambda: conn.state.hello_sent)
+        worker._control(["bind", 1, "al", True])
+        peer.sendall(b"/quit off\n")
+        await until(lambda: conn.farewell is not None)
+        assert ["req", 1, {"type": "quit", "reason": "off"}] in told_hub(worker)
+        assert not conn.closing and 1 in worker.conns
+        assert not [r for r in told_hub(worker) if r[0] == "closed"]  # reported when it closes
+        conn.sweep(time.monotonic() + 3600)  # no timeout of the session's own while the hub is asked
+        assert not conn.closing
+        conn.push(b"[12:00] #lobby <bo> said before the quit\n")
+        worker._control(["close", 1, "off"])
+        read, got = eof_reader(peer)
+        await until(read)
+        assert got.endswith(b"<bo> said before the quit\n* bye\n")
+        assert ["closed", 1, True, "off"] in told_hub(worker) and 1 not in worker.conns
+
+    with_conn(body)
+
+
+def test_a_quit_the_hub_never_answers_is_closed_after_close_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(const, "CLOSE_TIMEOUT", 0.05)
+
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        peer.sendall(b'{"type":"hello","nick":"al"}\n{"type":"quit"}\n')
+        await until(lambda: conn.farewell is not None)
+        assert 1 in worker.conns
+        read, _ = eof_reader(peer)
+        await until(read)
+        assert ["closed", 1, True, "quit"] in told_hub(worker) and 1 not in worker.conns
 
     with_conn(body)
 
