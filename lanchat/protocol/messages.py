@@ -367,6 +367,13 @@ def parse_post(line: bytes) -> Post | None:
     return Post(kind.decode(), room.decode(), text, int(rid))
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_not_json)  # NaN and Infinity are Python's, not JSON's
+
+
 def parse_line(line: bytes) -> Request:
     """One frame (a line without its newline) to a request. Raises RemoteProtocolError."""
     try:
@@ -374,7 +381,7 @@ def parse_line(line: bytes) -> Request:
     except UnicodeDecodeError:
         raise _bad(Err.BAD_UTF8, "frame is not valid UTF-8") from None
     try:
-        obj = json.loads(text)
+        obj = _DECODER.decode(text)
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays; ValueError: huge ints too
         raise _bad(Err.BAD_JSON, "frame is not valid JSON") from None
     return parse_obj(obj)

@@ -275,5 +275,7 @@ def render_for_plain(line: bytes, nick: str) -> bytes | None:
         frame = json.loads(line)
     except ValueError:
         return None
+    if isinstance(frame, dict) and frame.get("type") == "error" and frame.get("code") == m.Err.NOT_REGISTERED:
+        frame = {**frame, "message": "choose a nick first: /nick NAME"}  # (a /nick refused): not "send a hello"
     text = render(frame, nick) if isinstance(frame, dict) else None
     return None if text is None else text.encode() + b"\n"

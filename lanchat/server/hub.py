@@ -865,11 +865,12 @@ class Hub:
 
     def _topic(self, s: Session, req: m.Topic, now: float) -> None:
         room = self.rooms.get(req.room)
+        if req.topic is None:  # a question, answered for any room as who and history are (and rooms lists it)
+            topic = room.topic if room is not None else ""
+            self._send(s, _with_id({"type": "topic", "room": req.room, "topic": topic}, req.id))
+            return
         if room is None or s.sid not in room.members:
             raise RemoteProtocolError(m.Err.NOT_IN_ROOM, f"you are not in #{req.room}", request_id=req.id)
-        if req.topic is None:
-            self._send(s, _with_id({"type": "topic", "room": room.name, "topic": room.topic}, req.id))
-            return
         room.topic = req.topic
         self.store.put_topic(room.name, req.topic)
         _, line = self._event("topic", {"room": room.name, "nick": s.nick, "topic": req.topic}, (room.name,), now)

@@ -631,6 +631,14 @@ def test_join_part_topic_who_rooms(net: Workers) -> None:
     assert net.take(1, 10) == [{"type": "topic", "room": "dev", "topic": "ship it", "id": 3}]
     hub.request(1, 10, {"type": "topic", "room": "games", "topic": "x", "id": 4}, 2.0)
     assert net.take(1, 10)[0]["code"] == m.Err.NOT_IN_ROOM
+    hub.request(1, 10, {"type": "part", "room": "dev"}, 2.0)
+    net.clear()
+    hub.request(1, 10, {"type": "topic", "room": "dev", "id": 7}, 2.0)  # asked from outside, as who and history are
+    assert net.take(1, 10) == [{"type": "topic", "room": "dev", "topic": "ship it", "id": 7}]
+    hub.request(1, 10, {"type": "topic", "room": "nowhere"}, 2.0)
+    assert net.take(1, 10) == [{"type": "topic", "room": "nowhere", "topic": ""}]
+    hub.request(1, 10, {"type": "join", "room": "dev"}, 2.0)
+    net.clear()
     # who and rooms
     hub.request(1, 10, {"type": "who", "room": "dev", "id": 5}, 2.0)
     assert net.take(1, 10) == [{"type": "who", "room": "dev", "users": 2, "nicks": ["bo", "al"], "id": 5}]

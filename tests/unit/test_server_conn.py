@@ -486,6 +486,8 @@ def test_render_for_plain() -> None:
     assert render_for_plain(b"\xff", "bob") is None
     pm = m.encode({"type": "privmsg", "seq": 1, "ts": 0, "from": "Bob", "to": "al", "text": "x"})
     assert b"-> *al*" in (render_for_plain(pm, "bob") or b"")
+    refused = m.encode(m.error_frame(m.Err.NOT_REGISTERED, "send a hello first"))  # the hub's, after /nick failed
+    assert render_for_plain(refused, "") == b"! choose a nick first: /nick NAME [not_registered]\n"
 
 
 # --- fuzzing --------------------------------------------------------------------------------------------------
