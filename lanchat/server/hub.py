@@ -175,14 +175,22 @@ class Hub:
         self.msgs_in = 0
         self.events_out = 0
         # An expired session's token key (_token_key) -> (last_id, when), oldest first; kept in the database too
-        self._expired: dict[str, tuple[int, float]] = {k: (i, t) for k, i, t in store.load_expired(now)}
+        # and the ids of its refused posts; the same with the refused ids of the sessions below
+        refused = store.load_refused()
+        self._expired: dict[str, tuple[int, float, tuple[int, ...]]] = {
+            k: (i, t, refused.pop("t:" + k, ())) for k, i, t in store.load_expired(now)
+        }
         self.held_per_ip = held_per_ip
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
+            if ids := refused.pop("s:" + row.sid, ()):
+                s.refused = set(ids)
             self._add_session(s)
             for name in s.rooms:
                 self._room(name).add(s)
+        for owner in refused:  # of sessions that ended while the disk failed, or tokens forgotten since
+            store.put_refused(owner, ())
         self.end_plain_sessions("connection lost", now)  # left by a crash: their nicks are free at once
         if self.sessions:
             log.info("%d sessions of the last run held %g s for their clients to resume", len(self.sessions),
@@ -463,7 +471,9 @@ class Hub:
         if s.held_for:
             self._unhold(s)
         if resumable and not s.plain and s.last_id >= 0:
-            self._remember_expired(s.token, s.last_id, now)
+            self._remember_expired(s.token, s.last_id, now, tuple(s.refused or ()))
+        if s.refused is not None:
+            self.store.put_refused("s:" + s.sid, ())
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
         for room in rooms:
             room.remove(s.sid)
@@ -481,20 +491,27 @@ class Hub:
         self.store.drop_session(s.sid)
         log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, logged or reason)
 
-    def _remember_expired(self, token: str, last_id: int, now: float) -> None:
+    def _remember_expired(self, token: str, last_id: int, now: float, refused: tuple[int, ...]) -> None:
         key = _token_key(token)
-        self._expired[key] = (last_id, now)
+        self._expired[key] = (last_id, now, refused)
         self.store.put_expired(key, last_id, now)
+        if refused:
+            self.store.put_refused("t:" + key, refused)
         self._forget_expired(now)
 
     def _forget_expired(self, now: float) -> None:
         expired = self._expired
         while expired:  # insertion order is age order: forget the oldest past the count or the age
-            oldest, (_, since) = next(iter(expired.items()))
+            oldest, (_, since, refused) = next(iter(expired.items()))
             if len(expired) <= const.EXPIRED_TOKENS_MAX and now - since <= const.EXPIRED_TOKEN_TTL:
                 break
             del expired[oldest]
-            self.store.drop_expired(oldest)
+            self._drop_expired(oldest, refused)
+
+    def _drop_expired(self, key: str, refused: tuple[int, ...]) -> None:
+        self.store.drop_expired(key)
+        if refused:
+            self.store.put_refused("t:" + key, ())
 
     def _drop_if_empty(self, room: Room) -> None:
         if not room.members:
@@ -523,11 +540,16 @@ class Hub:
             raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken{held}", request_id=req.id)
         # A token whose session expired: its client resends what it never saw acknowledged, and the ids
         # it already posted must be acked as duplicates, not posted again.
-        last_id, key = -1, (_token_key(req.token) if req.token is not None else "")
+        key = _token_key(req.token) if req.token is not None else ""
+        last_id = -1
+        refused: tuple[int, ...] = ()
         if (gone := self._expired.pop(key, None)) is not None:
-            last_id = gone[0]
-            self.store.drop_expired(key)
+            last_id, _, refused = gone
+            self._drop_expired(key, refused)
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id)
+        if refused:  # refused before the expiry: a resend of one is refused again in the new session too
+            s.refused = set(refused)
+            self.store.put_refused("s:" + s.sid, refused)
         self._add_session(s)
         self._attach(s, worker, conn)
         self._welcome(s, req, list(req.rooms))
@@ -703,18 +725,20 @@ class Hub:
         if rid is None:
             return
         s.last_id = max(s.last_id, rid)
-        if s.refused:
+        if s.refused and rid in s.refused:  # refused once, posted now (its addressee came, say)
             s.refused.discard(rid)
+            self.store.put_refused("s:" + s.sid, s.refused)
 
-    @staticmethod
-    def _refused(s: Session, rid: int | None, code: str, message: str) -> RemoteProtocolError:
-        """The refusal of a post, its id remembered (a resend of it must be refused again, not acked)."""
+    def _refused(self, s: Session, rid: int | None, code: str, message: str) -> RemoteProtocolError:
+        """The refusal of a post, its id remembered (a resend of it must be refused again, not acked), on
+        disk too: the error may be lost with the connection, and the resend come after a restart."""
         if rid is not None:
             refused = s.refused if s.refused is not None else set()
             s.refused = refused
             refused.add(rid)
             if len(refused) > const.REFUSED_IDS_KEPT:
                 refused.discard(min(refused))
+            self.store.put_refused("s:" + s.sid, refused)
         return RemoteProtocolError(code, message, request_id=rid)
 
     def _post_room(self, s: Session, kind: str, name: str, text: bytes, rid: int | None, now: float) -> None:

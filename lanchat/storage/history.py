@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -110,6 +110,10 @@ CREATE TABLE IF NOT EXISTS topics (room TEXT PRIMARY KEY, topic TEXT NOT NULL);
 -- client that comes back later resends its unacknowledged messages into a new session, and those already
 -- posted must be acked, not posted twice, across a restart too (the hub's Hub._expired; bounded there).
 CREATE TABLE IF NOT EXISTS expired (token_key TEXT PRIMARY KEY, last_id INTEGER NOT NULL, at REAL NOT NULL);
+-- The ids of a session's refused posts below its last_id (a resend of one must be refused again, not acked
+-- as a duplicate, across a restart and an expiry too), as a JSON list; the owner is 's:' + a session id or
+-- 't:' + an expired session's token key. An older lanchat ignores the table (and so forgets them, as it did).
+CREATE TABLE IF NOT EXISTS refused (owner TEXT PRIMARY KEY, ids TEXT NOT NULL);
 -- Events of commits that touched many conversations, in commit order (appending costs a page per ~16
 -- events, whatever the conversations); folded into events once FOLD_ROWS have gathered. No index: it is
 -- small, and only reads of history (not of the hub's hot path) scan it.
@@ -137,6 +141,7 @@ class _Pending:
     topics: dict[str, str]
     expired: dict[str, tuple[int, float] | None] = field(default_factory=dict)  # token key -> row; None: delete
     posted: dict[str, int] = field(default_factory=dict)  # sid -> its highest message id (one per session)
+    refused: dict[str, tuple[int, ...]] = field(default_factory=dict)  # owner -> refused ids; (): delete
     reserve: int | None = None
     bytes: int = 0  # characters of the events' lines (as stored: UTF-8, so up to 4 bytes each)
     # Characters of the session records (counted while degraded), held to the same caps apart from the events.
@@ -321,6 +326,21 @@ class HistoryStore:
             return []
         return [(str(k), int(i), float(t)) for k, i, t in reversed(rows)]
 
+    def load_refused(self) -> dict[str, tuple[int, ...]]:
+        """Refused post ids by owner ('s:' + session id, 't:' + expired token key)."""
+        if self._db is None:
+            return {}
+        try:
+            rows = self._db.execute("SELECT owner, ids FROM refused").fetchall()
+        except sqlite3.Error as exc:
+            self._read_failed(exc)
+            return {}
+        out: dict[str, tuple[int, ...]] = {}
+        for owner, ids in rows:
+            with contextlib.suppress(ValueError, TypeError):  # a row damaged by hand: as if none were refused
+                out[str(owner)] = tuple(int(i) for i in json.loads(ids))
+        return out
+
     def topic(self, room: str) -> str:
         """A room's topic ('' for none), read when the room comes back: the hub holds only the topics of
         rooms that exist, so rooms made and left one after another cost it no memory. A topic held for a
@@ -415,13 +435,23 @@ class HistoryStore:
             del expired[next(iter(expired))]
             self.dropped += 1
 
+    def put_refused(self, owner: str, ids: Collection[int]) -> None:
+        """The refused post ids of ``owner`` (see the table); none: its row is deleted. Bounded while the
+        disk fails like the expired records (one lost: a resend acked as a duplicate after a restart)."""
+        refused = self._pending.refused
+        refused.pop(owner, None)  # rewritten: to the end
+        refused[owner] = tuple(sorted(ids))
+        while self.degraded and len(refused) > const.PENDING_WRITES_MAX:
+            del refused[next(iter(refused))]
+            self.dropped += 1
+
     def put_topic(self, room: str, topic: str) -> None:
         self._pending.topics[room] = topic
 
     @property
     def pending(self) -> int:
         p = self._pending
-        return len(p.events) + len(p.sessions) + len(p.topics) + len(p.expired) + len(p.posted)
+        return len(p.events) + len(p.sessions) + len(p.topics) + len(p.expired) + len(p.posted) + len(p.refused)
 
     @property
     def journal(self) -> int:
@@ -478,6 +508,11 @@ class HistoryStore:
                     db.execute("DELETE FROM expired WHERE token_key=?", (key,))
                 else:
                     db.execute("INSERT OR REPLACE INTO expired VALUES (?, ?, ?)", (key, *expiry))
+            for owner, ids in p.refused.items():
+                if ids:
+                    db.execute("INSERT OR REPLACE INTO refused VALUES (?, ?)", (owner, json.dumps(ids)))
+                else:
+                    db.execute("DELETE FROM refused WHERE owner=?", (owner,))
             if p.reserve is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(p.reserve),))
             # Fold at FOLD_ROWS, or before pruning a conversation that has rows in the journal: pruning sees
@@ -523,6 +558,7 @@ class HistoryStore:
         p.session_bytes = 0
         p.topics.clear()
         p.expired.clear()
+        p.refused.clear()
         p.reserve = None
         if self.degraded:
             log.warning("history: writes resumed at %s", self.path)

@@ -1517,8 +1517,74 @@ def test_expired_tokens_on_disk_are_bounded_like_those_in_memory(
     hub.store.close()
     later = 4 + GRACE + 1 + const.EXPIRED_TOKEN_TTL - 0.5  # the newest is still within the day, the others not
     net2 = Workers(make_hub(stores, tmp_path, now=later))
-    assert [last_id for last_id, _ in net2.hub._expired.values()] == [1]
+    assert [last_id for last_id, _, _ in net2.hub._expired.values()] == [1]
     assert net2.hub.store._db.execute("SELECT count(*) FROM expired").fetchone() == (1,)  # type: ignore[union-attr]
+
+
+def refused_then_posted(net: Workers, w: int, conn: int, at: float) -> Frame:
+    """al's privmsg to nobody (id 5) is refused, its msg (id 6) posted; the link drops with the refusal."""
+    al = welcome_of(net, w, conn, "al", now=at)
+    net.hub.request(w, conn, {"type": "privmsg", "to": "carol", "text": "psst", "id": 5}, at)
+    net.hub.request(w, conn, {"type": "msg", "room": "lobby", "text": "went out", "id": 6}, at)
+    net.hub.commit(at)
+    net.forget(w, conn)
+    net.hub.closed(w, conn, False, "lost", at)
+    return al
+
+
+def resend_five(net: Workers, at: float) -> list[tuple[str, Any]]:
+    net.hub.request(3, 30, {"type": "privmsg", "to": "carol", "text": "psst", "id": 5}, at)
+    net.hub.commit(at)
+    return [(f["type"], f.get("code") or f.get("seq")) for f in net.take(3, 30) if f["type"] in ("ack", "error")]
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["held", "expired"])
+def test_a_refused_post_is_refused_again_after_a_restart(
+    tmp_path: Path, stores: list[HistoryStore], expired: bool
+) -> None:
+    """Refused ids lived in memory only: after a restart (or once the session had expired) a resend of a
+    refused post, below the session's last_id, was acked as a duplicate (seq null) and never posted."""
+    net = Workers(make_hub(stores, tmp_path))
+    al = refused_then_posted(net, 1, 10, 1.0)
+    if expired:
+        net.hub.tick(1.0 + GRACE + 1)
+    net.hub.shutdown("restart")
+    net.hub.commit(100.0)
+    net.hub.store.close()
+    net2 = Workers(make_hub(stores, tmp_path, now=200.0))
+    net2.hub.request(3, 30, {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}, 201.0)
+    welcome = net2.take(3, 30)[0]
+    assert (welcome["resumed"], welcome["last_id"]) == (not expired, 6)
+    assert resend_five(net2, 201.0) == [("error", "no_such_nick")]
+    welcome_of(net2, 2, 20, "carol", now=202.0)  # checked again, not acked: now it goes out
+    assert resend_five(net2, 202.0) == [("ack", net2.hub.seq)]
+    assert [f["text"] for f in net2.take(2, 20) if f["type"] == "privmsg"] == ["psst"]
+    net2.hub.commit(203.0)
+    assert net2.hub.store.load_refused() == {}  # posted at last: nothing left refused
+
+
+def test_refused_ids_go_with_their_session_and_with_its_expired_token(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(const, "EXPIRED_TOKENS_MAX", 1)
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    refused_then_posted(net, 1, 10, 1.0)
+    hub.commit(1.0)
+    sid = next(iter(hub.sessions))
+    assert hub.store.load_refused() == {"s:" + sid: (5,)}
+    hub.tick(1.0 + GRACE + 1)  # expired: the ids go with its token
+    hub.commit(2.0 + GRACE)
+    [key] = hub._expired
+    assert hub.store.load_refused() == {"t:" + key: (5,)}
+    expire_five(net)  # the token is forgotten for newer ones (one at most here): so are its ids
+    hub.commit(10.0 + GRACE)
+    assert hub.store.load_refused() == {}
+    welcome_of(net, 1, 40, "cy", now=20.0 + GRACE)
+    hub.request(1, 40, {"type": "privmsg", "to": "carol", "text": "x", "id": 1}, 20.0 + GRACE)
+    hub.request(1, 40, {"type": "quit"}, 20.0 + GRACE)  # a clean end: nothing to remember
+    hub.commit(20.0 + GRACE)
+    assert hub.store.load_refused() == {}
 
 
 def test_a_topic_set_counts_in_last_id_after_a_crash_too(tmp_path: Path, stores: list[HistoryStore]) -> None:
