@@ -35,6 +35,9 @@ Commands:
   /help                this list
   /quit [WHY]          leave"""
 
+# Nicks shown on joining a room: a LAN party's lobby of 300 would fill the screen with them (/who lists all).
+JOIN_NICKS_SHOWN: Final = 30
+
 # `lanchat join` (both faces) also cycles through the joined rooms with /switch alone; nc users cannot
 CLIENT_HELP: Final = HELP.replace(
     "  /switch ROOM         make a joined room current",
@@ -223,11 +226,11 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
             return f"* {not_resumed(frame['resume_failed'])}\n{line}"
         return line
     if kind == "room":
-        names = _items(frame.get("nicks"))
+        names = _items(frame.get("nicks"))[:JOIN_NICKS_SHOWN]
         topic = f" topic: {c(frame['topic'])};" if frame.get("topic") else ""
         users = frame.get("users")
-        here = users if isinstance(users, int) and not isinstance(users, bool) else len(names)
-        more = f", and {here - len(names)} more" if here > len(names) else ""  # the list stops at 500 nicks
+        here = users if isinstance(users, int) and not isinstance(users, bool) else len(_items(frame.get("nicks")))
+        more = f", and {here - len(names)} more (/who {room})" if here > len(names) else ""
         return f"* {room}:{topic} {here} here: " + ", ".join(c(n) for n in names) + more
     if kind == "who":
         nicks = [c(n) for n in _items(frame.get("nicks"))]

@@ -264,7 +264,9 @@ def ev(kind: str, **fields: Any) -> dict[str, Any]:
         ({"type": "room", "room": "dev", "topic": "", "nicks": ["al"]}, r"\* #dev: 1 here: al"),
         ({"type": "room", "room": "dev", "topic": "", "users": 2, "nicks": ["al", "bo"]}, r"\* #dev: 2 here: al, bo$"),
         ({"type": "room", "room": "big", "topic": "", "users": 1200, "nicks": ["al", "bo"]},
-         r"\* #big: 1200 here: al, bo, and 1198 more$"),  # the list stops at ROOM_INFO_NICKS, the count does not
+         r"\* #big: 1200 here: al, bo, and 1198 more \(/who #big\)$"),  # the server's list stops at ROOM_INFO_NICKS
+        ({"type": "room", "room": "big", "topic": "", "users": 40, "nicks": [f"n{i}" for i in range(40)]},
+         r"\* #big: 40 here: n0, n1, .*, n29, and 10 more \(/who #big\)$"),  # JOIN_NICKS_SHOWN: /who lists all
         ({"type": "who", "room": "dev", "nicks": ["al", "bo"]}, r"\* #dev: al, bo"),
         ({"type": "rooms", "rooms": [{"name": "lobby", "users": 3}, {"name": "dev", "users": 1}]},
          r"\* rooms: #lobby \(3\), #dev \(1\)"),
