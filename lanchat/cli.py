@@ -121,7 +121,10 @@ def serve(
     name: Annotated[
         str,
         typer.Option(
-            envvar=_env("name"), metavar="NAME", show_default="host name", help="Server name shown by discovery."
+            envvar=_env("name"),
+            metavar="NAME",
+            show_default="host name",
+            help="Server name shown by discovery and lanchat status.",
         ),
     ] = "",
     data_dir: Annotated[
@@ -199,7 +202,10 @@ def serve(
     ping_interval: Annotated[
         float,
         typer.Option(
-            envvar=_env("ping_interval"), metavar="SECONDS", min=0.1, help="Seconds of client silence before a ping."
+            envvar=_env("ping_interval"),
+            metavar="SECONDS",
+            min=0.1,
+            help="Seconds of client silence before a ping (at most half of --idle-timeout).",
         ),
     ] = const.PING_INTERVAL,
     idle_timeout: Annotated[
@@ -221,7 +227,10 @@ def serve(
         ),
     ] = const.RESUME_GRACE,
     history_limit: Annotated[
-        int, typer.Option(envvar=_env("history_limit"), metavar="N", min=1, help="Events kept per room.")
+        int,
+        typer.Option(
+            envvar=_env("history_limit"), metavar="N", min=1, help="Events kept per room and per private conversation."
+        ),
     ] = const.HISTORY_LIMIT,
     history_on_join: Annotated[
         int, typer.Option(envvar=_env("history_on_join"), metavar="N", min=0, help="Events shown when joining a room.")

@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import psutil
 
@@ -118,31 +118,43 @@ class Throttled:
             log.warning(msg + " (%d like it in the last %.0f s)", *args, count, now - until + self.interval)
 
 
-def lock_data_dir(data_dir: Path) -> int | None:
+NO_LOCKS: Final = -1  # lock_data_dir: the file system has no locks (NFS without a lock manager)
+
+
+def lock_data_dir(data_dir: Path, *, warn: bool = True) -> int | None:
     """Hold ``data_dir/lock`` for this process's life: a second server on the same directory would share
     its history file and its discovery id (clients would see one server at a mix of two addresses).
-    Raises StorageError if another server holds it; None if the lock cannot be made at all (a directory
-    that cannot be written: the store then runs degraded, as it would anyway)."""
+    Raises StorageError if another server holds it, or if ``data_dir`` is not a directory (a typo);
+    NO_LOCKS where the file system has none; None if the lock cannot be made now (a directory that
+    cannot be written: the store runs degraded, and takes the lock before it opens the file again)."""
     path = data_dir / LOCK_NAME
     if data_dir.exists() and not data_dir.is_dir():  # a typo, not a failing disk: say so and stop
         raise StorageError(f"--data-dir {data_dir} is not a directory")
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StorageError(
-                    f"{data_dir} is in use by another lanchat server (pid {holder}); "
-                    "give each server its own --data-dir"
-                ) from None
-            raise  # no locks here at all (ENOLCK on NFS, ...)
+    except NotADirectoryError:  # a file on the way to it: a typo as well
+        raise StorageError(f"--data-dir {data_dir}: a part of that path is a file, not a directory") from None
     except OSError as exc:
-        log.warning("cannot lock %s (%s): nothing keeps a second server off this data directory", path, exc)
+        if warn:
+            log.warning("cannot make %s (%s); history is kept in memory until it can be", data_dir, exc)
         return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        if warn:
+            log.warning("cannot lock %s (%s); history is kept in memory until it can be", path, exc)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StorageError(
+                f"{data_dir} is in use by another lanchat server (pid {holder}); give each server its own --data-dir"
+            ) from None
+        log.warning("cannot lock %s (%s): nothing keeps a second server off this data directory", path, exc)
+        return NO_LOCKS
     try:  # the pid is only for that message: a full disk must not keep the server from starting
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -157,10 +169,9 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self._lock = lock_data_dir(config.data_dir)
         try:
-            self.store = HistoryStore(config.data_dir, history_limit=config.history_limit)
+            self.store = HistoryStore(config.data_dir, history_limit=config.history_limit, guard=self._lock_guard)
         except BaseException:  # a foreign or corrupt file: the lock goes with the refusal
-            if self._lock is not None:
-                os.close(self._lock)
+            self._unlock()
             raise
         self.hub = Hub(
             self.store,
@@ -779,9 +790,23 @@ class Server:
         self.store.close()
         if self.listener is not None:
             self.listener.close()
-        if self._lock is not None:  # last: the file is written and closed
+        self._unlock()  # last: the file is written and closed
+
+    def _lock_guard(self) -> str | None:
+        """Before the store opens its file: the data directory's lock, if it could not be taken before (a
+        disk read-only or full at start). Else two servers started on it then would share the file once it
+        can be written, numbering events on their own."""
+        if self._lock is None:
+            try:
+                self._lock = lock_data_dir(self.config.data_dir, warn=False)
+            except StorageError as exc:
+                return str(exc)
+        return "the data directory cannot be locked" if self._lock is None else None
+
+    def _unlock(self) -> None:
+        if self._lock is not None and self._lock != NO_LOCKS:
             os.close(self._lock)
-            self._lock = None
+        self._lock = None
 
 
 def _signal_name(signum: int) -> str:

@@ -315,10 +315,11 @@ class ClientConn:
         if st.pending or self.worker.hub_full:
             return  # lines of theirs (their pong too) wait for the rate limit or the hub: we are slow, not they
         silent = now - max(st.last_seen, self.worker.caught_up_at)  # a wait for the hub is not their silence
-        if silent > float(cfg["idle_timeout"]):
+        idle = float(cfg["idle_timeout"])
+        if silent > idle:
             self._report_closed(False, "idle timeout")
             self.close(st.error_bytes(m.Err.IDLE_TIMEOUT, "no data from you in time", fatal=True))
-        elif silent > float(cfg["ping_interval"]) and not self.pinged:
+        elif silent > min(float(cfg["ping_interval"]), idle / 2) and not self.pinged:  # asked before it is late
             self.pinged = True
             self.push(b'{"type":"ping"}\n')
 

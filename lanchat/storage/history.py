@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -151,8 +151,18 @@ class _Pending:
 class HistoryStore:
     """SQLite history with batched writes. Not thread-safe: one owner (the hub's loop)."""
 
-    def __init__(self, data_dir: Path, *, history_limit: int = const.HISTORY_LIMIT, wal_limit: int = WAL_LIMIT) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        history_limit: int = const.HISTORY_LIMIT,
+        wal_limit: int = WAL_LIMIT,
+        guard: Callable[[], str | None] | None = None,
+    ) -> None:
+        """``guard``: asked before every open of the file (at start, and each retry of a degraded store);
+        a reason not to open it keeps the store degraded (the server's data-directory lock not held)."""
         self.path = Path(data_dir) / DB_NAME
+        self._guard = guard
         self.history_limit = history_limit
         self.wal_limit = wal_limit
         self.degraded = False
@@ -188,6 +198,10 @@ class HistoryStore:
 
     def _open(self) -> None:
         """Open or create the file. Corrupt/foreign: StorageError. Unwritable: degraded, retried later."""
+        if self._guard is not None and (why := self._guard()) is not None:
+            self._fail(f"cannot open {self.path}: {why}")
+            self._unknown_sequence()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

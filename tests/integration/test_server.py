@@ -416,6 +416,36 @@ def test_the_data_directory_lock_is_released_when_the_server_refuses_to_start(tm
         os.close(fd)
 
 
+def test_a_data_directory_that_could_not_be_locked_at_start_is_locked_before_the_history_is_written(
+    tmp_path: Path,
+) -> None:
+    """Two servers started while the lock could not be made (a read-only or full disk: here the lock's name
+    is taken by a directory) both ran degraded, and once the disk could be written both opened the history
+    and wrote it, numbering events each on its own. The store now takes the lock before it opens the file:
+    the first to retry gets it, the other stays degraded and says why."""
+    data = tmp_path / "data"
+    (data / "lock").mkdir(parents=True)
+
+    async def main() -> None:
+        async with _in_process_server(data, 1) as a, _in_process_server(data, 1) as b:
+            assert a.store.degraded and b.store.degraded and not (data / "history.sqlite3").exists()
+            (data / "lock").rmdir()  # the disk can be written again
+            for server in (a, b):
+                server.store.put_topic("lobby", "retry")
+                server.store.commit(time.time(), force=True)
+            assert not a.store.degraded and a._lock is not None
+            assert b.store.degraded and "in use by another lanchat server" in (b.store.last_error or "")
+            assert b.store.commit(time.time(), force=True) is False  # and stays off the file
+
+    asyncio.run(main())
+
+
+def test_a_data_directory_behind_a_file_is_refused_as_a_typo(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StorageError, match="a part of that path is a file"):
+        lock_data_dir(tmp_path / "afile" / "sub")
+
+
 @contextlib.asynccontextmanager
 async def _in_process_server(data_dir: Path, workers: int) -> AsyncIterator[Server]:
     """The main process's Server in this process (its workers real processes), never started: a test
@@ -429,8 +459,7 @@ async def _in_process_server(data_dir: Path, workers: int) -> AsyncIterator[Serv
                 slot.proc.kill()
                 slot.proc.wait(5)
         server.store.close()
-        if server._lock is not None:
-            os.close(server._lock)
+        server._unlock()
 
 
 def test_one_ctrl_c_delivered_twice_is_still_a_graceful_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,7 @@ def stores() -> Iterator[list[HistoryStore]]:
         s.close()
 
 
-def open_store(stores: list[HistoryStore], path: Path, **kw: int) -> HistoryStore:
+def open_store(stores: list[HistoryStore], path: Path, **kw: Any) -> HistoryStore:
     s = HistoryStore(path, **kw)
     stores.append(s)
     return s

@@ -352,6 +352,26 @@ def test_a_quit_the_hub_never_answers_is_closed_after_close_timeout(monkeypatch:
     with_conn(body)
 
 
+def test_an_idle_timeout_below_the_ping_interval_still_pings_first() -> None:
+    """--idle-timeout 20 with the default --ping-interval 30: every silent client was dropped unpinged (and
+    reconnected, again and again). The ping comes at half the idle timeout when that is sooner."""
+
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        worker.cfg.update(idle_timeout=20.0, ping_interval=30.0, handshake_timeout=10.0)
+        peer.sendall(b'{"type":"hello","nick":"al"}\n')
+        await until(lambda: conn.state.hello_sent)
+        worker._control(["bind", 1, "al", False])
+        seen = conn.state.last_seen
+        conn.sweep(seen + 9.9)
+        assert not conn.pinged
+        conn.sweep(seen + 10.1)
+        assert conn.pinged and not conn.closing
+        conn.sweep(seen + 20.1)  # no pong: dropped, as before
+        assert conn.closing
+
+    with_conn(body)
+
+
 def test_a_wait_for_the_hub_is_not_counted_as_a_clients_silence() -> None:
     """While the hub is behind the worker reads nobody, so nobody's pong is read either: the sweep skipped
     them then, but counted the stall as their silence once the hub caught up, and dropped clients that
