@@ -3,7 +3,7 @@
 Owns two layers. ``ServerTable`` is a pure state machine (time is an argument): it turns decoded
 datagrams into added / updated / removed events, dedups by server id, matches replies to probe nonces
 (latency), expires servers silent for EXPIRY_FACTOR beacon intervals, drops them at once on a goodbye
-from an address they used, and never holds more than MAX_SERVERS entries. ``Browser`` is the I/O edge:
+from the address they are shown at, and never holds more than MAX_SERVERS entries. ``Browser`` is the I/O edge:
 one ephemeral socket sends probes (to each chosen interface's broadcast address and each --probe target)
 and receives the unicast replies; one socket per broadcast address hears beacons and goodbyes.
 
@@ -25,7 +25,7 @@ import math
 import os
 import socket
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from lanchat.config import DiscoveryConfig
@@ -100,11 +100,33 @@ class TableEvent:
 
 
 @dataclass(slots=True)
+class _Source:
+    """One address a server's datagrams came from, as its own datagrams describe the server."""
+
+    record: ServerRecord  # host: this address
+    heard: float
+    period: float  # seconds until it is due again (see ServerTable._period)
+    deadline: float  # dropped as silent after this
+
+
+@dataclass(slots=True)
 class _Entry:
-    record: ServerRecord
-    deadline: float  # monotonic time after which the server is dropped as silent
-    addresses: dict[str, float] = field(default_factory=dict)  # source address -> last heard
+    """A server by its id, reached through ``host``, one of its ``sources`` (a multi-homed server is heard
+    from several). Only the host's own datagrams change what is shown: anyone on the LAN can send a beacon
+    with a known server's id from its own address, and must not take over the listing (nor its port, nor
+    remove it) while the server is heard; it is only kept as one more source."""
+
+    host: str
+    sources: dict[str, _Source]
     beaconed: bool = False  # its beacons reach us (so its interval, not our probing, says when it is due)
+
+    @property
+    def record(self) -> ServerRecord:
+        return self.sources[self.host].record
+
+    @property
+    def deadline(self) -> float:
+        return min(src.deadline for src in self.sources.values())
 
 
 class ServerTable:
@@ -166,8 +188,18 @@ class ServerTable:
             if now - sent <= PROBE_NONCE_TTL:
                 break
             del self._pending[nonce]
-        gone = [sid for sid, e in self._entries.items() if e.deadline <= now]
-        return [TableEvent("removed", self._entries.pop(sid).record, "expired") for sid in gone]
+        events: list[TableEvent] = []
+        for sid, entry in [(sid, e) for sid, e in self._entries.items() if e.deadline <= now]:
+            shown = entry.record
+            for ip in [ip for ip, src in entry.sources.items() if src.deadline <= now]:
+                del entry.sources[ip]
+            if not entry.sources:
+                del self._entries[sid]
+                events.append(TableEvent("removed", shown, "expired"))
+            elif entry.host not in entry.sources:  # still heard through another address: shown through it
+                entry.host = max(entry.sources, key=lambda ip: entry.sources[ip].heard)
+                events.append(TableEvent("updated", entry.record))
+        return events
 
     def receive(self, message: Message, source: tuple[str, int], now: float) -> list[TableEvent]:
         """The events one decoded datagram from ``source`` causes (often none)."""
@@ -214,30 +246,33 @@ class ServerTable:
                 self.drops("table_full", (ip, 0))
                 return []
             record = _record(message, ip, latency)
-            self._entries[message.server_id] = _Entry(record, deadline, {ip: now}, beaconed)
+            self._entries[message.server_id] = _Entry(ip, {ip: _Source(record, now, period, deadline)}, beaconed)
             return [TableEvent("added", record)]
-        entry.deadline = deadline
         entry.beaconed = beaconed
-        old = entry.record
-        host = old.host
-        entry.addresses[ip] = now
-        if ip != host and now - entry.addresses.get(host, -math.inf) > period:
-            host = ip  # the old address went silent: the server is now reached through this one
-        if len(entry.addresses) > MAX_ADDRESSES:
-            oldest = min((a for a in entry.addresses if a != host), key=entry.addresses.__getitem__)
-            del entry.addresses[oldest]
-        record = _record(message, host, latency if latency is not None else old.latency_ms)
-        if record == old:
+        shown = entry.record
+        src = entry.sources.get(ip)
+        if latency is None and src is not None:
+            latency = src.record.latency_ms
+        entry.sources[ip] = _Source(_record(message, ip, latency), now, period, deadline)
+        host = entry.sources[entry.host]
+        if ip != entry.host and now - host.heard > host.period:
+            entry.host = ip  # the address shown went silent (by its own interval): reached through this one
+        if len(entry.sources) > MAX_ADDRESSES:
+            oldest = min((a for a in entry.sources if a != entry.host), key=lambda a: entry.sources[a].heard)
+            del entry.sources[oldest]
+        if entry.record == shown:
             return []
-        entry.record = record
-        return [TableEvent("updated", record)]
+        return [TableEvent("updated", entry.record)]
 
     def _goodbye(self, message: Goodbye, ip: str, source: tuple[str, int]) -> list[TableEvent]:
         entry = self._entries.get(message.server_id)
         if entry is None:
             return []
-        if ip not in entry.addresses:  # a goodbye for a server from an address it never used: spoofed-looking
+        if ip not in entry.sources:  # a goodbye for a server from an address it never used: spoofed-looking
             self.drops("spoofed_goodbye", source)
+            return []
+        if ip != entry.host:  # that address only (a real server's goodbye comes through the host too)
+            del entry.sources[ip]
             return []
         del self._entries[message.server_id]
         return [TableEvent("removed", entry.record, "goodbye")]

@@ -47,6 +47,37 @@ def test_host_moves_when_the_old_address_goes_silent() -> None:
     assert ev.kind == "updated" and ev.record.host == "203.0.113.2"
 
 
+def test_a_beacon_with_a_servers_id_from_another_address_does_not_take_over_its_listing() -> None:
+    """Anyone on the LAN can send a beacon with a real server's id (ids are in every beacon) from its own
+    address, with a 0.1 s interval: the real server's address counted as silent after 0.1 s and the listing
+    moved to the sender; or it kept the host and took the sender's port; one such beacon also let the
+    sender's goodbye remove the server. Only the address shown changes what is shown."""
+    t = ServerTable()
+    t.receive(beacon(port=7000), SRC_A, 0.0)
+    fake = ("203.0.113.66", 7272)
+    for i in range(1, 20):  # ten a second, for two seconds
+        assert t.receive(beacon(port=6666, interval_ms=100, users=99), fake, i / 10) == []
+        if i % 10 == 0:
+            assert t.receive(beacon(port=7000), SRC_A, i / 10) == []  # the real one, every second
+    assert t.expire(1.95) == []
+    [shown] = t.records()
+    assert (shown.host, shown.port, shown.users) == ("198.51.100.1", 7000, 0)
+    assert t.receive(Goodbye(SID_A, "0.0.0.0", 6666), fake, 2.0) == []  # its own address only
+    assert t.receive(Goodbye(SID_A, "0.0.0.0", 6666), fake, 2.1) == [] and len(t) == 1
+    assert t.drops.counts() == {"spoofed_goodbye": 1}  # once forgotten, a stranger's like any other
+
+
+def test_a_server_heard_through_two_addresses_is_shown_through_the_other_when_one_expires() -> None:
+    t = ServerTable()
+    t.receive(beacon(interval_ms=1000), SRC_A, 0.0)
+    t.receive(beacon(interval_ms=1000), ("203.0.113.2", 7272), 0.5)  # then nothing more from either
+    assert t.expire(EXPIRY_FACTOR - 0.01) == []
+    [ev] = t.expire(EXPIRY_FACTOR)  # the first address is silent past its deadline, the other not yet
+    assert ev.kind == "updated" and ev.record.host == "203.0.113.2" and len(t) == 1
+    [ev] = t.expire(0.5 + EXPIRY_FACTOR)
+    assert ev.kind == "removed" and ev.record.host == "203.0.113.2"
+
+
 def test_expiry_after_three_intervals_not_before() -> None:
     t = ServerTable()
     t.receive(beacon(interval_ms=1000), SRC_A, 10.0)
