@@ -42,8 +42,11 @@ class Unresolved(Exception):
 
 
 def _looks_like_host(address: str) -> bool:
-    """An address (parsed, or refused with exit code 2), not a server name to discover?"""
-    if ":" in address or address == "localhost" or "." in address:
+    """An address to connect to at once (parsed, or refused with exit code 2): an IP address, HOST:PORT,
+    [V6]:PORT or localhost. Anything else is looked for by discovery first, then as a host name: a server's
+    name may hold dots (`v1.2 test`, or the default, the host's name, when it is fully qualified) and a
+    server found by its name is joined at the port it announces, not at 7272."""
+    if ":" in address or address == "localhost":
         return True
     try:
         ipaddress.ip_address(address)
@@ -89,8 +92,11 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
         if chosen is None:
             raise Unresolved("no server chosen", 1)
         return Target(chosen.host, chosen.port, chosen.name)
-    listing = "\n".join(f"  {s.name}  {s.host}:{s.port}  ({count_of(s.users, 'user')})" for s in found)
-    raise Unresolved(f"several servers found; name one:\n{listing}", EXIT_SEVERAL)
+    width = max(len(s.name) for s in found)
+    listing = "\n".join(f"  {s.name:<{width}}  {s.host}:{s.port}  ({count_of(s.users, 'user')})" for s in found)
+    if config.address:  # they share the name: only the address tells them apart
+        raise Unresolved(f"several servers are called {config.address!r}; give HOST:PORT:\n{listing}", EXIT_SEVERAL)
+    raise Unresolved(f"several servers found; give a name or HOST:PORT:\n{listing}", EXIT_SEVERAL)
 
 
 RESOLVE_TIMEOUT: Final = 3.0  # seconds for the system resolver to answer for a NAME discovery did not find

@@ -212,3 +212,35 @@ def test_help_names_each_value_and_shows_no_type_placeholders_for_options(comman
     if command == ["serve"]:
         assert "--port PORT " in result.output and "--workers N " in result.output
         assert "--no-beacon  " in result.output  # a flag: no value placeholder
+
+
+def _record(name: str, host: str, port: int) -> Any:
+    from lanchat.discovery.browser import ServerRecord
+
+    return ServerRecord("f" * 32, name, host, port, 1, 2, 1, 1, 0.0, None)
+
+
+def test_join_of_a_name_with_dots_looks_for_it_by_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with a dot was taken for a host name: `lanchat join "v1.2 test"` asked the resolver, and a
+    server named by its fully qualified host name (the default) was joined at 7272, not at its port."""
+    import asyncio
+
+    from lanchat.client import join
+    from lanchat.discovery import browser
+
+    found = [_record("v1.2 test", "203.0.113.5", 7400), _record("lab.example.org", "203.0.113.6", 7500)]
+
+    async def announced(*_: Any, **__: Any) -> list[Any]:
+        return found
+
+    monkeypatch.setattr(browser, "browse", announced)
+    for name, expected in (("v1.2 test", ("203.0.113.5", 7400)), ("LAB.example.org", ("203.0.113.6", 7500))):
+        target = asyncio.run(join.resolve(join.JoinConfig(name, "x"), interactive=False))
+        assert (target.host, target.port) == expected
+    found.append(_record("v1.2 test", "203.0.113.7", 7272))
+    with pytest.raises(join.Unresolved) as err:
+        asyncio.run(join.resolve(join.JoinConfig("v1.2 test", "x"), interactive=False))
+    assert err.value.exit_code == 5 and "several servers are called 'v1.2 test'; give HOST:PORT" in str(err.value)
+    assert "203.0.113.7:7272" in str(err.value)
+    direct = asyncio.run(join.resolve(join.JoinConfig("203.0.113.9:7000", "x"), interactive=False))
+    assert (direct.host, direct.port) == ("203.0.113.9", 7000)  # an address: no discovery, no resolver
