@@ -97,6 +97,12 @@ class BindHost:
         """Listening on a loopback address: only this host can connect, so only loopback hears of it."""
         return self.source is not None and ipaddress.IPv4Address(self.source).is_loopback
 
+    @property
+    def unannounced(self) -> bool:
+        """Listening on IPv6 loopback (::1) only: discovery's IPv4 addresses would all be wrong, and only
+        this host could connect anyway; nothing is announced."""
+        return self.ipv6_only is not None and ipaddress.IPv6Address(self.ipv6_only.split("%", 1)[0]).is_loopback
+
 
 def bind_host(host: str) -> BindHost:
     """The discovery consequence of serving chat on ``host`` (an IP literal; "" or a wildcard: every address).
@@ -349,7 +355,10 @@ class Announcer:
 
     def _warn_about_bind_host(self) -> None:
         bind = self.bind
-        if bind.ipv6_only is not None:
+        if bind.unannounced:
+            log.info("discovery: chat listens on %s only: not announced (clients join [::1]:%d)", bind.ipv6_only,
+                     self.tcp_port)  # fmt: skip
+        elif bind.ipv6_only is not None:
             log.warning(
                 "discovery: chat listens on %s (IPv6) only, but discovery announces IPv4 addresses: browsers "
                 "will be given this host's IPv4 address and cannot connect (hint: --host :: for IPv4 and IPv6, "
@@ -363,7 +372,9 @@ class Announcer:
                 bind.source,
             )
         elif bind.loopback_only:
-            log.info("discovery: chat listens on %s only: announced on loopback only (--interface lo)", bind.source)
+            log.info("discovery: chat listens on %s only: announced on this host only (loopback)", bind.source)
+        elif bind.source is not None:
+            log.info("discovery: chat listens on %s only: announced on its subnet only", bind.source)
 
     async def stop(self) -> None:
         """Send a goodbye to every beacon target and close. Idempotent."""
@@ -441,7 +452,10 @@ class Announcer:
         return await resolve_targets(tuple(names), self.config.discovery_port, timeout=INTERFACE_REFRESH / 2)
 
     def _refresh_interfaces(self) -> None:
-        chosen, problems = choose_interfaces(self.config.interface, self._list_interfaces())
+        every = self._list_interfaces()
+        chosen, problems = choose_interfaces(self.config.interface, every)
+        if self.bind.loopback_only and not any(i.is_loopback for i in chosen):  # the only place it is heard
+            chosen = chosen + [i for i in every if i.is_loopback and i.up and i.broadcast is not None]
         if problems != self._problems:
             for problem in problems:
                 log.warning("discovery: %s", problem)
@@ -460,7 +474,9 @@ class Announcer:
     def _targets_with_address(self) -> list[tuple[tuple[str, int], str]]:
         """(target, our address as seen from there) for each interface broadcast and --beacon-to target.
 
-        A server bound to one address announces that one; bound to a loopback address, only to loopback."""
+        A server bound to one address announces that one, where it can be reached (see _can_reach)."""
+        if self.bind.unannounced:
+            return []
         port = self.config.discovery_port
         out = [((bcast, port), address) for bcast, address in broadcast_targets(self._chosen)]
         for host, target_port in self._beacon_to:
@@ -471,14 +487,22 @@ class Announcer:
         return [(target, source) for target, _ in out if self._can_reach(target[0])]
 
     def _can_reach(self, ip: str) -> bool:
-        """Could a client at ``ip`` connect to the chat? To a loopback bind address, only from this host:
-        loopback, or one of our own addresses (a browser here probing an interface's broadcast address)."""
-        if not self.bind.loopback_only:
-            return True
+        """Could a client at ``ip`` (or behind the broadcast address ``ip``) connect to the chat? To a bind
+        address, this host can (loopback, or one of our own addresses: a browser here probing an
+        interface's broadcast address); to a loopback one, only this host; to another, also the subnet of
+        the interface that has it, and the --beacon-to hosts (routed: the operator's word). A host on
+        two LANs bound to its address on one must not announce it on the other."""
+        source = self.bind.source
+        if source is None:
+            return not self.bind.unannounced
         try:
-            return ipaddress.IPv4Address(ip).is_loopback or any(i.address == ip for i in self._chosen)
+            if ipaddress.IPv4Address(ip).is_loopback or any(i.address == ip for i in self._chosen):
+                return True
         except ValueError:
             return False
+        if self.bind.loopback_only:
+            return False
+        return ip in self._trusted or any(i.address == source and i.contains(ip) for i in self._chosen)
 
     def _targets(self) -> list[tuple[str, int]]:
         return [target for target, _ in self._targets_with_address()]
@@ -551,10 +575,10 @@ class Announcer:
         if advertised is None:
             self._drops(refusal, source)
             return
+        if not self._can_reach(ip):  # bound to one address: a prober elsewhere could not connect
+            self._drops("loopback_only" if self.bind.loopback_only else "unreachable_bind", source)
+            return
         if self.bind.source is not None:
-            if not self._can_reach(ip):  # loopback-bound: a prober elsewhere could not connect
-                self._drops("loopback_only", source)
-                return
             advertised = self.bind.source
         reply = Reply(*self._advert(advertised, self._current_info()), message.nonce)
         out = encode_reply_within(reply, len(data))

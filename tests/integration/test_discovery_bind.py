@@ -138,11 +138,43 @@ def test_a_loopback_bound_server_is_announced_on_loopback_only(port: int) -> Non
     assert [address for _, address in public._targets_with_address()] == ["198.51.100.3", "198.51.100.3"]
 
 
+def test_a_server_bound_to_its_address_on_one_lan_is_not_announced_on_another(port: int) -> None:
+    """A host on two LANs, serving on its address on one (--host 198.51.100.3): its beacons and replies on
+    the other LAN told browsers there an address they cannot reach (join: network unreachable)."""
+    lo = Interface("lo", "127.0.0.1", "255.0.0.0", "127.255.255.255")
+    lan_a = Interface("eth0", "198.51.100.3", "255.255.255.0", "198.51.100.255")  # documentation addresses
+    lan_b = Interface("eth1", "203.0.113.3", "255.255.255.0", "203.0.113.255")
+    a = announcer(
+        config(port, interface=("lo", "eth0", "eth1")), host="198.51.100.3", interfaces=lambda: [lo, lan_a, lan_b]
+    )
+    a._refresh_interfaces()
+    a._set_beacon_to([("203.0.113.50", 7000)])  # routed there by the operator's word: kept
+    assert [t for t, _ in a._targets_with_address()] == [
+        (LOOPBACK_BROADCAST, port), ("198.51.100.255", port), ("203.0.113.50", 7000),
+    ]  # fmt: skip
+    probe = b.encode(b.Probe(b"12345678"))
+    a.handle_datagram(probe, ("203.0.113.7", 40000), 0.0)
+    assert a.stats().dropped == {"unreachable_bind": 1}
+    for prober in ("198.51.100.7", "203.0.113.3", "203.0.113.50"):  # its LAN, this host, a --beacon-to host
+        a.handle_datagram(probe, (prober, 40000), 0.0)
+    assert a.stats().dropped == {"unreachable_bind": 1} and a.stats().probes == 4
+
+
+def test_a_loopback_bound_server_beacons_on_loopback_without_being_told(port: int) -> None:
+    """--host 127.0.0.1 without --interface lo: the default interfaces leave loopback out, so it beaconed to
+    nobody (no goodbye either) while its log said "announced on loopback only"."""
+    lo = Interface("lo", "127.0.0.1", "255.0.0.0", "127.255.255.255")
+    eth = Interface("eth0", "198.51.100.3", "255.255.255.0", "198.51.100.255")
+    a = announcer(config(port, interface=()), host=BOUND, interfaces=lambda: [lo, eth])
+    a._refresh_interfaces()
+    assert a._targets_with_address() == [((LOOPBACK_BROADCAST, port), BOUND)]
+
+
 def test_an_ipv6_only_server_warns_that_discovery_cannot_announce_it(
     port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        a = announcer(config(port), host="::1")
+        a = announcer(config(port), host="2001:db8::7")  # a documentation address: only compared, never bound
         await a.start()
         try:
             await until_count(lambda: a.stats().beacons, 1, what="beacons")  # discovery itself goes on
@@ -152,7 +184,26 @@ def test_an_ipv6_only_server_warns_that_discovery_cannot_announce_it(
     with caplog.at_level(logging.WARNING, logger="lanchat.discovery"):
         run_async(scenario())
     [warning] = [r.getMessage() for r in caplog.records if "IPv6" in r.getMessage()]
-    assert "::1" in warning and "[::1]:7306" in warning and "IPv4" in warning
+    assert "2001:db8::7" in warning and "[2001:db8::7]:7306" in warning and "IPv4" in warning
+
+
+def test_a_server_on_ipv6_loopback_only_is_not_announced(port: int, caplog: pytest.LogCaptureFixture) -> None:
+    """--host ::1: only this host can connect, and not at the IPv4 addresses discovery carries; it announced
+    this host's LAN address to the LAN all the same."""
+
+    async def scenario() -> None:
+        a = announcer(config(port), host="::1")
+        await a.start()
+        try:
+            assert a._targets() == []
+            a.handle_datagram(b.encode(b.Probe(nonce=b"n" * 8)), ("127.0.0.1", 40000), 0.0)
+            assert a.stats().replies == 0 and a.stats().beacons == 0
+        finally:
+            await a.stop()
+
+    with caplog.at_level(logging.INFO, logger="lanchat.discovery"):
+        run_async(scenario())
+    assert any("::1 only: not announced" in r.getMessage() for r in caplog.records)
 
 
 def test_the_standalone_announcer_takes_host(tmp_path: Path, port: int) -> None:
