@@ -260,7 +260,7 @@ def serve(
         port=port,
         workers=workers or defaults.workers,
         name=name or defaults.name,
-        data_dir=data_dir or default_data_dir(),
+        data_dir=data_dir.expanduser() if data_dir else default_data_dir(),  # "~/x" from an env file too
         discovery=DiscoveryConfig(
             interface=tuple(interface),
             discovery_port=discovery_port,

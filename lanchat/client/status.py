@@ -35,6 +35,15 @@ def _number(value: object, scale: float = 1.0) -> str:
     return f"{value / scale:.1f}"
 
 
+def _shown(value: object) -> str:
+    """A field as text, ``?`` if the server left it out."""
+    return "?" if value is None else clean(value)
+
+
+def _count(value: object, word: str) -> str:
+    return count_of(value, word) if isinstance(value, int) and not isinstance(value, bool) else f"? {word}s"
+
+
 def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -63,10 +72,10 @@ def run_status(address: str, *, json_output: bool) -> int:
     from rich.text import Text
 
     history = _dict(stats.get("history"))
-    users, rooms = count_of(stats.get("users"), "user"), count_of(stats.get("rooms"), "room")
+    users, rooms = _count(stats.get("users"), "user"), _count(stats.get("rooms"), "room")
     title = Text(
-        f"{clean(stats.get('name'))} ({host_port(host, clean(stats.get('port', port)))}): {users}, {rooms}, "
-        f"seq {clean(stats.get('seq'))}"
+        f"{_shown(stats.get('name'))} ({host_port(host, clean(stats.get('port', port)))}): {users}, {rooms}, "
+        f"seq {_shown(stats.get('seq'))}"
     )
     table = Table(title=title)
     for col in ("role", "pid", "connections", "cpu %", "rss MiB", "msgs in", "msgs out"):

@@ -23,6 +23,7 @@ from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
+from lanchat.protocol.plain import count_of
 from lanchat.storage.history import HistoryStore, SessionRow
 
 log = logging.getLogger("lanchat.hub")
@@ -193,8 +194,8 @@ class Hub:
             store.put_refused(owner, ())
         self.end_plain_sessions("connection lost", now)  # left by a crash: their nicks are free at once
         if self.sessions:
-            log.info("%d sessions of the last run held %g s for their clients to resume", len(self.sessions),
-                     self.resume_grace)  # fmt: skip
+            log.info("%s of the last run held %g s for their clients to resume",
+                     count_of(len(self.sessions), "session"), self.resume_grace)  # fmt: skip
 
     def end_plain_sessions(self, reason: str, now: float) -> None:
         """End the plain-text (nc) sessions: they cannot resume, so holding their nicks for the resume grace

@@ -32,6 +32,7 @@ from lanchat.config import ServerConfig, host_port, stop_signals
 from lanchat.errors import RemoteProtocolError, StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
+from lanchat.protocol.plain import count_of
 from lanchat.server import heap
 from lanchat.server.hub import Hub
 from lanchat.server.worker import EXIT_BOOT_FAILED
@@ -222,6 +223,8 @@ class Server:
         )
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
+        for sig in stop_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
+            self.loop.add_signal_handler(sig, self._signal_came, sig)  # before the boot: a stop then is one too
         for slot in self.slots:
             try:
                 self._spawn(slot)
@@ -231,12 +234,10 @@ class Server:
         if self.stopping:  # a worker could not boot: _reap began the stop
             return
         self.loop.add_reader(self.listener.fileno(), self._accept)
-        for sig in stop_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
-            self.loop.add_signal_handler(sig, self._signal_came, sig)
         await self._start_discovery()
         log.info(
-            "lanchat %r serving on %s with %d workers (pid %d, data %s)",
-            cfg.name, host_port(cfg.host, self.port), len(self.slots), os.getpid(), cfg.data_dir,
+            "lanchat %r serving on %s with %s (pid %d, data %s)",
+            cfg.name, host_port(cfg.host, self.port), count_of(len(self.slots), "worker"), os.getpid(), cfg.data_dir,
         )  # fmt: skip
         self.loop.call_later(SUPERVISE_INTERVAL, self._supervise)
         self._checkpoints = self.loop.create_task(self._checkpoint_loop())
@@ -246,6 +247,13 @@ class Server:
         while not all(s.ready for s in self.slots):
             if self.stopping:
                 return
+            if self._signals:  # asked to stop before serving: nobody to tell, nothing to drain
+                log.info("%s during the start: stopping", _signal_name(self._signals[0][0]))
+                for slot in self.slots:
+                    self._kill(slot)
+                self.stopping = True
+                self.done.set()
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError("workers did not report ready in time")
             self._reap()
@@ -254,6 +262,7 @@ class Server:
     async def _start_discovery(self) -> None:
         dcfg = self.config.discovery
         if not dcfg.discovery:
+            log.info("discovery off (--no-discovery): clients join this server by address")
             return
         try:
             from lanchat.discovery.announcer import Announcer, ServerInfo
@@ -728,7 +737,9 @@ class Server:
             if sig == signal.SIGINT and first is not None and first[0] == sig and came - first[1] < REPEAT_SIGINT_MIN:
                 log.debug("SIGINT again within %.1f s of the first: the same Ctrl-C, ignored", REPEAT_SIGINT_MIN)
             elif sig == signal.SIGINT:
-                log.warning("second SIGINT: exiting now")
+                log.warning(
+                    "%s during the stop: exiting now", "another SIGINT" if first and first[0] == sig else "SIGINT"
+                )
                 for slot in self.slots:
                     self._kill(slot)
                 self.done.set()
@@ -829,7 +840,8 @@ async def _amain(config: ServerConfig) -> int:
     try:
         await server.start()
     except OSError as exc:
-        log.critical("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
+        log.critical("cannot listen on %s: %s", host_port(config.host, config.port), why.lower())
         await server.close()
         return EXIT_CONFIG
     except RuntimeError as exc:

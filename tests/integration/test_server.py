@@ -355,6 +355,24 @@ def test_a_second_server_on_the_same_data_directory_is_refused(make_server: Make
     assert again.stats()["seq"] >= 0
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_port_in_use_is_said_in_one_line_with_the_address_as_typed(tmp_path: Path, host: str) -> None:
+    """It said "cannot listen on ::1:18131: error while attempting to bind on address ('::1', 18131):
+    address already in use": no brackets, and the address twice."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        taken = socket.create_server((host, 0), family=family)
+    except OSError as exc:
+        pytest.skip(f"no {host} here: {exc}")
+    with taken:
+        port = taken.getsockname()[1]
+        done = run_cli("serve", "--host", host, "--port", str(port), "--no-discovery", "--data-dir", str(tmp_path))
+    assert done.returncode == 2
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    assert f"cannot listen on {shown}: address already in use" in done.stderr
+    assert "while attempting" not in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_data_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
     """A typo that names a file: it served without history for good ("chat goes on until the disk
     recovers"), which it never would. Exit code 2, as for any bad option."""
@@ -712,6 +730,31 @@ def test_a_connection_goes_to_another_worker_when_one_cannot_take_it(
                 assert b'"type":"server"' in mine.recv(4096)  # worker 1 greets it
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_stop_signal_during_the_start_stops_the_server_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The signal handlers came only once the workers were ready: a SIGTERM in the first fraction of a
+    second (a boot can take up to WORKER_BOOT_TIMEOUT) killed the server unlogged, and the next start
+    said the last run had not stopped cleanly. Now it is a stop like any other, before serving anyone."""
+    config = ServerConfig(
+        host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=2, discovery=DiscoveryConfig(discovery=False)
+    )
+
+    async def scenario() -> None:
+        server = Server(config)
+        try:
+            server._signal_came(signal.SIGTERM)  # it came as the start began
+            await server.start()
+            assert server.stopping and server.done.is_set() and not any(s.ready for s in server.slots)
+        finally:
+            await server.close()
+        assert all(s.proc is not None and s.proc.poll() is not None for s in server.slots)
+
+    with caplog.at_level(logging.INFO, logger="lanchat.server"):
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert "SIGTERM during the start: stopping" in caplog.text
 
 
 def test_a_worker_that_hangs_at_boot_stops_the_server_as_one_that_cannot_boot(tmp_path: Path) -> None:

@@ -136,6 +136,15 @@ def test_counts_are_singular_or_plural(
     assert f"lab (127.0.0.1:7272): {expected}, seq 9" in out
 
 
+def test_a_stats_reply_without_figures_shows_question_marks(
+    listener: socket.socket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bare {"type": "stats"} (another program, an older server) printed "None users, None rooms, seq None"."""
+    code, out, _ = _run(listener, {"type": "stats"}, capsys)
+    assert code == 0
+    assert "? (127.0.0.1:" in out and "): ? users, ? rooms, seq ?" in out and "None" not in out
+
+
 def test_a_port_that_never_answers_says_so(
     listener: socket.socket, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
