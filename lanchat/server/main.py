@@ -43,6 +43,7 @@ log = logging.getLogger("lanchat.server")
 EXIT_OK = 0
 EXIT_CONFIG = 2  # bad options, port in use, unusable data directory
 EXIT_WORKER_BOOT = 3  # a worker cannot start: restarting it forever would only hide the problem
+EXIT_HISTORY_LOST = 4  # stopped, but what was queued for a failing disk could not be written (logged)
 LOCK_NAME = "lock"  # in the data directory: one server per directory (lock_data_dir)
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
 SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
@@ -798,6 +799,8 @@ class Server:
         self.hub.save_sessions()
         self.store.commit(time.time(), force=True)  # even within the retry wait of a failed write
         self.store.checkpoint()
+        if self.store.pending and self.exit_code == EXIT_OK:  # a stop is not clean if it lost history
+            self.exit_code = EXIT_HISTORY_LOST
         self.store.close()
         if self.listener is not None:
             self.listener.close()

@@ -47,6 +47,21 @@ def _history_after(server: ServerProcess, mark: int, degraded: bool) -> dict[str
     return history
 
 
+def _fill_then_post(filler: Path, client: Client) -> None:
+    """Fill the file system to its last block, then post messages 2-59, enough to need new database pages;
+    return once the last is acknowledged (the store has failed by then, or is about to)."""
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    big = "x" * 3000
+    for i in range(2, 60):
+        client.send({"type": "msg", "room": "lobby", "text": f"full{i} {big}", "id": i})
+    client.expect(lambda f: f.get("type") == "ack" and f.get("id") == 59)
+
+
 def test_read_only_data_dir_keeps_chat_alive_and_recovers(make_server: MakeServer, tmpfs: Path) -> None:
     _remount(tmpfs, "ro")
     server = make_server(workers=1, data_dir=tmpfs)
@@ -68,6 +83,21 @@ def test_read_only_data_dir_keeps_chat_alive_and_recovers(make_server: MakeServe
     assert (tmpfs / "history.sqlite3").exists()
 
 
+def test_a_stop_that_loses_history_to_a_failing_disk_says_so_in_its_exit_code(
+    make_server: MakeServer, tmpfs: Path
+) -> None:
+    """It logged the loss and exited 0, "stopped cleanly", to systemd and scripts alike."""
+    server = make_server(workers=1, data_dir=tmpfs)
+    with Client(server.port, "alice") as a:
+        a.send({"type": "msg", "room": "lobby", "text": "on disk", "id": 1})
+        a.expect("ack")
+        mark = server.mark()
+        _fill_then_post(tmpfs / "filler", a)
+        assert _history_after(server, mark, degraded=True)["pending"]
+        assert server.stop() == 4
+    assert "lost at this stop" in server.log
+
+
 def test_full_disk_keeps_chat_alive_and_resumes_writing(make_server: MakeServer, tmpfs: Path) -> None:
     server = make_server(workers=1, data_dir=tmpfs)
     filler = tmpfs / "filler"
@@ -75,20 +105,10 @@ def test_full_disk_keeps_chat_alive_and_resumes_writing(make_server: MakeServer,
         a.send({"type": "msg", "room": "lobby", "text": "before", "id": 1})
         a.expect("ack")
         assert b.expect("msg")["text"] == "before"
-        with open(filler, "wb", buffering=0) as f:  # fill the file system to the last block
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-
-            except OSError:
-                pass
-        big = "x" * 3000
         mark = server.mark()
-        for i in range(2, 60):  # enough to need new database pages
-            a.send({"type": "msg", "room": "lobby", "text": f"full{i} {big}", "id": i})
+        _fill_then_post(filler, a)
         for i in range(2, 60):
             assert b.expect("msg")["text"].startswith(f"full{i} ")  # relayed while the disk is full
-        a.expect(lambda f: f.get("type") == "ack" and f.get("id") == 59)
         state = _history_after(server, mark, degraded=True)
         assert state["degraded"] is True and "full" in str(state["error"]).lower()
         assert server.log.count("chat goes on") == 1
