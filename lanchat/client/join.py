@@ -7,15 +7,12 @@ import asyncio
 import ipaddress
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from lanchat import const
 from lanchat.client.connection import EXIT_NONE_FOUND, EXIT_SEVERAL, EXIT_UNREACHABLE, EXIT_USAGE, parse_address
 from lanchat.config import DiscoveryConfig
 from lanchat.protocol.plain import count_of
-
-if TYPE_CHECKING:
-    from lanchat.discovery.browser import ServerRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +40,11 @@ class Unresolved(Exception):
 
 def _looks_like_host(address: str) -> bool:
     """An address to connect to at once (parsed, or refused with exit code 2): an IP address, HOST:PORT,
-    [V6]:PORT or localhost. Anything else is looked for by discovery first, then as a host name: a server's
-    name may hold dots (`v1.2 test`, or the default, the host's name, when it is fully qualified) and a
-    server found by its name is joined at the port it announces, not at 7272."""
+    [V6]:PORT or localhost. Anything else is a name: one with a dot is a host name if the resolver knows
+    it (a LAN host announcing that name must not take a connection meant for a DNS name), else a server
+    name to discover (`v1.2 test`; the default name, the host's, may be fully qualified); one without is
+    looked for by discovery first, then by the resolver. A server found by its name is joined at the
+    port it announces."""
     if ":" in address or address == "localhost":
         return True
     try:
@@ -65,6 +64,9 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
                 f"bad address {config.address!r} ({exc}): use HOST, HOST:PORT or a server name", EXIT_USAGE
             ) from None
         return Target(host, port)
+    dotted = config.address is not None and "." in config.address
+    if config.address and dotted and await _resolves(config.address):
+        return Target(config.address, const.DEFAULT_PORT)
     from lanchat.discovery.browser import browse
     from lanchat.discovery.cli import interface_problem
 
@@ -75,7 +77,13 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
     if config.address:
         named = [s for s in found if s.name.casefold() == config.address.casefold()]
         if not named:  # maybe a host name after all; if not, say what was tried ("cannot reach x: Name or
-            await _must_resolve(config.address, found)  # service not known" did not say discovery was)
+            if dotted or not await _resolves(config.address):  # service not known" did not say discovery was)
+                others = ", ".join(sorted(s.name for s in found)) or "none"
+                raise Unresolved(
+                    f"no server named {config.address!r} answered discovery (servers found: {others}), and "
+                    f"{config.address!r} is not a host name either (try `lanchat discover`)",
+                    EXIT_UNREACHABLE,
+                )
             return Target(config.address, const.DEFAULT_PORT)
         found = named
     if not found:
@@ -102,17 +110,13 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
 RESOLVE_TIMEOUT: Final = 3.0  # seconds for the system resolver to answer for a NAME discovery did not find
 
 
-async def _must_resolve(name: str, found: list[ServerRecord]) -> None:
-    """Unresolved (exit 3) unless ``name`` is a host name the system can resolve."""
+async def _resolves(name: str) -> bool:
+    """Is ``name`` a host name the system can resolve?"""
     try:
         await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(name, const.DEFAULT_PORT), RESOLVE_TIMEOUT)
     except (OSError, TimeoutError, UnicodeError):
-        others = ", ".join(sorted(s.name for s in found)) or "none"
-        raise Unresolved(
-            f"no server named {name!r} answered discovery (servers found: {others}), and {name!r} is not a "
-            "host name either (try `lanchat discover`)",
-            EXIT_UNREACHABLE,
-        ) from None
+        return False
+    return True
 
 
 def run_join(config: JoinConfig) -> int:

@@ -105,20 +105,20 @@ class _Source:
 
     record: ServerRecord  # host: this address
     heard: float
-    period: float  # seconds until it is due again (see ServerTable._period)
     deadline: float  # dropped as silent after this
+    beaconed: bool  # its beacons reach us from here (so its interval, not our probing, says when it is due)
 
 
 @dataclass(slots=True)
 class _Entry:
     """A server by its id, reached through ``host``, one of its ``sources`` (a multi-homed server is heard
-    from several). Only the host's own datagrams change what is shown: anyone on the LAN can send a beacon
-    with a known server's id from its own address, and must not take over the listing (nor its port, nor
-    remove it) while the server is heard; it is only kept as one more source."""
+    from several). Only the host's own datagrams change what is shown, and the listing moves to another
+    source only when the host has expired (see expire): anyone on the LAN can send datagrams with a known
+    server's id from its own address, and must not take over the listing (nor its port, nor remove it)
+    while the server is heard, however fast it sends and whatever a lost beacon or two let it look like."""
 
     host: str
     sources: dict[str, _Source]
-    beaconed: bool = False  # its beacons reach us (so its interval, not our probing, says when it is due)
 
     @property
     def record(self) -> ServerRecord:
@@ -238,25 +238,20 @@ class ServerTable:
 
     def _heard(self, message: Beacon | Reply, ip: str, now: float, latency: float | None) -> list[TableEvent]:
         entry = self._entries.get(message.server_id)
-        beaconed = isinstance(message, Beacon) or (entry is not None and entry.beaconed)
-        period = self._period(message, beaconed)
-        deadline = now + self.expiry_factor * period
+        src = entry.sources.get(ip) if entry is not None else None
+        beaconed = isinstance(message, Beacon) or (src is not None and src.beaconed)
+        deadline = now + self.expiry_factor * self._period(message, beaconed)
+        if latency is None and src is not None:
+            latency = src.record.latency_ms
+        heard = _Source(_record(message, ip, latency), now, deadline, beaconed)
         if entry is None:
             if len(self._entries) >= self.max_servers:
                 self.drops("table_full", (ip, 0))
                 return []
-            record = _record(message, ip, latency)
-            self._entries[message.server_id] = _Entry(ip, {ip: _Source(record, now, period, deadline)}, beaconed)
-            return [TableEvent("added", record)]
-        entry.beaconed = beaconed
+            self._entries[message.server_id] = _Entry(ip, {ip: heard})
+            return [TableEvent("added", heard.record)]
         shown = entry.record
-        src = entry.sources.get(ip)
-        if latency is None and src is not None:
-            latency = src.record.latency_ms
-        entry.sources[ip] = _Source(_record(message, ip, latency), now, period, deadline)
-        host = entry.sources[entry.host]
-        if ip != entry.host and now - host.heard > host.period:
-            entry.host = ip  # the address shown went silent (by its own interval): reached through this one
+        entry.sources[ip] = heard
         if len(entry.sources) > MAX_ADDRESSES:
             oldest = min((a for a in entry.sources if a != entry.host), key=lambda a: entry.sources[a].heard)
             del entry.sources[oldest]

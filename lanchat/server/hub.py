@@ -331,6 +331,8 @@ class Hub:
         """Queue every session's record (with its last_id) for the next commit."""
         for s in self.sessions.values():
             self.store.put_session(s.row())
+            if s.refused:  # also lost with the records while the disk failed (Hub.commit)
+                self.store.put_refused("s:" + s.sid, s.refused)
 
     # --- output --------------------------------------------------------------------------------------------
 
@@ -891,7 +893,7 @@ class Hub:
     def _topic(self, s: Session, req: m.Topic, now: float) -> None:
         room = self.rooms.get(req.room)
         if req.topic is None:  # a question, answered for any room as who and history are (and rooms lists it)
-            topic = room.topic if room is not None else ""
+            topic = room.topic if room is not None else self.store.topic(req.room)  # kept for when it is back
             self._send(s, _with_id({"type": "topic", "room": req.room, "topic": topic}, req.id))
             return
         if room is None or s.sid not in room.members:

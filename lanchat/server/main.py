@@ -170,6 +170,7 @@ class Server:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self._lock = lock_data_dir(config.data_dir)
+        self._lock_why: str | None = None  # why the lock could not be taken since (see _lock_guard)
         try:
             self.store = HistoryStore(config.data_dir, history_limit=config.history_limit, guard=self._lock_guard)
         except BaseException:  # a foreign or corrupt file: the lock goes with the refusal
@@ -810,12 +811,21 @@ class Server:
         """Before the store opens its file: the data directory's lock, if it could not be taken before (a
         disk read-only or full at start). Else two servers started on it then would share the file once it
         can be written, numbering events on their own."""
-        if self._lock is None:
-            try:
-                self._lock = lock_data_dir(self.config.data_dir, warn=False)
-            except StorageError as exc:
-                return str(exc)
-        return "the data directory cannot be locked" if self._lock is None else None
+        if self._lock is not None:
+            return None
+        why = "the data directory cannot be locked (it cannot be written)"
+        try:
+            self._lock = lock_data_dir(self.config.data_dir, warn=False)
+        except StorageError as exc:  # another server took it meanwhile
+            why = str(exc)
+        except OSError as exc:  # the disk fails on a stat or a read of the lock
+            why = f"the data directory cannot be locked ({exc})"
+        if self._lock is not None:
+            return None
+        if why != self._lock_why:  # said once each time it changes (the store logs only its first failure)
+            log.warning("history: %s", why)
+            self._lock_why = why
+        return why
 
     def _unlock(self) -> None:
         if self._lock is not None and self._lock != NO_LOCKS:

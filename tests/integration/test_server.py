@@ -435,7 +435,7 @@ def test_the_data_directory_lock_is_released_when_the_server_refuses_to_start(tm
 
 
 def test_a_data_directory_that_could_not_be_locked_at_start_is_locked_before_the_history_is_written(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two servers started while the lock could not be made (a read-only or full disk: here the lock's name
     is taken by a directory) both ran degraded, and once the disk could be written both opened the history
@@ -454,6 +454,29 @@ def test_a_data_directory_that_could_not_be_locked_at_start_is_locked_before_the
             assert not a.store.degraded and a._lock is not None
             assert b.store.degraded and "in use by another lanchat server" in (b.store.last_error or "")
             assert b.store.commit(time.time(), force=True) is False  # and stays off the file
+
+    with caplog.at_level(logging.WARNING, logger="lanchat.server"):
+        asyncio.run(main())
+    assert "history: " in caplog.text and "is in use by another lanchat server" in caplog.text  # said, not only kept
+
+
+def test_a_disk_failing_while_the_lock_is_retried_keeps_the_store_degraded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the retry's lock_data_dir could raise OSError (a stat on a failing disk), out of the
+    store's open and the hub's commit: that tick's relays were skipped."""
+    data = tmp_path / "data"
+    (data / "lock").mkdir(parents=True)
+
+    def failing(*_: object, **__: object) -> int | None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    async def main() -> None:
+        async with _in_process_server(data, 1) as server:
+            monkeypatch.setattr(server_main, "lock_data_dir", failing)
+            server.store.put_topic("lobby", "retry")
+            assert server.store.commit(time.time(), force=True) is False
+            assert server.store.degraded and server._lock is None
 
     asyncio.run(main())
 

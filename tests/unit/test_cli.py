@@ -221,19 +221,31 @@ def _record(name: str, host: str, port: int) -> Any:
 
 
 def test_join_of_a_name_with_dots_looks_for_it_by_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A name with a dot was taken for a host name: `lanchat join "v1.2 test"` asked the resolver, and a
-    server named by its fully qualified host name (the default) was joined at 7272, not at its port."""
+    """A name with a dot was taken for a host name: `lanchat join "v1.2 test"` failed in the resolver, and
+    a server named by its fully qualified host name (the default) that DNS does not know was not found.
+    A name the resolver knows stays a host name: a LAN host announcing it must not take the connection.
+    In-process, the resolver replaced (a real lookup would ask the machine's DNS server, off loopback)."""
     import asyncio
+    import socket
 
     from lanchat.client import join
     from lanchat.discovery import browser
 
-    found = [_record("v1.2 test", "203.0.113.5", 7400), _record("lab.example.org", "203.0.113.6", 7500)]
+    found = [_record("v1.2 test", "203.0.113.5", 7400), _record("lab.example.org", "203.0.113.6", 7500),
+             _record("chat.example.org", "203.0.113.66", 6666)]  # fmt: skip
 
     async def announced(*_: Any, **__: Any) -> list[Any]:
         return found
 
+    async def dns(self: Any, host: str, *_: Any, **__: Any) -> Any:
+        if host == "chat.example.org":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("203.0.113.10", 7272))]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
     monkeypatch.setattr(browser, "browse", announced)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", dns)
+    by_dns = asyncio.run(join.resolve(join.JoinConfig("chat.example.org", "x"), interactive=False))
+    assert (by_dns.host, by_dns.port) == ("chat.example.org", 7272)  # not the LAN host announcing that name
     for name, expected in (("v1.2 test", ("203.0.113.5", 7400)), ("LAB.example.org", ("203.0.113.6", 7500))):
         target = asyncio.run(join.resolve(join.JoinConfig(name, "x"), interactive=False))
         assert (target.host, target.port) == expected

@@ -637,6 +637,12 @@ def test_join_part_topic_who_rooms(net: Workers) -> None:
     assert net.take(1, 10) == [{"type": "topic", "room": "dev", "topic": "ship it", "id": 7}]
     hub.request(1, 10, {"type": "topic", "room": "nowhere"}, 2.0)
     assert net.take(1, 10) == [{"type": "topic", "room": "nowhere", "topic": ""}]
+    hub.request(4, 40, {"type": "hello", "nick": "dee", "rooms": ["gone"]}, 2.0)
+    hub.request(4, 40, {"type": "topic", "room": "gone", "topic": "kept"}, 2.0)
+    hub.request(4, 40, {"type": "part", "room": "gone"}, 2.0)  # the room goes, its topic stays for its return
+    net.clear()
+    hub.request(1, 10, {"type": "topic", "room": "gone"}, 2.0)
+    assert net.take(1, 10) == [{"type": "topic", "room": "gone", "topic": "kept"}]
     hub.request(1, 10, {"type": "join", "room": "dev"}, 2.0)
     net.clear()
     # who and rooms
