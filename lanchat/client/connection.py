@@ -24,6 +24,7 @@ from lanchat.config import host_port, stop_signals
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.client_conn import OUTBOX_MAX, ClientState
+from lanchat.protocol.plain import clean
 
 log = logging.getLogger("lanchat.client")
 
@@ -476,19 +477,27 @@ def handle_signals(
 
 
 async def request_once(host: str, port: int, req: dict[str, Any], *, timeout: float = 5.0) -> dict[str, Any]:
-    """Send one pre-hello request (stats, ping) and return the first reply of its type."""
+    """Send one pre-hello request (stats, ping) and return the first reply of its type. ConnectError (with
+    the address in its words) for a peer that closes without one, or whose first line is not a lanchat
+    server's (its greeting, or the error of a refusal: both JSON objects with a type)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=1 << 24), timeout)
+    where = host_port(host, port)
     try:
         writer.write(m.encode(req))
         deadline = time.monotonic() + timeout
+        first = True
         while True:
             line = await asyncio.wait_for(reader.readline(), max(0.01, deadline - time.monotonic()))
             if not line:
-                raise ConnectError(f"{host_port(host, port)} closed the connection", EXIT_UNREACHABLE)
+                raise ConnectError(f"{where} closed the connection without answering", EXIT_UNREACHABLE)
             try:
                 frame = json.loads(line)
             except ValueError:
-                continue
+                frame = None
+            if first and not (isinstance(frame, dict) and isinstance(frame.get("type"), str)):
+                said = clean(line.decode("utf-8", "replace").strip())[:60]
+                raise ConnectError(f"{where} is not a lanchat server (it said {said!r})", EXIT_UNREACHABLE)
+            first = False
             if isinstance(frame, dict) and frame.get("type") in (req["type"], "error"):
                 if frame.get("type") == "error":
                     raise RemoteProtocolError(str(frame.get("code")), str(frame.get("message")))

@@ -56,7 +56,10 @@ def run_status(address: str, *, json_output: bool) -> int:
         return EXIT_USAGE
     try:
         stats = asyncio.run(request_once(host, port, {"type": "stats"}, timeout=STATUS_TIMEOUT))
-    except (OSError, TimeoutError, UnicodeError, ConnectError) as exc:  # UnicodeError: not a name ("a..b")
+    except ConnectError as exc:  # it answered, but not as a lanchat server does (its words name the address)
+        print(f"lanchat: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: not a name ("a..b")
         print(
             f"lanchat: cannot reach {host_port(host, port)}: {unreachable_reason(exc, STATUS_TIMEOUT)}", file=sys.stderr
         )

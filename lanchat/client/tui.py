@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import Application
+from prompt_toolkit.application import Application, get_app
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples
@@ -517,6 +517,8 @@ class ChatView:
             return Submitted(lines=self._out(self._local(cmd)))
         if isinstance(cmd, m.Quit):
             return Submitted(quit=cmd)
+        if isinstance(cmd, m.Nick) and cmd.nick == self.nick:  # the server would change nothing, and say nothing
+            return Submitted(lines=self._out([self._system(f"you are {clean(self.nick)} already", "info")]))
         lines: list[Line] = []
         self.current.typed(cmd, self.joined)
         if isinstance(cmd, m.Join):
@@ -559,7 +561,7 @@ class ChatView:
         rooms = " ".join("#" + clean(r) for r in self.joined) or "no room"
         unsent = self.unsent()
         return f"{self.status} to {self.server or '?'} ({self.address}) as {clean(self.nick)}; in {rooms}" + (
-            f"; {unsent} messages not yet acknowledged" if unsent else ""
+            f"; {count_of(unsent, 'message')} not yet acknowledged" if unsent else ""
         )
 
     # --- prompt, status line, completion -------------------------------------------------------------------
@@ -568,15 +570,19 @@ class ChatView:
         room = f"#{clean(self.room)}" if self.room else "(no room)"
         return [("class:prompt.room", room), ("class:prompt", "> ")]
 
-    def toolbar(self) -> StyleAndTextTuples:
-        """The status line: server, room, nick, users in the room, connection state (and unsent posts)."""
+    def toolbar(self, width: int | None = None) -> StyleAndTextTuples:
+        """The status line: server, room, nick, users in the room, connection state (and unsent posts).
+        Narrower than ``width`` columns without the /help hint, then without the server: the terminal cuts
+        the line's end, and the state matters more than where."""
         users = self.counts.get(self.room, len(self.members.get(self.room, []))) if self.room else 0
         others = len([r for r in self.joined if r != self.room])
         room = f"#{clean(self.room)}" if self.room else "no room"
-        frags: StyleAndTextTuples = [
-            ("class:bottom-toolbar", " "),
+        server: StyleAndTextTuples = [
             ("class:bottom-toolbar.key", self.server or self.address),
             ("class:bottom-toolbar", f" ({self.address}) | " if self.server and self.address else " | "),
+        ]
+        frags: StyleAndTextTuples = [
+            ("class:bottom-toolbar", " "),
             ("class:bottom-toolbar.key", room),
             ("class:bottom-toolbar", f" (+{count_of(others, 'room')})" if others else ""),
             ("class:bottom-toolbar", f" | {clean(self.nick)} | {count_of(users, 'user')} | "),
@@ -585,7 +591,15 @@ class ChatView:
         unsent = self.unsent()
         if unsent:
             frags += [("class:bottom-toolbar", " "), ("class:bottom-toolbar.unsent", f" {unsent} unsent ")]
-        frags.append(("class:bottom-toolbar", "  /help"))
+        hint: StyleAndTextTuples = [("class:bottom-toolbar", "  /help")]
+
+        def fits(extra: StyleAndTextTuples) -> bool:
+            return width is None or sum(len(frag[1]) for frag in frags + extra) <= width
+
+        if fits(server):
+            frags[1:1] = server
+        if fits(hint):
+            frags += hint
         return frags
 
     def complete(self, before: str) -> list[tuple[str, int]]:
@@ -785,7 +799,7 @@ async def run_app(
     history = InMemoryHistory()
     session: PromptSession[str] = PromptSession(
         message=view.prompt,
-        bottom_toolbar=view.toolbar,
+        bottom_toolbar=lambda: view.toolbar(_columns()),
         completer=ViewCompleter(view),
         complete_while_typing=False,
         history=history,
@@ -965,6 +979,15 @@ def terminal_output() -> Output:
         default_color_depth=ColorDepth.from_env(),
         enable_bell=get_bell_environment_variable(),
     )
+
+
+def _columns() -> int | None:
+    """The terminal's width, as prompt_toolkit last measured it (None outside a running prompt)."""
+    try:
+        columns: int = get_app().output.get_size().columns
+    except Exception:  # no app, or an output that cannot tell: the full line
+        return None
+    return columns
 
 
 def run_tui(host: str, port: int, nick: str, room: str, *, server_name: str = "") -> int:

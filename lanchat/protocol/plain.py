@@ -213,11 +213,11 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
         why = f" ({c(frame['reason'])})" if frame.get("reason") else ""
         return f"{at} -- {c(frame.get('nick'))} quit{why}"
     if kind == "nick":
-        return f"{at} -- {c(frame.get('old'))} is now {c(frame.get('new'))}"
+        return f"{at} -- {c(frame.get('old'))} is now known as {c(frame.get('new'))}"  # as the terminal UI says
     if kind == "topic":
         if "seq" in frame:
             return f"{at} {room} -- {c(frame.get('nick'))} set the topic: {c(frame.get('topic'))}"
-        return f"{room} topic: {c(frame.get('topic')) or '(none)'}"
+        return f"* {room} topic: {c(frame.get('topic')) or '(none)'}"
     if kind == "welcome":
         rooms = " ".join("#" + c(r) for r in _items(frame.get("rooms")))
         again = "Resumed: you are" if frame.get("resumed") else "Welcome! You are"
@@ -253,7 +253,7 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
         return f"* server: {c(frame.get('reason'))}"
     if kind == "stats":
         rows = [
-            f"  {c(p.get('role'))} pid {c(p.get('pid'))}: {c(p.get('connections'))} conns, "
+            f"  {c(p.get('role'))} pid {c(p.get('pid'))}: {count_of(p.get('connections'), 'connection')}, "
             f"cpu {c(p.get('cpu_percent'))}%, rss {int(p.get('rss') or 0) // 1024} KiB"
             for p in _items(frame.get("processes"))
             if isinstance(p, dict)

@@ -209,7 +209,7 @@ class ServerConnection:
         if isinstance(cmd, LocalCommand):
             if cmd.name == "switch" and cmd.arg in self.rooms:
                 self.current = cmd.arg
-                out.append(Reply(f"* current room: #{cmd.arg}\n".encode()))
+                out.append(Reply(f"* now talking in #{cmd.arg}\n".encode()))  # the terminal UI's words
             elif cmd.name == "switch":
                 out.append(Reply(b"! /switch ROOM needs a room you have joined\n"))
             else:

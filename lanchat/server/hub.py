@@ -244,7 +244,9 @@ class Hub:
         except RemoteProtocolError as exc:
             self._reply(worker, p.conn, m.error_frame(exc.code, exc.message, id=exc.request_id or p.id))
 
-    def closed(self, worker: int, conn: int, clean: bool, reason: str, now: float, *, peer: str = "") -> None:
+    def closed(
+        self, worker: int, conn: int, clean: bool, reason: str, now: float, *, peer: str = "", quiet: bool = False
+    ) -> None:
         """A worker lost a connection. Unclean: the session waits ``resume_grace`` for its client. ``peer``:
         the client's address as --max-per-ip counts it; one address holds at most ``held_per_ip`` sessions
         (else a host that says hello with 50 new rooms and drops, again and again, would fill the server's
@@ -257,10 +259,11 @@ class Hub:
             said = f"quit ({reason})" if clean and reason and reason != "quit" else None  # not "ended: bye"
             self._end_session(session, reason or "quit", now, resumable=not clean, logged=said)
             return
-        log.info(  # why it dropped (an idle timeout, too slow a reader...): the end or the resume follows
-            "session %s (%s) lost its connection (%s); held %g s for a resume",
-            session.sid[:8], session.nick, reason or "connection lost", self.resume_grace,
-        )  # fmt: skip
+        if not quiet:
+            log.info(  # why it dropped (an idle timeout, too slow a reader...): the end or the resume follows
+                "session %s (%s) lost its connection (%s); held %g s for a resume",
+                session.sid[:8], session.nick, reason or "connection lost", self.resume_grace,
+            )  # fmt: skip
         if peer:
             held = self._held.setdefault(peer, deque())
             held.append(session)
@@ -277,13 +280,16 @@ class Hub:
                 del self._held[s.held_for]
         s.held_for = ""
 
-    def worker_lost(self, worker: int, now: float, peers: dict[int, str] | None = None) -> None:
+    def worker_lost(
+        self, worker: int, now: float, peers: dict[int, str] | None = None, *, stopping: bool = False
+    ) -> None:
         """A worker died: its connections are gone; their sessions wait for a resume like any drop, counted
-        per address (``peers``: connection -> address, as ``closed`` takes it) like any other held session."""
+        per address (``peers``: connection -> address, as ``closed`` takes it) like any other held session.
+        ``stopping``: it exited at the server's stop (each session's drop is not worth a line of the log)."""
         peers = peers or {}
         for w, conn in list(self.conns):
             if w == worker:
-                self.closed(w, conn, False, "connection lost", now, peer=peers.get(conn, ""))
+                self.closed(w, conn, False, "connection lost", now, peer=peers.get(conn, ""), quiet=stopping)
         self._out.pop(worker, None)
 
     def tick(self, now: float) -> None:

@@ -422,7 +422,7 @@ class Server:
             slot.fd_sock.close()
             slot.fd_sock = None
         peers = {conn: self._conn_gone(conn) for conn in list(slot.conns)}
-        self.hub.worker_lost(slot.index, time.time(), peers)
+        self.hub.worker_lost(slot.index, time.time(), peers, stopping=self.stopping)
         self._schedule_flush()
         proc = slot.proc
         if proc is not None and proc.poll() is None:  # usually it is dying already: let its exit status say how
@@ -864,7 +864,7 @@ async def _amain(config: ServerConfig) -> int:
     heap.settle()
     await server.done.wait()
     await server.close()
-    log.info("stopped")
+    log.info("stopped (%s kept for their clients to resume)", count_of(len(server.hub.sessions), "session"))
     return server.exit_code
 
 

@@ -185,6 +185,9 @@ def test_sigterm_tells_clients_and_exits_within_5s(make_server: MakeServer) -> N
         assert bye["reason"] == "server shutting down" and bye["reconnect"] is True
         assert c.closed_by_server(timeout=1)
         c.close()
+    # One line for them all, not "lost its connection ...; held 60 s" for each, as if they had dropped
+    assert "stopped (3 sessions kept for their clients to resume)" in server.log
+    assert "lost its connection" not in server.log
 
 
 def test_a_hang_up_of_the_terminal_leaves_the_workers_to_the_main_process(make_server: MakeServer) -> None:

@@ -145,6 +145,37 @@ def test_a_stats_reply_without_figures_shows_question_marks(
     assert "? (127.0.0.1:" in out and "): ? users, ? rooms, seq ?" in out and "None" not in out
 
 
+def test_a_port_that_is_not_a_lanchat_server_is_named_as_such(
+    listener: socket.socket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A web server that answered and stayed open was reported as "no answer within 5 s"; one that closed
+    after a banner as "cannot reach 127.0.0.1:P: 127.0.0.1:P closed the connection"."""
+
+    def serve(greeting: bytes, stay: bool) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(THREAD_TIMEOUT)
+            conn.sendall(greeting)
+            got = b""
+            while (stay or not got.endswith(b"\n")) and (chunk := conn.recv(4096)):  # else a close with the
+                got += chunk  # request unread would reset the connection, and the reset discard the greeting
+
+    port = listener.getsockname()[1]
+    for greeting, stay in ((b"HTTP/1.0 200 OK\r\n\r\n", True), (b"SSH-2.0-OpenSSH_9.2\r\n", False)):
+        thread = threading.Thread(target=serve, args=(greeting, stay), daemon=True)
+        thread.start()
+        code = run_status(f"127.0.0.1:{port}", json_output=False)
+        thread.join(THREAD_TIMEOUT)
+        _, err = capsys.readouterr()
+        assert code == 3
+        assert f"lanchat: 127.0.0.1:{port} is not a lanchat server (it said '{greeting.decode().strip()}')" in err
+    thread = threading.Thread(target=serve, args=(b"", False), daemon=True)
+    thread.start()
+    assert run_status(f"127.0.0.1:{port}", json_output=False) == 3
+    thread.join(THREAD_TIMEOUT)
+    assert capsys.readouterr()[1] == f"lanchat: 127.0.0.1:{port} closed the connection without answering\n"
+
+
 def test_a_port_that_never_answers_says_so(
     listener: socket.socket, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

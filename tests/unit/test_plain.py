@@ -251,10 +251,10 @@ def ev(kind: str, **fields: Any) -> dict[str, Any]:
         (ev("part", room="lobby", nick="al", reason="food"), HHMM + r" #lobby -- al left \(food\)"),
         (ev("quit", nick="al", reason=""), HHMM + r" -- al quit"),
         (ev("quit", nick="al", reason="bye"), HHMM + r" -- al quit \(bye\)"),
-        (ev("nick", old="al", new="alan"), HHMM + r" -- al is now alan"),
+        (ev("nick", old="al", new="alan"), HHMM + r" -- al is now known as alan"),
         (ev("topic", room="lobby", nick="al", topic="pizza"), HHMM + r" #lobby -- al set the topic: pizza"),
-        ({"type": "topic", "room": "lobby", "topic": "pizza"}, r"#lobby topic: pizza"),
-        ({"type": "topic", "room": "lobby", "topic": ""}, r"#lobby topic: \(none\)"),
+        ({"type": "topic", "room": "lobby", "topic": "pizza"}, r"\* #lobby topic: pizza"),
+        ({"type": "topic", "room": "lobby", "topic": ""}, r"\* #lobby topic: \(none\)"),
         ({"type": "welcome", "nick": "al", "rooms": ["lobby", "dev"], "resumed": False},
          r"\* Welcome! You are al in #lobby #dev\. /help lists commands\."),
         ({"type": "welcome", "nick": "al", "rooms": [], "resumed": True}, r"\* Resumed: you are al in no room\..*"),
@@ -319,7 +319,8 @@ def test_render_stats() -> None:
         {"role": "worker", "pid": 2, "connections": 7, "cpu_percent": 0, "rss": 1024}, "junk"]}  # fmt: skip
     out = render(frame)
     assert out == (
-        "* server stats:\n  main pid 1: 0 conns, cpu 1.5%, rss 2048 KiB\n  worker pid 2: 7 conns, cpu 0%, rss 1 KiB"
+        "* server stats:\n  main pid 1: 0 connections, cpu 1.5%, rss 2048 KiB\n"
+        "  worker pid 2: 7 connections, cpu 0%, rss 1 KiB"
     )
 
 

@@ -399,7 +399,7 @@ def test_plain_switch_between_joined_rooms() -> None:
     c.joined("dev")
     assert c.current == "dev"
     assert c.receive_data(b"in dev\n", 0.0) == [Forward(m.Msg("dev", "in dev"))]
-    assert c.receive_data(b"/switch #lobby\n", 0.0) == [Reply(b"* current room: #lobby\n")]
+    assert c.receive_data(b"/switch #lobby\n", 0.0) == [Reply(b"* now talking in #lobby\n")]
     assert c.current == "lobby"
     assert c.receive_data(b"in lobby\n", 0.0) == [Forward(m.Msg("lobby", "in lobby"))]
     assert c.receive_data(b"/switch games\n", 0.0) == [Reply(b"! /switch ROOM needs a room you have joined\n")]

@@ -273,6 +273,11 @@ def test_the_status_line_follows_rooms_members_nick_and_state() -> None:
     bar = toolbar(view)
     assert "reconnecting" in bar and "2 unsent" in bar
     assert ("class:bottom-toolbar.reconnecting", " reconnecting ") in view.toolbar()
+    wide, middle, narrow = ("".join(f[1] for f in view.toolbar(width)) for width in (120, 85, 60))
+    assert wide == bar and wide.startswith(" office (127.0.0.1:7272) | #lobby") and wide.endswith("/help")
+    assert middle.startswith(" office") and "/help" not in middle and len(middle) <= 85
+    # narrower: the terminal cut the state and the unsent count off the end; the server goes instead
+    assert "office" not in narrow and narrow.rstrip().endswith("reconnecting   2 unsent") and len(narrow) <= 60
 
 
 def test_the_user_count_of_a_big_room_comes_from_the_reply_not_the_capped_nick_list() -> None:
@@ -347,6 +352,9 @@ def test_commands_become_requests_and_the_current_room_follows() -> None:
     assert view.room == "dev" and "not in #kitchen" in refused.lines[0].text
     assert view.submit("/part").requests == [m.Part("dev")]
     assert view.room == "lobby"
+    same = view.submit(f"/nick {view.nick}")  # nothing to change: said here (the server says nothing)
+    assert same.requests == [] and "already" in same.lines[0].text
+    assert view.submit(f"/nick {view.nick.upper()}").requests == [m.Nick(view.nick.upper())]  # a case change goes
     assert view.submit("/quit see you").quit == m.Quit("see you")
     assert view.submit("   ").requests == []
 
