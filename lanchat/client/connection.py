@@ -487,12 +487,17 @@ async def request_once(host: str, port: int, req: dict[str, Any], *, timeout: fl
         deadline = time.monotonic() + timeout
         first = True
         while True:
-            line = await asyncio.wait_for(reader.readline(), max(0.01, deadline - time.monotonic()))
+            try:
+                line = await asyncio.wait_for(reader.readline(), max(0.01, deadline - time.monotonic()))
+            except ValueError:  # a "line" of more than the reader's limit (16 MiB): no server of ours
+                raise ConnectError(
+                    f"{where} is not a lanchat server (a line of over 16 MiB)", EXIT_UNREACHABLE
+                ) from None
             if not line:
                 raise ConnectError(f"{where} closed the connection without answering", EXIT_UNREACHABLE)
             try:
                 frame = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: a deeply nested [[[...
                 frame = None
             if first and not (isinstance(frame, dict) and isinstance(frame.get("type"), str)):
                 said = clean(line.decode("utf-8", "replace").strip())[:60]

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from lanchat import const
 from lanchat.client.connection import EXIT_NONE_FOUND, EXIT_SEVERAL, EXIT_UNREACHABLE, EXIT_USAGE, parse_address
 from lanchat.config import DiscoveryConfig
 from lanchat.protocol.plain import count_of
+
+if TYPE_CHECKING:
+    from lanchat.discovery.browser import ServerRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +44,7 @@ class Unresolved(Exception):
 
 def _looks_like_host(address: str) -> bool:
     """An address to connect to at once (parsed, or refused with exit code 2): an IP address, HOST:PORT,
-    [V6]:PORT or localhost. Anything else is a name: one with a dot is a host name if the resolver knows
-    it (a LAN host announcing that name must not take a connection meant for a DNS name), else a server
-    name to discover (`v1.2 test`; the default name, the host's, may be fully qualified); one without is
-    looked for by discovery first, then by the resolver. A server found by its name is joined at the
-    port it announces."""
+    [V6]:PORT or localhost. Anything else is a name (see resolve)."""
     if ":" in address or address == "localhost":
         return True
     try:
@@ -55,7 +55,14 @@ def _looks_like_host(address: str) -> bool:
 
 
 async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
-    """Address -> Target; a server name or no address -> discovery (one found: it; several: ask or fail)."""
+    """Address -> Target; a server name or no address -> discovery (one found: it; several: ask or fail).
+
+    A name with a dot may be a host name or a server's (`v1.2 test`; the default name, the host's own,
+    may be fully qualified): the resolver and discovery are asked at once. A server of that name found at
+    an address the resolver gives is joined at the port it announces; else a name the resolver knows is
+    a host name, joined at 7272 (a LAN host announcing that name must not take a connection meant for a
+    DNS name); else a server of that name. A name without a dot is looked for by discovery, then by the
+    resolver."""
     if config.address and _looks_like_host(config.address):
         try:
             host, port = parse_address(config.address)
@@ -64,27 +71,42 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
                 f"bad address {config.address!r} ({exc}): use HOST, HOST:PORT or a server name", EXIT_USAGE
             ) from None
         return Target(host, port)
-    dotted = config.address is not None and "." in config.address
-    if config.address and dotted and await _resolves(config.address):
-        return Target(config.address, const.DEFAULT_PORT)
     from lanchat.discovery.browser import browse
     from lanchat.discovery.cli import interface_problem
 
+    address = config.address
+    dotted = address is not None and "." in address
+    lookup = asyncio.ensure_future(_addresses(address)) if address and dotted else None  # beside discovery
     problem = interface_problem(config.discovery)  # a typo: say so now, not "no server found" later
+    found: list[ServerRecord] = []
+    failed: OSError | None = None
+    if not problem:
+        try:
+            found = await browse(config.discovery, timeout=config.timeout)
+        except OSError as exc:  # no discovery socket: a name the resolver knows can still be joined
+            failed = exc
+    if address and lookup is not None:
+        resolved = await lookup
+        at_its_address = [s for s in found if _called(s, address) and s.host in resolved]
+        if at_its_address:
+            return Target(at_its_address[0].host, at_its_address[0].port, at_its_address[0].name)
+        if resolved:
+            return Target(address, const.DEFAULT_PORT)
     if problem:
         raise Unresolved(problem, EXIT_USAGE)
-    found = await browse(config.discovery, timeout=config.timeout)
-    if config.address:
-        named = [s for s in found if s.name.casefold() == config.address.casefold()]
+    if failed is not None:
+        raise failed
+    if address:
+        named = [s for s in found if _called(s, address)]
         if not named:  # maybe a host name after all; if not, say what was tried ("cannot reach x: Name or
-            if dotted or not await _resolves(config.address):  # service not known" did not say discovery was)
+            if dotted or not await _addresses(address):  # service not known" did not say discovery was)
                 others = ", ".join(sorted(s.name for s in found)) or "none"
                 raise Unresolved(
-                    f"no server named {config.address!r} answered discovery (servers found: {others}), and "
-                    f"{config.address!r} is not a host name either (try `lanchat discover`)",
+                    f"no server named {address!r} answered discovery (servers found: {others}), and "
+                    f"{address!r} is not a host name either (try `lanchat discover`)",
                     EXIT_UNREACHABLE,
                 )
-            return Target(config.address, const.DEFAULT_PORT)
+            return Target(address, const.DEFAULT_PORT)
         found = named
     if not found:
         raise Unresolved(
@@ -102,21 +124,27 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
         return Target(chosen.host, chosen.port, chosen.name)
     width = max(len(s.name) for s in found)
     listing = "\n".join(f"  {s.name:<{width}}  {s.host}:{s.port}  ({count_of(s.users, 'user')})" for s in found)
-    if config.address:  # they share the name: only the address tells them apart
-        raise Unresolved(f"several servers are called {config.address!r}; give HOST:PORT:\n{listing}", EXIT_SEVERAL)
+    if address:  # they share the name: only the address tells them apart
+        raise Unresolved(f"several servers are called {address!r}; give HOST:PORT:\n{listing}", EXIT_SEVERAL)
     raise Unresolved(f"several servers found; give a name or HOST:PORT:\n{listing}", EXIT_SEVERAL)
 
 
 RESOLVE_TIMEOUT: Final = 3.0  # seconds for the system resolver to answer for a NAME discovery did not find
 
 
-async def _resolves(name: str) -> bool:
-    """Is ``name`` a host name the system can resolve?"""
+async def _addresses(name: str) -> set[str]:
+    """The addresses the system's resolver gives for ``name`` (none: not a host name it knows)."""
     try:
-        await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(name, const.DEFAULT_PORT), RESOLVE_TIMEOUT)
+        infos = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(name, const.DEFAULT_PORT, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT
+        )
     except (OSError, TimeoutError, UnicodeError):
-        return False
-    return True
+        return set()
+    return {str(info[4][0]) for info in infos}
+
+
+def _called(server: ServerRecord, name: str) -> bool:
+    return server.name.casefold() == name.casefold()
 
 
 def run_join(config: JoinConfig) -> int:

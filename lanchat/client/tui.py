@@ -44,7 +44,7 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application, get_app
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
-from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.formatted_text import StyleAndTextTuples, fragment_list_width
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
@@ -192,6 +192,7 @@ class ChatView:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.nick = nick
+        self._asked_nick = nick  # the last /nick sent (a rename queued or in flight is not the nick yet)
         self.current = CurrentRoom(room)  # where plain text goes
         self.server = clean(server)
         self.address = clean(address)
@@ -245,7 +246,7 @@ class ChatView:
         return []  # its hint is for people on nc/telnet
 
     def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
-        self.nick = str(frame.get("nick", self.nick))
+        self.nick = self._asked_nick = str(frame.get("nick", self.nick))
         rooms = [str(r) for r in _list(frame, "rooms") if isinstance(r, str)]
         for r in rooms:
             self._know_room(r)
@@ -380,7 +381,7 @@ class ChatView:
         elif kind == "nick":
             old, new = str(frame.get("old", "")), str(frame.get("new", ""))
             if m.nick_key(old) == me:
-                self.nick = new
+                self.nick = self._asked_nick = new
             for r, nicks in self.members.items():
                 self.members[r] = [new if m.nick_key(n) == m.nick_key(old) else n for n in nicks]
             if self.speakers.pop(m.nick_key(old), None) is not None:
@@ -495,7 +496,7 @@ class ChatView:
         self.status = "closed"
         why = f": {clean(reason)}" if reason else ""
         unsent = self.unsent()
-        left = f"; {unsent} messages were not sent" if unsent else ""
+        left = f"; {count_of(unsent, 'message')} not sent" if unsent else ""
         return self._out([self._system(f"connection lost for good{why}{left}", "error")])
 
     def note(self, text: str, kind: str = "info") -> list[Line]:
@@ -517,8 +518,10 @@ class ChatView:
             return Submitted(lines=self._out(self._local(cmd)))
         if isinstance(cmd, m.Quit):
             return Submitted(quit=cmd)
-        if isinstance(cmd, m.Nick) and cmd.nick == self.nick:  # the server would change nothing, and say nothing
-            return Submitted(lines=self._out([self._system(f"you are {clean(self.nick)} already", "info")]))
+        if isinstance(cmd, m.Nick):
+            if cmd.nick == self.nick == self._asked_nick:  # the server would change nothing, and say nothing
+                return Submitted(lines=self._out([self._system(f"you are {clean(self.nick)} already", "info")]))
+            self._asked_nick = cmd.nick
         lines: list[Line] = []
         self.current.typed(cmd, self.joined)
         if isinstance(cmd, m.Join):
@@ -572,8 +575,8 @@ class ChatView:
 
     def toolbar(self, width: int | None = None) -> StyleAndTextTuples:
         """The status line: server, room, nick, users in the room, connection state (and unsent posts).
-        Narrower than ``width`` columns without the /help hint, then without the server: the terminal cuts
-        the line's end, and the state matters more than where."""
+        The server and then the /help hint are left out where they would not fit in ``width`` columns:
+        the terminal cuts the line's end, and the state matters more than where."""
         users = self.counts.get(self.room, len(self.members.get(self.room, []))) if self.room else 0
         others = len([r for r in self.joined if r != self.room])
         room = f"#{clean(self.room)}" if self.room else "no room"
@@ -594,7 +597,7 @@ class ChatView:
         hint: StyleAndTextTuples = [("class:bottom-toolbar", "  /help")]
 
         def fits(extra: StyleAndTextTuples) -> bool:
-            return width is None or sum(len(frag[1]) for frag in frags + extra) <= width
+            return width is None or fragment_list_width(frags + extra) <= width  # columns: a CJK nick counts twice
 
         if fits(server):
             frags[1:1] = server
@@ -982,7 +985,8 @@ def terminal_output() -> Output:
 
 
 def _columns() -> int | None:
-    """The terminal's width, as prompt_toolkit last measured it (None outside a running prompt)."""
+    """The terminal's width, as prompt_toolkit last measured it (the status line is drawn only while the
+    prompt runs; None if the output cannot tell)."""
     try:
         columns: int = get_app().output.get_size().columns
     except Exception:  # no app, or an output that cannot tell: the full line

@@ -104,7 +104,7 @@ class _Source:
     """One address a server's datagrams came from, as its own datagrams describe the server."""
 
     record: ServerRecord  # host: this address
-    heard: float
+    since: float  # first heard: the longest known address takes over the listing, and is the last evicted
     deadline: float  # dropped as silent after this
     beaconed: bool  # its beacons reach us from here (so its interval, not our probing, says when it is due)
 
@@ -196,8 +196,9 @@ class ServerTable:
             if not entry.sources:
                 del self._entries[sid]
                 events.append(TableEvent("removed", shown, "expired"))
-            elif entry.host not in entry.sources:  # still heard through another address: shown through it
-                entry.host = max(entry.sources, key=lambda ip: entry.sources[ip].heard)
+            elif entry.host not in entry.sources:  # still heard through another address: shown through the
+                # one known longest (not the sender who came last and sends fastest)
+                entry.host = min(entry.sources, key=lambda ip: entry.sources[ip].since)
                 events.append(TableEvent("updated", entry.record))
         return events
 
@@ -243,7 +244,7 @@ class ServerTable:
         deadline = now + self.expiry_factor * self._period(message, beaconed)
         if latency is None and src is not None:
             latency = src.record.latency_ms
-        heard = _Source(_record(message, ip, latency), now, deadline, beaconed)
+        heard = _Source(_record(message, ip, latency), src.since if src is not None else now, deadline, beaconed)
         if entry is None:
             if len(self._entries) >= self.max_servers:
                 self.drops("table_full", (ip, 0))
@@ -253,8 +254,8 @@ class ServerTable:
         shown = entry.record
         entry.sources[ip] = heard
         if len(entry.sources) > MAX_ADDRESSES:
-            oldest = min((a for a in entry.sources if a != entry.host), key=lambda a: entry.sources[a].heard)
-            del entry.sources[oldest]
+            newest = max((a for a in entry.sources if a != entry.host), key=lambda a: entry.sources[a].since)
+            del entry.sources[newest]  # a flood of new addresses must not push out those known before it
         if entry.record == shown:
             return []
         return [TableEvent("updated", entry.record)]

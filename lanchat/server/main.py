@@ -121,6 +121,7 @@ class Throttled:
 
 
 NO_LOCKS: Final = -1  # lock_data_dir: the file system has no locks (NFS without a lock manager)
+_CANNOT_LOCK: Final = "the data directory cannot be locked (it cannot be written)"
 
 
 def lock_data_dir(data_dir: Path, *, warn: bool = True) -> int | None:
@@ -130,9 +131,9 @@ def lock_data_dir(data_dir: Path, *, warn: bool = True) -> int | None:
     NO_LOCKS where the file system has none; None if the lock cannot be made now (a directory that
     cannot be written: the store runs degraded, and takes the lock before it opens the file again)."""
     path = data_dir / LOCK_NAME
-    if data_dir.exists() and not data_dir.is_dir():  # a typo, not a failing disk: say so and stop
-        raise StorageError(f"--data-dir {data_dir} is not a directory")
     try:
+        if data_dir.exists() and not data_dir.is_dir():  # a typo, not a failing disk: say so and stop
+            raise StorageError(f"--data-dir {data_dir} is not a directory")
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except NotADirectoryError:  # a file on the way to it: a typo as well
         raise StorageError(f"--data-dir {data_dir}: a part of that path is a file, not a directory") from None
@@ -149,8 +150,12 @@ def lock_data_dir(data_dir: Path, *, warn: bool = True) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
+        try:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        except OSError:
+            holder = "?"
+        finally:
+            os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise StorageError(
                 f"{data_dir} is in use by another lanchat server (pid {holder}); give each server its own --data-dir"
@@ -170,7 +175,8 @@ class Server:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self._lock = lock_data_dir(config.data_dir)
-        self._lock_why: str | None = None  # why the lock could not be taken since (see _lock_guard)
+        # why the lock could not be taken since (see _lock_guard); at start lock_data_dir has said it
+        self._lock_why: str | None = None if self._lock is not None else _CANNOT_LOCK
         try:
             self.store = HistoryStore(config.data_dir, history_limit=config.history_limit, guard=self._lock_guard)
         except BaseException:  # a foreign or corrupt file: the lock goes with the refusal
@@ -813,10 +819,10 @@ class Server:
         can be written, numbering events on their own."""
         if self._lock is not None:
             return None
-        why = "the data directory cannot be locked (it cannot be written)"
+        why = _CANNOT_LOCK
         try:
             self._lock = lock_data_dir(self.config.data_dir, warn=False)
-        except StorageError as exc:  # another server took it meanwhile
+        except StorageError as exc:  # another server holds it now (or the directory became a file)
             why = str(exc)
         except OSError as exc:  # the disk fails on a stat or a read of the lock
             why = f"the data directory cannot be locked ({exc})"

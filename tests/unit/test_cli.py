@@ -237,15 +237,18 @@ def test_join_of_a_name_with_dots_looks_for_it_by_discovery(monkeypatch: pytest.
     async def announced(*_: Any, **__: Any) -> list[Any]:
         return found
 
+    known = {"chat.example.org": "203.0.113.10", "lab.example.org": "203.0.113.6"}  # what DNS says
+
     async def dns(self: Any, host: str, *_: Any, **__: Any) -> Any:
-        if host == "chat.example.org":
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("203.0.113.10", 7272))]
+        if host.lower() in known:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (known[host.lower()], 7272))]
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(browser, "browse", announced)
     monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", dns)
     by_dns = asyncio.run(join.resolve(join.JoinConfig("chat.example.org", "x"), interactive=False))
     assert (by_dns.host, by_dns.port) == ("chat.example.org", 7272)  # not the LAN host announcing that name
+    # lab.example.org: DNS knows it, and the server of that name is at that address: its own port, not 7272
     for name, expected in (("v1.2 test", ("203.0.113.5", 7400)), ("LAB.example.org", ("203.0.113.6", 7500))):
         target = asyncio.run(join.resolve(join.JoinConfig(name, "x"), interactive=False))
         assert (target.host, target.port) == expected

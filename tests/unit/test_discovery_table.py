@@ -83,6 +83,29 @@ def test_a_lost_beacon_of_the_real_server_does_not_hand_its_listing_to_a_faster_
         assert (t.records()[0].host, t.records()[0].port) == ("198.51.100.1", 7000)
 
 
+def test_when_the_shown_address_expires_the_listing_goes_to_the_address_known_longest() -> None:
+    """A second review: it went to the address heard last, a fast fake sender's, not the server's other
+    address; and a flood of new addresses pushed the server's other address out of the table."""
+    t = ServerTable()
+    second, fake = ("203.0.113.2", 7272), ("203.0.113.66", 7272)
+    t.receive(beacon(port=7000), SRC_A, 0.0)
+    t.receive(beacon(port=7000), second, 0.5)
+    for tenth in range(10, 60):  # from 1 s on the first address is silent, a fake sends ten a second
+        now = tenth / 10
+        if tenth % 10 == 5:
+            t.receive(beacon(port=7000), second, now)
+        t.receive(beacon(port=6666, interval_ms=100), fake, now)
+        t.expire(now)
+    [shown] = t.records()
+    assert (shown.host, shown.port) == ("203.0.113.2", 7000)
+    t = ServerTable()
+    t.receive(beacon(port=7000), SRC_A, 0.0)
+    t.receive(beacon(port=7000), second, 0.5)
+    for i in range(20):  # new addresses, each heard more recently than the second one
+        t.receive(beacon(port=6666), (f"203.0.113.{100 + i}", 7272), 1.0 + i / 100)
+    assert "203.0.113.2" in t._entries[SID_A].sources  # the newcomers were evicted, not the one known before
+
+
 def test_a_beacon_from_another_address_does_not_shorten_a_probed_servers_life() -> None:
     """A server heard only by replies (--probe across a router) lives until our next probes; one fake beacon
     with its id marked the whole server as beaconed, and its real address expired between probes."""

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prompt_toolkit.application.current import get_app_or_none
 from prompt_toolkit.data_structures import Size
+from prompt_toolkit.formatted_text import fragment_list_width
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput, Output
 from prompt_toolkit.output.vt100 import Vt100_Output
@@ -278,6 +279,9 @@ def test_the_status_line_follows_rooms_members_nick_and_state() -> None:
     assert middle.startswith(" office") and "/help" not in middle and len(middle) <= 85
     # narrower: the terminal cut the state and the unsent count off the end; the server goes instead
     assert "office" not in narrow and narrow.rstrip().endswith("reconnecting   2 unsent") and len(narrow) <= 60
+    view.on_frame(ev("nick", 6, old="alicia", new="漢字漢字漢字"))  # each character two columns wide
+    cjk = view.toolbar(85)  # 81 characters with the server, but 87 columns
+    assert fragment_list_width(cjk) <= 85 and "office" not in "".join(f[1] for f in cjk)
 
 
 def test_the_user_count_of_a_big_room_comes_from_the_reply_not_the_capped_nick_list() -> None:
@@ -352,9 +356,13 @@ def test_commands_become_requests_and_the_current_room_follows() -> None:
     assert view.room == "dev" and "not in #kitchen" in refused.lines[0].text
     assert view.submit("/part").requests == [m.Part("dev")]
     assert view.room == "lobby"
+    assert view.submit("/nick alice").requests == [m.Nick("alice")]  # the /nick alicia above is not done yet
+    view.on_frame(ev("nick", 9, old="alice", new="alicia"))  # now it is
     same = view.submit(f"/nick {view.nick}")  # nothing to change: said here (the server says nothing)
     assert same.requests == [] and "already" in same.lines[0].text
     assert view.submit(f"/nick {view.nick.upper()}").requests == [m.Nick(view.nick.upper())]  # a case change goes
+    back = view.submit(f"/nick {view.nick}")  # the rename above is not done yet: going back is not a no-op
+    assert back.requests == [m.Nick(view.nick)]
     assert view.submit("/quit see you").quit == m.Quit("see you")
     assert view.submit("   ").requests == []
 
