@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from lanchat import const
 from lanchat.errors import StorageError
@@ -122,6 +122,7 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 _READABLE_SCHEMAS: Final = ("1", str(SCHEMA_VERSION))
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,23 +441,22 @@ class HistoryStore:
         self._hold_expired(key, None)
 
     def _hold_expired(self, key: str, row: tuple[int, float] | None) -> None:
-        """Queue an expired session's record (None: its deletion); while the disk fails, the oldest
-        writes go past PENDING_WRITES_MAX (one lost costs at most a duplicate after a restart)."""
-        expired = self._pending.expired
-        expired.pop(key, None)  # rewritten: to the end
-        expired[key] = row
-        while self.degraded and len(expired) > const.PENDING_WRITES_MAX:
-            del expired[next(iter(expired))]
-            self.dropped += 1
+        """Queue an expired session's record (None: its deletion); one lost while the disk fails costs at
+        most a duplicate after a restart."""
+        self._hold(self._pending.expired, key, row)
 
     def put_refused(self, owner: str, ids: Collection[int]) -> None:
-        """The refused post ids of ``owner`` (see the table); none: its row is deleted. Bounded while the
-        disk fails like the expired records (one lost: a resend acked as a duplicate after a restart)."""
-        refused = self._pending.refused
-        refused.pop(owner, None)  # rewritten: to the end
-        refused[owner] = tuple(sorted(ids))
-        while self.degraded and len(refused) > const.PENDING_WRITES_MAX:
-            del refused[next(iter(refused))]
+        """The refused post ids of ``owner`` (see the table); none: its row is deleted. One lost while the
+        disk fails costs a resend acked as a duplicate after a restart."""
+        self._hold(self._pending.refused, owner, tuple(sorted(ids)))
+
+    def _hold(self, queue: dict[str, _T], key: str, row: _T) -> None:
+        """Queue a small record for the next commit, the latest write last; while the disk fails, the
+        oldest writes go past PENDING_WRITES_MAX."""
+        queue.pop(key, None)  # rewritten: to the end
+        queue[key] = row
+        while self.degraded and len(queue) > const.PENDING_WRITES_MAX:
+            del queue[next(iter(queue))]
             self.dropped += 1
 
     def put_topic(self, room: str, topic: str) -> None:
