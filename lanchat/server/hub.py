@@ -911,7 +911,9 @@ class Hub:
 
     def _history(self, s: Session, req: m.History, now: float) -> None:
         self.store.commit(now)  # pages are read from the database; make it current first
-        stored = self.store.events(req.room, before=req.before, after=req.after, limit=req.limit)
+        stored = self.store.events(  # no more rows read than the reply can carry (characters: at most its bytes)
+            req.room, before=req.before, after=req.after, limit=req.limit, max_chars=self._reply_budget
+        )
         lines, more = self._with_held(req.room, stored, req.limit, req.before, req.after)
         forward = req.after is not None and req.before is None
         page = [line.encode() for line in lines]

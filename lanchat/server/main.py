@@ -47,6 +47,7 @@ EXIT_HISTORY_LOST = 4  # stopped, but what was queued for a failing disk could n
 LOCK_NAME = "lock"  # in the data directory: one server per directory (lock_data_dir)
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
 SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
+STALL_FORGIVEN = 1.0  # seconds between supervisor rounds past which the wait was this process's own
 CPU_SAMPLE_INTERVAL = 1.0  # seconds: `stats` reports each process's CPU % over the last whole interval
 CHECKPOINT_INTERVAL = 1.0  # seconds between write-ahead-log checkpoints (bounds the log's size)
 # Seconds the hub holds its commits (and so its relays) while a checkpoint starts the log over (6-12 ms under
@@ -220,6 +221,7 @@ class Server:
         # the time since anyone's previous request, and two monitors made each other's near zero.
         self._cpu: dict[int, float] = {}
         self._cpu_next = 0.0
+        self._supervised = time.monotonic()  # when the supervisor last ran (see _supervise_once)
 
     # --- start ---------------------------------------------------------------------------------------------
 
@@ -341,6 +343,17 @@ class Server:
         decoder = control.ControlDecoder()
 
         class Ctrl(asyncio.Protocol):
+            # Over PIPE_HIGH_WATER queued for the worker, the hub takes no more of its requests until it has
+            # read most of it (its clients wait in TCP): what a worker's clients ask for (history pages) must
+            # not pile up in this process without bound, nor hold its loop.
+            def pause_writing(self) -> None:
+                if transport_box[0] is not None and slot.ctrl is transport_box[0]:
+                    transport_box[0].pause_reading()
+
+            def resume_writing(self) -> None:
+                if transport_box[0] is not None and slot.ctrl is transport_box[0] and not transport_box[0].is_closing():
+                    transport_box[0].resume_reading()
+
             def data_received(self, data: bytes) -> None:
                 if slot.ctrl is not transport_box[0]:  # written off (_worker_gone): what it left in the pipe
                     return  # is for sessions already released; a hello there would make one nobody can reach
@@ -361,6 +374,7 @@ class Server:
 
         async def connect() -> None:
             transport, _ = await self.loop.create_unix_connection(Ctrl, sock=ctrl_parent)
+            transport.set_write_buffer_limits(high=const.PIPE_HIGH_WATER, low=const.PIPE_HIGH_WATER // 4)
             transport_box[0] = transport
             slot.ctrl = transport
 
@@ -499,6 +513,10 @@ class Server:
 
     def _supervise_once(self) -> None:
         now = time.monotonic()
+        if now - self._supervised > STALL_FORGIVEN:  # this process was held (a long commit, a stopped
+            for slot in self.slots:  # machine): the pongs it did not read are not the workers' silence
+                slot.last_pong = max(slot.last_pong, now - SUPERVISE_INTERVAL)
+        self._supervised = now
         while self._signals:
             self._handle_signal(*self._signals.pop(0))
         if now >= self._cpu_next:

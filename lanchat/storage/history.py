@@ -632,22 +632,37 @@ class HistoryStore:
     # --- reads ---------------------------------------------------------------------------------------------
 
     def events(
-        self, conv: str, *, before: int | None = None, after: int | None = None, limit: int = 50
+        self,
+        conv: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+        max_chars: int | None = None,
     ) -> tuple[list[str], bool]:
         """Lines of one conversation, oldest first: the newest ``limit`` before ``before``, or the oldest
-        ``limit`` after ``after``. Returns (lines, more) where more says whether further pages exist."""
+        ``limit`` after ``after``, and no more of them than ``max_chars`` hold (at least one: the rows
+        past it are never read, so a page of long lines costs what its reply can carry, not ``limit``
+        rows). Returns (lines, more) where more says whether further pages exist."""
         if self._db is None:
             return [], False
         newest = after is None or before is not None
         try:
             rows = self._rows(conv, before=before, after=after, limit=limit + 1, newest=newest)
+            lines: list[str] = []
+            total, more = 0, False
+            for _, line in rows:
+                total += len(line) + 1
+                if len(lines) == limit or (max_chars is not None and total > max_chars and lines):
+                    more = True
+                    break
+                lines.append(line)
         except sqlite3.Error as exc:
             self._read_failed(exc)
             return [], False
-        lines = [r[1] for r in rows[:limit]]
         if newest:
             lines.reverse()
-        return lines, len(rows) > limit
+        return lines, more
 
     def replay_newest(
         self, after: int, convs: list[str], page: int = REPLAY_PAGE, *, until: dict[str, int] | None = None
@@ -671,7 +686,7 @@ class HistoryStore:
         size = min(REPLAY_FIRST_PAGE, page)  # the merge reads a page of every conversation before the first
         while True:  # event: small ones first (a session in 50 rooms), doubled as a conversation is read on
             try:
-                rows = self._rows(conv, before=before, after=after, limit=size, newest=True)
+                rows = list(self._rows(conv, before=before, after=after, limit=size, newest=True))
             except sqlite3.Error as exc:
                 self._read_failed(exc)
                 return
@@ -683,9 +698,9 @@ class HistoryStore:
 
     def _rows(
         self, conv: str, *, before: int | None, after: int | None, limit: int, newest: bool
-    ) -> list[tuple[int, str]]:
+    ) -> Iterator[tuple[int, str]]:
         """(seq, line) of one conversation between ``after`` and ``before``: the newest ``limit`` (newest
-        first) or the oldest. Raises sqlite3.Error."""
+        first) or the oldest, read as they are iterated. Raises sqlite3.Error."""
         assert self._db is not None
         args: list[object] = [conv]
         where = "conv=?"
@@ -697,11 +712,11 @@ class HistoryStore:
             args.append(after)
         # A compound SELECT, not a subquery: SQLite then merges the primary key's walk with the (small,
         # sorted) journal and stops at the limit, instead of sorting the whole conversation.
-        rows: list[tuple[int, str]] = self._db.execute(
+        rows: Iterator[tuple[int, str]] = self._db.execute(
             f"SELECT seq, line FROM events WHERE {where} UNION ALL SELECT seq, line FROM journal"
             f" WHERE {where} ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?",
             (*args, *args, limit),
-        ).fetchall()
+        )
         return rows
 
     def lost_upto(self, conv: str) -> int:

@@ -783,6 +783,27 @@ def test_a_stop_signal_during_the_start_stops_the_server_at_once(
     assert "SIGTERM during the start: stopping" in caplog.text
 
 
+def test_a_main_process_that_was_held_does_not_blame_its_workers(tmp_path: Path) -> None:
+    """Held for a minute (an adversarial review: history pages at the line rate), the main process read no
+    pongs, and its next supervisor round killed both healthy workers for "no heartbeat"."""
+
+    async def scenario() -> None:
+        async with _in_process_server(tmp_path / "data", workers=1) as server:
+            killed: list[str] = []
+            server._kill = lambda slot, why="": killed.append(why)  # type: ignore[method-assign]
+            slot = server.slots[0]
+            slot.alive = slot.ready = True
+            now = time.monotonic()
+            slot.last_pong = server._supervised = now - 60  # nothing ran here for a minute
+            server._supervise_once()
+            assert killed == []
+            slot.last_pong = now - 60  # silent while this process ran: that is the worker's
+            server._supervise_once()
+            assert killed == ["no heartbeat"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_a_worker_that_hangs_at_boot_stops_the_server_as_one_that_cannot_boot(tmp_path: Path) -> None:
     """The supervisor's own kill of a worker not ready after WORKER_BOOT_TIMEOUT is a SIGKILL too: it was
     taken for the OOM killer's, and the worker replaced every 10 s for ever, serving nobody."""

@@ -694,6 +694,18 @@ def test_events_after(ten: HistoryStore) -> None:
     assert ten.events("lobby", after=20) == ([], False)
 
 
+def test_a_page_stops_reading_at_its_character_budget(ten: HistoryStore) -> None:
+    """A history page was read whole (500 rows of long lines) and cut to the reply's bytes afterwards:
+    each request cost ten times what it sent. The rows past the budget are not read."""
+    each = len(ten.events("lobby", limit=1)[0][0]) + 1
+    lines, more = ten.events("lobby", limit=10, max_chars=3 * each)
+    assert (seqs(lines), more) == ([16, 18, 20], True)  # the newest that fit, still oldest first
+    lines, more = ten.events("lobby", after=4, limit=10, max_chars=2 * each + 1)
+    assert (seqs(lines), more) == ([6, 8], True)
+    assert seqs(ten.events("lobby", limit=10, max_chars=1)[0]) == [20]  # one at least
+    assert ten.events("lobby", limit=10, max_chars=10 * each) == ten.events("lobby", limit=10)
+
+
 def test_events_between(ten: HistoryStore) -> None:
     lines, more = ten.events("lobby", after=4, before=12, limit=2)
     assert (seqs(lines), more) == ([8, 10], True)

@@ -13,6 +13,7 @@ from lanchat import const
 from lanchat.protocol import messages as m
 from lanchat.protocol.plain import HELP
 from lanchat.protocol.server_conn import (
+    FRAME_CHUNK,
     Close,
     Forward,
     Mode,
@@ -132,6 +133,41 @@ def test_ping_is_answered_locally() -> None:
     assert reply_obj(a) == {"type": "pong"}
     assert c.receive_data(b'{"type":"pong"}\n', 2.0) == []
     assert c.last_seen == 2.0
+
+
+def test_a_history_page_costs_history_cost_lines_of_the_rate() -> None:
+    """A small request for up to 256 KiB read from disk and sent back: at the line rate a few connections
+    held the main process for seconds. Each costs HISTORY_COST lines; what follows waits until it is paid."""
+    c = conn(rate=20.0, burst=50)
+    registered_json(c)
+    ask = line({"type": "history", "room": "lobby"})
+    out = c.receive_data(ask * 6 + line({"type": "ping"}), 0.0)
+    assert len(out) == 5 and all(isinstance(a, Forward) for a in out)  # 50 tokens: five pages
+    assert c.throttled_until is not None and c.pending == 2
+    t = c.throttled_until
+    assert len(c.process(t)) == 1  # the sixth, once one token is back...
+    assert c.process(t + 0.4) == [] and c.throttled_until == pytest.approx(t + 0.5)  # ...the ping waits for
+    assert len(c.process(t + 0.5)) == 1  # the other nine tokens (and one of its own): half a second
+    plain = conn(rate=20.0, burst=50)
+    registered_plain(plain)
+    assert len(plain.receive_data(b"/history 5\n" * 6, 0.0)) == 5  # the same in plain text
+
+
+def test_lines_held_by_the_rate_limit_are_kept_unframed() -> None:
+    """64 KiB of 3-byte lines framed at once held 21,800 bytes objects (1.2 MiB a connection) for the
+    18 minutes the rate limit took to let them through. Bytes are framed FRAME_CHUNK at a time instead;
+    nothing is lost or reordered."""
+    c = conn(rate=1000.0, burst=1000)
+    registered_json(c)
+    data = b"".join(line({"type": "ping", "id": i}) for i in range(3000))  # about 80 KiB
+    got = c.receive_data(data, 0.0)
+    assert len(got) == 999 and c.throttled_until is not None  # the hello took one token
+    assert len(c._pending) <= FRAME_CHUNK // len(line({"type": "ping", "id": 1})) + 1  # not 2,000 lines
+    t = 0.0
+    while c.pending:
+        t += 1.0
+        got += c.process(t)
+    assert [json.loads(r.data)["id"] for r in got if isinstance(r, Reply)] == list(range(3000))
 
 
 def test_quit_before_hello_closes_without_forwarding() -> None:
