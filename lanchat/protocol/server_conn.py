@@ -28,7 +28,7 @@ _HTTP_REPLY = (
 
 
 _BEFORE_NICK = frozenset({"/nick", "/help", "/?", "/quit", "/exit", "/bye", "/rooms", "/list", "/status", "/stats"})
-FRAME_CHUNK: Final = 2048  # bytes framed at a time (see ServerConnection._raw): at most 1,024 lines held
+FRAME_CHUNK: Final = 2048  # bytes framed at a time (see ServerConnection._raw): 2,048 lines held at most
 
 
 class Mode(Enum):
