@@ -19,10 +19,10 @@ MAX_FRAME_LIMIT: Final = 1024 * 1024  # the highest --max-frame: one line, escap
 MAX_TEXT: Final = 4000  # characters of message text, well under MAX_FRAME once JSON-escaped
 RATE: Final = 20.0  # messages per second per connection (token bucket refill)
 BURST: Final = 50  # token bucket size: a pasted block of 50 lines goes out at once
-# Lines of the rate a history request costs: a small request for up to HISTORY_REPLY_BYTES read from disk
-# and sent back (at the default rate two pages a second, five at once): else a few connections asking for
+# Lines of the rate a listing (history, who, rooms) costs: a small request for up to HISTORY_REPLY_BYTES read
+# or built and sent back (at the default rate two a second, five at once): else a few connections asking for
 # pages of long lines at the line rate held the main process for seconds and its queues grew without bound.
-HISTORY_COST: Final = 10
+LISTING_COST: Final = 10
 SENDQ: Final = 1024 * 1024  # bytes queued for one client before it is dropped as too slow
 HANDSHAKE_TIMEOUT: Final = 10.0  # seconds from connect to a completed hello
 PING_INTERVAL: Final = 30.0  # seconds of silence from a client before the server pings it
@@ -72,7 +72,7 @@ RESTART_BACKOFF_MAX: Final = 1.0  # seconds: cap of the delay before respawning 
 ACCEPT_BACKOFF: Final = 0.1  # seconds the accept loop pauses on EMFILE/ENFILE/ENOBUFS/ENOMEM (as trio)
 LOG_REPEAT_INTERVAL: Final = 10.0  # seconds: a warning that repeats (accept out of descriptors, a worker that
 # cannot take connections) is logged once per interval, with how many were held back
-PIPE_HIGH_WATER: Final = 8 * 1024 * 1024  # queued to a worker: the hub logs it and takes no more of its requests
+PIPE_HIGH_WATER: Final = 8 * 1024 * 1024  # queued to a worker: the hub logs it and refuses its clients' listings
 # Bytes a worker queues for the hub (beyond the socketpair's own buffers) before it stops reading its
 # clients until the hub catches up: TCP then holds them back, and a stalled hub costs no worker memory.
 HUB_WRITE_HIGH_WATER: Final = 1024 * 1024

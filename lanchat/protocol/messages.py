@@ -43,6 +43,7 @@ class Err:
     SERVER_FULL: Final = "server_full"
     TOO_MANY_FROM_IP: Final = "too_many_connections"
     SHUTTING_DOWN: Final = "shutting_down"
+    BUSY: Final = "busy"  # a listing asked while the server is behind with its replies: ask again soon
     INTERNAL: Final = "internal"
 
 

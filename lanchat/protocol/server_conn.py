@@ -28,7 +28,7 @@ _HTTP_REPLY = (
 
 
 _BEFORE_NICK = frozenset({"/nick", "/help", "/?", "/quit", "/exit", "/bye", "/rooms", "/list", "/status", "/stats"})
-FRAME_CHUNK: Final = 2048  # bytes framed at a time (see ServerConnection._raw): 2,048 lines held at most
+FRAME_CHUNK: Final = 2048  # bytes framed at a time, to the next newline (ServerConnection._raw): 2,048 lines at most
 
 
 class Mode(Enum):
@@ -148,10 +148,12 @@ class ServerConnection:
                     break
                 pending.clear()
                 self._head = 0
-                at = self._raw_at
-                pending += self._framer.feed(self._raw[at : at + FRAME_CHUNK])
-                self._raw_at = at + FRAME_CHUNK
-                if self._raw_at >= len(self._raw):
+                at = self._raw_at  # a chunk ends at a newline: a long line is fed at once, not rebuilt per chunk
+                end = self._raw.find(b"\n", at + FRAME_CHUNK - 1)
+                end = len(self._raw) if end < 0 else end + 1
+                pending += self._framer.feed(self._raw[at:end])
+                self._raw_at = end
+                if end >= len(self._raw):
                     self._raw, self._raw_at = b"", 0
                 continue
             if not self._bucket.take(now):
@@ -189,9 +191,9 @@ class ServerConnection:
             out.append(Reply(self._error_exc(exc)))
 
     def _forward(self, req: m.Request, out: list[Action]) -> None:
-        """A request for the hub; a history page costs HISTORY_COST lines of the rate (see there)."""
-        if isinstance(req, m.History):
-            self._bucket.charge(const.HISTORY_COST - 1)
+        """A request for the hub; a listing (history, who, rooms) costs LISTING_COST lines of the rate."""
+        if isinstance(req, m.History | m.Who | m.Rooms):
+            self._bucket.charge(const.LISTING_COST - 1)
         out.append(Forward(req))
 
     def _json_line(self, line: bytes, out: list[Action]) -> None:

@@ -175,6 +175,7 @@ class Hub:
         self._ts_src, self._ts_lit = -1.0, b"-1.0"  # the last timestamp formatted for a line, and its JSON text
         self.msgs_in = 0
         self.events_out = 0
+        self.busy: set[int] = set()  # workers with more than PIPE_HIGH_WATER queued: their listings are refused
         # An expired session's token key (_token_key) -> (last_id, when), oldest first; kept in the database too
         # and the ids of its refused posts; the same with the refused ids of the sessions below
         refused = store.load_refused()
@@ -215,6 +216,9 @@ class Hub:
         self.msgs_in += 1
         session = self.conns.get((worker, conn))
         try:
+            if worker in self.busy and isinstance(req, m.History | m.Who | m.Rooms):  # replies of up to 256 KiB,
+                # while this worker is behind taking what we send it: else they pile up here without bound
+                raise RemoteProtocolError(m.Err.BUSY, "the server is busy: ask again in a moment", request_id=req.id)
             if isinstance(req, m.Hello):
                 self._hello(worker, conn, session, req, now)
             elif isinstance(req, m.Stats):
@@ -822,7 +826,8 @@ class Hub:
         still work on a full disk: a page from it alone lacked everything since the failure, and said
         there was nothing more."""
         lines, more = page
-        if not self.store.degraded:
+        forward = after is not None and before is None
+        if not self.store.degraded or (forward and more):  # (more from the file comes before what memory has)
             return lines, more
         newest = int(json.loads(lines[-1])["seq"]) if lines else (after or 0)
         held = [
@@ -833,7 +838,6 @@ class Hub:
         if not held:
             return lines, more
         lines = lines + held
-        forward = after is not None and before is None
         return (lines[:limit] if forward else lines[-limit:]), more or len(lines) > limit
 
     def _join_history(self, s: Session, room: Room, now: float) -> None:

@@ -343,17 +343,6 @@ class Server:
         decoder = control.ControlDecoder()
 
         class Ctrl(asyncio.Protocol):
-            # Over PIPE_HIGH_WATER queued for the worker, the hub takes no more of its requests until it has
-            # read most of it (its clients wait in TCP): what a worker's clients ask for (history pages) must
-            # not pile up in this process without bound, nor hold its loop.
-            def pause_writing(self) -> None:
-                if transport_box[0] is not None and slot.ctrl is transport_box[0]:
-                    transport_box[0].pause_reading()
-
-            def resume_writing(self) -> None:
-                if transport_box[0] is not None and slot.ctrl is transport_box[0] and not transport_box[0].is_closing():
-                    transport_box[0].resume_reading()
-
             def data_received(self, data: bytes) -> None:
                 if slot.ctrl is not transport_box[0]:  # written off (_worker_gone): what it left in the pipe
                     return  # is for sessions already released; a hello there would make one nobody can reach
@@ -374,7 +363,6 @@ class Server:
 
         async def connect() -> None:
             transport, _ = await self.loop.create_unix_connection(Ctrl, sock=ctrl_parent)
-            transport.set_write_buffer_limits(high=const.PIPE_HIGH_WATER, low=const.PIPE_HIGH_WATER // 4)
             transport_box[0] = transport
             slot.ctrl = transport
 
@@ -513,9 +501,10 @@ class Server:
 
     def _supervise_once(self) -> None:
         now = time.monotonic()
-        if now - self._supervised > STALL_FORGIVEN:  # this process was held (a long commit, a stopped
-            for slot in self.slots:  # machine): the pongs it did not read are not the workers' silence
-                slot.last_pong = max(slot.last_pong, now - SUPERVISE_INTERVAL)
+        held = now - self._supervised - SUPERVISE_INTERVAL
+        if held > STALL_FORGIVEN:  # this process was held (a long commit, a stopped machine): the pongs it
+            for slot in self.slots:  # did not read meanwhile are not the workers' silence (what came before is)
+                slot.last_pong += held
         self._supervised = now
         while self._signals:
             self._handle_signal(*self._signals.pop(0))
@@ -680,6 +669,10 @@ class Server:
                 if queued > const.PIPE_HIGH_WATER and not slot.pressure:
                     log.warning("worker %d: %d bytes queued on its pipe (busy or stuck?)", slot.index, queued)
                 slot.pressure = queued > const.PIPE_HIGH_WATER
+                if slot.pressure:  # its clients' listings wait (Hub.request): they must not pile up here
+                    self.hub.busy.add(index)
+                else:
+                    self.hub.busy.discard(index)
 
     def _retry_commit(self) -> None:
         self._retry_handle = None

@@ -978,6 +978,24 @@ def test_a_quit_is_closed_after_what_came_before_it_and_the_acks_of_its_posts(ne
     assert not hub.commit_pending
 
 
+def test_listings_from_a_worker_the_hub_is_behind_with_are_refused_as_busy(net: Workers) -> None:
+    """History pages at the line rate grew the replies queued for a worker's pipe without bound (the main
+    process reached 1.8 GB): while more than PIPE_HIGH_WATER waits for it, its listings are refused."""
+    hub = net.hub
+    welcome_of(net, 1, 10, "al")
+    net.clear()
+    hub.busy.add(1)
+    for req in ({"type": "history", "room": "lobby", "id": 1}, {"type": "who", "room": "lobby", "id": 2},
+                {"type": "rooms", "id": 3}):  # fmt: skip
+        hub.request(1, 10, req, 1.0)
+    assert [(f["code"], f["id"]) for f in net.take(1, 10)] == [("busy", 1), ("busy", 2), ("busy", 3)]
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "chat goes on"}, 1.0)
+    assert net.take(1, 10)[0]["text"] == "chat goes on"
+    hub.busy.discard(1)
+    hub.request(1, 10, {"type": "who", "room": "lobby", "id": 4}, 1.0)
+    assert net.take(1, 10)[0]["type"] == "who"
+
+
 def test_a_quit_of_a_connection_without_a_session_is_closed_by_the_hub(net: Workers) -> None:
     """A hello refused (nick taken), then a quit: the worker waits for the hub's word all the same."""
     welcome_of(net, 1, 10, "al")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from lanchat import const
 from lanchat.protocol import messages as m
+from lanchat.protocol.framing import Frame, LineFramer
 from lanchat.protocol.plain import HELP
 from lanchat.protocol.server_conn import (
     FRAME_CHUNK,
@@ -137,7 +138,7 @@ def test_ping_is_answered_locally() -> None:
 
 def test_a_history_page_costs_history_cost_lines_of_the_rate() -> None:
     """A small request for up to 256 KiB read from disk and sent back: at the line rate a few connections
-    held the main process for seconds. Each costs HISTORY_COST lines; what follows waits until it is paid."""
+    held the main process for seconds. Each costs LISTING_COST lines; what follows waits until it is paid."""
     c = conn(rate=20.0, burst=50)
     registered_json(c)
     ask = line({"type": "history", "room": "lobby"})
@@ -168,6 +169,25 @@ def test_lines_held_by_the_rate_limit_are_kept_unframed() -> None:
         t += 1.0
         got += c.process(t)
     assert [json.loads(r.data)["id"] for r in got if isinstance(r, Reply)] == list(range(3000))
+
+
+def test_a_long_line_is_framed_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: framing FRAME_CHUNK bytes at a time rebuilt a long line's buffer on every chunk (a 1 MiB
+    line: 512 copies of up to 1 MiB). A chunk runs on to the next newline."""
+    c = conn(max_frame=1 << 20)
+    registered_plain(c)
+    fed: list[int] = []
+    feed = LineFramer.feed
+
+    def counted(self: LineFramer, data: bytes) -> list[Frame]:
+        fed.append(len(data))
+        return feed(self, data)
+
+    monkeypatch.setattr(LineFramer, "feed", counted)
+    text = b"x" * (200 * FRAME_CHUNK)
+    out = c.receive_data(text + b"\nshort\n", 0.0)
+    assert fed[0] == len(text) + 1 and len(fed) <= 2
+    assert len(out) == 2 and c.frames_in == 3  # the /nick, the long line (refused: too long a text), "short"
 
 
 def test_quit_before_hello_closes_without_forwarding() -> None:
