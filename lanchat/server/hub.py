@@ -565,9 +565,21 @@ class Hub:
             self.store.put_refused("s:" + s.sid, refused)
         self._add_session(s)
         self._attach(s, worker, conn)
-        self._welcome(s, req, list(req.rooms))
+        # The welcome names the rooms the session will be in: one the server has no room for is refused
+        # after it (a welcome naming #lobby, then a refusal of it, left the client believing it was in it).
+        joining: list[str] = []
+        new: set[str] = set()
+        for name in req.rooms:
+            if name not in self.rooms and name not in new:
+                if len(self.rooms) + len(new) >= const.MAX_ROOMS:
+                    continue
+                new.add(name)
+            joining.append(name)
+        self._welcome(s, req, joining)
         for name in req.rooms:
             try:
+                if name not in joining:
+                    raise RemoteProtocolError(m.Err.BAD_ROOM, "the server has too many rooms")
                 self._join(s, name, now)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))

@@ -996,6 +996,20 @@ def test_listings_from_a_worker_the_hub_is_behind_with_are_refused_as_busy(net: 
     assert net.take(1, 10)[0]["type"] == "who"
 
 
+def test_a_welcome_names_only_the_rooms_the_server_has_room_for(net: Workers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile review filled the server's rooms; a newcomer's welcome then named #lobby, and the refusal
+    of #lobby came after it: the client believed it was in a room it was not."""
+    monkeypatch.setattr(const, "MAX_ROOMS", 2)
+    welcome_of(net, 1, 10, "al", rooms=["a"])
+    hub = net.hub
+    hub.request(1, 11, {"type": "hello", "nick": "bo", "rooms": ["a", "b", "c", "b"]}, 1.0)
+    frames = net.take(1, 11)
+    assert frames[0]["type"] == "welcome" and frames[0]["rooms"] == ["a", "b"]  # "b" once: the hello dedups
+    [refusal] = [f for f in frames if f["type"] == "error"]
+    assert (refusal["code"], refusal["message"]) == ("bad_room", "the server has too many rooms")
+    assert sorted(hub.sessions[frames[0]["session"]].rooms) == ["a", "b"]
+
+
 def test_a_quit_of_a_connection_without_a_session_is_closed_by_the_hub(net: Workers) -> None:
     """A hello refused (nick taken), then a quit: the worker waits for the hub's word all the same."""
     welcome_of(net, 1, 10, "al")
