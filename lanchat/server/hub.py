@@ -295,6 +295,7 @@ class Hub:
             if w == worker:
                 self.closed(w, conn, False, "connection lost", now, peer=peers.get(conn, ""), quiet=stopping)
         self._out.pop(worker, None)
+        self.busy.discard(worker)
 
     def tick(self, now: float) -> None:
         """Expire sessions whose grace period ran out."""
@@ -442,7 +443,7 @@ class Hub:
         room = self.rooms.get(name)
         if room is None:
             if len(self.rooms) >= const.MAX_ROOMS:
-                raise RemoteProtocolError(m.Err.BAD_ROOM, "the server has too many rooms")
+                raise _rooms_full()
             room = self.rooms[name] = Room(name, self.store.topic(name))
         return room
 
@@ -579,7 +580,7 @@ class Hub:
         for name in req.rooms:
             try:
                 if name not in joining:
-                    raise RemoteProtocolError(m.Err.BAD_ROOM, "the server has too many rooms")
+                    raise _rooms_full()
                 self._join(s, name, now)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
@@ -1001,6 +1002,10 @@ def _fitting(sizes: Iterable[int], budget: int) -> int:
 def _fit(lines: list[bytes], budget: int) -> list[bytes]:
     """The first of ``lines`` that fit ``budget`` (see _fitting)."""
     return lines[: _fitting(map(len, lines), budget)]
+
+
+def _rooms_full() -> RemoteProtocolError:
+    return RemoteProtocolError(m.Err.BAD_ROOM, "the server has too many rooms")
 
 
 def _with_id(frame: dict[str, Any], rid: int | None) -> dict[str, Any]:

@@ -84,7 +84,6 @@ class WorkerSlot:
     crashes: int = 0
     respawn_at: float | None = None
     ps: Any = None  # psutil.Process, kept so cpu_percent() measures between calls
-    pressure: bool = False  # its pipe's queue is above PIPE_HIGH_WATER (logged once per episode)
     killed_for: str = ""  # why the supervisor itself killed it (so the log does not guess)
 
 
@@ -666,13 +665,11 @@ class Server:
             if slot.ctrl is not None and not slot.ctrl.is_closing():
                 slot.ctrl.write(data)
                 queued = slot.ctrl.get_write_buffer_size()
-                if queued > const.PIPE_HIGH_WATER and not slot.pressure:
-                    log.warning("worker %d: %d bytes queued on its pipe (busy or stuck?)", slot.index, queued)
-                slot.pressure = queued > const.PIPE_HIGH_WATER
-                if slot.pressure:  # its clients' listings wait (Hub.request): they must not pile up here
-                    self.hub.busy.add(index)
-                else:
+                if queued <= const.PIPE_HIGH_WATER:
                     self.hub.busy.discard(index)
+                elif index not in self.hub.busy:  # logged once per episode; its clients' listings wait
+                    log.warning("worker %d: %d bytes queued on its pipe (busy or stuck?)", slot.index, queued)
+                    self.hub.busy.add(index)  # (Hub.request): they must not pile up here
 
     def _retry_commit(self) -> None:
         self._retry_handle = None
