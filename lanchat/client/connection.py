@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import random
@@ -23,8 +22,8 @@ from lanchat import const
 from lanchat.config import host_port, stop_signals
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.client_conn import OUTBOX_MAX, ClientState
-from lanchat.protocol.plain import clean
+from lanchat.protocol.client_conn import OUTBOX_MAX, ClientState, NotLanchat, server_frame
+from lanchat.protocol.framing import FRAME_TOO_LONG
 
 log = logging.getLogger("lanchat.client")
 
@@ -275,15 +274,19 @@ class ChatClient:
                 data = await asyncio.wait_for(reader.read(65536), max(0.01, remaining))
             except (OSError, TimeoutError) as exc:
                 self._drop_connection()
-                raise ConnectError(
-                    f"no welcome from {host_port(self.host, self.port)}: {unreachable_reason(exc)}", EXIT_UNREACHABLE
-                ) from None
+                where, why = host_port(self.host, self.port), unreachable_reason(exc, const.CONNECT_TIMEOUT)
+                raise ConnectError(f"no welcome from {where}: {why}", EXIT_UNREACHABLE) from None
             if not data:
                 self._drop_connection()
                 raise ConnectError(f"{host_port(self.host, self.port)} closed the connection", EXIT_UNREACHABLE)
             self._last_rx = time.monotonic()
             welcomed = False
-            for frame in self.state.receive_data(data):
+            try:
+                frames = self.state.receive_data(data)
+            except NotLanchat as exc:  # say so now, rather than "no welcome" after the timeout
+                self._drop_connection()
+                raise ConnectError(f"{host_port(self.host, self.port)} {exc}", EXIT_UNREACHABLE) from None
+            for frame in frames:
                 kind = frame.get("type")
                 if kind == "server":
                     self.server_name = str(frame.get("name", ""))
@@ -490,20 +493,14 @@ async def request_once(host: str, port: int, req: dict[str, Any], *, timeout: fl
             try:
                 line = await asyncio.wait_for(reader.readline(), max(0.01, deadline - time.monotonic()))
             except ValueError:  # a "line" of more than the reader's limit (16 MiB): no server of ours
-                raise ConnectError(
-                    f"{where} is not a lanchat server (a line of over 16 MiB)", EXIT_UNREACHABLE
-                ) from None
+                raise ConnectError(f"{where} {NotLanchat(FRAME_TOO_LONG)}", EXIT_UNREACHABLE) from None
             if not line:
                 raise ConnectError(f"{where} closed the connection without answering", EXIT_UNREACHABLE)
-            try:
-                frame = json.loads(line)
-            except (ValueError, RecursionError):  # RecursionError: a deeply nested [[[...
-                frame = None
-            if first and not (isinstance(frame, dict) and isinstance(frame.get("type"), str)):
-                said = clean(line.decode("utf-8", "replace").strip())[:60]
-                raise ConnectError(f"{where} is not a lanchat server (it said {said!r})", EXIT_UNREACHABLE)
+            frame = server_frame(line.rstrip(b"\r\n"))
+            if first and frame is None:
+                raise ConnectError(f"{where} {NotLanchat(line)}", EXIT_UNREACHABLE)
             first = False
-            if isinstance(frame, dict) and frame.get("type") in (req["type"], "error"):
+            if frame is not None and frame["type"] in (req["type"], "error"):
                 if frame.get("type") == "error":
                     raise RemoteProtocolError(str(frame.get("code")), str(frame.get("message")))
                 return frame

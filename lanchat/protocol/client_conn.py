@@ -16,11 +16,38 @@ from typing import Any, Final
 from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.framing import FRAME_TOO_LONG, LineFramer
+from lanchat.protocol.framing import FRAME_TOO_LONG, Frame, LineFramer
+from lanchat.protocol.plain import clean
 
 CLIENT_MAX_FRAME: Final = 32 * 1024 * 1024  # bytes: a history page of 500 large events fits
 OUTBOX_MAX: Final = 10_000  # unacknowledged posts kept while disconnected; beyond, typing is refused
 SEEN_KEPT: Final = 2_000  # events remembered as shown (seq, ts): a failed resume's join history leaves them out
+
+
+class NotLanchat(Exception):
+    """The first line from a peer is not a lanchat server's (its greeting, or the error of a refusal: both
+    JSON objects with a ``type``): another service on that port, such as ssh or a web server."""
+
+    def __init__(self, line: Frame) -> None:
+        said = "a line too long to be ours" if line is FRAME_TOO_LONG else repr(first_words(line))
+        super().__init__(f"is not a lanchat server (it said {said})")
+
+
+def first_words(line: Frame) -> str:
+    """What a foreign peer said, for an error message: cleaned of control characters, 60 characters."""
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
+    return clean(text.strip())[:60]
+
+
+def server_frame(line: Frame) -> dict[str, Any] | None:
+    """The frame a lanchat server's line holds (a JSON object with a string ``type``), else None."""
+    if line is FRAME_TOO_LONG:
+        return None
+    try:
+        frame = json.loads(line)  # type: ignore[arg-type]
+    except (ValueError, RecursionError):  # RecursionError: a deeply nested [[[...
+        return None
+    return frame if isinstance(frame, dict) and isinstance(frame.get("type"), str) else None
 
 
 @dataclass(slots=True)
@@ -44,6 +71,7 @@ class ClientState:
         self.registered = False
         self.max_frame: int | None = None  # the server's line limit, from its welcome
         self._framer = LineFramer(CLIENT_MAX_FRAME)
+        self._greeted = False  # this connection's first line was a lanchat server's
         # Changes (joins, parts, nick and topic changes) the server has not acknowledged, in the order typed:
         # a link that dies silently takes what was written last with it (and a post to a room joined just
         # before would then be refused). Settled only by id (an ack, a reply, a refusal), never by matching
@@ -67,6 +95,7 @@ class ClientState:
         """The hello for a new connection: a resume if we had a session, else a fresh one (in ``rooms``,
         by default the rooms we are in or asked for at the start)."""
         self._framer = LineFramer(CLIENT_MAX_FRAME)
+        self._greeted = False
         self.registered = False
         obj: dict[str, Any] = {"type": "hello", "proto": const.PROTOCOL_VERSION, "nick": self.info.nick}
         obj["rooms"] = (self.rooms or self.wanted_rooms) if rooms is None else rooms
@@ -141,17 +170,16 @@ class ClientState:
     # --- input ---------------------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[dict[str, Any]]:
-        """Server bytes -> frames to show (duplicates from a replay are dropped here)."""
+        """Server bytes -> frames to show (duplicates from a replay are dropped here). NotLanchat if the
+        connection's first line is not a lanchat server's: later lines that are not frames are skipped."""
         frames: list[dict[str, Any]] = []
         for line in self._framer.feed(data):
-            if line is FRAME_TOO_LONG:
-                continue
-            assert isinstance(line, bytes)
-            try:
-                frame = json.loads(line)
-            except (ValueError, RecursionError):
-                continue  # not for us; the server speaks JSON Lines only
-            if isinstance(frame, dict) and self._absorb(frame):
+            frame = server_frame(line)
+            if not self._greeted:
+                if frame is None:
+                    raise NotLanchat(line)
+                self._greeted = True
+            if frame is not None and self._absorb(frame):
                 frames.append(frame)
                 if frame["type"] == "welcome":
                     frames += self._too_long_now()
@@ -183,9 +211,7 @@ class ClientState:
     def _absorb(self, frame: dict[str, Any]) -> bool:
         """Update the state from one frame; False if the frame is a duplicate to drop."""
         seq = frame.get("seq")
-        kind = frame.get("type")
-        if not isinstance(kind, str):
-            return False  # not a frame of this protocol: ignore it
+        kind = frame["type"]  # a string: server_frame let only such frames through
         if kind == "welcome":
             self.registered = True
             self.info.session = str(frame.get("session", ""))

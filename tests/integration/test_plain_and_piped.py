@@ -202,6 +202,37 @@ def test_piped_join_exit_codes(make_server: MakeServer) -> None:
     assert closed.returncode == 3 and "cannot reach" in closed.stderr
 
 
+def test_joining_a_port_of_another_service_says_so_at_once() -> None:
+    """An ssh server's banner (or a web server's answer to the hello) was skipped as "not for us": the join
+    waited 5 s and said "no welcome: timed out", or "closed the connection"."""
+
+    def serve(listener: socket.socket, greeting: bytes, answers: bool) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            if answers:
+                conn.recv(4096)  # the hello, then a web server's refusal of it
+            conn.sendall(greeting)
+            with contextlib.suppress(OSError):
+                while conn.recv(4096):  # open until the client goes
+                    pass
+
+    for greeting, answers in ((b"SSH-2.0-OpenSSH_9.6\r\n", False), (b"HTTP/1.1 400 Bad Request\r\n\r\n", True)):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            thread = threading.Thread(target=serve, args=(listener, greeting, answers), daemon=True)
+            thread.start()
+            out = run_cli("join", f"127.0.0.1:{port}", "--nick", "x", input="hi\n")
+            thread.join(10)
+        said = greeting.decode().splitlines()[0]
+        assert (out.returncode, out.stderr) == (
+            3,
+            f"lanchat: 127.0.0.1:{port} is not a lanchat server (it said {said!r})\n",
+        )
+
+
 def test_piped_input_longer_than_the_outbox_waits_for_acks(
     make_server: MakeServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -89,6 +89,37 @@ def test_hello_resets_registration_and_framer() -> None:
     assert [f["seq"] for f in out] == [12]  # the half line did not poison the new stream
 
 
+@pytest.mark.parametrize(
+    ("first", "said"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "'SSH-2.0-OpenSSH_9.6'"),
+        (b'["type", "welcome"]\n', '\'["type", "welcome"]\''),  # JSON, but not an object
+        (b'{"type": 7}\n', "'{\"type\": 7}'"),
+        (b"\x1b[2Jbanner\n", "'\ufffd[2Jbanner'"),  # a terminal escape is shown neutralised
+        (b"x" * (cc.CLIENT_MAX_FRAME + 1) + b"\n", "a line too long to be ours"),
+    ],
+)
+def test_a_first_line_that_is_not_a_servers_is_refused(first: bytes, said: str) -> None:
+    """Another service on the port: its first line says so at once (else the join waited out its timeout)."""
+    c = ClientState("al")
+    c.hello()
+    with pytest.raises(cc.NotLanchat) as exc:
+        c.receive_data(first)
+    assert str(exc.value) == f"is not a lanchat server (it said {said})"
+
+
+def test_only_a_connections_first_line_must_be_a_servers() -> None:
+    c = ClientState("al")
+    c.hello()
+    assert [f["type"] for f in c.receive_data(welcome(7) + b"noise\n" + ev("msg", 8, room="lobby"))] == [
+        "welcome",
+        "msg",
+    ]
+    c.hello()  # a new connection: its first line is checked again
+    with pytest.raises(cc.NotLanchat):
+        c.receive_data(b"noise\n")
+
+
 def test_welcome_sets_session_fields() -> None:
     c = ClientState("al")
     c.receive_data(enc(type="server", name="kitchen", proto=1, hint="h"))
