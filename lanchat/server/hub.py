@@ -31,8 +31,8 @@ log = logging.getLogger("lanchat.hub")
 _ACK: Final = b'{"type":"ack","id":%d,"seq":%d}\n'
 _ACK_NO_SEQ: Final = b'{"type":"ack","id":%d,"seq":null}\n'
 
-# Bytes of one client's lines per control frame (a long replay is several): the worker refuses a frame of
-# more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
+# Bytes of one client's lines, or of one room's, per control frame (a long replay is several): the worker
+# refuses a frame of more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
 REPLAY_FRAME: Final = 256 * 1024
 
 
@@ -129,6 +129,18 @@ class _Run:
     lines: list[bytes]
 
 
+def _chunks(lines: list[bytes]) -> Iterator[bytes]:
+    """``lines`` joined into chunks of at most about REPLAY_FRAME bytes (a longer line is a chunk alone)."""
+    start = size = 0
+    for i, line in enumerate(lines):
+        if size and size + len(line) > REPLAY_FRAME:
+            yield b"".join(lines[start:i])
+            start, size = i, 0
+        size += len(line)
+    if size:
+        yield b"".join(lines[start:])
+
+
 # An event of the resume ring: (seq, convs, line). A plain tuple, not a class: the garbage collector stops
 # tracking a tuple of ints, strings and bytes (at its first collection of the middle generation), so the
 # ring's 50,000 events, replaced at the message rate, never reach the oldest generation. As objects they did,
@@ -151,8 +163,14 @@ class Hub:
         recent_max: int = const.RECENT_EVENTS,
         recent_bytes: int = const.RECENT_BYTES,
         now: float = 0.0,
+        wall_offset: float = 0.0,
     ) -> None:
         self.store = store
+        # Every ``now`` given to the hub is monotonic: the grace and the store's retries are durations, which a
+        # step of the wall clock (NTP's first sync on a board without a clock chip) must not cut short or
+        # stretch. The wall time (events' ts, tokens remembered across restarts) is now + wall_offset, which
+        # the I/O edge keeps current.
+        self.wall_offset = wall_offset
         self.resume_grace = resume_grace
         self.history_on_join = history_on_join
         self.max_frame = max_frame  # told in the welcome: a client refuses longer posts before sending them
@@ -180,7 +198,7 @@ class Hub:
         # and the ids of its refused posts; the same with the refused ids of the sessions below
         refused = store.load_refused()
         self._expired: dict[str, tuple[int, float, tuple[int, ...]]] = {
-            k: (i, t, refused.pop("t:" + k, ())) for k, i, t in store.load_expired(now)
+            k: (i, t, refused.pop("t:" + k, ())) for k, i, t in store.load_expired(now + wall_offset)
         }
         self.held_per_ip = held_per_ip
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
@@ -332,11 +350,13 @@ class Hub:
             self._json(w, ["close", c, reason])
         return ok
 
-    def shutdown(self, reason: str) -> None:
-        """Tell every worker to say goodbye to its clients (sessions stay on disk for the resume)."""
+    def shutdown(self, reason: str, now: float) -> None:
+        """Tell every worker to say goodbye to its clients (sessions stay on disk for the resume), after the
+        commit of what came before: its acks must not queue behind the goodbye (a worker closes on it)."""
+        self.save_sessions()
+        self.commit(now)
         for w in list(self._out):
             self._json(w, ["shutdown", reason])
-        self.save_sessions()
 
     def save_sessions(self) -> None:
         """Queue every session's record (with its last_id) for the next commit."""
@@ -358,10 +378,12 @@ class Hub:
         self._out[worker] = []
         parts: list[bytes] = []
         for item in items:
-            if isinstance(item, _Run):
-                parts.append(control.room_frame(item.room, b"".join(item.lines)))
-            else:
+            if not isinstance(item, _Run):
                 parts.append(item)
+            elif len(data := b"".join(item.lines)) <= REPLAY_FRAME:
+                parts.append(control.room_frame(item.room, data))
+            else:  # a backlog (commits held while the log starts over): frames the worker takes, not one
+                parts += (control.room_frame(item.room, chunk) for chunk in _chunks(item.lines))
         return b"".join(parts)
 
     def pending_workers(self) -> list[int]:
@@ -418,7 +440,7 @@ class Hub:
         # A store that opened late (the disk came back) may know of higher numbers: never go below them.
         self.seq = seq = max(self.seq, self.store.start_seq) + 1
         if now != self._now_src:  # a batch shares its clock reading: round() (a dtoa) once per batch
-            self._now_src, self._now_ms = now, round(now, 3)
+            self._now_src, self._now_ms = now, round(now + self.wall_offset, 3)
         return seq, self._now_ms
 
     def _keep(self, seq: int, ts: float, kind: str, convs: tuple[str, ...], line: bytes) -> None:
@@ -507,17 +529,17 @@ class Hub:
 
     def _remember_expired(self, token: str, last_id: int, now: float, refused: tuple[int, ...]) -> None:
         key = _token_key(token)
-        self._expired[key] = (last_id, now, refused)
-        self.store.put_expired(key, last_id, now)
+        self._expired[key] = (last_id, now + self.wall_offset, refused)  # wall time: kept across restarts
+        self.store.put_expired(key, last_id, now + self.wall_offset)
         if refused:
             self.store.put_refused("t:" + key, refused)
         self._forget_expired(now)
 
     def _forget_expired(self, now: float) -> None:
-        expired = self._expired
+        expired, wall = self._expired, now + self.wall_offset
         while expired:  # insertion order is age order: forget the oldest past the count or the age
             oldest, (_, since, refused) = next(iter(expired.items()))
-            if len(expired) <= const.EXPIRED_TOKENS_MAX and now - since <= const.EXPIRED_TOKEN_TTL:
+            if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - since <= const.EXPIRED_TOKEN_TTL:
                 break
             del expired[oldest]
             self._drop_expired(oldest, refused)
@@ -676,15 +698,7 @@ class Hub:
 
     def _lines_to(self, worker: int, conn: int, lines: list[bytes]) -> None:
         """Lines for one client, in control frames of at most about REPLAY_FRAME bytes each."""
-        out = self._out.setdefault(worker, [])
-        start = size = 0
-        for i, line in enumerate(lines):
-            if size and size + len(line) > REPLAY_FRAME:
-                out.append(control.conns_frame([conn], b"".join(lines[start:i])))
-                start, size = i, 0
-            size += len(line)
-        if size:
-            out.append(control.conns_frame([conn], b"".join(lines[start:])))
+        self._out.setdefault(worker, []).extend(control.conns_frame([conn], chunk) for chunk in _chunks(lines))
 
     # --- requests of a registered session ------------------------------------------------------------------
 

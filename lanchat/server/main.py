@@ -190,7 +190,8 @@ class Server:
             replay_max=config.sendq // 2,  # a resume's replay, with what else the round sends, stays under sendq
             held_per_ip=config.max_per_ip,
             stats=self._stats,
-            now=time.time(),
+            now=time.monotonic(),
+            wall_offset=time.time() - time.monotonic(),
         )
         self.slots = [WorkerSlot(i) for i in range(config.workers)]
         self.listener: socket.socket | None = None
@@ -370,7 +371,7 @@ class Server:
 
     def _from_worker(self, slot: WorkerSlot, frames: list[control.ControlFrame]) -> None:
         hub = self.hub
-        now = time.time()
+        now = self._now()
         for frame in frames:
             if isinstance(frame, control.PostFrame):
                 try:
@@ -429,7 +430,7 @@ class Server:
             slot.fd_sock.close()
             slot.fd_sock = None
         peers = {conn: self._conn_gone(conn) for conn in list(slot.conns)}
-        self.hub.worker_lost(slot.index, time.time(), peers, stopping=self.stopping)
+        self.hub.worker_lost(slot.index, self._now(), peers, stopping=self.stopping)
         self._schedule_flush()
         proc = slot.proc
         if proc is not None and proc.poll() is None:  # usually it is dying already: let its exit status say how
@@ -535,7 +536,7 @@ class Server:
                     self._kill(slot, BOOT_TIMEOUT_KILL)
                 if slot.crashes and slot.alive and slot.ready and now - slot.started > 10.0:
                     slot.crashes = 0  # stable again: the next crash restarts at once
-            self.hub.tick(time.time())
+            self.hub.tick(self._now())
             self._schedule_flush()
         self.storms.flush(now)
 
@@ -640,6 +641,12 @@ class Server:
 
     # --- hub output and history commits --------------------------------------------------------------------
 
+    def _now(self) -> float:
+        """The hub's clock: monotonic, with the hub's offset to the wall clock brought up to date."""
+        mono = time.monotonic()
+        self.hub.wall_offset = time.time() - mono
+        return mono
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -656,7 +663,7 @@ class Server:
         if self._commits_held:  # the log is starting over: the checkpoint loop flushes when it is done
             return
         if self.store.pending or self.hub.commit_pending or self.store.sessions_lost:  # (lost: see Hub.commit)
-            self.hub.commit(time.time())
+            self.hub.commit(self._now())
             if self.store.pending and self._retry_handle is None:  # the disk fails: come back to it
                 self._retry_handle = self.loop.call_later(const.DB_RETRY_INTERVAL, self._retry_commit)
         for index in self.hub.pending_workers():
@@ -772,8 +779,8 @@ class Server:
             self.loop.remove_reader(self.listener.fileno())
             self.listener.close()
             self.listener = None
-        self.hub.shutdown(reason)
         self._commits_held = False  # the stop goes out now; a commit waits for a restart of the log, if one runs
+        self.hub.shutdown(reason, self._now())
         self._flush()
         if self.announcer is not None:  # the goodbye first, so browsers drop us at once
             self._goodbye = self.loop.create_task(self.announcer.stop())
@@ -810,9 +817,9 @@ class Server:
                 await self.announcer.stop()  # idempotent: a no-op if the stop already sent the goodbye
             except OSError as exc:
                 log.warning("discovery: goodbye failed: %s", exc)
-        self.hub.end_plain_sessions("server shutting down", time.time())
+        self.hub.end_plain_sessions("server shutting down", self._now())
         self.hub.save_sessions()
-        self.store.commit(time.time(), force=True)  # even within the retry wait of a failed write
+        self.store.commit(self._now(), force=True)  # even within the retry wait of a failed write
         self.store.checkpoint()
         if self.store.pending and self.exit_code == EXIT_OK:  # a stop is not clean if it lost history
             self.exit_code = EXIT_HISTORY_LOST

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import signal
 import socket
 import sys
+import termios
 import time
 from typing import Any
 
@@ -99,6 +101,9 @@ class ClientConn:
 
     def _readable(self) -> None:
         if self.sock is None:
+            return
+        if self.closing:
+            self._discard()
             return
         if self.worker.hub_full:  # the hub is behind: the bytes stay in the kernel until it catches up
             self._pause_reading()
@@ -245,11 +250,15 @@ class ClientConn:
             self.wbuf = None
             asyncio.get_running_loop().remove_writer(self.fd)
             if self.closing:
-                self._lost()
+                self._shut()
 
     def close(self, final: bytes | None = None) -> None:
-        """Send what is queued (and ``final``), then close; a peer that does not read for
-        CLOSE_TIMEOUT seconds is cut off."""
+        """Send what is queued (and ``final``), then a FIN, and close once the peer closes too; a peer that
+        takes more than CLOSE_TIMEOUT seconds is cut off.
+
+        Meanwhile its input is read and dropped. Linux answers the close of a socket with unread input by a
+        reset, and a reset discards what the kernel still holds for the peer: the bye, the last replies,
+        everything a slow reader had not taken yet."""
         if self.closing:
             return
         if self._closer is not None:  # the wait for the hub's close after a quit
@@ -260,11 +269,52 @@ class ClientConn:
         self.flush()
         self.closing = True
         self.json_mode = False
-        self._pause_reading()
+        if self.sock is None:  # the flush found it gone
+            return
+        self._closer = asyncio.get_running_loop().call_later(const.CLOSE_TIMEOUT, self.abort)
         if self.wbuf is None:
+            self._shut()
+        else:
+            self._resume_reading()  # to drop its input, whatever paused it (the rate, the hub)
+
+    def _shut(self) -> None:
+        """Closing, and our bytes are all with the kernel: the FIN goes after them; the peer's EOF ends it."""
+        assert self.sock is not None
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
             self._lost()
-        elif self.sock is not None:
-            self._closer = asyncio.get_running_loop().call_later(const.CLOSE_TIMEOUT, self.abort)
+            return
+        self._resume_reading()
+
+    def _discard(self) -> None:
+        """Closing: what the peer still sends is dropped, read so that the close is not a reset."""
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost()
+            return
+        if not data:  # the peer has closed its side
+            if self.wbuf is None:
+                self._lost()
+            else:
+                self._pause_reading()  # EOF stays readable: _shut reads it again once ours is sent
+
+    def delivered(self) -> bool:
+        """Closing, and the peer has acknowledged every byte we sent (SIOCOUTQ: sent or not, unacknowledged):
+        a reset could no longer discard any of them."""
+        if self.sock is None:
+            return True
+        if self.wbuf is not None:
+            return False
+        try:
+            queued = fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return False
+        return int.from_bytes(queued, sys.byteorder) == 0
 
     def abort(self) -> None:
         """Close now, dropping anything unsent."""
@@ -609,7 +659,8 @@ class Worker:
                 log.error("worker %d: fd channel failed: %s", self.worker_id, exc)
                 self.done.set()
                 return
-            if not data and not fds:
+            if not data and not fds:  # EOF: the main process is gone (its pipe's EOF ends us); stop watching,
+                asyncio.get_running_loop().remove_reader(self.fd_sock.fileno())  # or the loop spins on it
                 return
             try:
                 info = json.loads(data)
@@ -653,11 +704,19 @@ class Worker:
             conn.reported = True
             conn.close(bye)
         self._flush()
-        asyncio.get_running_loop().call_later(0.05, self._finish_shutdown)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, self._finish_shutdown, loop.time() + const.SHUTDOWN_LINGER)
 
-    def _finish_shutdown(self) -> None:
-        if any(c.wbuf for c in self.conns.values()):
-            asyncio.get_running_loop().call_later(0.05, self._finish_shutdown)
+    def _finish_shutdown(self, deadline: float) -> None:
+        """Exit once every client has closed, or has every byte we sent (a peer that keeps its side open
+        would otherwise hold the stop for CLOSE_TIMEOUT), or at ``deadline``: the process's exit closes
+        what is left, before the supervisor's SHUTDOWN_GRACE runs out."""
+        for conn in list(self.conns.values()):
+            if conn.delivered():
+                conn.abort()
+        loop = asyncio.get_running_loop()
+        if self.conns and loop.time() < deadline:
+            loop.call_later(0.05, self._finish_shutdown, deadline)
             return
         self.done.set()
 

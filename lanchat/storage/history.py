@@ -547,7 +547,7 @@ class HistoryStore:
             if posted_rows >= POSTED_FOLD_ROWS * (2 if folded else 1):
                 self._fold_posted(db)
                 posted_rows = 0
-            touched = self._count_and_prune(db, added)
+            touched, pruned = self._count_and_prune(db, added)
             db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             try:
@@ -558,6 +558,7 @@ class HistoryStore:
             self._fail(f"write failed: {exc}")
             return False
         self._counts.update(touched)
+        self._pruned.update(pruned)  # only now: a failed COMMIT rolled the prune back with the rest
         for conv in gone:
             self._counts.pop(conv, None)
             self._pruned.pop(conv, None)
@@ -604,10 +605,12 @@ class HistoryStore:
             return int(db.execute("SELECT count(*) FROM events WHERE conv=?", (conv,)).fetchone()[0])
         return known + added
 
-    def _count_and_prune(self, db: sqlite3.Connection, added_to: Counter[str]) -> dict[str, int]:
-        """New row counts in ``events`` of the conversations this commit added to; prunes those over
-        their limit (events still in the journal are counted, and pruned, once folded)."""
+    def _count_and_prune(self, db: sqlite3.Connection, added_to: Counter[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """New row counts in ``events`` of the conversations this commit added to, and the seq each pruned
+        conversation is now pruned up to: those over their limit are pruned (events still in the journal
+        are counted, and pruned, once folded)."""
         counts: dict[str, int] = {}
+        pruned: dict[str, int] = {}
         # At least as many rows as the commit added (a fold adds FOLD_ROWS at once): with a fixed batch,
         # retention fell behind whenever commits went to the journal or one commit added more than a batch.
         budget = max(PRUNE_BATCH, added_to.total())
@@ -624,10 +627,10 @@ class HistoryStore:
                 if upto is not None:
                     db.execute("DELETE FROM events WHERE conv=? AND seq<=?", (conv, upto[0]))
                     count -= n
-                    self._pruned[conv] = upto[0]
+                    pruned[conv] = upto[0]
                     db.execute("INSERT OR REPLACE INTO convs VALUES (?, ?, ?)", (conv, count, upto[0]))
             counts[conv] = count
-        return counts
+        return counts, pruned
 
     # --- reads ---------------------------------------------------------------------------------------------
 

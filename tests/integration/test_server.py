@@ -190,6 +190,41 @@ def test_sigterm_tells_clients_and_exits_within_5s(make_server: MakeServer) -> N
     assert "lost its connection" not in server.log
 
 
+def test_a_stop_delivers_what_a_slow_reader_was_sent_while_its_input_waits_unread(make_server: MakeServer) -> None:
+    """A client pasting faster than the rate, and reading slowly, had the stop's close answered by a
+    reset (Linux resets a socket closed with unread input): the relays still queued for it and the bye
+    were thrown away, and it read ECONNRESET. The worker now sends a FIN after its last bytes and drops
+    the client's input until the client closes too."""
+    server = make_server(workers=1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # a slow reader: the server's output waits
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    with sock:
+        sock.sendall(m.encode({"type": "hello", "nick": "paster", "rooms": ["r"]}))
+        got = b""
+        while b'"welcome"' not in got:
+            got += sock.recv(65536)
+        text = "p" * 3900
+        paste = b"".join(m.encode({"type": "msg", "room": "r", "text": text, "id": i}) for i in range(1, 300))
+
+        def send_paste() -> None:
+            with contextlib.suppress(OSError):  # the stop's close ends it
+                sock.sendall(paste)
+
+        threading.Thread(
+            target=send_paste, daemon=True
+        ).start()  # past the burst the server stops reading: 1.2 MB wait in the kernels
+        while got.count(b'"type":"msg"') < 1:  # relays are coming back: output is in flight
+            got += sock.recv(4096)
+        assert server.stop(signal.SIGTERM, timeout=10) == 0
+        while chunk := sock.recv(65536):  # ConnectionResetError before the fix
+            got += chunk
+    last = json.loads(got.rstrip(b"\n").rsplit(b"\n", 1)[1])
+    assert last == {"type": "bye", "reason": "server shutting down", "reconnect": True}
+    assert got.count(b'"type":"msg"') >= 50  # the burst's relays, all of them
+
+
 def test_a_hang_up_of_the_terminal_leaves_the_workers_to_the_main_process(make_server: MakeServer) -> None:
     """The terminal signals its whole process group: a worker must not die of the SIGHUP (the main process
     stops them, telling their clients). A worker killed by it could not pass a message on afterwards."""
@@ -516,9 +551,9 @@ def test_one_ctrl_c_delivered_twice_is_still_a_graceful_stop(tmp_path: Path, mon
         async with _in_process_server(tmp_path / "data", workers=1) as server:
             shutdown = server.hub.shutdown
 
-            def slow_shutdown(reason: str) -> None:  # a big server's stop: every session saved, a commit
+            def slow_shutdown(reason: str, now: float) -> None:  # a big server's stop: every session saved, a commit
                 time.sleep(server_main.REPEAT_SIGINT_MIN + 0.05)
-                shutdown(reason)
+                shutdown(reason, now)
 
             monkeypatch.setattr(server.hub, "shutdown", slow_shutdown)
             server._signal_came(signal.SIGINT)
@@ -533,6 +568,31 @@ def test_one_ctrl_c_delivered_twice_is_still_a_graceful_stop(tmp_path: Path, mon
             server._handle_signal(signal.SIGTERM, 100.0)
             server._handle_signal(signal.SIGINT, 100.01)
             assert server.done.is_set()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_the_hub_is_given_the_monotonic_clock_and_the_wall_clocks_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub was given the wall clock, so a step of it (NTP's first sync) cut the resume grace short or
+    stretched it, and paced the retries of a failing disk by it. It gets the monotonic clock now, and the
+    wall clock only as an offset from it (for events' timestamps)."""
+
+    class Stepped:  # this module's view of `time`, with the wall clock an hour ahead
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        def time(self) -> float:
+            return time.time() + 3600.0
+
+    async def scenario() -> None:
+        async with _in_process_server(tmp_path / "data", workers=1) as server:
+            monkeypatch.setattr(server_main, "time", Stepped())
+            before = time.monotonic()
+            now = server._now()
+            assert before <= now <= time.monotonic()
+            assert abs(now + server.hub.wall_offset - (time.time() + 3600.0)) < 1.0
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
 

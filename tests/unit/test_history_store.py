@@ -467,6 +467,42 @@ def test_pruning_keeps_history_limit_per_conv(tmp_path: Path, stores: list[Histo
     assert s2.lost_upto("lobby") == 3
 
 
+def test_a_prune_rolled_back_by_a_failed_commit_is_not_reported_as_lost(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A full disk fails the COMMIT itself (the write-ahead log cannot grow), after the prune ran in the
+    transaction. The store recorded the prune anyway: a resume then reported a gap over events the file
+    still held, until a later commit."""
+
+    class FailingCommit:  # the connection, whose COMMIT fails as on a full disk
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.db, name)
+
+    s = open_store(stores, tmp_path, history_limit=3)
+    for seq in range(1, 4):
+        add(s, seq)
+    assert s.commit(0.0) and s.lost_upto("lobby") == 0
+    db = s._db
+    assert db is not None
+    s._db = FailingCommit(db)  # type: ignore[assignment]
+    add(s, 4)
+    add(s, 5)
+    assert s.commit(1.0) is False  # the prune of 1-2 ran, then the COMMIT failed: all rolled back
+    assert s.lost_upto("lobby") == 0 and not s.lost_between("lobby", 0, 3)
+    assert seqs(s.events("lobby", limit=10)[0]) == [1, 2, 3]  # all still in the file
+    s._db = db  # the disk has room again
+    assert s.commit(1.0 + const.DB_RETRY_INTERVAL)
+    assert s.lost_upto("lobby") == 2 and seqs(s.events("lobby")[0]) == [3, 4, 5]
+
+
 def test_pruning_per_commit_is_bounded(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:

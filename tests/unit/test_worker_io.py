@@ -254,9 +254,30 @@ def test_close_sends_everything_then_closes() -> None:
         conn.close(b"bye\n")
         assert conn.closing and 1 in worker.conns  # still draining
         read, got = eof_reader(peer)
-        await until(read)
+        await until(read)  # our FIN came after the last byte
         assert got.endswith(payload + b"bye\n")
-        assert 1 not in worker.conns and conn.sock is None
+        assert 1 in worker.conns  # until the peer closes too (or CLOSE_TIMEOUT): no reset before it has read
+        peer.shutdown(socket.SHUT_WR)
+        await until(lambda: 1 not in worker.conns and conn.sock is None)
+
+    with_conn(body)
+
+
+def test_a_closing_connection_drops_what_the_peer_still_sends_and_is_cut_after_close_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While it closes, what the peer sends is read and dropped (never handled): unread input would turn
+    the close into a reset. A peer that never closes its side is cut off after CLOSE_TIMEOUT."""
+    monkeypatch.setattr(const, "CLOSE_TIMEOUT", 0.3)
+
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        conn.close(b"bye\n")
+        read, got = eof_reader(peer)
+        await until(read)
+        peer.sendall(b'{"type":"hello","nick":"late"}\n' * 1000)
+        await until(lambda: 1 not in worker.conns)
+        assert got.endswith(b"bye\n") and not conn.state.hello_sent
+        assert not [r for r in told_hub(worker) if r[0] == "req"]
 
     with_conn(body)
 
@@ -333,7 +354,9 @@ def test_a_quit_stays_open_for_what_the_hub_sends_until_the_hub_closes_it() -> N
         read, got = eof_reader(peer)
         await until(read)
         assert got.endswith(b"<bo> said before the quit\n* bye\n")
-        assert ["closed", 1, True, "off"] in told_hub(worker) and 1 not in worker.conns
+        peer.shutdown(socket.SHUT_WR)  # as nc does at our EOF
+        await until(lambda: 1 not in worker.conns)
+        assert ["closed", 1, True, "off"] in told_hub(worker)
 
     with_conn(body)
 
@@ -347,7 +370,9 @@ def test_a_quit_the_hub_never_answers_is_closed_after_close_timeout(monkeypatch:
         assert 1 in worker.conns
         read, _ = eof_reader(peer)
         await until(read)
-        assert ["closed", 1, True, "quit"] in told_hub(worker) and 1 not in worker.conns
+        peer.shutdown(socket.SHUT_WR)
+        await until(lambda: 1 not in worker.conns)
+        assert ["closed", 1, True, "quit"] in told_hub(worker)
 
     with_conn(body)
 
