@@ -34,6 +34,12 @@ log = logging.getLogger("lanchat.worker")
 EXIT_BOOT_FAILED = 3  # as gunicorn: the supervisor stops the server instead of respawning forever
 HOUSEKEEPING_INTERVAL = 0.5  # seconds between timeout sweeps (handshake, ping, idle)
 RECV_SIZE = 65536  # bytes per read from a client: several maximal lines
+# A closing connection's socket is let go once the peer has acknowledged every byte: asked after 5 ms,
+# then twice as long each time, every 250 ms at most (CLOSE_TIMEOUT in all); what the peer sent meanwhile is
+# read first, 16 reads (1 MiB) at most: more, and the close is a reset, harmless once all is acknowledged.
+LINGER_POLL_FIRST = 0.005
+LINGER_POLL_MAX = 0.25
+LINGER_DRAIN_READS = 16
 # Reads of RECV_SIZE from the hub at the end of a pause, at most; the rest is read as usual, next tick. A
 # pause gathers tens of KiB at chat rates; a larger drain (64 reads, 4 MiB) made glibc keep the peak in the
 # heap: +400 bytes of RSS per idle connection with 10,000 connected (3.45 -> 3.85-4.08 KiB, 2 workers).
@@ -52,7 +58,7 @@ class ClientConn:
 
     __slots__ = (
         "_closer", "_resume_handle", "closing", "conn_id", "created", "farewell", "fd", "json_mode", "out",
-        "peer", "pinged", "reading", "reported", "sock", "state", "wbuf", "worker",
+        "peer", "pinged", "reading", "reported", "sock", "state", "wbuf", "why", "worker",
     )  # fmt: skip
 
     def __init__(self, worker: Worker, conn_id: int, peer: str, sock: socket.socket) -> None:
@@ -73,7 +79,8 @@ class ClientConn:
         self.wbuf: bytearray | None = None  # what the kernel did not take yet (only while it is full)
         self.closing = False
         self.json_mode = False  # JSON session and open: the fan-out may append bytes without rendering
-        self.reported = False
+        self.reported = False  # the hub was told it closed (or need not be: the worker stops)
+        self.why: tuple[bool, str] | None = None  # (clean, reason) of the close, told once the socket is let go
         self.farewell: bytes | None = None  # it quit: the last words, sent when the hub says close
         self._resume_handle: asyncio.TimerHandle | None = None
         self._closer: asyncio.TimerHandle | None = None
@@ -102,7 +109,7 @@ class ClientConn:
     def _readable(self) -> None:
         if self.sock is None:
             return
-        if self.closing:
+        if self.closing:  # only while the worker stops (see Worker.shutdown)
             self._discard()
             return
         if self.worker.hub_full:  # the hub is behind: the bytes stay in the kernel until it catches up
@@ -191,9 +198,10 @@ class ClientConn:
         self.close(self.farewell or None)
 
     def _report_closed(self, clean: bool, reason: str) -> None:
-        if not self.reported:
-            self.reported = True
-            self.worker.to_hub(["closed", self.conn_id, clean, reason])
+        """Why it closes (the first reason given), told to the hub when the socket is let go (_lost): until
+        then the main process counts the connection (--max-clients, --max-per-ip), lingering included."""
+        if self.why is None:
+            self.why = (clean, reason)
 
     # --- output --------------------------------------------------------------------------------------------
 
@@ -250,15 +258,21 @@ class ClientConn:
             self.wbuf = None
             asyncio.get_running_loop().remove_writer(self.fd)
             if self.closing:
-                self._shut()
+                closer, self._closer = self._closer, None  # the CLOSE_TIMEOUT abort set by close()
+                if closer is not None:
+                    closer.cancel()
+                    self._shut(closer.when())
+                else:
+                    self._shut(asyncio.get_running_loop().time() + const.CLOSE_TIMEOUT)
 
     def close(self, final: bytes | None = None) -> None:
-        """Send what is queued (and ``final``), then a FIN, and close once the peer closes too; a peer that
-        takes more than CLOSE_TIMEOUT seconds is cut off.
+        """Send what is queued (and ``final``), then a FIN; let the socket go once the peer has acknowledged
+        every byte, or after CLOSE_TIMEOUT seconds.
 
-        Meanwhile its input is read and dropped. Linux answers the close of a socket with unread input by a
-        reset, and a reset discards what the kernel still holds for the peer: the bye, the last replies,
-        everything a slow reader had not taken yet."""
+        A close with bytes unacknowledged and input unread would be a reset (Linux resets a socket closed
+        with unread input), and a reset discards what the kernel still holds for the peer: the bye, the last
+        relays of a slow reader pasting past the rate limit. Its input is not read meanwhile (unread, it
+        costs nothing, and TCP holds the peer back); what came is read just before the socket is let go."""
         if self.closing:
             return
         if self._closer is not None:  # the wait for the hub's close after a quit
@@ -269,43 +283,39 @@ class ClientConn:
         self.flush()
         self.closing = True
         self.json_mode = False
+        self._pause_reading()
         if self.sock is None:  # the flush found it gone
             return
-        self._closer = asyncio.get_running_loop().call_later(const.CLOSE_TIMEOUT, self.abort)
+        deadline = asyncio.get_running_loop().time() + const.CLOSE_TIMEOUT
         if self.wbuf is None:
-            self._shut()
+            self._shut(deadline)
         else:
-            self._resume_reading()  # to drop its input, whatever paused it (the rate, the hub)
+            self._closer = asyncio.get_running_loop().call_at(deadline, self.abort)
 
-    def _shut(self) -> None:
-        """Closing, and our bytes are all with the kernel: the FIN goes after them; the peer's EOF ends it."""
+    def _shut(self, deadline: float) -> None:
+        """Closing, and our bytes are all with the kernel: the FIN goes after them."""
         assert self.sock is not None
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._lost()
             return
-        self._resume_reading()
+        self._linger(deadline, LINGER_POLL_FIRST)
 
-    def _discard(self) -> None:
-        """Closing: what the peer still sends is dropped, read so that the close is not a reset."""
-        assert self.sock is not None
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+    def _linger(self, deadline: float, delay: float) -> None:
+        """Let the socket go once the peer has acknowledged everything (there is no event for that: asked
+        after ``delay``, then twice as long each time, LINGER_POLL_MAX at most), or at ``deadline``."""
+        self._closer = None
+        loop = asyncio.get_running_loop()
+        if self.delivered() or loop.time() >= deadline:
+            self.release()
             return
-        except OSError:
-            self._lost()
-            return
-        if not data:  # the peer has closed its side
-            if self.wbuf is None:
-                self._lost()
-            else:
-                self._pause_reading()  # EOF stays readable: _shut reads it again once ours is sent
+        wait = min(delay, deadline - loop.time())
+        self._closer = loop.call_later(wait, self._linger, deadline, min(2 * delay, LINGER_POLL_MAX))
 
     def delivered(self) -> bool:
         """Closing, and the peer has acknowledged every byte we sent (SIOCOUTQ: sent or not, unacknowledged):
-        a reset could no longer discard any of them."""
+        neither a FIN nor a reset can cost it any of them now."""
         if self.sock is None:
             return True
         if self.wbuf is not None:
@@ -315,6 +325,34 @@ class ClientConn:
         except OSError:
             return False
         return int.from_bytes(queued, sys.byteorder) == 0
+
+    def _discard(self) -> None:
+        """Read and drop what the peer sends while the worker stops: with nothing unread, the process's exit
+        closes the socket with a FIN, and the kernel goes on sending what the peer has not taken yet."""
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost()
+            return
+        if not data:
+            self._pause_reading()  # the peer is done sending; EOF would stay readable
+
+    def release(self) -> None:
+        """Read what the peer sent meanwhile (LINGER_DRAIN_READS reads at most), so that the close is a FIN
+        rather than a reset (a peer on Windows discards what it had not read on a reset), then let go."""
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(LINGER_DRAIN_READS):
+            try:
+                if not sock.recv(RECV_SIZE):
+                    break
+            except OSError:  # BlockingIOError: all read; anything else: gone anyway
+                break
+        self._lost()
 
     def abort(self) -> None:
         """Close now, dropping anything unsent."""
@@ -344,7 +382,10 @@ class ClientConn:
         for handle in (self._resume_handle, self._closer):
             if handle is not None:
                 handle.cancel()
-        self._report_closed(False, "connection lost")  # unless the close was reported with its reason
+        if not self.reported:
+            self.reported = True
+            clean, reason = self.why or (False, "connection lost")
+            worker.to_hub(["closed", self.conn_id, clean, reason])
 
     # --- timers --------------------------------------------------------------------------------------------
 
@@ -703,6 +744,7 @@ class Worker:
         for conn in list(self.conns.values()):
             conn.reported = True
             conn.close(bye)
+            conn._resume_reading()  # what they send is dropped from now on (_discard), as the exit nears
         self._flush()
         loop = asyncio.get_running_loop()
         loop.call_later(0.05, self._finish_shutdown, loop.time() + const.SHUTDOWN_LINGER)
@@ -712,12 +754,14 @@ class Worker:
         would otherwise hold the stop for CLOSE_TIMEOUT), or at ``deadline``: the process's exit closes
         what is left, before the supervisor's SHUTDOWN_GRACE runs out."""
         for conn in list(self.conns.values()):
-            if conn.delivered():
-                conn.abort()
+            if conn.closing and conn.delivered():  # (asked here more often than its own lingering asks)
+                conn.release()
         loop = asyncio.get_running_loop()
         if self.conns and loop.time() < deadline:
             loop.call_later(0.05, self._finish_shutdown, deadline)
             return
+        for conn in list(self.conns.values()):  # what is left goes with the exit; the kernel still sends it
+            conn.release()
         self.done.set()
 
 
