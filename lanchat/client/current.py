@@ -15,22 +15,29 @@ class CurrentRoom:
         # Rooms /joined that the server has not confirmed yet: /switch may go there (a script's
         # "/join dev, /switch lobby, /switch dev, text" must not send the text to #lobby).
         self._pending: list[str] = []
-        self._undo: tuple[m.Request, str | None, str | None, list[str]] | None = None  # see not_sent
+        # Rooms /parted that the server has not let go yet: no longer a place for lines (a script's "/join dev,
+        # /part lobby, /part, text" must not send the text to #lobby, left before it).
+        self._parting: list[str] = []
+        self._undo: tuple[m.Request, str | None, str | None, list[str], list[str]] | None = None  # see not_sent
 
     def typed(self, cmd: m.Request, joined: Sequence[str]) -> None:
         """A request the user typed: /join makes its room current at once (lines typed next go there), /part
         of the current room moves to the last other room."""
         self._confirmed(joined)
-        self._undo = (cmd, self.room, self._before_join, list(self._pending))
+        self._undo = (cmd, self.room, self._before_join, list(self._pending), list(self._parting))
         if isinstance(cmd, m.Join):
-            if self.room in joined:
+            if self.room in joined and self.room not in self._parting:
                 self._before_join = self.room
             self.room = cmd.room
+            if cmd.room in self._parting:
+                self._parting.remove(cmd.room)
             if cmd.room not in joined and cmd.room not in self._pending:
                 self._pending.append(cmd.room)
         elif isinstance(cmd, m.Part):
             if cmd.room in self._pending:
                 self._pending.remove(cmd.room)
+            if cmd.room in joined and cmd.room not in self._parting:
+                self._parting.append(cmd.room)
             if cmd.room == self.room:
                 others = [r for r in self.rooms(joined) if r != cmd.room]
                 self.room = others[-1] if others else None
@@ -40,16 +47,18 @@ class CurrentRoom:
         ``typed`` did for it is undone, so lines typed next do not go to a room never asked for. Only for the
         last one typed: once more were typed after it (a paste), they were meant for the room it made current."""
         if self._undo is not None and self._undo[0] is cmd:
-            _, self.room, self._before_join, self._pending = self._undo
+            _, self.room, self._before_join, self._pending, self._parting = self._undo
         self._undo = None
 
     def _confirmed(self, joined: Sequence[str]) -> None:
         self._pending = [r for r in self._pending if r not in joined]
+        self._parting = [r for r in self._parting if r in joined]
 
     def rooms(self, joined: Sequence[str]) -> list[str]:
-        """The rooms we are in, or asked to be in (what /switch and /part ROOM may name)."""
+        """The rooms we are in, or asked to be in, but not asked to leave (what /switch and /part ROOM may
+        name)."""
         self._confirmed(joined)
-        return [*joined, *self._pending]
+        return [*(r for r in joined if r not in self._parting), *self._pending]
 
     def switch(self, room: str, joined: Sequence[str]) -> str | None:
         """/switch ROOM (one we are in), or without a room the next joined one (F2). None if done, else why not."""
@@ -72,6 +81,7 @@ class CurrentRoom:
         # A join was refused, and errors do not say which room: none still unanswered is trusted any more
         # (/switch to one then says "not in #x"; one the server confirms later is in ``joined`` anyway).
         self._pending.clear()
-        if self.room not in joined:
+        rooms = self.rooms(joined)
+        if self.room not in rooms:
             back = self._before_join
-            self.room = back if back in joined else joined[-1] if joined else None
+            self.room = back if back in rooms else rooms[-1] if rooms else None

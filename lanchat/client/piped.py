@@ -174,6 +174,8 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
                 why = current.switch(cmd.arg, client.state.rooms)
                 if why:
                     not_sent(number, why)
+            elif json_output:  # stdout holds JSON objects only; the client's own words go to stderr
+                print(CLIENT_HELP, file=sys.stderr, flush=True)
             else:
                 emit(CLIENT_HELP)
             continue

@@ -29,10 +29,15 @@ STATUS_TIMEOUT: Final = 5.0  # seconds to connect and get the stats: a server th
 
 
 def _number(value: object, scale: float = 1.0) -> str:
-    """A figure with one decimal, or ``?`` if the server sent something else."""
+    """A figure with one decimal, or ``?`` if the server sent something else or nothing."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "?"
     return f"{value / scale:.1f}"
+
+
+def _whole(value: object) -> str:
+    """A count or an id, or ``?`` if the server sent something else or nothing."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "?"
 
 
 def _shown(value: object) -> str:
@@ -86,13 +91,13 @@ def run_status(address: str, *, json_output: bool) -> int:
     processes = stats.get("processes")
     for p in map(_dict, processes if isinstance(processes, list) else []):
         table.add_row(
-            Text(clean(p.get("role"))),
-            Text(clean(p.get("pid"))),
-            Text(clean(p.get("connections"))),
-            _number(p.get("cpu_percent", 0)),
-            _number(p.get("rss", 0), 2**20),
-            Text(clean(p.get("msgs_in"))),
-            Text(clean(p.get("msgs_out"))),
+            Text(_shown(p.get("role"))),
+            _whole(p.get("pid")),
+            _whole(p.get("connections")),
+            _number(p.get("cpu_percent")),
+            _number(p.get("rss"), 2**20),
+            _whole(p.get("msgs_in")),
+            _whole(p.get("msgs_out")),
         )
     console = Console()
     console.print(table)
@@ -100,7 +105,7 @@ def run_status(address: str, *, json_output: bool) -> int:
         console.print(
             Text.assemble(
                 ("history degraded:", "bold red"),
-                f" {clean(history.get('error'))} ({clean(history.get('pending'))} pending)",
+                f" {_shown(history.get('error'))} ({_whole(history.get('pending'))} pending)",
             )
         )
     return 0

@@ -53,8 +53,8 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.renderer import print_formatted_text
 from prompt_toolkit.styles import Style
-from prompt_toolkit.utils import get_bell_environment_variable, get_term_environment_variable
-from prompt_toolkit.validation import Validator
+from prompt_toolkit.utils import get_bell_environment_variable, get_cwidth, get_term_environment_variable
+from prompt_toolkit.validation import ValidationError, Validator
 
 from lanchat import const
 from lanchat.client.connection import EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, handle_signals, on_hangup
@@ -124,9 +124,21 @@ EXIT_INTERRUPTED: Final = 130  # Ctrl-C while connecting (the shell's convention
 TRANSCRIPT_MAX: Final = 2000  # lines of plain text the view remembers (tests, /status); the terminal keeps the rest
 RECENT_SPEAKERS_MAX: Final = 200  # nicks remembered for completion beyond the rooms' member lists
 KNOWN_ROOMS_MAX: Final = 1000  # room names remembered for completion (a /rooms reply can be long)
+TOOLBAR_NAME_MIN: Final = 8  # columns a room or nick keeps at least when a narrow status line shortens it
 _NO_ARG_COMMANDS: Final = frozenset({"/rooms", "/status", "/help"})
 _ROOM_ARG_COMMANDS: Final = frozenset({"/join", "/switch", "/part", "/leave", "/who", "/names"})
 _NICK_ARG_COMMANDS: Final = frozenset({"/msg", "/query"})
+
+
+def _shortened(text: str, columns: int) -> str:
+    """``text`` cut to ``columns`` terminal columns, its last one an ellipsis (a wide character counts twice)."""
+    out, used = [], 0
+    for char in text:
+        used += get_cwidth(char)
+        if used > columns - 1:
+            break
+        out.append(char)
+    return "".join(out) + "…"
 
 
 def _list(frame: dict[str, Any], key: str) -> list[Any]:
@@ -575,25 +587,31 @@ class ChatView:
 
     def toolbar(self, width: int | None = None) -> StyleAndTextTuples:
         """The status line: server, room, nick, users in the room, connection state (and unsent posts).
-        The server and then the /help hint are left out where they would not fit in ``width`` columns:
+        The server and then the /help hint are left out where they would not fit in ``width`` columns,
+        and then the longer of the room and the nick is shortened (to TOOLBAR_NAME_MIN columns at least):
         the terminal cuts the line's end, and the state matters more than where."""
         users = self.counts.get(self.room, len(self.members.get(self.room, []))) if self.room else 0
         others = len([r for r in self.joined if r != self.room])
-        room = f"#{clean(self.room)}" if self.room else "no room"
+        room, nick = f"#{clean(self.room)}" if self.room else "no room", clean(self.nick)
         server: StyleAndTextTuples = [
             ("class:bottom-toolbar.key", self.server or self.address),
             ("class:bottom-toolbar", f" ({self.address}) | " if self.server and self.address else " | "),
         ]
-        frags: StyleAndTextTuples = [
-            ("class:bottom-toolbar", " "),
-            ("class:bottom-toolbar.key", room),
-            ("class:bottom-toolbar", f" (+{count_of(others, 'room')})" if others else ""),
-            ("class:bottom-toolbar", f" | {clean(self.nick)} | {count_of(users, 'user')} | "),
-            (f"class:bottom-toolbar.{self.status}", f" {self.status} "),
-        ]
         unsent = self.unsent()
+        tail: StyleAndTextTuples = [(f"class:bottom-toolbar.{self.status}", f" {self.status} ")]
         if unsent:
-            frags += [("class:bottom-toolbar", " "), ("class:bottom-toolbar.unsent", f" {unsent} unsent ")]
+            tail += [("class:bottom-toolbar", " "), ("class:bottom-toolbar.unsent", f" {unsent} unsent ")]
+
+        def line(room: str, nick: str) -> StyleAndTextTuples:
+            return [
+                ("class:bottom-toolbar", " "),
+                ("class:bottom-toolbar.key", room),
+                ("class:bottom-toolbar", f" (+{count_of(others, 'room')})" if others else ""),
+                ("class:bottom-toolbar", f" | {nick} | {count_of(users, 'user')} | "),
+                *tail,
+            ]
+
+        frags = line(room, nick)
         hint: StyleAndTextTuples = [("class:bottom-toolbar", "  /help")]
 
         def fits(extra: StyleAndTextTuples) -> bool:
@@ -603,6 +621,14 @@ class ChatView:
             frags[1:1] = server
         if fits(hint):
             frags += hint
+        while not fits([]):  # a long room or nick (both are up to 32 characters) in a narrow terminal
+            if get_cwidth(room) >= get_cwidth(nick) and get_cwidth(room) > TOOLBAR_NAME_MIN:
+                room = _shortened(room, get_cwidth(room) - 1)
+            elif get_cwidth(nick) > TOOLBAR_NAME_MIN:
+                nick = _shortened(nick, get_cwidth(nick) - 1)
+            else:
+                break  # the terminal cuts what is left
+            frags = line(room, nick)
         return frags
 
     def complete(self, before: str) -> list[tuple[str, int]]:
@@ -1038,20 +1064,31 @@ def pick_server(found: Sequence[ServerRecord], answer: str) -> ServerRecord | No
     return named[0] if len(named) == 1 else None
 
 
+def pick_problem(found: Sequence[ServerRecord], answer: str) -> str | None:
+    """Why ``answer`` picks no server (None: it picks one, or cancels)."""
+    if answer.strip().lower() in ("", "q") or pick_server(found, answer) is not None:
+        return None
+    named = [s for s in found if s.name.casefold() == answer.strip().casefold()]
+    if named:  # two servers may share a name (two labs both called "lab"): only their numbers tell them apart
+        return f"{len(named)} servers are named {clean(answer.strip())}: type the number of one"
+    return f"a number from 1 to {len(found)}, a name, or q"
+
+
 async def choose_server(
     found: list[ServerRecord], *, input: Input | None = None, output: Output | None = None
 ) -> ServerRecord | None:
     """Ask which of several discovered servers to join (a number or a name; empty, q, Ctrl-C: none)."""
     found = sorted(found, key=lambda s: (s.name.casefold(), s.host, s.port))
 
-    def valid(text: str) -> bool:
-        return text.strip().lower() in ("", "q") or pick_server(found, text) is not None
+    class Answer(Validator):
+        def validate(self, document: Document) -> None:
+            why = pick_problem(found, document.text)
+            if why:
+                raise ValidationError(len(document.text), why + " (edit the line)")
 
     session: PromptSession[str] = PromptSession(input=input, output=output or terminal_output(), style=STYLE)
     Printer(session.app.output).write(server_lines(found))
-    validator = Validator.from_callable(
-        valid, error_message=f"a number from 1 to {len(found)}, a name, or q", move_cursor_to_end=True
-    )
+    validator = Answer()
     try:
         answer = await session.prompt_async(
             f"Join which one? [1-{len(found)}, q to cancel] ", validator=validator, validate_while_typing=False

@@ -35,6 +35,7 @@ from lanchat.protocol import messages as m
 from lanchat.protocol.plain import count_of
 from lanchat.server import heap
 from lanchat.server.hub import Hub
+from lanchat.server.storms import Throttled
 from lanchat.server.worker import EXIT_BOOT_FAILED
 from lanchat.storage.history import HistoryStore
 
@@ -85,39 +86,6 @@ class WorkerSlot:
     respawn_at: float | None = None
     ps: Any = None  # psutil.Process, kept so cpu_percent() measures between calls
     killed_for: str = ""  # why the supervisor itself killed it (so the log does not guess)
-
-
-class Throttled:
-    """Warnings that come in storms (a connection each): the first is logged, then those like it (same
-    key) are only counted until ``interval`` seconds have passed, when ``flush`` (the supervisor's tick)
-    logs how many there were, the last of them as the example: one line per interval while it lasts, and
-    a storm that stopped is told too."""
-
-    def __init__(self, interval: float = const.LOG_REPEAT_INTERVAL) -> None:
-        self.interval = interval
-        self._quiet_until: dict[str, float] = {}
-        self._held: dict[str, tuple[int, str, tuple[object, ...]]] = {}  # key -> (count, the last one)
-
-    def warning(self, key: str, msg: str, *args: object, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if now < self._quiet_until.get(key, -1.0):
-            count = self._held[key][0] + 1 if key in self._held else 1
-            self._held[key] = (count, msg, args)
-            return
-        self._quiet_until[key] = now + self.interval
-        log.warning(msg, *args)
-
-    def flush(self, now: float) -> None:
-        for key, until in list(self._quiet_until.items()):
-            if now < until:
-                continue
-            held = self._held.pop(key, None)
-            if held is None:
-                del self._quiet_until[key]  # quiet for a whole interval: the next one is logged at once
-                continue
-            count, msg, args = held
-            self._quiet_until[key] = now + self.interval  # this line counts as the one logged
-            log.warning(msg + " (%d like it in the last %.0f s)", *args, count, now - until + self.interval)
 
 
 NO_LOCKS: Final = -1  # lock_data_dir: the file system has no locks (NFS without a lock manager)
@@ -198,7 +166,7 @@ class Server:
         self.next_conn = 1
         self.conn_peer: dict[int, tuple[str, int]] = {}  # conn -> (ip, worker index)
         self.per_ip: Counter[str] = Counter()
-        self.storms = Throttled()  # warnings that would come once per connection in a storm of connects
+        self.storms = Throttled(log)  # warnings that would come once per connection in a storm of connects
         self.handoff: dict[int, socket.socket] = {}  # conn -> our copy, until its worker adopts it
         self.stopping = False
         self._stop_signal: tuple[int, float] | None = None  # the signal that began the stop, and when it came
@@ -585,7 +553,7 @@ class Server:
             self._refuse(sock, m.Err.SHUTTING_DOWN, "server is shutting down")
             return
         if len(self.conn_peer) >= cfg.max_clients:
-            self._refuse(sock, m.Err.SERVER_FULL, f"server is full ({cfg.max_clients} connections)")
+            self._refuse(sock, m.Err.SERVER_FULL, f"server is full ({count_of(cfg.max_clients, 'connection')})")
             return
         counted = not (cfg.exempt_loopback and _is_loopback(ip))
         if counted and self.per_ip[ip] >= cfg.max_per_ip:
@@ -865,6 +833,15 @@ def _is_loopback(ip: str) -> bool:
     return ip.startswith("127.") or ip == "::1" or ip.startswith("::ffff:127.")
 
 
+def listen_error(exc: OSError) -> str:
+    """Why the listening socket could not be made, in words: socket.create_server's message repeats the
+    address, and a resolver's error (a --host that is no address, nor a name it knows) has a negative errno
+    that os.strerror calls "unknown error -2"."""
+    if exc.errno is not None and exc.errno < 0:  # EAI_*
+        return "no such address: " + str(exc.strerror).split(" (while", 1)[0].lower()
+    return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+
+
 async def _amain(config: ServerConfig) -> int:
     try:
         server = Server(config)
@@ -874,8 +851,7 @@ async def _amain(config: ServerConfig) -> int:
     try:
         await server.start()
     except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
-        log.critical("cannot listen on %s: %s", host_port(config.host, config.port), why.lower())
+        log.critical("cannot listen on %s: %s", host_port(config.host, config.port), listen_error(exc))
         await server.close()
         return EXIT_CONFIG
     except RuntimeError as exc:

@@ -28,6 +28,7 @@ from lanchat.protocol import control
 from lanchat.protocol import messages as m
 from lanchat.protocol.server_conn import Action, Forward, Mode, Reply, ServerConnection, render_for_plain
 from lanchat.server import heap
+from lanchat.server.storms import Throttled
 
 log = logging.getLogger("lanchat.worker")
 
@@ -444,6 +445,7 @@ class Worker:
         self.conns: dict[int, ClientConn] = {}
         self.rooms: dict[str, dict[int, ClientConn]] = {}
         self.dirty: set[ClientConn] = set()
+        self.storms = Throttled(log)  # warnings that would come once per connection in a storm of connects
         self._hub_out: list[bytes] = []  # frames for the hub, in order
         self._hub_records: list[Any] = []  # JSON records not framed yet (consecutive ones share a frame)
         self._flush_scheduled = False
@@ -712,7 +714,8 @@ class Worker:
                     os.close(fd)
                 continue
             if not fds:  # MSG_CTRUNC: no descriptor was free here, so the kernel dropped it
-                log.warning("worker %d: no free file descriptor for connection %d; refused", self.worker_id, conn_id)
+                msg = "worker %d: no free file descriptor for connection %d; refused"
+                self.storms.warning("no fd", msg, self.worker_id, conn_id)
                 self.to_hub(["refused", conn_id, "out of file descriptors"])
                 continue
             for fd in fds:
@@ -734,6 +737,7 @@ class Worker:
         now = time.monotonic()
         for conn in list(self.conns.values()):
             conn.sweep(now)
+        self.storms.flush(now)
         if not self.done.is_set():
             asyncio.get_running_loop().call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 

@@ -245,3 +245,5 @@ def test_connections_lost_to_descriptor_exhaustion_are_refused_and_not_counted_f
     wait_until(lambda: serves(server), 5, "service to come back")
     wait_until(lambda: main_connections(server) == 1, 3, "the acceptor to count only the stats connection")
     assert "eof" not in outcome, f"{outcome.count('eof')} connections dropped without a word"
+    refusals = server.log.count("no free file descriptor")  # one line per interval, not one per connection
+    assert 1 <= refusals <= 2 < outcome.count("refused"), (refusals, outcome)

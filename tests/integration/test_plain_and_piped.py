@@ -191,6 +191,16 @@ def test_piped_join_json_output_stays_connected_while_stdin_is_open(make_server:
             assert human.expect("quit")["nick"] == "bot"
 
 
+def test_help_in_json_mode_keeps_stdout_json(make_server: MakeServer) -> None:
+    """/help printed its plain lines to stdout among the JSON objects: a script reading them failed."""
+    server = make_server(workers=1)
+    out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", "--json", input="/help\nhello\n")
+    assert out.returncode == 0, out.stderr
+    frames = [json.loads(line) for line in out.stdout.splitlines()]  # each line an object
+    assert any(f["type"] == "msg" and f["text"] == "hello" for f in frames)
+    assert "/join ROOM" in out.stderr
+
+
 def test_piped_join_exit_codes(make_server: MakeServer) -> None:
     server = make_server(workers=1)
     with Client(server.port, "taken"):

@@ -30,7 +30,8 @@ from lanchat.errors import StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
 from lanchat.server import main as server_main
-from lanchat.server.main import BOOT_TIMEOUT_KILL, EXIT_WORKER_BOOT, Server, Throttled, lock_data_dir
+from lanchat.server.main import BOOT_TIMEOUT_KILL, EXIT_WORKER_BOOT, Server, lock_data_dir
+from lanchat.server.storms import Throttled
 
 
 def _spread_clients(server: ServerProcess, nicks: list[str], **hello: Any) -> list[Client]:
@@ -413,6 +414,15 @@ def test_a_port_in_use_is_said_in_one_line_with_the_address_as_typed(tmp_path: P
     assert "while attempting" not in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_host_that_is_no_address_is_said_so() -> None:
+    """`--host 999.1.1.1` said "cannot listen on 999.1.1.1:7272: unknown error -2" (the resolver's EAI_NONAME
+    as an errno)."""
+    resolver = OSError(-2, "Name or service not known (while attempting to bind on address ('999.1.1.1', 7272))")
+    assert server_main.listen_error(resolver) == "no such address: name or service not known"
+    in_use = OSError(errno.EADDRINUSE, "error while attempting to bind on address ('::1', 7272): address in use")
+    assert server_main.listen_error(in_use) == "address already in use"
+
+
 def test_a_data_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
     """A typo that names a file: it served without history for good ("chat goes on until the disk
     recovers"), which it never would. Exit code 2, as for any bad option."""
@@ -429,7 +439,7 @@ def test_a_storm_of_the_same_warning_is_logged_once_per_interval(caplog: pytest.
     """A storm of connects at a stalled worker logged one warning per connection (thousands a second);
     the acceptor out of descriptors, one per 100 ms retry. The first is logged, then one line per interval
     and key with the count, also once the storm stopped (the supervisor's tick flushes them)."""
-    storms = Throttled(10.0)
+    storms = Throttled(logging.getLogger("lanchat.main"), 10.0)
     msg = "could not hand a connection to worker %d: %s"
     with caplog.at_level(logging.WARNING, logger="lanchat.server"):
         for i in range(500):  # 5 s of it

@@ -118,7 +118,7 @@ def test_no_server_string_is_markup_or_a_control_sequence(
     code, out, err = _run(listener, frame, capsys)
     assert code == 0, err
     assert "[red]x\ufffd[2J" in out and "\x1b" not in out and "\x07" not in out
-    assert "[b]w[/b]" in out and "[i]1" in out  # short: rich wraps cells to the 80 columns of a pipe
+    assert "[b]w[/b]" in out and "[i]1" not in out  # short: rich wraps cells to the 80 columns of a pipe
     assert "history degraded: [/] disk [red]full\ufffd (3 pending)" in out
     assert "?" in out  # a cpu figure that is not a number
 
@@ -143,6 +143,22 @@ def test_a_stats_reply_without_figures_shows_question_marks(
     code, out, _ = _run(listener, {"type": "stats"}, capsys)
     assert code == 0
     assert "? (127.0.0.1:" in out and "): ? users, ? rooms, seq ?" in out and "None" not in out
+
+
+def test_every_figure_the_server_left_out_or_garbled_is_a_question_mark(
+    listener: socket.socket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only cpu % and rss were checked: a pid of "abc" was shown as sent, a missing count as `None`, a
+    missing cpu or rss as 0.0, and the history line said "history degraded: None (None pending)"."""
+    frame = _stats(
+        processes=[{"role": "w", "pid": "abc", "msgs_in": "lots", "msgs_out": [1]}],
+        history={"degraded": True},
+    )
+    code, out, _ = _run(listener, frame, capsys)
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.strip("│ ").startswith("w "))
+    assert [cell.strip() for cell in row.strip("│ ").split("│")] == ["w", "?", "?", "?", "?", "?", "?"]
+    assert "history degraded: ? (? pending)" in out and "None" not in out and "abc" not in out
 
 
 def test_a_port_that_is_not_a_lanchat_server_is_named_as_such(

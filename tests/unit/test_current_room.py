@@ -79,3 +79,20 @@ def test_only_the_last_command_typed_is_undone() -> None:
     cur.typed(m.Join("ops"), ["lobby"])
     cur.not_sent(join)
     assert cur.room == "ops" and cur.rooms(["lobby"]) == ["lobby", "dev", "ops"]
+
+
+def test_a_room_parted_but_not_yet_let_go_is_no_place_for_lines() -> None:
+    """A script's /join dev, /part lobby, /part, TEXT: the /part of #dev made the still-confirmed #lobby
+    current again, and the text went there (refused: "you are not in #lobby"). The terminal UI, reading
+    slower, said "you are in no room"; now both do, whatever the server has answered."""
+    cur = CurrentRoom("lobby")
+    cur.typed(m.Join("dev"), ["lobby"])
+    cur.typed(m.Part("lobby"), ["lobby"])  # the server has answered neither
+    assert cur.room == "dev" and cur.rooms(["lobby"]) == ["dev"]
+    cur.typed(m.Part("dev"), ["lobby"])
+    assert cur.room is None
+    assert cur.switch("lobby", ["lobby"]) == "you are not in #lobby: /join lobby"
+    cur.typed(m.Join("lobby"), ["lobby"])  # back in before the part was answered: a place again
+    assert cur.room == "lobby" and cur.rooms(["lobby"]) == ["lobby"]
+    cur.typed(m.Part("lobby"), ["lobby", "dev"])
+    assert cur.rooms([]) == [] and cur.rooms(["dev"]) == ["dev"]  # let go: forgotten as parting

@@ -34,6 +34,7 @@ from lanchat.client.tui import (
     Printer,
     choose_server,
     nick_colour,
+    pick_problem,
     pick_server,
     run_app,
     server_lines,
@@ -284,6 +285,21 @@ def test_the_status_line_follows_rooms_members_nick_and_state() -> None:
     assert fragment_list_width(cjk) <= 85 and "office" not in "".join(f[1] for f in cjk)
 
 
+def test_a_long_room_and_nick_are_shortened_so_that_the_state_shows() -> None:
+    """A 32-character room and a 24-character nick at 80 columns: the line ended in "|  connec"; with short
+    names at 32 columns in "|  co". The longer of the two is now shortened first, down to 8 columns."""
+    view = joined_view(nick="n" * 24)
+    view.on_frame(ev("join", room="r" * 32, nick="n" * 24))
+    view.room = "r" * 32  # as /switch makes it
+    for width in (80, 60, 53):
+        bar = "".join(f[1] for f in view.toolbar(width))
+        assert bar.endswith(" connected ") and fragment_list_width(view.toolbar(width)) <= width, (width, bar)
+        assert "r…" in bar
+    bar = "".join(f[1] for f in view.toolbar(50))
+    assert "#rrrrrr… (+1 room) | nnnnnnn… |" in bar  # both at the floor of 8 columns
+    assert "".join(f[1] for f in view.toolbar(20)).startswith(" #rrrrrr…")  # then the terminal cuts the end
+
+
 def test_the_user_count_of_a_big_room_comes_from_the_reply_not_the_capped_nick_list() -> None:
     view = joined_view()
     view.on_frame({"type": "room", "room": "lobby", "topic": "", "users": 1200, "nicks": [f"u{i}" for i in range(500)]})
@@ -491,6 +507,11 @@ def test_pick_server_by_number_or_name_and_names_are_cleaned() -> None:
     assert pick_server(found, "2") == found[1]
     assert pick_server(found, " ALPHA ") == found[0]
     assert pick_server(found, "3") is None and pick_server(found, "gamma") is None
+    assert pick_problem(found, "gamma") == "a number from 1 to 2, a name, or q"
+    assert pick_problem(found, " q ") is None and pick_problem(found, "beta") is None
+    twins = [*found, record("Beta", 3)]  # two servers both called beta: only a number picks one
+    assert pick_server(twins, "beta") is None and pick_server(twins, "3") == twins[2]
+    assert pick_problem(twins, "beta") == "2 servers are named beta: type the number of one"
     lines = server_lines([record("evil\x1b[2J\u202e", 3)])
     assert not any(UNSAFE.search(line.text) for line in lines)
 
