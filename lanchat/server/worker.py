@@ -117,12 +117,8 @@ class ClientConn:
             self._pause_reading()
             self.worker.held.append(self)
             return
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._lost()
+        data = self._recv()
+        if data is None:
             return
         if not data:
             self._pause_reading()
@@ -330,16 +326,19 @@ class ClientConn:
     def _discard(self) -> None:
         """Read and drop what the peer sends while the worker stops: with nothing unread, the process's exit
         closes the socket with a FIN, and the kernel goes on sending what the peer has not taken yet."""
+        if self._recv() == b"":
+            self._pause_reading()  # the peer is done sending; EOF would stay readable
+
+    def _recv(self) -> bytes | None:
+        """One read: the bytes (b"" at EOF), or None if none are there now or the socket failed (then lost)."""
         assert self.sock is not None
         try:
-            data = self.sock.recv(RECV_SIZE)
+            return self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             self._lost()
-            return
-        if not data:
-            self._pause_reading()  # the peer is done sending; EOF would stay readable
+            return None
 
     def release(self) -> None:
         """Read what the peer sent meanwhile (LINGER_DRAIN_READS reads at most), so that the close is a FIN
