@@ -13,6 +13,8 @@ import os
 import random
 import re
 import signal
+import socket
+import struct
 import time
 from collections.abc import Callable
 from itertools import count, islice
@@ -273,7 +275,7 @@ class ChatClient:
             try:
                 data = await asyncio.wait_for(reader.read(65536), max(0.01, remaining))
             except (OSError, TimeoutError) as exc:
-                self._drop_connection()
+                self._drop_connection(reset=True)
                 where, why = host_port(self.host, self.port), unreachable_reason(exc, const.CONNECT_TIMEOUT)
                 raise ConnectError(f"no welcome from {where}: {why}", EXIT_UNREACHABLE) from None
             if not data:
@@ -411,9 +413,17 @@ class ChatClient:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(line)
 
-    def _drop_connection(self) -> None:
+    def _drop_connection(self, *, reset: bool = False) -> None:
+        """Close the connection; ``reset``: with a reset, dropping what the kernel has not sent (an attempt
+        given up on: its hello, retransmitted on, could still reach the server after a newer attempt's)."""
         if self._writer is not None:
-            self._writer.close()
+            sock = self._writer.get_extra_info("socket")
+            if reset and sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self._writer.transport.abort()
+            else:
+                self._writer.close()
         self._reader = self._writer = None
 
     def _set_status(self, status: str) -> None:

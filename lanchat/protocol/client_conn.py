@@ -72,6 +72,7 @@ class ClientState:
         self.max_frame: int | None = None  # the server's line limit, from its welcome
         self._framer = LineFramer(CLIENT_MAX_FRAME)
         self._greeted = False  # this connection's first line was a lanchat server's
+        self._attempts = 0  # hellos sent: a resume says which it is, so that the server refuses a stale one
         # Changes (joins, parts, nick and topic changes) the server has not acknowledged, in the order typed:
         # a link that dies silently takes what was written last with it (and a post to a room joined just
         # before would then be refused). Settled only by id (an ack, a reply, a refusal), never by matching
@@ -86,6 +87,7 @@ class ClientState:
         self._seen: deque[tuple[int, float]] = deque()
         self._seen_set: set[tuple[int, float]] = set()
         self._hello_rooms: list[str] = []  # the rooms the last hello asked for
+        self._new_session = False  # the last welcome was of a session that replaced an expired one
         self._refill: set[str] = set()  # rooms whose join history, in a session that replaced an expired one,
         # is still to come (filtered: see _history)
 
@@ -100,10 +102,12 @@ class ClientState:
         obj: dict[str, Any] = {"type": "hello", "proto": const.PROTOCOL_VERSION, "nick": self.info.nick}
         obj["rooms"] = (self.rooms or self.wanted_rooms) if rooms is None else rooms
         self._hello_rooms = list(obj["rooms"])
+        self._attempts += 1
         if self.info.token is not None:
             obj["token"] = self.info.token
-            if self.last_seq is not None:
-                obj["last_seq"] = self.last_seq
+            obj["attempt"] = self._attempts  # a hello the network delivers late must not take the session
+            if self.last_seq is not None:  # from a newer connection (the server refuses attempts not above
+                obj["last_seq"] = self.last_seq  # the last one that resumed it)
         return m.encode(obj)
 
     def post(self, req: m.Msg | m.Action | m.PrivMsg) -> tuple[int, bytes]:
@@ -159,8 +163,20 @@ class ClientState:
         the outbox: the order they were typed in. Those it handled are forgotten; those never sent (typed
         while offline) go out from the client's queue."""
         upto = self._handled_upto
-        self._journal = [a for a in self._journal if a.id > upto]
+        self._journal = [a for a in self._journal if a.id > upto or (self._new_session and self._redo(a))]
         return [(a.id, a.line) for a in self._journal if a.sent]
+
+    def _redo(self, asked: _Asked) -> bool:
+        """A change the expired session handled, but whose answer we never saw: the new session that replaced
+        it was made from our view (the hello's nick and rooms), without it. A join or a nick is done again
+        (one already done is answered without a change), a part of a room the hello asked for too; a topic
+        is the room's, set already. Their ids are below the new session's last_id (the old one's): only a
+        post is checked against it, so that it does not go out twice."""
+        if not asked.sent:
+            return False
+        obj = json.loads(asked.line)
+        kind = obj.get("type")
+        return kind in ("join", "nick") or (kind == "part" and obj.get("room") in self._hello_rooms)
 
     def post_line(self, rid: int) -> bytes | None:
         """The line of an unacknowledged post, with its original id (None once acknowledged or refused)."""
@@ -223,8 +239,12 @@ class ClientState:
             upto = frame.get("last_id")
             self._handled_upto = upto if isinstance(upto, int) and not isinstance(upto, bool) else -1
             self._refill = set(self._hello_rooms) if frame.get("resume_failed") else set()
+            self._new_session = bool(frame.get("resume_failed"))
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
+                if isinstance(seq, int) and self.last_seq is not None and seq < self.last_seq:
+                    self.last_seq = seq  # its numbers went back (its data directory restored from a copy):
+                    # the events it numbers next are new, not duplicates of those we saw with the same numbers
             else:  # a new session starts at the server's sequence now, wherever an old one ended (even
                 self.rooms = []  # above it: a server with a new data directory counts from 0 again)
                 self.last_seq = seq if isinstance(seq, int) else None

@@ -139,6 +139,7 @@ class Hello(Request):
     proto: int = const.PROTOCOL_VERSION
     token: str | None = None  # resume token from an earlier welcome
     last_seq: int | None = None  # last event sequence seen, with token
+    attempt: int | None = None  # with token: the client's count of its connection attempts (a stale one is refused)
     plain: bool = False  # set by the server for plain-text sessions, never by a client
 
 
@@ -329,6 +330,7 @@ def _hello(obj: dict[str, Any], rid: int | None, allow_plain: bool) -> Hello:
         const.PROTOCOL_VERSION,
         token,
         _opt_int(obj, "last_seq"),
+        _opt_int(obj, "attempt"),
         plain,
         id=rid,
     )

@@ -53,6 +53,9 @@ class Session:
     conn: int | None = None
     detached_at: float | None = None
     held_for: str = ""  # the address whose held sessions count it (see Hub.closed), while it is held
+    attempt: int = -1  # the newest of its client's connection attempts that resumed it (see Hub._resume)
+    old_token: str | None = None  # the expired session's token it was made from: it resumes this one too
+    # until the client has shown it knows the new token (the welcome that told it may have been lost)
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -474,6 +477,8 @@ class Hub:
     def _add_session(self, s: Session) -> None:
         self.sessions[s.sid] = s
         self.by_token[s.token] = s
+        if s.old_token is not None:
+            self.by_token[s.old_token] = s
         self.nicks[m.nick_key(s.nick)] = s
 
     def _attach(self, s: Session, worker: int, conn: int) -> None:
@@ -522,6 +527,8 @@ class Hub:
             self._drop_if_empty(room)
         self.sessions.pop(s.sid, None)
         self.by_token.pop(s.token, None)
+        if s.old_token is not None:
+            self.by_token.pop(s.old_token, None)
         if self.nicks.get(m.nick_key(s.nick)) is s:
             del self.nicks[m.nick_key(s.nick)]
         self.store.drop_session(s.sid)
@@ -583,6 +590,10 @@ class Hub:
             last_id, _, refused = gone
             self._drop_expired(key, refused)
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id)
+        if gone is not None and req.token is not None:  # if this welcome is lost, the client comes back with
+            # the old token: unknown, it would get yet another session, with no last_id, and post its lines
+            # again (a session it never learned of holding its nick meanwhile)
+            s.old_token, s.attempt = req.token, req.attempt if req.attempt is not None else -1
         if refused:  # refused before the expiry: a resend of one is refused again in the new session too
             s.refused = set(refused)
             self.store.put_refused("s:" + s.sid, refused)
@@ -621,6 +632,19 @@ class Hub:
         self._send(s, _with_id(welcome, req.id))
 
     def _resume(self, worker: int, conn: int, s: Session, req: m.Hello, now: float) -> None:
+        if req.attempt is not None:
+            if req.attempt <= s.attempt:  # a hello the network held back: its client moved on to a newer one,
+                # which this one must not take the session from (its client gave up on it, and would give up
+                # on the session too, told by the bye below that another connection resumed it)
+                bye = {"type": "bye", "reason": "an older attempt to resume this session", "reconnect": False}
+                self._reply(worker, conn, bye)
+                self._json(worker, ["close", conn, "stale resume"])
+                log.info("session %s (%s): a stale resume (attempt %d) refused", s.sid[:8], s.nick, req.attempt)
+                return
+            s.attempt = req.attempt
+        if s.old_token is not None and req.token == s.token:  # its client has the new token: the old one retires
+            self.by_token.pop(s.old_token, None)
+            s.old_token = None
         if s.worker is not None and s.conn is not None:  # the old connection is half-open: replace it
             old_w, old_c = s.worker, s.conn
             # reconnect: false, or the two connections would take the session from each other in turns

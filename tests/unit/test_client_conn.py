@@ -120,6 +120,25 @@ def test_only_a_connections_first_line_must_be_a_servers() -> None:
         c.receive_data(b"noise\n")
 
 
+def test_each_resume_says_which_attempt_it_is() -> None:
+    """The server refuses a resume not newer than the last that resumed the session (a hello held back by
+    the network, sent on an attempt the client gave up on)."""
+    c = welcomed()
+    attempts = [int(decoded(c.hello())["attempt"]) for _ in range(3)]
+    assert attempts == sorted(set(attempts))
+    assert "attempt" not in decoded(ClientState("al").hello())  # a new session: nothing to resume
+
+
+def test_a_resume_on_a_server_whose_numbers_went_back_shows_its_new_events() -> None:
+    """A data directory restored from a copy taken at a stop: the server numbers events from where the copy
+    ended, below what its clients saw. Its new events were dropped as replayed duplicates, silently."""
+    c = welcomed(seq=10)
+    c.receive_data(ev("msg", 15, room="lobby", text="seen before the restore"))
+    c.hello()
+    c.receive_data(welcome(12, resumed=True, rooms=["lobby"]))
+    assert [f["text"] for f in c.receive_data(ev("msg", 13, room="lobby", text="new", ts=2.0))] == ["new"]
+
+
 def test_welcome_sets_session_fields() -> None:
     c = ClientState("al")
     c.receive_data(enc(type="server", name="kitchen", proto=1, hint="h"))
@@ -467,6 +486,27 @@ def test_changes_are_forgotten_once_acked_refused_or_handled() -> None:
     st.hello()
     st.receive_data(welcome(resumed=True, rooms=["lobby", "dev"], last_id=decoded(gone)["id"]))
     assert st.unconfirmed() == [(decoded(later)["id"], later)]
+
+
+def test_changes_the_expired_session_handled_are_done_again_in_the_new_one() -> None:
+    """/nick anna and /join s reached the server, which handled them, and the link died before their
+    answers came. When the session then expired, the new one was made from the client's view (ann, #r) and
+    the welcome's last_id (the old session's) said they were handled: they were forgotten, and the next
+    line to #s was refused. A join, a nick and a part of a room the hello asked for are done again."""
+    st = welcomed()
+    st.receive_data(ev("join", 12, room="r", nick="al"))
+    lines = [st.request(r) for r in (m.Nick("anna"), m.Join("s"), m.Topic("r", "plans"), m.Part("r"), m.Part("x"))]
+    for line in lines:
+        st.sent(line)
+    hello = decoded(st.hello())
+    assert hello["rooms"] == ["lobby", "r"] and hello["nick"] == "al"  # nothing of it was answered
+    last = decoded(lines[-1])["id"]
+    st.receive_data(welcome(20, resume_failed="session expired or unknown", last_id=last))
+    nick, join, _, part, _ = lines
+    assert st.unconfirmed() == [(decoded(line)["id"], line) for line in (nick, join, part)]  # not the topic
+    st.hello()
+    st.receive_data(welcome(21, resumed=True, last_id=last))  # a resume of that session: handled is handled
+    assert st.unconfirmed() == []
 
 
 def test_nick_and_topic_changes_are_kept_until_acked_and_questions_are_not() -> None:

@@ -545,6 +545,37 @@ def test_the_grace_is_counted_on_the_hubs_clock_whatever_the_wall_clock_does(net
     assert hub.store.load_expired(1_700_000_000.0 + 100.0 + GRACE) == [(_token_key(al["token"]), 1, quit_["ts"])]
 
 
+def test_a_lost_welcome_of_a_session_made_after_an_expiry_does_not_post_twice(net: Workers) -> None:
+    """After its session expired, a client's hello (old token) got a new session whose welcome was lost with
+    its connection, after the client had resent its lines into it. Back with the old token, unknown by then,
+    it got yet another session (as al_: the first held the nick), with no last_id, and its lines were posted
+    twice. The old token now resumes the session made from it, until the client shows it has the new one."""
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 1.0)
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)  # expired
+    old = {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}
+    hub.request(3, 30, {**old, "attempt": 2}, 100.0)
+    (w,) = [f for f in net.take(3, 30) if f["type"] == "welcome"]  # never reaches the client:
+    assert w["resume_failed"] and w["last_id"] == 1
+    hub.request(3, 30, {"type": "msg", "room": "lobby", "text": "two", "id": 2}, 100.0)  # its resend got there
+    hub.commit(100.0)
+    hub.closed(3, 30, False, "lost", 100.5)
+    net.clear()
+    hub.request(4, 40, {**old, "attempt": 3}, 101.0)  # the old token again
+    back = net.take(4, 40)
+    assert back[0]["type"] == "welcome" and back[0]["resumed"] is True
+    assert (back[0]["nick"], back[0]["last_id"]) == ("al", 2) and back[0]["token"] != al["token"]
+    hub.request(4, 40, {"type": "msg", "room": "lobby", "text": "two", "id": 2}, 101.0)  # resent: a duplicate
+    hub.commit(101.0)
+    assert [f.get("text") for f in net.take(2, 20) if f["type"] == "msg"] == []
+    hub.request(5, 50, {**old, "attempt": 4, "token": back[0]["token"]}, 102.0)  # with the new token
+    assert net.take(5, 50)[0]["resumed"] is True
+    assert al["token"] not in hub.by_token  # the old one retired
+
+
 def expire_five(net: Workers) -> None:
     """Five sessions post (id 1), drop and expire, one after another (at 0, 1, ... 4 + GRACE + 1)."""
     for i in range(5):
@@ -1467,6 +1498,29 @@ def test_resume_without_last_seq_replays_nothing(net: Workers) -> None:
     net.clear()
     hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"]}, 4.0)
     assert kinds(net.take(3, 30)) == ["welcome"]
+
+
+def test_a_resume_the_network_held_back_does_not_take_the_session_from_a_newer_one(net: Workers) -> None:
+    """A reconnect attempt whose hello was held back longer than the client waited (it moved on to a newer
+    attempt, which resumed) reached the server afterwards, took the session, and told the live connection
+    "resumed on another connection, reconnect: false": the client gave up (exit 7), its unacknowledged lines
+    lost. A resume says which attempt it is; one not newer than the last that resumed is refused."""
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    hub.closed(1, 10, False, "lost", 1.0)
+    hello = {"type": "hello", "nick": "al", "token": w["token"], "last_seq": w["seq"]}
+    net.clear()
+    hub.request(2, 20, {**hello, "attempt": 3}, 2.0)  # the newer attempt, first to arrive
+    assert net.take(2, 20)[0]["resumed"] is True
+    hub.request(1, 11, {**hello, "attempt": 2}, 3.0)  # the older one, late
+    assert net.take(1, 11) == [{"type": "bye", "reason": "an older attempt to resume this session", "reconnect": False}]
+    assert ["close", 11, "stale resume"] in net.take_records(1)
+    assert net.take(2, 20) == [] and hub.conns[(2, 20)].nick == "al" and (1, 11) not in hub.conns
+    hub.request(1, 12, {**hello, "attempt": 3}, 4.0)  # the same attempt again: stale too
+    assert kinds(net.take(1, 12)) == ["bye"] and net.take(2, 20) == []
+    hub.request(1, 13, {**hello, "attempt": 4}, 5.0)  # a newer one (the live connection was half-open)
+    assert net.take(1, 13)[0]["resumed"] is True
+    assert net.take(2, 20) == [{"type": "bye", "reason": "session resumed on another connection", "reconnect": False}]
 
 
 def test_resume_of_an_attached_session_replaces_the_old_connection(net: Workers) -> None:
