@@ -34,6 +34,9 @@ MAX_CLIENTS: Final = 10_000  # connections across all workers
 MAX_PER_IP: Final = 32  # connections from one address across all workers (loopback exempt by default)
 MAX_ROOMS_PER_SESSION: Final = 50  # rooms one session may be in: bounds the fan-in of a quit event
 MAX_ROOMS: Final = 10_000  # rooms on the server: bounds the hub's directory
+# Rooms made from one address (as --max-per-ip counts addresses) and in use: else 4 hosts, each with its
+# 64 live and held sessions of 50 rooms, could take all MAX_ROOMS and nobody could make one.
+MAX_ROOMS_PER_ADDRESS: Final = 500
 
 # --- names -------------------------------------------------------------------------------------------------
 NICK_MAX: Final = 24  # characters

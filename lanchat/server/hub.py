@@ -54,6 +54,7 @@ class Session:
     detached_at: float | None = None
     held_for: str = ""  # the address whose held sessions count it (see Hub.closed), while it is held
     attempt: int = -1  # the newest of its client's connection attempts that resumed it (see Hub._resume)
+    peer: str = ""  # its connection's address as --max-per-ip counts it ('' not counted): rooms it makes count
     old_token: str | None = None  # the expired session's token it was made from: it resumes this one too
     # until the client has shown it knows the new token (the welcome that told it may have been lost)
     _nick_src: str | None = field(default=None, init=False, repr=False)
@@ -84,6 +85,7 @@ class Room:
     tail_loaded: bool = False
     tail_more: bool = False  # the database has older events than the tail
     tail_bytes: int = 0  # at most ROOM_TAIL_BYTES (but one line): 10,000 rooms of big lines must not take GBs
+    made_by: str = ""  # the address that made it (see MAX_ROOMS_PER_ADDRESS; '' not counted)
     # The first ROOM_INFO_NICKS nicks as a JSON array, for the reply to every join: made again after a
     # member leaves or renames, or a join within the first ROOM_INFO_NICKS; not per join (a join to a big
     # room appends past them: 20,000 joins would encode 500 nicks each).
@@ -204,6 +206,7 @@ class Hub:
             k: (i, t, refused.pop("t:" + k, ())) for k, i, t in store.load_expired(now + wall_offset)
         }
         self.held_per_ip = held_per_ip
+        self._made: Counter[str] = Counter()  # address -> rooms in use that it made (MAX_ROOMS_PER_ADDRESS)
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
@@ -227,8 +230,9 @@ class Hub:
 
     # --- inputs from the I/O edge --------------------------------------------------------------------------
 
-    def request(self, worker: int, conn: int, obj: object, now: float) -> None:
-        """One validated request a worker forwarded (validated again: the hub trusts no one's bytes)."""
+    def request(self, worker: int, conn: int, obj: object, now: float, *, peer: str = "") -> None:
+        """One validated request a worker forwarded (validated again: the hub trusts no one's bytes). ``peer``:
+        the connection's address as --max-per-ip counts it ('' if not counted), for the rooms it makes."""
         try:
             req = m.parse_obj(obj, allow_plain=True)
         except RemoteProtocolError as exc:
@@ -241,7 +245,7 @@ class Hub:
                 # while this worker is behind taking what we send it: else they pile up here without bound
                 raise RemoteProtocolError(m.Err.BUSY, "the server is busy: ask again in a moment", request_id=req.id)
             if isinstance(req, m.Hello):
-                self._hello(worker, conn, session, req, now)
+                self._hello(worker, conn, session, req, now, peer)
             elif isinstance(req, m.Stats):
                 self._reply(worker, conn, self._stats_frame(req))
             elif isinstance(req, m.Rooms):  # also before a hello: an nc user may look around first
@@ -464,13 +468,22 @@ class Hub:
         else:
             self.store.note_seq(seq)  # stored nowhere, but the number is used up all the same
 
-    def _room(self, name: str) -> Room:
+    def _room(self, name: str, by: str = "") -> Room:
+        """The room ``name``, made if there is none (by a session of the address ``by``)."""
         room = self.rooms.get(name)
         if room is None:
-            if len(self.rooms) >= const.MAX_ROOMS:
-                raise _rooms_full()
-            room = self.rooms[name] = Room(name, self.store.topic(name))
+            if not self._can_make(1, by):
+                raise _rooms_full(by if len(self.rooms) < const.MAX_ROOMS else "")
+            room = self.rooms[name] = Room(name, self.store.topic(name), made_by=by)
+            if by:
+                self._made[by] += 1
         return room
+
+    def _can_make(self, rooms: int, by: str) -> bool:
+        """Whether ``rooms`` more rooms may be made (from the address ``by``)."""
+        if len(self.rooms) + rooms > const.MAX_ROOMS:
+            return False
+        return not by or self._made[by] + rooms <= const.MAX_ROOMS_PER_ADDRESS
 
     # --- sessions ------------------------------------------------------------------------------------------
 
@@ -559,6 +572,10 @@ class Hub:
     def _drop_if_empty(self, room: Room) -> None:
         if not room.members:
             del self.rooms[room.name]
+            if room.made_by:
+                self._made[room.made_by] -= 1
+                if self._made[room.made_by] <= 0:
+                    del self._made[room.made_by]
 
     def _members_of(self, rooms: list[Room]) -> list[Session]:
         seen: dict[str, Session] = {}
@@ -568,13 +585,14 @@ class Hub:
 
     # --- hello and resume ----------------------------------------------------------------------------------
 
-    def _hello(self, worker: int, conn: int, current: Session | None, req: m.Hello, now: float) -> None:
+    def _hello(self, worker: int, conn: int, current: Session | None, req: m.Hello, now: float, peer: str) -> None:
         if current is not None:
             raise RemoteProtocolError(m.Err.ALREADY_REGISTERED, "this connection already has a session")
         if req.token is not None:
             s = self.by_token.get(req.token)
             if s is not None:
                 self._resume(worker, conn, s, req, now)
+                s.peer = peer
                 return
         key = m.nick_key(req.nick)
         holder = self.nicks.get(key)
@@ -589,7 +607,7 @@ class Hub:
         if (gone := self._expired.pop(key, None)) is not None:
             last_id, _, refused = gone
             self._drop_expired(key, refused)
-        s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id)
+        s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
         if gone is not None and req.token is not None:  # if this welcome is lost, the client comes back with
             # the old token: unknown, it would get yet another session, with no last_id, and post its lines
             # again (a session it never learned of holding its nick meanwhile)
@@ -605,7 +623,7 @@ class Hub:
         new: set[str] = set()
         for name in req.rooms:
             if name not in self.rooms and name not in new:
-                if len(self.rooms) + len(new) >= const.MAX_ROOMS:
+                if not self._can_make(len(new) + 1, peer):
                     continue
                 new.add(name)
             joining.append(name)
@@ -613,7 +631,7 @@ class Hub:
         for name in req.rooms:
             try:
                 if name not in joining:
-                    raise _rooms_full()
+                    raise _rooms_full(peer if len(self.rooms) < const.MAX_ROOMS else "")
                 self._join(s, name, now)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
@@ -847,7 +865,7 @@ class Hub:
             raise RemoteProtocolError(
                 m.Err.TOO_MANY_ROOMS, f"at most {const.MAX_ROOMS_PER_SESSION} rooms per session", request_id=rid
             )
-        room = self._room(name)
+        room = self._room(name, s.peer)
         if self.history_on_join:
             self._join_history(s, room, now)
         room.add(s)
@@ -1042,7 +1060,11 @@ def _fit(lines: list[bytes], budget: int) -> list[bytes]:
     return lines[: _fitting(map(len, lines), budget)]
 
 
-def _rooms_full() -> RemoteProtocolError:
+def _rooms_full(by: str = "") -> RemoteProtocolError:
+    """A room cannot be made: the server has MAX_ROOMS, or (``by``) that address has made its share."""
+    if by and len(by) < 100:
+        why = f"{const.MAX_ROOMS_PER_ADDRESS} rooms made from {by} are in use"
+        return RemoteProtocolError(m.Err.BAD_ROOM, f"{why}: join one of them, or leave one first")
     return RemoteProtocolError(m.Err.BAD_ROOM, "the server has too many rooms")
 
 

@@ -357,7 +357,8 @@ class Server:
             try:
                 kind = rec[0]
                 if kind == "req":
-                    hub.request(slot.index, int(rec[1]), rec[2], now)
+                    counted = self.conn_peer.get(int(rec[1]))  # its address, if --max-per-ip counts it
+                    hub.request(slot.index, int(rec[1]), rec[2], now, peer=counted[0] if counted else "")
                 elif kind == "adopted":
                     self._release_handoff(int(rec[1]))
                 elif kind == "closed":

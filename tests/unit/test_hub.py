@@ -1097,6 +1097,35 @@ def test_a_welcome_names_only_the_rooms_the_server_has_room_for(net: Workers, mo
     assert sorted(hub.sessions[frames[0]["session"]].rooms) == ["a", "b"]
 
 
+def test_one_address_makes_a_bounded_number_of_rooms(net: Workers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile review filled the server's 10,000 rooms from 4 addresses (each with 64 live and held
+    sessions of 50 rooms), after which nobody could make a room. Rooms made from one address, and in use,
+    are bounded (MAX_ROOMS_PER_ADDRESS); joining rooms that exist is not; an address not counted (loopback,
+    exempt by default) is not bounded."""
+    monkeypatch.setattr(const, "MAX_ROOMS_PER_ADDRESS", 3)
+    hub = net.hub
+    evil = "203.0.113.9"
+    hub.request(1, 10, {"type": "hello", "nick": "ev", "rooms": ["e1", "e2", "e3", "e4"]}, 1.0, peer=evil)
+    frames = net.take(1, 10)
+    assert frames[0]["rooms"] == ["e1", "e2", "e3"]  # the welcome names only those it could make
+    [refusal] = [f for f in frames if f["type"] == "error"]
+    assert refusal["message"] == f"3 rooms made from {evil} are in use: join one of them, or leave one first"
+    hub.request(1, 11, {"type": "hello", "nick": "ev2", "rooms": []}, 1.0, peer=evil)  # another session of it
+    hub.request(1, 11, {"type": "join", "room": "e5", "id": 1}, 1.0)
+    assert [f["code"] for f in net.take(1, 11) if f["type"] == "error"] == ["bad_room"]
+    welcome_of(net, 2, 20, "bo", rooms=["b1"])  # another address (here: not counted) makes its own
+    hub.request(1, 11, {"type": "join", "room": "b1", "id": 2}, 1.0)  # and rooms that exist can be joined
+    assert not [f for f in net.take(1, 11) if f["type"] == "error"]
+    hub.request(1, 10, {"type": "part", "room": "e3"}, 2.0)  # e3 is empty now: gone, one more may be made
+    hub.request(1, 11, {"type": "join", "room": "e6", "id": 3}, 2.0)
+    assert not [f for f in net.take(1, 11) if f["type"] == "error"]
+    assert hub._made == {evil: 3}
+    hub.request(2, 20, {"type": "join", "room": "e6"}, 3.0)  # e6 in use by others too: still counted
+    hub.closed(1, 10, True, "quit", 4.0)
+    hub.closed(1, 11, True, "quit", 4.0)
+    assert hub._made == {evil: 1} and sorted(hub.rooms) == ["b1", "e6"]  # e1, e2 gone with their members
+
+
 def test_a_quit_of_a_connection_without_a_session_is_closed_by_the_hub(net: Workers) -> None:
     """A hello refused (nick taken), then a quit: the worker waits for the hub's word all the same."""
     welcome_of(net, 1, 10, "al")
