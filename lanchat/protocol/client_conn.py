@@ -163,20 +163,30 @@ class ClientState:
         the outbox: the order they were typed in. Those it handled are forgotten; those never sent (typed
         while offline) go out from the client's queue."""
         upto = self._handled_upto
-        self._journal = [a for a in self._journal if a.id > upto or (self._new_session and self._redo(a))]
+        redo = self._redo(upto) if self._new_session else set()
+        self._journal = [a for a in self._journal if a.id > upto or a.id in redo]
         return [(a.id, a.line) for a in self._journal if a.sent]
 
-    def _redo(self, asked: _Asked) -> bool:
-        """A change the expired session handled, but whose answer we never saw: the new session that replaced
-        it was made from our view (the hello's nick and rooms), without it. A join or a nick is done again
-        (one already done is answered without a change), a part of a room the hello asked for too; a topic
-        is the room's, set already. Their ids are below the new session's last_id (the old one's): only a
-        post is checked against it, so that it does not go out twice."""
-        if not asked.sent:
-            return False
-        obj = json.loads(asked.line)
-        kind = obj.get("type")
-        return kind in ("join", "nick") or (kind == "part" and obj.get("room") in self._hello_rooms)
+    def _redo(self, upto: int) -> set[int]:
+        """The changes the expired session handled, but whose answers we never saw, to do again: the new
+        session that replaced it was made from our view (the hello's nick and rooms), without them. Joins and
+        nicks (one already done is answered without a change), and parts of rooms the new session is in by
+        then, in the order typed; not topics, the rooms' and set already. Their ids are below the new
+        session's last_id (the old one's): only a post is checked against it, so that none goes out twice."""
+        rooms, redo = set(self._hello_rooms), set()
+        for asked in self._journal:
+            if asked.id > upto or not asked.sent:
+                continue
+            obj = json.loads(asked.line)
+            kind, room = obj.get("type"), obj.get("room")
+            if kind == "join":
+                rooms.add(room)
+            elif kind == "part" and room in rooms:
+                rooms.discard(room)
+            elif kind != "nick":
+                continue
+            redo.add(asked.id)
+        return redo
 
     def post_line(self, rid: int) -> bytes | None:
         """The line of an unacknowledged post, with its original id (None once acknowledged or refused)."""

@@ -638,14 +638,16 @@ class Hub:
         self.store.put_session(s.row())
         log.info("session %s (%s) started on worker %d", s.sid[:8], s.nick, worker)
 
-    def _welcome(self, s: Session, req: m.Hello, rooms: list[str], *, resumed: bool = False) -> None:
+    def _welcome(
+        self, s: Session, req: m.Hello, rooms: list[str], *, resumed: bool = False, failed: bool = False
+    ) -> None:
         welcome: dict[str, Any] = {
             "type": "welcome", "nick": s.nick, "session": s.sid, "token": s.token, "seq": self.seq,
             "resumed": resumed, "rooms": rooms, "max_frame": self.max_frame,
         }  # fmt: skip
         if s.last_id >= 0:  # the highest request id of the client's this session handled: it resends the rest
             welcome["last_id"] = s.last_id
-        if req.token is not None and not resumed:
+        if req.token is not None and (failed or not resumed):
             welcome["resume_failed"] = "session expired or unknown"
         self._send(s, _with_id(welcome, req.id))
 
@@ -663,6 +665,9 @@ class Hub:
         if s.old_token is not None and req.token == s.token:  # its client has the new token: the old one retires
             self.by_token.pop(s.old_token, None)
             s.old_token = None
+        # Through the expired session's token: its client never saw this session's welcome, and is told what
+        # that welcome said (its session could not be resumed: it does again what the expired one did)
+        failed = s.old_token is not None and req.token == s.old_token
         if s.worker is not None and s.conn is not None:  # the old connection is half-open: replace it
             old_w, old_c = s.worker, s.conn
             # reconnect: false, or the two connections would take the session from each other in turns
@@ -672,8 +677,11 @@ class Hub:
             self._json(old_w, ["close", old_c, "session resumed elsewhere"])
             self._detach(s, now)
         self._attach(s, worker, conn)
-        self._welcome(s, req, list(s.rooms), resumed=True)
+        self._welcome(s, req, list(s.rooms), resumed=True, failed=failed)
         after = req.last_seq if req.last_seq is not None else self.seq
+        if after > self.seq:  # numbers this server never gave: its data directory was restored from a copy
+            self._send(s, {"type": "gap", "after": self.seq, "reason": "the server's numbering went back"})
+            after = self.seq
         # A part the client had seen (up to its last_seq) is done with; the others are replayed, and stay
         # until a resume from after them: this replay may be lost with its connection too.
         left = {room: upto for room, upto in (s.parted or {}).items() if upto > after}

@@ -567,6 +567,7 @@ def test_a_lost_welcome_of_a_session_made_after_an_expiry_does_not_post_twice(ne
     hub.request(4, 40, {**old, "attempt": 3}, 101.0)  # the old token again
     back = net.take(4, 40)
     assert back[0]["type"] == "welcome" and back[0]["resumed"] is True
+    assert back[0]["resume_failed"]  # what the lost welcome said: its client does again what the old one did
     assert (back[0]["nick"], back[0]["last_id"]) == ("al", 2) and back[0]["token"] != al["token"]
     hub.request(4, 40, {"type": "msg", "room": "lobby", "text": "two", "id": 2}, 101.0)  # resent: a duplicate
     hub.commit(101.0)
@@ -1550,6 +1551,19 @@ def test_a_resume_the_network_held_back_does_not_take_the_session_from_a_newer_o
     hub.request(1, 13, {**hello, "attempt": 4}, 5.0)  # a newer one (the live connection was half-open)
     assert net.take(1, 13)[0]["resumed"] is True
     assert net.take(2, 20) == [{"type": "bye", "reason": "session resumed on another connection", "reconnect": False}]
+
+
+def test_a_resume_from_numbers_the_server_never_gave_says_there_is_a_gap(net: Workers) -> None:
+    """A data directory restored from a copy: the client saw numbers above the server's. Nothing was
+    replayed and nothing said (a review); now a gap, and the events the server numbers next."""
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    hub.closed(1, 10, False, "lost", 1.0)
+    net.clear()
+    hub.request(2, 20, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": w["seq"] + 1000}, 2.0)
+    frames = net.take(2, 20)
+    assert [f["type"] for f in frames] == ["welcome", "gap"]
+    assert frames[1] == {"type": "gap", "after": hub.seq, "reason": "the server's numbering went back"}
 
 
 def test_resume_of_an_attached_session_replaces_the_old_connection(net: Workers) -> None:
