@@ -6,6 +6,7 @@ refused (by the client or the server), so that a script can tell."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import sys
@@ -49,7 +50,19 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     terminated: list[int] = []  # the signal that ended us (SIGTERM, SIGHUP)
     closing: list[asyncio.Task[None]] = []  # its goodbye (a reference, or the task could be collected)
     line_of: dict[int, int] = {}  # request id -> the input line it came from, until answered
+    held: list[tuple[int, str]] = []  # refusals of input lines, said once every line before them is answered
     new_session: list[str] = []  # the last welcome began a new session (the old one expired): why
+
+    def refuse(number: int, text: str) -> None:
+        """A refusal of input line ``number``, the client's or the server's: said in input order (the
+        client's own come at once, the server's when it answers, acks of earlier lines after them)."""
+        bisect.insort(held, (number, text))
+        say_held()
+
+    def say_held(*, all_of_them: bool = False) -> None:
+        first_open = min(line_of.values(), default=None)  # the first line the server has not answered
+        while held and (all_of_them or first_open is None or held[0][0] < first_open):
+            print(held.pop(0)[1], file=sys.stderr, flush=True)
 
     def emit(text: str) -> None:
         try:
@@ -79,13 +92,18 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         if json_output:  # the resume token is a bearer credential: scripts that log stdout must not keep it
             shown = {k: v for k, v in frame.items() if k != "token"} if kind == "welcome" else frame
             emit(json.dumps(shown, ensure_ascii=False))
+            if number is not None:
+                say_held()  # the client's own refusals (on stderr), once the lines before them are answered
             return
         if kind == "server":
             return  # its hint is for people on nc/telnet
         text = render(frame, client.nick)
-        if text is not None and kind == "error":  # errors go to stderr with the client's own (docs/client.md)
-            where = f"line {number}: " if number is not None else ""
-            print(f"lanchat: {where}{text}", file=sys.stderr, flush=True)
+        if text is not None and kind == "error" and number is not None:  # to stderr, with the client's own
+            refuse(number, f"lanchat: line {number}: {text}")  # (docs/client.md)
+        elif text is not None and kind == "error":
+            print(f"lanchat: {text}", file=sys.stderr, flush=True)
+        if number is not None:
+            say_held()
         elif text is not None:
             emit(text)
 
@@ -143,6 +161,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         return False
 
     async def lost(what: str) -> int:
+        say_held(all_of_them=True)
         if terminated:
             return await signalled()
         print(f"lanchat: {what}", file=sys.stderr)
@@ -150,7 +169,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
 
     def not_sent(number: int, why: str) -> None:
         refused.append(why)
-        print(f"lanchat: line {number} not sent: {why}", file=sys.stderr)
+        refuse(number, f"lanchat: line {number} not sent: {why}")
 
     reason = ""
     number = 0  # of the stdin line, for the messages about it
@@ -204,6 +223,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     if not await before_closed(_within(settled.wait(), SETTLE_TIMEOUT)) and terminated:
         return await signalled()
     closed.cancel()
+    say_held(all_of_them=True)
     await client.close(reason)
     note_goodbye_lost()
     if refused:

@@ -88,6 +88,7 @@ class ClientState:
         self._seen_set: set[tuple[int, float]] = set()
         self._hello_rooms: list[str] = []  # the rooms the last hello asked for
         self._new_session = False  # the last welcome was of a session that replaced an expired one
+        self._redone: set[int] = set()  # ids of changes done again in such a session, until answered
         self._refill: set[str] = set()  # rooms whose join history, in a session that replaced an expired one,
         # is still to come (filtered: see _history)
 
@@ -163,8 +164,9 @@ class ClientState:
         the outbox: the order they were typed in. Those it handled are forgotten; those never sent (typed
         while offline) go out from the client's queue."""
         upto = self._handled_upto
-        redo = self._redo(upto) if self._new_session else set()
-        self._journal = [a for a in self._journal if a.id > upto or a.id in redo]
+        if self._new_session:  # done again until answered, whatever later welcomes say of their ids
+            self._redone |= self._redo(upto)
+        self._journal = [a for a in self._journal if a.id > upto or a.id in self._redone]
         return [(a.id, a.line) for a in self._journal if a.sent]
 
     def _redo(self, upto: int) -> set[int]:
@@ -315,6 +317,7 @@ class ClientState:
         return True
 
     def _settle(self, rid: int) -> None:
+        self._redone.discard(rid)
         if self._journal and self._journal[0].id <= rid:  # usually the oldest: answers come in order
             self._journal = [a for a in self._journal if a.id != rid]
 

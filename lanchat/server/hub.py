@@ -526,6 +526,8 @@ class Hub:
             self._unhold(s)
         if resumable and not s.plain and s.last_id >= 0:
             self._remember_expired(s.token, s.last_id, now, tuple(s.refused or ()))
+            if s.old_token is not None:  # its client may still know only that one (its welcome was lost)
+                self._remember_expired(s.old_token, s.last_id, now, tuple(s.refused or ()))
         if s.refused is not None:
             self.store.put_refused("s:" + s.sid, ())
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
@@ -591,8 +593,8 @@ class Hub:
         if req.token is not None:
             s = self.by_token.get(req.token)
             if s is not None:
-                self._resume(worker, conn, s, req, now)
-                s.peer = peer
+                if self._resume(worker, conn, s, req, now):
+                    s.peer = peer
                 return
         key = m.nick_key(req.nick)
         holder = self.nicks.get(key)
@@ -608,9 +610,9 @@ class Hub:
             last_id, _, refused = gone
             self._drop_expired(key, refused)
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
-        if gone is not None and req.token is not None:  # if this welcome is lost, the client comes back with
-            # the old token: unknown, it would get yet another session, with no last_id, and post its lines
-            # again (a session it never learned of holding its nick meanwhile)
+        if req.token is not None:  # if this welcome is lost, the client comes back with the old token: unknown,
+            # it would get yet another session (as nick_ : one it never learned of holds its nick), with no
+            # last_id, and post its lines again. (Any token: a session that expired without posting left none.)
             s.old_token, s.attempt = req.token, req.attempt if req.attempt is not None else -1
         if refused:  # refused before the expiry: a resend of one is refused again in the new session too
             s.refused = set(refused)
@@ -651,7 +653,8 @@ class Hub:
             welcome["resume_failed"] = "session expired or unknown"
         self._send(s, _with_id(welcome, req.id))
 
-    def _resume(self, worker: int, conn: int, s: Session, req: m.Hello, now: float) -> None:
+    def _resume(self, worker: int, conn: int, s: Session, req: m.Hello, now: float) -> bool:
+        """Resume ``s`` on this connection; False if the hello is stale (refused and closed)."""
         if req.attempt is not None:
             if req.attempt <= s.attempt:  # a hello the network held back: its client moved on to a newer one,
                 # which this one must not take the session from (its client gave up on it, and would give up
@@ -660,7 +663,7 @@ class Hub:
                 self._reply(worker, conn, bye)
                 self._json(worker, ["close", conn, "stale resume"])
                 log.info("session %s (%s): a stale resume (attempt %d) refused", s.sid[:8], s.nick, req.attempt)
-                return
+                return False
             s.attempt = req.attempt
         if s.old_token is not None and req.token == s.token:  # its client has the new token: the old one retires
             self.by_token.pop(s.old_token, None)
@@ -688,6 +691,7 @@ class Hub:
         s.parted = left or None
         self._replay(s, after, left, now)
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
+        return True
 
     def _replay(self, s: Session, after: int, left: dict[str, int], now: float) -> None:
         """Send ``s`` the events of its rooms and private messages after ``after`` (and of the rooms it

@@ -277,6 +277,17 @@ def test_piped_switch_and_quit_reason(make_server: MakeServer) -> None:
         assert watcher.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "bot")["reason"] == "lunch"
 
 
+def test_piped_refusals_are_said_in_the_order_of_the_input(make_server: MakeServer) -> None:
+    """The client's own refusals were said at once, ahead of the server's for earlier lines: line 3's
+    "not sent" came before line 1's "no one is called"."""
+    server = make_server(workers=1)
+    script = "/msg nobody hi\nhello\n/switch nowhere\n/msg nobody2 hi\n"
+    out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "bot", input=script)
+    assert out.returncode == 1, out.stderr
+    said = [line for line in out.stderr.splitlines() if line.startswith("lanchat: line ")]
+    assert [line.split(":")[1].split()[1] for line in said] == ["1", "3", "4"], said
+
+
 def test_a_join_typed_while_reconnecting_goes_before_the_messages_after_it(make_server: MakeServer) -> None:
     """Typed while the connection is down: /join dev, then a message to #dev. After the resume both go in
     the order typed (the message used to go first, be refused as not in the room, and be lost)."""

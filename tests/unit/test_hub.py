@@ -577,6 +577,47 @@ def test_a_lost_welcome_of_a_session_made_after_an_expiry_does_not_post_twice(ne
     assert al["token"] not in hub.by_token  # the old one retired
 
 
+def test_a_session_made_from_an_old_token_keeps_it_through_its_own_expiry_and_without_posts(net: Workers) -> None:
+    """A review: the old token's alias held only while the session made from it lived, and only if the
+    expired one had posted. A second expiry (its welcome lost, the client knows only the old token) and a
+    reader that never posted each got a session without last_id, or a refused nick."""
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 1.0)
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)
+    old = {"type": "hello", "nick": "al", "token": al["token"]}
+    hub.request(2, 20, old, 100.0)  # a new session; its welcome lost
+    hub.closed(2, 20, False, "lost", 100.0)
+    hub.tick(100.0 + GRACE)  # and it expires in turn
+    net.clear()
+    hub.request(3, 30, old, 300.0)  # the old token: its last_id is still known
+    w = net.take(3, 30)[0]
+    assert w["type"] == "welcome" and w["last_id"] == 1 and w["nick"] == "al"
+    hub.request(3, 30, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 300.0)
+    hub.commit(300.0)
+    assert [f["seq"] for f in net.take(3, 30) if f["type"] == "ack"] == [None]  # a duplicate, not posted again
+    bo = welcome_of(net, 4, 40, "bo")  # a reader: never posts
+    hub.closed(4, 40, False, "lost", 301.0)
+    hub.tick(301.0 + GRACE)
+    hub.request(5, 50, {"type": "hello", "nick": "bo", "token": bo["token"]}, 400.0)  # welcome lost
+    hub.closed(5, 50, False, "lost", 400.0)
+    net.clear()
+    hub.request(6, 60, {"type": "hello", "nick": "bo", "token": bo["token"]}, 401.0)
+    assert net.take(6, 60)[0]["resumed"] is True  # not nick_taken (held by the session it never learned of)
+
+
+def test_a_refused_stale_resume_changes_nothing_of_the_session(net: Workers) -> None:
+    """Its address was taken for the session's, so rooms the live connection made counted against it."""
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al")
+    hub.closed(1, 10, False, "lost", 1.0)
+    hello = {"type": "hello", "nick": "al", "token": w["token"]}
+    hub.request(2, 20, {**hello, "attempt": 5}, 2.0, peer="203.0.113.1")
+    hub.request(3, 30, {**hello, "attempt": 4}, 3.0, peer="198.51.100.7")  # stale: refused
+    assert hub.conns[(2, 20)].peer == "203.0.113.1"
+
+
 def expire_five(net: Workers) -> None:
     """Five sessions post (id 1), drop and expire, one after another (at 0, 1, ... 4 + GRACE + 1)."""
     for i in range(5):
