@@ -92,20 +92,21 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         if json_output:  # the resume token is a bearer credential: scripts that log stdout must not keep it
             shown = {k: v for k, v in frame.items() if k != "token"} if kind == "welcome" else frame
             emit(json.dumps(shown, ensure_ascii=False))
-            if number is not None:
-                say_held()  # the client's own refusals (on stderr), once the lines before them are answered
+            if held:  # the client's own refusals (on stderr), once the lines before them are answered
+                say_held()
             return
         if kind == "server":
             return  # its hint is for people on nc/telnet
         text = render(frame, client.nick)
-        if text is not None and kind == "error" and number is not None:  # to stderr, with the client's own
-            refuse(number, f"lanchat: line {number}: {text}")  # (docs/client.md)
-        elif text is not None and kind == "error":
-            print(f"lanchat: {text}", file=sys.stderr, flush=True)
-        if number is not None:
-            say_held()
+        if text is not None and kind == "error":  # errors go to stderr with the client's own (docs/client.md)
+            if number is not None:
+                refuse(number, f"lanchat: line {number}: {text}")
+            else:
+                print(f"lanchat: {text}", file=sys.stderr, flush=True)
         elif text is not None:
             emit(text)
+        if held:  # an answer, or a welcome that settles what was sent before a drop, may release some
+            say_held()
 
     def on_status(status: str) -> None:
         if status == "reconnecting":  # only changes after the first connect are news
@@ -131,6 +132,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         """The exit after a signal: once its goodbye is done (the connection closes before it is: between
         reconnects it connects once more, and returning sooner would cancel that), with the note /quit
         gives if it found no server. The shell's convention for "killed by signal N"."""
+        say_held(all_of_them=True)
         await asyncio.gather(*closing, return_exceptions=True)
         note_goodbye_lost()
         return 128 + terminated[0]

@@ -89,6 +89,7 @@ class ClientState:
         self._hello_rooms: list[str] = []  # the rooms the last hello asked for
         self._new_session = False  # the last welcome was of a session that replaced an expired one
         self._redone: set[int] = set()  # ids of changes done again in such a session, until answered
+        self._redo_upto = -1  # that session's first last_id: one above it says the redone ones were handled
         self._refill: set[str] = set()  # rooms whose join history, in a session that replaced an expired one,
         # is still to come (filtered: see _history)
 
@@ -164,8 +165,9 @@ class ClientState:
         the outbox: the order they were typed in. Those it handled are forgotten; those never sent (typed
         while offline) go out from the client's queue."""
         upto = self._handled_upto
-        if self._new_session:  # done again until answered, whatever later welcomes say of their ids
+        if self._new_session:  # done again until answered (see _absorb), whatever later welcomes say of their ids
             self._redone |= self._redo(upto)
+            self._redo_upto = upto
         self._journal = [a for a in self._journal if a.id > upto or a.id in self._redone]
         return [(a.id, a.line) for a in self._journal if a.sent]
 
@@ -252,6 +254,8 @@ class ClientState:
             self._handled_upto = upto if isinstance(upto, int) and not isinstance(upto, bool) else -1
             self._refill = set(self._hello_rooms) if frame.get("resume_failed") else set()
             self._new_session = bool(frame.get("resume_failed"))
+            if self._handled_upto > self._redo_upto:  # it handled a request sent after them, so them too (in
+                self._redone.clear()  # order): sent again, a redone /nick would undo a later one
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
                 if isinstance(seq, int) and self.last_seq is not None and seq < self.last_seq:

@@ -524,7 +524,7 @@ class Hub:
             self._detach(s, now)
         if s.held_for:
             self._unhold(s)
-        if resumable and not s.plain and s.last_id >= 0:
+        if resumable and not s.plain:  # (a reader's too, with no id: for the alias above, if that welcome is lost)
             self._remember_expired(s.token, s.last_id, now, tuple(s.refused or ()))
             if s.old_token is not None:  # its client may still know only that one (its welcome was lost)
                 self._remember_expired(s.old_token, s.last_id, now, tuple(s.refused or ()))
@@ -610,9 +610,10 @@ class Hub:
             last_id, _, refused = gone
             self._drop_expired(key, refused)
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
-        if req.token is not None:  # if this welcome is lost, the client comes back with the old token: unknown,
-            # it would get yet another session (as nick_ : one it never learned of holds its nick), with no
-            # last_id, and post its lines again. (Any token: a session that expired without posting left none.)
+        if gone is not None and req.token is not None:  # if this welcome is lost, the client comes back with the
+            # old token: unknown, it would get yet another session (as nick_: one it never learned of holds its
+            # nick), with no last_id, and post its lines again. Only a token the server gave: a made-up one,
+            # shared by two scripts, would let the second take the first's session.
             s.old_token, s.attempt = req.token, req.attempt if req.attempt is not None else -1
         if refused:  # refused before the expiry: a resend of one is refused again in the new session too
             s.refused = set(refused)

@@ -343,14 +343,10 @@ class ClientConn:
     def release(self) -> None:
         """Read what the peer sent meanwhile (LINGER_DRAIN_READS reads at most), so that the close is a FIN
         rather than a reset (a peer on Windows discards what it had not read on a reset), then let go."""
-        sock = self.sock
-        if sock is None:
+        if self.sock is None:
             return
         for _ in range(LINGER_DRAIN_READS):
-            try:
-                if not sock.recv(RECV_SIZE):
-                    break
-            except OSError:  # BlockingIOError: all read; anything else: gone anyway
+            if not self._recv():  # all read (None), the peer's EOF (b""), or the socket failed (lost already)
                 break
         self._lost()
 

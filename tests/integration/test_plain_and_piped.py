@@ -288,6 +288,76 @@ def test_piped_refusals_are_said_in_the_order_of_the_input(make_server: MakeServ
     assert [line.split(":")[1].split()[1] for line in said] == ["1", "3", "4"], said
 
 
+class _HeldClient:
+    """A ChatClient stand-in for run_piped: a /join is sent, the link drops, and the resume's welcome says
+    the server handled it (last_id), so its answer never comes."""
+
+    def __init__(self, host: str, port: int, nick: str, rooms: list[str], **callbacks: Any) -> None:
+        self.on_frame = callbacks["on_frame"]
+        self.state = type("State", (), {"rooms": ["lobby"], "registered": True, "outbox": {}, "unacked": 0})()
+        self.nick, self.lost_reason, self.goodbye_lost, self.next_id = nick, "", False, 1
+        self._closed = asyncio.Event()
+
+    async def connect(self) -> None:
+        pass
+
+    def send(self, req: m.Request) -> int | None:
+        loop = asyncio.get_running_loop()
+        if isinstance(req, m.Rooms):  # the settle at the end
+            loop.call_soon(self.on_frame, {"type": "rooms", "id": req.id, "rooms": []})
+            return None
+        rid, self.next_id = self.next_id, self.next_id + 1
+        welcome = {"type": "welcome", "nick": self.nick, "resumed": True, "rooms": ["lobby"], "seq": 5, "last_id": rid}
+        loop.call_later(0.05, self.on_frame, welcome)
+        return rid
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def wait_acked(self, timeout: float | None = None) -> bool:
+        return True
+
+    async def wait_room(self) -> None:
+        pass
+
+    async def close(self, reason: str = "") -> None:
+        self._closed.set()
+
+
+def test_a_refusal_held_for_an_earlier_line_is_said_once_a_welcome_settles_that_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: a refusal waiting for the answer to an earlier line was said only at the end of the input
+    when a resume's welcome settled that line instead (its answer never comes): with `tail -f | lanchat
+    join`, never. It is said as soon as nothing before it is open."""
+    said = threading.Event()
+
+    class Stderr(io.StringIO):
+        def write(self, text: str) -> int:
+            if "line 2 not sent" in text:
+                said.set()
+            return super().write(text)
+
+    monkeypatch.setattr(piped, "ChatClient", _HeldClient)
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    read_end, write_end = os.pipe()
+    stdin = os.fdopen(read_end, "r")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    os.write(write_end, b"/join dev\n/switch nowhere\n")
+    before_eof: list[bool] = []
+
+    def end_input() -> None:
+        before_eof.append(said.wait(5))  # the input stays open until the refusal is said (or 5 s)
+        os.close(write_end)
+
+    threading.Thread(target=end_input, daemon=True).start()
+    try:
+        assert asyncio.run(asyncio.wait_for(run_piped("127.0.0.1", 1, "bot", "lobby", json_output=False), 20)) == 1
+    finally:
+        stdin.close()
+    assert before_eof == [True]
+
+
 def test_a_join_typed_while_reconnecting_goes_before_the_messages_after_it(make_server: MakeServer) -> None:
     """Typed while the connection is down: /join dev, then a message to #dev. After the resume both go in
     the order typed (the message used to go first, be refused as not in the room, and be lost)."""

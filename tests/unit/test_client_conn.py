@@ -514,6 +514,23 @@ def test_changes_the_expired_session_handled_are_done_again_in_the_new_one() -> 
     assert st.unconfirmed() == []  # answered: done
 
 
+def test_a_change_done_again_is_not_sent_once_more_after_a_later_one_was_handled() -> None:
+    """A review: the redone /nick bob was handled, then the user's /nick al; both answers were lost, and the
+    resume resent /nick bob (kept until answered), which the server did again: back to bob. A last_id above
+    the new session's first says everything sent before it was handled, the redone changes too."""
+    st = welcomed()
+    bob = st.request(m.Nick("bob"))
+    st.sent(bob)
+    st.hello()
+    st.receive_data(welcome(20, resume_failed="session expired or unknown", last_id=decoded(bob)["id"]))
+    assert st.unconfirmed() == [(decoded(bob)["id"], bob)]  # done again in the new session
+    al = st.request(m.Nick("al"))
+    st.sent(al)
+    st.hello()
+    st.receive_data(welcome(21, resumed=True, last_id=decoded(al)["id"]))  # both handled, answers lost
+    assert st.unconfirmed() == []
+
+
 def test_a_room_joined_and_left_before_an_expiry_is_left_in_the_new_session_too() -> None:
     """A review: /join y then /part y, both handled, both answers lost: the join was done again, the part
     not (#y was not in the hello), and the user found itself in #y. Changes are done again in order."""

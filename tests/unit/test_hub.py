@@ -607,6 +607,18 @@ def test_a_session_made_from_an_old_token_keeps_it_through_its_own_expiry_and_wi
     assert net.take(6, 60)[0]["resumed"] is True  # not nick_taken (held by the session it never learned of)
 
 
+def test_a_made_up_token_shared_by_two_clients_does_not_join_their_sessions(net: Workers) -> None:
+    """A review: every unknown token became an alias of the session made from it, so a second script with
+    the same placeholder token resumed the first one's session (its nick, rooms and private messages)."""
+    hub = net.hub
+    hub.request(1, 10, {"type": "hello", "nick": "bob", "token": "placeholder"}, 1.0)
+    net.clear()
+    hub.request(2, 20, {"type": "hello", "nick": "carol", "token": "placeholder"}, 2.0)
+    w = net.take(2, 20)[0]
+    assert (w["nick"], w["resumed"]) == ("carol", False)
+    assert "bye" not in kinds(net.take(1, 10)) and hub.conns[(1, 10)].nick == "bob"
+
+
 def test_a_refused_stale_resume_changes_nothing_of_the_session(net: Workers) -> None:
     """Its address was taken for the session's, so rooms the live connection made counted against it."""
     hub = net.hub
@@ -638,7 +650,9 @@ def test_expired_tokens_are_remembered_for_a_bounded_count_and_time(
     welcome_of(net, 1, 99, "late", now=const.EXPIRED_TOKEN_TTL + GRACE + 10)  # a day later: the rest too
     hub.closed(1, 99, False, "lost", const.EXPIRED_TOKEN_TTL + GRACE + 10)
     hub.tick(const.EXPIRED_TOKEN_TTL + 2 * GRACE + 20)
-    assert len(hub._expired) == 0  # "late" posted nothing: no id to remember; the others aged out
+    # The others aged out; "late" posted nothing, but is remembered (without an id) all the same: if the
+    # welcome of the session its token then makes is lost, the token must resume that session
+    assert [last_id for last_id, _, _ in hub._expired.values()] == [-1]
 
 
 def test_one_address_holds_a_bounded_number_of_sessions(tmp_path: Path, stores: list[HistoryStore]) -> None:
