@@ -524,7 +524,8 @@ class Hub:
             self._detach(s, now)
         if s.held_for:
             self._unhold(s)
-        if resumable and not s.plain:  # (a reader's too, with no id: for the alias above, if that welcome is lost)
+        if resumable and not s.plain and s.last_id >= 0:  # not a reader's: 10,000 at most are kept, and a host
+            # that says hello and drops again and again would push out those that keep posts from going twice
             self._remember_expired(s.token, s.last_id, now, tuple(s.refused or ()))
             if s.old_token is not None:  # its client may still know only that one (its welcome was lost)
                 self._remember_expired(s.old_token, s.last_id, now, tuple(s.refused or ()))
