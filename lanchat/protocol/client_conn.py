@@ -29,14 +29,11 @@ class NotLanchat(Exception):
     JSON objects with a ``type``): another service on that port, such as ssh or a web server."""
 
     def __init__(self, line: Frame) -> None:
-        said = "a line too long to be ours" if line is FRAME_TOO_LONG else repr(first_words(line))
+        if isinstance(line, bytes):  # its first words, cleaned of control characters
+            said = repr(clean(line.decode("utf-8", "replace").strip())[:60])
+        else:
+            said = "a line too long to be ours"
         super().__init__(f"is not a lanchat server (it said {said})")
-
-
-def first_words(line: Frame) -> str:
-    """What a foreign peer said, for an error message: cleaned of control characters, 60 characters."""
-    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
-    return clean(text.strip())[:60]
 
 
 def server_frame(line: Frame) -> dict[str, Any] | None:

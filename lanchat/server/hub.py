@@ -473,7 +473,7 @@ class Hub:
         room = self.rooms.get(name)
         if room is None:
             if not self._can_make(1, by):
-                raise _rooms_full(by if len(self.rooms) < const.MAX_ROOMS else "")
+                raise self._cannot_make(by)
             room = self.rooms[name] = Room(name, self.store.topic(name), made_by=by)
             if by:
                 self._made[by] += 1
@@ -484,6 +484,13 @@ class Hub:
         if len(self.rooms) + rooms > const.MAX_ROOMS:
             return False
         return not by or self._made[by] + rooms <= const.MAX_ROOMS_PER_ADDRESS
+
+    def _cannot_make(self, by: str) -> RemoteProtocolError:
+        """Why a room cannot be made: the server has MAX_ROOMS, or else the address ``by`` has made its share."""
+        if by and len(self.rooms) < const.MAX_ROOMS and len(by) < 100:
+            why = f"{const.MAX_ROOMS_PER_ADDRESS} rooms made from {by} are in use"
+            return RemoteProtocolError(m.Err.BAD_ROOM, f"{why}: join one of them, or leave one first")
+        return RemoteProtocolError(m.Err.BAD_ROOM, "the server has too many rooms")
 
     # --- sessions ------------------------------------------------------------------------------------------
 
@@ -635,7 +642,7 @@ class Hub:
         for name in req.rooms:
             try:
                 if name not in joining:
-                    raise _rooms_full(peer if len(self.rooms) < const.MAX_ROOMS else "")
+                    raise self._cannot_make(peer)
                 self._join(s, name, now)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
@@ -1072,14 +1079,6 @@ def _fitting(sizes: Iterable[int], budget: int) -> int:
 def _fit(lines: list[bytes], budget: int) -> list[bytes]:
     """The first of ``lines`` that fit ``budget`` (see _fitting)."""
     return lines[: _fitting(map(len, lines), budget)]
-
-
-def _rooms_full(by: str = "") -> RemoteProtocolError:
-    """A room cannot be made: the server has MAX_ROOMS, or (``by``) that address has made its share."""
-    if by and len(by) < 100:
-        why = f"{const.MAX_ROOMS_PER_ADDRESS} rooms made from {by} are in use"
-        return RemoteProtocolError(m.Err.BAD_ROOM, f"{why}: join one of them, or leave one first")
-    return RemoteProtocolError(m.Err.BAD_ROOM, "the server has too many rooms")
 
 
 def _with_id(frame: dict[str, Any], rid: int | None) -> dict[str, Any]:
