@@ -30,6 +30,7 @@ log = logging.getLogger("lanchat.hub")
 # The bytes m.encode() writes for {"type": "ack", "id": rid, "seq": seq} (seq None: a resend's ack).
 _ACK: Final = b'{"type":"ack","id":%d,"seq":%d}\n'
 _ACK_NO_SEQ: Final = b'{"type":"ack","id":%d,"seq":null}\n'
+_OLDER_THAN_KEPT: Final = "some events are older than the history kept"  # a gap's reason: pruned, or lost
 
 # Bytes of one client's lines, or of one room's, per control frame (a long replay is several): the worker
 # refuses a frame of more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
@@ -124,6 +125,25 @@ class Room:
             first = islice(self.members.values(), const.ROOM_INFO_NICKS)
             self._nicks_lit = b"[" + b",".join(x.nick_literal() for x in first) + b"]"
         return self._nicks_lit
+
+
+@dataclass(slots=True)
+class _Backlog:
+    """The rooms' history a hello's answer sends: from ``after`` (a client back after its session expired:
+    what it missed) or the join's tail, within ``left`` bytes for all of its rooms together (half of
+    --sendq, as a resume's replay: 50 rooms' tails of long lines were 3 MiB, the client dropped as too slow)."""
+
+    after: int | None
+    left: int
+
+    def fit(self, page: list[bytes]) -> list[bytes]:
+        """The newest lines of ``page`` (oldest first) that fit in what is left, which they use up (none,
+        once it is used up: a line each for 50 rooms could be 50 times --max-frame)."""
+        start = len(page)
+        while start and len(page[start - 1]) + 1 <= self.left:
+            start -= 1
+            self.left -= len(page[start]) + 1
+        return page[start:]
 
 
 @dataclass(slots=True)
@@ -639,11 +659,18 @@ class Hub:
                 new.add(name)
             joining.append(name)
         self._welcome(s, req, joining)
+        # A client back after its session expired (it says what it saw last) is told what it missed in its
+        # rooms, as a resume would have replayed it: a held session and an expired one differ only in time.
+        backlog = _Backlog(None, self.replay_max)
+        if req.token is not None and req.last_seq is not None and 0 <= req.last_seq < self.seq:
+            backlog.after = req.last_seq
+            if any(self.store.lost_between(name, req.last_seq, self.seq) for name in joining):
+                self._send(s, {"type": "gap", "after": req.last_seq, "reason": _OLDER_THAN_KEPT})
         for name in req.rooms:
             try:
                 if name not in joining:
                     raise self._cannot_make(peer)
-                self._join(s, name, now)
+                self._join(s, name, now, backlog=backlog)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
         self.store.put_session(s.row())
@@ -751,7 +778,7 @@ class Hub:
             lines.append(line)
         else:  # all of it fits; a gap still if history lost some, or a read failed on the way
             if gap or self.store.reads_failed != reads_failed:
-                self._send(s, {"type": "gap", "after": after, "reason": "some events are older than the history kept"})
+                self._send(s, {"type": "gap", "after": after, "reason": _OLDER_THAN_KEPT})
         lines.reverse()
         self._send_lines(s, lines)
 
@@ -881,14 +908,18 @@ class Hub:
             self._ack(s, rid, seq)
             self.store.put_posted(s.sid, s.last_id)
 
-    def _join(self, s: Session, name: str, now: float, rid: int | None = None) -> None:
+    def _join(
+        self, s: Session, name: str, now: float, rid: int | None = None, *, backlog: _Backlog | None = None
+    ) -> None:
         if len(s.rooms) >= const.MAX_ROOMS_PER_SESSION:
             raise RemoteProtocolError(
                 m.Err.TOO_MANY_ROOMS, f"at most {const.MAX_ROOMS_PER_SESSION} rooms per session", request_id=rid
             )
         room = self._room(name, s.peer)
-        if self.history_on_join:
-            self._join_history(s, room, now)
+        if backlog is not None and backlog.after is not None:
+            self._missed_history(s, room.name, backlog, now)
+        elif self.history_on_join:
+            self._join_history(s, room, now, backlog)
         room.add(s)
         s.rooms.append(name)
         if s.parted:  # a member again: a resume replays the room whole
@@ -930,20 +961,22 @@ class Hub:
         lines = lines + held
         return (lines[:limit] if forward else lines[-limit:]), more or len(lines) > limit
 
-    def _join_history(self, s: Session, room: Room, now: float) -> None:
-        """The newest events of the room, marked as history, from memory (one database read per room)."""
+    def _join_history(self, s: Session, room: Room, now: float, backlog: _Backlog | None = None) -> None:
+        """The newest events of the room, marked as history, from memory (one database read per room); of a
+        hello's rooms, those that fit its ``backlog``."""
         if not room.tail_loaded:
             self.store.commit(now)
-            page = self.store.events(room.name, limit=self.history_on_join)
-            lines, more = self._with_held(room.name, page, self.history_on_join)
+            stored = self.store.events(room.name, limit=self.history_on_join)
+            lines, more = self._with_held(room.name, stored, self.history_on_join)
             room.tail = deque(maxlen=self.history_on_join)
             room.tail_bytes = 0
             room.tail_more = more
             for line in lines:
                 room.keep(line.encode() + b"\n")
             room.tail_loaded = True
-        more = room.tail_more
-        self._send_history(s, room.name, [line[:-1] for line in room.tail], more, None)
+        tail = [line[:-1] for line in room.tail]
+        kept = tail if backlog is None else backlog.fit(tail)
+        self._send_history(s, room.name, kept, room.tail_more or len(kept) < len(tail), None)
 
     def _room_info(self, room: Room, rid: int | None) -> bytes:
         head = m.encode({"type": "room", "room": room.name, "topic": room.topic, "users": len(room.members)})
@@ -1004,20 +1037,36 @@ class Hub:
         self._to_room(room, line)
 
     def _history(self, s: Session, req: m.History, now: float) -> None:
+        page, more = self._page(req.room, req.before, req.after, req.limit, self._reply_budget, now)
+        self._send_history(s, req.room, page, more, req.id)
+
+    def _missed_history(self, s: Session, room: str, backlog: _Backlog, now: float) -> None:
+        """In place of a join's tail, for a session that replaced an expired one: the room's events after
+        the client's last_seq, the newest HISTORY_PAGE_MAX of them that fit the backlog. ``more`` says that
+        older ones were missed too (/history pages back to them)."""
+        assert backlog.after is not None
+        budget = min(self._reply_budget, backlog.left)
+        page, more = self._page(room, self.seq + 1, backlog.after, const.HISTORY_PAGE_MAX, budget, now)
+        self._send_history(s, room, backlog.fit(page), more, None)
+
+    def _page(
+        self, room: str, before: int | None, after: int | None, limit: int, budget: int, now: float
+    ) -> tuple[list[bytes], bool]:
+        """A history page of ``room`` (see HistoryStore.events) of at most ``budget`` bytes, and ``more``."""
         self.store.commit(now)  # pages are read from the database; make it current first
         stored = self.store.events(  # no more rows read than the reply can carry (characters: at most its bytes)
-            req.room, before=req.before, after=req.after, limit=req.limit, max_chars=self._reply_budget
+            room, before=before, after=after, limit=limit, max_chars=budget
         )
-        lines, more = self._with_held(req.room, stored, req.limit, req.before, req.after)
-        forward = req.after is not None and req.before is None
+        lines, more = self._with_held(room, stored, limit, before, after)
+        forward = after is not None and before is None
         page = [line.encode() for line in lines]
         # A page of 500 events of 4,000 characters would be one line of up to 8 MB: more than --sendq
         # (the asker was dropped as too slow) and the client's line limit. Keep what fits, nearest the
         # cursor (the newest going back, the oldest going forward); ``more`` says there is the rest.
-        fitted = _fit(page if forward else page[::-1], self._reply_budget)
+        fitted = _fit(page if forward else page[::-1], budget)
         if len(fitted) < len(page):
             page, more = (fitted if forward else fitted[::-1]), True
-        self._send_history(s, req.room, page, more, req.id)
+        return page, more
 
     def _send_history(self, s: Session, room: str, events: list[bytes], more: bool, rid: int | None) -> None:
         head = m.encode(_with_id({"type": "history", "room": room, "more": more, "events": []}, rid))

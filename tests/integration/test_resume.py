@@ -309,7 +309,8 @@ def test_quitting_while_the_server_is_unreachable_says_the_nick_stays_taken(make
 def test_after_an_expired_session_the_rooms_history_shows_only_what_was_missed(make_server: MakeServer) -> None:
     """Away longer than --resume-grace: the client starts a new session and joins its rooms again; their
     history showed the last events the user had already read (a walkthrough: 50 lines) before the few
-    they missed. Only those they never saw are shown now."""
+    they missed. Only those they never saw are shown now; and all of them, not the newest 50
+    (--history-on-join): the server sends what was missed after the client's last_seq."""
     server = make_server("--resume-grace", "1", workers=1)
 
     async def scenario(bo: Client) -> None:
@@ -332,8 +333,10 @@ def test_after_an_expired_session_the_rooms_history_shows_only_what_was_missed(m
         mark = server.mark()
         await proxy.close()  # the server is out of reach longer than the grace
         await asyncio.to_thread(server.wait_log, r"\(al\) ended: connection lost", 10, mark)
-        bo.send({"type": "msg", "room": "lobby", "text": "missed"})
-        await asyncio.to_thread(lambda: bo.expect(lambda f: f.get("text") == "missed"))
+        missed = [f"missed {i}" for i in range(80)]
+        for text in missed:
+            bo.send({"type": "msg", "room": "lobby", "text": text})
+        await asyncio.to_thread(lambda: bo.expect(lambda f: f.get("text") == missed[-1]))
         connected.clear()
         frames.clear()
         await proxy.start(port)  # back: the resume fails, a new session joins #lobby again
@@ -344,7 +347,7 @@ def test_after_an_expired_session_the_rooms_history_shows_only_what_was_missed(m
         events = history["events"]
         assert isinstance(events, list)
         texts = [e.get("text") for e in events]
-        assert "missed" in texts and "read before the drop" not in texts
+        assert [t for t in texts if t is not None] == missed  # all 80, and nothing read before the drop
         await client.close()
         await proxy.close()
 

@@ -1657,6 +1657,116 @@ def test_expired_session_cannot_be_resumed(net: Workers) -> None:
     assert w2["resumed"] is False and "resume_failed" in w2
 
 
+def back_after_expiry(net: Workers, texts: dict[str, list[str]], **extra: Any) -> tuple[list[Frame], int]:
+    """al (in #lobby and #dev) is gone past the grace while bo posts ``texts`` in each room; al comes back
+    with its token and the last seq it saw. Returns what al gets, and that last seq."""
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al", rooms=["lobby", "dev"])
+    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "seen"}, 1.0)
+    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)  # expired
+    for room, posts in texts.items():
+        for text in posts:
+            hub.request(2, 20, {"type": "msg", "room": room, "text": text}, 2.0 + GRACE)
+        hub.commit(2.0 + GRACE)
+    net.clear()
+    back = {"type": "hello", "nick": "al", "rooms": ["lobby", "dev"], "token": w["token"], "last_seq": last_seq}
+    hub.request(3, 30, {k: v for k, v in {**back, **extra}.items() if v is not None}, 3.0 + GRACE)
+    return net.take(3, 30), last_seq
+
+
+def pages(frames: list[Frame]) -> dict[str, tuple[list[str], bool]]:
+    """Each room's history reply: the texts of its messages (its other events: al's own quit) and more."""
+    return {
+        f["room"]: ([e["text"] for e in f["events"] if e["type"] == "msg"], f["more"])
+        for f in frames
+        if f["type"] == "history"
+    }
+
+
+def test_back_after_expiry_gets_every_missed_event_not_the_join_tail(net: Workers) -> None:
+    """A client back after its session expired was sent each room's newest 50 events (--history-on-join),
+    so a user away 3 minutes in a busy room lost the rest without a word. It now gets what it missed, as a
+    resume would have replayed it: the events after its last_seq (up to 500 a room), and nothing before."""
+    lobby, dev = [f"l{i}" for i in range(120)], ["d0", "d1"]
+    frames, last_seq = back_after_expiry(net, {"lobby": lobby, "dev": dev})
+    assert frames[0]["resume_failed"]
+    assert kinds(frames) == ["welcome", "history", "join", "room", "history", "join", "room"]
+    assert pages(frames) == {"lobby": (lobby, False), "dev": (dev, False)}
+    replies = [f for f in frames if f["type"] == "history"]
+    assert all(e["seq"] > last_seq for f in replies for e in f["events"])
+    assert [e["type"] for e in replies[1]["events"]] == ["quit", "msg", "msg"]  # its own quit, at the expiry
+
+
+def test_back_after_expiry_missed_more_than_a_page_says_more(net: Workers) -> None:
+    frames, _ = back_after_expiry(net, {"lobby": [f"l{i}" for i in range(const.HISTORY_PAGE_MAX + 20)]})
+    lobby, more = pages(frames)["lobby"]
+    assert more is True  # older missed ones: /history pages back to them
+    assert lobby == [f"l{i}" for i in range(20, const.HISTORY_PAGE_MAX + 20)]
+
+
+def test_back_after_expiry_the_rooms_share_one_budget(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """Half of --sendq for all of the hello's rooms together, as for a resume's replay: 50 rooms of 256 KiB
+    each would have been 12 MiB queued for one client, dropped as too slow before it read any."""
+    line = len(m.encode({"type": "msg", "seq": 100, "ts": 1.0, "room": "lobby", "from": "bo", "text": "x" * 90}))
+    net = Workers(make_hub(stores, tmp_path, replay_max=line * 30 + 10))
+    posted = [f"{i:02d}".ljust(90, "y") for i in range(20)]
+    frames, _ = back_after_expiry(net, {"lobby": ["x" * 90] * 20, "dev": posted})
+    (lobby, lobby_more), (dev, dev_more) = pages(frames)["lobby"], pages(frames)["dev"]
+    assert len(lobby) == 20 and lobby_more is False
+    assert 7 <= len(dev) <= 9 and dev_more is True  # the newest that fit in what lobby left
+    assert dev == posted[-len(dev) :]
+
+
+def test_back_after_expiry_is_told_of_events_history_no_longer_has(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path, history_limit=3))
+    frames, last_seq = back_after_expiry(net, {"lobby": [f"l{i}" for i in range(8)]})
+    assert kinds(frames)[:2] == ["welcome", "gap"]
+    assert frames[1] == {"type": "gap", "after": last_seq, "reason": "some events are older than the history kept"}
+    assert pages(frames)["lobby"] == (["l5", "l6", "l7"], False)
+
+
+def test_a_hellos_rooms_share_one_budget_for_their_history(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A hello joining 50 rooms whose newest lines are long was sent 50 join tails of up to 64 KiB: 3 MiB
+    for one client. Over a link whose socket buffers are small, the worker dropped it as too slow at
+    --sendq (1 MiB) before it had read them (a network namespace with a 128 KiB tcp_wmem: EOF after 4 of
+    50 rooms). The tails share half of --sendq, as a resume's replay does: the newest that fit, more: true."""
+    text = "z" * 3900
+    line = len(m.encode({"type": "msg", "seq": 100, "ts": 1.0, "room": "r00", "from": "bo", "text": text}))
+    net = Workers(make_hub(stores, tmp_path, replay_max=line * 25))
+    hub = net.hub
+    rooms = [f"r{i:02d}" for i in range(4)]
+    welcome_of(net, 1, 10, "bo", rooms=rooms)
+    for room in rooms:
+        for _ in range(10):
+            hub.request(1, 10, {"type": "msg", "room": room, "text": text}, 1.0)
+    hub.commit(1.0)
+    net.clear()
+    hub.request(2, 20, {"type": "hello", "nick": "al", "rooms": rooms}, 2.0)
+    replies = [f for f in net.take(2, 20) if f["type"] == "history"]
+    got = [(len(f["events"]), f["more"]) for f in replies]
+    assert got == [(11, False), (11, False), (4, True), (0, True)]  # bo's join and 10 lines, then what fits
+    assert sum(len(m.encode(e)) for f in replies for e in f["events"]) <= line * 25
+    assert replies[2]["events"][-1]["seq"] == max(e["seq"] for e in replies[2]["events"])  # the newest
+    net.clear()
+    hub.request(2, 20, {"type": "join", "room": "r03"}, 3.0)  # already in it: no history; a /join's is whole
+    hub.request(2, 20, {"type": "part", "room": "r03"}, 3.0)
+    hub.request(2, 20, {"type": "join", "room": "r03"}, 3.0)
+    (whole,) = [f for f in net.take(2, 20) if f["type"] == "history"]
+    assert [e["type"] for e in whole["events"]] == ["join", *["msg"] * 10, "join", "part"]
+
+
+@pytest.mark.parametrize("last_seq", [None, 10**6], ids=["no last_seq", "above the seq"])
+def test_back_after_expiry_without_a_usable_last_seq_gets_the_join_tail(net: Workers, last_seq: int | None) -> None:
+    """Without a last_seq, or with one the server never gave (its data directory restored from a copy),
+    nothing tells what was missed: the room's newest 50, as any join (the client leaves out those it saw)."""
+    frames, _ = back_after_expiry(net, {"lobby": [f"l{i}" for i in range(60)]}, last_seq=last_seq)
+    lobby, more = pages(frames)["lobby"]
+    assert lobby == [f"l{i}" for i in range(10, 60)] and more is True
+
+
 def test_gap_when_history_was_pruned_past_last_seq(tmp_path: Path, stores: list[HistoryStore]) -> None:
     net = Workers(make_hub(stores, tmp_path, history_limit=3, recent_max=2))
     token, last_seq = away_while_bo_posts(net, [f"m{i}" for i in range(8)])

@@ -210,6 +210,9 @@ def test_the_history_hint_offers_more_than_the_page_shown() -> None:
     assert "more before: /history 250 shows up to 200 more" in head(50)  # a join's page
     assert "more before: /history 500 shows up to 200 more" in head(300)
     assert head(500).endswith("500 events, more before")  # the most one request shows: no command to offer
+    # a room of a hello past the budget its rooms share: no events sent, but there are some
+    [none] = view.on_frame({"type": "history", "room": "lobby", "more": True, "events": []})
+    assert none.text.endswith("history of #lobby: 0 events, more before: /history 200 shows up to 200 more")
 
 
 SGR = re.compile(r"\x1b\[[0-9;]*m|\x1b\[\?7h")  # colours/attributes and autowrap: what the client itself emits
@@ -342,6 +345,13 @@ def test_a_failed_resume_says_so() -> None:
     )
     assert "could not be resumed (expired)" in lines[0].text and "class:error" in styles(lines[0])
     assert view.joined == []  # the join events that follow fill it again
+    page = [ev("msg", i, room="lobby", **{"from": "bob"}, text=f"m{i}") for i in (8, 9)]
+    [head, *_] = view.on_frame({"type": "history", "room": "lobby", "more": False, "events": page})
+    assert head.text.endswith("missed in #lobby while you were away: 2 events")  # the server sends what was
+    view.on_frame(ev("join", room="lobby", nick="alice"))  # missed since the client's last event, not 50 lines
+    view.submit("/history 5")
+    [head, *_] = view.on_frame({"type": "history", "room": "lobby", "more": False, "events": page, "id": 3})
+    assert head.text.endswith("history of #lobby: 2 events")
 
 
 # --- commands ----------------------------------------------------------------------------------------------
