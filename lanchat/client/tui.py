@@ -371,6 +371,7 @@ class ChatView:
             nick = str(frame.get("nick", ""))
             self._know_room(room)
             if m.nick_key(nick) == me:
+                self._away_from.discard(room)  # its history comes before it, if any comes (not with 0 on join)
                 if room not in self.joined:
                     self.joined.append(room)
                 self.members.setdefault(room, [])

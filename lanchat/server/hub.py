@@ -130,8 +130,9 @@ class Room:
 @dataclass(slots=True)
 class _Backlog:
     """The rooms' history a hello's answer sends: from ``after`` (a client back after its session expired:
-    what it missed) or the join's tail, within ``left`` bytes for all of its rooms together (half of
-    --sendq, as a resume's replay: 50 rooms' tails of long lines were 3 MiB, the client dropped as too slow)."""
+    what it missed) or the join's tail, within ``left`` bytes for all of its rooms together, their room
+    replies included (half of --sendq, as a resume's replay: 50 rooms' tails of long lines were 3 MiB, and
+    a client on a link with small buffers was dropped as too slow)."""
 
     after: int | None
     left: int
@@ -662,10 +663,16 @@ class Hub:
         # A client back after its session expired (it says what it saw last) is told what it missed in its
         # rooms, as a resume would have replayed it: a held session and an expired one differ only in time.
         backlog = _Backlog(None, self.replay_max)
+        reads_failed = self.store.reads_failed
         if req.token is not None and req.last_seq is not None and 0 <= req.last_seq < self.seq:
-            backlog.after = req.last_seq
-            if any(self.store.lost_between(name, req.last_seq, self.seq) for name in joining):
-                self._send(s, {"type": "gap", "after": req.last_seq, "reason": _OLDER_THAN_KEPT})
+            backlog.after = after = req.last_seq
+            self.store.commit(now)  # the pages are read from the database: current first, once for all
+            # A hole, as for a resume: events history lost, or holds only in memory (the disk fails) and the
+            # ring no longer has (_with_held adds those it has).
+            ring0 = self.recent[0][0] if self.recent else None
+            lost = any(self.store.lost_between(r, after, self.seq) for r in joining)
+            if lost or self.store.held(joining, after, ring0):
+                self._send(s, {"type": "gap", "after": after, "reason": _OLDER_THAN_KEPT})
         for name in req.rooms:
             try:
                 if name not in joining:
@@ -673,6 +680,8 @@ class Hub:
                 self._join(s, name, now, backlog=backlog)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
+        if backlog.after is not None and self.store.reads_failed != reads_failed:  # a page came back short
+            self._send(s, {"type": "gap", "after": backlog.after, "reason": _OLDER_THAN_KEPT})
         self.store.put_session(s.row())
         log.info("session %s (%s) started on worker %d", s.sid[:8], s.nick, worker)
 
@@ -917,7 +926,7 @@ class Hub:
             )
         room = self._room(name, s.peer)
         if backlog is not None and backlog.after is not None:
-            self._missed_history(s, room.name, backlog, now)
+            self._missed_history(s, room, backlog, now)
         elif self.history_on_join:
             self._join_history(s, room, now, backlog)
         room.add(s)
@@ -928,7 +937,10 @@ class Hub:
             room.workers[s.worker] += 1
             self._json(s.worker, ["member", s.conn, name, True])
         self._presence(s, room, "join", {"room": name, "nick": s.nick}, now)
-        self._send_lines(s, [self._room_info(room, rid)])
+        info = self._room_info(room, rid)
+        self._send_lines(s, [info])
+        if backlog is not None:  # (500 nicks each: 50 rooms' replies alone are 650 KiB)
+            backlog.left -= len(info)
 
     def _presence(self, s: Session, room: Room, kind: str, fields: dict[str, Any], now: float) -> None:
         """A join or part: announced to the room, or in a large room only to the member concerned."""
@@ -962,8 +974,14 @@ class Hub:
         return (lines[:limit] if forward else lines[-limit:]), more or len(lines) > limit
 
     def _join_history(self, s: Session, room: Room, now: float, backlog: _Backlog | None = None) -> None:
-        """The newest events of the room, marked as history, from memory (one database read per room); of a
-        hello's rooms, those that fit its ``backlog``."""
+        """The newest events of the room, marked as history; of a hello's rooms, those that fit its
+        ``backlog``."""
+        tail = self._tail(room, now)
+        kept = tail if backlog is None else backlog.fit(tail)
+        self._send_history(s, room.name, kept, room.tail_more or len(kept) < len(tail), None)
+
+    def _tail(self, room: Room, now: float) -> list[bytes]:
+        """The room's newest --history-on-join events, from memory (one database read per room)."""
         if not room.tail_loaded:
             self.store.commit(now)
             stored = self.store.events(room.name, limit=self.history_on_join)
@@ -974,9 +992,7 @@ class Hub:
             for line in lines:
                 room.keep(line.encode() + b"\n")
             room.tail_loaded = True
-        tail = [line[:-1] for line in room.tail]
-        kept = tail if backlog is None else backlog.fit(tail)
-        self._send_history(s, room.name, kept, room.tail_more or len(kept) < len(tail), None)
+        return [line[:-1] for line in room.tail]
 
     def _room_info(self, room: Room, rid: int | None) -> bytes:
         head = m.encode({"type": "room", "room": room.name, "topic": room.topic, "users": len(room.members)})
@@ -1037,23 +1053,30 @@ class Hub:
         self._to_room(room, line)
 
     def _history(self, s: Session, req: m.History, now: float) -> None:
-        page, more = self._page(req.room, req.before, req.after, req.limit, self._reply_budget, now)
+        self.store.commit(now)  # pages are read from the database; make it current first
+        page, more = self._page(req.room, req.before, req.after, req.limit, self._reply_budget)
         self._send_history(s, req.room, page, more, req.id)
 
-    def _missed_history(self, s: Session, room: str, backlog: _Backlog, now: float) -> None:
-        """In place of a join's tail, for a session that replaced an expired one: the room's events after
-        the client's last_seq, the newest HISTORY_PAGE_MAX of them that fit the backlog. ``more`` says that
-        older ones were missed too (/history pages back to them)."""
+    def _missed_history(self, s: Session, room: Room, backlog: _Backlog, now: float) -> None:
+        """For a session that replaced an expired one: the room's events after the client's last_seq, and
+        those the join's history would show (the client leaves out what it showed: last_seq is a high-water
+        mark, and a replay gap, or a part before a private message, leaves a room's events below it
+        unseen), the newest HISTORY_PAGE_MAX that fit the backlog; ``more``: there are older ones."""
         assert backlog.after is not None
+        after = backlog.after
+        tail = self._tail(room, now) if self.history_on_join else []
+        if tail:
+            after = min(after, int(json.loads(tail[0])["seq"]) - 1)
         budget = min(self._reply_budget, backlog.left)
-        page, more = self._page(room, self.seq + 1, backlog.after, const.HISTORY_PAGE_MAX, budget, now)
-        self._send_history(s, room, backlog.fit(page), more, None)
+        page, more = self._page(room.name, self.seq + 1, after, const.HISTORY_PAGE_MAX, budget)
+        kept = backlog.fit(page)
+        self._send_history(s, room.name, kept, more or len(kept) < len(page), None)
 
     def _page(
-        self, room: str, before: int | None, after: int | None, limit: int, budget: int, now: float
+        self, room: str, before: int | None, after: int | None, limit: int, budget: int
     ) -> tuple[list[bytes], bool]:
-        """A history page of ``room`` (see HistoryStore.events) of at most ``budget`` bytes, and ``more``."""
-        self.store.commit(now)  # pages are read from the database; make it current first
+        """A history page of ``room`` (see HistoryStore.events) of at most ``budget`` bytes, and ``more``
+        (the database read as it is: commit first)."""
         stored = self.store.events(  # no more rows read than the reply can carry (characters: at most its bytes)
             room, before=before, after=after, limit=limit, max_chars=budget
         )
