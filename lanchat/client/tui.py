@@ -218,7 +218,6 @@ class ChatView:
         self.unsent = unsent
         self._now = now
         self._history_asked: set[str] = set()
-        self._away_from: set[str] = set()  # rooms rejoined after a failed resume: their history is what was missed
         self._reconnecting = False
         self._replies: dict[str, Callable[[dict[str, Any]], list[Line]]] = {
             "server": self._on_server, "welcome": self._on_welcome, "room": self._on_room, "who": self._on_room,
@@ -271,7 +270,6 @@ class ChatView:
             return [self._system(f"session resumed: you are {clean(self.nick)} in {where}", "state")]
         self.joined, self.members, self.counts = [], {}, {}
         lines = []
-        self._away_from = set(rooms) if frame.get("resume_failed") else set()
         if frame.get("resume_failed"):
             lines.append(self._system(not_resumed(frame["resume_failed"]), "error"))
         lines.append(
@@ -332,8 +330,6 @@ class ChatView:
         asked = "id" in frame and room in self._history_asked  # a join's history (no id) answers no /history
         if asked:
             self._history_asked.discard(room)
-        away = not asked and room in self._away_from  # the server sent what was missed since our last event
-        self._away_from.discard(room)
         if not events and (asked or not frame.get("more")):  # (a hello's rooms past its budget: none sent)
             return [self._system(f"no earlier events in #{clean(room)}", "info")] if asked else []
         # /history N shows the newest N: the hint offers more than this page, up to what one request takes
@@ -342,8 +338,7 @@ class ChatView:
         more = ""
         if frame.get("more"):
             more = f", more before: /history {wider} shows up to {wider - n} more" if wider > n else ", more before"
-        what = f"missed in #{clean(room)} while you were away" if away else f"history of #{clean(room)}"
-        lines = [self._system(f"{what}: {n} event{'' if n == 1 else 's'}{more}", "history")]
+        lines = [self._system(f"history of #{clean(room)}: {n} event{'' if n == 1 else 's'}{more}", "history")]
         for e in events:
             sender = e.get("from")
             if isinstance(sender, str):
@@ -371,7 +366,6 @@ class ChatView:
             nick = str(frame.get("nick", ""))
             self._know_room(room)
             if m.nick_key(nick) == me:
-                self._away_from.discard(room)  # its history comes before it, if any comes (not with 0 on join)
                 if room not in self.joined:
                     self.joined.append(room)
                 self.members.setdefault(room, [])

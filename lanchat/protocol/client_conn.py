@@ -21,10 +21,7 @@ from lanchat.protocol.plain import clean
 
 CLIENT_MAX_FRAME: Final = 32 * 1024 * 1024  # bytes: a history page of 500 large events fits
 OUTBOX_MAX: Final = 10_000  # unacknowledged posts kept while disconnected; beyond, typing is refused
-# Events remembered as shown (seq, ts): a failed resume's join history leaves them out, and so does a replay
-# from before them (see _below). As many as the answer to a hello can hold (half of the server's --sendq,
-# 512 KiB by default, of events of 80 bytes or more), at some 150 bytes each.
-SEEN_KEPT: Final = 8_000
+SEEN_KEPT: Final = 2_000  # events remembered as shown (seq, ts): a failed resume's join history leaves them out
 
 
 class NotLanchat(Exception):
@@ -92,13 +89,6 @@ class ClientState:
         self._redo_upto = -1  # that session's first last_id: one above it says the redone ones were handled
         self._refill: set[str] = set()  # rooms whose join history, in a session that replaced an expired one,
         # is still to come (filtered: see _history)
-        # That history is what the user missed while away (the events after the last_seq of our hello). Until
-        # it has all come, a resume asks for the events from there (``_floor``), not from the new session's
-        # welcome: a drop in the middle of it would lose the rest without a word. Those of the replay we have
-        # shown (at or below ``_below``, the last_seq we had) are told by their identity, not their number.
-        self._floor: int | None = None
-        self._below: int | None = None
-        self._hello_seq: int | None = None  # the last_seq the last hello sent
 
     # --- output -----------------------------------------------------------------------------------------
 
@@ -115,10 +105,8 @@ class ClientState:
         if self.info.token is not None:
             obj["token"] = self.info.token
             obj["attempt"] = self._attempts  # a hello the network delivers late must not take the session
-            since = self._floor if self._floor is not None and self._refill else self.last_seq
-            if since is not None:  # from a newer connection (the server refuses attempts not above the last
-                obj["last_seq"] = since  # one that resumed it)
-            self._hello_seq = since
+            if self.last_seq is not None:  # from a newer connection (the server refuses attempts not above
+                obj["last_seq"] = self.last_seq  # the last one that resumed it)
         return m.encode(obj)
 
     def post(self, req: m.Msg | m.Action | m.PrivMsg) -> tuple[int, bytes]:
@@ -261,37 +249,26 @@ class ClientState:
             rooms = frame.get("rooms")
             upto = frame.get("last_id")
             self._handled_upto = upto if isinstance(upto, int) and not isinstance(upto, bool) else -1
+            self._refill = set(self._hello_rooms) if frame.get("resume_failed") else set()
             self._new_session = bool(frame.get("resume_failed"))
             if self._handled_upto > self._redo_upto:  # it handled a request sent after them, so them too (in
                 self._redone.clear()  # order): sent again, a redone /nick would undo a later one
-            sent, self._hello_seq, self._below = self._hello_seq, None, None
-            if frame.get("resumed"):  # (the events come replayed, no join history: nothing to refill)
+            if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
-                self._refill, self._floor = set(), None
                 if isinstance(seq, int) and self.last_seq is not None and seq < self.last_seq:
                     self.last_seq = seq  # its numbers went back (its data directory restored from a copy):
                     # the events it numbers next are new, not duplicates of those we saw with the same numbers
-                elif sent is not None and self.last_seq is not None and sent < self.last_seq:
-                    self._below, self.last_seq = self.last_seq, sent  # from the floor: a catch-up cut short
-            else:  # a new session starts at the server's sequence now, wherever an old one ended (even
-                self.rooms = []  # above it: a server with a new data directory counts from 0 again)
-                failed = bool(frame.get("resume_failed"))
-                # (the rooms it will be in: one the server has no room for gets a refusal, no history)
-                named = {r for r in rooms if isinstance(r, str)} if isinstance(rooms, list) else set()
-                self._refill = named.intersection(self._hello_rooms) if failed else set()
-                new = seq if isinstance(seq, int) else None
-                self._floor = sent if failed and sent is not None and new is not None and sent < new else None
-                self.last_seq = new
+            else:  # a new session starts at the welcome's seq, wherever an old one ended (even above it: a
+                # server with a new data directory counts from 0 again; below the server's, if it replays
+                # what we missed since our last_seq). The rooms it names are the session's: their joins come
+                # after that replay, and a drop before them must not have our next hello ask for others.
+                self.rooms = [str(r) for r in rooms if isinstance(r, str)] if isinstance(rooms, list) else []
+                self.last_seq = seq if isinstance(seq, int) else None
             return True
         if isinstance(seq, int) and kind in m.EVENT_TYPES:
             if self.last_seq is not None and seq <= self.last_seq:
                 return False
             self.last_seq = seq
-            if self._below is not None:
-                if seq <= self._below and _identity(frame) in self._seen_set:
-                    return False  # replayed from the floor, and shown before the drop
-                if seq >= self._below:
-                    self._below = None
             self._saw(frame)
         elif kind == "history":
             return self._history(frame)
@@ -303,8 +280,7 @@ class ClientState:
                 self._settle(rid)
         elif kind == "join" and m.nick_key(str(frame.get("nick", ""))) == me:
             room = str(frame.get("room"))
-            if room in self._refill:  # its history comes before it, if any comes (none with 0 on join)
-                self._refilled(room)
+            self._refill.discard(room)  # its join history comes before it, if any comes (not after a replay)
             if room not in self.rooms:
                 self.rooms.append(room)
         elif kind == "part" and m.nick_key(str(frame.get("nick", ""))) == me:
@@ -338,17 +314,12 @@ class ClientState:
             return True
         room = frame.get("room")
         if "id" not in frame and isinstance(room, str) and room in self._refill:  # the hello's join of it
-            self._refilled(room)  # (a /join typed later shows its history whole, as ever)
+            self._refill.discard(room)  # (a /join typed later shows its history whole, as ever)
             frame["events"] = [e for e in events if not (isinstance(e, dict) and _identity(e) in self._seen_set)]
         for e in frame["events"]:
             if isinstance(e, dict):
                 self._saw(e)
         return True
-
-    def _refilled(self, room: str) -> None:
-        self._refill.discard(room)
-        if not self._refill:  # all that was missed has come: a resume goes on from the new session's events
-            self._floor = None
 
     def _settle(self, rid: int) -> None:
         self._redone.discard(rid)

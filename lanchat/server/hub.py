@@ -129,12 +129,10 @@ class Room:
 
 @dataclass(slots=True)
 class _Backlog:
-    """The rooms' history a hello's answer sends: from ``after`` (a client back after its session expired:
-    what it missed) or the join's tail, within ``left`` bytes for all of its rooms together, their room
-    replies included (half of --sendq, as a resume's replay: 50 rooms' tails of long lines were 3 MiB, and
-    a client on a link with small buffers was dropped as too slow)."""
+    """What a hello's answer sends of its rooms' history (their join tails) and their room replies: within
+    ``left`` bytes for all of its rooms together (half of --sendq, as a resume's replay: 50 rooms' tails
+    of long lines were 3 MiB, and a client on a link with small buffers was dropped as too slow)."""
 
-    after: int | None
     left: int
 
     def fit(self, page: list[bytes]) -> list[bytes]:
@@ -659,37 +657,41 @@ class Hub:
                     continue
                 new.add(name)
             joining.append(name)
-        self._welcome(s, req, joining)
-        # A client back after its session expired (it says what it saw last) is told what it missed in its
-        # rooms, as a resume would have replayed it: a held session and an expired one differ only in time.
-        backlog = _Backlog(None, self.replay_max)
-        reads_failed = self.store.reads_failed
-        if req.token is not None and req.last_seq is not None and 0 <= req.last_seq < self.seq:
-            backlog.after = after = req.last_seq
-            self.store.commit(now)  # the pages are read from the database: current first, once for all
-            # A hole, as for a resume: events history lost, or holds only in memory (the disk fails) and the
-            # ring no longer has (_with_held adds those it has).
-            ring0 = self.recent[0][0] if self.recent else None
-            lost = any(self.store.lost_between(r, after, self.seq) for r in joining)
-            if lost or self.store.held(joining, after, ring0):
-                self._send(s, {"type": "gap", "after": after, "reason": _OLDER_THAN_KEPT})
+        # A client back after its session expired (it says what it saw last) gets what it missed in its rooms
+        # as a resume would have replayed it, before the joins (numbered after it), the welcome's seq its
+        # last_seq: a drop on the way is a resume from the last event it read, as any. (Tails would repeat
+        # what it saw; only the replay says what was lost: a gap.)
+        after = req.last_seq if req.token is not None else None
+        if after is not None and not 0 <= after < self.seq:
+            after = None  # (above: numbers this server never gave, its data directory restored from a copy)
+        self._welcome(s, req, joining, seq=after)
+        if after is not None:
+            self._replay(s, after, {}, now, convs=joining)
+        backlog = _Backlog(self.replay_max)
         for name in req.rooms:
             try:
                 if name not in joining:
                     raise self._cannot_make(peer)
-                self._join(s, name, now, backlog=backlog)
+                self._join(s, name, now, backlog=backlog, tail=after is None)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
-        if backlog.after is not None and self.store.reads_failed != reads_failed:  # a page came back short
-            self._send(s, {"type": "gap", "after": backlog.after, "reason": _OLDER_THAN_KEPT})
         self.store.put_session(s.row())
         log.info("session %s (%s) started on worker %d", s.sid[:8], s.nick, worker)
 
     def _welcome(
-        self, s: Session, req: m.Hello, rooms: list[str], *, resumed: bool = False, failed: bool = False
+        self,
+        s: Session,
+        req: m.Hello,
+        rooms: list[str],
+        *,
+        resumed: bool = False,
+        failed: bool = False,
+        seq: int | None = None,
     ) -> None:
+        """``seq``: where the client's events start, if not at the server's now (a replay follows)."""
         welcome: dict[str, Any] = {
-            "type": "welcome", "nick": s.nick, "session": s.sid, "token": s.token, "seq": self.seq,
+            "type": "welcome", "nick": s.nick, "session": s.sid, "token": s.token,
+            "seq": self.seq if seq is None else seq,
             "resumed": resumed, "rooms": rooms, "max_frame": self.max_frame,
         }  # fmt: skip
         if s.last_id >= 0:  # the highest request id of the client's this session handled: it resends the rest
@@ -738,15 +740,16 @@ class Hub:
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
         return True
 
-    def _replay(self, s: Session, after: int, left: dict[str, int], now: float) -> None:
+    def _replay(self, s: Session, after: int, left: dict[str, int], now: float, convs: list[str] | None = None) -> None:
         """Send ``s`` the events of its rooms and private messages after ``after`` (and of the rooms it
         ``left``, up to the seq of its part there), once, in order: all of them, or, past ``replay_max``
         bytes, a ``gap`` and the newest that fit. More than its send queue would have the worker drop the
         client as too slow, and the client would reconnect to the same replay until its session expired;
-        what does not fit, /history still pages back to."""
+        what does not fit, /history still pages back to. ``convs``: those to replay, if not the session's."""
         if after >= self.seq:
             return
-        wanted = set(s.convs)
+        convs = s.convs if convs is None else convs
+        wanted = set(convs)
         recent = self.recent
 
         def mine(newest_above: int) -> Iterator[bytes]:  # the ring's events for s above a seq, newest first
@@ -765,12 +768,12 @@ class Hub:
             # A hole: events history lost, or holds for a failing disk from before the ring's oldest (those
             # after it the ring serves: a failing disk alone is no hole, reads still work).
             ring0 = recent[0][0] if recent else None
-            lost = max((self.store.lost_upto(c) for c in s.convs), default=0)
-            gap = lost > after or self.store.held(s.convs, after, ring0)
+            lost = max((self.store.lost_upto(c) for c in convs), default=0)
+            gap = lost > after or self.store.held(convs, after, ring0)
             for conv, upto in left.items():  # a room left: only a hole up to its part counts
                 below = upto + 1 if ring0 is None else min(ring0, upto + 1)
                 gap = gap or self.store.lost_between(conv, after, upto) or self.store.held([conv], after, below)
-            disk = self.store.replay_newest(after, s.convs, until=left)
+            disk = self.store.replay_newest(after, convs, until=left)
             top = next(disk, None)
             # Above the disk's newest: events it does not have (not committed yet, or lost while it failed).
             newest_first = chain(
@@ -918,16 +921,21 @@ class Hub:
             self.store.put_posted(s.sid, s.last_id)
 
     def _join(
-        self, s: Session, name: str, now: float, rid: int | None = None, *, backlog: _Backlog | None = None
+        self,
+        s: Session,
+        name: str,
+        now: float,
+        rid: int | None = None,
+        *,
+        backlog: _Backlog | None = None,
+        tail: bool = True,
     ) -> None:
         if len(s.rooms) >= const.MAX_ROOMS_PER_SESSION:
             raise RemoteProtocolError(
                 m.Err.TOO_MANY_ROOMS, f"at most {const.MAX_ROOMS_PER_SESSION} rooms per session", request_id=rid
             )
         room = self._room(name, s.peer)
-        if backlog is not None and backlog.after is not None:
-            self._missed_history(s, room, backlog, now)
-        elif self.history_on_join:
+        if tail and self.history_on_join:
             self._join_history(s, room, now, backlog)
         room.add(s)
         s.rooms.append(name)
@@ -974,25 +982,21 @@ class Hub:
         return (lines[:limit] if forward else lines[-limit:]), more or len(lines) > limit
 
     def _join_history(self, s: Session, room: Room, now: float, backlog: _Backlog | None = None) -> None:
-        """The newest events of the room, marked as history; of a hello's rooms, those that fit its
-        ``backlog``."""
-        tail = self._tail(room, now)
-        kept = tail if backlog is None else backlog.fit(tail)
-        self._send_history(s, room.name, kept, room.tail_more or len(kept) < len(tail), None)
-
-    def _tail(self, room: Room, now: float) -> list[bytes]:
-        """The room's newest --history-on-join events, from memory (one database read per room)."""
+        """The newest events of the room, marked as history, from memory (one database read per room); of a
+        hello's rooms, those that fit its ``backlog``."""
         if not room.tail_loaded:
             self.store.commit(now)
-            stored = self.store.events(room.name, limit=self.history_on_join)
-            lines, more = self._with_held(room.name, stored, self.history_on_join)
+            page = self.store.events(room.name, limit=self.history_on_join)
+            lines, more = self._with_held(room.name, page, self.history_on_join)
             room.tail = deque(maxlen=self.history_on_join)
             room.tail_bytes = 0
             room.tail_more = more
             for line in lines:
                 room.keep(line.encode() + b"\n")
             room.tail_loaded = True
-        return [line[:-1] for line in room.tail]
+        tail = [line[:-1] for line in room.tail]
+        kept = tail if backlog is None else backlog.fit(tail)
+        self._send_history(s, room.name, kept, room.tail_more or len(kept) < len(tail), None)
 
     def _room_info(self, room: Room, rid: int | None) -> bytes:
         head = m.encode({"type": "room", "room": room.name, "topic": room.topic, "users": len(room.members)})
@@ -1054,42 +1058,19 @@ class Hub:
 
     def _history(self, s: Session, req: m.History, now: float) -> None:
         self.store.commit(now)  # pages are read from the database; make it current first
-        page, more = self._page(req.room, req.before, req.after, req.limit, self._reply_budget)
-        self._send_history(s, req.room, page, more, req.id)
-
-    def _missed_history(self, s: Session, room: Room, backlog: _Backlog, now: float) -> None:
-        """For a session that replaced an expired one: the room's events after the client's last_seq, and
-        those the join's history would show (the client leaves out what it showed: last_seq is a high-water
-        mark, and a replay gap, or a part before a private message, leaves a room's events below it
-        unseen), the newest HISTORY_PAGE_MAX that fit the backlog; ``more``: there are older ones."""
-        assert backlog.after is not None
-        after = backlog.after
-        tail = self._tail(room, now) if self.history_on_join else []
-        if tail:
-            after = min(after, int(json.loads(tail[0])["seq"]) - 1)
-        budget = min(self._reply_budget, backlog.left)
-        page, more = self._page(room.name, self.seq + 1, after, const.HISTORY_PAGE_MAX, budget)
-        kept = backlog.fit(page)
-        self._send_history(s, room.name, kept, more or len(kept) < len(page), None)
-
-    def _page(
-        self, room: str, before: int | None, after: int | None, limit: int, budget: int
-    ) -> tuple[list[bytes], bool]:
-        """A history page of ``room`` (see HistoryStore.events) of at most ``budget`` bytes, and ``more``
-        (the database read as it is: commit first)."""
         stored = self.store.events(  # no more rows read than the reply can carry (characters: at most its bytes)
-            room, before=before, after=after, limit=limit, max_chars=budget
+            req.room, before=req.before, after=req.after, limit=req.limit, max_chars=self._reply_budget
         )
-        lines, more = self._with_held(room, stored, limit, before, after)
-        forward = after is not None and before is None
+        lines, more = self._with_held(req.room, stored, req.limit, req.before, req.after)
+        forward = req.after is not None and req.before is None
         page = [line.encode() for line in lines]
         # A page of 500 events of 4,000 characters would be one line of up to 8 MB: more than --sendq
         # (the asker was dropped as too slow) and the client's line limit. Keep what fits, nearest the
         # cursor (the newest going back, the oldest going forward); ``more`` says there is the rest.
-        fitted = _fit(page if forward else page[::-1], budget)
+        fitted = _fit(page if forward else page[::-1], self._reply_budget)
         if len(fitted) < len(page):
             page, more = (fitted if forward else fitted[::-1]), True
-        return page, more
+        self._send_history(s, req.room, page, more, req.id)
 
     def _send_history(self, s: Session, room: str, events: list[bytes], more: bool, rid: int | None) -> None:
         head = m.encode(_with_id({"type": "history", "room": room, "more": more, "events": []}, rid))

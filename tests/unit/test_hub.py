@@ -1678,57 +1678,59 @@ def back_after_expiry(net: Workers, texts: dict[str, list[str]], **extra: Any) -
     return net.take(3, 30), last_seq
 
 
+def texts_of(frames: list[Frame]) -> list[str]:
+    return [f["text"] for f in frames if f["type"] == "msg"]
+
+
 def pages(frames: list[Frame]) -> dict[str, tuple[list[str], bool]]:
-    """Each room's history reply: the texts of its messages (its other events: al's own quit) and more."""
-    return {
-        f["room"]: ([e["text"] for e in f["events"] if e["type"] == "msg"], f["more"])
-        for f in frames
-        if f["type"] == "history"
-    }
+    """Each room's history reply: the texts of its messages, and more."""
+    return {f["room"]: (texts_of(f["events"]), f["more"]) for f in frames if f["type"] == "history"}
 
 
-def test_back_after_expiry_gets_every_missed_event_not_the_join_tail(net: Workers) -> None:
-    """A client back after its session expired was sent each room's newest 50 events (--history-on-join),
-    so a user away 3 minutes in a busy room lost the rest without a word. It now gets what it missed, as a
-    resume would have replayed it: the events after its last_seq (up to 500 a room), and what the join's
-    history shows (the client leaves out those it showed before the drop)."""
+def test_back_after_expiry_gets_every_missed_event_as_a_resume_would(net: Workers) -> None:
+    """A client back after its session expired was sent each room's newest 50 events (--history-on-join):
+    a user away 3 minutes in a busy room lost the rest without a word. It now gets what it missed as a
+    resume would have replayed it: every event of its rooms after its last_seq, in order, before the joins
+    of the new session (numbered after them), with the welcome's seq its last_seq; no tails (seen before)."""
     lobby, dev = [f"l{i}" for i in range(120)], ["d0", "d1"]
     frames, last_seq = back_after_expiry(net, {"lobby": lobby, "dev": dev})
-    assert frames[0]["resume_failed"]
-    assert kinds(frames) == ["welcome", "history", "join", "room", "history", "join", "room"]
-    assert pages(frames) == {"lobby": (lobby, False), "dev": (dev, False)}
-    replies = [f for f in frames if f["type"] == "history"]
-    assert all(e["seq"] > last_seq for e in replies[0]["events"])  # the newest 50 are all missed ones
-    assert [e["type"] for e in replies[1]["events"]] == ["join", "join", "quit", "msg", "msg"]  # #dev's newest 50
-    assert replies[1]["events"][1]["seq"] <= last_seq < replies[1]["events"][2]["seq"]  # (al's own quit, at expiry)
+    assert frames[0]["resume_failed"] and frames[0]["seq"] == last_seq and frames[0]["resumed"] is False
+    assert texts_of(frames) == lobby + dev
+    replay = frames[1:-4]
+    assert [f["seq"] for f in replay] == sorted(f["seq"] for f in replay) and replay[0]["seq"] > last_seq
+    assert kinds(replay[:1]) == ["quit"]  # its own, at the expiry
+    assert kinds(frames[-4:]) == ["join", "room", "join", "room"] and frames[-4]["seq"] > replay[-1]["seq"]
 
 
-def test_back_after_expiry_missed_more_than_a_page_says_more(net: Workers) -> None:
-    frames, _ = back_after_expiry(net, {"lobby": [f"l{i}" for i in range(const.HISTORY_PAGE_MAX + 20)]})
-    lobby, more = pages(frames)["lobby"]
-    assert more is True  # older missed ones: /history pages back to them
-    assert lobby == [f"l{i}" for i in range(20, const.HISTORY_PAGE_MAX + 20)]
-
-
-def test_back_after_expiry_the_rooms_share_one_budget(tmp_path: Path, stores: list[HistoryStore]) -> None:
-    """Half of --sendq for all of the hello's rooms together, as for a resume's replay: 50 rooms of 256 KiB
-    each would have been 12 MiB queued for one client, dropped as too slow before it read any."""
-    line = len(m.encode({"type": "msg", "seq": 100, "ts": 1.0, "room": "lobby", "from": "bo", "text": "x" * 90}))
-    net = Workers(make_hub(stores, tmp_path, replay_max=line * 30 + 10))
-    posted = [f"{i:02d}".ljust(90, "y") for i in range(20)]
-    frames, _ = back_after_expiry(net, {"lobby": ["x" * 90] * 20, "dev": posted})
-    (lobby, lobby_more), (dev, dev_more) = pages(frames)["lobby"], pages(frames)["dev"]
-    assert lobby == ["seen"] + ["x" * 90] * 20 and lobby_more is False
-    assert 7 <= len(dev) <= 9 and dev_more is True  # the newest that fit in what lobby left
-    assert dev == posted[-len(dev) :]
+def test_back_after_expiry_missed_more_than_the_replay_holds_is_a_gap(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    line = len(m.encode({"type": "msg", "seq": 100, "ts": 62.0, "room": "lobby", "from": "bo", "text": "l100"}))
+    net = Workers(make_hub(stores, tmp_path, replay_max=line * 30))
+    frames, last_seq = back_after_expiry(net, {"lobby": [f"l{i}" for i in range(100, 200)]})
+    assert frames[1] == {"type": "gap", "after": last_seq, "reason": "too many events to replay"}
+    assert texts_of(frames) == [f"l{i}" for i in range(170, 200)]  # the newest that fit
 
 
 def test_back_after_expiry_is_told_of_events_history_no_longer_has(tmp_path: Path, stores: list[HistoryStore]) -> None:
-    net = Workers(make_hub(stores, tmp_path, history_limit=3))
+    net = Workers(make_hub(stores, tmp_path, history_limit=3, recent_max=2))
     frames, last_seq = back_after_expiry(net, {"lobby": [f"l{i}" for i in range(8)]})
-    assert kinds(frames)[:2] == ["welcome", "gap"]
     assert frames[1] == {"type": "gap", "after": last_seq, "reason": "some events are older than the history kept"}
-    assert pages(frames)["lobby"] == (["l5", "l6", "l7"], False)
+    assert texts_of(frames) == ["l5", "l6", "l7"]  # what history still holds
+
+
+def test_back_after_expiry_a_read_that_fails_is_a_gap(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = Workers(make_hub(stores, tmp_path, recent_max=1))
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(HistoryStore, "_rows", failing)
+    frames, last_seq = back_after_expiry(net, {"lobby": ["m0", "m1", "m2"]})
+    assert {"type": "gap", "after": last_seq, "reason": "some events are older than the history kept"} in frames
+    assert texts_of(frames) == ["m2"]  # only what memory has
 
 
 def test_a_hellos_rooms_share_one_budget_for_their_history(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -1759,56 +1761,6 @@ def test_a_hellos_rooms_share_one_budget_for_their_history(tmp_path: Path, store
     hub.request(2, 20, {"type": "join", "room": "r03"}, 3.0)
     (whole,) = [f for f in net.take(2, 20) if f["type"] == "history"]
     assert [e["type"] for e in whole["events"]] == ["join", *["msg"] * 10, "join", "part"]
-
-
-def test_back_after_expiry_one_missed_event_past_the_budget_says_more(
-    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A page of one event too large for what the budget left came back empty with more: false (a review):
-    the event was lost without a word. A page cut by the budget says more."""
-    monkeypatch.setattr(const, "LARGE_ROOM", 0)  # no quit announced: #dev's only missed event is bo's line
-    line = len(m.encode({"type": "msg", "seq": 100, "ts": 1.0, "room": "lobby", "from": "bo", "text": "x" * 90}))
-    net = Workers(make_hub(stores, tmp_path, replay_max=line * 10))
-    frames, _ = back_after_expiry(net, {"lobby": ["x" * 90] * 30, "dev": ["the one"]})
-    assert pages(frames)["dev"] == ([], True)
-
-
-def test_back_after_expiry_a_read_that_fails_is_a_gap(
-    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """As a resume's replay says: a page the database could not be read for is short, never silently."""
-    net = Workers(make_hub(stores, tmp_path, recent_max=1))
-
-    def failing(*args: Any, **kwargs: Any) -> Any:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(HistoryStore, "_rows", failing)
-    frames, last_seq = back_after_expiry(net, {"lobby": ["m0", "m1", "m2"]})
-    assert pages(frames)["lobby"] == (["m2"], False)  # only what memory has
-    assert {"type": "gap", "after": last_seq, "reason": "some events are older than the history kept"} in frames
-
-
-def test_back_after_expiry_events_only_memory_held_and_no_longer_has_are_a_gap(
-    tmp_path: Path, stores: list[HistoryStore]
-) -> None:
-    """The disk fails: events held in memory for it and gone from the ring are lost, and said so."""
-    net = Workers(make_hub(stores, tmp_path, recent_max=3))
-    hub = net.hub
-    w = welcome_of(net, 1, 10, "al")
-    welcome_of(net, 2, 20, "bo")
-    last_seq = max(f["seq"] for f in events(net.take(1, 10)))
-    hub.closed(1, 10, False, "lost", 1.0)
-    hub.tick(1.0 + GRACE)
-    assert hub.commit(1.0 + GRACE) and hub.store._db is not None
-    hub.store._db.execute("PRAGMA query_only=ON")  # writes fail
-    for text in ["m0", "m1", "m2", "m3", "m4"]:
-        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": text}, 2.0 + GRACE)
-    assert hub.commit(2.0 + GRACE) is False
-    net.clear()
-    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq}, 3.0 + GRACE)
-    frames = net.take(3, 30)
-    assert kinds(frames)[:2] == ["welcome", "gap"]
-    assert pages(frames)["lobby"] == (["m2", "m3", "m4"], False)
 
 
 def test_a_hellos_room_replies_count_in_its_budget(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -1853,35 +1805,37 @@ def client_back_after_expiry(net: Workers) -> tuple[ClientState, list[Frame]]:
     return st, net.take(3, 30)
 
 
-def shown_texts(frames: list[Frame]) -> list[str]:
-    """The texts of the messages a client shows from these frames: live, replayed or in history pages."""
-    return [e["text"] for f in frames for e in (f["events"] if f["type"] == "history" else [f]) if e["type"] == "msg"]
+MISSED = [f"l{i}" for i in range(30)] + [f"d{i}" for i in range(5)]
 
 
-@pytest.mark.parametrize("read", [1, 4], ids=["the welcome", "the welcome and #lobby's answer"])
-def test_a_drop_before_the_catch_up_has_all_come_loses_none_of_it(net: Workers, read: int) -> None:
-    """The client had read the failed resume's welcome (and maybe #lobby's page), then its link dropped: it
-    resumed the new session from the welcome's seq, and what it missed was never sent again (a review).
-    Until every room's page has come it resumes from where it was before; what it has shown is left out."""
+@pytest.mark.parametrize("read", [1, 12, 38], ids=["the welcome", "some of the replay", "#lobby's join"])
+def test_a_drop_during_the_catch_up_loses_none_of_it(net: Workers, read: int) -> None:
+    """A first version sent the missed events as history pages, and a drop before they had come lost them:
+    the client resumed from the welcome's seq (a review). As a replay, a drop is a resume from the last
+    event read, as any; and the client's next hello asks for the welcome's rooms, joined or not yet."""
     st, answer = client_back_after_expiry(net)
-    assert kinds(answer) == ["welcome", "history", "join", "room", "history", "join", "room"]
     shown = [f for frame in answer[:read] for f in st.receive_data(m.encode(frame))]
+    assert json.loads(st.hello())["rooms"] == ["lobby", "dev"]
     net.hub.closed(3, 30, False, "lost", 4.0 + GRACE)
     net.clear()
     net.hub.request(4, 40, json.loads(st.hello()), 5.0 + GRACE)
-    replay = net.take(4, 40)
-    assert replay[0]["resumed"] is True
-    shown += [f for frame in replay for f in st.receive_data(m.encode(frame))]
-    assert shown_texts(shown) == [f"l{i}" for i in range(30)] + [f"d{i}" for i in range(5)]  # each once
-    net.hub.request(4, 40, {"type": "msg", "room": "dev", "text": "live"}, 6.0 + GRACE)
-    assert [f.get("text") for frame in net.take(4, 40) for f in st.receive_data(m.encode(frame))] == ["live"]
+    rest = net.take(4, 40)
+    assert rest[0]["resumed"] is True
+    shown += [f for frame in rest for f in st.receive_data(m.encode(frame))]
+    assert texts_of(shown) == MISSED  # each once, in order
 
 
-def test_once_the_catch_up_has_come_a_resume_goes_on_from_the_new_sessions_events(net: Workers) -> None:
+def test_a_second_expiry_during_the_catch_up_loses_none_of_it(net: Workers) -> None:
     st, answer = client_back_after_expiry(net)
-    for frame in answer:
-        st.receive_data(m.encode(frame))
-    assert json.loads(st.hello())["last_seq"] == st.last_seq == net.hub.seq
+    shown = [f for frame in answer[:12] for f in st.receive_data(m.encode(frame))]
+    net.hub.closed(3, 30, False, "lost", 4.0 + GRACE)
+    net.hub.tick(4.0 + 2 * GRACE)  # expired again
+    net.clear()
+    net.hub.request(4, 40, json.loads(st.hello()), 5.0 + 2 * GRACE)
+    rest = net.take(4, 40)
+    assert rest[0]["resume_failed"] and rest[0]["rooms"] == ["lobby", "dev"]
+    shown += [f for frame in rest for f in st.receive_data(m.encode(frame))]
+    assert texts_of(shown) == MISSED
 
 
 @pytest.mark.parametrize("last_seq", [None, 10**6], ids=["no last_seq", "above the seq"])

@@ -345,25 +345,9 @@ def test_a_failed_resume_says_so() -> None:
     )
     assert "could not be resumed (expired)" in lines[0].text and "class:error" in styles(lines[0])
     assert view.joined == []  # the join events that follow fill it again
-    page = [ev("msg", i, room="lobby", **{"from": "bob"}, text=f"m{i}") for i in (8, 9)]
-    [head, *_] = view.on_frame({"type": "history", "room": "lobby", "more": False, "events": page})
-    assert head.text.endswith("missed in #lobby while you were away: 2 events")  # the server sends what was
-    view.on_frame(ev("join", room="lobby", nick="alice"))  # missed since the client's last event, not 50 lines
-    view.submit("/history 5")
-    [head, *_] = view.on_frame({"type": "history", "room": "lobby", "more": False, "events": page, "id": 3})
-    assert head.text.endswith("history of #lobby: 2 events")
-
-
-def test_the_away_label_is_for_the_page_before_the_join_only() -> None:
-    """With --history-on-join 0 no page comes after a failed resume (nothing was missed, or the client sent no
-    last_seq): a later /part and /join's page was worded as missed while away (a review)."""
-    view = joined_view()
-    view.on_frame({"type": "welcome", "nick": "alice", "rooms": ["lobby"], "resumed": False, "resume_failed": "x"})
-    view.on_frame(ev("join", 5, room="lobby", nick="alice"))
-    view.on_frame(ev("part", 6, room="lobby", nick="alice"))
-    page = [ev("msg", i, room="lobby", **{"from": "bob"}, text=f"m{i}") for i in (1, 2)]
-    [head, *_] = view.on_frame({"type": "history", "room": "lobby", "more": False, "events": page})
-    assert head.text.endswith("history of #lobby: 2 events")
+    # what was missed comes replayed before the room's join (numbered after it): shown as it comes
+    [missed] = view.on_frame(ev("msg", 38, room="lobby", **{"from": "bob"}, text="said while you were away"))
+    assert missed.text.endswith("<bob> said while you were away")  # (#lobby: still the current room)
 
 
 # --- commands ----------------------------------------------------------------------------------------------
