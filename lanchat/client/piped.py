@@ -113,7 +113,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             why = f" ({client.lost_reason})" if client.lost_reason else ""
             print(f"lanchat: reconnecting{why}", file=sys.stderr, flush=True)
         elif status == "connected" and reconnects:
-            how = f"; {new_session[0]}: what was said meanwhile may be missing" if new_session else ""
+            how = f"; {new_session[0]}: what was said meanwhile follows" if new_session else ""
             print(f"lanchat: connected again{how}", file=sys.stderr, flush=True)
         if status == "reconnecting":
             reconnects.append(status)

@@ -31,6 +31,8 @@ log = logging.getLogger("lanchat.hub")
 _ACK: Final = b'{"type":"ack","id":%d,"seq":%d}\n'
 _ACK_NO_SEQ: Final = b'{"type":"ack","id":%d,"seq":null}\n'
 _OLDER_THAN_KEPT: Final = "some events are older than the history kept"  # a gap's reason: pruned, or lost
+# How the lines of events that say something begin (m.encode and the hub's templates write "type" first).
+_SAID: Final = (b'{"type":"msg",', b'{"type":"action",', b'{"type":"topic",')
 
 # Bytes of one client's lines, or of one room's, per control frame (a long replay is several): the worker
 # refuses a frame of more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
@@ -58,6 +60,7 @@ class Session:
     peer: str = ""  # its connection's address as --max-per-ip counts it ('' not counted): rooms it makes count
     old_token: str | None = None  # the expired session's token it was made from: it resumes this one too
     # until the client has shown it knows the new token (the welcome that told it may have been lost)
+    start: int = -1  # the server's seq when it was made (not kept across a restart): see Hub._replay
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -637,6 +640,7 @@ class Hub:
             last_id, _, refused = gone
             self._drop_expired(key, refused)
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
+        s.start = self.seq
         if gone is not None and req.token is not None:  # if this welcome is lost, the client comes back with the
             # old token: unknown, it would get yet another session (as nick_: one it never learned of holds its
             # nick), with no last_id, and post its lines again. Only a token the server gave: a made-up one,
@@ -665,8 +669,9 @@ class Hub:
         if after is not None and not 0 <= after < self.seq:
             after = None  # (above: numbers this server never gave, its data directory restored from a copy)
         self._welcome(s, req, joining, seq=after)
-        if after is not None:
-            self._replay(s, after, {}, now, convs=joining)
+        if after is not None:  # (with room for the rooms' replies, which come after it: 500 nicks each)
+            infos = sum(len(self.rooms[r].nicks_literal()) + 2 * len(r) + 100 for r in joining if r in self.rooms)
+            self._replay(s, after, {}, now, convs=joining, budget=self.replay_max - infos)
         backlog = _Backlog(self.replay_max)
         for name in req.rooms:
             try:
@@ -740,24 +745,37 @@ class Hub:
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
         return True
 
-    def _replay(self, s: Session, after: int, left: dict[str, int], now: float, convs: list[str] | None = None) -> None:
+    def _replay(
+        self,
+        s: Session,
+        after: int,
+        left: dict[str, int],
+        now: float,
+        convs: list[str] | None = None,
+        budget: int | None = None,
+    ) -> None:
         """Send ``s`` the events of its rooms and private messages after ``after`` (and of the rooms it
-        ``left``, up to the seq of its part there), once, in order: all of them, or, past ``replay_max``
-        bytes, a ``gap`` and the newest that fit. More than its send queue would have the worker drop the
-        client as too slow, and the client would reconnect to the same replay until its session expired;
-        what does not fit, /history still pages back to. ``convs``: those to replay, if not the session's."""
+        ``left``, up to the seq of its part there), once, in order: all of them, or, past ``budget`` bytes
+        (``replay_max``), a ``gap`` and the newest that fit. More than its send queue would have the worker
+        drop the client as too slow, and the client would reconnect to the same replay until its session
+        expired; what does not fit, /history still pages back to. ``convs``: those to replay, if not the
+        session's. Of the events from before the session began (a failed resume's client, back after its
+        session expired: what it missed), only what was said: the joins, parts and nick changes of the
+        expired session would be taken for this one's by its client."""
         if after >= self.seq:
             return
         convs = s.convs if convs is None else convs
+        budget = self.replay_max if budget is None else budget
         wanted = set(convs)
         recent = self.recent
+        said_only = s.start if after < s.start else -1
 
-        def mine(newest_above: int) -> Iterator[bytes]:  # the ring's events for s above a seq, newest first
+        def mine(newest_above: int) -> Iterator[tuple[int, bytes]]:  # the ring's events for s, newest first
             for seq, convs, line in takewhile(lambda e: e[0] > newest_above, reversed(recent)):
                 if not wanted.isdisjoint(convs) or (left and any(left.get(c, -1) >= seq for c in convs)):
-                    yield line
+                    yield seq, line
 
-        newest_first: Iterable[bytes]
+        newest_first: Iterable[tuple[int, bytes]]
         from_disk = not (recent and recent[0][0] <= after + 1)
         gap = False
         reads_failed = self.store.reads_failed
@@ -778,13 +796,15 @@ class Hub:
             # Above the disk's newest: events it does not have (not committed yet, or lost while it failed).
             newest_first = chain(
                 mine(top[0] if top else after),
-                (line.encode() + b"\n" for _, line in chain([top] if top else [], disk)),
+                ((seq, line.encode() + b"\n") for seq, line in chain([top] if top else [], disk)),
             )
         lines: list[bytes] = []
         size = 0
-        for line in newest_first:
+        for seq, line in newest_first:
+            if seq <= said_only and not line.startswith(_SAID):
+                continue
             size += len(line)
-            if size > self.replay_max:
+            if size > budget:
                 self._send(s, {"type": "gap", "after": after, "reason": "too many events to replay"})
                 break
             lines.append(line)

@@ -469,8 +469,9 @@ def test_a_piped_client_terminated_while_the_server_is_down_says_the_nick_may_st
 
 
 def test_a_piped_client_back_too_late_to_resume_says_it_is_a_new_session(make_server: MakeServer) -> None:
-    """Stopped past the server's idle timeout and resume grace, it reconnects as a new session: what was
-    said meanwhile may be missing, and it says so (it used to say only "connected again")."""
+    """Stopped past the server's idle timeout and resume grace, it reconnects as a new session, and says so
+    (it used to say only "connected again"); what was said meanwhile is replayed (it used to be each room's
+    newest 50 lines, with those it had printed left out)."""
     server = make_server("--ping-interval", "0.3", "--idle-timeout", "1.2", "--resume-grace", "0.5", workers=1)
     with Client(server.port, "watcher") as watcher, _join(server.port, "--nick", "hal") as proc:
         stdout = proc.stdout
@@ -488,13 +489,17 @@ def test_a_piped_client_back_too_late_to_resume_says_it_is_a_new_session(make_se
         watcher.expect(event_of_hal("join"))
         proc.send_signal(signal.SIGSTOP)
         watcher.expect(event_of_hal("quit"), timeout=10)  # its session expired
+        watcher.send({"type": "msg", "room": "lobby", "text": "said while hal slept"})
+        watcher.expect(lambda f: f.get("text") == "said while hal slept")
         proc.send_signal(signal.SIGCONT)
         while "connected again" not in (line := lines.get(timeout=10)):
             pass
-        assert "the old session could not be resumed" in line and "may be missing" in line, line
+        assert "the old session could not be resumed" in line and "what was said meanwhile follows" in line, line
         proc.stdin.close()  # type: ignore[union-attr]
         assert proc.wait(10) == 0
-        assert "* the old session could not be resumed" in stdout.read()
+        out = stdout.read()
+        assert "* the old session could not be resumed" in out
+        assert out.count("<watcher> said while hal slept") == 1, out
         reader.join(5)
 
 
