@@ -60,7 +60,7 @@ class Session:
     peer: str = ""  # its connection's address as --max-per-ip counts it ('' not counted): rooms it makes count
     old_token: str | None = None  # the expired session's token it was made from: it resumes this one too
     # until the client has shown it knows the new token (the welcome that told it may have been lost)
-    start: int = -1  # the server's seq when it was made (not kept across a restart): see Hub._replay
+    start: int = -1  # the server's seq when it was made (not kept across a restart: -1): see Hub._replay
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -669,8 +669,8 @@ class Hub:
         if after is not None and not 0 <= after < self.seq:
             after = None  # (above: numbers this server never gave, its data directory restored from a copy)
         self._welcome(s, req, joining, seq=after)
-        if after is not None:  # (with room for the rooms' replies, which come after it: 500 nicks each)
-            infos = sum(len(self.rooms[r].nicks_literal()) + 2 * len(r) + 100 for r in joining if r in self.rooms)
+        if after is not None:  # (with room for the rooms' replies and joins that follow: 500 nicks, a topic)
+            infos = sum(len(self._room_info(self.rooms[r], None)) + len(r) + 160 for r in joining if r in self.rooms)
             self._replay(s, after, {}, now, convs=joining, budget=self.replay_max - infos)
         backlog = _Backlog(self.replay_max)
         for name in req.rooms:
@@ -742,6 +742,9 @@ class Hub:
         left = {room: upto for room, upto in (s.parted or {}).items() if upto > after}
         s.parted = left or None
         self._replay(s, after, left, now)
+        if after < s.start:  # from inside the replay a failed resume's hello began: the rooms' replies, which
+            # came after it, may never have been read (the client would know no member of its rooms)
+            self._send_lines(s, [self._room_info(self.rooms[r], None) for r in s.rooms if r in self.rooms])
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
         return True
 
