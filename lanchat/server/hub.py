@@ -60,7 +60,7 @@ class Session:
     peer: str = ""  # its connection's address as --max-per-ip counts it ('' not counted): rooms it makes count
     old_token: str | None = None  # the expired session's token it was made from: it resumes this one too
     # until the client has shown it knows the new token (the welcome that told it may have been lost)
-    start: int = -1  # the server's seq when it was made (not kept across a restart: -1): see Hub._replay
+    start: int = -1  # the server's seq when it was made (-1: by a lanchat that did not keep it): see Hub._replay
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -75,7 +75,7 @@ class Session:
         return [*self.rooms, "@" + self.sid]
 
     def row(self) -> SessionRow:
-        return SessionRow(self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain)
+        return SessionRow(self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start)
 
 
 @dataclass(slots=True, eq=False)
@@ -232,6 +232,7 @@ class Hub:
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
+            s.start = row.start
             if ids := refused.pop("s:" + row.sid, ()):
                 s.refused = set(ids)
             self._add_session(s)

@@ -37,7 +37,8 @@ from lanchat.storage import reserve
 log = logging.getLogger("lanchat.storage")
 
 APP_ID: Final = "lanchat"
-SCHEMA_VERSION: Final = 2  # 2: the journal table (a version-1 file is upgraded in place at open)
+# 2: the journal table; 3: where each session began (sessions.start). An older file is upgraded in place at open.
+SCHEMA_VERSION: Final = 3
 DB_NAME: Final = "history.sqlite3"
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
 PRUNE_BATCH: Final = 500  # rows a commit may delete beyond those it added, so pruning never stalls the hub
@@ -98,7 +99,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS convs (conv TEXT PRIMARY KEY, count INTEGER NOT NULL, pruned_upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
-    last_id INTEGER NOT NULL, plain INTEGER NOT NULL
+    last_id INTEGER NOT NULL, plain INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT -1
 );
 -- A session's highest message id as of a commit in which it posted, in commit order: its row in sessions
 -- is rewritten only when something else changes, and these are folded into sessions.last_id once
@@ -121,7 +122,7 @@ CREATE TABLE IF NOT EXISTS journal (
     conv TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL, line TEXT NOT NULL
 );
 """
-_READABLE_SCHEMAS: Final = ("1", str(SCHEMA_VERSION))
+_READABLE_SCHEMAS: Final = ("1", "2", str(SCHEMA_VERSION))
 _T = TypeVar("_T")
 
 
@@ -133,6 +134,7 @@ class SessionRow:
     rooms: tuple[str, ...]
     last_id: int
     plain: bool
+    start: int = -1  # the server's seq when the session was made (see Hub._replay)
 
 
 @dataclass(slots=True)
@@ -251,8 +253,11 @@ class HistoryStore:
         db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")  # the log's file is cut back to this
         db.execute("PRAGMA busy_timeout=1000")
         db.executescript(_SCHEMA)
-        # A version-1 file gains the journal table above and is marked 2, so that an older lanchat (which
-        # would not see the journal's events) refuses it instead of serving history with holes.
+        if "start" not in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}:  # a version-1 or 2 file
+            db.execute("ALTER TABLE sessions ADD COLUMN start INTEGER NOT NULL DEFAULT -1")
+        # An older file gains the journal table above (1) and the sessions' start (2) and is marked 3, so that
+        # an older lanchat refuses it instead of serving history with holes (1: it would not see the
+        # journal's events) or failing at its first session write (2: a column more than it writes).
         db.execute("INSERT OR REPLACE INTO meta VALUES ('app', ?), ('schema', ?)", (APP_ID, str(SCHEMA_VERSION)))
         # Written at once (autocommit): said at once, whatever comes next (the check below may fail).
         if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
@@ -321,8 +326,8 @@ class HistoryStore:
     def load_sessions(self) -> list[SessionRow]:
         if self._db is None:
             return []
-        rows = self._db.execute("SELECT sid, token, nick, rooms, last_id, plain FROM sessions").fetchall()
-        return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5])) for r in rows]
+        rows = self._db.execute("SELECT sid, token, nick, rooms, last_id, plain, start FROM sessions").fetchall()
+        return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), r[6]) for r in rows]
 
     def load_expired(self, now: float) -> list[tuple[str, int, float]]:
         """The expired sessions' token keys still remembered (``const.EXPIRED_TOKEN_TTL``, the newest
@@ -502,8 +507,8 @@ class HistoryStore:
                     db.execute("DELETE FROM sessions WHERE sid=?", (sid,))
                 else:
                     db.execute(
-                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
-                        (row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, int(row.plain)),
+                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, row.plain, row.start),
                     )
             # A session that ended for good takes its own conversation (its private messages, its joins in
             # large rooms) with it: nobody can read it again, and it was kept forever.

@@ -666,21 +666,29 @@ def test_a_failed_spread_commit_leaves_the_journal_as_it_was(
     assert seqs(s.events("r0", limit=100)[0]) == [6, 12]
 
 
-def test_a_version_1_file_is_upgraded_in_place(
-    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_file_is_upgraded_in_place(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture, version: int
 ) -> None:
     s = open_store(stores, tmp_path)
     add(s, 1)
+    s.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=7))
     assert s.commit(0.0)
     s.close()
-    with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # what lanchat before the journal wrote
-        db.execute("DROP TABLE journal")
-        db.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # what lanchat before the sessions' start wrote
+        db.execute("ALTER TABLE sessions DROP COLUMN start")
+        if version == 1:  # and before the journal
+            db.execute("DROP TABLE journal")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version),))
     db.close()
     s2 = open_store(stores, tmp_path)
-    assert "history: file format 1 upgraded to 2; an earlier lanchat refuses it now" in caplog.text
+    assert f"history: file format {version} upgraded to 3; an earlier lanchat refuses it now" in caplog.text
     assert seqs(s2.events("lobby")[0]) == [1]
     assert table_sizes(s2) == (1, 0)
+    assert s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False, start=-1)]  # not known
+    s2.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=9))
+    assert s2.commit(1.0)
+    assert s2.load_sessions()[0].start == 9
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
         assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(h.SCHEMA_VERSION),)
     db.close()

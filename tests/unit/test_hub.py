@@ -1823,6 +1823,48 @@ def test_the_expired_sessions_own_changes_are_not_replayed_to_the_new_one(net: W
     assert st.info.nick == view.nick == hub.conns[(3, 30)].nick == "alx" and view.joined == ["lobby", "dev"]
 
 
+def test_where_a_catch_up_session_began_is_kept_across_a_restart(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """As above, but bo took alx meanwhile (the redone /nick is refused), and the client read only the welcome
+    before the drop; the server restarted before it came back. A restored session did not know where it
+    began, and the resume replayed the expired session's 'nick al -> alx' and quit: the client believed it
+    was alx, bo's nick (a review). Where a session began is kept with it."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    st = ClientState("al", ["lobby", "dev"])
+    view = ChatView("al", "lobby")
+
+    def feed(frames: list[Frame]) -> None:
+        for frame in frames:
+            for shown in st.receive_data(m.encode(frame)):
+                view.on_frame(shown)
+
+    hub.request(1, 10, json.loads(st.hello()), 0.0)
+    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
+    feed(net.take(1, 10))
+    line = st.request(m.Nick("alx"))
+    st.sent(line)
+    hub.request(1, 10, json.loads(line), 0.5)  # handled; its answer lost with the connection
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.request(2, 20, {"type": "msg", "room": "dev", "text": "hi"}, 1.5)
+    hub.tick(1.0 + GRACE)
+    hub.request(2, 20, {"type": "nick", "nick": "alx"}, 2.0 + GRACE)
+    net.clear()
+    hub.request(3, 30, json.loads(st.hello()), 3.0 + GRACE)
+    feed(net.take(3, 30)[:1])  # only the welcome read
+    for _, redo in st.unconfirmed():
+        hub.request(3, 30, json.loads(redo), 3.5 + GRACE)  # refused: alx is bo's now
+    hub.closed(3, 30, False, "lost", 4.0 + GRACE)
+    hub.shutdown("restart", 5.0 + GRACE)
+    hub.store.close()
+    net2 = Workers(make_hub(stores, tmp_path, now=100.0))
+    net2.hub.request(4, 40, json.loads(st.hello()), 101.0)
+    rest = net2.take(4, 40)
+    assert rest[0]["resumed"] is True and not {"nick", "quit"} & set(kinds(rest))
+    feed(rest)
+    assert st.info.nick == view.nick == net2.hub.conns[(4, 40)].nick == "al"
+    assert texts_of(rest) == ["hi"] and view.joined == ["lobby", "dev"]
+
+
 def client_back_after_expiry(net: Workers) -> tuple[ClientState, list[Frame]]:
     """al's client (its real state) in #lobby and #dev is gone past the grace while bo posts l0-l29 and
     d0-d4; it comes back. Returns the state and the answer to its hello, not read yet."""
