@@ -60,7 +60,7 @@ class Session:
     peer: str = ""  # its connection's address as --max-per-ip counts it ('' not counted): rooms it makes count
     old_token: str | None = None  # the expired session's token it was made from: it resumes this one too
     # until the client has shown it knows the new token (the welcome that told it may have been lost)
-    start: int = -1  # the server's seq when it was made (-1: by a lanchat that did not keep it): see Hub._replay
+    start: int = -1  # the server's seq where the answer to its hello ended (-1: not known): see Hub._replay
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -641,7 +641,7 @@ class Hub:
             last_id, _, refused = gone
             self._drop_expired(key, refused)
         s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
-        s.start = self.seq
+        s.start = self.seq  # (until the joins below: the catch-up replay leaves out the old session's changes)
         if gone is not None and req.token is not None:  # if this welcome is lost, the client comes back with the
             # old token: unknown, it would get yet another session (as nick_: one it never learned of holds its
             # nick), with no last_id, and post its lines again. Only a token the server gave: a made-up one,
@@ -671,8 +671,7 @@ class Hub:
             after = None  # (above: numbers this server never gave, its data directory restored from a copy)
         self._welcome(s, req, joining, seq=after)
         if after is not None:  # (with room for the rooms' replies and joins that follow: 500 nicks, a topic)
-            infos = sum(len(self._room_info(self.rooms[r], None)) + len(r) + 160 for r in joining if r in self.rooms)
-            self._replay(s, after, {}, now, convs=joining, budget=self.replay_max - infos)
+            self._replay(s, after, {}, now, convs=joining, budget=self.replay_max - self._answer_size(joining, s))
         backlog = _Backlog(self.replay_max)
         for name in req.rooms:
             try:
@@ -681,8 +680,16 @@ class Hub:
                 self._join(s, name, now, backlog=backlog, tail=after is None)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
+        s.start = self.seq  # where this answer ends: a resume from below it may have missed its room replies
         self.store.put_session(s.row())
         log.info("session %s (%s) started on worker %d", s.sid[:8], s.nick, worker)
+
+    def _answer_size(self, rooms: list[str], s: Session) -> int:
+        """Bytes of the joins and room replies that a hello's answer sends for ``rooms`` (one's nicks and topic
+        as they are; the joiner's nick in both), a little over."""
+        nick = len(s.nick.encode())
+        known = sum(len(self._room_info(self.rooms[r], None)) for r in rooms if r in self.rooms)
+        return known + sum(2 * len(r.encode()) + 2 * nick + 200 for r in rooms)
 
     def _welcome(
         self,
@@ -742,10 +749,14 @@ class Hub:
         # until a resume from after them: this replay may be lost with its connection too.
         left = {room: upto for room, upto in (s.parted or {}).items() if upto > after}
         s.parted = left or None
-        self._replay(s, after, left, now)
-        if after < s.start:  # from inside the replay a failed resume's hello began: the rooms' replies, which
-            # came after it, may never have been read (the client would know no member of its rooms)
-            self._send_lines(s, [self._room_info(self.rooms[r], None) for r in s.rooms if r in self.rooms])
+        if after <= s.start:  # from inside the answer to its hello: the rooms' replies, which ended it, may
+            # never have been read (the client would know no member of its rooms), also the last one after the
+            # last join; they follow the replay, within its budget (a quiet session gets them once more)
+            infos = [self._room_info(self.rooms[r], None) for r in s.rooms if r in self.rooms]
+            self._replay(s, after, left, now, budget=self.replay_max - sum(map(len, infos)))
+            self._send_lines(s, infos)
+        else:
+            self._replay(s, after, left, now)
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
         return True
 
@@ -763,9 +774,10 @@ class Hub:
         (``replay_max``), a ``gap`` and the newest that fit. More than its send queue would have the worker
         drop the client as too slow, and the client would reconnect to the same replay until its session
         expired; what does not fit, /history still pages back to. ``convs``: those to replay, if not the
-        session's. Of the events from before the session began (a failed resume's client, back after its
-        session expired: what it missed), only what was said: the joins, parts and nick changes of the
-        expired session would be taken for this one's by its client."""
+        session's. Of the events up to the end of the answer to the session's hello (a failed resume's
+        client, back after its session expired: what it missed, and the new session's own joins), only what
+        was said: the joins, parts and nick changes of the expired session would be taken for this one's
+        by its client, which learns its rooms from the welcome."""
         if after >= self.seq:
             return
         convs = s.convs if convs is None else convs

@@ -253,12 +253,14 @@ class HistoryStore:
         db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")  # the log's file is cut back to this
         db.execute("PRAGMA busy_timeout=1000")
         db.executescript(_SCHEMA)
+        # An older file gains the journal table above (1) and the sessions' start below (2) and is marked 3,
+        # so that an older lanchat refuses it instead of serving history with holes (1: it would not see the
+        # journal's events) or failing at every session write (2: a column more than it writes). Marked
+        # first: a disk that fails between the two leaves a file that an older lanchat refuses, and that
+        # the next start completes (the column is looked for, not the mark).
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('app', ?), ('schema', ?)", (APP_ID, str(SCHEMA_VERSION)))
         if "start" not in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}:  # a version-1 or 2 file
             db.execute("ALTER TABLE sessions ADD COLUMN start INTEGER NOT NULL DEFAULT -1")
-        # An older file gains the journal table above (1) and the sessions' start (2) and is marked 3, so that
-        # an older lanchat refuses it instead of serving history with holes (1: it would not see the
-        # journal's events) or failing at its first session write (2: a column more than it writes).
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('app', ?), ('schema', ?)", (APP_ID, str(SCHEMA_VERSION)))
         # Written at once (autocommit): said at once, whatever comes next (the check below may fail).
         if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
             log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",

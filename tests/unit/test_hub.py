@@ -1626,7 +1626,8 @@ def test_a_resume_from_numbers_the_server_never_gave_says_there_is_a_gap(net: Wo
     net.clear()
     hub.request(2, 20, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": w["seq"] + 1000}, 2.0)
     frames = net.take(2, 20)
-    assert [f["type"] for f in frames] == ["welcome", "gap"]
+    # (nothing since the answer to its hello: that answer's room reply, perhaps never read, comes again)
+    assert [f["type"] for f in frames] == ["welcome", "gap", "room"]
     assert frames[1] == {"type": "gap", "after": hub.seq, "reason": "the server's numbering went back"}
 
 
@@ -1905,12 +1906,15 @@ def test_a_drop_during_the_catch_up_loses_none_of_it(net: Workers, read: int) ->
     assert texts_of(shown) == MISSED  # each once, in order
 
 
-def test_a_drop_during_the_catch_up_still_tells_the_rooms_members(net: Workers) -> None:
+@pytest.mark.parametrize("read", [12, 37, 39], ids=["in the replay", "#lobby's join", "#dev's join"])
+def test_a_drop_during_the_catch_up_still_tells_the_rooms_members(net: Workers, read: int) -> None:
     """The rooms' replies (their nick lists) come after the replay, and a resume sends none: after a drop
-    during the catch-up the terminal knew no member of its rooms but itself (a review)."""
+    during the catch-up the terminal knew no member of its rooms but itself (a review), and the same after
+    a drop between a room's join and its reply (the next review)."""
     st, answer = client_back_after_expiry(net)
+    assert kinds(answer[36:]) == ["join", "room", "join", "room"]
     view = ChatView("al", "lobby")
-    for frame in answer[:12]:
+    for frame in answer[:read]:
         for shown in st.receive_data(m.encode(frame)):
             view.on_frame(shown)
     net.hub.closed(3, 30, False, "lost", 4.0 + GRACE)
@@ -1943,6 +1947,34 @@ def test_the_catch_up_leaves_room_for_the_rooms_replies(tmp_path: Path, stores: 
     hub.request(3, 30, json.loads(st.hello()), 3.0 + GRACE)
     answer = net.take(3, 30)
     assert "gap" in kinds(answer) and 50_000 < sum(len(m.encode(f)) for f in answer) <= 60_000
+    st.receive_data(m.encode(answer[0]))  # a drop after the welcome: the resume's replay and room replies
+    hub.closed(3, 30, False, "lost", 4.0 + GRACE)  # keep the budget too (a review: 109 KB)
+    hub.request(4, 40, json.loads(st.hello()), 5.0 + GRACE)
+    rest = net.take(4, 40)
+    assert kinds(rest).count("room") == 50 and 50_000 < sum(len(m.encode(f)) for f in rest) <= 60_000 + 1_000
+    # (the budget is the replay's and the room replies': the welcome and a gap come on top)
+
+
+def test_the_catch_up_leaves_room_for_new_rooms_and_a_long_nick(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """Rooms the hello makes, and the bytes of a nick of 24 wide characters, in each join and reply."""
+    net = Workers(make_hub(stores, tmp_path, replay_max=60_000))
+    hub = net.hub
+    nick = "語" * 24
+    old, new = [f"room{i:02d}".ljust(32, "x") for i in range(25)], [f"new{i:02d}".ljust(32, "y") for i in range(25)]
+    st = ClientState(nick, old)
+    hub.request(1, 10, json.loads(st.hello()), 0.0)
+    welcome_of(net, 2, 20, "bo", rooms=old)
+    for frame in net.take(1, 10):
+        st.receive_data(m.encode(frame))
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)
+    for i in range(400):
+        hub.request(2, 20, {"type": "msg", "room": old[i % 25], "text": "x" * 200}, 2.0 + GRACE)
+    hub.commit(2.0 + GRACE)
+    net.clear()
+    hub.request(3, 30, {**json.loads(st.hello()), "rooms": old + new}, 3.0 + GRACE)
+    answer = net.take(3, 30)
+    assert kinds(answer).count("room") == 50 and sum(len(m.encode(f)) for f in answer) <= 60_000
 
 
 def test_a_second_expiry_during_the_catch_up_loses_none_of_it(net: Workers) -> None:
