@@ -1788,40 +1788,56 @@ def test_a_hellos_room_replies_count_in_its_budget(tmp_path: Path, stores: list[
     assert sum(sizes["room"]) + sum(sizes["history"]) <= 20_000 + sum(sizes["room"][2:]) + 4 * 60
 
 
-def test_the_expired_sessions_own_changes_are_not_replayed_to_the_new_one(net: Workers) -> None:
-    """al typed /nick alx; the expired session handled it but the answer was lost. The replay carried that
-    'nick al -> alx' event, and the client took it for its own rename, though the new session is al: then
-    it knew its own joins no more (the terminal's room list stayed empty), and its own lines came back as
-    another's (a review). Of the events from before the new session, only what was said is replayed; the
-    client redoes the /nick in the new session (it never saw it answered)."""
-    hub = net.hub
-    st = ClientState("al", ["lobby", "dev"])
-    view = ChatView("al", "lobby")
+class Terminal:
+    """A client's state and its terminal view, fed what the hub sends: the user's side of a test."""
 
-    def feed(frames: list[Frame]) -> None:
+    def __init__(self, nick: str, rooms: list[str]) -> None:
+        self.st = ClientState(nick, rooms)
+        self.view = ChatView(nick, rooms[0])
+
+    def feed(self, frames: list[Frame]) -> None:
         for frame in frames:
-            for shown in st.receive_data(m.encode(frame)):
-                view.on_frame(shown)
+            for shown in self.st.receive_data(m.encode(frame)):
+                self.view.on_frame(shown)
 
-    hub.request(1, 10, json.loads(st.hello()), 0.0)
+
+def nick_change_lost_then_expired(net: Workers, *, taken: bool = False) -> Terminal:
+    """al (in #lobby and #dev) typed /nick alx: handled, its answer lost with the connection, which bo's
+    "hi" in #dev follows; al's session expires (and bo takes alx, if ``taken``)."""
+    hub = net.hub
+    al = Terminal("al", ["lobby", "dev"])
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
     welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
-    feed(net.take(1, 10))
-    line = st.request(m.Nick("alx"))
-    st.sent(line)
-    hub.request(1, 10, json.loads(line), 0.5)  # handled; its answer lost with the connection
+    al.feed(net.take(1, 10))
+    line = al.st.request(m.Nick("alx"))
+    al.st.sent(line)
+    hub.request(1, 10, json.loads(line), 0.5)
     hub.closed(1, 10, False, "lost", 1.0)
     hub.request(2, 20, {"type": "msg", "room": "dev", "text": "hi"}, 1.5)
     hub.tick(1.0 + GRACE)
+    if taken:
+        hub.request(2, 20, {"type": "nick", "nick": "alx"}, 2.0 + GRACE)
     net.clear()
-    hub.request(3, 30, json.loads(st.hello()), 3.0 + GRACE)
+    return al
+
+
+def test_the_expired_sessions_own_changes_are_not_replayed_to_the_new_one(net: Workers) -> None:
+    """The replay carried the expired session's 'nick al -> alx' event, and the client took it for its own
+    rename, though the new session is al: then it knew its own joins no more (the terminal's room list
+    stayed empty), and its own lines came back as another's (a review). Of the events from before the new
+    session, only what was said is replayed; the client redoes the /nick (it never saw it answered)."""
+    hub = net.hub
+    al = nick_change_lost_then_expired(net)
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0 + GRACE)
     answer = net.take(3, 30)
     assert kinds(answer) == ["welcome", "msg", "join", "room", "join", "room"]
-    feed(answer)
-    assert st.info.nick == view.nick == "al" and view.joined == ["lobby", "dev"]
-    for _, redo in st.unconfirmed():
+    al.feed(answer)
+    assert al.st.info.nick == al.view.nick == "al" and al.view.joined == ["lobby", "dev"]
+    for _, redo in al.st.unconfirmed():
         hub.request(3, 30, json.loads(redo), 4.0 + GRACE)
-    feed(net.take(3, 30))
-    assert st.info.nick == view.nick == hub.conns[(3, 30)].nick == "alx" and view.joined == ["lobby", "dev"]
+    al.feed(net.take(3, 30))
+    assert al.st.info.nick == al.view.nick == hub.conns[(3, 30)].nick == "alx"
+    assert al.view.joined == ["lobby", "dev"]
 
 
 def test_where_a_catch_up_session_began_is_kept_across_a_restart(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -1831,39 +1847,21 @@ def test_where_a_catch_up_session_began_is_kept_across_a_restart(tmp_path: Path,
     was alx, bo's nick (a review). Where a session began is kept with it."""
     net = Workers(make_hub(stores, tmp_path))
     hub = net.hub
-    st = ClientState("al", ["lobby", "dev"])
-    view = ChatView("al", "lobby")
-
-    def feed(frames: list[Frame]) -> None:
-        for frame in frames:
-            for shown in st.receive_data(m.encode(frame)):
-                view.on_frame(shown)
-
-    hub.request(1, 10, json.loads(st.hello()), 0.0)
-    welcome_of(net, 2, 20, "bo", rooms=["lobby", "dev"])
-    feed(net.take(1, 10))
-    line = st.request(m.Nick("alx"))
-    st.sent(line)
-    hub.request(1, 10, json.loads(line), 0.5)  # handled; its answer lost with the connection
-    hub.closed(1, 10, False, "lost", 1.0)
-    hub.request(2, 20, {"type": "msg", "room": "dev", "text": "hi"}, 1.5)
-    hub.tick(1.0 + GRACE)
-    hub.request(2, 20, {"type": "nick", "nick": "alx"}, 2.0 + GRACE)
-    net.clear()
-    hub.request(3, 30, json.loads(st.hello()), 3.0 + GRACE)
-    feed(net.take(3, 30)[:1])  # only the welcome read
-    for _, redo in st.unconfirmed():
+    al = nick_change_lost_then_expired(net, taken=True)
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0 + GRACE)
+    al.feed(net.take(3, 30)[:1])  # only the welcome read
+    for _, redo in al.st.unconfirmed():
         hub.request(3, 30, json.loads(redo), 3.5 + GRACE)  # refused: alx is bo's now
     hub.closed(3, 30, False, "lost", 4.0 + GRACE)
     hub.shutdown("restart", 5.0 + GRACE)
     hub.store.close()
     net2 = Workers(make_hub(stores, tmp_path, now=100.0))
-    net2.hub.request(4, 40, json.loads(st.hello()), 101.0)
+    net2.hub.request(4, 40, json.loads(al.st.hello()), 101.0)
     rest = net2.take(4, 40)
     assert rest[0]["resumed"] is True and not {"nick", "quit"} & set(kinds(rest))
-    feed(rest)
-    assert st.info.nick == view.nick == net2.hub.conns[(4, 40)].nick == "al"
-    assert texts_of(rest) == ["hi"] and view.joined == ["lobby", "dev"]
+    al.feed(rest)
+    assert al.st.info.nick == al.view.nick == net2.hub.conns[(4, 40)].nick == "al"
+    assert texts_of(rest) == ["hi"] and al.view.joined == ["lobby", "dev"]
 
 
 def client_back_after_expiry(net: Workers) -> tuple[ClientState, list[Frame]]:
