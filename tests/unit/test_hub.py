@@ -1923,25 +1923,32 @@ def test_a_drop_during_the_catch_up_still_tells_the_rooms_members(net: Workers, 
     assert view.members == {"lobby": ["bo", "al"], "dev": ["bo", "al"]}
 
 
-def test_the_catch_up_leaves_room_for_the_rooms_replies(tmp_path: Path, stores: list[HistoryStore]) -> None:
-    """A room reply carries the topic too (300 characters, up to 900 bytes): 50 of them were left out of
-    the estimate, and the answer went 45 KiB over its budget (a review)."""
-    net = Workers(make_hub(stores, tmp_path, replay_max=60_000))
+def gone_while_rooms_talk(net: Workers, nick: str, rooms: list[str], *, topic: str = "") -> ClientState:
+    """``nick``'s client in ``rooms`` (each with ``topic``, if any) is gone past the grace while bo posts
+    400 lines of 200 bytes across them. Returns its state, to come back with."""
     hub = net.hub
-    rooms = [f"room{i:02d}" for i in range(50)]
-    st = ClientState("al", rooms)
+    st = ClientState(nick, rooms)
     hub.request(1, 10, json.loads(st.hello()), 0.0)
     welcome_of(net, 2, 20, "bo", rooms=rooms)
-    for room in rooms:
-        hub.request(2, 20, {"type": "topic", "room": room, "topic": "語" * 300}, 0.1)
+    for room in rooms if topic else []:
+        hub.request(2, 20, {"type": "topic", "room": room, "topic": topic}, 0.1)
     for frame in net.take(1, 10):
         st.receive_data(m.encode(frame))
     hub.closed(1, 10, False, "lost", 1.0)
     hub.tick(1.0 + GRACE)
     for i in range(400):
-        hub.request(2, 20, {"type": "msg", "room": rooms[i % 50], "text": "x" * 200}, 2.0 + GRACE)
+        hub.request(2, 20, {"type": "msg", "room": rooms[i % len(rooms)], "text": "x" * 200}, 2.0 + GRACE)
     hub.commit(2.0 + GRACE)
     net.clear()
+    return st
+
+
+def test_the_catch_up_leaves_room_for_the_rooms_replies(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A room reply carries the topic too (300 characters, up to 900 bytes): 50 of them were left out of
+    the estimate, and the answer went 45 KiB over its budget (a review)."""
+    net = Workers(make_hub(stores, tmp_path, replay_max=60_000))
+    hub = net.hub
+    st = gone_while_rooms_talk(net, "al", [f"room{i:02d}" for i in range(50)], topic="語" * 300)
     hub.request(3, 30, json.loads(st.hello()), 3.0 + GRACE)
     answer = net.take(3, 30)
     assert "gap" in kinds(answer) and 50_000 < sum(len(m.encode(f)) for f in answer) <= 60_000
@@ -1956,21 +1963,9 @@ def test_the_catch_up_leaves_room_for_the_rooms_replies(tmp_path: Path, stores: 
 def test_the_catch_up_leaves_room_for_new_rooms_and_a_long_nick(tmp_path: Path, stores: list[HistoryStore]) -> None:
     """Rooms the hello makes, and the bytes of a nick of 24 wide characters, in each join and reply."""
     net = Workers(make_hub(stores, tmp_path, replay_max=60_000))
-    hub = net.hub
-    nick = "語" * 24
     old, new = [f"room{i:02d}".ljust(32, "x") for i in range(25)], [f"new{i:02d}".ljust(32, "y") for i in range(25)]
-    st = ClientState(nick, old)
-    hub.request(1, 10, json.loads(st.hello()), 0.0)
-    welcome_of(net, 2, 20, "bo", rooms=old)
-    for frame in net.take(1, 10):
-        st.receive_data(m.encode(frame))
-    hub.closed(1, 10, False, "lost", 1.0)
-    hub.tick(1.0 + GRACE)
-    for i in range(400):
-        hub.request(2, 20, {"type": "msg", "room": old[i % 25], "text": "x" * 200}, 2.0 + GRACE)
-    hub.commit(2.0 + GRACE)
-    net.clear()
-    hub.request(3, 30, {**json.loads(st.hello()), "rooms": old + new}, 3.0 + GRACE)
+    st = gone_while_rooms_talk(net, "語" * 24, old)
+    net.hub.request(3, 30, {**json.loads(st.hello()), "rooms": old + new}, 3.0 + GRACE)
     answer = net.take(3, 30)
     assert kinds(answer).count("room") == 50 and sum(len(m.encode(f)) for f in answer) <= 60_000
 
