@@ -37,7 +37,8 @@ from lanchat.storage import reserve
 log = logging.getLogger("lanchat.storage")
 
 APP_ID: Final = "lanchat"
-# 2: the journal table; 3: where each session began (sessions.start). An older file is upgraded in place at open.
+# 2: the journal table; 3: sessions.start, where the answer to each session's hello ended. An older file is
+# upgraded in place at open.
 SCHEMA_VERSION: Final = 3
 DB_NAME: Final = "history.sqlite3"
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
@@ -134,7 +135,7 @@ class SessionRow:
     rooms: tuple[str, ...]
     last_id: int
     plain: bool
-    start: int = -1  # the server's seq when the session was made (see Hub._replay)
+    start: int = -1  # the server's seq where the answer to the session's hello ended (see Hub._replay)
 
 
 @dataclass(slots=True)
