@@ -61,6 +61,9 @@ class Session:
     old_token: str | None = None  # the expired session's token it was made from: it resumes this one too
     # until the client has shown it knows the new token (the welcome that told it may have been lost)
     start: int = -1  # the server's seq where the answer to its hello ended (-1: not known): see Hub._replay
+    # Room -> the seq of the session's latest join of it (not kept across a restart): a resume from before or
+    # at it may have lost that join's room reply (its nick list), which follows the join event (Hub._resume)
+    joined_at: dict[str, int] = field(default_factory=dict)
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -671,7 +674,8 @@ class Hub:
             after = None  # (above: numbers this server never gave, its data directory restored from a copy)
         self._welcome(s, req, joining, seq=after)
         if after is not None:  # (with room for the rooms' replies and joins that follow: 500 nicks, a topic)
-            self._replay(s, after, {}, now, convs=joining, budget=self.replay_max - self._answer_size(joining, s))
+            answer = min(self._answer_size(joining, s), self.replay_max // 2)  # (half at least for the replay)
+            self._replay(s, after, {}, now, convs=joining, budget=self.replay_max - answer)
         backlog = _Backlog(self.replay_max)
         for name in req.rooms:
             try:
@@ -749,14 +753,13 @@ class Hub:
         # until a resume from after them: this replay may be lost with its connection too.
         left = {room: upto for room, upto in (s.parted or {}).items() if upto > after}
         s.parted = left or None
-        if after <= s.start:  # from inside the answer to its hello: the rooms' replies, which ended it, may
-            # never have been read (the client would know no member of its rooms), also the last one after the
-            # last join; they follow the replay, within its budget (a quiet session gets them once more)
-            infos = [self._room_info(self.rooms[r], None) for r in s.rooms if r in self.rooms]
-            self._replay(s, after, left, now, budget=self.replay_max - sum(map(len, infos)))
-            self._send_lines(s, infos)
-        else:
-            self._replay(s, after, left, now)
+        # The room replies (nick lists) of joins the client may not have read past, also the last one it read:
+        # after the replay, within its budget but never more than half of it (a quiet session gets its last
+        # room's reply again; a missed line must not become a bare gap)
+        rooms = [r for r in s.rooms if s.joined_at.get(r, -1) >= after and r in self.rooms]
+        infos = [self._room_info(self.rooms[r], None) for r in rooms]
+        self._replay(s, after, left, now, budget=self.replay_max - min(sum(map(len, infos)), self.replay_max // 2))
+        self._send_lines(s, infos)
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
         return True
 
@@ -981,6 +984,7 @@ class Hub:
             room.workers[s.worker] += 1
             self._json(s.worker, ["member", s.conn, name, True])
         self._presence(s, room, "join", {"room": name, "nick": s.nick}, now)
+        s.joined_at[name] = self.seq
         info = self._room_info(room, rid)
         self._send_lines(s, [info])
         if backlog is not None:  # (500 nicks each: 50 rooms' replies alone are 650 KiB)
@@ -1046,6 +1050,7 @@ class Hub:
         self._presence(s, room, "part", {"room": room.name, "nick": s.nick, "reason": req.reason}, now)
         room.remove(s.sid)
         s.rooms.remove(room.name)
+        s.joined_at.pop(room.name, None)
         parted = s.parted if s.parted is not None else {}
         parted.pop(room.name, None)
         parted[room.name] = self.seq  # the part's own event

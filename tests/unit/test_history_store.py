@@ -1473,13 +1473,14 @@ def test_the_unclean_marker_is_written_durably_and_commits_stay_cheap(
     assert db_of(s).execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
 
 
+@pytest.mark.parametrize("failing", ["INSERT OR REPLACE INTO meta", "ALTER TABLE"], ids=["the mark", "the column"])
 def test_an_upgrade_cut_short_leaves_a_file_an_older_lanchat_refuses(
-    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
     """The disk failed between adding the sessions' column and marking the file 3 (a review): a lanchat of
     format 2 opened it and failed at every session write (a column more than it writes), degraded for good.
-    The mark comes first now: a file cut between the two is refused by format 2 and completed at the next
-    start."""
+    The mark comes first now: cut at either step, the file is never format 2 with the column, and the next
+    start completes it."""
     s = open_store(stores, tmp_path)
     s.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False))
     assert s.commit(0.0)
@@ -1490,25 +1491,26 @@ def test_an_upgrade_cut_short_leaves_a_file_an_older_lanchat_refuses(
     db.close()
     connect = sqlite3.connect
 
-    class FailingAlter:
+    class FailingAt:
         def __init__(self, conn: sqlite3.Connection) -> None:
             self._conn = conn
 
         def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-            if sql.startswith("ALTER TABLE"):
+            if sql.startswith(failing):
                 raise sqlite3.OperationalError("disk I/O error")
             return self._conn.execute(sql, *args)
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self._conn, name)
 
-    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: FailingAlter(connect(*a, **kw)))
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: FailingAt(connect(*a, **kw)))
     cut = open_store(stores, tmp_path)
     assert cut.degraded
     monkeypatch.setattr(sqlite3, "connect", connect)
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)  # format 2 refuses it
-        assert "start" not in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+        (schema,) = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        column = "start" in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
     db.close()
+    assert (schema, column) == (("2", False) if failing.startswith("INSERT") else ("3", False))
     s2 = open_store(stores, tmp_path)
     assert not s2.degraded and s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False, start=-1)]

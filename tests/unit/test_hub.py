@@ -1945,19 +1945,60 @@ def gone_while_rooms_talk(net: Workers, nick: str, rooms: list[str], *, topic: s
 
 def test_the_catch_up_leaves_room_for_the_rooms_replies(tmp_path: Path, stores: list[HistoryStore]) -> None:
     """A room reply carries the topic too (300 characters, up to 900 bytes): 50 of them were left out of
-    the estimate, and the answer went 45 KiB over its budget (a review)."""
-    net = Workers(make_hub(stores, tmp_path, replay_max=60_000))
+    the estimate, and the answer went 45 KiB over its budget (a review). The replay keeps half of it."""
+    net = Workers(make_hub(stores, tmp_path, replay_max=120_000))
     hub = net.hub
     st = gone_while_rooms_talk(net, "al", [f"room{i:02d}" for i in range(50)], topic="語" * 300)
     hub.request(3, 30, json.loads(st.hello()), 3.0 + GRACE)
     answer = net.take(3, 30)
-    assert "gap" in kinds(answer) and 50_000 < sum(len(m.encode(f)) for f in answer) <= 60_000
+    assert "gap" in kinds(answer) and 100_000 < sum(len(m.encode(f)) for f in answer) <= 120_000
     st.receive_data(m.encode(answer[0]))  # a drop after the welcome: the resume's replay and room replies
     hub.closed(3, 30, False, "lost", 4.0 + GRACE)  # keep the budget too (a review: 109 KB)
     hub.request(4, 40, json.loads(st.hello()), 5.0 + GRACE)
     rest = net.take(4, 40)
-    assert kinds(rest).count("room") == 50 and 50_000 < sum(len(m.encode(f)) for f in rest) <= 60_000 + 1_000
+    assert kinds(rest).count("room") == 50 and 100_000 < sum(len(m.encode(f)) for f in rest) <= 120_000 + 1_000
     # (the budget is the replay's and the room replies': the welcome and a gap come on top)
+
+
+def test_a_quiet_sessions_resume_gets_its_missed_lines_and_its_last_rooms_reply(net: Workers) -> None:
+    """A resume sent every room reply again whenever the client had seen nothing since its hello's answer,
+    and took them out of the replay's budget: a quiet member of 10 busy rooms got a bare gap for one
+    missed line (a review). Only the rooms whose join it may not have read past get their reply again (the
+    last join it read: its reply follows it), and the replay keeps half of its budget whatever they take."""
+    hub = net.hub
+    hub.replay_max = 20_000
+    rooms = [f"r{i}" for i in range(10)]
+    for i in range(80):
+        welcome_of(net, 1, i, f"member{i:02d}_long_nick", rooms=rooms)
+    al = Terminal("al", rooms)
+    hub.request(2, 20, json.loads(al.st.hello()), 1.0)
+    al.feed(net.take(2, 20))
+    assert len(al.view.members["r0"]) == 81
+    hub.closed(2, 20, False, "lost", 2.0)
+    hub.request(1, 0, {"type": "msg", "room": "r3", "text": "missed"}, 2.5)
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0)
+    back = net.take(3, 30)
+    assert kinds(back) == ["welcome", "msg", "room"] and back[1]["text"] == "missed" and back[2]["room"] == "r9"
+    al.feed(back)
+    hub.closed(3, 30, False, "lost", 4.0)
+    hub.request(4, 40, json.loads(al.st.hello()), 5.0)
+    assert kinds(net.take(4, 40)) == ["welcome"]  # read past every join: no reply again
+
+
+def test_a_typed_join_whose_room_reply_was_lost_in_a_drop_gets_it_on_resume(net: Workers) -> None:
+    hub = net.hub
+    welcome_of(net, 1, 10, "bo", rooms=["dev"])
+    al = Terminal("al", ["lobby"])
+    hub.request(2, 20, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(2, 20))
+    hub.request(2, 20, json.loads(al.st.request(m.Join("dev"))), 1.0)
+    answer = net.take(2, 20)
+    assert kinds(answer) == ["history", "join", "room", "ack"]
+    al.feed(answer[:2])  # the drop took the room reply (bo's nick) and the ack
+    hub.closed(2, 20, False, "lost", 2.0)
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0)
+    al.feed(net.take(3, 30))
+    assert al.view.members["dev"] == ["bo", "al"]
 
 
 def test_the_catch_up_leaves_room_for_new_rooms_and_a_long_nick(tmp_path: Path, stores: list[HistoryStore]) -> None:
