@@ -280,6 +280,9 @@ class ChatView:
     def _on_room(self, frame: dict[str, Any]) -> list[Line]:
         room = str(frame.get("room", ""))
         nicks = [str(n) for n in _list(frame, "nicks") if isinstance(n, str)]
+        # A resume resends a room's reply the client may have lost; one it had (same members) says nothing new
+        quiet = frame.get("type") == "room" and "id" not in frame and self.members.get(room) == nicks
+        quiet = quiet and room in self.joined  # (a /who's answer, type "who", is always shown)
         if room in self.joined:
             self.members[room] = nicks
             users = frame.get("users")  # a join reply lists the first nicks only, with the full count
@@ -287,7 +290,7 @@ class ChatView:
         self._know_room(room)
         if room not in self.joined:  # a joined room's members are completed after those who spoke, from members
             self._know_nicks(nicks)
-        return self._rendered(frame, "info")
+        return [] if quiet else self._rendered(frame, "info")
 
     def _on_rooms(self, frame: dict[str, Any]) -> list[Line]:
         for r in _list(frame, "rooms"):

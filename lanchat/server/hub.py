@@ -61,9 +61,10 @@ class Session:
     old_token: str | None = None  # the expired session's token it was made from: it resumes this one too
     # until the client has shown it knows the new token (the welcome that told it may have been lost)
     start: int = -1  # the server's seq where the answer to its hello ended (-1: not known): see Hub._replay
-    # The seq and room of the session's latest join (not kept across a restart): a resume from before it, or
-    # at it, may have lost room replies (nick lists), each of which follows its join event (Hub._resume). Two
-    # fields, not a seq per room: 250 bytes a session in a dict, against a 4 KiB goal per idle connection.
+    # The seq of the last event before the latest room replies (nick lists) the session was sent, and their
+    # room ("": all of its rooms): a resume from before it, or at it, may have lost them (Hub._resume). The
+    # latest join, or a resume that sent them again; after a restart, the end of the answer to its hello.
+    # Two fields, not a seq per room: 250 bytes a session in a dict, against a 4 KiB goal per idle connection.
     last_join: int = -1
     last_join_room: str = ""
     _nick_src: str | None = field(default=None, init=False, repr=False)
@@ -237,7 +238,7 @@ class Hub:
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
-            s.start = row.start
+            s.start = s.last_join = row.start
             if ids := refused.pop("s:" + row.sid, ()):
                 s.refused = set(ids)
             self._add_session(s)
@@ -759,11 +760,15 @@ class Hub:
         # the latest join (rare: a drop inside the answer to a hello or a /join), of that room if that was the
         # last it read (a quiet session gets it once more). After the replay, within its budget but never
         # more than half of it (a missed line must not become a bare gap).
-        rooms = s.rooms if after < s.last_join else [s.last_join_room] if after == s.last_join else []
+        every = after < s.last_join or (after == s.last_join and not s.last_join_room)
+        rooms = s.rooms if every else [s.last_join_room] if after == s.last_join else []
         rooms = [r for r in rooms if r in s.rooms and r in self.rooms]
         infos = [self._room_info(self.rooms[r], None) for r in rooms]
-        self._replay(s, after, left, now, budget=self.replay_max - min(sum(map(len, infos)), self.replay_max // 2))
-        self._send_lines(s, infos)
+        budget = self.replay_max - min(sum(map(len, infos)), self.replay_max // 2)
+        newest = self._replay(s, after, left, now, budget=budget)
+        if infos:  # they follow the replay now: a drop during it may lose them again
+            self._send_lines(s, infos)
+            s.last_join, s.last_join_room = after if newest is None else newest, "" if every else rooms[0]
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
         return True
 
@@ -775,7 +780,7 @@ class Hub:
         now: float,
         convs: list[str] | None = None,
         budget: int | None = None,
-    ) -> None:
+    ) -> int | None:
         """Send ``s`` the events of its rooms and private messages after ``after`` (and of the rooms it
         ``left``, up to the seq of its part there), once, in order: all of them, or, past ``budget`` bytes
         (``replay_max``), a ``gap`` and the newest that fit. More than its send queue would have the worker
@@ -784,9 +789,9 @@ class Hub:
         session's. Of the events up to the end of the answer to the session's hello (a failed resume's
         client, back after its session expired: what it missed, and the new session's own joins), only what
         was said: the joins, parts and nick changes of the expired session would be taken for this one's
-        by its client, which learns its rooms from the welcome."""
+        by its client, which learns its rooms from the welcome. Returns the seq of the newest event sent."""
         if after >= self.seq:
-            return
+            return None
         convs = s.convs if convs is None else convs
         budget = self.replay_max if budget is None else budget
         wanted = set(convs)
@@ -823,6 +828,7 @@ class Hub:
             )
         lines: list[bytes] = []
         size = 0
+        newest: int | None = None
         for seq, line in newest_first:
             if seq <= said_only and not line.startswith(_SAID):
                 continue
@@ -831,11 +837,13 @@ class Hub:
                 self._send(s, {"type": "gap", "after": after, "reason": "too many events to replay"})
                 break
             lines.append(line)
+            newest = seq if newest is None else newest
         else:  # all of it fits; a gap still if history lost some, or a read failed on the way
             if gap or self.store.reads_failed != reads_failed:
                 self._send(s, {"type": "gap", "after": after, "reason": _OLDER_THAN_KEPT})
         lines.reverse()
         self._send_lines(s, lines)
+        return newest
 
     def _send_lines(self, s: Session, lines: list[bytes]) -> None:
         if s.worker is not None and s.conn is not None:

@@ -1982,7 +1982,13 @@ def test_a_quiet_sessions_resume_gets_its_missed_lines_and_its_last_rooms_reply(
     al.feed(back)
     hub.closed(3, 30, False, "lost", 4.0)
     hub.request(4, 40, json.loads(al.st.hello()), 5.0)
-    assert kinds(net.take(4, 40)) == ["welcome"]  # read past every join: no reply again
+    again = net.take(4, 40)  # nothing read after that reply: it comes again, and the terminal says nothing
+    assert kinds(again) == ["welcome", "room"] and al.view.on_frame(again[1]) == []
+    hub.request(1, 0, {"type": "msg", "room": "r3", "text": "later"}, 5.5)
+    al.feed(again + net.take(4, 40))
+    hub.closed(4, 40, False, "lost", 6.0)
+    hub.request(5, 50, json.loads(al.st.hello()), 7.0)
+    assert kinds(net.take(5, 50)) == ["welcome"]  # read past it: no reply again
 
 
 def test_a_typed_join_whose_room_reply_was_lost_in_a_drop_gets_it_on_resume(net: Workers) -> None:
@@ -1999,6 +2005,46 @@ def test_a_typed_join_whose_room_reply_was_lost_in_a_drop_gets_it_on_resume(net:
     hub.request(3, 30, json.loads(al.st.hello()), 3.0)
     al.feed(net.take(3, 30))
     assert al.view.members["dev"] == ["bo", "al"]
+
+
+def test_a_room_reply_a_resume_sent_again_survives_a_drop_during_that_resume(net: Workers) -> None:
+    """A resume sends the lost room replies after its replay: a drop during that replay lost them for good,
+    the client having read past the join (a review). The replies' place moves with them."""
+    hub = net.hub
+    welcome_of(net, 1, 10, "bo", rooms=["dev"])
+    al = Terminal("al", ["lobby"])
+    hub.request(2, 20, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(2, 20))
+    hub.request(2, 20, json.loads(al.st.request(m.Join("dev"))), 1.0)
+    net.take(2, 20)  # the whole answer lost with the connection
+    hub.closed(2, 20, False, "lost", 2.0)
+    for i in range(5):
+        hub.request(1, 10, {"type": "msg", "room": "dev", "text": f"d{i}"}, 2.5)
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0)
+    back = net.take(3, 30)
+    assert kinds(back)[-2:] == ["room", "room"]
+    al.feed(back[:4])  # welcome, al's join, d0, d1: then the drop
+    hub.closed(3, 30, False, "lost", 4.0)
+    hub.request(4, 40, json.loads(al.st.hello()), 5.0)
+    al.feed(net.take(4, 40))
+    assert al.view.members["dev"] == ["bo", "al"]
+
+
+def test_a_room_reply_lost_in_a_drop_comes_after_a_restart_too(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    welcome_of(net, 1, 10, "bo", rooms=["lobby", "dev"])
+    al = Terminal("al", ["lobby", "dev"])
+    hub.request(2, 20, json.loads(al.st.hello()), 0.0)
+    answer = net.take(2, 20)
+    al.feed(answer[: kinds(answer).index("join") + 1])  # #lobby's join read, not its reply
+    hub.closed(2, 20, False, "lost", 1.0)
+    hub.shutdown("restart", 2.0)
+    hub.store.close()
+    net2 = Workers(make_hub(stores, tmp_path, now=100.0))
+    net2.hub.request(4, 40, json.loads(al.st.hello()), 101.0)
+    al.feed(net2.take(4, 40))
+    assert al.view.members == {"lobby": ["bo", "al"], "dev": ["bo", "al"]}
 
 
 def test_the_catch_up_leaves_room_for_new_rooms_and_a_long_nick(tmp_path: Path, stores: list[HistoryStore]) -> None:

@@ -884,3 +884,16 @@ def test_help_lists_each_command_once() -> None:
     view = joined_view()
     text = "\n".join(line.text for line in view.submit("/help").lines)
     assert text.count("/help") == 1 and "Keys:" in text
+
+
+def test_a_room_reply_a_resume_sends_again_is_shown_only_if_its_members_changed() -> None:
+    """A resume resends the room replies the client may have lost; the same members again say nothing, and
+    a /who (its answer has no id either) always shows them."""
+    view = joined_view()
+    same = {"type": "room", "room": "lobby", "topic": "", "nicks": ["bob", "alice"]}
+    assert view.on_frame(same) == []
+    [changed] = view.on_frame({**same, "nicks": ["bob", "carol", "alice"]})
+    assert "carol" in changed.text
+    view.submit("/who")
+    [who] = view.on_frame({**same, "type": "who", "nicks": ["bob", "carol", "alice"]})
+    assert "carol" in who.text
