@@ -218,6 +218,7 @@ class ChatView:
         self.unsent = unsent
         self._now = now
         self._history_asked: set[str] = set()
+        self._room_said: dict[str, str] = {}  # room -> the words of its last room reply shown (see _on_room)
         self._reconnecting = False
         self._replies: dict[str, Callable[[dict[str, Any]], list[Line]]] = {
             "server": self._on_server, "welcome": self._on_welcome, "room": self._on_room, "who": self._on_room,
@@ -268,7 +269,7 @@ class ChatView:
             self.members = {r: ns for r, ns in self.members.items() if r in rooms}
             self.counts = {r: n for r, n in self.counts.items() if r in rooms}
             return [self._system(f"session resumed: you are {clean(self.nick)} in {where}", "state")]
-        self.joined, self.members, self.counts = [], {}, {}
+        self.joined, self.members, self.counts, self._room_said = [], {}, {}, {}
         lines = []
         if frame.get("resume_failed"):
             lines.append(self._system(not_resumed(frame["resume_failed"]), "error"))
@@ -280,9 +281,6 @@ class ChatView:
     def _on_room(self, frame: dict[str, Any]) -> list[Line]:
         room = str(frame.get("room", ""))
         nicks = [str(n) for n in _list(frame, "nicks") if isinstance(n, str)]
-        # A resume resends a room's reply the client may have lost; one it had (same members) says nothing new
-        quiet = frame.get("type") == "room" and "id" not in frame and self.members.get(room) == nicks
-        quiet = quiet and room in self.joined  # (a /who's answer, type "who", is always shown)
         if room in self.joined:
             self.members[room] = nicks
             users = frame.get("users")  # a join reply lists the first nicks only, with the full count
@@ -290,7 +288,14 @@ class ChatView:
         self._know_room(room)
         if room not in self.joined:  # a joined room's members are completed after those who spoke, from members
             self._know_nicks(nicks)
-        return [] if quiet else self._rendered(frame, "info")
+        lines = self._rendered(frame, "info")
+        if frame.get("type") == "room" and "id" not in frame:  # (a /who's answer, type "who", is always shown)
+            # A resume resends a room's reply the client may have lost: the same words again say nothing new
+            text = "\n".join(line.text.partition(" ")[2] for line in lines)  # (without the time)
+            if self._room_said.get(room) == text:
+                return []
+            self._room_said[room] = text
+        return lines
 
     def _on_rooms(self, frame: dict[str, Any]) -> list[Line]:
         for r in _list(frame, "rooms"):

@@ -886,14 +886,15 @@ def test_help_lists_each_command_once() -> None:
     assert text.count("/help") == 1 and "Keys:" in text
 
 
-def test_a_room_reply_a_resume_sends_again_is_shown_only_if_its_members_changed() -> None:
-    """A resume resends the room replies the client may have lost; the same members again say nothing, and
-    a /who (its answer has no id either) always shows them."""
+def test_a_room_reply_a_resume_sends_again_is_shown_only_if_it_says_something_new() -> None:
+    """A resume resends the room replies the client may have lost; the same words again say nothing, new
+    members or a new topic do, and a /who (its answer has no id either) always shows them."""
     view = joined_view()
     same = {"type": "room", "room": "lobby", "topic": "", "nicks": ["bob", "alice"]}
     assert view.on_frame(same) == []
     [changed] = view.on_frame({**same, "nicks": ["bob", "carol", "alice"]})
     assert "carol" in changed.text
+    assert "release friday" in "\n".join(x.text for x in view.on_frame({**same, "topic": "release friday"}))
     view.submit("/who")
     [who] = view.on_frame({**same, "type": "who", "nicks": ["bob", "carol", "alice"]})
     assert "carol" in who.text
