@@ -1991,14 +1991,20 @@ def test_a_quiet_sessions_resume_gets_its_missed_lines_and_its_last_rooms_reply(
     assert kinds(net.take(5, 50)) == ["welcome"]  # read past it: no reply again
 
 
-def test_a_typed_join_whose_room_reply_was_lost_in_a_drop_gets_it_on_resume(net: Workers) -> None:
+def al_joins_dev_where_bo_is(net: Workers) -> tuple[Terminal, list[Frame]]:
+    """al, in #lobby, types /join dev, where bo is. Returns al's side and the answer, not read yet."""
     hub = net.hub
     welcome_of(net, 1, 10, "bo", rooms=["dev"])
     al = Terminal("al", ["lobby"])
     hub.request(2, 20, json.loads(al.st.hello()), 0.0)
     al.feed(net.take(2, 20))
     hub.request(2, 20, json.loads(al.st.request(m.Join("dev"))), 1.0)
-    answer = net.take(2, 20)
+    return al, net.take(2, 20)
+
+
+def test_a_typed_join_whose_room_reply_was_lost_in_a_drop_gets_it_on_resume(net: Workers) -> None:
+    hub = net.hub
+    al, answer = al_joins_dev_where_bo_is(net)
     assert kinds(answer) == ["history", "join", "room", "ack"]
     al.feed(answer[:2])  # the drop took the room reply (bo's nick) and the ack
     hub.closed(2, 20, False, "lost", 2.0)
@@ -2011,12 +2017,7 @@ def test_a_room_reply_a_resume_sent_again_survives_a_drop_during_that_resume(net
     """A resume sends the lost room replies after its replay: a drop during that replay lost them for good,
     the client having read past the join (a review). The replies' place moves with them."""
     hub = net.hub
-    welcome_of(net, 1, 10, "bo", rooms=["dev"])
-    al = Terminal("al", ["lobby"])
-    hub.request(2, 20, json.loads(al.st.hello()), 0.0)
-    al.feed(net.take(2, 20))
-    hub.request(2, 20, json.loads(al.st.request(m.Join("dev"))), 1.0)
-    net.take(2, 20)  # the whole answer lost with the connection
+    al, _ = al_joins_dev_where_bo_is(net)  # the whole answer lost with the connection
     hub.closed(2, 20, False, "lost", 2.0)
     for i in range(5):
         hub.request(1, 10, {"type": "msg", "room": "dev", "text": f"d{i}"}, 2.5)
