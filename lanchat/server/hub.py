@@ -758,8 +758,8 @@ class Hub:
         s.parted = left or None
         # The room replies (nick lists) of joins the client may not have read past: of every room if it missed
         # the latest join (rare: a drop inside the answer to a hello or a /join), of that room if that was the
-        # last it read (a quiet session gets it once more). After the replay, within its budget but never
-        # more than half of it (a missed line must not become a bare gap).
+        # last it read (a quiet session gets them at each resume until it reads something newer). After the
+        # replay, within its budget but never more than half of it (a missed line must not become a bare gap).
         every = after < s.last_join or (after == s.last_join and not s.last_join_room)
         rooms = s.rooms if every else [s.last_join_room] if after == s.last_join else []
         rooms = [r for r in rooms if r in s.rooms and r in self.rooms]
