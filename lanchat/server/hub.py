@@ -30,7 +30,6 @@ log = logging.getLogger("lanchat.hub")
 # The bytes m.encode() writes for {"type": "ack", "id": rid, "seq": seq} (seq None: a resend's ack).
 _ACK: Final = b'{"type":"ack","id":%d,"seq":%d}\n'
 _ACK_NO_SEQ: Final = b'{"type":"ack","id":%d,"seq":null}\n'
-_OLDER_THAN_KEPT: Final = "some events are older than the history kept"  # a gap's reason: pruned, or lost
 # How the lines of events that say something begin (m.encode and the hub's templates write "type" first).
 _SAID: Final = (b'{"type":"msg",', b'{"type":"action",', b'{"type":"topic",')
 
@@ -840,7 +839,7 @@ class Hub:
             newest = seq if newest is None else newest
         else:  # all of it fits; a gap still if history lost some, or a read failed on the way
             if gap or self.store.reads_failed != reads_failed:
-                self._send(s, {"type": "gap", "after": after, "reason": _OLDER_THAN_KEPT})
+                self._send(s, {"type": "gap", "after": after, "reason": "some events are older than the history kept"})
         lines.reverse()
         self._send_lines(s, lines)
         return newest
