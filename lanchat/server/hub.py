@@ -31,7 +31,7 @@ log = logging.getLogger("lanchat.hub")
 _ACK: Final = b'{"type":"ack","id":%d,"seq":%d}\n'
 _ACK_NO_SEQ: Final = b'{"type":"ack","id":%d,"seq":null}\n'
 # How the lines of events that say something begin (m.encode and the hub's templates write "type" first).
-_SAID: Final = (b'{"type":"msg",', b'{"type":"action",', b'{"type":"topic",')
+_SAID: Final = (b'{"type":"msg",', b'{"type":"action",', b'{"type":"topic",', b'{"type":"privmsg",')
 
 # Bytes of one client's lines, or of one room's, per control frame (a long replay is several): the worker
 # refuses a frame of more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
@@ -66,6 +66,9 @@ class Session:
     # Two fields, not a seq per room: 250 bytes a session in a dict, against a 4 KiB goal per idle connection.
     last_join: int = -1
     last_join_room: str = ""
+    # The id of the expired session whose token its client came back with ('': none): that session's private
+    # messages are replayed with what the client missed (Hub._hello), and deleted when this one ends.
+    came_from: str = ""
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -80,7 +83,9 @@ class Session:
         return [*self.rooms, "@" + self.sid]
 
     def row(self) -> SessionRow:
-        return SessionRow(self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start)
+        return SessionRow(
+            self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start, self.came_from
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -229,15 +234,20 @@ class Hub:
         # An expired session's token key (_token_key) -> (last_id, when), oldest first; kept in the database too
         # and the ids of its refused posts; the same with the refused ids of the sessions below
         refused = store.load_refused()
-        self._expired: dict[str, tuple[int, float, tuple[int, ...]]] = {
-            k: (i, t, refused.pop("t:" + k, ())) for k, i, t in store.load_expired(now + wall_offset)
-        }
+        # Posters' and readers' (last_id -1) apart, each EXPIRED_TOKENS_MAX at most: a host saying hello and
+        # dropping again and again must not push out the tokens that keep a poster's resend from going twice.
+        self._expired: dict[str, tuple[int, float, tuple[int, ...]]] = {}
+        self._expired_readers: dict[str, tuple[int, float, tuple[int, ...]]] = {}
+        for k, i, t in store.load_expired():
+            self._expired_pool(i)[k] = (i, t, refused.pop("t:" + k, ()))
+        self._forget_expired(now)  # (those past the bounds while the server was down)
         self.held_per_ip = held_per_ip
         self._made: Counter[str] = Counter()  # address -> rooms in use that it made (MAX_ROOMS_PER_ADDRESS)
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
             s.start = s.last_join = row.start
+            s.came_from = row.came_from
             if ids := refused.pop("s:" + row.sid, ()):
                 s.refused = set(ids)
             self._add_session(s)
@@ -559,11 +569,19 @@ class Hub:
             self._detach(s, now)
         if s.held_for:
             self._unhold(s)
-        if resumable and not s.plain and s.last_id >= 0:  # not a reader's: 10,000 at most are kept, and a host
-            # that says hello and drops again and again would push out those that keep posts from going twice
+        # A reader's too (one that never posted; in a pool of their own): the private messages sent to it are
+        # kept with its token.
+        remembered = resumable and not s.plain
+        if remembered:
             self._remember_expired(s.token, s.last_id, now, tuple(s.refused or ()))
             if s.old_token is not None:  # its client may still know only that one (its welcome was lost)
                 self._remember_expired(s.old_token, s.last_id, now, tuple(s.refused or ()))
+        # Its own conversation (private messages, joins in large rooms) stays while its token is remembered:
+        # its client, back, is replayed those it missed (_hello). Not a session's of an older lanchat, whose id
+        # is not made from its token. The conversation it came from goes, unless that token is remembered too.
+        self.store.drop_session(s.sid, keep_conv=remembered and s.sid == _sid_of(s.token))
+        if s.came_from and not (remembered and s.old_token is not None):
+            self.store.drop_conv("@" + s.came_from)
         if s.refused is not None:
             self.store.put_refused("s:" + s.sid, ())
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
@@ -582,25 +600,29 @@ class Hub:
             self.by_token.pop(s.old_token, None)
         if self.nicks.get(m.nick_key(s.nick)) is s:
             del self.nicks[m.nick_key(s.nick)]
-        self.store.drop_session(s.sid)
         log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, logged or reason)
 
     def _remember_expired(self, token: str, last_id: int, now: float, refused: tuple[int, ...]) -> None:
         key = _token_key(token)
-        self._expired[key] = (last_id, now + self.wall_offset, refused)  # wall time: kept across restarts
+        self._expired_pool(last_id)[key] = (last_id, now + self.wall_offset, refused)  # wall: kept across restarts
         self.store.put_expired(key, last_id, now + self.wall_offset)
         if refused:
             self.store.put_refused("t:" + key, refused)
         self._forget_expired(now)
 
+    def _expired_pool(self, last_id: int) -> dict[str, tuple[int, float, tuple[int, ...]]]:
+        return self._expired if last_id >= 0 else self._expired_readers
+
     def _forget_expired(self, now: float) -> None:
-        expired, wall = self._expired, now + self.wall_offset
-        while expired:  # insertion order is age order: forget the oldest past the count or the age
-            oldest, (_, since, refused) = next(iter(expired.items()))
-            if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - since <= const.EXPIRED_TOKEN_TTL:
-                break
-            del expired[oldest]
-            self._drop_expired(oldest, refused)
+        wall = now + self.wall_offset
+        for expired in (self._expired, self._expired_readers):
+            while expired:  # insertion order is age order: forget the oldest past the count or the age
+                oldest, (_, since, refused) = next(iter(expired.items()))
+                if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - since <= const.EXPIRED_TOKEN_TTL:
+                    break
+                del expired[oldest]
+                self._drop_expired(oldest, refused)
+                self.store.drop_conv("@" + oldest[:_SID_CHARS])  # its session's private messages (_sid_of)
 
     def _drop_expired(self, key: str, refused: tuple[int, ...]) -> None:
         self.store.drop_expired(key)
@@ -642,16 +664,21 @@ class Hub:
         key = _token_key(req.token) if req.token is not None else ""
         last_id = -1
         refused: tuple[int, ...] = ()
-        if (gone := self._expired.pop(key, None)) is not None:
+        if (gone := self._expired.pop(key, None) or self._expired_readers.pop(key, None)) is not None:
             last_id, _, refused = gone
             self._drop_expired(key, refused)
-        s = Session(secrets.token_hex(8), secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
+        token = secrets.token_urlsafe(18)
+        while _sid_of(token) in self.sessions:  # (2**64 ids: a repeat is a bug's, not chance's)
+            token = secrets.token_urlsafe(18)
+        s = Session(_sid_of(token), token, req.nick, req.plain, last_id=last_id, peer=peer)
         s.start = self.seq  # (until the joins below: the catch-up replay leaves out the old session's changes)
         if gone is not None and req.token is not None:  # if this welcome is lost, the client comes back with the
             # old token: unknown, it would get yet another session (as nick_: one it never learned of holds its
             # nick), with no last_id, and post its lines again. Only a token the server gave: a made-up one,
             # shared by two scripts, would let the second take the first's session.
             s.old_token, s.attempt = req.token, req.attempt if req.attempt is not None else -1
+        if req.token is not None:  # an expired session's: its private messages were kept under its id (if any)
+            s.came_from = _sid_of(req.token)
         if refused:  # refused before the expiry: a resend of one is refused again in the new session too
             s.refused = set(refused)
             self.store.put_refused("s:" + s.sid, refused)
@@ -677,7 +704,8 @@ class Hub:
         self._welcome(s, req, joining, seq=after)
         if after is not None:  # (with room for the rooms' replies and joins that follow: 500 nicks, a topic)
             answer = min(self._answer_size(joining, s), self.replay_max // 2)  # (half at least for the replay)
-            self._replay(s, after, {}, now, convs=joining, budget=self.replay_max - answer)
+            convs = [*joining, "@" + s.came_from]  # its rooms', and the private messages sent to it meanwhile
+            self._replay(s, after, {}, now, convs=convs, budget=self.replay_max - answer)
         backlog = _Backlog(self.replay_max)
         for name in req.rooms:
             try:
@@ -791,7 +819,10 @@ class Hub:
         by its client, which learns its rooms from the welcome. Returns the seq of the newest event sent."""
         if after >= self.seq:
             return None
-        convs = s.convs if convs is None else convs
+        if convs is None:
+            convs = s.convs
+            if s.came_from and after < s.start:  # a resume during the catch-up of a client back after expiry
+                convs.append("@" + s.came_from)
         budget = self.replay_max if budget is None else budget
         wanted = set(convs)
         recent = self.recent
@@ -1195,3 +1226,13 @@ def _token_key(token: str) -> str:
     """How an expired session's token is remembered (in memory and on disk): a hash, so that the file
     holds no usable credential of a session that is gone."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+_SID_CHARS: Final = 16
+
+
+def _sid_of(token: str) -> str:
+    """A session's id, made from its token (the start of its key): a client back with the token of a session
+    that expired names it, so that the private messages kept for it can be replayed to the client. The id
+    is no secret (it names the session's conversation on disk); the token cannot be had from it."""
+    return _token_key(token)[:_SID_CHARS]

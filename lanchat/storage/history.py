@@ -37,9 +37,10 @@ from lanchat.storage import reserve
 log = logging.getLogger("lanchat.storage")
 
 APP_ID: Final = "lanchat"
-# 2: the journal table; 3: sessions.start, where the answer to each session's hello ended. An older file is
+# 2: the journal table; 3: sessions.start, where the answer to each session's hello ended; 4: sessions.came_from,
+# the expired session whose private messages a session's client may still be replayed. An older file is
 # upgraded in place at open.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 DB_NAME: Final = "history.sqlite3"
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
 PRUNE_BATCH: Final = 500  # rows a commit may delete beyond those it added, so pruning never stalls the hub
@@ -100,7 +101,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS convs (conv TEXT PRIMARY KEY, count INTEGER NOT NULL, pruned_upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
-    last_id INTEGER NOT NULL, plain INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT -1
+    last_id INTEGER NOT NULL, plain INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT -1,
+    came_from TEXT NOT NULL DEFAULT ''
 );
 -- A session's highest message id as of a commit in which it posted, in commit order: its row in sessions
 -- is rewritten only when something else changes, and these are folded into sessions.last_id once
@@ -123,7 +125,7 @@ CREATE TABLE IF NOT EXISTS journal (
     conv TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL, line TEXT NOT NULL
 );
 """
-_READABLE_SCHEMAS: Final = ("1", "2", str(SCHEMA_VERSION))
+_READABLE_SCHEMAS: Final = ("1", "2", "3", str(SCHEMA_VERSION))
 _T = TypeVar("_T")
 
 
@@ -136,6 +138,7 @@ class SessionRow:
     last_id: int
     plain: bool
     start: int = -1  # the server's seq where the answer to the session's hello ended (see Hub._replay)
+    came_from: str = ""  # the id of the expired session it was made for ('': none; see Hub._hello)
 
 
 @dataclass(slots=True)
@@ -146,6 +149,7 @@ class _Pending:
     expired: dict[str, tuple[int, float] | None] = field(default_factory=dict)  # token key -> row; None: delete
     posted: dict[str, int] = field(default_factory=dict)  # sid -> its highest message id (one per session)
     refused: dict[str, tuple[int, ...]] = field(default_factory=dict)  # owner -> refused ids; (): delete
+    gone: dict[str, None] = field(default_factory=dict)  # conversations to delete (a set, in the order queued)
     reserve: int | None = None
     bytes: int = 0  # characters of the events' lines (as stored: UTF-8, so up to 4 bytes each)
     # Characters of the session records (counted while degraded), held to the same caps apart from the events.
@@ -254,14 +258,17 @@ class HistoryStore:
         db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")  # the log's file is cut back to this
         db.execute("PRAGMA busy_timeout=1000")
         db.executescript(_SCHEMA)
-        # An older file gains the journal table above (1) and the sessions' start below (2) and is marked 3,
-        # so that an older lanchat refuses it instead of serving history with holes (1: it would not see the
-        # journal's events) or failing at every session write (2: a column more than it writes). Marked
-        # first: a disk that fails between the two leaves a file that an older lanchat refuses, and that
-        # the next start completes (the column is looked for, not the mark).
+        # An older file gains the journal table above (1) and the sessions' start and came_from below (2, 3)
+        # and is marked 4, so that an older lanchat refuses it instead of serving history with holes (1: it
+        # would not see the journal's events) or failing at every session write (2, 3: a column more than it
+        # writes). Marked first: a disk that fails between them leaves a file that an older lanchat refuses,
+        # and that the next start completes (the columns are looked for, not the mark).
         db.execute("INSERT OR REPLACE INTO meta VALUES ('app', ?), ('schema', ?)", (APP_ID, str(SCHEMA_VERSION)))
-        if "start" not in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}:  # a version-1 or 2 file
+        columns = {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+        if "start" not in columns:  # a version-1 or 2 file
             db.execute("ALTER TABLE sessions ADD COLUMN start INTEGER NOT NULL DEFAULT -1")
+        if "came_from" not in columns:  # a version-1, 2 or 3 file
+            db.execute("ALTER TABLE sessions ADD COLUMN came_from TEXT NOT NULL DEFAULT ''")
         # Written at once (autocommit): said at once, whatever comes next (the check below may fail).
         if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
             log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",
@@ -329,25 +336,22 @@ class HistoryStore:
     def load_sessions(self) -> list[SessionRow]:
         if self._db is None:
             return []
-        rows = self._db.execute("SELECT sid, token, nick, rooms, last_id, plain, start FROM sessions").fetchall()
-        return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), r[6]) for r in rows]
+        rows = self._db.execute(
+            "SELECT sid, token, nick, rooms, last_id, plain, start, came_from FROM sessions"
+        ).fetchall()
+        return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), r[6], r[7]) for r in rows]
 
-    def load_expired(self, now: float) -> list[tuple[str, int, float]]:
-        """The expired sessions' token keys still remembered (``const.EXPIRED_TOKEN_TTL``, the newest
-        ``const.EXPIRED_TOKENS_MAX``), oldest first, as (key, last_id, when); the rest are deleted here."""
+    def load_expired(self) -> list[tuple[str, int, float]]:
+        """The expired sessions' token keys, oldest first, as (key, last_id, when): the hub forgets those
+        past its bounds (Hub._forget_expired), with what it kept for them."""
         if self._db is None:
             return []
         try:
-            self._db.execute("DELETE FROM expired WHERE at < ?", (now - const.EXPIRED_TOKEN_TTL,))
-            rows = self._db.execute(
-                "SELECT token_key, last_id, at FROM expired ORDER BY at DESC LIMIT ?", (const.EXPIRED_TOKENS_MAX,)
-            ).fetchall()
-            if len(rows) == const.EXPIRED_TOKENS_MAX:
-                self._db.execute("DELETE FROM expired WHERE at < ?", (rows[-1][2],))
+            rows = self._db.execute("SELECT token_key, last_id, at FROM expired ORDER BY at").fetchall()
         except sqlite3.Error as exc:
             self._read_failed(exc)
             return []
-        return [(str(k), int(i), float(t)) for k, i, t in reversed(rows)]
+        return [(str(k), int(i), float(t)) for k, i, t in rows]
 
     def load_refused(self) -> dict[str, tuple[int, ...]]:
         """Refused post ids by owner ('s:' + session id, 't:' + expired token key)."""
@@ -409,9 +413,16 @@ class HistoryStore:
             posted.pop(row.sid, None)
         self._hold_session(row.sid, row)
 
-    def drop_session(self, sid: str) -> None:
+    def drop_session(self, sid: str, *, keep_conv: bool = False) -> None:
+        """Delete a session's record and, unless ``keep_conv``, its own conversation ('@' + sid: its private
+        messages, its joins in large rooms): nobody can read it again, and it would be kept forever."""
         self._pending.posted.pop(sid, None)
         self._hold_session(sid, None)
+        if not keep_conv:
+            self.drop_conv("@" + sid)
+
+    def drop_conv(self, conv: str) -> None:
+        self._hold(self._pending.gone, conv, None)
 
     def put_posted(self, sid: str, last_id: int) -> None:
         """A session posted (``last_id``, its highest message id, is all that changed): one small row
@@ -473,7 +484,10 @@ class HistoryStore:
     @property
     def pending(self) -> int:
         p = self._pending
-        return len(p.events) + len(p.sessions) + len(p.topics) + len(p.expired) + len(p.posted) + len(p.refused)
+        return (
+            len(p.events) + len(p.sessions) + len(p.topics) + len(p.expired) + len(p.posted) + len(p.refused)
+            + len(p.gone)
+        )  # fmt: skip
 
     @property
     def journal(self) -> int:
@@ -510,12 +524,13 @@ class HistoryStore:
                     db.execute("DELETE FROM sessions WHERE sid=?", (sid,))
                 else:
                     db.execute(
-                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, row.plain, row.start),
-                    )
-            # A session that ended for good takes its own conversation (its private messages, its joins in
-            # large rooms) with it: nobody can read it again, and it was kept forever.
-            gone = ["@" + sid for sid, row in p.sessions.items() if row is None]
+                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, row.plain,
+                            row.start, row.came_from,
+                        ),
+                    )  # fmt: skip
+            gone = list(p.gone)  # (after the events: one of this commit's may be the last of its conversation)
             for conv in gone:
                 db.execute("DELETE FROM events WHERE conv=?", (conv,))
                 db.execute("DELETE FROM convs WHERE conv=?", (conv,))
@@ -582,6 +597,7 @@ class HistoryStore:
         p.topics.clear()
         p.expired.clear()
         p.refused.clear()
+        p.gone.clear()
         p.reserve = None
         if self.degraded:
             log.warning("history: writes resumed at %s", self.path)

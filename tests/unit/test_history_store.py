@@ -666,29 +666,32 @@ def test_a_failed_spread_commit_leaves_the_journal_as_it_was(
     assert seqs(s.events("r0", limit=100)[0]) == [6, 12]
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_file_is_upgraded_in_place(
     tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture, version: int
 ) -> None:
     s = open_store(stores, tmp_path)
     add(s, 1)
-    s.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=7))
+    s.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=7, came_from="b"))
     assert s.commit(0.0)
     s.close()
-    with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # what lanchat before the sessions' start wrote
-        db.execute("ALTER TABLE sessions DROP COLUMN start")
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # what lanchat before the sessions' came_from wrote
+        db.execute("ALTER TABLE sessions DROP COLUMN came_from")
+        if version <= 2:  # and before their start
+            db.execute("ALTER TABLE sessions DROP COLUMN start")
         if version == 1:  # and before the journal
             db.execute("DROP TABLE journal")
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version),))
     db.close()
     s2 = open_store(stores, tmp_path)
-    assert f"history: file format {version} upgraded to 3; an earlier lanchat refuses it now" in caplog.text
+    assert f"history: file format {version} upgraded to 4; an earlier lanchat refuses it now" in caplog.text
     assert seqs(s2.events("lobby")[0]) == [1]
     assert table_sizes(s2) == (1, 0)
-    assert s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False, start=-1)]  # not known
-    s2.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=9))
+    start = 7 if version == 3 else -1  # (-1: not known)
+    assert s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False, start=start, came_from="")]
+    s2.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=9, came_from="c"))
     assert s2.commit(1.0)
-    assert s2.load_sessions()[0].start == 9
+    assert (s2.load_sessions()[0].start, s2.load_sessions()[0].came_from) == (9, "c")
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
         assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(h.SCHEMA_VERSION),)
     db.close()
@@ -950,7 +953,7 @@ def test_pending_sessions_are_bounded_while_failing(
         s.put_session(row(f"s{i}"))
     assert (s.pending, s.dropped) == (1 + 3, 2)  # s0 and s1 were given up
     s.put_session(row("s2", 7))  # written again: the newest write now, s3 is the oldest
-    s.drop_session("s9")  # a deletion is a write too (2 characters)
+    s.drop_session("s9", keep_conv=True)  # a deletion is a write too (2 characters)
     assert (s.pending, s.dropped) == (1 + 3, 3)
     db_of(s).execute("PRAGMA query_only=OFF")
     assert s.commit(const.DB_RETRY_INTERVAL)
@@ -960,7 +963,7 @@ def test_pending_sessions_are_bounded_while_failing(
     s.put_session(row("t0"))
     assert s.commit(100.0) is False
     s.put_session(row("t1"))
-    s.drop_session("t2")
+    s.drop_session("t2", keep_conv=True)
     assert (s.pending, s.dropped) == (3, 3)  # the budget was freed by the commit: nothing more given up
     db_of(s).execute("PRAGMA query_only=OFF")
 
@@ -971,9 +974,9 @@ def test_only_a_live_sessions_record_given_up_on_asks_for_every_record_again(
     monkeypatch.setattr(const, "PENDING_WRITES_MAX", 1)
     s = open_store(stores, tmp_path)
     db_of(s).execute("PRAGMA query_only=ON")
-    s.drop_session("x")
+    s.drop_session("x", keep_conv=True)
     assert s.commit(0.0) is False
-    s.drop_session("y")  # a deletion given up on: that session comes back at the next start and ends there
+    s.drop_session("y", keep_conv=True)  # a deletion given up on: that session comes back at the next start, ends
     assert (s.dropped, s.sessions_lost) == (1, False)
     s.put_session(SessionRow("a", "t", "al", ("x",), 0, False))
     s.put_session(SessionRow("b", "u", "bo", ("x",), 0, False))
@@ -990,7 +993,7 @@ def test_expired_tokens_are_written_deleted_and_bounded_while_failing(
     s.put_expired("k0", 5, 10.0)
     s.put_expired("k1", 6, 11.0)
     assert s.commit(11.0)
-    assert s.load_expired(12.0) == [("k0", 5, 10.0), ("k1", 6, 11.0)]  # oldest first
+    assert s.load_expired() == [("k0", 5, 10.0), ("k1", 6, 11.0)]  # oldest first
     db_of(s).execute("PRAGMA query_only=ON")
     s.drop_expired("k0")
     assert s.commit(12.0) is False
@@ -999,8 +1002,7 @@ def test_expired_tokens_are_written_deleted_and_bounded_while_failing(
     assert (s.pending, s.dropped) == (2, 2)  # the deletion of k0 and k2 were given up: the oldest writes
     db_of(s).execute("PRAGMA query_only=OFF")
     assert s.commit(12.0 + const.DB_RETRY_INTERVAL)
-    assert [k for k, _, _ in s.load_expired(20.0)] == ["k0", "k1", "k3", "k4"]
-    assert [k for k, _, _ in s.load_expired(11.5 + const.EXPIRED_TOKEN_TTL)] == ["k3", "k4"]  # a day on
+    assert [k for k, _, _ in s.load_expired()] == ["k0", "k1", "k3", "k4"]  # (the hub forgets the old ones)
 
 
 def test_unopenable_directory_is_degraded_not_fatal(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -1452,6 +1454,27 @@ def test_a_session_that_ends_takes_its_own_conversation_with_it(tmp_path: Path, 
     assert left == 0
 
 
+def test_a_conversation_kept_past_its_session_goes_when_dropped(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """An expired session's private messages are kept while its token is remembered (the hub says so with
+    ``keep_conv``), then deleted on their own, journaled rows too; while the disk fails the deletion waits."""
+    s = open_store(stores, tmp_path)
+    s.put_session(SessionRow("s1", "t1", "al", ("lobby",), 0, False))
+    add(s, 1, "@s1", "@s2")
+    assert s.commit(0.0)
+    spread(s, 3, 6, 5)
+    add(s, 9, "@s1")  # (a spread commit: into the journal)
+    assert s.commit(0.0) and s.journal == 7
+    s.drop_session("s1", keep_conv=True)
+    assert s.commit(1.0)
+    assert s.load_sessions() == [] and seqs(s.events("@s1")[0]) == [1, 9]
+    db_of(s).execute("PRAGMA query_only=ON")
+    s.drop_conv("@s1")
+    assert s.commit(2.0) is False and s.pending == 1
+    db_of(s).execute("PRAGMA query_only=OFF")
+    assert s.commit(2.0 + const.DB_RETRY_INTERVAL)
+    assert s.events("@s1")[0] == [] and s.journal == 6 and seqs(s.events("@s2")[0]) == [1]
+
+
 def test_the_unclean_marker_is_written_durably_and_commits_stay_cheap(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1479,15 +1502,15 @@ def test_an_upgrade_cut_short_leaves_a_file_an_older_lanchat_refuses(
 ) -> None:
     """The disk failed between adding the sessions' column and marking the file 3 (a review): a lanchat of
     format 2 opened it and failed at every session write (a column more than it writes), degraded for good.
-    The mark comes first now: cut at either step, the file is never format 2 with the column, and the next
-    start completes it."""
+    The mark comes first now: cut at either step, the file is never of the older format with the column, and
+    the next start completes it (here from format 3 to 4)."""
     s = open_store(stores, tmp_path)
     s.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False))
     assert s.commit(0.0)
     s.close()
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
-        db.execute("ALTER TABLE sessions DROP COLUMN start")
-        db.execute("UPDATE meta SET value='2' WHERE key='schema'")
+        db.execute("ALTER TABLE sessions DROP COLUMN came_from")
+        db.execute("UPDATE meta SET value='3' WHERE key='schema'")
     db.close()
     connect = sqlite3.connect
 
@@ -1509,8 +1532,8 @@ def test_an_upgrade_cut_short_leaves_a_file_an_older_lanchat_refuses(
     monkeypatch.setattr(sqlite3, "connect", connect)
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
         (schema,) = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        column = "start" in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+        column = "came_from" in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
     db.close()
-    assert (schema, column) == (("2", False) if failing.startswith("INSERT") else ("3", False))
+    assert (schema, column) == (("3", False) if failing.startswith("INSERT") else ("4", False))
     s2 = open_store(stores, tmp_path)
-    assert not s2.degraded and s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False, start=-1)]
+    assert not s2.degraded and s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False)]

@@ -544,7 +544,7 @@ def test_the_grace_is_counted_on_the_hubs_clock_whatever_the_wall_clock_does(net
     assert quit_["nick"] == "al" and quit_["ts"] == round(100.0 + GRACE + 1_700_000_000.0, 3)  # ts: wall time
     assert "al" not in hub.nicks
     assert hub.commit(100.0 + GRACE)
-    assert hub.store.load_expired(1_700_000_000.0 + 100.0 + GRACE) == [(_token_key(al["token"]), 1, quit_["ts"])]
+    assert hub.store.load_expired() == [(_token_key(al["token"]), 1, quit_["ts"])]
 
 
 def test_a_lost_welcome_of_a_session_made_after_an_expiry_does_not_post_twice(net: Workers) -> None:
@@ -577,6 +577,22 @@ def test_a_lost_welcome_of_a_session_made_after_an_expiry_does_not_post_twice(ne
     hub.request(5, 50, {**old, "attempt": 4, "token": back[0]["token"]}, 102.0)  # with the new token
     assert net.take(5, 50)[0]["resumed"] is True
     assert al["token"] not in hub.by_token  # the old one retired
+
+
+def test_a_readers_lost_welcome_after_an_expiry_keeps_its_nick(net: Workers) -> None:
+    """A reader's token (one that never posted) was not remembered at its expiry, so the session made from it
+    had no alias: with that welcome lost, the client came back with the old token and became al_."""
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)  # expired
+    old = {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}
+    hub.request(2, 20, old, 100.0)  # a new session; its welcome lost
+    hub.closed(2, 20, False, "lost", 100.5)
+    net.clear()
+    hub.request(3, 30, old, 101.0)
+    back = net.take(3, 30)[0]
+    assert (back["type"], back["resumed"], back["nick"]) == ("welcome", True, "al")
 
 
 def test_a_session_made_from_an_old_token_keeps_it_through_its_own_expiry(net: Workers) -> None:
@@ -625,6 +641,7 @@ def test_readers_that_drop_do_not_push_a_posters_token_out(net: Workers, monkeyp
         welcome_of(net, 2, 20 + i, f"r{i}", now=2.0)
         hub.closed(2, 20 + i, False, "lost", 2.0)
     hub.tick(2.0 + GRACE)
+    assert len(hub._expired_readers) == 3  # remembered too (for the private messages kept), apart
     net.clear()
     hub.request(3, 30, {"type": "hello", "nick": "al", "token": al["token"]}, 100.0)
     assert net.take(3, 30)[0]["last_id"] == 1  # still known: its resend is a duplicate
@@ -661,7 +678,9 @@ def test_expired_tokens_are_remembered_for_a_bounded_count_and_time(
     welcome_of(net, 1, 99, "late", now=const.EXPIRED_TOKEN_TTL + GRACE + 10)  # a day later: the rest too
     hub.closed(1, 99, False, "lost", const.EXPIRED_TOKEN_TTL + GRACE + 10)
     hub.tick(const.EXPIRED_TOKEN_TTL + 2 * GRACE + 20)
-    assert len(hub._expired) == 0  # "late" posted nothing: no id to remember; the others aged out
+    assert (len(hub._expired), len(hub._expired_readers)) == (0, 1)  # aged out; "late", a reader, in its own pool
+    hub.tick(2 * const.EXPIRED_TOKEN_TTL + 2 * GRACE + 30)
+    assert len(hub._expired_readers) == 0
 
 
 def test_one_address_holds_a_bounded_number_of_sessions(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -2048,6 +2067,114 @@ def test_a_room_reply_lost_in_a_drop_comes_after_a_restart_too(tmp_path: Path, s
     assert al.view.members == {"lobby": ["bo", "al"], "dev": ["bo", "al"]}
 
 
+def pmed_while_away(
+    stores: list[HistoryStore], path: Path, *, restart: bool = False, **kw: Any
+) -> tuple[Workers, ClientState, list[Frame]]:
+    """al (a reader: it never posted) in #lobby drops; during its grace bo sends it two private messages
+    around a line in #lobby; its session expires; bo says one more (the server restarts here, if
+    ``restart``), and al's client comes back. Returns the server, al's client and the answer to its hello."""
+    net = Workers(make_hub(stores, path, **kw))
+    hub = net.hub
+    st = ClientState("al", ["lobby"])
+    hub.request(1, 10, json.loads(st.hello()), 0.0)
+    welcome_of(net, 2, 20, "bo", rooms=["lobby"])
+    for f in net.take(1, 10):
+        st.receive_data(m.encode(f))
+    hub.closed(1, 10, False, "lost", 1.0)
+    for kind, text in (("privmsg", "psst"), ("msg", "l0"), ("privmsg", "still there?")):
+        hub.request(2, 20, {"type": kind, "to": "al", "room": "lobby", "text": text}, 2.0)
+    hub.tick(1.0 + GRACE)  # expired
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "l1"}, 2.0 + GRACE)
+    hub.commit(2.0 + GRACE)
+    if restart:
+        hub.shutdown("restart", 3.0 + GRACE)
+        hub.store.close()
+        net = Workers(make_hub(stores, path, now=100.0 + GRACE))
+    net.clear()
+    net.hub.request(3, 30, json.loads(st.hello()), 101.0 + GRACE)
+    return net, st, net.take(3, 30)
+
+
+def said(frames: list[Frame]) -> list[tuple[str, str]]:
+    return [(f["type"], f["text"]) for f in frames if f["type"] in ("msg", "privmsg")]
+
+
+AWAY = [("privmsg", "psst"), ("msg", "l0"), ("privmsg", "still there?"), ("msg", "l1")]
+
+
+@pytest.mark.parametrize("where", ["ring", "disk", "restart"])
+def test_private_messages_sent_during_the_grace_reach_the_client_back_after_expiry(
+    tmp_path: Path, stores: list[HistoryStore], where: str
+) -> None:
+    """They were deleted with the session at its expiry (its own conversation, '@' + its id), and the client
+    back after it got its rooms' missed lines but not them. The conversation is now kept while the token is
+    remembered, and the new session's id names it: the session's id is made from its token."""
+    kw = {"recent_max": 1} if where == "disk" else {}
+    _, st, answer = pmed_while_away(stores, tmp_path, restart=where == "restart", **kw)
+    assert answer[0]["resumed"] is False
+    assert said([f for frame in answer for f in st.receive_data(m.encode(frame))]) == AWAY  # in order, once
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["", "and a restart"])
+def test_a_drop_during_the_catch_up_loses_none_of_the_private_messages(
+    tmp_path: Path, stores: list[HistoryStore], restart: bool
+) -> None:
+    """The resume of the new session replays the expired one's private messages too while its client has
+    not read past the catch-up (what the session came from is kept on disk with it: file format 4)."""
+    net, st, answer = pmed_while_away(stores, tmp_path)
+    shown = [f for frame in answer[:2] for f in st.receive_data(m.encode(frame))]  # the welcome and "psst"
+    net.hub.closed(3, 30, False, "lost", 102.0 + GRACE)
+    if restart:
+        net.hub.shutdown("restart", 103.0 + GRACE)
+        net.hub.store.close()
+        net = Workers(make_hub(stores, tmp_path, now=200.0))
+    net.clear()
+    net.hub.request(4, 40, json.loads(st.hello()), 201.0)
+    rest = net.take(4, 40)
+    assert rest[0]["resumed"] is True
+    shown += [f for frame in rest for f in st.receive_data(m.encode(frame))]
+    assert said(shown) == AWAY
+
+
+def pms_on_disk(hub: Hub, sid: str) -> list[str]:
+    assert hub.commit(0.0)
+    return [json.loads(line)["text"] for line in hub.store.events("@" + sid)[0]]
+
+
+def test_the_private_messages_kept_go_with_the_token_or_the_session_that_took_them(net: Workers) -> None:
+    hub = net.hub
+    for nick, w in (("al", 1), ("cy", 3)):
+        welcome_of(net, w, w * 10, nick)
+        hub.closed(w, w * 10, False, "lost", 1.0)
+    welcome_of(net, 2, 20, "bo")
+    hub.request(2, 20, {"type": "privmsg", "to": "al", "text": "psst"}, 2.0)
+    hub.request(2, 20, {"type": "privmsg", "to": "cy", "text": "hey"}, 2.0)
+    al, cy = (next(s for s in hub.sessions.values() if s.nick == n) for n in ("al", "cy"))
+    hub.tick(1.0 + GRACE)
+    assert pms_on_disk(hub, al.sid) == ["psst"] and pms_on_disk(hub, cy.sid) == ["hey"]  # kept past the expiry
+    hub.request(4, 40, {"type": "hello", "nick": "al", "token": al.token, "last_seq": 0}, 2.0 + GRACE)
+    hub.request(4, 40, {"type": "quit"}, 3.0 + GRACE)  # the session that took them ends for good
+    assert pms_on_disk(hub, al.sid) == []
+    hub.tick(2.0 + GRACE + const.EXPIRED_TOKEN_TTL)  # cy's token is forgotten
+    assert pms_on_disk(hub, cy.sid) == []
+
+
+def test_a_session_of_an_older_lanchat_takes_its_private_messages_with_it(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """Its id is not made from its token: nobody could name its conversation again."""
+    store = HistoryStore(tmp_path)
+    store.put_session(history.SessionRow("0123456789abcdef", "old-token", "al", ("lobby",), -1, False))
+    assert store.commit(0.0)
+    store.close()
+    net = Workers(make_hub(stores, tmp_path))
+    welcome_of(net, 2, 20, "bo")
+    net.hub.request(2, 20, {"type": "privmsg", "to": "al", "text": "psst"}, 1.0)
+    assert pms_on_disk(net.hub, "0123456789abcdef") == ["psst"]
+    net.hub.tick(GRACE)
+    assert pms_on_disk(net.hub, "0123456789abcdef") == []
+
+
 def test_the_catch_up_leaves_room_for_new_rooms_and_a_long_nick(tmp_path: Path, stores: list[HistoryStore]) -> None:
     """Rooms the hello makes, and the bytes of a nick of 24 wide characters, in each join and reply."""
     net = Workers(make_hub(stores, tmp_path, replay_max=60_000))
@@ -2193,6 +2320,7 @@ def test_expired_tokens_on_disk_are_bounded_like_those_in_memory(
     later = 4 + GRACE + 1 + const.EXPIRED_TOKEN_TTL - 0.5  # the newest is still within the day, the others not
     net2 = Workers(make_hub(stores, tmp_path, now=later))
     assert [last_id for last_id, _, _ in net2.hub._expired.values()] == [1]
+    assert net2.hub.commit(later)
     assert net2.hub.store._db.execute("SELECT count(*) FROM expired").fetchone() == (1,)  # type: ignore[union-attr]
 
 
