@@ -84,8 +84,9 @@ class Session:
 
     def row(self) -> SessionRow:
         return SessionRow(
-            self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start, self.came_from
-        )
+            self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start, self.came_from,
+            self.old_token or "",
+        )  # fmt: skip
 
 
 @dataclass(slots=True, eq=False)
@@ -247,7 +248,7 @@ class Hub:
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
             s.start = s.last_join = row.start
-            s.came_from = row.came_from
+            s.came_from, s.old_token = row.came_from, row.old_token or None  # (its alias: after a restart too)
             if ids := refused.pop("s:" + row.sid, ()):
                 s.refused = set(ids)
             self._add_session(s)
@@ -762,6 +763,7 @@ class Hub:
         if s.old_token is not None and req.token == s.token:  # its client has the new token: the old one retires
             self.by_token.pop(s.old_token, None)
             s.old_token = None
+            self.store.put_session(s.row())
         # Through the expired session's token: its client never saw this session's welcome, and is told what
         # that welcome said (its session could not be resumed: it does again what the expired one did)
         failed = s.old_token is not None and req.token == s.old_token

@@ -37,9 +37,9 @@ from lanchat.storage import reserve
 log = logging.getLogger("lanchat.storage")
 
 APP_ID: Final = "lanchat"
-# 2: the journal table; 3: sessions.start, where the answer to each session's hello ended; 4: sessions.came_from,
-# the expired session whose private messages a session's client may still be replayed. An older file is
-# upgraded in place at open.
+# 2: the journal table; 3: sessions.start, where the answer to each session's hello ended; 4: sessions.came_from
+# and old_token, the expired session a session was made for (its private messages, its token's alias). An
+# older file is upgraded in place at open.
 SCHEMA_VERSION: Final = 4
 DB_NAME: Final = "history.sqlite3"
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
@@ -102,7 +102,7 @@ CREATE TABLE IF NOT EXISTS convs (conv TEXT PRIMARY KEY, count INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS sessions (
     sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
     last_id INTEGER NOT NULL, plain INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT -1,
-    came_from TEXT NOT NULL DEFAULT ''
+    came_from TEXT NOT NULL DEFAULT '', old_token TEXT NOT NULL DEFAULT ''
 );
 -- A session's highest message id as of a commit in which it posted, in commit order: its row in sessions
 -- is rewritten only when something else changes, and these are folded into sessions.last_id once
@@ -139,6 +139,7 @@ class SessionRow:
     plain: bool
     start: int = -1  # the server's seq where the answer to the session's hello ended (see Hub._replay)
     came_from: str = ""  # the id of the expired session it was made for ('': none; see Hub._hello)
+    old_token: str = ""  # that session's token, while it still resumes this one ('': none)
 
 
 @dataclass(slots=True)
@@ -258,8 +259,8 @@ class HistoryStore:
         db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")  # the log's file is cut back to this
         db.execute("PRAGMA busy_timeout=1000")
         db.executescript(_SCHEMA)
-        # An older file gains the journal table above (1) and the sessions' start and came_from below (2, 3)
-        # and is marked 4, so that an older lanchat refuses it instead of serving history with holes (1: it
+        # An older file gains the journal table above (1) and the sessions' start, came_from and old_token
+        # below (2, 3) and is marked 4, so that an older lanchat refuses it instead of serving history with holes (1: it
         # would not see the journal's events) or failing at every session write (2, 3: a column more than it
         # writes). Marked first: a disk that fails between them leaves a file that an older lanchat refuses,
         # and that the next start completes (the columns are looked for, not the mark).
@@ -269,6 +270,8 @@ class HistoryStore:
             db.execute("ALTER TABLE sessions ADD COLUMN start INTEGER NOT NULL DEFAULT -1")
         if "came_from" not in columns:  # a version-1, 2 or 3 file
             db.execute("ALTER TABLE sessions ADD COLUMN came_from TEXT NOT NULL DEFAULT ''")
+        if "old_token" not in columns:  # (the same, or one cut short between the two)
+            db.execute("ALTER TABLE sessions ADD COLUMN old_token TEXT NOT NULL DEFAULT ''")
         # Written at once (autocommit): said at once, whatever comes next (the check below may fail).
         if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
             log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",
@@ -337,9 +340,9 @@ class HistoryStore:
         if self._db is None:
             return []
         rows = self._db.execute(
-            "SELECT sid, token, nick, rooms, last_id, plain, start, came_from FROM sessions"
+            "SELECT sid, token, nick, rooms, last_id, plain, start, came_from, old_token FROM sessions"
         ).fetchall()
-        return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), r[6], r[7]) for r in rows]
+        return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), *r[6:]) for r in rows]
 
     def load_expired(self) -> list[tuple[str, int, float]]:
         """The expired sessions' token keys, oldest first, as (key, last_id, when): the hub forgets those
@@ -524,10 +527,11 @@ class HistoryStore:
                     db.execute("DELETE FROM sessions WHERE sid=?", (sid,))
                 else:
                     db.execute(
-                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO sessions (sid, token, nick, rooms, last_id, plain, start, came_from,"
+                        " old_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # (by name: upgrades append columns)
                         (
                             row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, row.plain,
-                            row.start, row.came_from,
+                            row.start, row.came_from, row.old_token,
                         ),
                     )  # fmt: skip
             gone = list(p.gone)  # (after the events: one of this commit's may be the last of its conversation)

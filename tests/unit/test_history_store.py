@@ -672,11 +672,12 @@ def test_an_older_file_is_upgraded_in_place(
 ) -> None:
     s = open_store(stores, tmp_path)
     add(s, 1)
-    s.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=7, came_from="b"))
+    s.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=7, came_from="b", old_token="o"))
     assert s.commit(0.0)
     s.close()
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # what lanchat before the sessions' came_from wrote
         db.execute("ALTER TABLE sessions DROP COLUMN came_from")
+        db.execute("ALTER TABLE sessions DROP COLUMN old_token")
         if version <= 2:  # and before their start
             db.execute("ALTER TABLE sessions DROP COLUMN start")
         if version == 1:  # and before the journal
@@ -689,9 +690,10 @@ def test_an_older_file_is_upgraded_in_place(
     assert table_sizes(s2) == (1, 0)
     start = 7 if version == 3 else -1  # (-1: not known)
     assert s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False, start=start, came_from="")]
-    s2.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=9, came_from="c"))
+    s2.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=9, came_from="c", old_token="p"))
     assert s2.commit(1.0)
-    assert (s2.load_sessions()[0].start, s2.load_sessions()[0].came_from) == (9, "c")
+    row = s2.load_sessions()[0]
+    assert (row.start, row.came_from, row.old_token) == (9, "c", "p")
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
         assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(h.SCHEMA_VERSION),)
     db.close()
@@ -1510,6 +1512,7 @@ def test_an_upgrade_cut_short_leaves_a_file_an_older_lanchat_refuses(
     s.close()
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
         db.execute("ALTER TABLE sessions DROP COLUMN came_from")
+        db.execute("ALTER TABLE sessions DROP COLUMN old_token")
         db.execute("UPDATE meta SET value='3' WHERE key='schema'")
     db.close()
     connect = sqlite3.connect

@@ -579,6 +579,41 @@ def test_a_lost_welcome_of_a_session_made_after_an_expiry_does_not_post_twice(ne
     assert al["token"] not in hub.by_token  # the old one retired
 
 
+def test_the_old_tokens_alias_survives_a_restart_until_it_retires(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """As above, with a restart before the client came back: the alias was in memory only, so the old token
+    got yet another session (al_, no last_id) and the resent line was posted twice. It is kept with the
+    session (file format 4), and so is its retirement once the client shows it has the new token."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 1.0)
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)  # expired
+    old = {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}
+    hub.request(3, 30, old, 100.0)  # a new session; its welcome lost
+    hub.request(3, 30, {"type": "msg", "room": "lobby", "text": "two", "id": 2}, 100.0)
+    hub.closed(3, 30, False, "lost", 100.5)
+    hub.shutdown("restart", 101.0)
+    hub.store.close()
+
+    def restarted(now: float) -> Workers:
+        return Workers(make_hub(stores, tmp_path, now=now))
+
+    net = restarted(200.0)
+    net.hub.request(4, 40, old, 201.0)
+    back = net.take(4, 40)[0]
+    assert (back["type"], back["resumed"], back["nick"], back["last_id"]) == ("welcome", True, "al", 2)
+    net.hub.closed(4, 40, False, "lost", 202.0)
+    net.hub.request(5, 50, {**old, "token": back["token"]}, 203.0)  # with the new token: the old one retires
+    assert net.take(5, 50)[0]["resumed"] is True
+    net.hub.shutdown("restart", 204.0)
+    net.hub.store.close()
+    net = restarted(300.0)
+    net.hub.request(6, 60, old, 301.0)
+    assert net.take(6, 60)[0]["type"] == "error"  # not the session's any more: al is held for its client
+
+
 def test_a_readers_lost_welcome_after_an_expiry_keeps_its_nick(net: Workers) -> None:
     """A reader's token (one that never posted) was not remembered at its expiry, so the session made from it
     had no alias: with that welcome lost, the client came back with the old token and became al_."""
