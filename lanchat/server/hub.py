@@ -62,7 +62,7 @@ class Session:
     start: int = -1  # the server's seq where the answer to its hello ended (-1: not known): see Hub._replay
     # The seq of the last event before the latest room replies (nick lists) the session was sent, and their
     # room ("": all of its rooms): a resume from before it, or at it, may have lost them (Hub._resume). The
-    # latest join, or a resume that sent them again; after a restart, the end of the answer to its hello.
+    # latest join, or a resume that sent them again (kept on disk with the session).
     # Two fields, not a seq per room: 250 bytes a session in a dict, against a 4 KiB goal per idle connection.
     last_join: int = -1
     last_join_room: str = ""
@@ -85,7 +85,7 @@ class Session:
     def row(self) -> SessionRow:
         return SessionRow(
             self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start, self.came_from,
-            self.old_token or "",
+            self.old_token or "", self.last_join, self.last_join_room,
         )  # fmt: skip
 
 
@@ -247,7 +247,11 @@ class Hub:
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
-            s.start = s.last_join = row.start
+            s.start = row.start
+            # (a record of an older lanchat: the end of the answer to its hello stands for its latest join)
+            s.last_join, s.last_join_room = (
+                (row.last_join, row.last_join_room) if row.last_join >= 0 else (row.start, "")
+            )
             s.came_from, s.old_token = row.came_from, row.old_token or None  # (its alias: after a restart too)
             if ids := refused.pop("s:" + row.sid, ()):
                 s.refused = set(ids)
@@ -798,6 +802,7 @@ class Hub:
         if infos:  # they follow the replay now: a drop during it may lose them again
             self._send_lines(s, infos)
             s.last_join, s.last_join_room = after if newest is None else newest, "" if every else rooms[0]
+            self.store.put_session(s.row())  # (a restart must not send them again, nor forget them)
         log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
         return True
 

@@ -38,8 +38,8 @@ log = logging.getLogger("lanchat.storage")
 
 APP_ID: Final = "lanchat"
 # 2: the journal table; 3: sessions.start, where the answer to each session's hello ended; 4: sessions.came_from
-# and old_token, the expired session a session was made for (its private messages, its token's alias). An
-# older file is upgraded in place at open.
+# and old_token, the expired session a session was made for (its private messages, its token's alias), and
+# last_join and last_join_room, where its latest room replies were sent. An older file is upgraded in place.
 SCHEMA_VERSION: Final = 4
 DB_NAME: Final = "history.sqlite3"
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
@@ -102,7 +102,8 @@ CREATE TABLE IF NOT EXISTS convs (conv TEXT PRIMARY KEY, count INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS sessions (
     sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
     last_id INTEGER NOT NULL, plain INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT -1,
-    came_from TEXT NOT NULL DEFAULT '', old_token TEXT NOT NULL DEFAULT ''
+    came_from TEXT NOT NULL DEFAULT '', old_token TEXT NOT NULL DEFAULT '',
+    last_join INTEGER NOT NULL DEFAULT -1, last_join_room TEXT NOT NULL DEFAULT ''
 );
 -- A session's highest message id as of a commit in which it posted, in commit order: its row in sessions
 -- is rewritten only when something else changes, and these are folded into sessions.last_id once
@@ -125,6 +126,12 @@ CREATE TABLE IF NOT EXISTS journal (
     conv TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL, line TEXT NOT NULL
 );
 """
+_FORMAT_4_COLUMNS: Final = (
+    ("came_from", "TEXT NOT NULL DEFAULT ''"),
+    ("old_token", "TEXT NOT NULL DEFAULT ''"),
+    ("last_join", "INTEGER NOT NULL DEFAULT -1"),
+    ("last_join_room", "TEXT NOT NULL DEFAULT ''"),
+)
 _READABLE_SCHEMAS: Final = ("1", "2", "3", str(SCHEMA_VERSION))
 _T = TypeVar("_T")
 
@@ -140,6 +147,8 @@ class SessionRow:
     start: int = -1  # the server's seq where the answer to the session's hello ended (see Hub._replay)
     came_from: str = ""  # the id of the expired session it was made for ('': none; see Hub._hello)
     old_token: str = ""  # that session's token, while it still resumes this one ('': none)
+    last_join: int = -1  # the seq before its latest room replies (-1: not known), and their room ('': all)
+    last_join_room: str = ""
 
 
 @dataclass(slots=True)
@@ -259,7 +268,7 @@ class HistoryStore:
         db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")  # the log's file is cut back to this
         db.execute("PRAGMA busy_timeout=1000")
         db.executescript(_SCHEMA)
-        # An older file gains the journal table above (1) and the sessions' start, came_from and old_token
+        # An older file gains the journal table above (1) and the sessions' start and the columns of format 4
         # below (2, 3) and is marked 4, so that an older lanchat refuses it instead of serving history with holes (1: it
         # would not see the journal's events) or failing at every session write (2, 3: a column more than it
         # writes). Marked first: a disk that fails between them leaves a file that an older lanchat refuses,
@@ -268,10 +277,9 @@ class HistoryStore:
         columns = {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
         if "start" not in columns:  # a version-1 or 2 file
             db.execute("ALTER TABLE sessions ADD COLUMN start INTEGER NOT NULL DEFAULT -1")
-        if "came_from" not in columns:  # a version-1, 2 or 3 file
-            db.execute("ALTER TABLE sessions ADD COLUMN came_from TEXT NOT NULL DEFAULT ''")
-        if "old_token" not in columns:  # (the same, or one cut short between the two)
-            db.execute("ALTER TABLE sessions ADD COLUMN old_token TEXT NOT NULL DEFAULT ''")
+        for column, kind in _FORMAT_4_COLUMNS:  # a version-1, 2 or 3 file (or one cut short between them)
+            if column not in columns:
+                db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {kind}")
         # Written at once (autocommit): said at once, whatever comes next (the check below may fail).
         if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
             log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",
@@ -340,7 +348,8 @@ class HistoryStore:
         if self._db is None:
             return []
         rows = self._db.execute(
-            "SELECT sid, token, nick, rooms, last_id, plain, start, came_from, old_token FROM sessions"
+            "SELECT sid, token, nick, rooms, last_id, plain, start, came_from, old_token, last_join, last_join_room"
+            " FROM sessions"
         ).fetchall()
         return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), *r[6:]) for r in rows]
 
@@ -528,10 +537,10 @@ class HistoryStore:
                 else:
                     db.execute(
                         "INSERT OR REPLACE INTO sessions (sid, token, nick, rooms, last_id, plain, start, came_from,"
-                        " old_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # (by name: upgrades append columns)
-                        (
+                        " old_token, last_join, last_join_room) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (  # (by name: upgrades append columns)
                             row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, row.plain,
-                            row.start, row.came_from, row.old_token,
+                            row.start, row.came_from, row.old_token, row.last_join, row.last_join_room,
                         ),
                     )  # fmt: skip
             gone = list(p.gone)  # (after the events: one of this commit's may be the last of its conversation)

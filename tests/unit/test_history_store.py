@@ -676,8 +676,8 @@ def test_an_older_file_is_upgraded_in_place(
     assert s.commit(0.0)
     s.close()
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # what lanchat before the sessions' came_from wrote
-        db.execute("ALTER TABLE sessions DROP COLUMN came_from")
-        db.execute("ALTER TABLE sessions DROP COLUMN old_token")
+        for name, _ in h._FORMAT_4_COLUMNS:
+            db.execute(f"ALTER TABLE sessions DROP COLUMN {name}")
         if version <= 2:  # and before their start
             db.execute("ALTER TABLE sessions DROP COLUMN start")
         if version == 1:  # and before the journal
@@ -690,10 +690,10 @@ def test_an_older_file_is_upgraded_in_place(
     assert table_sizes(s2) == (1, 0)
     start = 7 if version == 3 else -1  # (-1: not known)
     assert s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False, start=start, came_from="")]
-    s2.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=9, came_from="c", old_token="p"))
+    new = SessionRow("a", "t", "al", ("lobby",), 3, False, 9, "c", "p", last_join=8, last_join_room="x")
+    s2.put_session(new)
     assert s2.commit(1.0)
-    row = s2.load_sessions()[0]
-    assert (row.start, row.came_from, row.old_token) == (9, "c", "p")
+    assert s2.load_sessions() == [new]
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
         assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(h.SCHEMA_VERSION),)
     db.close()
@@ -1511,8 +1511,8 @@ def test_an_upgrade_cut_short_leaves_a_file_an_older_lanchat_refuses(
     assert s.commit(0.0)
     s.close()
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
-        db.execute("ALTER TABLE sessions DROP COLUMN came_from")
-        db.execute("ALTER TABLE sessions DROP COLUMN old_token")
+        for name, _ in h._FORMAT_4_COLUMNS:
+            db.execute(f"ALTER TABLE sessions DROP COLUMN {name}")
         db.execute("UPDATE meta SET value='3' WHERE key='schema'")
     db.close()
     connect = sqlite3.connect

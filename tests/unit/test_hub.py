@@ -2056,15 +2056,26 @@ def al_joins_dev_where_bo_is(net: Workers) -> tuple[Terminal, list[Frame]]:
     return al, net.take(2, 20)
 
 
-def test_a_typed_join_whose_room_reply_was_lost_in_a_drop_gets_it_on_resume(net: Workers) -> None:
-    hub = net.hub
+@pytest.mark.parametrize("restart", [False, True], ids=["", "and a restart"])
+def test_a_typed_join_whose_room_reply_was_lost_in_a_drop_gets_it_on_resume(
+    tmp_path: Path, stores: list[HistoryStore], restart: bool
+) -> None:
+    """After a restart too: where the latest room replies were sent is kept with the session (file format 4;
+    before, the end of the answer to its hello stood for it, and a typed join's reply was not sent again)."""
+    net = Workers(make_hub(stores, tmp_path))
     al, answer = al_joins_dev_where_bo_is(net)
     assert kinds(answer) == ["history", "join", "room", "ack"]
     al.feed(answer[:2])  # the drop took the room reply (bo's nick) and the ack
-    hub.closed(2, 20, False, "lost", 2.0)
-    hub.request(3, 30, json.loads(al.st.hello()), 3.0)
-    al.feed(net.take(3, 30))
-    assert al.view.members["dev"] == ["bo", "al"]
+    net.hub.closed(2, 20, False, "lost", 2.0)
+    if restart:
+        net.hub.shutdown("restart", 2.5)
+        net.hub.store.close()
+        net = Workers(make_hub(stores, tmp_path, now=2.5))
+    net.hub.request(3, 30, json.loads(al.st.hello()), 3.0)
+    back = net.take(3, 30)
+    assert kinds(back).count("room") == 1  # that room's: not every room's
+    al.feed(back)
+    assert sorted(al.view.members["dev"]) == ["al", "bo"]  # (in the order the records come back after a restart)
 
 
 def test_a_room_reply_a_resume_sent_again_survives_a_drop_during_that_resume(net: Workers) -> None:
