@@ -66,9 +66,6 @@ class Session:
     # Two fields, not a seq per room: 250 bytes a session in a dict, against a 4 KiB goal per idle connection.
     last_join: int = -1
     last_join_room: str = ""
-    # The id of the expired session whose token its client came back with ('': none): that session's private
-    # messages are replayed with what the client missed (Hub._hello), and deleted when this one ends.
-    came_from: str = ""
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -84,7 +81,7 @@ class Session:
 
     def row(self) -> SessionRow:
         return SessionRow(
-            self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start, self.came_from,
+            self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start,
             self.old_token or "", self.last_join, self.last_join_room,
         )  # fmt: skip
 
@@ -179,6 +176,8 @@ def _chunks(lines: list[bytes]) -> Iterator[bytes]:
         yield b"".join(lines[start:])
 
 
+# An expired session's token remembered (Hub._expired): its last_id, when (wall time), its refused ids, its sid.
+_Expired = tuple[int, float, tuple[int, ...], str]
 # An event of the resume ring: (seq, convs, line). A plain tuple, not a class: the garbage collector stops
 # tracking a tuple of ints, strings and bytes (at its first collection of the middle generation), so the
 # ring's 50,000 events, replaced at the message rate, never reach the oldest generation. As objects they did,
@@ -237,11 +236,11 @@ class Hub:
         refused = store.load_refused()
         # Posters' and readers' (last_id -1) apart, each EXPIRED_TOKENS_MAX at most: a host saying hello and
         # dropping again and again must not push out the tokens that keep a poster's resend from going twice.
-        self._expired: dict[str, tuple[int, float, tuple[int, ...]]] = {}
-        self._expired_readers: dict[str, tuple[int, float, tuple[int, ...]]] = {}
-        for k, i, t in store.load_expired():
-            self._expired_pool(i)[k] = (i, t, refused.pop("t:" + k, ()))
-        self._forget_expired(now)  # (those past the bounds while the server was down)
+        self._expired: dict[str, _Expired] = {}
+        self._expired_readers: dict[str, _Expired] = {}
+        self._kept: Counter[str] = Counter()  # sid -> the tokens above that name it (its private messages kept)
+        self._expired_loaded = False
+        self._load_expired(refused)
         self.held_per_ip = held_per_ip
         self._made: Counter[str] = Counter()  # address -> rooms in use that it made (MAX_ROOMS_PER_ADDRESS)
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
@@ -252,18 +251,33 @@ class Hub:
             s.last_join, s.last_join_room = (
                 (row.last_join, row.last_join_room) if row.last_join >= 0 else (row.start, "")
             )
-            s.came_from, s.old_token = row.came_from, row.old_token or None  # (its alias: after a restart too)
+            s.old_token = row.old_token or None  # (its alias: after a restart too)
             if ids := refused.pop("s:" + row.sid, ()):
                 s.refused = set(ids)
             self._add_session(s)
             for name in s.rooms:
                 self._room(name).add(s)
+        self._forget_expired(now)  # (those past the bounds while the server was down)
         for owner in refused:  # of sessions that ended while the disk failed, or tokens forgotten since
             store.put_refused(owner, ())
         self.end_plain_sessions("connection lost", now)  # left by a crash: their nicks are free at once
         if self.sessions:
             log.info("%s of the last run held %g s for their clients to resume",
                      count_of(len(self.sessions), "session"), self.resume_grace)  # fmt: skip
+
+    def _load_expired(self, refused: dict[str, tuple[int, ...]]) -> None:
+        """The tokens remembered on disk, older than any of this run's (the database may open late). Those
+        past the bounds are forgotten at the next tick, with the private messages they kept."""
+        if self._expired_loaded or not self.store.opens:
+            return
+        self._expired_loaded = True
+        posters: dict[str, _Expired] = {}
+        readers: dict[str, _Expired] = {}
+        for k, i, t, sid in self.store.load_expired():
+            if k not in self._expired and k not in self._expired_readers:
+                (posters if i >= 0 else readers)[k] = (i, t, refused.pop("t:" + k, ()), sid)
+                self._kept[sid] += 1
+        self._expired, self._expired_readers = posters | self._expired, readers | self._expired_readers
 
     def end_plain_sessions(self, reason: str, now: float) -> None:
         """End the plain-text (nc) sessions: they cannot resume, so holding their nicks for the resume grace
@@ -382,6 +396,8 @@ class Hub:
         works; while it fails, the message was still relayed and the ack says so: chat goes on).
         The I/O edge calls this before it relays a tick's output, so what is seen is on disk."""
         ok = self.store.commit(now)
+        if not self._expired_loaded and self.store.opens:  # the database opened only now: the last run's tokens
+            self._load_expired({k: v for k, v in self.store.load_refused().items() if k.startswith("t:")})
         if ok and self.store.sessions_lost:  # records given up on while the disk failed: all live ones again
             self.store.sessions_lost = False
             self.save_sessions()
@@ -574,19 +590,15 @@ class Hub:
             self._detach(s, now)
         if s.held_for:
             self._unhold(s)
-        # A reader's too (one that never posted; in a pool of their own): the private messages sent to it are
-        # kept with its token.
+        # A reader's too (one that never posted; in a pool of their own): with the token its own conversation
+        # (private messages, joins in large rooms) is kept, and the session its client gets when it comes back
+        # takes its id, and with it the private messages it missed (_hello).
         remembered = resumable and not s.plain
         if remembered:
-            self._remember_expired(s.token, s.last_id, now, tuple(s.refused or ()))
+            self._remember_expired(s.token, s.last_id, now, tuple(s.refused or ()), s.sid)
             if s.old_token is not None:  # its client may still know only that one (its welcome was lost)
-                self._remember_expired(s.old_token, s.last_id, now, tuple(s.refused or ()))
-        # Its own conversation (private messages, joins in large rooms) stays while its token is remembered:
-        # its client, back, is replayed those it missed (_hello). Not a session's of an older lanchat, whose id
-        # is not made from its token. The conversation it came from goes, unless that token is remembered too.
-        self.store.drop_session(s.sid, keep_conv=remembered and s.sid == _sid_of(s.token))
-        if s.came_from and not (remembered and s.old_token is not None):
-            self.store.drop_conv("@" + s.came_from)
+                self._remember_expired(s.old_token, s.last_id, now, tuple(s.refused or ()), s.sid)
+        self.store.drop_session(s.sid, keep_conv=remembered)
         if s.refused is not None:
             self.store.put_refused("s:" + s.sid, ())
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
@@ -607,32 +619,39 @@ class Hub:
             del self.nicks[m.nick_key(s.nick)]
         log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, logged or reason)
 
-    def _remember_expired(self, token: str, last_id: int, now: float, refused: tuple[int, ...]) -> None:
+    def _remember_expired(self, token: str, last_id: int, now: float, refused: tuple[int, ...], sid: str) -> None:
         key = _token_key(token)
-        self._expired_pool(last_id)[key] = (last_id, now + self.wall_offset, refused)  # wall: kept across restarts
-        self.store.put_expired(key, last_id, now + self.wall_offset)
+        self._expired_pool(last_id)[key] = (last_id, now + self.wall_offset, refused, sid)  # wall: across restarts
+        self._kept[sid] += 1
+        self.store.put_expired(key, last_id, now + self.wall_offset, sid)
         if refused:
             self.store.put_refused("t:" + key, refused)
         self._forget_expired(now)
 
-    def _expired_pool(self, last_id: int) -> dict[str, tuple[int, float, tuple[int, ...]]]:
+    def _expired_pool(self, last_id: int) -> dict[str, _Expired]:
         return self._expired if last_id >= 0 else self._expired_readers
 
     def _forget_expired(self, now: float) -> None:
         wall = now + self.wall_offset
         for expired in (self._expired, self._expired_readers):
             while expired:  # insertion order is age order: forget the oldest past the count or the age
-                oldest, (_, since, refused) = next(iter(expired.items()))
+                oldest, (_, since, refused, sid) = next(iter(expired.items()))
                 if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - since <= const.EXPIRED_TOKEN_TTL:
                     break
                 del expired[oldest]
-                self._drop_expired(oldest, refused)
-                self.store.drop_conv("@" + oldest[:_SID_CHARS])  # its session's private messages (_sid_of)
+                if self._drop_expired(oldest, refused, sid) and sid and sid not in self.sessions:  # ('': older file)
+                    self.store.drop_conv("@" + sid)  # the last token that named its private messages
 
-    def _drop_expired(self, key: str, refused: tuple[int, ...]) -> None:
+    def _drop_expired(self, key: str, refused: tuple[int, ...], sid: str) -> bool:
+        """True if no other token names ``sid`` now."""
         self.store.drop_expired(key)
         if refused:
             self.store.put_refused("t:" + key, ())
+        self._kept[sid] -= 1
+        if self._kept[sid] > 0:
+            return False
+        del self._kept[sid]
+        return True
 
     def _drop_if_empty(self, room: Room) -> None:
         if not room.members:
@@ -669,21 +688,21 @@ class Hub:
         key = _token_key(req.token) if req.token is not None else ""
         last_id = -1
         refused: tuple[int, ...] = ()
+        sid = ""
         if (gone := self._expired.pop(key, None) or self._expired_readers.pop(key, None)) is not None:
-            last_id, _, refused = gone
-            self._drop_expired(key, refused)
-        token = secrets.token_urlsafe(18)
-        while _sid_of(token) in self.sessions:  # (2**64 ids: a repeat is a bug's, not chance's)
-            token = secrets.token_urlsafe(18)
-        s = Session(_sid_of(token), token, req.nick, req.plain, last_id=last_id, peer=peer)
+            last_id, _, refused, sid = gone
+            self._drop_expired(key, refused, sid)
+        # The expired session's id (and so its own conversation: the private messages sent to it meanwhile,
+        # which the catch-up below replays); a new one if another session has it (its other token, say).
+        if not sid or sid in self.sessions:
+            sid = secrets.token_hex(8)
+        s = Session(sid, secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
         s.start = self.seq  # (until the joins below: the catch-up replay leaves out the old session's changes)
         if gone is not None and req.token is not None:  # if this welcome is lost, the client comes back with the
             # old token: unknown, it would get yet another session (as nick_: one it never learned of holds its
             # nick), with no last_id, and post its lines again. Only a token the server gave: a made-up one,
             # shared by two scripts, would let the second take the first's session.
             s.old_token, s.attempt = req.token, req.attempt if req.attempt is not None else -1
-        if req.token is not None:  # an expired session's: its private messages were kept under its id (if any)
-            s.came_from = _sid_of(req.token)
         if refused:  # refused before the expiry: a resend of one is refused again in the new session too
             s.refused = set(refused)
             self.store.put_refused("s:" + s.sid, refused)
@@ -709,7 +728,7 @@ class Hub:
         self._welcome(s, req, joining, seq=after)
         if after is not None:  # (with room for the rooms' replies and joins that follow: 500 nicks, a topic)
             answer = min(self._answer_size(joining, s), self.replay_max // 2)  # (half at least for the replay)
-            convs = [*joining, "@" + s.came_from]  # its rooms', and the private messages sent to it meanwhile
+            convs = [*joining, "@" + s.sid]  # its rooms', and the private messages sent to it meanwhile
             self._replay(s, after, {}, now, convs=convs, budget=self.replay_max - answer)
         backlog = _Backlog(self.replay_max)
         for name in req.rooms:
@@ -826,10 +845,7 @@ class Hub:
         by its client, which learns its rooms from the welcome. Returns the seq of the newest event sent."""
         if after >= self.seq:
             return None
-        if convs is None:
-            convs = s.convs
-            if s.came_from and after < s.start:  # a resume during the catch-up of a client back after expiry
-                convs.append("@" + s.came_from)
+        convs = s.convs if convs is None else convs
         budget = self.replay_max if budget is None else budget
         wanted = set(convs)
         recent = self.recent
@@ -1233,13 +1249,3 @@ def _token_key(token: str) -> str:
     """How an expired session's token is remembered (in memory and on disk): a hash, so that the file
     holds no usable credential of a session that is gone."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-_SID_CHARS: Final = 16
-
-
-def _sid_of(token: str) -> str:
-    """A session's id, made from its token (the start of its key): a client back with the token of a session
-    that expired names it, so that the private messages kept for it can be replayed to the client. The id
-    is no secret (it names the session's conversation on disk); the token cannot be had from it."""
-    return _token_key(token)[:_SID_CHARS]

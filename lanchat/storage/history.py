@@ -37,9 +37,10 @@ from lanchat.storage import reserve
 log = logging.getLogger("lanchat.storage")
 
 APP_ID: Final = "lanchat"
-# 2: the journal table; 3: sessions.start, where the answer to each session's hello ended; 4: sessions.came_from
-# and old_token, the expired session a session was made for (its private messages, its token's alias), and
-# last_join and last_join_room, where its latest room replies were sent. An older file is upgraded in place.
+# 2: the journal table; 3: sessions.start, where the answer to each session's hello ended; 4: sessions.old_token
+# (an expired session's token that resumes the session made for its client), sessions.last_join and
+# last_join_room (where its latest room replies were sent) and expired.sid (whose private messages the token
+# names). An older file is upgraded in place at open.
 SCHEMA_VERSION: Final = 4
 DB_NAME: Final = "history.sqlite3"
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
@@ -102,8 +103,8 @@ CREATE TABLE IF NOT EXISTS convs (conv TEXT PRIMARY KEY, count INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS sessions (
     sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
     last_id INTEGER NOT NULL, plain INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT -1,
-    came_from TEXT NOT NULL DEFAULT '', old_token TEXT NOT NULL DEFAULT '',
-    last_join INTEGER NOT NULL DEFAULT -1, last_join_room TEXT NOT NULL DEFAULT ''
+    old_token TEXT NOT NULL DEFAULT '', last_join INTEGER NOT NULL DEFAULT -1,
+    last_join_room TEXT NOT NULL DEFAULT ''
 );
 -- A session's highest message id as of a commit in which it posted, in commit order: its row in sessions
 -- is rewritten only when something else changes, and these are folded into sessions.last_id once
@@ -114,7 +115,10 @@ CREATE TABLE IF NOT EXISTS topics (room TEXT PRIMARY KEY, topic TEXT NOT NULL);
 -- Sessions that expired, by a hash of their resume token, with the highest message id each posted: a
 -- client that comes back later resends its unacknowledged messages into a new session, and those already
 -- posted must be acked, not posted twice, across a restart too (the hub's Hub._expired; bounded there).
-CREATE TABLE IF NOT EXISTS expired (token_key TEXT PRIMARY KEY, last_id INTEGER NOT NULL, at REAL NOT NULL);
+-- And the session's id: the new session takes it, and with it the private messages sent meanwhile ('@' + sid).
+CREATE TABLE IF NOT EXISTS expired (
+    token_key TEXT PRIMARY KEY, last_id INTEGER NOT NULL, at REAL NOT NULL, sid TEXT NOT NULL DEFAULT ''
+);
 -- The ids of a session's refused posts below its last_id (a resend of one must be refused again, not acked
 -- as a duplicate, across a restart and an expiry too), as a JSON list; the owner is 's:' + a session id or
 -- 't:' + an expired session's token key. An older lanchat ignores the table (and so forgets them, as it did).
@@ -126,11 +130,11 @@ CREATE TABLE IF NOT EXISTS journal (
     conv TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL, line TEXT NOT NULL
 );
 """
-_FORMAT_4_COLUMNS: Final = (
-    ("came_from", "TEXT NOT NULL DEFAULT ''"),
-    ("old_token", "TEXT NOT NULL DEFAULT ''"),
-    ("last_join", "INTEGER NOT NULL DEFAULT -1"),
-    ("last_join_room", "TEXT NOT NULL DEFAULT ''"),
+_FORMAT_4_COLUMNS: Final = (  # (table, column, type): added to an older file in place
+    ("sessions", "old_token", "TEXT NOT NULL DEFAULT ''"),
+    ("sessions", "last_join", "INTEGER NOT NULL DEFAULT -1"),
+    ("sessions", "last_join_room", "TEXT NOT NULL DEFAULT ''"),
+    ("expired", "sid", "TEXT NOT NULL DEFAULT ''"),
 )
 _READABLE_SCHEMAS: Final = ("1", "2", "3", str(SCHEMA_VERSION))
 _T = TypeVar("_T")
@@ -145,8 +149,7 @@ class SessionRow:
     last_id: int
     plain: bool
     start: int = -1  # the server's seq where the answer to the session's hello ended (see Hub._replay)
-    came_from: str = ""  # the id of the expired session it was made for ('': none; see Hub._hello)
-    old_token: str = ""  # that session's token, while it still resumes this one ('': none)
+    old_token: str = ""  # the token of the expired session it was made for, while it resumes this one ('': none)
     last_join: int = -1  # the seq before its latest room replies (-1: not known), and their room ('': all)
     last_join_room: str = ""
 
@@ -156,7 +159,7 @@ class _Pending:
     events: deque[tuple[str, int, float, str, str]]
     sessions: dict[str, SessionRow | None]  # None: delete; while degraded, the oldest write first
     topics: dict[str, str]
-    expired: dict[str, tuple[int, float] | None] = field(default_factory=dict)  # token key -> row; None: delete
+    expired: dict[str, tuple[int, float, str] | None] = field(default_factory=dict)  # token key -> row; None: delete
     posted: dict[str, int] = field(default_factory=dict)  # sid -> its highest message id (one per session)
     refused: dict[str, tuple[int, ...]] = field(default_factory=dict)  # owner -> refused ids; (): delete
     gone: dict[str, None] = field(default_factory=dict)  # conversations to delete (a set, in the order queued)
@@ -185,6 +188,7 @@ class HistoryStore:
         self.wal_limit = wal_limit
         self.degraded = False
         self.last_error: str | None = None
+        self.opens = 0  # successful opens of the file (the first may come late: the hub loads what it keeps then)
         self.dropped = 0  # event rows and session records given up on while the disk failed (bounded queues)
         self.reads_failed = 0  # reads that failed: a replay that met one has a hole
         # A session record was given up on while the disk failed: a post writes only its id (put_posted), so
@@ -246,6 +250,7 @@ class HistoryStore:
         except OSError:
             self._wal_size = 0
         self._db = db
+        self.opens += 1
         if self.degraded:
             log.warning("history: database open again at %s; writing resumes", self.path)
         self.degraded = False
@@ -274,12 +279,12 @@ class HistoryStore:
         # writes). Marked first: a disk that fails between them leaves a file that an older lanchat refuses,
         # and that the next start completes (the columns are looked for, not the mark).
         db.execute("INSERT OR REPLACE INTO meta VALUES ('app', ?), ('schema', ?)", (APP_ID, str(SCHEMA_VERSION)))
-        columns = {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
-        if "start" not in columns:  # a version-1 or 2 file
+        columns = {(t, r[1]) for t in ("sessions", "expired") for r in db.execute(f"PRAGMA table_info({t})")}
+        if ("sessions", "start") not in columns:  # a version-1 or 2 file
             db.execute("ALTER TABLE sessions ADD COLUMN start INTEGER NOT NULL DEFAULT -1")
-        for column, kind in _FORMAT_4_COLUMNS:  # a version-1, 2 or 3 file (or one cut short between them)
-            if column not in columns:
-                db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {kind}")
+        for table, column, kind in _FORMAT_4_COLUMNS:  # a version-1, 2 or 3 file (or one cut short between them)
+            if (table, column) not in columns:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         # Written at once (autocommit): said at once, whatever comes next (the check below may fail).
         if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
             log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",
@@ -287,6 +292,8 @@ class HistoryStore:
         check = db.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+        if self._reserved == 0:  # this run's first open: no session of its own has a conversation on disk yet
+            self._sweep_private(db)
         reserved = db.execute("SELECT value FROM meta WHERE key='seq_reserved'").fetchone()
         top = max(db.execute(f"SELECT max(seq) FROM {t}").fetchone()[0] or 0 for t in ("events", "journal"))
         self._journal = Counter(dict(db.execute("SELECT conv, count(*) FROM journal GROUP BY conv").fetchall()))
@@ -319,6 +326,25 @@ class HistoryStore:
             db.execute("COMMIT")
         self._posted_rows = 0
 
+    def _sweep_private(self, db: sqlite3.Connection) -> None:
+        """Delete the private conversations ('@' + sid) that neither a session nor an expired session's token
+        names: their deletion was given up on while the disk failed (bounded queues), or a crash came first."""
+        named = {r[0] for r in db.execute("SELECT sid FROM sessions UNION SELECT sid FROM expired")}
+        found = {
+            r[0]
+            for t in ("events", "journal")
+            for r in db.execute(f"SELECT DISTINCT conv FROM {t} WHERE conv GLOB '@*'")
+        }
+        orphans = sorted(c for c in found if c[1:] not in named)
+        if not orphans:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        for conv in orphans:
+            for table in ("events", "journal", "convs"):
+                db.execute(f"DELETE FROM {table} WHERE conv=?", (conv,))
+        db.execute("COMMIT")
+        log.info("history: %d private conversations of ended sessions deleted", len(orphans))
+
     def _unknown_sequence(self) -> None:
         """The file cannot be opened at start: the numbers it holds are unknown, whether it exists now or
         appears later (a data directory mounted or made writable after the start, then opened by a retry:
@@ -348,22 +374,21 @@ class HistoryStore:
         if self._db is None:
             return []
         rows = self._db.execute(
-            "SELECT sid, token, nick, rooms, last_id, plain, start, came_from, old_token, last_join, last_join_room"
-            " FROM sessions"
+            "SELECT sid, token, nick, rooms, last_id, plain, start, old_token, last_join, last_join_room FROM sessions"
         ).fetchall()
         return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), *r[6:]) for r in rows]
 
-    def load_expired(self) -> list[tuple[str, int, float]]:
-        """The expired sessions' token keys, oldest first, as (key, last_id, when): the hub forgets those
+    def load_expired(self) -> list[tuple[str, int, float, str]]:
+        """The expired sessions' token keys, oldest first, as (key, last_id, when, sid): the hub forgets those
         past its bounds (Hub._forget_expired), with what it kept for them."""
         if self._db is None:
             return []
         try:
-            rows = self._db.execute("SELECT token_key, last_id, at FROM expired ORDER BY at").fetchall()
+            rows = self._db.execute("SELECT token_key, last_id, at, sid FROM expired ORDER BY at").fetchall()
         except sqlite3.Error as exc:
             self._read_failed(exc)
             return []
-        return [(str(k), int(i), float(t)) for k, i, t in rows]
+        return [(str(k), int(i), float(t), str(sid)) for k, i, t, sid in rows]
 
     def load_refused(self) -> dict[str, tuple[int, ...]]:
         """Refused post ids by owner ('s:' + session id, 't:' + expired token key)."""
@@ -465,13 +490,13 @@ class HistoryStore:
             self.dropped += 1
             self.sessions_lost = self.sessions_lost or lost is not None  # (a deletion: the next start ends it)
 
-    def put_expired(self, key: str, last_id: int, at: float) -> None:
-        self._hold_expired(key, (last_id, at))
+    def put_expired(self, key: str, last_id: int, at: float, sid: str) -> None:
+        self._hold_expired(key, (last_id, at, sid))
 
     def drop_expired(self, key: str) -> None:
         self._hold_expired(key, None)
 
-    def _hold_expired(self, key: str, row: tuple[int, float] | None) -> None:
+    def _hold_expired(self, key: str, row: tuple[int, float, str] | None) -> None:
         """Queue an expired session's record (None: its deletion); one lost while the disk fails costs at
         most a duplicate after a restart."""
         self._hold(self._pending.expired, key, row)
@@ -536,11 +561,11 @@ class HistoryStore:
                     db.execute("DELETE FROM sessions WHERE sid=?", (sid,))
                 else:
                     db.execute(
-                        "INSERT OR REPLACE INTO sessions (sid, token, nick, rooms, last_id, plain, start, came_from,"
-                        " old_token, last_join, last_join_room) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO sessions (sid, token, nick, rooms, last_id, plain, start, old_token,"
+                        " last_join, last_join_room) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (  # (by name: upgrades append columns)
                             row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, row.plain,
-                            row.start, row.came_from, row.old_token, row.last_join, row.last_join_room,
+                            row.start, row.old_token, row.last_join, row.last_join_room,
                         ),
                     )  # fmt: skip
             gone = list(p.gone)  # (after the events: one of this commit's may be the last of its conversation)
@@ -557,7 +582,8 @@ class HistoryStore:
                 if expiry is None:
                     db.execute("DELETE FROM expired WHERE token_key=?", (key,))
                 else:
-                    db.execute("INSERT OR REPLACE INTO expired VALUES (?, ?, ?)", (key, *expiry))
+                    db.execute("INSERT OR REPLACE INTO expired (token_key, last_id, at, sid) VALUES (?, ?, ?, ?)",
+                               (key, *expiry))  # fmt: skip
             for owner, ids in p.refused.items():
                 if ids:
                     db.execute("INSERT OR REPLACE INTO refused VALUES (?, ?)", (owner, json.dumps(ids)))
