@@ -310,8 +310,9 @@ def test_after_an_expired_session_the_client_gets_what_it_missed(make_server: Ma
     """Away longer than --resume-grace: the client starts a new session and joins its rooms again; their
     history showed the last events the user had already read (a walkthrough: 50 lines) before the few
     they missed, then only those it had not shown, but at most the newest 50 (--history-on-join). The
-    server now replays what was missed after the client's last_seq, as a resume would have: all of it."""
-    server = make_server("--resume-grace", "1", workers=1)
+    server now replays what was missed after the client's last_seq, as a resume would have: all of it, and
+    the private messages sent to it while its session was held (they were deleted with the session)."""
+    server = make_server("--resume-grace", "2", workers=1)  # (time for bo's private message while held)
 
     async def scenario(bo: Client) -> None:
         proxy = _Proxy(server.port)
@@ -334,6 +335,9 @@ def test_after_an_expired_session_the_client_gets_what_it_missed(make_server: Ma
         await asyncio.wait_for(read.wait(), 10)
         mark = server.mark()
         await proxy.close()  # the server is out of reach longer than the grace
+        await asyncio.to_thread(server.wait_log, r"\(al\) lost its connection", 10, mark)
+        bo.send({"type": "privmsg", "to": "al", "text": "psst", "id": 1})  # while al's session is held
+        await asyncio.to_thread(lambda: bo.expect(lambda f: f.get("type") == "ack" and f.get("id") == 1))
         await asyncio.to_thread(server.wait_log, r"\(al\) ended: connection lost", 10, mark)
         missed = [f"missed {i}" for i in range(80)]
         for text in missed:
@@ -347,8 +351,8 @@ def test_after_an_expired_session_the_client_gets_what_it_missed(make_server: Ma
         [welcome] = [f for f in frames if f.get("type") == "welcome"]
         assert welcome.get("resume_failed")
         assert "history" not in [f.get("type") for f in frames]  # no tail: what it saw is not repeated
-        texts = [f.get("text") for f in frames if f.get("type") == "msg"]
-        assert texts == missed  # all 80, and nothing read before the drop
+        texts = [f.get("text") for f in frames if f.get("type") in ("msg", "privmsg")]
+        assert texts == ["psst", *missed]  # in order, all 80, and nothing read before the drop
         await client.close()
         await proxy.close()
 
