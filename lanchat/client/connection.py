@@ -135,6 +135,11 @@ class ChatClient:
     def nick(self) -> str:
         return self.state.info.nick
 
+    @property
+    def nicks_had(self) -> set[str]:
+        """The nicks (nick_key) this client has had (plain.sent_by_me)."""
+        return self.state.info.had
+
     async def connect(self) -> None:
         """First connection. Raises ConnectError (with the CLI exit code) if it cannot register."""
         self._connecting = True

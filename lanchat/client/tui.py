@@ -72,6 +72,7 @@ from lanchat.protocol.plain import (
     not_resumed,
     parse_command,
     render,
+    sent_by_me,
 )
 
 if TYPE_CHECKING:
@@ -205,6 +206,7 @@ class ChatView:
     ) -> None:
         self.nick = nick
         self._asked_nick = nick  # the last /nick sent (a rename queued or in flight is not the nick yet)
+        self._had: set[str] = set()  # the nicks (nick_key) we have had: see plain.sent_by_me
         self.current = CurrentRoom(room)  # where plain text goes
         self.server = clean(server)
         self.address = clean(address)
@@ -260,6 +262,7 @@ class ChatView:
 
     def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
         self.nick = self._asked_nick = str(frame.get("nick", self.nick))
+        self._had.add(m.nick_key(self.nick))
         rooms = [str(r) for r in _list(frame, "rooms") if isinstance(r, str)]
         for r in rooms:
             self._know_room(r)
@@ -403,6 +406,7 @@ class ChatView:
             old, new = str(frame.get("old", "")), str(frame.get("new", ""))
             if m.nick_key(old) == me:
                 self.nick = self._asked_nick = new
+                self._had.add(m.nick_key(new))
             for r, nicks in self.members.items():
                 self.members[r] = [new if m.nick_key(n) == m.nick_key(old) else n for n in nicks]
             if self.speakers.pop(m.nick_key(old), None) is not None:
@@ -442,7 +446,7 @@ class ChatView:
         elif kind == "privmsg":
             sender, to = str(frame.get("from", "")), str(frame.get("to", ""))
             text, _ = self._text(str(frame.get("text", "")), highlight=False)
-            if m.nick_key(sender) == me:
+            if sent_by_me(frame, self.nick, self._had):
                 frags += [("class:privmsg", "-> "), (self._nick_style(to), f"*{c(to)}*"), ("", " ")]
             else:
                 frags += [(self._nick_style(sender), f"*{c(sender)}*"), ("class:privmsg", " (private) ")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from lanchat import const
@@ -53,6 +53,9 @@ class SessionInfo:
     token: str | None = None
     nick: str = ""
     server_name: str = ""
+    # The nicks (nick_key) this client has had: a replay after an expiry may carry private messages it sent
+    # as one of them (plain.sent_by_me).
+    had: set[str] = field(default_factory=set)
 
 
 class ClientState:
@@ -244,6 +247,7 @@ class ClientState:
             self.info.session = str(frame.get("session", ""))
             self.info.token = frame.get("token") if isinstance(frame.get("token"), str) else None
             self.info.nick = str(frame.get("nick", self.info.nick))
+            self.info.had.add(m.nick_key(self.info.nick))
             limit = frame.get("max_frame")
             self.max_frame = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
             rooms = frame.get("rooms")
@@ -289,6 +293,7 @@ class ClientState:
                 self.rooms.remove(room)
         elif kind == "nick" and m.nick_key(str(frame.get("old", ""))) == me:
             self.info.nick = str(frame.get("new"))
+            self.info.had.add(m.nick_key(self.info.nick))
         elif kind == "server":
             self.info.server_name = str(frame.get("name", ""))
         elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:

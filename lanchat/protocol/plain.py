@@ -166,13 +166,20 @@ def clock(ts: object) -> str:
         return "--:--"
 
 
-def render(frame: dict[str, Any], me: str = "") -> str | None:
+def sent_by_me(frame: dict[str, Any], me: str, had: Collection[str] = ()) -> bool:
+    """Whether a private message is one this client sent: from its nick, or from one it had (``had``, as
+    nick_key) to someone else (a replay after an expiry; one from a new holder of an old nick is to us)."""
+    sender, to, mine = m.nick_key(str(frame.get("from", ""))), m.nick_key(str(frame.get("to", ""))), m.nick_key(me)
+    return bool(me) and (sender == mine or (sender in had and to != mine))
+
+
+def render(frame: dict[str, Any], me: str = "", had: Collection[str] = ()) -> str | None:
     """One server frame as one human line (None for frames a person need not see, like acks).
 
     Total: a frame with fields of the wrong type (a broken or hostile server) renders as a notice.
     """
     try:
-        return _render(frame, me)
+        return _render(frame, me, had)
     except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError):
         return f"! unreadable {clean(frame.get('type'))[:20]} frame from the server"
 
@@ -191,7 +198,7 @@ def _items(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _render(frame: dict[str, Any], me: str) -> str | None:
+def _render(frame: dict[str, Any], me: str, had: Collection[str]) -> str | None:
     c = clean
     kind = frame.get("type")
     room = f"#{c(frame.get('room', ''))}"
@@ -201,7 +208,7 @@ def _render(frame: dict[str, Any], me: str) -> str | None:
     if kind == "action":
         return f"{at} {room} * {c(frame.get('from'))} {c(frame.get('text'))}"
     if kind == "privmsg":
-        if me and m.nick_key(str(frame.get("from", ""))) == m.nick_key(me):
+        if sent_by_me(frame, me, had):
             return f"{at} -> *{c(frame.get('to'))}* {c(frame.get('text'))}"
         return f"{at} *{c(frame.get('from'))}* {c(frame.get('text'))}"
     if kind == "join":

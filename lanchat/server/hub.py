@@ -57,8 +57,10 @@ class Session:
     held_for: str = ""  # the address whose held sessions count it (see Hub.closed), while it is held
     attempt: int = -1  # the newest of its client's connection attempts that resumed it (see Hub._resume)
     peer: str = ""  # its connection's address as --max-per-ip counts it ('' not counted): rooms it makes count
-    old_token: str | None = None  # the expired session's token it was made from: it resumes this one too
-    # until the client has shown it knows the new token (the welcome that told it may have been lost)
+    # The keys (_token_key) of the remembered tokens it was made from (the expired session's, and any other
+    # that named its id): they resume this one too until the client has shown it knows the new token (the
+    # welcome that told it may have been lost; a hello the network held back may come with another of them).
+    aliases: tuple[str, ...] = ()
     start: int = -1  # the server's seq where the answer to its hello ended (-1: not known): see Hub._replay
     # The seq of the last event before the latest room replies (nick lists) the session was sent, and their
     # room ("": all of its rooms): a resume from before it, or at it, may have lost them (Hub._resume). The
@@ -82,7 +84,7 @@ class Session:
     def row(self) -> SessionRow:
         return SessionRow(
             self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start,
-            self.old_token or "", self.last_join, self.last_join_room,
+            " ".join(self.aliases), self.last_join, self.last_join_room,
         )  # fmt: skip
 
 
@@ -238,7 +240,8 @@ class Hub:
         # dropping again and again must not push out the tokens that keep a poster's resend from going twice.
         self._expired: dict[str, _Expired] = {}
         self._expired_readers: dict[str, _Expired] = {}
-        self._kept: Counter[str] = Counter()  # sid -> the tokens above that name it (its private messages kept)
+        self._naming: dict[str, set[str]] = {}  # sid -> the keys above that name it (its private messages kept)
+        self._alias: dict[str, Session] = {}  # a token key -> the session it resumes (Session.aliases)
         self._expired_loaded = False
         self._load_expired(refused)
         self.held_per_ip = held_per_ip
@@ -251,7 +254,7 @@ class Hub:
             s.last_join, s.last_join_room = (
                 (row.last_join, row.last_join_room) if row.last_join >= 0 else (row.start, "")
             )
-            s.old_token = row.old_token or None  # (its alias: after a restart too)
+            s.aliases = tuple(row.aliases.split())  # (after a restart too)
             if ids := refused.pop("s:" + row.sid, ()):
                 s.refused = set(ids)
             self._add_session(s)
@@ -276,7 +279,7 @@ class Hub:
         for k, i, t, sid in self.store.load_expired():
             if k not in self._expired and k not in self._expired_readers:
                 (posters if i >= 0 else readers)[k] = (i, t, refused.pop("t:" + k, ()), sid)
-                self._kept[sid] += 1
+                self._naming.setdefault(sid, set()).add(k)
         self._expired, self._expired_readers = posters | self._expired, readers | self._expired_readers
 
     def end_plain_sessions(self, reason: str, now: float) -> None:
@@ -556,8 +559,8 @@ class Hub:
     def _add_session(self, s: Session) -> None:
         self.sessions[s.sid] = s
         self.by_token[s.token] = s
-        if s.old_token is not None:
-            self.by_token[s.old_token] = s
+        for key in s.aliases:
+            self._alias[key] = s
         self.nicks[m.nick_key(s.nick)] = s
 
     def _attach(self, s: Session, worker: int, conn: int) -> None:
@@ -594,10 +597,9 @@ class Hub:
         # (private messages, joins in large rooms) is kept, and the session its client gets when it comes back
         # takes its id, and with it the private messages it missed (_hello).
         remembered = resumable and not s.plain
-        if remembered:
-            self._remember_expired(s.token, s.last_id, now, tuple(s.refused or ()), s.sid)
-            if s.old_token is not None:  # its client may still know only that one (its welcome was lost)
-                self._remember_expired(s.old_token, s.last_id, now, tuple(s.refused or ()), s.sid)
+        if remembered:  # (and its aliases: its client may still know only one of those, its welcome lost)
+            for key in (_token_key(s.token), *s.aliases):
+                self._remember_expired(key, s.last_id, now, tuple(s.refused or ()), s.sid)
         self.store.drop_session(s.sid, keep_conv=remembered)
         if s.refused is not None:
             self.store.put_refused("s:" + s.sid, ())
@@ -613,20 +615,22 @@ class Hub:
             self._drop_if_empty(room)
         self.sessions.pop(s.sid, None)
         self.by_token.pop(s.token, None)
-        if s.old_token is not None:
-            self.by_token.pop(s.old_token, None)
+        self._retire_aliases(s)
         if self.nicks.get(m.nick_key(s.nick)) is s:
             del self.nicks[m.nick_key(s.nick)]
         log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, logged or reason)
 
-    def _remember_expired(self, token: str, last_id: int, now: float, refused: tuple[int, ...], sid: str) -> None:
-        key = _token_key(token)
+    def _remember_expired(self, key: str, last_id: int, now: float, refused: tuple[int, ...], sid: str) -> None:
         self._expired_pool(last_id)[key] = (last_id, now + self.wall_offset, refused, sid)  # wall: across restarts
-        self._kept[sid] += 1
+        self._naming.setdefault(sid, set()).add(key)
         self.store.put_expired(key, last_id, now + self.wall_offset, sid)
         if refused:
             self.store.put_refused("t:" + key, refused)
         self._forget_expired(now)
+
+    def _pop_expired(self, key: str) -> _Expired | None:
+        gone = self._expired.pop(key, None)
+        return self._expired_readers.pop(key, None) if gone is None else gone
 
     def _expired_pool(self, last_id: int) -> dict[str, _Expired]:
         return self._expired if last_id >= 0 else self._expired_readers
@@ -639,19 +643,25 @@ class Hub:
                 if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - since <= const.EXPIRED_TOKEN_TTL:
                     break
                 del expired[oldest]
-                if self._drop_expired(oldest, refused, sid) and sid and sid not in self.sessions:  # ('': older file)
+                self._drop_expired(oldest, refused, sid)
+                if sid and sid not in self._naming and sid not in self.sessions:  # ('': a token of an older file)
                     self.store.drop_conv("@" + sid)  # the last token that named its private messages
 
-    def _drop_expired(self, key: str, refused: tuple[int, ...], sid: str) -> bool:
-        """True if no other token names ``sid`` now."""
+    def _drop_expired(self, key: str, refused: tuple[int, ...], sid: str) -> None:
         self.store.drop_expired(key)
         if refused:
             self.store.put_refused("t:" + key, ())
-        self._kept[sid] -= 1
-        if self._kept[sid] > 0:
-            return False
-        del self._kept[sid]
-        return True
+        naming = self._naming.get(sid)
+        if naming is not None:
+            naming.discard(key)
+            if not naming:
+                del self._naming[sid]
+
+    def _retire_aliases(self, s: Session) -> None:
+        for key in s.aliases:
+            if self._alias.get(key) is s:
+                del self._alias[key]
+        s.aliases = ()
 
     def _drop_if_empty(self, room: Room) -> None:
         if not room.members:
@@ -673,7 +683,7 @@ class Hub:
         if current is not None:
             raise RemoteProtocolError(m.Err.ALREADY_REGISTERED, "this connection already has a session")
         if req.token is not None:
-            s = self.by_token.get(req.token)
+            s = self.by_token.get(req.token) or self._alias.get(_token_key(req.token))
             if s is not None:
                 if self._resume(worker, conn, s, req, now):
                     s.peer = peer
@@ -689,20 +699,30 @@ class Hub:
         last_id = -1
         refused: tuple[int, ...] = ()
         sid = ""
-        if (gone := self._expired.pop(key, None) or self._expired_readers.pop(key, None)) is not None:
+        aliases: list[str] = []
+        if (gone := self._pop_expired(key)) is not None:
             last_id, _, refused, sid = gone
-            self._drop_expired(key, refused, sid)
+            # Every token that names the expired session's id: those of the sessions before it whose welcome
+            # was lost (it took their id in turn). They resume the new session, all but this one's client's
+            # own held back as stale by its attempts; none names the id once the new session holds it.
+            aliases = [key, *(self._naming.get(sid, set()) - {key})] if sid else [key]
+            for other in aliases[1:]:
+                if (more := self._pop_expired(other)) is not None:
+                    last_id = max(last_id, more[0])
+                    refused = tuple(sorted({*refused, *more[2]}))
+                    self._drop_expired(other, more[2], sid)
+            self._drop_expired(key, gone[2], sid)
         # The expired session's id (and so its own conversation: the private messages sent to it meanwhile,
-        # which the catch-up below replays); a new one if another session has it (its other token, say).
+        # which the catch-up below replays), unless a live session has it (a file restored from a copy, say).
         if not sid or sid in self.sessions:
             sid = secrets.token_hex(8)
         s = Session(sid, secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
         s.start = self.seq  # (until the joins below: the catch-up replay leaves out the old session's changes)
-        if gone is not None and req.token is not None:  # if this welcome is lost, the client comes back with the
-            # old token: unknown, it would get yet another session (as nick_: one it never learned of holds its
-            # nick), with no last_id, and post its lines again. Only a token the server gave: a made-up one,
-            # shared by two scripts, would let the second take the first's session.
-            s.old_token, s.attempt = req.token, req.attempt if req.attempt is not None else -1
+        if aliases:  # if this welcome is lost, the client comes back with the old token: unknown, it would get
+            # yet another session (as nick_: one it never learned of holds its nick), with no last_id, and post
+            # its lines again. Only a token the server gave: a made-up one, shared by two scripts, would let the
+            # second take the first's session.
+            s.aliases, s.attempt = tuple(aliases), req.attempt if req.attempt is not None else -1
         if refused:  # refused before the expiry: a resend of one is refused again in the new session too
             s.refused = set(refused)
             self.store.put_refused("s:" + s.sid, refused)
@@ -783,13 +803,12 @@ class Hub:
                 log.info("session %s (%s): a stale resume (attempt %d) refused", s.sid[:8], s.nick, req.attempt)
                 return False
             s.attempt = req.attempt
-        if s.old_token is not None and req.token == s.token:  # its client has the new token: the old one retires
-            self.by_token.pop(s.old_token, None)
-            s.old_token = None
+        if s.aliases and req.token == s.token:  # its client has the new token: the old ones retire
+            self._retire_aliases(s)
             self.store.put_session(s.row())
-        # Through the expired session's token: its client never saw this session's welcome, and is told what
+        # Through an expired session's token: its client never saw this session's welcome, and is told what
         # that welcome said (its session could not be resumed: it does again what the expired one did)
-        failed = s.old_token is not None and req.token == s.old_token
+        failed = req.token != s.token
         if s.worker is not None and s.conn is not None:  # the old connection is half-open: replace it
             old_w, old_c = s.worker, s.conn
             # reconnect: false, or the two connections would take the session from each other in turns

@@ -37,8 +37,8 @@ from lanchat.storage import reserve
 log = logging.getLogger("lanchat.storage")
 
 APP_ID: Final = "lanchat"
-# 2: the journal table; 3: sessions.start, where the answer to each session's hello ended; 4: sessions.old_token
-# (an expired session's token that resumes the session made for its client), sessions.last_join and
+# 2: the journal table; 3: sessions.start, where the answer to each session's hello ended; 4: sessions.aliases
+# (the keys of expired sessions' tokens that resume the session made for their client), sessions.last_join and
 # last_join_room (where its latest room replies were sent) and expired.sid (whose private messages the token
 # names). An older file is upgraded in place at open.
 SCHEMA_VERSION: Final = 4
@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS convs (conv TEXT PRIMARY KEY, count INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS sessions (
     sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
     last_id INTEGER NOT NULL, plain INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT -1,
-    old_token TEXT NOT NULL DEFAULT '', last_join INTEGER NOT NULL DEFAULT -1,
+    aliases TEXT NOT NULL DEFAULT '', last_join INTEGER NOT NULL DEFAULT -1,
     last_join_room TEXT NOT NULL DEFAULT ''
 );
 -- A session's highest message id as of a commit in which it posted, in commit order: its row in sessions
@@ -131,7 +131,7 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 _FORMAT_4_COLUMNS: Final = (  # (table, column, type): added to an older file in place
-    ("sessions", "old_token", "TEXT NOT NULL DEFAULT ''"),
+    ("sessions", "aliases", "TEXT NOT NULL DEFAULT ''"),
     ("sessions", "last_join", "INTEGER NOT NULL DEFAULT -1"),
     ("sessions", "last_join_room", "TEXT NOT NULL DEFAULT ''"),
     ("expired", "sid", "TEXT NOT NULL DEFAULT ''"),
@@ -149,7 +149,7 @@ class SessionRow:
     last_id: int
     plain: bool
     start: int = -1  # the server's seq where the answer to the session's hello ended (see Hub._replay)
-    old_token: str = ""  # the token of the expired session it was made for, while it resumes this one ('': none)
+    aliases: str = ""  # keys of expired tokens that resume it (space-separated; see Hub._hello)
     last_join: int = -1  # the seq before its latest room replies (-1: not known), and their room ('': all)
     last_join_room: str = ""
 
@@ -292,7 +292,7 @@ class HistoryStore:
         check = db.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-        if self._reserved == 0:  # this run's first open: no session of its own has a conversation on disk yet
+        if not self.opens:  # this run's first open: no session of its own has a conversation on disk yet
             self._sweep_private(db)
         reserved = db.execute("SELECT value FROM meta WHERE key='seq_reserved'").fetchone()
         top = max(db.execute(f"SELECT max(seq) FROM {t}").fetchone()[0] or 0 for t in ("events", "journal"))
@@ -374,7 +374,7 @@ class HistoryStore:
         if self._db is None:
             return []
         rows = self._db.execute(
-            "SELECT sid, token, nick, rooms, last_id, plain, start, old_token, last_join, last_join_room FROM sessions"
+            "SELECT sid, token, nick, rooms, last_id, plain, start, aliases, last_join, last_join_room FROM sessions"
         ).fetchall()
         return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), *r[6:]) for r in rows]
 
@@ -498,7 +498,8 @@ class HistoryStore:
 
     def _hold_expired(self, key: str, row: tuple[int, float, str] | None) -> None:
         """Queue an expired session's record (None: its deletion); one lost while the disk fails costs at
-        most a duplicate after a restart."""
+        most a duplicate after a restart, and the private messages kept for the token (the first open of the
+        next run deletes a conversation that nothing names)."""
         self._hold(self._pending.expired, key, row)
 
     def put_refused(self, owner: str, ids: Collection[int]) -> None:
@@ -561,11 +562,11 @@ class HistoryStore:
                     db.execute("DELETE FROM sessions WHERE sid=?", (sid,))
                 else:
                     db.execute(
-                        "INSERT OR REPLACE INTO sessions (sid, token, nick, rooms, last_id, plain, start, old_token,"
+                        "INSERT OR REPLACE INTO sessions (sid, token, nick, rooms, last_id, plain, start, aliases,"
                         " last_join, last_join_room) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (  # (by name: upgrades append columns)
                             row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, row.plain,
-                            row.start, row.old_token, row.last_join, row.last_join_room,
+                            row.start, row.aliases, row.last_join, row.last_join_room,
                         ),
                     )  # fmt: skip
             gone = list(p.gone)  # (after the events: one of this commit's may be the last of its conversation)

@@ -672,7 +672,7 @@ def test_an_older_file_is_upgraded_in_place(
 ) -> None:
     s = open_store(stores, tmp_path)
     add(s, 1)
-    s.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=7, old_token="o"))
+    s.put_session(SessionRow("a", "t", "al", ("lobby",), 3, False, start=7, aliases="o"))
     s.put_expired("k", 2, 5.0, "b")
     assert s.commit(0.0)
     s.close()
@@ -692,7 +692,7 @@ def test_an_older_file_is_upgraded_in_place(
     start = 7 if version == 3 else -1  # (-1: not known)
     assert s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False, start=start)]
     assert s2.load_expired() == [("k", 2, 5.0, "")]
-    new = SessionRow("a", "t", "al", ("lobby",), 3, False, 9, old_token="p", last_join=8, last_join_room="x")
+    new = SessionRow("a", "t", "al", ("lobby",), 3, False, 9, aliases="p", last_join=8, last_join_room="x")
     s2.put_session(new)
     s2.put_expired("k", 2, 5.0, "c")
     assert s2.commit(1.0)
@@ -1557,7 +1557,7 @@ def test_an_upgrade_cut_short_leaves_a_file_an_older_lanchat_refuses(
     monkeypatch.setattr(sqlite3, "connect", connect)
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
         (schema,) = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        column = "old_token" in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+        column = "aliases" in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
     db.close()
     assert (schema, column) == (("3", False) if failing.startswith("INSERT") else ("4", False))
     s2 = open_store(stores, tmp_path)

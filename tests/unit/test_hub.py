@@ -2259,8 +2259,8 @@ def test_a_catch_up_cut_short_then_a_second_expiry_loses_none_of_the_private_mes
     assert said(shown + seen(st, back)) == AWAY
 
 
-def on_disk(hub: Hub, conv: str) -> list[str]:
-    assert hub.commit(1e9)
+def on_disk(hub: Hub, conv: str, now: float = 1e9) -> list[str]:
+    assert hub.commit(now)
     return [json.loads(line).get("text", "") for line in hub.store.events(conv)[0]]
 
 
@@ -2982,3 +2982,159 @@ def test_posted_messages_are_checked_like_requests(net: Workers) -> None:
     frames = net.take(1, 1)
     assert [f["text"] for f in events(frames)] == ["once"]
     assert [(f["id"], f["seq"]) for f in frames if f["type"] == "ack"] == [(7, hub.seq), (7, None)]
+
+
+def pm_line(seq: int, text: str) -> str:
+    return json.dumps({"type": "privmsg", "seq": seq, "ts": 1.0, "from": "bo", "to": "al", "text": text})
+
+
+# --- 1. the sweep is skipped by a late open -----------------------------------------------------------------
+
+
+def test_a_late_open_after_any_event_still_sweeps_orphaned_private_conversations(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: HistoryStore._sweep_private ran only if ``self._reserved == 0``; but note_seq() raises _reserved for
+    every number handed out while the database is not open. A database that opens late (the guard held, a
+    disk mounted after the start) after even one event (a hello's join) never sweeps: the conversations whose
+    deletion was given up on stay for the whole run ("conversations nothing names are deleted at each start",
+    docs/architecture.md; "its first open deletes ...", security.md item 38)."""
+    s = HistoryStore(tmp_path)
+    stores.append(s)
+    s.add_event(1, ("@orphan",), 1.0, "privmsg", pm_line(1, "left behind"))
+    assert s.commit(1.0)
+    s.close()
+    locked = [True]
+    store = HistoryStore(tmp_path, guard=lambda: "locked" if locked[0] else None)
+    stores.append(store)
+    assert store._db is None
+    net = Workers(Hub(store, resume_grace=GRACE, now=10.0))
+    welcome_of(net, 1, 10, "dd", now=11.0)  # one event (its join): a number handed out before the open
+    locked[0] = False
+    assert net.hub.commit(11.0 + const.DB_RETRY_INTERVAL) and store._db is not None  # the run's first open
+    assert on_disk(net.hub, "@orphan") == []
+
+
+# --- 2. a quit leaves another remembered token naming the deleted conversation ------------------------------
+
+
+def two_tokens_then_back(net: Workers) -> tuple[str, str]:
+    """al's first session (token t0) expires; its client comes back with t0: session X, same id, alias t0.
+    X's client reads the welcome (so knows X's token tx) but drops before resuming X with it, so the alias
+    t0 is not retired; X expires: t0 and tx both remembered, naming the one sid. The client comes back with
+    tx: session Y takes the sid, and t0 with it (an alias of Y). Returns (t0, sid)."""
+    hub = net.hub
+    a = welcome_of(net, 1, 10, "al")
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)
+    x = welcome_of(net, 2, 20, "al", now=100.0, token=a["token"], last_seq=a["seq"])
+    assert x["session"] == a["session"]
+    hub.closed(2, 20, False, "lost", 100.5)
+    hub.tick(100.5 + GRACE)
+    y = welcome_of(net, 3, 30, "al", now=200.0, token=x["token"], last_seq=x["seq"])
+    assert y["session"] == a["session"] and a["session"] not in hub._naming  # no token names a held id
+    return a["token"], a["session"]
+
+
+def test_a_quit_leaves_no_remembered_token_naming_its_conversation(net: Workers) -> None:
+    """A review: Y quits: its conversation is deleted on disk (drop_session without keep_conv) but t0 still names the
+    sid. A hello with t0 (the client's stale attempt held back by the network, or any holder of t0) then takes
+    the sid and is replayed, from the resume ring, the private messages of the session that quit: what
+    test_a_quit_sessions_private_messages_are_not_replayed_to_a_hello_with_its_token rules out. And t0's
+    hello in the same commit as the quit (or while the disk fails: p.gone waits) has its own new private
+    messages deleted by the pending deletion, which runs after the events of the commit."""
+    hub = net.hub
+    t0, sid = two_tokens_then_back(net)
+    welcome_of(net, 4, 40, "bo", now=201.0)
+    hub.request(4, 40, {"type": "privmsg", "to": "al", "text": "secret"}, 202.0)
+    hub.request(3, 30, {"type": "quit"}, 203.0)
+    assert on_disk(hub, "@" + sid, 203.0) == []  # deleted: the session ended for good
+    net.clear()
+    hub.request(5, 50, {"type": "hello", "nick": "al", "token": t0, "last_seq": 0}, 204.0)
+    assert ("privmsg", "secret") not in said(net.take(5, 50))
+
+
+def test_a_quit_then_a_hello_with_the_other_token_in_the_same_commit_keeps_the_new_sessions_messages(
+    net: Workers,
+) -> None:
+    hub = net.hub
+    t0, sid = two_tokens_then_back(net)
+    welcome_of(net, 4, 40, "bo", now=201.0)
+    assert hub.commit(201.0)
+    hub.request(3, 30, {"type": "quit"}, 203.0)  # its conversation's deletion queued (p.gone)
+    net.clear()
+    w = welcome_of(net, 5, 50, "al", now=203.0, token=t0)  # the same tick: t0 retired with the session
+    assert w["session"] != sid
+    hub.request(4, 40, {"type": "privmsg", "to": "al", "text": "new"}, 203.0)
+    assert on_disk(hub, "@" + w["session"], 203.0) == ["new"]
+
+
+def test_a_stale_hello_with_the_sibling_token_does_not_take_the_conversation_from_the_client(net: Workers) -> None:
+    """A review: the other tokens naming an id stayed remembered once one of them made a session (now they
+    are all aliases of it). X (made from t0, alias t0 never retired) gets a private message during its grace
+    and expires: t0 and tx both name the sid. A hello with t0 that the network held back (an attempt the client gave up
+    on) arrives first and takes the sid, and with it the replay of the private message, on a connection
+    nobody reads. The client's own hello with tx then finds the sid live: a fresh id (and the nick held:
+    al_), so the private message never reaches it. Session.attempt cannot help: nothing links tx to the
+    session made from t0."""
+    hub = net.hub
+    a = welcome_of(net, 1, 10, "al")
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)
+    st = ClientState("al", ["lobby"])
+    st.info.token, st.last_seq = a["token"], a["seq"]
+    stale = json.loads(st.hello())  # attempt 1 with t0: held back by the network
+    hub.request(2, 20, json.loads(st.hello()), 100.0)  # attempt 2 with t0: X, its welcome read (tx known)
+    seen(st, net.take(2, 20)[:1])
+    hub.closed(2, 20, False, "lost", 100.5)  # dropped before it could resume X with tx
+    welcome_of(net, 4, 40, "bo", now=101.0)
+    hub.request(4, 40, {"type": "privmsg", "to": "al", "text": "for you"}, 101.0)
+    hub.tick(100.5 + GRACE)  # X expires: t0 and tx remembered, both naming its id
+    hub.request(9, 90, stale, 200.0)  # the held-back attempt arrives at last
+    assert ("privmsg", "for you") in said(net.take(9, 90))  # replayed to the abandoned connection
+    net.clear()
+    mine = json.loads(st.hello())  # attempt 3, with tx
+    hub.request(3, 30, mine, 201.0)
+    got = net.take(3, 30)
+    if got and got[0]["type"] == "error":  # nick_taken: the client falls back to al_ with the same token
+        st.info.nick = "al_"
+        hub.request(3, 30, json.loads(st.hello()), 201.0)
+        got = net.take(3, 30)
+    assert ("privmsg", "for you") in said(seen(st, got))
+
+
+# --- 3. the terminal shows the expired session's own private messages as received from its old nick -----
+
+
+def test_a_private_message_the_expired_session_sent_is_not_shown_as_received_after_a_nick_fallback(
+    net: Workers,
+) -> None:
+    """A review: the catch-up replays the private messages sent *by* the expired session too.
+    If the client comes back as al_ (al was taken meanwhile), ChatView tells a privmsg's direction only by
+    comparing ``from`` with its current nick: al's own "-> bo" line is shown as "*al* (private) ...", with
+    a bell, i.e. as a message received from whoever is called al now (here: bo, who took the nick)."""
+    from lanchat.client.tui import ChatView
+
+    hub = net.hub
+    st, view = ClientState("al", ["lobby"]), ChatView("al", "lobby")
+
+    def feed(frames: list[Frame]) -> list[Any]:
+        return [line for f in frames for shown in st.receive_data(m.encode(f)) for line in view.on_frame(shown)]
+
+    hub.request(1, 10, json.loads(st.hello()), 0.0)
+    welcome_of(net, 2, 20, "bo", rooms=["lobby"])
+    feed(net.take(1, 10))
+    _, line = st.post(m.PrivMsg("bo", "mine"))
+    hub.request(1, 10, json.loads(line), 0.5)  # posted; its echo and ack lost with the link
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)
+    hub.request(2, 20, {"type": "nick", "nick": "al"}, 2.0 + GRACE)  # bo takes the nick
+    net.clear()
+    hub.request(3, 30, json.loads(st.hello()), 100.0)
+    assert net.take(3, 30)[0]["code"] == m.Err.NICK_TAKEN
+    st.info.nick = "al_"  # (what ChatClient does: fallback_nick)
+    hub.request(3, 30, json.loads(st.hello()), 100.0)
+    shown = [ln for ln in feed(net.take(3, 30)) if any(t == "mine" for _, t in ln.fragments)]
+    assert len(shown) == 1
+    text = "".join(t for _, t in shown[0].fragments)
+    assert "(private)" not in text and "bo" in text

@@ -296,6 +296,16 @@ def test_render_own_privmsg_shows_the_recipient() -> None:
     assert render(frame, "") is not None and "->" not in render(frame, "")  # type: ignore[operator]
 
 
+def test_render_a_privmsg_sent_under_a_nick_had_before() -> None:
+    """A replay after an expiry carries what the client sent as al; it is al_ now (al was taken): still its
+    own, to bo. One from the new holder of al to us is not."""
+    had = {"al", "al_"}
+    out = render(ev("privmsg", **{"from": "al"}, to="bo", text="mine"), "al_", had)
+    assert out is not None and re.fullmatch(HHMM + r" -> \*bo\* mine", out)
+    out = render(ev("privmsg", **{"from": "al"}, to="al_", text="hi"), "al_", had)
+    assert out is not None and re.fullmatch(HHMM + r" \*al\* hi", out)
+
+
 def test_render_history_with_events() -> None:
     frame = {
         "type": "history", "room": "dev", "more": True,
