@@ -136,7 +136,7 @@ class ChatClient:
         return self.state.info.nick
 
     @property
-    def nicks_had(self) -> set[str]:
+    def nicks_had(self) -> dict[str, int]:
         """The nicks (nick_key) this client has had (plain.sent_by_me)."""
         return self.state.info.had
 

@@ -206,7 +206,7 @@ class ChatView:
     ) -> None:
         self.nick = nick
         self._asked_nick = nick  # the last /nick sent (a rename queued or in flight is not the nick yet)
-        self._had: set[str] = set()  # the nicks (nick_key) we have had: see plain.sent_by_me
+        self._had: dict[str, int] = {}  # the nicks we have had, from which seq: see plain.sent_by_me
         self.current = CurrentRoom(room)  # where plain text goes
         self.server = clean(server)
         self.address = clean(address)
@@ -262,7 +262,8 @@ class ChatView:
 
     def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
         self.nick = self._asked_nick = str(frame.get("nick", self.nick))
-        self._had.add(m.nick_key(self.nick))
+        seq = frame.get("seq")
+        self._had.setdefault(m.nick_key(self.nick), seq if isinstance(seq, int) else 0)
         rooms = [str(r) for r in _list(frame, "rooms") if isinstance(r, str)]
         for r in rooms:
             self._know_room(r)
@@ -406,7 +407,8 @@ class ChatView:
             old, new = str(frame.get("old", "")), str(frame.get("new", ""))
             if m.nick_key(old) == me:
                 self.nick = self._asked_nick = new
-                self._had.add(m.nick_key(new))
+                seq = frame.get("seq")
+                self._had[m.nick_key(new)] = seq if isinstance(seq, int) else 0
             for r, nicks in self.members.items():
                 self.members[r] = [new if m.nick_key(n) == m.nick_key(old) else n for n in nicks]
             if self.speakers.pop(m.nick_key(old), None) is not None:

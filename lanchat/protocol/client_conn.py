@@ -53,9 +53,9 @@ class SessionInfo:
     token: str | None = None
     nick: str = ""
     server_name: str = ""
-    # The nicks (nick_key) this client has had: a replay after an expiry may carry private messages it sent
-    # as one of them (plain.sent_by_me).
-    had: set[str] = field(default_factory=set)
+    # The nicks this client has had (nick_key -> the seq from which it had each): a replay after an expiry or
+    # a rename may carry private messages it sent as one of them (plain.sent_by_me).
+    had: dict[str, int] = field(default_factory=dict)
 
 
 class ClientState:
@@ -247,7 +247,7 @@ class ClientState:
             self.info.session = str(frame.get("session", ""))
             self.info.token = frame.get("token") if isinstance(frame.get("token"), str) else None
             self.info.nick = str(frame.get("nick", self.info.nick))
-            self.info.had.add(m.nick_key(self.info.nick))
+            self.info.had.setdefault(m.nick_key(self.info.nick), seq if isinstance(seq, int) else 0)
             limit = frame.get("max_frame")
             self.max_frame = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
             rooms = frame.get("rooms")
@@ -293,7 +293,7 @@ class ClientState:
                 self.rooms.remove(room)
         elif kind == "nick" and m.nick_key(str(frame.get("old", ""))) == me:
             self.info.nick = str(frame.get("new"))
-            self.info.had.add(m.nick_key(self.info.nick))
+            self.info.had[m.nick_key(self.info.nick)] = seq if isinstance(seq, int) else 0
         elif kind == "server":
             self.info.server_name = str(frame.get("name", ""))
         elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -166,14 +166,27 @@ def clock(ts: object) -> str:
         return "--:--"
 
 
-def sent_by_me(frame: dict[str, Any], me: str, had: Collection[str] = ()) -> bool:
-    """Whether a private message is one this client sent: from its nick, or from one it had (``had``, as
-    nick_key) to someone else (a replay after an expiry; one from a new holder of an old nick is to us)."""
-    sender, to, mine = m.nick_key(str(frame.get("from", ""))), m.nick_key(str(frame.get("to", ""))), m.nick_key(me)
-    return bool(me) and (sender == mine or (sender in had and to != mine))
+def sent_by_me(frame: dict[str, Any], me: str, had: Mapping[str, int] | None = None) -> bool:
+    """Whether a private message is one this client sent. ``had``: the nicks it has had (nick_key -> the seq
+    from which it had each, the latest time): a replay after an expiry or a rename carries messages from
+    and to nicks it had then, which others may hold now. From a nick it had, to one it never had: sent. From
+    and to two it had: sent if the sender is the one it held at the message's seq (had since, and later)."""
+    if not me:
+        return False
+    sender, to = m.nick_key(str(frame.get("from", ""))), m.nick_key(str(frame.get("to", "")))
+    held = dict(had or {})
+    held.setdefault(m.nick_key(me), -1)
+    if sender not in held:
+        return False
+    if to not in held or to == sender:
+        return True
+    seq, since_from, since_to = frame.get("seq"), held[sender], held[to]
+    if isinstance(seq, int) and (since_from <= seq) != (since_to <= seq):
+        return since_from <= seq  # only one of them was ours by then
+    return since_from >= since_to  # both were: the later one was held then
 
 
-def render(frame: dict[str, Any], me: str = "", had: Collection[str] = ()) -> str | None:
+def render(frame: dict[str, Any], me: str = "", had: Mapping[str, int] | None = None) -> str | None:
     """One server frame as one human line (None for frames a person need not see, like acks).
 
     Total: a frame with fields of the wrong type (a broken or hostile server) renders as a notice.
@@ -198,7 +211,7 @@ def _items(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _render(frame: dict[str, Any], me: str, had: Collection[str]) -> str | None:
+def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None) -> str | None:
     c = clean
     kind = frame.get("type")
     room = f"#{c(frame.get('room', ''))}"

@@ -57,9 +57,8 @@ class Session:
     held_for: str = ""  # the address whose held sessions count it (see Hub.closed), while it is held
     attempt: int = -1  # the newest of its client's connection attempts that resumed it (see Hub._resume)
     peer: str = ""  # its connection's address as --max-per-ip counts it ('' not counted): rooms it makes count
-    # The keys (_token_key) of the remembered tokens it was made from (the expired session's, and any other
-    # that named its id): they resume this one too until the client has shown it knows the new token (the
-    # welcome that told it may have been lost; a hello the network held back may come with another of them).
+    # The key (_token_key) of the remembered token it was made from, if any: it resumes this one too until the
+    # client has shown it knows the new token (the welcome that told it may have been lost). A tuple: one or none.
     aliases: tuple[str, ...] = ()
     start: int = -1  # the server's seq where the answer to its hello ended (-1: not known): see Hub._replay
     # The seq of the last event before the latest room replies (nick lists) the session was sent, and their
@@ -178,8 +177,9 @@ def _chunks(lines: list[bytes]) -> Iterator[bytes]:
         yield b"".join(lines[start:])
 
 
-# An expired session's token remembered (Hub._expired): its last_id, when (wall time), its refused ids, its sid.
-_Expired = tuple[int, float, tuple[int, ...], str]
+# An expired session's token remembered (Hub._expired): its last_id, when (wall time), its refused ids, its sid,
+# and the newest of its client's connection attempts (Session.attempt).
+_Expired = tuple[int, float, tuple[int, ...], str, int]
 # An event of the resume ring: (seq, convs, line). A plain tuple, not a class: the garbage collector stops
 # tracking a tuple of ints, strings and bytes (at its first collection of the middle generation), so the
 # ring's 50,000 events, replaced at the message rate, never reach the oldest generation. As objects they did,
@@ -240,7 +240,7 @@ class Hub:
         # dropping again and again must not push out the tokens that keep a poster's resend from going twice.
         self._expired: dict[str, _Expired] = {}
         self._expired_readers: dict[str, _Expired] = {}
-        self._naming: dict[str, set[str]] = {}  # sid -> the keys above that name it (its private messages kept)
+        self._naming: dict[str, tuple[str, ...]] = {}  # sid -> the keys above naming it (its private messages kept)
         self._alias: dict[str, Session] = {}  # a token key -> the session it resumes (Session.aliases)
         self._expired_loaded = False
         self._load_expired(refused)
@@ -276,10 +276,10 @@ class Hub:
         self._expired_loaded = True
         posters: dict[str, _Expired] = {}
         readers: dict[str, _Expired] = {}
-        for k, i, t, sid in self.store.load_expired():
+        for k, i, t, sid, attempt in self.store.load_expired():
             if k not in self._expired and k not in self._expired_readers:
-                (posters if i >= 0 else readers)[k] = (i, t, refused.pop("t:" + k, ()), sid)
-                self._naming.setdefault(sid, set()).add(k)
+                (posters if i >= 0 else readers)[k] = (i, t, refused.pop("t:" + k, ()), sid, attempt)
+                self._naming[sid] = (*self._naming.get(sid, ()), k)
         self._expired, self._expired_readers = posters | self._expired, readers | self._expired_readers
 
     def end_plain_sessions(self, reason: str, now: float) -> None:
@@ -597,9 +597,11 @@ class Hub:
         # (private messages, joins in large rooms) is kept, and the session its client gets when it comes back
         # takes its id, and with it the private messages it missed (_hello).
         remembered = resumable and not s.plain
-        if remembered:  # (and its aliases: its client may still know only one of those, its welcome lost)
+        if remembered:  # (and its alias: its client may still know only that one, its welcome lost)
+            entry = (s.last_id, now + self.wall_offset, tuple(s.refused or ()), s.sid, s.attempt)
             for key in (_token_key(s.token), *s.aliases):
-                self._remember_expired(key, s.last_id, now, tuple(s.refused or ()), s.sid)
+                self._remember_expired(key, entry)
+            self._forget_expired(now)
         self.store.drop_session(s.sid, keep_conv=remembered)
         if s.refused is not None:
             self.store.put_refused("s:" + s.sid, ())
@@ -620,13 +622,14 @@ class Hub:
             del self.nicks[m.nick_key(s.nick)]
         log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, logged or reason)
 
-    def _remember_expired(self, key: str, last_id: int, now: float, refused: tuple[int, ...], sid: str) -> None:
-        self._expired_pool(last_id)[key] = (last_id, now + self.wall_offset, refused, sid)  # wall: across restarts
-        self._naming.setdefault(sid, set()).add(key)
-        self.store.put_expired(key, last_id, now + self.wall_offset, sid)
+    def _remember_expired(self, key: str, entry: _Expired) -> None:
+        """``entry``'s time is the wall clock's: kept across restarts."""
+        last_id, at, refused, sid, attempt = entry
+        self._expired_pool(last_id)[key] = entry
+        self._naming[sid] = (*self._naming.get(sid, ()), key)
+        self.store.put_expired(key, last_id, at, sid, attempt)
         if refused:
             self.store.put_refused("t:" + key, refused)
-        self._forget_expired(now)
 
     def _pop_expired(self, key: str) -> _Expired | None:
         gone = self._expired.pop(key, None)
@@ -639,7 +642,7 @@ class Hub:
         wall = now + self.wall_offset
         for expired in (self._expired, self._expired_readers):
             while expired:  # insertion order is age order: forget the oldest past the count or the age
-                oldest, (_, since, refused, sid) = next(iter(expired.items()))
+                oldest, (_, since, refused, sid, _) = next(iter(expired.items()))
                 if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - since <= const.EXPIRED_TOKEN_TTL:
                     break
                 del expired[oldest]
@@ -651,11 +654,17 @@ class Hub:
         self.store.drop_expired(key)
         if refused:
             self.store.put_refused("t:" + key, ())
-        naming = self._naming.get(sid)
-        if naming is not None:
-            naming.discard(key)
-            if not naming:
-                del self._naming[sid]
+        naming = tuple(k for k in self._naming.get(sid, ()) if k != key)
+        if naming:
+            self._naming[sid] = naming
+        else:
+            self._naming.pop(sid, None)
+
+    def _refuse_stale(self, worker: int, conn: int, sid: str, nick: str, attempt: int) -> None:
+        bye = {"type": "bye", "reason": "an older attempt to resume this session", "reconnect": False}
+        self._reply(worker, conn, bye)
+        self._json(worker, ["close", conn, "stale resume"])
+        log.info("session %s (%s): a stale resume (attempt %d) refused", sid[:8], nick, attempt)
 
     def _retire_aliases(self, s: Session) -> None:
         for key in s.aliases:
@@ -688,41 +697,41 @@ class Hub:
                 if self._resume(worker, conn, s, req, now):
                     s.peer = peer
                 return
-        key = m.nick_key(req.nick)
-        holder = self.nicks.get(key)
-        if holder is not None:
-            held = " (held for a reconnecting user)" if holder.detached_at is not None else ""
-            raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken{held}", request_id=req.id)
         # A token whose session expired: its client resends what it never saw acknowledged, and the ids
         # it already posted must be acked as duplicates, not posted again.
         key = _token_key(req.token) if req.token is not None else ""
+        known = (self._expired.get(key) or self._expired_readers.get(key)) if key else None
+        if known is not None and req.attempt is not None and req.attempt <= known[4]:  # held back by the network:
+            self._refuse_stale(worker, conn, known[3], req.nick, req.attempt)  # its client moved on (it may have
+            return  # made the session since, changed its nick, joined rooms: this one must not undo that)
+        holder = self.nicks.get(m.nick_key(req.nick))
+        if holder is not None:
+            held = " (held for a reconnecting user)" if holder.detached_at is not None else ""
+            raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken{held}", request_id=req.id)
         last_id = -1
         refused: tuple[int, ...] = ()
         sid = ""
-        aliases: list[str] = []
         if (gone := self._pop_expired(key)) is not None:
-            last_id, _, refused, sid = gone
-            # Every token that names the expired session's id: those of the sessions before it whose welcome
-            # was lost (it took their id in turn). They resume the new session, all but this one's client's
-            # own held back as stale by its attempts; none names the id once the new session holds it.
-            aliases = [key, *(self._naming.get(sid, set()) - {key})] if sid else [key]
-            for other in aliases[1:]:
-                if (more := self._pop_expired(other)) is not None:
-                    last_id = max(last_id, more[0])
-                    refused = tuple(sorted({*refused, *more[2]}))
-                    self._drop_expired(other, more[2], sid)
-            self._drop_expired(key, gone[2], sid)
+            last_id, _, refused, sid, _ = gone
+            self._drop_expired(key, refused, sid)
         # The expired session's id (and so its own conversation: the private messages sent to it meanwhile,
         # which the catch-up below replays), unless a live session has it (a file restored from a copy, say).
         if not sid or sid in self.sessions:
             sid = secrets.token_hex(8)
+        elif gone is not None:  # the other tokens naming it: older ones its client moved on from (their hellos
+            # would be stale), or newer ones it never learned (a lost welcome's). Forgotten: one alias at most.
+            for other in self._naming.get(sid, ()):
+                if (more := self._pop_expired(other)) is not None:
+                    self._drop_expired(other, more[2], sid)
         s = Session(sid, secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
         s.start = self.seq  # (until the joins below: the catch-up replay leaves out the old session's changes)
-        if aliases:  # if this welcome is lost, the client comes back with the old token: unknown, it would get
-            # yet another session (as nick_: one it never learned of holds its nick), with no last_id, and post
-            # its lines again. Only a token the server gave: a made-up one, shared by two scripts, would let the
-            # second take the first's session.
-            s.aliases, s.attempt = tuple(aliases), req.attempt if req.attempt is not None else -1
+        if req.attempt is not None:
+            s.attempt = req.attempt
+        if gone is not None:  # if this welcome is lost, the client comes back with the old token: unknown, it
+            # would get yet another session (as nick_: one it never learned of holds its nick), with no last_id,
+            # and post its lines again. Only a token the server gave: a made-up one, shared by two scripts,
+            # would let the second take the first's session.
+            s.aliases = (key,)
         if refused:  # refused before the expiry: a resend of one is refused again in the new session too
             s.refused = set(refused)
             self.store.put_refused("s:" + s.sid, refused)
@@ -797,10 +806,7 @@ class Hub:
             if req.attempt <= s.attempt:  # a hello the network held back: its client moved on to a newer one,
                 # which this one must not take the session from (its client gave up on it, and would give up
                 # on the session too, told by the bye below that another connection resumed it)
-                bye = {"type": "bye", "reason": "an older attempt to resume this session", "reconnect": False}
-                self._reply(worker, conn, bye)
-                self._json(worker, ["close", conn, "stale resume"])
-                log.info("session %s (%s): a stale resume (attempt %d) refused", s.sid[:8], s.nick, req.attempt)
+                self._refuse_stale(worker, conn, s.sid, s.nick, req.attempt)
                 return False
             s.attempt = req.attempt
         if s.aliases and req.token == s.token:  # its client has the new token: the old ones retire

@@ -115,9 +115,11 @@ CREATE TABLE IF NOT EXISTS topics (room TEXT PRIMARY KEY, topic TEXT NOT NULL);
 -- Sessions that expired, by a hash of their resume token, with the highest message id each posted: a
 -- client that comes back later resends its unacknowledged messages into a new session, and those already
 -- posted must be acked, not posted twice, across a restart too (the hub's Hub._expired; bounded there).
--- And the session's id: the new session takes it, and with it the private messages sent meanwhile ('@' + sid).
+-- And the session's id: the new session takes it, and with it the private messages sent meanwhile ('@' + sid);
+-- and its client's newest connection attempt: an older hello, held back by the network, is refused.
 CREATE TABLE IF NOT EXISTS expired (
-    token_key TEXT PRIMARY KEY, last_id INTEGER NOT NULL, at REAL NOT NULL, sid TEXT NOT NULL DEFAULT ''
+    token_key TEXT PRIMARY KEY, last_id INTEGER NOT NULL, at REAL NOT NULL, sid TEXT NOT NULL DEFAULT '',
+    attempt INTEGER NOT NULL DEFAULT -1
 );
 -- The ids of a session's refused posts below its last_id (a resend of one must be refused again, not acked
 -- as a duplicate, across a restart and an expiry too), as a JSON list; the owner is 's:' + a session id or
@@ -135,6 +137,7 @@ _FORMAT_4_COLUMNS: Final = (  # (table, column, type): added to an older file in
     ("sessions", "last_join", "INTEGER NOT NULL DEFAULT -1"),
     ("sessions", "last_join_room", "TEXT NOT NULL DEFAULT ''"),
     ("expired", "sid", "TEXT NOT NULL DEFAULT ''"),
+    ("expired", "attempt", "INTEGER NOT NULL DEFAULT -1"),
 )
 _READABLE_SCHEMAS: Final = ("1", "2", "3", str(SCHEMA_VERSION))
 _T = TypeVar("_T")
@@ -159,7 +162,7 @@ class _Pending:
     events: deque[tuple[str, int, float, str, str]]
     sessions: dict[str, SessionRow | None]  # None: delete; while degraded, the oldest write first
     topics: dict[str, str]
-    expired: dict[str, tuple[int, float, str] | None] = field(default_factory=dict)  # token key -> row; None: delete
+    expired: dict[str, tuple[int, float, str, int] | None] = field(default_factory=dict)  # key -> row; None: delete
     posted: dict[str, int] = field(default_factory=dict)  # sid -> its highest message id (one per session)
     refused: dict[str, tuple[int, ...]] = field(default_factory=dict)  # owner -> refused ids; (): delete
     gone: dict[str, None] = field(default_factory=dict)  # conversations to delete (a set, in the order queued)
@@ -378,17 +381,17 @@ class HistoryStore:
         ).fetchall()
         return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), *r[6:]) for r in rows]
 
-    def load_expired(self) -> list[tuple[str, int, float, str]]:
-        """The expired sessions' token keys, oldest first, as (key, last_id, when, sid): the hub forgets those
-        past its bounds (Hub._forget_expired), with what it kept for them."""
+    def load_expired(self) -> list[tuple[str, int, float, str, int]]:
+        """The expired sessions' token keys, oldest first, as (key, last_id, when, sid, attempt): the hub
+        forgets those past its bounds (Hub._forget_expired), with what it kept for them."""
         if self._db is None:
             return []
         try:
-            rows = self._db.execute("SELECT token_key, last_id, at, sid FROM expired ORDER BY at").fetchall()
+            rows = self._db.execute("SELECT token_key, last_id, at, sid, attempt FROM expired ORDER BY at").fetchall()
         except sqlite3.Error as exc:
             self._read_failed(exc)
             return []
-        return [(str(k), int(i), float(t), str(sid)) for k, i, t, sid in rows]
+        return [(str(k), int(i), float(t), str(sid), int(a)) for k, i, t, sid, a in rows]
 
     def load_refused(self) -> dict[str, tuple[int, ...]]:
         """Refused post ids by owner ('s:' + session id, 't:' + expired token key)."""
@@ -490,13 +493,13 @@ class HistoryStore:
             self.dropped += 1
             self.sessions_lost = self.sessions_lost or lost is not None  # (a deletion: the next start ends it)
 
-    def put_expired(self, key: str, last_id: int, at: float, sid: str) -> None:
-        self._hold_expired(key, (last_id, at, sid))
+    def put_expired(self, key: str, last_id: int, at: float, sid: str, attempt: int = -1) -> None:
+        self._hold_expired(key, (last_id, at, sid, attempt))
 
     def drop_expired(self, key: str) -> None:
         self._hold_expired(key, None)
 
-    def _hold_expired(self, key: str, row: tuple[int, float, str] | None) -> None:
+    def _hold_expired(self, key: str, row: tuple[int, float, str, int] | None) -> None:
         """Queue an expired session's record (None: its deletion); one lost while the disk fails costs at
         most a duplicate after a restart, and the private messages kept for the token (the first open of the
         next run deletes a conversation that nothing names)."""
@@ -583,8 +586,10 @@ class HistoryStore:
                 if expiry is None:
                     db.execute("DELETE FROM expired WHERE token_key=?", (key,))
                 else:
-                    db.execute("INSERT OR REPLACE INTO expired (token_key, last_id, at, sid) VALUES (?, ?, ?, ?)",
-                               (key, *expiry))  # fmt: skip
+                    db.execute(
+                        "INSERT OR REPLACE INTO expired (token_key, last_id, at, sid, attempt) VALUES (?, ?, ?, ?, ?)",
+                        (key, *expiry),
+                    )
             for owner, ids in p.refused.items():
                 if ids:
                     db.execute("INSERT OR REPLACE INTO refused VALUES (?, ?)", (owner, json.dumps(ids)))

@@ -296,7 +296,7 @@ class _HeldClient:
         self.on_frame = callbacks["on_frame"]
         self.state = type("State", (), {"rooms": ["lobby"], "registered": True, "outbox": {}, "unacked": 0})()
         self.nick, self.lost_reason, self.goodbye_lost, self.next_id = nick, "", False, 1
-        self.nicks_had: set[str] = set()
+        self.nicks_had: dict[str, int] = {}
         self._closed = asyncio.Event()
 
     async def connect(self) -> None:

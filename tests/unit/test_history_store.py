@@ -691,12 +691,12 @@ def test_an_older_file_is_upgraded_in_place(
     assert table_sizes(s2) == (1, 0)
     start = 7 if version == 3 else -1  # (-1: not known)
     assert s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False, start=start)]
-    assert s2.load_expired() == [("k", 2, 5.0, "")]
+    assert s2.load_expired() == [("k", 2, 5.0, "", -1)]
     new = SessionRow("a", "t", "al", ("lobby",), 3, False, 9, aliases="p", last_join=8, last_join_room="x")
     s2.put_session(new)
-    s2.put_expired("k", 2, 5.0, "c")
+    s2.put_expired("k", 2, 5.0, "c", 3)
     assert s2.commit(1.0)
-    assert (s2.load_sessions(), s2.load_expired()) == ([new], [("k", 2, 5.0, "c")])
+    assert (s2.load_sessions(), s2.load_expired()) == ([new], [("k", 2, 5.0, "c", 3)])
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:
         assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(h.SCHEMA_VERSION),)
     db.close()
@@ -998,7 +998,7 @@ def test_expired_tokens_are_written_deleted_and_bounded_while_failing(
     s.put_expired("k0", 5, 10.0, "s0")
     s.put_expired("k1", 6, 11.0, "s1")
     assert s.commit(11.0)
-    assert s.load_expired() == [("k0", 5, 10.0, "s0"), ("k1", 6, 11.0, "s1")]  # oldest first
+    assert s.load_expired() == [("k0", 5, 10.0, "s0", -1), ("k1", 6, 11.0, "s1", -1)]  # oldest first
     db_of(s).execute("PRAGMA query_only=ON")
     s.drop_expired("k0")
     assert s.commit(12.0) is False

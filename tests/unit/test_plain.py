@@ -299,11 +299,21 @@ def test_render_own_privmsg_shows_the_recipient() -> None:
 def test_render_a_privmsg_sent_under_a_nick_had_before() -> None:
     """A replay after an expiry carries what the client sent as al; it is al_ now (al was taken): still its
     own, to bo. One from the new holder of al to us is not."""
-    had = {"al", "al_"}
+    had = {"al": 0, "al_": 10}
     out = render(ev("privmsg", **{"from": "al"}, to="bo", text="mine"), "al_", had)
     assert out is not None and re.fullmatch(HHMM + r" -> \*bo\* mine", out)
-    out = render(ev("privmsg", **{"from": "al"}, to="al_", text="hi"), "al_", had)
+    out = render(ev("privmsg", seq=12, **{"from": "al"}, to="al_", text="hi"), "al_", had)
     assert out is not None and re.fullmatch(HHMM + r" \*al\* hi", out)
+
+
+def test_render_a_privmsg_between_two_nicks_had_by_when_each_was_held() -> None:
+    """al (from seq 0) became cy at seq 10; someone else took al. A message al -> cy at seq 12 came to us as
+    cy; one at seq 5, before we were cy, we sent as al."""
+    had = {"al": 0, "cy": 10, "dee": 11}
+    got = render(ev("privmsg", seq=12, **{"from": "al"}, to="cy", text="hi"), "dee", had)
+    assert got is not None and "->" not in got and "*al*" in got
+    sent = render(ev("privmsg", seq=5, **{"from": "al"}, to="cy", text="yo"), "dee", had)
+    assert sent is not None and "-> *cy*" in sent
 
 
 def test_render_history_with_events() -> None:
