@@ -548,18 +548,24 @@ def test_the_grace_is_counted_on_the_hubs_clock_whatever_the_wall_clock_does(net
     assert hub.store.load_expired() == [(_token_key(al["token"]), 1, quit_["ts"], al["session"], -1)]
 
 
-def test_a_lost_welcome_of_a_session_made_after_an_expiry_does_not_post_twice(net: Workers) -> None:
-    """After its session expired, a client's hello (old token) got a new session whose welcome was lost with
-    its connection, after the client had resent its lines into it. Back with the old token, unknown by then,
-    it got yet another session (as al_: the first held the nick), with no last_id, and its lines were posted
-    twice. The old token now resumes the session made from it, until the client shows it has the new one."""
+def expired_poster(net: Workers) -> tuple[Frame, dict[str, Any]]:
+    """al posts "one" (id 1) beside bo, drops and expires. Returns al's welcome and its hello back."""
     hub = net.hub
     al = welcome_of(net, 1, 10, "al")
     welcome_of(net, 2, 20, "bo")
     hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 1.0)
     hub.closed(1, 10, False, "lost", 1.0)
     hub.tick(1.0 + GRACE)  # expired
-    old = {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}
+    return al, {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}
+
+
+def test_a_lost_welcome_of_a_session_made_after_an_expiry_does_not_post_twice(net: Workers) -> None:
+    """After its session expired, a client's hello (old token) got a new session whose welcome was lost with
+    its connection, after the client had resent its lines into it. Back with the old token, unknown by then,
+    it got yet another session (as al_: the first held the nick), with no last_id, and its lines were posted
+    twice. The old token now resumes the session made from it, until the client shows it has the new one."""
+    hub = net.hub
+    al, old = expired_poster(net)
     hub.request(3, 30, {**old, "attempt": 2}, 100.0)
     (w,) = [f for f in net.take(3, 30) if f["type"] == "welcome"]  # never reaches the client:
     assert w["resume_failed"] and w["last_id"] == 1
@@ -577,7 +583,7 @@ def test_a_lost_welcome_of_a_session_made_after_an_expiry_does_not_post_twice(ne
     assert [f.get("text") for f in net.take(2, 20) if f["type"] == "msg"] == []
     hub.request(5, 50, {**old, "attempt": 4, "token": back[0]["token"]}, 102.0)  # with the new token
     assert net.take(5, 50)[0]["resumed"] is True
-    assert al["token"] not in hub.by_token  # the old one retired
+    assert _token_key(al["token"]) not in hub._alias  # the old one retired
 
 
 def test_the_old_tokens_alias_survives_a_restart_until_it_retires(tmp_path: Path, stores: list[HistoryStore]) -> None:
@@ -586,12 +592,7 @@ def test_the_old_tokens_alias_survives_a_restart_until_it_retires(tmp_path: Path
     session (file format 4), and so is its retirement once the client shows it has the new token."""
     net = Workers(make_hub(stores, tmp_path))
     hub = net.hub
-    al = welcome_of(net, 1, 10, "al")
-    welcome_of(net, 2, 20, "bo")
-    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 1.0)
-    hub.closed(1, 10, False, "lost", 1.0)
-    hub.tick(1.0 + GRACE)  # expired
-    old = {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}
+    _, old = expired_poster(net)
     hub.request(3, 30, old, 100.0)  # a new session; its welcome lost
     hub.request(3, 30, {"type": "msg", "room": "lobby", "text": "two", "id": 2}, 100.0)
     hub.closed(3, 30, False, "lost", 100.5)
@@ -3070,6 +3071,17 @@ def test_a_quit_then_a_hello_with_the_other_token_in_the_same_commit_keeps_the_n
     assert on_disk(hub, "@" + w["session"], 203.0) == ["new"]
 
 
+def expired_client_with_a_held_back_hello(net: Workers) -> tuple[ClientState, dict[str, Any]]:
+    """al's session (token t0) expired; its client's attempt 1 with t0 is held back by the network. Returns
+    the client and that hello."""
+    a = welcome_of(net, 1, 10, "al")
+    net.hub.closed(1, 10, False, "lost", 1.0)
+    net.hub.tick(1.0 + GRACE)
+    st = ClientState("al", ["lobby"])
+    st.info.token, st.last_seq = a["token"], a["seq"]
+    return st, json.loads(st.hello())
+
+
 def test_a_stale_hello_with_the_sibling_token_does_not_take_the_conversation_from_the_client(net: Workers) -> None:
     """A review: X (made from t0, t0 its alias) gets a private message during its grace and expires: t0 and
     tx both name its id. A hello with t0 that the network held back (an attempt the client gave up on)
@@ -3078,12 +3090,7 @@ def test_a_stale_hello_with_the_sibling_token_does_not_take_the_conversation_fro
     newest attempt is remembered with the tokens now, and an older hello that would make a session is
     refused as stale, as one that would resume it is."""
     hub = net.hub
-    a = welcome_of(net, 1, 10, "al")
-    hub.closed(1, 10, False, "lost", 1.0)
-    hub.tick(1.0 + GRACE)
-    st = ClientState("al", ["lobby"])
-    st.info.token, st.last_seq = a["token"], a["seq"]
-    stale = json.loads(st.hello())  # attempt 1 with t0: held back by the network
+    st, stale = expired_client_with_a_held_back_hello(net)
     hub.request(2, 20, json.loads(st.hello()), 100.0)  # attempt 2 with t0: X, its welcome read (tx known)
     seen(st, net.take(2, 20)[:1])
     hub.closed(2, 20, False, "lost", 100.5)  # dropped before it could resume X with tx
@@ -3172,12 +3179,7 @@ def test_a_stale_hello_that_makes_the_session_does_not_undo_the_clients_later_ch
     only the changes it never saw answered, so it is silently al again and out of #dev: the /nick and /join
     the user saw succeed are undone. (Session.attempt orders resumes, not the hello that makes a session.)"""
     hub = net.hub
-    a = welcome_of(net, 1, 10, "al")
-    hub.closed(1, 10, False, "lost", 1.0)
-    hub.tick(1.0 + GRACE)
-    st = ClientState("al", ["lobby"])
-    st.info.token, st.last_seq = a["token"], a["seq"]
-    stale = json.loads(st.hello())  # attempt 1 with t0: held back
+    st, stale = expired_client_with_a_held_back_hello(net)
     hub.request(2, 20, json.loads(st.hello()), 100.0)  # attempt 2: X
     seen(st, net.take(2, 20))
     for req in (m.Nick("cy"), m.Join("dev")):
