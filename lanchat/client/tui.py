@@ -70,6 +70,7 @@ from lanchat.protocol.plain import (
     clock,
     count_of,
     not_resumed,
+    note_nick_held,
     parse_command,
     render,
     sent_by_me,
@@ -262,8 +263,7 @@ class ChatView:
 
     def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
         self.nick = self._asked_nick = str(frame.get("nick", self.nick))
-        seq = frame.get("seq")
-        self._had.setdefault(m.nick_key(self.nick), seq if isinstance(seq, int) else 0)
+        note_nick_held(self._had, frame)
         rooms = [str(r) for r in _list(frame, "rooms") if isinstance(r, str)]
         for r in rooms:
             self._know_room(r)

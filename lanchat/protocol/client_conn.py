@@ -17,7 +17,7 @@ from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.framing import FRAME_TOO_LONG, Frame, LineFramer
-from lanchat.protocol.plain import clean
+from lanchat.protocol.plain import clean, note_nick_held
 
 CLIENT_MAX_FRAME: Final = 32 * 1024 * 1024  # bytes: a history page of 500 large events fits
 OUTBOX_MAX: Final = 10_000  # unacknowledged posts kept while disconnected; beyond, typing is refused
@@ -247,7 +247,7 @@ class ClientState:
             self.info.session = str(frame.get("session", ""))
             self.info.token = frame.get("token") if isinstance(frame.get("token"), str) else None
             self.info.nick = str(frame.get("nick", self.info.nick))
-            self.info.had.setdefault(m.nick_key(self.info.nick), seq if isinstance(seq, int) else 0)
+            note_nick_held(self.info.had, frame)
             limit = frame.get("max_frame")
             self.max_frame = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
             rooms = frame.get("rooms")

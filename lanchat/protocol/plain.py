@@ -186,6 +186,18 @@ def sent_by_me(frame: dict[str, Any], me: str, had: Mapping[str, int] | None = N
     return since_from >= since_to  # both were: the later one was held then
 
 
+def note_nick_held(had: dict[str, int], welcome: dict[str, Any]) -> None:
+    """Record the welcome's nick in ``had`` (sent_by_me): held throughout a resume (kept as it was), from
+    ``nick_since`` for a new session (a catch-up's replay may show others' use of it before)."""
+    key = m.nick_key(str(welcome.get("nick", "")))
+    since = welcome.get("nick_since", welcome.get("seq"))
+    since = since if isinstance(since, int) and not isinstance(since, bool) else 0
+    if welcome.get("resumed") is True:
+        had.setdefault(key, since)
+    else:
+        had[key] = since
+
+
 def render(frame: dict[str, Any], me: str = "", had: Mapping[str, int] | None = None) -> str | None:
     """One server frame as one human line (None for frames a person need not see, like acks).
 

@@ -711,6 +711,7 @@ class Hub:
         last_id = -1
         refused: tuple[int, ...] = ()
         sid = ""
+        aliases = [key]
         if (gone := self._pop_expired(key)) is not None:
             last_id, _, refused, sid, _ = gone
             self._drop_expired(key, refused, sid)
@@ -719,10 +720,13 @@ class Hub:
         if not sid or sid in self.sessions:
             sid = secrets.token_hex(8)
         elif gone is not None:  # the other tokens naming it: older ones its client moved on from (their hellos
-            # would be stale), or newer ones it never learned (a lost welcome's). Forgotten: one alias at most.
+            # are stale by their attempts), or newer ones it never learned (a lost welcome's). Forgotten: one
+            # alias at most. Without attempts, a held-back hello could not be told: they all stay aliases.
             for other in self._naming.get(sid, ()):
                 if (more := self._pop_expired(other)) is not None:
                     self._drop_expired(other, more[2], sid)
+                    if req.attempt is None:
+                        aliases.append(other)
         s = Session(sid, secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
         s.start = self.seq  # (until the joins below: the catch-up replay leaves out the old session's changes)
         if req.attempt is not None:
@@ -731,7 +735,7 @@ class Hub:
             # would get yet another session (as nick_: one it never learned of holds its nick), with no last_id,
             # and post its lines again. Only a token the server gave: a made-up one, shared by two scripts,
             # would let the second take the first's session.
-            s.aliases = (key,)
+            s.aliases = tuple(aliases)
         if refused:  # refused before the expiry: a resend of one is refused again in the new session too
             s.refused = set(refused)
             self.store.put_refused("s:" + s.sid, refused)
@@ -796,6 +800,8 @@ class Hub:
         }  # fmt: skip
         if s.last_id >= 0:  # the highest request id of the client's this session handled: it resends the rest
             welcome["last_id"] = s.last_id
+        if not resumed:  # the nick is the session's from here: a catch-up may replay others' use of it before
+            welcome["nick_since"] = self.seq
         if req.token is not None and (failed or not resumed):
             welcome["resume_failed"] = "session expired or unknown"
         self._send(s, _with_id(welcome, req.id))

@@ -18,6 +18,7 @@ import pytest
 
 import lanchat.server.hub as hub_module
 from lanchat import const
+from lanchat.client.connection import fallback_nick
 from lanchat.client.tui import ChatView
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
@@ -3290,3 +3291,123 @@ def test_a_privmsg_from_whoever_holds_an_old_nick_now_is_not_shown_as_sent(net: 
     plain, tui = pm
     assert "*al*" in plain and "->" not in plain, plain
     assert "(private)" in tui and "->" not in tui, tui
+
+
+class Face:
+    """al's client: its state, its terminal, and what both faces show of each private message."""
+
+    def __init__(self, nick: str) -> None:
+        self.st = ClientState(nick, ["lobby"])
+        self.view = ChatView(nick, "lobby")
+        self.pms: list[tuple[str, str]] = []  # (piped line, terminal line)
+
+    def feed(self, frames: list[Frame]) -> None:
+        for f in frames:
+            for shown in self.st.receive_data(m.encode(f)):
+                plain = render(shown, self.st.info.nick, self.st.info.had)
+                tui = " ".join("".join(t for _, t in ln.fragments) for ln in self.view.on_frame(shown))
+                if shown.get("type") == "privmsg":
+                    self.pms.append((plain or "", tui))
+
+    def back_as_fallback(self, net: Workers, w: int, conn: int, now: float) -> None:
+        """A hello after the expiry: its nick taken, then the fallback (what ChatClient._connect_once does)."""
+        net.hub.request(w, conn, json.loads(self.st.hello()), now)
+        refused = net.take(w, conn)
+        assert refused[0]["type"] == "error" and refused[0]["code"] == m.Err.NICK_TAKEN, refused
+        self.st.info.nick = fallback_nick(self.st.info.nick, 1)
+        net.hub.request(w, conn, json.loads(self.st.hello()), now)
+        answer = net.take(w, conn)
+        assert answer[0]["type"] == "welcome" and answer[0]["resumed"] is False
+        self.feed(answer)
+
+
+def test_a_fallback_nick_had_before_keeps_its_old_seq_and_messages_from_the_new_holder_of_the_other_read_as_sent(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: ClientState/ChatView took a welcome's nick with had.setdefault: a nick the client had before keeps
+    the seq from which it had it the *first* time, not the latest (sent_by_me's docstring: "the latest time").
+    al comes back after an expiry as al_ (al taken), later renames back to al (had al = s1 > had al_), expires
+    again and comes back as al_ once more: al_ still dates from before s1. Then every private message that
+    whoever holds al now sends to the client reads as one the client sent ('-> *al_* ...'), live, in both
+    the piped face and the terminal."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Face("al")
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)  # expired
+    welcome_of(net, 2, 20, "al", now=2.0 + GRACE)  # mo takes al
+    al.back_as_fallback(net, 3, 30, 3.0 + GRACE)  # al_
+    assert al.st.info.nick == "al_"
+    hub.request(2, 20, {"type": "quit"}, 4.0 + GRACE)  # mo leaves
+    line = al.st.request(m.Nick("al"))
+    al.st.sent(line)
+    hub.request(3, 30, json.loads(line), 5.0 + GRACE)  # al takes its nick back
+    al.feed(net.take(3, 30))
+    assert al.st.info.nick == "al" and al.view.nick == "al"
+    hub.closed(3, 30, False, "lost", 6.0 + GRACE)
+    hub.tick(6.0 + 2 * GRACE)  # expired again
+    welcome_of(net, 4, 40, "al", now=7.0 + 2 * GRACE)  # zed takes al
+    al.back_as_fallback(net, 5, 50, 8.0 + 2 * GRACE)  # al_ again
+    assert al.st.info.nick == "al_"
+    al.pms.clear()
+    hub.request(4, 40, {"type": "privmsg", "to": "al_", "text": "who are you?"}, 9.0 + 2 * GRACE)
+    al.feed(net.take(5, 50))
+    ((plain, tui),) = al.pms
+    received = ("*al*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)  # from zed (al now)
+    assert received == (True, True), (plain, tui)
+
+
+def test_a_private_message_from_the_fallback_nicks_earlier_holder_in_the_catch_up_reads_as_sent(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: the catch-up welcome's seq is the client's last_seq, and the clients took it as the seq from which
+    they have the welcome's nick. After a nick fallback that is wrong: the new session got al_ at the hello,
+    and during the away time al_ was someone else's. cy, then called al_, sends al a private message during
+    its grace (the very message this feature delivers) and leaves; al expires, mo takes al, and al's client
+    comes back as al_: the catch-up's 'al_ -> al: psst' has both nicks had, al_ 'since' last_seq (below psst's
+    seq) and al since 0, so it reads as sent by the client: '-> *al* psst', in both faces."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Face("al")
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    welcome_of(net, 2, 20, "bo", rooms=["lobby"])
+    al.feed(net.take(1, 10))
+    hub.closed(1, 10, False, "lost", 1.0)
+    welcome_of(net, 3, 30, "al_", now=2.0, rooms=[])  # cy, as al_
+    hub.request(3, 30, {"type": "privmsg", "to": "al", "text": "psst"}, 3.0)
+    hub.request(3, 30, {"type": "quit"}, 4.0)
+    hub.tick(1.0 + GRACE)  # al expired
+    welcome_of(net, 4, 40, "al", now=2.0 + GRACE, rooms=[])  # mo takes al
+    al.back_as_fallback(net, 5, 50, 3.0 + GRACE)
+    assert al.st.info.nick == "al_"
+    ((plain, tui),) = al.pms  # the catch-up brought it
+    received = ("*al_*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)  # from cy (al_)
+    assert received == (True, True), (plain, tui)
+
+
+def test_a_held_back_hello_without_attempt_forgets_the_token_its_client_holds(net: Workers) -> None:
+    """A review: ``attempt`` is optional (docs/protocol.md). A client that sends none: its hello with the expired
+    token t0 is held back by the network; its next one makes session X (alias t0), whose welcome it reads
+    (token t1); X expires (t0 and t1 remembered, naming its id). The held-back hello arrives: nothing marks
+    it stale, so it makes a session from t0 and forgets t1, the only token the client holds. Back with t1,
+    the client is a stranger: a new id (the private messages gone), no last_id (its resends post again), and
+    its nick held by the session the stale hello made. Without attempts, every token naming the id stays an
+    alias of the session made."""
+    hub = net.hub
+    a = welcome_of(net, 1, 10, "al")
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)
+    held_back = {"type": "hello", "nick": "al", "token": a["token"], "last_seq": a["seq"]}
+    x = welcome_of(net, 2, 20, "al", now=100.0, **{k: v for k, v in held_back.items() if k not in ("type", "nick")})
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "once", "id": 7}, 100.5)
+    hub.closed(2, 20, False, "lost", 101.0)
+    hub.tick(101.0 + GRACE)  # X expired: t0 and t1 remembered
+    hub.request(3, 30, held_back, 200.0)  # the held-back hello arrives
+    hub.closed(3, 30, False, "reset", 200.1)  # (its client had given up on that connection)
+    net.clear()
+    hub.request(4, 40, {"type": "hello", "nick": "al", "token": x["token"], "last_seq": x["seq"]}, 201.0)
+    frames = net.take(4, 40)
+    assert frames[0]["type"] == "welcome", frames[0]  # not nick_taken
+    assert frames[0]["session"] == x["session"] and frames[0].get("last_id") == 7
