@@ -188,14 +188,18 @@ def sent_by_me(frame: dict[str, Any], me: str, had: Mapping[str, int] | None = N
 
 def note_nick_held(had: dict[str, int], welcome: dict[str, Any]) -> None:
     """Record the welcome's nick in ``had`` (sent_by_me): held throughout a resume (kept as it was), from
-    ``nick_since`` for a new session (a catch-up's replay may show others' use of it before)."""
+    ``nick_since`` for a session the client had not seen (a catch-up's replay may show others' use of it
+    before). A new session numbered below the nicks had: the server's numbering went back (a new data
+    directory), and what was had is forgotten."""
     key = m.nick_key(str(welcome.get("nick", "")))
     since = welcome.get("nick_since", welcome.get("seq"))
     since = since if isinstance(since, int) and not isinstance(since, bool) else 0
-    if welcome.get("resumed") is True:
+    if welcome.get("resumed") is True and not welcome.get("resume_failed"):
         had.setdefault(key, since)
-    else:
-        had[key] = since
+        return
+    if had and since < max(had.values()):
+        had.clear()
+    had[key] = since
 
 
 def render(frame: dict[str, Any], me: str = "", had: Mapping[str, int] | None = None) -> str | None:

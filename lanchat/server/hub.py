@@ -60,6 +60,7 @@ class Session:
     # The key (_token_key) of the remembered token it was made from, if any: it resumes this one too until the
     # client has shown it knows the new token (the welcome that told it may have been lost). A tuple: one or none.
     aliases: tuple[str, ...] = ()
+    nick_since: int = -1  # the seq from which it holds its nick (told in its welcomes: plain.sent_by_me)
     start: int = -1  # the server's seq where the answer to its hello ended (-1: not known): see Hub._replay
     # The seq of the last event before the latest room replies (nick lists) the session was sent, and their
     # room ("": all of its rooms): a resume from before it, or at it, may have lost them (Hub._resume). The
@@ -83,7 +84,7 @@ class Session:
     def row(self) -> SessionRow:
         return SessionRow(
             self.sid, self.token, self.nick, tuple(self.rooms), self.last_id, self.plain, self.start,
-            " ".join(self.aliases), self.last_join, self.last_join_room,
+            " ".join(self.aliases), self.last_join, self.last_join_room, self.nick_since,
         )  # fmt: skip
 
 
@@ -255,6 +256,7 @@ class Hub:
                 (row.last_join, row.last_join_room) if row.last_join >= 0 else (row.start, "")
             )
             s.aliases = tuple(row.aliases.split())  # (after a restart too)
+            s.nick_since = row.nick_since
             if ids := refused.pop("s:" + row.sid, ()):
                 s.refused = set(ids)
             self._add_session(s)
@@ -729,6 +731,7 @@ class Hub:
                         aliases.append(other)
         s = Session(sid, secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
         s.start = self.seq  # (until the joins below: the catch-up replay leaves out the old session's changes)
+        s.nick_since = self.seq + 1  # (a catch-up replays others' use of the nick before it, if any)
         if req.attempt is not None:
             s.attempt = req.attempt
         if gone is not None:  # if this welcome is lost, the client comes back with the old token: unknown, it
@@ -800,8 +803,8 @@ class Hub:
         }  # fmt: skip
         if s.last_id >= 0:  # the highest request id of the client's this session handled: it resends the rest
             welcome["last_id"] = s.last_id
-        if not resumed:  # the nick is the session's from here: a catch-up may replay others' use of it before
-            welcome["nick_since"] = self.seq
+        if s.nick_since >= 0:
+            welcome["nick_since"] = s.nick_since
         if req.token is not None and (failed or not resumed):
             welcome["resume_failed"] = "session expired or unknown"
         self._send(s, _with_id(welcome, req.id))
@@ -1172,7 +1175,7 @@ class Hub:
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
         for room in rooms:
             room.nick_changed()
-        _, line = self._event("nick", {"old": old, "new": s.nick}, tuple(r.name for r in rooms), now)
+        s.nick_since, line = self._event("nick", {"old": old, "new": s.nick}, tuple(r.name for r in rooms), now)
         audience = self._members_of(rooms) if rooms else [s]
         self._to_sessions(audience, line)
         if s.worker is not None:

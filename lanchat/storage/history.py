@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     sid TEXT PRIMARY KEY, token TEXT NOT NULL, nick TEXT NOT NULL, rooms TEXT NOT NULL,
     last_id INTEGER NOT NULL, plain INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT -1,
     aliases TEXT NOT NULL DEFAULT '', last_join INTEGER NOT NULL DEFAULT -1,
-    last_join_room TEXT NOT NULL DEFAULT ''
+    last_join_room TEXT NOT NULL DEFAULT '', nick_since INTEGER NOT NULL DEFAULT -1
 );
 -- A session's highest message id as of a commit in which it posted, in commit order: its row in sessions
 -- is rewritten only when something else changes, and these are folded into sessions.last_id once
@@ -136,6 +136,7 @@ _FORMAT_4_COLUMNS: Final = (  # (table, column, type): added to an older file in
     ("sessions", "aliases", "TEXT NOT NULL DEFAULT ''"),
     ("sessions", "last_join", "INTEGER NOT NULL DEFAULT -1"),
     ("sessions", "last_join_room", "TEXT NOT NULL DEFAULT ''"),
+    ("sessions", "nick_since", "INTEGER NOT NULL DEFAULT -1"),
     ("expired", "sid", "TEXT NOT NULL DEFAULT ''"),
     ("expired", "attempt", "INTEGER NOT NULL DEFAULT -1"),
 )
@@ -155,6 +156,7 @@ class SessionRow:
     aliases: str = ""  # keys of expired tokens that resume it (space-separated; see Hub._hello)
     last_join: int = -1  # the seq before its latest room replies (-1: not known), and their room ('': all)
     last_join_room: str = ""
+    nick_since: int = -1  # the seq from which it holds its nick (-1: not known)
 
 
 @dataclass(slots=True)
@@ -377,7 +379,8 @@ class HistoryStore:
         if self._db is None:
             return []
         rows = self._db.execute(
-            "SELECT sid, token, nick, rooms, last_id, plain, start, aliases, last_join, last_join_room FROM sessions"
+            "SELECT sid, token, nick, rooms, last_id, plain, start, aliases, last_join, last_join_room, nick_since"
+            " FROM sessions"
         ).fetchall()
         return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), *r[6:]) for r in rows]
 
@@ -566,10 +569,10 @@ class HistoryStore:
                 else:
                     db.execute(
                         "INSERT OR REPLACE INTO sessions (sid, token, nick, rooms, last_id, plain, start, aliases,"
-                        " last_join, last_join_room) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " last_join, last_join_room, nick_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (  # (by name: upgrades append columns)
                             row.sid, row.token, row.nick, json.dumps(list(row.rooms)), row.last_id, row.plain,
-                            row.start, row.aliases, row.last_join, row.last_join_room,
+                            row.start, row.aliases, row.last_join, row.last_join_room, row.nick_since,
                         ),
                     )  # fmt: skip
             gone = list(p.gone)  # (after the events: one of this commit's may be the last of its conversation)

@@ -3411,3 +3411,108 @@ def test_a_held_back_hello_without_attempt_forgets_the_token_its_client_holds(ne
     frames = net.take(4, 40)
     assert frames[0]["type"] == "welcome", frames[0]  # not nick_taken
     assert frames[0]["session"] == x["session"] and frames[0].get("last_id") == 7
+
+
+def test_nick_since_counts_the_last_event_before_the_session_as_held(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: ``nick_since`` was ``self.seq`` at the welcome: the number of the last event that was *not*
+    the session's, and sent_by_me takes a nick as held at ``since <= seq``. When nothing is numbered between
+    the previous holder's message and the new session's welcome (al is in no room, so its expiry has no quit event; mo,
+    who takes al, joins none), the catch-up's 'al_ -> al: psst' (from cy, al_ then) has seq == nick_since and
+    reads as sent by al's client: '-> *al* psst'. (The commit's own test passes only because al's quit in
+    #lobby is numbered in between.)"""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Face("al")
+    al.st.wanted_rooms = []  # in no room
+    hub.request(1, 10, json.loads(al.st.hello(rooms=[])), 0.0)
+    al.feed(net.take(1, 10))
+    hub.closed(1, 10, False, "lost", 1.0)
+    welcome_of(net, 3, 30, "al_", now=2.0, rooms=[])  # cy, as al_
+    hub.request(3, 30, {"type": "privmsg", "to": "al", "text": "psst"}, 3.0)
+    hub.request(3, 30, {"type": "quit"}, 4.0)
+    hub.tick(1.0 + GRACE)  # al expired (no room: no event)
+    welcome_of(net, 4, 40, "al", now=2.0 + GRACE, rooms=[])  # mo takes al (no room: no event)
+    al.back_as_fallback(net, 5, 50, 3.0 + GRACE)
+    assert al.st.info.nick == "al_"
+    ((plain, tui),) = al.pms  # the catch-up brought it
+    received = ("*al_*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)  # from cy (al_)
+    assert received == (True, True), (plain, tui)
+
+
+def test_a_new_sessions_welcome_lost_then_resumed_through_the_alias_misreads_a_message_to_it(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: al expires, mo takes al, al's client comes back as al_ (a new session, alias: the old token), but that
+    welcome is lost with its connection. Meanwhile mo (al) writes to al_. The client comes back with the old
+    token: the alias resumes the session, and its welcome is a resumed one (resume_failed set) that carries no
+    ``nick_since``; note_nick_held then takes the welcome's seq (now) as the start of al_. The replay from the
+    client's last_seq brings 'al -> al_: hi al_' (seq below that, since mo then says something in #lobby), and
+    with al held since the start it reads as sent by the client ('-> *al_* hi al_'), in both faces. The
+    session keeps the seq from which it holds its nick (on disk too), and every welcome says it."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Face("al")
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE)  # expired
+    welcome_of(net, 2, 20, "al", now=2.0 + GRACE)  # mo takes al
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0 + GRACE)
+    assert net.take(3, 30)[0]["code"] == m.Err.NICK_TAKEN
+    al.st.info.nick = fallback_nick(al.st.info.nick, 1)
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0 + GRACE)
+    lost = net.take(3, 30)
+    assert lost[0]["type"] == "welcome" and lost[0]["nick"] == "al_"
+    hub.closed(3, 30, False, "lost", 3.5 + GRACE)  # the welcome never reached the client
+    net.forget(3, 30)
+    hub.request(2, 20, {"type": "privmsg", "to": "al_", "text": "hi al_"}, 4.0 + GRACE)  # from mo (al)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "anyone?"}, 4.5 + GRACE)  # numbered after it
+    hub.request(4, 40, json.loads(al.st.hello()), 5.0 + GRACE)  # the old token: the alias resumes it
+    answer = net.take(4, 40)
+    assert answer[0]["type"] == "welcome" and answer[0]["session"] == lost[0]["session"], answer[0]
+    al.feed(answer)
+    assert al.st.info.nick == "al_" and al.view.nick == "al_"
+    ((plain, tui),) = al.pms
+    received = ("*al*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)  # from mo (al)
+    assert received == (True, True), (plain, tui)
+
+
+def test_nicks_had_on_a_server_whose_numbering_went_back_misread_a_message(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: note_nick_held *assigned* a new session's nick_since, but the other nicks in ``had`` keep the seqs of
+    the previous numbering. Server A: al renames to alx and back (had: alx 22, al 23). A is replaced by a server
+    with a new data directory (docs/protocol.md: it counts from 0 again): al's client gets a new session as al,
+    nick_since 1, so al now dates from 1 while alx still dates from 22. Once B's numbers pass 22, whoever holds
+    alx there writing to al reads as sent by the client ('-> *al* ...'). A new session numbered below the
+    nicks had now clears them."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    net = Workers(make_hub(stores, tmp_path / "a"))
+    al = Face("al")
+    net.hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    welcome_of(net, 2, 20, "bo", rooms=["lobby"])
+    for i in range(18):
+        net.hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"a{i}"}, 1.0)
+    for nick in ("alx", "al"):
+        line = al.st.request(m.Nick(nick))
+        al.st.sent(line)
+        net.hub.request(1, 10, json.loads(line), 2.0)
+        al.feed(net.take(1, 10))
+    assert al.st.info.nick == "al" and al.st.info.had["alx"] < al.st.info.had["al"], al.st.info.had
+    net = Workers(make_hub(stores, tmp_path / "b"))  # a new server, a new data directory
+    net.hub.request(3, 30, json.loads(al.st.hello()), 10.0)
+    al.feed(net.take(3, 30))
+    assert al.st.info.nick == "al"
+    welcome_of(net, 4, 40, "alx", now=11.0, rooms=["lobby"])  # someone else is alx here
+    for i in range(30):
+        net.hub.request(4, 40, {"type": "msg", "room": "lobby", "text": f"b{i}"}, 12.0)
+    al.pms.clear()
+    net.hub.request(4, 40, {"type": "privmsg", "to": "al", "text": "hello al"}, 13.0)
+    al.feed(net.take(3, 30))
+    ((plain, tui),) = al.pms
+    received = ("*alx*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)
+    assert received == (True, True), (plain, tui)
