@@ -3321,6 +3321,18 @@ class Face:
         self.feed(answer)
 
 
+def gone_and_nick_taken(stores: list[HistoryStore], path: Path) -> tuple[Workers, Face]:
+    """al's client (its faces) in #lobby drops; its session expires, and mo takes al (worker 2, conn 20)."""
+    net = Workers(make_hub(stores, path))
+    al = Face("al")
+    net.hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    net.hub.closed(1, 10, False, "lost", 1.0)
+    net.hub.tick(1.0 + GRACE)  # expired
+    welcome_of(net, 2, 20, "al", now=2.0 + GRACE)  # mo takes al
+    return net, al
+
+
 def test_a_fallback_nick_had_before_keeps_its_old_seq_and_messages_from_the_new_holder_of_the_other_read_as_sent(
     tmp_path: Path, stores: list[HistoryStore]
 ) -> None:
@@ -3330,14 +3342,8 @@ def test_a_fallback_nick_had_before_keeps_its_old_seq_and_messages_from_the_new_
     again and comes back as al_ once more: al_ still dates from before s1. Then every private message that
     whoever holds al now sends to the client reads as one the client sent ('-> *al_* ...'), live, in both
     the piped face and the terminal."""
-    net = Workers(make_hub(stores, tmp_path))
+    net, al = gone_and_nick_taken(stores, tmp_path)
     hub = net.hub
-    al = Face("al")
-    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
-    al.feed(net.take(1, 10))
-    hub.closed(1, 10, False, "lost", 1.0)
-    hub.tick(1.0 + GRACE)  # expired
-    welcome_of(net, 2, 20, "al", now=2.0 + GRACE)  # mo takes al
     al.back_as_fallback(net, 3, 30, 3.0 + GRACE)  # al_
     assert al.st.info.nick == "al_"
     hub.request(2, 20, {"type": "quit"}, 4.0 + GRACE)  # mo leaves
@@ -3451,14 +3457,8 @@ def test_a_new_sessions_welcome_lost_then_resumed_through_the_alias_misreads_a_m
     client's last_seq brings 'al -> al_: hi al_' (seq below that, since mo then says something in #lobby), and
     with al held since the start it reads as sent by the client ('-> *al_* hi al_'), in both faces. The
     session keeps the seq from which it holds its nick (on disk too), and every welcome says it."""
-    net = Workers(make_hub(stores, tmp_path))
+    net, al = gone_and_nick_taken(stores, tmp_path)
     hub = net.hub
-    al = Face("al")
-    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
-    al.feed(net.take(1, 10))
-    hub.closed(1, 10, False, "lost", 1.0)
-    hub.tick(1.0 + GRACE)  # expired
-    welcome_of(net, 2, 20, "al", now=2.0 + GRACE)  # mo takes al
     hub.request(3, 30, json.loads(al.st.hello()), 3.0 + GRACE)
     assert net.take(3, 30)[0]["code"] == m.Err.NICK_TAKEN
     al.st.info.nick = fallback_nick(al.st.info.nick, 1)
