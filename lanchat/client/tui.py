@@ -66,11 +66,11 @@ from lanchat.protocol.plain import (
     CLIENT_HELP,
     COMMANDS,
     LocalCommand,
+    NicksHad,
     clean,
     clock,
     count_of,
     not_resumed,
-    note_nick_held,
     parse_command,
     render,
     sent_by_me,
@@ -207,7 +207,7 @@ class ChatView:
     ) -> None:
         self.nick = nick
         self._asked_nick = nick  # the last /nick sent (a rename queued or in flight is not the nick yet)
-        self._had: dict[str, int] = {}  # the nicks we have had, from which seq: see plain.sent_by_me
+        self._nicks = NicksHad()  # the nicks we have had, from which seq: see plain.sent_by_me
         self.current = CurrentRoom(room)  # where plain text goes
         self.server = clean(server)
         self.address = clean(address)
@@ -262,8 +262,8 @@ class ChatView:
         return []  # its hint is for people on nc/telnet
 
     def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
+        self._nicks.welcome(frame, self.nick)
         self.nick = self._asked_nick = str(frame.get("nick", self.nick))
-        note_nick_held(self._had, frame)
         rooms = [str(r) for r in _list(frame, "rooms") if isinstance(r, str)]
         for r in rooms:
             self._know_room(r)
@@ -405,10 +405,8 @@ class ChatView:
             self.speakers.pop(key, None)
         elif kind == "nick":
             old, new = str(frame.get("old", "")), str(frame.get("new", ""))
-            if m.nick_key(old) == me:
+            if self._nicks.nick(frame, self.nick):
                 self.nick = self._asked_nick = new
-                seq = frame.get("seq")
-                self._had[m.nick_key(new)] = seq if isinstance(seq, int) else 0
             for r, nicks in self.members.items():
                 self.members[r] = [new if m.nick_key(n) == m.nick_key(old) else n for n in nicks]
             if self.speakers.pop(m.nick_key(old), None) is not None:
@@ -448,7 +446,7 @@ class ChatView:
         elif kind == "privmsg":
             sender, to = str(frame.get("from", "")), str(frame.get("to", ""))
             text, _ = self._text(str(frame.get("text", "")), highlight=False)
-            if sent_by_me(frame, self.nick, self._had):
+            if sent_by_me(frame, self.nick, self._nicks.had):
                 frags += [("class:privmsg", "-> "), (self._nick_style(to), f"*{c(to)}*"), ("", " ")]
             else:
                 frags += [(self._nick_style(sender), f"*{c(sender)}*"), ("class:privmsg", " (private) ")]

@@ -17,7 +17,7 @@ from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.framing import FRAME_TOO_LONG, Frame, LineFramer
-from lanchat.protocol.plain import clean, note_nick_held
+from lanchat.protocol.plain import NicksHad, clean
 
 CLIENT_MAX_FRAME: Final = 32 * 1024 * 1024  # bytes: a history page of 500 large events fits
 OUTBOX_MAX: Final = 10_000  # unacknowledged posts kept while disconnected; beyond, typing is refused
@@ -53,9 +53,13 @@ class SessionInfo:
     token: str | None = None
     nick: str = ""
     server_name: str = ""
-    # The nicks this client has had (nick_key -> the seq from which it had each): a replay after an expiry or
-    # a rename may carry private messages it sent as one of them (plain.sent_by_me).
-    had: dict[str, int] = field(default_factory=dict)
+    # The nicks this client has had: a replay after an expiry or a rename may carry private messages it sent
+    # as one of them (plain.sent_by_me).
+    nicks: NicksHad = field(default_factory=NicksHad)
+
+    @property
+    def had(self) -> dict[str, int]:
+        return self.nicks.had
 
 
 class ClientState:
@@ -246,8 +250,8 @@ class ClientState:
             self.registered = True
             self.info.session = str(frame.get("session", ""))
             self.info.token = frame.get("token") if isinstance(frame.get("token"), str) else None
+            self.info.nicks.welcome(frame, self.info.nick)
             self.info.nick = str(frame.get("nick", self.info.nick))
-            note_nick_held(self.info.had, frame)
             limit = frame.get("max_frame")
             self.max_frame = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
             rooms = frame.get("rooms")
@@ -291,9 +295,8 @@ class ClientState:
             room = str(frame.get("room"))
             if room in self.rooms:
                 self.rooms.remove(room)
-        elif kind == "nick" and m.nick_key(str(frame.get("old", ""))) == me:
+        elif kind == "nick" and self.info.nicks.nick(frame, self.info.nick):
             self.info.nick = str(frame.get("new"))
-            self.info.had[m.nick_key(self.info.nick)] = seq if isinstance(seq, int) else 0
         elif kind == "server":
             self.info.server_name = str(frame.get("name", ""))
         elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:

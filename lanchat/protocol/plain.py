@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lanchat import const
@@ -186,20 +186,46 @@ def sent_by_me(frame: dict[str, Any], me: str, had: Mapping[str, int] | None = N
     return since_from >= since_to  # both were: the later one was held then
 
 
-def note_nick_held(had: dict[str, int], welcome: dict[str, Any]) -> None:
-    """Record the welcome's nick in ``had`` (sent_by_me): held throughout a resume (kept as it was), from
-    ``nick_since`` for a session the client had not seen (a catch-up's replay may show others' use of it
-    before). A new session numbered below the nicks had: the server's numbering went back (a new data
-    directory), and what was had is forgotten."""
-    key = m.nick_key(str(welcome.get("nick", "")))
-    since = welcome.get("nick_since", welcome.get("seq"))
-    since = since if isinstance(since, int) and not isinstance(since, bool) else 0
-    if welcome.get("resumed") is True and not welcome.get("resume_failed"):
-        had.setdefault(key, since)
-        return
-    if had and since < max(had.values()):
-        had.clear()
-    had[key] = since
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(slots=True)
+class NicksHad:
+    """The nicks a client has had (nick_key -> the seq from which it had each, the latest time), for
+    sent_by_me, kept from its welcomes and its own ``nick`` events. A resume's welcome names the nick the
+    session has now; its own renames that the client had not read come after it in the replay, from the
+    nick it had before (``_chain``), and are its own all the same."""
+
+    had: dict[str, int] = field(default_factory=dict)
+    _chain: str = ""
+
+    def welcome(self, frame: dict[str, Any], before: str) -> None:
+        key = m.nick_key(str(frame.get("nick", "")))
+        told = _int(frame.get("nick_since"))
+        since = told if told is not None else _int(frame.get("seq")) or 0
+        if frame.get("resumed") is True and not frame.get("resume_failed"):  # the client's own session
+            self._chain = m.nick_key(before) if m.nick_key(before) != key else ""
+            if told is not None or key not in self.had:
+                self.had[key] = since
+            return
+        self._chain = ""  # a session the client had not seen: its nick from nick_since (a catch-up may replay
+        if self.had and since < max(self.had.values()):  # others' use of it before); numbers below those had:
+            self.had.clear()  # the server's numbering went back (a new data directory)
+        self.had[key] = since
+
+    def nick(self, frame: dict[str, Any], me: str) -> bool:
+        """A ``nick`` event: True if it renames the client (``me`` its nick now); a rename of its own that a
+        resume's welcome already named is recorded too (False: the nick is already the new one)."""
+        old, new = m.nick_key(str(frame.get("old", ""))), m.nick_key(str(frame.get("new", "")))
+        ours = old == m.nick_key(me)
+        if not ours and not (self._chain and old == self._chain):
+            return False
+        if new != old:  # (a change of case only: held all along)
+            self.had[new] = _int(frame.get("seq")) or 0
+        if not ours:
+            self._chain = "" if new == m.nick_key(me) else new
+        return ours
 
 
 def render(frame: dict[str, Any], me: str = "", had: Mapping[str, int] | None = None) -> str | None:

@@ -1175,7 +1175,9 @@ class Hub:
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
         for room in rooms:
             room.nick_changed()
-        s.nick_since, line = self._event("nick", {"old": old, "new": s.nick}, tuple(r.name for r in rooms), now)
+        seq, line = self._event("nick", {"old": old, "new": s.nick}, tuple(r.name for r in rooms), now)
+        if m.nick_key(old) != key:  # (a change of case only: the nick was held all along)
+            s.nick_since = seq
         audience = self._members_of(rooms) if rooms else [s]
         self._to_sessions(audience, line)
         if s.worker is not None:

@@ -3516,3 +3516,76 @@ def test_nicks_had_on_a_server_whose_numbering_went_back_misread_a_message(
     ((plain, tui),) = al.pms
     received = ("*alx*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)
     assert received == (True, True), (plain, tui)
+
+
+def _send(al: Face, net: Workers, w: int, conn: int, req: m.Request, now: float, *, read: bool = True) -> None:
+    line = al.st.request(req)
+    al.st.sent(line)
+    net.hub.request(w, conn, json.loads(line), now)
+    if read:
+        al.feed(net.take(w, conn))
+
+
+def test_a_rename_back_the_client_never_read_keeps_the_first_seq_of_its_nick(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: al renames to alx (read), then back to al, and the connection drops before it reads that nick event.
+    The resume's welcome says nick al, nick_since = the rename's seq, but note_nick_held keeps had['al'] from
+    the session's start (setdefault), and the replayed 'alx -> al' is not taken as the client's own (the
+    welcome already made al the client's nick, and its old is alx). had: al 1, alx N. mo takes alx; the
+    client writes to alx: both nicks had, al 'since' earlier than alx -> it read as received from al. A
+    resume's welcome now takes nick_since, and the client's own renames replayed after it are its own."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Face("al")
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    welcome_of(net, 2, 20, "mo", now=0.5, rooms=["lobby"])
+    al.feed(net.take(1, 10))
+    _send(al, net, 1, 10, m.Nick("alx"), 1.0)
+    assert al.st.info.nick == "alx"
+    _send(al, net, 1, 10, m.Nick("al"), 2.0, read=False)  # handled; its nick event never read
+    hub.closed(1, 10, False, "lost", 2.5)
+    net.forget(1, 10)
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0)  # a resume within the grace
+    answer = net.take(3, 30)
+    assert answer[0]["type"] == "welcome" and answer[0]["resumed"] is True, answer[0]
+    al.feed(answer)
+    assert al.st.info.nick == "al" and al.view.nick == "al"
+    hub.request(2, 20, {"type": "nick", "nick": "alx"}, 4.0)  # mo is alx now
+    al.feed(net.take(3, 30))
+    al.pms.clear()
+    _send(al, net, 3, 30, m.PrivMsg("alx", "hi alx"), 5.0)
+    ((plain, tui),) = al.pms
+    sent = ("-> *alx*" in plain, "-> *alx*" in tui)
+    assert sent == (True, True), (plain, tui, al.st.info.had)
+
+
+def test_a_private_message_sent_between_two_renames_never_read_reads_as_received_on_resume(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: al sends /nick bob, /msg mo hi, /nick carl, and drops before reading any of it. The resume's welcome
+    makes carl the client's nick before the replay; the replayed 'al -> bob' is then not the client's own
+    (its old is not carl), so bob never enters had, and the replayed 'bob -> mo: hi' (sent by the client)
+    read as one received from bob, in both faces."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Face("al")
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    welcome_of(net, 2, 20, "mo", now=0.5, rooms=["lobby"])
+    al.feed(net.take(1, 10))
+    _send(al, net, 1, 10, m.Nick("bob"), 1.0, read=False)
+    _send(al, net, 1, 10, m.PrivMsg("mo", "hi"), 1.5, read=False)
+    _send(al, net, 1, 10, m.Nick("carl"), 2.0, read=False)
+    hub.closed(1, 10, False, "lost", 2.5)
+    net.forget(1, 10)
+    al.pms.clear()
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0)
+    answer = net.take(3, 30)
+    assert answer[0]["type"] == "welcome" and answer[0]["resumed"] is True, answer[0]
+    al.feed(answer)
+    assert al.st.info.nick == "carl"
+    ((plain, tui),) = al.pms  # the replay brought it
+    sent = ("-> *mo*" in plain, "-> *mo*" in tui)
+    assert sent == (True, True), (plain, tui, al.st.info.had)

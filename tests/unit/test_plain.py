@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, clean, clock, parse_command, render
+from lanchat.protocol.plain import COMMANDS, HELP, LocalCommand, NicksHad, clean, clock, parse_command, render
 
 UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 TS = 1_700_000_000.0
@@ -314,6 +314,19 @@ def test_render_a_privmsg_between_two_nicks_had_by_when_each_was_held() -> None:
     assert got is not None and "->" not in got and "*al*" in got
     sent = render(ev("privmsg", seq=5, **{"from": "al"}, to="cy", text="yo"), "dee", had)
     assert sent is not None and "-> *cy*" in sent
+
+
+def test_nicks_had_a_change_of_case_keeps_the_seq_and_a_resumes_unread_renames_are_its_own() -> None:
+    nicks = NicksHad()
+    nicks.welcome({"type": "welcome", "nick": "al", "seq": 0, "resumed": False, "nick_since": 1}, "al")
+    assert nicks.nick({"type": "nick", "seq": 5, "old": "al", "new": "Al"}, "al") and nicks.had == {"al": 1}
+    # a resume: the welcome names carl; the replay then brings Al -> bob -> carl, the client's own
+    nicks.welcome({"type": "welcome", "nick": "carl", "seq": 5, "resumed": True, "nick_since": 9}, "Al")
+    for seq, old, new in ((7, "Al", "bob"), (9, "bob", "carl")):
+        assert not nicks.nick({"type": "nick", "seq": seq, "old": old, "new": new}, "carl")
+    assert nicks.had == {"al": 1, "bob": 7, "carl": 9}
+    assert not nicks.nick({"type": "nick", "seq": 11, "old": "bob", "new": "zed"}, "carl")  # someone else now
+    assert "zed" not in nicks.had
 
 
 def test_render_history_with_events() -> None:
