@@ -3518,6 +3518,17 @@ def test_nicks_had_on_a_server_whose_numbering_went_back_misread_a_message(
     assert received == (True, True), (plain, tui)
 
 
+def al_with_mo(stores: list[HistoryStore], path: Path) -> tuple[Workers, Face]:
+    """al's client (its faces) in #lobby, where mo is too (worker 2, conn 20)."""
+    net = Workers(make_hub(stores, path))
+    al = Face("al")
+    net.hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    welcome_of(net, 2, 20, "mo", now=0.5, rooms=["lobby"])
+    al.feed(net.take(1, 10))
+    return net, al
+
+
 def _send(al: Face, net: Workers, w: int, conn: int, req: m.Request, now: float, *, read: bool = True) -> None:
     line = al.st.request(req)
     al.st.sent(line)
@@ -3535,13 +3546,8 @@ def test_a_rename_back_the_client_never_read_keeps_the_first_seq_of_its_nick(
     welcome already made al the client's nick, and its old is alx). had: al 1, alx N. mo takes alx; the
     client writes to alx: both nicks had, al 'since' earlier than alx -> it read as received from al. A
     resume's welcome now takes nick_since, and the client's own renames replayed after it are its own."""
-    net = Workers(make_hub(stores, tmp_path))
+    net, al = al_with_mo(stores, tmp_path)
     hub = net.hub
-    al = Face("al")
-    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
-    al.feed(net.take(1, 10))
-    welcome_of(net, 2, 20, "mo", now=0.5, rooms=["lobby"])
-    al.feed(net.take(1, 10))
     _send(al, net, 1, 10, m.Nick("alx"), 1.0)
     assert al.st.info.nick == "alx"
     _send(al, net, 1, 10, m.Nick("al"), 2.0, read=False)  # handled; its nick event never read
@@ -3568,13 +3574,8 @@ def test_a_private_message_sent_between_two_renames_never_read_reads_as_received
     makes carl the client's nick before the replay; the replayed 'al -> bob' is then not the client's own
     (its old is not carl), so bob never enters had, and the replayed 'bob -> mo: hi' (sent by the client)
     read as one received from bob, in both faces."""
-    net = Workers(make_hub(stores, tmp_path))
+    net, al = al_with_mo(stores, tmp_path)
     hub = net.hub
-    al = Face("al")
-    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
-    al.feed(net.take(1, 10))
-    welcome_of(net, 2, 20, "mo", now=0.5, rooms=["lobby"])
-    al.feed(net.take(1, 10))
     _send(al, net, 1, 10, m.Nick("bob"), 1.0, read=False)
     _send(al, net, 1, 10, m.PrivMsg("mo", "hi"), 1.5, read=False)
     _send(al, net, 1, 10, m.Nick("carl"), 2.0, read=False)
