@@ -195,17 +195,20 @@ class NicksHad:
     """The nicks a client has had (nick_key -> the seq from which it had each, the latest time), for
     sent_by_me, kept from its welcomes and its own ``nick`` events. A resume's welcome names the nick the
     session has now; its own renames that the client had not read come after it in the replay, from the
-    nick it had before (``_chain``), and are its own all the same."""
+    nick it had before (``_chain``), numbered up to the welcome's ``nick_since`` (``_chain_upto``: one later,
+    or missing from the replay, cut by a gap, is someone else's), and are its own all the same."""
 
     had: dict[str, int] = field(default_factory=dict)
     _chain: str = ""
+    _chain_upto: int = -1
 
     def welcome(self, frame: dict[str, Any], before: str) -> None:
         key = m.nick_key(str(frame.get("nick", "")))
         told = _int(frame.get("nick_since"))
         since = told if told is not None else _int(frame.get("seq")) or 0
         if frame.get("resumed") is True and not frame.get("resume_failed"):  # the client's own session
-            self._chain = m.nick_key(before) if m.nick_key(before) != key else ""
+            self._chain = m.nick_key(before) if m.nick_key(before) != key and told is not None else ""
+            self._chain_upto = told if told is not None else -1
             if told is not None or key not in self.had:
                 self.had[key] = since
             return
@@ -218,11 +221,14 @@ class NicksHad:
         """A ``nick`` event: True if it renames the client (``me`` its nick now); a rename of its own that a
         resume's welcome already named is recorded too (False: the nick is already the new one)."""
         old, new = m.nick_key(str(frame.get("old", ""))), m.nick_key(str(frame.get("new", "")))
+        seq = _int(frame.get("seq"))
+        if self._chain and (seq is None or seq > self._chain_upto):  # past the renames the welcome named
+            self._chain = ""
         ours = old == m.nick_key(me)
         if not ours and not (self._chain and old == self._chain):
             return False
         if new != old:  # (a change of case only: held all along)
-            self.had[new] = _int(frame.get("seq")) or 0
+            self.had[new] = seq or 0
         if not ours:
             self._chain = "" if new == m.nick_key(me) else new
         return ours

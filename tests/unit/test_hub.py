@@ -3590,3 +3590,78 @@ def test_a_private_message_sent_between_two_renames_never_read_reads_as_received
     ((plain, tui),) = al.pms  # the replay brought it
     sent = ("-> *mo*" in plain, "-> *mo*" in tui)
     assert sent == (True, True), (plain, tui, al.st.info.had)
+
+
+def _resume(al: Face, net: Workers, w: int, conn: int, now: float) -> list[Frame]:
+    net.hub.request(w, conn, json.loads(al.st.hello()), now)
+    answer = net.take(w, conn)
+    assert answer[0]["type"] == "welcome" and answer[0]["resumed"] is True, answer[0]
+    assert not answer[0].get("resume_failed"), answer[0]
+    al.feed(answer)
+    return answer
+
+
+def test_a_resumes_rename_chain_cut_by_a_gap_follows_someone_else(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A review: al (in #lobby) sends /nick bob and drops before reading it; mo says so much meanwhile that the resume's
+    replay is cut by a gap, and the 'al -> bob' event is not in it. The welcome names bob; NicksHad keeps
+    _chain = 'al' for ever. Later eve takes the free nick al and renames to zed in #lobby: taken as one of
+    the client's own renames (had['zed']), so zed's private message to bob read as one bob sent. The
+    chain reaches no further than the welcome's nick_since."""
+    net = Workers(make_hub(stores, tmp_path, replay_max=3000))
+    hub = net.hub
+    al = Face("al")
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    welcome_of(net, 2, 20, "mo", now=0.5, rooms=["lobby"])
+    al.feed(net.take(1, 10))
+    _send(al, net, 1, 10, m.Nick("bob"), 1.0, read=False)  # handled; its nick event never read
+    hub.closed(1, 10, False, "lost", 1.5)
+    net.forget(1, 10)
+    for i in range(60):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"line {i} " + "x" * 60}, 2.0)
+    hub.tick(2.5)
+    net.take(2, 20)
+    answer = _resume(al, net, 3, 30, 3.0)
+    assert "gap" in [f["type"] for f in answer]
+    assert not [f for f in answer if f["type"] == "nick"]  # the rename was cut
+    assert al.st.info.nick == "bob" and al.view.nick == "bob"
+    welcome_of(net, 4, 40, "al", now=4.0, rooms=["lobby"])  # eve takes the free nick al
+    hub.request(4, 40, {"type": "nick", "nick": "zed"}, 4.5)
+    al.feed(net.take(3, 30))
+    al.pms.clear()
+    hub.request(4, 40, {"type": "privmsg", "to": "bob", "text": "hi bob"}, 5.0)
+    al.feed(net.take(3, 30))
+    ((plain, tui),) = al.pms
+    received = ("*zed*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)
+    assert received == (True, True), (plain, tui, al.st.info.had)
+
+
+def test_a_resumes_rename_in_no_room_is_never_replayed_and_the_chain_follows_someone_else(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: the same without a gap: al in no room renames to bob (the event goes to al only, kept
+    nowhere) and drops before reading it. The resume replays nothing of it; _chain stayed 'al'. al joins
+    #lobby again; eve, who took al, renames to zed there: recorded as the client's own, and zed's message
+    to bob read as sent."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Face("al")
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    _send(al, net, 1, 10, m.Part("lobby"), 0.5)
+    assert al.st.rooms == []
+    _send(al, net, 1, 10, m.Nick("bob"), 1.0, read=False)
+    hub.closed(1, 10, False, "lost", 1.5)
+    net.forget(1, 10)
+    _resume(al, net, 3, 30, 2.0)
+    assert al.st.info.nick == "bob" and al.view.nick == "bob"
+    welcome_of(net, 4, 40, "al", now=2.5, rooms=["lobby"])  # eve takes the free nick al
+    _send(al, net, 3, 30, m.Join("lobby"), 3.0)
+    hub.request(4, 40, {"type": "nick", "nick": "zed"}, 3.5)
+    al.feed(net.take(3, 30))
+    al.pms.clear()
+    hub.request(4, 40, {"type": "privmsg", "to": "bob", "text": "hi bob"}, 4.0)
+    al.feed(net.take(3, 30))
+    ((plain, tui),) = al.pms
+    received = ("*zed*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)
+    assert received == (True, True), (plain, tui, al.st.info.had)
