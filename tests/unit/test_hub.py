@@ -3601,6 +3601,17 @@ def _resume(al: Face, net: Workers, w: int, conn: int, now: float) -> list[Frame
     return answer
 
 
+def zed_writes_to_bob(al: Face, net: Workers, at: float) -> tuple[bool, bool]:
+    """zed (worker 4, conn 40) writes to bob, al's client (worker 3, conn 30): shown as received, piped and
+    in the terminal?"""
+    al.feed(net.take(3, 30))
+    al.pms.clear()
+    net.hub.request(4, 40, {"type": "privmsg", "to": "bob", "text": "hi bob"}, at)
+    al.feed(net.take(3, 30))
+    ((plain, tui),) = al.pms
+    return "*zed*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui
+
+
 def test_a_resumes_rename_chain_cut_by_a_gap_follows_someone_else(tmp_path: Path, stores: list[HistoryStore]) -> None:
     """A review: al (in #lobby) sends /nick bob and drops before reading it; mo says so much meanwhile that the resume's
     replay is cut by a gap, and the 'al -> bob' event is not in it. The welcome names bob; NicksHad keeps
@@ -3627,13 +3638,7 @@ def test_a_resumes_rename_chain_cut_by_a_gap_follows_someone_else(tmp_path: Path
     assert al.st.info.nick == "bob" and al.view.nick == "bob"
     welcome_of(net, 4, 40, "al", now=4.0, rooms=["lobby"])  # eve takes the free nick al
     hub.request(4, 40, {"type": "nick", "nick": "zed"}, 4.5)
-    al.feed(net.take(3, 30))
-    al.pms.clear()
-    hub.request(4, 40, {"type": "privmsg", "to": "bob", "text": "hi bob"}, 5.0)
-    al.feed(net.take(3, 30))
-    ((plain, tui),) = al.pms
-    received = ("*zed*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)
-    assert received == (True, True), (plain, tui, al.st.info.had)
+    assert zed_writes_to_bob(al, net, 5.0) == (True, True)  # received, in both faces
 
 
 def test_a_resumes_rename_in_no_room_is_never_replayed_and_the_chain_follows_someone_else(
@@ -3658,10 +3663,4 @@ def test_a_resumes_rename_in_no_room_is_never_replayed_and_the_chain_follows_som
     welcome_of(net, 4, 40, "al", now=2.5, rooms=["lobby"])  # eve takes the free nick al
     _send(al, net, 3, 30, m.Join("lobby"), 3.0)
     hub.request(4, 40, {"type": "nick", "nick": "zed"}, 3.5)
-    al.feed(net.take(3, 30))
-    al.pms.clear()
-    hub.request(4, 40, {"type": "privmsg", "to": "bob", "text": "hi bob"}, 4.0)
-    al.feed(net.take(3, 30))
-    ((plain, tui),) = al.pms
-    received = ("*zed*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)
-    assert received == (True, True), (plain, tui, al.st.info.had)
+    assert zed_writes_to_bob(al, net, 4.0) == (True, True)  # received, in both faces
