@@ -58,7 +58,8 @@ class Session:
     attempt: int = -1  # the newest of its client's connection attempts that resumed it (see Hub._resume)
     peer: str = ""  # its connection's address as --max-per-ip counts it ('' not counted): rooms it makes count
     # The key (_token_key) of the remembered token it was made from, if any: it resumes this one too until the
-    # client has shown it knows the new token (the welcome that told it may have been lost). A tuple: one or none.
+    # client has shown it knows the new token (the welcome that told it may have been lost). One, or for a
+    # client that sends no attempts every token that named the expired session (Hub._hello).
     aliases: tuple[str, ...] = ()
     nick_since: int = -1  # the seq from which it holds its nick (told in its welcomes: plain.sent_by_me)
     start: int = -1  # the server's seq where the answer to its hello ended (-1: not known): see Hub._replay
@@ -234,8 +235,8 @@ class Hub:
         self.msgs_in = 0
         self.events_out = 0
         self.busy: set[int] = set()  # workers with more than PIPE_HIGH_WATER queued: their listings are refused
-        # An expired session's token key (_token_key) -> (last_id, when), oldest first; kept in the database too
-        # and the ids of its refused posts; the same with the refused ids of the sessions below
+        # An expired session's token key (_token_key) -> _Expired, oldest first; kept in the database too, with
+        # the ids of its refused posts; the same with the refused ids of the sessions below
         refused = store.load_refused()
         # Posters' and readers' (last_id -1) apart, each EXPIRED_TOKENS_MAX at most: a host saying hello and
         # dropping again and again must not push out the tokens that keep a poster's resend from going twice.
@@ -721,9 +722,9 @@ class Hub:
         # which the catch-up below replays), unless a live session has it (a file restored from a copy, say).
         if not sid or sid in self.sessions:
             sid = secrets.token_hex(8)
-        elif gone is not None:  # the other tokens naming it: older ones its client moved on from (their hellos
-            # are stale by their attempts), or newer ones it never learned (a lost welcome's). Forgotten: one
-            # alias at most. Without attempts, a held-back hello could not be told: they all stay aliases.
+        else:  # the expired session's: the other tokens naming it are older ones its client moved on from (their
+            # hellos are stale by their attempts), or newer ones it never learned (a lost welcome's). Forgotten:
+            # one alias at most. Without attempts, a held-back hello could not be told: they all stay aliases.
             for other in self._naming.get(sid, ()):
                 if (more := self._pop_expired(other)) is not None:
                     self._drop_expired(other, more[2], sid)

@@ -39,8 +39,9 @@ log = logging.getLogger("lanchat.storage")
 APP_ID: Final = "lanchat"
 # 2: the journal table; 3: sessions.start, where the answer to each session's hello ended; 4: sessions.aliases
 # (the keys of expired sessions' tokens that resume the session made for their client), sessions.last_join and
-# last_join_room (where its latest room replies were sent) and expired.sid (whose private messages the token
-# names). An older file is upgraded in place at open.
+# last_join_room (where its latest room replies were sent), sessions.nick_since (from which seq it holds its
+# nick), expired.sid (whose private messages the token names) and expired.attempt (its client's newest
+# connection attempt). An older file is upgraded in place at open (_FORMAT_4_COLUMNS).
 SCHEMA_VERSION: Final = 4
 DB_NAME: Final = "history.sqlite3"
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
