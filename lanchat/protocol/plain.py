@@ -195,8 +195,10 @@ class NicksHad:
     """The nicks a client has had (nick_key -> the seq from which it had each, the latest time), for
     sent_by_me, kept from its welcomes and its own ``nick`` events. A resume's welcome names the nick the
     session has now; its own renames that the client had not read come after it in the replay, from the
-    nick it had before (``_chain``), numbered up to the welcome's ``nick_since`` (``_chain_upto``: one later,
-    or missing from the replay, cut by a gap, is someone else's), and are its own all the same."""
+    nick it had before (``_chain``), numbered up to the welcome's ``nick_since`` (``_chain_upto``: one later
+    is someone else's), and are its own all the same. (If the client's own rename is missing from the replay,
+    a gap's or one in no room, a rename of the old nick by someone who took it before the next is taken for
+    the client's: docs/security.md, item 38.)"""
 
     had: dict[str, int] = field(default_factory=dict)
     _chain: str = ""
@@ -207,8 +209,8 @@ class NicksHad:
         told = _int(frame.get("nick_since"))
         since = told if told is not None else _int(frame.get("seq")) or 0
         if frame.get("resumed") is True and not frame.get("resume_failed"):  # the client's own session
-            self._chain = m.nick_key(before) if m.nick_key(before) != key and told is not None else ""
-            self._chain_upto = told if told is not None else -1
+            self._chain = m.nick_key(before) if m.nick_key(before) != key else ""
+            self._chain_upto = told if told is not None else since  # (an older server's: the welcome's seq)
             if told is not None or key not in self.had:
                 self.had[key] = since
             return

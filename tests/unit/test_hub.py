@@ -3664,3 +3664,52 @@ def test_a_resumes_rename_in_no_room_is_never_replayed_and_the_chain_follows_som
     _send(al, net, 3, 30, m.Join("lobby"), 3.0)
     hub.request(4, 40, {"type": "nick", "nick": "zed"}, 3.5)
     assert zed_writes_to_bob(al, net, 4.0) == (True, True)  # received, in both faces
+
+
+def test_a_resume_welcome_without_nick_since_no_longer_follows_the_clients_own_unread_renames(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: an older server (no nick_since in its welcomes): al renames to bob and writes to eve, who took al, and
+    drops before reading either. The resume's replay: 'al -> bob', then 'bob -> al: hi'. da52a4c opens no
+    chain without nick_since, so 'al -> bob' is not the client's (me is bob already); had['bob'] is the
+    welcome's seq, above the message's, and the client's own message read as received from bob. Without
+    nick_since the chain reaches up to the welcome's seq (a resume's: the server's now)."""
+    net, al = al_with_mo(stores, tmp_path)
+    hub = net.hub
+    _send(al, net, 1, 10, m.Nick("bob"), 1.0, read=False)
+    welcome_of(net, 4, 40, "al", now=1.5)  # eve takes the free nick al
+    _send(al, net, 1, 10, m.PrivMsg("al", "hi"), 2.0, read=False)
+    hub.request(2, 20, {"type": "msg", "room": "lobby", "text": "anyone?"}, 2.2)  # the welcome's seq above it
+    hub.closed(1, 10, False, "lost", 2.5)
+    net.forget(1, 10)
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0)
+    answer = net.take(3, 30)
+    assert answer[0]["type"] == "welcome" and answer[0]["resumed"] is True, answer[0]
+    del answer[0]["nick_since"]  # as a server from before nick_since says it
+    al.feed(answer)
+    assert al.st.info.nick == "bob"
+    ((plain, tui),) = al.pms
+    sent = ("-> *al*" in plain, "-> *al*" in tui)
+    assert sent == (True, True), (plain, tui, al.st.info.had)
+
+
+def test_several_unread_renames_the_last_a_change_of_case_are_followed(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """al -> bob -> cy -> Cy, a message sent under bob, none read: the welcome's nick_since is cy's rename."""
+    net, al = al_with_mo(stores, tmp_path)
+    hub = net.hub
+    _send(al, net, 1, 10, m.Nick("bob"), 1.0, read=False)
+    welcome_of(net, 4, 40, "al", now=1.5)
+    _send(al, net, 1, 10, m.PrivMsg("al", "hi"), 2.0, read=False)
+    _send(al, net, 1, 10, m.Nick("cy"), 2.2, read=False)
+    _send(al, net, 1, 10, m.Nick("Cy"), 2.3, read=False)
+    hub.closed(1, 10, False, "lost", 2.5)
+    net.forget(1, 10)
+    answer = _resume(al, net, 3, 30, 3.0)
+    nicks = [f for f in answer if f["type"] == "nick"]
+    assert answer[0]["nick_since"] == nicks[1]["seq"]
+    assert al.st.info.nick == "Cy" and al.view.nick == "Cy"
+    ((plain, tui),) = al.pms
+    assert ("-> *al*" in plain, "-> *al*" in tui) == (True, True), (plain, tui, al.st.info.had)
+    assert set(al.st.info.had) >= {"bob", "cy"}
