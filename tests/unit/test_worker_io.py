@@ -322,10 +322,16 @@ def test_a_lost_connection_leaves_no_empty_room_behind() -> None:
 
 def test_a_close_the_hub_asks_for_is_reported_back() -> None:
     """The main process counts connections (--max-clients, --max-per-ip, placement): it must hear of every
-    close, also of one it asked for (a session resumed on another connection)."""
+    close, also of one it asked for (a session resumed on another connection).
+
+    The peer reads, as a client does: the connection lingers until its greeting is read (a peer that never
+    reads holds it for CLOSE_TIMEOUT, as long as until() waits; that raced and failed once in a while)."""
 
     async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
         worker._control(["close", 1, "session resumed elsewhere"])
+        read, got = eof_reader(peer)
+        await until(read)
+        assert got.startswith(b'{"type":"server"')  # the greeting, then the FIN
         await until(lambda: 1 not in worker.conns)
         assert ["closed", 1, True, "session resumed elsewhere"] in told_hub(worker)
 
