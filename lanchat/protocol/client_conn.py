@@ -300,8 +300,11 @@ class ClientState:
         elif kind == "server":
             self.info.server_name = str(frame.get("name", ""))
         elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:
-            self.outbox.pop(frame["id"], None)  # refused for good (bad text, not in room): do not resend
-            self._settle(frame["id"])  # a change refused: answered
+            rid = frame["id"]
+            done = rid in self._redone and frame.get("code") == m.Err.NOT_IN_ROOM  # a redone /part the server
+            self.outbox.pop(rid, None)  # did before its answer was lost: the room is left, as asked
+            self._settle(rid)  # refused for good (bad text, not in room): not sent again; a change: answered
+            return not done
         return True
 
     def _saw(self, event: dict[str, Any]) -> None:

@@ -514,6 +514,30 @@ def test_changes_the_expired_session_handled_are_done_again_in_the_new_one() -> 
     assert st.unconfirmed() == []  # answered: done
 
 
+def test_a_redone_part_the_server_did_already_is_not_shown_as_refused() -> None:
+    """/part r handled, its answer lost, and the session expired: the new session, made in #r from the
+    client's view, leaves #r again. That answer lost in turn, the resume sends the part once more, and the
+    server, which did it, refuses it (not in #r). The room is left, as the user asked: no error to show
+    (piped mode counted it in its exit code). A part the user types is refused as ever."""
+    st = welcomed()
+    st.receive_data(ev("join", 12, room="r", nick="al"))
+    part = st.request(m.Part("r"))
+    st.sent(part)
+    rid = decoded(part)["id"]
+    st.hello()
+    st.receive_data(welcome(20, resume_failed="session expired or unknown", last_id=rid, rooms=["lobby", "r"]))
+    assert st.unconfirmed() == [(rid, part)]  # done again in the new session
+    st.hello()
+    st.receive_data(welcome(21, resumed=True, last_id=rid, rooms=["lobby"]))  # done, and its answer lost
+    assert st.unconfirmed() == [(rid, part)]
+    assert st.receive_data(enc(type="error", code=m.Err.NOT_IN_ROOM, message="you are not in #r", id=rid)) == []
+    assert st.unconfirmed() == []  # answered all the same
+    typed = st.request(m.Part("r"))
+    st.sent(typed)
+    refusal = enc(type="error", code=m.Err.NOT_IN_ROOM, message="you are not in #r", id=decoded(typed)["id"])
+    assert [f["code"] for f in st.receive_data(refusal)] == [m.Err.NOT_IN_ROOM]
+
+
 def test_a_change_done_again_is_not_sent_once_more_after_a_later_one_was_handled() -> None:
     """A review: the redone /nick bob was handled, then the user's /nick al; both answers were lost, and the
     resume resent /nick bob (kept until answered), which the server did again: back to bob. A last_id above
