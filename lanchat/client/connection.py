@@ -140,6 +140,11 @@ class ChatClient:
         """The nicks (nick_key) this client has had (plain.sent_by_me)."""
         return self.state.info.had
 
+    @property
+    def session(self) -> str:
+        """The session's id, from the last welcome (plain.sent_by_me)."""
+        return self.state.info.session
+
     async def connect(self) -> None:
         """First connection. Raises ConnectError (with the CLI exit code) if it cannot register."""
         self._connecting = True

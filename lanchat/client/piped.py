@@ -97,7 +97,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
             return
         if kind == "server":
             return  # its hint is for people on nc/telnet
-        text = render(frame, client.nick, client.nicks_had)
+        text = render(frame, client.nick, client.nicks_had, client.session)
         if text is not None and kind == "error":  # errors go to stderr with the client's own (docs/client.md)
             if number is not None:
                 refuse(number, f"lanchat: line {number}: {text}")

@@ -208,6 +208,7 @@ class ChatView:
         self.nick = nick
         self._asked_nick = nick  # the last /nick sent (a rename queued or in flight is not the nick yet)
         self._nicks = NicksHad()  # the nicks we have had, from which seq: see plain.sent_by_me
+        self._session = ""  # the session's id, from the last welcome: see plain.sent_by_me
         self.current = CurrentRoom(room)  # where plain text goes
         self.server = clean(server)
         self.address = clean(address)
@@ -263,6 +264,7 @@ class ChatView:
 
     def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
         self._nicks.welcome(frame, self.nick)
+        self._session = str(frame.get("session", ""))
         self.nick = self._asked_nick = str(frame.get("nick", self.nick))
         rooms = [str(r) for r in _list(frame, "rooms") if isinstance(r, str)]
         for r in rooms:
@@ -446,7 +448,7 @@ class ChatView:
         elif kind == "privmsg":
             sender, to = str(frame.get("from", "")), str(frame.get("to", ""))
             text, _ = self._text(str(frame.get("text", "")), highlight=False)
-            if sent_by_me(frame, self.nick, self._nicks.had):
+            if sent_by_me(frame, self.nick, self._nicks.had, self._session):
                 frags += [("class:privmsg", "-> "), (self._nick_style(to), f"*{c(to)}*"), ("", " ")]
             else:
                 frags += [(self._nick_style(sender), f"*{c(sender)}*"), ("class:privmsg", " (private) ")]

@@ -166,11 +166,16 @@ def clock(ts: object) -> str:
         return "--:--"
 
 
-def sent_by_me(frame: dict[str, Any], me: str, had: Mapping[str, int] | None = None) -> bool:
-    """Whether a private message is one this client sent. ``had``: the nicks it has had (nick_key -> the seq
-    from which it had each, the latest time): a replay after an expiry or a rename carries messages from
-    and to nicks it had then, which others may hold now. From a nick it had, to one it never had: sent. From
-    and to two it had: sent if the sender is the one it held at the message's seq (had since, and later)."""
+def sent_by_me(frame: dict[str, Any], me: str, had: Mapping[str, int] | None = None, session: str = "") -> bool:
+    """Whether a private message is one this client sent. ``session``: the client's session id (its welcome's);
+    a message that names its sender's session is ours if that is it. One that does not (stored by an older
+    server) is judged by nicks. ``had``: the nicks the client has had (nick_key -> the seq from which it had
+    each, the latest time): a replay after an expiry or a rename carries messages from and to nicks it had
+    then, which others may hold now. From a nick it had, to one it never had: sent. From and to two it had:
+    sent if the sender is the one it held at the message's seq (had since, and later)."""
+    sender_session = frame.get("session")
+    if session and isinstance(sender_session, str):
+        return sender_session == session
     if not me:
         return False
     sender, to = m.nick_key(str(frame.get("from", ""))), m.nick_key(str(frame.get("to", "")))
@@ -193,12 +198,13 @@ def _int(value: object) -> int | None:
 @dataclass(slots=True)
 class NicksHad:
     """The nicks a client has had (nick_key -> the seq from which it had each, the latest time), for
-    sent_by_me, kept from its welcomes and its own ``nick`` events. A resume's welcome names the nick the
+    sent_by_me's messages without a ``session`` (an older server's), kept from its welcomes and its own
+    ``nick`` events. A resume's welcome names the nick the
     session has now; its own renames that the client had not read come after it in the replay, from the
     nick it had before (``_chain``), numbered up to the welcome's ``nick_since`` (``_chain_upto``: one later
     is someone else's), and are its own all the same. (If the client's own rename is missing from the replay,
     a gap's or one in no room, a rename of the old nick by someone who took it before the next is taken for
-    the client's: docs/security.md, item 38.)"""
+    the client's: docs/security.md, items 38 and 39.)"""
 
     had: dict[str, int] = field(default_factory=dict)
     _chain: str = ""
@@ -236,13 +242,14 @@ class NicksHad:
         return ours
 
 
-def render(frame: dict[str, Any], me: str = "", had: Mapping[str, int] | None = None) -> str | None:
-    """One server frame as one human line (None for frames a person need not see, like acks).
+def render(frame: dict[str, Any], me: str = "", had: Mapping[str, int] | None = None, session: str = "") -> str | None:
+    """One server frame as one human line (None for frames a person need not see, like acks). ``me``,
+    ``had`` and ``session``: whose client it is (sent_by_me).
 
     Total: a frame with fields of the wrong type (a broken or hostile server) renders as a notice.
     """
     try:
-        return _render(frame, me, had)
+        return _render(frame, me, had, session)
     except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError):
         return f"! unreadable {clean(frame.get('type'))[:20]} frame from the server"
 
@@ -261,7 +268,7 @@ def _items(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None) -> str | None:
+def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None, session: str) -> str | None:
     c = clean
     kind = frame.get("type")
     room = f"#{c(frame.get('room', ''))}"
@@ -271,7 +278,7 @@ def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None) -> st
     if kind == "action":
         return f"{at} {room} * {c(frame.get('from'))} {c(frame.get('text'))}"
     if kind == "privmsg":
-        if sent_by_me(frame, me, had):
+        if sent_by_me(frame, me, had, session):
             return f"{at} -> *{c(frame.get('to'))}* {c(frame.get('text'))}"
         return f"{at} *{c(frame.get('from'))}* {c(frame.get('text'))}"
     if kind == "join":

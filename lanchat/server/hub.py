@@ -1050,8 +1050,10 @@ class Hub:
         self._posted(s, rid)
         convs = ("@" + s.sid,) if target is s else ("@" + s.sid, "@" + target.sid)
         seq, ts = self._stamp(now)
-        line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b}\n' % (
-            seq, self._ts_literal(ts), s.nick_literal(), target.nick_literal(), text,
+        # The sender's session id tells its client which private messages it sent, also under a nick it has
+        # not read it had (a rename lost with a drop), or one someone else holds now (plain.sent_by_me).
+        line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b,"session":%b}\n' % (
+            seq, self._ts_literal(ts), s.nick_literal(), target.nick_literal(), text, m.json_str(s.sid),
         )  # fmt: skip
         self._keep(seq, ts, "privmsg", convs, line)
         self._to_sessions([s] if target is s else [s, target], line)

@@ -233,7 +233,8 @@ def test_one_frame_is_one_event_under_its_senders_nick_whatever_it_carries(make_
         for f in got:  # every event under mallory's nick, numbered and stamped by the server
             assert f.get("from", f.get("nick")) == "mallory", f
             assert f["seq"] > welcome_seq and started - 1 < f["ts"] < time.time() + 1, f
-            assert "session" not in f and "type2" not in f
+            assert f.get("session", mallory.welcome["session"]) == mallory.welcome["session"] and "type2" not in f
+            assert ("session" in f) == (f["type"] == "privmsg")  # the sender's own session, never the one sent
         topic = [f for f in got if f["type"] == "topic"]
         assert len(topic) == 1 and topic[0]["topic"] == ACCEPTED[2]
         seqs = [f["seq"] for f in got]

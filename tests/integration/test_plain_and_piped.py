@@ -297,6 +297,7 @@ class _HeldClient:
         self.state = type("State", (), {"rooms": ["lobby"], "registered": True, "outbox": {}, "unacked": 0})()
         self.nick, self.lost_reason, self.goodbye_lost, self.next_id = nick, "", False, 1
         self.nicks_had: dict[str, int] = {}
+        self.session = ""
         self._closed = asyncio.Event()
 
     async def connect(self) -> None:

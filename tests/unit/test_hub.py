@@ -2943,7 +2943,8 @@ def test_posted_lines_are_the_bytes_encode_writes(net: Workers) -> None:
     ) + m.encode({"type": "action", "seq": seq, "ts": 13.0, "room": "lobby", "from": "Zoë", "text": TRICKY})
     post(net.hub, 1, 2, "privmsg", "ZOË", TRICKY, 5, 14.0)
     (frame,) = [f for f in net.take_raw(1) if isinstance(f, control.ConnsFrame) and sorted(f.conns) == [1, 2]]
-    expected = {"type": "privmsg", "seq": seq + 1, "ts": 14.0, "from": "bo", "to": "Zoë", "text": TRICKY}
+    bo = net.hub.nicks["bo"].sid
+    expected = {"type": "privmsg", "seq": seq + 1, "ts": 14.0, "from": "bo", "to": "Zoë", "text": TRICKY, "session": bo}
     assert frame.payload == m.encode(expected)
     net.clear()
     net.hub.commit(14.0)
@@ -3264,6 +3265,7 @@ def test_a_privmsg_from_whoever_holds_an_old_nick_now_is_not_shown_as_sent(net: 
     def feed(frames: list[Frame]) -> list[tuple[str, str]]:
         out = []
         for f in frames:
+            f = {k: v for k, v in f.items() if k != "session"}  # told by nicks, as Face does
             for shown in st.receive_data(m.encode(f)):
                 plain = render(shown, st.info.nick, st.info.had)
                 tui = ["".join(t for _, t in ln.fragments) for ln in view.on_frame(shown)]
@@ -3294,17 +3296,25 @@ def test_a_privmsg_from_whoever_holds_an_old_nick_now_is_not_shown_as_sent(net: 
 
 
 class Face:
-    """al's client: its state, its terminal, and what both faces show of each private message."""
+    """al's client: its state, its terminal, and what both faces show of each private message.
 
-    def __init__(self, nick: str) -> None:
+    By default private messages reach it without their sender's ``session``, as lines an older server stored
+    them: the faces tell the ones they sent by the nicks they had (plain.NicksHad), which these tests are
+    about. ``sessions=True`` feeds the server's lines as they are."""
+
+    def __init__(self, nick: str, *, sessions: bool = False) -> None:
         self.st = ClientState(nick, ["lobby"])
         self.view = ChatView(nick, "lobby")
         self.pms: list[tuple[str, str]] = []  # (piped line, terminal line)
+        self.sessions = sessions
 
     def feed(self, frames: list[Frame]) -> None:
         for f in frames:
+            if f.get("type") == "privmsg" and not self.sessions:
+                assert isinstance(f.get("session"), str), f  # the server names the sender's session
+                f = {k: v for k, v in f.items() if k != "session"}
             for shown in self.st.receive_data(m.encode(f)):
-                plain = render(shown, self.st.info.nick, self.st.info.had)
+                plain = render(shown, self.st.info.nick, self.st.info.had, self.st.info.session)
                 tui = " ".join("".join(t for _, t in ln.fragments) for ln in self.view.on_frame(shown))
                 if shown.get("type") == "privmsg":
                     self.pms.append((plain or "", tui))
@@ -3518,10 +3528,10 @@ def test_nicks_had_on_a_server_whose_numbering_went_back_misread_a_message(
     assert received == (True, True), (plain, tui)
 
 
-def al_with_mo(stores: list[HistoryStore], path: Path) -> tuple[Workers, Face]:
+def al_with_mo(stores: list[HistoryStore], path: Path, *, sessions: bool = False) -> tuple[Workers, Face]:
     """al's client (its faces) in #lobby, where mo is too (worker 2, conn 20)."""
     net = Workers(make_hub(stores, path))
-    al = Face("al")
+    al = Face("al", sessions=sessions)
     net.hub.request(1, 10, json.loads(al.st.hello()), 0.0)
     al.feed(net.take(1, 10))
     welcome_of(net, 2, 20, "mo", now=0.5, rooms=["lobby"])
@@ -3535,6 +3545,34 @@ def _send(al: Face, net: Workers, w: int, conn: int, req: m.Request, now: float,
     net.hub.request(w, conn, json.loads(line), now)
     if read:
         al.feed(net.take(w, conn))
+
+
+@pytest.mark.parametrize("sessions", [True, False])
+def test_a_message_sent_under_a_rename_never_read_before_an_expiry_reads_as_sent_by_its_session(
+    tmp_path: Path, stores: list[HistoryStore], sessions: bool
+) -> None:
+    """al sends /nick alx and /msg mo hi, and drops before reading either; its session expires. Back, the
+    client, which never knew it was alx, gets the message in the catch-up: from alx, a nick it never had.
+    The message names its sender's session, the client's again (the new session took the expired one's
+    id): sent, in both faces. Told by nicks alone (a line an older server stored), it reads as received
+    from alx (docs/security.md, item 38)."""
+    net, al = al_with_mo(stores, tmp_path, sessions=sessions)
+    hub = net.hub
+    _send(al, net, 1, 10, m.Nick("alx"), 1.0, read=False)
+    _send(al, net, 1, 10, m.PrivMsg("mo", "hi"), 1.5, read=False)
+    hub.commit(1.5)
+    hub.closed(1, 10, False, "lost", 2.0)
+    net.forget(1, 10)
+    hub.tick(2.0 + GRACE)  # expired
+    al.pms.clear()
+    hub.request(3, 30, json.loads(al.st.hello()), 3.0 + GRACE)
+    answer = net.take(3, 30)
+    assert answer[0]["type"] == "welcome" and answer[0]["resume_failed"], answer[0]
+    al.feed(answer)
+    assert al.st.info.nick == "al" and al.view.nick == "al"
+    ((plain, tui),) = al.pms  # the catch-up brought it
+    sent = ("-> *mo*" in plain, "-> *mo*" in tui)
+    assert sent == ((True, True) if sessions else (False, False)), (plain, tui)
 
 
 def test_a_rename_back_the_client_never_read_keeps_the_first_seq_of_its_nick(
@@ -3639,6 +3677,42 @@ def test_a_resumes_rename_chain_cut_by_a_gap_follows_someone_else(tmp_path: Path
     welcome_of(net, 4, 40, "al", now=4.0, rooms=["lobby"])  # eve takes the free nick al
     hub.request(4, 40, {"type": "nick", "nick": "zed"}, 4.5)
     assert zed_writes_to_bob(al, net, 5.0) == (True, True)  # received, in both faces
+
+
+@pytest.mark.parametrize("sessions", [True, False])
+def test_a_rename_of_the_clients_old_nick_by_someone_else_before_its_next_is_told_apart_by_session(
+    tmp_path: Path, stores: list[HistoryStore], sessions: bool
+) -> None:
+    """The edge item 38 of docs/security.md leaves to the nicks: al sends /nick bob, which a gap cuts from
+    the resume's replay; eve takes al, renames to zed and writes to bob; al sends /nick cy; none of it read.
+    Told by nicks, 'al -> zed' in the replay reads as one of the client's own renames, and zed's message to
+    bob (a nick the client does not know it had) as one it sent. It names zed's session: received."""
+    net = Workers(make_hub(stores, tmp_path, replay_max=3000))
+    hub = net.hub
+    al = Face("al", sessions=sessions)
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    welcome_of(net, 2, 20, "mo", now=0.5, rooms=["lobby"])
+    al.feed(net.take(1, 10))
+    _send(al, net, 1, 10, m.Nick("bob"), 1.0, read=False)
+    for i in range(60):
+        hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"line {i} " + "x" * 60}, 2.0)
+    welcome_of(net, 4, 40, "al", now=2.5, rooms=["lobby"])  # eve takes the free nick al
+    hub.request(4, 40, {"type": "nick", "nick": "zed"}, 2.6)
+    hub.request(4, 40, {"type": "privmsg", "to": "bob", "text": "hi bob"}, 2.65)
+    _send(al, net, 1, 10, m.Nick("cy"), 2.7, read=False)
+    hub.closed(1, 10, False, "lost", 2.8)
+    net.forget(1, 10)
+    hub.tick(2.9)
+    net.take(2, 20)
+    al.pms.clear()
+    answer = _resume(al, net, 3, 30, 3.0)
+    assert "gap" in kinds(answer)
+    assert [(f["old"], f["new"]) for f in answer if f["type"] == "nick"] == [("al", "zed"), ("bob", "cy")]
+    assert al.st.info.nick == "cy" and al.view.nick == "cy"
+    ((plain, tui),) = al.pms  # the replay brought it
+    received = ("*zed*" in plain and "->" not in plain, "(private)" in tui and "->" not in tui)
+    assert received == ((True, True) if sessions else (False, False)), (plain, tui)
 
 
 def test_a_resumes_rename_in_no_room_is_never_replayed_and_the_chain_follows_someone_else(

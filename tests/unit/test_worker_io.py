@@ -54,11 +54,9 @@ def test_a_long_busy_round_defers_the_next_and_a_short_or_thin_one_does_not() ->
             pause_until = worker._fanout_at
             assert pause_until - slow.flushed[-1] >= 3 * const.FANOUT_PAUSE_MIN * const.FANOUT_PAUSE
             worker.mark_dirty(fast)  # type: ignore[arg-type]
-            for _ in range(3):
-                await asyncio.sleep(0)
-            assert fast.flushed == []  # the pause holds it back past the next loop iterations...
             await asyncio.wait_for(fast.event.wait(), 5)
-            assert fast.flushed[0] >= pause_until  # ...until the pause is over
+            assert fast.flushed[0] >= pause_until  # the pause held it back until it was over (not "for the next
+            # few loop iterations": the pause is 3 ms, and a test process on a loaded machine waits that long)
             fast.event.clear()
             worker.mark_dirty(fast)  # type: ignore[arg-type]
             for _ in range(3):
