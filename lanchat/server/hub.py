@@ -285,6 +285,26 @@ class Hub:
                 self._naming[sid] = (*self._naming.get(sid, ()), k)
         self._expired, self._expired_readers = posters | self._expired, readers | self._expired_readers
 
+    def _expire_last_run(self, refused: dict[str, tuple[int, ...]], now: float) -> None:
+        """The database opened after the start: the last run's sessions on disk expire now, as if their grace
+        had run out. Their clients could not resume them meanwhile (nothing was loaded) and may have taken
+        their nicks as new sessions: loaded as held sessions, a nick would be had twice. Remembered as tokens,
+        a client that comes back with one gets what it missed, its private messages included, and nothing it
+        had sent is posted twice."""
+        for row in self.store.load_sessions():
+            if row.sid in self.sessions:  # this run's own (written by the commit that opened it)
+                continue
+            ids = refused.get("s:" + row.sid, ())
+            if not row.plain:
+                entry = (row.last_id, now + self.wall_offset, ids, row.sid, -1)
+                for key in (_token_key(row.token), *row.aliases.split()):
+                    self._remember_expired(key, entry)
+            self.store.drop_session(row.sid, keep_conv=not row.plain)
+            if ids:
+                self.store.put_refused("s:" + row.sid, ())
+            log.info("session %s (%s) of the last run expired: the database opened only now", row.sid[:8], row.nick)
+        self._forget_expired(now)
+
     def end_plain_sessions(self, reason: str, now: float) -> None:
         """End the plain-text (nc) sessions: they cannot resume, so holding their nicks for the resume grace
         (as a restart does for JSON clients) would only keep the nicks from their owners when they come back."""
@@ -403,7 +423,9 @@ class Hub:
         The I/O edge calls this before it relays a tick's output, so what is seen is on disk."""
         ok = self.store.commit(now)
         if not self._expired_loaded and self.store.opens:  # the database opened only now: the last run's tokens
-            self._load_expired({k: v for k, v in self.store.load_refused().items() if k.startswith("t:")})
+            refused = self.store.load_refused()
+            self._load_expired({k: v for k, v in refused.items() if k.startswith("t:")})
+            self._expire_last_run(refused, now)
         if ok and self.store.sessions_lost:  # records given up on while the disk failed: all live ones again
             self.store.sessions_lost = False
             self.save_sessions()

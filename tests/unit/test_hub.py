@@ -2995,6 +2995,43 @@ def pm_line(seq: int, text: str) -> str:
 # --- 1. the sweep is skipped by a late open -----------------------------------------------------------------
 
 
+def test_the_last_runs_sessions_expire_when_the_database_opens_late(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A database that opened only after the start loaded the last run's tokens, not its sessions, which
+    stayed on disk: the next start loaded them beside the sessions their clients had made meanwhile, and a
+    nick was had twice (two bo in #lobby; the stale one's expiry told the room that bo quit). They expire
+    when the database opens: a client back with its old token gets what it missed, its private messages
+    included, and its resent post is not posted twice."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 1.0)
+    hub.request(2, 20, {"type": "privmsg", "to": "al", "text": "psst"}, 1.5)
+    hub.commit(1.5)
+    hub.shutdown("restart", 2.0)
+    hub.store.close()
+    closed = [True]
+    store = HistoryStore(tmp_path, guard=lambda: "locked" if closed[0] else None)
+    stores.append(store)
+    net2 = Workers(Hub(store, resume_grace=GRACE, now=10.0))
+    welcome_of(net2, 2, 20, "bo", now=11.0)  # bo's resume failed (nothing loaded): a new session
+    closed[0] = False
+    assert net2.hub.commit(11.0 + const.DB_RETRY_INTERVAL) and store._db is not None
+    assert [s.nick for s in net2.hub.sessions.values()] == ["bo"]
+    net2.clear()
+    back = {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"], "attempt": 3}
+    net2.hub.request(1, 10, back, 20.0)
+    answer = net2.take(1, 10)
+    assert answer[0]["resume_failed"] and answer[0]["session"] == al["session"] and answer[0]["last_id"] == 1
+    assert said(answer) == [("msg", "one"), ("privmsg", "psst")]
+    net2.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 21.0)  # resent
+    net2.hub.commit(21.0)
+    assert net2.take(1, 10) == [{"type": "ack", "id": 1, "seq": None}]
+    net2.hub.shutdown("restart", 30.0)
+    store.close()
+    assert sorted(s.nick for s in make_hub(stores, tmp_path, now=40.0).sessions.values()) == ["al", "bo"]
+
+
 def test_a_late_open_after_any_event_still_sweeps_orphaned_private_conversations(
     tmp_path: Path, stores: list[HistoryStore]
 ) -> None:
