@@ -55,8 +55,10 @@ def test_a_long_busy_round_defers_the_next_and_a_short_or_thin_one_does_not() ->
             assert pause_until - slow.flushed[-1] >= 3 * const.FANOUT_PAUSE_MIN * const.FANOUT_PAUSE
             worker.mark_dirty(fast)  # type: ignore[arg-type]
             await asyncio.wait_for(fast.event.wait(), 5)
-            assert fast.flushed[0] >= pause_until  # the pause held it back until it was over (not "for the next
-            # few loop iterations": the pause is 3 ms, and a test process on a loaded machine waits that long)
+            # The pause held it back until it was over, or all but the last FANOUT_PAUSE_MIN of it (a shorter
+            # wait is not timed: _schedule_fanout); not "for the next few loop iterations", as this said: the
+            # pause is 3 ms, and a test process on a loaded machine may wait that long to run at all.
+            assert fast.flushed[0] >= pause_until - const.FANOUT_PAUSE_MIN
             fast.event.clear()
             worker.mark_dirty(fast)  # type: ignore[arg-type]
             for _ in range(3):
