@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, islice, takewhile
 from typing import Any, Final
@@ -212,6 +212,7 @@ class Hub:
         # stretch. The wall time (events' ts, tokens remembered across restarts) is now + wall_offset, which
         # the I/O edge keeps current.
         self.wall_offset = wall_offset
+        self._start_wall = now + wall_offset  # this run's start, by the wall clock
         self.resume_grace = resume_grace
         self.history_on_join = history_on_join
         self.max_frame = max_frame  # told in the welcome: a client refuses longer posts before sending them
@@ -271,9 +272,16 @@ class Hub:
             log.info("%s of the last run held %g s for their clients to resume",
                      count_of(len(self.sessions), "session"), self.resume_grace)  # fmt: skip
 
-    def _load_expired(self, refused: dict[str, tuple[int, ...]]) -> None:
+    def _load_expired(self, refused: dict[str, tuple[int, ...]], last_run: Sequence[SessionRow] = ()) -> None:
         """The tokens remembered on disk, older than any of this run's (the database may open late). Those
-        past the bounds are forgotten at the next tick, with the private messages they kept."""
+        past the bounds are forgotten at the next tick, with the private messages they kept.
+
+        ``last_run``: the last run's session records, when the database opened only after the start. They
+        expire now, as if their grace had run out with this run's start (older than this run's expiries).
+        Their clients could not resume them meanwhile (nothing was loaded) and may have taken their nicks as
+        new sessions: loaded as held sessions, a nick would be had twice. Remembered as tokens, a client that
+        comes back with one gets what it missed, its private messages included, and a resend is not posted
+        twice."""
         if self._expired_loaded or not self.store.opens:
             return
         self._expired_loaded = True
@@ -283,27 +291,19 @@ class Hub:
             if k not in self._expired and k not in self._expired_readers:
                 (posters if i >= 0 else readers)[k] = (i, t, refused.pop("t:" + k, ()), sid, attempt)
                 self._naming[sid] = (*self._naming.get(sid, ()), k)
-        self._expired, self._expired_readers = posters | self._expired, readers | self._expired_readers
-
-    def _expire_last_run(self, refused: dict[str, tuple[int, ...]], now: float) -> None:
-        """The database opened after the start: the last run's sessions on disk expire now, as if their grace
-        had run out. Their clients could not resume them meanwhile (nothing was loaded) and may have taken
-        their nicks as new sessions: loaded as held sessions, a nick would be had twice. Remembered as tokens,
-        a client that comes back with one gets what it missed, its private messages included, and nothing it
-        had sent is posted twice."""
-        for row in self.store.load_sessions():
-            if row.sid in self.sessions:  # this run's own (written by the commit that opened it)
-                continue
-            ids = refused.get("s:" + row.sid, ())
+        expired = [row for row in last_run if row.sid not in self.sessions]  # (this run's own are written first)
+        for row in expired:
+            ids = refused.pop("s:" + row.sid, ())
             if not row.plain:
-                entry = (row.last_id, now + self.wall_offset, ids, row.sid, -1)
+                entry = (row.last_id, self._start_wall, ids, row.sid, -1)
                 for key in (_token_key(row.token), *row.aliases.split()):
-                    self._remember_expired(key, entry)
+                    self._remember_expired(key, entry, (posters, readers))
             self.store.drop_session(row.sid, keep_conv=not row.plain)
             if ids:
                 self.store.put_refused("s:" + row.sid, ())
-            log.info("session %s (%s) of the last run expired: the database opened only now", row.sid[:8], row.nick)
-        self._forget_expired(now)
+        if expired:
+            log.info("%s of the last run expired: the database opened only now", count_of(len(expired), "session"))
+        self._expired, self._expired_readers = posters | self._expired, readers | self._expired_readers
 
     def end_plain_sessions(self, reason: str, now: float) -> None:
         """End the plain-text (nc) sessions: they cannot resume, so holding their nicks for the resume grace
@@ -417,15 +417,24 @@ class Hub:
         """Acks or closes wait for the next commit."""
         return bool(self._acks or self._closes)
 
+    def commit_store(self, now: float, *, force: bool = False) -> bool:
+        """The store's commit (every one the hub or the I/O edge makes), and if the database opened only now,
+        after the start: the last run's tokens and sessions (_load_expired), written at once (a crash must
+        not find its sessions on disk beside this run's)."""
+        ok = self.store.commit(now, force=force)
+        if self._expired_loaded or not self.store.opens:
+            return ok
+        last_run = self.store.load_sessions_late()
+        if last_run is None:  # tried again at the next commit
+            return ok
+        self._load_expired(self.store.load_refused(), last_run)
+        return self.store.commit(now, force=force)
+
     def commit(self, now: float) -> bool:
         """Write the history batch, then release the acks it covers (an ack means: on disk, if the disk
         works; while it fails, the message was still relayed and the ack says so: chat goes on).
         The I/O edge calls this before it relays a tick's output, so what is seen is on disk."""
-        ok = self.store.commit(now)
-        if not self._expired_loaded and self.store.opens:  # the database opened only now: the last run's tokens
-            refused = self.store.load_refused()
-            self._load_expired({k: v for k, v in refused.items() if k.startswith("t:")})
-            self._expire_last_run(refused, now)
+        ok = self.commit_store(now)
         if ok and self.store.sessions_lost:  # records given up on while the disk failed: all live ones again
             self.store.sessions_lost = False
             self.save_sessions()
@@ -647,10 +656,14 @@ class Hub:
             del self.nicks[m.nick_key(s.nick)]
         log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, logged or reason)
 
-    def _remember_expired(self, key: str, entry: _Expired) -> None:
-        """``entry``'s time is the wall clock's: kept across restarts."""
+    def _remember_expired(
+        self, key: str, entry: _Expired, pools: tuple[dict[str, _Expired], dict[str, _Expired]] | None = None
+    ) -> None:
+        """``entry``'s time is the wall clock's: kept across restarts. ``pools``: (posters', readers') to add
+        it to, if not the hub's own."""
         last_id, at, refused, sid, attempt = entry
-        self._expired_pool(last_id)[key] = entry
+        posters, readers = pools or (self._expired, self._expired_readers)
+        (posters if last_id >= 0 else readers)[key] = entry
         self._naming[sid] = (*self._naming.get(sid, ()), key)
         self.store.put_expired(key, last_id, at, sid, attempt)
         if refused:
@@ -659,9 +672,6 @@ class Hub:
     def _pop_expired(self, key: str) -> _Expired | None:
         gone = self._expired.pop(key, None)
         return self._expired_readers.pop(key, None) if gone is None else gone
-
-    def _expired_pool(self, last_id: int) -> dict[str, _Expired]:
-        return self._expired if last_id >= 0 else self._expired_readers
 
     def _forget_expired(self, now: float) -> None:
         wall = now + self.wall_offset
@@ -920,7 +930,7 @@ class Hub:
         if not from_disk:  # the ring holds all of it
             newest_first = mine(after)
         else:
-            self.store.commit(now)
+            self.commit_store(now)
             # A hole: events history lost, or holds for a failing disk from before the ring's oldest (those
             # after it the ring serves: a failing disk alone is no hole, reads still work).
             ring0 = recent[0][0] if recent else None
@@ -1149,7 +1159,7 @@ class Hub:
         """The newest events of the room, marked as history, from memory (one database read per room); of a
         hello's rooms, those that fit its ``backlog``."""
         if not room.tail_loaded:
-            self.store.commit(now)
+            self.commit_store(now)
             page = self.store.events(room.name, limit=self.history_on_join)
             lines, more = self._with_held(room.name, page, self.history_on_join)
             room.tail = deque(maxlen=self.history_on_join)
@@ -1223,7 +1233,7 @@ class Hub:
         self._to_room(room, line)
 
     def _history(self, s: Session, req: m.History, now: float) -> None:
-        self.store.commit(now)  # pages are read from the database; make it current first
+        self.commit_store(now)  # pages are read from the database; make it current first
         stored = self.store.events(  # no more rows read than the reply can carry (characters: at most its bytes)
             req.room, before=req.before, after=req.after, limit=req.limit, max_chars=self._reply_budget
         )

@@ -788,7 +788,7 @@ class Server:
                 log.warning("discovery: goodbye failed: %s", exc)
         self.hub.end_plain_sessions("server shutting down", self._now())
         self.hub.save_sessions()
-        self.store.commit(self._now(), force=True)  # even within the retry wait of a failed write
+        self.hub.commit_store(self._now(), force=True)  # even within the retry wait of a failed write
         self.store.checkpoint()
         if self.store.pending and self.exit_code == EXIT_OK:  # a stop is not clean if it lost history
             self.exit_code = EXIT_HISTORY_LOST

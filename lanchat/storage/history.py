@@ -385,6 +385,15 @@ class HistoryStore:
         ).fetchall()
         return [SessionRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), *r[6:]) for r in rows]
 
+    def load_sessions_late(self) -> list[SessionRow] | None:
+        """load_sessions for a database that opened after the start (the server runs): None if the read
+        failed (counted and logged as the store's failures are), to be tried again."""
+        try:
+            return self.load_sessions()
+        except sqlite3.Error as exc:
+            self._read_failed(exc)
+            return None
+
     def load_expired(self) -> list[tuple[str, int, float, str, int]]:
         """The expired sessions' token keys, oldest first, as (key, last_id, when, sid, attempt): the hub
         forgets those past its bounds (Hub._forget_expired), with what it kept for them."""

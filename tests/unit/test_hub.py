@@ -3001,20 +3001,8 @@ def test_the_last_runs_sessions_expire_when_the_database_opens_late(tmp_path: Pa
     nick was had twice (two bo in #lobby; the stale one's expiry told the room that bo quit). They expire
     when the database opens: a client back with its old token gets what it missed, its private messages
     included, and its resent post is not posted twice."""
-    net = Workers(make_hub(stores, tmp_path))
-    hub = net.hub
-    al = welcome_of(net, 1, 10, "al")
-    welcome_of(net, 2, 20, "bo")
-    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 1.0)
-    hub.request(2, 20, {"type": "privmsg", "to": "al", "text": "psst"}, 1.5)
-    hub.commit(1.5)
-    hub.shutdown("restart", 2.0)
-    hub.store.close()
-    closed = [True]
-    store = HistoryStore(tmp_path, guard=lambda: "locked" if closed[0] else None)
-    stores.append(store)
-    net2 = Workers(Hub(store, resume_grace=GRACE, now=10.0))
-    welcome_of(net2, 2, 20, "bo", now=11.0)  # bo's resume failed (nothing loaded): a new session
+    al, net2, closed = last_run_then_late_open(tmp_path, stores)
+    store = net2.hub.store
     closed[0] = False
     assert net2.hub.commit(11.0 + const.DB_RETRY_INTERVAL) and store._db is not None
     assert [s.nick for s in net2.hub.sessions.values()] == ["bo"]
@@ -3030,6 +3018,106 @@ def test_the_last_runs_sessions_expire_when_the_database_opens_late(tmp_path: Pa
     net2.hub.shutdown("restart", 30.0)
     store.close()
     assert sorted(s.nick for s in make_hub(stores, tmp_path, now=40.0).sessions.values()) == ["al", "bo"]
+
+
+def last_run_then_late_open(tmp_path: Path, stores: list[HistoryStore]) -> tuple[Frame, Workers, list[bool]]:
+    """al (posted id 1, sent a private message) and bo held at a restart; the next run starts without its
+    database (``closed[0] = False`` lets it open) and bo, unable to resume, makes a new session. Returns
+    al's welcome, the new run and the switch."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 1.0)
+    hub.request(2, 20, {"type": "privmsg", "to": "al", "text": "psst"}, 1.5)
+    hub.commit(1.5)
+    hub.shutdown("restart", 2.0)
+    hub.store.close()
+    closed = [True]
+    store = HistoryStore(tmp_path, guard=lambda: "locked" if closed[0] else None)
+    stores.append(store)
+    net2 = Workers(Hub(store, resume_grace=GRACE, now=10.0))
+    welcome_of(net2, 2, 20, "bo", now=11.0)
+    return al, net2, closed
+
+
+def test_a_crash_right_after_the_late_open_finds_the_last_runs_sessions_gone(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: the drops and tokens were queued after the commit that opened the database, and a crash
+    before the next commit found the last run's sessions beside this run's (two bo). Written at once now."""
+    _, net2, closed = last_run_then_late_open(tmp_path, stores)
+    closed[0] = False
+    assert net2.hub.commit(11.0 + const.DB_RETRY_INTERVAL)
+    assert not net2.hub.store.pending
+    net2.hub.store.close()  # a crash now: nothing pending is lost
+    assert sorted(s.nick for s in make_hub(stores, tmp_path, now=40.0).sessions.values()) == ["bo"]
+
+
+def test_a_late_open_by_a_history_request_expires_the_last_run_too(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A review: only Hub.commit looked for a late open, and a /history (or a resume read from disk, a first
+    join) opens the database by a commit of its own, after which the I/O edge may have nothing to commit:
+    al, back with its token, got a new session and none of its private messages."""
+    al, net2, closed = last_run_then_late_open(tmp_path, stores)
+    net2.hub.commit(11.0)  # within the retry wait: not open
+    net2.clear()
+    closed[0] = False
+    net2.hub.request(2, 20, {"type": "history", "room": "lobby", "id": 5}, 11.0 + const.DB_RETRY_INTERVAL)
+    assert net2.hub.store.opens == 1 and not net2.hub.store.pending and not net2.hub.commit_pending
+    back = {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"], "attempt": 3}
+    net2.hub.request(1, 10, back, 20.0)
+    answer = net2.take(1, 10)
+    assert answer[0]["session"] == al["session"] and ("privmsg", "psst") in said(answer)
+
+
+def test_the_last_runs_tokens_are_older_than_this_runs_at_the_bound(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the last run's sessions, expired at the open, were stamped with its time and came last, so
+    at the count bound this run's tokens (clients that may still come back) went first. They date from
+    this run's start now, older than any of this run's."""
+    monkeypatch.setattr(const, "EXPIRED_TOKENS_MAX", 2)
+    net = Workers(make_hub(stores, tmp_path))
+    for i, nick in enumerate(("a1", "a2", "a3")):
+        welcome_of(net, 1, 10 + i, nick)
+        net.hub.request(1, 10 + i, {"type": "msg", "room": "lobby", "text": nick, "id": 1}, 1.0)
+    net.hub.shutdown("restart", 2.0)
+    net.hub.store.close()
+    closed = [True]
+    store = HistoryStore(tmp_path, guard=lambda: "locked" if closed[0] else None)
+    stores.append(store)
+    net2 = Workers(Hub(store, resume_grace=GRACE, now=10.0))
+    cy = welcome_of(net2, 3, 30, "cy", now=11.0)
+    net2.hub.request(3, 30, {"type": "msg", "room": "lobby", "text": "x", "id": 1}, 11.0)
+    net2.hub.closed(3, 30, False, "lost", 12.0)
+    net2.hub.tick(12.0 + GRACE)  # cy (this run's) expires during the outage
+    closed[0] = False
+    assert net2.hub.commit(13.0 + GRACE)
+    net2.hub.tick(14.0 + GRACE)
+    assert _token_key(cy["token"]) in net2.hub._expired and len(net2.hub._expired) == 2
+    assert [t for t, *_ in store.load_expired()][-1] == _token_key(cy["token"])  # the newest on disk too
+
+
+def test_a_failed_read_of_the_last_runs_sessions_at_a_late_open_is_tried_again(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the read's error escaped Hub.commit (the I/O edge's flush), and the expiry was not tried
+    again that run. Counted as a failed read (the store degraded until a commit succeeds) and tried again."""
+    _, net2, closed = last_run_then_late_open(tmp_path, stores)
+    store = net2.hub.store
+    closed[0] = False
+    real, fail = store.load_sessions, [True]
+
+    def flaky() -> list[history.SessionRow]:
+        if fail.pop() if fail else False:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real()
+
+    monkeypatch.setattr(store, "load_sessions", flaky)
+    net2.hub.commit(11.0 + const.DB_RETRY_INTERVAL)
+    assert store.reads_failed == 1 and sorted(r.nick for r in real()) == ["al", "bo", "bo"]
+    assert net2.hub.commit(12.0 + 2 * const.DB_RETRY_INTERVAL)
+    assert [r.nick for r in real()] == ["bo"]
 
 
 def test_a_late_open_after_any_event_still_sweeps_orphaned_private_conversations(
