@@ -232,7 +232,9 @@ class NicksHad:
         seq = _int(frame.get("seq"))
         if self._chain and (seq is None or seq > self._chain_upto):  # past the renames the welcome named
             self._chain = ""
-        ours = old == m.nick_key(me)
+        # From the nick it has now, but numbered before it had it (a resume's replay: someone else held the
+        # nick then, and renamed away before the client took it): not its own.
+        ours = old == m.nick_key(me) and (seq is None or seq >= self.had.get(old, -1))
         if not ours and not (self._chain and old == self._chain):
             return False
         if new != old:  # (a change of case only: held all along)

@@ -15,7 +15,7 @@ import logging
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain, islice, takewhile
 from typing import Any, Final
 
@@ -795,6 +795,10 @@ class Hub:
         if after is not None and not 0 <= after < self.seq:
             after = None  # (above: numbers this server never gave, its data directory restored from a copy)
         self._welcome(s, req, joining, seq=after)
+        if gone is not None:  # The record first, in the rooms it is joining: the replay or a join's history
+            # may read the disk, and the commit before the read writes the expired token's deletion. A crash
+            # after it must find the session (last_id, the private messages' id, the old token as its alias).
+            self.store.put_session(replace(s.row(), rooms=tuple(joining)))
         if after is not None:  # (with room for the rooms' replies and joins that follow: 500 nicks, a topic)
             answer = min(self._answer_size(joining, s), self.replay_max // 2)  # (half at least for the replay)
             convs = [*joining, "@" + s.sid]  # its rooms', and the private messages sent to it meanwhile
@@ -978,8 +982,19 @@ class Hub:
     def _dispatch(self, s: Session, req: m.Request, now: float) -> None:
         change = req.id if m.is_change(req) else None  # its id: acked once done
         if change is not None and change > s.last_id:
-            s.last_id = change  # handled, refused or not: the welcome of a resume says so (no resend),
-            self.store.put_posted(s.sid, change)  # after a restart too (a join, part or nick writes the record)
+            s.last_id = change  # handled, refused or not: the welcome of a resume says so (no resend), after a
+            # restart too (a join, part or nick writes the record; the rest, a posted row once it is handled:
+            # a commit inside it, a join's history read, must not put the id on disk before the room)
+            try:
+                self._handle(s, req, now)
+            finally:
+                self.store.put_posted(s.sid, change)
+        else:
+            self._handle(s, req, now)
+        if change is not None:  # after its events and replies: the client forgets it (else resent after a drop)
+            self._send(s, {"type": "ack", "id": change})
+
+    def _handle(self, s: Session, req: m.Request, now: float) -> None:
         if isinstance(req, m.Msg | m.Action):
             self._post_room(s, req.TYPE, req.room, m.json_str(req.text), req.id, now)
         elif isinstance(req, m.PrivMsg):
@@ -1016,8 +1031,6 @@ class Hub:
                 self._closes.append((w, c, reason))  # its worker keeps it open for what came before the quit
         else:
             raise RemoteProtocolError(m.Err.UNKNOWN_TYPE, f"{req.TYPE} is not allowed here", request_id=req.id)
-        if change is not None:  # after its events and replies: the client forgets it (else resent after a drop)
-            self._send(s, {"type": "ack", "id": change})
 
     def _resent(self, s: Session, rid: int | None) -> bool:
         """True if ``rid`` was posted before (a resend after an uncertain drop): ack it again, post nothing.

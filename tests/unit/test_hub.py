@@ -3020,6 +3020,67 @@ def test_the_last_runs_sessions_expire_when_the_database_opens_late(tmp_path: Pa
     assert sorted(s.nick for s in make_hub(stores, tmp_path, now=40.0).sessions.values()) == ["al", "bo"]
 
 
+def crash(store: HistoryStore) -> None:
+    """The process dies: what the store had not committed is lost (no clean stop)."""
+    assert store._db is not None
+    store._db.close()
+    store._db = None
+
+
+def test_a_join_handled_just_before_a_crash_is_sent_again_not_lost(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A model test (a helper's): a change's id went to the disk before the change, and a /join's history read
+    (a commit of its own, for a room whose recent lines are not loaded) wrote the id without the room. After
+    a crash the session said it had handled the join: the client never sent it again, and its next line to
+    the room was refused. The id is queued once the change is done."""
+    net = Workers(make_hub(stores, tmp_path))
+    st = ClientState("al", ["lobby"])
+    net.hub.request(1, 10, json.loads(st.hello()), 0.0)
+    net.hub.commit(0.0)
+    for f in net.take(1, 10):
+        st.receive_data(m.encode(f))
+    line = st.request(m.Join("dev"))
+    st.sent(line)
+    net.hub.request(1, 10, json.loads(line), 1.0)  # handled; the tick's commit never comes
+    crash(net.hub.store)
+    net2 = Workers(make_hub(stores, tmp_path, now=2.0))
+    net2.hub.request(1, 11, json.loads(st.hello()), 3.0)
+    for f in net2.take(1, 11):
+        st.receive_data(m.encode(f))
+    assert st.unconfirmed() == [(json.loads(line)["id"], line)]  # sent again: the crash took it
+
+
+def test_a_crash_inside_the_hello_after_an_expiry_keeps_the_expired_session(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A model test (a helper's): a hello after an expiry forgot the token (its deletion queued), and its
+    catch-up, read from the disk after a restart, committed it before the new session's record was queued.
+    A crash then lost both: the client, back with the old token, got a new session without its last_id,
+    and its resent post went out twice. The record is queued before the read now."""
+    net = Workers(make_hub(stores, tmp_path))
+    st = ClientState("al", ["lobby"])
+    net.hub.request(1, 10, json.loads(st.hello()), 0.0)
+    net.hub.commit(0.0)
+    for f in net.take(1, 10):
+        st.receive_data(m.encode(f))
+    _, line = st.post(m.Msg("lobby", "hello once"))
+    net.hub.request(1, 10, json.loads(line), 1.0)
+    net.hub.commit(1.0)  # posted; its ack lost with the connection
+    net.hub.closed(1, 10, False, "lost", 1.5)
+    net.hub.tick(2.0 + GRACE)  # expired: the token remembered with last_id 1
+    net.hub.shutdown("restart", 3.0 + GRACE)
+    net.hub.store.close()
+    net = Workers(make_hub(stores, tmp_path, now=4.0 + GRACE))  # the ring is empty: the catch-up reads the disk
+    net.hub.request(1, 11, json.loads(st.hello()), 5.0 + GRACE)
+    crash(net.hub.store)
+    net = Workers(make_hub(stores, tmp_path, now=6.0 + GRACE))
+    net.hub.request(1, 12, json.loads(st.hello()), 7.0 + GRACE)
+    welcome = net.take(1, 12)[0]
+    assert welcome["resumed"] and welcome["last_id"] == 1, welcome
+    net.hub.request(1, 12, json.loads(line), 8.0 + GRACE)  # resent
+    net.hub.commit(8.0 + GRACE)
+    assert net.take(1, 12) == [{"type": "ack", "id": 1, "seq": None}]
+
+
 def last_run_then_late_open(tmp_path: Path, stores: list[HistoryStore]) -> tuple[Frame, Workers, list[bool]]:
     """al (posted id 1, sent a private message) and bo held at a restart; the next run starts without its
     database (``closed[0] = False`` lets it open) and bo, unable to resume, makes a new session. Returns
@@ -3698,6 +3759,33 @@ def test_a_message_sent_under_a_rename_never_read_before_an_expiry_reads_as_sent
     ((plain, tui),) = al.pms  # the catch-up brought it
     sent = ("-> *mo*" in plain, "-> *mo*" in tui)
     assert sent == ((True, True) if sessions else (False, False)), (plain, tui)
+
+
+def test_a_rename_away_from_the_clients_nick_numbered_before_it_took_it_is_not_its_own(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A model test (a helper's): mo took alx and renamed back to mo, then al's /nick alx was handled; the
+    client read none of it before a drop. The resume's replay: mo -> alx, alx -> mo, al -> alx, after a
+    welcome that says alx since al's rename. 'alx -> mo', from the nick the client has now, was taken as
+    its own: the client believed it was mo, and no longer knew its own joins."""
+    net, al = al_with_mo(stores, tmp_path)
+    hub = net.hub
+    line = al.st.request(m.Nick("alx"))
+    al.st.sent(line)
+    hub.request(2, 20, {"type": "nick", "nick": "alx"}, 1.0)
+    hub.request(2, 20, {"type": "nick", "nick": "mo"}, 1.1)
+    hub.request(1, 10, json.loads(line), 1.2)
+    hub.closed(1, 10, False, "lost", 2.0)
+    net.forget(1, 10)
+    answer = _resume(al, net, 3, 30, 3.0)
+    assert [(f["old"], f["new"]) for f in answer if f["type"] == "nick"] == [
+        ("mo", "alx"),
+        ("alx", "mo"),
+        ("al", "alx"),
+    ]
+    assert al.st.info.nick == "alx" and al.view.nick == "alx"
+    _send(al, net, 3, 30, m.Join("dev"), 4.0)
+    assert al.st.rooms == ["lobby", "dev"] == hub.conns[(3, 30)].rooms
 
 
 def test_a_rename_back_the_client_never_read_keeps_the_first_seq_of_its_nick(
