@@ -106,7 +106,9 @@ class ClientState:
         self._greeted = False
         self.registered = False
         obj: dict[str, Any] = {"type": "hello", "proto": const.PROTOCOL_VERSION, "nick": self.info.nick}
-        obj["rooms"] = (self.rooms or self.wanted_rooms) if rooms is None else rooms
+        # Once welcomed, the rooms it is in, none if it left them all (a new session after an expiry must not
+        # join the rooms of the start again); before, those it asked for at the start.
+        obj["rooms"] = (self.rooms if self.info.session else self.wanted_rooms) if rooms is None else rooms
         self._hello_rooms = list(obj["rooms"])
         self._attempts += 1
         if self.info.token is not None:

@@ -514,6 +514,17 @@ def test_changes_the_expired_session_handled_are_done_again_in_the_new_one() -> 
     assert st.unconfirmed() == []  # answered: done
 
 
+def test_a_client_that_left_every_room_asks_for_none_in_its_next_hello() -> None:
+    """A model test (a helper's): the hello asked for ``rooms or wanted_rooms``, so a client that had left
+    every room and came back after an expiry joined the rooms it started with. Before any welcome it asks
+    for those; after one, for the rooms it is in."""
+    st = ClientState("al", ["lobby", "dev"])
+    assert decoded(st.hello())["rooms"] == ["lobby", "dev"]
+    st.receive_data(welcome(rooms=["lobby"]) + ev("join", 11, room="lobby", nick="al"))
+    st.receive_data(ev("part", 12, room="lobby", nick="al"))
+    assert st.rooms == [] and decoded(st.hello())["rooms"] == []
+
+
 def test_a_redone_part_the_server_did_already_is_not_shown_as_refused() -> None:
     """/part r handled, its answer lost, and the session expired: the new session, made in #r from the
     client's view, leaves #r again. That answer lost in turn, the resume sends the part once more, and the
