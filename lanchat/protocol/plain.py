@@ -199,12 +199,12 @@ def _int(value: object) -> int | None:
 class NicksHad:
     """The nicks a client has had (nick_key -> the seq from which it had each, the latest time), for
     sent_by_me's messages without a ``session`` (an older server's), kept from its welcomes and its own
-    ``nick`` events. A resume's welcome names the nick the
-    session has now; its own renames that the client had not read come after it in the replay, from the
-    nick it had before (``_chain``), numbered up to the welcome's ``nick_since`` (``_chain_upto``: one later
-    is someone else's), and are its own all the same. (If the client's own rename is missing from the replay,
-    a gap's or one in no room, a rename of the old nick by someone who took it before the next is taken for
-    the client's: docs/security.md, items 38 and 39.)"""
+    ``nick`` events. A resume's welcome names the nick the session has now; its own renames that the client
+    had not read come after it in the replay, from the nick it had before (``_chain``), numbered up to the
+    welcome's ``nick_since`` (``_chain_upto``: one later is someone else's), and are its own all the same.
+    (If the client's own rename is missing from the replay, a gap's or one in no room, a rename of the old
+    nick by someone who took it before the next is taken for the client's: docs/security.md, items 38 and
+    39.)"""
 
     had: dict[str, int] = field(default_factory=dict)
     _chain: str = ""

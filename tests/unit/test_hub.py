@@ -3027,17 +3027,23 @@ def crash(store: HistoryStore) -> None:
     store._db = None
 
 
-def test_a_join_handled_just_before_a_crash_is_sent_again_not_lost(tmp_path: Path, stores: list[HistoryStore]) -> None:
-    """A model test (a helper's): a change's id went to the disk before the change, and a /join's history read
-    (a commit of its own, for a room whose recent lines are not loaded) wrote the id without the room. After
-    a crash the session said it had handled the join: the client never sent it again, and its next line to
-    the room was refused. The id is queued once the change is done."""
-    net = Workers(make_hub(stores, tmp_path))
+def al_welcomed(stores: list[HistoryStore], path: Path) -> tuple[Workers, ClientState]:
+    """al's client state, welcomed in #lobby (worker 1, conn 10), everything read."""
+    net = Workers(make_hub(stores, path))
     st = ClientState("al", ["lobby"])
     net.hub.request(1, 10, json.loads(st.hello()), 0.0)
     net.hub.commit(0.0)
     for f in net.take(1, 10):
         st.receive_data(m.encode(f))
+    return net, st
+
+
+def test_a_join_handled_just_before_a_crash_is_sent_again_not_lost(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """A model test (a helper's): a change's id went to the disk before the change, and a /join's history read
+    (a commit of its own, for a room whose recent lines are not loaded) wrote the id without the room. After
+    a crash the session said it had handled the join: the client never sent it again, and its next line to
+    the room was refused. The id is queued once the change is done."""
+    net, st = al_welcomed(stores, tmp_path)
     line = st.request(m.Join("dev"))
     st.sent(line)
     net.hub.request(1, 10, json.loads(line), 1.0)  # handled; the tick's commit never comes
@@ -3056,12 +3062,7 @@ def test_a_crash_inside_the_hello_after_an_expiry_keeps_the_expired_session(
     catch-up, read from the disk after a restart, committed it before the new session's record was queued.
     A crash then lost both: the client, back with the old token, got a new session without its last_id,
     and its resent post went out twice. The record is queued before the read now."""
-    net = Workers(make_hub(stores, tmp_path))
-    st = ClientState("al", ["lobby"])
-    net.hub.request(1, 10, json.loads(st.hello()), 0.0)
-    net.hub.commit(0.0)
-    for f in net.take(1, 10):
-        st.receive_data(m.encode(f))
+    net, st = al_welcomed(stores, tmp_path)
     _, line = st.post(m.Msg("lobby", "hello once"))
     net.hub.request(1, 10, json.loads(line), 1.0)
     net.hub.commit(1.0)  # posted; its ack lost with the connection
