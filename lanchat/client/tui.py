@@ -379,7 +379,7 @@ class ChatView:
         elif kind == "join":
             nick = str(frame.get("nick", ""))
             self._know_room(room)
-            if m.nick_key(nick) == me:
+            if m.nick_key(nick) == me and self._nicks.mine(me, frame.get("seq")):
                 if room not in self.joined:
                     self.joined.append(room)
                 self.members.setdefault(room, [])
@@ -390,7 +390,7 @@ class ChatView:
                 self.counts[room] = self.counts.get(room, 0) + 1
         elif kind == "part":
             nick = str(frame.get("nick", ""))
-            if m.nick_key(nick) == me:
+            if m.nick_key(nick) == me and self._nicks.mine(me, frame.get("seq")):
                 if room in self.joined:
                     self.joined.remove(room)
                 self.members.pop(room, None)

@@ -288,12 +288,12 @@ class ClientState:
             if isinstance(rid, int):
                 self.outbox.pop(rid, None)
                 self._settle(rid)
-        elif kind == "join" and m.nick_key(str(frame.get("nick", ""))) == me:
+        elif kind == "join" and m.nick_key(str(frame.get("nick", ""))) == me and self.info.nicks.mine(me, seq):
             room = str(frame.get("room"))
             self._refill.discard(room)  # its join history comes before it, if any comes (not after a replay)
             if room not in self.rooms:
                 self.rooms.append(room)
-        elif kind == "part" and m.nick_key(str(frame.get("nick", ""))) == me:
+        elif kind == "part" and m.nick_key(str(frame.get("nick", ""))) == me and self.info.nicks.mine(me, seq):
             room = str(frame.get("room"))
             if room in self.rooms:
                 self.rooms.remove(room)

@@ -209,6 +209,7 @@ class NicksHad:
     had: dict[str, int] = field(default_factory=dict)
     _chain: str = ""
     _chain_upto: int = -1
+    _before: tuple[str, int] | None = None  # a resume's nick, and from which seq the client had it before
 
     def welcome(self, frame: dict[str, Any], before: str) -> None:
         key = m.nick_key(str(frame.get("nick", "")))
@@ -217,9 +218,12 @@ class NicksHad:
         if frame.get("resumed") is True and not frame.get("resume_failed"):  # the client's own session
             self._chain = m.nick_key(before) if m.nick_key(before) != key else ""
             self._chain_upto = told if told is not None else since  # (an older server's: the welcome's seq)
+            prev = self.had.get(key)  # (renamed away and back, unread: its replay starts from the first time)
             if told is not None or key not in self.had:
                 self.had[key] = since
+            self._before = (key, prev) if prev is not None and prev < self.had[key] else None
             return
+        self._before = None
         self._chain = ""  # a session the client had not seen: its nick from nick_since (a catch-up may replay
         if self.had and since < max(self.had.values()):  # others' use of it before); numbers below those had:
             self.had.clear()  # the server's numbering went back (a new data directory)
@@ -232,9 +236,7 @@ class NicksHad:
         seq = _int(frame.get("seq"))
         if self._chain and (seq is None or seq > self._chain_upto):  # past the renames the welcome named
             self._chain = ""
-        # From the nick it has now, but numbered before it had it (a resume's replay: someone else held the
-        # nick then, and renamed away before the client took it): not its own.
-        ours = old == m.nick_key(me) and (seq is None or seq >= self.had.get(old, -1))
+        ours = old == m.nick_key(me) and self.mine(old, seq)
         if not ours and not (self._chain and old == self._chain):
             return False
         if new != old:  # (a change of case only: held all along)
@@ -242,6 +244,14 @@ class NicksHad:
         if not ours:
             self._chain = "" if new == m.nick_key(me) else new
         return ours
+
+    def mine(self, key: str, number: object) -> bool:
+        """Whether an event of ``key``, the client's nick now, numbered ``number``, is the client's: not one
+        numbered before it had the nick (a resume's replay: someone else held it then, and has left it)."""
+        seq = _int(number)
+        if seq is None or seq >= self.had.get(key, -1):
+            return True
+        return self._before is not None and self._before[0] == key and seq >= self._before[1]
 
 
 def render(frame: dict[str, Any], me: str = "", had: Mapping[str, int] | None = None, session: str = "") -> str | None:

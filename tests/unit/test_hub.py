@@ -3789,6 +3789,62 @@ def test_a_rename_away_from_the_clients_nick_numbered_before_it_took_it_is_not_i
     assert al.st.rooms == ["lobby", "dev"] == hub.conns[(3, 30)].rooms
 
 
+def bo_leaves_then_al_takes_bo(stores: list[HistoryStore], path: Path) -> tuple[Workers, Face]:
+    """bo leaves #lobby and renames to zed; al's /nick bo is handled after; al reads none of it, drops
+    and resumes (worker 3, conn 30)."""
+    net = Workers(make_hub(stores, path))
+    hub = net.hub
+    al = Face("al")
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    welcome_of(net, 2, 20, "bo", now=0.5, rooms=["lobby"])
+    al.feed(net.take(1, 10))
+    hub.request(2, 20, {"type": "part", "room": "lobby"}, 1.0)
+    hub.request(2, 20, {"type": "nick", "nick": "zed"}, 1.1)
+    _send(al, net, 1, 10, m.Nick("bo"), 1.2, read=False)
+    hub.closed(1, 10, False, "lost", 2.0)
+    net.forget(1, 10)
+    _resume(al, net, 3, 30, 3.0)
+    return net, al
+
+
+def test_a_replayed_part_by_the_earlier_holder_of_the_clients_nick_is_not_its_own(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: the client took any join or part under its nick for its own, whatever its number: the
+    replayed 'bo left #lobby', numbered before al took bo, dropped #lobby from its rooms (and its terminal's),
+    and after an expiry its new session was in no room. Numbered before the client had the nick: not its own."""
+    net, al = bo_leaves_then_al_takes_bo(stores, tmp_path)
+    hub = net.hub
+    assert al.st.info.nick == "bo" and hub.conns[(3, 30)].rooms == ["lobby"]
+    assert al.st.rooms == ["lobby"] and al.view.joined == ["lobby"]
+    hub.closed(3, 30, False, "lost", 4.0)
+    net.forget(3, 30)
+    hub.tick(5.0 + GRACE)  # expired
+    hub.request(4, 40, json.loads(al.st.hello()), 6.0 + GRACE)
+    assert hub.conns[(4, 40)].rooms == ["lobby"]
+
+
+def test_the_clients_own_renames_away_and_back_in_a_replay_are_its_own(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review of the rule above: al sends /nick alx, /msg mo hi, /nick al and reads none of it before it
+    resumes. The welcome says al since the rename back; the replayed 'al -> alx', numbered before that, is
+    the client's all the same (it had al before), and the message it sent as alx reads as sent."""
+    net, al = al_with_mo(stores, tmp_path)
+    hub = net.hub
+    _send(al, net, 1, 10, m.Nick("alx"), 1.0, read=False)
+    _send(al, net, 1, 10, m.PrivMsg("mo", "hi from alx"), 1.1, read=False)
+    _send(al, net, 1, 10, m.Nick("al"), 1.2, read=False)
+    hub.closed(1, 10, False, "lost", 2.0)
+    net.forget(1, 10)
+    al.pms.clear()
+    _resume(al, net, 3, 30, 3.0)
+    assert al.st.info.nick == "al" and "alx" in al.st.info.had
+    ((plain, tui),) = al.pms
+    assert "-> *mo*" in plain and "-> *mo*" in tui, (plain, tui)
+
+
 def test_a_rename_back_the_client_never_read_keeps_the_first_seq_of_its_nick(
     tmp_path: Path, stores: list[HistoryStore]
 ) -> None:
