@@ -3715,13 +3715,15 @@ def test_nicks_had_on_a_server_whose_numbering_went_back_misread_a_message(
     assert received == (True, True), (plain, tui)
 
 
-def al_with_mo(stores: list[HistoryStore], path: Path, *, sessions: bool = False) -> tuple[Workers, Face]:
-    """al's client (its faces) in #lobby, where mo is too (worker 2, conn 20)."""
+def al_with_mo(
+    stores: list[HistoryStore], path: Path, *, sessions: bool = False, other: str = "mo"
+) -> tuple[Workers, Face]:
+    """al's client (its faces) in #lobby, where mo (``other``) is too (worker 2, conn 20)."""
     net = Workers(make_hub(stores, path))
     al = Face("al", sessions=sessions)
     net.hub.request(1, 10, json.loads(al.st.hello()), 0.0)
     al.feed(net.take(1, 10))
-    welcome_of(net, 2, 20, "mo", now=0.5, rooms=["lobby"])
+    welcome_of(net, 2, 20, other, now=0.5, rooms=["lobby"])
     al.feed(net.take(1, 10))
     return net, al
 
@@ -3789,16 +3791,23 @@ def test_a_rename_away_from_the_clients_nick_numbered_before_it_took_it_is_not_i
     assert al.st.rooms == ["lobby", "dev"] == hub.conns[(3, 30)].rooms
 
 
+def rename_write_rename_unread(stores: list[HistoryStore], path: Path, first: str, then: str) -> tuple[Workers, Face]:
+    """al (beside mo) sends /nick ``first``, /msg mo hi, /nick ``then``, and drops before reading any of it."""
+    net, al = al_with_mo(stores, path)
+    _send(al, net, 1, 10, m.Nick(first), 1.0, read=False)
+    _send(al, net, 1, 10, m.PrivMsg("mo", "hi"), 1.5, read=False)
+    _send(al, net, 1, 10, m.Nick(then), 2.0, read=False)
+    net.hub.closed(1, 10, False, "lost", 2.5)
+    net.forget(1, 10)
+    al.pms.clear()
+    return net, al
+
+
 def bo_leaves_then_al_takes_bo(stores: list[HistoryStore], path: Path) -> tuple[Workers, Face]:
     """bo leaves #lobby and renames to zed; al's /nick bo is handled after; al reads none of it, drops
     and resumes (worker 3, conn 30)."""
-    net = Workers(make_hub(stores, path))
+    net, al = al_with_mo(stores, path, other="bo")
     hub = net.hub
-    al = Face("al")
-    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
-    al.feed(net.take(1, 10))
-    welcome_of(net, 2, 20, "bo", now=0.5, rooms=["lobby"])
-    al.feed(net.take(1, 10))
     hub.request(2, 20, {"type": "part", "room": "lobby"}, 1.0)
     hub.request(2, 20, {"type": "nick", "nick": "zed"}, 1.1)
     _send(al, net, 1, 10, m.Nick("bo"), 1.2, read=False)
@@ -3831,14 +3840,7 @@ def test_the_clients_own_renames_away_and_back_in_a_replay_are_its_own(
     """A review of the rule above: al sends /nick alx, /msg mo hi, /nick al and reads none of it before it
     resumes. The welcome says al since the rename back; the replayed 'al -> alx', numbered before that, is
     the client's all the same (it had al before), and the message it sent as alx reads as sent."""
-    net, al = al_with_mo(stores, tmp_path)
-    hub = net.hub
-    _send(al, net, 1, 10, m.Nick("alx"), 1.0, read=False)
-    _send(al, net, 1, 10, m.PrivMsg("mo", "hi from alx"), 1.1, read=False)
-    _send(al, net, 1, 10, m.Nick("al"), 1.2, read=False)
-    hub.closed(1, 10, False, "lost", 2.0)
-    net.forget(1, 10)
-    al.pms.clear()
+    net, al = rename_write_rename_unread(stores, tmp_path, "alx", "al")
     _resume(al, net, 3, 30, 3.0)
     assert al.st.info.nick == "al" and "alx" in al.st.info.had
     ((plain, tui),) = al.pms
@@ -3882,14 +3884,8 @@ def test_a_private_message_sent_between_two_renames_never_read_reads_as_received
     makes carl the client's nick before the replay; the replayed 'al -> bob' is then not the client's own
     (its old is not carl), so bob never enters had, and the replayed 'bob -> mo: hi' (sent by the client)
     read as one received from bob, in both faces."""
-    net, al = al_with_mo(stores, tmp_path)
+    net, al = rename_write_rename_unread(stores, tmp_path, "bob", "carl")
     hub = net.hub
-    _send(al, net, 1, 10, m.Nick("bob"), 1.0, read=False)
-    _send(al, net, 1, 10, m.PrivMsg("mo", "hi"), 1.5, read=False)
-    _send(al, net, 1, 10, m.Nick("carl"), 2.0, read=False)
-    hub.closed(1, 10, False, "lost", 2.5)
-    net.forget(1, 10)
-    al.pms.clear()
     hub.request(3, 30, json.loads(al.st.hello()), 3.0)
     answer = net.take(3, 30)
     assert answer[0]["type"] == "welcome" and answer[0]["resumed"] is True, answer[0]
