@@ -76,7 +76,7 @@ class CurrentRoom:
 
     def refused(self, code: object, joined: Sequence[str]) -> None:
         """An error from the server: if it refused the /join that made the current room, go back."""
-        if code not in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM):
+        if code not in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM, m.Err.NOT_DONE):
             return
         # A join was refused, and errors do not say which room: none still unanswered is trusted any more
         # (/switch to one then says "not in #x"; one the server confirms later is in ``joined`` anyway).

@@ -218,7 +218,7 @@ class ClientState:
             if frame is not None and self._absorb(frame):
                 frames.append(frame)
                 if frame["type"] == "welcome":
-                    frames += self._too_long_now()
+                    frames += self._too_long_now() + self._refused_unseen(frame.get("refused"))
         return frames
 
     def _too_long_now(self) -> list[dict[str, Any]]:
@@ -243,6 +243,20 @@ class ClientState:
                 text = f"not sent: {shown!r}: {_too_long(len(line) - 1, limit)} (it restarted with a smaller limit)"
                 refused.append(m.error_frame(m.Err.FRAME_TOO_LONG, text, id=rid))
         return sorted(refused, key=lambda f: int(f["id"]))
+
+    def _refused_unseen(self, refused: object) -> list[dict[str, Any]]:
+        """After a welcome: the changes sent before the drop that the server refused (its ``refused`` ids), whose
+        refusals were lost with the connection. The welcome's last_id covers them, so they are not sent again
+        (nor done again after an expiry): without a word they would read as done. The server's reason went
+        with its error; a change typed again gets it."""
+        listed = refused if isinstance(refused, list) else []
+        ids = {i for i in listed if isinstance(i, int) and not isinstance(i, bool)}
+        frames: list[dict[str, Any]] = []
+        for asked in [a for a in self._journal if a.sent and a.id in ids and a.id <= self._handled_upto]:
+            self._settle(asked.id)
+            text = f"not done: {_shown(asked.line)}: the server refused it while the connection was down"
+            frames.append(m.error_frame(m.Err.NOT_DONE, text, id=asked.id))
+        return frames
 
     def _absorb(self, frame: dict[str, Any]) -> bool:
         """Update the state from one frame; False if the frame is a duplicate to drop."""
@@ -349,6 +363,19 @@ class _Asked:
     id: int
     line: bytes
     sent: bool = False  # written on a connection (else queued while offline)
+
+
+def _shown(line: bytes) -> str:
+    """A change's line as the command that made it: ``/nick al``, ``/join #dev``, ``/topic #dev text``."""
+    obj = json.loads(line)
+    kind = str(obj.get("type"))
+    what = f"/{kind}"
+    if "room" in obj:
+        what += f" #{obj['room']}"
+    for name in ("nick", "topic"):
+        if isinstance(obj.get(name), str):
+            what += f" {obj[name]}"
+    return what if len(what) <= 60 else what[:57] + "..."
 
 
 def _identity(event: dict[str, Any]) -> tuple[int, float] | None:

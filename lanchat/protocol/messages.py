@@ -45,6 +45,9 @@ class Err:
     SHUTTING_DOWN: Final = "shutting_down"
     BUSY: Final = "busy"  # a listing asked while the server is behind with its replies: ask again soon
     INTERNAL: Final = "internal"
+    # The client's own (never on the wire): a change the server refused while its error was lost with the
+    # connection (a resume's welcome lists the ids); the reason is not known.
+    NOT_DONE: Final = "not_done"
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")  # C0 (tab allowed), DEL, C1, surrogates

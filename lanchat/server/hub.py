@@ -47,7 +47,7 @@ class Session:
     rooms: list[str] = field(default_factory=list)
     last_id: int = -1  # highest client request id handled (posts, changes: m.is_change): lower or equal post ids are
     # resends, dropped, unless refused (below); the welcome of a resume tells it, so the client resends the rest
-    refused: set[int] | None = None  # ids of refused posts, the most recent REFUSED_IDS_KEPT (made on the first)
+    refused: set[int] | None = None  # ids of refused posts and changes, the newest REFUSED_IDS_KEPT (made on the first)
     # Rooms left -> the seq of the part: a resume from before it still replays their events up to it (the
     # connection may have dropped with them and the part in flight). PARTED_KEPT at most, newest kept.
     parted: dict[str, int] | None = None
@@ -840,6 +840,8 @@ class Hub:
         }  # fmt: skip
         if s.last_id >= 0:  # the highest request id of the client's this session handled: it resends the rest
             welcome["last_id"] = s.last_id
+        if s.refused and req.token is not None:  # the refused among them: a change's refusal may have been lost
+            welcome["refused"] = sorted(s.refused)  # with the connection, and last_id alone says it was done
         if s.nick_since >= 0:
             welcome["nick_since"] = s.nick_since
         if req.token is not None and (failed or not resumed):
@@ -981,18 +983,26 @@ class Hub:
 
     def _dispatch(self, s: Session, req: m.Request, now: float) -> None:
         change = req.id if m.is_change(req) else None  # its id: acked once done
-        if change is not None and change > s.last_id:
+        if change is None:
+            self._handle(s, req, now)
+            return
+        first = change > s.last_id  # else done again after an expiry (client_conn._redo)
+        if first:
             s.last_id = change  # handled, refused or not: the welcome of a resume says so (no resend), after a
             # restart too (a join, part or nick writes the record; the rest, a posted row once it is handled:
             # a commit inside it, a join's history read, must not put the id on disk before the room)
-            try:
-                self._handle(s, req, now)
-            finally:
-                self.store.put_posted(s.sid, change)
-        else:
+        try:
             self._handle(s, req, now)
-        if change is not None:  # after its events and replies: the client forgets it (else resent after a drop)
-            self._send(s, {"type": "ack", "id": change})
+        except RemoteProtocolError:
+            self._remember_refused(s, change)  # the welcome of a resume lists it: its refusal may be lost
+            raise
+        else:
+            self._posted(s, change)  # (refused before the expiry, done now: no longer listed)
+        finally:
+            if first:
+                self.store.put_posted(s.sid, change)
+        # After its events and replies: the client forgets it (else resent after a drop).
+        self._send(s, {"type": "ack", "id": change})
 
     def _handle(self, s: Session, req: m.Request, now: float) -> None:
         if isinstance(req, m.Msg | m.Action):
@@ -1056,16 +1066,21 @@ class Hub:
             self.store.put_refused("s:" + s.sid, s.refused)
 
     def _refused(self, s: Session, rid: int | None, code: str, message: str) -> RemoteProtocolError:
-        """The refusal of a post, its id remembered (a resend of it must be refused again, not acked), on
-        disk too: the error may be lost with the connection, and the resend come after a restart."""
+        """The refusal of a post, its id remembered (see _remember_refused)."""
         if rid is not None:
-            refused = s.refused if s.refused is not None else set()
-            s.refused = refused
-            refused.add(rid)
-            if len(refused) > const.REFUSED_IDS_KEPT:
-                refused.discard(min(refused))
-            self.store.put_refused("s:" + s.sid, refused)
+            self._remember_refused(s, rid)
         return RemoteProtocolError(code, message, request_id=rid)
+
+    def _remember_refused(self, s: Session, rid: int) -> None:
+        """A refused post's or change's id, on disk too: the error may be lost with the connection. A resend
+        of the post must be refused again, not acked; the change is not sent again (the welcome's last_id
+        covers it), and the welcome's ``refused`` tells its client that it was not done."""
+        refused = s.refused if s.refused is not None else set()
+        s.refused = refused
+        refused.add(rid)
+        if len(refused) > const.REFUSED_IDS_KEPT:
+            refused.discard(min(refused))
+        self.store.put_refused("s:" + s.sid, refused)
 
     def _post_room(self, s: Session, kind: str, name: str, text: bytes, rid: int | None, now: float) -> None:
         """A msg or action; ``text`` is already a JSON string literal (m.json_str), spliced in as is."""

@@ -122,8 +122,9 @@ CREATE TABLE IF NOT EXISTS expired (
     token_key TEXT PRIMARY KEY, last_id INTEGER NOT NULL, at REAL NOT NULL, sid TEXT NOT NULL DEFAULT '',
     attempt INTEGER NOT NULL DEFAULT -1
 );
--- The ids of a session's refused posts below its last_id (a resend of one must be refused again, not acked
--- as a duplicate, across a restart and an expiry too), as a JSON list; the owner is 's:' + a session id or
+-- The ids of a session's refused posts and changes below its last_id (a resend of a post must be refused
+-- again, not acked as a duplicate, across a restart and an expiry too; a resume's welcome lists them, so that
+-- a client whose refusal was lost knows the change was not done), as a JSON list; the owner is 's:' + a session id or
 -- 't:' + an expired session's token key. An older lanchat ignores the table (and so forgets them, as it did).
 CREATE TABLE IF NOT EXISTS refused (owner TEXT PRIMARY KEY, ids TEXT NOT NULL);
 -- Events of commits that touched many conversations, in commit order (appending costs a page per ~16
@@ -407,7 +408,7 @@ class HistoryStore:
         return [(str(k), int(i), float(t), str(sid), int(a)) for k, i, t, sid, a in rows]
 
     def load_refused(self) -> dict[str, tuple[int, ...]]:
-        """Refused post ids by owner ('s:' + session id, 't:' + expired token key)."""
+        """Refused post and change ids by owner ('s:' + session id, 't:' + expired token key)."""
         if self._db is None:
             return {}
         try:
@@ -519,8 +520,8 @@ class HistoryStore:
         self._hold(self._pending.expired, key, row)
 
     def put_refused(self, owner: str, ids: Collection[int]) -> None:
-        """The refused post ids of ``owner`` (see the table); none: its row is deleted. One lost while the
-        disk fails costs a resend acked as a duplicate after a restart."""
+        """The refused post and change ids of ``owner`` (see the table); none: its row is deleted. One lost
+        while the disk fails costs a resend acked as a duplicate after a restart."""
         self._hold(self._pending.refused, owner, tuple(sorted(ids)))
 
     def _hold(self, queue: dict[str, _T], key: str, row: _T) -> None:

@@ -514,6 +514,33 @@ def test_changes_the_expired_session_handled_are_done_again_in_the_new_one() -> 
     assert st.unconfirmed() == []  # answered: done
 
 
+def test_changes_the_server_refused_unseen_are_shown_once_as_not_done() -> None:
+    """A resume's welcome lists the refused ids: the changes among them below its last_id, whose refusals
+    were lost with the link, are shown as not done (they would read as done) and not done again after an
+    expiry. Ids above last_id (not handled yet: sent again), of changes never sent, of posts, and
+    malformed entries are nothing of the kind."""
+    st = welcomed()
+    sent = [st.request(r) for r in (m.Nick("anna"), m.Join("s"), m.Topic("lobby", "plans " * 20))]
+    for line in sent:
+        st.sent(line)
+    post, _ = st.post(m.Msg("lobby", "hi"))
+    offline = decoded(st.request(m.Part("lobby")))["id"]  # typed while offline: not sent yet
+    nick, join, topic = (decoded(line)["id"] for line in sent)
+    st.hello()
+    refused = [nick, topic, offline, post, True, "3", -1]
+    frames = st.receive_data(welcome(20, resume_failed="session expired or unknown", last_id=join, refused=refused))
+    away = "the server refused it while the connection was down"
+    errors = [f for f in frames if f["type"] == "error"]
+    assert errors == [m.error_frame(m.Err.NOT_DONE, f"not done: /nick anna: {away}", id=nick)]
+    assert st.unconfirmed() == [(join, sent[1]), (topic, sent[2])]  # the join done again, the topic resent
+    assert st.unacked == 1  # the post: resent from the outbox, and refused again with the server's reason
+    st.hello()
+    frames = st.receive_data(welcome(21, resumed=True, last_id=topic, refused=refused))
+    shown = f"not done: /topic #lobby plans plans plans plans plans plans plans p...: {away}"
+    assert [f for f in frames if f["type"] == "error"] == [m.error_frame(m.Err.NOT_DONE, shown, id=topic)]
+    assert st.unconfirmed() == []  # the redone join: handled before the topic
+
+
 def test_a_client_that_left_every_room_asks_for_none_in_its_next_hello() -> None:
     """A model test (a helper's): the hello asked for ``rooms or wanted_rooms``, so a client that had left
     every room and came back after an expiry joined the rooms it started with. Before any welcome it asks

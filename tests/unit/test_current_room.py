@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lanchat.client.current import CurrentRoom
 from lanchat.protocol import messages as m
 
@@ -31,10 +33,12 @@ def test_a_confirmed_or_parted_room_is_no_longer_pending() -> None:
     assert cur.switch("ops", ["lobby"]) == "you are not in #ops: /join ops"
 
 
-def test_a_refused_join_goes_back_and_is_forgotten() -> None:
+@pytest.mark.parametrize("code", [m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM, m.Err.NOT_DONE])
+def test_a_refused_join_goes_back_and_is_forgotten(code: str) -> None:
+    """NOT_DONE: refused while the link was down (its code lost with it; the client's own code)."""
     cur = CurrentRoom("lobby")
     cur.typed(m.Join("r50"), ["lobby"])
-    cur.refused(m.Err.TOO_MANY_ROOMS, ["lobby"])
+    cur.refused(code, ["lobby"])
     assert cur.room == "lobby"
     assert cur.switch("r50", ["lobby"]) == "you are not in #r50: /join r50"
     cur.refused(m.Err.NO_SUCH_NICK, ["lobby"])  # not about a join: nothing moves

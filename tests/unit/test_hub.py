@@ -1921,6 +1921,89 @@ def test_where_a_catch_up_session_began_is_kept_across_a_restart(tmp_path: Path,
     assert texts_of(rest) == ["hi"] and al.view.joined == ["lobby", "dev"]
 
 
+def refused_unread(net: Workers) -> tuple[Terminal, int]:
+    """al's /nick alx is refused (bo has alx), and so is a private message to nobody; the link drops with
+    both refusals unread. Returns al's terminal and the /nick's id."""
+    hub = net.hub
+    al = Terminal("al", ["lobby"])
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    welcome_of(net, 2, 20, "alx")
+    al.feed(net.take(1, 10))
+    rid, post = al.st.post(m.PrivMsg("nobody", "psst"))
+    hub.request(1, 10, json.loads(post), 0.5)
+    line = al.st.request(m.Nick("alx"))
+    al.st.sent(line)
+    hub.request(1, 10, json.loads(line), 0.5)
+    hub.commit(0.5)
+    net.forget(1, 10)
+    hub.closed(1, 10, False, "lost", 1.0)
+    return al, rid + 1
+
+
+def shown_after_resume(net: Workers, al: Terminal, w: int, conn: int, now: float) -> list[Frame]:
+    """al's client says hello again and reads the answer: the errors it shows, each rendered."""
+    net.hub.request(w, conn, json.loads(al.st.hello()), now)
+    errors = []
+    for frame in net.take(w, conn):
+        for shown in al.st.receive_data(m.encode(frame)):
+            lines = al.view.on_frame(shown)
+            if shown["type"] == "error":
+                assert lines and shown["message"] in lines[-1].text
+                errors.append(shown)
+    return errors
+
+
+@pytest.mark.parametrize("way", ["held", "restart", "expired"])
+def test_a_change_refused_while_its_answer_was_lost_is_shown_after_the_resume(
+    tmp_path: Path, stores: list[HistoryStore], way: str
+) -> None:
+    """The welcome's last_id counts a refused change as handled (it is not sent again), so a client whose
+    refusal was lost with the link dropped the change without a word: the user believed the /nick done
+    (finding D of the model test). The welcome lists the refused ids now, and the client shows each such
+    change once, as not done; after an expiry it does not do it again either. A refused post's id in the
+    list is the outbox's business (resent, it is refused again with its reason)."""
+    net = Workers(make_hub(stores, tmp_path))
+    al, nick_id = refused_unread(net)
+    if way == "expired":
+        net.hub.tick(1.0 + GRACE + 1)
+    if way == "restart":
+        net.hub.shutdown("restart", 2.0)
+        net.hub.store.close()
+        net = Workers(make_hub(stores, tmp_path, now=10.0))
+    errors = shown_after_resume(net, al, 3, 30, 11.0 + GRACE)
+    assert [(e["code"], e["id"]) for e in errors] == [(m.Err.NOT_DONE, nick_id)]
+    assert errors[0]["message"].startswith("not done: /nick alx")
+    assert al.st.info.nick == net.hub.conns[(3, 30)].nick == "al" and al.st.unconfirmed() == []
+    net.forget(3, 30)
+    net.hub.closed(3, 30, False, "lost", 12.0 + GRACE)
+    assert shown_after_resume(net, al, 4, 40, 13.0 + GRACE) == []  # shown once
+
+
+def test_a_refused_change_done_after_an_expiry_is_no_longer_listed(net: Workers) -> None:
+    """A client that did a refused change again after an expiry (one that cannot read the list) and saw it
+    done must not be told later that it was refused."""
+    hub = net.hub
+    al = welcome_of(net, 1, 10, "al")
+    bo = welcome_of(net, 2, 20, "bo")
+    net.clear()
+    hub.request(1, 10, {"type": "nick", "nick": "bo", "id": 3}, 0.5)
+    assert kinds(net.take(1, 10)) == ["error"]
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(1.0 + GRACE + 1)
+    hub.request(2, 20, {"type": "quit"}, 70.0)
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": al["token"], "last_seq": bo["seq"]}, 71.0)
+    back = net.take(3, 30)[0]
+    assert back["refused"] == [3]
+    hub.request(3, 30, {"type": "nick", "nick": "bo", "id": 3}, 72.0)  # done again: bo is free now
+    assert kinds(net.take(3, 30)) == ["nick", "ack"]
+    hub.closed(3, 30, False, "lost", 73.0)
+    hub.request(4, 40, {"type": "hello", "nick": "bo", "token": back["token"], "last_seq": back["seq"]}, 74.0)
+    again = net.take(4, 40)[0]
+    assert again["resumed"] and again["last_id"] == 3 and "refused" not in again
+    hub.commit(75.0)
+    assert hub.store.load_refused() == {}
+
+
 def client_back_after_expiry(net: Workers) -> tuple[ClientState, list[Frame]]:
     """al's client (its real state) in #lobby and #dev is gone past the grace while bo posts l0-l29 and
     d0-d4; it comes back. Returns the state and the answer to its hello, not read yet."""
