@@ -36,6 +36,9 @@ _SAID: Final = (b'{"type":"msg",', b'{"type":"action",', b'{"type":"topic",', b'
 # Bytes of one client's lines, or of one room's, per control frame (a long replay is several): the worker
 # refuses a frame of more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
 REPLAY_FRAME: Final = 256 * 1024
+# A session record's last_join while its hello's joins are to come (see Hub._hello): a restart that finds it
+# makes the joins then, as the crash that lost them never told the rooms.
+JOINS_LOST: Final = -2
 
 
 @dataclass(slots=True, eq=False)
@@ -250,8 +253,11 @@ class Hub:
         self.held_per_ip = held_per_ip
         self._made: Counter[str] = Counter()  # address -> rooms in use that it made (MAX_ROOMS_PER_ADDRESS)
         self._held: dict[str, deque[Session]] = {}  # address -> its sessions held for a resume, oldest first
+        lost_joins: list[Session] = []
         for row in store.load_sessions():  # sessions of the previous run wait for their clients
             s = Session(row.sid, row.token, row.nick, row.plain, list(row.rooms), row.last_id, detached_at=now)
+            if row.last_join == JOINS_LOST:
+                lost_joins.append(s)
             s.start = row.start
             # (a record of an older lanchat: the end of the answer to its hello stands for its latest join)
             s.last_join, s.last_join_room = (
@@ -264,6 +270,11 @@ class Hub:
             self._add_session(s)
             for name in s.rooms:
                 self._room(name).add(s)
+        for s in lost_joins:  # a crash inside its hello took its joins: made now (others' resumes replay them)
+            for name in s.rooms:
+                self._presence(s, self.rooms[name], "join", {"room": name, "nick": s.nick}, now)
+            s.last_join, s.last_join_room = self.seq, ""  # (its resume sends every room's reply)
+            store.put_session(s.row())
         self._forget_expired(now)  # (those past the bounds while the server was down)
         for owner in refused:  # of sessions that ended while the disk failed, or tokens forgotten since
             store.put_refused(owner, ())
@@ -798,7 +809,9 @@ class Hub:
         if gone is not None:  # The record first, in the rooms it is joining: the replay or a join's history
             # may read the disk, and the commit before the read writes the expired token's deletion. A crash
             # after it must find the session (last_id, the private messages' id, the old token as its alias).
-            self.store.put_session(replace(s.row(), rooms=tuple(joining)))
+            # Its joins are still to come (JOINS_LOST): a crash before they are committed must not leave
+            # the session restored in rooms whose members were never told that it joined.
+            self.store.put_session(replace(s.row(), rooms=tuple(joining), last_join=JOINS_LOST))
         if after is not None:  # (with room for the rooms' replies and joins that follow: 500 nicks, a topic)
             answer = min(self._answer_size(joining, s), self.replay_max // 2)  # (half at least for the replay)
             convs = [*joining, "@" + s.sid]  # its rooms', and the private messages sent to it meanwhile

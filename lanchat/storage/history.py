@@ -156,7 +156,7 @@ class SessionRow:
     plain: bool
     start: int = -1  # the server's seq where the answer to the session's hello ended (see Hub._replay)
     aliases: str = ""  # keys of expired tokens that resume it (space-separated; see Hub._hello)
-    last_join: int = -1  # the seq before its latest room replies (-1: not known), and their room ('': all)
+    last_join: int = -1  # the seq before its latest room replies (-1: not known, -2: Hub.JOINS_LOST), their room
     last_join_room: str = ""
     nick_since: int = -1  # the seq from which it holds its nick (-1: not known)
 

@@ -3165,6 +3165,40 @@ def test_a_crash_inside_the_hello_after_an_expiry_keeps_the_expired_session(
     assert net.take(1, 12) == [{"type": "ack", "id": 1, "seq": None}]
 
 
+def test_the_joins_a_crash_inside_the_hello_after_an_expiry_took_are_made_at_the_restart(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """As above, with bo in #lobby. The record queued before the catch-up's read names the rooms the session
+    is joining, and a crash took the joins: restored in #lobby, al had never joined it for the others (bo's
+    resume replayed nothing of it; only a room reply would list al). The restart makes the joins, once."""
+    net, st = al_welcomed(stores, tmp_path)
+    bo = welcome_of(net, 2, 20, "bo")
+    net.hub.closed(1, 10, False, "lost", 1.5)
+    net.hub.tick(2.0 + GRACE)  # al expired: bo saw it quit
+    net.hub.shutdown("restart", 3.0 + GRACE)
+    net.hub.store.close()
+    net = Workers(make_hub(stores, tmp_path, now=4.0 + GRACE))
+    net.hub.request(1, 11, json.loads(st.hello()), 5.0 + GRACE)
+    assert net.hub.store._pending.sessions  # the record with #lobby, before the read (committed by it)
+    crash(net.hub.store)
+    net = Workers(make_hub(stores, tmp_path, now=6.0 + GRACE))
+    hello = {"type": "hello", "nick": "bo", "token": bo["token"], "last_seq": bo["seq"]}
+    net.hub.request(2, 21, hello, 7.0 + GRACE)
+    replay = [(f["type"], f.get("nick")) for f in net.take(2, 21) if f["type"] in ("join", "quit")]
+    assert replay == [("quit", "al"), ("join", "al")]
+    net.hub.commit(7.0 + GRACE)
+    net.hub.shutdown("restart", 8.0 + GRACE)
+    net.hub.store.close()
+    net = Workers(make_hub(stores, tmp_path, now=9.0 + GRACE))  # made once: the record says so now
+    net.hub.request(2, 22, {**hello, "last_seq": bo["seq"]}, 10.0 + GRACE)
+    replay = [(f["type"], f.get("nick")) for f in net.take(2, 22) if f["type"] in ("join", "quit")]
+    assert replay == [("quit", "al"), ("join", "al")]
+    net.hub.request(1, 12, json.loads(st.hello()), 11.0 + GRACE)
+    answer = net.take(1, 12)
+    assert answer[0]["resumed"] and answer[0]["rooms"] == ["lobby"]
+    assert [f["nicks"] for f in answer if f["type"] == "room"] == [["bo", "al"]]
+
+
 def last_run_then_late_open(tmp_path: Path, stores: list[HistoryStore]) -> tuple[Frame, Workers, list[bool]]:
     """al (posted id 1, sent a private message) and bo held at a restart; the next run starts without its
     database (``closed[0] = False`` lets it open) and bo, unable to resume, makes a new session. Returns
