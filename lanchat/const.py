@@ -48,9 +48,10 @@ REASON_MAX: Final = 200  # characters of a part/quit reason
 RESUME_GRACE: Final = 60.0  # seconds a dropped session keeps its nick and rooms for a resume
 # After the grace, a session's token is remembered with the highest message id it posted, so that a client
 # resending its unacknowledged posts into a new session (a laptop that slept) does not post them twice.
-# A session's most recent refused message and change ids, kept so that a resend of a message (its refusal
-# lost with the link, so it was in flight at a drop: a handful) is refused again, not acked as posted, and a
-# resume's welcome says which changes were not done. 64 ints: ~4 KB in memory, ~500 bytes in a welcome.
+# A session's most recent refused message ids, and apart its most recent refused change ids, kept so that a
+# resend of a message (its refusal lost with the link, so it was in flight at a drop: a handful) is refused
+# again, not acked as posted, and a resume's welcome says which changes were not done. 64 ints of each: ~8 KB
+# in memory at most, ~500 bytes in a welcome.
 REFUSED_IDS_KEPT: Final = 64
 PARTED_KEPT: Final = 16  # rooms a session left whose events a resume still replays, up to its part (newest kept)
 EXPIRED_TOKENS_MAX: Final = 10_000  # tokens remembered (about 200 bytes each), the oldest forgotten first

@@ -74,13 +74,19 @@ class CurrentRoom:
         self.room = rooms[(at + 1) % len(rooms)]
         return None
 
-    def refused(self, code: object, joined: Sequence[str]) -> None:
-        """An error from the server: if it refused the /join that made the current room, go back."""
-        if code not in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM, m.Err.NOT_DONE):
+    def refused(self, code: object, joined: Sequence[str], request: object = None) -> None:
+        """An error from the server: if it refused the /join that made the current room, go back.
+        ``request``: what a NOT_DONE error (the client's own, after a resume) says was not done."""
+        if code == m.Err.NOT_DONE:  # it says which change: only a /join's room is let go
+            if not (isinstance(request, dict) and request.get("type") == "join"):
+                return
+            self._pending = [r for r in self._pending if r != request.get("room")]
+        elif code in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM):
+            # A join was refused, and errors do not say which room: none still unanswered is trusted any more
+            # (/switch to one then says "not in #x"; one the server confirms later is in ``joined`` anyway).
+            self._pending.clear()
+        else:
             return
-        # A join was refused, and errors do not say which room: none still unanswered is trusted any more
-        # (/switch to one then says "not in #x"; one the server confirms later is in ``joined`` anyway).
-        self._pending.clear()
         rooms = self.rooms(joined)
         if self.room not in rooms:
             back = self._before_join

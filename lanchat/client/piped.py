@@ -82,10 +82,12 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         final = kind == "ack" or (kind == "error" and frame.get("code") != m.Err.NOT_REGISTERED)  # as ClientState
         number = line_of.pop(rid, None) if final and isinstance(rid, int) else None
         if kind == "welcome" and isinstance(upto := frame.get("last_id"), int):  # changes handled before a drop
-            for done in [r for r in line_of if r <= upto and r not in client.state.outbox]:  # get no answer now
-                del line_of[done]
+            listed = frame.get("refused")
+            undone: list[Any] = listed if isinstance(listed, list) else []  # (told next: not done)
+            for done in [r for r in line_of if r <= upto and r not in client.state.outbox and r not in undone]:
+                del line_of[done]  # get no answer now
         if kind == "error":
-            current.refused(frame.get("code"), client.state.rooms)
+            current.refused(frame.get("code"), client.state.rooms, frame.get("request"))
             if client.state.registered and not frame.get("fatal"):  # a refusal of a line we sent (a fatal
                 refused.append(str(frame.get("code")))  # one ends the connection: the reconnect says so)
                 by_server.append(refused[-1])

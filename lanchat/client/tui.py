@@ -329,7 +329,7 @@ class ChatView:
         return [self._system(head, "info"), *self._rendered(frame, "info")]
 
     def _on_error(self, frame: dict[str, Any]) -> list[Line]:
-        self.current.refused(frame.get("code"), self.joined)
+        self.current.refused(frame.get("code"), self.joined, frame.get("request"))
         return self._rendered(frame, "error")
 
     def _on_gap(self, frame: dict[str, Any]) -> list[Line]:

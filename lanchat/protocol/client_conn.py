@@ -218,7 +218,7 @@ class ClientState:
             if frame is not None and self._absorb(frame):
                 frames.append(frame)
                 if frame["type"] == "welcome":
-                    frames += self._too_long_now() + self._refused_unseen(frame.get("refused"))
+                    frames += self._refused_unseen(frame.get("refused")) + self._too_long_now()
         return frames
 
     def _too_long_now(self) -> list[dict[str, Any]]:
@@ -255,7 +255,9 @@ class ClientState:
         for asked in [a for a in self._journal if a.sent and a.id in ids and a.id <= self._handled_upto]:
             self._settle(asked.id)
             text = f"not done: {_shown(asked.line)}: the server refused it while the connection was down"
-            frames.append(m.error_frame(m.Err.NOT_DONE, text, id=asked.id))
+            frame = m.error_frame(m.Err.NOT_DONE, text, id=asked.id)
+            frame["request"] = {k: v for k, v in json.loads(asked.line).items() if k != "id"}  # (which /join)
+            frames.append(frame)
         return frames
 
     def _absorb(self, frame: dict[str, Any]) -> bool:

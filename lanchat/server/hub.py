@@ -50,7 +50,7 @@ class Session:
     rooms: list[str] = field(default_factory=list)
     last_id: int = -1  # highest client request id handled (posts, changes: m.is_change): lower or equal post ids are
     # resends, dropped, unless refused (below); the welcome of a resume tells it, so the client resends the rest
-    refused: set[int] | None = None  # ids of refused posts and changes, the newest REFUSED_IDS_KEPT (made on the first)
+    refused: set[int] | None = None  # refused post ids, and ~id of refused changes (see _remember_refused)
     # Rooms left -> the seq of the part: a resume from before it still replays their events up to it (the
     # connection may have dropped with them and the part in flight). PARTED_KEPT at most, newest kept.
     parted: dict[str, int] | None = None
@@ -853,8 +853,9 @@ class Hub:
         }  # fmt: skip
         if s.last_id >= 0:  # the highest request id of the client's this session handled: it resends the rest
             welcome["last_id"] = s.last_id
-        if s.refused and req.token is not None:  # the refused among them: a change's refusal may have been lost
-            welcome["refused"] = sorted(s.refused)  # with the connection, and last_id alone says it was done
+        changes = sorted(~i for i in s.refused or () if i < 0)  # the refused changes among them: a refusal may
+        if changes and req.token is not None:  # have been lost with the connection, and last_id says "handled"
+            welcome["refused"] = changes
         if s.nick_since >= 0:
             welcome["nick_since"] = s.nick_since
         if req.token is not None and (failed or not resumed):
@@ -1007,10 +1008,15 @@ class Hub:
         try:
             self._handle(s, req, now)
         except RemoteProtocolError:
-            self._remember_refused(s, change)  # the welcome of a resume lists it: its refusal may be lost
+            # The welcome of a resume lists it: its refusal may be lost, and last_id says it was handled. Not
+            # a redo's: its client sends it until answered (a redone /part done before is refused, not_in_room).
+            if first:
+                self._remember_refused(s, ~change)
             raise
         else:
-            self._posted(s, change)  # (refused before the expiry, done now: no longer listed)
+            if not first and s.refused and ~change in s.refused:  # refused before the expiry, done now
+                s.refused.discard(~change)
+                self.store.put_refused("s:" + s.sid, s.refused)
         finally:
             if first:
                 self.store.put_posted(s.sid, change)
@@ -1084,15 +1090,17 @@ class Hub:
             self._remember_refused(s, rid)
         return RemoteProtocolError(code, message, request_id=rid)
 
-    def _remember_refused(self, s: Session, rid: int) -> None:
-        """A refused post's or change's id, on disk too: the error may be lost with the connection. A resend
-        of the post must be refused again, not acked; the change is not sent again (the welcome's last_id
-        covers it), and the welcome's ``refused`` tells its client that it was not done."""
+    def _remember_refused(self, s: Session, key: int) -> None:
+        """A refused post's id, or a refused change's id as ``~id`` (negative: each kind keeps its own
+        REFUSED_IDS_KEPT newest, in one set, on disk too), as the error may be lost with the connection. A
+        resend of the post must be refused again, not acked; the change is not sent again (the welcome's
+        last_id covers it), and the welcome's ``refused`` tells its client that it was not done."""
         refused = s.refused if s.refused is not None else set()
         s.refused = refused
-        refused.add(rid)
-        if len(refused) > const.REFUSED_IDS_KEPT:
-            refused.discard(min(refused))
+        refused.add(key)
+        kind = [i for i in refused if (i < 0) == (key < 0)]
+        if len(kind) > const.REFUSED_IDS_KEPT:
+            refused.discard(min(kind, key=abs))
         self.store.put_refused("s:" + s.sid, refused)
 
     def _post_room(self, s: Session, kind: str, name: str, text: bytes, rid: int | None, now: float) -> None:

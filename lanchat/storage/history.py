@@ -122,10 +122,11 @@ CREATE TABLE IF NOT EXISTS expired (
     token_key TEXT PRIMARY KEY, last_id INTEGER NOT NULL, at REAL NOT NULL, sid TEXT NOT NULL DEFAULT '',
     attempt INTEGER NOT NULL DEFAULT -1
 );
--- The ids of a session's refused posts and changes below its last_id (a resend of a post must be refused
--- again, not acked as a duplicate, across a restart and an expiry too; a resume's welcome lists them, so that
--- a client whose refusal was lost knows the change was not done), as a JSON list; the owner is 's:' + a session id or
--- 't:' + an expired session's token key. An older lanchat ignores the table (and so forgets them, as it did).
+-- The ids of a session's refused posts (a resend of one must be refused again, not acked as a duplicate,
+-- across a restart and an expiry too), and as ~id those of its refused changes (a resume's welcome lists them,
+-- so that a client whose refusal was lost knows the change was not done), as a JSON list; the owner is 's:' +
+-- a session id or 't:' + an expired session's token key. An older lanchat ignores the table (and so forgets
+-- them, as it did).
 CREATE TABLE IF NOT EXISTS refused (owner TEXT PRIMARY KEY, ids TEXT NOT NULL);
 -- Events of commits that touched many conversations, in commit order (appending costs a page per ~16
 -- events, whatever the conversations); folded into events once FOLD_ROWS have gathered. No index: it is

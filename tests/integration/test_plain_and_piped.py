@@ -326,6 +326,33 @@ class _HeldClient:
         self._closed.set()
 
 
+class _NotDoneClient(_HeldClient):
+    """As _HeldClient, but the server had refused the change (the welcome lists it), which the client
+    then says was not done (ClientState._refused_unseen)."""
+
+    def send(self, req: m.Request) -> int | None:
+        if isinstance(req, m.Rooms):
+            return super().send(req)
+        rid, self.next_id = self.next_id, self.next_id + 1
+        welcome = {"type": "welcome", "nick": self.nick, "resumed": True, "rooms": ["lobby"], "seq": 5}
+        not_done = m.error_frame(m.Err.NOT_DONE, "not done: /nick alx: refused while away", id=rid)
+        loop = asyncio.get_running_loop()  # (before the settle's answer at the end of the input)
+        loop.call_soon(self.on_frame, {**welcome, "last_id": rid, "refused": [rid]})
+        loop.call_soon(self.on_frame, {**not_done, "request": {"type": "nick", "nick": "alx"}})
+        return rid
+
+
+def test_a_change_not_done_is_said_with_its_input_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: the welcome that settles what was sent before a drop let go of the /nick's input line, and
+    its "not done" that follows was said without it. The welcome's refused ids keep theirs."""
+    monkeypatch.setattr(piped, "ChatClient", _NotDoneClient)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/nick alx\n"))
+    assert asyncio.run(asyncio.wait_for(run_piped("127.0.0.1", 1, "bot", "lobby", json_output=False), 20)) == 1
+    assert "lanchat: line 1: ! not done: /nick alx: refused while away" in err.getvalue(), err.getvalue()
+
+
 def test_a_refusal_held_for_an_earlier_line_is_said_once_a_welcome_settles_that_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

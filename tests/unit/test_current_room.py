@@ -38,7 +38,7 @@ def test_a_refused_join_goes_back_and_is_forgotten(code: str) -> None:
     """NOT_DONE: refused while the link was down (its code lost with it; the client's own code)."""
     cur = CurrentRoom("lobby")
     cur.typed(m.Join("r50"), ["lobby"])
-    cur.refused(code, ["lobby"])
+    cur.refused(code, ["lobby"], {"type": "join", "room": "r50"})
     assert cur.room == "lobby"
     assert cur.switch("r50", ["lobby"]) == "you are not in #r50: /join r50"
     cur.refused(m.Err.NO_SUCH_NICK, ["lobby"])  # not about a join: nothing moves
@@ -100,3 +100,19 @@ def test_a_room_parted_but_not_yet_let_go_is_no_place_for_lines() -> None:
     assert cur.room == "lobby" and cur.rooms(["lobby"]) == ["lobby"]
     cur.typed(m.Part("lobby"), ["lobby", "dev"])
     assert cur.rooms([]) == [] and cur.rooms(["dev"]) == ["dev"]  # let go: forgotten as parting
+
+
+def test_a_change_not_done_moves_the_current_room_only_if_it_was_a_join_and_only_for_its_room() -> None:
+    """A review: a NOT_DONE /nick (told after a resume) was taken for a refused join: the /join dev typed
+    while offline was forgotten and #lobby made current again, so the next lines went there. It says which
+    change it was: a /nick, /part or /topic moves nothing, and a /join lets go of its own room only."""
+    cur = CurrentRoom("lobby")
+    cur.typed(m.Join("dev"), ["lobby"])
+    for request in ({"type": "nick", "nick": "alx"}, {"type": "part", "room": "dev"}, None):
+        cur.refused(m.Err.NOT_DONE, ["lobby"], request)
+        assert cur.room == "dev" and cur.rooms(["lobby"]) == ["lobby", "dev"]
+    cur.typed(m.Join("ops"), ["lobby"])
+    cur.refused(m.Err.NOT_DONE, ["lobby"], {"type": "join", "room": "dev"})  # an earlier /join dev, not done
+    assert cur.room == "ops" and cur.rooms(["lobby"]) == ["lobby", "ops"]
+    cur.refused(m.Err.NOT_DONE, ["lobby"], {"type": "join", "room": "ops"})
+    assert cur.room == "lobby" and cur.rooms(["lobby"]) == ["lobby"]
