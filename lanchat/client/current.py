@@ -13,7 +13,8 @@ class CurrentRoom:
         self.room = room
         self._before_join: str | None = None  # the current room before the last /join (back to it if refused)
         # Rooms /joined that the server has not confirmed yet: /switch may go there (a script's
-        # "/join dev, /switch lobby, /switch dev, text" must not send the text to #lobby).
+        # "/join dev, /switch lobby, /switch dev, text" must not send the text to #lobby). Once per /join
+        # typed: one told not done after a resume must not take along the same /join typed again offline.
         self._pending: list[str] = []
         # Rooms /parted that the server has not let go yet: no longer a place for lines (a script's "/join dev,
         # /part lobby, /part, text" must not send the text to #lobby, left before it).
@@ -31,11 +32,10 @@ class CurrentRoom:
             self.room = cmd.room
             if cmd.room in self._parting:
                 self._parting.remove(cmd.room)
-            if cmd.room not in joined and cmd.room not in self._pending:
+            if cmd.room not in joined:
                 self._pending.append(cmd.room)
         elif isinstance(cmd, m.Part):
-            if cmd.room in self._pending:
-                self._pending.remove(cmd.room)
+            self._pending = [r for r in self._pending if r != cmd.room]
             if cmd.room in joined and cmd.room not in self._parting:
                 self._parting.append(cmd.room)
             if cmd.room == self.room:
@@ -58,7 +58,7 @@ class CurrentRoom:
         """The rooms we are in, or asked to be in, but not asked to leave (what /switch and /part ROOM may
         name)."""
         self._confirmed(joined)
-        return [*(r for r in joined if r not in self._parting), *self._pending]
+        return [*(r for r in joined if r not in self._parting), *dict.fromkeys(self._pending)]
 
     def switch(self, room: str, joined: Sequence[str]) -> str | None:
         """/switch ROOM (one we are in), or without a room the next joined one (F2). None if done, else why not."""
@@ -80,7 +80,8 @@ class CurrentRoom:
         if code == m.Err.NOT_DONE:  # it says which change: only a /join's room is let go
             if not (isinstance(request, dict) and request.get("type") == "join"):
                 return
-            self._pending = [r for r in self._pending if r != request.get("room")]
+            if request.get("room") in self._pending:  # that /join's: one typed again since stays
+                self._pending.remove(request["room"])
         elif code in (m.Err.TOO_MANY_ROOMS, m.Err.BAD_ROOM):
             # A join was refused, and errors do not say which room: none still unanswered is trusted any more
             # (/switch to one then says "not in #x"; one the server confirms later is in ``joined`` anyway).

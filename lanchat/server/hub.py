@@ -817,11 +817,16 @@ class Hub:
             convs = [*joining, "@" + s.sid]  # its rooms', and the private messages sent to it meanwhile
             self._replay(s, after, {}, now, convs=convs, budget=self.replay_max - answer)
         backlog = _Backlog(self.replay_max)
+        tail = after is None
+        if tail and self.history_on_join and any(r not in self.rooms or not self.rooms[r].tail_loaded for r in joining):
+            self.commit_store(now)  # once, before the first join: a later room's tail read must not commit
+            # an earlier room's join without the session's record (a crash would leave a join nobody made,
+            # or, after an expiry, a record saying its joins are to come with one of them made)
         for name in req.rooms:
             try:
                 if name not in joining:
                     raise self._cannot_make(peer)
-                self._join(s, name, now, backlog=backlog, tail=after is None)
+                self._join(s, name, now, backlog=backlog, tail=tail, commit=False)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
         s.start = self.seq  # where this answer ends: a resume from below it may have missed its room replies
@@ -1151,14 +1156,16 @@ class Hub:
         *,
         backlog: _Backlog | None = None,
         tail: bool = True,
+        commit: bool = True,
     ) -> None:
+        """``commit``: False if the store was committed just before (see _join_history)."""
         if len(s.rooms) >= const.MAX_ROOMS_PER_SESSION:
             raise RemoteProtocolError(
                 m.Err.TOO_MANY_ROOMS, f"at most {const.MAX_ROOMS_PER_SESSION} rooms per session", request_id=rid
             )
         room = self._room(name, s.peer)
         if tail and self.history_on_join:
-            self._join_history(s, room, now, backlog)
+            self._join_history(s, room, now, backlog, commit=commit)
         room.add(s)
         s.rooms.append(name)
         if s.parted:  # a member again: a resume replays the room whole
@@ -1204,11 +1211,15 @@ class Hub:
         lines = lines + held
         return (lines[:limit] if forward else lines[-limit:]), more or len(lines) > limit
 
-    def _join_history(self, s: Session, room: Room, now: float, backlog: _Backlog | None = None) -> None:
+    def _join_history(
+        self, s: Session, room: Room, now: float, backlog: _Backlog | None = None, *, commit: bool = True
+    ) -> None:
         """The newest events of the room, marked as history, from memory (one database read per room); of a
-        hello's rooms, those that fit its ``backlog``."""
+        hello's rooms, those that fit its ``backlog``. The read is of the disk, made current first, unless
+        the caller did that (``commit`` False: what it queued since is no event of this room's)."""
         if not room.tail_loaded:
-            self.commit_store(now)
+            if commit:
+                self.commit_store(now)
             page = self.store.events(room.name, limit=self.history_on_join)
             lines, more = self._with_held(room.name, page, self.history_on_join)
             room.tail = deque(maxlen=self.history_on_join)

@@ -116,3 +116,16 @@ def test_a_change_not_done_moves_the_current_room_only_if_it_was_a_join_and_only
     assert cur.room == "ops" and cur.rooms(["lobby"]) == ["lobby", "ops"]
     cur.refused(m.Err.NOT_DONE, ["lobby"], {"type": "join", "room": "ops"})
     assert cur.room == "lobby" and cur.rooms(["lobby"]) == ["lobby"]
+
+
+def test_a_join_not_done_leaves_the_same_join_typed_again_offline() -> None:
+    """A review: /join dev was refused with its answer lost, and typed again while offline; the first's
+    NOT_DONE let go of #dev altogether, so the second, done after the resume, left #lobby current."""
+    cur = CurrentRoom("lobby")
+    cur.typed(m.Join("dev"), ["lobby"])
+    cur.typed(m.Join("dev"), ["lobby"])
+    assert cur.rooms(["lobby"]) == ["lobby", "dev"]
+    cur.refused(m.Err.NOT_DONE, ["lobby"], {"type": "join", "room": "dev"})
+    assert cur.room == "dev" and cur.rooms(["lobby"]) == ["lobby", "dev"]
+    cur.typed(m.Part("dev"), ["lobby"])  # a /part lets go of every /join of it
+    assert cur.room == "lobby" and cur.rooms(["lobby"]) == ["lobby"]

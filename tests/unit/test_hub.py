@@ -3262,6 +3262,33 @@ def test_the_joins_a_crash_inside_the_hello_after_an_expiry_took_are_made_at_the
     assert [f["nicks"] for f in answer if f["type"] == "room"] == [["bo", "al"]]
 
 
+@pytest.mark.parametrize("expired", [True, False], ids=["after-expiry", "fresh"])
+def test_a_hellos_tail_reads_commit_none_of_its_joins_before_its_record(
+    tmp_path: Path, stores: list[HistoryStore], expired: bool
+) -> None:
+    """A review: a hello into #a and #b after a restart (no room's recent lines loaded) read each room's tail
+    from the disk, committing first, so #b's read committed al's join of #a. A crash then left, after an
+    expiry, a record whose joins were to come beside one of them made (the restart made it again: two
+    joins of #a); and of a fresh hello, a join of #a by a session that never was (and never quit). The
+    hello commits once, before its first join."""
+    net = Workers(make_hub(stores, tmp_path))
+    al = welcome_of(net, 1, 10, "al", rooms=["a", "b"])
+    bo = welcome_of(net, 2, 20, "bo", rooms=["a", "b"])
+    net.hub.closed(1, 10, False, "lost", 1.0)
+    net.hub.tick(2.0 + GRACE)  # al expired
+    net.hub.shutdown("restart", 3.0 + GRACE)
+    upto = max(f["seq"] for f in net.take(2, 20) if "seq" in f)
+    net.hub.store.close()
+    net = Workers(make_hub(stores, tmp_path, now=4.0 + GRACE))  # no tail loaded
+    hello: dict[str, Any] = {"type": "hello", "nick": "al", "rooms": ["a", "b"]}  # no last_seq: tails
+    net.hub.request(1, 11, {**hello, "token": al["token"]} if expired else hello, 5.0 + GRACE)
+    crash(net.hub.store)
+    net = Workers(make_hub(stores, tmp_path, now=6.0 + GRACE))
+    net.hub.request(2, 21, {"type": "hello", "nick": "bo", "token": bo["token"], "last_seq": upto}, 7.0 + GRACE)
+    joins = [(f["room"], f["nick"]) for f in net.take(2, 21) if f["type"] == "join"]
+    assert joins == ([("a", "al"), ("b", "al")] if expired else [])
+
+
 def last_run_then_late_open(tmp_path: Path, stores: list[HistoryStore]) -> tuple[Frame, Workers, list[bool]]:
     """al (posted id 1, sent a private message) and bo held at a restart; the next run starts without its
     database (``closed[0] = False`` lets it open) and bo, unable to resume, makes a new session. Returns
