@@ -322,7 +322,9 @@ class ClientState:
             done = rid in self._redone and frame.get("code") == m.Err.NOT_IN_ROOM  # a redone /part the server
             self.outbox.pop(rid, None)  # did before its answer was lost: the room is left, as asked
             self._settle(rid)  # refused for good (bad text, not in room): not sent again; a change: answered
-            return not done
+            if done:  # passed on as the ack it stands for (piped mode waits for an answer to each line)
+                frame.clear()
+                frame.update({"type": "ack", "id": rid})
         return True
 
     def _saw(self, event: dict[str, Any]) -> None:

@@ -573,7 +573,8 @@ def test_a_redone_part_the_server_did_already_is_not_shown_as_refused() -> None:
     """/part r handled, its answer lost, and the session expired: the new session, made in #r from the
     client's view, leaves #r again. That answer lost in turn, the resume sends the part once more, and the
     server, which did it, refuses it (not in #r). The room is left, as the user asked: no error to show
-    (piped mode counted it in its exit code). A part the user types is refused as ever."""
+    (piped mode counted it in its exit code), but an ack (a review: dropped, it left piped mode's input
+    line unanswered, holding back the refusals of later lines). A part the user types is refused as ever."""
     st = welcomed()
     st.receive_data(ev("join", 12, room="r", nick="al"))
     part = st.request(m.Part("r"))
@@ -585,7 +586,8 @@ def test_a_redone_part_the_server_did_already_is_not_shown_as_refused() -> None:
     st.hello()
     st.receive_data(welcome(21, resumed=True, last_id=rid, rooms=["lobby"]))  # done, and its answer lost
     assert st.unconfirmed() == [(rid, part)]
-    assert st.receive_data(enc(type="error", code=m.Err.NOT_IN_ROOM, message="you are not in #r", id=rid)) == []
+    refused = enc(type="error", code=m.Err.NOT_IN_ROOM, message="you are not in #r", id=rid)
+    assert st.receive_data(refused) == [{"type": "ack", "id": rid}]  # (piped mode's line is answered)
     assert st.unconfirmed() == []  # answered all the same
     typed = st.request(m.Part("r"))
     st.sent(typed)
