@@ -214,6 +214,7 @@ class ChatView:
         self.address = clean(address)
         self.status = "connecting"
         self.joined: list[str] = []  # rooms we are in, in join order
+        self._coming: list[str] = []  # rooms a new session's welcome named whose joins have not come yet
         self.members: dict[str, list[str]] = {}  # room -> nicks, for the rooms we are in (maybe the first 500)
         self.counts: dict[str, int] = {}  # room -> member count (the room reply's ``users``, then events)
         self.known_rooms: dict[str, None] = {}  # insertion-ordered set, for completion
@@ -270,6 +271,7 @@ class ChatView:
         for r in rooms:
             self._know_room(r)
         where = " ".join("#" + clean(r) for r in rooms) or "no room"
+        self._coming = [] if frame.get("resumed") else rooms
         if frame.get("resumed"):
             self.joined = rooms
             self.members = {r: ns for r, ns in self.members.items() if r in rooms}
@@ -329,7 +331,10 @@ class ChatView:
         return [self._system(head, "info"), *self._rendered(frame, "info")]
 
     def _on_error(self, frame: dict[str, Any]) -> list[Line]:
-        self.current.refused(frame.get("code"), self.joined, frame.get("request"))
+        # The welcome's rooms count before their joins: a change not done told right after a new session's
+        # welcome must not leave the current room for want of rooms to go back to.
+        joined = [*self.joined, *(r for r in self._coming if r not in self.joined)]
+        self.current.refused(frame.get("code"), joined, frame.get("request"))
         return self._rendered(frame, "error")
 
     def _on_gap(self, frame: dict[str, Any]) -> list[Line]:
@@ -380,6 +385,8 @@ class ChatView:
             nick = str(frame.get("nick", ""))
             self._know_room(room)
             if m.nick_key(nick) == me and self._nicks.mine(me, frame.get("seq")):
+                if room in self._coming:
+                    self._coming.remove(room)
                 if room not in self.joined:
                     self.joined.append(room)
                 self.members.setdefault(room, [])
@@ -391,6 +398,8 @@ class ChatView:
         elif kind == "part":
             nick = str(frame.get("nick", ""))
             if m.nick_key(nick) == me and self._nicks.mine(me, frame.get("seq")):
+                if room in self._coming:
+                    self._coming.remove(room)
                 if room in self.joined:
                     self.joined.remove(room)
                 self.members.pop(room, None)

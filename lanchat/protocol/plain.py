@@ -202,9 +202,11 @@ class NicksHad:
     ``nick`` events. A resume's welcome names the nick the session has now; its own renames that the client
     had not read come after it in the replay, from the nick it had before (``_chain``), numbered up to the
     welcome's ``nick_since`` (``_chain_upto``: one later is someone else's), and are its own all the same.
+    A rename away from the client's nick numbered before the welcome says it had the nick (again) is its
+    own from before, and the client came back since: the rename back may be missing (made in no room).
     (If the client's own rename is missing from the replay, a gap's or one in no room, a rename of the old
-    nick by someone who took it before the next is taken for the client's: docs/security.md, items 38 and
-    39.)"""
+    nick by someone who took it before the next is taken for the client's: docs/security.md, items 38, 39
+    and 42.)"""
 
     had: dict[str, int] = field(default_factory=dict)
     _chain: str = ""
@@ -237,6 +239,10 @@ class NicksHad:
         if self._chain and (seq is None or seq > self._chain_upto):  # past the renames the welcome named
             self._chain = ""
         ours = old == m.nick_key(me) and self.mine(old, seq)
+        if ours and seq is not None and seq < self.had.get(old, -1):  # away from it before the welcome said the
+            if new != old:  # client had it (again): its own, and it came back since (the rename back may be
+                self.had[new] = max(self.had.get(new, -1), seq)  # missing from the replay: made in no room)
+            return False
         if not ours and not (self._chain and old == self._chain):
             return False
         if new != old:  # (a change of case only: held all along)

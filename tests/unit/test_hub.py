@@ -4054,6 +4054,74 @@ def test_the_clients_own_renames_away_and_back_in_a_replay_are_its_own(
     assert "-> *mo*" in plain and "-> *mo*" in tui, (plain, tui)
 
 
+def test_a_rename_away_and_back_in_no_room_unread_leaves_the_client_its_nick(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review (the model test, at more examples): al sends /nick aly, /part lobby, /nick al and reads none
+    of it. The rename back, made in no room, is stored nowhere, so the resume replays 'al -> aly' (numbered
+    before the welcome's nick_since) and the part: the client took the rename for a live one, believed it
+    was aly, and then knew none of its own joins (in no room, for the hub in #dev). A rename away from the
+    client's nick numbered before the welcome says it had the nick (again) is its own, and came back since."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    st = ClientState("al", ["lobby"])
+    hub.request(1, 10, json.loads(st.hello()), 0.0)
+    welcome_of(net, 2, 20, "bo")
+    hub.commit(0.0)
+    for f in net.take(1, 10):
+        st.receive_data(m.encode(f))
+    for req in (m.Nick("aly"), m.Part("lobby"), m.Nick("al")):
+        line = st.request(req)
+        st.sent(line)
+        hub.request(1, 10, json.loads(line), 1.0)
+    hub.commit(1.0)
+    net.forget(1, 10)
+    hub.closed(1, 10, False, "lost", 2.0)
+    hub.request(1, 11, json.loads(st.hello()), 3.0)
+    hub.commit(3.0)
+    answer = net.take(1, 11)
+    assert ("nick", "aly") in [(f["type"], f.get("new")) for f in answer]  # replayed; the rename back is not
+    for f in answer:
+        st.receive_data(m.encode(f))
+    assert st.info.nick == hub.sessions[st.info.session].nick == "al" and "aly" in st.info.had
+    line = st.request(m.Join("dev"))
+    st.sent(line)
+    hub.request(1, 11, json.loads(line), 4.0)
+    hub.commit(4.0)
+    for f in net.take(1, 11):
+        st.receive_data(m.encode(f))
+    assert st.rooms == ["dev"]
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["held", "expired"])
+def test_a_join_not_done_after_a_resume_keeps_the_room_talked_in(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, expired: bool
+) -> None:
+    """A review: al, talking in #ops, typed /join dev, refused (too many rooms) with its answer lost. After an
+    expiry the terminal's rooms are empty until the new session's joins come, and the "not done" comes
+    before them: with no room to go back to, the current room became none, and the first join made it
+    #lobby. The rooms the welcome named count as the rooms to go back to."""
+    monkeypatch.setattr(const, "MAX_ROOMS_PER_SESSION", 2)
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Terminal("al", ["lobby", "ops"])
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    al.feed(net.take(1, 10))
+    al.view.submit("/switch ops")
+    (req,) = al.view.submit("/join dev").requests
+    line = al.st.request(req)
+    al.st.sent(line)
+    hub.request(1, 10, json.loads(line), 0.5)  # refused: too many rooms
+    hub.commit(0.5)
+    net.forget(1, 10)
+    hub.closed(1, 10, False, "lost", 1.0)
+    if expired:
+        hub.tick(2.0 + GRACE)
+    errors = shown_after_resume(net, al, 1, 11, 3.0 + GRACE)
+    assert [e["code"] for e in errors] == [m.Err.NOT_DONE]
+    assert al.view.joined == ["lobby", "ops"] and al.view.room == "ops"
+
+
 def test_a_rename_back_the_client_never_read_keeps_the_first_seq_of_its_nick(
     tmp_path: Path, stores: list[HistoryStore]
 ) -> None:
