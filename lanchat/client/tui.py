@@ -215,6 +215,7 @@ class ChatView:
         self.status = "connecting"
         self.joined: list[str] = []  # rooms we are in, in join order
         self._coming: list[str] = []  # rooms a new session's welcome named whose joins have not come yet
+        self._resumed_at = -1  # a resume's welcome's seq: its rooms have the replay's own joins and parts
         self.members: dict[str, list[str]] = {}  # room -> nicks, for the rooms we are in (maybe the first 500)
         self.counts: dict[str, int] = {}  # room -> member count (the room reply's ``users``, then events)
         self.known_rooms: dict[str, None] = {}  # insertion-ordered set, for completion
@@ -272,6 +273,8 @@ class ChatView:
             self._know_room(r)
         where = " ".join("#" + clean(r) for r in rooms) or "no room"
         self._coming = [] if frame.get("resumed") else rooms
+        seq = frame.get("seq")
+        self._resumed_at = seq if frame.get("resumed") and type(seq) is int else -1
         if frame.get("resumed"):
             self.joined = rooms
             self.members = {r: ns for r, ns in self.members.items() if r in rooms}
@@ -384,7 +387,7 @@ class ChatView:
         elif kind == "join":
             nick = str(frame.get("nick", ""))
             self._know_room(room)
-            if m.nick_key(nick) == me and self._nicks.mine(me, frame.get("seq")):
+            if m.nick_key(nick) == me and self._nicks.mine(me, frame.get("seq")) and not self._replayed(frame):
                 if room in self._coming:
                     self._coming.remove(room)
                 if room not in self.joined:
@@ -397,7 +400,7 @@ class ChatView:
                 self.counts[room] = self.counts.get(room, 0) + 1
         elif kind == "part":
             nick = str(frame.get("nick", ""))
-            if m.nick_key(nick) == me and self._nicks.mine(me, frame.get("seq")):
+            if m.nick_key(nick) == me and self._nicks.mine(me, frame.get("seq")) and not self._replayed(frame):
                 if room in self._coming:
                     self._coming.remove(room)
                 if room in self.joined:
@@ -422,6 +425,11 @@ class ChatView:
                 self.members[r] = [new if m.nick_key(n) == m.nick_key(old) else n for n in nicks]
             if self.speakers.pop(m.nick_key(old), None) is not None:
                 self._know_speaker(new)
+
+    def _replayed(self, event: dict[str, Any]) -> bool:
+        """An event a resume replayed: the welcome's rooms already have what it did (ClientState alike)."""
+        seq = event.get("seq")
+        return type(seq) is int and seq <= self._resumed_at
 
     def _drop_member(self, room: str, nick: str, *, left_this_room: bool) -> None:
         """``nick`` is no longer in ``room`` (if it was): the member list and the count follow. A nick missing

@@ -94,6 +94,9 @@ class ClientState:
         self._new_session = False  # the last welcome was of a session that replaced an expired one
         self._redone: set[int] = set()  # ids of changes done again in such a session, until answered
         self._redo_upto = -1  # that session's first last_id: one above it says the redone ones were handled
+        # A resume's welcome's seq: its rooms are the session's after every event up to it, so the replay's
+        # own joins and parts (which may be under a nick the client never knew it had) change nothing.
+        self._resumed_at = -1
         self._refill: set[str] = set()  # rooms whose join history, in a session that replaced an expired one,
         # is still to come (filtered: see _history)
 
@@ -279,6 +282,7 @@ class ClientState:
             self._new_session = bool(frame.get("resume_failed"))
             if self._handled_upto > self._redo_upto:  # it handled a request sent after them, so them too (in
                 self._redone.clear()  # order): sent again, a redone /nick would undo a later one
+            self._resumed_at = seq if frame.get("resumed") and isinstance(seq, int) else -1
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
                 if isinstance(seq, int) and self.last_seq is not None and seq < self.last_seq:
@@ -304,6 +308,8 @@ class ClientState:
             if isinstance(rid, int):
                 self.outbox.pop(rid, None)
                 self._settle(rid)
+        elif kind in ("join", "part") and isinstance(seq, int) and seq <= self._resumed_at:
+            pass  # replayed: the welcome's rooms have it
         elif kind == "join" and m.nick_key(str(frame.get("nick", ""))) == me and self.info.nicks.mine(me, seq):
             room = str(frame.get("room"))
             self._refill.discard(room)  # its join history comes before it, if any comes (not after a replay)

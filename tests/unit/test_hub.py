@@ -4093,6 +4093,41 @@ def test_a_rename_away_and_back_in_no_room_unread_leaves_the_client_its_nick(
     assert st.rooms == ["dev"]
 
 
+def test_the_replays_own_joins_and_parts_leave_a_resumes_rooms_as_the_welcome_says(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """The model test, at more examples (finding H): al sends /part lobby, /nick alx (in no room: stored
+    nowhere), /join lobby, /nick al, and reads none of it. The resume replays the part by al, the join by
+    alx and the rename back: the part was taken for the client's own and dropped #lobby; the join, under a
+    nick the client never knew it had, was not, so the client (and its terminal) believed it was in no room,
+    and its lines to #lobby went nowhere. A resume's welcome names the rooms after every replayed event:
+    the replay's joins and parts change them no more."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Terminal("al", ["lobby"])
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    welcome_of(net, 2, 20, "bo")
+    hub.commit(0.0)
+    al.feed(net.take(1, 10))
+    for req in (m.Part("lobby"), m.Nick("alx"), m.Join("lobby"), m.Nick("al")):
+        line = al.st.request(req)
+        al.st.sent(line)
+        hub.request(1, 10, json.loads(line), 1.0)
+    hub.commit(1.0)
+    net.forget(1, 10)
+    hub.closed(1, 10, False, "lost", 2.0)
+    hub.request(1, 11, json.loads(al.st.hello()), 3.0)
+    hub.commit(3.0)
+    answer = net.take(1, 11)
+    assert [(f["type"], f.get("nick")) for f in answer if f["type"] in ("join", "part")] == [
+        ("part", "al"),
+        ("join", "alx"),
+    ]
+    al.feed(answer)
+    assert al.st.rooms == al.view.joined == hub.sessions[al.st.info.session].rooms == ["lobby"]
+    assert al.st.info.nick == al.view.nick == "al"
+
+
 @pytest.mark.parametrize("expired", [False, True], ids=["held", "expired"])
 def test_a_join_not_done_after_a_resume_keeps_the_room_talked_in(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, expired: bool

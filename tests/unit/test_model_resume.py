@@ -806,6 +806,40 @@ def test_a_crash_inside_a_catch_up_hello_does_not_post_a_resend_twice(tmp_path: 
     ])  # fmt: skip
 
 
+def test_a_join_under_a_rename_never_read_is_in_the_rooms_after_a_resume(tmp_path: Path) -> None:
+    """H: with a rename in no room unread (stored nowhere), the replayed join under the new nick was not
+    the client's own, while its part before it was: the client believed it was in no room."""
+    replay(tmp_path, [
+        ("al_joins_or_parts", {"join": False, "room": "lobby"}),
+        ("server_restarts", {"crash": False, "down": None, "up": 0}),
+        ("al_renames", {"nick": "alx"}),
+        ("al_joins_or_parts", {"join": True, "room": "lobby"}),
+        ("al_renames", {"nick": "al"}),
+        ("reconnect", {"fault": ""}),
+        ("hub_reads_al", {"k": None}),
+        ("drop", {"down": 0, "expire": False, "noticed": False, "up": 0}),
+    ])  # fmt: skip
+
+
+def test_a_rename_away_and_back_in_no_room_unread_keeps_the_clients_nick(tmp_path: Path) -> None:
+    """A third review's run (docs/security.md item 42): the replayed rename away, numbered before the
+    welcome's nick_since, was taken for a live one (the rename back, in no room, is not replayed)."""
+    replay(tmp_path, [
+        ("drop", {"down": 0, "expire": False, "noticed": False, "up": 0}),
+        ("reconnect", {"fault": ""}),
+        ("drop", {"down": 0, "expire": True, "noticed": False, "up": 2}),
+        ("al_renames", {"nick": "aly"}),
+        ("al_joins_or_parts", {"join": False, "room": "lobby"}),
+        ("al_renames", {"nick": "al"}),
+        ("reconnect", {"fault": ""}),
+        ("al_joins_or_parts", {"join": True, "room": "ops"}),
+        ("hub_reads_al", {"k": None}),
+        ("drop", {"down": 0, "expire": False, "noticed": True, "up": 2}),
+        ("reconnect", {"fault": ""}),
+        ("al_joins_or_parts", {"join": True, "room": "dev"}),
+    ])  # fmt: skip
+
+
 def test_a_refused_nick_change_is_shown_after_a_drop(tmp_path: Path) -> None:
     """The /nick is refused (cy has alx) and the error is lost with the connection; the resume's welcome said
     last_id (refusals count), and the client forgot the change without a word. It lists the refused ids now."""
