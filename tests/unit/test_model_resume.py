@@ -626,9 +626,10 @@ class ResumeModel(RuleBasedStateMachine):
             hub.store._db = None
 
     def _restart(self) -> None:
-        """A new hub on the same database; every connection of the old one is gone; bo and cy come back."""
+        """A new hub on the same database; every connection of the old one is gone (a hello held back on one
+        too: it can reach no process now); bo and cy come back."""
         self.al_conn = None
-        self.up, self.down, self.half_open = [], [], []
+        self.up, self.down, self.half_open, self.held_hellos = [], [], [], []
         for p in self._peers():
             p.conn = None
         self._tick(1.0)
