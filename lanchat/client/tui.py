@@ -275,11 +275,17 @@ class ChatView:
         self._coming = [] if frame.get("resumed") else rooms
         seq = frame.get("seq")
         self._resumed_at = seq if frame.get("resumed") and type(seq) is int else -1
-        if frame.get("resumed"):
+        if frame.get("resumed") and not frame.get("resume_failed"):
             self.joined = rooms
             self.members = {r: ns for r, ns in self.members.items() if r in rooms}
             self.counts = {r: n for r, n in self.counts.items() if r in rooms}
             return [self._system(f"session resumed: you are {clean(self.nick)} in {where}", "state")]
+        if frame.get("resumed"):  # the new session made after an expiry, whose welcome was lost: resumed
+            self.joined, self.members, self.counts, self._room_said = rooms, {}, {}, {}  # through the old token
+            return [
+                self._system(not_resumed(frame["resume_failed"]), "error"),
+                self._system(f"you are {clean(self.nick)} in {where}", "state"),
+            ]
         self.joined, self.members, self.counts, self._room_said = [], {}, {}, {}
         lines = []
         if frame.get("resume_failed"):

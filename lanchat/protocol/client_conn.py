@@ -282,7 +282,7 @@ class ClientState:
             self._new_session = bool(frame.get("resume_failed"))
             if self._handled_upto > self._redo_upto:  # it handled a request sent after them, so them too (in
                 self._redone.clear()  # order): sent again, a redone /nick would undo a later one
-            self._resumed_at = seq if frame.get("resumed") and isinstance(seq, int) else -1
+            self._resumed_at = seq if frame.get("resumed") and type(seq) is int else -1  # (as the terminal)
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
                 if isinstance(seq, int) and self.last_seq is not None and seq < self.last_seq:

@@ -212,6 +212,7 @@ class NicksHad:
     _chain: str = ""
     _chain_upto: int = -1
     _before: tuple[str, int] | None = None  # a resume's nick, and from which seq the client had it before
+    _told: tuple[str, int] | None = None  # a resume's nick and its nick_since (a chain may lower had's)
 
     def welcome(self, frame: dict[str, Any], before: str) -> None:
         key = m.nick_key(str(frame.get("nick", "")))
@@ -224,8 +225,10 @@ class NicksHad:
             if told is not None or key not in self.had:
                 self.had[key] = since
             self._before = (key, prev) if prev is not None and prev < self.had[key] else None
+            self._told = (key, told) if told is not None else None
             return
         self._before = None
+        self._told = None
         self._chain = ""  # a session the client had not seen: its nick from nick_since (a catch-up may replay
         if self.had and since < max(self.had.values()):  # others' use of it before); numbers below those had:
             self.had.clear()  # the server's numbering went back (a new data directory)
@@ -239,9 +242,12 @@ class NicksHad:
         if self._chain and (seq is None or seq > self._chain_upto):  # past the renames the welcome named
             self._chain = ""
         ours = old == m.nick_key(me) and self.mine(old, seq)
-        if ours and seq is not None and seq < self.had.get(old, -1):  # away from it before the welcome said the
-            if new != old:  # client had it (again): its own, and it came back since (the rename back may be
-                self.had[new] = max(self.had.get(new, -1), seq)  # missing from the replay: made in no room)
+        back = self.had.get(old, -1)  # from when the client has ``old`` (again): the welcome's nick_since,
+        if self._told is not None and self._told[0] == old:  # though a replayed rename to it lowered had
+            back = max(back, self._told[1])
+        if ours and seq is not None and seq < back:  # a rename away before that: its own, and it came back
+            if new != old:  # since (the rename back may be missing from the replay: made in no room)
+                self.had[new] = max(self.had.get(new, -1), seq)
             return False
         if not ours and not (self._chain and old == self._chain):
             return False

@@ -4093,6 +4093,69 @@ def test_a_rename_away_and_back_in_no_room_unread_leaves_the_client_its_nick(
     assert st.rooms == ["dev"]
 
 
+def test_a_replayed_rename_back_to_the_welcomes_nick_does_not_undo_the_rule_for_the_renames_after_it(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review of the rule above: the client, aly (read), sends /nick al, /nick aly, /part lobby, /nick al
+    and reads none of it. The replayed 'aly -> al', the client's own (the nick it had before the welcome),
+    set had['al'] back below the welcome's nick_since, so the next replayed 'al -> aly' was followed as a
+    live rename, and the client stayed aly (then in no room). The welcome's nick_since still counts."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Terminal("al", ["lobby"])
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    hub.commit(0.0)
+    al.feed(net.take(1, 10))
+    for reqs, read in (([m.Nick("aly")], True), ([m.Nick("al"), m.Nick("aly"), m.Part("lobby"), m.Nick("al")], False)):
+        for req in reqs:
+            line = al.st.request(req)
+            al.st.sent(line)
+            hub.request(1, 10, json.loads(line), 1.0)
+        hub.commit(1.0)
+        if read:
+            al.feed(net.take(1, 10))
+            assert al.st.info.nick == "aly"
+    net.forget(1, 10)
+    hub.closed(1, 10, False, "lost", 2.0)
+    hub.request(1, 11, json.loads(al.st.hello()), 3.0)
+    hub.commit(3.0)
+    al.feed(net.take(1, 11))
+    line = al.st.request(m.Join("dev"))
+    al.st.sent(line)
+    hub.request(1, 11, json.loads(line), 4.0)
+    hub.commit(4.0)
+    al.feed(net.take(1, 11))
+    assert al.st.info.nick == al.view.nick == hub.sessions[al.st.info.session].nick == "al"
+    assert al.st.rooms == al.view.joined == ["dev"]
+
+
+def test_a_resume_through_an_expired_tokens_alias_tells_the_terminal_it_is_a_new_session(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review: the new session made after an expiry lost its welcome, and the next hello, with the old token
+    (an alias of it), is answered resumed and resume_failed. The terminal took it for a resume ("session
+    resumed"), and kept the old session's member lists; it says the session was not resumed now."""
+    net = Workers(make_hub(stores, tmp_path))
+    hub = net.hub
+    al = Terminal("al", ["lobby"])
+    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    hub.commit(0.0)
+    al.feed(net.take(1, 10))
+    net.forget(1, 10)
+    hub.closed(1, 10, False, "lost", 1.0)
+    hub.tick(2.0 + GRACE)
+    hub.request(1, 11, json.loads(al.st.hello()), 3.0 + GRACE)  # its answer lost
+    hub.commit(3.0 + GRACE)
+    net.forget(1, 11)
+    hub.closed(1, 11, False, "lost", 4.0 + GRACE)
+    hub.request(1, 12, json.loads(al.st.hello()), 5.0 + GRACE)
+    answer = net.take(1, 12)
+    assert answer[0]["resumed"] is True and "resume_failed" in answer[0]
+    shown = [line.text for f in answer for s in al.st.receive_data(m.encode(f)) for line in al.view.on_frame(s)]
+    assert any("not resumed" in t or "expired" in t for t in shown) and not any("session resumed" in t for t in shown)
+    assert al.view.joined == ["lobby"] and al.view.members["lobby"] == ["al"]
+
+
 def test_the_replays_own_joins_and_parts_leave_a_resumes_rooms_as_the_welcome_says(
     tmp_path: Path, stores: list[HistoryStore]
 ) -> None:
