@@ -4093,6 +4093,15 @@ def test_a_rename_away_and_back_in_no_room_unread_leaves_the_client_its_nick(
     assert st.rooms == ["dev"]
 
 
+def al_terminal(net: Workers) -> Terminal:
+    """al's terminal (its client state and view), welcomed in #lobby (worker 1, conn 10), everything read."""
+    al = Terminal("al", ["lobby"])
+    net.hub.request(1, 10, json.loads(al.st.hello()), 0.0)
+    net.hub.commit(0.0)
+    al.feed(net.take(1, 10))
+    return al
+
+
 def test_a_replayed_rename_back_to_the_welcomes_nick_does_not_undo_the_rule_for_the_renames_after_it(
     tmp_path: Path, stores: list[HistoryStore]
 ) -> None:
@@ -4102,10 +4111,7 @@ def test_a_replayed_rename_back_to_the_welcomes_nick_does_not_undo_the_rule_for_
     live rename, and the client stayed aly (then in no room). The welcome's nick_since still counts."""
     net = Workers(make_hub(stores, tmp_path))
     hub = net.hub
-    al = Terminal("al", ["lobby"])
-    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
-    hub.commit(0.0)
-    al.feed(net.take(1, 10))
+    al = al_terminal(net)
     for reqs, read in (([m.Nick("aly")], True), ([m.Nick("al"), m.Nick("aly"), m.Part("lobby"), m.Nick("al")], False)):
         for req in reqs:
             line = al.st.request(req)
@@ -4137,10 +4143,7 @@ def test_a_resume_through_an_expired_tokens_alias_tells_the_terminal_it_is_a_new
     resumed"), and kept the old session's member lists; it says the session was not resumed now."""
     net = Workers(make_hub(stores, tmp_path))
     hub = net.hub
-    al = Terminal("al", ["lobby"])
-    hub.request(1, 10, json.loads(al.st.hello()), 0.0)
-    hub.commit(0.0)
-    al.feed(net.take(1, 10))
+    al = al_terminal(net)
     net.forget(1, 10)
     hub.closed(1, 10, False, "lost", 1.0)
     hub.tick(2.0 + GRACE)
