@@ -1019,9 +1019,8 @@ class Hub:
                 self._remember_refused(s, ~change)
             raise
         else:
-            if not first and s.refused and ~change in s.refused:  # refused before the expiry, done now
-                s.refused.discard(~change)
-                self.store.put_refused("s:" + s.sid, s.refused)
+            if not first:  # refused before the expiry, done now
+                self._unrefuse(s, ~change)
         finally:
             if first:
                 self.store.put_posted(s.sid, change)
@@ -1085,8 +1084,12 @@ class Hub:
         if rid is None:
             return
         s.last_id = max(s.last_id, rid)
-        if s.refused and rid in s.refused:  # refused once, posted now (its addressee came, say)
-            s.refused.discard(rid)
+        self._unrefuse(s, rid)  # refused once, posted now (its addressee came, say)
+
+    def _unrefuse(self, s: Session, key: int) -> None:
+        """A refused post's id, or ~id of a change, done after all: no longer refused (_remember_refused)."""
+        if s.refused and key in s.refused:
+            s.refused.discard(key)
             self.store.put_refused("s:" + s.sid, s.refused)
 
     def _refused(self, s: Session, rid: int | None, code: str, message: str) -> RemoteProtocolError:
