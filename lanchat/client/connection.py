@@ -464,11 +464,17 @@ def unreachable_reason(exc: BaseException, timeout: float | None = None) -> str:
     return str(exc) or type(exc).__name__
 
 
-def on_hangup(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]) -> Callable[[], None]:
+def on_hangup(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[int], None], *, interrupt: bool = False
+) -> Callable[[], None]:
     """Call ``callback(signum)`` on SIGTERM or SIGHUP (the terminal window or the ssh session was closed),
     so that a front end can say goodbye: the server then frees the nick at once instead of holding it for
-    a reconnect that will never come. Returns the function that removes the handlers."""
-    return handle_signals(loop, stop_signals(signal.SIGTERM, signal.SIGHUP), callback)
+    a reconnect that will never come. With ``interrupt``, on Ctrl-C (SIGINT) too, unless it was ignored at
+    start (a script's `&` job must not be stopped by it). Returns the function that removes the handlers."""
+    sigs = [signal.SIGTERM, signal.SIGHUP]
+    if interrupt and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        sigs.append(signal.SIGINT)
+    return handle_signals(loop, stop_signals(*sigs), callback)
 
 
 def handle_signals(

@@ -9,6 +9,8 @@ import asyncio
 import bisect
 import contextlib
 import json
+import os
+import signal
 import sys
 import threading
 from collections.abc import Awaitable
@@ -47,7 +49,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     refused: list[str] = []  # what the client or the server refused: the exit code says so
     by_server: list[str] = []  # those the server refused (with --json, error frames in the output)
     settled = asyncio.Event()  # the hub has answered everything sent before the last request
-    terminated: list[int] = []  # the signal that ended us (SIGTERM, SIGHUP)
+    terminated: list[int] = []  # the signal that ended us (SIGTERM, SIGHUP, SIGINT)
     closing: list[asyncio.Task[None]] = []  # its goodbye (a reference, or the task could be collected)
     line_of: dict[int, int] = {}  # request id -> the input line it came from, until answered
     held: list[tuple[int, str]] = []  # refusals of input lines, said once every line before them is answered
@@ -124,11 +126,17 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
-        """SIGTERM, or SIGHUP (the terminal or ssh session went away): say goodbye, so that the nick is free at
-        once instead of held for a reconnect that will never come; lines not acknowledged yet are dropped."""
+        """SIGTERM, SIGHUP (the terminal or ssh session went away) or Ctrl-C: say goodbye, so that the nick is
+        free at once instead of held for a reconnect that will never come; lines not acknowledged yet are
+        dropped. A second Ctrl-C does not wait for the goodbye (up to GOODBYE_TIMEOUT with no server)."""
         if not terminated:
             terminated.append(signum)
             closing.append(loop.create_task(client.close()))
+        elif signum == signal.SIGINT:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):  # a reader gone: nothing to keep for it
+                    stream.flush()
+            os._exit(128 + signum)
 
     async def signalled() -> int:
         """The exit after a signal: once its goodbye is done (the connection closes before it is: between
@@ -143,7 +151,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         if client.goodbye_lost:
             print(f"lanchat: {GOODBYE_LOST_NOTE}", file=sys.stderr, flush=True)
 
-    on_hangup(loop, on_signal)  # before connecting (the session starts there); they go with the loop
+    on_hangup(loop, on_signal, interrupt=True)  # before connecting (the session starts there); they go with the loop
     try:
         await client.connect()
     except ConnectError as exc:

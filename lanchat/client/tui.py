@@ -70,6 +70,7 @@ from lanchat.protocol.plain import (
     clean,
     clock,
     count_of,
+    held_note,
     not_resumed,
     parse_command,
     render,
@@ -260,9 +261,14 @@ class ChatView:
         return self._out(handler(frame))
 
     def _on_server(self, frame: dict[str, Any]) -> list[Line]:
-        if not self.server:
-            self.server = clean(frame.get("name", ""))
-        return []  # its hint is for people on nc/telnet
+        """The greeting, at each connect: its name is the server's own (discovery's may be older, and a
+        server restarted with another --name, or another server on the same port, is named anew)."""
+        name = clean(frame.get("name", ""))
+        if not name or name == self.server:
+            return []  # its hint is for people on nc/telnet
+        said = [self._system(f"the server at {self.address} is called {name} now", "state")] if self.server else []
+        self.server = name
+        return said
 
     def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
         self._nicks.welcome(frame, self.nick)
@@ -471,12 +477,15 @@ class ChatView:
         elif kind == "privmsg":
             sender, to = str(frame.get("from", "")), str(frame.get("to", ""))
             text, _ = self._text(str(frame.get("text", "")), highlight=False)
-            if sent_by_me(frame, self.nick, self._nicks.had, self._session):
+            mine = sent_by_me(frame, self.nick, self._nicks.had, self._session)
+            if mine:
                 frags += [("class:privmsg", "-> "), (self._nick_style(to), f"*{c(to)}*"), ("", " ")]
             else:
                 frags += [(self._nick_style(sender), f"*{c(sender)}*"), ("class:privmsg", " (private) ")]
                 bell = not historic
             frags += [(f"class:privmsg {s}".strip(), t) for s, t in text]
+            if mine and (note := held_note(frame)):
+                frags.append(("class:event", f"  ({note})"))
         else:
             described = self._describe(frame)
             if described is None:
@@ -626,8 +635,9 @@ class ChatView:
     def toolbar(self, width: int | None = None) -> StyleAndTextTuples:
         """The status line: server, room, nick, users in the room, connection state (and unsent posts).
         The server and then the /help hint are left out where they would not fit in ``width`` columns,
-        and then the longer of the room and the nick is shortened (to TOOLBAR_NAME_MIN columns at least):
-        the terminal cuts the line's end, and the state matters more than where."""
+        then the longer of the room and the nick is shortened (to TOOLBAR_NAME_MIN columns at least), then
+        the count of the other rooms and then of the users go: the terminal cuts the line's end, and the
+        state matters more than where."""
         users = self.counts.get(self.room, len(self.members.get(self.room, []))) if self.room else 0
         others = len([r for r in self.joined if r != self.room])
         room, nick = f"#{clean(self.room)}" if self.room else "no room", clean(self.nick)
@@ -640,12 +650,14 @@ class ChatView:
         if unsent:
             tail += [("class:bottom-toolbar", " "), ("class:bottom-toolbar.unsent", f" {unsent} unsent ")]
 
+        shown = {"others": bool(others), "users": True}
+
         def line(room: str, nick: str) -> StyleAndTextTuples:
             return [
                 ("class:bottom-toolbar", " "),
                 ("class:bottom-toolbar.key", room),
-                ("class:bottom-toolbar", f" (+{count_of(others, 'room')})" if others else ""),
-                ("class:bottom-toolbar", f" | {nick} | {count_of(users, 'user')} | "),
+                ("class:bottom-toolbar", f" (+{count_of(others, 'room')})" if shown["others"] else ""),
+                ("class:bottom-toolbar", f" | {nick} | {count_of(users, 'user') + ' | ' if shown['users'] else ''}"),
                 *tail,
             ]
 
@@ -664,6 +676,8 @@ class ChatView:
                 room = _shortened(room, get_cwidth(room) - 1)
             elif get_cwidth(nick) > TOOLBAR_NAME_MIN:
                 nick = _shortened(nick, get_cwidth(nick) - 1)
+            elif gone := next((k for k, v in shown.items() if v), None):  # (+1 room), then 3 users
+                shown[gone] = False
             else:
                 break  # the terminal cuts what is left
             frags = line(room, nick)

@@ -86,6 +86,8 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
     cmd = cmd.lower()
     rest = rest.strip()
     if cmd == "/me":
+        if not rest:
+            raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /me ACTION")
         return m.Action(_need_room(room), m.check_text(rest))
     if cmd in ("/msg", "/query"):
         to, _, text = rest.partition(" ")
@@ -292,6 +294,17 @@ def _items(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def held_note(privmsg: dict[str, Any]) -> str:
+    """What a private message's ``held`` says to its sender: the recipient's client had lost its connection
+    (a crash, a laptop asleep), and gets the message when it reconnects (its session is held that many
+    seconds; a client back later gets it too: docs/protocol.md), but not a new `lanchat join`. Empty if not."""
+    held = privmsg.get("held")
+    if type(held) is not int:
+        return ""
+    to = clean(privmsg.get("to"))
+    return f"{to} is disconnected: they get it when their client reconnects; their session is held {held} s more"
+
+
 def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None, session: str) -> str | None:
     c = clean
     kind = frame.get("type")
@@ -303,7 +316,8 @@ def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None, sessi
         return f"{at} {room} * {c(frame.get('from'))} {c(frame.get('text'))}"
     if kind == "privmsg":
         if sent_by_me(frame, me, had, session):
-            return f"{at} -> *{c(frame.get('to'))}* {c(frame.get('text'))}"
+            note = held_note(frame)
+            return f"{at} -> *{c(frame.get('to'))}* {c(frame.get('text'))}" + (f"  ({note})" if note else "")
         return f"{at} *{c(frame.get('from'))}* {c(frame.get('text'))}"
     if kind == "join":
         return f"{at} {room} -- {c(frame.get('nick'))} joined"

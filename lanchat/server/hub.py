@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -416,6 +417,11 @@ class Hub:
         self._out.pop(worker, None)
         self.busy.discard(worker)
 
+    def _held_for(self, s: Session, now: float) -> int:
+        """Whole seconds (at least 1) until detached ``s`` expires, unless its client resumes it first."""
+        assert s.detached_at is not None
+        return max(1, math.ceil(s.detached_at + self.resume_grace - now))
+
     def tick(self, now: float) -> None:
         """Expire sessions whose grace period ran out."""
         limit = now - self.resume_grace
@@ -752,7 +758,9 @@ class Hub:
             return  # made the session since, changed its nick, joined rooms: this one must not undo that)
         holder = self.nicks.get(m.nick_key(req.nick))
         if holder is not None:
-            held = " (held for a reconnecting user)" if holder.detached_at is not None else ""
+            held = ""
+            if holder.detached_at is not None:
+                held = f" (held for a reconnecting user for {self._held_for(holder, now)} s more)"
             raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken{held}", request_id=req.id)
         last_id = -1
         refused: tuple[int, ...] = ()
@@ -1141,8 +1149,12 @@ class Hub:
         seq, ts = self._stamp(now)
         # The sender's session id tells its client which private messages it sent, also under a nick it has
         # not read it had (a rename lost with a drop), or one someone else holds now (plain.sent_by_me).
-        line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b,"session":%b}\n' % (
-            seq, self._ts_literal(ts), s.nick_literal(), target.nick_literal(), text, m.json_str(s.sid),
+        # A recipient whose client is gone for now gets it only if it is back in time: the sender is told how long.
+        held = (
+            b',"held":%d' % self._held_for(target, now) if target.detached_at is not None and target is not s else b""
+        )
+        line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b,"session":%b%b}\n' % (
+            seq, self._ts_literal(ts), s.nick_literal(), target.nick_literal(), text, m.json_str(s.sid), held,
         )  # fmt: skip
         self._keep(seq, ts, "privmsg", convs, line)
         self._to_sessions([s] if target is s else [s, target], line)

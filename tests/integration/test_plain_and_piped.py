@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+import psutil
 import pytest
 from support import Client, Frame, MakeServer, run_cli
 
@@ -446,11 +447,11 @@ def test_piped_refusals_go_to_stderr_and_set_the_exit_code(make_server: MakeServ
 
 
 def test_a_terminated_piped_client_says_goodbye_and_frees_its_nick(make_server: MakeServer) -> None:
-    """SIGTERM or SIGHUP (the terminal closed): the client quits at once, so its nick is not held for a
-    reconnect (--resume-grace) and the same nick can join again straight away."""
+    """SIGTERM, SIGHUP (the terminal closed) or Ctrl-C: the client quits at once, so its nick is not held for
+    a reconnect (--resume-grace) and the same nick can join again straight away."""
     server = make_server(workers=1)
     with Client(server.port, "watcher") as watcher:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             with _join(server.port, "--nick", "hal") as proc:
                 watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
                 proc.send_signal(sig)
@@ -458,6 +459,35 @@ def test_a_terminated_piped_client_says_goodbye_and_frees_its_nick(make_server: 
                 watcher.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "hal")
         again = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "hal", input="back\n")
         assert again.returncode == 0, again.stderr
+
+
+def test_a_second_ctrl_c_does_not_wait_for_the_goodbye(make_server: MakeServer) -> None:
+    """A server that does not answer (stopped here) keeps the first Ctrl-C's goodbye waiting for seconds
+    (GOODBYE_LINGER, then GOODBYE_TIMEOUT); the second ends the client at once, without the goodbye's note."""
+    server = make_server(workers=1)
+    assert server.proc is not None
+    stopped = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
+    with _join(server.port, "--nick", "hal") as proc:
+        lines, reader = _stderr_lines(proc)
+        with Client(server.port, "watcher") as watcher:
+            watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
+        for p in stopped:
+            p.suspend()
+        try:
+            proc.send_signal(signal.SIGINT)
+            code = None
+            for _ in range(20):  # again until it ends (two signals sent at once may arrive as one)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    code = proc.wait(0.25)
+                    break
+                proc.send_signal(signal.SIGINT)
+        finally:
+            for p in stopped:
+                p.resume()
+        assert code == 128 + signal.SIGINT
+        reader.join(5)
+        rest = [lines.get_nowait() for _ in range(lines.qsize())]
+        assert not any("did not answer the goodbye" in x for x in rest), rest
 
 
 def test_a_client_terminated_with_a_backlog_still_says_goodbye(make_server: MakeServer) -> None:
@@ -541,7 +571,7 @@ def test_a_terminated_piped_client_waits_for_its_goodbye(
     server = make_server(workers=1)
     hooks: list[tuple[asyncio.AbstractEventLoop, Callable[[int], None]]] = []
 
-    def hook(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]) -> Callable[[], None]:
+    def hook(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None], **_: bool) -> Callable[[], None]:
         hooks.append((loop, callback))
         return lambda: None
 
@@ -589,6 +619,27 @@ def test_a_hang_up_ignored_by_nohup_stays_ignored() -> None:
         asyncio.run(scenario())
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_ctrl_c_ignored_at_start_stays_ignored() -> None:
+    """A script's `lanchat join … &` job starts with SIGINT ignored (so that Ctrl-C at the terminal stops only
+    the foreground): piped mode's goodbye on Ctrl-C must not take that over. Not ignored, it is taken."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    async def taken() -> bool:
+        remove = connection.on_hangup(asyncio.get_running_loop(), lambda _: None, interrupt=True)
+        try:
+            return signal.getsignal(signal.SIGINT) not in (signal.SIG_DFL, signal.SIG_IGN)
+        finally:
+            remove()
+
+    try:
+        assert not asyncio.run(taken())
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        assert asyncio.run(taken())
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_refused_command_on_the_last_line_still_sets_the_exit_code(make_server: MakeServer) -> None:

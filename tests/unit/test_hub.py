@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator
@@ -315,6 +316,31 @@ def test_privmsg_across_workers(net: Workers) -> None:
     hub.request(1, 10, {"type": "privmsg", "to": "nobody", "text": "x", "id": 2}, 2.0)
     (err,) = net.take(1, 10)
     assert (err["code"], err["id"]) == (m.Err.NO_SUCH_NICK, 2)
+
+
+def test_a_privmsg_to_a_held_session_tells_its_sender_how_long_it_is_held(net: Workers) -> None:
+    """bo's client died: a private message to bo read as delivered, and bo starting a new `lanchat join`
+    never got it (a user's walkthrough). The event now says how long bo's session (and nick) is held for its
+    client; one to a connected session says nothing of it, and a taken nick's refusal says how long too."""
+    hub = net.hub
+    welcome_of(net, 1, 10, "al", now=100.0)
+    bo = welcome_of(net, 2, 20, "bo", now=100.0)
+    net.clear()
+    hub.request(1, 10, {"type": "privmsg", "to": "bo", "text": "there?", "id": 1}, 101.0)
+    assert "held" not in net.take(1, 10)[0]
+    hub.closed(2, 20, False, "lost", 110.0)
+    net.forget(2, 20)
+    hub.request(1, 10, {"type": "privmsg", "to": "BO", "text": "are you ok?", "id": 2}, 120.5)
+    (pm,) = net.take(1, 10)
+    assert (pm["text"], pm["held"]) == ("are you ok?", math.ceil(110.0 + GRACE - 120.5))
+    hub.request(1, 10, {"type": "privmsg", "to": "al", "text": "note to self", "id": 3}, 121.0)
+    assert "held" not in net.take(1, 10)[0]
+    hub.request(3, 30, {"type": "hello", "nick": "bo"}, 110.0 + GRACE - 0.2)
+    (err,) = net.take(3, 30)
+    assert err["message"] == "nick bo is taken (held for a reconnecting user for 1 s more)"
+    hub.request(2, 21, {"type": "hello", "nick": "bo", "token": bo["token"], "last_seq": bo["seq"]}, 125.0)
+    back = net.take(2, 21)
+    assert back[0]["resumed"] and [f["text"] for f in back if f["type"] == "privmsg"] == ["there?", "are you ok?"]
 
 
 def test_privmsg_to_self_is_delivered_once(net: Workers) -> None:

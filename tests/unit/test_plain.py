@@ -99,7 +99,8 @@ def test_blank_lines_are_nothing(line: str) -> None:
     [
         ("/frobnicate", m.Err.UNKNOWN_TYPE),
         ("/", m.Err.UNKNOWN_TYPE),
-        ("/me", m.Err.BAD_TEXT),
+        ("/me", m.Err.BAD_FIELD),  # "usage: /me ACTION", as /msg
+        ("/me  ", m.Err.BAD_FIELD),
         ("/msg", m.Err.BAD_FIELD),
         ("/msg bob", m.Err.BAD_FIELD),
         ("/msg bob    ", m.Err.BAD_FIELD),
@@ -294,6 +295,16 @@ def test_render_own_privmsg_shows_the_recipient() -> None:
     out = render(frame, "aL")  # case-insensitive: it is me
     assert out is not None and re.fullmatch(HHMM + r" -> \*bob\* psst", out)
     assert render(frame, "") is not None and "->" not in render(frame, "")  # type: ignore[operator]
+
+
+def test_render_own_privmsg_to_a_disconnected_nick_says_when_it_arrives() -> None:
+    """The server's ``held``: the recipient's client lost its connection. Said to the sender only."""
+    frame = ev("privmsg", **{"from": "al"}, to="bob", text="are you ok?", held=47)
+    note = "(bob is disconnected: they get it when their client reconnects; their session is held 47 s more)"
+    assert (
+        render(frame, "al") == f"{render(ev('privmsg', **{'from': 'al'}, to='bob', text='are you ok?'), 'al')}  {note}"
+    )
+    assert render(frame, "bob") is not None and "disconnected" not in render(frame, "bob")  # type: ignore[operator]
 
 
 def test_render_a_privmsg_sent_under_a_nick_had_before() -> None:

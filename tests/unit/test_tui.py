@@ -114,6 +114,9 @@ def test_a_mention_is_highlighted_and_rings_but_not_a_word_that_contains_the_nic
     assert private.bell and "(private)" in private.text
     [sent] = view.on_frame(ev("privmsg", 5, **{"from": "alice"}, to="bob", text="psst back"))
     assert not sent.bell and sent.text.endswith("-> *bob* psst back")
+    [away] = view.on_frame(ev("privmsg", 6, **{"from": "alice"}, to="bob", text="there?", held=30))
+    assert away.text.endswith("-> *bob* there?  (bob is disconnected: they get it when their client reconnects"
+                              "; their session is held 30 s more)")  # fmt: skip
 
 
 def test_system_events_look_different_from_chat() -> None:
@@ -288,6 +291,21 @@ def test_the_status_line_follows_rooms_members_nick_and_state() -> None:
     assert fragment_list_width(cjk) <= 85 and "office" not in "".join(f[1] for f in cjk)
 
 
+def test_a_server_back_under_another_name_is_called_by_it() -> None:
+    """Restarted with another --name (or another server on the port): the status line, /status and "connected
+    again" kept the name discovery gave at the start (a user's walkthrough). The greeting's name wins."""
+    view = joined_view()
+    view.on_status("reconnecting", "server shutting down")
+    assert [line.text for line in view.on_frame({"type": "server", "name": "office"})] == []  # the same: nothing
+    said = [line.text for line in view.on_frame({"type": "server", "name": "renamed"})]
+    assert [x.split(" ", 1)[1] for x in said] == ["* the server at 127.0.0.1:7272 is called renamed now"]
+    again = [line.text.split(" ", 1)[1] for line in view.on_status("connected")]
+    assert again == ["* connected again to renamed"]
+    assert toolbar(view).startswith(" renamed (127.0.0.1:7272) |") and "to renamed (" in view.describe_session()
+    fresh = ChatView("al", "lobby", address="127.0.0.1:7272")  # joined by address: named by its greeting
+    assert fresh.on_frame({"type": "server", "name": "lab"}) == [] and fresh.server == "lab"
+
+
 def test_a_long_room_and_nick_are_shortened_so_that_the_state_shows() -> None:
     """A 32-character room and a 24-character nick at 80 columns: the line ended in "|  connec"; with short
     names at 32 columns in "|  co". The longer of the two is now shortened first, down to 8 columns."""
@@ -299,8 +317,19 @@ def test_a_long_room_and_nick_are_shortened_so_that_the_state_shows() -> None:
         assert bar.endswith(" connected ") and fragment_list_width(view.toolbar(width)) <= width, (width, bar)
         assert "r…" in bar
     bar = "".join(f[1] for f in view.toolbar(50))
-    assert "#rrrrrr… (+1 room) | nnnnnnn… |" in bar  # both at the floor of 8 columns
-    assert "".join(f[1] for f in view.toolbar(20)).startswith(" #rrrrrr…")  # then the terminal cuts the end
+    assert bar == " #rrrrrr… | nnnnnnn… | 1 user |  connected "  # both at the floor of 8 columns, (+1 room) gone
+    assert "".join(f[1] for f in view.toolbar(20)).startswith(" #rrrrrr… | nnnnnnn… |  co")  # the terminal cuts
+
+
+def test_short_names_in_a_narrow_terminal_give_way_to_the_state() -> None:
+    """Names already at 8 columns or less: at 45 columns the line ended in "|  conne", at 40 in "|" (a user's
+    walkthrough). The count of the other rooms goes, then the user count, so that the state shows."""
+    view = joined_view(nick="bobby_")
+    view.on_frame(ev("join", room="dev", nick="bobby_"))
+    view.room = "lobby"
+    assert "".join(f[1] for f in view.toolbar(60)) == " #lobby (+1 room) | bobby_ | 2 users |  connected   /help"
+    assert "".join(f[1] for f in view.toolbar(45)) == " #lobby | bobby_ | 2 users |  connected "
+    assert "".join(f[1] for f in view.toolbar(30)) == " #lobby | bobby_ |  connected "
 
 
 def test_the_user_count_of_a_big_room_comes_from_the_reply_not_the_capped_nick_list() -> None:
