@@ -470,11 +470,33 @@ def on_hangup(
     """Call ``callback(signum)`` on SIGTERM or SIGHUP (the terminal window or the ssh session was closed),
     so that a front end can say goodbye: the server then frees the nick at once instead of holding it for
     a reconnect that will never come. With ``interrupt``, on Ctrl-C (SIGINT) too, unless it was ignored at
-    start (a script's `&` job must not be stopped by it). Returns the function that removes the handlers."""
-    sigs = [signal.SIGTERM, signal.SIGHUP]
-    if interrupt and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        sigs.append(signal.SIGINT)
-    return handle_signals(loop, stop_signals(*sigs), callback)
+    start (a script's `&` job must not be stopped by it); a second Ctrl-C ends the process at once.
+    Returns the function that removes the handlers."""
+    remove = handle_signals(loop, stop_signals(signal.SIGTERM, signal.SIGHUP), callback)
+    previous = signal.getsignal(signal.SIGINT)
+    if not interrupt or previous is signal.SIG_IGN:
+        return remove
+    pressed: list[int] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        # Python's own handler, not the loop's: it runs even while the loop is stuck in a blocking write
+        # (stdout piped to a reader that stopped, `| less` paused), where the loop's would wait with it.
+        if pressed or loop.is_closed():
+            os._exit(128 + signum)  # the goodbye is not waited for: nothing more is written either
+        pressed.append(signum)
+        loop.call_soon_threadsafe(callback, signum)
+
+    try:
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread (tests): no signals here
+        return remove
+
+    def remove_all() -> None:
+        remove()
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
+
+    return remove_all
 
 
 def handle_signals(

@@ -9,11 +9,9 @@ import asyncio
 import bisect
 import contextlib
 import json
-import os
-import signal
 import sys
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from lanchat.client.connection import EXIT_ERROR, EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, on_hangup
@@ -43,6 +41,17 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
 
 
 async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: bool) -> int:
+    unhooks: list[Callable[[], None]] = []  # the signal handlers, put back as they were when we are done
+    try:
+        return await _run_piped(host, port, nick, room, json_output=json_output, unhooks=unhooks)
+    finally:
+        for unhook in unhooks:
+            unhook()
+
+
+async def _run_piped(
+    host: str, port: int, nick: str, room: str, *, json_output: bool, unhooks: list[Callable[[], None]]
+) -> int:
     client: ChatClient
     reconnects: list[str] = []
     current = CurrentRoom(room)  # where text goes, as in the terminal UI
@@ -128,15 +137,10 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
     def on_signal(signum: int) -> None:
         """SIGTERM, SIGHUP (the terminal or ssh session went away) or Ctrl-C: say goodbye, so that the nick is
         free at once instead of held for a reconnect that will never come; lines not acknowledged yet are
-        dropped. A second Ctrl-C does not wait for the goodbye (up to GOODBYE_TIMEOUT with no server)."""
+        dropped. (A second Ctrl-C does not come here: on_hangup ends the process at once.)"""
         if not terminated:
             terminated.append(signum)
             closing.append(loop.create_task(client.close()))
-        elif signum == signal.SIGINT:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(OSError, ValueError):  # a reader gone: nothing to keep for it
-                    stream.flush()
-            os._exit(128 + signum)
 
     async def signalled() -> int:
         """The exit after a signal: once its goodbye is done (the connection closes before it is: between
@@ -151,7 +155,7 @@ async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: 
         if client.goodbye_lost:
             print(f"lanchat: {GOODBYE_LOST_NOTE}", file=sys.stderr, flush=True)
 
-    on_hangup(loop, on_signal, interrupt=True)  # before connecting (the session starts there); they go with the loop
+    unhooks.append(on_hangup(loop, on_signal, interrupt=True))  # before connecting (the session starts there)
     try:
         await client.connect()
     except ConnectError as exc:

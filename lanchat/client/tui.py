@@ -212,6 +212,7 @@ class ChatView:
         self._session = ""  # the session's id, from the last welcome: see plain.sent_by_me
         self.current = CurrentRoom(room)  # where plain text goes
         self.server = clean(server)
+        self._greeted = False  # a server's greeting came: a name in the next is a new one
         self.address = clean(address)
         self.status = "connecting"
         self.joined: list[str] = []  # rooms we are in, in join order
@@ -263,12 +264,12 @@ class ChatView:
     def _on_server(self, frame: dict[str, Any]) -> list[Line]:
         """The greeting, at each connect: its name is the server's own (discovery's may be older, and a
         server restarted with another --name, or another server on the same port, is named anew)."""
-        name = clean(frame.get("name", ""))
+        name, greeted = clean(frame.get("name", "")), self._greeted
+        self._greeted = True
         if not name or name == self.server:
             return []  # its hint is for people on nc/telnet
-        said = [self._system(f"the server at {self.address} is called {name} now", "state")] if self.server else []
-        self.server = name
-        return said
+        self.server = name  # (discovery's copy of the first greeting's name is cut to 64 bytes: not said)
+        return [self._system(f"the server at {self.address} is called {name} now", "state")] if greeted else []
 
     def _on_welcome(self, frame: dict[str, Any]) -> list[Line]:
         self._nicks.welcome(frame, self.nick)

@@ -99,7 +99,7 @@ def check_text(text: object, *, limit: int = const.MAX_TEXT, what: str = "text",
     if not text and not empty:
         raise _bad(Err.BAD_TEXT, f"{what} is empty")
     if len(text) > limit:
-        raise _bad(Err.BAD_TEXT, f"{what} is longer than {limit} characters")
+        raise _bad(Err.BAD_TEXT, f"{what} is longer than {limit} characters ({len(text) - limit} too many)")
     if (bad := _CONTROL.search(text)) is not None:
         if "\ud800" <= bad.group() <= "\udfff":  # a lone surrogate (JSON's \ud800): no character at all
             raise _bad(Err.BAD_TEXT, f"{what} is not valid Unicode (a lone surrogate)")

@@ -417,10 +417,20 @@ class Hub:
         self._out.pop(worker, None)
         self.busy.discard(worker)
 
-    def _held_for(self, s: Session, now: float) -> int:
-        """Whole seconds (at least 1) until detached ``s`` expires, unless its client resumes it first."""
-        assert s.detached_at is not None
-        return max(1, math.ceil(s.detached_at + self.resume_grace - now))
+    def _held_for(self, s: Session, now: float) -> int | None:
+        """Whole seconds (at least 1) until detached ``s`` expires, unless its client resumes it first; None if
+        it is not held (connected) or never expires (`--resume-grace inf`)."""
+        if s.detached_at is None or not math.isfinite(left := s.detached_at + self.resume_grace - now):
+            return None
+        return max(1, math.ceil(left))
+
+    def _nick_taken(self, holder: Session, nick: str, rid: int | None, now: float) -> RemoteProtocolError:
+        """The refusal of ``nick``, which ``holder`` has: one held for its client says for how long."""
+        held = ""
+        if holder.detached_at is not None:
+            left = self._held_for(holder, now)
+            held = " (held for a reconnecting user" + (f" for {left} s more)" if left is not None else ")")
+        return RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {nick} is taken{held}", request_id=rid)
 
     def tick(self, now: float) -> None:
         """Expire sessions whose grace period ran out."""
@@ -758,10 +768,7 @@ class Hub:
             return  # made the session since, changed its nick, joined rooms: this one must not undo that)
         holder = self.nicks.get(m.nick_key(req.nick))
         if holder is not None:
-            held = ""
-            if holder.detached_at is not None:
-                held = f" (held for a reconnecting user for {self._held_for(holder, now)} s more)"
-            raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken{held}", request_id=req.id)
+            raise self._nick_taken(holder, req.nick, req.id, now)
         last_id = -1
         refused: tuple[int, ...] = ()
         sid = ""
@@ -1150,9 +1157,8 @@ class Hub:
         # The sender's session id tells its client which private messages it sent, also under a nick it has
         # not read it had (a rename lost with a drop), or one someone else holds now (plain.sent_by_me).
         # A recipient whose client is gone for now gets it only if it is back in time: the sender is told how long.
-        held = (
-            b',"held":%d' % self._held_for(target, now) if target.detached_at is not None and target is not s else b""
-        )
+        left = self._held_for(target, now) if target is not s else None
+        held = b',"held":%d' % left if left is not None else b""
         line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b,"session":%b%b}\n' % (
             seq, self._ts_literal(ts), s.nick_literal(), target.nick_literal(), text, m.json_str(s.sid), held,
         )  # fmt: skip
@@ -1275,7 +1281,7 @@ class Hub:
         key = m.nick_key(req.nick)
         holder = self.nicks.get(key)
         if holder is not None and holder is not s:
-            raise RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {req.nick} is taken", request_id=req.id)
+            raise self._nick_taken(holder, req.nick, req.id, now)
         if req.nick == s.nick:
             return
         old = s.nick

@@ -490,6 +490,24 @@ def test_a_second_ctrl_c_does_not_wait_for_the_goodbye(make_server: MakeServer) 
         assert not any("did not answer the goodbye" in x for x in rest), rest
 
 
+def test_ctrl_c_ends_a_client_whose_output_nobody_reads(make_server: MakeServer) -> None:
+    """`lanchat join | less`, less paused: the client blocks writing to the full pipe, and a Ctrl-C handled by
+    the event loop waited with it (three Ctrl-Cs left it running). The second ends it now."""
+    server = make_server(workers=1)
+    with _join(server.port, "--nick", "hal") as proc, Client(server.port, "watcher") as watcher:
+        watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
+        for i in range(40):  # 160 KB for hal, whose stdout pipe (64 KiB) nobody reads
+            watcher.send({"type": "msg", "room": "lobby", "text": f"{i} " + "x" * 3990, "id": i + 1})
+        watcher.expect(lambda f: f.get("type") == "ack" and f.get("id") == 40)
+        code = None
+        for _ in range(20):  # one Ctrl-C a quarter second until it ends (two at once may arrive as one)
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(0.25)
+                break
+        assert code == 128 + signal.SIGINT
+
+
 def test_a_client_terminated_with_a_backlog_still_says_goodbye(make_server: MakeServer) -> None:
     """Its quit queues behind lines the server reads at its rate limit. Closing then would reset the
     connection (our input unread), and the reset throws away the quit: the nick was held for the grace.

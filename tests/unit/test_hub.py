@@ -335,12 +335,32 @@ def test_a_privmsg_to_a_held_session_tells_its_sender_how_long_it_is_held(net: W
     assert (pm["text"], pm["held"]) == ("are you ok?", math.ceil(110.0 + GRACE - 120.5))
     hub.request(1, 10, {"type": "privmsg", "to": "al", "text": "note to self", "id": 3}, 121.0)
     assert "held" not in net.take(1, 10)[0]
+    hub.request(1, 10, {"type": "nick", "nick": "bo", "id": 4}, 110.0 + GRACE - 2.5)  # a /nick alike
+    assert net.take(1, 10)[0]["message"] == "nick bo is taken (held for a reconnecting user for 3 s more)"
     hub.request(3, 30, {"type": "hello", "nick": "bo"}, 110.0 + GRACE - 0.2)
     (err,) = net.take(3, 30)
     assert err["message"] == "nick bo is taken (held for a reconnecting user for 1 s more)"
     hub.request(2, 21, {"type": "hello", "nick": "bo", "token": bo["token"], "last_seq": bo["seq"]}, 125.0)
     back = net.take(2, 21)
     assert back[0]["resumed"] and [f["text"] for f in back if f["type"] == "privmsg"] == ["there?", "are you ok?"]
+
+
+def test_a_session_held_for_ever_has_no_held_count(tmp_path: Path, stores: list[HistoryStore]) -> None:
+    """`--resume-grace inf` holds a session until the server stops: the count of seconds (math.ceil of inf)
+    raised, and the private message and the hello were answered `internal`. A /nick says it as a hello does."""
+    net = Workers(make_hub(stores, tmp_path, resume_grace=float("inf")))
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.hub.closed(2, 20, False, "lost", 110.0)
+    net.forget(2, 20)
+    net.clear()
+    net.hub.request(1, 10, {"type": "privmsg", "to": "bo", "text": "there?", "id": 1}, 120.0)
+    (pm,) = net.take(1, 10)
+    assert pm["type"] == "privmsg" and "held" not in pm
+    net.hub.request(1, 10, {"type": "nick", "nick": "BO", "id": 2}, 120.0)
+    assert net.take(1, 10)[0]["message"] == "nick BO is taken (held for a reconnecting user)"
+    net.hub.request(3, 30, {"type": "hello", "nick": "bo"}, 120.0)
+    assert net.take(3, 30)[0]["message"] == "nick bo is taken (held for a reconnecting user)"
 
 
 def test_privmsg_to_self_is_delivered_once(net: Workers) -> None:

@@ -280,6 +280,8 @@ def test_text_limits_and_allowed_characters() -> None:
     assert parse({"type": "msg", "room": "a", "text": "héllo 漢字 🎉"}) == m.Msg("a", "héllo 漢字 🎉")
     assert parse({"type": "topic", "room": "a", "topic": "t" * const.TOPIC_MAX}) == m.Topic("a", "t" * const.TOPIC_MAX)
     assert m.check_text(" ", limit=1) == " "
+    with pytest.raises(RemoteProtocolError, match=r"^text is longer than 4000 characters \(100 too many\)$"):
+        m.check_text("x" * (const.MAX_TEXT + 100))  # how much to cut (a user pasted 4,100 characters)
     assert m.check_text("", empty=True) == ""
 
 

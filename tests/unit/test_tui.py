@@ -42,6 +42,7 @@ from lanchat.client.tui import (
 )
 from lanchat.discovery.browser import ServerRecord
 from lanchat.protocol import messages as m
+from lanchat.protocol.beacon import clean_name
 from lanchat.protocol.plain import clock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -304,6 +305,10 @@ def test_a_server_back_under_another_name_is_called_by_it() -> None:
     assert toolbar(view).startswith(" renamed (127.0.0.1:7272) |") and "to renamed (" in view.describe_session()
     fresh = ChatView("al", "lobby", address="127.0.0.1:7272")  # joined by address: named by its greeting
     assert fresh.on_frame({"type": "server", "name": "lab"}) == [] and fresh.server == "lab"
+    long_name = "a lab with a name longer than the sixty-four bytes a beacon carries of it"
+    assert clean_name(long_name) != long_name
+    found = ChatView("al", "lobby", server=clean_name(long_name), address="127.0.0.1:7272")  # discovery's copy
+    assert found.on_frame({"type": "server", "name": long_name}) == [] and found.server == long_name  # not "now"
 
 
 def test_a_long_room_and_nick_are_shortened_so_that_the_state_shows() -> None:
