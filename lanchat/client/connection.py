@@ -183,6 +183,12 @@ class ChatClient:
             self._queued_requests += 1
         return self.state.last_change_id if m.is_change(req) else None
 
+    @property
+    def never_sent(self) -> int:
+        """Posts typed while disconnected and not written since: a goodbye now drops them unsent (the
+        goodbye's own connection carries nothing else)."""
+        return sum(1 for item in self._queued if isinstance(item, int) and item in self.state.outbox)
+
     async def wait_acked(self, timeout: float | None = None) -> bool:
         """Wait until the server acknowledged every post (what piped mode does before exiting)."""
         try:

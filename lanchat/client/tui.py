@@ -185,6 +185,7 @@ class Submitted:
     lines: list[Line] = field(default_factory=list)
     quit: m.Quit | None = None
     queued: Line | None = None
+    refused: bool = False  # the line was not taken (a bad command, text too long): it is given back to edit
 
 
 def typed_lines(text: str) -> list[str]:
@@ -571,7 +572,7 @@ class ChatView:
         try:
             cmd = parse_command(text, self.room, self.current.rooms(self.joined))
         except RemoteProtocolError as exc:
-            return Submitted(lines=self._out([self._system(exc.message, "error")]))
+            return Submitted(lines=self._out([self._system(exc.message, "error")]), refused=True)
         if cmd is None:
             return Submitted()
         if isinstance(cmd, LocalCommand):
@@ -918,11 +919,14 @@ async def run_app(
     async def quit_with(reason: str = "", *, send_first: bool = True) -> None:
         if send_first and client.state.unacked and client.status == "connected":
             await send_before_quitting()
+        never = client.never_sent  # typed while disconnected: close() does not send them
         await client.close(reason)
-        if client.state.unacked:
+        if never:
+            printer.show(view.note(f"{count_of(never, 'message')} not sent (typed while disconnected)", "error"))
+        if (maybe := client.state.unacked - never) > 0:
             # Those before the quit reach the server if it reads them within GOODBYE_LINGER, but the quit
             # ends the connection before their acks: "may", not "were not"
-            left = count_of(client.state.unacked, "message")
+            left = count_of(maybe, "message")
             printer.show(view.note(f"{left} may not have been sent (no acknowledgement)", "error"))
         if client.goodbye_lost:
             printer.show(view.note(GOODBYE_LOST_NOTE, "error"))
@@ -967,8 +971,10 @@ async def run_app(
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
         unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
         unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
+        again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
         while True:
-            prompt = asyncio.create_task(session.prompt_async(), name="tui-prompt")
+            prompt = asyncio.create_task(session.prompt_async(default=again), name="tui-prompt")
+            again = ""
             waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if signalled.done():
@@ -986,20 +992,25 @@ async def run_app(
             except (EOFError, KeyboardInterrupt):
                 await quit_with()
                 return quit_code()
-            for line in typed_lines(text):  # each line answered before the next (a paste in order)
+            lines = typed_lines(text)
+            for line in lines:  # each line answered before the next (a paste in order)
                 submitted = view.submit(line)
                 printer.show(submitted.lines)
                 if submitted.quit is not None:  # the lines before it are sent: the quit follows them
                     await quit_with(submitted.quit.reason)
                     return quit_code()
+                refused = submitted.refused
                 for req in submitted.requests:
                     try:
                         client.send(req)
                     except RemoteProtocolError as exc:  # the outbox is full, or the line too long for this server
                         view.current.not_sent(req)
                         printer.show(view.note(exc.message, "error"))
+                        refused = True
                     else:
                         printer.show(view.taken(submitted))
+                if refused and len(lines) == 1:  # (a paste's refused line is said; Up brings the paste back)
+                    again = line
     finally:
         for unhook in unhooks:
             unhook()

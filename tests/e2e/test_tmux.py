@@ -91,6 +91,25 @@ def test_tab_completes_a_command_and_a_nick(term: Tmux, server: ServerProcess) -
         term.wait_prompt("#lobby> /msg bob hi there")
 
 
+def test_a_refused_line_comes_back_to_be_mended(term: Tmux, server: ServerProcess) -> None:
+    """A line the client refuses (a typo in a command, a text over the limit) was cleared from the input,
+    to be typed again (a user's walkthrough): it is put back, to be mended and sent."""
+    join(term, server.port)
+    with Client(server.port, "bob") as bob:
+        term.wait_for("bob joined #lobby")
+        term.type("/mgs bob see you at 5")
+        term.keys("Enter")
+        term.wait_for("unknown command /mgs")
+        term.wait_prompt("#lobby> /mgs bob see you at 5")
+        term.keys("Home", "Right", "Right", "Right", "Right", "BSpace", "BSpace", "s", "g")  # /mgs -> /msg
+        term.wait_prompt("#lobby> /msg bob see you at 5")
+        term.keys("Enter")
+        pm = bob.expect("privmsg")
+        assert (pm["to"], pm["text"]) == ("bob", "see you at 5")
+        term.wait_for("-> *bob* see you at 5")
+        term.wait_prompt("#lobby>")  # empty once sent
+
+
 def test_the_status_line_follows_a_server_restart(term: Tmux, server: ServerProcess) -> None:
     join(term, server.port)
     server.stop()

@@ -717,7 +717,7 @@ def test_what_is_typed_offline_is_answered_line_by_line_and_a_refusal_is_not_que
             await until(lambda: "reconnecting" in toolbar(view), "reconnecting in the status line")
             inp.send_text("x" * 300 + "\r")
             await until(shown(view, "bytes too long for this server"), "the refusal")
-            inp.send_text("short one\r")
+            inp.send_text("\x15short one\r")  # Ctrl-U: the refused line is back in the input, to be mended
             await until(shown(view, "queued until reconnected: short one"), "the note of the one kept")
             assert not shown(view, "queued until reconnected: xxx")()
             start = len(view.transcript)
@@ -846,6 +846,31 @@ def test_quit_stops_waiting_for_a_paste_when_the_connection_is_lost(tmp_path: Pa
             await asyncio.to_thread(server.kill)
             assert await asyncio.wait_for(task, 15) == EXIT_OK
             assert shown(view, "messages may not have been sent")()
+
+    try:
+        run(main(), 30)
+    finally:
+        server.kill()
+
+
+def test_quit_while_disconnected_says_what_was_typed_meanwhile_was_not_sent(tmp_path: Path) -> None:
+    """Lines typed while the server is down are surely not sent by a quit then; those sent before the drop
+    may have been. It said "may not have been sent" of both (a user's walkthrough)."""
+    server = ServerProcess(tmp_path / "data", workers=1)
+    server.start()
+
+    async def main() -> None:
+        async with app(server.port) as (task, inp, view):
+            await until(lambda: view.status == "connected", "connected")
+            await asyncio.to_thread(server.kill)
+            await until(lambda: view.status == "reconnecting", "reconnecting")
+            inp.send_text("typed while down\r")
+            inp.send_text("and again\r")
+            await until(shown(view, "queued until reconnected: and again"), "both queued")
+            inp.send_text("/quit\r")
+            assert await asyncio.wait_for(task, 15) == EXIT_OK
+            assert shown(view, "2 messages not sent (typed while disconnected)")()
+            assert not shown(view, "may not have been sent")()
 
     try:
         run(main(), 30)
