@@ -71,6 +71,7 @@ from lanchat.protocol.plain import (
     clock,
     count_of,
     held_note,
+    history_hint,
     not_resumed,
     parse_command,
     render,
@@ -347,11 +348,14 @@ class ChatView:
         )
         return [self._system(head, "info"), *self._rendered(frame, "info")]
 
+    def _rooms_counted(self) -> list[str]:
+        """The rooms we are in, and those a new session's welcome named whose joins have not come yet: a
+        change not done told right after that welcome must not leave the current room for want of rooms to
+        go back to, and the catch-up replayed before the joins names each line's room as in two rooms."""
+        return [*self.joined, *(r for r in self._coming if r not in self.joined)]
+
     def _on_error(self, frame: dict[str, Any]) -> list[Line]:
-        # The welcome's rooms count before their joins: a change not done told right after a new session's
-        # welcome must not leave the current room for want of rooms to go back to.
-        joined = [*self.joined, *(r for r in self._coming if r not in self.joined)]
-        self.current.refused(frame.get("code"), joined, frame.get("request"))
+        self.current.refused(frame.get("code"), self._rooms_counted(), frame.get("request"))
         return self._rendered(frame, "error")
 
     def _on_gap(self, frame: dict[str, Any]) -> list[Line]:
@@ -368,12 +372,12 @@ class ChatView:
             self._history_asked.discard(room)
         if not events and (asked or not frame.get("more")):  # (a hello's rooms past its budget: none sent)
             return [self._system(f"no earlier events in #{clean(room)}", "info")] if asked else []
-        # /history N shows the newest N: the hint offers more than this page, up to what one request takes
+        # The hint names the next page by its first event's number: a page cut short by size (long lines) or
+        # at 500 events is followed all the same
         n = len(events)
-        wider = min(const.HISTORY_PAGE_MAX, n + 200)
-        more = ""
-        if frame.get("more"):
-            more = f", more before: /history {wider} shows up to {wider - n} more" if wider > n else ", more before"
+        more = ", more before" if frame.get("more") else ""
+        if more and (hint := history_hint(events, "" if room == self.room else room)):
+            more += f": {hint}"
         lines = [self._system(f"history of #{clean(room)}: {n} event{'' if n == 1 else 's'}{more}", "history")]
         for e in events:
             sender = e.get("from")
@@ -463,7 +467,7 @@ class ChatView:
         me = m.nick_key(self.nick)
         frags: Fragments = [("class:time", f"{clock(frame.get('ts'))} ")]
         room = str(frame.get("room", ""))
-        if kind in ("msg", "action") and room and (room != self.room or len(self.joined) > 1):
+        if kind in ("msg", "action") and room and (room != self.room or len(self._rooms_counted()) > 1):
             frags.append(("class:room", f"#{c(room)} "))  # (other events name their room in their words)
         bell = False
         if kind in ("msg", "action"):

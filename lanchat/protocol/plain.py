@@ -30,7 +30,9 @@ Commands:
   /topic [TEXT]        show or set the current room's topic
   /who [ROOM]          who is in a room
   /rooms               list rooms with their member counts
-  /history [N]         show N earlier events of the current room
+  /history [N] [#ROOM] [before SEQ]
+                       the last N events (20) of the current room or ROOM,
+                       or of those before SEQ (a page's hint names the next)
   /status              server figures
   /help                this list
   /quit [WHY]          leave"""
@@ -64,6 +66,43 @@ def not_resumed(why: object) -> str:
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+HISTORY_MORE: Final = 100  # the page the hint after a history page offers: /history 100 before SEQ
+
+
+def _count(word: str) -> int | None:
+    """A positive decimal number as typed (ASCII digits only), at most m.MAX_ID, or None. At most 16 digits go
+    into int() (more than 4,300 raise ValueError: CPython's guard against slow parsing)."""
+    if not (word.isascii() and word.isdigit()) or not word.strip("0"):
+        return None
+    digits = word.lstrip("0")
+    return min(int(digits), m.MAX_ID) if len(digits) <= 16 else m.MAX_ID
+
+
+def _history(words: list[str], room: str | None) -> m.History:
+    """/history [N] [#ROOM] [before SEQ], in any order: the newest N (default 20) events of the room (default
+    the current one), or of those numbered below SEQ (the hint after a page names the next one's)."""
+    usage = RemoteProtocolError(
+        m.Err.BAD_FIELD, f"usage: /history [N] [#ROOM] [before SEQ], N from 1 to {const.HISTORY_PAGE_MAX}"
+    )
+    n: int | None = None
+    before: int | None = None
+    named: str | None = None
+    rest = iter(words)
+    for word in rest:
+        if word.lower() == "before" and before is None:
+            before = _count(next(rest, ""))
+            if before is None:
+                raise usage
+        elif word.startswith("#") and named is None:
+            named = m.check_room(word)
+        elif n is None and (n := _count(word)) is not None:
+            pass
+        else:
+            raise usage
+    target = named if named is not None else _need_room(room)
+    return m.History(target, before=before, limit=min(n or 20, const.HISTORY_PAGE_MAX))
 
 
 def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> m.Request | LocalCommand | None:
@@ -114,14 +153,7 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
     if cmd in ("/rooms", "/list"):
         return m.Rooms()
     if cmd == "/history":
-        if not rest:
-            return m.History(_need_room(room), limit=20)
-        if not (rest.isascii() and rest.isdigit()) or not rest.strip("0"):
-            raise RemoteProtocolError(m.Err.BAD_FIELD, f"usage: /history [N], N from 1 to {const.HISTORY_PAGE_MAX}")
-        # at most 9 digits into int(): more than 4,300 raise ValueError (CPython's guard against slow parsing)
-        digits = rest.lstrip("0")
-        n = int(digits) if len(digits) <= 9 else const.HISTORY_PAGE_MAX
-        return m.History(_need_room(room), limit=min(n, const.HISTORY_PAGE_MAX))
+        return _history(rest.split(), room)
     if cmd in ("/status", "/stats"):
         return m.Stats()
     if cmd in ("/quit", "/exit", "/bye"):
@@ -294,6 +326,17 @@ def _items(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def history_hint(events: list[dict[str, Any]], room: object) -> str:
+    """The command that shows the page before ``events`` (a history reply's, oldest first), in ``room``
+    (named unless empty: the current one); none sent (a hello's rooms past their budget), the newest page.
+    Empty if the oldest has no number."""
+    where = f" #{clean(room)}" if room else ""
+    if not events:
+        return f"/history {HISTORY_MORE}{where}"
+    seq = events[0].get("seq")
+    return f"/history {HISTORY_MORE}{where} before {seq}" if type(seq) is int else ""
+
+
 def held_note(privmsg: dict[str, Any]) -> str:
     """What a private message's ``held`` says to its sender: the recipient's client had lost its connection
     (a crash, a laptop asleep), and gets the message when it reconnects (its session is held that many
@@ -358,7 +401,11 @@ def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None, sessi
     if kind == "history":
         lines = [render(e, me) for e in _items(frame.get("events")) if isinstance(e, dict)]
         body = "\n".join(f"  {line}" for line in lines if line)
-        head = f"* history of {room} ({count_of(len(lines), 'event')}{', more before' if frame.get('more') else ''})"
+        more = ""
+        if frame.get("more"):
+            hint = history_hint([e for e in _items(frame.get("events")) if isinstance(e, dict)], frame.get("room"))
+            more = ", more before" + (f": {hint}" if hint else "")
+        head = f"* history of {room} ({count_of(len(lines), 'event')}{more})"
         return head + ("\n" + body if body else "")
     if kind == "error":
         return f"! {c(frame.get('message'))} [{c(frame.get('code'))}]"

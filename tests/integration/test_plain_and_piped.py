@@ -8,6 +8,7 @@ import io
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -51,6 +52,30 @@ class Plain:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def test_history_pages_follow_the_hint_past_a_page_cut_short_by_size(make_server: MakeServer) -> None:
+    """A page of long lines stops at 256 KiB: "/history N+200" showed the same page again, and the oldest
+    events could not be read (a user's walkthrough). The hint names the page before by its first event."""
+    server = make_server(workers=1)
+    with Client(server.port, "poster", rooms=["big"]) as poster:
+        for i in range(80):  # 80 lines of 3,990 characters: some 330 KB, more than one reply holds
+            poster.send({"type": "msg", "room": "big", "text": f"{i:02} " + "x" * 3987, "id": i + 1})
+        poster.expect(lambda f: f.get("type") == "ack" and f.get("id") == 80)
+        nc = Plain(server.port)
+        try:
+            nc.send("/nick reader")
+            nc.expect("Welcome! You are reader")
+            nc.send("/history 100 #big")
+            head = nc.expect("* history of #big")
+            cut = re.search(r"\((\d+) events, more before: (/history 100 #big before (\d+))\)$", head)
+            assert cut is not None and int(cut[1]) < 80, head  # cut short by size
+            nc.send(cut[2])
+            rest = nc.expect("* history of #big")
+            assert rest == f"* history of #big ({81 - int(cut[1])} events)", rest  # the older ones: poster's join on
+            assert "#big <poster> 00 x" in nc.expect("<poster>")
+        finally:
+            nc.close()
 
 
 def _line_reader(stream: IO[str], timeout: float = 10.0) -> Callable[[], str]:

@@ -71,6 +71,11 @@ def assert_terminal_safe(text: str, *, multiline: bool = False) -> None:
         ("/history 99999", m.History("lobby", limit=500)),
         ("/history 007", m.History("lobby", limit=7)),
         ("/history " + "9" * 5000, m.History("lobby", limit=500)),  # no int() of 5,000 digits
+        ("/history before 1234", m.History("lobby", before=1234, limit=20)),  # the page before a hint's number
+        ("/history 50 #Dev before 1234", m.History("dev", before=1234, limit=50)),
+        ("/history #dev", m.History("dev", limit=20)),  # any room: rooms are public
+        ("/history BEFORE 7 3", m.History("lobby", before=7, limit=3)),
+        ("/history before " + "9" * 5000, m.History("lobby", before=m.MAX_ID, limit=20)),
         ("/status", m.Stats()),
         ("/stats", m.Stats()),
         ("/quit", m.Quit("")),
@@ -111,6 +116,12 @@ def test_blank_lines_are_nothing(line: str) -> None:
         ("/history 0", m.Err.BAD_FIELD),
         ("/history lots", m.Err.BAD_FIELD),
         ("/history -5", m.Err.BAD_FIELD),
+        ("/history before", m.Err.BAD_FIELD),
+        ("/history before x", m.Err.BAD_FIELD),
+        ("/history before 0", m.Err.BAD_FIELD),
+        ("/history 5 6", m.Err.BAD_FIELD),
+        ("/history #dev #ops", m.Err.BAD_FIELD),
+        ("/history #!!", m.Err.BAD_ROOM),
         ("/history ５", m.Err.BAD_FIELD),  # a full-width digit: isdigit() but not ASCII
         ("/part #!!", m.Err.BAD_ROOM),
         ("/part #dev " + "r" * 201, m.Err.BAD_TEXT),
@@ -349,7 +360,8 @@ def test_render_history_with_events() -> None:
     out = render(frame)
     assert out is not None
     head, *lines = out.split("\n")
-    assert head == "* history of #dev (3 events, more before)"  # dicts are counted, the ack renders no line
+    # dicts are counted, the ack renders no line; the hint names the page before by its oldest event's number
+    assert head == "* history of #dev (3 events, more before: /history 100 #dev before 5)"
     one = render({"type": "history", "room": "dev", "events": [ev("join", room="dev", nick="bo")]})
     assert one is not None and one.startswith("* history of #dev (1 event)\n")  # not "1 events"
     assert len(lines) == 2

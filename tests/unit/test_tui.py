@@ -189,7 +189,7 @@ def test_a_history_page_is_dimmed_never_rings_and_changes_no_membership() -> Non
     }
     lines = view.on_frame(page)
     assert "2 events" in lines[0].text  # and the hint asks for more than this page:
-    assert "more before: /history 202 shows up to 200 more" in lines[0].text
+    assert "more before: /history 100 before 1" in lines[0].text  # the page before its oldest event
     assert len(lines) == 4 and "end of history" in lines[-1].text
     assert all(all("class:history" in s for s in styles(line)) for line in lines[1:-1])  # every fragment dimmed
     assert "class:history" in styles(lines[0])
@@ -203,20 +203,24 @@ def test_a_history_page_is_dimmed_never_rings_and_changes_no_membership() -> Non
     assert "no earlier events" in none.text
 
 
-def test_the_history_hint_offers_more_than_the_page_shown() -> None:
-    """/history N shows the newest N: the hint said /history 200 after a page of 300 (fewer, not more)."""
+def test_the_history_hint_names_the_page_before_by_its_first_event() -> None:
+    """The hint said "/history N+200 shows up to 200 more": after a page cut short by size (71 long lines
+    for /history 100) that showed the same 71 again, and past 500 events it offered nothing (a user's
+    walkthrough). It names the next page by the number of this one's oldest event, and the room if not
+    the current one."""
     view = joined_view()
 
-    def head(n: int) -> str:
-        page = [ev("msg", i, room="lobby", **{"from": "zoe"}, text="x") for i in range(1, n + 1)]
-        return view.on_frame({"type": "history", "room": "lobby", "more": True, "events": page})[0].text
+    def head(n: int, room: str = "lobby") -> str:
+        page = [ev("msg", i, room=room, **{"from": "zoe"}, text="x") for i in range(40, n + 40)]
+        return view.on_frame({"type": "history", "room": room, "more": True, "events": page})[0].text
 
-    assert "more before: /history 250 shows up to 200 more" in head(50)  # a join's page
-    assert "more before: /history 500 shows up to 200 more" in head(300)
-    assert head(500).endswith("500 events, more before")  # the most one request shows: no command to offer
+    assert head(71).endswith("history of #lobby: 71 events, more before: /history 100 before 40")
+    assert head(500).endswith("500 events, more before: /history 100 before 40")
+    assert head(3, "dev").endswith("history of #dev: 3 events, more before: /history 100 #dev before 40")
+    assert view.submit("/history 100 #dev before 40").requests == [m.History("dev", before=40, limit=100)]
     # a room of a hello past the budget its rooms share: no events sent, but there are some
     [none] = view.on_frame({"type": "history", "room": "lobby", "more": True, "events": []})
-    assert none.text.endswith("history of #lobby: 0 events, more before: /history 200 shows up to 200 more")
+    assert none.text.endswith("history of #lobby: 0 events, more before: /history 100")
 
 
 SGR = re.compile(r"\x1b\[[0-9;]*m|\x1b\[\?7h")  # colours/attributes and autowrap: what the client itself emits
@@ -290,6 +294,21 @@ def test_the_status_line_follows_rooms_members_nick_and_state() -> None:
     view.on_frame(ev("nick", 6, old="alicia", new="漢字漢字漢字"))  # each character two columns wide
     cjk = view.toolbar(85)  # 81 characters with the server, but 87 columns
     assert fragment_list_width(cjk) <= 85 and "office" not in "".join(f[1] for f in cjk)
+
+
+def test_the_catch_up_after_an_expiry_names_each_lines_room() -> None:
+    """In two rooms every message shows its room. After an expiry the new session's welcome names them, and
+    what was missed is replayed before their joins: with no room joined yet, its lines showed none (a user's
+    walkthrough)."""
+    view = joined_view()
+    view.on_frame(ev("join", 3, room="dev", nick="alice"))
+    view.room = "lobby"
+    welcome = {"type": "welcome", "nick": "alice", "rooms": ["lobby", "dev"], "resumed": False, "seq": 3,
+               "resume_failed": "session expired"}  # fmt: skip
+    view.on_frame(welcome)
+    assert view.joined == []  # the joins come after the catch-up
+    [line] = view.on_frame(ev("msg", 4, room="lobby", **{"from": "bob"}, text="said meanwhile"))
+    assert line.text.endswith("#lobby <bob> said meanwhile")
 
 
 def test_a_server_back_under_another_name_is_called_by_it() -> None:
