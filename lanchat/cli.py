@@ -14,6 +14,7 @@ import typer
 
 from lanchat import const
 from lanchat.config import DiscoveryConfig, ServerConfig, default_data_dir
+from lanchat.protocol.beacon import MAX_INTERVAL_MS
 
 # Seconds: the least --timeout of join and discover, the same for both since LANCHAT_TIMEOUT sets both.
 MIN_TIMEOUT = 0.05
@@ -138,7 +139,14 @@ def serve(
     interface: Interface = [],  # noqa: B006 - typer reads the default, never mutates it
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
     beacon_interval: Annotated[
-        float, typer.Option(envvar=_env("beacon_interval"), metavar="SECONDS", min=0.1, help="Seconds between beacons.")
+        float,
+        typer.Option(
+            envvar=_env("beacon_interval"),
+            metavar="SECONDS",
+            min=0.1,
+            max=MAX_INTERVAL_MS / 1000,  # a day: what a beacon can announce (inf crashed the announcer)
+            help="Seconds between beacons.",
+        ),
     ] = 5.0,
     beacon_to: Annotated[
         list[str],
@@ -233,7 +241,14 @@ def serve(
         ),
     ] = const.HISTORY_LIMIT,
     history_on_join: Annotated[
-        int, typer.Option(envvar=_env("history_on_join"), metavar="N", min=0, help="Events shown when joining a room.")
+        int,
+        typer.Option(
+            envvar=_env("history_on_join"),
+            metavar="N",
+            min=0,
+            max=const.HISTORY_PAGE_MAX,  # a history page's most (2**63 overflowed SQLite's integers at every join)
+            help="Events shown when joining a room.",
+        ),
     ] = const.HISTORY_ON_JOIN,
     worker_timeout: Annotated[
         float,

@@ -25,7 +25,9 @@ def stop_signals(*sigs: signal.Signals) -> list[signal.Signals]:
 
 def default_data_dir() -> Path:
     """The user's data directory (XDG on Linux): where history and the server id live."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):  # unset, empty, or relative: ignored, as the XDG spec says
+        base = os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "lanchat"
 
 

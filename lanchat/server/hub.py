@@ -281,8 +281,8 @@ class Hub:
             store.put_refused(owner, ())
         self.end_plain_sessions("connection lost", now)  # left by a crash: their nicks are free at once
         if self.sessions:
-            log.info("%s of the last run held %g s for their clients to resume",
-                     count_of(len(self.sessions), "session"), self.resume_grace)  # fmt: skip
+            log.info("%s of the last run held %s for their clients to resume",
+                     count_of(len(self.sessions), "session"), self._grace_words())  # fmt: skip
 
     def _load_expired(self, refused: dict[str, tuple[int, ...]], last_run: Sequence[SessionRow] = ()) -> None:
         """The tokens remembered on disk, older than any of this run's (the database may open late). Those
@@ -385,8 +385,8 @@ class Hub:
             return
         if not quiet:
             log.info(  # why it dropped (an idle timeout, too slow a reader...): the end or the resume follows
-                "session %s (%s) lost its connection (%s); held %g s for a resume",
-                session.sid[:8], session.nick, reason or "connection lost", self.resume_grace,
+                "session %s (%s) lost its connection (%s); held %s for a resume",
+                session.sid[:8], session.nick, reason or "connection lost", self._grace_words(),
             )  # fmt: skip
         if peer:
             held = self._held.setdefault(peer, deque())
@@ -416,6 +416,10 @@ class Hub:
                 self.closed(w, conn, False, "connection lost", now, peer=peers.get(conn, ""), quiet=stopping)
         self._out.pop(worker, None)
         self.busy.discard(worker)
+
+    def _grace_words(self) -> str:
+        """How long a dropped session is held, for the log: "60 s", or (--resume-grace inf) "until the stop"."""
+        return f"{self.resume_grace:g} s" if math.isfinite(self.resume_grace) else "until the server stops"
 
     def _held_for(self, s: Session, now: float) -> int | None:
         """Whole seconds (at least 1) until detached ``s`` expires, unless its client resumes it first; None if

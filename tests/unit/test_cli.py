@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import lanchat.server.main
 from lanchat import const
 from lanchat.cli import app
 from lanchat.client.connection import fallback_nick, parse_address
-from lanchat.config import ServerConfig
+from lanchat.config import ServerConfig, default_data_dir
 from lanchat.protocol import messages as m
 
 
@@ -36,6 +37,15 @@ def test_serve_defaults(captured: dict[str, Any]) -> None:
     assert (cfg.host, cfg.port, cfg.workers) == ("0.0.0.0", 7272, os.cpu_count())
     assert cfg.discovery.interface == ("lo",) and cfg.discovery.beacon and cfg.discovery.discovery
     assert cfg.exempt_loopback is True and cfg.max_frame == 16384
+
+
+def test_the_default_data_dir_follows_xdg_only_for_an_absolute_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative XDG_DATA_HOME was used from the working directory: the XDG spec says to ignore it."""
+    home = Path(os.path.expanduser("~"))
+    for value, expected in (("/srv/xdg", Path("/srv/xdg/lanchat")), ("relative/xdg", home / ".local/share/lanchat"),
+                            ("", home / ".local/share/lanchat")):  # fmt: skip
+        monkeypatch.setenv("XDG_DATA_HOME", value)
+        assert default_data_dir() == expected
 
 
 def test_one_worker_per_cpu_stops_at_max_workers(captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,10 +110,20 @@ def test_max_frame_edges_are_accepted(captured: dict[str, Any]) -> None:
         assert captured["config"].max_frame == value
 
 
+def test_beacon_interval_and_history_on_join_edges_are_accepted(captured: dict[str, Any]) -> None:
+    for interval, shown in (("0.1", 0), ("86400", 500)):
+        args = ["serve", "--beacon-interval", interval, "--history-on-join", str(shown)]
+        assert CliRunner().invoke(app, args).exit_code == 0
+        cfg = captured["config"]
+        assert (cfg.discovery.beacon_interval, cfg.history_on_join) == (float(interval), shown)
+
+
 @pytest.mark.parametrize(
     "args",
     [["--max-frame", "10"], ["--max-frame", "1048577"], ["--rate", "0"], ["--workers", "100"], ["--port", "x"],
-     ["--port", "65536"], ["--discovery-port", "0"], ["--discovery-port", "70000"], ["--log-level", "loud"]],
+     ["--port", "65536"], ["--discovery-port", "0"], ["--discovery-port", "70000"], ["--log-level", "loud"],
+     ["--beacon-interval", "inf"], ["--beacon-interval", "86401"],  # inf crashed the announcer once serving
+     ["--history-on-join", "501"], ["--history-on-join", "9223372036854775807"]],  # that failed every join
 )  # fmt: skip
 def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], args: list[str]) -> None:
     result = CliRunner().invoke(app, ["serve", *args])

@@ -345,13 +345,18 @@ def test_a_privmsg_to_a_held_session_tells_its_sender_how_long_it_is_held(net: W
     assert back[0]["resumed"] and [f["text"] for f in back if f["type"] == "privmsg"] == ["there?", "are you ok?"]
 
 
-def test_a_session_held_for_ever_has_no_held_count(tmp_path: Path, stores: list[HistoryStore]) -> None:
+def test_a_session_held_for_ever_has_no_held_count(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
     """`--resume-grace inf` holds a session until the server stops: the count of seconds (math.ceil of inf)
-    raised, and the private message and the hello were answered `internal`. A /nick says it as a hello does."""
+    raised, and the private message and the hello were answered `internal`. A /nick says it as a hello does,
+    and the log no longer says "held inf s"."""
     net = Workers(make_hub(stores, tmp_path, resume_grace=float("inf")))
     welcome_of(net, 1, 10, "al")
     welcome_of(net, 2, 20, "bo")
-    net.hub.closed(2, 20, False, "lost", 110.0)
+    with caplog.at_level(logging.INFO, logger="lanchat.hub"):
+        net.hub.closed(2, 20, False, "lost", 110.0)
+    assert "(bo) lost its connection (lost); held until the server stops for a resume" in caplog.text
     net.forget(2, 20)
     net.clear()
     net.hub.request(1, 10, {"type": "privmsg", "to": "bo", "text": "there?", "id": 1}, 120.0)
