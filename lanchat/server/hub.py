@@ -1186,7 +1186,9 @@ class Hub:
         """``commit``: False if the store was committed just before (see _join_history)."""
         if len(s.rooms) >= const.MAX_ROOMS_PER_SESSION:
             raise RemoteProtocolError(
-                m.Err.TOO_MANY_ROOMS, f"at most {const.MAX_ROOMS_PER_SESSION} rooms per session", request_id=rid
+                m.Err.TOO_MANY_ROOMS,
+                f"cannot join #{name}: at most {const.MAX_ROOMS_PER_SESSION} rooms per session",
+                request_id=rid,
             )
         room = self._room(name, s.peer)
         if tail and self.history_on_join:

@@ -936,6 +936,7 @@ def test_rooms_per_session_are_bounded(net: Workers) -> None:
     net.hub.request(1, 10, {"type": "join", "room": "onemore", "id": 9}, 1.0)
     (err,) = net.take(1, 10)
     assert (err["code"], err["id"]) == (m.Err.TOO_MANY_ROOMS, 9)
+    assert err["message"] == "cannot join #onemore: at most 50 rooms per session"  # which, of a pasted 60
     assert "onemore" not in net.hub.rooms
 
 
