@@ -580,7 +580,8 @@ class ChatView:
         if cmd is None:
             return Submitted()
         if isinstance(cmd, LocalCommand):
-            return Submitted(lines=self._out(self._local(cmd)))
+            said, refused = self._local(cmd)
+            return Submitted(lines=self._out(said), refused=refused)
         if isinstance(cmd, m.Quit):
             return Submitted(quit=cmd)
         if isinstance(cmd, m.Nick):
@@ -608,15 +609,16 @@ class ChatView:
         """The client took the request of ``submitted``: what to show for it now."""
         return self._out([submitted.queued]) if submitted.queued is not None else []
 
-    def _local(self, cmd: LocalCommand) -> list[Line]:
+    def _local(self, cmd: LocalCommand) -> tuple[list[Line], bool]:
+        """What a command of the client's own shows, and whether it was refused (the line is given back)."""
         if cmd.name == "switch":
             if not cmd.arg:
-                return [self._system(self.next_room(), "info")]
+                return [self._system(self.next_room(), "info")], False
             refused = self.current.switch(cmd.arg, self.joined)
             if refused:
-                return [self._system(refused, "error")]
-            return [self._system(f"now talking in #{cmd.arg}", "info")]
-        return [Line((("class:info", line),)) for line in (CLIENT_HELP + "\n" + KEYS).splitlines()]
+                return [self._system(refused, "error")], True
+            return [self._system(f"now talking in #{cmd.arg}", "info")], False
+        return [Line((("class:info", line),)) for line in (CLIENT_HELP + "\n" + KEYS).splitlines()], False
 
     def next_room(self) -> str:
         """Make the next joined room current (F2, /switch without a room); returns what to tell."""

@@ -426,9 +426,12 @@ def test_commands_become_requests_and_the_current_room_follows() -> None:
     assert "#dev" in toolbar(view) and "(+1 room)" in toolbar(view)
     switched = view.submit("/switch lobby")
     assert view.room == "lobby" and switched.requests == [] and "now talking in #lobby" in switched.lines[0].text
+    assert not switched.refused
     assert "next" not in view.submit("/switch").lines[0].text and view.room == "dev"  # cycles
     refused = view.submit("/switch kitchen")
     assert view.room == "dev" and "not in #kitchen" in refused.lines[0].text
+    assert refused.refused  # given back to the input, to be mended, as any line the client refuses
+    assert view.submit("/mgs bob hi").refused and not view.submit("/help").refused
     assert view.submit("/part").requests == [m.Part("dev")]
     assert view.room == "lobby"
     assert view.submit("/nick alice").requests == [m.Nick("alice")]  # the /nick alicia above is not done yet
