@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -148,7 +149,10 @@ def _called(server: ServerRecord, name: str) -> bool:
 
 
 def run_join(config: JoinConfig) -> int:
-    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not config.json
+    # A dumb terminal (Emacs's M-x shell) has no cursor control to draw the prompt and the status line
+    # with: it gets the line mode, as a pipe does.
+    dumb = os.environ.get("TERM", "") in ("dumb", "unknown")
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not config.json and not dumb
     try:
         target = asyncio.run(resolve(config, interactive=interactive))
     except Unresolved as exc:

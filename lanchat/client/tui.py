@@ -48,6 +48,7 @@ from prompt_toolkit.formatted_text import StyleAndTextTuples, fragment_list_widt
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
 from prompt_toolkit.output import ColorDepth, Output, create_output
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.patch_stdout import patch_stdout
@@ -862,6 +863,11 @@ def _key_bindings(view: ChatView, invalidate: Callable[[], None], show: Callable
     def _next_room(event: KeyPressEvent) -> None:
         show(view.note(view.next_room()))
         invalidate()
+
+    @kb.add(Keys.Vt100MouseEvent)
+    def _no_mouse(event: KeyPressEvent) -> None:
+        """Mouse reports are never asked for. Bytes that look like one (`ESC [ 31 m`: coloured text pasted
+        where the terminal has no bracketed paste) crashed prompt_toolkit's handler, which wants x;y."""
 
     return kb
 

@@ -7,8 +7,10 @@ import contextlib
 import io
 import json
 import os
+import pty
 import queue
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -76,6 +78,39 @@ def test_history_pages_follow_the_hint_past_a_page_cut_short_by_size(make_server
             assert "#big <poster> 00 x" in nc.expect("<poster>")
         finally:
             nc.close()
+
+
+def test_a_dumb_terminal_gets_the_line_mode(make_server: MakeServer) -> None:
+    """TERM=dumb (Emacs's M-x shell) got the full-screen client's cursor control, and no status line (a
+    terminal-compatibility walkthrough): on a terminal that cannot move its cursor it talks in lines."""
+    server = make_server(workers=1)
+    main, sub = pty.openpty()
+    env = {**os.environ, "TERM": "dumb", "LANCHAT_INTERFACE": "lo"}
+    cmd = [sys.executable, "-m", "lanchat", "join", f"127.0.0.1:{server.port}", "--nick", "emacs"]
+    proc = subprocess.Popen(cmd, stdin=sub, stdout=sub, stderr=sub, env=env)
+    os.close(sub)
+    seen = b""
+
+    def until(needle: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 10
+        while needle not in seen:
+            assert time.monotonic() < deadline, seen
+            ready, _, _ = select.select([main], [], [], 0.5)
+            if ready:
+                seen += os.read(main, 4096)
+
+    try:
+        until(b"emacs joined")
+        os.write(main, b"hello from emacs\n")
+        until(b"<emacs> hello from emacs")
+        os.write(main, b"\x04")  # Ctrl-D: the end of input
+        assert proc.wait(10) == 0
+        assert b"\x1b" not in seen, seen  # no cursor control, no colours: lines
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(main)
 
 
 def _line_reader(stream: IO[str], timeout: float = 10.0) -> Callable[[], str]:

@@ -875,6 +875,22 @@ def test_quit_stops_waiting_for_a_paste_when_the_connection_is_lost(tmp_path: Pa
         server.kill()
 
 
+def test_bytes_that_look_like_a_mouse_report_are_ignored(server: ServerProcess) -> None:
+    """`ESC [ 31 m` typed (coloured text pasted without bracketed paste) reached prompt_toolkit's mouse handler,
+    which raised: a traceback and "Press ENTER to continue..." (a terminal-compatibility walkthrough)."""
+
+    async def main() -> None:
+        async with app(server.port) as (task, inp, view):
+            await until(lambda: view.status == "connected", "connected")
+            inp.send_text("\x1b[31mred\x1b[0m")
+            await until(typed("red"), "the text, without the colour codes")
+            inp.send_text("\r")
+            await until(shown(view, "<alice> red"), "sent")
+            assert not task.done()
+
+    run(main())
+
+
 def test_quit_while_disconnected_says_what_was_typed_meanwhile_was_not_sent(tmp_path: Path) -> None:
     """Lines typed while the server is down are surely not sent by a quit then; those sent before the drop
     may have been. It said "may not have been sent" of both (a user's walkthrough)."""
