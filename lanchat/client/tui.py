@@ -129,6 +129,7 @@ EXIT_INTERRUPTED: Final = 130  # Ctrl-C while connecting (the shell's convention
 TRANSCRIPT_MAX: Final = 2000  # lines of plain text the view remembers (tests, /status); the terminal keeps the rest
 RECENT_SPEAKERS_MAX: Final = 200  # nicks remembered for completion beyond the rooms' member lists
 KNOWN_ROOMS_MAX: Final = 1000  # room names remembered for completion (a /rooms reply can be long)
+MENU_ROWS: Final = 8  # rows for the completion menu, as prompt_toolkit reserves by default
 TOOLBAR_NAME_MIN: Final = 8  # columns a room or nick keeps at least when a narrow status line shortens it
 _NO_ARG_COMMANDS: Final = frozenset({"/rooms", "/status", "/help"})
 _ROOM_ARG_COMMANDS: Final = frozenset({"/join", "/switch", "/part", "/leave", "/who", "/names"})
@@ -985,6 +986,7 @@ async def run_app(
         unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
         again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
         while True:
+            session.reserve_space_for_menu = _menu_rows(session.app.output.get_size().rows)
             prompt = asyncio.create_task(session.prompt_async(default=again), name="tui-prompt")
             again = ""
             waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
@@ -1033,6 +1035,13 @@ async def run_app(
         if client.status != "closed":
             await client.close()
         await printer.close()
+
+
+def _menu_rows(rows: int) -> int:
+    """The rows kept free under the input line for the completion menu (prompt_toolkit's 8), fewer in a
+    window too short for them: 8 rows with the input line and the status line said "Window too small..."
+    in place of the whole screen when Tab opened the menu."""
+    return max(0, min(MENU_ROWS, rows - 3))
 
 
 def _continued(app: Application[Any]) -> None:

@@ -110,6 +110,20 @@ def test_a_refused_line_comes_back_to_be_mended(term: Tmux, server: ServerProces
         term.wait_prompt("#lobby>")  # empty once sent
 
 
+def test_tab_in_a_short_window_shows_the_menu_not_window_too_small(tmp_path: Path, server: ServerProcess) -> None:
+    """prompt_toolkit keeps 8 rows for the completion menu: in a window of 6, Tab turned the whole screen into
+    "Window too small..." (a terminal-compatibility walkthrough). The menu gets what the window has."""
+    term = Tmux(tmp_path, width=60, height=6)
+    try:
+        join(term, server.port)
+        term.type("/")
+        term.keys("Tab")  # several commands: a menu
+        screen = term.wait(lambda s: "too small" in s or s.count("/") >= 3, "the menu (or the fault)")
+        assert "too small" not in screen and "#lobby> /" in screen, screen
+    finally:
+        term.close()
+
+
 def test_the_status_line_follows_a_server_restart(term: Tmux, server: ServerProcess) -> None:
     join(term, server.port)
     server.stop()
