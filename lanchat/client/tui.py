@@ -47,7 +47,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples, fragment_list_width
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
-from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.key_binding import KeyBindings, KeyBindingsBase, KeyPressEvent, merge_key_bindings
 from prompt_toolkit.keys import Keys
 from prompt_toolkit.output import ColorDepth, Output, create_output
 from prompt_toolkit.output.vt100 import Vt100_Output
@@ -849,7 +849,9 @@ class Printer:
             self.write(batch)
 
 
-def _key_bindings(view: ChatView, invalidate: Callable[[], None], show: Callable[[list[Line]], None]) -> KeyBindings:
+def _key_bindings(
+    view: ChatView, invalidate: Callable[[], None], show: Callable[[list[Line]], None]
+) -> KeyBindingsBase:
     kb = KeyBindings()
 
     @kb.add("c-c")
@@ -865,11 +867,14 @@ def _key_bindings(view: ChatView, invalidate: Callable[[], None], show: Callable
         show(view.note(view.next_room()))
         invalidate()
 
-    @kb.add(Keys.Vt100MouseEvent)
-    def _no_mouse(event: KeyPressEvent) -> None:
-        """Mouse reports are never asked for. Bytes that look like one (`ESC [ 31 m`: coloured text pasted
-        where the terminal has no bracketed paste) crashed prompt_toolkit's handler, which wants x;y."""
+    return merge_key_bindings([kb, _no_mouse()])
 
+
+def _no_mouse() -> KeyBindings:
+    """Mouse reports are never asked for. Bytes that look like one (`ESC [ 31 m`: coloured text pasted where
+    the terminal has no bracketed paste) crashed prompt_toolkit's handler, which wants x;y: ignored."""
+    kb = KeyBindings()
+    kb.add(Keys.Vt100MouseEvent)(lambda event: None)
     return kb
 
 
@@ -1171,7 +1176,9 @@ async def choose_server(
             if why:
                 raise ValidationError(len(document.text), why + " (edit the line)")
 
-    session: PromptSession[str] = PromptSession(input=input, output=output or terminal_output(), style=STYLE)
+    session: PromptSession[str] = PromptSession(
+        input=input, output=output or terminal_output(), style=STYLE, key_bindings=_no_mouse()
+    )
     Printer(session.app.output).write(server_lines(found))
     validator = Answer()
     try:

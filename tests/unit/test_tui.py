@@ -586,9 +586,13 @@ def run(coro: Awaitable[T], timeout: float = 30.0) -> T:
 
 
 @pytest.mark.parametrize(
-    ("typed", "chosen"), [("2\r", "beta"), ("9\r\x7fbeta\r", "beta"), ("q\r", None), ("\x04", None)]
-)
-def test_choose_server_asks_until_the_answer_is_valid(typed: str, chosen: str | None) -> None:
+    ("typed", "chosen"),
+    [("2\r", "beta"), ("9\r\x7fbeta\r", "beta"), ("q\r", None), ("\x04", None),
+     ("\x1b[31m2\x1b[0m\r", "beta")],  # bytes like a mouse report (a coloured paste): ignored, not a crash
+)  # fmt: skip
+def test_choose_server_asks_until_the_answer_is_valid(
+    typed: str, chosen: str | None, capfd: pytest.CaptureFixture[str]
+) -> None:
     found = [record("beta", 2), record("alpha", 1)]  # shown sorted: 1 alpha, 2 beta
 
     async def main() -> ServerRecord | None:
@@ -598,6 +602,7 @@ def test_choose_server_asks_until_the_answer_is_valid(typed: str, chosen: str | 
 
     result = run(main(), 10)
     assert (result.name if result else None) == chosen
+    assert "Exception" not in "".join(capfd.readouterr())  # prompt_toolkit's report of a key handler's crash
 
 
 # --- the whole app against a real server -------------------------------------------------------------------
