@@ -898,7 +898,7 @@ async def run_app(
     view = view or ChatView(nick, room, server=server_name, address=host_port(host, port))
     view.unsent = lambda: client.state.unacked if client is not None else 0
     history = InMemoryHistory()
-    session: PromptSession[str] = PromptSession(
+    session: PromptSession[str] = _ChatSession(
         message=view.prompt,
         bottom_toolbar=lambda: view.toolbar(_columns()),
         completer=ViewCompleter(view),
@@ -991,7 +991,6 @@ async def run_app(
         unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
         again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
         while True:
-            session.reserve_space_for_menu = _menu_rows(session.app.output.get_size().rows)
             prompt = asyncio.create_task(session.prompt_async(default=again), name="tui-prompt")
             again = ""
             waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
@@ -1040,6 +1039,19 @@ async def run_app(
         if client.status != "closed":
             await client.close()
         await printer.close()
+
+
+class _ChatSession(PromptSession[str]):
+    """prompt_toolkit's session, with the rows kept for the completion menu fitted to the window at each
+    redraw (a window made short while a prompt is open included)."""
+
+    @property
+    def reserve_space_for_menu(self) -> int:
+        return _menu_rows(self.app.output.get_size().rows)
+
+    @reserve_space_for_menu.setter
+    def reserve_space_for_menu(self, value: int) -> None:  # PromptSession's own setting: MENU_ROWS stands for it
+        pass
 
 
 def _menu_rows(rows: int) -> int:
