@@ -60,6 +60,11 @@ def _bad(code: str, message: str) -> RemoteProtocolError:
     return RemoteProtocolError(code, message)
 
 
+# Letters to Unicode (category Lo) that draw as nothing: a nick of them was invisible, or looked like
+# another with a blank after it (an adversarial review). All the letters or digits named FILLER or BLANK.
+_BLANK_LETTERS: Final = frozenset("\u115f\u1160\u3164\uffa0")
+
+
 def check_nick(nick: object) -> str:
     """A nick: 1..NICK_MAX letters, digits or _-.[]{}|^` , starting with a letter or _. Returns it NFC."""
     if not isinstance(nick, str):
@@ -71,6 +76,8 @@ def check_nick(nick: object) -> str:
         raise _bad(Err.BAD_NICK, "nick must start with a letter or _")
     if not all(c.isalnum() or c in _NICK_EXTRA for c in nick):
         raise _bad(Err.BAD_NICK, "nick may contain only letters, digits and _-.[]{}|^`")
+    if any(c in _BLANK_LETTERS for c in nick):
+        raise _bad(Err.BAD_NICK, "nick may not contain characters that show as blanks (Hangul fillers)")
     return nick
 
 

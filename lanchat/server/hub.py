@@ -37,6 +37,11 @@ _SAID: Final = (b'{"type":"msg",', b'{"type":"action",', b'{"type":"topic",', b'
 # Bytes of one client's lines, or of one room's, per control frame (a long replay is several): the worker
 # refuses a frame of more than control.MAX_CONTROL_FRAME as a broken pipe, and a smaller frame is parsed sooner.
 REPLAY_FRAME: Final = 256 * 1024
+# Events a replay looks at, sent or not: a catch-up after an expiry skips the presence events from before its
+# session (joins, parts, quits), which its byte budget does not count. Without this bound one hello with a
+# made-up token and last_seq 0 had the hub read every stored event of 50 rooms (0.5 s at 10,000 each: a
+# stall for everyone, as often as a host could connect). A full budget of chat lines is ~4,000 events.
+REPLAY_EXAMINED_MAX: Final = 10_000
 # A session record's last_join while its hello's joins are to come (see Hub._hello): a restart that finds it
 # makes the joins then, as the crash that lost them never told the rooms.
 JOINS_LOST: Final = -2
@@ -993,7 +998,10 @@ class Hub:
         lines: list[bytes] = []
         size = 0
         newest: int | None = None
-        for seq, line in newest_first:
+        for examined, (seq, line) in enumerate(newest_first, 1):
+            if examined > REPLAY_EXAMINED_MAX:
+                self._send(s, {"type": "gap", "after": after, "reason": "too many events to replay"})
+                break
             if seq <= said_only and not line.startswith(_SAID):
                 continue
             size += len(line)

@@ -1824,6 +1824,29 @@ def test_back_after_expiry_missed_more_than_the_replay_holds_is_a_gap(
     assert 20 <= len(texts) < 30 and texts == [f"l{i}" for i in range(200 - len(texts), 200)]
 
 
+def test_a_catch_up_looks_at_a_bounded_number_of_events(net: Workers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catch-up skips the presence events from before its session, uncounted by its byte budget: a hello
+    with a made-up token and last_seq 0 had the hub read every stored event of 50 rooms (an adversarial
+    review: 0.5 s a hello, a stall for everyone). Past REPLAY_EXAMINED_MAX events looked at, a gap."""
+    monkeypatch.setattr(hub_module, "REPLAY_EXAMINED_MAX", 40)
+    hub = net.hub
+    welcome_of(net, 1, 10, "bo")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "old news"}, 1.0)
+    for i in range(30):  # 60 presence events newer than it
+        welcome_of(net, 2, 20 + i, f"p{i}", now=2.0)
+        hub.request(2, 20 + i, {"type": "quit"}, 2.0)
+    hub.commit(2.0)
+    net.clear()
+    made_up = {"type": "hello", "nick": "eve", "token": "x" * 24, "last_seq": 0}
+    hub.request(3, 30, made_up, 3.0)
+    frames = net.take(3, 30)
+    assert {"type": "gap", "after": 0, "reason": "too many events to replay"} in frames
+    assert texts_of(frames) == []  # "old news" lies past the 40 events looked at
+    monkeypatch.setattr(hub_module, "REPLAY_EXAMINED_MAX", 1_000)
+    hub.request(3, 31, {**made_up, "nick": "eve2"}, 3.0)
+    assert texts_of(net.take(3, 31)) == ["old news"]  # within the bound: found
+
+
 def test_back_after_expiry_is_told_of_events_history_no_longer_has(tmp_path: Path, stores: list[HistoryStore]) -> None:
     net = Workers(make_hub(stores, tmp_path, history_limit=3, recent_max=2))
     frames, last_seq = back_after_expiry(net, {"lobby": [f"l{i}" for i in range(8)]})

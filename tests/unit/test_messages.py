@@ -149,6 +149,10 @@ INVALID: list[tuple[Any, str]] = [
     ({"type": "nick"}, m.Err.BAD_NICK),
     ({"type": "nick", "nick": ""}, m.Err.BAD_NICK),
     ({"type": "nick", "nick": 7}, m.Err.BAD_NICK),
+    ({"type": "nick", "nick": "\u3164"}, m.Err.BAD_NICK),  # a Hangul filler: a letter that shows as nothing
+    ({"type": "nick", "nick": "ann\uffa0"}, m.Err.BAD_NICK),  # "ann" and a blank
+    ({"type": "nick", "nick": "\u115fx"}, m.Err.BAD_NICK),
+    ({"type": "nick", "nick": "x\u1160"}, m.Err.BAD_NICK),
     # topic
     ({"type": "topic"}, m.Err.BAD_ROOM),
     ({"type": "topic", "room": "a", "topic": 5}, m.Err.BAD_FIELD),
