@@ -72,7 +72,7 @@ from lanchat.protocol.plain import (
     clock,
     count_of,
     held_note,
-    history_hint,
+    more_before,
     not_resumed,
     parse_command,
     render,
@@ -377,9 +377,7 @@ class ChatView:
         # The hint names the next page by its first event's number: a page cut short by size (long lines) or
         # at 500 events is followed all the same
         n = len(events)
-        more = ", more before" if frame.get("more") else ""
-        if more and (hint := history_hint(events, "" if room == self.room else room)):
-            more += f": {hint}"
+        more = more_before(frame.get("more"), events, "" if room == self.room else room)
         lines = [self._system(f"history of #{clean(room)}: {n} event{'' if n == 1 else 's'}{more}", "history")]
         for e in events:
             sender = e.get("from")
@@ -493,7 +491,7 @@ class ChatView:
                 bell = not historic
             frags += [(f"class:privmsg {s}".strip(), t) for s, t in text]
             if mine and (note := held_note(frame)):
-                frags.append(("class:event", f"  ({note})"))
+                frags.append(("class:event", note))
         else:
             described = self._describe(frame)
             if described is None:

@@ -326,26 +326,30 @@ def _items(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def history_hint(events: list[dict[str, Any]], room: object) -> str:
-    """The command that shows the page before ``events`` (a history reply's, oldest first), in ``room``
-    (named unless empty: the current one); none sent (a hello's rooms past their budget), the newest page.
-    Empty if the oldest has no number."""
+def more_before(more: object, events: list[dict[str, Any]], room: object) -> str:
+    """What a history page's head says of older events (``more``, the reply's): ", more before: " and the
+    command that shows the page before ``events`` (oldest first) in ``room`` (named unless empty: the current
+    one); with no events (a hello's rooms past their budget), the newest page. Just ", more before" if the
+    oldest has no number; nothing if there are no more."""
+    if not more:
+        return ""
     where = f" #{clean(room)}" if room else ""
-    if not events:
-        return f"/history {HISTORY_MORE}{where}"
-    seq = events[0].get("seq")
-    return f"/history {HISTORY_MORE}{where} before {seq}" if type(seq) is int else ""
+    seq = events[0].get("seq") if events else None
+    if events and type(seq) is not int:
+        return ", more before"
+    return f", more before: /history {HISTORY_MORE}{where}" + (f" before {seq}" if events else "")
 
 
 def held_note(privmsg: dict[str, Any]) -> str:
     """What a private message's ``held`` says to its sender: the recipient's client had lost its connection
     (a crash, a laptop asleep), and gets the message when it reconnects (its session is held that many
-    seconds; a client back later gets it too: docs/protocol.md), but not a new `lanchat join`. Empty if not."""
+    seconds; a client back later gets it too: docs/protocol.md), but not a new `lanchat join`: a suffix for
+    the line that shows it, empty if not."""
     held = privmsg.get("held")
     if type(held) is not int:
         return ""
     to = clean(privmsg.get("to"))
-    return f"{to} is disconnected: they get it when their client reconnects; their session is held {held} s more"
+    return f"  ({to} is disconnected: they get it when their client reconnects; their session is held {held} s more)"
 
 
 def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None, session: str) -> str | None:
@@ -359,8 +363,7 @@ def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None, sessi
         return f"{at} {room} * {c(frame.get('from'))} {c(frame.get('text'))}"
     if kind == "privmsg":
         if sent_by_me(frame, me, had, session):
-            note = held_note(frame)
-            return f"{at} -> *{c(frame.get('to'))}* {c(frame.get('text'))}" + (f"  ({note})" if note else "")
+            return f"{at} -> *{c(frame.get('to'))}* {c(frame.get('text'))}{held_note(frame)}"
         return f"{at} *{c(frame.get('from'))}* {c(frame.get('text'))}"
     if kind == "join":
         return f"{at} {room} -- {c(frame.get('nick'))} joined"
@@ -399,12 +402,10 @@ def _render(frame: dict[str, Any], me: str, had: Mapping[str, int] | None, sessi
         ]
         return "* rooms: " + (", ".join(parts) or "none") + _more(frame, "total", len(parts))
     if kind == "history":
-        lines = [render(e, me) for e in _items(frame.get("events")) if isinstance(e, dict)]
+        events = [e for e in _items(frame.get("events")) if isinstance(e, dict)]
+        lines = [render(e, me) for e in events]
         body = "\n".join(f"  {line}" for line in lines if line)
-        more = ""
-        if frame.get("more"):
-            hint = history_hint([e for e in _items(frame.get("events")) if isinstance(e, dict)], frame.get("room"))
-            more = ", more before" + (f": {hint}" if hint else "")
+        more = more_before(frame.get("more"), events, frame.get("room"))
         head = f"* history of {room} ({count_of(len(lines), 'event')}{more})"
         return head + ("\n" + body if body else "")
     if kind == "error":
