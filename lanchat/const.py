@@ -55,6 +55,9 @@ RESUME_GRACE: Final = 60.0  # seconds a dropped session keeps its nick and rooms
 REFUSED_IDS_KEPT: Final = 64
 PARTED_KEPT: Final = 16  # rooms a session left whose events a resume still replays, up to its part (newest kept)
 EXPIRED_TOKENS_MAX: Final = 10_000  # tokens remembered (about 200 bytes each), the oldest forgotten first
+# ... and of sessions from one address (as --max-per-ip counts it) at most, its oldest forgotten first: one host
+# ending a session after another must not push out the tokens (and private messages) of others away.
+EXPIRED_TOKENS_PER_ADDRESS: Final = 500
 EXPIRED_TOKEN_TTL: Final = 24 * 3600.0  # seconds a token is remembered: a night's sleep
 HISTORY_LIMIT: Final = 10_000  # events kept per room (and per private conversation) in SQLite
 HISTORY_ON_JOIN: Final = 50  # events replayed (marked as history) when a client joins a room

@@ -55,8 +55,9 @@ def _looks_like_host(address: str) -> bool:
     return True
 
 
-async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
+async def resolve(config: JoinConfig, *, interactive: bool, by_line: bool = False) -> Target:
     """Address -> Target; a server name or no address -> discovery (one found: it; several: ask or fail).
+    ``by_line``: not interactive, but a terminal that cannot move its cursor, asked with plain lines.
 
     A name with a dot may be a host name or a server's (`v1.2 test`; the default name, the host's own,
     may be fully qualified): the resolver and discovery are asked at once. A server of that name found at
@@ -116,10 +117,10 @@ async def resolve(config: JoinConfig, *, interactive: bool) -> Target:
         )
     if len(found) == 1:
         return Target(found[0].host, found[0].port, found[0].name)
-    if interactive:
-        from lanchat.client.tui import choose_server
+    if interactive or by_line:
+        from lanchat.client.tui import choose_server, choose_server_by_line
 
-        chosen = await choose_server(found)
+        chosen = await choose_server(found) if interactive else choose_server_by_line(found)
         if chosen is None:
             raise Unresolved("no server chosen", 1)
         return Target(chosen.host, chosen.port, chosen.name)
@@ -152,9 +153,10 @@ def run_join(config: JoinConfig) -> int:
     # A dumb terminal (Emacs's M-x shell) has no cursor control to draw the prompt and the status line
     # with: it gets the line mode, as a pipe does.
     dumb = os.environ.get("TERM", "") in ("dumb", "unknown")
-    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not config.json and not dumb
+    terminal = sys.stdin.isatty() and sys.stdout.isatty() and not config.json
+    interactive = terminal and not dumb
     try:
-        target = asyncio.run(resolve(config, interactive=interactive))
+        target = asyncio.run(resolve(config, interactive=interactive, by_line=terminal and dumb))
     except Unresolved as exc:
         print(f"lanchat: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -38,7 +38,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application, get_app
@@ -53,7 +53,7 @@ from prompt_toolkit.output import ColorDepth, Output, create_output
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.renderer import print_formatted_text
-from prompt_toolkit.styles import Style
+from prompt_toolkit.styles import BaseStyle, Style, merge_styles
 from prompt_toolkit.utils import get_bell_environment_variable, get_cwidth, get_term_environment_variable
 from prompt_toolkit.validation import ValidationError, Validator
 
@@ -113,6 +113,23 @@ STYLE: Final = Style.from_dict(
         "bottom-toolbar.unsent": "bg:ansiyellow fg:ansiblack",
     }
 )
+
+# Without colours (NO_COLOR, a 1-bit terminal) the status line would read as one more line of chat: it is
+# drawn in reverse video then, its state and unsent counts not (they stand out of it as the colours do).
+MONO_STYLE: Final = Style.from_dict(
+    {
+        "bottom-toolbar": "reverse",
+        **{f"bottom-toolbar.{k}": "noreverse bold" for k in ("connected", "reconnecting", "closed", "unsent")},
+    }
+)
+
+
+def style_for(output: Output) -> BaseStyle:
+    """The chat's style as ``output`` can show it."""
+    if output.get_default_color_depth() == ColorDepth.DEPTH_1_BIT:
+        return merge_styles([STYLE, MONO_STYLE])
+    return STYLE
+
 
 KEYS: Final = """\
 Keys:
@@ -895,7 +912,7 @@ async def run_app(
     client: ChatClient | None = None
     view = view or ChatView(nick, room, server=server_name, address=host_port(host, port))
     view.unsent = lambda: client.state.unacked if client is not None else 0
-    history = InMemoryHistory()
+    history = _History()
     session: PromptSession[str] = _ChatSession(
         message=view.prompt,
         bottom_toolbar=lambda: view.toolbar(_columns()),
@@ -909,6 +926,7 @@ async def run_app(
         input=input,
         output=output,
     )
+    session.style = style_for(session.app.output)
     printer = Printer(session.app.output, app=session.app)
     session.key_bindings = _key_bindings(view, session.app.invalidate, printer.show)
 
@@ -1027,6 +1045,7 @@ async def run_app(
                         printer.show(view.taken(submitted))
                 if refused and len(lines) == 1:  # (a paste's refused line is said; Up brings the paste back)
                     again = line
+                    history.take_back(line)  # (in the input again: Up's first entry would be the same line)
     finally:
         for unhook in unhooks:
             unhook()
@@ -1037,6 +1056,14 @@ async def run_app(
         if client.status != "closed":
             await client.close()
         await printer.close()
+
+
+class _History(InMemoryHistory):
+    """Up's lines, of which a refused one, given back to the input, is taken back."""
+
+    def take_back(self, line: str) -> None:
+        if self._loaded_strings[:1] == [line] and self._storage[-1:] == [line]:
+            del self._loaded_strings[0], self._storage[-1]
 
 
 class _ChatSession(PromptSession[str]):
@@ -1200,6 +1227,26 @@ async def choose_server(
     return pick_server(found, answer)
 
 
+def choose_server_by_line(
+    found: list[ServerRecord], *, read: Callable[[str], str] | None = None, write: TextIO | None = None
+) -> ServerRecord | None:
+    """choose_server for a terminal that cannot move its cursor (TERM=dumb): the list and the question as
+    plain lines, asked again until answered (end of input: none)."""
+    found = sorted(found, key=lambda s: (s.name.casefold(), s.host, s.port))
+    read, write = read or input, write or sys.stderr
+    for line in server_lines(found):
+        print(line.text, file=write, flush=True)
+    while True:
+        try:
+            answer = read(f"Join which one? [1-{len(found)}, q to cancel] ")
+        except (EOFError, KeyboardInterrupt):
+            return None
+        why = pick_problem(found, answer)
+        if why is None:
+            return pick_server(found, answer)  # (None: cancelled)
+        print(why, file=write, flush=True)
+
+
 __all__ = [
     "STYLE",
     "ChatView",
@@ -1208,6 +1255,7 @@ __all__ = [
     "Submitted",
     "ViewCompleter",
     "choose_server",
+    "choose_server_by_line",
     "nick_colour",
     "run_app",
     "run_tui",

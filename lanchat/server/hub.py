@@ -253,6 +253,10 @@ class Hub:
         self._expired: dict[str, _Expired] = {}
         self._expired_readers: dict[str, _Expired] = {}
         self._naming: dict[str, tuple[str, ...]] = {}  # sid -> the keys above naming it (its private messages kept)
+        # Address -> the sids it remembers tokens of, oldest first (EXPIRED_TOKENS_PER_ADDRESS), and back; this
+        # run's only (the file keeps no address: a restart's loaded tokens count in the global bounds alone)
+        self._remembered_by: dict[str, dict[str, None]] = {}
+        self._remembered_at: dict[str, str] = {}
         self._alias: dict[str, Session] = {}  # a token key -> the session it resumes (Session.aliases)
         self._expired_loaded = False
         self._load_expired(refused)
@@ -671,6 +675,7 @@ class Hub:
             entry = (s.last_id, now + self.wall_offset, tuple(s.refused or ()), s.sid, s.attempt)
             for key in (_token_key(s.token), *s.aliases):
                 self._remember_expired(key, entry)
+            self._count_remembered(s.sid, s.peer)
             self._forget_expired(now)
         self.store.drop_session(s.sid, keep_conv=remembered)
         if s.refused is not None:
@@ -709,17 +714,41 @@ class Hub:
         gone = self._expired.pop(key, None)
         return self._expired_readers.pop(key, None) if gone is None else gone
 
+    def _count_remembered(self, sid: str, peer: str) -> None:
+        """The tokens of ``sid`` just remembered count against ``peer`` ('': not counted); past
+        EXPIRED_TOKENS_PER_ADDRESS the address's oldest are forgotten, with the private messages they kept."""
+        if not peer or sid not in self._naming:
+            return
+        if (was := self._remembered_at.get(sid)) is not None:  # (resumed and remembered again: now the newest)
+            self._remembered_by[was].pop(sid, None)
+        self._remembered_at[sid] = peer
+        sids = self._remembered_by.setdefault(peer, {})
+        sids[sid] = None
+        while len(sids) > const.EXPIRED_TOKENS_PER_ADDRESS:
+            oldest = next(iter(sids))
+            for key in self._naming.get(oldest, ()):
+                if (entry := self._pop_expired(key)) is not None:
+                    self._forget(key, entry)
+            if sids.pop(oldest, 0) is None:  # (gone with its last token above; this, if none was in a pool)
+                del self._remembered_at[oldest]
+
     def _forget_expired(self, now: float) -> None:
         wall = now + self.wall_offset
         for expired in (self._expired, self._expired_readers):
             while expired:  # insertion order is age order: forget the oldest past the count or the age
-                oldest, (_, since, refused, sid, _) = next(iter(expired.items()))
-                if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - since <= const.EXPIRED_TOKEN_TTL:
+                oldest, entry = next(iter(expired.items()))
+                if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - entry[1] <= const.EXPIRED_TOKEN_TTL:
                     break
                 del expired[oldest]
-                self._drop_expired(oldest, refused, sid)
-                if sid and sid not in self._naming and sid not in self.sessions:  # ('': a token of an older file)
-                    self.store.drop_conv("@" + sid)  # the last token that named its private messages
+                self._forget(oldest, entry)
+
+    def _forget(self, key: str, entry: _Expired) -> None:
+        """A remembered token, taken out of its pool, forgotten; with the last that named its session, the
+        private messages kept for it."""
+        _, _, refused, sid, _ = entry
+        self._drop_expired(key, refused, sid)
+        if sid and sid not in self._naming and sid not in self.sessions:  # ('': a token of an older file)
+            self.store.drop_conv("@" + sid)
 
     def _drop_expired(self, key: str, refused: tuple[int, ...], sid: str) -> None:
         self.store.drop_expired(key)
@@ -728,8 +757,13 @@ class Hub:
         naming = tuple(k for k in self._naming.get(sid, ()) if k != key)
         if naming:
             self._naming[sid] = naming
-        else:
+        else:  # no token names it any more: it no longer counts against its address
             self._naming.pop(sid, None)
+            if (peer := self._remembered_at.pop(sid, None)) is not None:
+                sids = self._remembered_by[peer]
+                del sids[sid]
+                if not sids:
+                    del self._remembered_by[peer]
 
     def _refuse_stale(self, worker: int, conn: int, sid: str, nick: str, attempt: int) -> None:
         bye = {"type": "bye", "reason": "an older attempt to resume this session", "reconnect": False}

@@ -660,6 +660,8 @@ class Server:
         while not self.done.is_set():
             await asyncio.sleep(CHECKPOINT_INTERVAL)
             try:
+                self._watch_lock()
+                self.store.watch_file()  # (here, between the hub's commits)
                 if not await asyncio.to_thread(self.store.checkpoint) or time.monotonic() < retry_at:
                     continue
                 if await self._restart_log():
@@ -816,6 +818,20 @@ class Server:
             log.warning("history: %s", why)
             self._lock_why = why
         return why
+
+    def _watch_lock(self) -> None:
+        """The lock's file deleted while serving (an ``rm`` of the data directory's files): locked again,
+        else a second server could start on the directory and share its history file."""
+        if self._lock is None or self._lock == NO_LOCKS or not self.config.data_dir.is_dir():
+            return  # (a directory deleted whole is not made again: the store says so)
+        try:
+            if os.fstat(self._lock).st_nlink:
+                return
+        except OSError:
+            return
+        self._unlock()
+        if self._lock_guard() is None:
+            log.warning("%s was deleted while serving; locked again", self.config.data_dir / LOCK_NAME)
 
     def _unlock(self) -> None:
         if self._lock is not None and self._lock != NO_LOCKS:

@@ -212,6 +212,7 @@ class HistoryStore:
         self._wal_size = 0  # the log file's size before the last checkpoint (or at the open)
         self._wal_file = ""  # the log's real path, set at the open
         self._closed = False
+        self._file_id: tuple[int, int] | None = None  # the opened file's (st_dev, st_ino): see watch_file
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}
         self._pruned: dict[str, int] = {}
@@ -257,6 +258,11 @@ class HistoryStore:
             self._wal_size = os.stat(self._wal_file).st_size
         except OSError:
             self._wal_size = 0
+        try:
+            st = os.stat(self.path)
+            self._file_id = (st.st_dev, st.st_ino)
+        except OSError:
+            self._file_id = None  # (not watched)
         self._db = db
         self.opens += 1
         if self.degraded:
@@ -833,6 +839,75 @@ class HistoryStore:
             if seq > after and conv in wanted:
                 return True
         return False
+
+    def watch_file(self) -> None:
+        """Once a second, from the hub's loop (never while a commit runs): has the file been deleted or
+        replaced while open? SQLite would go on writing to the file it opened, which nothing can read once
+        it is gone, and the next start would begin an empty history, its numbers handed out again. A
+        deleted file is written back from the open connection (SQLite's backup: a consistent copy, the
+        log's pages included) and opened again; nothing committed is lost. A directory deleted with it (or
+        one this server can no longer lock), or another file put in its place: said once in the log."""
+        if self._db is None or self._file_id is None or self._closed:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError:  # the disk fails: the commits say so
+            return
+        if st is not None:
+            if (st.st_dev, st.st_ino) != self._file_id:
+                log.error(
+                    "history: %s was replaced while serving; this run goes on writing to the file it opened, "
+                    "which is lost at its stop (stop the server before replacing it)",
+                    self.path,
+                )
+                self._file_id = None
+            return
+        # (the directory first: the guard would make it again, to lock it)
+        why = "its directory is gone" if not self.path.parent.is_dir() else self._guard() if self._guard else None
+        if why is not None:
+            log.error("history: %s was deleted while serving and cannot be written back (%s); this run goes on "
+                      "writing to the file it opened, which is lost at its stop", self.path, why)  # fmt: skip
+            self._file_id = None
+            return
+        # Under the checkpoint's lock: its thread must not open the new file while the old log is still beside
+        # it (the old connection's close below checkpoints into the old file and removes that log).
+        with self._ckpt_lock:
+            try:
+                self._write_back()
+            except (OSError, sqlite3.Error) as exc:  # tried again in a second
+                log.error("history: %s was deleted while serving and cannot be written back: %s", self.path, exc)
+                return
+            if self._ckpt is not None:
+                self._ckpt.close()
+                self._ckpt = None
+            old, self._db = self._db, None
+            old.close()
+        self._open()  # failing, the store is degraded and its queue waits for the next open (as for any)
+        log.warning("history: %s was deleted while serving; written back from the open file (stop the "
+                    "server before deleting its history)", self.path)  # fmt: skip
+
+    def _write_back(self) -> None:
+        """The open database copied to a new file, made durable, then linked in at its path (which fails if
+        a file appeared there meanwhile: it is not overwritten)."""
+        assert self._db is not None
+        copy = self.path.with_name(self.path.name + ".restoring")
+        copy.unlink(missing_ok=True)
+        try:
+            dest = sqlite3.connect(copy)
+            try:
+                self._db.backup(dest)
+            finally:
+                dest.close()
+            fd = os.open(copy, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(copy, self.path)
+        finally:
+            copy.unlink(missing_ok=True)
 
     def checkpoint(self) -> bool:
         """Copy the write-ahead log into the database file, never blocking the writer (PASSIVE); True if

@@ -154,3 +154,31 @@ def test_foreign_database_refuses_to_start(tmp_path: Path) -> None:
         assert rows == [(1, 9.5)]  # someone's data, left alone
     finally:
         server.kill()
+
+
+def test_a_database_deleted_while_serving_is_written_back(make_server: MakeServer, tmp_path: Path) -> None:
+    """`rm history.sqlite3*` while serving: the server writes the file back from the one it has open (within
+    a second), so a restart still has every message; before, it began an empty history."""
+    data = tmp_path / "data"
+    server = make_server(workers=1, data_dir=data)
+    with Client(server.port, "alice") as a:
+        a.send({"type": "msg", "room": "lobby", "text": "before", "id": 1})
+        a.expect(lambda f: f.get("type") == "ack" and f.get("id") == 1)
+        mark = server.mark()
+        for f in data.iterdir():  # (the lock too)
+            f.unlink()
+        server.wait_log("written back from the open file", timeout=10, start=mark)
+        server.wait_log("lock was deleted while serving; locked again", timeout=1, start=mark)
+        second = ServerProcess(data, workers=1)  # a second server on the directory: still refused
+        with pytest.raises(AssertionError):
+            second.start(timeout=10)
+        try:
+            assert second.proc is not None and second.proc.wait(10) == 2
+            assert "in use by another lanchat server" in second.log
+        finally:
+            second.kill()
+        a.send({"type": "msg", "room": "lobby", "text": "after", "id": 2})
+        a.expect(lambda f: f.get("type") == "ack" and f.get("id") == 2)
+    assert server.stop() == 0
+    again = make_server(workers=1, data_dir=data)
+    assert _history(again.port) == ["before", "after"]

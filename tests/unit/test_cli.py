@@ -279,3 +279,39 @@ def test_join_of_a_name_with_dots_looks_for_it_by_discovery(monkeypatch: pytest.
     assert "203.0.113.7:7272" in str(err.value)
     direct = asyncio.run(join.resolve(join.JoinConfig("203.0.113.9:7000", "x"), interactive=False))
     assert (direct.host, direct.port) == ("203.0.113.9", 7000)  # an address: no discovery, no resolver
+
+
+def test_a_dumb_terminal_asks_which_server_with_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A terminal walkthrough: on a TERM=dumb terminal (Emacs's M-x shell) several servers meant exit code 5,
+    with no way to choose. It is asked with plain lines (a number or a name, again until answered)."""
+    import asyncio
+    import io
+
+    from lanchat.client import join, tui
+    from lanchat.discovery import browser
+
+    found = [_record("lab", "203.0.113.5", 7400), _record("attic", "203.0.113.6", 7500)]
+
+    async def announced(*_: Any, **__: Any) -> list[Any]:
+        return found
+
+    answers = iter(["9", "  ", "lab"])
+    asked: list[str] = []
+
+    def read(prompt: str) -> str:
+        asked.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(browser, "browse", announced)
+    shown = io.StringIO()
+    assert tui.choose_server_by_line(found, read=read, write=shown) is None  # "9" is refused; blank: cancel
+    assert asked == ["Join which one? [1-2, q to cancel] "] * 2
+    listing = shown.getvalue().splitlines()
+    assert listing[0] == "Several lanchat servers answered:" and "attic" in listing[1] and "lab" in listing[2]
+    assert listing[3] == "a number from 1 to 2, a name, or q"
+    monkeypatch.setattr("builtins.input", read)
+    target = asyncio.run(join.resolve(join.JoinConfig(None, "x"), interactive=False, by_line=True))
+    assert (target.host, target.port, target.name) == ("203.0.113.5", 7400, "lab")
+    with pytest.raises(join.Unresolved) as err:  # not a terminal at all: name one (exit 5), as before
+        asyncio.run(join.resolve(join.JoinConfig(None, "x"), interactive=False))
+    assert err.value.exit_code == 5

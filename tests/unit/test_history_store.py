@@ -440,6 +440,67 @@ def test_empty_file_is_a_new_database(tmp_path: Path, stores: list[HistoryStore]
     assert not s.degraded and s.start_seq == 0
 
 
+# --- the file deleted or replaced while serving ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gone", [("",), ("", "-wal", "-shm")], ids=["file", "file-and-log"])
+def test_a_file_deleted_while_serving_is_written_back(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture, gone: tuple[str, ...]
+) -> None:
+    """A review: SQLite went on writing to the file it had opened, which nothing could read once deleted, and
+    the next start began an empty history (its numbers handed out again). Written back, nothing is lost."""
+    s = open_store(stores, tmp_path)
+    for seq in (1, 2, 3):
+        add(s, seq)
+    assert s.commit(1.0)  # (in the log: no checkpoint yet)
+    for suffix in gone:
+        os.unlink(str(s.path) + suffix)
+    s.watch_file()
+    assert s.path.exists() and "written back" in caplog.text
+    add(s, 4)
+    assert s.commit(2.0)
+    assert s.checkpoint() is False  # the checkpoint's connection follows to the new file
+    s.close()
+    again = open_store(stores, tmp_path)
+    assert seqs(again.events("lobby")[0]) == [1, 2, 3, 4]
+    assert again.start_seq >= h.SEQ_RESERVE  # the reservation came back with the file: no number twice
+    assert not (tmp_path / (h.DB_NAME + ".restoring")).exists()
+
+
+def test_a_file_replaced_while_serving_is_not_overwritten(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    s = open_store(stores, tmp_path)
+    add(s, 1)
+    assert s.commit(1.0)
+    other = tmp_path / "other"
+    other.write_bytes(b"an operator's file")
+    os.replace(other, s.path)
+    s.watch_file()
+    s.watch_file()
+    assert [r.getMessage() for r in errors(caplog)] == [
+        f"history: {s.path} was replaced while serving; this run goes on writing to the file it opened, "
+        "which is lost at its stop (stop the server before replacing it)"
+    ]  # once
+    assert s.path.read_bytes() == b"an operator's file"
+
+
+def test_a_data_directory_deleted_while_serving_is_not_made_again(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    s = open_store(stores, data)
+    add(s, 1)
+    assert s.commit(1.0)
+    for f in data.iterdir():
+        f.unlink()
+    data.rmdir()
+    s.watch_file()
+    s.watch_file()
+    assert len(errors(caplog)) == 1 and "cannot be written back (its directory is gone)" in caplog.text
+    assert not data.exists()
+
+
 # --- pruning --------------------------------------------------------------------------------------------------
 
 

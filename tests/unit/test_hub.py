@@ -736,6 +736,45 @@ def test_readers_that_drop_do_not_push_a_posters_token_out(net: Workers, monkeyp
     assert net.take(3, 30)[0]["last_id"] == 1  # still known: its resend is a duplicate
 
 
+def test_one_address_ending_sessions_does_not_push_out_anothers_remembered_token(
+    net: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An adversarial review: the 10,000 remembered tokens were one pool, so one host ending a session that
+    posted once after another (17 s for 10,000) pushed out an away user's token, and with it the private
+    messages kept for it and the resend protection of its last post. Each address now keeps
+    EXPIRED_TOKENS_PER_ADDRESS, its own oldest forgotten first."""
+    monkeypatch.setattr(const, "EXPIRED_TOKENS_MAX", 6)
+    monkeypatch.setattr(const, "EXPIRED_TOKENS_PER_ADDRESS", 3)
+    hub = net.hub
+    hub.request(1, 10, {"type": "hello", "nick": "al"}, 0.0, peer="198.51.100.7")
+    al = net.take(1, 10)[0]
+    welcome_of(net, 2, 20, "bo")
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "one", "id": 1}, 1.0)
+    hub.closed(1, 10, False, "lost", 1.0, peer="198.51.100.7")
+    hub.request(2, 20, {"type": "privmsg", "to": "al", "text": "secret"}, 2.0)
+    hub.tick(1.0 + GRACE)  # al's token remembered, with its private message
+    churned = []
+    for i in range(8):  # one host: sessions that post once and vanish
+        now = 2.0 + GRACE + i
+        hub.request(3, 30 + i, {"type": "hello", "nick": f"x{i}"}, now, peer="203.0.113.1")
+        churned.append(net.take(3, 30 + i)[0]["token"])
+        hub.request(3, 30 + i, {"type": "msg", "room": "lobby", "text": "spam", "id": 1}, now)
+        hub.closed(3, 30 + i, False, "lost", now, peer="203.0.113.1")
+        hub.tick(now + GRACE + 0.5)
+    assert len(hub._expired) == 4 and len(hub._remembered_by["203.0.113.1"]) == 3  # its own 5 oldest forgotten
+    assert on_disk(hub, "@" + al["session"]) == ["secret"]
+    net.clear()
+    later = 20.0 + 3 * GRACE
+    hub.request(4, 40, {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}, later)
+    frames = net.take(4, 40)
+    assert frames[0]["last_id"] == 1 and ("privmsg", "secret") in said(frames)  # al's resend is a duplicate
+    hub.request(5, 50, {"type": "hello", "nick": "x0", "token": churned[0]}, later)
+    assert "last_id" not in net.take(5, 50)[0]  # the churning host's oldest: forgotten
+    hub.request(5, 51, {"type": "hello", "nick": "x7", "token": churned[7]}, later)
+    assert net.take(5, 51)[0]["last_id"] == 1  # its newest: kept
+    assert "198.51.100.7" not in hub._remembered_by  # al's came back: no longer counted
+
+
 def test_a_refused_stale_resume_changes_nothing_of_the_session(net: Workers) -> None:
     """Its address was taken for the session's, so rooms the live connection made counted against it."""
     hub = net.hub

@@ -22,8 +22,9 @@ from prompt_toolkit.application.current import get_app_or_none
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.formatted_text import fragment_list_width
 from prompt_toolkit.input import PipeInput, create_pipe_input
-from prompt_toolkit.output import DummyOutput, Output
+from prompt_toolkit.output import ColorDepth, DummyOutput, Output
 from prompt_toolkit.output.vt100 import Vt100_Output
+from prompt_toolkit.renderer import print_formatted_text
 
 from lanchat.client import tui
 from lanchat.client.connection import EXIT_LOST, EXIT_NICK, EXIT_OK, EXIT_UNREACHABLE
@@ -265,6 +266,22 @@ def test_any_frame_a_server_may_send_is_shown_safely_and_never_raises(kind: str,
 
 
 # --- status line and states --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [ColorDepth.DEPTH_1_BIT, ColorDepth.DEPTH_8_BIT])
+def test_without_colours_the_status_line_is_drawn_in_reverse_video(depth: ColorDepth) -> None:
+    """A terminal walkthrough: with NO_COLOR the status line (white on blue) was plain text, one more line
+    of chat to look at. In reverse video then, its state not, as it stands out in colour."""
+    buf = io.StringIO()
+    out = Vt100_Output(buf, lambda: Size(24, 80), term="xterm", default_color_depth=depth)
+    print_formatted_text(out, joined_view().toolbar(80), tui.style_for(out), color_depth=depth)
+    out.flush()
+    drawn = buf.getvalue()
+    assert ("\x1b[0;7m | alice" in drawn) is (depth == ColorDepth.DEPTH_1_BIT)
+    if depth == ColorDepth.DEPTH_1_BIT:
+        assert "\x1b[0;1m connected " in drawn  # (bold, not reversed)
+    else:
+        assert "\x1b[0;97;44m | alice" in drawn  # the colours, as they were
 
 
 def test_the_status_line_follows_rooms_members_nick_and_state() -> None:
@@ -680,6 +697,13 @@ def shown(view: ChatView, text: str) -> Callable[[], bool]:
     return lambda: any(text in line for line in view.transcript)
 
 
+def history_loaded() -> bool:
+    """The running prompt has Up's lines: loaded in the background at its first draw (a key before that,
+    too fast for a person, finds none)."""
+    current = get_app_or_none()
+    return current is not None and len(current.current_buffer._working_lines) > 1
+
+
 def typed(text: str) -> Callable[[], bool]:
     """True when the running prompt's input line holds ``text``."""
 
@@ -720,6 +744,13 @@ def test_typing_sends_and_events_are_shown(server: ServerProcess) -> None:
                 inp.send_text("\x03fine\r")
                 await until(shown(view, "<alice> fine"), "the line after Ctrl-C")
                 assert not shown(view, "oops")()
+                # A refused line is given back to the input, not also kept as Up's first line
+                inp.send_text("/nosuch\r")
+                await until(typed("/nosuch"), "the refused line back in the input")
+                await until(history_loaded, "Up's lines loaded (by the prompt's first draw)")
+                inp.send_text("\x1b[A")
+                await until(typed("fine"), "Up: the line before it")
+                inp.send_text("\x03")
                 assert "alice: 3 users" not in view.transcript  # sanity: transcript holds lines, not the bar
                 inp.send_text("/quit see you\r")
                 assert await asyncio.wait_for(task, 10) == EXIT_OK
