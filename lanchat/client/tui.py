@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import re
 import signal
 import sys
@@ -1004,7 +1005,9 @@ async def run_app(
             return exc.exit_code
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
         unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
-        unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
+        continued = _Continued(session.app)
+        unhooks.append(continued.close)
+        unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: continued()))
         again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
         while True:
             prompt = asyncio.create_task(session.prompt_async(default=again), name="tui-prompt")
@@ -1086,21 +1089,63 @@ def _menu_rows(rows: int) -> int:
     return max(0, min(MENU_ROWS, rows - 3))
 
 
-def _continued(app: Application[Any]) -> None:
+class _Continued:
     """SIGCONT: back from a stop. After a `kill -TSTP` and `fg` the shell hands the terminal back in its own
     mode, not ours: without raw mode again, keys would echo and Ctrl-C would be a SIGINT. (Ctrl-Z goes
     through prompt_toolkit, which takes the terminal back and redraws itself: drawing again would show
-    the prompt twice.)"""
-    if not app.is_running:
-        return
-    try:
-        lflag = termios.tcgetattr(app.input.fileno())[3]
-    except (termios.error, OSError, ValueError, NotImplementedError):  # not a terminal (tests: a pipe)
-        return
-    if lflag & (termios.ICANON | termios.ECHO):
-        app.input.raw_mode().__enter__()  # no exit: the app's own raw mode restores the terminal at its end
-        app.renderer.reset()  # the screen was the shell's meanwhile: draw the prompt anew
-        app.invalidate()
+    the prompt twice.)
+
+    Continued in the background (a `kill -STOP`, then a `kill -CONT`), it runs on there, and the shell's
+    `fg` sends no SIGCONT to a job that runs: it only hands the terminal over, in the shell's mode (keys
+    were echoed until Enter sent the line). Nothing signals that, so it is looked for, and meanwhile the
+    terminal is not read: a read in the background stops the process (SIGTTIN), and a shell that had not
+    seen that stop yet would not continue it at `fg` (it waited for a job that was stopped)."""
+
+    def __init__(self, app: Application[Any]) -> None:
+        self.app = app
+        self._unread: contextlib.AbstractContextManager[None] | None = None  # input detached meanwhile
+        self._look: asyncio.TimerHandle | None = None
+
+    def __call__(self, waited: bool = False) -> None:
+        self._look = None
+        app = self.app
+        if not app.is_running:
+            self.close()
+            return
+        try:
+            fd = app.input.fileno()
+            background = os.tcgetpgrp(fd) != os.getpgrp()
+            lflag = termios.tcgetattr(fd)[3]
+        except (termios.error, OSError, ValueError, NotImplementedError):  # not a terminal (tests: a pipe)
+            return
+        if background:
+            if self._unread is None:
+                self._unread = app.input.detach()
+                self._unread.__enter__()
+            self._look = asyncio.get_running_loop().call_later(FOREGROUND_POLL, self, True)
+            return
+        if self._unread is not None:
+            self._unread.__exit__(None, None, None)
+            self._unread = None
+        if waited or lflag & (termios.ICANON | termios.ECHO):
+            app.input.raw_mode().__enter__()  # no exit: the app's own raw mode restores the terminal at its end
+            app.renderer.reset()  # the screen was the shell's meanwhile: draw the prompt anew
+            app.invalidate()
+
+    def close(self) -> None:
+        """The prompt ended while in the background (the client quits): no more looks, and no reading put
+        back for a prompt that is over."""
+        if self._look is not None:
+            self._look.cancel()
+            self._look = None
+        if self._unread is not None:
+            self._unread.__exit__(None, None, None)  # (it puts the ended prompt's reader back: taken off)
+            self._unread = None
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(self.app.input.fileno())
+
+
+FOREGROUND_POLL: Final = 0.2  # seconds between looks for the terminal, continued in the background (_Continued)
 
 
 async def _stop_prompt(session: PromptSession[str], prompt: asyncio.Task[str]) -> None:

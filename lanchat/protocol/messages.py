@@ -103,8 +103,8 @@ def check_room(room: object) -> str:
 def check_text(text: object, *, limit: int = const.MAX_TEXT, what: str = "text", empty: bool = False) -> str:
     if not isinstance(text, str):
         raise _bad(Err.BAD_FIELD, f"{what} must be a string")
-    if not text and not empty:
-        raise _bad(Err.BAD_TEXT, f"{what} is empty")
+    if not empty and (not text or text.isspace()):  # (blank lines are skipped in plain mode: the same here)
+        raise _bad(Err.BAD_TEXT, f"{what} is empty" if not text else f"{what} is blank")
     if len(text) > limit:
         raise _bad(Err.BAD_TEXT, f"{what} is longer than {limit} characters ({len(text) - limit} too many)")
     if (bad := _CONTROL.search(text)) is not None:
@@ -358,10 +358,10 @@ class Post:
 
 
 # The shape lanchat's client (and most scripts) write: {"type":"msg"|"action","room":R,"text":T} with an
-# optional ,"id":N, R canonical, T printable ASCII without " or \. Such a text literal is byte for byte
+# optional ,"id":N, R canonical, T printable ASCII without " or \, not only spaces. Such a text literal is byte for byte
 # what json_str() writes for it and needs no check beyond this pattern, so it is forwarded as it came.
 _POST = re.compile(
-    rb'\{"type":"(msg|action)","room":"([a-z0-9][a-z0-9_.\-]{0,%d})","text":("[ !#-\[\]-~]{1,%d}")'
+    rb'\{"type":"(msg|action)","room":"([a-z0-9][a-z0-9_.\-]{0,%d})","text":("(?! *")[ !#-\[\]-~]{1,%d}")'
     rb'(?:,"id":(0|[1-9][0-9]{0,15}))?\}' % (const.ROOM_MAX - 1, const.MAX_TEXT)
 )
 

@@ -31,6 +31,9 @@ _BEFORE_NICK = frozenset({"/nick", "/help", "/?", "/quit", "/exit", "/bye", "/ro
 FRAME_CHUNK: Final = 2048  # bytes framed at a time, to the next newline (ServerConnection._raw): 2,048 lines at most
 
 
+UTF8_BOM: Final = b"\xef\xbb\xbf"  # a byte-order mark: ignored at the start of a connection
+
+
 class Mode(Enum):
     UNKNOWN = "unknown"  # no line yet
     JSON = "json"
@@ -181,6 +184,7 @@ class ServerConnection:
 
     def _line(self, line: bytes, out: list[Action]) -> None:
         if self.mode is Mode.UNKNOWN:
+            line = line.removeprefix(UTF8_BOM)  # (what Windows tools put before the text they send)
             self.mode = Mode.JSON if line.lstrip()[:1] == b"{" else Mode.PLAIN
         try:
             if self.mode is Mode.JSON:

@@ -1202,14 +1202,17 @@ class Hub:
         seq, ts = self._stamp(now)
         # The sender's session id tells its client which private messages it sent, also under a nick it has
         # not read it had (a rename lost with a drop), or one someone else holds now (plain.sent_by_me).
-        # A recipient whose client is gone for now gets it only if it is back in time: the sender is told how long.
-        left = self._held_for(target, now) if target is not s else None
-        held = b',"held":%d' % left if left is not None else b""
-        line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b,"session":%b%b}\n' % (
-            seq, self._ts_literal(ts), s.nick_literal(), target.nick_literal(), text, m.json_str(s.sid), held,
+        line = b'{"type":"privmsg","seq":%d,"ts":%b,"from":%b,"to":%b,"text":%b,"session":%b}\n' % (
+            seq, self._ts_literal(ts), s.nick_literal(), target.nick_literal(), text, m.json_str(s.sid),
         )  # fmt: skip
         self._keep(seq, ts, "privmsg", convs, line)
-        self._to_sessions([s] if target is s else [s, target], line)
+        # A recipient whose client is gone for now gets it only if it is back in time: the sender is told how
+        # long, in its copy alone (the one kept is what the recipient is sent, back).
+        left = self._held_for(target, now) if target is not s else None
+        if left is None:
+            self._to_sessions([s] if target is s else [s, target], line)
+        else:
+            self._to_sessions([s], line[:-2] + b',"held":%d}\n' % left)
         if rid is not None:
             self._ack(s, rid, seq)
             self.store.put_posted(s.sid, s.last_id)

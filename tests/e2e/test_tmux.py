@@ -196,6 +196,34 @@ def test_ctrl_z_stops_the_client_and_fg_brings_it_back_as_it_was(term: Tmux, ser
     assert term.shell_exit_status() == 0
 
 
+@pytest.mark.skipif(BASH is None, reason="needs bash for job control")
+def test_a_client_continued_in_the_background_takes_its_keys_back_at_fg(term: Tmux, server: ServerProcess) -> None:
+    """`kill -STOP`, `kill -CONT` (it runs on, in the background), then `fg`: the shell hands the terminal
+    over in its own mode and sends no SIGCONT to a job that runs, so keys were echoed by the terminal
+    until Enter, which sent the line (a walkthrough). The client now looks for the terminal to come back,
+    and does not read it meanwhile (a read in the background would stop it: `fg` then hung)."""
+    term.start_in_shell("join", f"127.0.0.1:{server.port}", "--nick", "zed")
+    term.wait_status(" connected ", "#lobby | zed |")
+    term.type("kept line")
+    term.wait_prompt("#lobby> kept line")
+    assert term.pane_pid is not None
+    (client,) = psutil.Process(term.pane_pid).children()  # bash runs `env ... python -m lanchat`
+    client.send_signal(signal.SIGSTOP)
+    term.wait(lambda s: "Stopped" in s, "the shell's word on the stop")
+    client.send_signal(signal.SIGCONT)
+    term.type("jobs")  # (typed to the shell while the client runs in the background: not read by it)
+    term.keys("Enter")
+    term.wait(lambda s: "Running" in s, "the shell's word on the job")
+    term.resume()
+    term.wait(lambda s: "#lobby> kept line" in s.rsplit("# fg", 1)[-1], "the prompt redrawn after fg")
+    term.type("!")
+    term.wait_prompt("#lobby> kept line!")
+    term.keys("C-c")  # a key again: clears the line (in the shell's mode it would be a SIGINT)
+    term.wait_prompt("#lobby>")
+    term.keys("C-c")  # and on an empty line, quits
+    assert term.shell_exit_status() == 0
+
+
 @pytest.mark.parametrize(("stop", "code"), [("C-c", 0), ("SIGTERM", 128 + signal.SIGTERM)])
 def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(
     term: Tmux, tmp_path: Path, stop: str, code: int

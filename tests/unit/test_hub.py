@@ -343,6 +343,8 @@ def test_a_privmsg_to_a_held_session_tells_its_sender_how_long_it_is_held(net: W
     hub.request(2, 21, {"type": "hello", "nick": "bo", "token": bo["token"], "last_seq": bo["seq"]}, 125.0)
     back = net.take(2, 21)
     assert back[0]["resumed"] and [f["text"] for f in back if f["type"] == "privmsg"] == ["there?", "are you ok?"]
+    # (a bot review: the recipient was sent the sender's note too, which read as if its peer were away)
+    assert not [f for f in back if "held" in f]
 
 
 def test_a_session_held_for_ever_has_no_held_count(

@@ -283,7 +283,12 @@ def test_text_limits_and_allowed_characters() -> None:
     assert parse({"type": "msg", "room": "a", "text": "tab\tok"}) == m.Msg("a", "tab\tok")
     assert parse({"type": "msg", "room": "a", "text": "héllo 漢字 🎉"}) == m.Msg("a", "héllo 漢字 🎉")
     assert parse({"type": "topic", "room": "a", "topic": "t" * const.TOPIC_MAX}) == m.Topic("a", "t" * const.TOPIC_MAX)
-    assert m.check_text(" ", limit=1) == " "
+    assert m.check_text(" x", limit=2) == " x"
+    for blank in (" ", "   ", "\t", "\u3000"):  # (a bot review: posted as lines that show nothing)
+        with pytest.raises(RemoteProtocolError, match=r"^text is blank$"):
+            parse({"type": "msg", "room": "a", "text": blank})
+        assert m.parse_post(b'{"type":"msg","room":"a","text":"%s"}' % blank.encode("unicode_escape")) is None
+    assert m.check_text("  ", what="topic", empty=True) == "  "
     with pytest.raises(RemoteProtocolError, match=r"^text is longer than 4000 characters \(100 too many\)$"):
         m.check_text("x" * (const.MAX_TEXT + 100))  # how much to cut (a user pasted 4,100 characters)
     assert m.check_text("", empty=True) == ""
@@ -500,13 +505,15 @@ def test_any_bytes_parse_or_raise_remote_protocol_error(data: bytes) -> None:
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(max_size=60))
-def test_any_text_is_accepted_only_without_control_characters(text: str) -> None:
+def test_any_text_is_accepted_only_without_control_characters(text: str) -> None:  # (and not blank)
     try:
         got = m.check_text(text)
     except RemoteProtocolError as exc:
         assert exc.code in (m.Err.BAD_TEXT, m.Err.BAD_FIELD)
-        assert not text or any(
-            (ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in text
+        assert (
+            not text
+            or text.isspace()
+            or any((ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in text)
         )
     else:
         assert got == text

@@ -71,6 +71,16 @@ def test_leading_whitespace_before_brace_is_json() -> None:
     assert c.mode is Mode.JSON
 
 
+@pytest.mark.parametrize(("first", "mode"), [(b'{"type":"hello","nick":"al"}', Mode.JSON), (b"/nick al", Mode.PLAIN)])
+def test_a_byte_order_mark_before_the_first_line_is_ignored(first: bytes, mode: Mode) -> None:
+    """A bot review: a hello after a UTF-8 byte-order mark (Windows PowerShell writes one) chose plain mode,
+    and the JSON was refused as a plain-text line."""
+    c = conn()
+    out = c.receive_data(b"\xef\xbb\xbf" + first + b"\n", 0.0)
+    assert c.mode is mode
+    assert [a.request.nick for a in out if isinstance(a, Forward) and isinstance(a.request, m.Hello)] == ["al"]
+
+
 def test_first_line_text_selects_plain_mode() -> None:
     c = conn()
     c.receive_data(b"hello\n", 0.0)
