@@ -346,7 +346,7 @@ class Server:
                     hub.post(slot.index, frame, now)
                 except Exception:  # a hub bug must cost one message, not the worker's pipe
                     log.exception("internal error handling a message from worker %d", slot.index)
-                    self._internal_error(slot, frame.conn)
+                    self._internal_error(slot, frame.conn, frame.id)
             elif isinstance(frame, control.JsonFrame):
                 self._records(slot, frame.records, now)
         self._schedule_flush()
@@ -381,10 +381,12 @@ class Server:
             except Exception:  # a hub bug must cost one request, not the worker's pipe
                 log.exception("internal error handling %.200r from worker %d", rec, slot.index)
                 if isinstance(rec, list) and len(rec) > 1 and rec[0] == "req":
-                    self._internal_error(slot, int(rec[1]))
+                    rid = rec[2].get("id") if len(rec) > 2 and isinstance(rec[2], dict) else None
+                    self._internal_error(slot, int(rec[1]), rid if type(rid) is int else None)
 
-    def _internal_error(self, slot: WorkerSlot, conn: int) -> None:
-        err = m.error_frame(m.Err.INTERNAL, "internal server error; the request was not processed")
+    def _internal_error(self, slot: WorkerSlot, conn: int, rid: int | None) -> None:
+        """With the request's id, so that its client can tell which request it was (a post is not resent)."""
+        err = m.error_frame(m.Err.INTERNAL, "internal server error; the request was not processed", id=rid)
         self.hub._reply(slot.index, conn, err)
 
     def _worker_gone(self, slot: WorkerSlot) -> None:
