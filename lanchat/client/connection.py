@@ -371,15 +371,23 @@ class ChatClient:
     async def _read_loop(self) -> None:
         reader = self._reader
         assert reader is not None
+        pinged = False
         while True:
-            try:
-                data = await asyncio.wait_for(reader.read(1 << 16), const.CLIENT_PING_INTERVAL)
-            except TimeoutError:
-                if time.monotonic() - self._last_rx > const.CLIENT_PING_INTERVAL + const.CLIENT_PING_TIMEOUT:
-                    self.lost_reason = "server stopped answering"
-                    return
+            # A ping after CLIENT_PING_INTERVAL of silence, then CLIENT_PING_TIMEOUT for any byte (the wait was
+            # one more interval: a dead link took 30 s to notice where 25 were meant)
+            quiet = time.monotonic() - self._last_rx
+            if quiet >= const.CLIENT_PING_INTERVAL + const.CLIENT_PING_TIMEOUT:
+                self.lost_reason = "server stopped answering"
+                return
+            if quiet >= const.CLIENT_PING_INTERVAL and not pinged:
                 self._write(b'{"type":"ping"}\n')
+                pinged = True
+            limit = const.CLIENT_PING_INTERVAL + (const.CLIENT_PING_TIMEOUT if pinged else 0.0)
+            try:
+                data = await asyncio.wait_for(reader.read(1 << 16), max(0.0, limit - quiet))
+            except TimeoutError:
                 continue
+            pinged = False
             if not data:
                 self.lost_reason = self.lost_reason or "connection closed by server"
                 self._server_closed = True

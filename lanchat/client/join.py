@@ -43,6 +43,15 @@ class Unresolved(Exception):
         self.exit_code = exit_code
 
 
+class _AskByLine(Exception):
+    """Several servers, to be asked about with plain lines: outside the event loop (find_target), where
+    Ctrl-C interrupts ``input()`` at once (inside, asyncio only cancels the task, and input() waits on)."""
+
+    def __init__(self, found: list[ServerRecord]) -> None:
+        super().__init__("several servers")
+        self.found = found
+
+
 def _looks_like_host(address: str) -> bool:
     """An address to connect to at once (parsed, or refused with exit code 2): an IP address, HOST:PORT,
     [V6]:PORT or localhost. Anything else is a name (see resolve)."""
@@ -57,7 +66,8 @@ def _looks_like_host(address: str) -> bool:
 
 async def resolve(config: JoinConfig, *, interactive: bool, by_line: bool = False) -> Target:
     """Address -> Target; a server name or no address -> discovery (one found: it; several: ask or fail).
-    ``by_line``: not interactive, but a terminal that cannot move its cursor, asked with plain lines.
+    ``by_line``: not interactive, but a terminal that cannot move its cursor, asked with plain lines
+    (see find_target).
 
     A name with a dot may be a host name or a server's (`v1.2 test`; the default name, the host's own,
     may be fully qualified): the resolver and discovery are asked at once. A server of that name found at
@@ -117,10 +127,12 @@ async def resolve(config: JoinConfig, *, interactive: bool, by_line: bool = Fals
         )
     if len(found) == 1:
         return Target(found[0].host, found[0].port, found[0].name)
-    if interactive or by_line:
-        from lanchat.client.tui import choose_server, choose_server_by_line
+    if by_line and not interactive:
+        raise _AskByLine(found)
+    if interactive:
+        from lanchat.client.tui import choose_server
 
-        chosen = await choose_server(found) if interactive else choose_server_by_line(found)
+        chosen = await choose_server(found)
         if chosen is None:
             raise Unresolved("no server chosen", 1)
         return Target(chosen.host, chosen.port, chosen.name)
@@ -149,6 +161,19 @@ def _called(server: ServerRecord, name: str) -> bool:
     return server.name.casefold() == name.casefold()
 
 
+def find_target(config: JoinConfig, *, interactive: bool, by_line: bool = False) -> Target:
+    """resolve, run; several servers on a terminal that cannot move its cursor are asked about here."""
+    try:
+        return asyncio.run(resolve(config, interactive=interactive, by_line=by_line))
+    except _AskByLine as ask:
+        from lanchat.client.tui import choose_server_by_line
+
+        chosen = choose_server_by_line(ask.found)
+        if chosen is None:
+            raise Unresolved("no server chosen", 1) from None
+        return Target(chosen.host, chosen.port, chosen.name)
+
+
 def run_join(config: JoinConfig) -> int:
     # A dumb terminal (Emacs's M-x shell) has no cursor control to draw the prompt and the status line
     # with: it gets the line mode, as a pipe does.
@@ -156,7 +181,7 @@ def run_join(config: JoinConfig) -> int:
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not config.json
     interactive = terminal and not dumb
     try:
-        target = asyncio.run(resolve(config, interactive=interactive, by_line=terminal and dumb))
+        target = find_target(config, interactive=interactive, by_line=terminal and dumb)
     except Unresolved as exc:
         print(f"lanchat: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1005,11 +1005,10 @@ async def run_app(
             return exc.exit_code
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
         unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
-        continued = _Continued(session.app)
-        unhooks.append(continued.close)
-        unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: continued()))
+        unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
         again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
         while True:
+            had = len(history.get_strings())
             prompt = asyncio.create_task(session.prompt_async(default=again), name="tui-prompt")
             again = ""
             waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
@@ -1048,7 +1047,7 @@ async def run_app(
                         printer.show(view.taken(submitted))
                 if refused and len(lines) == 1:  # (a paste's refused line is said; Up brings the paste back)
                     again = line
-                    history.take_back(line)  # (in the input again: Up's first entry would be the same line)
+                    history.take_back(line, had)  # (in the input again: Up's first entry would be the same line)
     finally:
         for unhook in unhooks:
             unhook()
@@ -1064,8 +1063,10 @@ async def run_app(
 class _History(InMemoryHistory):
     """Up's lines, of which a refused one, given back to the input, is taken back."""
 
-    def take_back(self, line: str) -> None:
-        if self._loaded_strings[:1] == [line] and self._storage[-1:] == [line]:
+    def take_back(self, line: str, before: int) -> None:
+        """``before``: how many lines it had before the prompt that took ``line`` (prompt_toolkit adds no
+        line equal to the newest: then the newest is an earlier one, and stays)."""
+        if len(self._loaded_strings) > before and self._loaded_strings[0] == line and self._storage[-1:] == [line]:
             del self._loaded_strings[0], self._storage[-1]
 
 
@@ -1089,63 +1090,33 @@ def _menu_rows(rows: int) -> int:
     return max(0, min(MENU_ROWS, rows - 3))
 
 
-class _Continued:
+def _continued(app: Application[Any]) -> None:
     """SIGCONT: back from a stop. After a `kill -TSTP` and `fg` the shell hands the terminal back in its own
     mode, not ours: without raw mode again, keys would echo and Ctrl-C would be a SIGINT. (Ctrl-Z goes
     through prompt_toolkit, which takes the terminal back and redraws itself: drawing again would show
     the prompt twice.)
 
-    Continued in the background (a `kill -STOP`, then a `kill -CONT`), it runs on there, and the shell's
-    `fg` sends no SIGCONT to a job that runs: it only hands the terminal over, in the shell's mode (keys
-    were echoed until Enter sent the line). Nothing signals that, so it is looked for, and meanwhile the
-    terminal is not read: a read in the background stops the process (SIGTTIN), and a shell that had not
-    seen that stop yet would not continue it at `fg` (it waited for a job that was stopped)."""
-
-    def __init__(self, app: Application[Any]) -> None:
-        self.app = app
-        self._unread: contextlib.AbstractContextManager[None] | None = None  # input detached meanwhile
-        self._look: asyncio.TimerHandle | None = None
-
-    def __call__(self, waited: bool = False) -> None:
-        self._look = None
-        app = self.app
-        if not app.is_running:
-            self.close()
+    Continued in the background (a `kill -STOP`, then a `kill -CONT`), it stops itself again, as a program
+    that needs its terminal is stopped when it touches it (SIGTTOU): running there, the shell's `fg` would
+    send it no SIGCONT (only the terminal, in the shell's mode: keys were echoed until Enter sent the line),
+    and its redraws and cursor-position queries would land in the shell's input line. Stopped, `fg`
+    continues it, here again, in the foreground."""
+    if not app.is_running:
+        return
+    try:
+        fd = app.input.fileno()
+        if os.tcgetpgrp(fd) != os.getpgrp():
+            os.kill(os.getpid(), signal.SIGTTOU)
             return
-        try:
-            fd = app.input.fileno()
-            background = os.tcgetpgrp(fd) != os.getpgrp()
-            lflag = termios.tcgetattr(fd)[3]
-        except (termios.error, OSError, ValueError, NotImplementedError):  # not a terminal (tests: a pipe)
-            return
-        if background:
-            if self._unread is None:
-                self._unread = app.input.detach()
-                self._unread.__enter__()
-            self._look = asyncio.get_running_loop().call_later(FOREGROUND_POLL, self, True)
-            return
-        if self._unread is not None:
-            self._unread.__exit__(None, None, None)
-            self._unread = None
-        if waited or lflag & (termios.ICANON | termios.ECHO):
-            app.input.raw_mode().__enter__()  # no exit: the app's own raw mode restores the terminal at its end
-            app.renderer.reset()  # the screen was the shell's meanwhile: draw the prompt anew
-            app.invalidate()
-
-    def close(self) -> None:
-        """The prompt ended while in the background (the client quits): no more looks, and no reading put
-        back for a prompt that is over."""
-        if self._look is not None:
-            self._look.cancel()
-            self._look = None
-        if self._unread is not None:
-            self._unread.__exit__(None, None, None)  # (it puts the ended prompt's reader back: taken off)
-            self._unread = None
-            with contextlib.suppress(OSError, ValueError, RuntimeError):
-                asyncio.get_running_loop().remove_reader(self.app.input.fileno())
-
-
-FOREGROUND_POLL: Final = 0.2  # seconds between looks for the terminal, continued in the background (_Continued)
+        lflag = termios.tcgetattr(fd)[3]
+    except (termios.error, OSError, ValueError, NotImplementedError):  # not a terminal (tests: a pipe)
+        return
+    if lflag & (termios.ICANON | termios.ECHO):
+        app.input.raw_mode().__enter__()  # no exit: the app's own raw mode restores the terminal at its end
+        app.renderer.reset()  # the screen was the shell's meanwhile: draw the prompt anew
+        if not app.key_processor.input_queue:  # where the prompt is now (else no room for the status line
+            app.renderer.request_absolute_cursor_position()  # at the bottom row), as the Printer asks it
+        app.invalidate()
 
 
 async def _stop_prompt(session: PromptSession[str], prompt: asyncio.Task[str]) -> None:

@@ -21,6 +21,7 @@ from lanchat.protocol.plain import NicksHad, clean
 
 CLIENT_MAX_FRAME: Final = 32 * 1024 * 1024  # bytes: a history page of 500 large events fits
 OUTBOX_MAX: Final = 10_000  # unacknowledged posts kept while disconnected; beyond, typing is refused
+QUESTIONS_KEPT: Final = 64  # questions (history, who, ...) awaiting their answers, asked again after a drop
 SEEN_KEPT: Final = 2_000  # events remembered as shown (seq, ts): a failed resume's join history leaves them out
 
 
@@ -82,6 +83,9 @@ class ClientState:
         # before would then be refused). Settled only by id (an ack, a reply, a refusal), never by matching
         # events: a replayed event of an earlier change, or the joins of a new session's hello, look alike.
         self._journal: list[_Asked] = []
+        # Questions (history, who, rooms, stats, a topic asked) sent and not answered yet, by id: a drop took
+        # their answers (a user's /history showed nothing, and nothing said so); asked again after the welcome.
+        self._questions: OrderedDict[int, _Asked] = OrderedDict()
         self._handled_upto = -1  # the highest of our request ids the server handled, from its welcome
         self.last_change_id: int | None = None  # the id ``request`` gave the last change
         # The newest events shown, by (seq, ts): after a failed resume the new session's joins send each
@@ -137,19 +141,25 @@ class ClientState:
     def request(self, req: m.Request) -> bytes:
         """A request's line. A change (join, part, nick, topic set) gets an id (from the posts' counter: the
         server acks it, its replies and refusals echo it, and its welcome says up to which id it handled
-        our requests) and is kept until the server acks it (see ``unconfirmed``). Questions are not: lost,
-        they are asked again by whoever wants the answer. Raises RemoteProtocolError, as ``post`` does, for
-        a line longer than the server takes."""
+        our requests) and is kept until the server acks it (see ``unconfirmed``). A question (history, who,
+        rooms, stats, a topic asked) gets an id too (a history reply is then told from a join's), and is kept
+        until its answer comes, QUESTIONS_KEPT at most: sent before a drop, it is asked again after the welcome.
+        Raises RemoteProtocolError, as ``post`` does, for a line longer than the server takes."""
         change = m.is_change(req)
-        if change and req.id is None:
+        question = isinstance(req, m.History | m.Who | m.Rooms | m.Stats | m.Topic) and not change
+        if (change or question) and req.id is None:
             req = replace(req, id=self.next_id)
+            if question:
+                self.next_id += 1
         line = m.encode(req.to_obj())
         self._check_size(line)
         if not change:
-            if isinstance(req, m.History) and req.id is None:  # its reply is then told from a join's history
-                req = replace(req, id=self.next_id)
-                self.next_id += 1
-                line = m.encode(req.to_obj())
+            if question:  # (an id of the caller's own, piped mode's last one, leaves the counter as it is)
+                assert req.id is not None
+                self._questions.pop(req.id, None)
+                self._questions[req.id] = _Asked(req.id, line)
+                if len(self._questions) > QUESTIONS_KEPT:
+                    self._questions.popitem(last=False)
             return line
         assert req.id is not None
         self.next_id = max(self.next_id, req.id + 1)
@@ -163,22 +173,22 @@ class ClientState:
 
     def sent(self, line: bytes) -> None:
         """``line`` went out on the current connection (queued ones go out after a reconnect)."""
-        for asked in reversed(self._journal):
+        for asked in (*reversed(self._journal), *reversed(self._questions.values())):
             if asked.line == line:
                 asked.sent = True
                 return
 
     def unconfirmed(self) -> list[tuple[int, bytes]]:
         """After a welcome: the changes sent before the drop that the server did not handle (their
-        ids are above the welcome's ``last_id``), as (id, line) to send again in id order with the posts of
-        the outbox: the order they were typed in. Those it handled are forgotten; those never sent (typed
-        while offline) go out from the client's queue."""
+        ids are above the welcome's ``last_id``) and the questions it did not answer, as (id, line) to send
+        again in id order with the posts of the outbox: the order they were typed in. Those it handled are
+        forgotten; those never sent (typed while offline) go out from the client's queue."""
         upto = self._handled_upto
         if self._new_session:  # done again until answered (see _absorb), whatever later welcomes say of their ids
             self._redone |= self._redo(upto)
             self._redo_upto = upto
         self._journal = [a for a in self._journal if a.id > upto or a.id in self._redone]
-        return [(a.id, a.line) for a in self._journal if a.sent]
+        return [(a.id, a.line) for a in (*self._journal, *self._questions.values()) if a.sent]
 
     def _redo(self, upto: int) -> set[int]:
         """The changes the expired session handled, but whose answers we never saw, to do again: the new
@@ -295,6 +305,8 @@ class ClientState:
                 self.rooms = [str(r) for r in rooms if isinstance(r, str)] if isinstance(rooms, list) else []
                 self.last_seq = seq if isinstance(seq, int) else None
             return True
+        if type(frame.get("id")) is int and not (kind in m.EVENT_TYPES and isinstance(seq, int)):  # a reply (a
+            self._questions.pop(frame["id"], None)  # topic's has no seq: the event's has) answers a question
         if isinstance(seq, int) and kind in m.EVENT_TYPES:
             if self.last_seq is not None and seq <= self.last_seq:
                 return False

@@ -185,6 +185,8 @@ class ServerConnection:
     def _line(self, line: bytes, out: list[Action]) -> None:
         if self.mode is Mode.UNKNOWN:
             line = line.removeprefix(UTF8_BOM)  # (what Windows tools put before the text they send)
+            if not line.strip():  # a mark alone: blank, deciding nothing (as any blank line)
+                return
             self.mode = Mode.JSON if line.lstrip()[:1] == b"{" else Mode.PLAIN
         try:
             if self.mode is Mode.JSON:

@@ -832,8 +832,10 @@ class Server:
         except OSError:
             return
         self._unlock()
-        if self._lock_guard() is None:
+        if (why := self._lock_guard()) is None:
             log.warning("%s was deleted while serving; locked again", self.config.data_dir / LOCK_NAME)
+        else:  # another server took the directory in between: it must have the file to itself
+            self.store.suspend(f"{self.config.data_dir / LOCK_NAME} was deleted while serving: {why}")
 
     def _unlock(self) -> None:
         if self._lock is not None and self._lock != NO_LOCKS:

@@ -213,6 +213,7 @@ class HistoryStore:
         self._wal_file = ""  # the log's real path, set at the open
         self._closed = False
         self._file_id: tuple[int, int] | None = None  # the opened file's (st_dev, st_ino): see watch_file
+        self._wal_seen = False  # its write-ahead log was seen beside it since the open (see watch_file)
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}
         self._pruned: dict[str, int] = {}
@@ -863,6 +864,10 @@ class HistoryStore:
                     self.path,
                 )
                 self._file_id = None
+            elif os.path.exists(self._wal_file):
+                self._wal_seen = True
+            elif self._wal_seen:  # the log deleted alone: its commits since the last checkpoint would be lost
+                self._log_deleted()  # with a crash (nothing reads a deleted log at the next open)
             return
         # (the directory first: the guard would make it again, to lock it)
         why = "its directory is gone" if not self.path.parent.is_dir() else self._guard() if self._guard else None
@@ -887,6 +892,40 @@ class HistoryStore:
         self._open()  # failing, the store is degraded and its queue waits for the next open (as for any)
         log.warning("history: %s was deleted while serving; written back from the open file (stop the "
                     "server before deleting its history)", self.path)  # fmt: skip
+
+    def _log_deleted(self) -> None:
+        """The write-ahead log was deleted while open: everything in it is copied into the database file
+        (a TRUNCATE checkpoint through the open connection, which still reads it), and the file opened
+        again, with a new log."""
+        assert self._db is not None
+        with self._ckpt_lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:  # tried again in a second
+                log.error("history: %s was deleted while serving and cannot be copied back: %s", self._wal_file, exc)
+                return
+            if self._ckpt is not None:
+                self._ckpt.close()
+                self._ckpt = None
+            old, self._db = self._db, None
+            old.close()
+        self._wal_seen = False
+        self._open()
+        log.warning("history: %s was deleted while serving; its commits copied into the database, a new log "
+                    "begun (stop the server before deleting its files)", self._wal_file)  # fmt: skip
+
+    def suspend(self, why: str) -> None:
+        """Stop writing (another server may hold the data directory now): the file is closed, the store
+        degraded, writes kept in memory as for a failing disk; the guard decides when it opens again."""
+        with self._ckpt_lock:
+            if self._ckpt is not None:
+                self._ckpt.close()
+                self._ckpt = None
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
+        self._fail(why)
 
     def _write_back(self) -> None:
         """The open database copied to a new file, made durable, then linked in at its path (which fails if

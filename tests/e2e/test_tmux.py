@@ -198,10 +198,11 @@ def test_ctrl_z_stops_the_client_and_fg_brings_it_back_as_it_was(term: Tmux, ser
 
 @pytest.mark.skipif(BASH is None, reason="needs bash for job control")
 def test_a_client_continued_in_the_background_takes_its_keys_back_at_fg(term: Tmux, server: ServerProcess) -> None:
-    """`kill -STOP`, `kill -CONT` (it runs on, in the background), then `fg`: the shell hands the terminal
-    over in its own mode and sends no SIGCONT to a job that runs, so keys were echoed by the terminal
-    until Enter, which sent the line (a walkthrough). The client now looks for the terminal to come back,
-    and does not read it meanwhile (a read in the background would stop it: `fg` then hung)."""
+    """`kill -STOP`, `kill -CONT` (it ran on, in the background), then `fg`: the shell handed the terminal
+    over in its own mode and sent no SIGCONT to a job that ran, so keys were echoed by the terminal until
+    Enter, which sent the line (a walkthrough); and running there, its redraws' cursor-position queries were
+    answered into the shell's input line (a review). Continued in the background, it stops itself again,
+    as a program that touches its terminal there is stopped (SIGTTOU); `fg` continues it in the foreground."""
     term.start_in_shell("join", f"127.0.0.1:{server.port}", "--nick", "zed")
     term.wait_status(" connected ", "#lobby | zed |")
     term.type("kept line")
@@ -211,11 +212,20 @@ def test_a_client_continued_in_the_background_takes_its_keys_back_at_fg(term: Tm
     client.send_signal(signal.SIGSTOP)
     term.wait(lambda s: "Stopped" in s, "the shell's word on the stop")
     client.send_signal(signal.SIGCONT)
-    term.type("jobs")  # (typed to the shell while the client runs in the background: not read by it)
-    term.keys("Enter")
-    term.wait(lambda s: "Running" in s, "the shell's word on the job")
-    term.resume()
+    deadline = time.monotonic() + 8
+    while client.status() != psutil.STATUS_STOPPED:  # stopped again by itself (an event of another process)
+        assert time.monotonic() < deadline, f"not stopped again: {client.status()}"
+        time.sleep(0.05)
+    with Client(server.port, "bob") as bob:
+        bob.send({"type": "msg", "room": "lobby", "text": "while in the background"})
+        term.type("jobs")  # the shell's input line is its own: nothing answered into it
+        term.keys("Enter")
+        term.wait(lambda s: s.count("Stopped") == 2, "the shell's word on the job")
+        assert "R" not in term.screen().rsplit("# jobs", 1)[-1].split("\n", 1)[0], term.screen()
+        term.resume()
+        term.wait_for("<bob> while in the background")
     term.wait(lambda s: "#lobby> kept line" in s.rsplit("# fg", 1)[-1], "the prompt redrawn after fg")
+    term.wait_status(" connected ")  # the status line too (the prompt is on the bottom row)
     term.type("!")
     term.wait_prompt("#lobby> kept line!")
     term.keys("C-c")  # a key again: clears the line (in the shell's mode it would be a SIGINT)

@@ -182,3 +182,28 @@ def test_a_database_deleted_while_serving_is_written_back(make_server: MakeServe
     assert server.stop() == 0
     again = make_server(workers=1, data_dir=data)
     assert _history(again.port) == ["before", "after"]
+
+
+def test_a_server_whose_lock_another_took_stops_writing_the_file(make_server: MakeServer, tmp_path: Path) -> None:
+    """A review: with the lock deleted, a second server started within the second before the first took it
+    again got the directory, and both wrote one history file. The first now stops writing it (its history
+    degraded, chat going on from memory) until it can lock the directory again."""
+    import os
+    import signal
+
+    data = tmp_path / "data"
+    first = make_server(workers=1, data_dir=data)
+    assert first.proc is not None
+    mark = first.mark()
+    os.kill(first.proc.pid, signal.SIGSTOP)  # (its once-a-second look must come after the second's start)
+    try:
+        (data / "lock").unlink()
+        second = make_server(workers=1, data_dir=data)
+    finally:
+        os.kill(first.proc.pid, signal.SIGCONT)
+    first.wait_log("was deleted while serving: .* is in use by another lanchat server", timeout=10, start=mark)
+    assert first.stats()["history"]["degraded"] is True
+    with Client(first.port, "alice") as a:  # chat goes on
+        a.send({"type": "msg", "room": "lobby", "text": "from memory", "id": 1})
+        a.expect(lambda f: f.get("type") == "ack" and f.get("id") == 1)
+    assert second.stats()["history"]["degraded"] is False

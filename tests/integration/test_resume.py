@@ -397,6 +397,37 @@ def test_a_join_and_a_post_lost_in_flight_arrive_after_the_resume(make_server: M
         assert bo.expect(lambda f: f.get("type") == "msg")["text"] == "hello dev"
 
 
+def test_questions_lost_in_flight_are_answered_after_the_resume(make_server: MakeServer) -> None:
+    """A LAN review: /history and /who typed just before the link died were never answered, and nothing
+    said so (only what was typed after the drop was noticed got queued). They are asked again."""
+    server = make_server(workers=1)
+
+    async def scenario() -> None:
+        proxy = _Proxy(server.port)
+        answers: list[str] = []
+        both = asyncio.Event()
+
+        def on_frame(frame: dict[str, object]) -> None:
+            if frame.get("type") in ("history", "who") and "id" in frame:
+                answers.append(str(frame["type"]))
+                if len(answers) == 2:
+                    both.set()
+
+        client = ChatClient("127.0.0.1", await proxy.start(), "al", on_frame=on_frame)
+        await client.connect()
+        proxy.blackhole = True  # what the client writes now never reaches the server
+        client.send(m.History("lobby", limit=30))
+        client.send(m.Who("lobby"))
+        proxy.cut()
+        proxy.blackhole = False
+        await asyncio.wait_for(both.wait(), 20)
+        assert sorted(answers) == ["history", "who"]  # once each
+        await client.close()
+        await proxy.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 def test_a_topic_and_a_nick_change_lost_in_flight_arrive_after_the_resume(make_server: MakeServer) -> None:
     """/topic and /nick lost with a link that died silently were not sent again: the user saw neither happen
     and had to notice. They are kept like joins and parts until handled, and resent in the order typed."""
@@ -427,3 +458,54 @@ def test_a_topic_and_a_nick_change_lost_in_flight_arrive_after_the_resume(make_s
         seen = bo.expect(lambda f: f.get("type") == "msg")
         assert seen["from"] == "alice" and seen["text"] == "as alice"  # renamed before the post, as typed
         assert [f["type"] for f in bo.seen if f.get("type") in ("topic", "nick", "msg")] == ["topic", "nick", "msg"]
+
+
+def test_a_server_gone_silent_is_noticed_one_ping_timeout_after_the_ping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LAN review: a dead link took 30 s to notice where the constants say 15 + 10: after its ping the
+    client waited a whole ping interval again. Scaled down here (1 s + 0.25 s) against a server that
+    greets, welcomes, and then says nothing; the old wait would take 2 s."""
+    import time
+
+    from lanchat import const
+
+    monkeypatch.setattr(const, "CLIENT_PING_INTERVAL", 1.0)
+    monkeypatch.setattr(const, "CLIENT_PING_TIMEOUT", 0.25)
+
+    async def scenario() -> None:
+        pings: list[float] = []
+        last_word = [0.0]
+
+        writers: list[asyncio.StreamWriter] = []
+
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            if len(writers) > 1:  # (the reconnect: not answered)
+                return
+            writer.write(m.encode({"type": "server", "proto": 1, "name": "mute"}))
+            await reader.readline()  # the hello
+            writer.write(m.encode({"type": "welcome", "nick": "al", "session": "s", "token": "t", "seq": 0,
+                                   "resumed": False, "rooms": []}))  # fmt: skip
+            await writer.drain()
+            last_word[0] = time.monotonic()
+            while line := await reader.readline():
+                if b'"ping"' in line:
+                    pings.append(time.monotonic())
+
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        lost = asyncio.Event()
+        client = ChatClient(
+            "127.0.0.1", server.sockets[0].getsockname()[1], "al",
+            on_status=lambda st: lost.set() if st == "reconnecting" else None,
+        )  # fmt: skip
+        await client.connect()
+        await asyncio.wait_for(lost.wait(), 10)
+        noticed = time.monotonic() - last_word[0]
+        server.close()
+        for writer in writers:
+            writer.transport.abort()
+        await client.close()
+        await server.wait_closed()
+        assert client.lost_reason == "server stopped answering" and len(pings) == 1
+        assert noticed < 1.75, f"noticed after {noticed:.2f} s"  # 1.25 meant; the old wait was 2
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

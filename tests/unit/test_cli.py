@@ -310,8 +310,15 @@ def test_a_dumb_terminal_asks_which_server_with_plain_lines(monkeypatch: pytest.
     assert listing[0] == "Several lanchat servers answered:" and "attic" in listing[1] and "lab" in listing[2]
     assert listing[3] == "a number from 1 to 2, a name, or q"
     monkeypatch.setattr("builtins.input", read)
-    target = asyncio.run(join.resolve(join.JoinConfig(None, "x"), interactive=False, by_line=True))
+    target = join.find_target(join.JoinConfig(None, "x"), interactive=False, by_line=True)
     assert (target.host, target.port, target.name) == ("203.0.113.5", 7400, "lab")
+
+    def interrupted(prompt: str) -> str:
+        raise KeyboardInterrupt  # Ctrl-C: at once (the chooser runs outside the event loop)
+
+    monkeypatch.setattr("builtins.input", interrupted)
+    with pytest.raises(join.Unresolved, match="no server chosen"):
+        join.find_target(join.JoinConfig(None, "x"), interactive=False, by_line=True)
     with pytest.raises(join.Unresolved) as err:  # not a terminal at all: name one (exit 5), as before
         asyncio.run(join.resolve(join.JoinConfig(None, "x"), interactive=False))
     assert err.value.exit_code == 5

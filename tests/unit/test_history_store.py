@@ -467,6 +467,28 @@ def test_a_file_deleted_while_serving_is_written_back(
     assert not (tmp_path / (h.DB_NAME + ".restoring")).exists()
 
 
+def test_a_log_deleted_while_serving_is_copied_into_the_file(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review: `rm history.sqlite3-wal` alone went unnoticed; SQLite wrote on into the deleted log, and a
+    crash lost every post acknowledged since the last checkpoint. Its commits are copied into the file."""
+    s = open_store(stores, tmp_path)
+    add(s, 1)
+    assert s.commit(1.0)
+    s.watch_file()  # (the log seen)
+    add(s, 2)
+    assert s.commit(2.0)  # in the log only: no checkpoint since
+    os.unlink(str(s.path) + "-wal")
+    s.watch_file()
+    assert "its commits copied into the database" in caplog.text
+    add(s, 3)
+    assert s.commit(3.0)
+    with sqlite3.connect(f"file:{s.path}?mode=ro", uri=True) as reader:  # what a crash now would leave
+        rows = reader.execute("SELECT seq FROM events UNION SELECT seq FROM journal ORDER BY 1").fetchall()
+    reader.close()
+    assert [r[0] for r in rows] == [1, 2, 3]
+
+
 def test_a_file_replaced_while_serving_is_not_overwritten(
     tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -76,6 +76,7 @@ def test_a_byte_order_mark_before_the_first_line_is_ignored(first: bytes, mode: 
     """A bot review: a hello after a UTF-8 byte-order mark (Windows PowerShell writes one) chose plain mode,
     and the JSON was refused as a plain-text line."""
     c = conn()
+    assert c.receive_data(b"\xef\xbb\xbf\r\n", 0.0) == [] and c.mode is Mode.UNKNOWN  # alone: a blank line
     out = c.receive_data(b"\xef\xbb\xbf" + first + b"\n", 0.0)
     assert c.mode is mode
     assert [a.request.nick for a in out if isinstance(a, Forward) and isinstance(a.request, m.Hello)] == ["al"]

@@ -697,6 +697,19 @@ def shown(view: ChatView, text: str) -> Callable[[], bool]:
     return lambda: any(text in line for line in view.transcript)
 
 
+def test_a_refused_line_equal_to_the_newest_of_ups_lines_leaves_that_line() -> None:
+    """A review: prompt_toolkit adds no line equal to the newest, so taking the refused line back took the
+    earlier one, which was sent, out of Up's lines."""
+    history = tui._History()
+    history.append_string("/who")  # sent
+    had = len(history.get_strings())
+    history.take_back("/who", had)  # refused when typed again: prompt_toolkit added nothing
+    assert history.get_strings() == ["/who"]
+    history.append_string("/nosuch")
+    history.take_back("/nosuch", had)
+    assert history.get_strings() == ["/who"]
+
+
 def history_loaded() -> bool:
     """The running prompt has Up's lines: loaded in the background at its first draw (a key before that,
     too fast for a person, finds none)."""
