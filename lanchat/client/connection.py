@@ -16,7 +16,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from itertools import count, islice
 from typing import Any, Final
 
@@ -85,6 +85,12 @@ def fallback_nick(nick: str, attempt: int) -> str:
     return next(islice((c for c in candidates if c != nick), max(0, attempt - 1), None))
 
 
+# Where the server is now: (host, port), or None if it cannot be found (see ChatClient's ``relocate``).
+Relocator = Callable[[], Awaitable[tuple[str, int] | None]]
+RTT_COUNTED: Final = 5.0  # seconds of a round trip counted at most in the goodbye's waits
+RELOCATE_AFTER: Final = 3.0  # seconds of failed reconnects before the server is looked for elsewhere (and between)
+
+
 class ChatClient:
     """A resumable chat connection. ``status`` is connecting | connected | reconnecting | closed."""
 
@@ -98,9 +104,14 @@ class ChatClient:
         on_frame: FrameHandler | None = None,
         on_status: StateHandler | None = None,
         give_up_after: float = const.RECONNECT_GIVE_UP,
+        relocate: Relocator | None = None,
     ) -> None:
+        """``relocate``: where the server is now (discovery, by the id of the server found at the start), or
+        None; asked while reconnecting fails (a server restarted on another port, or renumbered by DHCP).
+        A move is told as the status ``moved`` (``host`` and ``port`` are the new address)."""
         self.host = host
         self.port = port
+        self.relocate = relocate
         self.state = ClientState(nick, rooms)
         self.on_frame = on_frame or (lambda frame: None)
         self.on_status = on_status or (lambda status: None)
@@ -127,6 +138,9 @@ class ChatClient:
         self._task: asyncio.Task[None] | None = None
         self.lost_reason = ""
         self.goodbye_lost = False  # a quit between reconnects the server did not confirm: it may hold our nick
+        # The last hello's round trip to its welcome (seconds): the goodbye's waits grow with it (a link with a
+        # round trip of 1.1 s made every clean quit look lost: the server's close came after GOODBYE_LINGER).
+        self.rtt = 0.0
         self._stay_away = False  # a bye said reconnect: false (the session was taken over elsewhere)
 
     # --- public API ----------------------------------------------------------------------------------------
@@ -242,7 +256,7 @@ class ChatClient:
         task = self._task
         self._server_closed = False
         try:
-            async with asyncio.timeout(const.GOODBYE_LINGER):
+            async with asyncio.timeout(const.GOODBYE_LINGER + 2 * self.rtt):
                 if task is not None and task is not asyncio.current_task():
                     await asyncio.wait({task})  # _run reads on, and ends at the server's close
                 elif self._reader is not None:  # connect()'s own close, after the welcome: nobody reads yet
@@ -258,7 +272,7 @@ class ChatClient:
         server, no answer in time, or a refusal: the front end tells the user the nick may stay taken)."""
         head, done = b"", False
         try:
-            async with asyncio.timeout(const.GOODBYE_TIMEOUT):
+            async with asyncio.timeout(const.GOODBYE_TIMEOUT + 3 * self.rtt):  # (connect, hello and quit, close)
                 reader, writer = await asyncio.open_connection(self.host, self.port)
                 try:
                     # No rooms: if the session expired meanwhile, the new one must not join and quit them
@@ -285,6 +299,7 @@ class ChatClient:
             ) from None
         self._reader, self._writer = reader, writer
         writer.write(self.state.hello())
+        asked = time.monotonic()  # the hello's round trip to the welcome: self.rtt
         deadline = time.monotonic() + const.CONNECT_TIMEOUT
         while True:
             remaining = deadline - time.monotonic()
@@ -316,6 +331,7 @@ class ChatClient:
                         self._nick_attempts += 1
                         self.state.info.nick = fallback_nick(self._wanted_nick, self._nick_attempts)
                         writer.write(self.state.hello())
+                        asked = time.monotonic()
                         self._deliver(frame)
                         continue
                     self._drop_connection()
@@ -328,6 +344,7 @@ class ChatClient:
                     raise ConnectError(str(frame.get("message", code)), exit_code)
                 if kind == "welcome":
                     welcomed = True
+                    self.rtt = min(time.monotonic() - asked, RTT_COUNTED)
                 self._deliver(frame)
             if welcomed:
                 break
@@ -412,9 +429,11 @@ class ChatClient:
         """Capped exponential backoff with jitter until resumed or ``give_up_after`` seconds pass."""
         self._set_status("reconnecting")
         started = time.monotonic()
+        looked = started  # (a server restarting where it was is back within a look's wait: RELOCATE_AFTER)
         delay = const.RECONNECT_MIN
         while not self._closing:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            unreachable = False
             try:
                 await self._connect_once(first=False)
                 return True
@@ -422,10 +441,29 @@ class ChatClient:
                 self.lost_reason = str(exc)
                 if exc.exit_code not in (EXIT_UNREACHABLE, EXIT_NICK):
                     return False
+                unreachable = exc.exit_code == EXIT_UNREACHABLE
             if time.monotonic() - started > self.give_up_after:
                 return False
             delay = min(delay * 2, const.RECONNECT_MAX)
+            if unreachable and self.relocate is not None and time.monotonic() - looked >= RELOCATE_AFTER:
+                looked = time.monotonic()
+                if await self._relocated():
+                    delay = const.RECONNECT_MIN
         return False
+
+    async def _relocated(self) -> bool:
+        """Asks ``relocate``; True if the server is somewhere else now (and this client goes there)."""
+        assert self.relocate is not None
+        try:
+            where = await self.relocate()
+        except (OSError, ValueError) as exc:  # no discovery socket (an interface gone): tried again later
+            log.debug("client: looking for the server failed: %s", exc)
+            return False
+        if where is None or where == (self.host, self.port) or self._closing:
+            return False
+        self.host, self.port = where
+        self.on_status("moved")
+        return True
 
     def _deliver(self, frame: dict[str, Any]) -> None:
         try:

@@ -8,11 +8,19 @@ import ipaddress
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from lanchat import const
-from lanchat.client.connection import EXIT_NONE_FOUND, EXIT_SEVERAL, EXIT_UNREACHABLE, EXIT_USAGE, parse_address
+from lanchat.client.connection import (
+    EXIT_NONE_FOUND,
+    EXIT_SEVERAL,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Relocator,
+    parse_address,
+)
 from lanchat.config import DiscoveryConfig
 from lanchat.protocol.plain import count_of
 
@@ -35,6 +43,7 @@ class Target:
     host: str
     port: int
     name: str = ""
+    server_id: str = ""  # found by discovery: looked for by it again if it moves (see relocator)
 
 
 class Unresolved(Exception):
@@ -94,14 +103,14 @@ async def resolve(config: JoinConfig, *, interactive: bool, by_line: bool = Fals
     failed: OSError | None = None
     if not problem:
         try:
-            found = await browse(config.discovery, timeout=config.timeout)
+            found = await browse(config.discovery, timeout=config.timeout, enough=_answered(address))
         except OSError as exc:  # no discovery socket: a name the resolver knows can still be joined
             failed = exc
     if address and lookup is not None:
         resolved = await lookup
         at_its_address = [s for s in found if _called(s, address) and s.host in resolved]
         if at_its_address:
-            return Target(at_its_address[0].host, at_its_address[0].port, at_its_address[0].name)
+            return _target(at_its_address[0])
         if resolved:
             return Target(address, const.DEFAULT_PORT)
     if problem:
@@ -115,18 +124,19 @@ async def resolve(config: JoinConfig, *, interactive: bool, by_line: bool = Fals
                 others = ", ".join(sorted(s.name for s in found)) or "none"
                 raise Unresolved(
                     f"no server named {address!r} answered discovery (servers found: {others}), and "
-                    f"{address!r} is not a host name either (try `lanchat discover`)",
+                    f"{address!r} is not a host name either (try `lanchat discover --timeout 6`: a server whose "
+                    "probes a firewall drops is heard only by its beacons, every 5 s)",
                     EXIT_UNREACHABLE,
                 )
             return Target(address, const.DEFAULT_PORT)
         found = named
     if not found:
         raise Unresolved(
-            "no lanchat server found on the LAN (try `lanchat discover`, --interface, or give HOST[:PORT])",
+            "no lanchat server found on the LAN (try `lanchat discover --timeout 6`, --interface, or give HOST[:PORT])",
             EXIT_NONE_FOUND,
         )
     if len(found) == 1:
-        return Target(found[0].host, found[0].port, found[0].name)
+        return _target(found[0])
     if by_line and not interactive:
         raise _AskByLine(found)
     if interactive:
@@ -135,7 +145,7 @@ async def resolve(config: JoinConfig, *, interactive: bool, by_line: bool = Fals
         chosen = await choose_server(found)
         if chosen is None:
             raise Unresolved("no server chosen", 1)
-        return Target(chosen.host, chosen.port, chosen.name)
+        return _target(chosen)
     width = max(len(s.name) for s in found)
     listing = "\n".join(f"  {s.name:<{width}}  {s.host}:{s.port}  ({count_of(s.users, 'user')})" for s in found)
     if address:  # they share the name: only the address tells them apart
@@ -157,6 +167,41 @@ async def _addresses(name: str) -> set[str]:
     return {str(info[4][0]) for info in infos}
 
 
+def _target(server: ServerRecord) -> Target:
+    return Target(server.host, server.port, server.name, server.server_id)
+
+
+RELOCATE_TIMEOUT: Final = 1.0  # seconds a look for a server that moved lasts at most (see relocator)
+
+
+def relocator(config: JoinConfig, target: Target) -> Relocator | None:
+    """Where the server ``target`` was found by discovery is now, by its id: a server restarted on another
+    port, or whose address DHCP changed, is followed by a client that is reconnecting (a LAN review: it
+    retried the old address until it gave up). None for a server joined by its address."""
+    if not target.server_id:
+        return None
+
+    async def relocate() -> tuple[str, int] | None:
+        from lanchat.discovery.browser import browse
+
+        def found_it(servers: list[ServerRecord]) -> bool:
+            return any(s.server_id == target.server_id for s in servers)
+
+        for server in await browse(config.discovery, timeout=RELOCATE_TIMEOUT, enough=found_it):
+            if server.server_id == target.server_id:
+                return server.host, server.port
+        return None
+
+    return relocate
+
+
+def _answered(name: str | None) -> Callable[[list[ServerRecord]], bool] | None:
+    """A search for ``name`` is done once a server of that name answered (see browse); None: no name."""
+    if not name:
+        return None
+    return lambda found: any(_called(s, name) for s in found)
+
+
 def _called(server: ServerRecord, name: str) -> bool:
     return server.name.casefold() == name.casefold()
 
@@ -171,7 +216,7 @@ def find_target(config: JoinConfig, *, interactive: bool, by_line: bool = False)
         chosen = choose_server_by_line(ask.found)
         if chosen is None:
             raise Unresolved("no server chosen", 1) from None
-        return Target(chosen.host, chosen.port, chosen.name)
+        return _target(chosen)
 
 
 def run_join(config: JoinConfig) -> int:
@@ -191,7 +236,19 @@ def run_join(config: JoinConfig) -> int:
     if interactive:
         from lanchat.client.tui import run_tui
 
-        return run_tui(target.host, target.port, config.nick, config.room, server_name=target.name)
+        return run_tui(
+            target.host, target.port, config.nick, config.room, server_name=target.name,
+            relocate=relocator(config, target),
+        )  # fmt: skip
     from lanchat.client.piped import run_piped
 
-    return asyncio.run(run_piped(target.host, target.port, config.nick, config.room, json_output=config.json))
+    return asyncio.run(
+        run_piped(
+            target.host,
+            target.port,
+            config.nick,
+            config.room,
+            json_output=config.json,
+            relocate=relocator(config, target),
+        )
+    )

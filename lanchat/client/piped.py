@@ -14,8 +14,17 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from lanchat.client.connection import EXIT_ERROR, EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, on_hangup
+from lanchat.client.connection import (
+    EXIT_ERROR,
+    EXIT_LOST,
+    EXIT_OK,
+    GOODBYE_LOST_NOTE,
+    ChatClient,
+    Relocator,
+    on_hangup,
+)
 from lanchat.client.current import CurrentRoom
+from lanchat.config import host_port
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
 from lanchat.protocol.plain import CLIENT_HELP, LocalCommand, not_resumed, parse_command, render
@@ -40,17 +49,26 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
         loop.call_soon_threadsafe(queue.put_nowait, None)
 
 
-async def run_piped(host: str, port: int, nick: str, room: str, *, json_output: bool) -> int:
+async def run_piped(
+    host: str, port: int, nick: str, room: str, *, json_output: bool, relocate: Relocator | None = None
+) -> int:
     unhooks: list[Callable[[], None]] = []  # the signal handlers, put back as they were when we are done
     try:
-        return await _run_piped(host, port, nick, room, json_output=json_output, unhooks=unhooks)
+        return await _run_piped(host, port, nick, room, json_output=json_output, unhooks=unhooks, relocate=relocate)
     finally:
         for unhook in unhooks:
             unhook()
 
 
 async def _run_piped(
-    host: str, port: int, nick: str, room: str, *, json_output: bool, unhooks: list[Callable[[], None]]
+    host: str,
+    port: int,
+    nick: str,
+    room: str,
+    *,
+    json_output: bool,
+    unhooks: list[Callable[[], None]],
+    relocate: Relocator | None,
 ) -> int:
     client: ChatClient
     reconnects: list[str] = []
@@ -122,7 +140,10 @@ async def _run_piped(
             say_held()
 
     def on_status(status: str) -> None:
-        if status == "reconnecting":  # only changes after the first connect are news
+        if status == "moved":  # (still reconnecting: to the address discovery found it at now)
+            print(f"lanchat: the server is at {host_port(client.host, client.port)} now: connecting there",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        elif status == "reconnecting":  # only changes after the first connect are news
             why = f" ({client.lost_reason})" if client.lost_reason else ""
             print(f"lanchat: reconnecting{why}", file=sys.stderr, flush=True)
         elif status == "connected" and reconnects:
@@ -131,7 +152,7 @@ async def _run_piped(
         if status == "reconnecting":
             reconnects.append(status)
 
-    client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status)
+    client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status, relocate=relocate)
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:

@@ -59,7 +59,15 @@ from prompt_toolkit.utils import get_bell_environment_variable, get_cwidth, get_
 from prompt_toolkit.validation import ValidationError, Validator
 
 from lanchat import const
-from lanchat.client.connection import EXIT_LOST, EXIT_OK, GOODBYE_LOST_NOTE, ChatClient, handle_signals, on_hangup
+from lanchat.client.connection import (
+    EXIT_LOST,
+    EXIT_OK,
+    GOODBYE_LOST_NOTE,
+    ChatClient,
+    Relocator,
+    handle_signals,
+    on_hangup,
+)
 from lanchat.client.current import CurrentRoom
 from lanchat.config import host_port
 from lanchat.errors import ConnectError, RemoteProtocolError
@@ -905,6 +913,7 @@ async def run_app(
     input: Input | None = None,
     output: Output | None = None,
     give_up_after: float = const.RECONNECT_GIVE_UP,
+    relocate: Relocator | None = None,
 ) -> int:
     """The interactive client until /quit, Ctrl-D or a lost connection. Returns the exit code of `lanchat join`.
 
@@ -941,6 +950,13 @@ async def run_app(
     offline = asyncio.Event()  # set while not connected: /quit then sends nothing first
 
     def on_status(status: str) -> None:
+        if status == "moved":  # (still reconnecting: to the address discovery found it at now)
+            assert client is not None
+            view.address = host_port(client.host, client.port)
+            where = f"{view.server or 'the server'} is at {view.address} now"
+            printer.show(view.note(f"{where}: connecting there", "state"))
+            session.app.invalidate()
+            return
         printer.show(view.on_status(status, client.lost_reason if client is not None else ""))
         session.app.invalidate()
         if status == "connected":
@@ -948,7 +964,9 @@ async def run_app(
         else:
             offline.set()
 
-    client = ChatClient(host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after)
+    client = ChatClient(
+        host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after, relocate=relocate
+    )
     loop = asyncio.get_running_loop()
 
     async def quit_with(reason: str = "", *, send_first: bool = True) -> None:
@@ -1163,13 +1181,17 @@ def _columns() -> int | None:
     return columns
 
 
-def run_tui(host: str, port: int, nick: str, room: str, *, server_name: str = "") -> int:
+def run_tui(
+    host: str, port: int, nick: str, room: str, *, server_name: str = "", relocate: Relocator | None = None
+) -> int:
     """`lanchat join` on a terminal. Stray writes to stdout/stderr (a warning, a log line) are printed
     above the prompt by patch_stdout instead of through it."""
     output = terminal_output()  # before patch_stdout replaces sys.stdout
     try:
         with patch_stdout():
-            return asyncio.run(run_app(host, port, nick, room, server_name=server_name, output=output))
+            return asyncio.run(
+                run_app(host, port, nick, room, server_name=server_name, output=output, relocate=relocate)
+            )
     except KeyboardInterrupt:  # Ctrl-C before the prompt took the keyboard (while connecting)
         return EXIT_INTERRUPTED
 

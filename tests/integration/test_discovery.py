@@ -106,6 +106,38 @@ def test_browse_returns_at_its_timeout_when_nothing_answers(port: int) -> None:
     assert 0.3 <= run_async(scenario()) < 5  # at its timeout, not before; the upper bound only guards a hang
 
 
+def test_browse_probes_again_until_its_timeout_and_stops_early_once_enough_answered(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LAN review: two probes (at 0 and 0.25 s) whatever the timeout, so at 30 % loss a search in four
+    found nothing; and `join NAME` waited its whole --timeout though that server answered at once."""
+    sent: list[float] = []
+    send = Browser.send_probes
+
+    def counted(self: Browser) -> None:
+        sent.append(time.monotonic())
+        send(self)
+
+    monkeypatch.setattr(Browser, "send_probes", counted)
+
+    async def scenario() -> tuple[int, float, list[str]]:
+        assert await browse(config(port), timeout=1.0) == []
+        probes = len(sent)
+        a = announcer(config(port), "quick", 7001)
+        await a.start()
+        try:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            found = await browse(config(port), timeout=10.0, enough=lambda rs: any(r.name == "quick" for r in rs))
+            return probes, loop.time() - t0, [r.name for r in found]
+        finally:
+            await a.stop()
+
+    probes, took, names = run_async(scenario(), timeout=20)
+    assert probes >= 4  # every 0.25 s, not twice
+    assert names == ["quick"] and took < 5  # the answer and a short grace, not the 10 s (a bound on a hang)
+
+
 def test_no_discovery_binds_nothing(port: int) -> None:
     async def scenario() -> None:
         a = announcer(config(port, discovery=False), "off", 7001)

@@ -234,6 +234,79 @@ class _Proxy:
         await self.server.wait_closed()
 
 
+class _SlowProxy:
+    """A TCP relay that delays every chunk by ``delay`` seconds each way, in order (a link with a long
+    round trip: a satellite, a VPN across the world)."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.port, self.delay = port, delay
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.links: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.port)
+        self.links += (client_w, server_w)
+        loop = asyncio.get_running_loop()
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def deliver() -> None:
+                with contextlib.suppress(OSError):
+                    while True:
+                        due, data = await queue.get()
+                        await asyncio.sleep(max(0.0, due - loop.time()))
+                        if not data:
+                            break
+                        writer.write(data)
+                        await writer.drain()
+                writer.close()
+
+            task = asyncio.create_task(deliver())
+            self.tasks.add(task)
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    queue.put_nowait((loop.time() + self.delay, data))
+            queue.put_nowait((loop.time() + self.delay, b""))  # the close, as late as the bytes before it
+            await task
+
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+    async def close(self) -> None:
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for link in self.links:
+            link.transport.abort()
+        await self.server.wait_closed()
+
+
+def test_a_clean_quit_over_a_long_round_trip_is_not_taken_for_a_lost_one(make_server: MakeServer) -> None:
+    """A LAN review: over a link with a round trip of 1.1 s every clean quit said "the server did not answer
+    the goodbye", and a second connection made a session only to end it: the wait for the server's close
+    was a fixed second. It grows with the round trip the hello measured."""
+    server = make_server(workers=1)
+
+    async def scenario() -> None:
+        proxy = _SlowProxy(server.port, 0.55)
+        client = ChatClient("127.0.0.1", await proxy.start(), "al")
+        await client.connect()
+        assert client.rtt >= 1.1
+        mark = server.mark()
+        await client.close()
+        assert not client.goodbye_lost
+        await proxy.close()
+        await asyncio.to_thread(server.wait_log, r"\(al\) ended: quit", 10, mark)
+        assert len([line for line in server.lines[mark:] if "started" in line]) == 0  # no second session
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 def test_quitting_between_reconnects_still_ends_the_session(make_server: MakeServer) -> None:
     """A user who quits while the client waits to reconnect (the link was cut) left the session held for
     --resume-grace: their next `lanchat join` was refused, nick taken. The client now resumes only to say
@@ -509,3 +582,53 @@ def test_a_server_gone_silent_is_noticed_one_ping_timeout_after_the_ping(monkeyp
         assert noticed < 1.75, f"noticed after {noticed:.2f} s"  # 1.25 meant; the old wait was 2
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_client_found_by_discovery_follows_its_server_to_a_new_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LAN review: a server restarted on another port (or whose address DHCP changed) was found by
+    `lanchat discover` at once, but a connected client retried the old address until it gave up (exit 7,
+    its unsent line lost). A client that found its server by discovery looks for it again, by its id."""
+    from discovery_support import free_udp_port, loopback_config
+
+    from lanchat.client import connection, join
+
+    monkeypatch.setattr(connection, "RELOCATE_AFTER", 0.5)  # (3 s of failed reconnects: shorter here)
+    udp = free_udp_port()
+    data = tmp_path / "data"
+    args = ("--interface", "lo", "--discovery-port", str(udp))
+    first = ServerProcess(data, *args, workers=1, discovery=True).start()
+    second: ServerProcess | None = None
+    try:
+        config = join.JoinConfig(None, "al", discovery=loopback_config(udp), timeout=1.0)
+        target = asyncio.run(join.resolve(config, interactive=False))
+        assert target.server_id and target.port == first.port
+
+        async def scenario() -> None:
+            nonlocal second
+            statuses: list[str] = []
+            back = asyncio.Event()
+
+            def on_status(status: str) -> None:
+                statuses.append(status)
+                if status == "connected" and "moved" in statuses:
+                    back.set()
+
+            client = ChatClient(
+                target.host, target.port, "al", on_status=on_status, relocate=join.relocator(config, target)
+            )
+            await client.connect()
+            await asyncio.to_thread(first.stop)
+            client.send(m.Msg("lobby", "typed while it moved"))
+            second = await asyncio.to_thread(ServerProcess(data, *args, workers=1, discovery=True).start)
+            await asyncio.wait_for(back.wait(), 20)
+            assert client.port == second.port and statuses[-2:] == ["moved", "connected"]
+            assert await client.wait_acked(10)  # the line typed meanwhile: posted there
+            await client.close()
+
+        asyncio.run(asyncio.wait_for(scenario(), 40))
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
