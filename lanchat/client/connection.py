@@ -87,7 +87,7 @@ def fallback_nick(nick: str, attempt: int) -> str:
 
 # Where the server is now: (host, port), or None if it cannot be found (see ChatClient's ``relocate``).
 Relocator = Callable[[], Awaitable[tuple[str, int] | None]]
-RTT_COUNTED: Final = 5.0  # seconds of a round trip counted at most in the goodbye's waits
+RTT_COUNTED: Final = 3.0  # seconds of a round trip counted at most in the goodbye's waits
 RELOCATE_AFTER: Final = 3.0  # seconds of failed reconnects before the server is looked for elsewhere (and between)
 
 
@@ -140,7 +140,7 @@ class ChatClient:
         self.goodbye_lost = False  # a quit between reconnects the server did not confirm: it may hold our nick
         # The last hello's round trip to its welcome (seconds): the goodbye's waits grow with it (a link with a
         # round trip of 1.1 s made every clean quit look lost: the server's close came after GOODBYE_LINGER).
-        self.rtt = 0.0
+        self.rtt = -1.0  # (none yet: the waits count 0)
         self._stay_away = False  # a bye said reconnect: false (the session was taken over elsewhere)
 
     # --- public API ----------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ class ChatClient:
         task = self._task
         self._server_closed = False
         try:
-            async with asyncio.timeout(const.GOODBYE_LINGER + 2 * self.rtt):
+            async with asyncio.timeout(const.GOODBYE_LINGER + 2 * max(self.rtt, 0.0)):
                 if task is not None and task is not asyncio.current_task():
                     await asyncio.wait({task})  # _run reads on, and ends at the server's close
                 elif self._reader is not None:  # connect()'s own close, after the welcome: nobody reads yet
@@ -272,7 +272,8 @@ class ChatClient:
         server, no answer in time, or a refusal: the front end tells the user the nick may stay taken)."""
         head, done = b"", False
         try:
-            async with asyncio.timeout(const.GOODBYE_TIMEOUT + 3 * self.rtt):  # (connect, hello and quit, close)
+            # (3 round trips: the connect, the hello and quit, the close)
+            async with asyncio.timeout(const.GOODBYE_TIMEOUT + 3 * max(self.rtt, 0.0)):
                 reader, writer = await asyncio.open_connection(self.host, self.port)
                 try:
                     # No rooms: if the session expired meanwhile, the new one must not join and quit them
@@ -344,7 +345,9 @@ class ChatClient:
                     raise ConnectError(str(frame.get("message", code)), exit_code)
                 if kind == "welcome":
                     welcomed = True
-                    self.rtt = min(time.monotonic() - asked, RTT_COUNTED)
+                    # the least seen: a server busy at one hello (or just started) must not stretch every wait
+                    took = min(time.monotonic() - asked, RTT_COUNTED)
+                    self.rtt = took if self.rtt < 0 else min(self.rtt, took)
                 self._deliver(frame)
             if welcomed:
                 break

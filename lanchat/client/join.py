@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import socket
 import sys
@@ -181,16 +182,22 @@ def relocator(config: JoinConfig, target: Target) -> Relocator | None:
     if not target.server_id:
         return None
 
+    def same(server: ServerRecord) -> bool:  # (and its name: a copy of its data directory has its id too)
+        return server.server_id == target.server_id and server.name == target.name
+
     async def relocate() -> tuple[str, int] | None:
         from lanchat.discovery.browser import browse
 
-        def found_it(servers: list[ServerRecord]) -> bool:
-            return any(s.server_id == target.server_id for s in servers)
-
-        for server in await browse(config.discovery, timeout=RELOCATE_TIMEOUT, enough=found_it):
-            if server.server_id == target.server_id:
-                return server.host, server.port
-        return None
+        # Quiet: a look comes every few seconds while reconnecting fails, and what discovery has to say of
+        # an interface without an address (the outage itself, often) would be printed into the chat each time.
+        discovery_log = logging.getLogger("lanchat.discovery")
+        level = discovery_log.level
+        discovery_log.setLevel(logging.CRITICAL)
+        try:
+            found = await browse(config.discovery, timeout=RELOCATE_TIMEOUT, enough=lambda s: any(map(same, s)))
+        finally:
+            discovery_log.setLevel(level)
+        return next(((s.host, s.port) for s in found if same(s)), None)
 
     return relocate
 

@@ -16,7 +16,7 @@ READ_BUDGET: Final = 64  # datagrams handled per wake-up before yielding: a floo
 
 # --- announcer (server) -------------------------------------------------------------------------------
 BEACON_JITTER: Final = 0.1  # fraction: each interval is shortened by up to 10 % so servers do not beat in step
-REPLY_RATE_PER_SOURCE: Final = 5.0  # replies per second to one source address (a browser sends ~2 per run)
+REPLY_RATE_PER_SOURCE: Final = 5.0  # replies per second to one source address (a search sends 4 a second)
 REPLY_BURST_PER_SOURCE: Final = 10  # replies at once to one source: a few browsers behind one address
 REPLY_RATE_TOTAL: Final = 100.0  # replies per second to everyone: bounds what spoofed floods can reflect
 REPLY_BURST_TOTAL: Final = 200  # replies at once to everyone: a whole classroom starting `discover` together
@@ -25,7 +25,7 @@ INTERFACE_REFRESH: Final = 10.0  # seconds between re-reads of the interface lis
 SEND_ERROR_LOG_EVERY: Final = 60.0  # seconds: a target that keeps failing is logged again at most this often
 
 # --- browser (client) ---------------------------------------------------------------------------------
-PROBE_RETRY_DELAY: Final = 0.25  # seconds after the first probe to send a second (UDP may drop one)
+PROBE_RETRY_DELAY: Final = 0.25  # seconds between a search's probes (UDP may drop some: see browse)
 MAX_SERVERS: Final = 512  # entries in a browser's table: bounds what fake beacons can make it hold
 MAX_PENDING_PROBES: Final = 64  # probe nonces remembered for matching replies: oldest forgotten first
 PROBE_NONCE_TTL: Final = 30.0  # seconds a probe's nonce is accepted in replies (late replies are spoofed-looking)

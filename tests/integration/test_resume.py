@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -537,8 +538,6 @@ def test_a_server_gone_silent_is_noticed_one_ping_timeout_after_the_ping(monkeyp
     """A LAN review: a dead link took 30 s to notice where the constants say 15 + 10: after its ping the
     client waited a whole ping interval again. Scaled down here (1 s + 0.25 s) against a server that
     greets, welcomes, and then says nothing; the old wait would take 2 s."""
-    import time
-
     from lanchat import const
 
     monkeypatch.setattr(const, "CLIENT_PING_INTERVAL", 1.0)
@@ -598,37 +597,55 @@ def test_a_client_found_by_discovery_follows_its_server_to_a_new_port(
     udp = free_udp_port()
     data = tmp_path / "data"
     args = ("--interface", "lo", "--discovery-port", str(udp))
-    first = ServerProcess(data, *args, workers=1, discovery=True).start()
-    second: ServerProcess | None = None
+    first = ServerProcess(data, *args, "--name", "lab", workers=1, discovery=True).start()
+    others: list[ServerProcess] = []
     try:
         config = join.JoinConfig(None, "al", discovery=loopback_config(udp), timeout=1.0)
         target = asyncio.run(join.resolve(config, interactive=False))
-        assert target.server_id and target.port == first.port
+        assert target.server_id and target.port == first.port and target.name == "lab"
 
         async def scenario() -> None:
-            nonlocal second
             statuses: list[str] = []
-            back = asyncio.Event()
+            back, looked = asyncio.Event(), asyncio.Event()
+            relocate = join.relocator(config, target)
+            assert relocate is not None
+
+            looks: list[float] = []
+
+            async def look() -> tuple[str, int] | None:
+                began = time.monotonic()
+                where = await relocate()
+                looks.append(began)
+                looked.set()
+                return where
 
             def on_status(status: str) -> None:
                 statuses.append(status)
                 if status == "connected" and "moved" in statuses:
                     back.set()
 
-            client = ChatClient(
-                target.host, target.port, "al", on_status=on_status, relocate=join.relocator(config, target)
-            )
+            client = ChatClient(target.host, target.port, "al", on_status=on_status, relocate=look)
             await client.connect()
             await asyncio.to_thread(first.stop)
             client.send(m.Msg("lobby", "typed while it moved"))
-            second = await asyncio.to_thread(ServerProcess(data, *args, workers=1, discovery=True).start)
+            # Its id, under another name (what a copy of its data directory renamed looks like): not followed
+            impostor = ServerProcess(data, *args, "--name", "other", workers=1, discovery=True)
+            others.append(await asyncio.to_thread(impostor.start))
+            up = time.monotonic()
+            while not [t for t in looks if t > up]:  # a whole look while it serves
+                looked.clear()
+                await asyncio.wait_for(looked.wait(), 20)
+            assert "moved" not in statuses and client.port == first.port
+            await asyncio.to_thread(impostor.stop)
+            second = ServerProcess(data, *args, "--name", "lab", workers=1, discovery=True)
+            others.append(await asyncio.to_thread(second.start))
             await asyncio.wait_for(back.wait(), 20)
             assert client.port == second.port and statuses[-2:] == ["moved", "connected"]
             assert await client.wait_acked(10)  # the line typed meanwhile: posted there
             await client.close()
 
-        asyncio.run(asyncio.wait_for(scenario(), 40))
+        asyncio.run(asyncio.wait_for(scenario(), 50))
     finally:
         first.kill()
-        if second is not None:
-            second.kill()
+        for other in others:
+            other.kill()

@@ -323,3 +323,21 @@ def test_a_dumb_terminal_asks_which_server_with_plain_lines(monkeypatch: pytest.
     with pytest.raises(join.Unresolved) as err:  # not a terminal at all: name one (exit 5), as before
         asyncio.run(join.resolve(join.JoinConfig(None, "x"), interactive=False))
     assert err.value.exit_code == 5
+
+
+def test_a_look_for_a_server_that_moved_says_nothing_into_the_chat(caplog: pytest.LogCaptureFixture) -> None:
+    """A review: each look while reconnecting printed discovery's warnings (an interface without an address,
+    which the outage itself often is) between the chat lines, every few seconds for 5 minutes."""
+    import asyncio
+    import logging
+
+    from lanchat.client import join
+    from lanchat.config import DiscoveryConfig
+
+    config = join.JoinConfig(None, "x", discovery=DiscoveryConfig(interface=("nosuch0",)))
+    relocate = join.relocator(config, join.Target("192.0.2.1", 7272, "lab", "f" * 32))
+    assert relocate is not None and join.relocator(config, join.Target("192.0.2.1", 7272)) is None
+    with caplog.at_level(logging.DEBUG, logger="lanchat.discovery"):
+        assert asyncio.run(relocate()) is None
+        assert logging.getLogger("lanchat.discovery").level == logging.DEBUG  # (put back as it was)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
