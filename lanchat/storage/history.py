@@ -884,11 +884,7 @@ class HistoryStore:
             except (OSError, sqlite3.Error) as exc:  # tried again in a second
                 log.error("history: %s was deleted while serving and cannot be written back: %s", self.path, exc)
                 return
-            if self._ckpt is not None:
-                self._ckpt.close()
-                self._ckpt = None
-            old, self._db = self._db, None
-            old.close()
+            self._close_connections()
         self._open()  # failing, the store is degraded and its queue waits for the next open (as for any)
         log.warning("history: %s was deleted while serving; written back from the open file (stop the "
                     "server before deleting its history)", self.path)  # fmt: skip
@@ -904,11 +900,7 @@ class HistoryStore:
             except sqlite3.Error as exc:  # tried again in a second
                 log.error("history: %s was deleted while serving and cannot be copied back: %s", self._wal_file, exc)
                 return
-            if self._ckpt is not None:
-                self._ckpt.close()
-                self._ckpt = None
-            old, self._db = self._db, None
-            old.close()
+            self._close_connections()
         self._wal_seen = False
         self._open()
         log.warning("history: %s was deleted while serving; its commits copied into the database, a new log "
@@ -918,14 +910,17 @@ class HistoryStore:
         """Stop writing (another server may hold the data directory now): the file is closed, the store
         degraded, writes kept in memory as for a failing disk; the guard decides when it opens again."""
         with self._ckpt_lock:
-            if self._ckpt is not None:
-                self._ckpt.close()
-                self._ckpt = None
-            if self._db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.close()
-                self._db = None
+            self._close_connections()
         self._fail(why)
+
+    def _close_connections(self) -> None:
+        """Both connections closed (under _ckpt_lock: the checkpoint thread opens its own again, to whatever
+        file is at the path then)."""
+        for db in (self._ckpt, self._db):
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+        self._ckpt = self._db = None
 
     def _write_back(self) -> None:
         """The open database copied to a new file, made durable, then linked in at its path (which fails if

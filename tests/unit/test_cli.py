@@ -338,6 +338,10 @@ def test_a_look_for_a_server_that_moved_says_nothing_into_the_chat(caplog: pytes
     relocate = join.relocator(config, join.Target("192.0.2.1", 7272, "lab", "f" * 32))
     assert relocate is not None and join.relocator(config, join.Target("192.0.2.1", 7272)) is None
     with caplog.at_level(logging.DEBUG, logger="lanchat.discovery"):
-        assert asyncio.run(relocate()) is None
+
+        async def look() -> tuple[str, int] | None:
+            return await relocate()
+
+        assert asyncio.run(look()) is None
         assert logging.getLogger("lanchat.discovery").level == logging.DEBUG  # (put back as it was)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
