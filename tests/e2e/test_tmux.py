@@ -282,7 +282,9 @@ def test_bidi_overrides_and_tabs_from_other_users_are_neutralised(term: Tmux, se
     assert "<mallory> safe \ufffdevil txet\ufffd \ufffdiso\ufffd\ufffdx" in screen
     assert "set the topic of #lobby: \ufffdtopic" in screen
     assert "(\ufffdbye now)" in screen, screen
-    assert "connecting to" in screen  # nothing was wiped
+    # Nothing was wiped: the first line is still there, on the screen or above it (seen once in a full run
+    # under load: the screen scrolled, the first two lines above it; the cause was not found)
+    assert "connecting to" in term.tmux("capture-pane", "-p", "-S", "-", "-t", "t")
 
 
 class HostileServer:
