@@ -15,7 +15,9 @@ until nothing is left to send):
 4. al's rooms and nick are the hub's, and what the user asked for (last join/part wins, last nick not refused);
 5. what was said in al's rooms while it was in them, and private messages to it, are shown at least once
    (unless a gap was shown);
-6. no exception escapes ClientState or the Hub.
+6. no exception escapes ClientState or the Hub;
+7. every question al asked (who, rooms, history, topic) is answered exactly once (asked again after a drop
+   took it or its answer).
 
 Faults: lines al wrote lost before the hub reads them, frames relayed to al lost after a prefix, drops the hub
 notices at once or later (half-open), hellos held back by the network (delivered within CONNECT_TIMEOUT),
@@ -125,6 +127,7 @@ class ResumeModel(RuleBasedStateMachine):
         self.gaps: list[int] = []
         self.posts: dict[int, dict[str, Any]] = {}  # al's post id -> {text, kind, to}
         self.changes: dict[int, tuple[str, str]] = {}  # al's change id -> (kind, arg)
+        self.questions: dict[int, int] = {}  # al's question id -> answers shown (one, in the end: inv7)
         self.wanted_rooms = ["lobby"]  # the fold of the joins and parts al typed
         # What the user asked its nick to be, in order: [nick, change id (None: the start or a fallback),
         # answered, refused]. A fallback nick goes before the /nicks whose answers al had not seen (the client
@@ -188,6 +191,9 @@ class ResumeModel(RuleBasedStateMachine):
         self.shown.append(f)
         kind = f["type"]
         seq = f.get("seq")
+        if f.get("id") in self.questions and not (kind in m.EVENT_TYPES and isinstance(seq, int)):
+            self.questions[f["id"]] += 1
+            assert self.questions[f["id"]] == 1, f"inv7: question {f['id']} answered twice: {f}"
         if kind in m.EVENT_TYPES and isinstance(seq, int):
             key = (seq, float(f["ts"]))
             assert key not in self.keys, f"inv3: event shown twice: {f}"
@@ -439,6 +445,15 @@ class ResumeModel(RuleBasedStateMachine):
         assert rid is not None
         self.posts[rid] = {"text": text, "room": None, "to": to}
 
+    @rule(kind=st.sampled_from(["who", "rooms", "history", "topic"]), room=st.sampled_from(ROOMS))
+    def al_asks(self, kind: str, room: str) -> None:
+        """A question (/who, /rooms, /history, /topic): answered once, whatever drops come (inv7)."""
+        self._tick()
+        rid = self.st.next_id  # (the id request gives it)
+        req = {"who": m.Who(room), "rooms": m.Rooms(), "history": m.History(room, limit=5), "topic": m.Topic(room)}
+        self._al_send(req[kind])
+        self.questions[rid] = 0
+
     @rule(room=st.sampled_from(ROOMS), join=st.booleans())
     def al_joins_or_parts(self, room: str, join: bool) -> None:
         self._tick()
@@ -650,7 +665,7 @@ class ResumeModel(RuleBasedStateMachine):
                     break
                 self._deliver_up()
                 self._deliver_down()
-            if not self.st.outbox and not self.st._journal and not self.queued:
+            if not self.st.outbox and not self.st._journal and not self.queued and not self.st._questions:
                 return
             self._drop()  # stuck: a reconnect sends it all again
         raise AssertionError(
@@ -706,6 +721,8 @@ class ResumeModel(RuleBasedStateMachine):
             if o["expected"] and o["text"] not in self.texts_seen and o["at"] == len(self.gaps)
         ]
         assert not missed, f"inv5: never shown to al: {missed}"
+        unanswered = [rid for rid, n in self.questions.items() if n != 1]
+        assert not unanswered, f"inv7: questions never answered: {unanswered}"
         for o in self.others:
             if o["expected"]:
                 note("inv5: a line al was owed, shown" + (" (said while al had no session)" if o["away"] else ""))
