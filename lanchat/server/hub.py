@@ -721,6 +721,8 @@ class Hub:
             return
         if (was := self._remembered_at.get(sid)) is not None:  # (resumed and remembered again: now the newest)
             self._remembered_by[was].pop(sid, None)
+            if not self._remembered_by[was]:
+                del self._remembered_by[was]
         self._remembered_at[sid] = peer
         sids = self._remembered_by.setdefault(peer, {})
         sids[sid] = None

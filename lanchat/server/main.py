@@ -88,6 +88,8 @@ class WorkerSlot:
     killed_for: str = ""  # why the supervisor itself killed it (so the log does not guess)
 
 
+# Requests whose answer is all they do (and a topic without a text): an internal error may name them.
+_QUESTIONS: Final = frozenset({"history", "who", "rooms", "stats"})
 NO_LOCKS: Final = -1  # lock_data_dir: the file system has no locks (NFS without a lock manager)
 _CANNOT_LOCK: Final = "the data directory cannot be locked (it cannot be written)"
 
@@ -346,7 +348,7 @@ class Server:
                     hub.post(slot.index, frame, now)
                 except Exception:  # a hub bug must cost one message, not the worker's pipe
                     log.exception("internal error handling a message from worker %d", slot.index)
-                    self._internal_error(slot, frame.conn, frame.id)
+                    self._internal_error(slot, frame.conn, None)
             elif isinstance(frame, control.JsonFrame):
                 self._records(slot, frame.records, now)
         self._schedule_flush()
@@ -381,11 +383,16 @@ class Server:
             except Exception:  # a hub bug must cost one request, not the worker's pipe
                 log.exception("internal error handling %.200r from worker %d", rec, slot.index)
                 if isinstance(rec, list) and len(rec) > 1 and rec[0] == "req":
-                    rid = rec[2].get("id") if len(rec) > 2 and isinstance(rec[2], dict) else None
+                    obj = rec[2] if len(rec) > 2 and isinstance(rec[2], dict) else {}
+                    kind = obj.get("type")
+                    question = kind in _QUESTIONS or (kind == "topic" and obj.get("topic") is None)
+                    rid = obj.get("id") if question else None
                     self._internal_error(slot, int(rec[1]), rid if type(rid) is int else None)
 
     def _internal_error(self, slot: WorkerSlot, conn: int, rid: int | None) -> None:
-        """With the request's id, so that its client can tell which request it was (a post is not resent)."""
+        """``rid``: a question's id, so that its client settles it. A post's or a change's is not told: the bug
+        may have come after it was done (relayed, stored), and "not processed" would be wrong; without an
+        answer its client sends it again after a reconnect, and the server's ids settle it (a duplicate)."""
         err = m.error_frame(m.Err.INTERNAL, "internal server error; the request was not processed", id=rid)
         self.hub._reply(slot.index, conn, err)
 

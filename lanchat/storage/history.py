@@ -44,6 +44,7 @@ APP_ID: Final = "lanchat"
 # connection attempt). An older file is upgraded in place at open (_FORMAT_4_COLUMNS).
 SCHEMA_VERSION: Final = 4
 DB_NAME: Final = "history.sqlite3"
+WRITE_BACK_WAIT_MAX: Final = 300  # seconds between tries of a write-back that keeps failing (see watch_file)
 SEQ_RESERVE: Final = 10_000  # sequence numbers reserved on disk ahead of use: a crash never reuses one
 PRUNE_BATCH: Final = 500  # rows a commit may delete beyond those it added, so pruning never stalls the hub
 # Events a conversation may run over its limit before it is pruned (at most 1 % of the limit): a busy room
@@ -214,6 +215,10 @@ class HistoryStore:
         self._closed = False
         self._file_id: tuple[int, int] | None = None  # the opened file's (st_dev, st_ino): see watch_file
         self._wal_seen = False  # its write-ahead log was seen beside it since the open (see watch_file)
+        # A write-back that failed (a full disk: the reason to delete a file, often) is tried again after
+        # this many seconds of watch_file calls, doubled each time up to WRITE_BACK_WAIT_MAX: each try copies
+        # the whole database on the hub's loop.
+        self._write_back_wait, self._write_back_in = 0, 0
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}
         self._pruned: dict[str, int] = {}
@@ -876,14 +881,21 @@ class HistoryStore:
                       "writing to the file it opened, which is lost at its stop", self.path, why)  # fmt: skip
             self._file_id = None
             return
+        if self._write_back_in > 0:
+            self._write_back_in -= 1
+            return
         # Under the checkpoint's lock: its thread must not open the new file while the old log is still beside
         # it (the old connection's close below checkpoints into the old file and removes that log).
         with self._ckpt_lock:
             try:
                 self._write_back()
-            except (OSError, sqlite3.Error) as exc:  # tried again in a second
-                log.error("history: %s was deleted while serving and cannot be written back: %s", self.path, exc)
+            except (OSError, sqlite3.Error) as exc:
+                self._write_back_wait = min(max(1, 2 * self._write_back_wait), WRITE_BACK_WAIT_MAX)
+                self._write_back_in = self._write_back_wait
+                log.error("history: %s was deleted while serving and cannot be written back (%s); trying again in "
+                          "%d s", self.path, exc, self._write_back_wait)  # fmt: skip
                 return
+            self._write_back_wait = 0
             self._close_connections()
         self._open()  # failing, the store is degraded and its queue waits for the next open (as for any)
         log.warning("history: %s was deleted while serving; written back from the open file (stop the "
@@ -940,6 +952,11 @@ class HistoryStore:
             finally:
                 os.close(fd)
             os.link(copy, self.path)
+            fd = os.open(self.path.parent, os.O_RDONLY)  # the name too: a power cut must not take it back
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         finally:
             copy.unlink(missing_ok=True)
 

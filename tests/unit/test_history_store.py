@@ -467,6 +467,25 @@ def test_a_file_deleted_while_serving_is_written_back(
     assert not (tmp_path / (h.DB_NAME + ".restoring")).exists()
 
 
+def test_a_write_back_that_fails_is_tried_again_less_and_less_often(
+    tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review: a write-back that failed (a full disk, say) was tried every second, each time a whole copy of
+    the database on the hub's loop. It waits 1, 2, 4 ... seconds (5 minutes at most) between tries."""
+    s = open_store(stores, tmp_path)
+    add(s, 1)
+    assert s.commit(1.0)
+    os.unlink(s.path)
+    (tmp_path / (h.DB_NAME + ".restoring")).mkdir()  # the copy cannot be made
+    for _ in range(10):
+        s.watch_file()
+    assert len(errors(caplog)) == 3 and "trying again in 4 s" in caplog.text  # tries at the 1st, 3rd, 6th look
+    (tmp_path / (h.DB_NAME + ".restoring")).rmdir()
+    for _ in range(5):
+        s.watch_file()
+    assert s.path.exists() and "written back from the open file" in caplog.text
+
+
 def test_a_log_deleted_while_serving_is_copied_into_the_file(
     tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
 ) -> None:
