@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import os
 import socket
 import sys
@@ -190,13 +189,7 @@ def relocator(config: JoinConfig, target: Target) -> Relocator | None:
 
         # Quiet: a look comes every few seconds while reconnecting fails, and what discovery has to say of
         # an interface without an address (the outage itself, often) would be printed into the chat each time.
-        discovery_log = logging.getLogger("lanchat.discovery")
-        level = discovery_log.level
-        discovery_log.setLevel(logging.CRITICAL)
-        try:
-            found = await browse(config.discovery, timeout=RELOCATE_TIMEOUT, enough=lambda s: any(map(same, s)))
-        finally:
-            discovery_log.setLevel(level)
+        found = await browse(config.discovery, timeout=RELOCATE_TIMEOUT, enough=lambda s: any(map(same, s)), quiet=True)
         return next(((s.host, s.port) for s in found if same(s)), None)
 
     return relocate

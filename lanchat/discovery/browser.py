@@ -307,7 +307,10 @@ class Browser:
         reprobe: float | None = None,
         table: ServerTable | None = None,
         interfaces: Callable[[], list[Interface]] = list_interfaces,
+        quiet: bool = False,
     ) -> None:
+        """``quiet``: what it has to say of interfaces, targets and sends at debug level (a search its caller
+        repeats, whose outcome it says itself)."""
         self.config = config
         self.probe = probe
         self.reprobe = reprobe
@@ -321,7 +324,8 @@ class Browser:
         self._retry_sent = False
         self._events: list[TableEvent] = []
         self._wakeup = asyncio.Event()
-        self._send_errors = SendErrors()
+        self._send_errors = SendErrors(quiet=quiet)
+        self._warn = log.debug if quiet else log.warning
         self.received = 0  # datagrams read, whatever became of them
 
     async def __aenter__(self) -> Browser:
@@ -354,19 +358,19 @@ class Browser:
         port = self.config.discovery_port
         chosen, problems = choose_interfaces(self.config.interface, self._list_interfaces())
         for problem in problems:
-            log.warning("discovery: %s", problem)
+            self._warn("discovery: %s", problem)
         broadcasts = [bcast for bcast, _ in broadcast_targets(chosen)]
         explicit = await resolve_targets(self.probe, port, timeout=resolve_timeout)
         self._targets = list(dict.fromkeys([(b, port) for b in broadcasts] + explicit))
         if not self._targets:
-            log.warning("discovery: nothing to probe (hint: --interface NAME, or --probe HOST)")
+            self._warn("discovery: nothing to probe (hint: --interface NAME, or --probe HOST)")
         self._probe_sock = open_udp("0.0.0.0", 0, reuse=False, broadcast=True)
         loop.add_reader(self._probe_sock.fileno(), self._on_readable, self._probe_sock)
         for bcast in broadcasts:
             try:
                 sock = open_udp(bcast, port, reuse=True, broadcast=True)
             except OSError as exc:
-                log.warning(
+                self._warn(
                     "discovery: cannot listen for beacons on %s:%d: %s (hint: %s)",
                     bcast,
                     port,
@@ -480,6 +484,7 @@ async def browse(
     timeout: float,
     probe: tuple[str, ...] = (),
     enough: Callable[[list[ServerRecord]], bool] | None = None,
+    quiet: bool = False,
 ) -> list[ServerRecord]:
     """The servers found within ``timeout`` seconds (sorted by name): probe, listen, return at the deadline,
     or ENOUGH_GRACE after ``enough`` says the servers found will do (`join NAME`: that one answered; the
@@ -488,7 +493,7 @@ async def browse(
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout
     # (the table as a one-off search has it: the repeated probes do not stretch its entries' lives)
-    browser = Browser(config, probe=probe, reprobe=PROBE_RETRY_DELAY, table=ServerTable(refresh=None))
+    browser = Browser(config, probe=probe, reprobe=PROBE_RETRY_DELAY, table=ServerTable(refresh=None), quiet=quiet)
     await browser.open(resolve_timeout=timeout)  # a slow name lookup eats into the timeout, never beyond it
     try:
         if not browser.targets:

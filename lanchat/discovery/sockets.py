@@ -115,11 +115,13 @@ async def resolve_targets(targets: tuple[str, ...], default_port: int, *, timeou
 class SendErrors:
     """Logs send failures: one line per (target, errno) per SEND_ERROR_LOG_EVERY seconds, with a hint."""
 
-    __slots__ = ("_last", "count")
+    __slots__ = ("_last", "_level", "count")
 
-    def __init__(self) -> None:
+    def __init__(self, *, quiet: bool = False) -> None:
+        """``quiet``: at debug level (a search whose failures its caller handles, see browse)."""
         self._last: dict[tuple[str, int], float] = {}
         self.count = 0
+        self._level = logging.DEBUG if quiet else None
 
     def report(self, what: str, target: tuple[str, int], exc: OSError, now: float) -> None:
         self.count += 1
@@ -133,9 +135,11 @@ class SendErrors:
         hint = SEND_HINTS.get(code)
         where = f"{target[0]}:{target[1]}"
         if hint is None:
-            log.error("discovery: cannot send %s to %s: %s", what, where, exc, exc_info=exc)
+            log.log(self._level or logging.ERROR, "discovery: cannot send %s to %s: %s", what, where, exc,
+                    exc_info=exc if self._level is None else None)  # fmt: skip
         else:
-            log.warning("discovery: cannot send %s to %s: %s (hint: %s)", what, where, exc.strerror or exc, hint)
+            log.log(self._level or logging.WARNING, "discovery: cannot send %s to %s: %s (hint: %s)", what, where,
+                    exc.strerror or exc, hint)  # fmt: skip
 
 
 class Drops:

@@ -343,5 +343,5 @@ def test_a_look_for_a_server_that_moved_says_nothing_into_the_chat(caplog: pytes
             return await relocate()
 
         assert asyncio.run(look()) is None
-        assert logging.getLogger("lanchat.discovery").level == logging.DEBUG  # (put back as it was)
+        assert logging.getLogger("lanchat.discovery").level == logging.DEBUG  # (the logger left as it was)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
