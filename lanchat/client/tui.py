@@ -1220,6 +1220,11 @@ def server_lines(found: Sequence[ServerRecord]) -> list[Line]:
     return lines
 
 
+def _in_order(found: Sequence[ServerRecord]) -> list[ServerRecord]:
+    """The order the chooser lists servers in (documented): by name, then address."""
+    return sorted(found, key=lambda s: (s.name.casefold(), s.host, s.port))
+
+
 def pick_server(found: Sequence[ServerRecord], answer: str) -> ServerRecord | None:
     """An answer (a number or a server name) -> the server; None if it names none."""
     answer = answer.strip()
@@ -1243,7 +1248,7 @@ async def choose_server(
     found: list[ServerRecord], *, input: Input | None = None, output: Output | None = None
 ) -> ServerRecord | None:
     """Ask which of several discovered servers to join (a number or a name; empty, q, Ctrl-C: none)."""
-    found = sorted(found, key=lambda s: (s.name.casefold(), s.host, s.port))
+    found = _in_order(found)
 
     class Answer(Validator):
         def validate(self, document: Document) -> None:
@@ -1270,7 +1275,7 @@ def choose_server_by_line(
 ) -> ServerRecord | None:
     """choose_server for a terminal that cannot move its cursor (TERM=dumb): the list and the question as
     plain lines, asked again until answered (end of input: none)."""
-    found = sorted(found, key=lambda s: (s.name.casefold(), s.host, s.port))
+    found = _in_order(found)
     read, write = read or input, write or sys.stderr
     for line in server_lines(found):
         print(line.text, file=write, flush=True)

@@ -178,6 +178,15 @@ class _Pending:
     session_bytes: int = 0
 
 
+def _fsync(path: Path) -> None:
+    """A file's (or a directory's: its names') writes made durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class HistoryStore:
     """SQLite history with batched writes. Not thread-safe: one owner (the hub's loop)."""
 
@@ -946,17 +955,9 @@ class HistoryStore:
                 self._db.backup(dest)
             finally:
                 dest.close()
-            fd = os.open(copy, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(copy)
             os.link(copy, self.path)
-            fd = os.open(self.path.parent, os.O_RDONLY)  # the name too: a power cut must not take it back
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(self.path.parent)  # the name too: a power cut must not take it back
         finally:
             copy.unlink(missing_ok=True)
 
