@@ -125,8 +125,14 @@ STYLE: Final = Style.from_dict(
 
 # Without colours (NO_COLOR, a 1-bit terminal) the status line would read as one more line of chat: it is
 # drawn in reverse video then, its state and unsent counts not (they stand out of it as the colours do).
+# A line's time and its events are dim and nicks bold, as they are grey and coloured otherwise: a message
+# padded to the terminal's width shows its tail on a row of its own, and what a line's text says is plain,
+# so a tail like "12:03 <alice> hi" cannot pass for a line (wrapped rows are the terminal's own: a hanging
+# indent would mean breaking lines ourselves, and a long link copied from the scrollback would break too).
 MONO_STYLE: Final = Style.from_dict(
     {
+        **dict.fromkeys(("time", "room", "event", "history"), "dim"),
+        "nick": "bold",
         "bottom-toolbar": "reverse",
         **{f"bottom-toolbar.{k}": "noreverse bold" for k in ("connected", "reconnecting", "closed", "unsent")},
     }

@@ -103,6 +103,11 @@ class ClientState:
         self._resumed_at = -1
         self._refill: set[str] = set()  # rooms whose join history, in a session that replaced an expired one,
         # is still to come (filtered: see _history)
+        # Joins sent whose answers (the room's history, then the room reply) have not come, by id: a drop that
+        # took them after the server did the join left the room without its history, and the resume's replay
+        # starts at the drop. Asked for after the welcome, as a history page without what was shown meanwhile.
+        self._joins_unanswered: dict[int, str] = {}
+        self._history_ids: set[int] = set()  # those history questions, until answered
 
     # --- output -----------------------------------------------------------------------------------------
 
@@ -164,6 +169,8 @@ class ClientState:
         assert req.id is not None
         self.next_id = max(self.next_id, req.id + 1)
         self._journal.append(_Asked(req.id, line))
+        if isinstance(req, m.Join):
+            self._joins_unanswered[req.id] = req.room
         self.last_change_id = req.id
         return line
 
@@ -187,8 +194,25 @@ class ClientState:
         if self._new_session:  # done again until answered (see _absorb), whatever later welcomes say of their ids
             self._redone |= self._redo(upto)
             self._redo_upto = upto
+        sent = {a.id for a in self._journal if a.sent}
         self._journal = [a for a in self._journal if a.id > upto or a.id in self._redone]
+        self._ask_join_history(upto, sent)
         return [(a.id, a.line) for a in (*self._journal, *self._questions.values()) if a.sent]
+
+    def _ask_join_history(self, upto: int, sent: set[int]) -> None:
+        """The joins the resumed session did before the drop whose history it took: asked as questions
+        (kept until answered, like a user's), to be sent with ``unconfirmed``'s lines."""
+        for rid, room in list(self._joins_unanswered.items()):
+            if rid > upto or rid in self._redone:  # not handled, or redone: sent again, it brings its history
+                continue
+            del self._joins_unanswered[rid]
+            if self._resumed_at < 0 or rid not in sent or room not in self.rooms:  # a new session's hello's
+                continue  # joins bring theirs; never sent: the welcome's rooms have it; or left since
+            rid = self.next_id
+            self.next_id += 1
+            line = m.encode(m.History(room, id=rid).to_obj())
+            self._questions[rid] = _Asked(rid, line, sent=True)  # (sent by the caller with the others)
+            self._history_ids.add(rid)
 
     def _redo(self, upto: int) -> set[int]:
         """The changes the expired session handled, but whose answers we never saw, to do again: the new
@@ -307,6 +331,8 @@ class ClientState:
             return True
         if type(frame.get("id")) is int and not (kind in m.EVENT_TYPES and isinstance(seq, int)):  # a reply (a
             self._questions.pop(frame["id"], None)  # topic's has no seq: the event's has) answers a question
+            if kind in ("room", "error"):  # a join answered: its history came before it, if any was due
+                self._joins_unanswered.pop(frame["id"], None)
         if isinstance(seq, int) and kind in m.EVENT_TYPES:
             if self.last_seq is not None and seq <= self.last_seq:
                 return False
@@ -362,8 +388,14 @@ class ClientState:
         if not isinstance(events, list):
             return True
         room = frame.get("room")
-        if "id" not in frame and isinstance(room, str) and room in self._refill:  # the hello's join of it
-            self._refill.discard(room)  # (a /join typed later shows its history whole, as ever)
+        rid = frame.get("id")
+        if rid is None and isinstance(room, str):  # a join's history: that join's answer has come
+            for jid in [j for j, r in self._joins_unanswered.items() if r == room]:
+                del self._joins_unanswered[jid]
+        refill = rid is None and isinstance(room, str) and room in self._refill  # the hello's join of it
+        if refill or rid in self._history_ids:  # (a /join typed later shows its history whole, as ever; so
+            self._refill.discard(str(room))  # does a /history)
+            self._history_ids.discard(rid)
             frame["events"] = [e for e in events if not (isinstance(e, dict) and _identity(e) in self._seen_set)]
         for e in frame["events"]:
             if isinstance(e, dict):

@@ -63,6 +63,20 @@ def _bad(code: str, message: str) -> RemoteProtocolError:
 # Letters to Unicode (category Lo) that draw as nothing: a nick of them was invisible, or looked like
 # another with a blank after it (an adversarial review). All the letters or digits named FILLER or BLANK.
 _BLANK_LETTERS: Final = frozenset("\u115f\u1160\u3164\uffa0")
+# What else draws as nothing on its own: the Braille blank, the combining grapheme joiner and the variation
+# selectors (marks that only change the character before them); category Cf (zero-width space and joiners,
+# word joiner, soft hyphen, bidi marks, tags) is tested by category.
+_SHOWS_NOTHING: Final = _BLANK_LETTERS | frozenset("\u2800\u034f" + "".join(map(chr, range(0xFE00, 0xFE10))))
+
+
+def _shows_nothing(c: str) -> bool:
+    return c.isspace() or c in _SHOWS_NOTHING or unicodedata.category(c) == "Cf" or 0xE0100 <= ord(c) <= 0xE01EF
+
+
+def is_blank(text: str) -> bool:
+    """True if ``text`` would show as an empty line: only blanks and characters that draw as nothing
+    (U+200B, U+2800, U+3164 ...). Inside a text those stay; a text of them alone is refused as blank."""
+    return all(map(_shows_nothing, text))
 
 
 def check_nick(nick: object) -> str:
@@ -103,7 +117,7 @@ def check_room(room: object) -> str:
 def check_text(text: object, *, limit: int = const.MAX_TEXT, what: str = "text", empty: bool = False) -> str:
     if not isinstance(text, str):
         raise _bad(Err.BAD_FIELD, f"{what} must be a string")
-    if not empty and (not text or text.isspace()):  # (blank lines are skipped in plain mode: the same here)
+    if not empty and (not text or is_blank(text)):  # (blank lines are skipped in plain mode: the same here)
         raise _bad(Err.BAD_TEXT, f"{what} is empty" if not text else f"{what} is blank")
     if len(text) > limit:
         raise _bad(Err.BAD_TEXT, f"{what} is longer than {limit} characters ({len(text) - limit} too many)")

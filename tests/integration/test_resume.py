@@ -204,6 +204,7 @@ class _Proxy:
     def __init__(self, port: int) -> None:
         self.port = port
         self.blackhole = False
+        self.deaf = False  # what the server sends is lost (its answers in flight when the link died)
         self.links: list[asyncio.StreamWriter] = []
 
     async def start(self, port: int = 0) -> int:
@@ -217,7 +218,7 @@ class _Proxy:
         async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
             with contextlib.suppress(OSError):
                 while data := await reader.read(65536):
-                    if not (upstream and self.blackhole):
+                    if not (self.blackhole if upstream else self.deaf):
                         writer.write(data)
                         await writer.drain()
             writer.close()
@@ -500,6 +501,44 @@ def test_questions_lost_in_flight_are_answered_after_the_resume(make_server: Mak
         await proxy.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_join_whose_answers_were_lost_in_flight_gets_its_history_after_the_resume(make_server: MakeServer) -> None:
+    """A LAN review (an MTU black hole): the server did a /join, and the link died with its answers, the
+    room's history among them. The resume's replay starts at the drop, so the room showed nothing of what
+    was said before the join. The client asks for that history after the welcome."""
+    server = make_server(workers=1)
+
+    async def scenario(bo: Client) -> None:
+        proxy = _Proxy(server.port)
+        pages: list[dict[str, object]] = []
+        paged = asyncio.Event()
+
+        def on_frame(frame: dict[str, object]) -> None:
+            if frame.get("type") == "history" and frame.get("room") == "dev":
+                pages.append(frame)
+                paged.set()
+
+        client = ChatClient("127.0.0.1", await proxy.start(), "al", on_frame=on_frame)
+        await client.connect()
+        proxy.deaf = True  # the join reaches the server; nothing of its answer comes back
+        client.send(m.Join("dev"))
+        await asyncio.to_thread(bo.expect, lambda f: f.get("type") == "join" and f.get("nick") == "al")
+        proxy.cut()
+        proxy.deaf = False
+        await asyncio.wait_for(paged.wait(), 20)
+        assert "dev" in client.state.rooms
+        [page] = pages
+        events = page["events"]
+        assert isinstance(events, list)
+        assert [e.get("text") for e in events if e.get("type") == "msg"] == ["said before"]
+        await client.close()
+        await proxy.close()
+
+    with Client(server.port, "bo", rooms=["dev"]) as bo:
+        bo.send({"type": "msg", "room": "dev", "text": "said before", "id": 1})
+        bo.expect("ack")
+        asyncio.run(asyncio.wait_for(scenario(bo), 30))
 
 
 def test_a_topic_and_a_nick_change_lost_in_flight_arrive_after_the_resume(make_server: MakeServer) -> None:

@@ -657,6 +657,49 @@ def test_changes_are_kept_until_acked_and_questions_until_answered() -> None:
     assert st.unconfirmed() == [] and unsent
 
 
+def test_a_join_whose_history_a_drop_took_asks_for_it_after_the_resume() -> None:
+    """A /join the server did just before a silent cut: the resume's welcome lists the room and its replay
+    brings the join and what followed, but the room's history before the join (its reply) was lost, and
+    the room began with nothing (a LAN review, an MTU black hole). It is asked for after the welcome, and
+    shown without the events the replay showed."""
+    st = welcomed()
+    join = st.request(m.Join("dev"))
+    st.sent(join)
+    jid = decoded(join)["id"]
+    st.hello()
+    st.receive_data(welcome(resumed=True, seq=14, rooms=["lobby", "dev"], last_id=jid))
+    ((qid, line),) = st.unconfirmed()
+    assert qid > jid and decoded(line) == {"type": "history", "room": "dev", "limit": const.HISTORY_ON_JOIN, "id": qid}
+    replay = ev("join", 13, room="dev", nick="al") + ev("msg", 14, room="dev", **{"from": "bo"}, text="hi al")
+    assert [f["seq"] for f in st.receive_data(replay)] == [13, 14]
+    old = {"type": "msg", "seq": 12, "ts": 0.5, "room": "dev", "from": "bo", "text": "before"}
+    shown = [old, json.loads(ev("join", 13, room="dev", nick="al")), json.loads(replay.split(b"\n")[1])]
+    (page,) = st.receive_data(enc(type="history", room="dev", events=shown, more=False, id=qid))
+    assert page["events"] == [old]  # the room's history before the join; the replayed lines shown once
+    st.hello()  # answered: not asked again at the next resume
+    st.receive_data(welcome(resumed=True, seq=14, rooms=["lobby", "dev"], last_id=qid))
+    assert st.unconfirmed() == []
+
+
+@pytest.mark.parametrize("answered", ["history", "room", "not handled", "never sent", "left"])
+def test_a_join_answered_or_not_done_asks_for_no_history(answered: str) -> None:
+    st = welcomed()
+    join = st.request(m.Join("dev"))
+    jid = decoded(join)["id"]
+    if answered != "never sent":
+        st.sent(join)
+    if answered == "history":  # the history came, the room reply and the ack were lost: nothing missing
+        st.receive_data(enc(type="history", room="dev", events=[], more=False))
+    if answered == "room":  # no history reply (--history-on-join 0), then the room reply
+        st.receive_data(enc(type="room", room="dev", nicks=["al"], id=jid))
+    st.hello()
+    handled = -1 if answered == "not handled" else jid
+    rooms = ["lobby"] if answered in ("not handled", "left") else ["lobby", "dev"]
+    st.receive_data(welcome(resumed=True, rooms=rooms, last_id=handled))
+    again = st.unconfirmed()
+    assert again == ([(jid, join)] if answered == "not handled" else [])  # (sent again: brings its own history)
+
+
 def test_questions_kept_are_bounded() -> None:
     st = welcomed()
     for _ in range(QUESTIONS_KEPT + 5):

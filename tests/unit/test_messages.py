@@ -288,6 +288,14 @@ def test_text_limits_and_allowed_characters() -> None:
         with pytest.raises(RemoteProtocolError, match=r"^text is blank$"):
             parse({"type": "msg", "room": "a", "text": blank})
         assert m.parse_post(b'{"type":"msg","room":"a","text":"%s"}' % blank.encode("unicode_escape")) is None
+    # Characters that draw as nothing are blanks too, alone or with spaces (zero-width space, Braille blank,
+    # Hangul filler, word joiner, soft hyphen, a variation selector, a tag, the bidi marks) ...
+    for blank in ("\u200b", "\u2800", "\u3164", " \u2060 ", "\u00ad\ufe0f", "\U000e0041", "\u200e\u200f\u061c"):
+        with pytest.raises(RemoteProtocolError, match=r"^text is blank$"):
+            parse({"type": "privmsg", "to": "ann", "text": blank})
+    # ... and stay inside a text that shows something (a joiner in an emoji, a bidi mark beside a word).
+    for shown in ("👩\u200d💻", "\u200fשלום", "a\u200b", "\u2800x", "\u0301"):
+        assert parse({"type": "msg", "room": "a", "text": shown}) == m.Msg("a", shown)
     assert m.check_text("  ", what="topic", empty=True) == "  "
     with pytest.raises(RemoteProtocolError, match=r"^text is longer than 4000 characters \(100 too many\)$"):
         m.check_text("x" * (const.MAX_TEXT + 100))  # how much to cut (a user pasted 4,100 characters)
@@ -512,7 +520,7 @@ def test_any_text_is_accepted_only_without_control_characters(text: str) -> None
         assert exc.code in (m.Err.BAD_TEXT, m.Err.BAD_FIELD)
         assert (
             not text
-            or text.isspace()
+            or m.is_blank(text)
             or any((ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in text)
         )
     else:
@@ -558,7 +566,10 @@ def test_parse_post_agrees_with_the_full_parser(kind: str, room: str, text: str,
     line = json.dumps({"type": kind, "room": room, "text": text, **({} if rid is None else {"id": rid})})
     compact = json.dumps(json.loads(line), ensure_ascii=False, separators=(",", ":")).encode()
     post = _agrees(compact)  # the client's encoding: taken by the fast path whenever its shape allows
-    simple = all(" " <= c <= "~" and c not in '"\\' for c in text) and 0 < len(text) <= const.MAX_TEXT
+    simple = (
+        all(" " <= c <= "~" and c not in '"\\' for c in text)
+        and 0 < len(text.strip(" ")) <= len(text) <= const.MAX_TEXT
+    )
     canonical = m._ROOM.fullmatch(room) is not None and len(room) <= const.ROOM_MAX
     fast = kind in ("msg", "action") and simple and canonical and (rid is None or 0 <= rid <= m.MAX_ID)
     assert (post is not None) == fast

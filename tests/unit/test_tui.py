@@ -284,6 +284,25 @@ def test_without_colours_the_status_line_is_drawn_in_reverse_video(depth: ColorD
         assert "\x1b[0;97;44m | alice" in drawn  # the colours, as they were
 
 
+@pytest.mark.parametrize("depth", [ColorDepth.DEPTH_1_BIT, ColorDepth.DEPTH_8_BIT])
+def test_a_line_padded_to_wrap_cannot_pass_for_a_line_without_colours_either(depth: ColorDepth) -> None:
+    """A message padded to the terminal's width shows its tail on a row of its own; in colour a real line's
+    time is grey and its nick coloured, where the tail's are plain. Without colours nothing told them
+    apart: the time is dim and the nick bold then."""
+    view = joined_view(others=("bob",))
+    forged = "lol" + " " * 70 + "12:03 <carol> meet me in #secret"
+    buf = io.StringIO()
+    out = Vt100_Output(buf, lambda: Size(24, 80), term="xterm", default_color_depth=depth)
+    for line in view.on_frame(ev("msg", 9, room="lobby", text=forged, **{"from": "bob"})):
+        print_formatted_text(out, [*line.fragments, ("", "\n")], tui.style_for(out), color_depth=depth)
+    out.flush()
+    drawn = buf.getvalue()
+    mono = depth == ColorDepth.DEPTH_1_BIT
+    time_style, nick_style = ("\x1b[0;2m", "\x1b[0;1m") if mono else ("\x1b[0;90m", "\x1b[0;33m")
+    assert re.search(re.escape(time_style) + r"\d\d:\d\d " + re.escape(nick_style) + "<bob>", drawn)
+    assert "\x1b[0m lol" + " " * 70 + "12:03 <carol> meet me in #secret\r\n" in drawn  # the text: plain
+
+
 def test_the_status_line_follows_rooms_members_nick_and_state() -> None:
     unsent = [0]
     view = joined_view(others=("bob", "carol"))
