@@ -193,6 +193,15 @@ def serve(
     max_per_ip: Annotated[
         int, typer.Option(envvar=_env("max_per_ip"), metavar="N", min=1, help="Connections from one address.")
     ] = const.MAX_PER_IP,
+    connect_rate: Annotated[
+        float,
+        typer.Option(
+            envvar=_env("connect_rate"),
+            metavar="N",
+            min=0.0,
+            help="New connections a second from one address, after --max-per-ip at once (0: no limit).",
+        ),
+    ] = const.CONNECT_RATE,
     exempt_loopback: Annotated[
         bool,
         typer.Option(
@@ -290,6 +299,7 @@ def serve(
         sendq=sendq,
         max_clients=max_clients,
         max_per_ip=max_per_ip,
+        connect_rate=connect_rate,
         exempt_loopback=exempt_loopback,
         handshake_timeout=handshake_timeout,
         ping_interval=ping_interval,

@@ -68,6 +68,7 @@ class ServerConfig:
     sendq: int = const.SENDQ
     max_clients: int = const.MAX_CLIENTS
     max_per_ip: int = const.MAX_PER_IP
+    connect_rate: float = const.CONNECT_RATE
     exempt_loopback: bool = True
     handshake_timeout: float = const.HANDSHAKE_TIMEOUT
     ping_interval: float = const.PING_INTERVAL

@@ -32,6 +32,9 @@ CLOSE_TIMEOUT: Final = 5.0  # seconds a closing connection may take to read its 
 # --- server-wide limits (main process) ---------------------------------------------------------------------
 MAX_CLIENTS: Final = 10_000  # connections across all workers
 MAX_PER_IP: Final = 32  # connections from one address across all workers (loopback exempt by default)
+# New connections a second from one address, after MAX_PER_IP (--max-per-ip) at once: a connection's rate
+# limit starts full, so connecting again and again must not be a way around it (loopback exempt likewise)
+CONNECT_RATE: Final = 2.0
 MAX_ROOMS_PER_SESSION: Final = 50  # rooms one session may be in: bounds the fan-in of a quit event
 MAX_ROOMS: Final = 10_000  # rooms on the server: bounds the hub's directory
 # Rooms made from one address (as --max-per-ip counts addresses) and in use: else 4 hosts, each with its

@@ -129,7 +129,6 @@ class ServerConnection:
         """Bytes from the client; b"" is EOF."""
         if self.closed:
             return []
-        self.last_seen = now
         if not data:
             self.closed = True
             self.throttled_until = None  # nothing more will be read: no pause to wait out

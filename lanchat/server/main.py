@@ -34,6 +34,7 @@ from lanchat.protocol import control
 from lanchat.protocol import messages as m
 from lanchat.protocol.plain import count_of
 from lanchat.server import heap
+from lanchat.server.admission import ConnectThrottle
 from lanchat.server.hub import Hub
 from lanchat.server.storms import Throttled
 from lanchat.server.worker import EXIT_BOOT_FAILED
@@ -45,6 +46,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2  # bad options, port in use, unusable data directory
 EXIT_WORKER_BOOT = 3  # a worker cannot start: restarting it forever would only hide the problem
 EXIT_HISTORY_LOST = 4  # stopped, but what was queued for a failing disk could not be written (logged)
+EXIT_CUT_SHORT = 128 + signal.SIGINT  # a second Ctrl-C: the workers killed, not stopped (the shell's 130)
 LOCK_NAME = "lock"  # in the data directory: one server per directory (lock_data_dir)
 SUPERVISE_INTERVAL = 0.1  # seconds between supervisor rounds: a dead worker is replaced well within 1 s
 SUPERVISE_ERROR_LOG_INTERVAL = 5.0  # seconds between tracebacks of a supervisor error that repeats
@@ -63,7 +65,31 @@ WORKER_EXIT_WAIT = 0.05  # seconds a worker whose pipe closed has to exit by its
 # asking for an exit now; sooner than anyone presses a key twice.
 REPEAT_SIGINT_MIN = 0.3
 ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
+# TCP keepalive of every connection: the first probe after KEEPALIVE_IDLE s of silence, then one every
+# KEEPALIVE_INTERVAL s, KEEPALIVE_PROBES unanswered ending it: a vanished plain (nc) client's session ends,
+# and its nick is free, 2 min after it went silent. JSON clients are pinged sooner (--ping-interval).
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_PROBES = 4
+_KEEPALIVE = [
+    (getattr(socket, name), value)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL), ("TCP_KEEPCNT", KEEPALIVE_PROBES)
+    )
+    if hasattr(socket, name)  # (Linux, and most others; macOS has TCP_KEEPALIVE for the first)
+]  # fmt: skip
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# What accept(2) may return for a connection that failed before it was taken (Linux passes a new socket's
+# pending network error on: its manual says to treat these as EAGAIN and accept again).
+_ACCEPT_SKIP_ERRNOS = {
+    errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
+    errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH, errno.EPERM,
+}  # fmt: skip
+# A refused connection is closed once its client closed too (it read the error line), REFUSE_LINGER seconds at
+# most, REFUSED_LINGERING_MAX at once (more are closed at once: a storm of refusals holds no more descriptors).
+REFUSE_LINGER = 2.0
+REFUSED_LINGERING_MAX = 256
+REFUSE_DRAIN_READS = 16  # reads of 64 KiB per wake-up of a lingering refused connection
 
 
 @dataclass(eq=False)
@@ -168,6 +194,8 @@ class Server:
         self.next_conn = 1
         self.conn_peer: dict[int, tuple[str, int]] = {}  # conn -> (ip, worker index)
         self.per_ip: Counter[str] = Counter()
+        self.connects = ConnectThrottle(config.connect_rate, config.max_per_ip)  # per address, as per_ip counts
+        self._refused: dict[int, tuple[socket.socket, float]] = {}  # fd -> (refused socket, when to close it)
         self.storms = Throttled(log)  # warnings that would come once per connection in a storm of connects
         self.handoff: dict[int, socket.socket] = {}  # conn -> our copy, until its worker adopts it
         self.stopping = False
@@ -517,6 +545,8 @@ class Server:
             self.hub.tick(self._now())
             self._schedule_flush()
         self.storms.flush(now)
+        self.connects.prune(now)
+        self._close_lingering(now)
 
     # --- accepting -----------------------------------------------------------------------------------------
 
@@ -528,6 +558,8 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                if exc.errno in _ACCEPT_SKIP_ERRNOS:
+                    continue
                 if exc.errno in _ACCEPT_BACKOFF_ERRNOS:
                     why, pause = os.strerror(exc.errno or 0), const.ACCEPT_BACKOFF * 1000
                     self.storms.warning("accept", "accept: %s; pausing %.0f ms", why, pause)
@@ -550,12 +582,40 @@ class Server:
         self.loop.call_later(const.ACCEPT_BACKOFF, resume)
 
     def _refuse(self, sock: socket.socket, code: str, message: str) -> None:
+        """Tell the client why, and close once it has read that. A close with unread bytes (a hello written
+        right after connecting) is a reset, and a reset loses the error line on its way (a review: 20 of 20
+        such clients got ECONNRESET and no reason): what it sent is read and dropped, and the close waits
+        for its end (REFUSE_LINGER at most)."""
         try:
             sock.setblocking(False)
+            _drain(sock, REFUSE_DRAIN_READS)
             sock.send(m.encode(m.error_frame(code, message, fatal=True)))
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
+            sock.close()
+            return
+        if len(self._refused) >= REFUSED_LINGERING_MAX or self.stopping:
+            sock.close()
+            return
+        fd = sock.fileno()
+        self._refused[fd] = (sock, time.monotonic() + REFUSE_LINGER)
+        self.loop.add_reader(fd, self._refused_readable, fd)
+
+    def _refused_readable(self, fd: int) -> None:
+        sock, _ = self._refused[fd]
+        if not _drain(sock, REFUSE_DRAIN_READS):  # its end (or an error): done
+            self._close_refused(fd)
+
+    def _close_refused(self, fd: int) -> None:
+        sock, _ = self._refused.pop(fd)
+        self.loop.remove_reader(fd)
         sock.close()
+
+    def _close_lingering(self, now: float | None = None) -> None:
+        """Close the refused connections whose linger is over (all of them if ``now`` is None)."""
+        for fd, (_, until) in list(self._refused.items()):
+            if now is None or now >= until:
+                self._close_refused(fd)
 
     def _place(self, sock: socket.socket, ip: str) -> None:
         cfg = self.config
@@ -569,13 +629,20 @@ class Server:
         if counted and self.per_ip[ip] >= cfg.max_per_ip:
             self._refuse(sock, m.Err.TOO_MANY_FROM_IP, f"too many connections from {ip} (max {cfg.max_per_ip})")
             return
+        if counted and (wait := self.connects.wait(ip, time.monotonic())) > 0:
+            rate = f"{cfg.connect_rate:g} a second after {cfg.max_per_ip} at once"
+            self._refuse(sock, m.Err.TOO_MANY_FROM_IP, f"{ip} connects too often ({rate}); try again in {wait:.1f} s")
+            return
         live = [s for s in self.slots if s.alive and s.ready and s.fd_sock is not None]
         if not live:
             self._refuse(sock, m.Err.INTERNAL, "no worker available; try again in a moment")
             return
         conn = self.next_conn
         self.next_conn += 1
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # plain sessions' only check of their peer:
+        for opt, value in _KEEPALIVE:  # the system's default finds a vanished one after 2 h 11 min
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, opt, value)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         note = [json.dumps({"conn": conn, "peer": ip}).encode()]
@@ -745,6 +812,7 @@ class Server:
                 )
                 for slot in self.slots:
                     self._kill(slot)
+                self.exit_code = EXIT_CUT_SHORT  # (history is still written: what was acknowledged stays)
                 self.done.set()
             return
         log.info("%s: shutting down (clients are told; up to %.0f s)", signal.Signals(sig).name, const.SHUTDOWN_GRACE)
@@ -783,6 +851,7 @@ class Server:
             await asyncio.wait({self._restart}, timeout=2.0)
         for conn in list(self.handoff):
             self._release_handoff(conn)
+        self._close_lingering()
         for slot in self.slots:
             if slot.proc is not None:
                 if slot.proc.poll() is None:
@@ -855,6 +924,19 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:  # real-time signals (SIGRTMIN+n) have no name in the enum
         return f"signal {signum}"
+
+
+def _drain(sock: socket.socket, reads: int) -> bool:
+    """Read and drop what a non-blocking ``sock`` has (``reads`` reads at most); False at its end or an error."""
+    for _ in range(reads):
+        try:
+            if not sock.recv(65536):
+                return False
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+    return True
 
 
 def _is_loopback(ip: str) -> bool:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import socket
+import subprocess
 import time
 
 import pytest
 from support import Client, MakeServer
+
+from lanchat.server.main import KEEPALIVE_IDLE
 
 
 def _msg_line(length: int, rid: int = 1) -> bytes:
@@ -144,7 +149,7 @@ def test_a_resume_that_replaces_an_open_connection_frees_its_slot(make_server: M
 def test_an_address_holds_at_most_max_per_ip_sessions_for_a_resume(make_server: MakeServer) -> None:
     """Sessions dropped without a goodbye are held for the grace; a host dropping session after session
     (each with its rooms) held them all. It holds --max-per-ip of them: the oldest ends, its nick is free."""
-    server = make_server("--max-per-ip", "2", "--no-exempt-loopback", workers=1)  # 1 worker: drops in order
+    server = make_server("--max-per-ip", "2", "--no-exempt-loopback", "--connect-rate", "0", workers=1)  # (in order)
     for nick in ("u0", "u1", "u2"):
         Client(server.port, nick, rooms=[f"{nick}-a", f"{nick}-b"]).close()  # gone without a quit: held
     server.wait_log(r"\(u0\) ended: too many sessions held for this address")  # all three drops counted
@@ -171,6 +176,56 @@ def test_max_per_ip_across_workers(make_server: MakeServer, exempt: bool) -> Non
     finally:
         for c in clients:
             c.close()
+
+
+def test_connecting_again_and_again_is_no_way_around_the_rate(make_server: MakeServer) -> None:
+    """A connection's rate limit starts full: a review posted a burst, quit, connected again and posted
+    another, 23,000 lines a second from one address. An address connects --max-per-ip times at once,
+    then --connect-rate times a second."""
+    server = make_server("--max-per-ip", "3", "--no-exempt-loopback", "--connect-rate", "0.5", workers=2)
+    for nick in ("a1", "a2", "a3"):  # the burst: each posts, and quits
+        with Client(server.port, nick) as c:
+            c.send({"type": "msg", "room": "lobby", "text": "burst", "id": 1})
+            c.expect("ack")
+            c.send({"type": "quit"})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as fourth:
+        frame = json.loads(fourth.makefile("rb").readline())
+    assert frame["code"] == "too_many_connections" and frame["fatal"] is True
+    assert re.fullmatch(
+        r"127\.0\.0\.1 connects too often \(0\.5 a second after 3 at once\); try again in [12]\.\d s", frame["message"]
+    )
+
+
+def test_a_refused_client_that_spoke_first_still_reads_why(make_server: MakeServer) -> None:
+    """A client that writes its hello as soon as it is connected (bots, scripts: the hello is in the
+    server's socket before the main process accepts it) got a reset instead of the refusal: a close with
+    unread bytes is a reset, and the error line was lost on its way (20 of 20 in a review)."""
+    server = make_server("--max-per-ip", "1", "--no-exempt-loopback", "--connect-rate", "0", workers=1)
+    with Client(server.port, "holder"):
+        for i in range(10):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(b'{"type":"hello","nick":"late%d"}\n' % i)
+                lines = sock.makefile("rb").read().splitlines()  # to the server's end: no ECONNRESET
+            assert [json.loads(line)["code"] for line in lines] == ["too_many_connections"]
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a socket's timers")
+def test_a_vanished_plain_client_is_found_by_keepalive_in_minutes_not_hours(make_server: MakeServer) -> None:
+    """Plain (nc) sessions are not pinged: TCP keepalive finds a peer that vanished, and with the system's
+    defaults that took 2 h 11 min, the nick held all along (a docs audit). Every connection's first probe
+    now comes after KEEPALIVE_IDLE s of silence."""
+    server = make_server(workers=1)
+    timer = None
+    with Client(server.port, "al"):
+        deadline = time.monotonic() + 5
+        while timer is None and time.monotonic() < deadline:  # (while its welcome is unacked: the send timer)
+            shown = subprocess.run(
+                ["ss", "-tnoH", "state", "established", f"( sport = :{server.port} )"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout  # fmt: skip
+            timer = re.search(r"timer:\(keepalive,(?:(\d+)min)?(\d+)(?:\.\d+)?sec,0\)", shown)
+    assert timer is not None, shown
+    assert 0 < int(timer[1] or 0) * 60 + int(timer[2]) <= KEEPALIVE_IDLE
 
 
 def test_handshake_timeout_closes_silent_connections(make_server: MakeServer) -> None:

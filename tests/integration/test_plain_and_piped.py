@@ -177,6 +177,24 @@ def test_plain_text_session_with_a_raw_socket(make_server: MakeServer) -> None:
             nc.close()
 
 
+def test_plain_nicks_pasted_before_the_welcome_are_a_hello_then_a_rename(make_server: MakeServer) -> None:
+    """`/nick pam` and `/nick pam2` pasted at once (a script, nc): both went to the hub as hellos before the
+    first welcome came, and the second was refused (`already_registered`): the rename was lost."""
+    server = make_server(workers=1)
+    with Client(server.port, "jason") as js:
+        nc = Plain(server.port)
+        try:
+            nc.expect("/nick YOURNAME")
+            nc.send("/nick pam\n/nick pam2\nhello there")
+            nc.expect("Welcome! You are pam")
+            assert nc.expect("pam is now known as pam2")
+            msg = js.expect("msg")
+            assert (msg["from"], msg["text"]) == ("pam2", "hello there")
+            assert not [f for f in js.seen if f.get("type") == "error"]
+        finally:
+            nc.close()
+
+
 @contextlib.contextmanager
 def _join(port: int, *args: str) -> Iterator[subprocess.Popen[str]]:
     """`lanchat join` in piped mode with pipes on all three streams; killed and closed afterwards."""

@@ -573,8 +573,9 @@ def test_one_ctrl_c_delivered_twice_is_still_a_graceful_stop(tmp_path: Path, mon
             server._supervise_once()
             assert server.stopping and not server.done.is_set()
             _, first = server._stop_signal or (0, 0.0)
+            assert server.exit_code == server_main.EXIT_OK
             server._handle_signal(signal.SIGINT, first + server_main.REPEAT_SIGINT_MIN + 0.01)  # a person, again
-            assert server.done.is_set()
+            assert server.done.is_set() and server.exit_code == 130  # not "stopped cleanly" (a docs audit)
 
         async with _in_process_server(tmp_path / "data2", workers=1) as server:
             server._handle_signal(signal.SIGTERM, 100.0)

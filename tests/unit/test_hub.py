@@ -971,6 +971,41 @@ def test_join_part_topic_who_rooms(net: Workers) -> None:
     assert net.take(1, 10)[0]["code"] == m.Err.NOT_IN_ROOM
 
 
+def test_the_rooms_listing_is_made_once_and_again_after_each_change(net: Workers) -> None:
+    """The listing is kept between changes (with 10,000 rooms one took 24 ms, two a second per connection:
+    a review); every change that it shows makes it again: a join, a part, a topic, a quit, a room gone."""
+    hub = net.hub
+
+    def listing() -> list[tuple[str, int, str]]:
+        hub.request(1, 10, {"type": "rooms", "id": 9}, 1.0)
+        (frame,) = net.take(1, 10)
+        assert frame["id"] == 9
+        return [(r["name"], r["users"], r["topic"]) for r in frame["rooms"]]
+
+    welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo", rooms=["dev"])
+    net.clear()
+    assert listing() == [("dev", 1, ""), ("lobby", 1, "")]
+    made = hub._listing
+    assert listing() == [("dev", 1, ""), ("lobby", 1, "")] and hub._listing is made  # kept: nothing changed
+    hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "no change to rooms"}, 1.0)
+    net.clear()
+    assert hub._listing is made
+    hub.request(1, 10, {"type": "join", "room": "dev"}, 1.0)
+    net.clear()
+    assert listing() == [("dev", 2, ""), ("lobby", 1, "")]
+    hub.request(2, 20, {"type": "topic", "room": "dev", "topic": "ship"}, 1.0)
+    net.clear()
+    assert listing() == [("dev", 2, "ship"), ("lobby", 1, "")]
+    hub.request(1, 10, {"type": "part", "room": "dev"}, 1.0)
+    net.clear()
+    assert listing() == [("dev", 1, "ship"), ("lobby", 1, "")]
+    hub.request(2, 20, {"type": "quit"}, 1.0)
+    hub.closed(2, 20, True, "quit", 1.0)
+    net.clear()
+    assert listing() == [("lobby", 1, "")]  # dev is gone with its last member
+
+
 def test_rooms_per_session_are_bounded(net: Workers) -> None:
     welcome_of(net, 1, 10, "al", rooms=[f"r{i}" for i in range(const.MAX_ROOMS_PER_SESSION)])
     net.clear()

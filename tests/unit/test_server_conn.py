@@ -201,6 +201,20 @@ def test_a_long_line_is_framed_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> 
     assert len(out) == 2 and c.frames_in == 3  # the /nick, the long line (refused: too long a text), "short"
 
 
+def test_silence_counts_from_the_last_line_not_from_bytes_of_an_unfinished_one() -> None:
+    """A review: one byte every half second, never a newline, kept a connection alive for ever (never
+    pinged, never dropped) while it held up to --max-frame bytes, where the docs say silence counts from
+    the last line handled."""
+    c = conn()
+    c.receive_data(b'{"type":"hello","nick":"al"}\n', 5.0)
+    assert c.last_seen == 5.0
+    for i in range(20):
+        assert c.receive_data(b" ", 10.0 + i) == []
+    assert c.last_seen == 5.0
+    c.receive_data(b"\n", 40.0)  # the line ends (blank): heard
+    assert c.last_seen == 40.0
+
+
 def test_quit_before_hello_closes_without_forwarding() -> None:
     c = conn()
     assert c.receive_data(b'{"type":"quit"}\n', 0.0) == [Close("quit", clean=True)]
