@@ -336,13 +336,15 @@ class ChatClient:
                         self._deliver(frame)
                         continue
                     self._drop_connection()
+                    hint = ""
                     if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK):
                         exit_code = EXIT_NICK
+                        hint = "; choose another with --nick NAME"  # (a shared lab login: the nick is its name)
                     elif code in _REFUSED_FOR_NOW:  # the server is there but cannot take us yet: retry
                         exit_code = EXIT_UNREACHABLE
                     else:
                         exit_code = EXIT_ERROR
-                    raise ConnectError(str(frame.get("message", code)), exit_code)
+                    raise ConnectError(str(frame.get("message", code)) + hint, exit_code)
                 if kind == "welcome":
                     welcomed = True
                     # the least seen: a server busy at one hello (or just started) must not stretch every wait

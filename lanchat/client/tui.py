@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application, get_app
+from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples, fragment_list_width
@@ -50,10 +51,11 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyBindingsBase, KeyPressEvent, merge_key_bindings
 from prompt_toolkit.keys import Keys
+from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.output import ColorDepth, Output, create_output
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.patch_stdout import patch_stdout
-from prompt_toolkit.renderer import print_formatted_text
+from prompt_toolkit.renderer import Renderer, print_formatted_text
 from prompt_toolkit.styles import BaseStyle, Style, merge_styles
 from prompt_toolkit.utils import get_bell_environment_variable, get_cwidth, get_term_environment_variable
 from prompt_toolkit.validation import ValidationError, Validator
@@ -162,6 +164,7 @@ TRANSCRIPT_MAX: Final = 2000  # lines of plain text the view remembers (tests, /
 RECENT_SPEAKERS_MAX: Final = 200  # nicks remembered for completion beyond the rooms' member lists
 KNOWN_ROOMS_MAX: Final = 1000  # room names remembered for completion (a /rooms reply can be long)
 MENU_ROWS: Final = 8  # rows for the completion menu, as prompt_toolkit reserves by default
+INPUT_ROWS_SPARED: Final = 2  # rows of the window the input never takes: the status line's and one of chat
 TOOLBAR_NAME_MIN: Final = 8  # columns a room or nick keeps at least when a narrow status line shortens it
 _NO_ARG_COMMANDS: Final = frozenset({"/rooms", "/status", "/help"})
 _ROOM_ARG_COMMANDS: Final = frozenset({"/join", "/switch", "/part", "/leave", "/who", "/names"})
@@ -943,6 +946,7 @@ async def run_app(
         output=output,
     )
     session.style = style_for(session.app.output)
+    _keep_scrollback_clean(session.app.renderer)
     printer = Printer(session.app.output, app=session.app)
     session.key_bindings = _key_bindings(view, session.app.invalidate, printer.show)
 
@@ -1033,7 +1037,8 @@ async def run_app(
         again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
         while True:
             had = len(history.get_strings())
-            prompt = asyncio.create_task(session.prompt_async(default=again), name="tui-prompt")
+            at_first_line = functools.partial(_cursor_to, session.default_buffer, len(again.split("\n", 1)[0]))
+            prompt = asyncio.create_task(session.prompt_async(default=again, pre_run=at_first_line), name="tui-prompt")
             again = ""
             waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -1053,7 +1058,7 @@ async def run_app(
                 await quit_with()
                 return quit_code()
             lines = typed_lines(text)
-            for line in lines:  # each line answered before the next (a paste in order)
+            for at, line in enumerate(lines):  # each line answered before the next (a paste in order)
                 submitted = view.submit(line)
                 printer.show(submitted.lines)
                 if submitted.quit is not None:  # the lines before it are sent: the quit follows them
@@ -1069,9 +1074,10 @@ async def run_app(
                         refused = True
                     else:
                         printer.show(view.taken(submitted))
-                if refused and len(lines) == 1:  # (a paste's refused line is said; Up brings the paste back)
-                    again = line
-                    history.take_back(line, had)  # (in the input again: Up's first entry would be the same line)
+                if refused:  # in the input again, with the rest of its paste (those before it are sent: Up
+                    again = "\n".join(lines[at:])  # bringing the whole paste back sent them twice)
+                    history.take_back(text, had)  # (Up's first entry would be the same line)
+                    break
     finally:
         for unhook in unhooks:
             unhook()
@@ -1082,6 +1088,34 @@ async def run_app(
         if client.status != "closed":
             await client.close()
         await printer.close()
+
+
+def _keep_scrollback_clean(renderer: Renderer) -> None:
+    """The prompt's erase, without an erase-below from the screen's top left. tmux (3.2 and later, its
+    scroll-on-clear on by default) takes that for a clear of the whole screen and keeps what it erases in
+    its scrollback: after Ctrl-L, with the prompt at the top, every message arriving and every line sent
+    left a copy of the input and the status line there (a classroom walkthrough: a pasted poem, twice).
+    The prompt's first row is erased alone, the rows below it from the second."""
+
+    def erase(leave_alternate_screen: bool = True) -> None:
+        out, at = renderer.output, renderer._cursor_pos
+        out.cursor_backward(at.x)
+        out.cursor_up(at.y)
+        out.erase_end_of_line()  # (from column 0: the whole row)
+        out.cursor_down(1)
+        out.erase_down()
+        out.cursor_up(1)
+        out.reset_attributes()
+        out.enable_autowrap()
+        out.flush()
+        renderer.reset(leave_alternate_screen=leave_alternate_screen)
+
+    renderer.erase = erase  # type: ignore[method-assign]
+
+
+def _cursor_to(buffer: Buffer, position: int) -> None:
+    """A refused line back in the input with the rest of its paste: the cursor at its end, not the paste's."""
+    buffer.cursor_position = position
 
 
 class _History(InMemoryHistory):
@@ -1105,6 +1139,18 @@ class _ChatSession(PromptSession[str]):
     @reserve_space_for_menu.setter
     def reserve_space_for_menu(self, value: int) -> None:  # PromptSession's own setting: MENU_ROWS stands for it
         pass
+
+    def _get_default_buffer_control_height(self) -> Dimension:
+        """The input's rows, fewer than the window's: a paste taller than the window was drawn past its top,
+        and those rows were left in the scrollback (twice, with a status line) when it was sent or a
+        message came. The input scrolls within them instead, the cursor's line in view."""
+        wanted = super()._get_default_buffer_control_height()
+        most = max(1, self.app.output.get_size().rows - INPUT_ROWS_SPARED)
+        return Dimension(  # (what it left unspecified stays so: the window's content decides it)
+            min=min(wanted.min, most) if wanted.min_specified else None,
+            max=min(wanted.max, most),
+            preferred=min(wanted.preferred, most) if wanted.preferred_specified else None,
+        )
 
 
 def _menu_rows(rows: int) -> int:

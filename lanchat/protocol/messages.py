@@ -95,9 +95,23 @@ def check_nick(nick: object) -> str:
     return nick
 
 
+# Letters of other scripts drawn like Latin ones (Unicode's confusables, TR39, for the Cyrillic, Greek and
+# Latin letters a nick may hold): a classroom walkthrough took "tеасhеr" (Cyrillic е, а, с) beside the
+# teacher, and its lines read as the teacher's. Capitals are mapped before case folding: Cyrillic Н is
+# Latin H, while its small н is not h.
+_LOOKALIKES: Final = str.maketrans(
+    "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυν",
+    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcABEZHIKMNOPTYXoaipuv",
+)
+
+
 def nick_key(nick: str) -> str:
-    """Nicks are unique case-insensitively."""
-    return nick.casefold()
+    """Nicks are unique case-insensitively, and look-alikes are one nick: compatibility forms (full-width
+    ｔｅａｃｈｅｒ, mathematical 𝐭𝐞𝐚𝐜𝐡𝐞𝐫) and letters of other scripts drawn like Latin ones count as
+    those, so nobody can take a nick that reads as another's."""
+    if nick.isascii():  # (the common case, and the hot path's)
+        return nick.casefold()
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", nick).translate(_LOOKALIKES)).casefold()
 
 
 def check_room(room: object) -> str:

@@ -27,7 +27,8 @@ Commands:
   /part [ROOM] [WHY]   leave a room (default: the current one)
   /switch ROOM         make a joined room current
   /nick NAME           change your nick
-  /topic [TEXT]        show or set the current room's topic
+  /topic [#ROOM] [TEXT]
+                       show or set the topic of the current room or ROOM
   /who [ROOM]          who is in a room
   /rooms               list rooms with their member counts
   /history [N] [#ROOM] [before SEQ]
@@ -146,7 +147,12 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
         if not rest:
             raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /nick NAME")
         return m.Nick(m.check_nick(rest))
-    if cmd == "/topic":
+    if cmd == "/topic":  # /topic #ROOM [TEXT], as IRC has it, for a room we are in or a question: else all text
+        target, _, text = rest.partition(" ")
+        if target.startswith("#") and (target[1:].lower() in joined or not text.strip()):
+            return m.Topic(
+                m.check_room(target), m.check_text(text.strip(), limit=300, what="topic", empty=True) or None
+            )
         return m.Topic(_need_room(room), m.check_text(rest, limit=300, what="topic", empty=True) if rest else None)
     if cmd in ("/who", "/names"):
         return m.Who(m.check_room(rest) if rest else _need_room(room))

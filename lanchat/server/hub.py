@@ -446,6 +446,10 @@ class Hub:
         if holder.detached_at is not None:
             left = self._held_for(holder, now)
             held = " (held for a reconnecting user" + (f" for {left} s more)" if left is not None else ")")
+        if holder.nick.casefold() != nick.casefold():  # a look-alike (m.nick_key): say which nick it reads as
+            return RemoteProtocolError(
+                m.Err.NICK_TAKEN, f"nick {nick} reads as {holder.nick}, which is taken{held}", request_id=rid
+            )
         return RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {nick} is taken{held}", request_id=rid)
 
     def tick(self, now: float) -> None:

@@ -110,6 +110,90 @@ def test_a_refused_line_comes_back_to_be_mended(term: Tmux, server: ServerProces
         term.wait_prompt("#lobby>")  # empty once sent
 
 
+def test_a_paste_stops_at_its_refused_line_which_comes_back_with_the_rest(
+    term: Tmux, server: ServerProcess, tmp_path: Path
+) -> None:
+    """A classroom walkthrough: a paste of three lines with a typo in the second sent the first and third,
+    and Up brought the whole paste back: mended and sent, the first and third went out twice. The paste
+    stops at the refused line, which comes back with the lines after it."""
+    join(term, server.port)
+    with Client(server.port, "bob") as bob:
+        term.wait_for("bob joined #lobby")
+        paste = tmp_path / "paste.txt"
+        paste.write_text("first ok\n/mgs bob typo\nthird ok")
+        term.tmux("load-buffer", str(paste))
+        term.tmux("paste-buffer", "-p", "-t", "t")
+        term.keys("Enter")
+        term.wait_for("unknown command /mgs")
+        assert bob.expect("msg")["text"] == "first ok"
+        term.wait_prompt("#lobby> /mgs bob typo")
+        assert "third ok" in term.screen()  # (the rest of the paste, on the input's next row)
+        term.keys("Home", "Right", "Right", "Right", "Right", "BSpace", "BSpace", "s", "g")  # /mgs -> /msg
+        term.keys("Enter")
+        assert bob.expect("privmsg")["text"] == "typo"
+        assert bob.expect("msg")["text"] == "third ok"
+        term.wait_for("<alice> third ok")
+        assert [f["text"] for f in bob.seen if f.get("type") == "msg"] == ["first ok", "third ok"]  # once each
+
+
+def _scrollback(term: Tmux) -> list[str]:
+    """The pane's whole history and screen, a row each, blank rows left out."""
+    return [row for row in term.tmux("capture-pane", "-p", "-t", "t", "-S", "-").splitlines() if row.strip()]
+
+
+def test_after_ctrl_l_the_prompt_leaves_no_copies_in_the_scrollback(term: Tmux, server: ServerProcess) -> None:
+    """A classroom walkthrough: after Ctrl-L (the prompt at the screen's top left) every message arriving
+    and every line sent left a copy of the input and the status line in the scrollback. tmux (3.2 and
+    later, scroll-on-clear) keeps what an erase-below from the top left erases, as it keeps a clear."""
+    join(term, server.port)
+    with Client(server.port, "bob") as bob:
+        term.wait_for("bob joined #lobby")
+        term.keys("C-l")
+        term.wait(lambda screen: "bob joined" not in screen, "the screen cleared")
+        term.type("a draft")
+        term.wait_prompt("#lobby> a draft")
+        for text in ("one", "two"):
+            bob.send({"type": "msg", "room": "lobby", "text": text})
+            term.wait_for(f"<bob> {text}")
+        term.wait_prompt("#lobby> a draft")
+        term.keys("Enter")
+        term.wait_for("<alice> a draft")
+        term.wait_prompt("#lobby>")
+    rows = _scrollback(term)
+    assert not [r for r in rows if r.startswith("#lobby> a draft")], rows  # only its echo, with a time
+    assert len([r for r in rows if "| alice |" in r]) == 1, rows  # the status line, once: at the bottom
+
+
+def test_a_paste_taller_than_the_window_scrolls_in_the_input_and_leaves_no_rows_behind(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """A paste of 40 lines in a window of 12 was drawn past the window's top, and those rows stayed in the
+    scrollback, without a nick or a time, as if said. The input takes the window less two rows and
+    scrolls within them."""
+    term = Tmux(tmp_path, width=80, height=12)
+    try:
+        join(term, server.port)
+        paste = tmp_path / "poem.txt"
+        paste.write_text("\n".join(f"verse {i}" for i in range(1, 41)))
+        term.tmux("load-buffer", str(paste))
+        term.tmux("paste-buffer", "-p", "-t", "t")
+        term.wait_for("verse 40")
+        screen = term.lines()
+        assert "| alice |" in term.status_line() and not [r for r in screen if r.startswith("#lobby>")]  # scrolled
+        assert len([r for r in screen if r.startswith("verse")]) == 12 - 2
+        with Client(server.port, "bob") as bob:
+            term.wait_for("bob joined #lobby")
+            term.keys("Enter")
+            for i in range(1, 41):
+                assert bob.expect("msg")["text"] == f"verse {i}"
+        term.wait_for("<alice> verse 40")
+        rows = _scrollback(term)
+        assert not [r for r in rows if r.startswith("verse")], rows  # each verse only as said, after its time
+        assert len([r for r in rows if "| alice |" in r]) == 1, rows
+    finally:
+        term.close()
+
+
 def test_tab_in_a_short_window_shows_the_menu_not_window_too_small(tmp_path: Path, server: ServerProcess) -> None:
     """prompt_toolkit keeps 8 rows for the completion menu: in a window of 6, Tab turned the whole screen into
     "Window too small..." (a terminal-compatibility walkthrough). The menu gets what the window has."""

@@ -284,7 +284,7 @@ def test_piped_join_exit_codes(make_server: MakeServer) -> None:
     server = make_server(workers=1)
     with Client(server.port, "taken"):
         out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "TAKEN", input="")
-        assert out.returncode == 4 and "taken" in out.stderr
+        assert out.returncode == 4 and "taken; choose another with --nick NAME" in out.stderr  # (a shared login)
         bad = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "9lives", input="")
         assert bad.returncode == 4 and "nick" in bad.stderr
     closed = run_cli("join", "127.0.0.1:1", "--nick", "x", input="")

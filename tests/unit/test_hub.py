@@ -202,6 +202,22 @@ def test_nick_collision_is_case_insensitive(net: Workers) -> None:
     welcome_of(net, 2, 5, "alice2")  # the same connection may try again
 
 
+def test_a_look_alike_of_a_nick_is_taken_and_the_refusal_says_which(net: Workers) -> None:
+    """A classroom walkthrough: "tеасhеr" (Cyrillic letters) was welcomed beside the teacher, and its
+    posts read as the teacher's. It is the same nick now, for a hello and a /nick alike."""
+    welcome_of(net, 1, 1, "teacher")
+    err = hello(net, 2, 5, "t\u0435\u0430\u0441h\u0435r", id=3)
+    assert err["code"] == m.Err.NICK_TAKEN
+    assert err["message"] == "nick t\u0435\u0430\u0441h\u0435r reads as teacher, which is taken"
+    welcome_of(net, 2, 5, "ben")
+    net.clear()
+    net.hub.request(2, 5, {"type": "nick", "nick": "\uff54\uff45\uff41\uff43\uff48\uff45\uff52", "id": 4}, 1.0)
+    (err,) = net.take(2, 5)
+    assert (err["code"], err["id"]) == (m.Err.NICK_TAKEN, 4)
+    net.hub.request(2, 5, {"type": "privmsg", "to": "T\u0415ACHER", "text": "to the one teacher"}, 1.0)
+    assert [f["text"] for f in net.take(1, 1) if f["type"] == "privmsg"] == ["to the one teacher"]
+
+
 def test_second_hello_on_a_connection(net: Workers) -> None:
     welcome_of(net, 1, 1, "al")
     err = hello(net, 1, 1, "other", id=9)

@@ -338,6 +338,27 @@ def test_nick_keys_are_case_insensitive() -> None:
 
 
 @pytest.mark.parametrize(
+    "lookalike",
+    [
+        "t\u0435\u0430\u0441h\u0435r",  # Cyrillic е, а, с (a classroom walkthrough: the teacher's lines)
+        "\uff54\uff45\uff41\uff43\uff48\uff45\uff52",  # full-width
+        "\U0001d42d\U0001d41e\U0001d41a\U0001d41c\U0001d421\U0001d41e\U0001d42b",  # mathematical bold
+        "\u0422\u0415\u0410\u0421\u041dER",  # Cyrillic capitals Т Е А С Н
+        "TEAC\u0397ER",  # Greek capital eta
+    ],
+)
+def test_look_alike_nicks_are_one_nick(lookalike: str) -> None:
+    assert m.check_nick(lookalike)  # a valid nick of its own...
+    assert m.nick_key(lookalike) == m.nick_key("teacher")  # ... that reads as "teacher": the same nick
+
+
+def test_nicks_of_other_scripts_stay_their_own() -> None:
+    keys = {m.nick_key(n) for n in ("teacher", "учитель", "δάσκαλος", "先生", "тема", "Hana", "нана")}
+    assert len(keys) == 7  # (Cyrillic small н is not h: only capitals drawn alike are mapped)
+    assert m.nick_key("\u0430nn") == m.nick_key("ann") != m.nick_key("\u043enn")  # а is a; о is o, not a
+
+
+@pytest.mark.parametrize(
     ("raw", "room"),
     [("lobby", "lobby"), ("#Lobby", "lobby"), ("DEV", "dev"), ("a.b-c_d", "a.b-c_d"), ("9", "9"),
      ("x" * const.ROOM_MAX, "x" * const.ROOM_MAX), ("#" + "y" * const.ROOM_MAX, "y" * const.ROOM_MAX)],

@@ -150,6 +150,17 @@ def test_part_takes_a_reason_unless_the_first_word_names_a_room() -> None:
     assert parse_command("/part ops", "lobby", joined) == m.Part("ops", "")  # the server says if we are not in it
 
 
+def test_topic_names_a_room_as_irc_does_when_it_can_only_be_one() -> None:
+    """A classroom walkthrough: `/topic #lobby new topic` set the current room's topic to that whole text,
+    where /who and /history take a #ROOM."""
+    joined = ["lobby", "maths"]
+    assert parse_command("/topic #maths Quiz on Friday", "lobby", joined) == m.Topic("maths", "Quiz on Friday")
+    assert parse_command("/topic #Maths", "lobby", joined) == m.Topic("maths", None)  # asked
+    assert parse_command("/topic #art", "lobby", joined) == m.Topic("art", None)  # asked of any room
+    assert parse_command("/topic #1 priority: the exam", "lobby", joined) == m.Topic("lobby", "#1 priority: the exam")
+    assert parse_command("/topic #maths   ", "lobby", joined) == m.Topic("maths", None)
+
+
 @pytest.mark.parametrize("line", ["hello", "//x", "/me waves", "/part", "/part Bye", "/topic", "/who", "/history"])
 def test_commands_that_need_a_current_room(line: str) -> None:
     assert err(line, None) == m.Err.NOT_IN_ROOM

@@ -796,7 +796,8 @@ def test_typing_sends_and_events_are_shown(server: ServerProcess) -> None:
 
 def test_what_is_typed_offline_is_answered_line_by_line_and_a_refusal_is_not_queued(tmp_path: Path) -> None:
     """A line too long for the server (its --max-frame, known from the welcome) is refused at once, not
-    "queued"; a paste gets each line's answer (queued, refused by the client, unknown command) in order."""
+    "queued"; a paste gets each line's answer (queued, refused by the client, unknown command) in order,
+    and stops at a refused line: it comes back with the rest, to be mended and sent with them."""
     server = ServerProcess(tmp_path / "data", "--max-frame", "256", workers=1)
     server.start()
 
@@ -812,6 +813,10 @@ def test_what_is_typed_offline_is_answered_line_by_line_and_a_refusal_is_not_que
             assert not shown(view, "queued until reconnected: xxx")()
             start = len(view.transcript)
             inp.send_text("\x1b[200~one\n/nosuch\n" + "x" * 300 + "\ntwo\x1b[201~\r")  # a bracketed paste
+            await until(typed("/nosuch\n" + "x" * 300 + "\ntwo"), "the refused line back, with the rest")
+            inp.send_text("\x15\r")  # Ctrl-U: its line emptied (the cursor is at its end); the rest goes
+            await until(typed("x" * 300 + "\ntwo"), "the next refused line back, with the rest")
+            inp.send_text("\x15\r")
             await until(shown(view, "queued until reconnected: two"), "the last note")
             said = [line.split(" * ", 1)[-1] for line in list(view.transcript)[start:]]
             assert said[:2] == ["queued until reconnected: one", "unknown command /nosuch; /help lists them"]
