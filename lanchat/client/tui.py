@@ -163,7 +163,6 @@ EXIT_INTERRUPTED: Final = 130  # Ctrl-C while connecting (the shell's convention
 TRANSCRIPT_MAX: Final = 2000  # lines of plain text the view remembers (tests, /status); the terminal keeps the rest
 RECENT_SPEAKERS_MAX: Final = 200  # nicks remembered for completion beyond the rooms' member lists
 KNOWN_ROOMS_MAX: Final = 1000  # room names remembered for completion (a /rooms reply can be long)
-MENU_ROWS: Final = 8  # rows for the completion menu, as prompt_toolkit reserves by default
 INPUT_ROWS_SPARED: Final = 2  # rows of the window the input never takes: the status line's and one of chat
 TOOLBAR_NAME_MIN: Final = 8  # columns a room or nick keeps at least when a narrow status line shortens it
 _NO_ARG_COMMANDS: Final = frozenset({"/rooms", "/status", "/help"})
@@ -1129,21 +1128,15 @@ class _History(InMemoryHistory):
 
 
 class _ChatSession(PromptSession[str]):
-    """prompt_toolkit's session, with the rows kept for the completion menu fitted to the window at each
-    redraw (a window made short while a prompt is open included)."""
-
-    @property
-    def reserve_space_for_menu(self) -> int:
-        return _menu_rows(self.app.output.get_size().rows)
-
-    @reserve_space_for_menu.setter
-    def reserve_space_for_menu(self, value: int) -> None:  # PromptSession's own setting: MENU_ROWS stands for it
-        pass
+    """prompt_toolkit's session, its input fitted to the window at each redraw (a window made short while a
+    prompt is open included)."""
 
     def _get_default_buffer_control_height(self) -> Dimension:
-        """The input's rows, fewer than the window's: a paste taller than the window was drawn past its top,
+        """The input's rows, fewer than the window's. A paste taller than the window was drawn past its top,
         and those rows were left in the scrollback (twice, with a status line) when it was sent or a
-        message came. The input scrolls within them instead, the cursor's line in view."""
+        message came: the input scrolls within them instead, the cursor's line in view. The rows kept for
+        the completion menu (prompt_toolkit's 8) are fitted alike: in a window of 7, Tab said "Window too
+        small..." in place of the whole screen."""
         wanted = super()._get_default_buffer_control_height()
         most = max(1, self.app.output.get_size().rows - INPUT_ROWS_SPARED)
         return Dimension(  # (what it left unspecified stays so: the window's content decides it)
@@ -1151,13 +1144,6 @@ class _ChatSession(PromptSession[str]):
             max=min(wanted.max, most),
             preferred=min(wanted.preferred, most) if wanted.preferred_specified else None,
         )
-
-
-def _menu_rows(rows: int) -> int:
-    """The rows kept free under the input line for the completion menu (prompt_toolkit's 8), fewer in a
-    window too short for them: 8 rows with the input line and the status line said "Window too small..."
-    in place of the whole screen when Tab opened the menu."""
-    return max(0, min(MENU_ROWS, rows - 3))
 
 
 def _continued(app: Application[Any]) -> None:

@@ -210,6 +210,23 @@ def test_tab_in_a_short_window_shows_the_menu_not_window_too_small(tmp_path: Pat
         term.close()
 
 
+def test_a_window_made_short_while_the_prompt_is_open_shows_the_menu(tmp_path: Path, server: ServerProcess) -> None:
+    """The rows kept for the menu are fitted at each redraw: a window made short after the prompt opened
+    (a terminal split, a resize) must not turn the screen into "Window too small..." at Tab either."""
+    term = Tmux(tmp_path, width=60, height=30)
+    try:
+        join(term, server.port)
+        term.tmux("resize-window", "-t", "t", "-y", "7")
+        term.wait(lambda _: term.tmux("display", "-p", "-t", "t", "#{window_height}").strip() == "7", "the resize")
+        term.type("/")
+        term.keys("Tab")
+        menu = re.compile(r"(?m)^ +/[a-z]+")
+        screen = term.wait(lambda s: "too small" in s or bool(menu.search(s)), "the menu (or the fault)")
+        assert "too small" not in screen and "#lobby> /" in screen, screen
+    finally:
+        term.close()
+
+
 def test_the_status_line_follows_a_server_restart(term: Tmux, server: ServerProcess) -> None:
     join(term, server.port)
     server.stop()
