@@ -29,8 +29,9 @@ signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)
-def _loopback_only_and_clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _loopback_only_and_clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setenv("LANCHAT_INTERFACE", "lo")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the terminal client's saved sessions
     threads_before = set(threading.enumerate())
     yield
     me = psutil.Process()

@@ -49,6 +49,7 @@ GOODBYE_LOST_NOTE: Final = (
 _REFUSED_FOR_NOW: Final = frozenset({m.Err.SERVER_FULL, m.Err.TOO_MANY_FROM_IP, m.Err.SHUTTING_DOWN, m.Err.INTERNAL})
 _ERRNO_RE: Final = re.compile(r"\[Errno (-?\d+)\]")
 QUEUED_MAX: Final = 1000  # non-post requests (joins, who, ...) held while reconnecting
+SAVE_INTERVAL: Final = 1.0  # seconds from events coming to the state's save (a kill loses at most this)
 
 FrameHandler = Callable[[dict[str, Any]], None]
 StateHandler = Callable[[str], None]
@@ -105,10 +106,14 @@ class ChatClient:
         on_status: StateHandler | None = None,
         give_up_after: float = const.RECONNECT_GIVE_UP,
         relocate: Relocator | None = None,
+        saver: Callable[[ClientState], None] | None = None,
     ) -> None:
         """``relocate``: where the server is now (discovery, by the id of the server found at the start), or
         None; asked while reconnecting fails (a server restarted on another port, or renumbered by DHCP).
-        A move is told as the status ``moved`` (``host`` and ``port`` are the new address)."""
+        A move is told as the status ``moved`` (``host`` and ``port`` are the new address).
+
+        ``saver``: keeps the state a later run needs to resume the session (saved.SessionFile): called
+        before each hello (its attempt), at each welcome, and SAVE_INTERVAL after events came."""
         self.host = host
         self.port = port
         self.relocate = relocate
@@ -142,6 +147,8 @@ class ChatClient:
         # round trip of 1.1 s made every clean quit look lost: the server's close came after GOODBYE_LINGER).
         self.rtt = -1.0  # (none yet: the waits count 0)
         self._stay_away = False  # a bye said reconnect: false (the session was taken over elsewhere)
+        self.saver = saver
+        self._save_due: asyncio.TimerHandle | None = None
 
     # --- public API ----------------------------------------------------------------------------------------
 
@@ -230,6 +237,9 @@ class ChatClient:
         it (the session would be held for --resume-grace). A server that has not closed within
         GOODBYE_LINGER gets the quit on a new connection instead, and what it had not read is dropped."""
         self._closing = True
+        if self._save_due is not None:  # (the caller decides what becomes of the saved state now)
+            self._save_due.cancel()
+            self._save_due = None
         quit_line = m.encode({"type": "quit", "reason": reason} if reason else {"type": "quit"})
         writer = self._writer
         said = False
@@ -299,7 +309,7 @@ class ChatClient:
                 f"cannot reach {host_port(self.host, self.port)}: {unreachable_reason(exc)}", EXIT_UNREACHABLE
             ) from None
         self._reader, self._writer = reader, writer
-        writer.write(self.state.hello())
+        writer.write(self._hello())
         asked = time.monotonic()  # the hello's round trip to the welcome: self.rtt
         deadline = time.monotonic() + const.CONNECT_TIMEOUT
         while True:
@@ -331,7 +341,7 @@ class ChatClient:
                             self._wanted_nick = self.state.info.nick
                         self._nick_attempts += 1
                         self.state.info.nick = fallback_nick(self._wanted_nick, self._nick_attempts)
-                        writer.write(self.state.hello())
+                        writer.write(self._hello())
                         asked = time.monotonic()
                         self._deliver(frame)
                         continue
@@ -373,6 +383,7 @@ class ChatClient:
         if self.state.unacked < OUTBOX_MAX:
             self._room.set()
         self.lost_reason = ""  # the next drop gives its own reason, not one of an earlier outage
+        self.save()
         self._set_status("connected")
 
     async def _run(self) -> None:
@@ -415,6 +426,8 @@ class ChatClient:
                 self._server_closed = True
                 return
             self._last_rx = time.monotonic()
+            if self.saver is not None and self._save_due is None:  # (its last_seq moves on)
+                self._save_due = asyncio.get_running_loop().call_later(SAVE_INTERVAL, self.save)
             for frame in self.state.receive_data(data):
                 kind = frame.get("type")
                 if kind == "ping":
@@ -469,6 +482,20 @@ class ChatClient:
         self.host, self.port = where
         self.on_status("moved")
         return True
+
+    def _hello(self) -> bytes:
+        """The next hello, its attempt saved first (a later run's resume must count above it)."""
+        hello = self.state.hello()
+        self.save()
+        return hello
+
+    def save(self) -> None:
+        """Hand the state a later run needs to the saver (if any)."""
+        if self._save_due is not None:
+            self._save_due.cancel()
+            self._save_due = None
+        if self.saver is not None and not self._stay_away:  # (taken over: the other connection's now)
+            self.saver(self.state)
 
     def _deliver(self, frame: dict[str, Any]) -> None:
         try:

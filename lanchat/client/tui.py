@@ -71,9 +71,11 @@ from lanchat.client.connection import (
     on_hangup,
 )
 from lanchat.client.current import CurrentRoom
+from lanchat.client.saved import Saved, SessionFile, entry_key
 from lanchat.config import host_port
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
+from lanchat.protocol.client_conn import ClientState
 from lanchat.protocol.plain import (
     CLIENT_HELP,
     COMMANDS,
@@ -922,10 +924,12 @@ async def run_app(
     output: Output | None = None,
     give_up_after: float = const.RECONNECT_GIVE_UP,
     relocate: Relocator | None = None,
+    sessions: SessionFile | None = None,
 ) -> int:
     """The interactive client until /quit, Ctrl-D or a lost connection. Returns the exit code of `lanchat join`.
 
-    ``input``/``output`` default to the terminal; tests pass a pipe input and a DummyOutput.
+    ``input``/``output`` default to the terminal; tests pass a pipe input and a DummyOutput. ``sessions``:
+    where the session is kept for a later run to resume (saved.py; default: the user's state directory).
     """
     client: ChatClient | None = None
     view = view or ChatView(nick, room, server=server_name, address=host_port(host, port))
@@ -973,9 +977,20 @@ async def run_app(
         else:
             offline.set()
 
+    sessions = sessions or SessionFile()
+    saved_as = entry_key(host_port(host, port), nick)
+
+    def save(state: ClientState) -> None:
+        if (kept := state.saved_view()) is not None:
+            sessions.save(saved_as, Saved(*kept))
+
     client = ChatClient(
-        host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after, relocate=relocate
-    )
+        host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after,
+        relocate=relocate, saver=save,
+    )  # fmt: skip
+    earlier = sessions.load(saved_as)
+    if earlier is not None:  # a run killed before it could say goodbye
+        client.state.restore(earlier.token, earlier.last_seq, earlier.attempts, earlier.next_id, earlier.rooms)
     loop = asyncio.get_running_loop()
 
     async def quit_with(reason: str = "", *, send_first: bool = True) -> None:
@@ -983,6 +998,10 @@ async def run_app(
             await send_before_quitting()
         never = client.never_sent  # typed while disconnected: close() does not send them
         await client.close(reason)
+        if client.goodbye_lost:  # the server may hold the session: the next run resumes it
+            client.save()
+        else:  # ended: nothing to resume
+            sessions.forget(saved_as)
         if never:
             printer.show(view.note(f"{count_of(never, 'message')} not sent (typed while disconnected)", "error"))
         if (maybe := client.state.unacked - never) > 0:
@@ -1022,6 +1041,9 @@ async def run_app(
     printer.start()
     where = f"{view.server} ({view.address})" if view.server else view.address
     printer.show(view.note(f"connecting to {where} as {clean(nick)}"))
+    if earlier is not None:
+        since = time.strftime("%H:%M", time.localtime(earlier.saved_at))
+        printer.show(view.note(f"resuming your session as {clean(nick)}, left at {since} without a goodbye"))
     closed: asyncio.Task[None] | None = None
     signalled: asyncio.Future[int] = loop.create_future()  # SIGTERM, SIGHUP: quit as /quit does
     try:
@@ -1030,6 +1052,9 @@ async def run_app(
         except ConnectError as exc:
             printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
             return exc.exit_code
+        if earlier is not None and client.state.resumed:  # who is here: this run has seen no room reply
+            for joined in client.state.rooms:
+                client.send(m.Who(joined))
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
         unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
         unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))

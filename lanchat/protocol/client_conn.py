@@ -109,6 +109,23 @@ class ClientState:
         self._joins_unanswered: dict[int, str] = {}
         self._history_ids: set[int] = set()  # those history questions, until answered
 
+    def restore(self, token: str, last_seq: int | None, attempts: int, next_id: int, rooms: list[str]) -> None:
+        """A session an earlier run of this client had (``saved_view`` then): the next hello resumes it, from
+        the last event that run saw. Its attempts and post ids continue (the server refuses a resume whose
+        attempt is not above the last one, and takes a post id it handled already for a resend)."""
+        self.info.token = token
+        self.last_seq = last_seq
+        self._attempts = max(self._attempts, attempts)
+        self.next_id = max(self.next_id, next_id)
+        self.wanted_rooms = list(rooms)  # (a session expired meanwhile: a new one in the same rooms)
+
+    def saved_view(self) -> tuple[str, int | None, int, int, list[str]] | None:
+        """(token, last_seq, attempts, next_id, rooms) for ``restore`` by a later run; None before a token."""
+        if self.info.token is None:
+            return None
+        rooms = self.rooms if self.info.session else self.wanted_rooms
+        return self.info.token, self.last_seq, self._attempts, self.next_id, list(rooms)
+
     # --- output -----------------------------------------------------------------------------------------
 
     def hello(self, rooms: list[str] | None = None) -> bytes:
@@ -312,6 +329,7 @@ class ClientState:
             rooms = frame.get("rooms")
             upto = frame.get("last_id")
             self._handled_upto = upto if isinstance(upto, int) and not isinstance(upto, bool) else -1
+            self.next_id = max(self.next_id, self._handled_upto + 1)  # (a restored run's ids went further)
             self._refill = set(self._hello_rooms) if frame.get("resume_failed") else set()
             self._new_session = bool(frame.get("resume_failed"))
             if self._handled_upto > self._redo_upto:  # it handled a request sent after them, so them too (in
@@ -406,6 +424,11 @@ class ClientState:
         self._redone.discard(rid)
         if self._journal and self._journal[0].id <= rid:  # usually the oldest: answers come in order
             self._journal = [a for a in self._journal if a.id != rid]
+
+    @property
+    def resumed(self) -> bool:
+        """The last welcome resumed a session (not a new one)."""
+        return self._resumed_at >= 0
 
     @property
     def unacked(self) -> int:

@@ -5,6 +5,7 @@ picks the server (or asks which one)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -225,6 +226,47 @@ def test_a_window_made_short_while_the_prompt_is_open_shows_the_menu(tmp_path: P
         assert "too small" not in screen and "#lobby> /" in screen, screen
     finally:
         term.close()
+
+
+def test_a_client_killed_and_started_again_resumes_its_session(tmp_path: Path, server: ServerProcess) -> None:
+    """A classroom walkthrough: a student whose client was killed could not join again under their nick
+    for the resume grace (`held for a reconnecting user`), and a private message sent meanwhile went to
+    the dead session. Started again, the client resumes that session: the nick, the rooms, what was said
+    meanwhile and the private message; a clean /quit then forgets it."""
+    first = Tmux(tmp_path, width=100, height=30)
+    again = Tmux(tmp_path, width=100, height=30)
+    try:
+        join(first, server.port, "kim")
+        first.type("/join maths")
+        first.keys("Enter")
+        first.wait_status("#maths")
+        with Client(server.port, "tutor", rooms=["maths"]) as tutor:
+            tutor.send({"type": "msg", "room": "maths", "text": "before", "id": 1})
+            first.wait_for("<tutor> before")
+            assert first.pane_pid is not None
+            (client,) = psutil.Process(first.pane_pid).children()
+            saved = Path(os.environ["XDG_STATE_HOME"]) / "lanchat" / "sessions.json"
+            seen = tutor.expect("ack")["seq"]
+            first.wait(lambda _: f'"last_seq": {seen},' in saved.read_text(), "the save (a second after)")
+            client.kill()  # no goodbye: the server holds the session for its grace
+            client.wait(10)
+            tutor.send({"type": "msg", "room": "maths", "text": "said while kim was away", "id": 2})
+            tutor.send({"type": "privmsg", "to": "kim", "text": "are you ok?", "id": 3})
+            assert tutor.expect("privmsg").get("held")  # (kim's session is held, its client gone)
+            again.start("join", f"127.0.0.1:{server.port}", "--nick", "kim")
+            again.wait_for("resuming your session as kim")
+            again.wait_for("session resumed: you are kim in #lobby #maths")
+            again.wait_for("<tutor> said while kim was away")
+            again.wait_for("*tutor* (private) are you ok?")
+            again.wait_status("#lobby (+1 room) | kim | 1 user")  # who is here, asked again
+            assert "before" not in again.screen()  # seen before the kill: not shown again
+            again.type("/quit")
+            again.keys("Enter")
+            assert again.exit_status() == 0
+        assert json.loads(saved.read_text()) == {}  # ended cleanly: nothing to resume
+    finally:
+        first.close()
+        again.close()
 
 
 def test_the_status_line_follows_a_server_restart(term: Tmux, server: ServerProcess) -> None:

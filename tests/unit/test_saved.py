@@ -1,0 +1,111 @@
+"""The terminal client's saved session: a file of entries per server address and nick (saved.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lanchat.client.saved import SAVED_MAX, SAVED_MAX_AGE, Saved, SessionFile, entry_key, state_dir
+from lanchat.protocol import messages as m
+from lanchat.protocol.client_conn import ClientState
+
+
+def saved(token: str = "tok", **kw: object) -> Saved:
+    fields: dict[str, object] = {"last_seq": 41, "attempts": 3, "next_id": 12, "rooms": ["lobby", "maths"]}
+    return Saved(token, **{**fields, **kw})  # type: ignore[arg-type]
+
+
+def test_a_session_is_saved_loaded_and_forgotten(tmp_path: Path) -> None:
+    f = SessionFile(tmp_path / "lanchat" / "sessions.json")
+    key = entry_key("10.0.0.5:7272", "Kim")
+    assert key == entry_key("10.0.0.5:7272", "KIM") != entry_key("10.0.0.6:7272", "kim")  # a nick's key
+    assert f.load(key) is None
+    f.save(key, saved(), now=1000.0)
+    got = f.load(key, now=1000.0 + SAVED_MAX_AGE)
+    assert got is not None and (got.token, got.last_seq, got.attempts, got.next_id) == ("tok", 41, 3, 12)
+    assert got.rooms == ["lobby", "maths"] and got.pid == os.getpid()  # this process's own: taken
+    assert f.load(key, now=1000.0 + SAVED_MAX_AGE + 1) is None  # the server forgets tokens after a day
+    assert stat.S_IMODE(f.path.stat().st_mode) == 0o600 and stat.S_IMODE(f.path.parent.stat().st_mode) == 0o700
+    f.forget(key)
+    assert f.load(key, now=1000.0) is None and json.loads(f.path.read_text()) == {}
+
+
+def test_a_session_whose_client_still_runs_is_not_taken(tmp_path: Path) -> None:
+    """A second terminal joining with the same nick must be told the nick is taken, not take the first
+    one's session (which would end it: `session resumed on another connection`)."""
+    f = SessionFile(tmp_path / "sessions.json")
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "lanchat"], stdin=subprocess.PIPE
+    )  # a process whose command line names lanchat, as a client's does
+    try:
+        f.save("a", saved())
+        data = json.loads(f.path.read_text())
+        data["a"]["pid"] = other.pid
+        f.path.write_text(json.dumps(data))
+        assert f.load("a") is None
+    finally:
+        assert other.stdin is not None
+        other.stdin.close()
+        other.wait(10)
+    assert f.load("a") is not None  # gone: its session may be taken
+
+
+def test_a_damaged_or_foreign_file_is_no_session(tmp_path: Path) -> None:
+    f = SessionFile(tmp_path / "sessions.json")
+    for text in ("", "{", "[]", '{"a": 5}', '{"a": {"token": 5}}', '{"a": {"token": "t", "last_seq": "x", '
+                 '"attempts": 1, "next_id": 1, "rooms": [], "saved_at": 0, "pid": 0}}'):  # fmt: skip
+        f.path.write_text(text)
+        assert f.load("a", now=0.0) is None
+    f.save("b", saved())  # and it is written anew
+    assert f.load("b") is not None
+
+
+def test_the_file_keeps_the_most_recently_saved_entries(tmp_path: Path) -> None:
+    f = SessionFile(tmp_path / "sessions.json")
+    for i in range(SAVED_MAX + 5):
+        f.save(f"k{i}", saved(), now=100.0 + i)
+    kept = json.loads(f.path.read_text())
+    assert len(kept) == SAVED_MAX and "k0" not in kept and f"k{SAVED_MAX + 4}" in kept
+
+
+def test_the_state_directory_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert state_dir() == tmp_path / "lanchat"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/ignored")
+    assert state_dir() == Path(os.path.expanduser("~")) / ".local" / "state" / "lanchat"
+
+
+def test_a_restored_state_resumes_with_its_attempt_and_ids_continued() -> None:
+    """The server refuses a resume whose attempt is not above the last one, and takes a post id at or
+    below the last it handled for a resend (acked, not posted): a run that restored the session must
+    count on from the killed one."""
+    st = ClientState("kim", ["lobby"])
+    st.restore("tok", 41, 3, 12, ["lobby", "maths"])
+    hello = json.loads(st.hello())
+    assert (hello["token"], hello["attempt"], hello["last_seq"], hello["rooms"]) == ("tok", 4, 41, ["lobby", "maths"])
+    st.receive_data(
+        m.encode({"type": "server", "proto": 1, "name": "s"})
+        + m.encode(
+            {
+                "type": "welcome",
+                "nick": "kim",
+                "session": "s1",
+                "token": "tok",
+                "seq": 41,
+                "resumed": True,
+                "rooms": ["lobby", "maths"],
+                "last_id": 15,
+            }
+        )
+    )
+    assert st.resumed
+    rid, _ = st.post(m.Msg("lobby", "back"))
+    assert rid == 16  # above what the killed run had sent (its last saves lag behind)
+    view = st.saved_view()
+    assert view is not None and view[:4] == ("tok", 41, 4, 17) and view[4] == ["lobby", "maths"]
