@@ -378,6 +378,8 @@ class ChatClient:
             if line:
                 writer.write(line)
                 self.state.sent(line)
+        for line in self.state.take_due():  # (the replay came with the welcome)
+            writer.write(line)
         if not self.state.outbox:
             self._acked.set()
         if self.state.unacked < OUTBOX_MAX:
@@ -442,6 +444,8 @@ class ChatClient:
                     if self.state.unacked < OUTBOX_MAX:
                         self._room.set()
                 self._deliver(frame)
+            for line in self.state.take_due():
+                self._write(line)
 
     async def _reconnect(self) -> bool:
         """Capped exponential backoff with jitter until resumed or ``give_up_after`` seconds pass."""

@@ -828,9 +828,9 @@ class Printer:
     line), a Ctrl-C became a SIGINT (the client ended with a traceback). At a thousand messages a second
     that was one Ctrl-C in forty. The terminal stays raw here; only the prompt is erased and redrawn."""
 
-    def __init__(self, output: Output, style: Style = STYLE, app: Application[Any] | None = None) -> None:
+    def __init__(self, output: Output, style: BaseStyle | None = None, app: Application[Any] | None = None) -> None:
         self.output = output
-        self.style = style
+        self.style = style or style_for(output)  # (without colours: dim times and bold nicks, as on the prompt)
         self.app = app
         self._pending: list[Line] = []
         self._wake = asyncio.Event()
@@ -1119,16 +1119,19 @@ def _keep_scrollback_clean(renderer: Renderer) -> None:
     scroll-on-clear on by default) takes that for a clear of the whole screen and keeps what it erases in
     its scrollback: after Ctrl-L, with the prompt at the top, every message arriving and every line sent
     left a copy of the input and the status line there (a classroom walkthrough: a pasted poem, twice).
-    The prompt's first row is erased alone, the rows below it from the second."""
+    The prompt's first row is erased alone, the rows below it from the second, and the cursor is put back
+    where it was saved, not moved up: on the screen's last row the move down does nothing, and a move up
+    put the next line over the last line of chat (a review: one line in 20 lost in a burst)."""
 
     def erase(leave_alternate_screen: bool = True) -> None:
         out, at = renderer.output, renderer._cursor_pos
         out.cursor_backward(at.x)
         out.cursor_up(at.y)
         out.erase_end_of_line()  # (from column 0: the whole row)
+        out.write_raw("\x1b7")  # DECSC: save the cursor
         out.cursor_down(1)
         out.erase_down()
-        out.cursor_up(1)
+        out.write_raw("\x1b8")  # DECRC: back to the prompt's first row
         out.reset_attributes()
         out.enable_autowrap()
         out.flush()

@@ -105,9 +105,10 @@ class ClientState:
         # is still to come (filtered: see _history)
         # Joins sent whose answers (the room's history, then the room reply) have not come, by id: a drop that
         # took them after the server did the join left the room without its history, and the resume's replay
-        # starts at the drop. Asked for after the welcome, as a history page without what was shown meanwhile.
+        # starts at the drop. Once the replay shows the join, the history before it is asked for (take_due).
         self._joins_unanswered: dict[int, str] = {}
-        self._history_ids: set[int] = set()  # those history questions, until answered
+        self._history_due: set[str] = set()  # rooms whose replayed join asks for the history before it
+        self._due: list[_Asked] = []  # those questions, to be sent (take_due)
 
     def restore(self, token: str, last_seq: int | None, attempts: int, next_id: int, rooms: list[str]) -> None:
         """A session an earlier run of this client had (``saved_view`` then): the next hello resumes it, from
@@ -211,25 +212,28 @@ class ClientState:
         if self._new_session:  # done again until answered (see _absorb), whatever later welcomes say of their ids
             self._redone |= self._redo(upto)
             self._redo_upto = upto
-        sent = {a.id for a in self._journal if a.sent}
         self._journal = [a for a in self._journal if a.id > upto or a.id in self._redone]
-        self._ask_join_history(upto, sent)
         return [(a.id, a.line) for a in (*self._journal, *self._questions.values()) if a.sent]
 
-    def _ask_join_history(self, upto: int, sent: set[int]) -> None:
-        """The joins the resumed session did before the drop whose history it took: asked as questions
-        (kept until answered, like a user's), to be sent with ``unconfirmed``'s lines."""
+    def _joins_answered_by(self, welcome: dict[str, Any]) -> None:
+        """A welcome's ``last_id`` says which joins the server did: those of a resumed session whose answers
+        a drop took have their history asked for when the replay shows them (_absorb); a new session's
+        joins, and those sent again, bring their own."""
+        self._history_due.clear()
+        sent = {a.id for a in self._journal if a.sent}
         for rid, room in list(self._joins_unanswered.items()):
-            if rid > upto or rid in self._redone:  # not handled, or redone: sent again, it brings its history
+            if rid > self._handled_upto:  # not done: sent again, with its answers to come
                 continue
             del self._joins_unanswered[rid]
-            if self._resumed_at < 0 or rid not in sent or room not in self.rooms:  # a new session's hello's
-                continue  # joins bring theirs; never sent: the welcome's rooms have it; or left since
-            rid = self.next_id
-            self.next_id += 1
-            line = m.encode(m.History(room, id=rid).to_obj())
-            self._questions[rid] = _Asked(rid, line, sent=True)  # (sent by the caller with the others)
-            self._history_ids.add(rid)
+            if welcome.get("resumed") and not welcome.get("resume_failed") and rid in sent:
+                self._history_due.add(room)
+
+    def take_due(self) -> list[bytes]:
+        """Questions the client asks of itself (a join's history a drop took), to send now."""
+        due, self._due = self._due, []
+        for asked in due:
+            asked.sent = True  # (the caller sends them now: asked again after a drop from here on)
+        return [asked.line for asked in due]
 
     def _redo(self, upto: int) -> set[int]:
         """The changes the expired session handled, but whose answers we never saw, to do again: the new
@@ -330,6 +334,7 @@ class ClientState:
             upto = frame.get("last_id")
             self._handled_upto = upto if isinstance(upto, int) and not isinstance(upto, bool) else -1
             self.next_id = max(self.next_id, self._handled_upto + 1)  # (a restored run's ids went further)
+            self._joins_answered_by(frame)
             self._refill = set(self._hello_rooms) if frame.get("resume_failed") else set()
             self._new_session = bool(frame.get("resume_failed"))
             if self._handled_upto > self._redo_upto:  # it handled a request sent after them, so them too (in
@@ -365,7 +370,13 @@ class ClientState:
                 self.outbox.pop(rid, None)
                 self._settle(rid)
         elif kind in ("join", "part") and isinstance(seq, int) and seq <= self._resumed_at:
-            pass  # replayed: the welcome's rooms have it
+            room = str(frame.get("room"))  # replayed: the welcome's rooms have it; a join of ours whose answers
+            if kind == "join" and room in self._history_due and m.nick_key(str(frame.get("nick", ""))) == me:
+                self._history_due.discard(room)  # were lost: the history a join shows, before it (as asked)
+                rid = self.next_id
+                self.next_id += 1
+                asked = self._questions[rid] = _Asked(rid, m.encode(m.History(room, before=seq, id=rid).to_obj()))
+                self._due.append(asked)  # (kept until answered, as a user's question)
         elif kind == "join" and m.nick_key(str(frame.get("nick", ""))) == me and self.info.nicks.mine(me, seq):
             room = str(frame.get("room"))
             self._refill.discard(room)  # its join history comes before it, if any comes (not after a replay)
@@ -410,10 +421,8 @@ class ClientState:
         if rid is None and isinstance(room, str):  # a join's history: that join's answer has come
             for jid in [j for j, r in self._joins_unanswered.items() if r == room]:
                 del self._joins_unanswered[jid]
-        refill = rid is None and isinstance(room, str) and room in self._refill  # the hello's join of it
-        if refill or rid in self._history_ids:  # (a /join typed later shows its history whole, as ever; so
-            self._refill.discard(str(room))  # does a /history)
-            self._history_ids.discard(rid)
+        if rid is None and isinstance(room, str) and room in self._refill:  # the hello's join of it
+            self._refill.discard(room)  # (a /join typed later shows its history whole, as ever)
             frame["events"] = [e for e in events if not (isinstance(e, dict) and _identity(e) in self._seen_set)]
         for e in frame["events"]:
             if isinstance(e, dict):

@@ -63,20 +63,21 @@ def _bad(code: str, message: str) -> RemoteProtocolError:
 # Letters to Unicode (category Lo) that draw as nothing: a nick of them was invisible, or looked like
 # another with a blank after it (an adversarial review). All the letters or digits named FILLER or BLANK.
 _BLANK_LETTERS: Final = frozenset("\u115f\u1160\u3164\uffa0")
-# What else draws as nothing on its own: the Braille blank, the combining grapheme joiner and the variation
-# selectors (marks that only change the character before them); category Cf (zero-width space and joiners,
-# word joiner, soft hyphen, bidi marks, tags) is tested by category.
-_SHOWS_NOTHING: Final = _BLANK_LETTERS | frozenset("\u2800\u034f" + "".join(map(chr, range(0xFE00, 0xFE10))))
-
-
-def _shows_nothing(c: str) -> bool:
-    return c.isspace() or c in _SHOWS_NOTHING or unicodedata.category(c) == "Cf" or 0xE0100 <= ord(c) <= 0xE01EF
+# A character that shows something: not a blank, not the Braille blank, not one of Unicode's default
+# ignorable code points (DerivedCoreProperties: zero-width space and joiners, soft hyphen, bidi marks, the
+# Hangul fillers, variation selectors, tags ... which draw as nothing), checked by one regular expression:
+# a character at a time in Python took 0.7 ms for a text of 4,000 (a review).
+_SHOWS_SOMETHING: Final = re.compile(
+    "[^\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+    "\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0000-\U000e0fff]"
+)
 
 
 def is_blank(text: str) -> bool:
     """True if ``text`` would show as an empty line: only blanks and characters that draw as nothing
     (U+200B, U+2800, U+3164 ...). Inside a text those stay; a text of them alone is refused as blank."""
-    return all(map(_shows_nothing, text))
+    return _SHOWS_SOMETHING.search(text) is None
 
 
 def check_nick(nick: object) -> str:
@@ -97,7 +98,7 @@ def check_nick(nick: object) -> str:
 
 # Letters of other scripts drawn like Latin ones (Unicode's confusables, TR39, for the Cyrillic, Greek and
 # Latin letters a nick may hold): a classroom walkthrough took "tеасhеr" (Cyrillic е, а, с) beside the
-# teacher, and its lines read as the teacher's. Capitals are mapped before case folding: Cyrillic Н is
+# teacher, and its lines read as the teacher's. Capitals and small letters each as drawn: Cyrillic Н is
 # Latin H, while its small н is not h.
 _LOOKALIKES: Final = str.maketrans(
     "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυν",
@@ -106,12 +107,20 @@ _LOOKALIKES: Final = str.maketrans(
 
 
 def nick_key(nick: str) -> str:
-    """Nicks are unique case-insensitively, and look-alikes are one nick: compatibility forms (full-width
-    ｔｅａｃｈｅｒ, mathematical 𝐭𝐞𝐚𝐜𝐡𝐞𝐫) and letters of other scripts drawn like Latin ones count as
-    those, so nobody can take a nick that reads as another's."""
-    if nick.isascii():  # (the common case, and the hot path's)
+    """Nicks are unique case-insensitively: a nick's identity (who a private message goes to, whose events
+    are one's own). See nick_skeleton for the nicks refused beside it."""
+    return nick.casefold()
+
+
+def nick_skeleton(nick: str) -> str:
+    """What a nick reads as: compatibility forms (full-width ｔｅａｃｈｅｒ, mathematical 𝐭𝐞𝐚𝐜𝐡𝐞𝐫) as
+    their letters, accents apart, and letters of other scripts drawn like Latin ones as those, then case
+    folded. A nick whose skeleton another session's nick has is refused as taken, so nobody can take a
+    nick that reads as another's (a key of its own: capital Н reads as H, small н does not, so this cannot
+    also be the case-insensitive identity, nick_key)."""
+    if nick.isascii():  # (the common case)
         return nick.casefold()
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", nick).translate(_LOOKALIKES)).casefold()
+    return unicodedata.normalize("NFKD", nick).translate(_LOOKALIKES).casefold()
 
 
 def check_room(room: object) -> str:
@@ -131,10 +140,12 @@ def check_room(room: object) -> str:
 def check_text(text: object, *, limit: int = const.MAX_TEXT, what: str = "text", empty: bool = False) -> str:
     if not isinstance(text, str):
         raise _bad(Err.BAD_FIELD, f"{what} must be a string")
-    if not empty and (not text or is_blank(text)):  # (blank lines are skipped in plain mode: the same here)
-        raise _bad(Err.BAD_TEXT, f"{what} is empty" if not text else f"{what} is blank")
+    if not empty and not text:
+        raise _bad(Err.BAD_TEXT, f"{what} is empty")
     if len(text) > limit:
         raise _bad(Err.BAD_TEXT, f"{what} is longer than {limit} characters ({len(text) - limit} too many)")
+    if not empty and is_blank(text):  # (blank lines are skipped in plain mode: the same here)
+        raise _bad(Err.BAD_TEXT, f"{what} is blank")
     if (bad := _CONTROL.search(text)) is not None:
         if "\ud800" <= bad.group() <= "\udfff":  # a lone surrogate (JSON's \ud800): no character at all
             raise _bad(Err.BAD_TEXT, f"{what} is not valid Unicode (a lone surrogate)")

@@ -147,9 +147,9 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
         if not rest:
             raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /nick NAME")
         return m.Nick(m.check_nick(rest))
-    if cmd == "/topic":  # /topic #ROOM [TEXT], as IRC has it, for a room we are in or a question: else all text
-        target, _, text = rest.partition(" ")
-        if target.startswith("#") and (target[1:].lower() in joined or not text.strip()):
+    if cmd == "/topic":  # /topic #ROOM [TEXT] as IRC has it: a first word that is a #room names the room (a
+        target, _, text = rest.partition(" ")  # typo of one is refused, not made the current room's topic)
+        if target.startswith("#") and _looks_like_room(target[1:].lower()):
             return m.Topic(
                 m.check_room(target), m.check_text(text.strip(), limit=300, what="topic", empty=True) or None
             )

@@ -232,10 +232,11 @@ class Hub:
         self.seq = store.start_seq
         self.sessions: dict[str, Session] = {}  # sid ->
         self.by_token: dict[str, Session] = {}
-        self.nicks: dict[str, Session] = {}  # nick_key ->
+        self.nicks: dict[str, Session] = {}  # nick_key -> (the identity: routing, uniqueness)
+        self.lookalikes: dict[str, Session] = {}  # nick_skeleton -> (nicks that read alike: refused too)
         self.conns: dict[tuple[int, int], Session] = {}  # (worker, conn) ->
         self.rooms: dict[str, Room] = {}
-        self._listing: dict[str, Any] | None = None  # the rooms reply, until a room changes (_rooms_frame)
+        self._listing: bytes | None = None  # the rooms reply's line without its id, until a room changes
         self.recent: deque[_Recent] = deque(maxlen=recent_max)
         self.recent_bytes = recent_bytes  # the ring's bytes at most (its lines')
         self._recent_bytes = 0
@@ -356,7 +357,7 @@ class Hub:
             elif isinstance(req, m.Stats):
                 self._reply(worker, conn, self._stats_frame(req))
             elif isinstance(req, m.Rooms):  # also before a hello: an nc user may look around first
-                self._reply(worker, conn, self._rooms_frame(req.id))
+                self._out.setdefault(worker, []).append(control.conns_frame([conn], self._rooms_line(req.id)))
             elif session is None:
                 if not isinstance(req, m.Quit):
                     raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=req.id)
@@ -446,7 +447,7 @@ class Hub:
         if holder.detached_at is not None:
             left = self._held_for(holder, now)
             held = " (held for a reconnecting user" + (f" for {left} s more)" if left is not None else ")")
-        if holder.nick.casefold() != nick.casefold():  # a look-alike (m.nick_key): say which nick it reads as
+        if m.nick_key(holder.nick) != m.nick_key(nick):  # a look-alike (m.nick_skeleton): say which it reads as
             return RemoteProtocolError(
                 m.Err.NICK_TAKEN, f"nick {nick} reads as {holder.nick}, which is taken{held}", request_id=rid
             )
@@ -643,6 +644,18 @@ class Hub:
         for key in s.aliases:
             self._alias[key] = s
         self.nicks[m.nick_key(s.nick)] = s
+        self.lookalikes.setdefault(m.nick_skeleton(s.nick), s)  # (two restored from before look-alikes were
+        # refused: the first keeps the entry; neither's end or rename takes the other's)
+
+    def _holder(self, nick: str) -> Session | None:
+        """Who has ``nick``, or one that reads as it."""
+        return self.nicks.get(m.nick_key(nick)) or self.lookalikes.get(m.nick_skeleton(nick))
+
+    def _forget_nick(self, s: Session) -> None:
+        if self.nicks.get(key := m.nick_key(s.nick)) is s:
+            del self.nicks[key]
+        if self.lookalikes.get(skeleton := m.nick_skeleton(s.nick)) is s:
+            del self.lookalikes[skeleton]
 
     def _attach(self, s: Session, worker: int, conn: int) -> None:
         if s.held_for:
@@ -701,8 +714,7 @@ class Hub:
         self.sessions.pop(s.sid, None)
         self.by_token.pop(s.token, None)
         self._retire_aliases(s)
-        if self.nicks.get(m.nick_key(s.nick)) is s:
-            del self.nicks[m.nick_key(s.nick)]
+        self._forget_nick(s)
         log.info("session %s (%s) ended: %s", s.sid[:8], s.nick, logged or reason)
 
     def _remember_expired(
@@ -822,7 +834,7 @@ class Hub:
         if known is not None and req.attempt is not None and req.attempt <= known[4]:  # held back by the network:
             self._refuse_stale(worker, conn, known[3], req.nick, req.attempt)  # its client moved on (it may have
             return  # made the session since, changed its nick, joined rooms: this one must not undo that)
-        holder = self.nicks.get(m.nick_key(req.nick))
+        holder = self._holder(req.nick)
         if holder is not None:
             raise self._nick_taken(holder, req.nick, req.id, now)
         last_id = -1
@@ -1345,15 +1357,16 @@ class Hub:
 
     def _nick(self, s: Session, req: m.Nick, now: float) -> None:
         key = m.nick_key(req.nick)
-        holder = self.nicks.get(key)
+        holder = self._holder(req.nick)
         if holder is not None and holder is not s:
             raise self._nick_taken(holder, req.nick, req.id, now)
         if req.nick == s.nick:
             return
         old = s.nick
-        del self.nicks[m.nick_key(old)]
+        self._forget_nick(s)
         s.nick = req.nick
         self.nicks[key] = s
+        self.lookalikes[m.nick_skeleton(s.nick)] = s
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
         for room in rooms:
             room.nick_changed()
@@ -1408,20 +1421,20 @@ class Hub:
         spare, and small enough for the hub to build between ticks."""
         return min(const.HISTORY_REPLY_BYTES, self.replay_max)
 
-    def _rooms_frame(self, rid: int | None) -> dict[str, Any]:
+    def _rooms_line(self, rid: int | None) -> bytes:
         """The busiest rooms first, as many as fit the reply budget (10,000 rooms with topics would be a
         12 MB line: the asker dropped for its send queue, the hub's loop held for 60 ms); ``more`` and
-        ``total`` say what was left out."""
-        if self._listing is None:  # made again after a join, part, quit or topic: with 10,000 rooms a listing
-            # takes 24 ms, and each connection may ask two a second (a review)
+        ``total`` say what was left out. Kept as its line until a join, part, quit or topic changes it: with
+        10,000 rooms one took 24 ms to make and 2 ms to encode, and each connection may ask two a second."""
+        if self._listing is None:
             ordered = sorted(self.rooms.values(), key=lambda r: (-len(r.members), r.name))
             entries = [{"name": r.name, "users": len(r.members), "topic": r.topic} for r in ordered]
             shown = _fitting((len(json.dumps(e)) for e in entries), self._reply_budget)  # encoded as far as it goes
             frame: dict[str, Any] = {"type": "rooms", "rooms": entries[:shown]}
             if shown < len(entries):
                 frame.update(more=True, total=len(entries))
-            self._listing = frame
-        return _with_id(dict(self._listing), rid)
+            self._listing = m.encode(frame)
+        return self._listing if rid is None else self._listing[:-2] + b',"id":%d}\n' % rid
 
     def _stats_frame(self, req: m.Stats) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "stats", **(self._stats() if self._stats else {})}

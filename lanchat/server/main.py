@@ -67,14 +67,18 @@ REPEAT_SIGINT_MIN = 0.3
 ACCEPT_BATCH = 256  # connections accepted per readiness event before yielding to other work
 # TCP keepalive of every connection: the first probe after KEEPALIVE_IDLE s of silence, then one every
 # KEEPALIVE_INTERVAL s, KEEPALIVE_PROBES unanswered ending it: a vanished plain (nc) client's session ends,
-# and its nick is free, 2 min after it went silent. JSON clients are pinged sooner (--ping-interval).
+# and its nick is free, 2 min after it went silent. JSON clients are pinged sooner (--ping-interval). The
+# kernel sends no keepalive while data it sent waits for an ack (a vanished client in a busy room: a
+# review found one listed after 160 s, to be ended by retransmissions after 15 min or more): the same
+# 2 min bound that wait too (TCP_USER_TIMEOUT, Linux).
 KEEPALIVE_IDLE = 60
 KEEPALIVE_INTERVAL = 15
 KEEPALIVE_PROBES = 4
 _KEEPALIVE = [
     (getattr(socket, name), value)
     for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL), ("TCP_KEEPCNT", KEEPALIVE_PROBES)
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL), ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ("TCP_USER_TIMEOUT", (KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES) * 1000),  # (milliseconds)
     )
     if hasattr(socket, name)  # (Linux, and most others; macOS has TCP_KEEPALIVE for the first)
 ]  # fmt: skip
@@ -86,9 +90,11 @@ _ACCEPT_SKIP_ERRNOS = {
     errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH, errno.EPERM,
 }  # fmt: skip
 # A refused connection is closed once its client closed too (it read the error line), REFUSE_LINGER seconds at
-# most, REFUSED_LINGERING_MAX at once (more are closed at once: a storm of refusals holds no more descriptors).
+# most, REFUSED_LINGERING_MAX at once and REFUSED_LINGERING_PER_ADDRESS from one address (more are closed at
+# once: a storm of refusals holds no more descriptors, and one host's storm does not take every place).
 REFUSE_LINGER = 2.0
 REFUSED_LINGERING_MAX = 256
+REFUSED_LINGERING_PER_ADDRESS = 16
 REFUSE_DRAIN_READS = 16  # reads of 64 KiB per wake-up of a lingering refused connection
 
 
@@ -195,7 +201,8 @@ class Server:
         self.conn_peer: dict[int, tuple[str, int]] = {}  # conn -> (ip, worker index)
         self.per_ip: Counter[str] = Counter()
         self.connects = ConnectThrottle(config.connect_rate, config.max_per_ip)  # per address, as per_ip counts
-        self._refused: dict[int, tuple[socket.socket, float]] = {}  # fd -> (refused socket, when to close it)
+        self._refused: dict[int, tuple[socket.socket, float, str]] = {}  # fd -> (refused socket, when to close it,
+        self._refused_from: Counter[str] = Counter()  # its address), and how many of each address linger
         self.storms = Throttled(log)  # warnings that would come once per connection in a storm of connects
         self.handoff: dict[int, socket.socket] = {}  # conn -> our copy, until its worker adopts it
         self.stopping = False
@@ -591,29 +598,34 @@ class Server:
             _drain(sock, REFUSE_DRAIN_READS)
             sock.send(m.encode(m.error_frame(code, message, fatal=True)))
             sock.shutdown(socket.SHUT_WR)
+            ip = str(sock.getpeername()[0]) if sock.family != socket.AF_UNIX else ""
         except OSError:
             sock.close()
             return
-        if len(self._refused) >= REFUSED_LINGERING_MAX or self.stopping:
+        full = len(self._refused) >= REFUSED_LINGERING_MAX or self._refused_from[ip] >= REFUSED_LINGERING_PER_ADDRESS
+        if full or self.stopping:
             sock.close()
             return
         fd = sock.fileno()
-        self._refused[fd] = (sock, time.monotonic() + REFUSE_LINGER)
+        self._refused[fd] = (sock, time.monotonic() + REFUSE_LINGER, ip)
+        self._refused_from[ip] += 1
         self.loop.add_reader(fd, self._refused_readable, fd)
 
     def _refused_readable(self, fd: int) -> None:
-        sock, _ = self._refused[fd]
-        if not _drain(sock, REFUSE_DRAIN_READS):  # its end (or an error): done
+        if not _drain(self._refused[fd][0], REFUSE_DRAIN_READS):  # its end (or an error): done
             self._close_refused(fd)
 
     def _close_refused(self, fd: int) -> None:
-        sock, _ = self._refused.pop(fd)
+        sock, _, ip = self._refused.pop(fd)
+        self._refused_from[ip] -= 1
+        if self._refused_from[ip] <= 0:
+            del self._refused_from[ip]
         self.loop.remove_reader(fd)
         sock.close()
 
     def _close_lingering(self, now: float | None = None) -> None:
         """Close the refused connections whose linger is over (all of them if ``now`` is None)."""
-        for fd, (_, until) in list(self._refused.items()):
+        for fd, (_, until, _) in list(self._refused.items()):
             if now is None or now >= until:
                 self._close_refused(fd)
 

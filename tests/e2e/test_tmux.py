@@ -165,6 +165,26 @@ def test_after_ctrl_l_the_prompt_leaves_no_copies_in_the_scrollback(term: Tmux, 
     assert len([r for r in rows if "| alice |" in r]) == 1, rows  # the status line, once: at the bottom
 
 
+def test_bursts_of_messages_on_a_full_screen_lose_no_line(tmp_path: Path, server: ServerProcess) -> None:
+    """A review of the erase above: with the prompt on the screen's last rows it moved the cursor up one
+    row too many, and the next batch's first line was printed over the last line of chat (1 line in 20
+    lost in a burst). Every line of every burst is in the scrollback, in order."""
+    term = Tmux(tmp_path, width=80, height=24)
+    try:
+        join(term, server.port)
+        with Client(server.port, "bob") as bob:
+            term.type("half typed")
+            for burst in range(6):
+                for i in range(20):  # a line a write: the lines come in batches of any size
+                    bob.send_raw(b'{"type":"msg","room":"lobby","text":"burst %d line %d"}\n' % (burst, i))
+                term.wait_for(f"<bob> burst {burst} line 19")
+        said = [r.split("<bob> ", 1)[1] for r in _scrollback(term) if "<bob> burst" in r]
+        assert said == [f"burst {b} line {i}" for b in range(6) for i in range(20)]
+        term.wait_prompt("#lobby> half typed")
+    finally:
+        term.close()
+
+
 def test_a_paste_taller_than_the_window_scrolls_in_the_input_and_leaves_no_rows_behind(
     tmp_path: Path, server: ServerProcess
 ) -> None:

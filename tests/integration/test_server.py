@@ -553,6 +553,86 @@ async def _in_process_server(data_dir: Path, workers: int) -> AsyncIterator[Serv
         server._unlock()
 
 
+def test_refused_connections_linger_until_their_end_bounded_per_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal waits for its client's end (a close with unread bytes would reset the connection and lose
+    the error line), REFUSE_LINGER at most, REFUSED_LINGERING_PER_ADDRESS from one address at once."""
+    monkeypatch.setattr(server_main, "REFUSED_LINGERING_PER_ADDRESS", 3)
+
+    async def scenario() -> None:
+        async with _in_process_server(tmp_path / "data", workers=1) as server:
+            listener = socket.create_server(("127.0.0.1", 0))
+            clients, accepted = [], []
+            try:
+                for _ in range(5):
+                    c = socket.create_connection(listener.getsockname())
+                    c.sendall(b'{"type":"hello","nick":"x"}\n')  # unread by the server: drained, no reset
+                    clients.append(c)
+                    a, _ = listener.accept()
+                    accepted.append(a)
+                    server._refuse(a, "server_full", "server is full")
+                assert len(server._refused) == 3  # the other two were closed at once
+                for c in clients:
+                    c.settimeout(5)
+                    assert json.loads(c.recv(4096).split(b"\n")[0])["code"] == "server_full"
+                clients[0].close()  # its end: the server closes its side
+                await asyncio.sleep(0)  # (the loop runs the reader once: no wait for time here)
+                deadline = time.monotonic() + 5
+                while len(server._refused) > 2 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                assert len(server._refused) == 2
+                server._close_lingering(time.monotonic() + server_main.REFUSE_LINGER)  # the others' time is up
+                assert not server._refused and not server._refused_from
+                for c in clients[1:]:
+                    assert c.recv(4096) == b""  # a FIN, not a reset
+            finally:
+                listener.close()
+                for sock in clients:
+                    sock.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_an_accept_error_for_a_connection_that_failed_is_skipped(tmp_path: Path) -> None:
+    """Linux passes a pending network error of a new connection on as accept()'s (its manual: treat them
+    as EAGAIN): it stopped that round of accepts with a traceback, the connections after it left waiting."""
+
+    class Listener:
+        def __init__(self) -> None:
+            self.results: list[OSError | tuple[socket.socket, tuple[str, int]]] = []
+
+        def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+            result = self.results.pop(0) if self.results else BlockingIOError()
+            if isinstance(result, OSError):
+                raise result
+            return result
+
+    async def scenario() -> None:
+        async with _in_process_server(tmp_path / "data", workers=1) as server:
+            placed: list[str] = []
+
+            def place(sock: socket.socket, ip: str) -> None:
+                placed.append(ip)
+                sock.close()
+
+            server._place = place  # type: ignore[method-assign]
+            listener = Listener()
+            server.listener = listener  # type: ignore[assignment]
+            a, b = socket.socketpair()
+            listener.results = [
+                OSError(errno.ECONNABORTED, "aborted"),
+                OSError(errno.EPROTO, "proto"),
+                (a, ("10.0.0.9", 5)),
+            ]
+            server._accept()
+            assert placed == ["10.0.0.9"]  # the one after them was taken
+            b.close()
+            server.listener = None
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_one_ctrl_c_delivered_twice_is_still_a_graceful_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The terminal signals its whole foreground group and a wrapper (timeout(1)) passes the same Ctrl-C
     on: two SIGINTs a millisecond apart, handled in one supervisor round. That is no second Ctrl-C asking

@@ -660,31 +660,38 @@ def test_changes_are_kept_until_acked_and_questions_until_answered() -> None:
 def test_a_join_whose_history_a_drop_took_asks_for_it_after_the_resume() -> None:
     """A /join the server did just before a silent cut: the resume's welcome lists the room and its replay
     brings the join and what followed, but the room's history before the join (its reply) was lost, and
-    the room began with nothing (a LAN review, an MTU black hole). It is asked for after the welcome, and
-    shown without the events the replay showed."""
+    the room began with nothing (a LAN review, an MTU black hole). Once the replay shows the join, the
+    history before it is asked for: what a join shows, however much was said in the room since."""
     st = welcomed()
     join = st.request(m.Join("dev"))
     st.sent(join)
     jid = decoded(join)["id"]
     st.hello()
-    st.receive_data(welcome(resumed=True, seq=14, rooms=["lobby", "dev"], last_id=jid))
-    ((qid, line),) = st.unconfirmed()
-    assert qid > jid and decoded(line) == {"type": "history", "room": "dev", "limit": const.HISTORY_ON_JOIN, "id": qid}
-    replay = ev("join", 13, room="dev", nick="al") + ev("msg", 14, room="dev", **{"from": "bo"}, text="hi al")
-    assert [f["seq"] for f in st.receive_data(replay)] == [13, 14]
+    st.receive_data(welcome(resumed=True, seq=74, rooms=["lobby", "dev"], last_id=jid))
+    assert st.unconfirmed() == [] and st.take_due() == []  # (the join was done)
+    replay = ev("join", 13, room="dev", nick="al") + b"".join(
+        ev("msg", seq, room="dev", **{"from": "bo"}, text=f"busy {seq}") for seq in range(14, 75)
+    )  # 61 lines said in the room during the outage: more than a page
+    assert len(st.receive_data(replay)) == 62
+    (line,) = st.take_due()
+    asked = decoded(line)
+    assert asked == {"type": "history", "room": "dev", "before": 13, "limit": const.HISTORY_ON_JOIN, "id": asked["id"]}
+    assert asked["id"] > jid and st.take_due() == []
+    st.hello()  # a drop before its answer: asked again, as any question
+    st.receive_data(welcome(resumed=True, seq=74, rooms=["lobby", "dev"], last_id=asked["id"]))
+    assert st.unconfirmed() == [(asked["id"], line)]
     old = {"type": "msg", "seq": 12, "ts": 0.5, "room": "dev", "from": "bo", "text": "before"}
-    shown = [old, json.loads(ev("join", 13, room="dev", nick="al")), json.loads(replay.split(b"\n")[1])]
-    (page,) = st.receive_data(enc(type="history", room="dev", events=shown, more=False, id=qid))
-    assert page["events"] == [old]  # the room's history before the join; the replayed lines shown once
-    st.hello()  # answered: not asked again at the next resume
-    st.receive_data(welcome(resumed=True, seq=14, rooms=["lobby", "dev"], last_id=qid))
-    assert st.unconfirmed() == []
+    (page,) = st.receive_data(enc(type="history", room="dev", events=[old], more=False, id=asked["id"]))
+    assert page["events"] == [old]
+    st.hello()  # answered: not asked again
+    st.receive_data(welcome(resumed=True, seq=74, rooms=["lobby", "dev"], last_id=asked["id"]))
+    assert st.unconfirmed() == [] and st.take_due() == []
 
 
-@pytest.mark.parametrize("answered", ["history", "room", "not handled", "never sent", "left"])
+@pytest.mark.parametrize("answered", ["history", "room", "not handled", "never sent", "new session", "already in"])
 def test_a_join_answered_or_not_done_asks_for_no_history(answered: str) -> None:
     st = welcomed()
-    join = st.request(m.Join("dev"))
+    join = st.request(m.Join("lobby" if answered == "already in" else "dev"))
     jid = decoded(join)["id"]
     if answered != "never sent":
         st.sent(join)
@@ -694,10 +701,13 @@ def test_a_join_answered_or_not_done_asks_for_no_history(answered: str) -> None:
         st.receive_data(enc(type="room", room="dev", nicks=["al"], id=jid))
     st.hello()
     handled = -1 if answered == "not handled" else jid
-    rooms = ["lobby"] if answered in ("not handled", "left") else ["lobby", "dev"]
-    st.receive_data(welcome(resumed=True, rooms=rooms, last_id=handled))
-    again = st.unconfirmed()
-    assert again == ([(jid, join)] if answered == "not handled" else [])  # (sent again: brings its own history)
+    extra: dict[str, Any] = {"resume_failed": "expired"} if answered == "new session" else {"resumed": True}
+    st.receive_data(welcome(seq=14, rooms=["lobby", "dev"], last_id=handled, **extra))
+    if answered != "already in":  # (already in the room: the server makes no join event)
+        st.receive_data(ev("join", 13, room="dev", nick="al"))
+    assert st.take_due() == []
+    again = answered in ("not handled", "new session")  # sent again (done again in a new session): its own history
+    assert st.unconfirmed() == ([(jid, join)] if again else [])
 
 
 def test_questions_kept_are_bounded() -> None:

@@ -214,8 +214,52 @@ def test_a_look_alike_of_a_nick_is_taken_and_the_refusal_says_which(net: Workers
     net.hub.request(2, 5, {"type": "nick", "nick": "\uff54\uff45\uff41\uff43\uff48\uff45\uff52", "id": 4}, 1.0)
     (err,) = net.take(2, 5)
     assert (err["code"], err["id"]) == (m.Err.NICK_TAKEN, 4)
-    net.hub.request(2, 5, {"type": "privmsg", "to": "T\u0415ACHER", "text": "to the one teacher"}, 1.0)
+    net.hub.request(2, 5, {"type": "privmsg", "to": "TEACHER", "text": "to the one teacher"}, 1.0)
     assert [f["text"] for f in net.take(1, 1) if f["type"] == "privmsg"] == ["to the one teacher"]
+    net.hub.request(1, 1, {"type": "nick", "nick": "t\u0435\u0430\u0441h\u0435r"}, 1.0)  # one's own look-alike
+    assert net.take(1, 1)[-1]["type"] == "nick"
+    net.clear()
+    for nick in ("Teacher", "\u0422\u0415\u0410\u0421\u041dER"):  # the same nick, and one reading as it
+        assert hello(net, 3, 7, nick)["code"] == m.Err.NICK_TAKEN
+
+
+def test_a_nick_of_another_script_is_one_nick_whatever_its_case(net: Workers) -> None:
+    """A review: Марина, марина and МАРИНА were three sessions after look-alikes were refused (the table
+    was applied before case folding). The identity is case folding."""
+    welcome_of(net, 1, 1, "\u041c\u0430\u0440\u0438\u043d\u0430")
+    for nick in ("\u043c\u0430\u0440\u0438\u043d\u0430", "\u041c\u0410\u0420\u0418\u041d\u0410"):
+        err = hello(net, 2, 5, nick)
+        assert err["code"] == m.Err.NICK_TAKEN and "reads as" not in err["message"]
+
+
+def test_look_alike_sessions_kept_from_before_keep_their_own_nicks(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: sessions of "ann" and "аnn" (Cyrillic а), both held across an upgrade to the release that
+    refuses look-alikes, shared one entry of the nick directory: a private message to ann reached аnn, and
+    one's rename deleted the other's entry. Each keeps its own identity; the first keeps the look-alike."""
+    monkeypatch.setattr(m, "nick_skeleton", lambda nick: nick)  # the release before: no look-alike refused
+    net = Workers(make_hub(stores, tmp_path))
+    tokens = {nick: welcome_of(net, 1, c, nick)["token"] for c, nick in ((1, "ann"), (2, "\u0430nn"), (3, "carol"))}
+    net.hub.shutdown("restart", 2.0)
+    net.hub.store.close()
+    monkeypatch.undo()
+    store = HistoryStore(tmp_path)
+    stores.append(store)
+    hub = Hub(store, resume_grace=GRACE, now=3.0)  # restarted within the grace: all held
+    net = Workers(hub)
+    for conn, nick in ((11, "ann"), (12, "\u0430nn"), (13, "carol")):
+        assert welcome_of(net, 1, conn, nick, now=4.0, token=tokens[nick])["resumed"] is True
+    net.clear()
+    hub.request(1, 13, {"type": "privmsg", "to": "ann", "text": "for Latin ann"}, 2.0)
+    assert [f.get("text") for f in net.take(1, 11) if f["type"] == "privmsg"] == ["for Latin ann"]
+    assert not [f for f in net.take(1, 12) if f["type"] == "privmsg"]
+    hub.request(1, 12, {"type": "nick", "nick": "bob"}, 2.0)  # the look-alike goes: the other keeps its own
+    hub.request(1, 11, {"type": "nick", "nick": "ann2"}, 2.0)
+    net.clear()
+    assert hello(net, 2, 21, "bob")["code"] == m.Err.NICK_TAKEN
+    assert hello(net, 2, 22, "ann2")["code"] == m.Err.NICK_TAKEN
+    assert hello(net, 2, 23, "ann")["type"] == "welcome"  # free again, and no KeyError on the way
 
 
 def test_second_hello_on_a_connection(net: Workers) -> None:

@@ -290,7 +290,17 @@ def test_text_limits_and_allowed_characters() -> None:
         assert m.parse_post(b'{"type":"msg","room":"a","text":"%s"}' % blank.encode("unicode_escape")) is None
     # Characters that draw as nothing are blanks too, alone or with spaces (zero-width space, Braille blank,
     # Hangul filler, word joiner, soft hyphen, a variation selector, a tag, the bidi marks) ...
-    for blank in ("\u200b", "\u2800", "\u3164", " \u2060 ", "\u00ad\ufe0f", "\U000e0041", "\u200e\u200f\u061c"):
+    blanks = (
+        "\u200b",
+        "\u2800",
+        "\u3164",
+        " \u2060 ",
+        "\u00ad\ufe0f",
+        "\U000e0041",
+        "\u200e\u200f\u061c",
+        "\u17b4\u180b\ufff0",
+    )
+    for blank in blanks:
         with pytest.raises(RemoteProtocolError, match=r"^text is blank$"):
             parse({"type": "privmsg", "to": "ann", "text": blank})
     # ... and stay inside a text that shows something (a joiner in an emoji, a bidi mark beside a word).
@@ -347,15 +357,26 @@ def test_nick_keys_are_case_insensitive() -> None:
         "TEAC\u0397ER",  # Greek capital eta
     ],
 )
-def test_look_alike_nicks_are_one_nick(lookalike: str) -> None:
+def test_look_alike_nicks_read_as_one(lookalike: str) -> None:
     assert m.check_nick(lookalike)  # a valid nick of its own...
-    assert m.nick_key(lookalike) == m.nick_key("teacher")  # ... that reads as "teacher": the same nick
+    assert m.nick_skeleton(lookalike) == m.nick_skeleton("teacher")  # ... that reads as "teacher"
+    assert m.nick_key(lookalike) != m.nick_key("teacher")  # (its identity is its own: see the hub's test)
 
 
 def test_nicks_of_other_scripts_stay_their_own() -> None:
-    keys = {m.nick_key(n) for n in ("teacher", "учитель", "δάσκαλος", "先生", "тема", "Hana", "нана")}
-    assert len(keys) == 7  # (Cyrillic small н is not h: only capitals drawn alike are mapped)
-    assert m.nick_key("\u0430nn") == m.nick_key("ann") != m.nick_key("\u043enn")  # а is a; о is o, not a
+    nicks = ("teacher", "учитель", "δάσκαλος", "先生", "тема", "Hana", "нана")
+    assert len({m.nick_skeleton(n) for n in nicks}) == 7  # (Cyrillic small н is not h: it is drawn otherwise)
+    assert m.nick_skeleton("\u0430nn") == m.nick_skeleton("ann") != m.nick_skeleton("\u043enn")  # а is a; о, o
+    assert m.nick_skeleton("zo\u0451") == m.nick_skeleton("zo\u00eb")  # Cyrillic ё is Latin ë, accent and all
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from([chr(c) for c in (*range(0x391, 0x3AA), *range(0x3B1, 0x3CA), *range(0x410, 0x450))]
+                               + list("AaBbHhKkMmPpTtXx")), min_size=1, max_size=24))  # fmt: skip
+def test_nick_identity_is_case_insensitive_in_greek_and_cyrillic(nick: str) -> None:
+    """A review: the look-alike table applied before case folding made Марина and марина two nicks (and
+    let three sessions hold what was one nick). The identity is case folding alone."""
+    assert m.nick_key(nick) == m.nick_key(nick.upper()) == m.nick_key(nick.lower()) == m.nick_key(nick.casefold())
 
 
 @pytest.mark.parametrize(

@@ -237,6 +237,9 @@ class ResumeModel(RuleBasedStateMachine):
         for frame in frames:
             for f in self.st.receive_data(m.encode(frame)):
                 self._show(f)
+        for line in self.st.take_due():  # (ChatClient._read_loop: a join's history a drop took)
+            note("a join's lost history asked")
+            self._write(line)
 
     def _write(self, line: bytes) -> None:
         self.up.append(line)
@@ -366,6 +369,8 @@ class ResumeModel(RuleBasedStateMachine):
             if out:
                 self._write(out)
                 self.st.sent(out)
+        for line in self.st.take_due():  # (the replay came with the welcome)
+            self._write(line)
         self._flush()
 
     def _notice_half_open(self) -> None:

@@ -157,8 +157,10 @@ def test_topic_names_a_room_as_irc_does_when_it_can_only_be_one() -> None:
     assert parse_command("/topic #maths Quiz on Friday", "lobby", joined) == m.Topic("maths", "Quiz on Friday")
     assert parse_command("/topic #Maths", "lobby", joined) == m.Topic("maths", None)  # asked
     assert parse_command("/topic #art", "lobby", joined) == m.Topic("art", None)  # asked of any room
-    assert parse_command("/topic #1 priority: the exam", "lobby", joined) == m.Topic("lobby", "#1 priority: the exam")
     assert parse_command("/topic #maths   ", "lobby", joined) == m.Topic("maths", None)
+    # A #room typed wrong names that room (the server refuses: not in it), not the current room's new topic
+    assert parse_command("/topic #mahts Quiz", "lobby", joined) == m.Topic("mahts", "Quiz")
+    assert parse_command("/topic #1! priority", "lobby", joined) == m.Topic("lobby", "#1! priority")  # no room
 
 
 @pytest.mark.parametrize("line", ["hello", "//x", "/me waves", "/part", "/part Bye", "/topic", "/who", "/history"])

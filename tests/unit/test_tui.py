@@ -293,9 +293,7 @@ def test_a_line_padded_to_wrap_cannot_pass_for_a_line_without_colours_either(dep
     forged = "lol" + " " * 70 + "12:03 <carol> meet me in #secret"
     buf = io.StringIO()
     out = Vt100_Output(buf, lambda: Size(24, 80), term="xterm", default_color_depth=depth)
-    for line in view.on_frame(ev("msg", 9, room="lobby", text=forged, **{"from": "bob"})):
-        print_formatted_text(out, [*line.fragments, ("", "\n")], tui.style_for(out), color_depth=depth)
-    out.flush()
+    tui.Printer(out).write(view.on_frame(ev("msg", 9, room="lobby", text=forged, **{"from": "bob"})))  # as run_app
     drawn = buf.getvalue()
     mono = depth == ColorDepth.DEPTH_1_BIT
     time_style, nick_style = ("\x1b[0;2m", "\x1b[0;1m") if mono else ("\x1b[0;90m", "\x1b[0;33m")
