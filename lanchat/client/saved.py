@@ -4,8 +4,8 @@ where the last one stopped, as a reconnect does: the same nick, what was said me
 kept for it. Without this the server held the nick for its resume grace against its own user (`nick ann is
 taken (held for a reconnecting user for 57 s more)`) and gave the private messages to nobody.
 
-One JSON file (``$XDG_STATE_HOME/lanchat/sessions.json``, mode 0600: the tokens are credentials), an entry
-per server address and nick. An entry whose client is still running (its pid) is not taken: a second
+A JSON file per server address and nick (``$XDG_STATE_HOME/lanchat/sessions/``, mode 0600 in a directory
+of mode 0700: the tokens are credentials). An entry whose client is still running (its pid) is not taken: a second
 terminal joining with the same nick must get "nick taken", not the first one's session. A clean quit
 forgets its entry; entries older than SAVED_MAX_AGE are dropped (the server forgets tokens after a day).
 """
@@ -13,13 +13,14 @@ forgets its entry; entries older than SAVED_MAX_AGE are dropped (the server forg
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import psutil
 
@@ -57,41 +58,25 @@ def entry_key(address: str, nick: str) -> str:
 
 
 class SessionFile:
-    """The file of saved sessions. Every failure to read or write it is ignored: it is a convenience, and
-    a client without it works as before (a new session)."""
+    """The saved sessions: a file each (two clients of one user, with two nicks, save at once without taking
+    each other's), named by a hash of its key. Every failure to read or write one is ignored: it is a
+    convenience, and a client without it works as before (a new session)."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or state_dir() / "sessions.json"
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory or state_dir() / "sessions"
 
-    def _read(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _write(self, data: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sessions.", suffix=".tmp")  # (mode 0600)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(data, f)
-                os.replace(tmp, self.path)  # whole or not at all: a kill mid-write leaves the last one
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+    def path(self, key: str) -> Path:
+        return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
     def load(self, key: str, *, now: float | None = None) -> Saved | None:
         """The session saved under ``key``, unless it is too old or its client still runs."""
         now = time.time() if now is None else now
-        entry = self._read().get(key)
-        if not isinstance(entry, dict):
-            return None
         try:
-            saved = Saved(**entry)
-        except TypeError:
+            entry = json.loads(self.path(key).read_text(encoding="utf-8"))
+            saved = Saved(**{k: v for k, v in entry.items() if k != "key"}) if entry.get("key") == key else None
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+        if saved is None:
             return None
         checks = (
             isinstance(saved.token, str) and saved.token,
@@ -108,17 +93,30 @@ class SessionFile:
     def save(self, key: str, saved: Saved, *, now: float | None = None) -> None:
         now = time.time() if now is None else now
         saved.saved_at, saved.pid = now, os.getpid()
-        data = {k: v for k, v in self._read().items() if isinstance(v, dict) and _fresh(v.get("saved_at"), now)}
-        data.pop(key, None)
-        data[key] = asdict(saved)
-        while len(data) > SAVED_MAX:  # (insertion order: the least recently saved first)
-            del data[next(iter(data))]
-        self._write(data)
+        with contextlib.suppress(OSError):
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")  # (mode 0600)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump({"key": key, **asdict(saved)}, f)
+                os.replace(tmp, self.path(key))  # whole or not at all: a kill mid-write leaves the last one
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            self._prune(time.time())  # (by the files' times, on the system's clock)
 
     def forget(self, key: str) -> None:
-        data = self._read()
-        if data.pop(key, None) is not None:
-            self._write(data)
+        with contextlib.suppress(OSError):
+            self.path(key).unlink()
+
+    def _prune(self, now: float) -> None:
+        """Files of sessions older than SAVED_MAX_AGE go, and past SAVED_MAX the least recently saved."""
+        files = sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for i, path in enumerate(files):
+            if i >= SAVED_MAX or not 0 <= now - path.stat().st_mtime <= SAVED_MAX_AGE:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def _fresh(saved_at: object, now: float) -> bool:

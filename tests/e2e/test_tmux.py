@@ -5,7 +5,6 @@ picks the server (or asks which one)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -19,6 +18,8 @@ from typing import Any
 import psutil
 import pytest
 from tmux_support import BASH, TMUX, Tmux
+
+from lanchat.client.saved import SessionFile, entry_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from discovery_support import free_udp_port
@@ -265,7 +266,7 @@ def test_a_client_killed_and_started_again_resumes_its_session(tmp_path: Path, s
             first.wait_for("<tutor> before")
             assert first.pane_pid is not None
             (client,) = psutil.Process(first.pane_pid).children()
-            saved = Path(os.environ["XDG_STATE_HOME"]) / "lanchat" / "sessions.json"
+            saved = SessionFile().path(entry_key(f"127.0.0.1:{server.port}", "kim"))
             seen = tutor.expect("ack")["seq"]
             first.wait(lambda _: f'"last_seq": {seen},' in saved.read_text(), "the save (a second after)")
             client.kill()  # no goodbye: the server holds the session for its grace
@@ -283,7 +284,7 @@ def test_a_client_killed_and_started_again_resumes_its_session(tmp_path: Path, s
             again.type("/quit")
             again.keys("Enter")
             assert again.exit_status() == 0
-        assert json.loads(saved.read_text()) == {}  # ended cleanly: nothing to resume
+        assert not saved.exists()  # ended cleanly: nothing to resume
     finally:
         first.close()
         again.close()

@@ -1,4 +1,4 @@
-"""The terminal client's saved session: a file of entries per server address and nick (saved.py)."""
+"""The terminal client's saved sessions: a file per server address and nick (saved.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def saved(token: str = "tok", **kw: object) -> Saved:
 
 
 def test_a_session_is_saved_loaded_and_forgotten(tmp_path: Path) -> None:
-    f = SessionFile(tmp_path / "lanchat" / "sessions.json")
+    f = SessionFile(tmp_path / "lanchat" / "sessions")
     key = entry_key("10.0.0.5:7272", "Kim")
     assert key == entry_key("10.0.0.5:7272", "KIM") != entry_key("10.0.0.6:7272", "kim")  # a nick's key
     assert f.load(key) is None
@@ -31,23 +32,31 @@ def test_a_session_is_saved_loaded_and_forgotten(tmp_path: Path) -> None:
     assert got is not None and (got.token, got.last_seq, got.attempts, got.next_id) == ("tok", 41, 3, 12)
     assert got.rooms == ["lobby", "maths"] and got.pid == os.getpid()  # this process's own: taken
     assert f.load(key, now=1000.0 + SAVED_MAX_AGE + 1) is None  # the server forgets tokens after a day
-    assert stat.S_IMODE(f.path.stat().st_mode) == 0o600 and stat.S_IMODE(f.path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(f.path(key).stat().st_mode) == 0o600 and stat.S_IMODE(f.directory.stat().st_mode) == 0o700
     f.forget(key)
-    assert f.load(key, now=1000.0) is None and json.loads(f.path.read_text()) == {}
+    assert f.load(key, now=1000.0) is None and list(f.directory.iterdir()) == []
+
+
+def test_two_clients_of_one_user_keep_their_own_sessions(tmp_path: Path) -> None:
+    f = SessionFile(tmp_path)
+    f.save(entry_key("h:1", "ann"), saved("ann's"))
+    f.save(entry_key("h:1", "bob"), saved("bob's"))
+    f.forget(entry_key("h:1", "bob"))
+    ann = f.load(entry_key("h:1", "ann"))
+    assert ann is not None and ann.token == "ann's" and f.load(entry_key("h:1", "bob")) is None
 
 
 def test_a_session_whose_client_still_runs_is_not_taken(tmp_path: Path) -> None:
     """A second terminal joining with the same nick must be told the nick is taken, not take the first
     one's session (which would end it: `session resumed on another connection`)."""
-    f = SessionFile(tmp_path / "sessions.json")
+    f = SessionFile(tmp_path)
     other = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()", "lanchat"], stdin=subprocess.PIPE
     )  # a process whose command line names lanchat, as a client's does
     try:
         f.save("a", saved())
-        data = json.loads(f.path.read_text())
-        data["a"]["pid"] = other.pid
-        f.path.write_text(json.dumps(data))
+        data = json.loads(f.path("a").read_text())
+        f.path("a").write_text(json.dumps({**data, "pid": other.pid}))
         assert f.load("a") is None
     finally:
         assert other.stdin is not None
@@ -57,21 +66,31 @@ def test_a_session_whose_client_still_runs_is_not_taken(tmp_path: Path) -> None:
 
 
 def test_a_damaged_or_foreign_file_is_no_session(tmp_path: Path) -> None:
-    f = SessionFile(tmp_path / "sessions.json")
-    for text in ("", "{", "[]", '{"a": 5}', '{"a": {"token": 5}}', '{"a": {"token": "t", "last_seq": "x", '
-                 '"attempts": 1, "next_id": 1, "rooms": [], "saved_at": 0, "pid": 0}}'):  # fmt: skip
-        f.path.write_text(text)
-        assert f.load("a", now=0.0) is None
-    f.save("b", saved())  # and it is written anew
+    f = SessionFile(tmp_path)
+    good = {"key": "a", "token": "t", "last_seq": 1, "attempts": 1, "next_id": 1, "rooms": [], "saved_at": 0, "pid": 0}
+    for text in ("", "{", "[]", "5", json.dumps({**good, "key": "b"}), json.dumps({**good, "last_seq": "x"}),
+                 json.dumps({**good, "extra": 1}), json.dumps({**good, "rooms": [1]})):  # fmt: skip
+        f.path("a").write_text(text)
+        assert f.load("a", now=0.0) is None, text
+    f.path("a").write_text(json.dumps(good))
+    assert f.load("a", now=0.0) is not None  # (the same, whole)
+    f.save("b", saved())  # and a save writes it anew
     assert f.load("b") is not None
 
 
-def test_the_file_keeps_the_most_recently_saved_entries(tmp_path: Path) -> None:
-    f = SessionFile(tmp_path / "sessions.json")
+def test_old_and_surplus_files_are_pruned(tmp_path: Path) -> None:
+    f = SessionFile(tmp_path)
+    now = time.time()
     for i in range(SAVED_MAX + 5):
-        f.save(f"k{i}", saved(), now=100.0 + i)
-    kept = json.loads(f.path.read_text())
-    assert len(kept) == SAVED_MAX and "k0" not in kept and f"k{SAVED_MAX + 4}" in kept
+        f.save(f"k{i}", saved())
+        os.utime(f.path(f"k{i}"), (now - 1000 + i, now - 1000 + i))  # saved one second after another
+    f.save("new", saved())
+    kept = {p.name for p in f.directory.glob("*.json")}
+    assert len(kept) == SAVED_MAX and f.path("k0").name not in kept and f.path("new").name in kept
+    for path in f.directory.glob("*.json"):
+        os.utime(path, (now - SAVED_MAX_AGE - 10, now - SAVED_MAX_AGE - 10))  # a day ago
+    f.save("later", saved())
+    assert [p.name for p in f.directory.glob("*.json")] == [f.path("later").name]
 
 
 def test_the_state_directory_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -89,20 +108,10 @@ def test_a_restored_state_resumes_with_its_attempt_and_ids_continued() -> None:
     st.restore("tok", 41, 3, 12, ["lobby", "maths"])
     hello = json.loads(st.hello())
     assert (hello["token"], hello["attempt"], hello["last_seq"], hello["rooms"]) == ("tok", 4, 41, ["lobby", "maths"])
+    welcome = {"type": "welcome", "nick": "kim", "session": "s1", "token": "tok", "seq": 41, "resumed": True}
     st.receive_data(
         m.encode({"type": "server", "proto": 1, "name": "s"})
-        + m.encode(
-            {
-                "type": "welcome",
-                "nick": "kim",
-                "session": "s1",
-                "token": "tok",
-                "seq": 41,
-                "resumed": True,
-                "rooms": ["lobby", "maths"],
-                "last_id": 15,
-            }
-        )
+        + m.encode({**welcome, "rooms": ["lobby", "maths"], "last_id": 15})
     )
     assert st.resumed
     rid, _ = st.post(m.Msg("lobby", "back"))
