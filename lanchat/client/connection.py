@@ -428,8 +428,9 @@ class ChatClient:
                 self._server_closed = True
                 return
             self._last_rx = time.monotonic()
-            if self.saver is not None and self._save_due is None:  # (its last_seq moves on)
-                self._save_due = asyncio.get_running_loop().call_later(SAVE_INTERVAL, self.save)
+            if self.saver is not None and self._save_due is None and not self._closing:  # (its last_seq moves on;
+                self._save_due = asyncio.get_running_loop().call_later(SAVE_INTERVAL, self.save)  # a close
+                # decides what becomes of the saved state, and the reads of its linger must not undo that)
             for frame in self.state.receive_data(data):
                 kind = frame.get("type")
                 if kind == "ping":

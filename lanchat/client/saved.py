@@ -4,10 +4,12 @@ where the last one stopped, as a reconnect does: the same nick, what was said me
 kept for it. Without this the server held the nick for its resume grace against its own user (`nick ann is
 taken (held for a reconnecting user for 57 s more)`) and gave the private messages to nobody.
 
-A JSON file per server address and nick (``$XDG_STATE_HOME/lanchat/sessions/``, mode 0600 in a directory
-of mode 0700: the tokens are credentials). An entry whose client is still running (its pid) is not taken: a second
-terminal joining with the same nick must get "nick taken", not the first one's session. A clean quit
-forgets its entry; entries older than SAVED_MAX_AGE are dropped (the server forgets tokens after a day).
+A JSON file per server address and nick (the session's nick as it is now), in
+``$XDG_STATE_HOME/lanchat/sessions/`` (mode 0600 in a directory of mode 0700: the tokens are credentials).
+A file is taken only on the machine (and in the process namespace) that wrote it, and not while the
+client that wrote it still runs: a second terminal joining with the same nick, here or on another machine
+sharing the home directory, must get "nick taken", not the first one's session. A clean quit forgets its
+file; files older than SAVED_MAX_AGE go (the server forgets tokens after a day).
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import psutil
 
+from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
 
 SAVED_MAX_AGE: Final = 24 * 3600.0  # seconds: as long as the server remembers an ended session's token
-SAVED_MAX: Final = 64  # entries in the file (the oldest go)
+SAVED_MAX: Final = 64  # files kept (the least recently saved go)
+# A restored run's hellos count on from the saved count with this much to spare: a save that failed (a
+# full disk) leaves the count behind what the server saw, and a resume whose attempt is not above the last
+# one is refused as a hello held back by the network. No client sends this many hellos between two saves.
+RESTORED_ATTEMPT_GAP: Final = 1000
 
 
 def state_dir() -> Path:
@@ -42,15 +50,17 @@ def state_dir() -> Path:
 class Saved:
     """What a resume needs: the token, the last event seen, the hellos sent (the server refuses a resume
     whose attempt is not above the last one), the next post id (ids at or below the last one the server
-    handled are taken for resends), and the rooms (joined again if the session has expired)."""
+    handled are taken for resends), the rooms (joined again if the session has expired) and the current
+    one. ``writer``: which process wrote it (machine, process namespace, pid and its start time)."""
 
     token: str
     last_seq: int | None
     attempts: int
     next_id: int
     rooms: list[str]
+    room: str = ""
     saved_at: float = 0.0
-    pid: int = 0
+    writer: list[Any] | None = None
 
 
 def entry_key(address: str, nick: str) -> str:
@@ -69,31 +79,26 @@ class SessionFile:
         return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
     def load(self, key: str, *, now: float | None = None) -> Saved | None:
-        """The session saved under ``key``, unless it is too old or its client still runs."""
+        """The session saved under ``key``, unless it is too old, damaged, another machine's, or its
+        client still runs."""
         now = time.time() if now is None else now
         try:
             entry = json.loads(self.path(key).read_text(encoding="utf-8"))
             saved = Saved(**{k: v for k, v in entry.items() if k != "key"}) if entry.get("key") == key else None
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError):  # (a file nested 100,000 deep)
             return None
-        if saved is None:
+        if saved is None or not _valid(saved) or not 0 <= now - saved.saved_at <= SAVED_MAX_AGE:
             return None
-        checks = (
-            isinstance(saved.token, str) and saved.token,
-            saved.last_seq is None or type(saved.last_seq) is int,
-            type(saved.attempts) is int and type(saved.next_id) is int,
-            isinstance(saved.rooms, list) and all(isinstance(r, str) for r in saved.rooms),
-        )
-        if not all(checks) or not _fresh(saved.saved_at, now):
+        writer = saved.writer or []
+        if writer[:2] != _machine() or _running(writer[2:]):  # another machine's, or its client runs on
             return None
-        if saved.pid != os.getpid() and _running(saved.pid):
-            return None  # another client has it now
         return saved
 
-    def save(self, key: str, saved: Saved, *, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        saved.saved_at, saved.pid = now, os.getpid()
-        with contextlib.suppress(OSError):
+    def save(self, key: str, saved: Saved, *, now: float | None = None) -> bool:
+        """Write ``saved`` under ``key``; False if it could not be written."""
+        saved.saved_at = time.time() if now is None else now
+        saved.writer = [*_machine(), *_me()]
+        try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")  # (mode 0600)
             try:
@@ -105,6 +110,9 @@ class SessionFile:
                     os.unlink(tmp)
                 raise
             self._prune(time.time())  # (by the files' times, on the system's clock)
+        except OSError:
+            return False
+        return True
 
     def forget(self, key: str) -> None:
         with contextlib.suppress(OSError):
@@ -119,16 +127,53 @@ class SessionFile:
                     path.unlink()
 
 
-def _fresh(saved_at: object, now: float) -> bool:
-    return isinstance(saved_at, int | float) and 0 <= now - saved_at <= SAVED_MAX_AGE
+def _valid(saved: Saved) -> bool:
+    """A file's fields as this client writes them (a damaged or edited one is no session: a bad room name
+    made every start fail)."""
+    try:
+        rooms = [m.check_room(r) for r in saved.rooms] if isinstance(saved.rooms, list) else None
+        room_ok = saved.room == "" or m.check_room(saved.room) == saved.room
+    except RemoteProtocolError:
+        return False
+    return bool(
+        isinstance(saved.token, str)
+        and saved.token
+        and (saved.last_seq is None or (type(saved.last_seq) is int and saved.last_seq >= 0))
+        and type(saved.attempts) is int
+        and saved.attempts >= 0
+        and type(saved.next_id) is int
+        and saved.next_id >= 1
+        and rooms == saved.rooms
+        and room_ok
+        and isinstance(saved.saved_at, int | float)
+        and (saved.writer is None or isinstance(saved.writer, list))
+    )
 
 
-def _running(pid: object) -> bool:
-    """A lanchat client with this pid runs (not a process that got the number since)."""
-    if type(pid) is not int or pid <= 0:
+def _machine() -> list[Any]:
+    """This machine and process namespace: a home directory shared by several machines (NFS), or mounted
+    into containers, holds files whose pids mean nothing here."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return [socket.gethostname(), namespace]
+
+
+def _me() -> list[Any]:
+    """This process: its pid and its start time (a pid alone may be another process's by now)."""
+    try:
+        return [os.getpid(), psutil.Process().create_time()]
+    except psutil.Error:
+        return [os.getpid(), 0.0]
+
+
+def _running(writer: list[Any]) -> bool:
+    """The process that wrote a file (pid and start time) runs, and is not this one."""
+    if len(writer) != 2 or type(writer[0]) is not int or writer[0] == os.getpid():
         return False
     try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and any("lanchat" in part for part in proc.cmdline())
-    except (psutil.Error, OSError):
+        proc = psutil.Process(writer[0])
+        return bool(proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - float(writer[1])) < 0.01)
+    except (psutil.Error, OSError, TypeError, ValueError):
         return False

@@ -71,7 +71,7 @@ from lanchat.client.connection import (
     on_hangup,
 )
 from lanchat.client.current import CurrentRoom
-from lanchat.client.saved import Saved, SessionFile, entry_key
+from lanchat.client.saved import RESTORED_ATTEMPT_GAP, Saved, SessionFile, entry_key
 from lanchat.config import host_port
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
@@ -266,6 +266,7 @@ class ChatView:
         self.unsent = unsent
         self._now = now
         self._history_asked: set[str] = set()
+        self._quiet_who: set[str] = set()  # rooms whose next who answer updates members quietly
         self._room_said: dict[str, str] = {}  # room -> the words of its last room reply shown (see _on_room)
         self._reconnecting = False
         self._replies: dict[str, Callable[[dict[str, Any]], list[Line]]] = {
@@ -326,6 +327,8 @@ class ChatView:
             self.joined = rooms
             self.members = {r: ns for r, ns in self.members.items() if r in rooms}
             self.counts = {r: n for r, n in self.counts.items() if r in rooms}
+            if self.room not in self.current.rooms(rooms):  # (a run started again: its --room, which the
+                self.room = rooms[-1] if rooms else None  # session may have left; the last joined, as /part)
             return [self._system(f"session resumed: you are {clean(self.nick)} in {where}", "state")]
         if frame.get("resumed"):  # the new session made after an expiry, whose welcome was lost: resumed
             self.joined, self.members, self.counts, self._room_said = rooms, {}, {}, {}  # through the old token
@@ -342,9 +345,21 @@ class ChatView:
         )
         return lines
 
+    def quietly_ask_who(self, room: str) -> None:
+        """The answer to a who the client asks of itself (a run started again knows no member) updates the
+        members and shows nothing: the server's own room reply, if one comes, says who is there."""
+        self._quiet_who.add(room)
+
     def _on_room(self, frame: dict[str, Any]) -> list[Line]:
         room = str(frame.get("room", ""))
         nicks = [str(n) for n in _list(frame, "nicks") if isinstance(n, str)]
+        if frame.get("type") == "who" and room in self._quiet_who:
+            self._quiet_who.discard(room)
+            if room in self.joined:
+                self.members[room] = nicks
+                users = frame.get("users")
+                self.counts[room] = users if type(users) is int and users >= len(nicks) else len(nicks)
+            return []
         if room in self.joined:
             self.members[room] = nicks
             users = frame.get("users")  # a join reply lists the first nicks only, with the full count
@@ -978,19 +993,29 @@ async def run_app(
             offline.set()
 
     sessions = sessions or SessionFile()
-    saved_as = entry_key(host_port(host, port), nick)
+    address = host_port(host, port)  # (as joined: the server may move meanwhile; a later run joins here)
+    saved_as = [entry_key(address, nick)]  # the file of the session, by its nick as it is now
+    unsaved = [False]  # a save failed: said once
 
     def save(state: ClientState) -> None:
-        if (kept := state.saved_view()) is not None:
-            sessions.save(saved_as, Saved(*kept))
+        if (kept := state.saved_view()) is None:
+            return
+        key = entry_key(address, state.info.nick)
+        if key != saved_as[0]:  # renamed: `lanchat join --nick NEW` resumes it now (two runs that began as
+            sessions.forget(saved_as[0])  # one nick, one since renamed, do not share a file)
+            saved_as[0] = key
+        if not sessions.save(key, Saved(*kept, room=view.room or "")) and not unsaved[0]:
+            unsaved[0] = True
+            printer.show(view.note(f"cannot keep the session for a restart in {sessions.directory}", "error"))
 
     client = ChatClient(
         host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after,
         relocate=relocate, saver=save,
     )  # fmt: skip
-    earlier = sessions.load(saved_as)
+    earlier = sessions.load(saved_as[0])
     if earlier is not None:  # a run killed before it could say goodbye
-        client.state.restore(earlier.token, earlier.last_seq, earlier.attempts, earlier.next_id, earlier.rooms)
+        attempts = earlier.attempts + RESTORED_ATTEMPT_GAP
+        client.state.restore(earlier.token, earlier.last_seq, attempts, earlier.next_id, earlier.rooms)
     loop = asyncio.get_running_loop()
 
     async def quit_with(reason: str = "", *, send_first: bool = True) -> None:
@@ -1001,7 +1026,7 @@ async def run_app(
         if client.goodbye_lost:  # the server may hold the session: the next run resumes it
             client.save()
         else:  # ended: nothing to resume
-            sessions.forget(saved_as)
+            sessions.forget(saved_as[0])
         if never:
             printer.show(view.note(f"{count_of(never, 'message')} not sent (typed while disconnected)", "error"))
         if (maybe := client.state.unacked - never) > 0:
@@ -1009,8 +1034,8 @@ async def run_app(
             # ends the connection before their acks: "may", not "were not"
             left = count_of(maybe, "message")
             printer.show(view.note(f"{left} may not have been sent (no acknowledgement)", "error"))
-        if client.goodbye_lost:
-            printer.show(view.note(GOODBYE_LOST_NOTE, "error"))
+        if client.goodbye_lost:  # (kept for the next run: saved above)
+            printer.show(view.note(f"{GOODBYE_LOST_NOTE}; `lanchat join` here again resumes it", "error"))
 
     async def send_before_quitting() -> None:
         """/quit and Ctrl-D first send what was typed (a paste ending in /quit: its lines at the server's
@@ -1042,7 +1067,8 @@ async def run_app(
     where = f"{view.server} ({view.address})" if view.server else view.address
     printer.show(view.note(f"connecting to {where} as {clean(nick)}"))
     if earlier is not None:
-        since = time.strftime("%H:%M", time.localtime(earlier.saved_at))
+        day = "%H:%M" if time.localtime(earlier.saved_at)[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M"
+        since = time.strftime(day, time.localtime(earlier.saved_at))
         printer.show(view.note(f"resuming your session as {clean(nick)}, left at {since} without a goodbye"))
     closed: asyncio.Task[None] | None = None
     signalled: asyncio.Future[int] = loop.create_future()  # SIGTERM, SIGHUP: quit as /quit does
@@ -1051,10 +1077,14 @@ async def run_app(
             await client.connect()
         except ConnectError as exc:
             printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
-            return exc.exit_code
-        if earlier is not None and client.state.resumed:  # who is here: this run has seen no room reply
+            client.state.info.token = None  # a restored session is left as it was (held, to be resumed by a
+            return exc.exit_code  # later run): the close must not say goodbye for it
+        if earlier is not None and client.state.resumed:  # this run has seen no room reply: who is here
             for joined in client.state.rooms:
+                view.quietly_ask_who(joined)
                 client.send(m.Who(joined))
+            if earlier.room in client.state.rooms:
+                view.room = earlier.room  # where the killed run's lines went
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
         unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
         unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))

@@ -261,25 +261,29 @@ def test_a_client_killed_and_started_again_resumes_its_session(tmp_path: Path, s
         first.type("/join maths")
         first.keys("Enter")
         first.wait_status("#maths")
+        first.type("/nick kimmy")  # the file follows the nick: `join --nick kimmy` resumes it now
+        first.keys("Enter")
+        first.wait_status("| kimmy |")
         with Client(server.port, "tutor", rooms=["maths"]) as tutor:
             tutor.send({"type": "msg", "room": "maths", "text": "before", "id": 1})
             first.wait_for("<tutor> before")
             assert first.pane_pid is not None
             (client,) = psutil.Process(first.pane_pid).children()
-            saved = SessionFile().path(entry_key(f"127.0.0.1:{server.port}", "kim"))
+            saved = SessionFile().path(entry_key(f"127.0.0.1:{server.port}", "kimmy"))
             seen = tutor.expect("ack")["seq"]
-            first.wait(lambda _: f'"last_seq": {seen},' in saved.read_text(), "the save (a second after)")
+            first.wait(lambda _: saved.exists() and f'"last_seq": {seen},' in saved.read_text(), "the save")
+            assert not SessionFile().path(entry_key(f"127.0.0.1:{server.port}", "kim")).exists()
             client.kill()  # no goodbye: the server holds the session for its grace
             client.wait(10)
-            tutor.send({"type": "msg", "room": "maths", "text": "said while kim was away", "id": 2})
-            tutor.send({"type": "privmsg", "to": "kim", "text": "are you ok?", "id": 3})
-            assert tutor.expect("privmsg").get("held")  # (kim's session is held, its client gone)
-            again.start("join", f"127.0.0.1:{server.port}", "--nick", "kim")
-            again.wait_for("resuming your session as kim")
-            again.wait_for("session resumed: you are kim in #lobby #maths")
-            again.wait_for("<tutor> said while kim was away")
+            tutor.send({"type": "msg", "room": "maths", "text": "said while kimmy was away", "id": 2})
+            tutor.send({"type": "privmsg", "to": "kimmy", "text": "are you ok?", "id": 3})
+            assert tutor.expect("privmsg").get("held")  # (the session is held, its client gone)
+            again.start("join", f"127.0.0.1:{server.port}", "--nick", "kimmy")
+            again.wait_for("resuming your session as kimmy")
+            again.wait_for("session resumed: you are kimmy in #lobby #maths")
+            again.wait_for("<tutor> said while kimmy was away")
             again.wait_for("*tutor* (private) are you ok?")
-            again.wait_status("#lobby (+1 room) | kim | 1 user")  # who is here, asked again
+            again.wait_status("#maths (+1 room) | kimmy | 2 users")  # the room it talked in; who is there
             assert "before" not in again.screen()  # seen before the kill: not shown again
             again.type("/quit")
             again.keys("Enter")

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lanchat.client.saved import SAVED_MAX, SAVED_MAX_AGE, Saved, SessionFile, entry_key, state_dir
@@ -30,7 +31,7 @@ def test_a_session_is_saved_loaded_and_forgotten(tmp_path: Path) -> None:
     f.save(key, saved(), now=1000.0)
     got = f.load(key, now=1000.0 + SAVED_MAX_AGE)
     assert got is not None and (got.token, got.last_seq, got.attempts, got.next_id) == ("tok", 41, 3, 12)
-    assert got.rooms == ["lobby", "maths"] and got.pid == os.getpid()  # this process's own: taken
+    assert got.rooms == ["lobby", "maths"] and got.writer is not None and got.writer[2] == os.getpid()  # ours
     assert f.load(key, now=1000.0 + SAVED_MAX_AGE + 1) is None  # the server forgets tokens after a day
     assert stat.S_IMODE(f.path(key).stat().st_mode) == 0o600 and stat.S_IMODE(f.directory.stat().st_mode) == 0o700
     f.forget(key)
@@ -46,36 +47,46 @@ def test_two_clients_of_one_user_keep_their_own_sessions(tmp_path: Path) -> None
     assert ann is not None and ann.token == "ann's" and f.load(entry_key("h:1", "bob")) is None
 
 
-def test_a_session_whose_client_still_runs_is_not_taken(tmp_path: Path) -> None:
+def test_a_session_whose_client_still_runs_or_another_machine_wrote_is_not_taken(tmp_path: Path) -> None:
     """A second terminal joining with the same nick must be told the nick is taken, not take the first
-    one's session (which would end it: `session resumed on another connection`)."""
+    one's session (which would end it: `session resumed on another connection`): on this machine (its
+    client runs), and on another that shares the home directory (a lab's NFS, a container: a review)."""
     f = SessionFile(tmp_path)
-    other = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()", "lanchat"], stdin=subprocess.PIPE
-    )  # a process whose command line names lanchat, as a client's does
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         f.save("a", saved())
         data = json.loads(f.path("a").read_text())
-        f.path("a").write_text(json.dumps({**data, "pid": other.pid}))
-        assert f.load("a") is None
+        host, namespace, _, _ = data["writer"]
+        started = psutil.Process(other.pid).create_time()
+        for writer, taken in (
+            ([host, namespace, other.pid, started], False),  # its client runs
+            ([host, namespace, other.pid, started - 50], True),  # that pid is another process's by now
+            (["elsewhere", namespace, 1, 0.0], False),  # another machine's
+            ([host, "pid:[1]", 1, 0.0], False),  # another process namespace's (a container)
+        ):
+            f.path("a").write_text(json.dumps({**data, "writer": writer}))
+            assert (f.load("a") is not None) is taken, writer
     finally:
         assert other.stdin is not None
         other.stdin.close()
         other.wait(10)
-    assert f.load("a") is not None  # gone: its session may be taken
+    f.path("a").write_text(json.dumps({**data, "writer": [host, namespace, other.pid, started]}))
+    assert f.load("a") is not None  # its client is gone: the session may be taken
 
 
 def test_a_damaged_or_foreign_file_is_no_session(tmp_path: Path) -> None:
     f = SessionFile(tmp_path)
-    good = {"key": "a", "token": "t", "last_seq": 1, "attempts": 1, "next_id": 1, "rooms": [], "saved_at": 0, "pid": 0}
-    for text in ("", "{", "[]", "5", json.dumps({**good, "key": "b"}), json.dumps({**good, "last_seq": "x"}),
-                 json.dumps({**good, "extra": 1}), json.dumps({**good, "rooms": [1]})):  # fmt: skip
+    f.save("a", saved())
+    good = json.loads(f.path("a").read_text())
+    for text in ("", "{", "[]", "5", "[" * 100_000 + "]" * 100_000, json.dumps({**good, "key": "b"}),
+                 json.dumps({**good, "last_seq": "x"}), json.dumps({**good, "last_seq": -1}),
+                 json.dumps({**good, "extra": 1}), json.dumps({**good, "rooms": [1]}),
+                 json.dumps({**good, "rooms": ["no such room!!"]}), json.dumps({**good, "room": "Lobby"}),
+                 json.dumps({**good, "next_id": 0}), json.dumps({**good, "writer": None})):  # fmt: skip
         f.path("a").write_text(text)
-        assert f.load("a", now=0.0) is None, text
+        assert f.load("a") is None, text[:80]
     f.path("a").write_text(json.dumps(good))
-    assert f.load("a", now=0.0) is not None  # (the same, whole)
-    f.save("b", saved())  # and a save writes it anew
-    assert f.load("b") is not None
+    assert f.load("a") is not None  # (the same, whole)
 
 
 def test_old_and_surplus_files_are_pruned(tmp_path: Path) -> None:

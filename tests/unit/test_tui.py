@@ -28,6 +28,7 @@ from prompt_toolkit.renderer import print_formatted_text
 
 from lanchat.client import tui
 from lanchat.client.connection import EXIT_LOST, EXIT_NICK, EXIT_OK, EXIT_UNREACHABLE
+from lanchat.client.saved import Saved, SessionFile, entry_key
 from lanchat.client.tui import (
     PALETTE,
     ChatView,
@@ -712,6 +713,35 @@ async def app(
 
 def shown(view: ChatView, text: str) -> Callable[[], bool]:
     return lambda: any(text in line for line in view.transcript)
+
+
+def test_a_run_whose_first_connect_fails_leaves_the_restored_session_held() -> None:
+    """A review: a run started again whose first connect failed (the server slow to welcome it, or its
+    resume refused) closed as any run does, and the goodbye it sent on a connection of its own resumed
+    the very session it meant to take back, and ended it (the nick, the private messages kept: gone).
+    Against a server that greets and hangs up: nothing more may come to it after the failed hello."""
+    hellos: list[bytes] = []
+
+    async def main() -> int:
+        async def greet_and_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b'{"type":"server","proto":1,"name":"x"}\n')
+            hellos.append(await reader.readline())
+            writer.close()
+
+        listener = await asyncio.start_server(greet_and_hang_up, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        SessionFile().save(entry_key(f"127.0.0.1:{port}", "kim"), Saved("tok", 7, 3, 5, ["lobby"]))
+        try:
+            async with app(port, "kim") as (task, _inp, view):
+                code = await asyncio.wait_for(task, 20)
+                assert shown(view, "resuming your session as kim")()
+                return code
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+    assert run(main()) == EXIT_UNREACHABLE
+    assert len(hellos) == 1 and json.loads(hellos[0])["token"] == "tok"  # the one hello, and no goodbye after it
 
 
 def test_a_refused_line_equal_to_the_newest_of_ups_lines_leaves_that_line() -> None:
