@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import socket
 import tempfile
@@ -85,13 +86,13 @@ class SessionFile:
         try:
             entry = json.loads(self.path(key).read_text(encoding="utf-8"))
             saved = Saved(**{k: v for k, v in entry.items() if k != "key"}) if entry.get("key") == key else None
-        except (OSError, ValueError, TypeError, AttributeError, RecursionError):  # (a file nested 100,000 deep)
-            return None
-        if saved is None or not _valid(saved) or not 0 <= now - saved.saved_at <= SAVED_MAX_AGE:
-            return None
-        writer = saved.writer or []
-        if writer[:2] != _machine() or _running(writer[2:]):  # another machine's, or its client runs on
-            return None
+            if saved is None or not _valid(saved) or not 0 <= now - saved.saved_at <= SAVED_MAX_AGE:
+                return None
+            writer = saved.writer or []
+            if writer[:2] != _machine() or _running(writer[2:]):  # another machine's, or its client runs on
+                return None
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError, OverflowError):  # (nested 100,000
+            return None  # deep; a number too large for a float: a damaged file is no session)
         return saved
 
     def save(self, key: str, saved: Saved, *, now: float | None = None) -> bool:
@@ -115,14 +116,22 @@ class SessionFile:
         return True
 
     def forget(self, key: str) -> None:
-        with contextlib.suppress(OSError):
-            self.path(key).unlink()
+        """Remove the file of ``key`` if this process wrote it last (a run that joined with the nick since,
+        here, has its own session in it)."""
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, RecursionError):
+            path = self.path(key)
+            if json.loads(path.read_text(encoding="utf-8")).get("writer") == [*_machine(), *_me()]:
+                path.unlink()
 
     def _prune(self, now: float) -> None:
-        """Files of sessions older than SAVED_MAX_AGE go, and past SAVED_MAX the least recently saved."""
-        files = sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for i, path in enumerate(files):
-            if i >= SAVED_MAX or not 0 <= now - path.stat().st_mtime <= SAVED_MAX_AGE:
+        """Files of sessions older than SAVED_MAX_AGE go, and past SAVED_MAX the least recently saved (a
+        file another client removed meanwhile is no failure of this one's save)."""
+        dated = []
+        for path in self.directory.glob("*.json"):
+            with contextlib.suppress(OSError):
+                dated.append((path.stat().st_mtime, path))
+        for i, (mtime, path) in enumerate(sorted(dated, reverse=True)):
+            if i >= SAVED_MAX or not 0 <= now - mtime <= SAVED_MAX_AGE:
                 with contextlib.suppress(OSError):
                     path.unlink()
 
@@ -135,17 +144,19 @@ def _valid(saved: Saved) -> bool:
         room_ok = saved.room == "" or m.check_room(saved.room) == saved.room
     except RemoteProtocolError:
         return False
+    most = m.MAX_ID - RESTORED_ATTEMPT_GAP  # (the server takes numbers up to MAX_ID: one past it failed every start)
     return bool(
         isinstance(saved.token, str)
         and saved.token
-        and (saved.last_seq is None or (type(saved.last_seq) is int and saved.last_seq >= 0))
+        and (saved.last_seq is None or (type(saved.last_seq) is int and 0 <= saved.last_seq <= most))
         and type(saved.attempts) is int
-        and saved.attempts >= 0
+        and 0 <= saved.attempts <= most
         and type(saved.next_id) is int
-        and saved.next_id >= 1
+        and 1 <= saved.next_id <= most
         and rooms == saved.rooms
         and room_ok
         and isinstance(saved.saved_at, int | float)
+        and math.isfinite(saved.saved_at)
         and (saved.writer is None or isinstance(saved.writer, list))
     )
 
@@ -175,5 +186,5 @@ def _running(writer: list[Any]) -> bool:
     try:
         proc = psutil.Process(writer[0])
         return bool(proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - float(writer[1])) < 0.01)
-    except (psutil.Error, OSError, TypeError, ValueError):
+    except (psutil.Error, OSError, TypeError, ValueError, OverflowError):
         return False

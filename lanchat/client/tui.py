@@ -266,7 +266,7 @@ class ChatView:
         self.unsent = unsent
         self._now = now
         self._history_asked: set[str] = set()
-        self._quiet_who: set[str] = set()  # rooms whose next who answer updates members quietly
+        self._quiet: set[int] = set()  # ids of the client's own questions, answered quietly
         self._room_said: dict[str, str] = {}  # room -> the words of its last room reply shown (see _on_room)
         self._reconnecting = False
         self._replies: dict[str, Callable[[dict[str, Any]], list[Line]]] = {
@@ -337,6 +337,8 @@ class ChatView:
                 self._system(f"you are {clean(self.nick)} in {where}", "state"),
             ]
         self.joined, self.members, self.counts, self._room_said = [], {}, {}, {}
+        if rooms and self.room not in rooms:  # (a run started again: the rooms of the session it restored)
+            self.room = rooms[-1]
         lines = []
         if frame.get("resume_failed"):
             lines.append(self._system(not_resumed(frame["resume_failed"]), "error"))
@@ -345,16 +347,16 @@ class ChatView:
         )
         return lines
 
-    def quietly_ask_who(self, room: str) -> None:
-        """The answer to a who the client asks of itself (a run started again knows no member) updates the
-        members and shows nothing: the server's own room reply, if one comes, says who is there."""
-        self._quiet_who.add(room)
+    def asked_quietly(self, rid: int) -> None:
+        """The answer to the question ``rid`` the client asked of itself (who is in the room: a run started
+        again knows no member) updates the view and shows nothing, a refusal (busy) neither."""
+        self._quiet.add(rid)
 
     def _on_room(self, frame: dict[str, Any]) -> list[Line]:
         room = str(frame.get("room", ""))
         nicks = [str(n) for n in _list(frame, "nicks") if isinstance(n, str)]
-        if frame.get("type") == "who" and room in self._quiet_who:
-            self._quiet_who.discard(room)
+        if frame.get("type") == "who" and _quiet_one(frame, self._quiet):
+            self._quiet.discard(frame["id"])
             if room in self.joined:
                 self.members[room] = nicks
                 users = frame.get("users")
@@ -408,6 +410,9 @@ class ChatView:
         return [*self.joined, *(r for r in self._coming if r not in self.joined)]
 
     def _on_error(self, frame: dict[str, Any]) -> list[Line]:
+        if _quiet_one(frame, self._quiet):  # (the client's own question: nobody asked for its answer)
+            self._quiet.discard(frame["id"])
+            return []
         self.current.refused(frame.get("code"), self._rooms_counted(), frame.get("request"))
         return self._rendered(frame, "error")
 
@@ -1016,6 +1021,8 @@ async def run_app(
     if earlier is not None:  # a run killed before it could say goodbye
         attempts = earlier.attempts + RESTORED_ATTEMPT_GAP
         client.state.restore(earlier.token, earlier.last_seq, attempts, earlier.next_id, earlier.rooms)
+        if earlier.room:
+            view.room = earlier.room  # where the killed run's lines went (the welcome moves it if left)
     loop = asyncio.get_running_loop()
 
     async def quit_with(reason: str = "", *, send_first: bool = True) -> None:
@@ -1079,12 +1086,10 @@ async def run_app(
             printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
             client.state.info.token = None  # a restored session is left as it was (held, to be resumed by a
             return exc.exit_code  # later run): the close must not say goodbye for it
-        if earlier is not None and client.state.resumed:  # this run has seen no room reply: who is here
-            for joined in client.state.rooms:
-                view.quietly_ask_who(joined)
-                client.send(m.Who(joined))
-            if earlier.room in client.state.rooms:
-                view.room = earlier.room  # where the killed run's lines went
+        if earlier is not None and client.state.resumed and view.room in client.state.rooms:
+            client.send(m.Who(view.room))  # this run has seen no room reply: who is here (the current room
+            if (asked := client.state.last_question_id) is not None:  # only: a listing costs 10 lines of
+                view.asked_quietly(asked)  # the rate, and the session's 50 rooms would hold its first lines)
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
         unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
         unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
@@ -1112,6 +1117,7 @@ async def run_app(
                 await quit_with()
                 return quit_code()
             lines = typed_lines(text)
+            room_before = view.room
             for at, line in enumerate(lines):  # each line answered before the next (a paste in order)
                 submitted = view.submit(line)
                 printer.show(submitted.lines)
@@ -1132,6 +1138,8 @@ async def run_app(
                     again = "\n".join(lines[at:])  # bringing the whole paste back sent them twice)
                     history.take_back(text, had)  # (Up's first entry would be the same line)
                     break
+            if view.room != room_before:  # (/switch sends nothing: saved now, not at the next event)
+                client.save()
     finally:
         for unhook in unhooks:
             unhook()
@@ -1168,6 +1176,12 @@ def _keep_scrollback_clean(renderer: Renderer) -> None:
         renderer.reset(leave_alternate_screen=leave_alternate_screen)
 
     renderer.erase = erase  # type: ignore[method-assign]
+
+
+def _quiet_one(frame: dict[str, Any], quiet: set[int]) -> bool:
+    """The answer to one of the client's own questions (``ChatView.asked_quietly``)."""
+    rid = frame.get("id")
+    return type(rid) is int and rid in quiet
 
 
 def _cursor_to(buffer: Buffer, position: int) -> None:

@@ -88,6 +88,8 @@ class ClientState:
         self._questions: OrderedDict[int, _Asked] = OrderedDict()
         self._handled_upto = -1  # the highest of our request ids the server handled, from its welcome
         self.last_change_id: int | None = None  # the id ``request`` gave the last change
+        self.last_question_id: int | None = None  # ... and the last question
+        self._nick_at_drop = nick  # the nick before the last welcome (a replay's events may be under it)
         # The newest events shown, by (seq, ts): after a failed resume the new session's joins send each
         # room's recent history, and what the user saw before the drop is left out of it. Identity, not a
         # high-water mark: a private message or a replay gap raises last_seq past events never shown, and a
@@ -174,6 +176,8 @@ class ClientState:
             req = replace(req, id=self.next_id)
             if question:
                 self.next_id += 1
+        if question:
+            self.last_question_id = req.id
         line = m.encode(req.to_obj())
         self._check_size(line)
         if not change:
@@ -327,6 +331,7 @@ class ClientState:
             self.info.session = str(frame.get("session", ""))
             self.info.token = frame.get("token") if isinstance(frame.get("token"), str) else None
             self.info.nicks.welcome(frame, self.info.nick)
+            self._nick_at_drop = self.info.nick
             self.info.nick = str(frame.get("nick", self.info.nick))
             limit = frame.get("max_frame")
             self.max_frame = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
@@ -371,7 +376,8 @@ class ClientState:
                 self._settle(rid)
         elif kind in ("join", "part") and isinstance(seq, int) and seq <= self._resumed_at:
             room = str(frame.get("room"))  # replayed: the welcome's rooms have it; a join of ours whose answers
-            if kind == "join" and room in self._history_due and m.nick_key(str(frame.get("nick", ""))) == me:
+            joiner = m.nick_key(str(frame.get("nick", "")))  # (ours now, or as at the drop: a /nick lost too)
+            if kind == "join" and room in self._history_due and joiner in (me, m.nick_key(self._nick_at_drop)):
                 self._history_due.discard(room)  # were lost: the history a join shows, before it (as asked)
                 rid = self.next_id
                 self.next_id += 1

@@ -101,8 +101,8 @@ def check_nick(nick: object) -> str:
 # teacher, and its lines read as the teacher's. Capitals and small letters each as drawn: Cyrillic Н is
 # Latin H, while its small н is not h.
 _LOOKALIKES: Final = str.maketrans(
-    "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυν",
-    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcABEZHIKMNOPTYXoaipuv",
+    "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсҺӀΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυν",
+    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcHIABEZHIKMNOPTYXoaipuv",
 )
 
 

@@ -647,9 +647,13 @@ class Hub:
         self.lookalikes.setdefault(m.nick_skeleton(s.nick), s)  # (two restored from before look-alikes were
         # refused: the first keeps the entry; neither's end or rename takes the other's)
 
-    def _holder(self, nick: str) -> Session | None:
-        """Who has ``nick``, or one that reads as it."""
-        return self.nicks.get(m.nick_key(nick)) or self.lookalikes.get(m.nick_skeleton(nick))
+    def _holder(self, nick: str, asker: Session | None = None) -> Session | None:
+        """Who else has ``nick``, or one that reads as it (each index asked: a change of case only keeps the
+        asker's own identity, and may still read as another's nick)."""
+        for holder in (self.nicks.get(m.nick_key(nick)), self.lookalikes.get(m.nick_skeleton(nick))):
+            if holder is not None and holder is not asker:
+                return holder
+        return None
 
     def _forget_nick(self, s: Session) -> None:
         if self.nicks.get(key := m.nick_key(s.nick)) is s:
@@ -1357,8 +1361,8 @@ class Hub:
 
     def _nick(self, s: Session, req: m.Nick, now: float) -> None:
         key = m.nick_key(req.nick)
-        holder = self._holder(req.nick)
-        if holder is not None and holder is not s:
+        holder = self._holder(req.nick, s)
+        if holder is not None:
             raise self._nick_taken(holder, req.nick, req.id, now)
         if req.nick == s.nick:
             return

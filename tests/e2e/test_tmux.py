@@ -285,6 +285,7 @@ def test_a_client_killed_and_started_again_resumes_its_session(tmp_path: Path, s
             again.wait_for("*tutor* (private) are you ok?")
             again.wait_status("#maths (+1 room) | kimmy | 2 users")  # the room it talked in; who is there
             assert "before" not in again.screen()  # seen before the kill: not shown again
+            assert "* #maths: " not in again.screen()  # (who is there: asked quietly, for the status line)
             again.type("/quit")
             again.keys("Enter")
             assert again.exit_status() == 0

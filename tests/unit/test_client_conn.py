@@ -688,6 +688,20 @@ def test_a_join_whose_history_a_drop_took_asks_for_it_after_the_resume() -> None
     assert st.unconfirmed() == [] and st.take_due() == []
 
 
+def test_a_joins_lost_history_is_asked_also_when_a_lost_rename_followed_it() -> None:
+    """A review: /join dev and /nick bo both lost their answers; the replayed join is under al, the nick at
+    the drop, not bo, the welcome's: it is ours all the same."""
+    st = welcomed()
+    join, nick = st.request(m.Join("dev")), st.request(m.Nick("bo"))
+    st.sent(join)
+    st.sent(nick)
+    st.hello()
+    st.receive_data(welcome(resumed=True, seq=14, nick="bo", rooms=["lobby", "dev"], last_id=decoded(nick)["id"]))
+    st.receive_data(ev("join", 13, room="dev", nick="al") + ev("nick", 14, old="al", new="bo"))
+    (line,) = st.take_due()
+    assert decoded(line)["before"] == 13
+
+
 @pytest.mark.parametrize("answered", ["history", "room", "not handled", "never sent", "new session", "already in"])
 def test_a_join_answered_or_not_done_asks_for_no_history(answered: str) -> None:
     st = welcomed()

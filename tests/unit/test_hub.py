@@ -223,6 +223,23 @@ def test_a_look_alike_of_a_nick_is_taken_and_the_refusal_says_which(net: Workers
         assert hello(net, 3, 7, nick)["code"] == m.Err.NICK_TAKEN
 
 
+def test_a_change_of_case_only_may_not_make_a_nick_read_as_anothers(net: Workers) -> None:
+    """A review: a /nick that kept the session's identity (case folding) skipped the look-alike check, and
+    the capital Н reads as H where the small н does not: нOPE became НOPE beside HOPE, and took (and on its
+    quit, dropped) HOPE's entry of the look-alikes."""
+    welcome_of(net, 1, 1, "HOPE")
+    welcome_of(net, 1, 2, "\u043dOPE")  # small н: reads as no Latin letter
+    net.clear()
+    net.hub.request(1, 2, {"type": "nick", "nick": "\u041dOPE", "id": 5}, 1.0)  # capital Н: reads as HOPE
+    (err,) = net.take(1, 2)
+    assert (err["code"], err["id"]) == (m.Err.NICK_TAKEN, 5) and "reads as HOPE" in err["message"]
+    net.hub.request(1, 2, {"type": "quit"}, 1.0)
+    net.hub.closed(1, 2, True, "quit", 1.0)
+    assert hello(net, 2, 3, "\u041d\u041e\u0420\u0415")["code"] == m.Err.NICK_TAKEN  # HOPE's entry stays
+    assert hello(net, 2, 4, "\u04bao")["type"] == "welcome"  # (Һo: reads as ho, free)
+    assert hello(net, 2, 5, "ho")["code"] == m.Err.NICK_TAKEN
+
+
 def test_a_nick_of_another_script_is_one_nick_whatever_its_case(net: Workers) -> None:
     """A review: Марина, марина and МАРИНА were three sessions after look-alikes were refused (the table
     was applied before case folding). The identity is case folding."""

@@ -82,11 +82,28 @@ def test_a_damaged_or_foreign_file_is_no_session(tmp_path: Path) -> None:
                  json.dumps({**good, "last_seq": "x"}), json.dumps({**good, "last_seq": -1}),
                  json.dumps({**good, "extra": 1}), json.dumps({**good, "rooms": [1]}),
                  json.dumps({**good, "rooms": ["no such room!!"]}), json.dumps({**good, "room": "Lobby"}),
-                 json.dumps({**good, "next_id": 0}), json.dumps({**good, "writer": None})):  # fmt: skip
+                 json.dumps({**good, "next_id": 0}), json.dumps({**good, "writer": None}),
+                 json.dumps({**good, "saved_at": 10**400}), json.dumps({**good, "attempts": 2**53})):  # fmt: skip
         f.path("a").write_text(text)
         assert f.load("a") is None, text[:80]
+    f.path("a").write_text(json.dumps({**good, "writer": [*good["writer"][:2], 1, 10**400]}))
+    f.load("a")  # (a start time too large for a float: no crash, whatever it decides)
     f.path("a").write_text(json.dumps(good))
     assert f.load("a") is not None  # (the same, whole)
+
+
+def test_a_run_forgets_only_a_file_it_wrote_last(tmp_path: Path) -> None:
+    """A review: the rename of a run forgot the file of its old nick a second late, when another run that
+    joined with that nick meanwhile had written its own session there."""
+    f = SessionFile(tmp_path)
+    f.save("a", saved("mine"))
+    data = json.loads(f.path("a").read_text())
+    f.path("a").write_text(json.dumps({**data, "token": "theirs", "writer": [*data["writer"][:2], 1, 0.0]}))
+    f.forget("a")
+    assert json.loads(f.path("a").read_text())["token"] == "theirs"
+    f.save("a", saved("mine"))
+    f.forget("a")
+    assert not f.path("a").exists()
 
 
 def test_old_and_surplus_files_are_pruned(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from prompt_toolkit.renderer import print_formatted_text
 
 from lanchat.client import tui
 from lanchat.client.connection import EXIT_LOST, EXIT_NICK, EXIT_OK, EXIT_UNREACHABLE
-from lanchat.client.saved import Saved, SessionFile, entry_key
+from lanchat.client.saved import RESTORED_ATTEMPT_GAP, Saved, SessionFile, entry_key
 from lanchat.client.tui import (
     PALETTE,
     ChatView,
@@ -741,7 +741,25 @@ def test_a_run_whose_first_connect_fails_leaves_the_restored_session_held() -> N
             await listener.wait_closed()
 
     assert run(main()) == EXIT_UNREACHABLE
-    assert len(hellos) == 1 and json.loads(hellos[0])["token"] == "tok"  # the one hello, and no goodbye after it
+    assert len(hellos) == 1  # the one hello, and no goodbye after it
+    hello = json.loads(hellos[0])
+    assert (hello["token"], hello["last_seq"], hello["rooms"]) == ("tok", 7, ["lobby"])
+    assert hello["attempt"] == 3 + RESTORED_ATTEMPT_GAP + 1  # (a count a failed save left behind is passed)
+
+
+def test_the_clients_own_questions_are_answered_quietly() -> None:
+    """A run started again asks who is in its room: the answer updates the member list and shows nothing,
+    a refusal (busy) neither; the user's own /who, asked by id, is shown as ever (a review: keyed by room,
+    a busy refusal left the user's next /who of that room swallowed)."""
+    view = joined_view(others=("bob",))
+    view.asked_quietly(7)
+    assert view.on_frame({"type": "error", "code": "busy", "message": "later", "id": 7}) == []
+    view.asked_quietly(8)
+    assert view.on_frame({"type": "who", "room": "lobby", "users": 3, "nicks": ["alice", "bob", "cy"], "id": 8}) == []
+    assert view.members["lobby"] == ["alice", "bob", "cy"] and view.counts["lobby"] == 3
+    shown_now = view.on_frame({"type": "who", "room": "lobby", "users": 2, "nicks": ["alice", "bob"], "id": 9})
+    assert shown_now and view.on_frame({"type": "error", "code": "busy", "message": "later", "id": 10})
+    assert view.on_frame({"type": "who", "room": "lobby", "nicks": [], "id": [1]}) != []  # (no crash on a list)
 
 
 def test_a_refused_line_equal_to_the_newest_of_ups_lines_leaves_that_line() -> None:
