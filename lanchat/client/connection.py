@@ -237,9 +237,7 @@ class ChatClient:
         it (the session would be held for --resume-grace). A server that has not closed within
         GOODBYE_LINGER gets the quit on a new connection instead, and what it had not read is dropped."""
         self._closing = True
-        if self._save_due is not None:  # (the caller decides what becomes of the saved state now)
-            self._save_due.cancel()
-            self._save_due = None
+        self._cancel_save()  # (the caller decides what becomes of the saved state now)
         quit_line = m.encode({"type": "quit", "reason": reason} if reason else {"type": "quit"})
         writer = self._writer
         said = False
@@ -496,11 +494,14 @@ class ChatClient:
 
     def save(self) -> None:
         """Hand the state a later run needs to the saver (if any)."""
+        self._cancel_save()
+        if self.saver is not None and not self._stay_away:  # (taken over: the other connection's now)
+            self.saver(self.state)
+
+    def _cancel_save(self) -> None:
         if self._save_due is not None:
             self._save_due.cancel()
             self._save_due = None
-        if self.saver is not None and not self._stay_away:  # (taken over: the other connection's now)
-            self.saver(self.state)
 
     def _deliver(self, frame: dict[str, Any]) -> None:
         try:

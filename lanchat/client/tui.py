@@ -999,25 +999,26 @@ async def run_app(
 
     sessions = sessions or SessionFile()
     address = host_port(host, port)  # (as joined: the server may move meanwhile; a later run joins here)
-    saved_as = [entry_key(address, nick)]  # the file of the session, by its nick as it is now
-    unsaved = [False]  # a save failed: said once
+    saved_as = entry_key(address, nick)  # the file of the session, by its nick as it is now
+    unsaved = False  # a save failed: said once
 
     def save(state: ClientState) -> None:
+        nonlocal saved_as, unsaved
         if (kept := state.saved_view()) is None:
             return
         key = entry_key(address, state.info.nick)
-        if key != saved_as[0]:  # renamed: `lanchat join --nick NEW` resumes it now (two runs that began as
-            sessions.forget(saved_as[0])  # one nick, one since renamed, do not share a file)
-            saved_as[0] = key
-        if not sessions.save(key, Saved(*kept, room=view.room or "")) and not unsaved[0]:
-            unsaved[0] = True
+        if key != saved_as:  # renamed: `lanchat join --nick NEW` resumes it now (two runs that began as one
+            sessions.forget(saved_as)  # nick, one since renamed, do not share a file)
+            saved_as = key
+        if not sessions.save(key, Saved(*kept, room=view.room or "")) and not unsaved:
+            unsaved = True
             printer.show(view.note(f"cannot keep the session for a restart in {sessions.directory}", "error"))
 
     client = ChatClient(
         host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after,
         relocate=relocate, saver=save,
     )  # fmt: skip
-    earlier = sessions.load(saved_as[0])
+    earlier = sessions.load(saved_as)
     if earlier is not None:  # a run killed before it could say goodbye
         attempts = earlier.attempts + RESTORED_ATTEMPT_GAP
         client.state.restore(earlier.token, earlier.last_seq, attempts, earlier.next_id, earlier.rooms)
@@ -1033,7 +1034,7 @@ async def run_app(
         if client.goodbye_lost:  # the server may hold the session: the next run resumes it
             client.save()
         else:  # ended: nothing to resume
-            sessions.forget(saved_as[0])
+            sessions.forget(saved_as)
         if never:
             printer.show(view.note(f"{count_of(never, 'message')} not sent (typed while disconnected)", "error"))
         if (maybe := client.state.unacked - never) > 0:

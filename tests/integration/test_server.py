@@ -623,10 +623,10 @@ def test_an_accept_error_for_a_connection_that_failed_is_skipped(tmp_path: Path)
             listener.results = [
                 OSError(errno.ECONNABORTED, "aborted"),
                 OSError(errno.EPROTO, "proto"),
-                (a, ("10.0.0.9", 5)),
+                (a, ("192.0.2.9", 5)),
             ]
             server._accept()
-            assert placed == ["10.0.0.9"]  # the one after them was taken
+            assert placed == ["192.0.2.9"]  # the one after them was taken
             b.close()
             server.listener = None
 

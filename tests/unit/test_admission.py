@@ -9,12 +9,12 @@ from lanchat.server.admission import ConnectThrottle
 
 def test_an_address_connects_its_burst_at_once_then_at_the_rate() -> None:
     throttle = ConnectThrottle(rate=2.0, burst=3)
-    assert [throttle.wait("10.0.0.5", 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst, at once
-    assert throttle.wait("10.0.0.5", 100.0) == pytest.approx(0.5)  # one more: half a second to wait
-    assert throttle.wait("10.0.0.6", 100.0) == 0.0  # another address has its own bucket
-    assert throttle.wait("10.0.0.5", 100.49) > 0.0  # refused attempts take nothing: still due at 100.5
-    assert throttle.wait("10.0.0.5", 100.5) == 0.0
-    assert throttle.wait("10.0.0.5", 100.5) == pytest.approx(0.5)
+    assert [throttle.wait("192.0.2.5", 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst, at once
+    assert throttle.wait("192.0.2.5", 100.0) == pytest.approx(0.5)  # one more: half a second to wait
+    assert throttle.wait("192.0.2.6", 100.0) == 0.0  # another address has its own bucket
+    assert throttle.wait("192.0.2.5", 100.49) > 0.0  # refused attempts take nothing: still due at 100.5
+    assert throttle.wait("192.0.2.5", 100.5) == 0.0
+    assert throttle.wait("192.0.2.5", 100.5) == pytest.approx(0.5)
 
 
 def test_addresses_whose_bucket_filled_again_are_forgotten() -> None:

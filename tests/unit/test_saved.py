@@ -25,8 +25,8 @@ def saved(token: str = "tok", **kw: object) -> Saved:
 
 def test_a_session_is_saved_loaded_and_forgotten(tmp_path: Path) -> None:
     f = SessionFile(tmp_path / "lanchat" / "sessions")
-    key = entry_key("10.0.0.5:7272", "Kim")
-    assert key == entry_key("10.0.0.5:7272", "KIM") != entry_key("10.0.0.6:7272", "kim")  # a nick's key
+    key = entry_key("192.0.2.5:7272", "Kim")
+    assert key == entry_key("192.0.2.5:7272", "KIM") != entry_key("192.0.2.6:7272", "kim")  # a nick's key
     assert f.load(key) is None
     f.save(key, saved(), now=1000.0)
     got = f.load(key, now=1000.0 + SAVED_MAX_AGE)
