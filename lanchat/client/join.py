@@ -238,7 +238,7 @@ def run_join(config: JoinConfig) -> int:
 
         return run_tui(
             target.host, target.port, config.nick, config.room, server_name=target.name,
-            relocate=relocator(config, target),
+            relocate=relocator(config, target), server_id=target.server_id,
         )  # fmt: skip
     from lanchat.client.piped import run_piped
 

@@ -137,23 +137,22 @@ class SessionFile:
 
 
 def _valid(saved: Saved) -> bool:
-    """A file's fields as this client writes them (a damaged or edited one is no session: a bad room name
-    made every start fail)."""
+    """A file's fields as this client writes them (a damaged or edited one is no session: a bad room name,
+    a token too long for the server, made every start fail): the hello a restored run would send must be one
+    the server takes (the protocol's own parser decides), and the rest within bounds."""
+    hello = {"type": "hello", "nick": "x", "rooms": saved.rooms, "token": saved.token, "last_seq": saved.last_seq}
+    hello["attempt"] = saved.attempts + RESTORED_ATTEMPT_GAP + 1 if type(saved.attempts) is int else None
     try:
-        rooms = [m.check_room(r) for r in saved.rooms] if isinstance(saved.rooms, list) else None
+        m.parse_obj(hello)
         room_ok = saved.room == "" or m.check_room(saved.room) == saved.room
-    except RemoteProtocolError:
+    except (RemoteProtocolError, TypeError):
         return False
-    most = m.MAX_ID - RESTORED_ATTEMPT_GAP  # (the server takes numbers up to MAX_ID: one past it failed every start)
     return bool(
-        isinstance(saved.token, str)
-        and saved.token
-        and (saved.last_seq is None or (type(saved.last_seq) is int and 0 <= saved.last_seq <= most))
+        isinstance(saved.token, str)  # (None passes the parser: absent)
         and type(saved.attempts) is int
-        and 0 <= saved.attempts <= most
+        and saved.attempts >= 0
         and type(saved.next_id) is int
-        and 1 <= saved.next_id <= most
-        and rooms == saved.rooms
+        and 1 <= saved.next_id <= m.MAX_ID - RESTORED_ATTEMPT_GAP
         and room_ok
         and isinstance(saved.saved_at, int | float)
         and math.isfinite(saved.saved_at)
@@ -172,19 +171,30 @@ def _machine() -> list[Any]:
 
 
 def _me() -> list[Any]:
-    """This process: its pid and its start time (a pid alone may be another process's by now)."""
+    """This process: its pid and when it started (a pid alone may be another process's by now)."""
     try:
-        return [os.getpid(), psutil.Process().create_time()]
+        return [os.getpid(), _start_of(os.getpid())]
     except psutil.Error:
-        return [os.getpid(), 0.0]
+        return [os.getpid(), ""]
+
+
+def _start_of(pid: int) -> str:
+    """When process ``pid`` started, as a text no step of the wall clock moves (psutil's start time does: it
+    counts from the boot time, which Linux moves with the clock): the boot's id and the clock ticks since
+    the boot (/proc), else psutil's time."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime (the name may hold ')')
+    except (OSError, IndexError):
+        return f"{psutil.Process(pid).create_time():.3f}"
 
 
 def _running(writer: list[Any]) -> bool:
-    """The process that wrote a file (pid and start time) runs, and is not this one."""
+    """The process that wrote a file (pid and start) runs, and is not this one."""
     if len(writer) != 2 or type(writer[0]) is not int or writer[0] == os.getpid():
         return False
     try:
-        proc = psutil.Process(writer[0])
-        return bool(proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - float(writer[1])) < 0.01)
-    except (psutil.Error, OSError, TypeError, ValueError, OverflowError):
+        return bool(psutil.Process(writer[0]).status() != psutil.STATUS_ZOMBIE and _start_of(writer[0]) == writer[1])
+    except (psutil.Error, OSError):
         return False

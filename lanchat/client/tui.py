@@ -62,6 +62,7 @@ from prompt_toolkit.validation import ValidationError, Validator
 
 from lanchat import const
 from lanchat.client.connection import (
+    EXIT_ERROR,
     EXIT_LOST,
     EXIT_OK,
     GOODBYE_LOST_NOTE,
@@ -766,7 +767,7 @@ class ChatView:
             stem = word.removeprefix("#").lower()
             rooms = [r for r in self.known_rooms if r.startswith(stem)]
             return [(prefix + clean(r) + " ", -len(word)) for r in rooms]
-        if not word:
+        if not word and not (command in _NICK_ARG_COMMANDS and arg_index == 1):  # (/msg and Tab: every nick)
             return []
         suffix = ": " if not head and not before.startswith("/") else " "
         if command in _NICK_ARG_COMMANDS and arg_index != 1:
@@ -945,11 +946,14 @@ async def run_app(
     give_up_after: float = const.RECONNECT_GIVE_UP,
     relocate: Relocator | None = None,
     sessions: SessionFile | None = None,
+    server_id: str = "",
 ) -> int:
     """The interactive client until /quit, Ctrl-D or a lost connection. Returns the exit code of `lanchat join`.
 
     ``input``/``output`` default to the terminal; tests pass a pipe input and a DummyOutput. ``sessions``:
-    where the session is kept for a later run to resume (saved.py; default: the user's state directory).
+    where the session is kept for a later run to resume (saved.py; default: the user's state directory),
+    under ``server_id`` and the server's name if discovery found it (a later run finds it there wherever it
+    moved), else under its address.
     """
     client: ChatClient | None = None
     view = view or ChatView(nick, room, server=server_name, address=host_port(host, port))
@@ -973,8 +977,20 @@ async def run_app(
     printer = Printer(session.app.output, app=session.app)
     session.key_bindings = _key_bindings(view, session.app.invalidate, printer.show)
 
+    sessions = sessions or SessionFile()
+    # The server as a later run finds it: by its id and name if discovery found it (it may move: a restart
+    # on another port, a new DHCP address), else by the address it was joined at (moved: where it is now)
+    server = f"id {server_id} {server_name}" if server_id else host_port(host, port)
+    saved_as = entry_key(server, nick)  # the file of the session, by its nick as it is now
+    unsaved = False  # a save failed: said once
+    welcomed = False  # till the first welcome, a save keeps the restored file's time ("left at"; its age)
+
     def on_frame(frame: dict[str, Any]) -> None:
+        nonlocal welcomed
+        welcomed = welcomed or frame.get("type") == "welcome"
         lines = view.on_frame(frame)
+        if client is not None and entry_key(server, client.nick) != saved_as and client.state.registered:
+            client.save()  # our nick changed: the file follows it now, not a second later (a kill then)
         if lines:
             printer.show(lines)  # which redraws the prompt and the status line once for the batch
         else:
@@ -983,8 +999,8 @@ async def run_app(
     offline = asyncio.Event()  # set while not connected: /quit then sends nothing first
 
     def on_status(status: str) -> None:
-        if status == "moved":  # (still reconnecting: to the address discovery found it at now)
-            assert client is not None
+        if status == "moved":  # (still reconnecting: to the address discovery found it at now; the saved
+            assert client is not None  # session is under the server's id, found there by a later run too)
             view.address = host_port(client.host, client.port)
             where = f"{view.server or 'the server'} is at {view.address} now"
             printer.show(view.note(f"{where}: connecting there", "state"))
@@ -997,20 +1013,16 @@ async def run_app(
         else:
             offline.set()
 
-    sessions = sessions or SessionFile()
-    address = host_port(host, port)  # (as joined: the server may move meanwhile; a later run joins here)
-    saved_as = entry_key(address, nick)  # the file of the session, by its nick as it is now
-    unsaved = False  # a save failed: said once
-
     def save(state: ClientState) -> None:
         nonlocal saved_as, unsaved
         if (kept := state.saved_view()) is None:
             return
-        key = entry_key(address, state.info.nick)
+        key = entry_key(server, state.info.nick)
         if key != saved_as:  # renamed: `lanchat join --nick NEW` resumes it now (two runs that began as one
             sessions.forget(saved_as)  # nick, one since renamed, do not share a file)
             saved_as = key
-        if not sessions.save(key, Saved(*kept, room=view.room or "")) and not unsaved:
+        at = earlier.saved_at if earlier is not None and not welcomed else None
+        if not sessions.save(key, Saved(*kept, room=view.room or ""), now=at) and not unsaved:
             unsaved = True
             printer.show(view.note(f"cannot keep the session for a restart in {sessions.directory}", "error"))
 
@@ -1086,7 +1098,9 @@ async def run_app(
         except ConnectError as exc:
             printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
             client.state.info.token = None  # a restored session is left as it was (held, to be resumed by a
-            return exc.exit_code  # later run): the close must not say goodbye for it
+            if earlier is not None and exc.exit_code == EXIT_ERROR:  # later run): the close must not say
+                sessions.forget(saved_as)  # goodbye for it; unless the server refused it for good (a bad
+            return exc.exit_code  # field: it would again, at every start)
         if earlier is not None and client.state.resumed and view.room in client.state.rooms:
             client.send(m.Who(view.room))  # this run has seen no room reply: who is here (the current room
             if (asked := client.state.last_question_id) is not None:  # only: a listing costs 10 lines of
@@ -1293,7 +1307,14 @@ def _columns() -> int | None:
 
 
 def run_tui(
-    host: str, port: int, nick: str, room: str, *, server_name: str = "", relocate: Relocator | None = None
+    host: str,
+    port: int,
+    nick: str,
+    room: str,
+    *,
+    server_name: str = "",
+    relocate: Relocator | None = None,
+    server_id: str = "",
 ) -> int:
     """`lanchat join` on a terminal. Stray writes to stdout/stderr (a warning, a log line) are printed
     above the prompt by patch_stdout instead of through it."""
@@ -1301,7 +1322,16 @@ def run_tui(
     try:
         with patch_stdout():
             return asyncio.run(
-                run_app(host, port, nick, room, server_name=server_name, output=output, relocate=relocate)
+                run_app(
+                    host,
+                    port,
+                    nick,
+                    room,
+                    server_name=server_name,
+                    output=output,
+                    relocate=relocate,
+                    server_id=server_id,
+                )
             )
     except KeyboardInterrupt:  # Ctrl-C before the prompt took the keyboard (while connecting)
         return EXIT_INTERRUPTED

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from lanchat.client import saved as saved_module
 from lanchat.client.saved import SAVED_MAX, SAVED_MAX_AGE, Saved, SessionFile, entry_key, state_dir
 from lanchat.protocol import messages as m
 from lanchat.protocol.client_conn import ClientState
@@ -57,10 +57,10 @@ def test_a_session_whose_client_still_runs_or_another_machine_wrote_is_not_taken
         f.save("a", saved())
         data = json.loads(f.path("a").read_text())
         host, namespace, _, _ = data["writer"]
-        started = psutil.Process(other.pid).create_time()
+        started = saved_module._start_of(other.pid)
         for writer, taken in (
             ([host, namespace, other.pid, started], False),  # its client runs
-            ([host, namespace, other.pid, started - 50], True),  # that pid is another process's by now
+            ([host, namespace, other.pid, started + "0"], True),  # that pid is another process's by now
             (["elsewhere", namespace, 1, 0.0], False),  # another machine's
             ([host, "pid:[1]", 1, 0.0], False),  # another process namespace's (a container)
         ):

@@ -582,6 +582,8 @@ def test_tab_completes_commands_nicks_and_rooms() -> None:
     assert view.complete("/msg b") == [("bea ", -1), ("bob ", -1)]
     view.on_frame(ev("msg", 2, room="lobby", **{"from": "bob"}, text="hi"))
     assert view.complete("/msg b") == [("bob ", -1), ("bea ", -1)]  # the last speaker first
+    assert view.complete("/msg ") == [("bob ", 0), ("bea ", 0), ("carol ", 0)]  # nothing typed: every nick
+    assert view.complete("/msg bob ") == []  # (the text: no nick)
     assert view.complete("Ca") == [("carol: ", -2)]  # addressing someone at the start of a line
     assert view.complete("hi ca") == [("carol ", -2)]
     assert view.complete("/join d") == [("dev ", -1)]
@@ -721,6 +723,7 @@ def test_a_run_whose_first_connect_fails_leaves_the_restored_session_held() -> N
     the very session it meant to take back, and ended it (the nick, the private messages kept: gone).
     Against a server that greets and hangs up: nothing more may come to it after the failed hello."""
     hellos: list[bytes] = []
+    keys: list[str] = []
 
     async def main() -> int:
         async def greet_and_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -730,7 +733,8 @@ def test_a_run_whose_first_connect_fails_leaves_the_restored_session_held() -> N
 
         listener = await asyncio.start_server(greet_and_hang_up, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
-        SessionFile().save(entry_key(f"127.0.0.1:{port}", "kim"), Saved("tok", 7, 3, 5, ["lobby"]))
+        keys.append(entry_key(f"127.0.0.1:{port}", "kim"))
+        SessionFile().save(keys[0], Saved("tok", 7, 3, 5, ["lobby"]), now=time.time() - 3600)  # an hour ago
         try:
             async with app(port, "kim") as (task, _inp, view):
                 code = await asyncio.wait_for(task, 20)
@@ -745,6 +749,31 @@ def test_a_run_whose_first_connect_fails_leaves_the_restored_session_held() -> N
     hello = json.loads(hellos[0])
     assert (hello["token"], hello["last_seq"], hello["rooms"]) == ("tok", 7, ["lobby"])
     assert hello["attempt"] == 3 + RESTORED_ATTEMPT_GAP + 1  # (a count a failed save left behind is passed)
+    kept = SessionFile().load(keys[0])  # kept for the next run, as it was: "left at" an hour ago, not now
+    assert kept is not None and kept.token == "tok" and time.time() - kept.saved_at > 3500
+    assert kept.attempts == 3 + RESTORED_ATTEMPT_GAP + 1  # (and the attempt it sent, counted)
+
+
+def test_the_saved_session_follows_a_rename_at_once_and_a_discovered_server_by_its_id(server: ServerProcess) -> None:
+    """A review: a /nick followed by a kill within the second before the next save left the file under
+    the old nick, and `join --nick NEW` was refused (held). And a server found by discovery is kept under
+    its id and name: a later run finds it there after it moved (another port, a new DHCP address)."""
+    files = SessionFile()
+
+    async def main() -> None:
+        async with app(server.port, "kim", server_id="abc123", server_name="lab") as (task, inp, view):
+            await until(lambda: view.status == "connected", "connected")
+            assert files.load(entry_key("id abc123 lab", "kim")) is not None
+            inp.send_text("/nick kimmy\r")
+            await until(shown(view, "kim is now known as kimmy"), "the rename")
+            assert files.load(entry_key("id abc123 lab", "kimmy")) is not None  # at once, with the event
+            assert not files.path(entry_key("id abc123 lab", "kim")).exists()
+            assert not files.path(entry_key(f"127.0.0.1:{server.port}", "kimmy")).exists()
+            inp.send_text("\x04")
+            await asyncio.wait_for(task, 10)
+        assert not files.path(entry_key("id abc123 lab", "kimmy")).exists()  # a clean quit: forgotten
+
+    run(main())
 
 
 def test_the_clients_own_questions_are_answered_quietly() -> None:
