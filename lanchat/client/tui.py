@@ -987,9 +987,11 @@ async def run_app(
 
     def on_frame(frame: dict[str, Any]) -> None:
         nonlocal welcomed
-        welcomed = welcomed or frame.get("type") == "welcome"
+        kind = frame.get("type")
+        welcomed = welcomed or kind == "welcome"
         lines = view.on_frame(frame)
-        if client is not None and entry_key(server, client.nick) != saved_as and client.state.registered:
+        renamed = kind in ("nick", "welcome") and client is not None and entry_key(server, client.nick) != saved_as
+        if renamed and client is not None and client.state.registered:  # (only these frames change our nick)
             client.save()  # our nick changed: the file follows it now, not a second later (a kill then)
         if lines:
             printer.show(lines)  # which redraws the prompt and the status line once for the batch
