@@ -15,6 +15,7 @@ file; files older than SAVED_MAX_AGE go (the server forgets tokens after a day).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -37,6 +38,7 @@ SAVED_MAX: Final = 64  # files kept (the least recently saved go)
 # full disk) leaves the count behind what the server saw, and a resume whose attempt is not above the last
 # one is refused as a hello held back by the network. No client sends this many hellos between two saves.
 RESTORED_ATTEMPT_GAP: Final = 1000
+CLAIM_WAIT: Final = 1.0  # seconds a start waits while another start claims a saved session (ms of work)
 
 
 def state_dir() -> Path:
@@ -94,6 +96,36 @@ class SessionFile:
         except (OSError, ValueError, TypeError, AttributeError, RecursionError, OverflowError):  # (nested 100,000
             return None  # deep; a number too large for a float: a damaged file is no session)
         return saved
+
+    def take(self, key: str, *, now: float | None = None) -> Saved | None:
+        """``load``, and the file marked as this process's before another start can load it: two runs
+        started at the same instant (two terminals, a script) found the same dead writer's file and resumed
+        one session twice, the second taking it from the first. Under a lock on the directory, held for
+        the read and the rewrite only; a start that cannot have it within CLAIM_WAIT (its holder stopped)
+        takes nothing: a new session, never a shared one."""
+        if not self.path(key).exists():
+            return None
+        try:
+            lock = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:  # a directory this user cannot write: no file of it can be claimed (or saved)
+            return self.load(key, now=now)
+        try:
+            deadline = time.monotonic() + CLAIM_WAIT
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        return None
+                    time.sleep(0.005)  # (flock has no timeout; the holder's work is a read and a write)
+                except OSError:  # a file system without locks (some network ones): as before, unclaimed
+                    return self.load(key, now=now)
+            if (saved := self.load(key, now=now)) is not None:
+                self.save(key, saved, now=saved.saved_at)  # ours now, its time kept ("left at", its age)
+            return saved
+        finally:
+            os.close(lock)  # (which releases the lock)
 
     def save(self, key: str, saved: Saved, *, now: float | None = None) -> bool:
         """Write ``saved`` under ``key``; False if it could not be written."""

@@ -1032,7 +1032,7 @@ async def run_app(
         host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after,
         relocate=relocate, saver=save,
     )  # fmt: skip
-    earlier = sessions.load(saved_as)
+    earlier = sessions.take(saved_as)  # (marked as this run's: a second run started with it gets none)
     if earlier is not None:  # a run killed before it could say goodbye
         attempts = earlier.attempts + RESTORED_ATTEMPT_GAP
         client.state.restore(earlier.token, earlier.last_seq, attempts, earlier.next_id, earlier.rooms)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -72,6 +73,53 @@ def test_a_session_whose_client_still_runs_or_another_machine_wrote_is_not_taken
         other.wait(10)
     f.path("a").write_text(json.dumps({**data, "writer": [host, namespace, other.pid, started]}))
     assert f.load("a") is not None  # its client is gone: the session may be taken
+
+
+def test_a_start_takes_a_saved_session_for_itself_and_a_second_start_gets_none(tmp_path: Path) -> None:
+    """A review: two runs started at the same instant both loaded the dead writer's file and resumed one
+    session twice (the second took it from the first: exit 3). ``take`` marks the file as its process's
+    under a lock: of two starts racing in two processes, one has the session, the other a new one."""
+    f = SessionFile(tmp_path)
+    f.save("a", saved(), now=1000.0)
+    data = json.loads(f.path("a").read_text())
+    f.path("a").write_text(json.dumps({**data, "writer": [*data["writer"][:2], 1, "gone"]}))  # a dead run's
+    code = (
+        "import sys; from pathlib import Path; from lanchat.client.saved import SessionFile\n"
+        "got = SessionFile(Path(sys.argv[1])).take('a', now=1000.0)\n"
+        "print(got is not None and got.token, flush=True); sys.stdin.read()"  # (runs on: its claim holds)
+    )
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        said = sorted(p.stdout.readline().strip() for p in starts if p.stdout is not None)
+    finally:
+        for p in starts:
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.close()
+            p.wait(10)
+            p.stdout.close()
+    assert said == [b"False", b"tok"]  # one resumes it; the other is told the nick is taken by the server
+    kept = json.loads(f.path("a").read_text())
+    assert kept["saved_at"] == 1000.0 and kept["writer"][2] in {p.pid for p in starts}  # its time kept
+
+
+def test_a_start_that_cannot_have_the_lock_in_time_takes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start whose lock another start holds (stopped with Ctrl-Z in its claim) waits CLAIM_WAIT, then
+    starts a new session: never one it might share. Once the lock is free the session is there to take."""
+    monkeypatch.setattr(saved_module, "CLAIM_WAIT", 0.05)
+    f = SessionFile(tmp_path)
+    f.save("a", saved())
+    before = f.path("a").read_bytes()
+    with open(tmp_path / ".lock", "w") as held:  # (flock: another open file's lock, as another process's)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert f.take("a") is None and f.path("a").read_bytes() == before
+    got = f.take("a")
+    assert got is not None and got.token == "tok"
+    assert f.take("absent") is None
 
 
 def test_a_damaged_or_foreign_file_is_no_session(tmp_path: Path) -> None:
