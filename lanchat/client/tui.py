@@ -871,9 +871,12 @@ class Printer:
             self._wake.clear()
             batch, self._pending = self._pending, []
             app = self.app
-            if app is None or not app.is_running or app.is_done:
+            if app is None or not app.is_running:
                 self.write(batch)
                 continue
+            if app.is_done:  # a prompt ending (Enter): its last render and its erase are still to come, from
+                self._pending[:0] = batch  # where it left the cursor; a line printed now was glued to it
+                continue  # (`#lobby> fast 312:06 <ann> fast 2`; a review): printed once it is gone
             app.renderer.erase()  # the prompt and the status line; the cursor where they began
             # erase() turned bracketed paste off until the next render: a paste meanwhile would come
             # unbracketed, each of its lines sent on its own (1 paste in 5 in a busy room)
@@ -882,6 +885,11 @@ class Printer:
             if not app.key_processor.input_queue:  # as in_terminal: where the prompt may draw now
                 app.renderer.request_absolute_cursor_position()
             app.invalidate()  # the prompt and the status line again, below what was printed
+
+    def prompt_ended(self) -> None:
+        """The prompt has gone (its erase done): what waited for that is printed now."""
+        if self._pending:
+            self._wake.set()
 
     def write(self, lines: Sequence[Line]) -> None:
         bell = False
@@ -1071,10 +1079,11 @@ async def run_app(
             asyncio.ensure_future(offline.wait()),
             skip,
         }
-        # The prompt is gone: Ctrl-C is a SIGINT now
+        # The prompt is gone: the terminal as a program without one has it, where Ctrl-C is a SIGINT
         unhook_int = handle_signals(loop, [signal.SIGINT], lambda _: None if skip.done() else skip.set_result(None))
         try:
-            await asyncio.wait({*waits, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            with session.input.cooked_mode():
+                await asyncio.wait({*waits, signalled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             unhook_int()
             for w in waits:
@@ -1111,6 +1120,13 @@ async def run_app(
         unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
         unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
         again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
+        # Raw for the whole chat, not only while a prompt runs: prompt_toolkit leaves raw mode at the end of
+        # each prompt_async, and a key typed between Enter and the next prompt was echoed by the terminal
+        # itself (a stray "s" glued to the next line printed, `s12:03 <ann> ...`), a Ctrl-C there a SIGINT.
+        # The prompt's own raw mode nests inside this one (it restores what it found: raw).
+        held_raw = contextlib.ExitStack()
+        held_raw.enter_context(session.input.raw_mode())
+        unhooks.append(held_raw.close)
         while True:
             had = len(history.get_strings())
             at_first_line = functools.partial(_cursor_to, session.default_buffer, len(again.split("\n", 1)[0]))
@@ -1118,6 +1134,7 @@ async def run_app(
             again = ""
             waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            printer.prompt_ended()
             if signalled.done():
                 await _stop_prompt(session, prompt)
                 # The same goodbye as /quit, and the same note if it found no server, but at once: lines not

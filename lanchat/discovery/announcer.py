@@ -464,7 +464,9 @@ class Announcer:
             if not chosen:
                 log.warning("discovery: no usable interface (hint: --interface NAME, --beacon-to HOST)")
             else:
-                log.info("discovery: interfaces %s", ", ".join(f"{i.name}={i.address}" for i in chosen))
+                log.info(
+                    "discovery: interfaces %s", ", ".join(f"{i.name}={i.address} brd {i.broadcast}" for i in chosen)
+                )
         self._chosen, self._problems = chosen, problems
 
     def _set_beacon_to(self, targets: list[tuple[str, int]]) -> None:

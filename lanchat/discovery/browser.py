@@ -31,6 +31,7 @@ from typing import Final, Literal
 from lanchat.config import DiscoveryConfig
 from lanchat.discovery.const import (
     EXPIRY_FACTOR,
+    INTERFACE_REFRESH,
     MAX_ADDRESSES,
     MAX_PENDING_PROBES,
     MAX_PERIOD,
@@ -318,7 +319,10 @@ class Browser:
         self._list_interfaces = interfaces
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_sock: socket.socket | None = None
-        self._listen_socks: list[socket.socket] = []
+        self._listening: dict[str, socket.socket] = {}  # broadcast address -> the socket bound to it
+        self._broadcasts: list[str] | None = None  # the interfaces' broadcast addresses at the last read
+        self._explicit: list[tuple[str, int]] = []  # --probe targets, resolved once
+        self._refresh_at = math.inf
         self._targets: list[tuple[str, int]] = []
         self._next_probe = math.inf
         self._retry_sent = False
@@ -359,14 +363,30 @@ class Browser:
         chosen, problems = choose_interfaces(self.config.interface, self._list_interfaces())
         for problem in problems:
             self._warn("discovery: %s", problem)
-        broadcasts = [bcast for bcast, _ in broadcast_targets(chosen)]
-        explicit = await resolve_targets(self.probe, port, timeout=resolve_timeout)
-        self._targets = list(dict.fromkeys([(b, port) for b in broadcasts] + explicit))
-        if not self._targets:
-            self._warn("discovery: nothing to probe (hint: --interface NAME, or --probe HOST)")
+        self._explicit = await resolve_targets(self.probe, port, timeout=resolve_timeout)
         self._probe_sock = open_udp("0.0.0.0", 0, reuse=False, broadcast=True)
         loop.add_reader(self._probe_sock.fileno(), self._on_readable, self._probe_sock)
+        self._use_broadcasts([bcast for bcast, _ in broadcast_targets(chosen)])
+        if not self._targets:
+            self._warn("discovery: nothing to probe (hint: --interface NAME, or --probe HOST)")
+        # A browser that keeps running (--watch) re-reads the interfaces as the announcer does: a Wi-Fi that
+        # comes up, or an address DHCP changed, after it started is probed and heard then.
+        self._refresh_at = loop.time() + INTERFACE_REFRESH if self.reprobe else math.inf
+        self._next_probe = loop.time()
+        self._tick(loop.time())
+
+    def _use_broadcasts(self, broadcasts: list[str]) -> bool:
+        """Listen on and probe exactly these broadcast addresses (and the --probe targets); True if changed."""
+        loop, port = self._loop, self.config.discovery_port
+        if broadcasts == self._broadcasts or loop is None:
+            return False
+        for bcast in [b for b in self._listening if b not in broadcasts]:
+            sock = self._listening.pop(bcast)
+            loop.remove_reader(sock.fileno())
+            sock.close()
         for bcast in broadcasts:
+            if bcast in self._listening:
+                continue
             try:
                 sock = open_udp(bcast, port, reuse=True, broadcast=True)
             except OSError as exc:
@@ -378,16 +398,24 @@ class Browser:
                     bind_hint(exc),
                 )
                 continue
-            self._listen_socks.append(sock)
+            self._listening[bcast] = sock
             loop.add_reader(sock.fileno(), self._on_readable, sock)
+        self._broadcasts = broadcasts
+        self._targets = list(dict.fromkeys([(b, port) for b in broadcasts] + self._explicit))
         log.debug("browser: probing %s", ", ".join(f"{h}:{p}" for h, p in self._targets) or "nothing")
-        self._next_probe = loop.time()
-        self._tick(loop.time())
+        return True
+
+    def _refresh_interfaces(self, now: float) -> None:
+        self._refresh_at = now + INTERFACE_REFRESH
+        chosen, _ = choose_interfaces(self.config.interface, self._list_interfaces())
+        if self._use_broadcasts([bcast for bcast, _ in broadcast_targets(chosen)]):
+            self._next_probe = now  # a new subnet: ask it at once
 
     def close(self) -> None:
         """Close every socket (idempotent)."""
-        socks = [s for s in [self._probe_sock, *self._listen_socks] if s is not None]
-        self._probe_sock, self._listen_socks = None, []
+        socks = [s for s in [self._probe_sock, *self._listening.values()] if s is not None]
+        self._probe_sock = None
+        self._listening.clear()
         for sock in socks:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(sock.fileno())
@@ -412,7 +440,9 @@ class Browser:
                 self._send_errors.report("probe", target, exc, now)
 
     def _tick(self, now: float) -> None:
-        """Send the probes that are due and collect expiries."""
+        """Re-read the interfaces when due, send the probes that are due and collect expiries."""
+        if now >= self._refresh_at and self._probe_sock is not None:
+            self._refresh_interfaces(now)
         if now >= self._next_probe:
             self.send_probes()
             if not self._retry_sent:
@@ -436,7 +466,7 @@ class Browser:
             if now >= until or self._probe_sock is None:
                 return []
             deadline = self.table.next_deadline()
-            wake = min(until, self._next_probe, math.inf if deadline is None else deadline)
+            wake = min(until, self._next_probe, self._refresh_at, math.inf if deadline is None else deadline)
             self._wakeup.clear()
             if math.isinf(wake):
                 await self._wakeup.wait()

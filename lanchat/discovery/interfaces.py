@@ -9,6 +9,7 @@ pure. Never sends a packet.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import socket
@@ -65,12 +66,14 @@ def list_interfaces() -> list[Interface]:
         for entry in entries:
             if entry.family != socket.AF_INET or not entry.address or not entry.netmask:
                 continue
-            broadcast = entry.broadcast or None
-            iface = Interface(name, entry.address, entry.netmask, broadcast, up, entry.ptp or None)
-            if iface.is_loopback and broadcast is None:
-                # 127.0.0.0/8 has a kernel broadcast route on Linux even though psutil reports none.
-                broadcast = str(iface.network.broadcast_address) if iface.network.prefixlen < 31 else None
-                iface = Interface(name, entry.address, entry.netmask, broadcast, up, None)
+            iface = Interface(name, entry.address, entry.netmask, entry.broadcast or None, up, entry.ptp or None)
+            # The subnet's broadcast where Linux routes it but psutil reports none: 127.0.0.0/8, and an
+            # address added without one (`ip addr add 10.0.0.7/24 dev eth0`, no `brd +`: getifaddrs then
+            # gives the address itself, and beacons sent there reached nobody; a review on a real LAN)
+            if iface.network.prefixlen < 31 and (
+                (iface.is_loopback and iface.broadcast is None) or (iface.broadcast == iface.address and not iface.peer)
+            ):
+                iface = dataclasses.replace(iface, broadcast=str(iface.network.broadcast_address))
             out.append(iface)
     return out
 

@@ -73,6 +73,27 @@ def test_typing_while_messages_arrive_keeps_the_line_whole(term: Tmux, server: S
         assert bob.expect("quit")["nick"] == "alice"
 
 
+def test_lines_typed_fast_one_after_another_are_never_echoed_by_the_terminal(term: Tmux, server: ServerProcess) -> None:
+    """A review on a real LAN: a key typed between one prompt's Enter and the next prompt (prompt_toolkit
+    left raw mode in between) was echoed by the terminal itself, glued to the next line printed
+    (`fast 612:06 <dora> fast 1`) and left behind as stray rows. The terminal stays raw for the chat."""
+    join(term, server.port)
+    with Client(server.port, "bob") as bob:
+        term.wait_for("bob joined #lobby")
+        for i in range(1, 9):
+            term.type(f"fast {i}")  # one send-keys each: keys that land while a line is being sent
+            term.keys("Enter")
+        for i in range(1, 9):
+            assert bob.expect(lambda f: f.get("type") == "msg" and f.get("from") == "alice")["text"] == f"fast {i}"
+        screen = term.wait(lambda s: "<alice> fast 8" in s, "the last line")
+        rows = screen.splitlines()
+        first = next(i for i, row in enumerate(rows) if "fast" in row)
+        assert sum("fast" in row for row in rows) == 8, screen  # no stray echo of a line typed
+        shown = [row.rstrip() for row in rows[first : first + 8]]  # together: no blank rows among them
+        assert [row[5:] for row in shown] == [f" <alice> fast {i}" for i in range(1, 9)], screen
+        assert all(re.fullmatch(r"\d\d:\d\d", row[:5]) for row in shown), screen  # each begins with its time
+
+
 def test_tab_completes_a_command_and_a_nick(term: Tmux, server: ServerProcess) -> None:
     join(term, server.port)
     with Client(server.port, "bob") as bob:

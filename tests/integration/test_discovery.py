@@ -166,6 +166,41 @@ def test_goodbye_removes_a_server_from_a_watching_browser(port: int) -> None:
     run_async(scenario())
 
 
+def test_a_watching_browser_hears_an_interface_that_comes_up_after_it_started(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review on a real LAN: `discover --watch` started before the link came up (or before DHCP moved
+    it to another subnet) probed nothing and listed nothing, ever. It re-reads the interfaces every
+    INTERFACE_REFRESH, as the server does, probing a new subnet at once; one that went is let go."""
+    from lanchat.discovery import browser as browser_module
+    from lanchat.discovery.interfaces import Interface
+
+    monkeypatch.setattr(browser_module, "INTERFACE_REFRESH", 0.1)
+    lo = Interface("lo", "127.0.0.1", "255.0.0.0", LOOPBACK_BROADCAST)
+    up: list[Interface] = []
+
+    async def scenario() -> None:
+        a = announcer(config(port, beacon_interval=30.0), "late", 7003)  # no beacon during the test
+        await a.start()
+        try:
+            async with Browser(config(port), probe=("127.0.0.1",), interfaces=lambda: []) as only_probing:
+                assert only_probing.targets == [("127.0.0.1", port)]  # (--probe needs no interface)
+            async with Browser(config(port), reprobe=30.0, interfaces=lambda: list(up)) as watcher:
+                assert watcher.targets == []
+                assert await watcher.wait(asyncio.get_running_loop().time() + 0.3) == []  # nothing to hear
+                up.append(lo)  # the link comes up
+                [added] = await asyncio.wait_for(watcher.wait(), 2.0)  # probed at the next re-read
+                assert added.kind == "added" and added.record.name == "late"
+                assert watcher.targets == [(LOOPBACK_BROADCAST, port)]
+                up.clear()  # and goes: its socket closed at the next re-read
+                assert await watcher.wait(asyncio.get_running_loop().time() + 0.3) == []
+                assert watcher.targets == []
+        finally:
+            await a.stop()
+
+    run_async(scenario())
+
+
 def test_beacons_alone_are_heard_and_updates_seen(port: int) -> None:
     """A server that starts after the browser's first probe is learnt from its beacon (no latency then)."""
     users = [1]

@@ -157,6 +157,15 @@ def test_broadcast_discovery_across_namespaces(lan: Lan, tmp_path: Path) -> None
         off_subnet = run_cli(lan.on("c", sys.executable, "-c", PROBE_FROM, OFF_SUBNET, ADDR["b"]), env=lan.env)
         assert off_subnet.stdout.split() == ["silence"], off_subnet.stderr
 
+        # c's address added again without a broadcast (`ip addr add …/24`, no `brd +`, as a LAN party's hand-set
+        # addresses are): psutil reports the address itself as the broadcast; the probes must still go to the
+        # subnet's (a review on a real LAN: discovery found nothing, `join` exited 6)
+        for change in ("del", "add"):
+            cmd = ["ip", "-n", lan.ns("c"), "addr", change, f"{ADDR['c']}/24", "dev", lan.iface("c")]  # netns
+            subprocess.run(cmd, check=True, timeout=10)
+        rows = discover_on(lan, "--interface", lan.iface("c"))
+        assert sorted(r["name"] for r in rows) == ["server-a", "server-b"], rows
+
 
 def test_default_interfaces_inside_a_namespace(lan: Lan) -> None:
     """The default choice (up, IPv4 broadcast, not loopback), read from psutil on host a. Lists only: no packet."""
