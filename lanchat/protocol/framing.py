@@ -24,7 +24,7 @@ Frame = bytes | _TooLong
 class LineFramer:
     """Feed bytes, get complete lines (without the newline and an optional trailing CR)."""
 
-    __slots__ = ("_buf", "_discarding", "max_frame")
+    __slots__ = ("_buf", "_discarding", "discarded", "max_frame")
 
     def __init__(self, max_frame: int) -> None:
         if max_frame < 1:
@@ -32,6 +32,7 @@ class LineFramer:
         self.max_frame = max_frame
         self._buf: bytes | bytearray = b""  # a line's start; a bytearray while it grows over several reads
         self._discarding = False
+        self.discarded = 0  # bytes of lines over the limit skipped so far (the caller may take them back)
 
     @property
     def buffered(self) -> int:
@@ -43,7 +44,9 @@ class LineFramer:
         if self._discarding:
             i = data.find(b"\n")
             if i < 0:
+                self.discarded += len(data)
                 return out
+            self.discarded += i
             data = data[i + 1 :]
             self._discarding = False
         limit = self.max_frame
@@ -51,6 +54,7 @@ class LineFramer:
             if b"\n" not in data:  # the line goes on: keep it, without copying what is held (a line dripped
                 # in small reads was rebuilt and searched whole at each: 20 times slower at a 1 MiB limit)
                 if len(self._buf) + len(data) > limit:
+                    self.discarded += len(self._buf) + len(data)
                     self._buf = b""
                     self._discarding = True
                     out.append(FRAME_TOO_LONG)
@@ -67,12 +71,14 @@ class LineFramer:
             if i < 0:
                 break
             if i - start > limit:  # the limit counts every byte but the newline, CR included
+                self.discarded += i - start
                 out.append(FRAME_TOO_LONG)
             else:
                 end = i - 1 if i > start and data[i - 1] == 13 else i  # strip CR of CRLF (telnet)
                 out.append(data[start:end])
             start = i + 1
         if len(data) - start > limit:
+            self.discarded += len(data) - start
             out.append(FRAME_TOO_LONG)
             self._discarding = True
         elif start < len(data):

@@ -52,6 +52,7 @@ class Err:
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")  # C0 (tab allowed), DEL, C1, surrogates
 _ROOM = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NICK_EXTRA = frozenset("_-.[]{}|^`")
 MAX_ID: Final = 2**53  # ids stay exact in every JSON implementation
 
@@ -84,6 +85,11 @@ def check_nick(nick: object) -> str:
     """A nick: 1..NICK_MAX letters, digits or _-.[]{}|^` , starting with a letter or _. Returns it NFC."""
     if not isinstance(nick, str):
         raise _bad(Err.BAD_NICK, "nick must be a string")
+    # Bounded before NFC: its canonical reordering of combining marks is quadratic (a 16 KB line of alternating
+    # marks took 57 ms of a worker, 20 such lines a second per connection: an adversarial review). NFC makes a
+    # character of at most 4 (Greek ᾆ: α and three marks), so a longer nick cannot be 24 characters after it.
+    if len(nick) > 4 * const.NICK_MAX:
+        raise _bad(Err.BAD_NICK, f"nick must be 1 to {const.NICK_MAX} characters")
     nick = unicodedata.normalize("NFC", nick)
     if not 1 <= len(nick) <= const.NICK_MAX:
         raise _bad(Err.BAD_NICK, f"nick must be 1 to {const.NICK_MAX} characters")
@@ -101,8 +107,9 @@ def check_nick(nick: object) -> str:
 # teacher, and its lines read as the teacher's. Capitals and small letters each as drawn: Cyrillic Н is
 # Latin H, while its small н is not h.
 _LOOKALIKES: Final = str.maketrans(
-    "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсҺӀΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυν",
-    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcHIABEZHIKMNOPTYXoaipuv",
+    "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсҺӀΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυν"
+    "гѵѴүҽѡԌЬγσϳͿ",  # (TR39's too: г is r, ү y, ѵ v, ѡ w, Ь b, ҽ e, Greek γ y, σ o, yot ϳ j)
+    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcHIABEZHIKMNOPTYXoaipuvrvVyewGbyojJ",
 )
 
 
@@ -370,7 +377,8 @@ def _hello(obj: dict[str, Any], rid: int | None, allow_plain: bool) -> Hello:
     else:
         raise _bad(Err.BAD_FIELD, f"rooms must be a list of at most {const.MAX_ROOMS_PER_SESSION} room names")
     token = obj.get("token")
-    if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64):
+    if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64 or _SURROGATE.search(token)):
+        # (a lone surrogate, JSON's "\ud800", is no character: the hub hashes the token as UTF-8, and failed)
         raise _bad(Err.BAD_FIELD, "token must be a string of 1 to 64 characters")
     plain = obj.get("plain", False) is True and allow_plain
     return Hello(

@@ -86,6 +86,12 @@ class TokenBucket:
         follows then waits until it is paid)."""
         self.tokens -= extra
 
+    def owed(self, now: float) -> float | None:
+        """After a charge: None if a line may go through now, else when the next one may."""
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        return None if self.tokens >= 1.0 - 1e-9 else self.ready_at(now)
+
     def ready_at(self, now: float) -> float:
         """When the next token will be there."""
         return now + max(0.0, 1.0 - self.tokens) / self.rate
@@ -96,7 +102,7 @@ class ServerConnection:
 
     __slots__ = (
         "_bucket", "_framer", "_head", "_pending", "_raw", "_raw_at", "asked", "closed", "conn_id", "current",
-        "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered", "rooms", "throttled_until",
+        "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered", "rooms", "throttled_until",
     )  # fmt: skip
 
     def __init__(self, conn_id: int, *, max_frame: int, rate: float, burst: int, now: float) -> None:
@@ -122,6 +128,7 @@ class ServerConnection:
         self._raw_at = 0
         self.throttled_until: float | None = None
         self.frames_in = 0
+        self.forwarded = False  # something went to the hub: an EOF waits for its answers before the close
 
     # --- input ---------------------------------------------------------------------------------------------
 
@@ -132,7 +139,9 @@ class ServerConnection:
         if not data:
             self.closed = True
             self.throttled_until = None  # nothing more will be read: no pause to wait out
-            return [Close("connection closed by peer", clean=False)]
+            # A half-close (shutdown(SHUT_WR): `nc -N`, ncat, a script done writing) ends the input, not the
+            # connection: what went to the hub before it is answered first (its welcome, acks, replies).
+            return [Close("connection closed by peer", clean=False, after_hub=self.forwarded)]
         # Every line counts against the rate, blank ones too: a flood of newlines must pause reading like
         # any other flood, or it keeps the worker framing for nothing.
         self._raw = self._raw[self._raw_at :] + data if self._raw else data
@@ -157,6 +166,16 @@ class ServerConnection:
                 self._raw_at = end
                 if end >= len(self._raw):
                     self._raw, self._raw_at = b"", 0
+                # Bytes of a line over the limit are skipped, not lines: unpaid, a client streaming without a
+                # newline was read at full speed (3 GB/s over loopback, two workers' CPU). Each --max-frame
+                # of them costs a line of the rate, so it is read no faster than lines of the largest size.
+                framer = self._framer
+                if framer.discarded >= framer.max_frame:
+                    extra, framer.discarded = divmod(framer.discarded, framer.max_frame)
+                    self._bucket.charge(extra)
+                    if (until := self._bucket.owed(now)) is not None:
+                        self.throttled_until = until
+                        break
                 continue
             if not self._bucket.take(now):
                 self.throttled_until = self._bucket.ready_at(now)
@@ -199,6 +218,7 @@ class ServerConnection:
         """A request for the hub; a listing (history, who, rooms) costs LISTING_COST lines of the rate."""
         if isinstance(req, m.History | m.Who | m.Rooms):
             self._bucket.charge(const.LISTING_COST - 1)
+        self.forwarded = True
         out.append(Forward(req))
 
     def _json_line(self, line: bytes, out: list[Action]) -> None:
@@ -206,6 +226,7 @@ class ServerConnection:
         if post is not None:
             if not self.hello_sent:
                 raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=post.id)
+            self.forwarded = True
             out.append(post)
             return
         req = m.parse_line(line)
@@ -262,14 +283,18 @@ class ServerConnection:
         self.hello_sent = True
         # The hello joins the default room; lines typed before the welcome arrives go there.
         self.joined(const.DEFAULT_ROOM)
+        self.forwarded = True
         out.append(Forward(m.Hello(nick, plain=True)))
 
     def _quit(self, req: m.Quit, out: list[Action]) -> None:
-        if self.hello_sent:
-            out.append(Forward(req))  # the hub ends the session and tells the rooms
+        # The hub ends the session and tells the rooms; without one, it answers what was asked before (rooms,
+        # stats: a script's `{"type":"stats"}` then quit got nothing) and then says close.
+        to_hub = self.hello_sent or self.forwarded
+        if to_hub:
+            out.append(Forward(req))
         bye = b"* bye\n" if self.mode is Mode.PLAIN else b""  # a telnet user sees the end with a word, not silence
         self.closed = True
-        out.append(Close(req.reason or "quit", clean=True, final=bye, after_hub=self.hello_sent))
+        out.append(Close(req.reason or "quit", clean=True, final=bye, after_hub=to_hub))
 
     # --- what the hub tells us -----------------------------------------------------------------------------
 

@@ -381,6 +381,11 @@ class Hub:
         except RemoteProtocolError as exc:
             self._reply(worker, p.conn, m.error_frame(exc.code, exc.message, id=exc.request_id or p.id))
 
+    def eof(self, worker: int, conn: int) -> None:
+        """A connection's input ended (a half-close) after requests that are answered by now: its worker
+        closes it after the next commit (the acks of its last posts come first), and reports the close."""
+        self._closes.append((worker, conn, "connection closed by peer"))
+
     def closed(
         self, worker: int, conn: int, clean: bool, reason: str, now: float, *, peer: str = "", quiet: bool = False
     ) -> None:

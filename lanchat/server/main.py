@@ -396,6 +396,8 @@ class Server:
                 if kind == "req":
                     counted = self.conn_peer.get(int(rec[1]))  # its address, if --max-per-ip counts it
                     hub.request(slot.index, int(rec[1]), rec[2], now, peer=counted[0] if counted else "")
+                elif kind == "eof":  # the client's input ended: close once what it sent before is answered
+                    hub.eof(slot.index, int(rec[1]))
                 elif kind == "adopted":
                     self._release_handoff(int(rec[1]))
                 elif kind == "closed":
@@ -413,12 +415,15 @@ class Server:
                     slot.ready = True
                     slot.last_pong = time.monotonic()
                     log.info("worker %d ready (pid %s)", slot.index, rec[1])
-            except (IndexError, TypeError, ValueError) as exc:
-                log.error("worker %d: bad control record %.200r: %s", slot.index, rec, exc)
-            except Exception:  # a hub bug must cost one request, not the worker's pipe
+            except Exception as exc:  # a hub bug must cost one request, not the worker's pipe
+                request = isinstance(rec, list) and len(rec) > 2 and rec[0] == "req" and type(rec[1]) is int
+                if isinstance(exc, IndexError | TypeError | ValueError) and not (request and isinstance(rec[2], dict)):
+                    log.error("worker %d: bad control record %.200r: %s", slot.index, rec, exc)
+                    continue  # (a well-formed request that raised one is the hub's bug: answered below; a
+                    # review found a token the hub could not hash answered by nothing, logged as the worker's)
                 log.exception("internal error handling %.200r from worker %d", rec, slot.index)
-                if isinstance(rec, list) and len(rec) > 1 and rec[0] == "req":
-                    obj = rec[2] if len(rec) > 2 and isinstance(rec[2], dict) else {}
+                if request:
+                    obj = rec[2] if isinstance(rec[2], dict) else {}
                     kind = obj.get("type")
                     question = kind in _QUESTIONS or (kind == "topic" and obj.get("topic") is None)
                     rid = obj.get("id") if question else None

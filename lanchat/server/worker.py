@@ -59,7 +59,7 @@ class ClientConn:
 
     __slots__ = (
         "_closer", "_resume_handle", "closing", "conn_id", "created", "farewell", "fd", "json_mode", "out",
-        "peer", "pinged", "reading", "reported", "sock", "state", "wbuf", "why", "worker",
+        "peer", "ping_seen", "pinged", "reading", "reported", "sock", "state", "wbuf", "why", "worker",
     )  # fmt: skip
 
     def __init__(self, worker: Worker, conn_id: int, peer: str, sock: socket.socket) -> None:
@@ -75,6 +75,7 @@ class ClientConn:
         )
         self.created = now
         self.pinged = False
+        self.ping_seen = 0.0  # the state's last_seen when we pinged: one ping per silence
         self.reading = False
         self.out: list[bytes] = []  # this round's output, sent by flush()
         self.wbuf: bytearray | None = None  # what the kernel did not take yet (only while it is full)
@@ -125,7 +126,6 @@ class ClientConn:
             self._handle(self.state.receive_data(b"", time.monotonic()))  # EOF: the state machine closes
             return
         self.worker.bytes_in += len(data)
-        self.pinged = False
         try:
             self._handle(self.state.receive_data(data, time.monotonic()))
             self.json_mode = self.state.mode is Mode.JSON and not self.closing
@@ -159,6 +159,9 @@ class ClientConn:
             elif isinstance(action, Reply):
                 self.push(action.data)
             elif action.after_hub:
+                if not action.clean:  # an EOF: the hub answers what came before it, then says close
+                    self._report_closed(False, action.reason)
+                    self.worker.to_hub(["eof", self.conn_id])
                 self._quitting(action.final)
             else:
                 self._report_closed(action.clean, action.reason)
@@ -401,6 +404,9 @@ class ClientConn:
             return  # nc users may read for hours; TCP keepalive finds their dead peers
         if st.pending or self.worker.hub_full:
             return  # lines of theirs (their pong too) wait for the rate limit or the hub: we are slow, not they
+        if self.pinged and st.last_seen != self.ping_seen:  # a line since the ping: a new silence may be pinged
+            self.pinged = False  # (bytes of a line not ended are no answer: a client dribbling a byte at a time
+            # was pinged at every sweep, twice a second from --ping-interval to --idle-timeout)
         silent = now - max(st.last_seen, self.worker.caught_up_at)  # a wait for the hub is not their silence
         idle = float(cfg["idle_timeout"])
         if silent > idle:
@@ -408,6 +414,7 @@ class ClientConn:
             self.close(st.error_bytes(m.Err.IDLE_TIMEOUT, "no data from you in time", fatal=True))
         elif silent > min(float(cfg["ping_interval"]), idle / 2) and not self.pinged:  # asked before it is late
             self.pinged = True
+            self.ping_seen = st.last_seen
             self.push(b'{"type":"ping"}\n')
 
 

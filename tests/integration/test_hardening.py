@@ -94,8 +94,9 @@ def msgs(frames: list[Frame]) -> list[Frame]:
 
 
 def test_fifty_megabytes_without_a_newline_are_never_buffered(make_server: MakeServer) -> None:
-    """One endless line: refused once as it passes --max-frame, skipped (not stored) to its end; memory flat."""
-    server = make_server("--max-frame", "16384", workers=1)
+    """One endless line: refused once as it passes --max-frame, skipped (not stored) to its end; memory flat.
+    (Each --max-frame of it costs a line of the rate: at the default 20 a second, 50 MiB would take 160 s.)"""
+    server = make_server("--max-frame", "16384", "--rate", "2000", workers=1)
     [worker] = server.worker_pids()
     with Client(server.port, "victim") as victim, Client(server.port, "big") as big:
         victim.expect(lambda f: f.get("type") == "join" and f.get("nick") == "big")

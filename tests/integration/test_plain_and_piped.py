@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import psutil
 import pytest
-from support import Client, Frame, MakeServer, run_cli
+from support import Client, Frame, MakeServer, ServerProcess, run_cli
 
 from lanchat.client import connection, piped
 from lanchat.client.piped import run_piped
@@ -175,6 +175,40 @@ def test_plain_text_session_with_a_raw_socket(make_server: MakeServer) -> None:
             assert not [f for f in js.seen if f.get("room") == "dev"]  # jason is not in dev
         finally:
             nc.close()
+
+
+def test_a_client_that_half_closes_gets_its_answers_before_the_close(server: ServerProcess) -> None:
+    """An adversarial review: a client that sends what it has to say and half-closes (`nc -N`, ncat, a script's
+    shutdown(SHUT_WR)) got none of the answers the main process had not sent yet (no welcome, no acks, no
+    stats), and a quit before a hello lost the answer to the question asked before it."""
+
+    def exchange(data: bytes) -> list[bytes]:
+        with socket.create_connection(("127.0.0.1", server.port), 5) as s:
+            s.settimeout(10)
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(65536):  # until the server closes
+                got += chunk
+            return got.splitlines()
+
+    def frames(lines: list[bytes]) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in lines]
+
+    said = frames(exchange(b'{"type":"stats","id":1}\n'))
+    assert [f.get("id") for f in said if f["type"] == "stats"] == [1]
+    said = frames(exchange(b'{"type":"hello","nick":"halfy"}\n{"type":"msg","room":"lobby","text":"hi","id":7}\n'))
+    assert [f["type"] for f in said if f["type"] in ("welcome", "ack")] == ["welcome", "ack"]
+    assert [f.get("id") for f in said if f["type"] == "ack"] == [7]
+    said = frames(exchange(b'{"type":"rooms","id":2}\n{"type":"quit"}\n'))  # before any hello
+    assert [f.get("id") for f in said if f["type"] == "rooms"] == [2]
+    shown = exchange(b"/nick telly\n/who\n")
+    assert any(b"Welcome! You are telly" in line for line in shown) and any(b"#lobby:" in line for line in shown)
+    shown = exchange(b"/rooms\n/quit\n")  # plain, before a nick
+    assert any(b"rooms:" in line for line in shown) and shown[-1] == b"* bye", shown
+    with Client(server.port, "checker") as checker:  # the half-closed ones are held for a resume, as any drop
+        checker.send({"type": "who", "room": "lobby", "id": 1})
+        assert "halfy" in checker.expect("who")["nicks"]
 
 
 def test_plain_nicks_pasted_before_the_welcome_are_a_hello_then_a_rename(make_server: MakeServer) -> None:

@@ -19,8 +19,8 @@ class BuggyHub:
     def __init__(self) -> None:
         self.replies: list[tuple[int, int, dict[str, Any]]] = []
 
-    def request(self, *_: Any, **__: Any) -> None:
-        raise RuntimeError("a bug")
+    def request(self, _worker: int, _conn: int, obj: dict[str, Any], *_: Any, **__: Any) -> None:
+        raise ValueError("a bug") if obj.get("id") == 14 else RuntimeError("a bug")
 
     def post(self, *_: Any, **__: Any) -> None:
         raise RuntimeError("a bug")
@@ -41,8 +41,10 @@ def test_a_hub_bug_is_answered_internal_naming_a_question_only(caplog: pytest.Lo
         Server._records(server, slot, [["req", 8, {"type": "topic", "room": "dev", "topic": "x", "id": 11}]], 1.0)
         Server._records(server, slot, [["req", 8, {"type": "join", "room": "dev", "id": 12}]], 1.0)
         Server._records(server, slot, [["req", 8, {"type": "rooms"}]], 1.0)
+        Server._records(server, slot, [["req", 9, {"type": "who", "room": "dev", "id": 14}]], 1.0)  # a ValueError
+        Server._records(server, slot, [["req", "x", {"type": "who"}], ["req", 9]], 1.0)  # the worker's bugs
         Server._from_worker(server, slot, [control.PostFrame(5, "msg", "dev", b'"hi"', 13)])
     said = [(conn, frame.get("id"), frame["code"]) for _, conn, frame in hub.replies]
     assert said == [(7, 9, "internal"), (8, 10, "internal"), (8, None, "internal"), (8, None, "internal"),
-                    (8, None, "internal"), (5, None, "internal")]  # fmt: skip
-    assert caplog.text.count("internal error handling") == 6
+                    (8, None, "internal"), (9, 14, "internal"), (5, None, "internal")]  # fmt: skip
+    assert caplog.text.count("internal error handling") == 7 and caplog.text.count("bad control record") == 2

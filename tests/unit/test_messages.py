@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 import pytest
@@ -363,6 +364,27 @@ def test_look_alike_nicks_read_as_one(lookalike: str) -> None:
     assert m.nick_key(lookalike) != m.nick_key("teacher")  # (its identity is its own: see the hub's test)
 
 
+@pytest.mark.parametrize(
+    ("lookalike", "latin"),
+    [
+        ("ga\u0433y", "gary"),
+        ("\u0475ic", "vic"),
+        ("m\u04afra", "myra"),
+        ("p\u04bdte", "pete"),
+        ("\u0461ill", "will"),
+        ("\u050cus", "Gus"),
+        ("\u042cob", "bob"),
+        ("\u03b3ves", "yves"),
+        ("b\u03c3b", "bob"),
+        ("\u03f3o", "jo"),
+    ],
+)
+def test_look_alikes_of_unicodes_confusables_table(lookalike: str, latin: str) -> None:
+    """Letters TR39 maps to Latin ones that the first table lacked (an adversarial review: gaгy beside gary)."""
+    assert m.check_nick(lookalike)
+    assert m.nick_skeleton(lookalike) == m.nick_skeleton(latin)
+
+
 def test_nicks_of_other_scripts_stay_their_own() -> None:
     nicks = ("teacher", "учитель", "δάσκαλος", "先生", "тема", "Hana", "нана")
     assert len({m.nick_skeleton(n) for n in nicks}) == 7  # (Cyrillic small н is not h: it is drawn otherwise)
@@ -664,3 +686,35 @@ def test_parse_post_limits_at_their_edges() -> None:
 )
 def test_parse_post_leaves_other_shapes_to_the_full_parser(line: bytes) -> None:
     assert m.parse_post(line) is None
+
+
+@pytest.mark.parametrize("token", ["\ud800", "ab\udfffcd", "\udc80" * 64])
+def test_a_token_with_a_lone_surrogate_is_a_bad_field(token: str) -> None:
+    """JSON's "\\ud800" decodes to a lone surrogate, which is no character: the hub's hash of the token
+    (its UTF-8) raised, the main process logged the worker's record as bad, and the client got no answer at
+    all (an adversarial review)."""
+    line = json.dumps({"type": "hello", "nick": "al", "token": token, "id": 4}).encode()
+    with pytest.raises(RemoteProtocolError) as info:
+        m.parse_line(line)
+    assert info.value.code == m.Err.BAD_FIELD and info.value.request_id == 4
+
+
+def test_a_long_nick_is_refused_before_its_normalization(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NFC reorders combining marks with an insertion sort: a nick of 8,000 alternating marks (classes 230 and
+    220, one 16 KB line) took 57 ms of the worker before the length check refused it (20 lines a second per
+    connection: a worker's whole core, and others' delivery at a second; an adversarial review). A nick longer
+    than 4 × NICK_MAX (NFC makes at most 4 code points one) is refused without being normalised."""
+    normalised: list[int] = []
+    normalize = unicodedata.normalize
+
+    def counted(form: Any, text: str) -> str:
+        normalised.append(len(text))
+        return normalize(form, text)
+
+    monkeypatch.setattr(unicodedata, "normalize", counted)
+    line = json.dumps({"type": "nick", "nick": "a" + "\u0301\u0316" * 4080, "id": 2}, ensure_ascii=False).encode()
+    with pytest.raises(RemoteProtocolError) as info:
+        m.parse_line(line)
+    assert info.value.code == m.Err.BAD_NICK and "1 to 24 characters" in info.value.message
+    assert max(normalised, default=0) <= 4 * 24  # (the text of the line is not a nick: not normalised either)
+    assert m.check_nick("\u03b1\u0313\u0342\u0345" * 24) == "\u1f86" * 24  # 96 before NFC, 24 after: still a nick

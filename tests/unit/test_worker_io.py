@@ -446,3 +446,34 @@ def test_a_frame_for_named_connections_counts_its_lines_for_each() -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_bytes_of_an_unfinished_line_do_not_earn_a_new_ping_at_each_sweep() -> None:
+    """Bytes of a line not ended are silence (docs/protocol.md), but any byte reset the ping flag: a client
+    dribbling a byte at a time was pinged at every sweep, twice a second from --ping-interval to
+    --idle-timeout (an adversarial review). One ping per silence; a line handled starts a new one."""
+
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        def pings() -> int:  # this round's output, taken before the round sends it (sweep pushes at once)
+            count = sum(chunk.count(b'{"type":"ping"}') for chunk in conn.out)
+            conn.out.clear()
+            return count
+
+        worker.cfg.update(idle_timeout=20.0, ping_interval=5.0, handshake_timeout=10.0)
+        peer.sendall(b'{"type":"hello","nick":"al"}\n')
+        await until(lambda: conn.state.hello_sent)
+        worker._control(["bind", 1, "al", False])
+        seen = conn.state.last_seen
+        conn.sweep(seen + 5.1)
+        assert pings() == 1
+        peer.sendall(b"{")  # a byte of a line that never ends
+        await until(lambda: conn.state._framer.buffered > 0)
+        conn.sweep(seen + 5.6)
+        conn.sweep(seen + 6.1)
+        assert pings() == 0  # no second ping for the same silence
+        peer.sendall(b'"type":"pong"}\n')  # a line: heard, and a later silence is pinged again
+        await until(lambda: conn.state.last_seen > seen)
+        conn.sweep(conn.state.last_seen + 5.1)
+        assert pings() == 1
+
+    with_conn(body)
