@@ -303,9 +303,10 @@ class ChatClient:
                 asyncio.open_connection(self.host, self.port, limit=1 << 20), const.CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a name that cannot be one ("a..b")
-            raise ConnectError(
-                f"cannot reach {host_port(self.host, self.port)}: {unreachable_reason(exc)}", EXIT_UNREACHABLE
-            ) from None
+            reason = unreachable_reason(exc)
+            if first and reason == "connection refused":  # a host joined without its server's port, maybe
+                reason += " (hint: `lanchat discover` lists the servers and their ports)"
+            raise ConnectError(f"cannot reach {host_port(self.host, self.port)}: {reason}", EXIT_UNREACHABLE) from None
         self._reader, self._writer = reader, writer
         writer.write(self._hello())
         asked = time.monotonic()  # the hello's round trip to the welcome: self.rtt

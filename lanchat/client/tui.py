@@ -1362,18 +1362,21 @@ def run_tui(
 def server_lines(found: Sequence[ServerRecord]) -> list[Line]:
     """The numbered list of servers discovery found (names come from the LAN: cleaned)."""
     lines = [Line((("class:info", "Several lanchat servers answered:"),))]
-    for i, s in enumerate(found, 1):
+    names = [clean(s.name)[:40] for s in found]
+    addresses = [f"{clean(s.host)}:{s.port}" for s in found]
+    # In columns whatever the lengths (a review: `10.73.0.22:47102` beside `10.73.0.1:47120` shifted them)
+    name_width = max([24, *(get_cwidth(n) for n in names)])
+    address_width = max(len(a) for a in addresses) if addresses else 0
+    for i, (s, name, address) in enumerate(zip(found, names, addresses, strict=True), 1):
         latency = f"{s.latency_ms:.1f} ms" if s.latency_ms is not None else "-"
+        pad = " " * (name_width - get_cwidth(name))  # (by the columns drawn: a wide character takes two)
+        counts = f"{count_of(s.users, 'user')}, {count_of(s.rooms, 'room')}, {latency}"
         lines.append(
             Line(
                 (
                     ("class:prompt", f"  {i:>2}  "),
-                    ("class:nick", f"{clean(s.name)[:40]:<24}"),
-                    (
-                        "",
-                        f" {clean(s.host)}:{s.port}  {count_of(s.users, 'user')}, "
-                        f"{count_of(s.rooms, 'room')}, {latency}",
-                    ),
+                    ("class:nick", name + pad),
+                    ("", f" {address:<{address_width}}  {counts}"),
                 )
             )
         )

@@ -322,7 +322,10 @@ def test_piped_join_exit_codes(make_server: MakeServer) -> None:
         bad = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "9lives", input="")
         assert bad.returncode == 4 and "nick" in bad.stderr
     closed = run_cli("join", "127.0.0.1:1", "--nick", "x", input="")
-    assert closed.returncode == 3 and "cannot reach" in closed.stderr
+    assert (
+        closed.returncode == 3
+        and "cannot reach 127.0.0.1:1: connection refused (hint: `lanchat discover`" in closed.stderr
+    )
 
 
 def test_joining_a_port_of_another_service_says_so_at_once() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import re
@@ -25,6 +26,7 @@ from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import ColorDepth, DummyOutput, Output
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.renderer import print_formatted_text
+from prompt_toolkit.utils import get_cwidth
 
 from lanchat.client import tui
 from lanchat.client.connection import EXIT_LOST, EXIT_NICK, EXIT_OK, EXIT_UNREACHABLE
@@ -613,6 +615,15 @@ def test_pick_server_by_number_or_name_and_names_are_cleaned() -> None:
     assert pick_problem(twins, "beta") == "2 servers are named beta: type the number of one"
     lines = server_lines([record("evil\x1b[2J\u202e", 3)])
     assert not any(UNSAFE.search(line.text) for line in lines)
+
+
+def test_the_server_chooser_keeps_its_columns() -> None:
+    """A review on a LAN: addresses of other lengths, or a name over 24 columns, shifted the columns."""
+    found = [record("lab", 47102), record("a name longer than twenty-four", 1), record("教室", 7272)]
+    found[0] = dataclasses.replace(found[0], host="10.73.0.22")
+    rows = [line.text for line in server_lines(found)[1:]]
+    users = {get_cwidth(row[: row.index("2 users")]) for row in rows}  # where the figures begin, drawn
+    assert len(users) == 1, rows
 
 
 def run(coro: Awaitable[T], timeout: float = 30.0) -> T:
