@@ -121,9 +121,11 @@ class SessionFile:
                     time.sleep(0.005)  # (flock has no timeout; the holder's work is a read and a write)
                 except OSError:  # a file system without locks (some network ones): as before, unclaimed
                     return self.load(key, now=now)
-            if (saved := self.load(key, now=now)) is not None:
-                self.save(key, saved, now=saved.saved_at)  # ours now, its time kept ("left at", its age)
-            return saved
+            if (saved := self.load(key, now=now)) is None:
+                return None
+            # ours now, its time kept ("left at", its age); unmarked (a full disk), another start could take
+            # it too the moment the lock is let go: a new session, never a shared one
+            return saved if self.save(key, saved, now=saved.saved_at) else None
         finally:
             os.close(lock)  # (which releases the lock)
 

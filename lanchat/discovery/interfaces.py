@@ -70,10 +70,18 @@ def list_interfaces() -> list[Interface]:
             # The subnet's broadcast where Linux routes it but psutil reports none: 127.0.0.0/8, and an
             # address added without one (`ip addr add 10.0.0.7/24 dev eth0`, no `brd +`: getifaddrs then
             # gives the address itself, and beacons sent there reached nobody; a review on a real LAN)
-            if iface.network.prefixlen < 31 and (
+            subnet = iface.network
+            if subnet.prefixlen >= 31 and iface.broadcast is not None and not iface.is_loopback:
+                # A /31 or /32 has no broadcast (Linux adds no broadcast route for it): what getifaddrs reports
+                # is the address itself, or, for `ip addr add A/32 peer GW dev eth0` (a hosting provider's
+                # Ethernet), the peer. Taken as a broadcast, beacons went to ourselves, a browser bound our
+                # unicast address (taking the probes meant for a server here) and probes from it were "spoofed".
+                peer = iface.peer or (iface.broadcast if iface.broadcast != iface.address else None)
+                iface = dataclasses.replace(iface, broadcast=None, peer=peer)
+            elif subnet.prefixlen < 31 and (
                 (iface.is_loopback and iface.broadcast is None) or (iface.broadcast == iface.address and not iface.peer)
             ):
-                iface = dataclasses.replace(iface, broadcast=str(iface.network.broadcast_address))
+                iface = dataclasses.replace(iface, broadcast=str(subnet.broadcast_address))
             out.append(iface)
     return out
 

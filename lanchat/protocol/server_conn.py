@@ -215,9 +215,13 @@ class ServerConnection:
             out.append(Reply(self._error_exc(exc)))
 
     def _forward(self, req: m.Request, out: list[Action]) -> None:
-        """A request for the hub; a listing (history, who, rooms) costs LISTING_COST lines of the rate."""
+        """A request for the hub; a listing (history, who, rooms) costs LISTING_COST lines of the rate, a nick
+        change a line per room it is told in (an event stored in each: else one line of the rate put 50
+        events in 50 rooms' histories, and a rename flood wore them out 50 times as fast as posts)."""
         if isinstance(req, m.History | m.Who | m.Rooms):
             self._bucket.charge(const.LISTING_COST - 1)
+        elif isinstance(req, m.Nick) and len(self.rooms) > 1:
+            self._bucket.charge(len(self.rooms) - 1)
         self.forwarded = True
         out.append(Forward(req))
 

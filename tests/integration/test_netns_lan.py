@@ -168,15 +168,25 @@ def test_broadcast_discovery_across_namespaces(lan: Lan, tmp_path: Path) -> None
 
 
 def test_default_interfaces_inside_a_namespace(lan: Lan) -> None:
-    """The default choice (up, IPv4 broadcast, not loopback), read from psutil on host a. Lists only: no packet."""
+    """The default choice (up, IPv4 broadcast, not loopback), read from psutil on host a. Lists only: no packet.
+    A /31 or /32 address has no broadcast, whatever the system reports for it (its own address, or `peer`'s:
+    a review found beacons sent to ourselves, and a browser bound to our address taking a server's probes)."""
+    for extra in (["10.72.7.1/32"], ["10.72.8.0/31"], ["10.72.6.1/32", "peer", "10.72.6.254"]):  # netns addresses
+        subprocess.run(
+            ["ip", "-n", lan.ns("a"), "addr", "add", *extra, "dev", f"{lan.prefix}-a2"], check=True, timeout=10
+        )
     code = (
         "from lanchat.discovery.interfaces import choose_interfaces, list_interfaces\n"
-        "chosen, _ = choose_interfaces((), list_interfaces())\n"
-        "print(' '.join(f'{i.name}={i.address}/{i.broadcast}' for i in chosen))"
+        "every = list_interfaces()\n"
+        "chosen, _ = choose_interfaces((), every)\n"
+        "print(' '.join(f'{i.name}={i.address}/{i.broadcast}' for i in chosen))\n"
+        "print(' '.join(f'{i.address}/{i.broadcast}/{i.peer}' for i in every if i.address.startswith('10.72.')))"
     )
     done = run_cli(lan.on("a", sys.executable, "-c", code), env=lan.env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [
+    chosen, every = done.stdout.splitlines()
+    assert chosen.split() == [
         f"{lan.prefix}-a={ADDR['a']}/10.72.0.255",  # netns
         f"{lan.prefix}-a2={A_SECOND}/10.72.9.255",  # netns
     ]
+    assert {"10.72.7.1/None/None", "10.72.8.0/None/None", "10.72.6.1/None/10.72.6.254"} <= set(every.split()), every

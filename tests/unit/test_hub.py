@@ -614,6 +614,33 @@ def test_rooms_and_who_replies_are_held_to_the_reply_budget(tmp_path: Path, stor
     assert net.take(1, 10) == [{"type": "who", "room": "r39", "users": 2, "nicks": ["al", "bo"], "id": 3}]
 
 
+def test_a_who_reply_is_kept_until_the_room_changes(net: Workers) -> None:
+    """An adversarial review: a `who` of a 10,000-member room took 5 ms of the main process to make, and
+    every connection may ask two a second. The reply is kept as its line until a member joins, leaves or
+    renames; what it says is always the room as it is."""
+    hub = net.hub
+    welcome_of(net, 1, 10, "al", rooms=["dev"])
+    welcome_of(net, 2, 20, "bo", rooms=["dev"])
+
+    def who(rid: int | None = None) -> dict[str, Any]:
+        hub.request(1, 10, {"type": "who", "room": "dev", **({"id": rid} if rid is not None else {})}, 2.0)
+        [reply] = [f for f in net.take(1, 10) if f["type"] == "who"]
+        return reply
+
+    assert who(1) == {"type": "who", "room": "dev", "users": 2, "nicks": ["al", "bo"], "id": 1}
+    kept = hub.rooms["dev"]._who
+    assert who() == {"type": "who", "room": "dev", "users": 2, "nicks": ["al", "bo"]}  # (no id: none)
+    assert hub.rooms["dev"]._who is kept  # made once
+    welcome_of(net, 3, 30, "cy", rooms=["dev"])
+    assert who(2)["nicks"] == ["al", "bo", "cy"]
+    hub.request(2, 20, {"type": "nick", "nick": "bob"}, 2.0)
+    assert who(3)["nicks"] == ["al", "bob", "cy"]
+    hub.request(3, 30, {"type": "part", "room": "dev"}, 2.0)
+    assert who(4) == {"type": "who", "room": "dev", "users": 2, "nicks": ["al", "bob"], "id": 4}
+    hub.closed(2, 20, True, "quit", 2.0)
+    assert who(5)["nicks"] == ["al"]
+
+
 def test_a_resend_into_a_new_session_after_the_grace_is_not_posted_twice(net: Workers) -> None:
     """A laptop slept past the grace with a post delivered but not acknowledged: the resume failed, the
     client resent its outbox into the new session (last_id -1), and the post was delivered twice. The

@@ -109,7 +109,8 @@ def test_a_start_that_cannot_have_the_lock_in_time_takes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A start whose lock another start holds (stopped with Ctrl-Z in its claim) waits CLAIM_WAIT, then
-    starts a new session: never one it might share. Once the lock is free the session is there to take."""
+    starts a new session: never one it might share; so does one that cannot mark the file as its own. Once
+    the lock is free the session is there to take."""
     monkeypatch.setattr(saved_module, "CLAIM_WAIT", 0.05)
     f = SessionFile(tmp_path)
     f.save("a", saved())
@@ -117,9 +118,12 @@ def test_a_start_that_cannot_have_the_lock_in_time_takes_nothing(
     with open(tmp_path / ".lock", "w") as held:  # (flock: another open file's lock, as another process's)
         fcntl.flock(held, fcntl.LOCK_EX)
         assert f.take("a") is None and f.path("a").read_bytes() == before
+    assert f.take("absent") is None
+    with monkeypatch.context() as full:  # a file it cannot mark as its own (a full disk): another start could
+        full.setattr(SessionFile, "save", lambda *_, **__: False)  # take it too, so this one does not (a review)
+        assert f.take("a") is None
     got = f.take("a")
     assert got is not None and got.token == "tok"
-    assert f.take("absent") is None
 
 
 def test_a_damaged_or_foreign_file_is_no_session(tmp_path: Path) -> None:

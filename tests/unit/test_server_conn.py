@@ -166,6 +166,24 @@ def test_a_history_page_costs_history_cost_lines_of_the_rate() -> None:
     assert len(plain.receive_data(b"/history 5\n" * 6, 0.0)) == 5  # the same in plain text
 
 
+def test_a_nick_change_costs_a_line_per_room_it_is_told_in() -> None:
+    """An adversarial review: a rename is an event stored in each of the session's rooms (up to 50) for one
+    line of the rate, so 200 renames in 10 s wore 50 rooms' histories out 50 times as fast as posts. It
+    costs a line per room now (paid after it, as a listing's): in 50 rooms, one each 2.5 s at 20 lines a second."""
+    c = conn(rate=20.0, burst=50)
+    registered_json(c)
+    for i in range(50):
+        c.joined(f"r{i}")  # (as the hub's member frames say)
+    renames = b"".join(line({"type": "nick", "nick": f"al{i}"}) for i in range(3))
+    assert c.receive_data(renames, 0.0) == [Forward(m.Nick("al0"))]  # the burst's 50 lines: spent
+    second = c.throttled_until or 0.0
+    assert c.process(second) == [Forward(m.Nick("al1"))]  # (with the one line it needs)
+    assert c.throttled_until == pytest.approx(second + 50 / 20)  # the next waits for 50 lines more
+    lone = conn(rate=20.0, burst=50)
+    registered_json(lone)  # in one room: a line, as before
+    assert len(lone.receive_data(line({"type": "nick", "nick": "x1"}) * 40, 0.0)) == 40
+
+
 def test_lines_held_by_the_rate_limit_are_kept_unframed() -> None:
     """64 KiB of 3-byte lines framed at once held 21,800 bytes objects (1.2 MiB a connection) for the
     18 minutes the rate limit took to let them through. Bytes are framed FRAME_CHUNK at a time instead;
