@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import sqlite3
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -2025,6 +2025,51 @@ def test_a_catch_up_looks_at_a_bounded_number_of_events(net: Workers, monkeypatc
     monkeypatch.setattr(hub_module, "REPLAY_EXAMINED_MAX", 1_000)
     hub.request(3, 31, {**made_up, "nick": "eve2"}, 3.0)
     assert texts_of(net.take(3, 31)) == ["old news"]  # within the bound: found
+
+
+def test_a_replay_scans_a_bounded_part_of_the_ring(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ring is scanned entry by entry whatever the conversation, and REPLAY_EXAMINED_MAX counted only the
+    session's events: a hello with a made-up token and last_seq 0 for a quiet room, or a resume of a quiet
+    session from the ring's oldest, scanned the whole ring (50,000 entries: 6-9 ms of the hub's loop each, an
+    adversarial review). Past the bound the database answers when it holds all the ring would give; with a
+    small history limit it does not, and the ring answers as before: nothing is lost either way."""
+    monkeypatch.setattr(hub_module, "REPLAY_EXAMINED_MAX", 40)
+    scanned: list[int] = []
+
+    class Counting(deque):  # type: ignore[type-arg]
+        def __reversed__(self) -> Iterator[Any]:
+            for entry in super().__reversed__():
+                scanned.append(entry[0])
+                yield entry
+
+    for limit in (10_000, 3):
+        net = Workers(make_hub(stores, tmp_path / str(limit), history_limit=limit))
+        hub = net.hub
+        q = welcome_of(net, 1, 10, "quiet", rooms=["q"])
+        hub.request(1, 10, {"type": "msg", "room": "q", "text": "first"}, 1.0)
+        welcome_of(net, 2, 20, "busy", rooms=["b"])
+        for i in range(200):
+            hub.request(2, 20, {"type": "msg", "room": "b", "text": f"b{i}"}, 1.0)
+        hub.request(1, 10, {"type": "msg", "room": "q", "text": "second"}, 1.0)
+        hub.request(2, 20, {"type": "msg", "room": "b", "text": "last"}, 1.0)
+        hub.commit(1.0)
+        hub.closed(1, 10, False, "dropped", 1.0)
+        net.clear()
+        hub.recent = Counting(hub.recent, maxlen=hub.recent.maxlen)
+        scanned.clear()
+        hub.request(3, 30, {"type": "hello", "nick": "eve", "token": "x" * 24, "last_seq": 0, "rooms": ["q"]}, 2.0)
+        assert texts_of(net.take(3, 30)) == ["first", "second"]  # (a catch-up of the room it asks for)
+        hub.request(3, 31, {"type": "hello", "nick": "quiet", "token": q["token"], "last_seq": q["seq"]}, 2.0)
+        assert texts_of(net.take(3, 31)) == ["first", "second"]  # all of it
+        hub.request(3, 32, {"type": "hello", "nick": "busy2", "token": "y" * 24, "last_seq": 0, "rooms": ["b"]}, 2.0)
+        busy = texts_of(net.take(3, 32))
+        if limit == 10_000:
+            assert len(scanned) == 0  # from the database, which holds it all
+            assert busy[-1] == "last"
+        else:  # the database keeps 3 of b's events, the ring all: the ring answers, up to the bound
+            assert scanned and busy[-1] == "last" and len(busy) > 3
 
 
 def test_back_after_expiry_is_told_of_events_history_no_longer_has(tmp_path: Path, stores: list[HistoryStore]) -> None:
