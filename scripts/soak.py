@@ -213,6 +213,7 @@ class Soak:
         self.left_while: Counter[str] = Counter()  # the client's status when that happened
         self.stopping = False
         self.posting = True
+        self.phase = "starting"  # what it does now: said if it is interrupted (a hang in CI names its step)
 
     # --- members ---------------------------------------------------------------------------------------------
 
@@ -264,6 +265,7 @@ class Soak:
     async def remove_member(self, member: Member) -> None:
         """Leave as a user would: once what it typed is acknowledged (10 s at most), then quit."""
         member.active = False  # posts no more
+        self.phase = f"churn: waiting for the acks of {member.name} ({member.client.status})"
         if not await member.client.wait_acked(10):
             self.left_unacked += member.client.state.unacked
             self.left_while[member.client.status] += 1
@@ -309,6 +311,7 @@ class Soak:
         next_kill = started + args.kill_interval if args.kill_interval > 0 else float("inf")
         next_restart = started + args.restart_interval if args.restart_interval > 0 else float("inf")
         while loop.time() - started < args.duration:
+            self.phase = f"load, {loop.time() - started:.1f} s in"
             await asyncio.sleep(0.05)
             now = loop.time()
             if now >= next_churn:
@@ -330,6 +333,7 @@ class Soak:
             if now >= next_restart:
                 next_restart = now + args.restart_interval
                 crash = args.crash and self.restarts % 2 == 1
+                self.phase = f"restart {self.restarts + 1} ({'crash' if crash else 'stop'})"
                 await asyncio.to_thread(self.server.stop, signal.SIGKILL if crash else signal.SIGTERM)
                 await asyncio.to_thread(self.server.start)
                 self.restarts += 1
@@ -345,11 +349,14 @@ class Soak:
         present = [mb for mb in self.members if mb.active and not mb.gave_up]  # gave up: its session ended
         unacked = 0
         for member in present:
+            self.phase = f"finish: waiting for the acks of {member.name} ({member.client.status}, "
+            self.phase += f"{member.client.state.unacked} unacked)"
             if not await member.client.wait_acked(60):
                 unacked += member.client.state.unacked
         marker_from = next((mb for mb in present if mb.client.status == "connected"), None)
         marker_missing = len(present)
         if marker_from is not None:
+            self.phase = "finish: waiting for the marker"
             rid = marker_from.client.send(m.Msg(ROOM, "soak-marker"))
             if rid is not None:
                 marker_from.posted[rid] = "soak-marker"
@@ -446,11 +453,16 @@ async def wait_quiet(server: Server, timeout: float = 15.0) -> int:
     return count
 
 
+_running: list[Soak] = []  # the soak of this run, for the line an interrupt prints
+
+
 async def amain(args: argparse.Namespace, server: Server) -> dict[str, Any]:
     await wait_quiet(server)
     fds0, rss0, procs0 = server.figures()
     soak = Soak(args, server)
+    _running.append(soak)
     result = await soak.run()
+    soak.phase = "after the load: waiting for the server to settle"
     conns = await wait_quiet(server)
     deadline = time.monotonic() + 15
     while True:  # closed sockets go away asynchronously: wait for the count to settle, with a deadline
@@ -513,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         result = asyncio.run(asyncio.wait_for(amain(args, server), args.duration + 300))
     except KeyboardInterrupt:
-        print("soak: interrupted", file=sys.stderr)
+        print(f"soak: interrupted ({_running[-1].phase if _running else 'starting'})", file=sys.stderr)
         return 130
     finally:
         server.stop()
