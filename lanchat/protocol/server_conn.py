@@ -220,7 +220,7 @@ class ServerConnection:
         events in 50 rooms' histories, and a rename flood wore them out 50 times as fast as posts)."""
         if isinstance(req, m.History | m.Who | m.Rooms):
             self._bucket.charge(const.LISTING_COST - 1)
-        elif isinstance(req, m.Nick) and len(self.rooms) > 1:
+        elif isinstance(req, m.Nick) and len(self.rooms) > 1 and req.nick != self.nick:  # (the same: no event)
             self._bucket.charge(len(self.rooms) - 1)
         self.forwarded = True
         out.append(Forward(req))

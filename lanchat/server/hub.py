@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import secrets
-from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -1059,12 +1058,6 @@ class Hub:
 
         newest_first: Iterable[tuple[int, bytes]]
         from_disk = not (recent and recent[0][0] <= after + 1)
-        if not from_disk and len(recent) - bisect_right(recent, after, key=_seq_of) > REPLAY_EXAMINED_MAX:
-            # The ring is scanned entry by entry whatever the conversation (REPLAY_EXAMINED_MAX counts only the
-            # session's events): a hello with a made-up token and last_seq 0 for a quiet room scanned all
-            # 50,000, 6-9 ms of this loop, at every connection (an adversarial review). The database reads
-            # along each conversation's key: it answers instead when it holds all the ring would give.
-            from_disk = self._disk_holds(convs, left, after, now)
         gap = False
         reads_failed = self.store.reads_failed
         if not from_disk:  # the ring holds all of it
@@ -1082,7 +1075,9 @@ class Hub:
             disk = self.store.replay_newest(after, convs, until=left)
             top = next(disk, None)
             # Above the disk's newest: events it does not have (not committed yet, or lost while it failed);
-            # none once everything is committed (pruning takes the oldest only), and the ring is not scanned.
+            # none once everything is committed (pruning takes the oldest only), and the ring is not scanned:
+            # for a quiet room, whose newest event is old, that was the whole ring (50,000 entries), at each
+            # hello with a made-up token and last_seq 0 (an adversarial review).
             newest_first = chain(
                 () if self._disk_current() else mine(top[0] if top else after),
                 ((seq, line.encode() + b"\n") for seq, line in chain([top] if top else [], disk)),
@@ -1113,18 +1108,6 @@ class Hub:
         """The database holds every event the ring does: all committed, nothing held or given up on."""
         store = self.store
         return not store.degraded and not store.pending and not store.dropped
-
-    def _disk_holds(self, convs: list[str], left: dict[str, int], after: int, now: float) -> bool:
-        """The database holds every event of ``convs`` after ``after`` (and of the rooms ``left``, up to their
-        parts): committed, and none pruned or given up on since (a small --history-limit keeps fewer than
-        the ring: then the ring answers, as before)."""
-        store = self.store
-        return (
-            self.commit_store(now)
-            and self._disk_current()
-            and all(store.lost_upto(c) <= after for c in convs)
-            and not any(store.lost_between(c, after, upto) for c, upto in left.items())
-        )
 
     def _send_lines(self, s: Session, lines: list[bytes]) -> None:
         if s.worker is not None and s.conn is not None:
@@ -1526,10 +1509,6 @@ def _with_id(frame: dict[str, Any], rid: int | None) -> dict[str, Any]:
     if rid is not None:
         frame["id"] = rid
     return frame
-
-
-def _seq_of(event: _Recent) -> int:
-    return event[0]
 
 
 def _token_key(token: str) -> str:

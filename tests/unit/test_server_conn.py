@@ -179,6 +179,11 @@ def test_a_nick_change_costs_a_line_per_room_it_is_told_in() -> None:
     second = c.throttled_until or 0.0
     assert c.process(second) == [Forward(m.Nick("al1"))]  # (with the one line it needs)
     assert c.throttled_until == pytest.approx(second + 50 / 20)  # the next waits for 50 lines more
+    same = conn(rate=20.0, burst=50)
+    registered_json(same)
+    for i in range(50):
+        same.joined(f"r{i}")
+    assert len(same.receive_data(line({"type": "nick", "nick": "al"}) * 40, 0.0)) == 40  # its own: no event
     lone = conn(rate=20.0, burst=50)
     registered_json(lone)  # in one room: a line, as before
     assert len(lone.receive_data(line({"type": "nick", "nick": "x1"}) * 40, 0.0)) == 40

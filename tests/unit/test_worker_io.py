@@ -181,6 +181,15 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
+async def registered(worker: Worker, conn: ClientConn, peer: socket.socket, **cfg: float) -> float:
+    """A JSON client's hello, and the hub's answer (bound): when it was last heard, for the sweeps."""
+    worker.cfg.update(cfg)
+    peer.sendall(b'{"type":"hello","nick":"al"}\n')
+    await until(lambda: conn.state.hello_sent)
+    worker._control(["bind", 1, "al", False])  # the hub's answer: registered
+    return conn.state.last_seen
+
+
 def told_hub(worker: Worker) -> list[Any]:
     """The JSON records the worker has queued for the hub (there is no hub here to send them to)."""
     worker._frame_records()
@@ -386,11 +395,7 @@ def test_an_idle_timeout_below_the_ping_interval_still_pings_first() -> None:
     reconnected, again and again). The ping comes at half the idle timeout when that is sooner."""
 
     async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
-        worker.cfg.update(idle_timeout=20.0, ping_interval=30.0, handshake_timeout=10.0)
-        peer.sendall(b'{"type":"hello","nick":"al"}\n')
-        await until(lambda: conn.state.hello_sent)
-        worker._control(["bind", 1, "al", False])
-        seen = conn.state.last_seen
+        seen = await registered(worker, conn, peer, idle_timeout=20.0, ping_interval=30.0, handshake_timeout=10.0)
         conn.sweep(seen + 9.9)
         assert not conn.pinged
         conn.sweep(seen + 10.1)
@@ -407,10 +412,7 @@ def test_a_wait_for_the_hub_is_not_counted_as_a_clients_silence() -> None:
     answer every ping (never pinged) as idle."""
 
     async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
-        worker.cfg.update(idle_timeout=2.0, ping_interval=1.0, handshake_timeout=10.0)
-        peer.sendall(b'{"type":"hello","nick":"al"}\n')
-        await until(lambda: conn.state.hello_sent)
-        worker._control(["bind", 1, "al", False])  # the hub's answer: registered
+        await registered(worker, conn, peer, idle_timeout=2.0, ping_interval=1.0, handshake_timeout=10.0)
         start = time.monotonic()
         worker.hub_full = True  # the hub stalls for longer than the idle timeout
         conn.sweep(start + 5.0)
@@ -459,11 +461,7 @@ def test_bytes_of_an_unfinished_line_do_not_earn_a_new_ping_at_each_sweep() -> N
             conn.out.clear()
             return count
 
-        worker.cfg.update(idle_timeout=20.0, ping_interval=5.0, handshake_timeout=10.0)
-        peer.sendall(b'{"type":"hello","nick":"al"}\n')
-        await until(lambda: conn.state.hello_sent)
-        worker._control(["bind", 1, "al", False])
-        seen = conn.state.last_seen
+        seen = await registered(worker, conn, peer, idle_timeout=20.0, ping_interval=5.0, handshake_timeout=10.0)
         conn.sweep(seen + 5.1)
         assert pings() == 1
         peer.sendall(b"{")  # a byte of a line that never ends
