@@ -417,10 +417,11 @@ class Server:
                     log.info("worker %d ready (pid %s)", slot.index, rec[1])
             except Exception as exc:  # a hub bug must cost one request, not the worker's pipe
                 request = isinstance(rec, list) and len(rec) > 2 and rec[0] == "req" and type(rec[1]) is int
+                # A record of the wrong shape is the worker's bug; a well-formed request that raised is the
+                # hub's, answered below (a review: a token the hub could not hash was answered by nothing)
                 if isinstance(exc, IndexError | TypeError | ValueError) and not (request and isinstance(rec[2], dict)):
                     log.error("worker %d: bad control record %.200r: %s", slot.index, rec, exc)
-                    continue  # (a well-formed request that raised one is the hub's bug: answered below; a
-                    # review found a token the hub could not hash answered by nothing, logged as the worker's)
+                    continue
                 log.exception("internal error handling %.200r from worker %d", rec, slot.index)
                 if request:
                     obj = rec[2] if isinstance(rec[2], dict) else {}
