@@ -1169,7 +1169,7 @@ class Hub:
                 self._send(s, _with_id({"type": "who", "room": req.room, "users": 0, "nicks": []}, req.id))
             else:
                 line = room.who_line(self._reply_budget)
-                self._send_lines(s, [line if req.id is None else line[:-2] + b',"id":%d}\n' % req.id])
+                self._send_lines(s, [_line_with_id(line, req.id)])
         elif isinstance(req, m.History):
             self._history(s, req, now)
         elif isinstance(req, m.Quit):
@@ -1465,7 +1465,7 @@ class Hub:
             if shown < len(entries):
                 frame.update(more=True, total=len(entries))
             self._listing = m.encode(frame)
-        return self._listing if rid is None else self._listing[:-2] + b',"id":%d}\n' % rid
+        return _line_with_id(self._listing, rid)
 
     def _stats_frame(self, req: m.Stats) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "stats", **(self._stats() if self._stats else {})}
@@ -1509,6 +1509,11 @@ def _with_id(frame: dict[str, Any], rid: int | None) -> dict[str, Any]:
     if rid is not None:
         frame["id"] = rid
     return frame
+
+
+def _line_with_id(line: bytes, rid: int | None) -> bytes:
+    """A kept reply's line (an encoded object) with the request's id, if it had one, as its last field."""
+    return line if rid is None else line[:-2] + b',"id":%d}\n' % rid
 
 
 def _token_key(token: str) -> str:

@@ -620,7 +620,7 @@ def test_pick_server_by_number_or_name_and_names_are_cleaned() -> None:
 def test_the_server_chooser_keeps_its_columns() -> None:
     """A review on a LAN: addresses of other lengths, or a name over 24 columns, shifted the columns."""
     found = [record("lab", 47102), record("a name longer than twenty-four", 1), record("教室", 7272)]
-    found[0] = dataclasses.replace(found[0], host="10.73.0.22")
+    found[0] = dataclasses.replace(found[0], host="192.0.2.220")  # (a documentation address: a string only)
     rows = [line.text for line in server_lines(found)[1:]]
     users = {get_cwidth(row[: row.index("2 users")]) for row in rows}  # where the figures begin, drawn
     assert len(users) == 1, rows
