@@ -230,6 +230,7 @@ def test_a_paste_taller_than_the_window_scrolls_in_the_input_and_leaves_no_rows_
             for i in range(1, 41):
                 assert bob.expect("msg")["text"] == f"verse {i}"
         term.wait_for("<alice> verse 40")
+        term.wait_status("| alice |")  # (drawn again a few ms after the last line printed above it)
         rows = _scrollback(term)
         assert not [r for r in rows if r.startswith("verse")], rows  # each verse only as said, after its time
         assert len([r for r in rows if "| alice |" in r]) == 1, rows
