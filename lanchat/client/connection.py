@@ -371,14 +371,16 @@ class ChatClient:
         # handle, and every post not acknowledged (those it handled are acked again); then what was typed since.
         resend = self.state.unconfirmed()
         resend += ((rid, self.state.post_line(rid) or b"") for rid in self.state.outbox if rid not in typed_offline)
-        writer.write(b"".join(line for _, line in sorted(resend)))
+        # Through _write, which skips a transport already closing: the server may close at once (its worker
+        # killed), and asyncio warns on stderr, over the terminal client's screen, at the 5th write after that
+        self._write(b"".join(line for _, line in sorted(resend)))
         for item in queued:
             line = self.state.post_line(item) if isinstance(item, int) else item
             if line:
-                writer.write(line)
+                self._write(line)
                 self.state.sent(line)
         for line in self.state.take_due():  # (the replay came with the welcome)
-            writer.write(line)
+            self._write(line)
         if not self.state.outbox:
             self._acked.set()
         if self.state.unacked < OUTBOX_MAX:

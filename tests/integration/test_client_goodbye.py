@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -149,3 +152,61 @@ def test_a_quit_behind_a_backlog_the_server_cannot_read_in_time_is_said_anew(mak
     with Client(server.port, "watcher") as watcher:
         run(main())
         watcher.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "ann")
+
+
+def test_lines_queued_for_a_connection_reset_at_its_welcome_are_not_written_to_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The soak under load: a reconnect's welcome, then the connection reset at once (its worker killed).
+    The client wrote its queued lines to it all the same, and asyncio warned `socket.send() raised
+    exception.` on stderr from the fifth on, over the terminal client's screen. Nothing is lost: they go
+    on the next connection."""
+    monkeypatch.setattr(const, "RECONNECT_MIN", 0.01)
+    drop, queued, resent = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    conns: list[list[str]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        kinds: list[str] = []
+        conns.append(kinds)
+        n = len(conns)
+        kinds.append(json.loads(await reader.readline())["type"])
+        if n == 2:  # the reconnect: its welcome, and a reset right behind it
+            await queued.wait()
+            writer.write(welcome(resumed=True))
+            await writer.drain()
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        writer.write(welcome(resumed=n > 1))
+        await writer.drain()
+        if n == 1:
+            await drop.wait()
+        while n > 1 and (line := await reader.readline()):  # the next: what the client sends now
+            kinds.append(json.loads(line)["type"])
+            if kinds.count("msg") == 12:
+                resent.set()
+            if kinds[-1] == "quit":
+                break
+        writer.close()
+
+    async def main() -> None:
+        server, port = await serve(handler)
+        offline = asyncio.Event()
+        client = ChatClient(
+            "127.0.0.1", port, "ann", ["lobby"], on_status=lambda s: offline.set() if s == "reconnecting" else None
+        )
+        await client.connect()
+        drop.set()
+        await offline.wait()
+        for i in range(12):
+            client.send(m.Msg("lobby", f"typed offline {i}"))
+        queued.set()
+        await resent.wait()
+        await client.close()
+        server.close()
+        assert conns[2] == ["hello"] + ["msg"] * 12 + ["quit"]  # all of it, on the connection after the reset
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        run(main())
+    assert "socket.send() raised exception" not in caplog.text
