@@ -37,7 +37,7 @@ import termios
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
@@ -1079,10 +1079,10 @@ async def run_app(
             asyncio.ensure_future(offline.wait()),
             skip,
         }
-        # The prompt is gone: the terminal as a program without one has it, where Ctrl-C is a SIGINT
+        # The prompt is gone: Ctrl-C is a SIGINT now, and what else is typed is neither shown nor kept
         unhook_int = handle_signals(loop, [signal.SIGINT], lambda _: None if skip.done() else skip.set_result(None))
         try:
-            with session.input.cooked_mode():
+            with _signals_only(session.input):
                 await asyncio.wait({*waits, signalled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             unhook_int()
@@ -1279,6 +1279,29 @@ def _continued(app: Application[Any]) -> None:
         if not app.key_processor.input_queue:  # where the prompt is now (else no room for the status line
             app.renderer.request_absolute_cursor_position()  # at the bottom row), as the Printer asks it
         app.invalidate()
+
+
+@contextlib.contextmanager
+def _signals_only(terminal: Input) -> Iterator[None]:
+    """The terminal while /quit waits for unsent lines, with no prompt: Ctrl-C a SIGINT (quit now), keys not
+    echoed (a walkthrough: typed there, they were glued to the chat's lines, `see you02:56 <carol> …`),
+    and what was typed dropped at the end (it reached the shell after the exit, `hello: command not
+    found`). Not a terminal (tests: a pipe): nothing to do."""
+    before: list[Any] | None = None
+    try:
+        fd = terminal.fileno()
+        before = termios.tcgetattr(fd)
+        mode = [*before[:3], (before[3] | termios.ISIG) & ~(termios.ECHO | termios.ICANON), *before[4:]]
+        termios.tcsetattr(fd, termios.TCSANOW, mode)
+    except (termios.error, OSError, ValueError, NotImplementedError):
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcflush(fd, termios.TCIFLUSH)
+                termios.tcsetattr(fd, termios.TCSANOW, before)
 
 
 async def _stop_prompt(session: PromptSession[str], prompt: asyncio.Task[str]) -> None:

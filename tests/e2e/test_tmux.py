@@ -457,6 +457,35 @@ def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(
         server.kill()
 
 
+def test_keys_typed_while_quit_waits_are_neither_shown_nor_left_for_the_shell(tmp_path: Path) -> None:
+    """A walkthrough: while /quit waited for unsent lines (no prompt), what was typed was echoed by the
+    terminal, glued to the chat's lines, and a line typed there ran in the shell after the exit. Keys are
+    not shown there now and are dropped at the end; Ctrl-C still quits at once."""
+    server = ServerProcess(tmp_path / "slow", "--rate", "2", "--burst", "2", workers=1)
+    server.start()
+    term = Tmux(tmp_path)
+    try:
+        term.start_in_shell("join", f"127.0.0.1:{server.port}", "--nick", "alice")
+        term.wait_status(" connected ", "#lobby | alice |")
+        paste = tmp_path / "paste.txt"
+        paste.write_text("".join(f"line {i}\n" for i in range(20)) + "/quit")
+        term.tmux("load-buffer", str(paste))
+        term.tmux("paste-buffer", "-p", "-t", "t")
+        term.keys("Enter")
+        term.wait_for("sending 20 messages before quitting (Ctrl-C: quit now)")
+        term.type("echo LEAK$((6*7))")  # in the shell it would print LEAK42
+        term.keys("Enter")
+        term.wait_for("<alice> line 2")  # (more lines printed after what was typed)
+        term.keys("C-c")
+        assert term.shell_exit_status() == 0
+        screen = "\n".join(term.lines())
+        assert "LEAK" not in screen.split("echo $?")[0], screen  # not shown, and not run by the shell
+        assert "LEAK42" not in screen, screen
+    finally:
+        term.close()
+        server.kill()
+
+
 def test_bidi_overrides_and_tabs_from_other_users_are_neutralised(term: Tmux, server: ServerProcess) -> None:
     join(term, server.port)
     with Client(server.port, "mallory") as mallory:
