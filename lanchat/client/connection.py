@@ -372,7 +372,7 @@ class ChatClient:
         resend = self.state.unconfirmed()
         resend += ((rid, self.state.post_line(rid) or b"") for rid in self.state.outbox if rid not in typed_offline)
         # Through _write, which skips a transport already closing: the server may close at once (its worker
-        # killed), and asyncio warns on stderr, over the terminal client's screen, at the 5th write after that
+        # killed), and asyncio warns on stderr (a stray line among the chat's) at the 5th write after that
         self._write(b"".join(line for _, line in sorted(resend)))
         for item in queued:
             line = self.state.post_line(item) if isinstance(item, int) else item

@@ -159,7 +159,7 @@ def test_lines_queued_for_a_connection_reset_at_its_welcome_are_not_written_to_i
 ) -> None:
     """The soak under load: a reconnect's welcome, then the connection reset at once (its worker killed).
     The client wrote its queued lines to it all the same, and asyncio warned `socket.send() raised
-    exception.` on stderr from the fifth on, over the terminal client's screen. Nothing is lost: they go
+    exception.` on stderr from the fifth on: stray lines among the chat's. Nothing is lost: they go
     on the next connection."""
     monkeypatch.setattr(const, "RECONNECT_MIN", 0.01)
     drop, queued, resent = asyncio.Event(), asyncio.Event(), asyncio.Event()
