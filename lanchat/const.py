@@ -108,6 +108,9 @@ FANOUT_THICK: Final = 2
 RECONNECT_MIN: Final = 0.2  # seconds: first reconnect delay (then doubled, with jitter)
 RECONNECT_MAX: Final = 5.0  # seconds: cap of the reconnect delay
 RECONNECT_GIVE_UP: Final = 300.0  # seconds of failed reconnects before the client gives up
+# seconds a connection must last for the next drop's backoff to start over at RECONNECT_MIN: a server that
+# drops every connection soon after its welcome is otherwise asked again about 5 times a second, for ever
+RECONNECT_STABLE: Final = 5.0
 CONNECT_TIMEOUT: Final = 5.0  # seconds for one TCP connect + hello
 GOODBYE_TIMEOUT: Final = 2.0  # seconds a client quitting while it reconnects spends to say goodbye
 # Seconds a quitting client waits for the server to read its quit, which queues behind what it sent before

@@ -147,6 +147,8 @@ class ChatClient:
         # round trip of 1.1 s made every clean quit look lost: the server's close came after GOODBYE_LINGER).
         self.rtt = -1.0  # (none yet: the waits count 0)
         self._stay_away = False  # a bye said reconnect: false (the session was taken over elsewhere)
+        self._welcomed_at = 0.0  # monotonic time of the last welcome
+        self._flap_delay = const.RECONNECT_MIN  # the backoff's next delay if that connection ends too soon
         self.saver = saver
         self._save_due: asyncio.TimerHandle | None = None
 
@@ -363,6 +365,7 @@ class ChatClient:
             if welcomed:
                 break
         self._nick_attempts = 0
+        self._welcomed_at = time.monotonic()
         if self._closing:  # close() came meanwhile, and its quit is on the wire already: nothing may follow it
             return
         queued, self._queued, self._queued_requests = self._queued, [], 0
@@ -454,12 +457,17 @@ class ChatClient:
         self._set_status("reconnecting")
         started = time.monotonic()
         looked = started  # (a server restarting where it was is back within a look's wait: RELOCATE_AFTER)
-        delay = const.RECONNECT_MIN
+        # A connection dropped within RECONNECT_STABLE of its welcome goes on with the backoff where the last
+        # reconnect left it: a server that welcomes and then drops (a worker crashing at each resume, a full
+        # server closing at once) would otherwise be asked again every RECONNECT_MIN, for ever.
+        flapping = started - self._welcomed_at < const.RECONNECT_STABLE
+        delay = self._flap_delay if flapping else const.RECONNECT_MIN
         while not self._closing:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             unreachable = False
             try:
                 await self._connect_once(first=False)
+                self._flap_delay = min(delay * 2, const.RECONNECT_MAX)
                 return True
             except ConnectError as exc:
                 self.lost_reason = str(exc)

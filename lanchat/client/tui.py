@@ -1079,13 +1079,17 @@ async def run_app(
             asyncio.ensure_future(offline.wait()),
             skip,
         }
-        # The prompt is gone: Ctrl-C is a SIGINT now, and what else is typed is neither shown nor kept
-        unhook_int = handle_signals(loop, [signal.SIGINT], lambda _: None if skip.done() else skip.set_result(None))
+        # The prompt is gone: Ctrl-C is a SIGINT now (interrupted), Ctrl-\ a SIGQUIT, which would have ended
+        # the client with a core and no goodbye, the terminal left unechoed: both quit now. What else is typed
+        # is neither shown nor kept.
+        quit_wait.append(skip)
+        unhook_quit = handle_signals(loop, [signal.SIGQUIT], lambda _: None if skip.done() else skip.set_result(None))
         try:
             with _signals_only(session.input):
                 await asyncio.wait({*waits, signalled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            unhook_int()
+            quit_wait.clear()
+            unhook_quit()
             for w in waits:
                 w.cancel()
 
@@ -1093,6 +1097,16 @@ async def run_app(
         """After a quit: a signal during its wait (send_before_quitting) ends the client as a signal does."""
         return 128 + signalled.result() if signalled.done() else EXIT_OK  # the shell's "killed by signal N"
 
+    def interrupted(signum: int) -> None:
+        """SIGINT: Ctrl-C during /quit's wait for unsent lines (quit now, as /quit); else a `kill -INT` from
+        outside (the keyboard's Ctrl-C is a key, the terminal being raw), which quits as SIGTERM does."""
+        if quit_wait:
+            if not quit_wait[0].done():
+                quit_wait[0].set_result(None)
+        elif not signalled.done():
+            signalled.set_result(signum)
+
+    quit_wait: list[asyncio.Future[None]] = []  # send_before_quitting's Ctrl-C, while it waits
     unhooks: list[Callable[[], None]] = []  # the signal handlers, removed at the end
     printer.start()
     where = f"{view.server} ({view.address})" if view.server else view.address
@@ -1118,6 +1132,10 @@ async def run_app(
                 view.asked_quietly(asked)  # the rate, and the session's 50 rooms would hold its first lines)
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
         unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
+        # Not prompt_toolkit's SIGINT handler (handle_sigint=False below): it turned a `kill -INT` into a
+        # KeyboardInterrupt in the prompt's task, which asyncio raises out of the loop (a traceback over the
+        # screen, no goodbye).
+        unhooks.append(handle_signals(loop, [signal.SIGINT], interrupted))
         unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
         again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
         # Raw for the whole chat, not only while a prompt runs: prompt_toolkit leaves raw mode at the end of
@@ -1130,7 +1148,9 @@ async def run_app(
         while True:
             had = len(history.get_strings())
             at_first_line = functools.partial(_cursor_to, session.default_buffer, len(again.split("\n", 1)[0]))
-            prompt = asyncio.create_task(session.prompt_async(default=again, pre_run=at_first_line), name="tui-prompt")
+            prompt = asyncio.create_task(
+                session.prompt_async(default=again, pre_run=at_first_line, handle_sigint=False), name="tui-prompt"
+            )
             again = ""
             waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

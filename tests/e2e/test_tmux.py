@@ -348,6 +348,21 @@ def test_sigterm_while_the_server_is_down_says_the_nick_may_stay_taken(term: Tmu
     assert "did not answer the goodbye" in term.screen()
 
 
+def test_a_sigint_from_outside_says_goodbye_as_sigterm_does(term: Tmux, server: ServerProcess) -> None:
+    """`kill -INT` of the terminal client (Ctrl-C is a key here, the terminal being raw) printed a
+    KeyboardInterrupt's traceback over the screen and left without a goodbye; now it quits as SIGTERM does."""
+    with Client(server.port, "carol") as carol:
+        join(term, server.port)
+        carol.expect(lambda f: f.get("type") == "join" and f.get("nick") == "alice")
+        term.type("half typed")
+        assert term.pane_pid is not None
+        (client,) = psutil.Process(term.pane_pid).children()
+        client.send_signal(signal.SIGINT)
+        assert term.exit_status() == 128 + signal.SIGINT
+        carol.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "alice")
+    assert "Traceback" not in term.screen() and "KeyboardInterrupt" not in term.screen()
+
+
 @pytest.mark.skipif(BASH is None, reason="needs bash for job control")
 def test_ctrl_z_stops_the_client_and_fg_brings_it_back_as_it_was(term: Tmux, server: ServerProcess) -> None:
     """Ctrl-Z stops it (it used to type a ^Z into the line, which was then refused); after `fg`, and after a
@@ -425,13 +440,14 @@ def test_a_client_continued_in_the_background_takes_its_keys_back_at_fg(term: Tm
     assert term.shell_exit_status() == 0
 
 
-@pytest.mark.parametrize(("stop", "code"), [("C-c", 0), ("SIGTERM", 128 + signal.SIGTERM)])
+@pytest.mark.parametrize(("stop", "code"), [("C-c", 0), ("C-\\", 0), ("SIGTERM", 128 + signal.SIGTERM)])
 def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(
     term: Tmux, tmp_path: Path, stop: str, code: int
 ) -> None:
     """/quit after a long paste waits for the server to take every line (20 a second by default); Ctrl-C
     then quits at once, saying how many may be lost, with the goodbye still said (exit 0, not 130); a
-    signal meanwhile ends it as a signal does (143)."""
+    signal meanwhile ends it as a signal does (143). Ctrl-\\ (a SIGQUIT there) quits as Ctrl-C does: it ended
+    the client with exit code 131, no goodbye and the terminal left unechoed."""
     server = ServerProcess(tmp_path / "slow", "--rate", "2", "--burst", "2", workers=1)
     server.start()
     try:
@@ -444,8 +460,8 @@ def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(
             term.tmux("paste-buffer", "-p", "-t", "t")  # bracketed, as a terminal pastes
             term.keys("Enter")
             term.wait_for("sending 20 messages before quitting (Ctrl-C: quit now)")
-            if stop == "C-c":
-                term.keys("C-c")
+            if stop.startswith("C-"):
+                term.keys(stop)
             else:
                 assert term.pane_pid is not None
                 (client,) = psutil.Process(term.pane_pid).children()  # the pane's shell runs the client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -618,6 +619,40 @@ def test_a_server_gone_silent_is_noticed_one_ping_timeout_after_the_ping(monkeyp
         await server.wait_closed()
         assert client.lost_reason == "server stopped answering" and len(pings) == 1
         assert noticed < 1.75, f"noticed after {noticed:.2f} s"  # 1.25 meant; the old wait was 2
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_server_that_drops_each_connection_after_its_welcome_is_asked_ever_more_slowly() -> None:
+    """A client review: the backoff started over at each welcome, so a server that welcomes and then drops
+    (a worker crashing at each resume) was asked again about 5 times a second for as long as it did. The
+    delay before the n-th reconnect is now RECONNECT_MIN x 2^(n-1), with jitter of x0.5-1.5: the third
+    waits at least 0.4 s, where every delay was 0.1-0.3 s before."""
+
+    async def scenario() -> None:
+        accepted: list[float] = []
+        third = asyncio.Event()
+
+        async def welcome_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(time.monotonic())
+            if len(accepted) == 4:  # the first connection and three reconnects
+                third.set()
+            writer.write(m.encode({"type": "server", "proto": 1, "name": "flaky"}))
+            await reader.readline()  # the hello
+            writer.write(m.encode({"type": "welcome", "nick": "al", "session": "s", "token": "t", "seq": 0,
+                                   "resumed": len(accepted) > 1, "rooms": []}))  # fmt: skip
+            await writer.drain()
+            writer.transport.abort()
+
+        server = await asyncio.start_server(welcome_then_drop, "127.0.0.1", 0)
+        client = ChatClient("127.0.0.1", server.sockets[0].getsockname()[1], "al")
+        await client.connect()
+        await asyncio.wait_for(third.wait(), 10)
+        await client.close()
+        server.close()
+        await server.wait_closed()
+        gaps = [round(b - a, 3) for a, b in itertools.pairwise(accepted)]
+        assert gaps[2] >= 0.4 and gaps[2] > gaps[0], gaps
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
