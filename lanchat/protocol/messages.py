@@ -44,6 +44,7 @@ class Err:
     TOO_MANY_FROM_IP: Final = "too_many_connections"
     SHUTTING_DOWN: Final = "shutting_down"
     BUSY: Final = "busy"  # a listing asked while the server is behind with its replies: ask again soon
+    TOO_FAST: Final = "too_fast"  # a nick change before the session's renames have paid for their events
     INTERNAL: Final = "internal"
     # The client's own (never on the wire): a change the server refused while its error was lost with the
     # connection (a resume's welcome lists the ids); the reason is not known.
@@ -108,9 +109,12 @@ def check_nick(nick: object) -> str:
 # Latin H, while its small н is not h.
 _LOOKALIKES: Final = str.maketrans(
     "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсҺӀΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυν"
-    "гѵѴүҽѡԌЬγσϳͿ",  # (TR39's too: г is r, ү y, ѵ v, ѡ w, Ь b, ҽ e, Greek γ y, σ o, yot ϳ j)
-    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcHIABEZHIKMNOPTYXoaipuvrvVyewGbyojJ",
+    "гѵѴүҽѡԌЬγσϳͿ"  # (TR39's too: г is r, ү y, ѵ v, ѡ w, Ь b, ҽ e, Greek γ y, σ o, yot ϳ j)
+    "ϲϹᴄᴏᴜᴠᴡᴢꜱɪʏǀȷ",  # (and lunate sigmas as c, Latin small capitals as small letters, the dental click as l)
+    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcHIABEZHIKMNOPTYXoaipuvrvVyewGbyojJcCcouvwzsiylj",
 )
+# Not I as l (TR39 does): the skeleton is case folded, so "Ian" would be "lan" and "Lan", three people's names
+# one nick; a terminal's fixed-width font draws I and l apart. Palochka Ӏ and Greek Ι read as I, as drawn.
 
 
 def nick_key(nick: str) -> str:
@@ -127,7 +131,8 @@ def nick_skeleton(nick: str) -> str:
     also be the case-insensitive identity, nick_key)."""
     if nick.isascii():  # (the common case)
         return nick.casefold()
-    return unicodedata.normalize("NFKD", nick).translate(_LOOKALIKES).casefold()
+    # The table before the compatibility forms too: NFKD makes the lunate sigma ϲ, drawn as c, a final sigma ς
+    return unicodedata.normalize("NFKD", nick.translate(_LOOKALIKES)).translate(_LOOKALIKES).casefold()
 
 
 def check_room(room: object) -> str:

@@ -133,7 +133,7 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
         to, _, text = rest.partition(" ")
         if not to or not text.strip():
             raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /msg NICK TEXT")
-        return m.PrivMsg(m.check_nick(to), m.check_text(text))
+        return m.PrivMsg(m.check_nick(to), m.check_text(text.lstrip(" ")))  # ("/msg ann   hi": the spaces part it)
     if cmd == "/join":
         if not rest or len(rest.split()) > 1:  # "/join my room" meant something; #my is not it
             raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /join ROOM (a room name is one word)")
@@ -141,7 +141,7 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
     if cmd in ("/part", "/leave"):
         target, _, reason = rest.partition(" ")
         if target.startswith("#") or target in joined or (target and not reason and _looks_like_room(target)):
-            return m.Part(m.check_room(target), m.check_text(reason, limit=200, what="reason", empty=True))
+            return m.Part(m.check_room(target), m.check_text(reason.strip(), limit=200, what="reason", empty=True))
         return m.Part(_need_room(room), m.check_text(rest, limit=200, what="reason", empty=True))
     if cmd == "/nick":
         if not rest:

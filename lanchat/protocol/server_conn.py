@@ -96,6 +96,16 @@ class TokenBucket:
         """When the next token will be there."""
         return now + max(0.0, 1.0 - self.tokens) / self.rate
 
+    def spend(self, cost: float, now: float, *, slack: float = 0.0) -> float | None:
+        """Take ``cost`` tokens if one is there, or ``slack`` fewer (it may go below zero, as ``charge``):
+        None, else the seconds until one will be."""
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0 - slack - 1e-9:
+            self.tokens -= cost
+            return None
+        return (1.0 - slack - self.tokens) / self.rate
+
 
 class ServerConnection:
     """Per-connection protocol state on the server side (slotted: a worker holds thousands)."""
@@ -281,6 +291,14 @@ class ServerConnection:
         if isinstance(cmd, m.Quit):
             self._quit(cmd, out)
             return
+        # The current room follows a /join or /part as it is read, as the hello's room does: lines pasted after
+        # "/join ops" are for #ops (they went to the room before, the hub's answer not read yet). A refused
+        # join is told back as a part (Hub._handle; parted).
+        if isinstance(cmd, m.Join):
+            self.current = cmd.room
+        elif isinstance(cmd, m.Part) and cmd.room == self.current:
+            self.asked = tuple(r for r in self.asked if r != cmd.room)
+            self.current = next((r for r in reversed([*self.rooms, *self.asked]) if r != cmd.room), None)
         self._forward(cmd, out)
 
     def _plain_hello(self, nick: str, out: list[Action]) -> None:
@@ -309,11 +327,13 @@ class ServerConnection:
     def joined(self, room: str) -> None:
         if room not in self.rooms:
             self.rooms.append(room)
-        self.current = room
+        if self.current is None:  # (a plain /join made its room current when it was read: a /switch since stays)
+            self.current = room
 
     def parted(self, room: str) -> None:
         if room in self.rooms:
             self.rooms.remove(room)
+        self.asked = tuple(r for r in self.asked if r != room)
         if self.current == room:
             self.current = self.rooms[-1] if self.rooms else None
 

@@ -27,6 +27,7 @@ from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
 from lanchat.protocol.plain import count_of
+from lanchat.protocol.server_conn import TokenBucket
 from lanchat.storage.history import HistoryStore, SessionRow
 
 log = logging.getLogger("lanchat.hub")
@@ -80,6 +81,7 @@ class Session:
     # Two fields, not a seq per room: 250 bytes a session in a dict, against a 4 KiB goal per idle connection.
     last_join: int = -1
     last_join_room: str = ""
+    renames: TokenBucket | None = None  # what its nick changes paid: an event per room each (Hub._nick)
     _nick_src: str | None = field(default=None, init=False, repr=False)
     _nick_lit: bytes = field(default=b"", init=False, repr=False)
 
@@ -230,10 +232,13 @@ class Hub:
         stats: Callable[[], dict[str, Any]] | None = None,
         recent_max: int = const.RECENT_EVENTS,
         recent_bytes: int = const.RECENT_BYTES,
+        rate: float = const.RATE,
+        burst: int = const.BURST,
         now: float = 0.0,
         wall_offset: float = 0.0,
     ) -> None:
         self.store = store
+        self.rate, self.burst = rate, burst  # a connection's --rate and --burst: what renames pay (_nick)
         # Every ``now`` given to the hub is monotonic: the grace and the store's retries are durations, which a
         # step of the wall clock (NTP's first sync on a board without a clock chip) must not cut short or
         # stretch. The wall time (events' ts, tokens remembered across restarts) is now + wall_offset, which
@@ -1155,7 +1160,12 @@ class Hub:
             if req.room in s.rooms:
                 self._send_lines(s, [self._room_info(self.rooms[req.room], req.id)])
             else:
-                self._join(s, req.room, now, req.id)
+                try:
+                    self._join(s, req.room, now, req.id)
+                except RemoteProtocolError:  # a plain session's worker made the room current as it read the
+                    if s.plain and s.worker is not None and s.conn is not None:  # /join: it is not, after all
+                        self._json(s.worker, ["member", s.conn, req.room, False])
+                    raise
             self.store.put_session(s.row())
         elif isinstance(req, m.Part):
             self._part(s, req, now)
@@ -1393,12 +1403,24 @@ class Hub:
             raise self._nick_taken(holder, req.nick, req.id, now)
         if req.nick == s.nick:
             return
+        rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
+        # A rename is an event in each of the session's rooms, and the worker charges a line of the rate for
+        # each, as it knows them; but it learns of joins one round trip late, so renames sent in one write
+        # behind a hello, a resume or joins each cost a line (49 of them in 50 rooms: 2,450 events for 50
+        # lines). The session's own bucket, as full and as fast as a connection's, pays for them here. It may
+        # owe a burst: the worker paces the renames it knows of, and the hub sees them a tick early or late.
+        if s.renames is None:
+            s.renames = TokenBucket(self.rate, self.burst, now)
+        wait = s.renames.spend(max(1, len(rooms)), now, slack=self.burst)
+        if wait is not None:
+            again = math.ceil(wait * 10) / 10
+            why = f"nick changes too fast for {len(rooms)} rooms (an event in each): try again in {again} s"
+            raise RemoteProtocolError(m.Err.TOO_FAST, why, request_id=req.id)
         old = s.nick
         self._forget_nick(s)
         s.nick = req.nick
         self.nicks[key] = s
         self.lookalikes[m.nick_skeleton(s.nick)] = s
-        rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
         for room in rooms:
             room.nick_changed()
         seq, line = self._event("nick", {"old": old, "new": s.nick}, tuple(r.name for r in rooms), now)

@@ -191,6 +191,8 @@ class Server:
             max_frame=config.max_frame,
             replay_max=config.sendq // 2,  # a resume's replay, with what else the round sends, stays under sendq
             held_per_ip=config.max_per_ip,
+            rate=config.rate,
+            burst=config.burst,
             stats=self._stats,
             now=time.monotonic(),
             wall_offset=time.time() - time.monotonic(),

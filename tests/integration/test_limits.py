@@ -67,6 +67,25 @@ def test_rate_and_burst_slow_a_flood_without_losing_it(make_server: MakeServer) 
         assert stamps[8] - stamps[0] >= 1.05
 
 
+def test_renames_sent_behind_a_hello_in_fifty_rooms_are_paid_for(make_server: MakeServer) -> None:
+    """An adversarial review: a hello with 50 rooms and 49 renames in one write put 2,450 events in the
+    rooms' histories within 0.03 s (the worker knew of no room yet: a line each). The hub's bucket lets a
+    burst through and a burst owed, here 2 renames; the others are refused as too_fast, none lost or hung."""
+    server = make_server(workers=1)
+    rooms = [f"r{i}" for i in range(50)]
+    with Client(server.port, "watcher", rooms=["r49"]) as watcher, Client(server.port) as c:
+        burst = json.dumps({"type": "hello", "nick": "n0", "rooms": rooms}).encode() + b"\n"
+        burst += b"".join(json.dumps({"type": "nick", "nick": f"n{i}", "id": i}).encode() + b"\n" for i in range(1, 50))
+        c.send_raw(burst)
+        answers = [c.expect(lambda f: f.get("type") in ("ack", "error") and "id" in f) for _ in range(1, 50)]
+        assert [a["id"] for a in answers] == list(range(1, 50))  # each answered, in order
+        assert [a["type"] for a in answers] == ["ack"] * 2 + ["error"] * 47
+        assert {a.get("code") for a in answers[2:]} == {"too_fast"}
+        c.send({"type": "quit"})
+        watcher.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "n2")
+        assert [(f["old"], f["new"]) for f in watcher.seen if f.get("type") == "nick"] == [("n0", "n1"), ("n1", "n2")]
+
+
 def test_slow_consumer_is_dropped_at_sendq_and_others_keep_receiving(make_server: MakeServer) -> None:
     server = make_server("--sendq", "65536", "--rate", "10000", "--burst", "10000", "--resume-grace", "0", workers=2)
     slow = socket.create_connection(("127.0.0.1", server.port))

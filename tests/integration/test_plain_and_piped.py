@@ -229,6 +229,24 @@ def test_plain_nicks_pasted_before_the_welcome_are_a_hello_then_a_rename(make_se
             nc.close()
 
 
+def test_a_plain_line_pasted_after_a_join_goes_to_the_joined_room(make_server: MakeServer) -> None:
+    """A protocol review: `printf '/nick bot\\n/join ops\\nalert: disk full\\n' | nc` posted the alert to
+    #lobby, for everyone there, not to #ops (the line was read before the hub's answer to the join)."""
+    server = make_server(workers=1)
+    with Client(server.port, "lobbyist") as lobby, Client(server.port, "oncall", rooms=["ops"]) as ops:
+        nc = Plain(server.port)
+        try:
+            nc.expect("/nick YOURNAME")
+            nc.send("/nick bot\n/join ops\nalert: disk full\n/part\nall clear\n/quit")
+            msg = ops.expect("msg")
+            assert (msg["room"], msg["from"], msg["text"]) == ("ops", "bot", "alert: disk full")
+            lobby.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "bot")
+            said = [(f["room"], f["text"]) for f in lobby.seen if f.get("type") == "msg"]
+            assert said == [("lobby", "all clear")]  # the /part made #lobby current again
+        finally:
+            nc.close()
+
+
 @contextlib.contextmanager
 def _join(port: int, *args: str) -> Iterator[subprocess.Popen[str]]:
     """`lanchat join` in piped mode with pipes on all three streams; killed and closed afterwards."""

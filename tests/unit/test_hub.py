@@ -1332,6 +1332,55 @@ def test_nick_change(net: Workers) -> None:
     assert net.take(1, 10)[-1]["nicks"] == ["Alan", "bo"]
 
 
+def test_renames_pay_an_event_per_room_in_the_hub_too(net: Workers) -> None:
+    """An adversarial review: the worker charges a rename a line per room it knows the session is in, but it
+    learns of joins a round trip late: a hello with 50 rooms and 49 renames in one write put 2,450 events in
+    the rooms' histories for 50 lines. The session's bucket (a connection's rate and burst) pays here: one
+    burst may be owed, then each rename waits for its rooms' events to be paid (50 rooms: 2.5 s at 20 a s)."""
+    hub = net.hub
+    rooms = [f"r{i}" for i in range(50)]
+    welcome_of(net, 1, 10, "al", 0.0, rooms=rooms)
+    net.clear()
+    for i in range(4):
+        hub.request(1, 10, {"type": "nick", "nick": f"al{i}", "id": i + 1}, 0.0)
+    frames = net.take(1, 10)
+    assert [f["new"] for f in frames if f["type"] == "nick"] == ["al0", "al1"]  # the burst, and a burst owed
+    refused = [f for f in frames if f["type"] == "error"]
+    assert [(f["code"], f["id"]) for f in refused] == [(m.Err.TOO_FAST, 3), (m.Err.TOO_FAST, 4)]
+    assert "too fast for 50 rooms" in refused[0]["message"] and "try again in 0.1 s" in refused[0]["message"]
+    hub.request(1, 10, {"type": "nick", "nick": "al2", "id": 5}, 0.04)  # not yet a token above the owed burst
+    assert kinds(net.take(1, 10)) == ["error"]
+    hub.request(1, 10, {"type": "nick", "nick": "al2", "id": 6}, 0.05)
+    assert kinds(net.take(1, 10)) == ["nick", "ack"]
+    hub.request(1, 10, {"type": "nick", "nick": "al3", "id": 7}, 2.5)  # owed again: 50 lines later
+    assert kinds(net.take(1, 10)) == ["error"]
+    hub.request(1, 10, {"type": "nick", "nick": "al3", "id": 8}, 2.55)
+    assert kinds(net.take(1, 10)) == ["nick", "ack"]
+    hub.request(1, 10, {"type": "nick", "nick": "al3", "id": 9}, 2.55)  # its own nick: no event, nothing paid
+    assert net.take(1, 10) == [{"type": "ack", "id": 9}]
+    welcome_of(net, 2, 20, "bo", 0.0, rooms=["lobby"])  # in one room: a rename is an event, as a post
+    net.clear()
+    for i in range(120):
+        hub.request(2, 20, {"type": "nick", "nick": f"bo{i}"}, 0.0)
+    assert len([f for f in net.take(2, 20) if f["type"] == "nick"]) == 100  # the burst, and a burst owed
+
+
+def test_a_plain_sessions_refused_join_is_told_to_its_worker_as_a_part(net: Workers) -> None:
+    """A plain connection's worker makes a /join's room current as it reads the line (the lines pasted after
+    it are for that room): a refused join must move it back, so the hub tells the worker it is no member."""
+    hub = net.hub
+    hub.request(1, 10, {"type": "hello", "nick": "pl", "plain": True}, 0.0)
+    hub.request(1, 11, {"type": "hello", "nick": "js"}, 0.0)
+    for i in range(const.MAX_ROOMS_PER_SESSION - 1):
+        for conn in (10, 11):
+            hub.request(1, conn, {"type": "join", "room": f"r{i}"}, 0.0)
+    net.take_records(1)
+    hub.request(1, 10, {"type": "join", "room": "one-more"}, 0.0)
+    hub.request(1, 11, {"type": "join", "room": "one-more"}, 0.0)
+    assert net.take_records(1) == [["member", 10, "one-more", False]]  # the JSON session's worker keeps none
+    assert "one-more" not in hub.rooms
+
+
 def test_nick_change_in_no_room_tells_only_oneself(net: Workers) -> None:
     welcome_of(net, 1, 10, "al", rooms=[])
     welcome_of(net, 1, 11, "bo")

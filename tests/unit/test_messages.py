@@ -377,12 +377,26 @@ def test_look_alike_nicks_read_as_one(lookalike: str) -> None:
         ("\u03b3ves", "yves"),
         ("b\u03c3b", "bob"),
         ("\u03f3o", "jo"),
+        ("\u03f9at", "Cat"),  # lunate sigmas (NFKD made them sigmas, drawn otherwise)
+        ("\u03f2at", "cat"),
+        ("\u1d04at", "cat"),  # Latin small capitals (a protocol review: ᴄat, bᴏb)
+        ("b\u1d0fb", "bob"),
+        ("\u1d20\u1d1c\u1d22\ua731\u026a\u028f\u1d21", "vuzsiyw"),
+        ("a\u01c0ice", "alice"),  # the dental click, a bar
+        ("\u0237o", "jo"),
     ],
 )
 def test_look_alikes_of_unicodes_confusables_table(lookalike: str, latin: str) -> None:
     """Letters TR39 maps to Latin ones that the first table lacked (an adversarial review: gaгy beside gary)."""
     assert m.check_nick(lookalike)
     assert m.nick_skeleton(lookalike) == m.nick_skeleton(latin)
+
+
+def test_capital_i_is_not_taken_for_a_small_l() -> None:
+    """TR39 maps I to l; folded to one case, that would make Ian, lan and Lan one nick. A terminal draws I
+    and l apart; a palochka Ӏ or a Greek Ι reads as the I it is drawn as."""
+    assert len({m.nick_skeleton(n) for n in ("Ian", "lan", "Lan")}) == 2  # (lan and Lan: one nick by case)
+    assert m.nick_skeleton("A\u04c0ice") == m.nick_skeleton("A\u0399ice") == m.nick_skeleton("AIice")
 
 
 def test_nicks_of_other_scripts_stay_their_own() -> None:

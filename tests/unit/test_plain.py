@@ -47,7 +47,8 @@ def assert_terminal_safe(text: str, *, multiline: bool = False) -> None:
         ("/me waves", m.Action("lobby", "waves")),
         ("/ME  dances  ", m.Action("lobby", "dances")),
         ("/msg bob hi there", m.PrivMsg("bob", "hi there")),
-        ("/query Bob  hi", m.PrivMsg("Bob", " hi")),
+        ("/query Bob  hi", m.PrivMsg("Bob", "hi")),  # (the spaces between part the nick and the text)
+        ("/part #dev   gone home ", m.Part("dev", "gone home")),
         ("/join #Dev", m.Join("dev")),
         ("/part", m.Part("lobby", "")),
         ("/part #dev", m.Part("dev", "")),

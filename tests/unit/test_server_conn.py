@@ -512,6 +512,7 @@ def test_plain_after_registration() -> None:
 def test_plain_switch_between_joined_rooms() -> None:
     c = conn()
     registered_plain(c)
+    assert c.receive_data(b"/join dev\n", 0.0) == [Forward(m.Join("dev"))]
     c.joined("dev")
     assert c.current == "dev"
     assert c.receive_data(b"in dev\n", 0.0) == [Forward(m.Msg("dev", "in dev"))]
@@ -528,8 +529,9 @@ def test_plain_part_moves_the_current_room() -> None:
     registered_plain(c)
     c.joined("dev")
     c.joined("games")
-    c.joined("dev")  # no duplicate, but current again
-    assert c.rooms == ["lobby", "dev", "games"] and c.current == "dev"
+    c.joined("dev")  # no duplicate; the current room is the one typed (a /join line), not the hub's last
+    assert c.rooms == ["lobby", "dev", "games"] and c.current == "lobby"
+    c.receive_data(b"/join dev\n", 0.0)
     c.parted("dev")
     assert c.rooms == ["lobby", "games"] and c.current == "games"
     c.parted("lobby")
@@ -657,6 +659,27 @@ def test_common_message_shape_is_forwarded_without_decoding() -> None:
     ]
     # Anything else takes the full parser, which normalises: the hub sees the same request either way.
     assert c.receive_data(b'{"type":"msg","room":"#Lobby","text":"hi"}\n', 0.0) == [Forward(m.Msg("lobby", "hi"))]
+
+
+def test_plain_lines_after_a_join_go_to_its_room_before_the_hub_answers() -> None:
+    """A protocol review: `printf '/nick bot\\n/join ops\\nalert: disk full\\n' | nc` posted the alert to
+    #lobby (the current room moved only when the hub's member record came). It moves as the /join is read;
+    a refused join comes back as a part and the current room with it; a /part of it moves it back at once."""
+    c = conn()
+    registered_plain(c)
+    out = c.receive_data(b"/join ops\nalert: disk full\n/part\nback in the lobby\n", 0.0)
+    assert out == [
+        Forward(m.Join("ops")), Forward(m.Msg("ops", "alert: disk full")), Forward(m.Part("ops", "")),
+        Forward(m.Msg("lobby", "back in the lobby")),
+    ]  # fmt: skip
+    assert c.receive_data(b"/join full\n", 0.0) == [Forward(m.Join("full"))]
+    c.parted("full")  # refused (the hub's part)
+    assert c.current == "lobby" and c.receive_data(b"hi\n", 0.0) == [Forward(m.Msg("lobby", "hi"))]
+    c.receive_data(b"/join dev\n/switch lobby\n", 0.0)
+    c.joined("dev")  # answered after the /switch: it stays
+    assert c.current == "lobby" and c.rooms == ["lobby", "dev"]
+    assert c.receive_data(b"/join dev\n", 0.0) == [Forward(m.Join("dev"))]  # joined already: current again
+    assert c.current == "dev"
 
 
 def test_plain_part_names_a_room_whose_join_the_hub_has_not_answered() -> None:
