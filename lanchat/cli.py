@@ -87,10 +87,13 @@ def _log_level(value: str) -> str:
 
 
 def _room(value: str) -> str:
-    """--room checked here (exit code 2, as any bad option) rather than refused by the server after connecting."""
+    """--room checked here (exit code 2, as any bad option) rather than refused by the server after connecting;
+    "" when not given (a restored session keeps its own room then)."""
     from lanchat.errors import RemoteProtocolError
     from lanchat.protocol.messages import check_room
 
+    if not value:
+        return ""
     try:
         return check_room(value)
     except RemoteProtocolError as exc:
@@ -323,8 +326,9 @@ def join(
         str, typer.Option(envvar=_env("nick"), metavar="NICK", help="Your nick (default: login name).")
     ] = "",
     room: Annotated[
-        str, typer.Option(envvar=_env("room"), metavar="ROOM", callback=_room, help="Room to start in.")
-    ] = const.DEFAULT_ROOM,
+        str,
+        typer.Option(envvar=_env("room"), metavar="ROOM", callback=_room, help="Room to start in (default: lobby)."),
+    ] = "",
     json_output: Annotated[bool, typer.Option("--json", help="Piped mode: one JSON event per line.")] = False,
     interface: Interface = [],  # noqa: B006
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,

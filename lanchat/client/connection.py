@@ -316,7 +316,9 @@ class ChatClient:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                data = await asyncio.wait_for(reader.read(65536), max(0.01, remaining))
+                if remaining <= 0:  # (bytes that keep coming, a line without its end, are no welcome either)
+                    raise TimeoutError
+                data = await asyncio.wait_for(reader.read(65536), remaining)
             except (OSError, TimeoutError) as exc:
                 self._drop_connection(reset=True)
                 where, why = host_port(self.host, self.port), unreachable_reason(exc, const.CONNECT_TIMEOUT)
@@ -337,6 +339,7 @@ class ChatClient:
                     self.server_name = str(frame.get("name", ""))
                 if kind == "error" and not self.state.registered:
                     code = frame.get("code")
+                    code = code if isinstance(code, str) else ""  # (a list in a broken server's frame: unhashable)
                     if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK) and not first:
                         if not self._nick_attempts:  # what the user had; every fallback derives from it
                             self._wanted_nick = self.state.info.nick
@@ -377,9 +380,11 @@ class ChatClient:
         # Through _write, which skips a transport already closing: the server may close at once (its worker
         # killed), and asyncio warns on stderr (a stray line among the chat's) at the 5th write after that
         self._write(b"".join(line for _, line in sorted(resend)))
+        limit = self.state.max_frame
         for item in queued:
             line = self.state.post_line(item) if isinstance(item, int) else item
-            if line:
+            # (a change too long for this server was refused with the welcome, as a post is: _too_long_now)
+            if line and (limit is None or len(line) - 1 <= limit):
                 self._write(line)
                 self.state.sent(line)
         for line in self.state.take_due():  # (the replay came with the welcome)

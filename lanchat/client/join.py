@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class JoinConfig:
     address: str | None
     nick: str
-    room: str = const.DEFAULT_ROOM
+    room: str = ""  # --room; "": not given (lobby, or a restored session's own room)
     json: bool = False
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     timeout: float = 1.0
@@ -247,7 +247,7 @@ def run_join(config: JoinConfig) -> int:
             target.host,
             target.port,
             config.nick,
-            config.room,
+            config.room or const.DEFAULT_ROOM,
             json_output=config.json,
             relocate=relocator(config, target),
         )

@@ -964,6 +964,7 @@ async def run_app(
     moved), else under its address.
     """
     client: ChatClient | None = None
+    asked_room, room = room, room or const.DEFAULT_ROOM  # ("": --room not given)
     view = view or ChatView(nick, room, server=server_name, address=host_port(host, port))
     view.unsent = lambda: client.state.unacked if client is not None else 0
     history = _History()
@@ -1044,7 +1045,7 @@ async def run_app(
     if earlier is not None:  # a run killed before it could say goodbye
         attempts = earlier.attempts + RESTORED_ATTEMPT_GAP
         client.state.restore(earlier.token, earlier.last_seq, attempts, earlier.next_id, earlier.rooms)
-        if earlier.room:
+        if earlier.room and not asked_room:
             view.room = earlier.room  # where the killed run's lines went (the welcome moves it if left)
     loop = asyncio.get_running_loop()
 
@@ -1130,6 +1131,12 @@ async def run_app(
             client.send(m.Who(view.room))  # this run has seen no room reply: who is here (the current room
             if (asked := client.state.last_question_id) is not None:  # only: a listing costs 10 lines of
                 view.asked_quietly(asked)  # the rate, and the session's 50 rooms would hold its first lines)
+        if asked_room and asked_room not in client.state.rooms:  # a --room the restored session is not in: as
+            submitted = view.submit(f"/join {asked_room}")  # if typed (a client review: it was ignored)
+            printer.show(submitted.lines)
+            for req in submitted.requests:
+                client.send(req)
+                printer.show(view.taken(submitted))
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
         unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
         # Not prompt_toolkit's SIGINT handler (handle_sigint=False below): it turned a `kill -INT` into a
@@ -1311,7 +1318,9 @@ def _signals_only(terminal: Input) -> Iterator[None]:
     try:
         fd = terminal.fileno()
         before = termios.tcgetattr(fd)
-        mode = [*before[:3], (before[3] | termios.ISIG) & ~(termios.ECHO | termios.ICANON), *before[4:]]
+        mode = [*before[:3], (before[3] | termios.ISIG) & ~(termios.ECHO | termios.ICANON), *before[4:6]]
+        # Ctrl-Z no signal: stopped there, the client came back after `fg` in the shell's mode, keys echoed
+        mode.append([b"\0" if i == termios.VSUSP else c for i, c in enumerate(before[6])])
         termios.tcsetattr(fd, termios.TCSANOW, mode)
     except (termios.error, OSError, ValueError, NotImplementedError):
         before = None

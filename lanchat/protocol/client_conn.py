@@ -292,8 +292,8 @@ class ClientState:
         limit = self.max_frame
         if limit is None:
             return []
-        lines = [(rid, _post_line(rid, req), req.text) for rid, req in self.outbox.items()]
-        lines += ((a.id, a.line, a.line.decode(errors="replace")) for a in self._journal)
+        lines = [(rid, _post_line(rid, req), repr(req.text)) for rid, req in self.outbox.items()]
+        lines += ((a.id, a.line, _shown(a.line)) for a in self._journal)  # (/topic #dev ..., not its JSON)
         refused: list[dict[str, Any]] = []
         for rid, line, what in lines:
             if len(line) - 1 > limit:
@@ -302,7 +302,7 @@ class ClientState:
                 if rid <= self._handled_upto:  # it reached the server before the drop (its ack was lost)
                     continue
                 shown = what if len(what) <= 60 else what[:57] + "..."
-                text = f"not sent: {shown!r}: {_too_long(len(line) - 1, limit)} (it restarted with a smaller limit)"
+                text = f"not sent: {shown}: {_too_long(len(line) - 1, limit)} (it restarted with a smaller limit)"
                 refused.append(m.error_frame(m.Err.FRAME_TOO_LONG, text, id=rid))
         return sorted(refused, key=lambda f: int(f["id"]))
 

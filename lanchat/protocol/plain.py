@@ -133,7 +133,7 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
         to, _, text = rest.partition(" ")
         if not to or not text.strip():
             raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /msg NICK TEXT")
-        return m.PrivMsg(m.check_nick(to), m.check_text(text.lstrip(" ")))  # ("/msg ann   hi": the spaces part it)
+        return m.PrivMsg(m.check_nick(to), m.check_text(text.lstrip()))  # ("/msg ann   hi": the blanks part it)
     if cmd == "/join":
         if not rest or len(rest.split()) > 1:  # "/join my room" meant something; #my is not it
             raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /join ROOM (a room name is one word)")

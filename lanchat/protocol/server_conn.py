@@ -111,8 +111,9 @@ class ServerConnection:
     """Per-connection protocol state on the server side (slotted: a worker holds thousands)."""
 
     __slots__ = (
-        "_bucket", "_framer", "_head", "_pending", "_raw", "_raw_at", "asked", "closed", "conn_id", "current",
-        "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered", "rooms", "throttled_until",
+        "_back", "_bucket", "_framer", "_head", "_leaving", "_pending", "_raw", "_raw_at", "asked", "closed", "conn_id",
+        "current", "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered", "rooms",
+        "throttled_until",
     )  # fmt: skip
 
     def __init__(self, conn_id: int, *, max_frame: int, rate: float, burst: int, now: float) -> None:
@@ -125,6 +126,8 @@ class ServerConnection:
         self.asked: tuple[str, ...] = ()  # rooms a /join was sent for (a room word for /part before the hub
         # answers); a tuple: the empty one is shared, and idle connections are counted in bytes
         self.current: str | None = None
+        self._leaving: tuple[str, ...] = ()  # rooms a /part was read for, not answered yet
+        self._back: tuple[tuple[str, str | None], ...] = ()  # (room of a pending /join, the current room before it)
         self.closed = False
         self.last_seen = now
         self._framer = LineFramer(max_frame)
@@ -280,7 +283,7 @@ class ServerConnection:
         if cmd is None:
             return
         if isinstance(cmd, LocalCommand):
-            if cmd.name == "switch" and cmd.arg in self.rooms:
+            if cmd.name == "switch" and cmd.arg is not None and self._talkable(cmd.arg):
                 self.current = cmd.arg
                 out.append(Reply(f"* now talking in #{cmd.arg}\n".encode()))  # the terminal UI's words
             elif cmd.name == "switch":
@@ -292,13 +295,19 @@ class ServerConnection:
             self._quit(cmd, out)
             return
         # The current room follows a /join or /part as it is read, as the hello's room does: lines pasted after
-        # "/join ops" are for #ops (they went to the room before, the hub's answer not read yet). A refused
-        # join is told back as a part (Hub._handle; parted).
+        # "/join ops" are for #ops (they went to the room before, the hub's answer not read yet). A refused join
+        # is told back as a part (Hub: member false), which gives back the room current before it.
         if isinstance(cmd, m.Join):
+            if cmd.room not in self.rooms and cmd.room != self.current:
+                kept = self._back[-(const.MAX_ROOMS_PER_SESSION - 1) :]
+                self._back = (*((r, b) for r, b in kept if r != cmd.room), (cmd.room, self.current))
+            self._leaving = tuple(r for r in self._leaving if r != cmd.room)
             self.current = cmd.room
-        elif isinstance(cmd, m.Part) and cmd.room == self.current:
-            self.asked = tuple(r for r in self.asked if r != cmd.room)
-            self.current = next((r for r in reversed([*self.rooms, *self.asked]) if r != cmd.room), None)
+        elif isinstance(cmd, m.Part):
+            if cmd.room not in self._leaving:
+                self._leaving = (*self._leaving, cmd.room)
+            if cmd.room == self.current:
+                self.current = self._latest()
         self._forward(cmd, out)
 
     def _plain_hello(self, nick: str, out: list[Action]) -> None:
@@ -327,15 +336,29 @@ class ServerConnection:
     def joined(self, room: str) -> None:
         if room not in self.rooms:
             self.rooms.append(room)
+        self._back = tuple((r, b) for r, b in self._back if r != room)
         if self.current is None:  # (a plain /join made its room current when it was read: a /switch since stays)
             self.current = room
 
     def parted(self, room: str) -> None:
-        if room in self.rooms:
+        """Left ``room``, or (never a member) its join was refused."""
+        refused = room not in self.rooms
+        if not refused:
             self.rooms.remove(room)
         self.asked = tuple(r for r in self.asked if r != room)
+        self._leaving = tuple(r for r in self._leaving if r != room)
+        back = next((b for r, b in self._back if r == room), None)
+        self._back = tuple((r, b) for r, b in self._back if r != room)
         if self.current == room:
-            self.current = self.rooms[-1] if self.rooms else None
+            self.current = back if refused and back is not None and self._talkable(back) else self._latest()
+
+    def _talkable(self, room: str) -> bool:
+        """A room joined, or whose /join was read, and no /part of it read since (plain mode's view)."""
+        return room not in self._leaving and (room in self.rooms or room in self.asked)
+
+    def _latest(self) -> str | None:
+        """The room joined last that is not being left: current after a /part of the current one."""
+        return next((r for r in reversed([*self.rooms, *self.asked]) if r not in self._leaving), None)
 
     # --- output --------------------------------------------------------------------------------------------
 

@@ -380,6 +380,8 @@ class Hub:
             elif isinstance(req, m.Rooms):  # also before a hello: an nc user may look around first
                 self._out.setdefault(worker, []).append(control.conns_frame([conn], self._rooms_line(req.id)))
             elif session is None:
+                if isinstance(req, m.Join):  # a plain connection's worker made its room current as it read it
+                    self._json(worker, ["member", conn, req.room, False])
                 if not isinstance(req, m.Quit):
                     raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=req.id)
                 self._closes.append((worker, conn, req.reason or "quit"))  # its worker waits for the word
@@ -1414,7 +1416,7 @@ class Hub:
         wait = s.renames.spend(max(1, len(rooms)), now, slack=self.burst)
         if wait is not None:
             again = math.ceil(wait * 10) / 10
-            why = f"nick changes too fast for {len(rooms)} rooms (an event in each): try again in {again} s"
+            why = f"nick changes too fast for {count_of(len(rooms), 'room')} (an event in each): try again in {again} s"
             raise RemoteProtocolError(m.Err.TOO_FAST, why, request_id=req.id)
         old = s.nick
         self._forget_nick(s)

@@ -317,6 +317,33 @@ def test_a_client_killed_and_started_again_resumes_its_session(tmp_path: Path, s
         again.close()
 
 
+def test_a_room_asked_for_at_a_restart_is_joined_beside_the_resumed_sessions(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """A client review: started again with `--room art` after a kill, the client resumed the session in its
+    rooms and left --room unsaid and unjoined. It joins it, as if typed, and talks there."""
+    first = Tmux(tmp_path, width=100, height=30)
+    again = Tmux(tmp_path, width=100, height=30)
+    try:
+        join(first, server.port, "kim")
+        saved = SessionFile().path(entry_key(f"127.0.0.1:{server.port}", "kim"))
+        first.wait(lambda _: saved.exists(), "the save")
+        assert first.pane_pid is not None
+        (client,) = psutil.Process(first.pane_pid).children()
+        client.kill()
+        client.wait(10)
+        again.start("join", f"127.0.0.1:{server.port}", "--nick", "kim", "--room", "art")
+        again.wait_for("session resumed: you are kim in #lobby")
+        again.wait_for("kim joined #art")
+        again.wait_status("#art (+1 room) | kim |")
+        again.type("hello art")
+        again.keys("Enter")
+        again.wait_for("<kim> hello art")
+    finally:
+        first.close()
+        again.close()
+
+
 def test_the_status_line_follows_a_server_restart(term: Tmux, server: ServerProcess) -> None:
     join(term, server.port)
     server.stop()
@@ -476,7 +503,8 @@ def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(
 def test_keys_typed_while_quit_waits_are_neither_shown_nor_left_for_the_shell(tmp_path: Path) -> None:
     """A walkthrough: while /quit waited for unsent lines (no prompt), what was typed was echoed by the
     terminal, glued to the chat's lines, and a line typed there ran in the shell after the exit. Keys are
-    not shown there now and are dropped at the end; Ctrl-C still quits at once."""
+    not shown there now and are dropped at the end; Ctrl-C still quits at once. Ctrl-Z is one of those keys
+    (it stopped the client, which came back at `fg` with the shell's echo on: a review)."""
     server = ServerProcess(tmp_path / "slow", "--rate", "2", "--burst", "2", workers=1)
     server.start()
     term = Tmux(tmp_path)
@@ -489,6 +517,7 @@ def test_keys_typed_while_quit_waits_are_neither_shown_nor_left_for_the_shell(tm
         term.tmux("paste-buffer", "-p", "-t", "t")
         term.keys("Enter")
         term.wait_for("sending 20 messages before quitting (Ctrl-C: quit now)")
+        term.keys("C-z")
         term.type("echo LEAK$((6*7))")  # in the shell it would print LEAK42
         term.keys("Enter")
         term.wait_for("<alice> line 2")  # (more lines printed after what was typed)

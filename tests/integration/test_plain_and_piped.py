@@ -432,6 +432,7 @@ class _HeldClient:
         self.nick, self.lost_reason, self.goodbye_lost, self.next_id = nick, "", False, 1
         self.nicks_had: dict[str, int] = {}
         self.session = ""
+        self.status = "connected"
         self._closed = asyncio.Event()
 
     async def connect(self) -> None:
@@ -676,6 +677,31 @@ def test_a_piped_client_terminated_while_the_server_is_down_says_the_nick_may_st
         reader.join(5)  # it ends with the pipe, which ends with the process
         rest = [lines.get_nowait() for _ in range(lines.qsize())]
         assert any("did not answer the goodbye" in x for x in rest), rest
+
+
+def test_a_piped_quit_while_the_server_is_down_does_not_wait_for_an_answer_it_cannot_get(
+    make_server: MakeServer,
+) -> None:
+    """A client review: with nothing unanswered, a /quit typed while reconnecting still asked its closing
+    question (its answer shows that every refusal is in) and waited the 10 s SETTLE_TIMEOUT for it: 11.5 s."""
+    server = make_server(workers=1)
+    with _join(server.port, "--nick", "hal") as proc:
+        assert proc.stdin is not None
+        lines, reader = _stderr_lines(proc)
+        with Client(server.port, "watcher") as watcher:
+            watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
+        server.kill()
+        while "reconnecting" not in lines.get(timeout=10):
+            pass
+        started = time.monotonic()
+        proc.stdin.write("/quit\n")
+        proc.stdin.flush()
+        assert proc.wait(15) == 0
+        took = time.monotonic() - started
+        reader.join(5)
+        rest = [lines.get_nowait() for _ in range(lines.qsize())]
+        assert any("did not answer the goodbye" in x for x in rest), rest
+        assert took < 8.0, f"exited {took:.1f} s after the /quit"  # the goodbye's tries: about 2 s
 
 
 def test_a_piped_client_back_too_late_to_resume_says_it_is_a_new_session(make_server: MakeServer) -> None:

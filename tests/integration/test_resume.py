@@ -657,6 +657,86 @@ def test_a_server_that_drops_each_connection_after_its_welcome_is_asked_ever_mor
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
+def test_a_peer_that_keeps_sending_bytes_but_no_welcome_is_given_up_on_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client review: each read of the hello's answer waited at least 10 ms, past the deadline too, so a
+    peer trickling a byte every few ms (no line end, no welcome) held the client for as long as it went on
+    (until 32 MiB had come). Scaled down: CONNECT_TIMEOUT 1 s, a byte every 2 ms for up to 8 s."""
+    from lanchat import const
+    from lanchat.errors import ConnectError
+
+    monkeypatch.setattr(const, "CONNECT_TIMEOUT", 1.0)
+
+    async def scenario() -> None:
+        async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(m.encode({"type": "server", "proto": 1, "name": "trickle"}))
+            with contextlib.suppress(OSError):
+                for _ in range(4000):
+                    writer.write(b"x")
+                    await writer.drain()
+                    await asyncio.sleep(0.002)
+            writer.close()
+
+        server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+        client = ChatClient("127.0.0.1", server.sockets[0].getsockname()[1], "al")
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match="no welcome"):
+            await client.connect()
+        took = time.monotonic() - started
+        await client.close()
+        server.close()
+        await server.wait_closed()
+        assert took < 3.0, f"gave up after {took:.1f} s"
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_change_queued_while_away_and_too_long_for_the_restarted_server_is_not_sent() -> None:
+    """A client review: a /topic typed while reconnecting, longer than the --max-frame of the server it
+    came back to, was refused at the welcome (line N not sent) and written to the server all the same,
+    which refused it a second time (frame_too_long, without its id)."""
+
+    async def scenario() -> None:
+        welcomes = iter([1000, 256])
+        second: list[bytes] = []
+        drop = asyncio.Event()
+        done = asyncio.Event()
+
+        async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            limit = next(welcomes)
+            writer.write(m.encode({"type": "server", "proto": 1, "name": "shrinking"}))
+            await reader.readline()  # the hello
+            writer.write(m.encode({"type": "welcome", "nick": "al", "session": "s", "token": "t", "seq": 0,
+                                   "resumed": limit == 256, "rooms": ["lobby"], "max_frame": limit}))  # fmt: skip
+            await writer.drain()
+            if limit == 1000:
+                await drop.wait()
+                writer.transport.abort()
+                return
+            while (line := await reader.readline()) and b'"marker"' not in line:
+                second.append(line)
+            done.set()
+            writer.close()
+
+        srv = await asyncio.start_server(server, "127.0.0.1", 0)
+        away = asyncio.Event()
+        client = ChatClient(
+            "127.0.0.1", srv.sockets[0].getsockname()[1], "al",
+            on_status=lambda st: away.set() if st == "reconnecting" else None,
+        )  # fmt: skip
+        await client.connect()
+        drop.set()
+        await asyncio.wait_for(away.wait(), 10)
+        client.send(m.Topic("lobby", "x" * 300))  # queued: the line fits 1,000 bytes, not 256
+        client.send(m.Msg("lobby", "marker"))
+        await asyncio.wait_for(done.wait(), 10)
+        await client.close()
+        srv.close()
+        await srv.wait_closed()
+        assert not [line for line in second if b'"topic"' in line], second
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 def test_a_client_found_by_discovery_follows_its_server_to_a_new_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -787,6 +787,7 @@ def test_a_change_longer_than_the_servers_limit_is_refused_and_not_kept() -> Non
     st.hello()  # the server restarts with a smaller limit
     frames = st.receive_data(welcome(seq=11, resumed=True, rooms=["lobby"], max_frame=256))
     assert [(f["type"], f.get("id")) for f in frames] == [("welcome", None), ("error", decoded(line)["id"])]
+    assert frames[1]["message"].startswith("not sent: /topic #lobby xxx")  # the command, not its JSON line
     assert st.unconfirmed() == []
 
 

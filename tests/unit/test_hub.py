@@ -1379,6 +1379,9 @@ def test_a_plain_sessions_refused_join_is_told_to_its_worker_as_a_part(net: Work
     hub.request(1, 11, {"type": "join", "room": "one-more"}, 0.0)
     assert net.take_records(1) == [["member", 10, "one-more", False]]  # the JSON session's worker keeps none
     assert "one-more" not in hub.rooms
+    hub.request(1, 12, {"type": "join", "room": "ops"}, 0.0)  # no session yet (a /nick refused as taken)
+    assert net.take_records(1) == [["member", 12, "ops", False]]
+    assert net.take(1, 12)[0]["code"] == m.Err.NOT_REGISTERED
 
 
 def test_nick_change_in_no_room_tells_only_oneself(net: Workers) -> None:

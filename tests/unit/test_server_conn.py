@@ -682,6 +682,53 @@ def test_plain_lines_after_a_join_go_to_its_room_before_the_hub_answers() -> Non
     assert c.current == "dev"
 
 
+def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_the_hub() -> None:
+    """A review of the mend above: a /join refused while the nick was (no session: the hub's member false
+    now comes for it too) left #ops current for good; a refused join gave the current room to the room
+    joined last, not to the one talked in; `/part dev` then `/part` made #dev current (being left); and
+    /switch refused a room whose /join was read but not answered."""
+    a = conn()
+    assert a.receive_data(b"/nick taken\n/join ops\n", 0.0) == [
+        Forward(m.Hello("taken", plain=True)), Forward(m.Join("ops")),
+    ]  # fmt: skip
+    a.parted("ops")  # not_registered, and the hub's member false
+    a.receive_data(b"/nick free\n", 0.0)
+    a.bound("free")
+    a.joined("lobby")
+    assert a.receive_data(b"hello\n", 0.0) == [Forward(m.Msg("lobby", "hello"))]
+
+    d = conn()
+    registered_plain(d)
+    d.joined("lobby")
+    d.receive_data(b"/join dev\n/switch lobby\n/join full\n", 0.0)
+    d.joined("dev")
+    d.parted("full")  # refused (too_many_rooms): back to where the user was talking
+    assert d.receive_data(b"for the lobby\n", 0.0) == [Forward(m.Msg("lobby", "for the lobby"))]
+
+    b = conn()
+    registered_plain(b)
+    b.joined("lobby")
+    b.receive_data(b"/join dev\n/join ops\n", 0.0)
+    b.joined("dev")
+    b.joined("ops")
+    out = b.receive_data(b"/part dev\n/part\nstill here\n", 0.0)
+    assert out[-1] == Forward(m.Msg("lobby", "still here"))  # not #dev, whose /part came first
+    b.parted("dev")
+    b.parted("ops")
+    assert b.current == "lobby" and b.rooms == ["lobby"]
+
+    c = conn()
+    registered_plain(c)
+    c.joined("lobby")
+    out = c.receive_data(b"/join dev\n/join ops\n/switch dev\nfor dev\n/part ops\n/switch ops\n", 0.0)
+    assert out[2:] == [
+        Reply(b"* now talking in #dev\n"), Forward(m.Msg("dev", "for dev")), Forward(m.Part("ops", "")),
+        Reply(b"! /switch ROOM needs a room you have joined\n"),
+    ]  # fmt: skip
+    c.joined("dev")
+    assert c._back == (("ops", "dev"),)  # (answered joins forget where they came from)
+
+
 def test_plain_part_names_a_room_whose_join_the_hub_has_not_answered() -> None:
     """A pasted "/join dev" and "/part dev bye": the hub has not confirmed #dev when the second line is
     read, and "dev" was taken for the start of a reason (#lobby was left instead)."""
