@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from lanchat import const
-from lanchat.config import DiscoveryConfig, ServerConfig, default_data_dir
+from lanchat.config import DiscoveryConfig, ServerConfig, default_data_dir, hold_stop_signals
 from lanchat.protocol.beacon import MAX_INTERVAL_MS
 
 # Seconds: the least --timeout of join and discover, the same for both since LANCHAT_TIMEOUT sets both.
@@ -86,6 +86,30 @@ def _log_level(value: str) -> str:
     return value.lower()
 
 
+def _server_name(value: str) -> str:
+    """--name: a control or bidi character (a tab) was only cleaned for discovery, with no word, and shown
+    raw by `lanchat status` and a plain-text /status: refused here (exit code 2)."""
+    from lanchat.protocol.beacon import clean_name
+
+    bad = next((ch for ch in value if clean_name(ch) != ch), None)
+    if bad is not None:
+        raise typer.BadParameter(f"a server name may not contain control characters (U+{ord(bad):04X})")
+    return value
+
+
+def _probe(value: list[str]) -> list[str]:
+    """--probe: a target that is no HOST[:PORT] is a bad option (exit code 2), as a bad --interface is; one
+    that does not resolve is the network's business (a warning, and the others are probed)."""
+    from lanchat.discovery.sockets import parse_target
+
+    for target in value:
+        try:
+            parse_target(target, const.DEFAULT_DISCOVERY_PORT)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 def _room(value: str) -> str:
     """--room checked here (exit code 2, as any bad option) rather than refused by the server after connecting;
     "" when not given (a restored session keeps its own room then)."""
@@ -127,6 +151,7 @@ def serve(
         typer.Option(
             envvar=_env("name"),
             metavar="NAME",
+            callback=_server_name,
             show_default="host name",
             help="Server name shown by discovery and lanchat status.",
         ),
@@ -279,6 +304,7 @@ def serve(
     ] = "info",
 ) -> None:
     """Run a chat server: TCP chat, UDP discovery, history in SQLite."""
+    hold_stop_signals()  # (before the server's imports: a stop during them is the start's, logged and clean)
     from lanchat.server.main import run
 
     defaults = ServerConfig()
@@ -360,7 +386,12 @@ def discover(
     ] = 1.0,
     probe: Annotated[
         list[str],
-        typer.Option(envvar=_env("probe"), metavar="HOST", help="Also probe this HOST directly (repeatable)."),
+        typer.Option(
+            envvar=_env("probe"),
+            metavar="HOST[:PORT]",
+            callback=_probe,
+            help="Also probe this host directly (repeatable).",
+        ),
     ] = [],  # noqa: B006
     watch: Annotated[bool, typer.Option("--watch", help="Live table until Ctrl-C.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per server.")] = False,

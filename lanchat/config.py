@@ -23,6 +23,24 @@ def stop_signals(*sigs: signal.Signals) -> list[signal.Signals]:
     return [sig for sig in sigs if not (sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN)]
 
 
+_held: list[int] = []  # stop signals that came before the server's loop could take them (hold_stop_signals)
+
+
+def hold_stop_signals() -> None:
+    """A stop signal before the server's event loop takes it (its imports and the opening of its history
+    take up to a second) ended the process at once: exit code 143, nothing logged, where the docs promise
+    `SIGTERM during the start: stopping`. Held from here, and handed over by Server.start."""
+    for sig in stop_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: _held.append(signum))
+
+
+def held_stop_signals() -> list[int]:
+    """The stop signals held since hold_stop_signals (each once)."""
+    taken = _held[:]
+    del _held[:]
+    return taken
+
+
 def default_data_dir() -> Path:
     """The user's data directory (XDG on Linux): where history and the server id live."""
     base = os.environ.get("XDG_DATA_HOME", "")

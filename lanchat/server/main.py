@@ -28,7 +28,7 @@ from typing import Any, Final
 import psutil
 
 from lanchat import const
-from lanchat.config import ServerConfig, host_port, stop_signals
+from lanchat.config import ServerConfig, held_stop_signals, host_port, stop_signals
 from lanchat.errors import RemoteProtocolError, StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
@@ -242,6 +242,8 @@ class Server:
         self.port = self.listener.getsockname()[1]
         for sig in stop_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
             self.loop.add_signal_handler(sig, self._signal_came, sig)  # before the boot: a stop then is one too
+        for held in held_stop_signals():  # (those that came before: see hold_stop_signals)
+            self._signal_came(held)
         for slot in self.slots:
             try:
                 self._spawn(slot)

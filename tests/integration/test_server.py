@@ -936,6 +936,38 @@ def test_a_stop_signal_during_the_start_stops_the_server_at_once(
     assert "SIGTERM during the start: stopping" in caplog.text
 
 
+def test_a_stop_signal_before_the_event_loop_is_held_for_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator's walkthrough: a SIGTERM 0.6 s after `lanchat serve` began (its imports, the history's
+    opening) ended it at once, exit code 143 and nothing logged. `serve` holds the stop signals from its
+    first step, and the start takes them over as if they had come to it."""
+    from lanchat.config import hold_stop_signals
+
+    config = ServerConfig(
+        host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=1, discovery=DiscoveryConfig(discovery=False)
+    )
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+    async def scenario() -> None:
+        server = Server(config)
+        try:
+            await server.start()
+            assert server.stopping and server.done.is_set() and not any(s.ready for s in server.slots)
+        finally:
+            await server.close()
+
+    try:
+        hold_stop_signals()
+        os.kill(os.getpid(), signal.SIGTERM)  # (a Python handler runs at the next bytecode: before the start)
+        with caplog.at_level(logging.INFO, logger="lanchat.server"):
+            asyncio.run(asyncio.wait_for(scenario(), 20))
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert "SIGTERM during the start: stopping" in caplog.text
+
+
 def test_a_main_process_that_was_held_does_not_blame_its_workers(tmp_path: Path) -> None:
     """Held for a minute (an adversarial review: history pages at the line rate), the main process read no
     pongs, and its next supervisor round killed both healthy workers for "no heartbeat"."""

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import lanchat.cli
 import lanchat.config
 import lanchat.server.main
 from lanchat import const
@@ -27,6 +28,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return 0
 
     monkeypatch.setattr(lanchat.server.main, "run", fake_run)
+    monkeypatch.setattr(lanchat.cli, "hold_stop_signals", lambda: None)  # (this process's signals are pytest's)
     return got
 
 
@@ -123,7 +125,8 @@ def test_beacon_interval_and_history_on_join_edges_are_accepted(captured: dict[s
     [["--max-frame", "10"], ["--max-frame", "1048577"], ["--rate", "0"], ["--workers", "100"], ["--port", "x"],
      ["--port", "65536"], ["--discovery-port", "0"], ["--discovery-port", "70000"], ["--log-level", "loud"],
      ["--beacon-interval", "inf"], ["--beacon-interval", "86401"],  # inf crashed the announcer once serving
-     ["--history-on-join", "501"], ["--history-on-join", "9223372036854775807"]],  # that failed every join
+     ["--history-on-join", "501"], ["--history-on-join", "9223372036854775807"],  # that failed every join
+     ["--name", "lab\tb"], ["--name", "lab\u202e"]],  # shown raw by status (an operator's walkthrough)
 )  # fmt: skip
 def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], args: list[str]) -> None:
     result = CliRunner().invoke(app, ["serve", *args])
@@ -144,6 +147,8 @@ def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], a
         ["join", "--timeout", "0.04"],  # one LANCHAT_TIMEOUT sets both, so both take the same values
         ["status", "127.0.0.1:abc"],
         ["status", "127.0.0.1:0"],
+        ["discover", "--probe", "127.0.0.1:99999"],  # (a warning, exit 0, before: an operator's walkthrough)
+        ["discover", "--probe", "lab host"],
     ],
 )
 def test_bad_addresses_and_options_of_the_client_commands_exit_with_2(args: list[str]) -> None:
