@@ -660,29 +660,12 @@ def test_a_client_terminated_with_a_backlog_still_says_goodbye(make_server: Make
         assert posted == [f"line {i}" for i in range(len(posted))] and len(posted) < 40  # dropped, as documented
 
 
-def test_a_piped_client_terminated_while_the_server_is_down_says_the_nick_may_stay_taken(
-    make_server: MakeServer,
+@pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 128 + signal.SIGTERM), ("/quit", 0)])
+def test_a_piped_client_stopped_while_the_server_is_down_says_the_nick_may_stay_taken(
+    make_server: MakeServer, stop: str, code: int
 ) -> None:
-    """Its goodbye between reconnects finds no server: as after /quit (docs/client.md), it says so as it exits."""
-    server = make_server(workers=1)
-    with _join(server.port, "--nick", "hal") as proc:
-        lines, reader = _stderr_lines(proc)
-        with Client(server.port, "watcher") as watcher:
-            watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
-        server.kill()
-        while "reconnecting" not in lines.get(timeout=10):
-            pass
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 128 + signal.SIGTERM
-        reader.join(5)  # it ends with the pipe, which ends with the process
-        rest = [lines.get_nowait() for _ in range(lines.qsize())]
-        assert any("did not answer the goodbye" in x for x in rest), rest
-
-
-def test_a_piped_quit_while_the_server_is_down_does_not_wait_for_an_answer_it_cannot_get(
-    make_server: MakeServer,
-) -> None:
-    """A client review: with nothing unanswered, a /quit typed while reconnecting still asked its closing
+    """Its goodbye between reconnects finds no server: as after /quit (docs/client.md), it says so as it exits.
+    A client review: with nothing unanswered, a /quit typed while reconnecting still asked its closing
     question (its answer shows that every refusal is in) and waited the 10 s SETTLE_TIMEOUT for it: 11.5 s."""
     server = make_server(workers=1)
     with _join(server.port, "--nick", "hal") as proc:
@@ -694,14 +677,17 @@ def test_a_piped_quit_while_the_server_is_down_does_not_wait_for_an_answer_it_ca
         while "reconnecting" not in lines.get(timeout=10):
             pass
         started = time.monotonic()
-        proc.stdin.write("/quit\n")
-        proc.stdin.flush()
-        assert proc.wait(15) == 0
+        if stop == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc.stdin.write("/quit\n")
+            proc.stdin.flush()
+        assert proc.wait(15) == code
         took = time.monotonic() - started
-        reader.join(5)
+        reader.join(5)  # it ends with the pipe, which ends with the process
         rest = [lines.get_nowait() for _ in range(lines.qsize())]
         assert any("did not answer the goodbye" in x for x in rest), rest
-        assert took < 8.0, f"exited {took:.1f} s after the /quit"  # the goodbye's tries: about 2 s
+        assert took < 8.0, f"exited {took:.1f} s after the {stop}"  # the goodbye's tries: about 2 s
 
 
 def test_a_piped_client_back_too_late_to_resume_says_it_is_a_new_session(make_server: MakeServer) -> None:
