@@ -7,6 +7,7 @@ import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lanchat import const
 
@@ -24,6 +25,11 @@ def stop_signals(*sigs: signal.Signals) -> list[signal.Signals]:
 
 
 _held: list[int] = []  # stop signals that came before the server's loop could take them (hold_stop_signals)
+_before_hold: dict[int, Any] = {}  # the handlers hold_stop_signals replaced
+
+
+def _hold(signum: int, frame: object) -> None:
+    _held.append(signum)
 
 
 def hold_stop_signals() -> None:
@@ -31,7 +37,17 @@ def hold_stop_signals() -> None:
     take up to a second) ended the process at once: exit code 143, nothing logged, where the docs promise
     `SIGTERM during the start: stopping`. Held from here, and handed over by Server.start."""
     for sig in stop_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: _held.append(signum))
+        _before_hold.setdefault(sig, signal.getsignal(sig))
+        signal.signal(sig, _hold)
+
+
+def release_stop_signals() -> None:
+    """The handlers hold_stop_signals replaced, back where it is still holding (a server that failed before
+    its start, in a process that goes on: a program or a test that runs it)."""
+    for sig, handler in _before_hold.items():
+        if signal.getsignal(sig) is _hold and handler is not None:
+            signal.signal(sig, handler)
+    _before_hold.clear()
 
 
 def held_stop_signals() -> list[int]:

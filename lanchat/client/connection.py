@@ -155,6 +155,11 @@ class ChatClient:
     # --- public API ----------------------------------------------------------------------------------------
 
     @property
+    def queued_requests(self) -> int:
+        """Requests other than posts typed while not connected, waiting for the next connection."""
+        return self._queued_requests
+
+    @property
     def nick(self) -> str:
         return self.state.info.nick
 

@@ -255,9 +255,9 @@ async def _run_piped(
     # Acks cover messages only: a refused /part or /topic on the last line would come after we left (exit
     # code 0). The hub answers a connection's requests in order, so once it answers one more, every error
     # for what came before it is in.
-    # Not while reconnecting with no line waiting for an answer: the question would wait SETTLE_TIMEOUT in
-    # the queue for nothing (a /quit with the server down took 11.5 s).
-    if client.status == "connected" or line_of:
+    # Not while reconnecting with no line waiting for an answer, nor a question queued (a /who: no id, no
+    # line_of): it would wait SETTLE_TIMEOUT in the queue for nothing (a /quit with the server down: 11.5 s).
+    if client.status == "connected" or line_of or client.queued_requests:
         with contextlib.suppress(RemoteProtocolError):  # 1,000 commands waiting for a reconnect: none more
             client.send(m.Rooms(id=SETTLE_ID))
         if not await before_closed(_within(settled.wait(), SETTLE_TIMEOUT)) and terminated:

@@ -1131,8 +1131,8 @@ async def run_app(
             client.send(m.Who(view.room))  # this run has seen no room reply: who is here (the current room
             if (asked := client.state.last_question_id) is not None:  # only: a listing costs 10 lines of
                 view.asked_quietly(asked)  # the rate, and the session's 50 rooms would hold its first lines)
-        if asked_room and asked_room not in client.state.rooms:  # a --room the restored session is not in: as
-            submitted = view.submit(f"/join {asked_room}")  # if typed (a client review: it was ignored)
+        if earlier is not None and asked_room and asked_room not in client.state.rooms:  # a --room the restored
+            submitted = view.submit(f"/join {asked_room}")  # session is not in: as if typed (it was ignored)
             printer.show(submitted.lines)
             for req in submitted.requests:
                 client.send(req)
@@ -1320,7 +1320,8 @@ def _signals_only(terminal: Input) -> Iterator[None]:
         before = termios.tcgetattr(fd)
         mode = [*before[:3], (before[3] | termios.ISIG) & ~(termios.ECHO | termios.ICANON), *before[4:6]]
         # Ctrl-Z no signal: stopped there, the client came back after `fg` in the shell's mode, keys echoed
-        mode.append([b"\0" if i == termios.VSUSP else c for i, c in enumerate(before[6])])
+        off = bytes([os.fpathconf(fd, "PC_VDISABLE")])  # (0 on Linux, 0xff on the BSDs)
+        mode.append([off if i == termios.VSUSP else c for i, c in enumerate(before[6])])
         termios.tcsetattr(fd, termios.TCSANOW, mode)
     except (termios.error, OSError, ValueError, NotImplementedError):
         before = None

@@ -298,13 +298,13 @@ class ServerConnection:
         # "/join ops" are for #ops (they went to the room before, the hub's answer not read yet). A refused join
         # is told back as a part (Hub: member false), which gives back the room current before it.
         if isinstance(cmd, m.Join):
-            if cmd.room not in self.rooms and cmd.room != self.current:
+            if (cmd.room not in self.rooms or cmd.room in self._leaving) and cmd.room != self.current:
                 kept = self._back[-(const.MAX_ROOMS_PER_SESSION - 1) :]
                 self._back = (*((r, b) for r, b in kept if r != cmd.room), (cmd.room, self.current))
             self._leaving = tuple(r for r in self._leaving if r != cmd.room)
             self.current = cmd.room
         elif isinstance(cmd, m.Part):
-            if cmd.room not in self._leaving:
+            if self._talkable(cmd.room):  # (a room not joined: refused, with no answer to take it off again)
                 self._leaving = (*self._leaving, cmd.room)
             if cmd.room == self.current:
                 self.current = self._latest()
@@ -345,8 +345,12 @@ class ServerConnection:
         refused = room not in self.rooms
         if not refused:
             self.rooms.remove(room)
-        self.asked = tuple(r for r in self.asked if r != room)
         self._leaving = tuple(r for r in self._leaving if r != room)
+        if not refused and any(r == room for r, _ in self._back):  # "/part dev" then "/join dev" read: the
+            if room not in self.asked:  # join's answer comes next, and the room stays current
+                self.asked = (*self.asked[-(const.MAX_ROOMS_PER_SESSION - 1) :], room)
+            return
+        self.asked = tuple(r for r in self.asked if r != room)
         back = next((b for r, b in self._back if r == room), None)
         self._back = tuple((r, b) for r, b in self._back if r != room)
         if self.current == room:

@@ -28,7 +28,7 @@ from typing import Any, Final
 import psutil
 
 from lanchat import const
-from lanchat.config import ServerConfig, held_stop_signals, host_port, stop_signals
+from lanchat.config import ServerConfig, held_stop_signals, host_port, release_stop_signals, stop_signals
 from lanchat.errors import RemoteProtocolError, StorageError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
@@ -244,7 +244,7 @@ class Server:
             self.loop.add_signal_handler(sig, self._signal_came, sig)  # before the boot: a stop then is one too
         for held in held_stop_signals():  # (those that came before: see hold_stop_signals)
             self._signal_came(held)
-        for slot in self.slots:
+        for slot in self.slots if not self._signals else ():  # (stopped before any worker is started)
             try:
                 self._spawn(slot)
             except OSError as exc:  # not "cannot listen": the port is fine, the process limits are not
@@ -1006,4 +1006,7 @@ def run(config: ServerConfig) -> int:
         format="%(asctime)s %(levelname)s main %(message)s",
         stream=sys.stderr,
     )
-    return asyncio.run(_amain(config))
+    try:
+        return asyncio.run(_amain(config))
+    finally:
+        release_stop_signals()

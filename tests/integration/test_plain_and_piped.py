@@ -690,6 +690,25 @@ def test_a_piped_client_stopped_while_the_server_is_down_says_the_nick_may_stay_
         assert took < 8.0, f"exited {took:.1f} s after the {stop}"  # the goodbye's tries: about 2 s
 
 
+def test_a_question_typed_while_reconnecting_is_asked_once_back_though_input_ended(make_server: MakeServer) -> None:
+    """A review of the mend above: a /who typed while reconnecting (a question: no id, nothing waits for
+    it by line) then the end of input skipped the closing question, and the /who was dropped unsaid."""
+    server = make_server(workers=1)
+    with _join(server.port, "--nick", "qq") as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        lines, _ = _stderr_lines(proc)
+        with Client(server.port, "watcher") as watcher:
+            watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "qq")
+        server.stop()
+        while "reconnecting" not in lines.get(timeout=10):
+            pass
+        proc.stdin.write("/who\n")
+        proc.stdin.close()
+        server.start()  # the same port and data directory
+        assert proc.wait(20) == 0
+        assert "* #lobby: watcher, qq" in proc.stdout.read().split("Resumed")[-1]  # (the /who's answer)
+
+
 def test_a_piped_client_back_too_late_to_resume_says_it_is_a_new_session(make_server: MakeServer) -> None:
     """Stopped past the server's idle timeout and resume grace, it reconnects as a new session, and says so
     (it used to say only "connected again"); what was said meanwhile is replayed (it used to be each room's

@@ -924,7 +924,7 @@ def test_a_stop_signal_during_the_start_stops_the_server_at_once(
     async def scenario() -> None:
         server = Server(config)
         try:
-            server._signal_came(signal.SIGTERM)  # it came as the start began
+            asyncio.get_running_loop().call_soon(server._signal_came, signal.SIGTERM)  # once the workers started
             await server.start()
             assert server.stopping and server.done.is_set() and not any(s.ready for s in server.slots)
         finally:
@@ -942,7 +942,7 @@ def test_a_stop_signal_before_the_event_loop_is_held_for_the_start(
     """An operator's walkthrough: a SIGTERM 0.6 s after `lanchat serve` began (its imports, the history's
     opening) ended it at once, exit code 143 and nothing logged. `serve` holds the stop signals from its
     first step, and the start takes them over as if they had come to it."""
-    from lanchat.config import hold_stop_signals
+    from lanchat.config import hold_stop_signals, release_stop_signals
 
     config = ServerConfig(
         host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=1, discovery=DiscoveryConfig(discovery=False)
@@ -953,8 +953,8 @@ def test_a_stop_signal_before_the_event_loop_is_held_for_the_start(
         server = Server(config)
         try:
             await server.start()
-            assert server.stopping and server.done.is_set() and not any(s.ready for s in server.slots)
-        finally:
+            assert server.stopping and server.done.is_set() and all(s.proc is None for s in server.slots)
+        finally:  # (no worker started: the stop came before)
             await server.close()
 
     try:
@@ -963,6 +963,7 @@ def test_a_stop_signal_before_the_event_loop_is_held_for_the_start(
         with caplog.at_level(logging.INFO, logger="lanchat.server"):
             asyncio.run(asyncio.wait_for(scenario(), 20))
     finally:
+        release_stop_signals()
         for sig, handler in before.items():
             signal.signal(sig, handler)
     assert "SIGTERM during the start: stopping" in caplog.text

@@ -728,6 +728,28 @@ def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_th
     c.joined("dev")
     assert c._back == (("ops", "dev"),)  # (answered joins forget where they came from)
 
+    r = conn()  # a second review: "/part dev" then "/join dev" pasted; the part's answer came first and took
+    registered_plain(r)  # #dev away from the lines typed after the answers
+    r.joined("lobby")
+    r.receive_data(b"/join dev\n", 0.0)
+    r.joined("dev")
+    r.receive_data(b"/part dev\n/join dev\n", 0.0)
+    r.parted("dev")
+    assert r.current == "dev" and r.receive_data(b"/switch dev\n", 0.0) == [Reply(b"* now talking in #dev\n")]
+    r.joined("dev")
+    assert r.current == "dev" and r.rooms == ["lobby", "dev"] and r._back == ()
+    r.receive_data(b"/part dev\n/join dev\n", 0.0)
+    r.parted("dev")  # the part, then the join refused: back where the user was before it
+    r.parted("dev")
+    assert r.current == "lobby"
+
+    p = conn()  # and a /part of a room not joined (refused, with no answer to the worker) is kept nowhere
+    registered_plain(p)
+    p.joined("lobby")
+    for i in range(200):
+        p.receive_data(f"/part #nowhere{i}\n".encode(), 0.0)
+    assert p._leaving == () and p.current == "lobby"
+
 
 def test_plain_part_names_a_room_whose_join_the_hub_has_not_answered() -> None:
     """A pasted "/join dev" and "/part dev bye": the hub has not confirmed #dev when the second line is
