@@ -110,18 +110,26 @@ def _probe(value: list[str]) -> list[str]:
     return value
 
 
-def _room(value: str) -> str:
+def _room(value: str | None) -> str:
     """--room checked here (exit code 2, as any bad option) rather than refused by the server after connecting;
-    "" when not given (a restored session keeps its own room then)."""
+    "" when not given (a restored session keeps its own room then). An empty one is refused: a script's
+    `--room "$ROOM"` with ROOM unset posted its alert to #lobby (an unset LANCHAT_ROOM is no value)."""
     from lanchat.errors import RemoteProtocolError
     from lanchat.protocol.messages import check_room
 
-    if not value:
+    if value is None:
         return ""
     try:
         return check_room(value)
     except RemoteProtocolError as exc:
         raise typer.BadParameter(exc.message) from None
+
+
+def _nick(value: str | None) -> str:
+    """--nick: "" when not given (the login name then); an empty one is refused, as an empty --room is."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("a nick may not be empty")
+    return value or ""
 
 
 @app.command()
@@ -349,12 +357,13 @@ def join(
         typer.Argument(metavar="ADDRESS", help="HOST, HOST:PORT or a server NAME from discovery; none: discover."),
     ] = None,
     nick: Annotated[
-        str, typer.Option(envvar=_env("nick"), metavar="NICK", help="Your nick (default: login name).")
-    ] = "",
+        str | None,
+        typer.Option(envvar=_env("nick"), metavar="NICK", callback=_nick, help="Your nick (default: login name)."),
+    ] = None,
     room: Annotated[
-        str,
+        str | None,
         typer.Option(envvar=_env("room"), metavar="ROOM", callback=_room, help="Room to start in (default: lobby)."),
-    ] = "",
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Piped mode: one JSON event per line.")] = False,
     interface: Interface = [],  # noqa: B006
     discovery_port: DiscoveryPort = const.DEFAULT_DISCOVERY_PORT,
@@ -369,7 +378,7 @@ def join(
     config = JoinConfig(
         address=address,
         nick=nick or _login_name(),
-        room=room,
+        room=room or "",
         json=json_output,
         discovery=DiscoveryConfig(interface=tuple(interface), discovery_port=discovery_port),
         timeout=timeout,

@@ -42,7 +42,9 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
     """A thread, because stdin may be a pipe, a file or a socket, and only blocking reads work on all."""
     with contextlib.suppress(RuntimeError):  # the loop is closed: run_piped returned (a signal), nobody reads
         try:
-            for line in sys.stdin:
+            for number, line in enumerate(sys.stdin):
+                if number == 0:  # a byte-order mark (Windows tools write one), as the server skips it: else a
+                    line = line.removeprefix("\ufeff")  # first "/join ops" was posted as text to #lobby
                 loop.call_soon_threadsafe(queue.put_nowait, line)
         except (OSError, ValueError):  # stdin failed or was closed: as its end
             pass

@@ -150,11 +150,17 @@ class ServerConnection:
         if self.closed:
             return []
         if not data:
+            out: list[Action] = []
+            if self._framer.buffered and not self._raw:  # a last line without its newline (`printf 'alert'`,
+                for frame in self._framer.feed(b"\n"):  # `echo -n`: dropped without a word): the end of the
+                    self._frame(frame, out)  # input ends it (one line, once: past the rate)
+            if self.closed:  # (it was a /quit)
+                return out
             self.closed = True
             self.throttled_until = None  # nothing more will be read: no pause to wait out
             # A half-close (shutdown(SHUT_WR): `nc -N`, ncat, a script done writing) ends the input, not the
             # connection: what went to the hub before it is answered first (its welcome, acks, replies).
-            return [Close("connection closed by peer", clean=False, after_hub=self.forwarded)]
+            return [*out, Close("connection closed by peer", clean=False, after_hub=self.forwarded)]
         # Every line counts against the rate, blank ones too: a flood of newlines must pause reading like
         # any other flood, or it keeps the worker framing for nothing.
         self._raw = self._raw[self._raw_at :] + data if self._raw else data
@@ -195,18 +201,19 @@ class ServerConnection:
                 break
             frame = pending[self._head]
             self._head += 1
-            self.frames_in += 1
             self.last_seen = now  # a line handled late (rate limit) is heard now: silence counts from here
-            if frame is FRAME_TOO_LONG:
-                out.append(Reply(self._error(m.Err.FRAME_TOO_LONG, f"line longer than {self._framer.max_frame} bytes")))
-                continue
-            assert isinstance(frame, bytes)
-            if frame.strip():
-                self._line(frame, out)
+            self._frame(frame, out)
         if self._head >= len(pending):
             pending.clear()
             self._head = 0
         return out
+
+    def _frame(self, frame: Frame, out: list[Action]) -> None:
+        self.frames_in += 1
+        if frame is FRAME_TOO_LONG:
+            out.append(Reply(self._error(m.Err.FRAME_TOO_LONG, f"line longer than {self._framer.max_frame} bytes")))
+        elif isinstance(frame, bytes) and frame.strip():
+            self._line(frame, out)
 
     @property
     def pending(self) -> int:

@@ -229,6 +229,31 @@ def test_plain_nicks_pasted_before_the_welcome_are_a_hello_then_a_rename(make_se
             nc.close()
 
 
+def test_a_last_line_without_a_newline_is_posted_at_the_half_close(make_server: MakeServer) -> None:
+    """A bot author's walkthrough: `printf '/nick partial\\nalert: disk full' | nc -N` posted nothing."""
+    server = make_server(workers=1)
+    with Client(server.port, "watcher") as watcher:
+        nc = Plain(server.port)
+        try:
+            nc.sock.sendall(b"/nick partial\nalert: disk full")
+            nc.sock.shutdown(socket.SHUT_WR)
+            msg = watcher.expect("msg")
+            assert (msg["from"], msg["text"]) == ("partial", "alert: disk full")
+        finally:
+            nc.close()
+
+
+def test_a_byte_order_mark_before_the_piped_input_is_skipped(make_server: MakeServer) -> None:
+    """A bot author's walkthrough: a file written by a Windows tool starts with a BOM, and its first line,
+    `/join ops`, was posted to #lobby as text (the server skips a BOM; the piped client did not)."""
+    server = make_server(workers=1)
+    with Client(server.port, "oncall", rooms=["ops"]) as ops:
+        out = run_cli("join", f"127.0.0.1:{server.port}", "--nick", "ci", input="\ufeff/join ops\nalert\n")
+        assert out.returncode == 0, out.stderr
+        msg = ops.expect("msg")
+        assert (msg["room"], msg["text"]) == ("ops", "alert")
+
+
 def test_a_plain_line_pasted_after_a_join_goes_to_the_joined_room(make_server: MakeServer) -> None:
     """A protocol review: `printf '/nick bot\\n/join ops\\nalert: disk full\\n' | nc` posted the alert to
     #lobby, for everyone there, not to #ops (the line was read before the hub's answer to the join)."""

@@ -264,6 +264,32 @@ def test_eof_is_an_unclean_close() -> None:
     assert c.receive_data(b"", 4.0) == []
 
 
+def test_a_last_line_without_its_newline_is_a_line_at_the_end_of_input() -> None:
+    """A bot author's walkthrough: `printf '/nick bot\\nalert: disk full' | nc -N` posted nothing, without a
+    word (the line had no newline, and the input ended): the end of input ends the line."""
+    plain = conn(rate=1.0, burst=1)
+    registered_plain(plain)
+    assert plain.receive_data(b"alert: disk full", 5.0) == []
+    assert plain.receive_data(b"", 5.0) == [  # (past the rate: the bucket was empty)
+        Forward(m.Msg("lobby", "alert: disk full")), Close("connection closed by peer", clean=False, after_hub=True),
+    ]  # fmt: skip
+    quits = conn()
+    registered_plain(quits)
+    quits.receive_data(b"/quit done", 0.0)
+    assert quits.receive_data(b"", 0.0) == [
+        Forward(m.Quit("done")), Close("done", clean=True, final=b"* bye\n", after_hub=True),
+    ]  # fmt: skip
+    js = conn()
+    registered_json(js)
+    js.receive_data(b'{"type":"msg","room":"lobby","text":"hi","id":1}', 0.0)
+    assert js.receive_data(b"", 0.0)[0] == m.Post("msg", "lobby", b'"hi"', 1)
+    long = conn(max_frame=256)
+    registered_json(long)
+    (refused,) = long.receive_data(b"x" * 300, 0.0)  # over the limit: refused as it passes it, and skipped
+    assert isinstance(refused, Reply) and b"frame_too_long" in refused.data
+    assert long.receive_data(b"", 0.0) == [Close("connection closed by peer", clean=False, after_hub=True)]
+
+
 def test_eof_before_anything_went_to_the_hub_closes_at_once() -> None:
     c = conn()
     assert c.receive_data(line({"type": "ping"}), 1.0) == [Reply(b'{"type":"pong"}\n')]
