@@ -48,10 +48,11 @@ def release_stop_signals() -> None:
         if signal.getsignal(sig) is _hold and handler is not None:
             signal.signal(sig, handler)
     _before_hold.clear()
+    del _held[:]  # (one held for a server that failed must not stop the next one at its start)
 
 
 def held_stop_signals() -> list[int]:
-    """The stop signals held since hold_stop_signals (each once)."""
+    """The stop signals held since hold_stop_signals, taken (a second call gets none of them again)."""
     taken = _held[:]
     del _held[:]
     return taken

@@ -27,7 +27,7 @@ from lanchat.client.current import CurrentRoom
 from lanchat.config import host_port
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.plain import CLIENT_HELP, LocalCommand, not_resumed, parse_command, render
+from lanchat.protocol.plain import CLIENT_HELP, LocalCommand, count_of, not_resumed, parse_command, render
 
 SETTLE_ID: Final = m.MAX_ID  # the id of the last request (never one of our posts': they count from 1)
 SETTLE_TIMEOUT: Final = 10.0  # seconds to wait for its answer before leaving anyway
@@ -260,10 +260,14 @@ async def _run_piped(
     # Not while reconnecting with no line waiting for an answer, nor a question queued (a /who: no id, no
     # line_of): it would wait SETTLE_TIMEOUT in the queue for nothing (a /quit with the server down: 11.5 s).
     if client.status == "connected" or line_of or client.queued_requests:
+        waiting = len(line_of) + client.queued_requests
         with contextlib.suppress(RemoteProtocolError):  # 1,000 commands waiting for a reconnect: none more
             client.send(m.Rooms(id=SETTLE_ID))
         if not await before_closed(_within(settled.wait(), SETTLE_TIMEOUT)) and terminated:
             return await signalled()
+        if not settled.is_set() and client.status != "connected" and waiting:  # not back in time: what was
+            # typed for it is not done, and a script must be able to tell (it exited 0, a review found)
+            return await lost(f"connection lost with {count_of(waiting, 'command')} not answered")
     closed.cancel()
     say_held(all_of_them=True)
     await client.close(reason)

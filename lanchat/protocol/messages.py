@@ -45,6 +45,7 @@ class Err:
     SHUTTING_DOWN: Final = "shutting_down"
     BUSY: Final = "busy"  # a listing asked while the server is behind with its replies: ask again soon
     TOO_FAST: Final = "too_fast"  # a nick change before the session's renames have paid for their events
+    INCOMPLETE_LINE: Final = "incomplete_line"  # plain text: a last line without its newline, not sent
     INTERNAL: Final = "internal"
     # The client's own (never on the wire): a change the server refused while its error was lost with the
     # connection (a resume's welcome lists the ids); the reason is not known.

@@ -151,10 +151,18 @@ class ServerConnection:
             return []
         if not data:
             out: list[Action] = []
-            if self._framer.buffered and not self._raw:  # a last line without its newline (`printf 'alert'`,
-                for frame in self._framer.feed(b"\n"):  # `echo -n`: dropped without a word): the end of the
-                    self._frame(frame, out)  # input ends it (one line, once: past the rate)
-            if self.closed:  # (it was a /quit)
+            if self._framer.buffered and not self._raw and self._head >= len(self._pending):
+                # A last line without its newline (`printf '{...}' | nc -N`: it was dropped without a word). A
+                # JSON object is whole or no object: handled (once, past the rate). Plain text may be a
+                # half-typed line of a client that died (a character-at-a-time one): said, not posted.
+                if self.mode is Mode.PLAIN:  # (a first line decides the mode: plain text posts nothing before /nick)
+                    self._framer.feed(b"\n")
+                    why = "the last line had no newline at the end of the input: not sent"
+                    out.append(Reply(self._error(m.Err.INCOMPLETE_LINE, why)))
+                else:
+                    for frame in self._framer.feed(b"\n"):
+                        self._frame(frame, out)
+            if self.closed:  # (it was a quit)
                 return out
             self.closed = True
             self.throttled_until = None  # nothing more will be read: no pause to wait out

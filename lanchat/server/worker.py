@@ -123,7 +123,10 @@ class ClientConn:
             return
         if not data:
             self._pause_reading()
-            self._handle(self.state.receive_data(b"", time.monotonic()))  # EOF: the state machine closes
+            try:  # EOF: the state machine closes (after a last line without its newline, which it parses)
+                self._handle(self.state.receive_data(b"", time.monotonic()))
+            except Exception:
+                self._internal_error()
             return
         self.worker.bytes_in += len(data)
         try:

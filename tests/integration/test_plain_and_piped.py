@@ -229,18 +229,22 @@ def test_plain_nicks_pasted_before_the_welcome_are_a_hello_then_a_rename(make_se
             nc.close()
 
 
-def test_a_last_line_without_a_newline_is_posted_at_the_half_close(make_server: MakeServer) -> None:
-    """A bot author's walkthrough: `printf '/nick partial\\nalert: disk full' | nc -N` posted nothing."""
+def test_a_last_line_without_a_newline_is_said_at_the_half_close(make_server: MakeServer) -> None:
+    """A bot author's walkthrough: `printf '/nick partial\\nalert: disk full' | nc -N` posted nothing, and
+    said nothing: the script is told now (plain text; a JSON object without its newline is handled)."""
     server = make_server(workers=1)
-    with Client(server.port, "watcher") as watcher:
-        nc = Plain(server.port)
-        try:
-            nc.sock.sendall(b"/nick partial\nalert: disk full")
-            nc.sock.shutdown(socket.SHUT_WR)
-            msg = watcher.expect("msg")
-            assert (msg["from"], msg["text"]) == ("partial", "alert: disk full")
-        finally:
-            nc.close()
+    nc = Plain(server.port)
+    try:
+        nc.sock.sendall(b"/nick partial\nalert: disk full")
+        nc.sock.shutdown(socket.SHUT_WR)
+        assert "no newline at the end of the input: not sent [incomplete_line]" in nc.expect("incomplete_line")
+    finally:
+        nc.close()
+    with Client(server.port, "watcher") as watcher, Client(server.port) as raw:
+        raw.send_raw(b'{"type":"hello","nick":"js"}\n{"type":"msg","room":"lobby","text":"alert","id":1}')
+        raw.sock.shutdown(socket.SHUT_WR)
+        msg = watcher.expect("msg")
+        assert (msg["from"], msg["text"]) == ("js", "alert")
 
 
 def test_a_byte_order_mark_before_the_piped_input_is_skipped(make_server: MakeServer) -> None:
@@ -457,7 +461,7 @@ class _HeldClient:
         self.nick, self.lost_reason, self.goodbye_lost, self.next_id = nick, "", False, 1
         self.nicks_had: dict[str, int] = {}
         self.session = ""
-        self.status = "connected"
+        self.status, self.queued_requests = "connected", 0
         self._closed = asyncio.Event()
 
     async def connect(self) -> None:
@@ -511,6 +515,31 @@ def test_a_change_not_done_is_said_with_its_input_line(monkeypatch: pytest.Monke
     monkeypatch.setattr(sys, "stdin", io.StringIO("/nick alx\n"))
     assert asyncio.run(asyncio.wait_for(run_piped("127.0.0.1", 1, "bot", "lobby", json_output=False), 20)) == 1
     assert "lanchat: line 1: ! not done: /nick alx: refused while away" in err.getvalue(), err.getvalue()
+
+
+class _AwayClient(_HeldClient):
+    """As _HeldClient, but the connection is down for good: what is sent is queued, never answered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.status = "reconnecting"
+
+    def send(self, req: m.Request) -> int | None:
+        self.queued_requests += 1
+        return None
+
+
+def test_a_command_typed_while_the_server_stays_away_is_said_not_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: a /who or /join typed while reconnecting, then the end of input, waited SETTLE_TIMEOUT for
+    the server and exited 0, as if done: a script could not tell. It is connection lost now (exit code 7)."""
+    monkeypatch.setattr(piped, "ChatClient", _AwayClient)
+    monkeypatch.setattr(piped, "SETTLE_TIMEOUT", 0.2)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/join ops\n/who\n"))
+    code = asyncio.run(asyncio.wait_for(run_piped("127.0.0.1", 1, "bot", "lobby", json_output=False), 20))
+    assert code == connection.EXIT_LOST
+    assert "lanchat: connection lost with 2 commands not answered" in err.getvalue(), err.getvalue()
 
 
 def test_a_refusal_held_for_an_earlier_line_is_said_once_a_welcome_settles_that_line(

@@ -942,7 +942,7 @@ def test_a_stop_signal_before_the_event_loop_is_held_for_the_start(
     """An operator's walkthrough: a SIGTERM 0.6 s after `lanchat serve` began (its imports, the history's
     opening) ended it at once, exit code 143 and nothing logged. `serve` holds the stop signals from its
     first step, and the start takes them over as if they had come to it."""
-    from lanchat.config import hold_stop_signals, release_stop_signals
+    from lanchat.config import held_stop_signals, hold_stop_signals, release_stop_signals
 
     config = ServerConfig(
         host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=1, discovery=DiscoveryConfig(discovery=False)
@@ -967,6 +967,10 @@ def test_a_stop_signal_before_the_event_loop_is_held_for_the_start(
         for sig, handler in before.items():
             signal.signal(sig, handler)
     assert "SIGTERM during the start: stopping" in caplog.text
+    hold_stop_signals()  # one held for a server that fails before its start is let go with the handlers
+    os.kill(os.getpid(), signal.SIGTERM)
+    release_stop_signals()
+    assert held_stop_signals() == [] and signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
 
 
 def test_a_main_process_that_was_held_does_not_blame_its_workers(tmp_path: Path) -> None:
