@@ -150,7 +150,7 @@ def test_a_paste_stops_at_its_refused_line_which_comes_back_with_the_rest(
         term.wait_for("unknown command /mgs")
         assert bob.expect("msg")["text"] == "first ok"
         term.wait_prompt("#lobby> /mgs bob typo")
-        assert "third ok" in term.screen()  # (the rest of the paste, on the input's next row)
+        term.wait(lambda screen: "third ok" in screen, "the rest of the paste, on the input's next row")
         term.keys("Home", "Right", "Right", "Right", "Right", "BSpace", "BSpace", "s", "g")  # /mgs -> /msg
         term.keys("Enter")
         assert bob.expect("privmsg")["text"] == "typo"
