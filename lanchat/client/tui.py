@@ -1405,7 +1405,10 @@ def run_tui(
                     server_id=server_id,
                 )
             )
-    except KeyboardInterrupt:  # Ctrl-C before the prompt took the keyboard (while connecting)
+    except KeyboardInterrupt:  # Ctrl-C before the prompt took the keyboard (while connecting): the terminal
+        with contextlib.suppress(OSError):  # echoed ^C, and the shell's prompt would follow it on its row
+            sys.stderr.write("\n")
+            sys.stderr.flush()
         return EXIT_INTERRUPTED
 
 

@@ -500,6 +500,24 @@ def test_ctrl_c_quits_at_once_while_a_paste_is_still_being_sent(
         server.kill()
 
 
+@pytest.mark.skipif(BASH is None, reason="needs bash")
+def test_ctrl_c_while_connecting_leaves_the_shell_a_row_of_its_own(tmp_path: Path) -> None:
+    """A walkthrough: Ctrl-C while the client waited for a welcome exited 130 with the shell's next prompt
+    glued to the terminal's `^C` (`^C$ echo rc=$?`)."""
+    mute = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does) and never says a word
+    term = Tmux(tmp_path)
+    try:
+        term.start_in_shell("join", f"127.0.0.1:{mute.getsockname()[1]}", "--nick", "hal")
+        term.wait_for("connecting to 127.0.0.1")
+        term.keys("C-c")
+        assert term.shell_exit_status() == 130
+        rows = [row.strip() for row in term.lines() if "^C" in row]
+        assert rows == ["^C"], term.screen()
+    finally:
+        term.close()
+        mute.close()
+
+
 def test_keys_typed_while_quit_waits_are_neither_shown_nor_left_for_the_shell(tmp_path: Path) -> None:
     """A walkthrough: while /quit waited for unsent lines (no prompt), what was typed was echoed by the
     terminal, glued to the chat's lines, and a line typed there ran in the shell after the exit. Keys are
