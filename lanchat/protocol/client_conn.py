@@ -292,7 +292,7 @@ class ClientState:
         limit = self.max_frame
         if limit is None:
             return []
-        lines = [(rid, _post_line(rid, req), repr(req.text)) for rid, req in self.outbox.items()]
+        lines = [(rid, _post_line(rid, req), repr(_cut(req.text))) for rid, req in self.outbox.items()]
         lines += ((a.id, a.line, _shown(a.line)) for a in self._journal)  # (/topic #dev ..., not its JSON)
         refused: list[dict[str, Any]] = []
         for rid, line, what in lines:
@@ -301,8 +301,7 @@ class ClientState:
                 self._settle(rid)
                 if rid <= self._handled_upto:  # it reached the server before the drop (its ack was lost)
                     continue
-                shown = what if len(what) <= 60 else what[:57] + "..."
-                text = f"not sent: {shown}: {_too_long(len(line) - 1, limit)} (it restarted with a smaller limit)"
+                text = f"not sent: {what}: {_too_long(len(line) - 1, limit)} (it restarted with a smaller limit)"
                 refused.append(m.error_frame(m.Err.FRAME_TOO_LONG, text, id=rid))
         return sorted(refused, key=lambda f: int(f["id"]))
 
@@ -467,7 +466,12 @@ def _shown(line: bytes) -> str:
     for name in ("nick", "topic"):
         if isinstance(obj.get(name), str):
             what += f" {obj[name]}"
-    return what if len(what) <= 60 else what[:57] + "..."
+    return _cut(what)
+
+
+def _cut(text: str) -> str:
+    """At most 60 characters of ``text``, to quote it in a line of the client's own."""
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _identity(event: dict[str, Any]) -> tuple[int, float] | None:
