@@ -171,6 +171,7 @@ TOOLBAR_NAME_MIN: Final = 8  # columns a room or nick keeps at least when a narr
 _NO_ARG_COMMANDS: Final = frozenset({"/rooms", "/status", "/help"})
 _ROOM_ARG_COMMANDS: Final = frozenset({"/join", "/switch", "/part", "/leave", "/who", "/names"})
 _NICK_ARG_COMMANDS: Final = frozenset({"/msg", "/query"})
+_OWN_ROOM_COMMANDS: Final = frozenset({"/switch", "/part", "/leave"})
 
 
 def _shortened(text: str, columns: int) -> str:
@@ -765,7 +766,10 @@ class ChatView:
         if word.startswith("#") or (command in _ROOM_ARG_COMMANDS and arg_index == 1):
             prefix = "#" if word.startswith("#") else ""
             stem = word.removeprefix("#").lower()
-            rooms = [r for r in self.known_rooms if r.startswith(stem)]
+            # /switch and /part name one's own rooms (a walkthrough: Tab offered rooms left, then refused them)
+            own = command in _OWN_ROOM_COMMANDS and arg_index == 1
+            known = self.current.rooms(self.joined) if own else self.known_rooms
+            rooms = [r for r in known if r.startswith(stem)]
             return [(prefix + clean(r) + " ", -len(word)) for r in rooms]
         if not word and not (command in _NICK_ARG_COMMANDS and arg_index == 1):  # (/msg and Tab: every nick)
             return []

@@ -589,6 +589,8 @@ def test_tab_completes_commands_nicks_and_rooms() -> None:
     assert view.complete("Ca") == [("carol: ", -2)]  # addressing someone at the start of a line
     assert view.complete("hi ca") == [("carol ", -2)]
     assert view.complete("/join d") == [("dev ", -1)]
+    assert view.complete("/switch d") == view.complete("/part #d") == []  # (a room one is not in: a walkthrough)
+    assert view.complete("/switch l") == [("lobby ", -1)] and view.complete("/part #l") == [("#lobby ", -2)]
     assert view.complete("see #l") == [("#lobby ", -2)]
     assert view.complete("al") == []  # never oneself
     assert view.complete("hi ") == []
