@@ -705,7 +705,8 @@ class ChatView:
         the count of the other rooms and then of the users go: the terminal cuts the line's end, and the
         state matters more than where."""
         users = self.counts.get(self.room, len(self.members.get(self.room, []))) if self.room else 0
-        others = len([r for r in self.joined if r != self.room])
+        others = len([r for r in self.current.rooms(self.joined) if r != self.room])  # (not those being left:
+        # `no room (+1 room)` while the /part of the only room waited for a reconnect, a walkthrough)
         room, nick = f"#{clean(self.room)}" if self.room else "no room", clean(self.nick)
         server: StyleAndTextTuples = [
             ("class:bottom-toolbar.key", self.server or self.address),

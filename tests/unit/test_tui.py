@@ -574,6 +574,14 @@ def test_help_lists_every_command_and_the_keys() -> None:
 # --- completion --------------------------------------------------------------------------------------------
 
 
+def test_the_status_line_counts_no_room_whose_part_is_waiting() -> None:
+    """A walkthrough: a /part of the only room typed while reconnecting left `no room (+1 room)`."""
+    view = joined_view()
+    view.on_status("reconnecting")
+    view.submit("/part")
+    assert " no room | alice |" in toolbar(view), toolbar(view)
+
+
 def test_tab_completes_commands_nicks_and_rooms() -> None:
     view = joined_view(others=("bob", "bea", "carol"))
     view.on_frame({"type": "rooms", "rooms": [{"name": "lobby", "users": 4}, {"name": "dev", "users": 1}]})
