@@ -714,6 +714,16 @@ def test_a_client_terminated_with_a_backlog_still_says_goodbye(make_server: Make
         assert posted == [f"line {i}" for i in range(len(posted))] and len(posted) < 40  # dropped, as documented
 
 
+def _until_reconnecting(server: ServerProcess, nick: str, lines: queue.Queue[str], down: Callable[[], object]) -> None:
+    """Once a piped client (its stderr in ``lines``) has joined as ``nick``: the server taken ``down``, and
+    the client reconnecting."""
+    with Client(server.port, "watcher") as watcher:
+        watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == nick)
+    down()
+    while "reconnecting" not in lines.get(timeout=10):
+        pass
+
+
 @pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 128 + signal.SIGTERM), ("/quit", 0)])
 def test_a_piped_client_stopped_while_the_server_is_down_says_the_nick_may_stay_taken(
     make_server: MakeServer, stop: str, code: int
@@ -725,11 +735,7 @@ def test_a_piped_client_stopped_while_the_server_is_down_says_the_nick_may_stay_
     with _join(server.port, "--nick", "hal") as proc:
         assert proc.stdin is not None
         lines, reader = _stderr_lines(proc)
-        with Client(server.port, "watcher") as watcher:
-            watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "hal")
-        server.kill()
-        while "reconnecting" not in lines.get(timeout=10):
-            pass
+        _until_reconnecting(server, "hal", lines, server.kill)
         started = time.monotonic()
         if stop == "SIGTERM":
             proc.send_signal(signal.SIGTERM)
@@ -751,11 +757,7 @@ def test_a_question_typed_while_reconnecting_is_asked_once_back_though_input_end
     with _join(server.port, "--nick", "qq") as proc:
         assert proc.stdin is not None and proc.stdout is not None
         lines, _ = _stderr_lines(proc)
-        with Client(server.port, "watcher") as watcher:
-            watcher.expect(lambda f: f.get("type") == "join" and f.get("nick") == "qq")
-        server.stop()
-        while "reconnecting" not in lines.get(timeout=10):
-            pass
+        _until_reconnecting(server, "qq", lines, server.stop)
         proc.stdin.write("/who\n")
         proc.stdin.close()
         server.start()  # the same port and data directory

@@ -29,6 +29,15 @@ def _numbered(n: int = N) -> list[str]:
     return [f"n{i:04d}" for i in range(n)]
 
 
+def _watched(port: int, nick: str = "al") -> tuple[ChatClient, asyncio.Event]:
+    """A client of 127.0.0.1:``port``, and an event set once it is reconnecting (its connection lost)."""
+    reconnecting = asyncio.Event()
+    client = ChatClient(
+        "127.0.0.1", port, nick, on_status=lambda st: reconnecting.set() if st == "reconnecting" else None
+    )
+    return client, reconnecting
+
+
 @pytest.mark.parametrize("victim", ["listener", "sender"])
 def test_worker_killed_mid_stream_loses_nothing(make_server: MakeServer, victim: str) -> None:
     server = make_server(*FAST, workers=2)
@@ -318,13 +327,7 @@ def test_quitting_between_reconnects_still_ends_the_session(make_server: MakeSer
 
     async def scenario() -> None:
         proxy = _Proxy(server.port)
-        reconnecting = asyncio.Event()
-        client = ChatClient(
-            "127.0.0.1",
-            await proxy.start(),
-            "al",
-            on_status=lambda st: reconnecting.set() if st == "reconnecting" else None,
-        )
+        client, reconnecting = _watched(await proxy.start())
         await client.connect()
         proxy.cut()  # the Wi-Fi drops
         await reconnecting.wait()
@@ -368,11 +371,7 @@ def test_quitting_while_the_server_is_unreachable_says_the_nick_stays_taken(make
 
     async def scenario() -> None:
         proxy = _Proxy(server.port)
-        reconnecting = asyncio.Event()
-        client = ChatClient(
-            "127.0.0.1", await proxy.start(), "al",
-            on_status=lambda st: reconnecting.set() if st == "reconnecting" else None,
-        )  # fmt: skip
+        client, reconnecting = _watched(await proxy.start())
         await client.connect()
         await proxy.close()  # the server's address answers no more (the proxy's port is closed)
         await reconnecting.wait()
@@ -604,11 +603,7 @@ def test_a_server_gone_silent_is_noticed_one_ping_timeout_after_the_ping(monkeyp
                     pings.append(time.monotonic())
 
         server = await asyncio.start_server(mute, "127.0.0.1", 0)
-        lost = asyncio.Event()
-        client = ChatClient(
-            "127.0.0.1", server.sockets[0].getsockname()[1], "al",
-            on_status=lambda st: lost.set() if st == "reconnecting" else None,
-        )  # fmt: skip
+        client, lost = _watched(server.sockets[0].getsockname()[1])
         await client.connect()
         await asyncio.wait_for(lost.wait(), 10)
         noticed = time.monotonic() - last_word[0]
@@ -718,11 +713,7 @@ def test_a_change_queued_while_away_and_too_long_for_the_restarted_server_is_not
             writer.close()
 
         srv = await asyncio.start_server(server, "127.0.0.1", 0)
-        away = asyncio.Event()
-        client = ChatClient(
-            "127.0.0.1", srv.sockets[0].getsockname()[1], "al",
-            on_status=lambda st: away.set() if st == "reconnecting" else None,
-        )  # fmt: skip
+        client, away = _watched(srv.sockets[0].getsockname()[1])
         await client.connect()
         drop.set()
         await asyncio.wait_for(away.wait(), 10)

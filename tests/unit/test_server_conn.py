@@ -56,6 +56,14 @@ def registered_plain(c: ServerConnection, nick: str = "bob") -> None:
     c.bound(nick)
 
 
+def plain_in_lobby() -> ServerConnection:
+    """A plain-text connection registered as bob, in #lobby as the hub's member record said."""
+    c = conn()
+    registered_plain(c)
+    c.joined("lobby")
+    return c
+
+
 # --- mode detection -------------------------------------------------------------------------------------------
 
 
@@ -731,17 +739,13 @@ def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_th
     a.joined("lobby")
     assert a.receive_data(b"hello\n", 0.0) == [Forward(m.Msg("lobby", "hello"))]
 
-    d = conn()
-    registered_plain(d)
-    d.joined("lobby")
+    d = plain_in_lobby()
     d.receive_data(b"/join dev\n/switch lobby\n/join full\n", 0.0)
     d.joined("dev")
     d.parted("full")  # refused (too_many_rooms): back to where the user was talking
     assert d.receive_data(b"for the lobby\n", 0.0) == [Forward(m.Msg("lobby", "for the lobby"))]
 
-    b = conn()
-    registered_plain(b)
-    b.joined("lobby")
+    b = plain_in_lobby()
     b.receive_data(b"/join dev\n/join ops\n", 0.0)
     b.joined("dev")
     b.joined("ops")
@@ -751,9 +755,7 @@ def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_th
     b.parted("ops")
     assert b.current == "lobby" and b.rooms == ["lobby"]
 
-    c = conn()
-    registered_plain(c)
-    c.joined("lobby")
+    c = plain_in_lobby()
     out = c.receive_data(b"/join dev\n/join ops\n/switch dev\nfor dev\n/part ops\n/switch ops\n", 0.0)
     assert out[2:] == [
         Reply(b"* now talking in #dev\n"), Forward(m.Msg("dev", "for dev")), Forward(m.Part("ops", "")),
@@ -777,9 +779,7 @@ def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_th
     r.parted("dev")
     assert r.current == "lobby"
 
-    p = conn()  # and a /part of a room not joined (refused, with no answer to the worker) is kept nowhere
-    registered_plain(p)
-    p.joined("lobby")
+    p = plain_in_lobby()  # and a /part of a room not joined (refused, with no answer to the worker) is kept nowhere
     for i in range(200):
         p.receive_data(f"/part #nowhere{i}\n".encode(), 0.0)
     assert p._leaving == () and p.current == "lobby"
