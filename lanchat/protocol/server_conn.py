@@ -107,13 +107,39 @@ class TokenBucket:
         return (1.0 - slack - self.tokens) / self.rate
 
 
+# Plain mode's /join, /part and /switch read ahead of the hub's answers: (what, room).
+_JOIN: Final = "join"
+_PART: Final = "part"
+_SWITCH: Final = "switch"
+_Move = tuple[str, str]
+# Moves tracked at most (about 60 bytes each); a paste of more takes the oldest as granted, and an answer that
+# then refuses one counts as the hub's own doing (the current room may not go back for it).
+MAX_MOVES: Final = 2 * const.MAX_ROOMS_PER_SESSION
+
+
+def _step(rooms: list[str], current: str | None, move: _Move, granted: bool = True) -> str | None:
+    """``move`` applied to ``rooms`` (in place) as the hub would answer it: the current room after it."""
+    what, room = move
+    if what == _JOIN:
+        if not granted:
+            return current
+        if room not in rooms:
+            rooms.append(room)
+        return room
+    if room not in rooms:  # a part of a room not joined is refused; /switch to one, too
+        return current
+    if what == _SWITCH:
+        return room
+    rooms.remove(room)
+    return (rooms[-1] if rooms else None) if current == room else current
+
+
 class ServerConnection:
     """Per-connection protocol state on the server side (slotted: a worker holds thousands)."""
 
     __slots__ = (
-        "_back", "_bucket", "_framer", "_head", "_leaving", "_pending", "_raw", "_raw_at", "asked", "closed", "conn_id",
-        "current", "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered", "rooms",
-        "throttled_until",
+        "_base", "_bucket", "_framer", "_head", "_moves", "_pending", "_raw", "_raw_at", "closed", "conn_id", "current",
+        "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered", "rooms", "throttled_until",
     )  # fmt: skip
 
     def __init__(self, conn_id: int, *, max_frame: int, rate: float, burst: int, now: float) -> None:
@@ -122,12 +148,11 @@ class ServerConnection:
         self.registered = False  # the hub bound a session to this connection
         self.hello_sent = False
         self.nick = ""
-        self.rooms: list[str] = []  # joined rooms, most recent last (plain mode's current room)
-        self.asked: tuple[str, ...] = ()  # rooms a /join was sent for (a room word for /part before the hub
-        # answers); a tuple: the empty one is shared, and idle connections are counted in bytes
-        self.current: str | None = None
-        self._leaving: tuple[str, ...] = ()  # rooms a /part was read for, not answered yet
-        self._back: tuple[tuple[str, str | None], ...] = ()  # (room of a pending /join, the current room before it)
+        self.rooms: list[str] = []  # joined rooms as the hub said, most recent last (plain mode's current room)
+        self.current: str | None = None  # plain mode's, as the lines read so far leave it (see _moves)
+        self._base: str | None = None  # the current room as the hub's answers so far leave it
+        self._moves: tuple[_Move, ...] = ()  # read since (a tuple: the empty one is shared; idle connections
+        # are counted in bytes)
         self.closed = False
         self.last_seen = now
         self._framer = LineFramer(max_frame)
@@ -289,17 +314,15 @@ class ServerConnection:
         if not self.hello_sent and text.split(" ", 1)[0].lower() not in _BEFORE_NICK:
             # Plain sessions start with /nick: a stray protocol (SSH banner, SMTP, ...) never posts.
             raise RemoteProtocolError(m.Err.NOT_REGISTERED, "choose a nick first: /nick NAME")
-        cmd = parse_command(text, self.current, [*self.rooms, *self.asked])  # "/join dev" pasted with "/part dev x"
-        if isinstance(cmd, m.Join) and cmd.room not in self.asked:
-            self.asked = (*self.asked[-(const.MAX_ROOMS_PER_SESSION - 1) :], cmd.room)
+        cmd = parse_command(text, self.current, self._view())  # "/join dev" pasted with "/part dev x"
         if isinstance(cmd, m.Nick) and not self.registered:  # a nick that was taken may be retried
             self._plain_hello(cmd.nick, out)
             return
         if cmd is None:
             return
         if isinstance(cmd, LocalCommand):
-            if cmd.name == "switch" and cmd.arg is not None and self._talkable(cmd.arg):
-                self.current = cmd.arg
+            if cmd.name == "switch" and cmd.arg is not None and cmd.arg in self._view():
+                self._move(_SWITCH, cmd.arg)
                 out.append(Reply(f"* now talking in #{cmd.arg}\n".encode()))  # the terminal UI's words
             elif cmd.name == "switch":
                 out.append(Reply(b"! /switch ROOM needs a room you have joined\n"))
@@ -310,19 +333,11 @@ class ServerConnection:
             self._quit(cmd, out)
             return
         # The current room follows a /join or /part as it is read, as the hello's room does: lines pasted after
-        # "/join ops" are for #ops (they went to the room before, the hub's answer not read yet). A refused join
-        # is told back as a part (Hub: member false), which gives back the room current before it.
+        # "/join ops" are for #ops (they went to the room before, the hub's answer not read yet).
         if isinstance(cmd, m.Join):
-            if (cmd.room not in self.rooms or cmd.room in self._leaving) and cmd.room != self.current:
-                kept = self._back[-(const.MAX_ROOMS_PER_SESSION - 1) :]
-                self._back = (*((r, b) for r, b in kept if r != cmd.room), (cmd.room, self.current))
-            self._leaving = tuple(r for r in self._leaving if r != cmd.room)
-            self.current = cmd.room
-        elif isinstance(cmd, m.Part):
-            if self._talkable(cmd.room):  # (a room not joined: refused, with no answer to take it off again)
-                self._leaving = (*self._leaving, cmd.room)
-            if cmd.room == self.current:
-                self.current = self._latest()
+            self._move(_JOIN, cmd.room)
+        elif isinstance(cmd, m.Part) and cmd.room in self._view():  # (else refused, with no answer to wait for)
+            self._move(_PART, cmd.room)
         self._forward(cmd, out)
 
     def _plain_hello(self, nick: str, out: list[Action]) -> None:
@@ -349,35 +364,67 @@ class ServerConnection:
         self.nick = nick
 
     def joined(self, room: str) -> None:
-        if room not in self.rooms:
-            self.rooms.append(room)
-        self._back = tuple((r, b) for r, b in self._back if r != room)
-        if self.current is None:  # (a plain /join made its room current when it was read: a /switch since stays)
-            self.current = room
+        self._answered(room, True)
 
     def parted(self, room: str) -> None:
         """Left ``room``, or (never a member) its join was refused."""
-        refused = room not in self.rooms
-        if not refused:
-            self.rooms.remove(room)
-        self._leaving = tuple(r for r in self._leaving if r != room)
-        if not refused and any(r == room for r, _ in self._back):  # "/part dev" then "/join dev" read: the
-            if room not in self.asked:  # join's answer comes next, and the room stays current
-                self.asked = (*self.asked[-(const.MAX_ROOMS_PER_SESSION - 1) :], room)
-            return
-        self.asked = tuple(r for r in self.asked if r != room)
-        back = next((b for r, b in self._back if r == room), None)
-        self._back = tuple((r, b) for r, b in self._back if r != room)
-        if self.current == room:
-            self.current = back if refused and back is not None and self._talkable(back) else self._latest()
+        self._answered(room, False)
 
-    def _talkable(self, room: str) -> bool:
-        """A room joined, or whose /join was read, and no /part of it read since (plain mode's view)."""
-        return room not in self._leaving and (room in self.rooms or room in self.asked)
+    # Plain mode runs ahead of the hub's answers: a line is for the room current when it is read, as if every
+    # /join, /part and /switch read before it had been answered (granted). The hub answers in order, but only a
+    # join of a room it does not hold (member true, or false: refused) and a part of one it holds (member
+    # false); it says nothing to the rest. So an answer is for the first move read that would get one, given
+    # the rooms the hub has said; the moves before it got none. A refused join replays the moves read since
+    # without it: the current room is then where answers in turn would have left it.
 
-    def _latest(self) -> str | None:
-        """The room joined last that is not being left: current after a /part of the current one."""
-        return next((r for r in reversed([*self.rooms, *self.asked]) if r not in self._leaving), None)
+    def _move(self, what: str, room: str) -> None:
+        moves = self._moves
+        if len(moves) >= MAX_MOVES:
+            self._base = _step(list(self.rooms), self._base, moves[0])
+            moves = moves[1:]
+        self._moves = (*moves, (what, room))
+        self._settle()
+
+    def _answered(self, room: str, joined: bool) -> None:
+        """The hub's member record for ``room``."""
+        self._settle()
+        head = self._moves[0] if self._moves else None
+        if head is not None and head[1] == room and (head[0] == _JOIN or not joined):
+            self._moves = self._moves[1:]
+            self._base = _step(self.rooms, self._base, head, joined)
+        elif joined:  # the hub's own doing (a hello's room)
+            if room not in self.rooms:
+                self.rooms.append(room)
+            if self._base is None:
+                self._base = room
+        elif room in self.rooms:
+            self._base = _step(self.rooms, self._base, (_PART, room))
+        self._settle()
+
+    def _settle(self) -> None:
+        """Take the first moves that will get no answer as done; then the current room from what is left."""
+        moves = self._moves
+        i = 0
+        while i < len(moves) and (moves[i][0] == _SWITCH or (moves[i][1] in self.rooms) == (moves[i][0] == _JOIN)):
+            self._base = _step(self.rooms, self._base, moves[i])
+            i += 1
+        if i:
+            self._moves = moves = moves[i:]
+        current = self._base
+        if moves:
+            rooms = list(self.rooms)
+            for move in moves:
+                current = _step(rooms, current, move)
+        self.current = current
+
+    def _view(self) -> list[str]:
+        """The rooms as the lines read so far leave them: the hub's answers, then every move since, granted."""
+        if not self._moves:
+            return self.rooms
+        rooms = list(self.rooms)
+        for move in self._moves:
+            _step(rooms, None, move)
+        return rooms
 
     # --- output --------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from lanchat.protocol.framing import Frame, LineFramer
 from lanchat.protocol.plain import HELP
 from lanchat.protocol.server_conn import (
     FRAME_CHUNK,
+    MAX_MOVES,
     Action,
     Close,
     Forward,
@@ -714,6 +715,8 @@ def test_plain_lines_after_a_join_go_to_its_room_before_the_hub_answers() -> Non
         Forward(m.Join("ops")), Forward(m.Msg("ops", "alert: disk full")), Forward(m.Part("ops", "")),
         Forward(m.Msg("lobby", "back in the lobby")),
     ]  # fmt: skip
+    c.joined("ops")  # (the hub's answers, in order)
+    c.parted("ops")
     assert c.receive_data(b"/join full\n", 0.0) == [Forward(m.Join("full"))]
     c.parted("full")  # refused (the hub's part)
     assert c.current == "lobby" and c.receive_data(b"hi\n", 0.0) == [Forward(m.Msg("lobby", "hi"))]
@@ -762,7 +765,7 @@ def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_th
         Reply(b"! /switch ROOM needs a room you have joined\n"),
     ]  # fmt: skip
     c.joined("dev")
-    assert c._back == (("ops", "dev"),)  # (answered joins forget where they came from)
+    assert c._moves == (("join", "ops"), ("switch", "dev"), ("part", "ops"))  # (an answered join is done)
 
     r = conn()  # a second review: "/part dev" then "/join dev" pasted; the part's answer came first and took
     registered_plain(r)  # #dev away from the lines typed after the answers
@@ -773,7 +776,7 @@ def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_th
     r.parted("dev")
     assert r.current == "dev" and r.receive_data(b"/switch dev\n", 0.0) == [Reply(b"* now talking in #dev\n")]
     r.joined("dev")
-    assert r.current == "dev" and r.rooms == ["lobby", "dev"] and r._back == ()
+    assert r.current == "dev" and r.rooms == ["lobby", "dev"] and r._moves == ()
     r.receive_data(b"/part dev\n/join dev\n", 0.0)
     r.parted("dev")  # the part, then the join refused: back where the user was before it
     r.parted("dev")
@@ -782,7 +785,76 @@ def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_th
     p = plain_in_lobby()  # and a /part of a room not joined (refused, with no answer to the worker) is kept nowhere
     for i in range(200):
         p.receive_data(f"/part #nowhere{i}\n".encode(), 0.0)
-    assert p._leaving == () and p.current == "lobby"
+    assert p._moves == () and p.current == "lobby"
+
+
+_PLAIN_ROOMS = ["lobby", "dev", "ops"]
+_plain_move = st.tuples(
+    st.sampled_from(["join", "part", "switch", "talk"]), st.sampled_from(_PLAIN_ROOMS), st.integers(0, 3)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@example([("join", "dev", 0), ("part", "dev", 0), ("join", "dev", 0)], set())  # the last note's case
+@example([("join", "ops", 0), ("join", "dev", 0), ("switch", "ops", 0)], {"ops"})
+@example([("join", "ops", 0), ("join", "lobby", 0), ("join", "dev", 0), ("part", "dev", 0)], {"dev"})
+@given(st.lists(_plain_move, max_size=14), st.sets(st.sampled_from(["dev", "ops"])))
+def test_plain_current_room_ends_where_answers_in_turn_would_leave_it(
+    moves: list[tuple[str, str, int]], refused: set[str]
+) -> None:
+    """Plain lines pasted ahead of the hub's answers, which come in order after any number of lines (the hub's
+    own rules: a join of a room held, or a part of one not held, gets no member record; a join of a room in
+    ``refused`` gets member false). The current room once all are answered, and every line's room while none
+    is refused, are those of a client whose every command was answered before it typed the next: the last
+    note's `/join dev`, `/part dev`, `/join dev` pasted ended in #lobby."""
+    c = plain_in_lobby()
+    hub_rooms = ["lobby"]
+    sent: list[m.Request] = []
+    rooms: list[str] = ["lobby"]  # the model: each command answered before the next is read
+    current: str | None = "lobby"
+
+    def answer(k: int) -> None:
+        while k > 0 and sent:
+            k -= 1
+            req = sent.pop(0)
+            if isinstance(req, m.Join) and req.room not in hub_rooms:
+                if req.room in refused:
+                    c.parted(req.room)
+                else:
+                    hub_rooms.append(req.room)
+                    c.joined(req.room)
+            elif isinstance(req, m.Part) and req.room in hub_rooms:
+                hub_rooms.remove(req.room)
+                c.parted(req.room)
+
+    for what, room, k in moves:
+        text = {"join": f"/join {room}", "part": f"/part {room}", "switch": f"/switch {room}", "talk": "hi"}[what]
+        out = c.receive_data(text.encode() + b"\n", 0.0)
+        sent += [a.request for a in out if isinstance(a, Forward) and isinstance(a.request, m.Join | m.Part)]
+        posted = [a.request.room for a in out if isinstance(a, Forward) and isinstance(a.request, m.Msg)]
+        if what == "join" and (room in rooms or room not in refused):
+            rooms, current = [*rooms, room] if room not in rooms else rooms, room
+        elif what == "part" and room in rooms:
+            rooms = [r for r in rooms if r != room]
+            current = (rooms[-1] if rooms else None) if current == room else current
+        elif what == "switch" and room in rooms:
+            current = room
+        elif what == "talk" and not refused:
+            assert posted == ([current] if current else [])
+        answer(k)
+    answer(len(sent))
+    assert c.rooms == rooms and c.current == current
+
+
+def test_plain_moves_read_ahead_are_bounded() -> None:
+    """A paste of more /join lines than MAX_MOVES keeps the last ones: the oldest are taken as granted."""
+    c = plain_in_lobby()
+    rooms = [f"r{i % 40}" for i in range(MAX_MOVES + 30)]
+    c.receive_data(b"".join(f"/join {r}\n".encode() for r in rooms), 0.0)
+    assert len(c._moves) == MAX_MOVES and c.current == rooms[-1]
+    for r in dict.fromkeys(rooms):  # the hub's answers: the rooms joined, each once
+        c.joined(r)
+    assert c._moves == () and c.current == rooms[-1] and c.rooms == ["lobby", *dict.fromkeys(rooms)]
 
 
 def test_plain_part_names_a_room_whose_join_the_hub_has_not_answered() -> None:
