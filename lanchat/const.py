@@ -1,6 +1,7 @@
 """Every port, interval and cap lanchat uses, with its unit and the reason for its value.
 
-Options in config.py default to these; nothing else in the code base hard-codes a limit.
+Options in config.py default to these. What only one module uses is named there (the supervisor's timings
+in server/main.py, the beacon's wire sizes in protocol/beacon.py).
 """
 
 from typing import Final

@@ -34,10 +34,6 @@ class StorageError(LanchatError):
     """The history database cannot be used (corrupt, foreign, wrong schema version)."""
 
 
-class ConfigError(LanchatError):
-    """An option has a value lanchat cannot run with."""
-
-
 class ConnectError(LanchatError):
     """The client could not reach or register with a server; ``exit_code`` is the CLI's exit status."""
 

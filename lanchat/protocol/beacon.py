@@ -50,9 +50,8 @@ _U16: Final = 0xFFFF
 _U32: Final = 0xFFFF_FFFF
 
 _HEADER: Final = struct.Struct("!4sBB")
-_INFO: Final = struct.Struct("!16s4sHHIIIHd")
-_NONCE: Final = struct.Struct(f"!{NONCE_SIZE}s")
-_GOODBYE: Final = struct.Struct("!16s4sH")
+_INFO: Final = struct.Struct(f"!{SERVER_ID_BYTES}s4sHHIIIHd")
+_GOODBYE: Final = struct.Struct(f"!{SERVER_ID_BYTES}s4sH")
 
 HEADER_SIZE: Final = _HEADER.size
 PROBE_MIN_SIZE: Final = _HEADER.size + NONCE_SIZE  # an unpadded probe: earns no reply (every reply is larger)

@@ -346,7 +346,7 @@ class ClientState:
             self._resumed_at = seq if frame.get("resumed") and type(seq) is int else -1  # (as the terminal)
             if frame.get("resumed"):
                 self.rooms = [str(r) for r in rooms] if isinstance(rooms, list) else []
-                if isinstance(seq, int) and self.last_seq is not None and seq < self.last_seq:
+                if type(seq) is int and self.last_seq is not None and seq < self.last_seq:
                     self.last_seq = seq  # its numbers went back (its data directory restored from a copy):
                     # the events it numbers next are new, not duplicates of those we saw with the same numbers
             else:  # a new session starts at the welcome's seq, wherever an old one ended (even above it: a
@@ -354,13 +354,13 @@ class ClientState:
                 # what we missed since our last_seq). The rooms it names are the session's: their joins come
                 # after that replay, and a drop before them must not have our next hello ask for others.
                 self.rooms = [str(r) for r in rooms if isinstance(r, str)] if isinstance(rooms, list) else []
-                self.last_seq = seq if isinstance(seq, int) else None
+                self.last_seq = seq if type(seq) is int else None
             return True
-        if type(frame.get("id")) is int and not (kind in m.EVENT_TYPES and isinstance(seq, int)):  # a reply (a
+        if type(frame.get("id")) is int and not (kind in m.EVENT_TYPES and type(seq) is int):  # a reply (a
             self._questions.pop(frame["id"], None)  # topic's has no seq: the event's has) answers a question
             if kind in ("room", "error"):  # a join answered: its history came before it, if any was due
                 self._joins_unanswered.pop(frame["id"], None)
-        if isinstance(seq, int) and kind in m.EVENT_TYPES:
+        if type(seq) is int and kind in m.EVENT_TYPES:
             if self.last_seq is not None and seq <= self.last_seq:
                 return False
             self.last_seq = seq
@@ -370,10 +370,10 @@ class ClientState:
         me = m.nick_key(self.info.nick)
         if kind == "ack":  # a post (or a change) handled: not to be sent again
             rid = frame.get("id")
-            if isinstance(rid, int):
+            if type(rid) is int:
                 self.outbox.pop(rid, None)
                 self._settle(rid)
-        elif kind in ("join", "part") and isinstance(seq, int) and seq <= self._resumed_at:
+        elif kind in ("join", "part") and type(seq) is int and seq <= self._resumed_at:
             room = str(frame.get("room"))  # replayed: the welcome's rooms have it; a join of ours whose answers
             joiner = m.nick_key(str(frame.get("nick", "")))  # (ours now, or as at the drop: a /nick lost too)
             if kind == "join" and room in self._history_due and joiner in (me, m.nick_key(self._nick_at_drop)):
@@ -395,7 +395,7 @@ class ClientState:
             self.info.nick = str(frame.get("new"))
         elif kind == "server":
             self.info.server_name = str(frame.get("name", ""))
-        elif kind == "error" and isinstance(frame.get("id"), int) and frame.get("code") != m.Err.NOT_REGISTERED:
+        elif kind == "error" and type(frame.get("id")) is int and frame.get("code") != m.Err.NOT_REGISTERED:
             rid = frame["id"]
             done = rid in self._redone and frame.get("code") == m.Err.NOT_IN_ROOM  # a redone /part the server
             self.outbox.pop(rid, None)  # did before its answer was lost: the room is left, as asked

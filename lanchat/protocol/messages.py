@@ -39,7 +39,6 @@ class Err:
     TOO_MANY_ROOMS: Final = "too_many_rooms"
     HANDSHAKE_TIMEOUT: Final = "handshake_timeout"
     IDLE_TIMEOUT: Final = "idle_timeout"
-    TOO_SLOW: Final = "too_slow"
     SERVER_FULL: Final = "server_full"
     TOO_MANY_FROM_IP: Final = "too_many_connections"
     SHUTTING_DOWN: Final = "shutting_down"

@@ -140,9 +140,11 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
         return m.Join(m.check_room(rest))
     if cmd in ("/part", "/leave"):
         target, _, reason = rest.partition(" ")
-        if target.startswith("#") or target in joined or (target and not reason and _looks_like_room(target)):
-            return m.Part(m.check_room(target), m.check_text(reason.strip(), limit=200, what="reason", empty=True))
-        return m.Part(_need_room(room), m.check_text(rest, limit=200, what="reason", empty=True))
+        if target.startswith("#") or target.lower() in joined or (target and not reason and _looks_like_room(target)):
+            return m.Part(
+                m.check_room(target), m.check_text(reason.strip(), limit=const.REASON_MAX, what="reason", empty=True)
+            )
+        return m.Part(_need_room(room), m.check_text(rest, limit=const.REASON_MAX, what="reason", empty=True))
     if cmd == "/nick":
         if not rest:
             raise RemoteProtocolError(m.Err.BAD_FIELD, "usage: /nick NAME")
@@ -151,9 +153,12 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
         target, _, text = rest.partition(" ")  # typo of one is refused, not made the current room's topic)
         if target.startswith("#") and _looks_like_room(target[1:].lower()):
             return m.Topic(
-                m.check_room(target), m.check_text(text.strip(), limit=300, what="topic", empty=True) or None
+                m.check_room(target),
+                m.check_text(text.strip(), limit=const.TOPIC_MAX, what="topic", empty=True) or None,
             )
-        return m.Topic(_need_room(room), m.check_text(rest, limit=300, what="topic", empty=True) if rest else None)
+        return m.Topic(
+            _need_room(room), m.check_text(rest, limit=const.TOPIC_MAX, what="topic", empty=True) if rest else None
+        )
     if cmd in ("/who", "/names"):
         return m.Who(m.check_room(rest) if rest else _need_room(room))
     if cmd in ("/rooms", "/list"):
@@ -163,7 +168,7 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
     if cmd in ("/status", "/stats"):
         return m.Stats()
     if cmd in ("/quit", "/exit", "/bye"):
-        return m.Quit(m.check_text(rest, limit=200, what="reason", empty=True))
+        return m.Quit(m.check_text(rest, limit=const.REASON_MAX, what="reason", empty=True))
     if cmd in ("/help", "/?"):
         return LocalCommand("help")
     if cmd == "/switch":
@@ -171,8 +176,11 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
     raise RemoteProtocolError(m.Err.UNKNOWN_TYPE, f"unknown command {cmd[:30]}; /help lists them")
 
 
+_ROOM_WORD: Final = re.compile(rf"[a-z0-9][a-z0-9_.\-]{{0,{const.ROOM_MAX - 1}}}")  # a room name as check_room takes it
+
+
 def _looks_like_room(word: str) -> bool:
-    return bool(re.fullmatch(r"[a-z0-9][a-z0-9_.\-]{0,31}", word))
+    return bool(_ROOM_WORD.fullmatch(word))
 
 
 def _need_room(room: str | None) -> str:

@@ -360,8 +360,9 @@ class Hub:
     # --- inputs from the I/O edge --------------------------------------------------------------------------
 
     def request(self, worker: int, conn: int, obj: object, now: float, *, peer: str = "") -> None:
-        """One validated request a worker forwarded (validated again: the hub trusts no one's bytes). ``peer``:
-        the connection's address as --max-per-ip counts it ('' if not counted), for the rooms it makes."""
+        """One validated request a worker forwarded, validated again (requests are rare; posts, the hot path, are
+        taken as their worker checked them: ``post``). ``peer``: the connection's address as --max-per-ip counts
+        it ('' if not counted), for the rooms it makes."""
         try:
             req = m.parse_obj(obj, allow_plain=True)
         except RemoteProtocolError as exc:
@@ -380,8 +381,8 @@ class Hub:
             elif isinstance(req, m.Rooms):  # also before a hello: an nc user may look around first
                 self._out.setdefault(worker, []).append(control.conns_frame([conn], self._rooms_line(req.id)))
             elif session is None:
-                if isinstance(req, m.Join):  # a plain connection's worker made its room current as it read it
-                    self._json(worker, ["member", conn, req.room, False])
+                if isinstance(req, m.Join | m.Part):  # a plain connection's worker made its room current as it
+                    self._json(worker, ["member", conn, req.room, False])  # read it, and waits for the answer
                 if not isinstance(req, m.Quit):
                     raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=req.id)
                 self._closes.append((worker, conn, req.reason or "quit"))  # its worker waits for the word
@@ -733,10 +734,10 @@ class Hub:
         if s.refused is not None:
             self.store.put_refused("s:" + s.sid, ())
         rooms = [self.rooms[r] for r in s.rooms if r in self.rooms]
+        told = [r for r in rooms if not r.large]  # as a part asks: large with the leaver in it (_part)
         for room in rooms:
             room.remove(s.sid)
         self._listing = None
-        told = [r for r in rooms if not r.large]
         if told:
             said = "" if reason == "quit" else reason  # a bare /quit: "bot quit", not "bot quit (quit)"
             _, line = self._event("quit", {"nick": s.nick, "reason": said}, tuple(r.name for r in told), now)

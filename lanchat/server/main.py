@@ -60,6 +60,7 @@ LOG_RESTART_HOLD = 0.1
 LOG_RESTART_BACKOFF_MAX = 60.0  # seconds: restarts kept from happening by a reader (a backup) back off to this
 BOOT_TIMEOUT_KILL = "boot timeout"  # why the supervisor killed a worker that never got ready (see _reap)
 WORKER_EXIT_WAIT = 0.05  # seconds a worker whose pipe closed has to exit by itself before it is killed
+WORKER_STABLE = 10.0  # seconds a worker has served after which its next crash is replaced at once again
 # Seconds: a second SIGINT sooner than this after the stop began is the same Ctrl-C delivered twice (the
 # terminal signals its whole foreground group, and a wrapper such as timeout(1) passes it on), not a person
 # asking for an exit now; sooner than anyone presses a key twice.
@@ -557,7 +558,7 @@ class Server:
                 elif slot.alive and now - slot.started > const.WORKER_BOOT_TIMEOUT:
                     log.error("worker %d: not ready after %.0f s; killing it", slot.index, const.WORKER_BOOT_TIMEOUT)
                     self._kill(slot, BOOT_TIMEOUT_KILL)
-                if slot.crashes and slot.alive and slot.ready and now - slot.started > 10.0:
+                if slot.crashes and slot.alive and slot.ready and now - slot.started > WORKER_STABLE:
                     slot.crashes = 0  # stable again: the next crash restarts at once
             self.hub.tick(self._now())
             self._schedule_flush()

@@ -189,6 +189,17 @@ def test_ack_removes_from_the_outbox() -> None:
     assert c.unacked == 0
 
 
+def test_an_ack_or_error_whose_id_is_true_settles_no_post() -> None:
+    """A review: JSON's true is Python's 1 to isinstance, so a broken server's ack with "id": true took post 1
+    out of the outbox (never sent again); the rest of the module already took ids as ints only."""
+    c = welcomed()
+    rid, _ = c.post(m.Msg("lobby", "one"))
+    assert rid == 1
+    c.receive_data(enc(type="ack", id=True))
+    c.receive_data(enc(type="error", code="bad_text", message="no", id=True))
+    assert list(c.outbox) == [1]
+
+
 def test_acks_carry_seq_but_are_not_events() -> None:
     c = welcomed(seq=10)  # last_seq 11 after the join
     rid, _ = c.post(m.Msg("lobby", "x"))

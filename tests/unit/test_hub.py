@@ -1382,6 +1382,9 @@ def test_a_plain_sessions_refused_join_is_told_to_its_worker_as_a_part(net: Work
     hub.request(1, 12, {"type": "join", "room": "ops"}, 0.0)  # no session yet (a /nick refused as taken)
     assert net.take_records(1) == [["member", 12, "ops", False]]
     assert net.take(1, 12)[0]["code"] == m.Err.NOT_REGISTERED
+    hub.request(1, 12, {"type": "part", "room": "lobby"}, 0.0)  # a /part then: its worker waits for an answer too
+    assert net.take_records(1) == [["member", 12, "lobby", False]]  # (a review: #lobby was then kept for ever as
+    assert net.take(1, 12)[0]["code"] == m.Err.NOT_REGISTERED  # being left, and lines refused for no room)
 
 
 def test_nick_change_in_no_room_tells_only_oneself(net: Workers) -> None:
@@ -3306,6 +3309,14 @@ def test_large_rooms_do_not_announce_presence(
     assert [f["nick"] for f in own] == ["fourth"]  # the joiner still gets its own join, with a seq
     net.hub.request(1, 10, {"type": "msg", "room": "lobby", "text": "to all", "id": 1}, 5.0)
     assert [f["text"] for f in net.take(2, 20) if f.get("type") == "msg"] == ["to all"]  # messages still flow
+    # Leaving a room of LARGE_ROOM + 1 is told to nobody, by a part as by a quit (a review: the quit asked
+    # after the leaver was gone, and the room was no longer large then)
+    for kind, conn, newcomer in (("part", 11, 21), ("quit", 12, 22)):
+        net.clear()
+        net.hub.request(1, conn, {"type": kind, "room": "lobby"}, 6.0)
+        net.hub.commit(6.0)
+        assert [f for f in net.take(1, 10) if f.get("type") in ("part", "quit")] == []
+        welcome_of(net, 2, newcomer, f"new{newcomer}")  # LARGE_ROOM + 1 again
 
 
 def test_room_info_lists_the_first_nicks_as_they_are_now(

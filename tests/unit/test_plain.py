@@ -149,6 +149,11 @@ def test_part_takes_a_reason_unless_the_first_word_names_a_room() -> None:
     assert parse_command("/part dev bye all", "lobby", joined) == m.Part("dev", "bye all")
     assert parse_command("/part #ops bye", "lobby", joined) == m.Part("ops", "bye")
     assert parse_command("/part ops", "lobby", joined) == m.Part("ops", "")  # the server says if we are not in it
+    # A room we are in, as typed: room names are case-blind (`/join Dev` joins #dev); a review found `/part Dev`
+    # leaving #lobby with the reason "Dev". A capitalised word that is no room of ours stays a reason.
+    assert parse_command("/part Dev", "lobby", joined) == m.Part("dev", "")
+    assert parse_command("/part DEV later", "lobby", joined) == m.Part("dev", "later")
+    assert parse_command("/part Bye", "lobby", joined) == m.Part("lobby", "Bye")
 
 
 def test_topic_names_a_room_as_irc_does_when_it_can_only_be_one() -> None:

@@ -846,6 +846,25 @@ def test_plain_current_room_ends_where_answers_in_turn_would_leave_it(
     assert c.rooms == rooms and c.current == current
 
 
+def test_plain_part_before_a_session_is_answered_and_forgotten() -> None:
+    """A review: `/nick ann` refused as taken, `/part`, `/nick ann2`, then `/join dev` and `/part dev` answered:
+    the first /part (refused, not_registered) waited for an answer for ever, and every later line was refused
+    as sent in no room. The hub now answers it as it answers a /join then: member false."""
+    c = conn()
+    assert c.receive_data(b"/nick ann\n/part\n", 0.0) == [
+        Forward(m.Hello("ann", plain=True)), Forward(m.Part("lobby", "")),
+    ]  # fmt: skip
+    c.parted("lobby")  # not_registered, and the hub's member false
+    c.receive_data(b"/nick ann2\n", 0.0)
+    c.bound("ann2")
+    c.joined("lobby")
+    c.receive_data(b"/join dev\n", 0.0)
+    c.joined("dev")
+    c.receive_data(b"/part dev\n", 0.0)
+    c.parted("dev")
+    assert c._moves == () and c.receive_data(b"hello\n", 0.0) == [Forward(m.Msg("lobby", "hello"))]
+
+
 def test_plain_moves_read_ahead_are_bounded() -> None:
     """A paste of more /join lines than MAX_MOVES keeps the last ones: the oldest are taken as granted."""
     c = plain_in_lobby()
