@@ -64,6 +64,8 @@ from lanchat.protocol.beacon import (
     MAX_DATAGRAM,
     MAX_INTERVAL_MS,
     MAX_LOAD,
+    U16,
+    U32,
     Beacon,
     Goodbye,
     Probe,
@@ -76,9 +78,6 @@ from lanchat.protocol.beacon import (
 )
 
 log = logging.getLogger("lanchat.discovery")
-
-_U16 = 0xFFFF
-_U32 = 0xFFFF_FFFF
 
 # IP_PKTINFO (Linux: 8) lets one sendmsg choose a datagram's source address. Python exposes the constant
 # only from 3.12; its value is part of Linux's ABI. None where we do not know it (the fallback is logged).
@@ -513,9 +512,9 @@ class Announcer:
         try:
             info = self._info()
             self._last_info = ServerInfo(
-                users=_clamp_int(info.users, _U32),
-                rooms=_clamp_int(info.rooms, _U32),
-                workers=_clamp_int(info.workers, _U16),
+                users=_clamp_int(info.users, U32),
+                rooms=_clamp_int(info.rooms, U32),
+                workers=_clamp_int(info.workers, U16),
                 load=_clamp_load(info.load),
             )
             self._info_failed = False

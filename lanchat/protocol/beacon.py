@@ -46,8 +46,8 @@ SERVER_ID_BYTES: Final = 16  # bytes on the wire; a 32-character lowercase hex s
 MAX_INTERVAL_MS: Final = 86_400_000  # one day: a larger beacon interval is nonsense, not a configuration
 MAX_LOAD: Final = 1e9  # a load figure beyond this is garbage (the field is a float)
 
-_U16: Final = 0xFFFF
-_U32: Final = 0xFFFF_FFFF
+U16: Final = 0xFFFF  # the largest value of a field of 2 and of 4 bytes
+U32: Final = 0xFFFF_FFFF
 
 _HEADER: Final = struct.Struct("!4sBB")
 _INFO: Final = struct.Struct(f"!{SERVER_ID_BYTES}s4sHHIIIHd")
@@ -146,12 +146,12 @@ class _Info:
     def __post_init__(self) -> None:
         _check_server_id(self.server_id)
         _check_address(self.address)
-        _check_uint("port", self.port, _U16)
-        _check_uint("proto", self.proto, _U16)
+        _check_uint("port", self.port, U16)
+        _check_uint("proto", self.proto, U16)
         _check_uint("interval_ms", self.interval_ms, MAX_INTERVAL_MS)
-        _check_uint("users", self.users, _U32)
-        _check_uint("rooms", self.rooms, _U32)
-        _check_uint("workers", self.workers, _U16)
+        _check_uint("users", self.users, U32)
+        _check_uint("rooms", self.rooms, U32)
+        _check_uint("workers", self.workers, U16)
         if (
             isinstance(self.load, bool)
             or not isinstance(self.load, int | float)
@@ -211,7 +211,7 @@ class Goodbye:
     def __post_init__(self) -> None:
         _check_server_id(self.server_id)
         _check_address(self.address)
-        _check_uint("port", self.port, _U16)
+        _check_uint("port", self.port, U16)
 
 
 Message = Beacon | Probe | Reply | Goodbye

@@ -16,7 +16,7 @@ from typing import Any, Final
 from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
-from lanchat.protocol.framing import FRAME_TOO_LONG, Frame, LineFramer
+from lanchat.protocol.framing import Frame, LineFramer
 from lanchat.protocol.plain import NicksHad, clean
 
 CLIENT_MAX_FRAME: Final = 32 * 1024 * 1024  # bytes: a history page of 500 large events fits
@@ -39,10 +39,10 @@ class NotLanchat(Exception):
 
 def server_frame(line: Frame) -> dict[str, Any] | None:
     """The frame a lanchat server's line holds (a JSON object with a string ``type``), else None."""
-    if line is FRAME_TOO_LONG:
+    if not isinstance(line, bytes):  # FRAME_TOO_LONG
         return None
     try:
-        frame = json.loads(line)  # type: ignore[arg-type]
+        frame = json.loads(line)
     except (ValueError, RecursionError):  # RecursionError: a deeply nested [[[...
         return None
     return frame if isinstance(frame, dict) and isinstance(frame.get("type"), str) else None

@@ -13,7 +13,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field, fields
 from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) escapes strings with
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, NoReturn
 
 from lanchat import const
 from lanchat.errors import RemoteProtocolError
@@ -432,7 +432,7 @@ def parse_post(line: bytes) -> Post | None:
     return Post(kind.decode(), room.decode(), text, int(rid))
 
 
-def _not_json(name: str) -> Any:
+def _not_json(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 

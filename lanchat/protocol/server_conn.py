@@ -183,7 +183,7 @@ class ServerConnection:
                 if self.mode is Mode.PLAIN:  # (a first line decides the mode: plain text posts nothing before /nick)
                     self._framer.feed(b"\n")
                     why = "the last line had no newline at the end of the input: not sent"
-                    out.append(Reply(self._error(m.Err.INCOMPLETE_LINE, why)))
+                    out.append(Reply(self.error_bytes(m.Err.INCOMPLETE_LINE, why)))
                 else:
                     for frame in self._framer.feed(b"\n"):
                         self._frame(frame, out)
@@ -244,7 +244,9 @@ class ServerConnection:
     def _frame(self, frame: Frame, out: list[Action]) -> None:
         self.frames_in += 1
         if frame is FRAME_TOO_LONG:
-            out.append(Reply(self._error(m.Err.FRAME_TOO_LONG, f"line longer than {self._framer.max_frame} bytes")))
+            out.append(
+                Reply(self.error_bytes(m.Err.FRAME_TOO_LONG, f"line longer than {self._framer.max_frame} bytes"))
+            )
         elif isinstance(frame, bytes) and frame.strip():
             self._line(frame, out)
 
@@ -427,11 +429,6 @@ class ServerConnection:
         return rooms
 
     # --- output --------------------------------------------------------------------------------------------
-
-    def _error(self, code: str, message: str) -> bytes:
-        if self.mode is Mode.PLAIN:
-            return f"! {message} [{code}]\n".encode()
-        return m.encode(m.error_frame(code, message))
 
     def _error_exc(self, exc: RemoteProtocolError) -> bytes:
         if self.mode is Mode.PLAIN:  # messages may quote what was typed: never echo control bytes

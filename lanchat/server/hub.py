@@ -5,8 +5,9 @@ history page, a room's topic or a resume from disk; its tests use a real file.
 Owns the nick directory (unique, case-insensitive), rooms and their members, the one global event
 sequence, sessions (resume tokens, detached sessions in their grace period, dedup of client message ids)
 and routing: each event is encoded once and queued, per worker, as a room fan-out or a list of
-connections. The I/O edge feeds requests in (``request``, ``closed``, ``worker_lost``, ``tick``,
-``commit``) and drains one batch of bytes per worker per loop tick (``drain``).
+connections. The I/O edge feeds requests in (``post`` for chat lines, the hot path; ``request``, ``eof``,
+``closed``, ``worker_lost``, ``tick``, ``commit``) and drains one batch of bytes per worker per loop tick
+(``drain``).
 """
 
 from __future__ import annotations
@@ -483,7 +484,7 @@ class Hub:
         return RemoteProtocolError(m.Err.NICK_TAKEN, f"nick {nick} is taken{held}", request_id=rid)
 
     def tick(self, now: float) -> None:
-        """Expire sessions whose grace period ran out."""
+        """Expire sessions whose grace period ran out, and forget expired tokens past their time."""
         limit = now - self.resume_grace
         for s in [s for s in self.sessions.values() if s.detached_at is not None and s.detached_at <= limit]:
             self._end_session(s, "connection lost", now, resumable=True)

@@ -747,7 +747,10 @@ class Worker:
             asyncio.get_running_loop().call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     def shutdown(self, reason: str) -> None:
-        """Tell every client why, flush, close; exit when the sockets are gone."""
+        """Tell every client why, flush, close; exit when the sockets are gone. Once: a SIGTERM to the whole
+        group (systemd's KillMode=control-group) comes with the main process's own shutdown record."""
+        if self.shutting_down:
+            return
         self.shutting_down = True
         bye = m.encode({"type": "bye", "reason": reason, "reconnect": True})
         for conn in list(self.conns.values()):
