@@ -871,50 +871,9 @@ class Hub:
         holder = self._holder(req.nick)
         if holder is not None:
             raise self._nick_taken(holder, req.nick, req.id, now)
-        last_id = -1
-        refused: tuple[int, ...] = ()
-        sid = ""
-        aliases = [key]
-        if (gone := self._pop_expired(key)) is not None:
-            last_id, _, refused, sid, _ = gone
-            self._drop_expired(key, refused, sid)
-        # The expired session's id (and so its own conversation: the private messages sent to it meanwhile,
-        # which the catch-up below replays), unless a live session has it (a file restored from a copy, say).
-        if not sid or sid in self.sessions:
-            sid = secrets.token_hex(8)
-        else:  # the expired session's: the other tokens naming it are older ones its client moved on from (their
-            # hellos are stale by their attempts), or newer ones it never learned (a lost welcome's). Forgotten:
-            # one alias at most. Without attempts, a held-back hello could not be told: they all stay aliases.
-            for other in self._naming.get(sid, ()):
-                if (more := self._pop_expired(other)) is not None:
-                    self._drop_expired(other, more[2], sid)
-                    if req.attempt is None:
-                        aliases.append(other)
-        s = Session(sid, secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
-        s.start = self.seq  # (until the joins below: the catch-up replay leaves out the old session's changes)
-        s.nick_since = self.seq + 1  # (a catch-up replays others' use of the nick before it, if any)
-        if req.attempt is not None:
-            s.attempt = req.attempt
-        if gone is not None:  # if this welcome is lost, the client comes back with the old token: unknown, it
-            # would get yet another session (as nick_: one it never learned of holds its nick), with no last_id,
-            # and post its lines again. Only a token the server gave: a made-up one, shared by two scripts,
-            # would let the second take the first's session.
-            s.aliases = tuple(aliases)
-        if refused:  # refused before the expiry: a resend of one is refused again in the new session too
-            s.refused = set(refused)
-            self.store.put_refused("s:" + s.sid, refused)
-        self._add_session(s)
+        s, gone = self._new_session(req, key, peer)
         self._attach(s, worker, conn)
-        # The welcome names the rooms the session will be in: one the server has no room for is refused
-        # after it (a welcome naming #lobby, then a refusal of it, left the client believing it was in it).
-        joining: list[str] = []
-        new: set[str] = set()
-        for name in req.rooms:
-            if name not in self.rooms and name not in new:
-                if not self._can_make(len(new) + 1, peer):
-                    continue
-                new.add(name)
-            joining.append(name)
+        joining = self._rooms_it_may_join(req.rooms, peer)
         # A client back after its session expired (it says what it saw last) gets what it missed in its rooms
         # as a resume would have replayed it, before the joins (numbered after it), the welcome's seq its
         # last_seq: a drop on the way is a resume from the last event it read, as any. (Tails would repeat
@@ -933,22 +892,79 @@ class Hub:
             answer = min(self._answer_size(joining, s), self.replay_max // 2)  # (half at least for the replay)
             convs = [*joining, "@" + s.sid]  # its rooms', and the private messages sent to it meanwhile
             self._replay(s, after, {}, now, convs=convs, budget=self.replay_max - answer)
+        self._join_hellos_rooms(s, req.rooms, joining, now, peer, tail=after is None)
+        s.start = self.seq  # where this answer ends: a resume from below it may have missed its room replies
+        self.store.put_session(s.row())
+        log.info("session %s (%s) started on worker %d", s.sid[:8], s.nick, worker)
+
+    def _new_session(self, req: m.Hello, key: str, peer: str) -> tuple[Session, _Expired | None]:
+        """A hello's new session, added; if its token (``key``) was an expired session's, it takes that one's id,
+        last client id and refused ids (returned: the expired entry)."""
+        last_id = -1
+        refused: tuple[int, ...] = ()
+        sid = ""
+        aliases = [key]
+        if (gone := self._pop_expired(key)) is not None:
+            last_id, _, refused, sid, _ = gone
+            self._drop_expired(key, refused, sid)
+        # The expired session's id (and so its own conversation: the private messages sent to it meanwhile,
+        # which the hello's catch-up replays), unless a live session has it (a file restored from a copy, say).
+        if not sid or sid in self.sessions:
+            sid = secrets.token_hex(8)
+        else:  # the expired session's: the other tokens naming it are older ones its client moved on from (their
+            # hellos are stale by their attempts), or newer ones it never learned (a lost welcome's). Forgotten:
+            # one alias at most. Without attempts, a held-back hello could not be told: they all stay aliases.
+            for other in self._naming.get(sid, ()):
+                if (more := self._pop_expired(other)) is not None:
+                    self._drop_expired(other, more[2], sid)
+                    if req.attempt is None:
+                        aliases.append(other)
+        s = Session(sid, secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)
+        s.start = self.seq  # (until the hello's joins: its catch-up replay leaves out the old session's changes)
+        s.nick_since = self.seq + 1  # (a catch-up replays others' use of the nick before it, if any)
+        if req.attempt is not None:
+            s.attempt = req.attempt
+        if gone is not None:  # if this welcome is lost, the client comes back with the old token: unknown, it
+            # would get yet another session (as nick_: one it never learned of holds its nick), with no last_id,
+            # and post its lines again. Only a token the server gave: a made-up one, shared by two scripts,
+            # would let the second take the first's session.
+            s.aliases = tuple(aliases)
+        if refused:  # refused before the expiry: a resend of one is refused again in the new session too
+            s.refused = set(refused)
+            self.store.put_refused("s:" + s.sid, refused)
+        self._add_session(s)
+        return s, gone
+
+    def _rooms_it_may_join(self, rooms: Sequence[str], peer: str) -> list[str]:
+        """The rooms of a hello that the welcome names: one the server has no room for is refused after it (a
+        welcome naming #lobby, then a refusal of it, left the client believing it was in it)."""
+        joining: list[str] = []
+        new: set[str] = set()
+        for name in rooms:
+            if name not in self.rooms and name not in new:
+                if not self._can_make(len(new) + 1, peer):
+                    continue
+                new.add(name)
+            joining.append(name)
+        return joining
+
+    def _join_hellos_rooms(
+        self, s: Session, asked: Sequence[str], joining: list[str], now: float, peer: str, *, tail: bool
+    ) -> None:
+        """The joins of a hello's rooms (``asked``; those not ``joining`` refused), each with the room's history
+        (``tail``) unless a catch-up replay came before them."""
         backlog = _Backlog(self.replay_max)
-        tail = after is None
         if tail and self.history_on_join and any(r not in self.rooms or not self.rooms[r].tail_loaded for r in joining):
             self.commit_store(now)  # once, before the first join: a later room's tail read must not commit
             # an earlier room's join without the session's record (a crash would leave a join nobody made,
             # or, after an expiry, a record saying its joins are to come with one of them made)
-        for name in req.rooms:
+        for name in asked:
             try:
                 if name not in joining:
                     raise self._cannot_make(peer)
                 self._join(s, name, now, backlog=backlog, tail=tail, commit=False)
             except RemoteProtocolError as exc:  # one room refused (server full of rooms): the rest go on
                 self._send(s, m.error_frame(exc.code, exc.message))
-        s.start = self.seq  # where this answer ends: a resume from below it may have missed its room replies
-        self.store.put_session(s.row())
-        log.info("session %s (%s) started on worker %d", s.sid[:8], s.nick, worker)
 
     def _answer_size(self, rooms: list[str], s: Session) -> int:
         """Bytes of the joins and room replies that a hello's answer sends for ``rooms`` (one's nicks and topic
