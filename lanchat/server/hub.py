@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain, islice, takewhile
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from lanchat import const
 from lanchat.errors import RemoteProtocolError
@@ -209,9 +209,16 @@ def _chunks(lines: list[bytes]) -> Iterator[bytes]:
         yield b"".join(lines[start:])
 
 
-# An expired session's token remembered (Hub._expired): its last_id, when (wall time), its refused ids, its sid,
-# and the newest of its client's connection attempts (Session.attempt).
-_Expired = tuple[int, float, tuple[int, ...], str, int]
+class _Expired(NamedTuple):
+    """An expired session's token remembered (Hub._expired)."""
+
+    last_id: int  # the highest client id it posted (-1: none, a reader's)
+    at: float  # when it expired (wall time: kept across restarts)
+    refused: tuple[int, ...]  # its refused client ids
+    sid: str
+    attempt: int  # the newest of its client's connection attempts (Session.attempt)
+
+
 # An event of the resume ring: (seq, convs, line). A plain tuple, not a class: the garbage collector stops
 # tracking a tuple of ints, strings and bytes (at its first collection of the middle generation), so the
 # ring's 50,000 events, replaced at the message rate, never reach the oldest generation. As objects they did,
@@ -336,13 +343,13 @@ class Hub:
         readers: dict[str, _Expired] = {}
         for k, i, t, sid, attempt in self.store.load_expired():
             if k not in self._expired and k not in self._expired_readers:
-                (posters if i >= 0 else readers)[k] = (i, t, refused.pop("t:" + k, ()), sid, attempt)
+                (posters if i >= 0 else readers)[k] = _Expired(i, t, refused.pop("t:" + k, ()), sid, attempt)
                 self._naming[sid] = (*self._naming.get(sid, ()), k)
         expired = [row for row in last_run if row.sid not in self.sessions]  # (this run's own are written first)
         for row in expired:
             ids = refused.pop("s:" + row.sid, ())
             if not row.plain:
-                entry = (row.last_id, self._start_wall, ids, row.sid, -1)
+                entry = _Expired(row.last_id, self._start_wall, ids, row.sid, -1)
                 for key in (_token_key(row.token), *row.aliases.split()):
                     self._remember_expired(key, entry, (posters, readers))
             self.store.drop_session(row.sid, keep_conv=not row.plain)
@@ -726,7 +733,7 @@ class Hub:
         # takes its id, and with it the private messages it missed (_hello).
         remembered = resumable and not s.plain
         if remembered:  # (and its alias: its client may still know only that one, its welcome lost)
-            entry = (s.last_id, now + self.wall_offset, tuple(s.refused or ()), s.sid, s.attempt)
+            entry = _Expired(s.last_id, now + self.wall_offset, tuple(s.refused or ()), s.sid, s.attempt)
             for key in (_token_key(s.token), *s.aliases):
                 self._remember_expired(key, entry)
             self._count_remembered(s.sid, s.peer)
@@ -793,7 +800,7 @@ class Hub:
         for expired in (self._expired, self._expired_readers):
             while expired:  # insertion order is age order: forget the oldest past the count or the age
                 oldest, entry = next(iter(expired.items()))
-                if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - entry[1] <= const.EXPIRED_TOKEN_TTL:
+                if len(expired) <= const.EXPIRED_TOKENS_MAX and wall - entry.at <= const.EXPIRED_TOKEN_TTL:
                     break
                 del expired[oldest]
                 self._forget(oldest, entry)
@@ -865,8 +872,8 @@ class Hub:
         # it already posted must be acked as duplicates, not posted again.
         key = _token_key(req.token) if req.token is not None else ""
         known = (self._expired.get(key) or self._expired_readers.get(key)) if key else None
-        if known is not None and req.attempt is not None and req.attempt <= known[4]:  # held back by the network:
-            self._refuse_stale(worker, conn, known[3], req.nick, req.attempt)  # its client moved on (it may have
+        if known is not None and req.attempt is not None and req.attempt <= known.attempt:  # held back by the network:
+            self._refuse_stale(worker, conn, known.sid, req.nick, req.attempt)  # its client moved on (it may have
             return  # made the session since, changed its nick, joined rooms: this one must not undo that)
         holder = self._holder(req.nick)
         if holder is not None:
@@ -916,7 +923,7 @@ class Hub:
             # one alias at most. Without attempts, a held-back hello could not be told: they all stay aliases.
             for other in self._naming.get(sid, ()):
                 if (more := self._pop_expired(other)) is not None:
-                    self._drop_expired(other, more[2], sid)
+                    self._drop_expired(other, more.refused, sid)
                     if req.attempt is None:
                         aliases.append(other)
         s = Session(sid, secrets.token_urlsafe(18), req.nick, req.plain, last_id=last_id, peer=peer)

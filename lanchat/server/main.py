@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import psutil
 
@@ -39,6 +39,9 @@ from lanchat.server.hub import Hub
 from lanchat.server.storms import Throttled
 from lanchat.server.worker import EXIT_BOOT_FAILED
 from lanchat.storage.history import HistoryStore
+
+if TYPE_CHECKING:  # (imported when discovery starts: a server without it never loads the module)
+    from lanchat.discovery.announcer import Announcer
 
 log = logging.getLogger("lanchat.server")
 
@@ -117,7 +120,7 @@ class WorkerSlot:
     figures: dict[str, int] = field(default_factory=dict)
     crashes: int = 0
     respawn_at: float | None = None
-    ps: Any = None  # psutil.Process, kept so cpu_percent() measures between calls
+    ps: psutil.Process | None = None  # kept so cpu_percent() measures between calls
     killed_for: str = ""  # why the supervisor itself killed it (so the log does not guess)
 
 
@@ -217,7 +220,7 @@ class Server:
         self._flush_scheduled = False
         self._retry_handle: asyncio.TimerHandle | None = None
         self._accept_paused = False
-        self.announcer: Any = None
+        self.announcer: Announcer | None = None
         self._goodbye: asyncio.Task[None] | None = None
         self._stopper: asyncio.Task[None] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
@@ -803,7 +806,7 @@ class Server:
                 procs.append(self._proc_figures(slot.ps, f"worker{slot.index}", len(slot.conns), slot.figures))
         return {"name": self.config.name, "port": self.port, "processes": procs}
 
-    def _proc_figures(self, ps: Any, role: str, conns: int, figures: dict[str, int]) -> dict[str, Any]:
+    def _proc_figures(self, ps: psutil.Process, role: str, conns: int, figures: dict[str, int]) -> dict[str, Any]:
         try:
             rss = ps.memory_info().rss
         except (psutil.Error, OSError):  # as in _sample_cpu: a figure lost, not the stats reply

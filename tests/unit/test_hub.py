@@ -25,7 +25,7 @@ from lanchat.protocol import control
 from lanchat.protocol import messages as m
 from lanchat.protocol.client_conn import ClientState
 from lanchat.protocol.plain import render
-from lanchat.server.hub import Hub, _token_key
+from lanchat.server.hub import Hub, _Expired, _token_key
 from lanchat.storage import history
 from lanchat.storage.history import HistoryStore
 
@@ -3993,7 +3993,7 @@ def test_a_remembered_token_takes_about_200_bytes(net: Workers, monkeypatch: pyt
     try:
         before = tracemalloc.get_traced_memory()[0]
         for key, sid in toks:
-            hub._remember_expired(key, (3, 1.0, (), sid, -1))
+            hub._remember_expired(key, _Expired(3, 1.0, (), sid, -1))
         per = (tracemalloc.get_traced_memory()[0] - before) / len(toks)
     finally:
         tracemalloc.stop()
