@@ -1450,7 +1450,10 @@ class Hub:
         self.lookalikes[m.nick_skeleton(s.nick)] = s
         for room in rooms:
             room.nick_changed()
-        seq, line = self._event("nick", {"old": old, "new": s.nick}, tuple(r.name for r in rooms), now)
+        # In no room, in its own conversation (as a join to a large room): else a drop took it for good, the
+        # welcome's nick_since naming an event no resume replayed (a fuzzing review).
+        convs = tuple(r.name for r in rooms) or ("@" + s.sid,)
+        seq, line = self._event("nick", {"old": old, "new": s.nick}, convs, now)
         if m.nick_key(old) != key:  # (a change of case only: the nick was held all along)
             s.nick_since = seq
         audience = self._members_of(rooms) if rooms else [s]

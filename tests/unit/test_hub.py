@@ -1660,6 +1660,26 @@ def test_resume_replays_exactly_the_missed_events(net: Workers) -> None:
     assert hub.users == 2  # an attached session never expires
 
 
+def test_resume_replays_a_rename_made_in_no_room(net: Workers) -> None:
+    """A rename in no room was sent live with a number and kept nowhere: a drop before the client read it left
+    the welcome's nick_since naming an event no resume replayed. It is kept in the session's own conversation."""
+    hub = net.hub
+    w = welcome_of(net, 1, 10, "al", rooms=[])
+    hub.request(1, 10, {"type": "nick", "nick": "alan"}, 1.0)
+    hub.closed(1, 10, False, "lost", 2.0)
+    net.clear()
+    hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": w["seq"]}, 3.0)
+    welcome, *replay = net.take(3, 30)
+    assert welcome["resumed"] is True and welcome["nick"] == "alan"
+    assert [(f["type"], f["seq"], f["new"]) for f in replay] == [("nick", welcome["nick_since"], "alan")]
+    # Back after an expiry, the new session is not told the old one's rename (it would take it for its own)
+    hub.closed(3, 30, False, "lost", 4.0)
+    hub.tick(4.0 + GRACE)
+    net.clear()
+    hub.request(4, 40, {"type": "hello", "nick": "al", "rooms": [], "token": w["token"], "last_seq": 0}, 5.0 + GRACE)
+    assert kinds(net.take(4, 40)) == ["welcome"]
+
+
 def _al_parts_dev(net: Workers) -> tuple[dict[str, Any], int]:
     """al sees up to last_seq, then its link dies unnoticed while bo posts in #dev and al's /part of #dev
     is handled. Returns (al's welcome, last_seq)."""
