@@ -111,7 +111,7 @@ async def _run_piped(
             return
         rid = frame.get("id")
         final = kind == "ack" or (kind == "error" and frame.get("code") != m.Err.NOT_REGISTERED)  # as ClientState
-        number = line_of.pop(rid, None) if final and isinstance(rid, int) else None
+        number = line_of.pop(rid, None) if final and type(rid) is int else None
         if kind == "welcome" and isinstance(upto := frame.get("last_id"), int):  # changes handled before a drop
             listed = frame.get("refused")
             undone: list[Any] = listed if isinstance(listed, list) else []  # (told next: not done)

@@ -107,39 +107,44 @@ class TokenBucket:
         return (1.0 - slack - self.tokens) / self.rate
 
 
-# Plain mode's /join, /part and /switch read ahead of the hub's answers: (what, room).
+# Plain mode's /nick (before the session), /join, /part and /switch read ahead of the hub's answers: (what, room).
+_HELLO: Final = "hello"
 _JOIN: Final = "join"
 _PART: Final = "part"
 _SWITCH: Final = "switch"
 _Move = tuple[str, str]
-# Moves tracked at most (about 60 bytes each); a paste of more takes the oldest as granted, and an answer that
-# then refuses one counts as the hub's own doing (the current room may not go back for it).
+# Moves tracked at most (about 60 bytes each); a paste of more takes the oldest as granted (its answer, when it
+# comes, is skipped: the current room may then not go back for a refusal of it).
 MAX_MOVES: Final = 2 * const.MAX_ROOMS_PER_SESSION
 
 
-def _step(rooms: list[str], current: str | None, move: _Move, granted: bool = True) -> str | None:
-    """``move`` applied to ``rooms`` (in place) as the hub would answer it: the current room after it."""
+def _apply(
+    rooms: list[str], current: str | None, registered: bool, move: _Move, member: bool | None = True
+) -> tuple[str | None, bool]:
+    """``move`` applied to ``rooms`` (in place) and the current room. ``member``: the hub's answer, whether the
+    session is in the room now (None: a hello that was a rename); moves not answered yet are taken as granted.
+    ``registered``: the session is made (a later hello is a rename: it joins nothing)."""
     what, room = move
-    if what == _JOIN:
-        if not granted:
-            return current
-        if room not in rooms:
-            rooms.append(room)
-        return room
-    if room not in rooms:  # a part of a room not joined is refused; /switch to one, too
-        return current
     if what == _SWITCH:
-        return room
-    rooms.remove(room)
-    return (rooms[-1] if rooms else None) if current == room else current
+        return (room if room in rooms else current), registered
+    if what == _PART:
+        if room in rooms:
+            rooms.remove(room)
+        return ((rooms[-1] if rooms else None) if current == room else current), registered
+    if not member or (what == _HELLO and registered):  # refused, or a rename
+        return current, registered
+    if room not in rooms:
+        rooms.append(room)
+    return room, registered or what == _HELLO
 
 
 class ServerConnection:
     """Per-connection protocol state on the server side (slotted: a worker holds thousands)."""
 
     __slots__ = (
-        "_base", "_bucket", "_framer", "_head", "_moves", "_pending", "_raw", "_raw_at", "closed", "conn_id", "current",
-        "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered", "rooms", "throttled_until",
+        "_base", "_bucket", "_framer", "_head", "_made", "_moves", "_pending", "_raw", "_raw_at", "_skip", "closed",
+        "conn_id", "current", "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered",
+        "rooms", "throttled_until",
     )  # fmt: skip
 
     def __init__(self, conn_id: int, *, max_frame: int, rate: float, burst: int, now: float) -> None:
@@ -153,6 +158,8 @@ class ServerConnection:
         self._base: str | None = None  # the current room as the hub's answers so far leave it
         self._moves: tuple[_Move, ...] = ()  # read since (a tuple: the empty one is shared; idle connections
         # are counted in bytes)
+        self._skip = 0  # answers to moves forgotten (MAX_MOVES)
+        self._made = False  # a plain hello's answer came with the session made (a later one is a rename)
         self.closed = False
         self.last_seen = now
         self._framer = LineFramer(max_frame)
@@ -338,14 +345,14 @@ class ServerConnection:
         # "/join ops" are for #ops (they went to the room before, the hub's answer not read yet).
         if isinstance(cmd, m.Join):
             self._move(_JOIN, cmd.room)
-        elif isinstance(cmd, m.Part) and cmd.room in self._view():  # (else refused, with no answer to wait for)
+        elif isinstance(cmd, m.Part):
             self._move(_PART, cmd.room)
         self._forward(cmd, out)
 
     def _plain_hello(self, nick: str, out: list[Action]) -> None:
         self.hello_sent = True
         # The hello joins the default room; lines typed before the welcome arrives go there.
-        self.joined(const.DEFAULT_ROOM)
+        self._move(_HELLO, const.DEFAULT_ROOM)
         self.forwarded = True
         out.append(Forward(m.Hello(nick, plain=True)))
 
@@ -366,67 +373,67 @@ class ServerConnection:
         self.nick = nick
 
     def joined(self, room: str) -> None:
-        self._answered(room, True)
+        """The hub's member record: the session is in ``room`` now."""
+        if room not in self.rooms:
+            self.rooms.append(room)
+        if self._base is None:
+            self._base = room
+        self._settle()
 
     def parted(self, room: str) -> None:
-        """Left ``room``, or (never a member) its join was refused."""
-        self._answered(room, False)
+        """The hub's member record: the session is not in ``room`` (any more)."""
+        if room in self.rooms:
+            self.rooms.remove(room)
+            if self._base == room:
+                self._base = self.rooms[-1] if self.rooms else None
+        self._settle()
 
     # Plain mode runs ahead of the hub's answers: a line is for the room current when it is read, as if every
-    # /join, /part and /switch read before it had been answered (granted). The hub answers in order, but only a
-    # join of a room it does not hold (member true, or false: refused) and a part of one it holds (member
-    # false); it says nothing to the rest. So an answer is for the first move read that would get one, given
-    # the rooms the hub has said; the moves before it got none. A refused join replays the moves read since
-    # without it: the current room is then where answers in turn would have left it.
+    # /nick, /join, /part and /switch read before it had been answered, and granted. The hub answers each
+    # /nick (a hello), /join and /part of a plain connection once, in order (Hub.request: whether the session
+    # is in the room now); member records keep the rooms. A refused join (or hello) is taken out, and the
+    # moves read since replayed without it: the current room is where answers in turn would have left it.
+
+    def answered(self, room: str, member: bool | None) -> None:
+        """The hub's answer to the oldest /nick, /join or /part not answered yet (``room``'s)."""
+        if self._skip:
+            self._skip -= 1
+        elif self._moves:
+            move, self._moves = self._moves[0], self._moves[1:]
+            if move[1] == room:  # (else not ours to apply: the hub and we disagree on what was sent)
+                self._base, _ = _apply(list(self.rooms), self._base, self._made, move, member)
+                self._made = self._made or (move[0] == _HELLO and self.registered)  # (bound just before)
+        self._settle()
 
     def _move(self, what: str, room: str) -> None:
         moves = self._moves
         if len(moves) >= MAX_MOVES:
-            self._base = _step(list(self.rooms), self._base, moves[0])
+            self._base, self._made = _apply(list(self.rooms), self._base, self._made, moves[0])
+            self._skip += 1
             moves = moves[1:]
         self._moves = (*moves, (what, room))
         self._settle()
 
-    def _answered(self, room: str, joined: bool) -> None:
-        """The hub's member record for ``room``."""
-        self._settle()
-        head = self._moves[0] if self._moves else None
-        if head is not None and head[1] == room and (head[0] == _JOIN or not joined):
-            self._moves = self._moves[1:]
-            self._base = _step(self.rooms, self._base, head, joined)
-        elif joined:  # the hub's own doing (a hello's room)
-            if room not in self.rooms:
-                self.rooms.append(room)
-            if self._base is None:
-                self._base = room
-        elif room in self.rooms:
-            self._base = _step(self.rooms, self._base, (_PART, room))
-        self._settle()
-
     def _settle(self) -> None:
-        """Take the first moves that will get no answer as done; then the current room from what is left."""
+        """Take the /switch moves first in line as done (no answer comes for them), then the current room."""
         moves = self._moves
-        i = 0
-        while i < len(moves) and (moves[i][0] == _SWITCH or (moves[i][1] in self.rooms) == (moves[i][0] == _JOIN)):
-            self._base = _step(self.rooms, self._base, moves[i])
-            i += 1
-        if i:
-            self._moves = moves = moves[i:]
-        current = self._base
-        if moves:
-            rooms = list(self.rooms)
-            for move in moves:
-                current = _step(rooms, current, move)
-        self.current = current
+        while moves and moves[0][0] == _SWITCH:
+            self._base, _ = _apply(self.rooms, self._base, True, moves[0])
+            moves = moves[1:]
+        self._moves = moves
+        self.current = self._replay()[1]
+
+    def _replay(self) -> tuple[list[str], str | None]:
+        """The rooms and the current room as the lines read so far leave them."""
+        if not self._moves:
+            return self.rooms, self._base
+        rooms, current, registered = list(self.rooms), self._base, self._made
+        for move in self._moves:
+            current, registered = _apply(rooms, current, registered, move)
+        return rooms, current
 
     def _view(self) -> list[str]:
-        """The rooms as the lines read so far leave them: the hub's answers, then every move since, granted."""
-        if not self._moves:
-            return self.rooms
-        rooms = list(self.rooms)
-        for move in self._moves:
-            _step(rooms, None, move)
-        return rooms
+        return self._replay()[0]
 
     # --- output --------------------------------------------------------------------------------------------
 

@@ -389,8 +389,6 @@ class Hub:
             elif isinstance(req, m.Rooms):  # also before a hello: an nc user may look around first
                 self._out.setdefault(worker, []).append(control.conns_frame([conn], self._rooms_line(req.id)))
             elif session is None:
-                if isinstance(req, m.Join | m.Part):  # a plain connection's worker made its room current as it
-                    self._json(worker, ["member", conn, req.room, False])  # read it, and waits for the answer
                 if not isinstance(req, m.Quit):
                     raise RemoteProtocolError(m.Err.NOT_REGISTERED, "send a hello first", request_id=req.id)
                 self._closes.append((worker, conn, req.reason or "quit"))  # its worker waits for the word
@@ -398,6 +396,26 @@ class Hub:
                 self._dispatch(session, req, now)
         except RemoteProtocolError as exc:
             self._reply(worker, conn, m.error_frame(exc.code, exc.message, id=exc.request_id or req.id))
+        finally:
+            if isinstance(req, m.Hello | m.Join | m.Part):
+                self._answer_plain(worker, conn, session, req)
+
+    def _answer_plain(self, worker: int, conn: int, before: Session | None, req: m.Hello | m.Join | m.Part) -> None:
+        """A plain connection's worker moves its current room as it reads a /nick, /join or /part, ahead of us
+        (ServerConnection.answered): each gets one answer, in order, refused or not. ``before``: the session
+        the request came to (a plain hello to one is a rename); a join or part without one is answered too,
+        whoever sent it (its connection's mode is not known here: a JSON client's worker ignores it)."""
+        if isinstance(req, m.Hello):
+            if not req.plain:
+                return
+            room, s = const.DEFAULT_ROOM, self.conns.get((worker, conn))
+            member = None if before is not None else s is not None and room in s.rooms
+        else:
+            if before is not None and not before.plain:
+                return
+            room, s = req.room, self.conns.get((worker, conn))
+            member = s is not None and room in s.rooms
+        self._json(worker, ["answer", conn, room, member])
 
     def post(self, worker: int, p: control.PostFrame, now: float) -> None:
         """A chat message a worker parsed and validated (the hot path: see control.POST)."""
@@ -1187,12 +1205,7 @@ class Hub:
             if req.room in s.rooms:
                 self._send_lines(s, [self._room_info(self.rooms[req.room], req.id)])
             else:
-                try:
-                    self._join(s, req.room, now, req.id)
-                except RemoteProtocolError:  # a plain session's worker made the room current as it read the
-                    if s.plain and s.worker is not None and s.conn is not None:  # /join: it is not, after all
-                        self._json(s.worker, ["member", s.conn, req.room, False])
-                    raise
+                self._join(s, req.room, now, req.id)
             self.store.put_session(s.row())
         elif isinstance(req, m.Part):
             self._part(s, req, now)

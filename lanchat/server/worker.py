@@ -665,6 +665,10 @@ class Worker:
             else:
                 self.leave(room, cid)
                 conn.state.parted(room)
+        elif kind == "answer":  # to a plain connection's /nick, /join or /part
+            conn = self.conns.get(record[1])
+            if conn is not None:
+                conn.state.answered(record[2], record[3])
         elif kind == "bind":
             conn = self.conns.get(record[1])
             if conn is not None:

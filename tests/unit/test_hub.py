@@ -1365,11 +1365,14 @@ def test_renames_pay_an_event_per_room_in_the_hub_too(net: Workers) -> None:
     assert len([f for f in net.take(2, 20) if f["type"] == "nick"]) == 100  # the burst, and a burst owed
 
 
-def test_a_plain_sessions_refused_join_is_told_to_its_worker_as_a_part(net: Workers) -> None:
+def test_a_plain_connections_nick_join_and_part_are_each_answered(net: Workers) -> None:
     """A plain connection's worker makes a /join's room current as it reads the line (the lines pasted after
-    it are for that room): a refused join must move it back, so the hub tells the worker it is no member."""
+    it are for that room), and waits for the hub's answer to each /nick, /join and /part, in order: one each,
+    refused or not, with or without a session (a review: a /part before any session got none, and the worker
+    took the next answer for it). JSON sessions get none."""
     hub = net.hub
     hub.request(1, 10, {"type": "hello", "nick": "pl", "plain": True}, 0.0)
+    assert net.take_records(1)[-1] == ["answer", 10, "lobby", True]
     hub.request(1, 11, {"type": "hello", "nick": "js"}, 0.0)
     for i in range(const.MAX_ROOMS_PER_SESSION - 1):
         for conn in (10, 11):
@@ -1377,14 +1380,21 @@ def test_a_plain_sessions_refused_join_is_told_to_its_worker_as_a_part(net: Work
     net.take_records(1)
     hub.request(1, 10, {"type": "join", "room": "one-more"}, 0.0)
     hub.request(1, 11, {"type": "join", "room": "one-more"}, 0.0)
-    assert net.take_records(1) == [["member", 10, "one-more", False]]  # the JSON session's worker keeps none
+    assert net.take_records(1) == [["answer", 10, "one-more", False]]  # too_many_rooms; the JSON session: none
     assert "one-more" not in hub.rooms
-    hub.request(1, 12, {"type": "join", "room": "ops"}, 0.0)  # no session yet (a /nick refused as taken)
-    assert net.take_records(1) == [["member", 12, "ops", False]]
-    assert net.take(1, 12)[0]["code"] == m.Err.NOT_REGISTERED
-    hub.request(1, 12, {"type": "part", "room": "lobby"}, 0.0)  # a /part then: its worker waits for an answer too
-    assert net.take_records(1) == [["member", 12, "lobby", False]]  # (a review: #lobby was then kept for ever as
-    assert net.take(1, 12)[0]["code"] == m.Err.NOT_REGISTERED  # being left, and lines refused for no room)
+    hub.request(1, 10, {"type": "join", "room": "r0"}, 0.0)  # held already
+    hub.request(1, 10, {"type": "part", "room": "nowhere"}, 0.0)  # not in it
+    hub.request(1, 10, {"type": "part", "room": "r0"}, 0.0)
+    hub.request(1, 10, {"type": "hello", "nick": "pl2", "plain": True}, 0.0)  # a second /nick: a rename
+    assert net.take_records(1) == [
+        ["answer", 10, "r0", True], ["answer", 10, "nowhere", False], ["member", 10, "r0", False],
+        ["answer", 10, "r0", False], ["bind", 10, "pl2", True], ["answer", 10, "lobby", None],
+    ]  # fmt: skip
+    hub.request(1, 12, {"type": "hello", "nick": "pl2", "plain": True}, 0.0)  # no session: nick_taken
+    hub.request(1, 12, {"type": "join", "room": "ops"}, 0.0)
+    hub.request(1, 12, {"type": "part", "room": "lobby"}, 0.0)
+    assert net.take_records(1) == [["answer", 12, r, False] for r in ("lobby", "ops", "lobby")]
+    assert [f["code"] for f in net.take(1, 12)] == [m.Err.NICK_TAKEN, m.Err.NOT_REGISTERED, m.Err.NOT_REGISTERED]
 
 
 def test_nick_change_in_no_room_tells_only_oneself(net: Workers) -> None:
