@@ -861,6 +861,7 @@ class Hub:
     def _drop_if_empty(self, room: Room) -> None:
         if not room.members:
             del self.rooms[room.name]
+            self.store.room_gone(room.name)
             if room.made_by:
                 self._made[room.made_by] -= 1
                 if self._made[room.made_by] <= 0:

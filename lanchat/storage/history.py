@@ -229,8 +229,9 @@ class HistoryStore:
         # the whole database on the hub's loop.
         self._write_back_wait, self._write_back_in = 0, 0
         self._pending = _Pending(deque(), {}, {})
-        self._counts: dict[str, int] = {}
-        self._pruned: dict[str, int] = {}
+        self._counts: dict[str, int] = {}  # conv -> its rows in `events`, once counted (see room_gone)
+        self._gone: set[str] = set()  # rooms forgotten since the last commit (whose events it may count)
+        self._pruned: dict[str, int] = {}  # conv -> the seq it is pruned up to (one per history_limit events)
         self._dropped: dict[str, int] = {}  # conv -> newest seq given up on while the disk failed (this run)
         self._dropped_from: dict[str, int] = {}  # conv -> oldest such seq
         self._journal: Counter[str] = Counter()  # events per conversation in the journal table
@@ -444,6 +445,13 @@ class HistoryStore:
                 out[str(owner)] = tuple(int(i) for i in json.loads(ids))
         return out
 
+    def room_gone(self, room: str) -> None:
+        """The hub forgot ``room`` (its last member left): so does the count of its rows, counted from the file
+        again if the room comes back. (A count each was kept for every room ever used: a fuzzing review made
+        and left rooms for 15 minutes and found the main process 124 bytes bigger for each.)"""
+        self._counts.pop(room, None)
+        self._gone.add(room)  # (its last events, the part among them, are counted by the next commit)
+
     def topic(self, room: str) -> str:
         """A room's topic ('' for none), read when the room comes back: the hub holds only the topics of
         rooms that exist, so rooms made and left one after another cost it no memory. A topic held for a
@@ -575,6 +583,7 @@ class HistoryStore:
         """Write everything queued in one transaction. False while the disk fails (data kept, retried every
         DB_RETRY_INTERVAL, or at once with ``force``: the last chance at a stop)."""
         if not self.pending and self._pending.reserve is None:
+            self._gone.clear()
             return not self.degraded
         if self._db is None or self.degraded:
             if now < self._retry_at and not force:
@@ -662,6 +671,9 @@ class HistoryStore:
             self._fail(f"write failed: {exc}")
             return False
         self._counts.update(touched)
+        for room in self._gone:
+            self._counts.pop(room, None)
+        self._gone.clear()
         self._pruned.update(pruned)  # only now: a failed COMMIT rolled the prune back with the rest
         for conv in gone:
             self._counts.pop(conv, None)
