@@ -447,7 +447,7 @@ class HistoryStore:
 
     def room_gone(self, room: str) -> None:
         """The hub forgot ``room`` (its last member left): so does the count of its rows, counted from the file
-        again if the room comes back. (A count each was kept for every room ever used: a fuzzing review made
+        again if the room comes back. (A count each was kept for every room ever used: a long-run check made
         and left rooms for 15 minutes and found the main process 124 bytes bigger for each.)"""
         self._counts.pop(room, None)
         self._gone.add(room)  # (its last events, the part among them, are counted by the next commit)
