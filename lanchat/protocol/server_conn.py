@@ -113,8 +113,8 @@ _JOIN: Final = "join"
 _PART: Final = "part"
 _SWITCH: Final = "switch"
 _Move = tuple[str, str]
-# Moves tracked at most (about 60 bytes each); a paste of more takes the oldest as granted (its answer, when it
-# comes, is skipped: the current room may then not go back for a refusal of it).
+# Moves waiting for the hub's answers at most (about 60 bytes each, and each line read replays them): one more
+# is refused (too_fast), not sent. Only a paste of over 100 of them read faster than the hub answers gets there.
 MAX_MOVES: Final = 2 * const.MAX_ROOMS_PER_SESSION
 
 
@@ -142,7 +142,7 @@ class ServerConnection:
     """Per-connection protocol state on the server side (slotted: a worker holds thousands)."""
 
     __slots__ = (
-        "_base", "_bucket", "_framer", "_head", "_made", "_moves", "_pending", "_raw", "_raw_at", "_skip", "closed",
+        "_base", "_bucket", "_framer", "_head", "_made", "_moves", "_pending", "_raw", "_raw_at", "closed",
         "conn_id", "current", "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered",
         "rooms", "throttled_until",
     )  # fmt: skip
@@ -158,7 +158,6 @@ class ServerConnection:
         self._base: str | None = None  # the current room as the hub's answers so far leave it
         self._moves: tuple[_Move, ...] = ()  # read since (a tuple: the empty one is shared; idle connections
         # are counted in bytes)
-        self._skip = 0  # answers to moves forgotten (MAX_MOVES)
         self._made = False  # a plain hello's answer came with the session made (a later one is a rename)
         self.closed = False
         self.last_seen = now
@@ -324,6 +323,10 @@ class ServerConnection:
             # Plain sessions start with /nick: a stray protocol (SSH banner, SMTP, ...) never posts.
             raise RemoteProtocolError(m.Err.NOT_REGISTERED, "choose a nick first: /nick NAME")
         cmd = parse_command(text, self.current, self._view())  # "/join dev" pasted with "/part dev x"
+        moves = isinstance(cmd, m.Join | m.Part) or (isinstance(cmd, m.Nick) and not self.registered)
+        if (moves or (isinstance(cmd, LocalCommand) and cmd.name == "switch")) and len(self._moves) >= MAX_MOVES:
+            why = f"{MAX_MOVES} /join, /part, /switch and /nick are waiting for the server's answers: not sent"
+            raise RemoteProtocolError(m.Err.TOO_FAST, why)
         if isinstance(cmd, m.Nick) and not self.registered:  # a nick that was taken may be retried
             self._plain_hello(cmd.nick, out)
             return
@@ -396,9 +399,7 @@ class ServerConnection:
 
     def answered(self, room: str, member: bool | None) -> None:
         """The hub's answer to the oldest /nick, /join or /part not answered yet (``room``'s)."""
-        if self._skip:
-            self._skip -= 1
-        elif self._moves:
+        if self._moves:
             move, self._moves = self._moves[0], self._moves[1:]
             if move[1] == room:  # (else not ours to apply: the hub and we disagree on what was sent)
                 self._base, _ = _apply(list(self.rooms), self._base, self._made, move, member)
@@ -406,12 +407,7 @@ class ServerConnection:
         self._settle()
 
     def _move(self, what: str, room: str) -> None:
-        moves = self._moves
-        if len(moves) >= MAX_MOVES:
-            self._base, self._made = _apply(list(self.rooms), self._base, self._made, moves[0])
-            self._skip += 1
-            moves = moves[1:]
-        self._moves = (*moves, (what, room))
+        self._moves = (*self._moves, (what, room))
         self._settle()
 
     def _settle(self) -> None:

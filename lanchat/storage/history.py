@@ -65,6 +65,9 @@ FOLD_ROWS: Final = 2_000
 # "Levers"): a page per ~100 ids, and a fold updates each session's row once for all its posts. A fold is
 # put off by one commit if the journal folds in that one, but never past twice this many rows.
 POSTED_FOLD_ROWS: Final = 2_000
+# Rooms forgotten between two commits whose names are kept (HistoryStore.room_gone); past it (the disk failing
+# while rooms come and go) the next commit forgets every row count instead, each counted again when next used.
+GONE_KEPT: Final = 1_000
 # Rows per read of one conversation in replay_newest: a resume's budget (half a send queue) is a few
 # thousand lines, so most resumes read one page per conversation.
 REPLAY_PAGE: Final = 500
@@ -231,6 +234,7 @@ class HistoryStore:
         self._pending = _Pending(deque(), {}, {})
         self._counts: dict[str, int] = {}  # conv -> its rows in `events`, once counted (see room_gone)
         self._gone: set[str] = set()  # rooms forgotten since the last commit (whose events it may count)
+        self._gone_more = False  # more than GONE_KEPT of them
         self._pruned: dict[str, int] = {}  # conv -> the seq it is pruned up to (one per history_limit events)
         self._dropped: dict[str, int] = {}  # conv -> newest seq given up on while the disk failed (this run)
         self._dropped_from: dict[str, int] = {}  # conv -> oldest such seq
@@ -450,7 +454,10 @@ class HistoryStore:
         again if the room comes back. (A count each was kept for every room ever used: a long-run check made
         and left rooms for 15 minutes and found the main process 124 bytes bigger for each.)"""
         self._counts.pop(room, None)
-        self._gone.add(room)  # (its last events, the part among them, are counted by the next commit)
+        if len(self._gone) < GONE_KEPT:  # (its last events, the part among them, are counted by the next commit)
+            self._gone.add(room)
+        else:
+            self._gone_more = True
 
     def topic(self, room: str) -> str:
         """A room's topic ('' for none), read when the room comes back: the hub holds only the topics of
@@ -584,6 +591,7 @@ class HistoryStore:
         DB_RETRY_INTERVAL, or at once with ``force``: the last chance at a stop)."""
         if not self.pending and self._pending.reserve is None:
             self._gone.clear()
+            self._gone_more = False
             return not self.degraded
         if self._db is None or self.degraded:
             if now < self._retry_at and not force:
@@ -671,9 +679,12 @@ class HistoryStore:
             self._fail(f"write failed: {exc}")
             return False
         self._counts.update(touched)
+        if self._gone_more:
+            self._counts.clear()
         for room in self._gone:
             self._counts.pop(room, None)
         self._gone.clear()
+        self._gone_more = False
         self._pruned.update(pruned)  # only now: a failed COMMIT rolled the prune back with the rest
         for conv in gone:
             self._counts.pop(conv, None)

@@ -1664,3 +1664,31 @@ def test_an_upgrade_cut_short_leaves_a_file_an_older_lanchat_refuses(
     assert (schema, column) == (("3", False) if failing.startswith("INSERT") else ("4", False))
     s2 = open_store(stores, tmp_path)
     assert not s2.degraded and s2.load_sessions() == [SessionRow("a", "t", "al", ("lobby",), 3, False)]
+
+
+def test_rooms_gone_forget_their_row_counts_and_are_bounded_while_the_disk_fails(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A room the hub forgets takes its cached row count along (one was kept for every room ever used: a long-run
+    check); the names kept until the next commit are bounded while the disk fails (a review: 20,000 rooms made
+    and left during an outage held 20,000 names), past which that commit forgets every count. A count forgotten
+    is taken from the file again: retention stays right."""
+    s = open_store(stores, tmp_path, history_limit=h.PRUNE_SLACK * 2)
+    add(s, 1, "a")
+    add(s, 2, "b")
+    assert s.commit(0.0) and set(s._counts) == {"a", "b"}
+    add(s, 3, "a")
+    s.room_gone("a")  # its last event is in the commit to come
+    assert s.commit(1.0) and set(s._counts) == {"b"}
+    db = db_of(s)
+    db.execute("PRAGMA query_only=ON")
+    for i in range(h.GONE_KEPT + 10):
+        add(s, 10 + i, f"r{i}")
+        s.room_gone(f"r{i}")
+    assert s.commit(2.0) is False and len(s._gone) == h.GONE_KEPT
+    db.execute("PRAGMA query_only=OFF")
+    assert s.commit(2.0 + const.DB_RETRY_INTERVAL) and s._counts == {} and not s._gone
+    for seq in range(5_000, 5_000 + 3 * h.PRUNE_SLACK):  # "a" again, counted from the file: pruned to its limit
+        add(s, seq, "a")
+        assert s.commit(10.0)
+    assert len(s.events("a", limit=10_000)[0]) <= 2 * h.PRUNE_SLACK + s._slack()

@@ -808,16 +808,23 @@ def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_th
 
 
 def test_plain_moves_read_ahead_are_bounded() -> None:
-    """A paste of more /join lines than MAX_MOVES keeps the last ones: the oldest are taken as granted, and
-    their answers, when they come, skipped."""
+    """At most MAX_MOVES /join, /part, /switch and /nick wait for the hub's answers: one more is refused, not
+    sent (a review: a first version took the oldest as granted, and lost the rooms they made)."""
     c = plain_in_lobby()
-    rooms = [f"r{i % 40}" for i in range(MAX_MOVES + 30)]
-    c.receive_data(b"".join(f"/join {r}\n".encode() for r in rooms), 0.0)
-    assert len(c._moves) == MAX_MOVES and c.current == rooms[-1]
-    for i, r in enumerate(rooms):  # the hub's answers: a member record for each room's first join
-        granted(c, r) if r not in rooms[:i] else c.answered(r, True)
-        assert c.current == rooms[-1]
+    rooms = [f"r{i % 40}" for i in range(MAX_MOVES + 3)]
+    out = c.receive_data(b"".join(f"/join {r}\n".encode() for r in rooms) + b"/switch lobby\nhi\n", 0.0)
+    assert out[:MAX_MOVES] == [Forward(m.Join(r)) for r in rooms[:MAX_MOVES]]
+    refused = [a for a in out[MAX_MOVES:-1] if isinstance(a, Reply)]
+    assert len(refused) == 4 and all(a.data.endswith(b"[too_fast]\n") for a in refused)
+    assert out[-1] == Forward(m.Msg(rooms[MAX_MOVES - 1], "hi"))  # (the /switch was refused too)
+    for i, r in enumerate(rooms[:MAX_MOVES]):  # the hub's answers: a member record for each room's first join
+        if r in rooms[:i]:
+            c.answered(r, True)
+        else:
+            granted(c, r)
+        assert c.current == rooms[MAX_MOVES - 1]
     assert c._moves == () and c.rooms == ["lobby", *dict.fromkeys(rooms)]
+    assert c.receive_data(b"/switch lobby\n", 0.0) == [Reply(b"* now talking in #lobby\n")]
 
 
 def test_plain_part_names_a_room_whose_join_the_hub_has_not_answered() -> None:
