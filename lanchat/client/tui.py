@@ -39,7 +39,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application, get_app
@@ -172,6 +172,15 @@ _NO_ARG_COMMANDS: Final = frozenset({"/rooms", "/status", "/help"})
 _ROOM_ARG_COMMANDS: Final = frozenset({"/join", "/switch", "/part", "/leave", "/who", "/names"})
 _NICK_ARG_COMMANDS: Final = frozenset({"/msg", "/query"})
 _OWN_ROOM_COMMANDS: Final = frozenset({"/switch", "/part", "/leave"})
+
+
+_T = TypeVar("_T")
+
+
+def _resolve(future: asyncio.Future[_T], value: _T) -> None:
+    """``future`` given ``value``, unless it has one: a signal (a key) may come again before it is seen."""
+    if not future.done():
+        future.set_result(value)
 
 
 def _shortened(text: str, columns: int) -> str:
@@ -1089,7 +1098,7 @@ async def run_app(
         # the client with a core and no goodbye, the terminal left unechoed: both quit now. What else is typed
         # is neither shown nor kept.
         quit_wait.append(skip)
-        unhook_quit = handle_signals(loop, [signal.SIGQUIT], lambda _: None if skip.done() else skip.set_result(None))
+        unhook_quit = handle_signals(loop, [signal.SIGQUIT], lambda _: _resolve(skip, None))
         try:
             with _signals_only(session.input):
                 await asyncio.wait({*waits, signalled}, return_when=asyncio.FIRST_COMPLETED)
@@ -1107,10 +1116,9 @@ async def run_app(
         """SIGINT: Ctrl-C during /quit's wait for unsent lines (quit now, as /quit); else a `kill -INT` from
         outside (the keyboard's Ctrl-C is a key, the terminal being raw), which quits as SIGTERM does."""
         if quit_wait:
-            if not quit_wait[0].done():
-                quit_wait[0].set_result(None)
-        elif not signalled.done():
-            signalled.set_result(signum)
+            _resolve(quit_wait[0], None)
+        else:
+            _resolve(signalled, signum)
 
     quit_wait: list[asyncio.Future[None]] = []  # send_before_quitting's Ctrl-C, while it waits
     unhooks: list[Callable[[], None]] = []  # the signal handlers, removed at the end
@@ -1143,7 +1151,7 @@ async def run_app(
                 client.send(req)
                 printer.show(view.taken(submitted))
         closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
-        unhooks.append(on_hangup(loop, lambda sig: None if signalled.done() else signalled.set_result(sig)))
+        unhooks.append(on_hangup(loop, lambda sig: _resolve(signalled, sig)))
         # Not prompt_toolkit's SIGINT handler (handle_sigint=False below): it turned a `kill -INT` into a
         # KeyboardInterrupt in the prompt's task, which asyncio raises out of the loop (a traceback over the
         # screen, no goodbye).

@@ -404,17 +404,15 @@ class Hub:
         """A plain connection's worker moves its current room as it reads a /nick, /join or /part, ahead of us
         (ServerConnection.answered): each gets one answer, in order, refused or not. ``before``: the session
         the request came to (a plain hello to one is a rename); a join or part without one is answered too,
-        whoever sent it (its connection's mode is not known here: a JSON client's worker ignores it)."""
+        whoever sent it (its connection's mode is not known here: a JSON connection has no moves to answer)."""
         if isinstance(req, m.Hello):
-            if not req.plain:
-                return
-            room, s = const.DEFAULT_ROOM, self.conns.get((worker, conn))
-            member = None if before is not None else s is not None and room in s.rooms
+            room, plain = const.DEFAULT_ROOM, req.plain
         else:
-            if before is not None and not before.plain:
-                return
-            room, s = req.room, self.conns.get((worker, conn))
-            member = s is not None and room in s.rooms
+            room, plain = req.room, before is None or before.plain
+        if not plain:
+            return
+        s = self.conns.get((worker, conn))
+        member = None if isinstance(req, m.Hello) and before is not None else s is not None and room in s.rooms
         self._json(worker, ["answer", conn, room, member])
 
     def post(self, worker: int, p: control.PostFrame, now: float) -> None:
