@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from lanchat import const
-from lanchat.config import DiscoveryConfig, ServerConfig, default_data_dir, hold_stop_signals
+from lanchat.config import DiscoveryConfig, ServerConfig, default_data_dir, hold_stop_signals, parse_address
 from lanchat.protocol.beacon import MAX_INTERVAL_MS
 
 # Seconds: the least --timeout of join and discover, the same for both since LANCHAT_TIMEOUT sets both.
@@ -100,11 +100,9 @@ def _server_name(value: str) -> str:
 def _probe(value: list[str]) -> list[str]:
     """--probe: a target that is no HOST[:PORT] is a bad option (exit code 2), as a bad --interface is; one
     that does not resolve is the network's business (a warning, and the others are probed)."""
-    from lanchat.discovery.sockets import parse_target
-
     for target in value:
         try:
-            parse_target(target, const.DEFAULT_DISCOVERY_PORT)
+            parse_address(target, const.DEFAULT_DISCOVERY_PORT, ipv6=False)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
     return value

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,36 @@ from lanchat import const
 def host_port(host: str, port: int | str) -> str:
     """HOST:PORT as it is typed: an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text: str, default_port: int = const.DEFAULT_PORT, *, ipv6: bool = True) -> tuple[str, int]:
+    """HOST or HOST:PORT, and with ``ipv6`` also [V6]:PORT or a bare V6 address -> (host, port), the inverse of
+    ``host_port``; ValueError says what is wrong. Without ``ipv6`` (discovery's targets: IPv4 or a name) an
+    address with more than one colon is refused."""
+    text = text.strip()
+    if ipv6 and text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected [V6ADDRESS]:PORT")
+        port = _port(rest[1:]) if rest else default_port
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = _port(port_text)
+    elif ":" in text and not ipv6:
+        raise ValueError(f"not a HOST or HOST:PORT (IPv4 or a name): {text!r}")
+    else:
+        host, port = text, default_port
+    if not host:
+        raise ValueError("no host")
+    if any(c.isspace() for c in host):
+        raise ValueError(f"a host name has no spaces: {host!r}")
+    return host, port
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise ValueError(f"port must be a number from 1 to 65535, not {text!r}")
+    return int(text)
 
 
 def stop_signals(*sigs: signal.Signals) -> list[signal.Signals]:
@@ -90,6 +121,29 @@ def usable_cores() -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """The part of the server's config a worker needs, sent to it as JSON when it is spawned."""
+
+    name: str = "lanchat"
+    workers: int = 1
+    max_frame: int = const.MAX_FRAME
+    rate: float = const.RATE
+    burst: int = const.BURST
+    sendq: int = const.SENDQ
+    handshake_timeout: float = const.HANDSHAKE_TIMEOUT
+    ping_interval: float = const.PING_INTERVAL
+    idle_timeout: float = const.IDLE_TIMEOUT
+    log_level: str = "info"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerConfig:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = const.DEFAULT_PORT
@@ -114,16 +168,16 @@ class ServerConfig:
     worker_timeout: float = const.WORKER_TIMEOUT
     log_level: str = "info"
 
-    def worker_args(self) -> dict[str, object]:
-        """The part of the config a worker needs (sent to it as JSON at spawn)."""
-        return {
-            "workers": self.workers,
-            "max_frame": self.max_frame,
-            "rate": self.rate,
-            "burst": self.burst,
-            "sendq": self.sendq,
-            "handshake_timeout": self.handshake_timeout,
-            "ping_interval": self.ping_interval,
-            "idle_timeout": self.idle_timeout,
-            "log_level": self.log_level,
-        }
+    def worker_config(self) -> WorkerConfig:
+        return WorkerConfig(
+            name=self.name,
+            workers=self.workers,
+            max_frame=self.max_frame,
+            rate=self.rate,
+            burst=self.burst,
+            sendq=self.sendq,
+            handshake_timeout=self.handshake_timeout,
+            ping_interval=self.ping_interval,
+            idle_timeout=self.idle_timeout,
+            log_level=self.log_level,
+        )

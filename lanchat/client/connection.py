@@ -55,29 +55,6 @@ FrameHandler = Callable[[dict[str, Any]], None]
 StateHandler = Callable[[str], None]
 
 
-def parse_address(address: str, default_port: int = const.DEFAULT_PORT) -> tuple[str, int]:
-    """HOST, HOST:PORT, [V6]:PORT or a bare V6 address -> (host, port); ValueError says what is wrong."""
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        if rest and not rest.startswith(":"):
-            raise ValueError("expected [V6ADDRESS]:PORT")
-        port = _port(rest[1:]) if rest else default_port
-    elif address.count(":") == 1:
-        host, _, text = address.partition(":")
-        port = _port(text)
-    else:
-        host, port = address, default_port
-    if not host:
-        raise ValueError("no host")
-    return host, port
-
-
-def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
-        raise ValueError(f"port must be a number from 1 to 65535, not {text!r}")
-    return int(text)
-
-
 def fallback_nick(nick: str, attempt: int) -> str:
     """The nick to try after ``nick`` was taken ``attempt`` times on a reconnect: the attempt-th of nick_,
     nick_2, nick_3, ... (each cut to fit NICK_MAX) that differs from ``nick`` itself: a full-length nick

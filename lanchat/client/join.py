@@ -19,9 +19,8 @@ from lanchat.client.connection import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     Relocator,
-    parse_address,
 )
-from lanchat.config import DiscoveryConfig
+from lanchat.config import DiscoveryConfig, parse_address
 from lanchat.protocol.plain import count_of
 
 if TYPE_CHECKING:

@@ -17,11 +17,10 @@ from lanchat.client.connection import (
     EXIT_ERROR,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    parse_address,
     request_once,
     unreachable_reason,
 )
-from lanchat.config import host_port
+from lanchat.config import host_port, parse_address
 from lanchat.errors import ConnectError, RemoteProtocolError
 from lanchat.protocol.plain import clean, count_of
 

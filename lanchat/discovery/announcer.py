@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Final
 
 from lanchat import const
-from lanchat.config import DiscoveryConfig, default_data_dir
+from lanchat.config import DiscoveryConfig, default_data_dir, parse_address
 from lanchat.discovery.const import (
     BEACON_JITTER,
     INTERFACE_REFRESH,
@@ -58,7 +58,7 @@ from lanchat.discovery.interfaces import (
     list_interfaces,
 )
 from lanchat.discovery.server_id import load_or_create_server_id
-from lanchat.discovery.sockets import Drops, SendErrors, bind_hint, open_udp, parse_target, resolve_targets
+from lanchat.discovery.sockets import Drops, SendErrors, bind_hint, open_udp, resolve_targets
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol.beacon import (
     MAX_DATAGRAM,
@@ -76,6 +76,7 @@ from lanchat.protocol.beacon import (
     encode_reply_within,
     is_discovery,
 )
+from lanchat.protocol.bucket import TokenBucket
 
 log = logging.getLogger("lanchat.discovery")
 
@@ -136,23 +137,6 @@ class ServerInfo:
 # --- pure policy -----------------------------------------------------------------------------------------
 
 
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; starts full."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-
-
 class ReplyLimiter:
     """Whether a probe from ``source`` may be answered now: a per-source bucket and a global one.
 
@@ -194,7 +178,7 @@ class ReplyLimiter:
             self._sources.move_to_end(source)
         bucket.refill(now)
         self._global.refill(now)
-        if bucket.tokens < 1 or self._global.tokens < 1:
+        if not (bucket.ready and self._global.ready):
             return False
         bucket.tokens -= 1
         self._global.tokens -= 1
@@ -616,7 +600,7 @@ def _split_literals(targets: Sequence[str], default_port: int) -> tuple[list[tup
     names: list[str] = []
     for text in targets:
         try:
-            host, port = parse_target(text, default_port)
+            host, port = parse_address(text, default_port, ipv6=False)
         except ValueError as exc:
             log.warning("discovery: ignoring --beacon-to %r: %s", text, exc)
             continue

@@ -16,6 +16,7 @@ import socket
 from collections import Counter
 from typing import Final
 
+from lanchat.config import parse_address
 from lanchat.discovery.const import SEND_ERROR_LOG_EVERY
 
 log = logging.getLogger("lanchat.discovery")
@@ -63,21 +64,6 @@ def bind_hint(exc: OSError) -> str:
     return BIND_HINTS.get(exc.errno or 0, "unexpected error")
 
 
-def parse_target(text: str, default_port: int) -> tuple[str, int]:
-    """``HOST`` or ``HOST:PORT`` -> (host, port); ValueError for anything else."""
-    text = text.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port = text, default_port
-    else:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"bad port in {text!r}")
-        port = int(port_text)
-    if not host or ":" in host or any(c.isspace() for c in host):
-        raise ValueError(f"not a HOST or HOST:PORT (IPv4 or a name): {text!r}")
-    return host, port
-
-
 async def resolve_targets(targets: tuple[str, ...], default_port: int, *, timeout: float) -> list[tuple[str, int]]:
     """Each HOST[:PORT] as (IPv4 address, port); unresolvable ones are logged with a hint and left out.
 
@@ -88,7 +74,7 @@ async def resolve_targets(targets: tuple[str, ...], default_port: int, *, timeou
     out: list[tuple[str, int]] = []
     for target in targets:
         try:
-            host, port = parse_target(target, default_port)
+            host, port = parse_address(target, default_port, ipv6=False)
         except ValueError as exc:
             log.warning("ignoring target %r: %s", target, exc)
             continue

@@ -17,6 +17,7 @@ from typing import Final
 from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import messages as m
+from lanchat.protocol.bucket import TokenBucket
 from lanchat.protocol.framing import FRAME_TOO_LONG, Frame, LineFramer
 from lanchat.protocol.plain import HELP, LocalCommand, clean, parse_command, render
 
@@ -61,50 +62,6 @@ class Close:
 
 
 Action = Forward | m.Post | Reply | Close  # m.Post: a msg or action that skipped decoding (m.parse_post)
-
-
-class TokenBucket:
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.last = now
-
-    def take(self, now: float) -> bool:
-        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if tokens >= 1.0 - 1e-9:  # float sums like 0.1 * 10 fall just short of 1.0
-            self.tokens = tokens - 1.0
-            return True
-        self.tokens = tokens
-        return False
-
-    def charge(self, extra: float) -> None:
-        """Take ``extra`` tokens more for what was just let through (the bucket may go below zero: what
-        follows then waits until it is paid)."""
-        self.tokens -= extra
-
-    def owed(self, now: float) -> float | None:
-        """After a charge: None if a line may go through now, else when the next one may."""
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        return None if self.tokens >= 1.0 - 1e-9 else self.ready_at(now)
-
-    def ready_at(self, now: float) -> float:
-        """When the next token will be there."""
-        return now + max(0.0, 1.0 - self.tokens) / self.rate
-
-    def spend(self, cost: float, now: float, *, slack: float = 0.0) -> float | None:
-        """Take ``cost`` tokens if one is there, or ``slack`` fewer (it may go below zero, as ``charge``):
-        None, else the seconds until one will be."""
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0 - slack - 1e-9:
-            self.tokens -= cost
-            return None
-        return (1.0 - slack - self.tokens) / self.rate
 
 
 # Plain mode's /nick (before the session), /join, /part and /switch read ahead of the hub's answers: (what, room).

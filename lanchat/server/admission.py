@@ -8,7 +8,7 @@ once, not how fast they come. This is the connect throttle IRC servers have: a b
 
 from __future__ import annotations
 
-from lanchat.protocol.server_conn import TokenBucket
+from lanchat.protocol.bucket import TokenBucket
 
 
 class ConnectThrottle:

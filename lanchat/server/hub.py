@@ -27,8 +27,8 @@ from lanchat import const
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
+from lanchat.protocol.bucket import TokenBucket
 from lanchat.protocol.plain import count_of
-from lanchat.protocol.server_conn import TokenBucket
 from lanchat.storage.history import HistoryStore, SessionRow
 
 log = logging.getLogger("lanchat.hub")

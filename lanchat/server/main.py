@@ -325,10 +325,10 @@ class Server:
         fd_parent, fd_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (ctrl_parent, ctrl_child, fd_parent, fd_child):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        wcfg = {**self.config.worker_args(), "name": self.config.name}
         cmd = [
             sys.executable, "-m", "lanchat.server.worker", "--worker-id", str(slot.index),
-            "--ctrl-fd", str(ctrl_child.fileno()), "--fd-fd", str(fd_child.fileno()), "--config", json.dumps(wcfg),
+            "--ctrl-fd", str(ctrl_child.fileno()), "--fd-fd", str(fd_child.fileno()),
+            "--config", self.config.worker_config().to_json(),
         ]  # fmt: skip
         try:
             slot.proc = subprocess.Popen(cmd, pass_fds=(ctrl_child.fileno(), fd_child.fileno()))

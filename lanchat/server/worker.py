@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from lanchat import const
-from lanchat.config import usable_cores
+from lanchat.config import WorkerConfig, usable_cores
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
@@ -70,9 +70,7 @@ class ClientConn:
         self.peer = peer
         cfg = worker.cfg
         now = time.monotonic()
-        self.state = ServerConnection(
-            conn_id, max_frame=int(cfg["max_frame"]), rate=float(cfg["rate"]), burst=int(cfg["burst"]), now=now
-        )
+        self.state = ServerConnection(conn_id, max_frame=cfg.max_frame, rate=cfg.rate, burst=cfg.burst, now=now)
         self.created = now
         self.pinged = False
         self.ping_seen = 0.0  # the state's last_seen when we pinged: one ping per silence
@@ -397,7 +395,7 @@ class ClientConn:
         if self.farewell is not None:
             return  # it quit: closed when the hub says so, or by the timer set then
         if not st.registered:
-            limit = float(cfg["handshake_timeout"])
+            limit = cfg.handshake_timeout
             if now - self.created > limit:
                 self._report_closed(False, "handshake timeout")
                 why = f"no /nick within {limit:g} s" if st.mode is Mode.PLAIN else "no hello in time"
@@ -411,11 +409,11 @@ class ClientConn:
             self.pinged = False  # (bytes of a line not ended are no answer: a client dribbling a byte at a time
             # was pinged at every sweep, twice a second from --ping-interval to --idle-timeout)
         silent = now - max(st.last_seen, self.worker.caught_up_at)  # a wait for the hub is not their silence
-        idle = float(cfg["idle_timeout"])
+        idle = cfg.idle_timeout
         if silent > idle:
             self._report_closed(False, "idle timeout")
             self.close(st.error_bytes(m.Err.IDLE_TIMEOUT, "no data from you in time", fatal=True))
-        elif silent > min(float(cfg["ping_interval"]), idle / 2) and not self.pinged:  # asked before it is late
+        elif silent > min(cfg.ping_interval, idle / 2) and not self.pinged:  # asked before it is late
             self.pinged = True
             self.ping_seen = st.last_seen
             self.push(b'{"type":"ping"}\n')
@@ -439,14 +437,14 @@ def _cores() -> int:
 
 
 class Worker:
-    def __init__(self, worker_id: int, ctrl: socket.socket, fds: socket.socket, cfg: dict[str, Any]) -> None:
+    def __init__(self, worker_id: int, ctrl: socket.socket, fds: socket.socket, cfg: WorkerConfig) -> None:
         self.worker_id = worker_id
         self.ctrl_sock = ctrl
         self.fd_sock = fds
         self.cfg = cfg
-        self.name = str(cfg.get("name", "lanchat"))
-        self.sendq = int(cfg["sendq"])
-        self.pause_factor = const.FANOUT_PAUSE * workers_per_core(int(cfg.get("workers", 1)), _cores())
+        self.name = cfg.name
+        self.sendq = cfg.sendq
+        self.pause_factor = const.FANOUT_PAUSE * workers_per_core(cfg.workers, _cores())
         self.conns: dict[int, ClientConn] = {}
         self.rooms: dict[str, dict[int, ClientConn]] = {}
         self.dirty: set[ClientConn] = set()
@@ -782,7 +780,7 @@ class Worker:
 
 
 async def _amain(args: argparse.Namespace) -> int:
-    cfg = json.loads(args.config)
+    cfg = WorkerConfig.from_json(args.config)
     ctrl = socket.socket(fileno=args.ctrl_fd)
     fds = socket.socket(fileno=args.fd_fd)
     worker = Worker(args.worker_id, ctrl, fds, cfg)
@@ -806,9 +804,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd-fd", type=int, required=True)
     parser.add_argument("--config", required=True)
     args = parser.parse_args(argv)
-    cfg = json.loads(args.config)
+    cfg = WorkerConfig.from_json(args.config)
     logging.basicConfig(
-        level=str(cfg.get("log_level", "info")).upper(),
+        level=cfg.log_level.upper(),
         format=f"%(asctime)s %(levelname)s worker[{args.worker_id}] %(message)s",
         stream=sys.stderr,
     )

@@ -14,8 +14,8 @@ import lanchat.config
 import lanchat.server.main
 from lanchat import const
 from lanchat.cli import app
-from lanchat.client.connection import fallback_nick, parse_address
-from lanchat.config import ServerConfig, default_data_dir
+from lanchat.client.connection import fallback_nick
+from lanchat.config import ServerConfig, WorkerConfig, default_data_dir, parse_address
 from lanchat.protocol import messages as m
 
 
@@ -177,10 +177,21 @@ def test_parse_address(address: str, expected: tuple[str, int]) -> None:
     assert parse_address(address) == expected
 
 
-@pytest.mark.parametrize("address", ["h:0", "h:65536", "h:-1", "h:", ":7000", "h:７", "[::1]7000", "[::1]:x", "[]:7"])
+@pytest.mark.parametrize(
+    "address", ["h:0", "h:65536", "h:-1", "h:", ":7000", "h:７", "[::1]7000", "[::1]:x", "[]:7", "lab local", ""]
+)
 def test_parse_address_refuses_what_is_not_an_address(address: str) -> None:
     with pytest.raises(ValueError):
         parse_address(address)
+
+
+def test_a_worker_gets_the_options_it_uses_as_they_were_given() -> None:
+    cfg = ServerConfig(name="lab", workers=3, max_frame=2048, rate=2.5, burst=7, sendq=4096, log_level="debug")
+    sent = WorkerConfig.from_json(cfg.worker_config().to_json())
+    assert sent == cfg.worker_config()
+    assert (sent.name, sent.workers, sent.max_frame, sent.rate, sent.burst) == ("lab", 3, 2048, 2.5, 7)
+    assert sent.sendq == 4096
+    assert (sent.idle_timeout, sent.log_level) == (cfg.idle_timeout, "debug")
 
 
 def test_fallback_nicks_differ_and_fit() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lanchat.config import parse_address
 from lanchat.discovery.interfaces import (
     Interface,
     address_for,
@@ -20,7 +21,7 @@ from lanchat.discovery.interfaces import (
     unknown_interfaces,
 )
 from lanchat.discovery.server_id import SERVER_ID_FILE, load_or_create_server_id
-from lanchat.discovery.sockets import Drops, parse_target
+from lanchat.discovery.sockets import Drops
 
 # A fake host: documentation addresses (RFC 5737) as data only; nothing here sends a packet.
 LO = Interface("lo", "127.0.0.1", "255.0.0.0", "127.255.255.255")
@@ -82,12 +83,12 @@ def test_unicast_source() -> None:
         assert not is_unicast_source(bad)
 
 
-def test_parse_target() -> None:
-    assert parse_target("host.example", 7272) == ("host.example", 7272)
-    assert parse_target("127.0.0.1:9000", 7272) == ("127.0.0.1", 9000)
-    for bad in ("", ":9000", "a:b", "a:0", "a:70000", "::1", "two words"):
+def test_a_discovery_target_is_ipv4_or_a_name() -> None:
+    assert parse_address(" host.example ", 7272, ipv6=False) == ("host.example", 7272)
+    assert parse_address("127.0.0.1:9000", 7272, ipv6=False) == ("127.0.0.1", 9000)
+    for bad in ("", ":9000", "a:b", "a:0", "a:70000", "::1", "[::1]:9000", "two words", "two words:9000"):
         with pytest.raises(ValueError):
-            parse_target(bad, 7272)
+            parse_address(bad, 7272, ipv6=False)
 
 
 def test_drops_are_counted_and_logged_sparsely(caplog: pytest.LogCaptureFixture) -> None:

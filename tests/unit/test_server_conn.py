@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from lanchat import const
 from lanchat.protocol import messages as m
+from lanchat.protocol.bucket import TokenBucket
 from lanchat.protocol.framing import Frame, LineFramer
 from lanchat.protocol.plain import HELP
 from lanchat.protocol.server_conn import (
@@ -22,7 +23,6 @@ from lanchat.protocol.server_conn import (
     Mode,
     Reply,
     ServerConnection,
-    TokenBucket,
     render_for_plain,
 )
 

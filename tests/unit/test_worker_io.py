@@ -4,6 +4,7 @@ closing (drain, then close; cut off after CLOSE_TIMEOUT) and the sendq limit."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from lanchat import const
+from lanchat.config import WorkerConfig
 from lanchat.protocol import control
 from lanchat.server import worker as worker_mod
 from lanchat.server.worker import ClientConn, Worker, workers_per_core
@@ -35,7 +37,7 @@ class FakeConn:
 def make_worker(workers: int = 1) -> tuple[Worker, list[socket.socket]]:
     a, b = socket.socketpair()
     c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    cfg: dict[str, Any] = {"sendq": 1 << 20, "max_frame": 1024, "rate": 10.0, "burst": 10, "workers": workers}
+    cfg = WorkerConfig(sendq=1 << 20, max_frame=1024, rate=10.0, burst=10, workers=workers)
     return Worker(0, a, c, cfg), [a, b, c, d]
 
 
@@ -181,9 +183,9 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def registered(worker: Worker, conn: ClientConn, peer: socket.socket, **cfg: float) -> float:
+async def registered(worker: Worker, conn: ClientConn, peer: socket.socket, **cfg: Any) -> float:
     """A JSON client's hello, and the hub's answer (bound): when it was last heard, for the sweeps."""
-    worker.cfg.update(cfg)
+    worker.cfg = dataclasses.replace(worker.cfg, **cfg)
     peer.sendall(b'{"type":"hello","nick":"al"}\n')
     await until(lambda: conn.state.hello_sent)
     worker._control(["bind", 1, "al", False])  # the hub's answer: registered
