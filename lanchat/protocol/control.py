@@ -4,7 +4,9 @@ Every frame is ``!IB`` (body length, kind) + body. Kinds:
 
 - ``ROOM``  hub -> worker: fan ``payload`` (one or more ready-made client lines) out to the room's local members.
 - ``CONNS`` hub -> worker: send ``payload`` to the listed connections (replies, private messages, replay).
-- ``JSON``  either way: a list of control records, e.g. ``["req", conn, {...}]`` or ``["member", conn, room, true]``.
+- ``JSON``  either way: a list of control records, each a JSON array made by one of the builders below
+  (``req``, ``member``, ...): its kind, then its fields in order. Receivers take them apart with ``match``
+  on these shapes; a record of another shape is the sender's bug, logged and skipped.
 - ``POST``  worker -> hub: one chat message the worker has validated (msg, action or privmsg), binary,
   with its text already JSON-encoded, so the hub splices it into the event line: no JSON parse, no
   second validation, no per-message objects on the hottest path (docs/architecture.md, "Where we differ").
@@ -36,6 +38,8 @@ _ROOM_HEAD: Final = struct.Struct("!H")
 _COUNT: Final = struct.Struct("!I")
 _POST_HEAD: Final = struct.Struct("!QqBB")  # conn, request id (-1: none), kind, target length
 
+Record = list[Any]  # a JSON record, [kind, field, ...]: made by the builders below (req, member, ...)
+
 
 @dataclass(frozen=True, slots=True)
 class RoomFrame:
@@ -51,7 +55,7 @@ class ConnsFrame:
 
 @dataclass(frozen=True, slots=True)
 class JsonFrame:
-    records: list[Any]
+    records: list[Record]
 
 
 @dataclass(slots=True)  # not frozen, unlike the others: one per message, and a frozen __init__ costs twice
@@ -79,12 +83,12 @@ def conns_frame(conns: list[int] | tuple[int, ...], payload: bytes) -> bytes:
     return HEADER.pack(_COUNT.size + len(ids) + len(payload), CONNS) + _COUNT.pack(len(conns)) + ids + payload
 
 
-def json_frame(records: list[Any]) -> bytes:
+def json_frame(records: list[Record]) -> bytes:
     body = json.dumps(records, separators=(",", ":")).encode()
     return HEADER.pack(len(body), JSON) + body
 
 
-def json_frames(records: list[Any]) -> list[bytes]:
+def json_frames(records: list[Record]) -> list[bytes]:
     """``records`` in order, in JSON frames of at most JSON_FRAME_TARGET bytes each (a record larger than
     that alone in its own: one client line, ``--max-frame`` at most, escaped)."""
     whole = json_frame(records)
@@ -107,6 +111,75 @@ def json_frames(records: list[Any]) -> list[bytes]:
 def _json_parts(encoded: list[bytes]) -> bytes:
     body = b"[" + b",".join(encoded) + b"]"
     return HEADER.pack(len(body), JSON) + body
+
+
+# --- JSON records: one builder per kind, the one place each shape is written -----------------------------
+
+# worker -> hub
+
+
+def req(conn: int, obj: dict[str, Any]) -> Record:
+    """A validated request other than a message (hello, join, nick, ...), as its normalized wire object."""
+    return ["req", conn, obj]
+
+
+def eof(conn: int) -> Record:
+    """The client's input ended: close once what it sent before is answered."""
+    return ["eof", conn]
+
+
+def adopted(conn: int) -> Record:
+    """The worker holds the handed-over socket: the main process may close its copy."""
+    return ["adopted", conn]
+
+
+def refused(conn: int, why: str) -> Record:
+    """The worker could not take the handed-over socket; the main process tells the client."""
+    return ["refused", conn, why]
+
+
+def closed(conn: int, clean: bool, reason: str) -> Record:
+    """The connection is gone; ``clean``: its session ends (a quit or a refusal), else it waits for a resume."""
+    return ["closed", conn, clean, reason]
+
+
+def pong(seq: int, figures: dict[str, int]) -> Record:
+    return ["pong", seq, figures]
+
+
+def ready(pid: int) -> Record:
+    return ["ready", pid]
+
+
+# hub -> worker
+
+
+def member(conn: int, room: str, joined: bool) -> Record:
+    """The connection's session is in ``room`` now, or not: for the fan-out."""
+    return ["member", conn, room, joined]
+
+
+def answer(conn: int, room: str, joined: bool | None) -> Record:
+    """A plain-text connection's /nick, /join or /part, answered in order: whether its session is in ``room``
+    now (None: a /nick that renamed a session)."""
+    return ["answer", conn, room, joined]
+
+
+def bind(conn: int, nick: str) -> Record:
+    """The connection has a session, under ``nick``."""
+    return ["bind", conn, nick]
+
+
+def close(conn: int, reason: str) -> Record:
+    return ["close", conn, reason]
+
+
+def ping(seq: int) -> Record:
+    return ["ping", seq]
+
+
+def shutdown(reason: str) -> Record:
+    return ["shutdown", reason]
 
 
 def post_frame(conn: int, kind: str, to: str, text_json: bytes, rid: int | None = None) -> bytes:

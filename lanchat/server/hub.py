@@ -413,7 +413,7 @@ class Hub:
             return
         s = self.conns.get((worker, conn))
         member = None if isinstance(req, m.Hello) and before is not None else s is not None and room in s.rooms
-        self._json(worker, ["answer", conn, room, member])
+        self._json(worker, control.answer(conn, room, member))
 
     def post(self, worker: int, p: control.PostFrame, now: float) -> None:
         """A chat message a worker parsed and validated (the hot path: see control.POST)."""
@@ -551,7 +551,7 @@ class Hub:
             for (w, c), group in lines.items():
                 self._lines_to(w, c, group)
         for w, c, reason in closes:  # after the acks: the client of a quit sees its last posts acked
-            self._json(w, ["close", c, reason])
+            self._json(w, control.close(c, reason))
         return ok
 
     def shutdown(self, reason: str, now: float) -> None:
@@ -560,7 +560,7 @@ class Hub:
         self.save_sessions()
         self.commit(now)
         for w in list(self._out):
-            self._json(w, ["shutdown", reason])
+            self._json(w, control.shutdown(reason))
 
     def save_sessions(self) -> None:
         """Queue every session's record (with its last_id) for the next commit."""
@@ -621,7 +621,7 @@ class Hub:
         if s.worker is not None and s.conn is not None:
             self._reply(s.worker, s.conn, frame)
 
-    def _json(self, worker: int, record: list[Any]) -> None:
+    def _json(self, worker: int, record: control.Record) -> None:
         self._out.setdefault(worker, []).append(control.json_frame([record]))
 
     # --- events --------------------------------------------------------------------------------------------
@@ -719,11 +719,11 @@ class Hub:
             self._unhold(s)
         s.worker, s.conn, s.detached_at = worker, conn, None
         self.conns[(worker, conn)] = s
-        self._json(worker, ["bind", conn, s.nick, s.plain])
+        self._json(worker, control.bind(conn, s.nick))
         for name in s.rooms:
             room = self._room(name)
             room.workers[worker] += 1
-            self._json(worker, ["member", conn, name, True])
+            self._json(worker, control.member(conn, name, True))
 
     def _detach(self, s: Session, now: float) -> None:
         if s.worker is not None:
@@ -847,7 +847,7 @@ class Hub:
     def _refuse_stale(self, worker: int, conn: int, sid: str, nick: str, attempt: int) -> None:
         bye = {"type": "bye", "reason": "an older attempt to resume this session", "reconnect": False}
         self._reply(worker, conn, bye)
-        self._json(worker, ["close", conn, "stale resume"])
+        self._json(worker, control.close(conn, "stale resume"))
         log.info("session %s (%s): a stale resume (attempt %d) refused", sid[:8], nick, attempt)
 
     def _retire_aliases(self, s: Session) -> None:
@@ -1045,7 +1045,7 @@ class Hub:
             self._reply(
                 old_w, old_c, {"type": "bye", "reason": "session resumed on another connection", "reconnect": False}
             )
-            self._json(old_w, ["close", old_c, "session resumed elsewhere"])
+            self._json(old_w, control.close(old_c, "session resumed elsewhere"))
             self._detach(s, now)
         self._attach(s, worker, conn)
         self._welcome(s, req, list(s.rooms), resumed=True, failed=failed)
@@ -1225,7 +1225,7 @@ class Hub:
             if s.worker is not None and s.conn is not None:
                 w, c, reason = s.worker, s.conn, req.reason or "quit"
                 for name in s.rooms:  # the room lines that follow the quit are not for it
-                    self._json(w, ["member", c, name, False])
+                    self._json(w, control.member(c, name, False))
                 self.closed(w, c, True, reason, now)
                 self._closes.append((w, c, reason))  # its worker keeps it open for what came before the quit
         else:
@@ -1350,7 +1350,7 @@ class Hub:
             s.parted.pop(name, None)
         if s.worker is not None and s.conn is not None:
             room.workers[s.worker] += 1
-            self._json(s.worker, ["member", s.conn, name, True])
+            self._json(s.worker, control.member(s.conn, name, True))
         self._presence(s, room, "join", {"room": name, "nick": s.nick}, now)
         s.last_join, s.last_join_room = self.seq, name
         info = self._room_info(room, rid)
@@ -1431,7 +1431,7 @@ class Hub:
         s.parted = parted
         if s.worker is not None and s.conn is not None:
             room.workers[s.worker] -= 1
-            self._json(s.worker, ["member", s.conn, room.name, False])
+            self._json(s.worker, control.member(s.conn, room.name, False))
         self._drop_if_empty(room)
         self.store.put_session(s.row())
 
@@ -1470,8 +1470,8 @@ class Hub:
             s.nick_since = seq
         audience = self._members_of(rooms) if rooms else [s]
         self._to_sessions(audience, line)
-        if s.worker is not None:
-            self._json(s.worker, ["bind", s.conn, s.nick, s.plain])
+        if s.worker is not None and s.conn is not None:
+            self._json(s.worker, control.bind(s.conn, s.nick))
         self.store.put_session(s.row())
 
     def _topic(self, s: Session, req: m.Topic, now: float) -> None:

@@ -396,47 +396,46 @@ class Server:
                 self._records(slot, frame.records, now)
         self._schedule_flush()
 
-    def _records(self, slot: WorkerSlot, records: list[Any], now: float) -> None:
-        hub = self.hub
+    def _records(self, slot: WorkerSlot, records: list[control.Record], now: float) -> None:
         for rec in records:
             try:
-                kind = rec[0]
-                if kind == "req":
-                    counted = self.conn_peer.get(int(rec[1]))  # its address, if --max-per-ip counts it
-                    hub.request(slot.index, int(rec[1]), rec[2], now, peer=counted[0] if counted else "")
-                elif kind == "eof":  # the client's input ended: close once what it sent before is answered
-                    hub.eof(slot.index, int(rec[1]))
-                elif kind == "adopted":
-                    self._release_handoff(int(rec[1]))
-                elif kind == "closed":
-                    peer = self._conn_gone(int(rec[1]))
-                    hub.closed(slot.index, int(rec[1]), bool(rec[2]), str(rec[3]), now, peer=peer)
-                elif kind == "refused":
-                    sock = self.handoff.pop(int(rec[1]), None)
-                    if sock is not None:
-                        self._refuse(sock, m.Err.SERVER_FULL, f"server busy ({rec[2]}); try again shortly")
-                    self._conn_gone(int(rec[1]))
-                elif kind == "pong":
-                    slot.last_pong = time.monotonic()
-                    slot.figures = dict(rec[2])
-                elif kind == "ready":
-                    slot.ready = True
-                    slot.last_pong = time.monotonic()
-                    log.info("worker %d ready (pid %s)", slot.index, rec[1])
-            except Exception as exc:  # a hub bug must cost one request, not the worker's pipe
-                request = isinstance(rec, list) and len(rec) > 2 and rec[0] == "req" and type(rec[1]) is int
-                # A record of the wrong shape is the worker's bug; a well-formed request that raised is the
-                # hub's, answered below (a review: a token the hub could not hash was answered by nothing)
-                if isinstance(exc, IndexError | TypeError | ValueError) and not (request and isinstance(rec[2], dict)):
-                    log.error("worker %d: bad control record %.200r: %s", slot.index, rec, exc)
-                    continue
+                self._record(slot, rec, now)
+            except Exception:  # a hub bug must cost one request, not the worker's pipe
                 log.exception("internal error handling %.200r from worker %d", rec, slot.index)
-                if request:
-                    obj = rec[2] if isinstance(rec[2], dict) else {}
+                if rec[0] == "req":  # (its shape was checked: a record of another is logged, not raised)
+                    obj = rec[2]
                     kind = obj.get("type")
                     question = kind in _QUESTIONS or (kind == "topic" and obj.get("topic") is None)
                     rid = obj.get("id") if question else None
-                    self._internal_error(slot, int(rec[1]), rid if type(rid) is int else None)
+                    self._internal_error(slot, rec[1], rid if type(rid) is int else None)
+
+    def _record(self, slot: WorkerSlot, rec: control.Record, now: float) -> None:
+        hub = self.hub
+        match rec:
+            case ["req", int() as conn, dict() as obj]:
+                counted = self.conn_peer.get(conn)  # its address, if --max-per-ip counts it
+                hub.request(slot.index, conn, obj, now, peer=counted[0] if counted else "")
+            case ["eof", int() as conn]:  # the client's input ended: close once what it sent before is answered
+                hub.eof(slot.index, conn)
+            case ["adopted", int() as conn]:
+                self._release_handoff(conn)
+            case ["closed", int() as conn, bool() as clean, str() as reason]:
+                peer = self._conn_gone(conn)
+                hub.closed(slot.index, conn, clean, reason, now, peer=peer)
+            case ["refused", int() as conn, str() as why]:
+                sock = self.handoff.pop(conn, None)
+                if sock is not None:
+                    self._refuse(sock, m.Err.SERVER_FULL, f"server busy ({why}); try again shortly")
+                self._conn_gone(conn)
+            case ["pong", int(), dict() as figures]:
+                slot.last_pong = time.monotonic()
+                slot.figures = figures
+            case ["ready", int() as pid]:
+                slot.ready = True
+                slot.last_pong = time.monotonic()
+                log.info("worker %d ready (pid %d)", slot.index, pid)
+            case _:  # the worker's bug: say so, and go on with the rest
+                log.error("worker %d: bad control record %.200r", slot.index, rec)
 
     def _internal_error(self, slot: WorkerSlot, conn: int, rid: int | None) -> None:
         """``rid``: a question's id, so that its client settles it. A post's or a change's is not told: the bug
@@ -557,7 +556,7 @@ class Server:
                     elif slot.ctrl is not None and now - slot.last_ping >= const.HEARTBEAT_INTERVAL:
                         slot.ping_seq += 1
                         slot.last_ping = now
-                        slot.ctrl.write(control.json_frame([["ping", slot.ping_seq]]))
+                        slot.ctrl.write(control.json_frame([control.ping(slot.ping_seq)]))
                 elif slot.alive and now - slot.started > const.WORKER_BOOT_TIMEOUT:
                     log.error("worker %d: not ready after %.0f s; killing it", slot.index, const.WORKER_BOOT_TIMEOUT)
                     self._kill(slot, BOOT_TIMEOUT_KILL)

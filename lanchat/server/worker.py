@@ -19,7 +19,6 @@ import socket
 import sys
 import termios
 import time
-from typing import Any
 
 from lanchat import const
 from lanchat.config import WorkerConfig, usable_cores
@@ -91,7 +90,7 @@ class ClientConn:
         self.sock.setblocking(False)
         self._resume_reading()
         self.worker.conns[self.conn_id] = self
-        self.worker.to_hub(["adopted", self.conn_id])  # the main process may let go of its descriptor
+        self.worker.to_hub(control.adopted(self.conn_id))  # the main process may let go of its descriptor
         self.push(m.encode(m.server_hello(self.worker.name)))
 
     # --- reading -------------------------------------------------------------------------------------------
@@ -150,7 +149,7 @@ class ClientConn:
                 req = action.request
                 if not isinstance(req, m.Msg | m.Action | m.PrivMsg):
                     self.worker.msgs_in += 1
-                    self.worker.to_hub(["req", self.conn_id, req.to_obj()])
+                    self.worker.to_hub(control.req(self.conn_id, req.to_obj()))
                     continue
                 to = req.to if isinstance(req, m.PrivMsg) else req.room  # a message the full parser decoded
                 action = m.Post(req.TYPE, to, m.json_str(req.text), req.id)
@@ -162,7 +161,7 @@ class ClientConn:
             elif action.after_hub:
                 if not action.clean:  # an EOF: the hub answers what came before it, then says close
                     self._report_closed(False, action.reason)
-                    self.worker.to_hub(["eof", self.conn_id])
+                    self.worker.to_hub(control.eof(self.conn_id))
                 self._quitting(action.final)
             else:
                 self._report_closed(action.clean, action.reason)
@@ -385,7 +384,7 @@ class ClientConn:
         if not self.reported:
             self.reported = True
             clean, reason = self.why or (False, "connection lost")
-            worker.to_hub(["closed", self.conn_id, clean, reason])
+            worker.to_hub(control.closed(self.conn_id, clean, reason))
 
     # --- timers --------------------------------------------------------------------------------------------
 
@@ -450,7 +449,7 @@ class Worker:
         self.dirty: set[ClientConn] = set()
         self.storms = Throttled(log)  # warnings that would come once per connection in a storm of connects
         self._hub_out: list[bytes] = []  # frames for the hub, in order
-        self._hub_records: list[Any] = []  # JSON records not framed yet (consecutive ones share a frame)
+        self._hub_records: list[control.Record] = []  # JSON records not framed yet (consecutive ones share a frame)
         self._flush_scheduled = False
         self._fanout_scheduled = False
         self._fanout_at = 0.0  # loop time before which no fan-out round starts (see _fanout)
@@ -489,7 +488,7 @@ class Worker:
         self.fd_sock.setblocking(False)
         loop.add_reader(self.fd_sock.fileno(), self._receive_fds)
         loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
-        self.to_hub(["ready", os.getpid()])
+        self.to_hub(control.ready(os.getpid()))
 
     def hub_caught_up(self) -> None:
         """The hub took most of what was queued for it: read the clients left waiting again (a throttled
@@ -507,7 +506,7 @@ class Worker:
             conn.close()
         self.done.set()
 
-    def to_hub(self, record: list[Any]) -> None:
+    def to_hub(self, record: control.Record) -> None:
         self._hub_records.append(record)
         self._schedule()
 
@@ -650,35 +649,33 @@ class Worker:
             else:  # a POST goes to the hub, never from it
                 log.error("worker %d: unexpected %s from the hub; ignored", self.worker_id, type(frame).__name__)
 
-    def _control(self, record: list[Any]) -> None:
-        kind = record[0]
-        if kind == "member":
-            _, cid, room, joined = record
-            conn = self.conns.get(cid)
-            if conn is None:
-                return
-            if joined:
-                self.rooms.setdefault(room, {})[cid] = conn
-                conn.state.joined(room)
-            else:
-                self.leave(room, cid)
-                conn.state.parted(room)
-        elif kind == "answer":  # to a plain connection's /nick, /join or /part
-            conn = self.conns.get(record[1])
-            if conn is not None:
-                conn.state.answered(record[2], record[3])
-        elif kind == "bind":
-            conn = self.conns.get(record[1])
-            if conn is not None:
-                conn.state.bound(record[2])
-        elif kind == "ping":
-            self.to_hub(["pong", record[1], self.figures()])
-        elif kind == "close":
-            conn = self.conns.get(record[1])
-            if conn is not None:
-                conn.close_for_hub(str(record[2]) if len(record) > 2 else "closed by the server")
-        elif kind == "shutdown":
-            self.shutdown(str(record[1]))
+    def _control(self, record: control.Record) -> None:
+        match record:
+            case ["member", int() as cid, str() as room, bool() as joined]:
+                conn = self.conns.get(cid)
+                if conn is None:
+                    return
+                if joined:
+                    self.rooms.setdefault(room, {})[cid] = conn
+                    conn.state.joined(room)
+                else:
+                    self.leave(room, cid)
+                    conn.state.parted(room)
+            case ["answer", int() as cid, str() as room, bool() | None as joined]:  # a plain /nick, /join, /part
+                if (conn := self.conns.get(cid)) is not None:
+                    conn.state.answered(room, joined)
+            case ["bind", int() as cid, str() as nick]:
+                if (conn := self.conns.get(cid)) is not None:
+                    conn.state.bound(nick)
+            case ["ping", int() as seq]:
+                self.to_hub(control.pong(seq, self.figures()))
+            case ["close", int() as cid, str() as reason]:
+                if (conn := self.conns.get(cid)) is not None:
+                    conn.close_for_hub(reason)
+            case ["shutdown", str() as reason]:
+                self.shutdown(reason)
+            case _:  # the hub's bug: say so, and go on with the rest
+                log.error("worker %d: bad control record %.200r", self.worker_id, record)
 
     def leave(self, room: str, cid: int) -> None:
         """``cid`` is no longer in ``room`` here; an emptied room is forgotten (names come and go)."""
@@ -723,13 +720,13 @@ class Worker:
             if not fds:  # MSG_CTRUNC: no descriptor was free here, so the kernel dropped it
                 msg = "worker %d: no free file descriptor for connection %d; refused"
                 self.storms.warning("no fd", msg, self.worker_id, conn_id)
-                self.to_hub(["refused", conn_id, "out of file descriptors"])
+                self.to_hub(control.refused(conn_id, "out of file descriptors"))
                 continue
             for fd in fds:
                 sock = socket.socket(fileno=fd)
                 if self.shutting_down:
                     sock.close()
-                    self.to_hub(["closed", conn_id, True, "shutting down"])
+                    self.to_hub(control.closed(conn_id, True, "shutting down"))
                     continue
                 conn = ClientConn(self, conn_id, sys.intern(peer), sock)
                 try:

@@ -43,8 +43,8 @@ SAMPLE: list[tuple[bytes, c.ControlFrame]] = [
     (c.json_frame([["req", 5, {"type": "msg", "text": "é\n"}]]),
      c.JsonFrame([["req", 5, {"type": "msg", "text": "é\n"}]])),
     (c.json_frame([]), c.JsonFrame([])),
-    (c.json_frame([["member", 1, "lobby", True], ["bind", 1, "al", False]]),
-     c.JsonFrame([["member", 1, "lobby", True], ["bind", 1, "al", False]])),
+    (c.json_frame([["member", 1, "lobby", True], ["bind", 1, "al"]]),
+     c.JsonFrame([["member", 1, "lobby", True], ["bind", 1, "al"]])),
     (c.post_frame(7, "msg", "lobby", b'"hi \\"there\\""', 12), c.PostFrame(7, "msg", "lobby", b'"hi \\"there\\""', 12)),
     (c.post_frame(2**64 - 1, "action", "r", b'""'), c.PostFrame(2**64 - 1, "action", "r", b'""', None)),
     (c.post_frame(0, "privmsg", "Zoë", '"é"'.encode(), 0), c.PostFrame(0, "privmsg", "Zoë", '"é"'.encode(), 0)),
@@ -58,9 +58,9 @@ def test_round_trip(data: bytes, frame: c.ControlFrame) -> None:
 
 
 def test_header_layout() -> None:
-    data = c.json_frame([1])
+    data = c.json_frame([c.ping(1)])
     length, kind = c.HEADER.unpack_from(data)
-    assert kind == c.JSON and length == len(data) - c.HEADER.size == len(b"[1]")
+    assert kind == c.JSON and length == len(data) - c.HEADER.size == len(b'[["ping",1]]')
     assert c.HEADER.size == 5
 
 
@@ -134,8 +134,8 @@ def test_bad_conns_bodies() -> None:
 
 def test_garbage_after_good_frames_raises() -> None:
     dec = c.ControlDecoder()
-    good = c.json_frame([1])
-    assert dec.feed(good) == [c.JsonFrame([1])]
+    good = c.json_frame([c.ping(1)])
+    assert dec.feed(good) == [c.JsonFrame([["ping", 1]])]
     with pytest.raises(RemoteProtocolError):
         dec.feed(good + c.HEADER.pack(1, 9) + b"x")
 

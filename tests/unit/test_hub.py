@@ -154,7 +154,7 @@ def welcome_of(net: Workers, w: int, conn: int, nick: str, now: float = 0.0, **e
 def test_hello_welcome_and_join(net: Workers) -> None:
     hub = net.hub
     hub.request(1, 10, {"type": "hello", "nick": "Alice", "id": 1}, 5.0)
-    assert net.take_records(1) == [["bind", 10, "Alice", False], ["member", 10, "lobby", True]]
+    assert net.take_records(1) == [["bind", 10, "Alice"], ["member", 10, "lobby", True]]
     frames = net.inbox.pop((1, 10))
     assert kinds(frames) == ["welcome", "history", "join", "room"]
     welcome, history, join, room = frames
@@ -1317,7 +1317,7 @@ def test_nick_change(net: Workers) -> None:
     assert ev_bo == ev_al and (ev_bo["type"], ev_bo["old"], ev_bo["new"]) == ("nick", "al", "alan")
     assert ack == {"type": "ack", "id": 1}
     assert net.take(3, 30) == []
-    assert net.take_records(1) == [["bind", 10, "alan", False]]
+    assert net.take_records(1) == [["bind", 10, "alan"]]
     welcome_of(net, 4, 40, "AL")  # the old nick is free again
     assert kinds(net.take(2, 20)) == kinds(net.take(1, 10)) == ["join"]
     hub.request(2, 20, {"type": "nick", "nick": "ALAN", "id": 2}, 1.0)
@@ -1389,7 +1389,7 @@ def test_a_plain_connections_nick_join_and_part_are_each_answered(net: Workers) 
     hub.request(1, 10, {"type": "hello", "nick": "pl2", "plain": True}, 0.0)  # a second /nick: a rename
     assert net.take_records(1) == [
         ["answer", 10, "r0", True], ["answer", 10, "nowhere", False], ["member", 10, "r0", False],
-        ["answer", 10, "r0", False], ["bind", 10, "pl2", True], ["answer", 10, "lobby", None],
+        ["answer", 10, "r0", False], ["bind", 10, "pl2"], ["answer", 10, "lobby", None],
     ]  # fmt: skip
     hub.request(1, 12, {"type": "hello", "nick": "pl2", "plain": True}, 0.0)  # no session: nick_taken
     hub.request(1, 12, {"type": "join", "room": "ops"}, 0.0)
@@ -1570,7 +1570,7 @@ def test_a_quit_without_a_reason_says_none(net: Workers) -> None:
 def test_plain_sessions_end_on_any_close(net: Workers) -> None:
     hub = net.hub
     hub.request(1, 10, {"type": "hello", "nick": "pl", "plain": True}, 0.0)
-    assert net.take_records(1)[0] == ["bind", 10, "pl", True]
+    assert net.take_records(1)[0] == ["bind", 10, "pl"]
     welcome_of(net, 2, 20, "bo")
     net.clear()
     hub.closed(1, 10, False, "connection lost", 1.0)
@@ -1652,7 +1652,7 @@ def test_resume_replays_exactly_the_missed_events(net: Workers) -> None:
     hub.request(2, 20, {"type": "action", "room": "dev", "text": "missed 3"}, 3.0)
     net.clear()
     hub.request(3, 30, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": last_seq, "id": 4}, 4.0)
-    assert net.take_records(3) == [["bind", 30, "al", False], ["member", 30, "lobby", True],
+    assert net.take_records(3) == [["bind", 30, "al"], ["member", 30, "lobby", True],
                                    ["member", 30, "dev", True]]  # fmt: skip
     frames = net.take(3, 30)
     welcome = frames[0]
@@ -2940,7 +2940,7 @@ def test_new_hub_continues_the_sequence_and_restores_sessions(tmp_path: Path, st
     assert hub2.users == 2
     assert hello(net2, 5, 50, "AL", 100.0)["code"] == m.Err.NICK_TAKEN  # restored sessions hold their nicks
     net2.hub.request(6, 60, {"type": "hello", "nick": "al", "token": w["token"], "last_seq": seen}, 101.0)
-    assert net2.take_records(6) == [["bind", 60, "al", False], ["member", 60, "lobby", True],
+    assert net2.take_records(6) == [["bind", 60, "al"], ["member", 60, "lobby", True],
                                     ["member", 60, "dev", True]]  # fmt: skip
     frames = net2.take(6, 60)
     assert frames[0]["resumed"] is True and frames[0]["seq"] == hub2.seq

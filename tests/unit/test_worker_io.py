@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -188,7 +189,7 @@ async def registered(worker: Worker, conn: ClientConn, peer: socket.socket, **cf
     worker.cfg = dataclasses.replace(worker.cfg, **cfg)
     peer.sendall(b'{"type":"hello","nick":"al"}\n')
     await until(lambda: conn.state.hello_sent)
-    worker._control(["bind", 1, "al", False])  # the hub's answer: registered
+    worker._control(["bind", 1, "al"])  # the hub's answer: registered
     return conn.state.last_seen
 
 
@@ -331,6 +332,21 @@ def test_a_lost_connection_leaves_no_empty_room_behind() -> None:
     with_conn(body)
 
 
+def test_a_record_of_the_wrong_shape_from_the_hub_is_logged_and_the_rest_applied(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
+        frame = control.json_frame(
+            [["member", 1, "dev"], ["member", "1", "x", True], ["bind"], control.member(1, "ok", True)]
+        )
+        with caplog.at_level(logging.ERROR):
+            worker.from_hub(frame)
+        assert list(worker.rooms) == ["ok"] and 1 in worker.conns
+        assert caplog.text.count("bad control record") == 3
+
+    with_conn(body)
+
+
 def test_a_close_the_hub_asks_for_is_reported_back() -> None:
     """The main process counts connections (--max-clients, --max-per-ip, placement): it must hear of every
     close, also of one it asked for (a session resumed on another connection).
@@ -356,7 +372,7 @@ def test_a_quit_stays_open_for_what_the_hub_sends_until_the_hub_closes_it() -> N
     async def body(worker: Worker, conn: ClientConn, peer: socket.socket) -> None:
         peer.sendall(b"/nick al\n")
         await until(lambda: conn.state.hello_sent)
-        worker._control(["bind", 1, "al", True])
+        worker._control(["bind", 1, "al"])
         peer.sendall(b"/quit off\n")
         await until(lambda: conn.farewell is not None)
         assert ["req", 1, {"type": "quit", "reason": "off"}] in told_hub(worker)
