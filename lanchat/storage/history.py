@@ -68,6 +68,9 @@ POSTED_FOLD_ROWS: Final = 2_000
 # Rooms forgotten between two commits whose names are kept (HistoryStore.room_gone); past it (the disk failing
 # while rooms come and go) the next commit forgets every row count instead, each counted again when next used.
 GONE_KEPT: Final = 1_000
+# Conversations whose events given up on while the disk failed are remembered one by one (for a resume's hole,
+# lost_upto); past it the oldest is folded into one floor for all (a hole may then be told that is not).
+DROPPED_KEPT: Final = 10_000
 # Rows per read of one conversation in replay_newest: a resume's budget (half a send queue) is a few
 # thousand lines, so most resumes read one page per conversation.
 REPLAY_PAGE: Final = 500
@@ -238,6 +241,7 @@ class HistoryStore:
         self._pruned: dict[str, int] = {}  # conv -> the seq it is pruned up to (one per history_limit events)
         self._dropped: dict[str, int] = {}  # conv -> newest seq given up on while the disk failed (this run)
         self._dropped_from: dict[str, int] = {}  # conv -> oldest such seq
+        self._dropped_floor = 0  # the newest seq given up on of conversations no longer remembered one by one
         self._journal: Counter[str] = Counter()  # events per conversation in the journal table
         self._posted_rows = 0  # rows in the posted table (folded at POSTED_FOLD_ROWS)
         self._retry_at = 0.0
@@ -487,9 +491,17 @@ class HistoryStore:
             gone = events.popleft()  # the disk has been failing for a while: the oldest go
             p.bytes -= len(gone[4])
             self.dropped += 1
-            self._dropped[gone[0]] = gone[1]  # a resume from before it is told of the hole (lost_upto)
-            self._dropped_from.setdefault(gone[0], gone[1])
+            self._given_up(gone[0], gone[1])
         self.note_seq(seq)
+
+    def _given_up(self, conv: str, seq: int) -> None:
+        """An event of ``conv`` will never be written: a resume from before it is told of the hole (lost_upto)."""
+        if conv not in self._dropped and len(self._dropped) >= DROPPED_KEPT:  # a room per minute for a week
+            oldest = next(iter(self._dropped))
+            self._dropped_floor = max(self._dropped_floor, self._dropped.pop(oldest))
+            del self._dropped_from[oldest]
+        self._dropped[conv] = seq
+        self._dropped_from.setdefault(conv, seq)
 
     def note_seq(self, seq: int) -> None:
         """Every sequence number handed out passes here (stored or not): keep the on-disk reservation
@@ -854,7 +866,7 @@ class HistoryStore:
         """The newest sequence number of ``conv`` that history no longer has: pruned, given up on while
         the disk failed, or in a file not open yet (all of whose numbers are below ``start_seq``) (0: none).
         A replay from below it has a hole, and says so."""
-        lost = max(self._pruned.get(conv, 0), self._dropped.get(conv, 0))
+        lost = max(self._pruned.get(conv, 0), self._dropped.get(conv, 0), self._dropped_floor)
         return lost if self._db is not None else max(lost, self.start_seq)
 
     def lost_between(self, conv: str, after: int, upto: int) -> bool:
@@ -863,6 +875,8 @@ class HistoryStore:
         if self.lost_upto(conv) <= after:
             return False
         if self._pruned.get(conv, 0) > after or self._db is None:  # pruned from the oldest, or a file not open
+            return True
+        if self._dropped_floor > after:  # given up on, of a conversation no longer remembered: maybe this one
             return True
         return self._dropped_from.get(conv, 0) <= upto
 
