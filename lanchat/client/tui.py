@@ -7,8 +7,8 @@ Owns two layers:
   a bell, system events in their own colours), turns what the person typed into requests (command
   dispatch, the current room), and answers the prompt, the status line and Tab completion. Tests drive
   it with dicts and strings.
-* The glue (``run_app``, ``Printer``, ``ViewCompleter``): a prompt_toolkit ``PromptSession`` and a
-  ``ChatClient`` (connection.py: reconnect, resume and the outbox live there, not here).
+* The glue (``run_app`` and its ``_ChatApp``, ``Printer``, ``ViewCompleter``): a prompt_toolkit
+  ``PromptSession`` and a ``ChatClient`` (connection.py: reconnect, resume and the outbox live there, not here).
 
 Why ``PromptSession.prompt_async`` in a loop and not a full-screen ``Application``: chat lines are printed
 *above* the prompt into the terminal's own scrollback (prompt_toolkit erases the input line and the
@@ -955,6 +955,382 @@ def _no_mouse() -> KeyBindings:
     return kb
 
 
+class _ChatApp:
+    """One run of the interactive client, for ``run_app``: the view, the prompt, the printer and the
+    connection wired together, and what they share (the saved session, the signals, the quit's wait) as
+    attributes. Built inside the running loop, before anything is shown or connected; ``run`` then goes
+    until /quit, Ctrl-D, a signal or a lost connection, and returns the exit code of `lanchat join`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        nick: str,
+        room: str,
+        *,
+        server_name: str,
+        view: ChatView | None,
+        input: Input | None,
+        output: Output | None,
+        give_up_after: float,
+        relocate: Relocator | None,
+        sessions: SessionFile | None,
+        server_id: str,
+    ) -> None:
+        self.nick = nick  # as given, for the first notes (the view and the client follow renames)
+        self.asked_room, room = room, room or const.DEFAULT_ROOM  # ("": --room not given)
+        self.view = view or ChatView(nick, room, server=server_name, address=host_port(host, port))
+        self.history = _History()
+        self.session = self._prompt_session(input, output)
+        self.printer = Printer(self.session.app.output, app=self.session.app)
+        self.session.key_bindings = _key_bindings(self.view, self.session.app.invalidate, self.printer.show)
+
+        self.sessions = sessions or SessionFile()
+        # The server as a later run finds it: by its id and name if discovery found it (it may move: a restart
+        # on another port, a new DHCP address), else by the address it was joined at (moved: where it is now)
+        self.server = f"id {server_id} {server_name}" if server_id else host_port(host, port)
+        self.saved_as = entry_key(self.server, nick)  # the file of the session, by its nick as it is now
+        self.unsaved = False  # a save failed: said once
+        self.welcomed = False  # till the first welcome, a save keeps the restored file's time ("left at"; its age)
+        self.earlier: Saved | None = None  # the session of a run killed before its goodbye (see _restore)
+
+        self.offline = asyncio.Event()  # set while not connected: /quit then sends nothing first
+        self.client = ChatClient(
+            host, port, nick, [room], on_frame=self._on_frame, on_status=self._on_status,
+            give_up_after=give_up_after, relocate=relocate, saver=self._save,
+        )  # fmt: skip
+        self.view.unsent = self._unsent
+
+        self.loop = asyncio.get_running_loop()
+        self.signalled: asyncio.Future[int] = self.loop.create_future()  # SIGTERM, SIGHUP: quit as /quit does
+        self.quit_wait: asyncio.Future[None] | None = None  # _send_before_quitting's Ctrl-C, while it waits
+        self.unhooks: list[Callable[[], None]] = []  # the signal handlers and the raw mode, undone at the end
+        self.closed: asyncio.Task[None] | None = None  # the client giving up reconnecting (once connected)
+        self.again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
+
+    def _prompt_session(self, input: Input | None, output: Output | None) -> _ChatSession:
+        session = _ChatSession(
+            message=self.view.prompt,
+            bottom_toolbar=lambda: self.view.toolbar(_columns()),
+            completer=ViewCompleter(self.view),
+            complete_while_typing=False,
+            history=self.history,
+            style=STYLE,
+            include_default_pygments_style=False,
+            erase_when_done=True,  # the server's echo shows what was said; the typed line would be a duplicate
+            enable_suspend=True,  # Ctrl-Z stops the client as it stops any program (else it types a ^Z)
+            input=input,
+            output=output,
+        )
+        session.style = style_for(session.app.output)
+        _keep_scrollback_clean(session.app.renderer)
+        return session
+
+    # --- the run ---------------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """The whole run: connect, chat, quit; the exit code. Once connecting started, whatever ends the run
+        closes the connection and gives the signals and the terminal back (``_close``)."""
+        self._restore()
+        self._greet()
+        try:
+            if (failed := await self._connect()) is not None:
+                return failed
+            self._catch_up()
+            self.closed = asyncio.create_task(self.client.wait_closed(), name="tui-closed")
+            self._hook_signals()
+            self._hold_raw()
+            return await self._chat(self.closed)
+        finally:
+            await self._close()
+
+    def _restore(self) -> None:
+        """The session a run killed before it could say goodbye left, taken (marked as this run's: a second
+        run started with it gets none)."""
+        self.earlier = earlier = self.sessions.take(self.saved_as)
+        if earlier is None:
+            return
+        attempts = earlier.attempts + RESTORED_ATTEMPT_GAP
+        self.client.state.restore(earlier.token, earlier.last_seq, attempts, earlier.next_id, earlier.rooms)
+        if earlier.room and not self.asked_room:
+            self.view.room = earlier.room  # where the killed run's lines went (the welcome moves it if left)
+
+    def _greet(self) -> None:
+        """The printer started, with the first lines: where we connect, and the session we resume."""
+        self.printer.start()
+        view, earlier, nick = self.view, self.earlier, clean(self.nick)
+        where = f"{view.server} ({view.address})" if view.server else view.address
+        self.printer.show(view.note(f"connecting to {where} as {nick}"))
+        if earlier is not None:
+            day = "%H:%M" if time.localtime(earlier.saved_at)[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M"
+            since = time.strftime(day, time.localtime(earlier.saved_at))
+            self.printer.show(view.note(f"resuming your session as {nick}, left at {since} without a goodbye"))
+
+    async def _connect(self) -> int | None:
+        """The first connection: None once welcomed, else the exit code (and why, shown)."""
+        try:
+            await self.client.connect()
+        except ConnectError as exc:
+            self.printer.show(self.view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
+            # A restored session is left as it was (held, to be resumed by a later run): the close must not say
+            # goodbye for it; unless the server refused it for good (a bad field: it would again, at every start)
+            self.client.state.info.token = None
+            if self.earlier is not None and exc.exit_code == EXIT_ERROR:
+                self.sessions.forget(self.saved_as)
+            return exc.exit_code
+        return None
+
+    def _catch_up(self) -> None:
+        """A run started again, its session restored: who is in the current room, and a --room it is not in."""
+        state = self.client.state
+        if self.earlier is not None and state.resumed and self.view.room in state.rooms:
+            self._ask_who_is_here(self.view.room)
+        if self.earlier is not None and self.asked_room and self.asked_room not in state.rooms:
+            self._join_asked_room()
+
+    def _ask_who_is_here(self, room: str) -> None:
+        """This run has seen no room reply: who is here, asked quietly. The current room only: a listing costs
+        10 lines of the rate, and the session's 50 rooms would hold its first lines."""
+        self.client.send(m.Who(room))
+        if (asked := self.client.state.last_question_id) is not None:
+            self.view.asked_quietly(asked)
+
+    def _join_asked_room(self) -> None:
+        """A --room the restored session is not in: joined as if typed (it was ignored)."""
+        submitted = self.view.submit(f"/join {self.asked_room}")
+        self.printer.show(submitted.lines)
+        for req in submitted.requests:
+            self.client.send(req)
+            self.printer.show(self.view.taken(submitted))
+
+    def _hook_signals(self) -> None:
+        """SIGTERM and SIGHUP quit as /quit does, a SIGINT too (_interrupted); a SIGCONT takes the terminal back."""
+        self.unhooks.append(on_hangup(self.loop, lambda sig: _resolve(self.signalled, sig)))
+        # Not prompt_toolkit's SIGINT handler (handle_sigint=False in _prompt): it turned a `kill -INT` into a
+        # KeyboardInterrupt in the prompt's task, which asyncio raises out of the loop (a traceback over the
+        # screen, no goodbye).
+        self.unhooks.append(handle_signals(self.loop, [signal.SIGINT], self._interrupted))
+        self.unhooks.append(handle_signals(self.loop, [signal.SIGCONT], lambda _: _continued(self.session.app)))
+
+    def _hold_raw(self) -> None:
+        """Raw for the whole chat, not only while a prompt runs: prompt_toolkit leaves raw mode at the end of
+        each prompt_async, and a key typed between Enter and the next prompt was echoed by the terminal
+        itself (a stray "s" glued to the next line printed, `s12:03 <ann> ...`), a Ctrl-C there a SIGINT.
+        The prompt's own raw mode nests inside this one (it restores what it found: raw)."""
+        held_raw = contextlib.ExitStack()
+        held_raw.enter_context(self.session.input.raw_mode())
+        self.unhooks.append(held_raw.close)
+
+    async def _chat(self, closed: asyncio.Task[None]) -> int:
+        """Prompt after prompt until the chat ends: its exit code. ``closed``: the client gave up."""
+        while True:
+            code = await self._turn(closed)
+            if code is not None:
+                return code
+
+    async def _turn(self, closed: asyncio.Task[None]) -> int | None:
+        """One prompt, until it returns a line, a signal comes or the client gives up, and that answered:
+        None to prompt again, else the exit code."""
+        had = len(self.history.get_strings())
+        prompt = self._prompt()
+        waits: set[asyncio.Future[Any]] = {prompt, closed, self.signalled}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        self.printer.prompt_ended()
+        if self.signalled.done():
+            await _stop_prompt(self.session, prompt)
+            # The same goodbye as /quit, and the same note if it found no server, but at once: lines not
+            # acknowledged yet may be dropped (docs/client.md)
+            await self._quit(send_first=False)
+            return self._quit_code()
+        if not prompt.done():  # the client gave up reconnecting
+            await _stop_prompt(self.session, prompt)
+            self.printer.show(self.view.lost(self.client.lost_reason))
+            return EXIT_LOST
+        try:
+            text = prompt.result()
+        except (EOFError, KeyboardInterrupt):
+            await self._quit()
+            return self._quit_code()
+        return await self._submit(text, had)
+
+    def _prompt(self) -> asyncio.Task[str]:
+        """The next prompt, with the line given back to mend (if any), its cursor at the end of the first line."""
+        again, self.again = self.again, ""
+        at_first_line = functools.partial(_cursor_to, self.session.default_buffer, len(again.split("\n", 1)[0]))
+        return asyncio.create_task(
+            self.session.prompt_async(default=again, pre_run=at_first_line, handle_sigint=False), name="tui-prompt"
+        )
+
+    async def _submit(self, text: str, had: int) -> int | None:
+        """What one prompt returned, each of its lines answered before the next (a paste in order): the exit
+        code if a /quit ended it, else None. ``had``: how many lines Up had before that prompt."""
+        lines = typed_lines(text)
+        room_before = self.view.room
+        for at, line in enumerate(lines):
+            submitted = self.view.submit(line)
+            self.printer.show(submitted.lines)
+            if submitted.quit is not None:  # the lines before it are sent: the quit follows them
+                await self._quit(submitted.quit.reason)
+                return self._quit_code()
+            taken = self._send(submitted)
+            if submitted.refused or not taken:
+                # In the input again, with the rest of its paste (those before it are sent: Up bringing the
+                # whole paste back sent them twice)
+                self.again = "\n".join(lines[at:])
+                self.history.take_back(text, had)  # (Up's first entry would be the same line)
+                break
+        if self.view.room != room_before:  # (/switch sends nothing: saved now, not at the next event)
+            self.client.save()
+        return None
+
+    def _send(self, submitted: Submitted) -> bool:
+        """The requests of one line, handed to the client: False if it refused one (and why, shown)."""
+        taken = True
+        for req in submitted.requests:
+            try:
+                self.client.send(req)
+            except RemoteProtocolError as exc:  # the outbox is full, or the line too long for this server
+                self.view.current.not_sent(req)
+                self.printer.show(self.view.note(exc.message, "error"))
+                taken = False
+            else:
+                self.printer.show(self.view.taken(submitted))
+        return taken
+
+    async def _close(self) -> None:
+        """The end of every run, however it ends: the signals and the terminal given back, the connection
+        closed (if no quit closed it), what is still to print printed."""
+        for unhook in self.unhooks:
+            unhook()
+        if self.closed is not None:
+            self.closed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.closed
+        if self.client.status != "closed":
+            await self.client.close()
+        await self.printer.close()
+
+    # --- the client's callbacks ------------------------------------------------------------------------------
+
+    def _unsent(self) -> int:
+        """Posts the server has not acknowledged yet (the view's status line and /status)."""
+        return self.client.state.unacked
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        """A frame from the server: shown (or the status line redrawn), the session's file renamed with us."""
+        kind = frame.get("type")
+        self.welcomed = self.welcomed or kind == "welcome"
+        lines = self.view.on_frame(frame)
+        renamed = kind in ("nick", "welcome") and entry_key(self.server, self.client.nick) != self.saved_as
+        if renamed and self.client.state.registered:  # (only these frames change our nick)
+            self.client.save()  # our nick changed: the file follows it now, not a second later (a kill then)
+        if lines:
+            self.printer.show(lines)  # which redraws the prompt and the status line once for the batch
+        else:
+            self.session.app.invalidate()  # the status line may have changed (a count of users, an ack)
+
+    def _on_status(self, status: str) -> None:
+        """The connection's state changed: said, the status line redrawn, /quit's wait told if offline."""
+        if status == "moved":
+            self._moved()
+            return
+        self.printer.show(self.view.on_status(status, self.client.lost_reason))
+        self.session.app.invalidate()
+        if status == "connected":
+            self.offline.clear()
+        else:
+            self.offline.set()
+
+    def _moved(self) -> None:
+        """Still reconnecting: to the address discovery found the server at now (the saved session is under
+        the server's id, found there by a later run too)."""
+        self.view.address = host_port(self.client.host, self.client.port)
+        where = f"{self.view.server or 'the server'} is at {self.view.address} now"
+        self.printer.show(self.view.note(f"{where}: connecting there", "state"))
+        self.session.app.invalidate()
+
+    def _save(self, state: ClientState) -> None:
+        """What a later run needs to resume the session, kept in its file (the client's saver)."""
+        if (kept := state.saved_view()) is None:
+            return
+        key = entry_key(self.server, state.info.nick)
+        if key != self.saved_as:  # renamed: `lanchat join --nick NEW` resumes it now (two runs that began as
+            self.sessions.forget(self.saved_as)  # one nick, one since renamed, do not share a file)
+            self.saved_as = key
+        at = self.earlier.saved_at if self.earlier is not None and not self.welcomed else None
+        if not self.sessions.save(key, Saved(*kept, room=self.view.room or ""), now=at) and not self.unsaved:
+            self.unsaved = True
+            where = self.sessions.directory
+            self.printer.show(self.view.note(f"cannot keep the session for a restart in {where}", "error"))
+
+    # --- quitting --------------------------------------------------------------------------------------------
+
+    async def _quit(self, reason: str = "", *, send_first: bool = True) -> None:
+        """The goodbye (with ``send_first``, after what was typed is sent), the saved session kept for the
+        next run or forgotten, and what may not have reached the server, said."""
+        client = self.client
+        if send_first and client.state.unacked and client.status == "connected":
+            await self._send_before_quitting()
+        never = client.never_sent  # typed while disconnected: close() does not send them
+        await client.close(reason)
+        if client.goodbye_lost:  # the server may hold the session: the next run resumes it
+            client.save()
+        else:  # ended: nothing to resume
+            self.sessions.forget(self.saved_as)
+        self._say_what_was_lost(never)
+
+    def _say_what_was_lost(self, never: int) -> None:
+        """After the goodbye: ``never`` posts typed while disconnected, and those maybe not sent."""
+        note = self.view.note
+        if never:
+            self.printer.show(note(f"{count_of(never, 'message')} not sent (typed while disconnected)", "error"))
+        if (maybe := self.client.state.unacked - never) > 0:
+            # Those before the quit reach the server if it reads them within GOODBYE_LINGER, but the quit
+            # ends the connection before their acks: "may", not "were not"
+            left = count_of(maybe, "message")
+            self.printer.show(note(f"{left} may not have been sent (no acknowledgement)", "error"))
+        if self.client.goodbye_lost:  # (kept for the next run: _quit saved it)
+            self.printer.show(note(f"{GOODBYE_LOST_NOTE}; `lanchat join` here again resumes it", "error"))
+
+    async def _send_before_quitting(self) -> None:
+        """/quit and Ctrl-D first send what was typed (a paste ending in /quit: its lines at the server's
+        rate), unless Ctrl-C, a signal or a lost connection says otherwise (what is left is then dropped,
+        and the goodbye says how many)."""
+        left = count_of(self.client.state.unacked, "message")
+        self.printer.show(self.view.note(f"sending {left} before quitting (Ctrl-C: quit now)"))
+        skip: asyncio.Future[None] = self.loop.create_future()
+        waits: set[asyncio.Future[Any]] = {
+            asyncio.ensure_future(self.client.wait_acked()),
+            asyncio.ensure_future(self.offline.wait()),
+            skip,
+        }
+        # The prompt is gone: Ctrl-C is a SIGINT now (interrupted), Ctrl-\ a SIGQUIT, which would have ended
+        # the client with a core and no goodbye, the terminal left unechoed: both quit now. What else is typed
+        # is neither shown nor kept.
+        self.quit_wait = skip
+        unhook_quit = handle_signals(self.loop, [signal.SIGQUIT], lambda _: _resolve(skip, None))
+        try:
+            with _signals_only(self.session.input):
+                await asyncio.wait({*waits, self.signalled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.quit_wait = None
+            unhook_quit()
+            for w in waits:
+                w.cancel()
+
+    def _quit_code(self) -> int:
+        """After a quit: a signal during its wait (_send_before_quitting) ends the client as a signal does."""
+        return 128 + self.signalled.result() if self.signalled.done() else EXIT_OK  # the shell's "killed by signal N"
+
+    def _interrupted(self, signum: int) -> None:
+        """SIGINT: Ctrl-C during /quit's wait for unsent lines (quit now, as /quit); else a `kill -INT` from
+        outside (the keyboard's Ctrl-C is a key, the terminal being raw), which quits as SIGTERM does."""
+        if self.quit_wait is not None:
+            _resolve(self.quit_wait, None)
+        else:
+            _resolve(self.signalled, signum)
+
+
 async def run_app(
     host: str,
     port: int,
@@ -977,253 +1353,11 @@ async def run_app(
     under ``server_id`` and the server's name if discovery found it (a later run finds it there wherever it
     moved), else under its address.
     """
-    client: ChatClient | None = None
-    asked_room, room = room, room or const.DEFAULT_ROOM  # ("": --room not given)
-    view = view or ChatView(nick, room, server=server_name, address=host_port(host, port))
-    view.unsent = lambda: client.state.unacked if client is not None else 0
-    history = _History()
-    session: PromptSession[str] = _ChatSession(
-        message=view.prompt,
-        bottom_toolbar=lambda: view.toolbar(_columns()),
-        completer=ViewCompleter(view),
-        complete_while_typing=False,
-        history=history,
-        style=STYLE,
-        include_default_pygments_style=False,
-        erase_when_done=True,  # the server's echo shows what was said; the typed line would be a duplicate
-        enable_suspend=True,  # Ctrl-Z stops the client as it stops any program (else it types a ^Z)
-        input=input,
-        output=output,
-    )
-    session.style = style_for(session.app.output)
-    _keep_scrollback_clean(session.app.renderer)
-    printer = Printer(session.app.output, app=session.app)
-    session.key_bindings = _key_bindings(view, session.app.invalidate, printer.show)
-
-    sessions = sessions or SessionFile()
-    # The server as a later run finds it: by its id and name if discovery found it (it may move: a restart
-    # on another port, a new DHCP address), else by the address it was joined at (moved: where it is now)
-    server = f"id {server_id} {server_name}" if server_id else host_port(host, port)
-    saved_as = entry_key(server, nick)  # the file of the session, by its nick as it is now
-    unsaved = False  # a save failed: said once
-    welcomed = False  # till the first welcome, a save keeps the restored file's time ("left at"; its age)
-
-    def on_frame(frame: dict[str, Any]) -> None:
-        nonlocal welcomed
-        kind = frame.get("type")
-        welcomed = welcomed or kind == "welcome"
-        lines = view.on_frame(frame)
-        renamed = kind in ("nick", "welcome") and client is not None and entry_key(server, client.nick) != saved_as
-        if renamed and client is not None and client.state.registered:  # (only these frames change our nick)
-            client.save()  # our nick changed: the file follows it now, not a second later (a kill then)
-        if lines:
-            printer.show(lines)  # which redraws the prompt and the status line once for the batch
-        else:
-            session.app.invalidate()  # the status line may have changed (a count of users, an ack)
-
-    offline = asyncio.Event()  # set while not connected: /quit then sends nothing first
-
-    def on_status(status: str) -> None:
-        if status == "moved":  # (still reconnecting: to the address discovery found it at now; the saved
-            assert client is not None  # session is under the server's id, found there by a later run too)
-            view.address = host_port(client.host, client.port)
-            where = f"{view.server or 'the server'} is at {view.address} now"
-            printer.show(view.note(f"{where}: connecting there", "state"))
-            session.app.invalidate()
-            return
-        printer.show(view.on_status(status, client.lost_reason if client is not None else ""))
-        session.app.invalidate()
-        if status == "connected":
-            offline.clear()
-        else:
-            offline.set()
-
-    def save(state: ClientState) -> None:
-        nonlocal saved_as, unsaved
-        if (kept := state.saved_view()) is None:
-            return
-        key = entry_key(server, state.info.nick)
-        if key != saved_as:  # renamed: `lanchat join --nick NEW` resumes it now (two runs that began as one
-            sessions.forget(saved_as)  # nick, one since renamed, do not share a file)
-            saved_as = key
-        at = earlier.saved_at if earlier is not None and not welcomed else None
-        if not sessions.save(key, Saved(*kept, room=view.room or ""), now=at) and not unsaved:
-            unsaved = True
-            printer.show(view.note(f"cannot keep the session for a restart in {sessions.directory}", "error"))
-
-    client = ChatClient(
-        host, port, nick, [room], on_frame=on_frame, on_status=on_status, give_up_after=give_up_after,
-        relocate=relocate, saver=save,
+    app = _ChatApp(
+        host, port, nick, room, server_name=server_name, view=view, input=input, output=output,
+        give_up_after=give_up_after, relocate=relocate, sessions=sessions, server_id=server_id,
     )  # fmt: skip
-    earlier = sessions.take(saved_as)  # (marked as this run's: a second run started with it gets none)
-    if earlier is not None:  # a run killed before it could say goodbye
-        attempts = earlier.attempts + RESTORED_ATTEMPT_GAP
-        client.state.restore(earlier.token, earlier.last_seq, attempts, earlier.next_id, earlier.rooms)
-        if earlier.room and not asked_room:
-            view.room = earlier.room  # where the killed run's lines went (the welcome moves it if left)
-    loop = asyncio.get_running_loop()
-
-    async def quit_with(reason: str = "", *, send_first: bool = True) -> None:
-        if send_first and client.state.unacked and client.status == "connected":
-            await send_before_quitting()
-        never = client.never_sent  # typed while disconnected: close() does not send them
-        await client.close(reason)
-        if client.goodbye_lost:  # the server may hold the session: the next run resumes it
-            client.save()
-        else:  # ended: nothing to resume
-            sessions.forget(saved_as)
-        if never:
-            printer.show(view.note(f"{count_of(never, 'message')} not sent (typed while disconnected)", "error"))
-        if (maybe := client.state.unacked - never) > 0:
-            # Those before the quit reach the server if it reads them within GOODBYE_LINGER, but the quit
-            # ends the connection before their acks: "may", not "were not"
-            left = count_of(maybe, "message")
-            printer.show(view.note(f"{left} may not have been sent (no acknowledgement)", "error"))
-        if client.goodbye_lost:  # (kept for the next run: saved above)
-            printer.show(view.note(f"{GOODBYE_LOST_NOTE}; `lanchat join` here again resumes it", "error"))
-
-    async def send_before_quitting() -> None:
-        """/quit and Ctrl-D first send what was typed (a paste ending in /quit: its lines at the server's
-        rate), unless Ctrl-C, a signal or a lost connection says otherwise (what is left is then dropped,
-        and the goodbye says how many)."""
-        left = count_of(client.state.unacked, "message")
-        printer.show(view.note(f"sending {left} before quitting (Ctrl-C: quit now)"))
-        skip: asyncio.Future[None] = loop.create_future()
-        waits: set[asyncio.Future[Any]] = {
-            asyncio.ensure_future(client.wait_acked()),
-            asyncio.ensure_future(offline.wait()),
-            skip,
-        }
-        # The prompt is gone: Ctrl-C is a SIGINT now (interrupted), Ctrl-\ a SIGQUIT, which would have ended
-        # the client with a core and no goodbye, the terminal left unechoed: both quit now. What else is typed
-        # is neither shown nor kept.
-        quit_wait.append(skip)
-        unhook_quit = handle_signals(loop, [signal.SIGQUIT], lambda _: _resolve(skip, None))
-        try:
-            with _signals_only(session.input):
-                await asyncio.wait({*waits, signalled}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            quit_wait.clear()
-            unhook_quit()
-            for w in waits:
-                w.cancel()
-
-    def quit_code() -> int:
-        """After a quit: a signal during its wait (send_before_quitting) ends the client as a signal does."""
-        return 128 + signalled.result() if signalled.done() else EXIT_OK  # the shell's "killed by signal N"
-
-    def interrupted(signum: int) -> None:
-        """SIGINT: Ctrl-C during /quit's wait for unsent lines (quit now, as /quit); else a `kill -INT` from
-        outside (the keyboard's Ctrl-C is a key, the terminal being raw), which quits as SIGTERM does."""
-        if quit_wait:
-            _resolve(quit_wait[0], None)
-        else:
-            _resolve(signalled, signum)
-
-    quit_wait: list[asyncio.Future[None]] = []  # send_before_quitting's Ctrl-C, while it waits
-    unhooks: list[Callable[[], None]] = []  # the signal handlers, removed at the end
-    printer.start()
-    where = f"{view.server} ({view.address})" if view.server else view.address
-    printer.show(view.note(f"connecting to {where} as {clean(nick)}"))
-    if earlier is not None:
-        day = "%H:%M" if time.localtime(earlier.saved_at)[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M"
-        since = time.strftime(day, time.localtime(earlier.saved_at))
-        printer.show(view.note(f"resuming your session as {clean(nick)}, left at {since} without a goodbye"))
-    closed: asyncio.Task[None] | None = None
-    signalled: asyncio.Future[int] = loop.create_future()  # SIGTERM, SIGHUP: quit as /quit does
-    try:
-        try:
-            await client.connect()
-        except ConnectError as exc:
-            printer.show(view.note(f"lanchat: {clean(str(exc))}", "error"))  # may quote the server's words
-            client.state.info.token = None  # a restored session is left as it was (held, to be resumed by a
-            if earlier is not None and exc.exit_code == EXIT_ERROR:  # later run): the close must not say
-                sessions.forget(saved_as)  # goodbye for it; unless the server refused it for good (a bad
-            return exc.exit_code  # field: it would again, at every start)
-        if earlier is not None and client.state.resumed and view.room in client.state.rooms:
-            client.send(m.Who(view.room))  # this run has seen no room reply: who is here (the current room
-            if (asked := client.state.last_question_id) is not None:  # only: a listing costs 10 lines of
-                view.asked_quietly(asked)  # the rate, and the session's 50 rooms would hold its first lines)
-        if earlier is not None and asked_room and asked_room not in client.state.rooms:  # a --room the restored
-            submitted = view.submit(f"/join {asked_room}")  # session is not in: as if typed (it was ignored)
-            printer.show(submitted.lines)
-            for req in submitted.requests:
-                client.send(req)
-                printer.show(view.taken(submitted))
-        closed = asyncio.create_task(client.wait_closed(), name="tui-closed")
-        unhooks.append(on_hangup(loop, lambda sig: _resolve(signalled, sig)))
-        # Not prompt_toolkit's SIGINT handler (handle_sigint=False below): it turned a `kill -INT` into a
-        # KeyboardInterrupt in the prompt's task, which asyncio raises out of the loop (a traceback over the
-        # screen, no goodbye).
-        unhooks.append(handle_signals(loop, [signal.SIGINT], interrupted))
-        unhooks.append(handle_signals(loop, [signal.SIGCONT], lambda _: _continued(session.app)))
-        again = ""  # a line refused as typed, back in the input to be mended instead of typed anew
-        # Raw for the whole chat, not only while a prompt runs: prompt_toolkit leaves raw mode at the end of
-        # each prompt_async, and a key typed between Enter and the next prompt was echoed by the terminal
-        # itself (a stray "s" glued to the next line printed, `s12:03 <ann> ...`), a Ctrl-C there a SIGINT.
-        # The prompt's own raw mode nests inside this one (it restores what it found: raw).
-        held_raw = contextlib.ExitStack()
-        held_raw.enter_context(session.input.raw_mode())
-        unhooks.append(held_raw.close)
-        while True:
-            had = len(history.get_strings())
-            at_first_line = functools.partial(_cursor_to, session.default_buffer, len(again.split("\n", 1)[0]))
-            prompt = asyncio.create_task(
-                session.prompt_async(default=again, pre_run=at_first_line, handle_sigint=False), name="tui-prompt"
-            )
-            again = ""
-            waits: set[asyncio.Future[Any]] = {prompt, closed, signalled}
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            printer.prompt_ended()
-            if signalled.done():
-                await _stop_prompt(session, prompt)
-                # The same goodbye as /quit, and the same note if it found no server, but at once: lines not
-                # acknowledged yet may be dropped (docs/client.md)
-                await quit_with(send_first=False)
-                return quit_code()
-            if not prompt.done():  # the client gave up reconnecting
-                await _stop_prompt(session, prompt)
-                printer.show(view.lost(client.lost_reason))
-                return EXIT_LOST
-            try:
-                text = prompt.result()
-            except (EOFError, KeyboardInterrupt):
-                await quit_with()
-                return quit_code()
-            lines = typed_lines(text)
-            room_before = view.room
-            for at, line in enumerate(lines):  # each line answered before the next (a paste in order)
-                submitted = view.submit(line)
-                printer.show(submitted.lines)
-                if submitted.quit is not None:  # the lines before it are sent: the quit follows them
-                    await quit_with(submitted.quit.reason)
-                    return quit_code()
-                refused = submitted.refused
-                for req in submitted.requests:
-                    try:
-                        client.send(req)
-                    except RemoteProtocolError as exc:  # the outbox is full, or the line too long for this server
-                        view.current.not_sent(req)
-                        printer.show(view.note(exc.message, "error"))
-                        refused = True
-                    else:
-                        printer.show(view.taken(submitted))
-                if refused:  # in the input again, with the rest of its paste (those before it are sent: Up
-                    again = "\n".join(lines[at:])  # bringing the whole paste back sent them twice)
-                    history.take_back(text, had)  # (Up's first entry would be the same line)
-                    break
-            if view.room != room_before:  # (/switch sends nothing: saved now, not at the next event)
-                client.save()
-    finally:
-        for unhook in unhooks:
-            unhook()
-        if closed is not None:
-            closed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await closed
-        if client.status != "closed":
-            await client.close()
-        await printer.close()
+    return await app.run()
 
 
 def _keep_scrollback_clean(renderer: Renderer) -> None:
