@@ -214,10 +214,14 @@ class _PipedSession:
         if not (client.status == "connected" or self._line_of or client.queued_requests):
             return None
         waiting = len(self._line_of) + client.queued_requests
-        with contextlib.suppress(RemoteProtocolError):  # 1,000 commands waiting for a reconnect: none more
+        try:
             client.send(m.Rooms(id=SETTLE_ID))
-        if not await self._before_closed(_within(self._settled.wait(), SETTLE_TIMEOUT)) and self._signum is not None:
-            return await self._signalled()
+        except RemoteProtocolError:  # 1,000 commands waiting for a reconnect: none more, and no answer to wait for
+            pass
+        else:
+            settled = _within(self._settled.wait(), SETTLE_TIMEOUT)
+            if not await self._before_closed(settled) and self._signum is not None:
+                return await self._signalled()
         if not self._settled.is_set() and client.status != "connected" and waiting:  # not back in time: what was
             # typed for it is not done, and a script must be able to tell (it exited 0, a review found)
             return await self._lost(f"connection lost with {count_of(waiting, 'command')} not answered")
@@ -304,8 +308,8 @@ class _PipedSession:
         kind = frame.get("type")
         if kind == "welcome":
             self._new_session = not_resumed(frame["resume_failed"]) if frame.get("resume_failed") else None
-        if kind == "rooms" and frame.get("id") == SETTLE_ID:  # our own round trip at the end (_settle)
-            self._settled.set()
+        if frame.get("id") == SETTLE_ID and kind in ("rooms", "error"):  # our own round trip at the end (_settle):
+            self._settled.set()  # answered, or refused (busy): either way after everything sent before it
             return
         number = self._answered(frame)
         if kind == "error":

@@ -927,8 +927,9 @@ class Printer:
 
 
 def _key_bindings(
-    view: ChatView, invalidate: Callable[[], None], show: Callable[[list[Line]], None]
+    view: ChatView, invalidate: Callable[[], None], show: Callable[[list[Line]], None], moved: Callable[[], None]
 ) -> KeyBindingsBase:
+    """Ctrl-C (clear the line, or quit on an empty one) and F2 (the next room; ``moved`` when it changed)."""
     kb = KeyBindings()
 
     @kb.add("c-c")
@@ -941,7 +942,10 @@ def _key_bindings(
 
     @kb.add("f2")
     def _next_room(event: KeyPressEvent) -> None:
+        before = view.room
         show(view.note(view.next_room()))
+        if view.room != before:
+            moved()
         invalidate()
 
     return merge_key_bindings([kb, _no_mouse()])
@@ -983,7 +987,10 @@ class _ChatApp:
         self.history = _History()
         self.session = self._prompt_session(input, output)
         self.printer = Printer(self.session.app.output, app=self.session.app)
-        self.session.key_bindings = _key_bindings(self.view, self.session.app.invalidate, self.printer.show)
+        # F2 saves at once, as /switch does (a kill before the next event came back in the room before)
+        self.session.key_bindings = _key_bindings(
+            self.view, self.session.app.invalidate, self.printer.show, lambda: self.client.save()
+        )
 
         self.sessions = sessions or SessionFile()
         # The server as a later run finds it: by its id and name if discovery found it (it may move: a restart

@@ -797,6 +797,28 @@ def test_the_saved_session_follows_a_rename_at_once_and_a_discovered_server_by_i
     run(main())
 
 
+def test_f2_saves_the_room_it_moves_to_at_once(server: ServerProcess) -> None:
+    """As /switch does: F2 changed the current room and the file kept the one before until the next event (a
+    review), so a kill in between came back in the old room."""
+    files = SessionFile()
+
+    async def main() -> None:
+        async with app(server.port, "fay") as (task, inp, view):
+            await until(lambda: view.status == "connected", "connected")
+            inp.send_text("/join dev\r")
+            await until(lambda: "dev" in view.joined and view.room == "dev", "joined dev")
+            key = entry_key(f"127.0.0.1:{server.port}", "fay")
+            await until(lambda: (saved := files.load(key)) is not None and saved.room == "dev", "saved in dev")
+            inp.send_text("\x1bOQ")  # F2
+            await until(lambda: view.room == "lobby", "F2")
+            saved = files.load(key)
+            assert saved is not None and saved.room == "lobby"  # at once, not a second later
+            inp.send_text("\x04")
+            await asyncio.wait_for(task, 10)
+
+    run(main())
+
+
 def test_the_clients_own_questions_are_answered_quietly() -> None:
     """A run started again asks who is in its room: the answer updates the member list and shows nothing,
     a refusal (busy) neither; the user's own /who, asked by id, is shown as ever (a review: keyed by room,
