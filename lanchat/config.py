@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,8 @@ def usable_cores() -> int:
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """The part of the server's config a worker needs, sent to it as JSON when it is spawned."""
+    """The part of the server's config a worker needs, sent to it as JSON when it is spawned: fields of
+    ServerConfig's names (ServerConfig.worker_config copies them by name)."""
 
     name: str = "lanchat"
     workers: int = 1
@@ -169,15 +170,5 @@ class ServerConfig:
     log_level: str = "info"
 
     def worker_config(self) -> WorkerConfig:
-        return WorkerConfig(
-            name=self.name,
-            workers=self.workers,
-            max_frame=self.max_frame,
-            rate=self.rate,
-            burst=self.burst,
-            sendq=self.sendq,
-            handshake_timeout=self.handshake_timeout,
-            ping_interval=self.ping_interval,
-            idle_timeout=self.idle_timeout,
-            log_level=self.log_level,
-        )
+        """Its fields of the same names (a WorkerConfig's fields are all ServerConfig's)."""
+        return WorkerConfig(**{f.name: getattr(self, f.name) for f in fields(WorkerConfig)})

@@ -88,6 +88,7 @@ class _PipedSession:
         self._refused: list[str] = []  # what the client or the server refused: the exit code says so
         self._by_server: list[str] = []  # those the server refused (with --json, error frames in the output)
         self._settled = asyncio.Event()  # the hub has answered everything sent before the last request
+        self._connected = asyncio.Event()  # connected now (set and cleared by _on_status)
         self._line_of: dict[int, int] = {}  # request id -> the input line it came from, until answered
         self._held: list[tuple[int, str]] = []  # refusals of input lines, said once every line before them is answered
         self._new_session: str | None = None  # the last welcome began a new session (the old one expired): why
@@ -214,14 +215,18 @@ class _PipedSession:
         if not (client.status == "connected" or self._line_of or client.queued_requests):
             return None
         waiting = len(self._line_of) + client.queued_requests
+        deadline = self._loop.time() + SETTLE_TIMEOUT
         try:
             client.send(m.Rooms(id=SETTLE_ID))
-        except RemoteProtocolError:  # 1,000 commands waiting for a reconnect: none more, and no answer to wait for
-            pass
-        else:
-            settled = _within(self._settled.wait(), SETTLE_TIMEOUT)
-            if not await self._before_closed(settled) and self._signum is not None:
+        except RemoteProtocolError:  # 1,000 commands waiting for a reconnect: asked once they are sent
+            back = _within(self._connected.wait(), SETTLE_TIMEOUT)
+            if not await self._before_closed(back) and self._signum is not None:
                 return await self._signalled()
+            if client.status == "connected":  # (the queue went out first: written at once now, never refused)
+                client.send(m.Rooms(id=SETTLE_ID))
+        settled = _within(self._settled.wait(), max(0.0, deadline - self._loop.time()))
+        if not await self._before_closed(settled) and self._signum is not None:
+            return await self._signalled()
         if not self._settled.is_set() and client.status != "connected" and waiting:  # not back in time: what was
             # typed for it is not done, and a script must be able to tell (it exited 0, a review found)
             return await self._lost(f"connection lost with {count_of(waiting, 'command')} not answered")
@@ -379,3 +384,7 @@ class _PipedSession:
             print(f"lanchat: connected again{how}", file=sys.stderr, flush=True)
         if status == "reconnecting":
             self._reconnected = True
+        if status == "connected":
+            self._connected.set()
+        else:
+            self._connected.clear()

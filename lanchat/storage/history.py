@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -239,9 +239,11 @@ class HistoryStore:
         self._gone: set[str] = set()  # rooms forgotten since the last commit (whose events it may count)
         self._gone_more = False  # more than GONE_KEPT of them
         self._pruned: dict[str, int] = {}  # conv -> the seq it is pruned up to (one per history_limit events)
-        self._dropped: dict[str, int] = {}  # conv -> newest seq given up on while the disk failed (this run)
+        # conv -> newest seq given up on while the disk failed (this run), the least recently given up on first
+        self._dropped: OrderedDict[str, int] = OrderedDict()
         self._dropped_from: dict[str, int] = {}  # conv -> oldest such seq
-        self._dropped_floor = 0  # the newest seq given up on of conversations no longer remembered one by one
+        # The newest and the oldest seq given up on of the conversations no longer remembered one by one
+        self._dropped_floor = self._dropped_floor_from = 0
         self._journal: Counter[str] = Counter()  # events per conversation in the journal table
         self._posted_rows = 0  # rows in the posted table (folded at POSTED_FOLD_ROWS)
         self._retry_at = 0.0
@@ -496,11 +498,15 @@ class HistoryStore:
 
     def _given_up(self, conv: str, seq: int) -> None:
         """An event of ``conv`` will never be written: a resume from before it is told of the hole (lost_upto)."""
-        if conv not in self._dropped and len(self._dropped) >= DROPPED_KEPT:  # a room per minute for a week
-            oldest = next(iter(self._dropped))
-            self._dropped_floor = max(self._dropped_floor, self._dropped.pop(oldest))
-            del self._dropped_from[oldest]
-        self._dropped[conv] = seq
+        dropped = self._dropped
+        if conv in dropped:
+            dropped.move_to_end(conv)
+        elif len(dropped) >= DROPPED_KEPT:  # a room per minute for a week: the one given up on longest ago goes
+            old, newest = dropped.popitem(last=False)
+            oldest = self._dropped_from.pop(old)
+            self._dropped_floor = max(self._dropped_floor, newest)
+            self._dropped_floor_from = min(self._dropped_floor_from or oldest, oldest)
+        dropped[conv] = seq
         self._dropped_from.setdefault(conv, seq)
 
     def note_seq(self, seq: int) -> None:
@@ -876,9 +882,10 @@ class HistoryStore:
             return False
         if self._pruned.get(conv, 0) > after or self._db is None:  # pruned from the oldest, or a file not open
             return True
-        if self._dropped_floor > after:  # given up on, of a conversation no longer remembered: maybe this one
+        if self._dropped.get(conv, 0) > after and self._dropped_from[conv] <= upto:
             return True
-        return self._dropped_from.get(conv, 0) <= upto
+        # given up on, in conversations no longer remembered one by one: maybe this one
+        return self._dropped_floor > after and self._dropped_floor_from <= upto
 
     def held(self, convs: list[str], after: int, before: int | None) -> bool:
         """Whether an event of ``convs`` with ``after`` < seq < ``before`` is held in memory only: it could

@@ -1041,19 +1041,22 @@ def test_the_conversations_given_up_on_are_remembered_up_to_a_bound(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One entry per conversation whose events were given up on while the disk failed, kept for the run: a
-    room made and left each minute of a long failure added one. Past DROPPED_KEPT the oldest folds into a
-    floor for all, which may tell a hole that is not, never hide one."""
+    room made and left each minute of a long failure added one. Past DROPPED_KEPT the one given up on longest
+    ago folds into a range for all, which may tell a hole that is not, never hide one. (A review: the first
+    given up on went, however recently, and the range was taken as reaching back to 0.)"""
     monkeypatch.setattr(const, "PENDING_WRITES_MAX", 1)
     monkeypatch.setattr(h, "DROPPED_KEPT", 2)
     s = open_store(stores, tmp_path)
     db_of(s).execute("PRAGMA query_only=ON")
-    for seq, room in enumerate(["r1", "r2", "r2", "r3", "r4"], start=1):
-        add(s, seq, room)  # each gives the one before it up
-    assert s.dropped == 4 and len(s._dropped) == 2  # r3 and r2 remembered; r1 folded into the floor
-    assert [s.lost_upto(r) for r in ("r1", "r2", "r3", "r4")] == [1, 3, 4, 1]
-    assert s.lost_between("r1", 0, 1) and s.lost_between("r4", 0, 5)  # the floor: maybe (r4 lost none)
-    assert s.lost_between("r2", 1, 3) and not s.lost_between("r2", 3, 9)
-    assert s.lost_between("r3", 3, 4) and not s.lost_between("r3", 1, 3)
+    for seq, room in enumerate(["r1", "r2", "r1", "r3", "r4"], start=1):
+        add(s, seq, room)  # each gives the one before it up: r1 (1), r2 (2), r1 (3), r3 (4)
+    assert s.dropped == 4 and list(s._dropped) == ["r1", "r3"]  # r2, given up on longest ago, folded
+    assert [s.lost_upto(r) for r in ("r1", "r2", "r3", "r4")] == [3, 2, 4, 2]
+    assert s.lost_between("r1", 0, 2) and not s.lost_between("r1", 3, 9)
+    assert s.lost_between("r2", 1, 2) and not s.lost_between("r2", 2, 9)
+    assert s.lost_between("r3", 3, 4)
+    assert s.lost_between("r4", 1, 5)  # the range folded in (2 to 2): maybe (r4 lost none)
+    assert not s.lost_between("r4", 0, 1)  # (before the range: no)
 
 
 @pytest.mark.parametrize("limit", ["rows", "bytes"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from lanchat.client import piped
 from lanchat.client.connection import EXIT_LOST, QUEUED_MAX
 
@@ -24,14 +26,35 @@ def test_a_busy_refusal_of_the_closing_request_settles_it_and_refuses_no_line() 
     asyncio.run(main())
 
 
-def test_a_closing_request_that_cannot_be_queued_is_not_waited_for() -> None:
-    """Reconnecting with QUEUED_MAX commands queued, the closing request is refused by the client itself: no
-    answer can come, and the run ends at once as lost (it waited SETTLE_TIMEOUT, 10 s, first)."""
+def reconnecting_with_a_full_queue(s: piped._PipedSession) -> None:
+    s._line_of[7] = 3  # line 3's command waits for its answer
+    s._client._queued_requests = QUEUED_MAX  # (status: still connecting, so sends are queued)
+    s._closed = asyncio.create_task(asyncio.sleep(3600))  # the connection is not given up
+
+
+@pytest.mark.parametrize("back", [True, False])
+def test_a_closing_request_the_full_queue_refuses_is_sent_once_back(
+    monkeypatch: pytest.MonkeyPatch, back: bool
+) -> None:
+    """Reconnecting with QUEUED_MAX commands queued, the client refuses the closing request itself. It is
+    sent once the queue has gone out, within SETTLE_TIMEOUT as ever; if the server is not back by then, the run
+    ends as lost. (A mend had it end as lost at once, the queue never sent: a review.)"""
+    monkeypatch.setattr(piped, "SETTLE_TIMEOUT", 0.5)
 
     async def main() -> None:
         s = session()
-        s._line_of[7] = 3  # line 3's command waits for its answer
-        s._client._queued_requests = QUEUED_MAX  # (status: still connecting)
-        assert await asyncio.wait_for(s._settle(), 2.0) == EXIT_LOST
+        reconnecting_with_a_full_queue(s)
+        settling = asyncio.ensure_future(s._settle())
+        await asyncio.sleep(0)
+        assert not settling.done()  # waiting for the server
+        if back:
+            s._client._set_status("connected")  # (the queue is written first, then the status changes)
+            await asyncio.sleep(0)
+            s._on_frame({"type": "rooms", "rooms": [], "id": piped.SETTLE_ID})
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(settling, 2.0) == (None if back else EXIT_LOST)
+        assert asyncio.get_running_loop().time() - started < (0.1 if back else 0.6)
+        assert s._closed is not None
+        s._closed.cancel()
 
     asyncio.run(main())
