@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Final
 
 from lanchat import const
-from lanchat.config import DiscoveryConfig, default_data_dir, parse_address
+from lanchat.config import DiscoveryConfig, default_data_dir
 from lanchat.discovery.const import (
     BEACON_JITTER,
     INTERFACE_REFRESH,
@@ -58,7 +58,7 @@ from lanchat.discovery.interfaces import (
     list_interfaces,
 )
 from lanchat.discovery.server_id import load_or_create_server_id
-from lanchat.discovery.sockets import Drops, SendErrors, bind_hint, open_udp, resolve_targets
+from lanchat.discovery.sockets import Drops, SendErrors, Target, bind_hint, open_udp, resolve_names, split_targets
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol.beacon import (
     MAX_DATAGRAM,
@@ -287,6 +287,7 @@ class Announcer:
         self._problems: list[str] = []
         self._interfaces_known = False
         self._beacon_to: list[tuple[str, int]] = []
+        self._literal: list[Target] = []  # the --beacon-to targets that are IPv4 literals (the names resolved apart)
         self._trusted: frozenset[str] = frozenset()
         self._stats = AnnouncerStats()
         self._drops = Drops("announcer")
@@ -324,8 +325,8 @@ class Announcer:
         self._loop = asyncio.get_running_loop()
         self._warn_about_bind_host()
         self._refresh_interfaces()
-        literal, names = _split_literals(self.config.beacon_to, port)
-        self._set_beacon_to(literal)
+        self._literal, names = split_targets(self.config.beacon_to, port, what="--beacon-to")
+        self._set_beacon_to(self._literal)
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
         if self.config.beacon:
             self._send_beacons()
@@ -401,14 +402,14 @@ class Announcer:
 
     # -- periodic work --
 
-    async def _maintain(self, names: list[str]) -> None:
+    async def _maintain(self, names: list[Target]) -> None:
         """Beacon every interval (jittered shorter, never longer); re-read interfaces and names now and then."""
         loop = self._loop
         assert loop is not None
         refresh_at = loop.time() + INTERFACE_REFRESH
         if names:
             try:
-                self._set_beacon_to(self._beacon_to + await self._resolve(names))
+                self._set_beacon_to(self._literal + await self._resolve(names))
             except Exception:  # as below: the loop must run whatever the names are
                 log.exception("discovery: cannot resolve --beacon-to names %s", names)
 
@@ -423,16 +424,15 @@ class Announcer:
                     refresh_at = loop.time() + INTERFACE_REFRESH
                     self._refresh_interfaces()
                     if names:
-                        literal, _ = _split_literals(self.config.beacon_to, self.config.discovery_port)
-                        self._set_beacon_to(literal + await self._resolve(names))
+                        self._set_beacon_to(self._literal + await self._resolve(names))
                 if loop.time() >= beacon_at:
                     beacon_at = next_beacon()
                     self._send_beacons()
             except Exception:  # a bug here must not silence the server for good: log it, try next round
                 log.exception("discovery: beacon round failed")
 
-    async def _resolve(self, names: list[str]) -> list[tuple[str, int]]:
-        return await resolve_targets(tuple(names), self.config.discovery_port, timeout=INTERFACE_REFRESH / 2)
+    async def _resolve(self, names: list[Target]) -> list[Target]:
+        return await resolve_names(names, timeout=INTERFACE_REFRESH / 2)
 
     def _refresh_interfaces(self) -> None:
         every = self._list_interfaces()
@@ -592,25 +592,6 @@ class Announcer:
             self._send_errors.report(what, target, exc, self._loop.time() if self._loop else 0.0)
             return False
         return True
-
-
-def _split_literals(targets: Sequence[str], default_port: int) -> tuple[list[tuple[str, int]], list[str]]:
-    """--beacon-to values that are IPv4 literals (usable at once) and the names that need resolving."""
-    literal: list[tuple[str, int]] = []
-    names: list[str] = []
-    for text in targets:
-        try:
-            host, port = parse_address(text, default_port, ipv6=False)
-        except ValueError as exc:
-            log.warning("discovery: ignoring --beacon-to %r: %s", text, exc)
-            continue
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            names.append(text)
-        else:
-            literal.append((host, port))
-    return literal, names
 
 
 # --- standalone runner -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import socket
 from collections import Counter
+from collections.abc import Sequence
 from typing import Final
 
 from lanchat.config import parse_address
@@ -64,27 +65,38 @@ def bind_hint(exc: OSError) -> str:
     return BIND_HINTS.get(exc.errno or 0, "unexpected error")
 
 
-async def resolve_targets(targets: tuple[str, ...], default_port: int, *, timeout: float) -> list[tuple[str, int]]:
-    """Each HOST[:PORT] as (IPv4 address, port); unresolvable ones are logged with a hint and left out.
+Target = tuple[str, int]  # (host, port)
 
-    ``timeout`` bounds all the name lookups together (IPv4 literals need none).
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    out: list[tuple[str, int]] = []
-    for target in targets:
+
+def split_targets(
+    targets: Sequence[str], default_port: int, *, what: str = "target"
+) -> tuple[list[Target], list[Target]]:
+    """HOST[:PORT] values: the IPv4 literals (usable at once) and the names that need resolving. One that is
+    neither is logged (as ``what``: the option it came from) and left out."""
+    literal: list[Target] = []
+    names: list[Target] = []
+    for text in targets:
         try:
-            host, port = parse_address(target, default_port, ipv6=False)
+            host, port = parse_address(text, default_port, ipv6=False)
         except ValueError as exc:
-            log.warning("ignoring target %r: %s", target, exc)
+            log.warning("discovery: ignoring %s %r: %s", what, text, exc)
             continue
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
-            pass
+            names.append((host, port))
         else:
-            out.append((host, port))
-            continue
+            literal.append((host, port))
+    return literal, names
+
+
+async def resolve_names(names: Sequence[Target], *, timeout: float) -> list[Target]:
+    """Each (name, port) as (its first IPv4 address, port); unresolvable ones are logged with a hint and left
+    out. ``timeout`` bounds all the lookups together."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    out: list[Target] = []
+    for host, port in names:
         try:
             infos = await asyncio.wait_for(
                 loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM),
@@ -95,7 +107,13 @@ async def resolve_targets(targets: tuple[str, ...], default_port: int, *, timeou
             continue
         for info in infos[:1]:
             out.append((str(info[4][0]), port))
-    return list(dict.fromkeys(out))
+    return out
+
+
+async def resolve_targets(targets: Sequence[str], default_port: int, *, timeout: float) -> list[Target]:
+    """Each HOST[:PORT] as (IPv4 address, port), the literals first (see split_targets, resolve_names)."""
+    literal, names = split_targets(targets, default_port)
+    return list(dict.fromkeys(literal + await resolve_names(names, timeout=timeout)))
 
 
 class SendErrors:

@@ -31,7 +31,7 @@ import math
 import re
 import struct
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Final
 
@@ -268,20 +268,7 @@ def encode_reply_within(reply: Reply, max_size: int) -> bytes | None:
     name_bytes = len(reply.name.encode("utf-8"))
     if excess > name_bytes:
         return None
-    shorter = Reply(
-        server_id=reply.server_id,
-        address=reply.address,
-        port=reply.port,
-        proto=reply.proto,
-        interval_ms=reply.interval_ms,
-        users=reply.users,
-        rooms=reply.rooms,
-        workers=reply.workers,
-        load=reply.load,
-        name=truncate_utf8(reply.name, name_bytes - excess),
-        nonce=reply.nonce,
-    )
-    return encode(shorter)
+    return encode(replace(reply, name=truncate_utf8(reply.name, name_bytes - excess)))
 
 
 def _bad(message: str) -> RemoteProtocolError:

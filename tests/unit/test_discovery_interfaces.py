@@ -21,7 +21,7 @@ from lanchat.discovery.interfaces import (
     unknown_interfaces,
 )
 from lanchat.discovery.server_id import SERVER_ID_FILE, load_or_create_server_id
-from lanchat.discovery.sockets import Drops
+from lanchat.discovery.sockets import Drops, split_targets
 
 # A fake host: documentation addresses (RFC 5737) as data only; nothing here sends a packet.
 LO = Interface("lo", "127.0.0.1", "255.0.0.0", "127.255.255.255")
@@ -81,6 +81,13 @@ def test_unicast_source() -> None:
     assert is_unicast_source("127.0.0.1")
     for bad in ("0.0.0.0", "255.255.255.255", "224.0.0.251", "nonsense"):  # doc example: data only
         assert not is_unicast_source(bad)
+
+
+def test_targets_split_into_literals_and_names_and_a_bad_one_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        literal, names = split_targets(["10.0.0.9", "lab.example:9000", "a:b", "10.0.0.8:7"], 7272, what="--beacon-to")
+    assert literal == [("10.0.0.9", 7272), ("10.0.0.8", 7)] and names == [("lab.example", 9000)]
+    assert caplog.text.count("ignoring --beacon-to 'a:b'") == 1
 
 
 def test_a_discovery_target_is_ipv4_or_a_name() -> None:
