@@ -7,6 +7,7 @@ uses its own free discovery port so tests cannot hear each other.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import socket
@@ -452,6 +453,37 @@ def test_a_beacon_to_name_that_cannot_be_a_name_does_not_silence_the_server(port
             await a.stop()
         got = [b.decode(d) for d in drain(raw)]
         assert isinstance(got[-1], b.Goodbye) and got[-1].server_id == a.server_id
+
+    run_async(scenario())
+
+
+def test_a_bad_beacon_to_is_warned_about_once_however_often_names_are_resolved(
+    port: int, raw: socket.socket, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The names among --beacon-to are resolved again at each re-read of the interfaces; the literals and the
+    bad values were split again with them, and a bad one warned about each time."""
+    monkeypatch.setattr(announcer_module, "INTERFACE_REFRESH", 0.05)
+    listening = raw.getsockname()[1]
+
+    async def scenario() -> None:
+        targets = (f"127.0.0.1:{listening}", f"localhost:{listening}", "a:b")
+        a = announcer(config(port, beacon_interval=0.05, beacon_to=targets), "alpha", 7001)
+        rereads: list[float] = []
+        real = a._refresh_interfaces
+
+        def counted() -> None:
+            rereads.append(time.monotonic())
+            real()
+
+        a._refresh_interfaces = counted  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING):
+            await a.start()
+            try:
+                await until(lambda: len(rereads) >= 4, what="three re-reads after the start's")
+            finally:
+                await a.stop()
+        assert a._beacon_to == [("127.0.0.1", listening)]  # the literal and the name: one target
+        assert caplog.text.count("ignoring --beacon-to 'a:b'") == 1
 
     run_async(scenario())
 
