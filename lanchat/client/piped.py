@@ -94,7 +94,8 @@ class _PipedSession:
         self._new_session: str | None = None  # the last welcome began a new session (the old one expired): why
         self._reconnected = False  # a reconnect began since the first connect: a "connected" is news
         self._signum: int | None = None  # the signal that ended us (SIGTERM, SIGHUP, SIGINT)
-        self._goodbye: asyncio.Task[None] | None = None  # its goodbye (a reference, or the task could be collected)
+        # The goodbye under way, a signal's or the end of the input's (a reference, or the task could be collected)
+        self._goodbye: asyncio.Task[None] | None = None
         self._quit_reason = ""  # from /quit WHY: the others are told WHY
         self._unhook: Callable[[], None] | None = None  # puts the signal handlers back as they were
         self._closed: asyncio.Task[None] | None = None  # ends when the connection is given up (made once connected)
@@ -198,10 +199,15 @@ class _PipedSession:
         lost = await self._settle()
         if lost is not None:
             return lost
+        if self._signum is not None:  # a signal as the last answer came: its goodbye is under way
+            return await self._signalled()
         assert self._closed is not None
         self._closed.cancel()
         self._say_held(all_of_them=True)
-        await self._client.close(self._quit_reason)
+        self._goodbye = self._loop.create_task(self._client.close(self._quit_reason))  # (a signal now waits for it)
+        await self._goodbye
+        if self._signum is not None:  # a signal during the goodbye: not a second goodbye, but its exit code
+            return await self._signalled()
         self._note_goodbye_lost()
         return self._exit_code()
 
@@ -270,13 +276,14 @@ class _PipedSession:
         dropped. (A second Ctrl-C does not come here: on_hangup ends the process at once.)"""
         if self._signum is None:
             self._signum = signum
-            self._goodbye = self._loop.create_task(self._client.close())
+            if self._goodbye is None:  # (else the goodbye of the end of the input is under way)
+                self._goodbye = self._loop.create_task(self._client.close())
 
     async def _signalled(self) -> int:
         """The exit after a signal: once its goodbye is done (the connection closes before it is: between
         reconnects it connects once more, and returning sooner would cancel that), with the note /quit
         gives if it found no server. The shell's convention for "killed by signal N"."""
-        assert self._signum is not None and self._goodbye is not None  # (both set by _on_signal)
+        assert self._signum is not None and self._goodbye is not None  # (set by _on_signal, or by _finish)
         self._say_held(all_of_them=True)
         await asyncio.gather(self._goodbye, return_exceptions=True)
         self._note_goodbye_lost()

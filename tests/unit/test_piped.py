@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 
@@ -55,6 +56,32 @@ def test_a_closing_request_the_full_queue_refuses_is_sent_once_back(
         assert await asyncio.wait_for(settling, 2.0) == (None if back else EXIT_LOST)
         assert asyncio.get_running_loop().time() - started < (0.1 if back else 0.6)
         assert s._closed is not None
+        s._closed.cancel()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("when", ["during the goodbye", "before it"])
+def test_a_signal_at_the_end_gets_its_exit_code_and_no_second_goodbye(when: str) -> None:
+    """A SIGTERM while the end of the input's goodbye was under way started a second one beside it, and the
+    run exited 0 (or 1), not 143 (a review); one as the closing request's answer came, the same."""
+
+    async def main() -> None:
+        s = session()
+        s._closed = asyncio.create_task(asyncio.sleep(3600))
+        goodbyes: list[str] = []
+
+        async def close(reason: str = "") -> None:
+            goodbyes.append(reason)
+            if when == "during the goodbye":
+                s._on_signal(signal.SIGTERM)
+            await asyncio.sleep(0.01)
+
+        s._client.close = close  # type: ignore[method-assign]
+        if when == "before it":
+            s._on_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(s._finish(), 2.0) == 128 + signal.SIGTERM
+        assert len(goodbyes) == 1
         s._closed.cancel()
 
     asyncio.run(main())
