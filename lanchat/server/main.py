@@ -280,6 +280,10 @@ class Server:
             if time.monotonic() > deadline:
                 raise RuntimeError("workers did not report ready in time")
             self._reap()
+            now = time.monotonic()
+            for slot in self.slots if not self.stopping else ():  # one killed by a signal: replaced now too
+                if slot.proc is None and slot.respawn_at is not None and now >= slot.respawn_at:
+                    self._respawn(slot)
             await asyncio.sleep(0.02)
 
     async def _start_discovery(self) -> None:
@@ -504,6 +508,14 @@ class Server:
             else:
                 log.error("worker %d exited with code %d; replacing it", slot.index, code)
 
+    def _respawn(self, slot: WorkerSlot) -> None:
+        """A new worker in ``slot``, whose replacement is due."""
+        try:
+            self._spawn(slot)
+        except OSError as exc:  # memory or process limits: try again, backing off like a crash
+            delay = self._respawn_later(slot)
+            log.error("worker %d: cannot start a process (%s); next try in %.1f s", slot.index, exc, delay)
+
     @staticmethod
     def _respawn_later(slot: WorkerSlot) -> float:
         slot.crashes += 1
@@ -541,11 +553,7 @@ class Server:
         if not self.stopping:
             for slot in self.slots:
                 if slot.proc is None and slot.respawn_at is not None and now >= slot.respawn_at:
-                    try:
-                        self._spawn(slot)
-                    except OSError as exc:  # memory or process limits: try again, backing off like a crash
-                        delay = self._respawn_later(slot)
-                        log.error("worker %d: cannot start a process (%s); next try in %.1f s", slot.index, exc, delay)
+                    self._respawn(slot)
                 elif slot.alive and slot.ready:
                     if now - slot.last_pong > self.config.worker_timeout:
                         log.error(

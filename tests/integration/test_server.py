@@ -25,6 +25,7 @@ import psutil
 import pytest
 from support import Client, MakeServer, ServerProcess, run_cli
 
+from lanchat import const
 from lanchat.config import DiscoveryConfig, ServerConfig
 from lanchat.errors import StorageError
 from lanchat.protocol import control
@@ -934,6 +935,40 @@ def test_a_stop_signal_during_the_start_stops_the_server_at_once(
     with caplog.at_level(logging.INFO, logger="lanchat.server"):
         asyncio.run(asyncio.wait_for(scenario(), 20))
     assert "SIGTERM during the start: stopping" in caplog.text
+
+
+def test_a_worker_killed_by_a_signal_during_the_start_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log said "replacing it", but the replacement waited for the supervisor, which starts once every
+    worker is ready: the server waited out WORKER_BOOT_TIMEOUT and exited 3 (a fuzzing review)."""
+    monkeypatch.setattr(const, "WORKER_BOOT_TIMEOUT", 5.0)
+    config = ServerConfig(
+        host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=2, discovery=DiscoveryConfig(discovery=False)
+    )
+    spawn = Server._spawn
+    killed: list[int] = []
+
+    def spawn_then_kill_the_first(self: Server, slot: server_main.WorkerSlot) -> None:
+        spawn(self, slot)
+        if not killed and slot.proc is not None:  # (the OOM killer, an operator's kill -9, during the boot)
+            killed.append(slot.proc.pid)
+            slot.proc.kill()
+
+    monkeypatch.setattr(Server, "_spawn", spawn_then_kill_the_first)
+
+    async def scenario() -> None:
+        server = Server(config)
+        try:
+            await server.start()
+            assert not server.stopping and all(s.ready for s in server.slots)
+            assert all(s.proc is not None and s.proc.pid not in killed for s in server.slots)
+        finally:
+            await server.close()
+
+    with caplog.at_level(logging.INFO, logger="lanchat.server"):
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert "was killed by SIGKILL" in caplog.text and "replacing it" in caplog.text
 
 
 def test_a_stop_signal_before_the_event_loop_is_held_for_the_start(
