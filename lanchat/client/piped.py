@@ -228,7 +228,8 @@ class _PipedSession:
             back = _within(self._connected.wait(), SETTLE_TIMEOUT)
             if not await self._before_closed(back) and self._signum is not None:
                 return await self._signalled()
-            if client.status == "connected":  # (the queue went out first: written at once now, never refused)
+            # The queue went out with the welcome: written now, or queued if the connection dropped again at once
+            with contextlib.suppress(RemoteProtocolError):  # (and asked again after a drop, as any request)
                 client.send(m.Rooms(id=SETTLE_ID))
         settled = _within(self._settled.wait(), max(0.0, deadline - self._loop.time()))
         if not await self._before_closed(settled) and self._signum is not None:

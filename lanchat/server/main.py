@@ -267,6 +267,8 @@ class Server:
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + const.WORKER_BOOT_TIMEOUT
+        # A replacement gets its own WORKER_BOOT_TIMEOUT, but one killed at every boot cannot hold the start longer
+        last_call = deadline + const.WORKER_BOOT_TIMEOUT
         while not all(s.ready for s in self.slots):
             if self.stopping:
                 return
@@ -277,13 +279,17 @@ class Server:
                 self.stopping = True
                 self.done.set()
                 return
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            booting = [s.started + const.WORKER_BOOT_TIMEOUT for s in self.slots if not s.ready]
+            if now > min(last_call, max(deadline, *booting)):
                 raise RuntimeError("workers did not report ready in time")
             self._reap()
-            now = time.monotonic()
             for slot in self.slots if not self.stopping else ():  # one killed by a signal: replaced now too
                 if slot.proc is None and slot.respawn_at is not None and now >= slot.respawn_at:
-                    self._respawn(slot)
+                    try:
+                        self._spawn(slot)
+                    except OSError as exc:  # as at the first spawn (start)
+                        raise RuntimeError(f"cannot start worker {slot.index}: {exc}") from None
             await asyncio.sleep(0.02)
 
     async def _start_discovery(self) -> None:

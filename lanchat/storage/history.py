@@ -69,7 +69,8 @@ POSTED_FOLD_ROWS: Final = 2_000
 # while rooms come and go) the next commit forgets every row count instead, each counted again when next used.
 GONE_KEPT: Final = 1_000
 # Conversations whose events given up on while the disk failed are remembered one by one (for a resume's hole,
-# lost_upto); past it the oldest is folded into one floor for all (a hole may then be told that is not).
+# lost_upto); past it the one given up on longest ago is folded into one range for all (a hole may then be told
+# that is not, never hidden).
 DROPPED_KEPT: Final = 10_000
 # Rows per read of one conversation in replay_newest: a resume's budget (half a send queue) is a few
 # thousand lines, so most resumes read one page per conversation.

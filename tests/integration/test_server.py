@@ -971,6 +971,73 @@ def test_a_worker_killed_by_a_signal_during_the_start_is_replaced(
     assert "was killed by SIGKILL" in caplog.text and "replacing it" in caplog.text
 
 
+def test_a_worker_replaced_late_in_the_start_gets_its_own_boot_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replacement started just before WORKER_BOOT_TIMEOUT ran out got what was left of it (a review: 0.1 s),
+    where the supervisor gives each worker the whole of it."""
+    monkeypatch.setattr(const, "WORKER_BOOT_TIMEOUT", 2.0)
+    config = ServerConfig(
+        host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=1, discovery=DiscoveryConfig(discovery=False)
+    )
+    spawn = Server._spawn
+    hung: list[int] = []
+
+    def spawn_hung_first(self: Server, slot: server_main.WorkerSlot) -> None:
+        spawn(self, slot)
+        if not hung and slot.proc is not None:  # stopped before it is ready, and killed late in the start
+            hung.append(slot.proc.pid)
+            slot.proc.send_signal(signal.SIGSTOP)
+            asyncio.get_running_loop().call_later(1.95, slot.proc.kill)
+
+    monkeypatch.setattr(Server, "_spawn", spawn_hung_first)
+
+    async def scenario() -> None:
+        server = Server(config)
+        try:
+            await server.start()
+            (slot,) = server.slots
+            assert slot.ready and slot.proc is not None and slot.proc.pid not in hung
+        finally:
+            await server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_worker_that_cannot_be_started_again_during_the_start_ends_it_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a first spawn that fails: said at once, not retried until the boot timeout's "did not report ready"."""
+    monkeypatch.setattr(const, "WORKER_BOOT_TIMEOUT", 3.0)
+    config = ServerConfig(
+        host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=1, discovery=DiscoveryConfig(discovery=False)
+    )
+    spawn = Server._spawn
+    spawned: list[int] = []
+
+    def spawn_once_then_fail(self: Server, slot: server_main.WorkerSlot) -> None:
+        if spawned:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        spawn(self, slot)
+        assert slot.proc is not None
+        spawned.append(slot.proc.pid)
+        slot.proc.kill()
+
+    monkeypatch.setattr(Server, "_spawn", spawn_once_then_fail)
+
+    async def scenario() -> None:
+        server = Server(config)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RuntimeError, match=r"cannot start worker 0: .*Resource temporarily unavailable"):
+                await server.start()
+            assert time.monotonic() - started < 2.0
+        finally:
+            await server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_a_stop_signal_before_the_event_loop_is_held_for_the_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import pytest
 
@@ -33,28 +34,42 @@ def reconnecting_with_a_full_queue(s: piped._PipedSession) -> None:
     s._closed = asyncio.create_task(asyncio.sleep(3600))  # the connection is not given up
 
 
-@pytest.mark.parametrize("back", [True, False])
-def test_a_closing_request_the_full_queue_refuses_is_sent_once_back(
-    monkeypatch: pytest.MonkeyPatch, back: bool
-) -> None:
+@pytest.mark.parametrize("back", ["for good", "dropped at once, then for good", "not in time"])
+def test_a_closing_request_the_full_queue_refuses_is_sent_once_back(monkeypatch: pytest.MonkeyPatch, back: str) -> None:
     """Reconnecting with QUEUED_MAX commands queued, the client refuses the closing request itself. It is
     sent once the queue has gone out, within SETTLE_TIMEOUT as ever; if the server is not back by then, the run
-    ends as lost. (A mend had it end as lost at once, the queue never sent: a review.)"""
+    ends as lost. (A mend had it end as lost at once, the queue never sent; the next sent it only if still
+    connected when it woke, and a reconnect dropped at once, a worker killed at each resume, left it unsent:
+    reviews.)"""
     monkeypatch.setattr(piped, "SETTLE_TIMEOUT", 0.5)
 
     async def main() -> None:
         s = session()
         reconnecting_with_a_full_queue(s)
+        client = s._client
+        sent: list[str] = []
+        send = client.send
+
+        def recorded(req: Any) -> Any:
+            sent.append(client.status)
+            return send(req)
+
+        client.send = recorded  # type: ignore[method-assign]
         settling = asyncio.ensure_future(s._settle())
-        await asyncio.sleep(0)
-        assert not settling.done()  # waiting for the server
-        if back:
-            s._client._set_status("connected")  # (the queue is written first, then the status changes)
-            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        assert not settling.done() and sent == ["connecting"]  # refused: waiting for the server
+        if back != "not in time":
+            client._queued, client._queued_requests = [], 0  # the queue goes out with the welcome
+            client._set_status("connected")
+            if back == "dropped at once, then for good":
+                client._set_status("reconnecting")
+            await asyncio.sleep(0.01)
+            assert len(sent) == 2 and (client.queued_requests == 1) == (back != "for good")  # written or queued
+            client._set_status("connected")
             s._on_frame({"type": "rooms", "rooms": [], "id": piped.SETTLE_ID})
         started = asyncio.get_running_loop().time()
-        assert await asyncio.wait_for(settling, 2.0) == (None if back else EXIT_LOST)
-        assert asyncio.get_running_loop().time() - started < (0.1 if back else 0.6)
+        assert await asyncio.wait_for(settling, 2.0) == (EXIT_LOST if back == "not in time" else None)
+        assert asyncio.get_running_loop().time() - started < (0.6 if back == "not in time" else 0.1)
         assert s._closed is not None
         s._closed.cancel()
 
