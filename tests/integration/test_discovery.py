@@ -457,6 +457,19 @@ def test_a_beacon_to_name_that_cannot_be_a_name_does_not_silence_the_server(port
     run_async(scenario())
 
 
+def count_rereads(a: Announcer) -> list[float]:
+    """When ``a`` re-reads the interfaces, from now on (a list that grows)."""
+    rereads: list[float] = []
+    real = a._refresh_interfaces
+
+    def counted() -> None:
+        rereads.append(time.monotonic())
+        real()
+
+    a._refresh_interfaces = counted  # type: ignore[method-assign]
+    return rereads
+
+
 def test_a_bad_beacon_to_is_warned_about_once_however_often_names_are_resolved(
     port: int, raw: socket.socket, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -468,14 +481,7 @@ def test_a_bad_beacon_to_is_warned_about_once_however_often_names_are_resolved(
     async def scenario() -> None:
         targets = (f"127.0.0.1:{listening}", f"localhost:{listening}", "a:b")
         a = announcer(config(port, beacon_interval=0.05, beacon_to=targets), "alpha", 7001)
-        rereads: list[float] = []
-        real = a._refresh_interfaces
-
-        def counted() -> None:
-            rereads.append(time.monotonic())
-            real()
-
-        a._refresh_interfaces = counted  # type: ignore[method-assign]
+        rereads = count_rereads(a)
         with caplog.at_level(logging.WARNING):
             await a.start()
             try:
@@ -515,14 +521,7 @@ def test_interfaces_are_reread_on_time_whatever_the_beacon_interval(port: int, m
 
     async def scenario() -> None:
         a = announcer(config(port, beacon_interval=60.0), "alpha", 7001)
-        rereads: list[float] = []
-        real = a._refresh_interfaces
-
-        def counted() -> None:
-            rereads.append(time.monotonic())
-            real()
-
-        a._refresh_interfaces = counted  # type: ignore[method-assign]
+        rereads = count_rereads(a)
         await a.start()
         beacons = a.stats().beacons
         try:

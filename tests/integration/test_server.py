@@ -17,9 +17,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 import pytest
@@ -937,37 +937,69 @@ def test_a_stop_signal_during_the_start_stops_the_server_at_once(
     assert "SIGTERM during the start: stopping" in caplog.text
 
 
+class Started(NamedTuple):
+    ready: list[bool]
+    pids: list[int | None]
+    error: RuntimeError | None
+    took: float
+
+
+def start_spawning(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spawn: Callable[[Callable[[], None], server_main.WorkerSlot, int], None],
+    *,
+    workers: int,
+    boot_timeout: float,
+) -> Started:
+    """Start a real server whose n-th spawn of a worker is ``spawn(real, slot, n)`` (``real()`` spawns it),
+    then close it: what the start left, the error it raised if any, and how long it took."""
+    monkeypatch.setattr(const, "WORKER_BOOT_TIMEOUT", boot_timeout)
+    real_spawn, count = Server._spawn, itertools.count()
+
+    def spawning(self: Server, slot: server_main.WorkerSlot) -> None:
+        spawn(lambda: real_spawn(self, slot), slot, next(count))
+
+    monkeypatch.setattr(Server, "_spawn", spawning)
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path / "data",
+        workers=workers,
+        discovery=DiscoveryConfig(discovery=False),
+    )
+
+    async def scenario() -> Started:
+        server, began, error = Server(config), time.monotonic(), None
+        try:
+            try:
+                await server.start()
+            except RuntimeError as exc:
+                error = exc
+            pids = [s.proc.pid if s.proc is not None else None for s in server.slots]
+            return Started([s.ready for s in server.slots], pids, error, time.monotonic() - began)
+        finally:
+            await server.close()
+
+    return asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_a_worker_killed_by_a_signal_during_the_start_is_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The log said "replacing it", but the replacement waited for the supervisor, which starts once every
     worker is ready: the server waited out WORKER_BOOT_TIMEOUT and exited 3 (a fuzzing review)."""
-    monkeypatch.setattr(const, "WORKER_BOOT_TIMEOUT", 5.0)
-    config = ServerConfig(
-        host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=2, discovery=DiscoveryConfig(discovery=False)
-    )
-    spawn = Server._spawn
     killed: list[int] = []
 
-    def spawn_then_kill_the_first(self: Server, slot: server_main.WorkerSlot) -> None:
-        spawn(self, slot)
-        if not killed and slot.proc is not None:  # (the OOM killer, an operator's kill -9, during the boot)
+    def kill_the_first(spawn: Callable[[], None], slot: server_main.WorkerSlot, n: int) -> None:
+        spawn()
+        if n == 0 and slot.proc is not None:  # (the OOM killer, an operator's kill -9, during the boot)
             killed.append(slot.proc.pid)
             slot.proc.kill()
 
-    monkeypatch.setattr(Server, "_spawn", spawn_then_kill_the_first)
-
-    async def scenario() -> None:
-        server = Server(config)
-        try:
-            await server.start()
-            assert not server.stopping and all(s.ready for s in server.slots)
-            assert all(s.proc is not None and s.proc.pid not in killed for s in server.slots)
-        finally:
-            await server.close()
-
     with caplog.at_level(logging.INFO, logger="lanchat.server"):
-        asyncio.run(asyncio.wait_for(scenario(), 20))
+        started = start_spawning(tmp_path, monkeypatch, kill_the_first, workers=2, boot_timeout=5.0)
+    assert started.error is None and all(started.ready) and killed and not set(killed) & set(started.pids)
     assert "was killed by SIGKILL" in caplog.text and "replacing it" in caplog.text
 
 
@@ -976,66 +1008,34 @@ def test_a_worker_replaced_late_in_the_start_gets_its_own_boot_time(
 ) -> None:
     """A replacement started just before WORKER_BOOT_TIMEOUT ran out got what was left of it (a review: 0.1 s),
     where the supervisor gives each worker the whole of it."""
-    monkeypatch.setattr(const, "WORKER_BOOT_TIMEOUT", 2.0)
-    config = ServerConfig(
-        host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=1, discovery=DiscoveryConfig(discovery=False)
-    )
-    spawn = Server._spawn
     hung: list[int] = []
 
-    def spawn_hung_first(self: Server, slot: server_main.WorkerSlot) -> None:
-        spawn(self, slot)
-        if not hung and slot.proc is not None:  # stopped before it is ready, and killed late in the start
+    def hang_the_first(spawn: Callable[[], None], slot: server_main.WorkerSlot, n: int) -> None:
+        spawn()
+        if n == 0 and slot.proc is not None:  # stopped before it is ready, and killed late in the start
             hung.append(slot.proc.pid)
             slot.proc.send_signal(signal.SIGSTOP)
             asyncio.get_running_loop().call_later(1.95, slot.proc.kill)
 
-    monkeypatch.setattr(Server, "_spawn", spawn_hung_first)
-
-    async def scenario() -> None:
-        server = Server(config)
-        try:
-            await server.start()
-            (slot,) = server.slots
-            assert slot.ready and slot.proc is not None and slot.proc.pid not in hung
-        finally:
-            await server.close()
-
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    started = start_spawning(tmp_path, monkeypatch, hang_the_first, workers=1, boot_timeout=2.0)
+    assert started.error is None and started.ready == [True] and hung and started.pids[0] not in hung
 
 
 def test_a_worker_that_cannot_be_started_again_during_the_start_ends_it_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As a first spawn that fails: said at once, not retried until the boot timeout's "did not report ready"."""
-    monkeypatch.setattr(const, "WORKER_BOOT_TIMEOUT", 3.0)
-    config = ServerConfig(
-        host="127.0.0.1", port=0, data_dir=tmp_path / "data", workers=1, discovery=DiscoveryConfig(discovery=False)
-    )
-    spawn = Server._spawn
-    spawned: list[int] = []
 
-    def spawn_once_then_fail(self: Server, slot: server_main.WorkerSlot) -> None:
-        if spawned:
+    def kill_then_fail(spawn: Callable[[], None], slot: server_main.WorkerSlot, n: int) -> None:
+        if n > 0:
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
-        spawn(self, slot)
-        assert slot.proc is not None
-        spawned.append(slot.proc.pid)
-        slot.proc.kill()
+        spawn()
+        if slot.proc is not None:
+            slot.proc.kill()
 
-    monkeypatch.setattr(Server, "_spawn", spawn_once_then_fail)
-
-    async def scenario() -> None:
-        server = Server(config)
-        try:
-            started = time.monotonic()
-            with pytest.raises(RuntimeError, match=r"cannot start worker 0: .*Resource temporarily unavailable"):
-                await server.start()
-            assert time.monotonic() - started < 2.0
-        finally:
-            await server.close()
-
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    started = start_spawning(tmp_path, monkeypatch, kill_then_fail, workers=1, boot_timeout=3.0)
+    assert started.error is not None and started.took < 2.0
+    assert re.match(r"cannot start worker 0: .*Resource temporarily unavailable", str(started.error))
 
 
 def test_a_stop_signal_before_the_event_loop_is_held_for_the_start(
