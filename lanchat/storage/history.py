@@ -240,11 +240,10 @@ class HistoryStore:
         self._gone: set[str] = set()  # rooms forgotten since the last commit (whose events it may count)
         self._gone_more = False  # more than GONE_KEPT of them
         self._pruned: dict[str, int] = {}  # conv -> the seq it is pruned up to (one per history_limit events)
-        # conv -> newest seq given up on while the disk failed (this run), the least recently given up on first
-        self._dropped: OrderedDict[str, int] = OrderedDict()
-        self._dropped_from: dict[str, int] = {}  # conv -> oldest such seq
-        # The newest and the oldest seq given up on of the conversations no longer remembered one by one
-        self._dropped_floor = self._dropped_floor_from = 0
+        # conv -> (oldest, newest) seq given up on while the disk failed (this run), the least recently given up
+        # on first; and the same range for all the conversations no longer remembered one by one (DROPPED_KEPT)
+        self._dropped: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._dropped_rest = (0, 0)
         self._journal: Counter[str] = Counter()  # events per conversation in the journal table
         self._posted_rows = 0  # rows in the posted table (folded at POSTED_FOLD_ROWS)
         self._retry_at = 0.0
@@ -500,15 +499,14 @@ class HistoryStore:
     def _given_up(self, conv: str, seq: int) -> None:
         """An event of ``conv`` will never be written: a resume from before it is told of the hole (lost_upto)."""
         dropped = self._dropped
+        oldest = seq
         if conv in dropped:
-            dropped.move_to_end(conv)
+            oldest = dropped.pop(conv)[0]  # (put back last, below)
         elif len(dropped) >= DROPPED_KEPT:  # a room per minute for a week: the one given up on longest ago goes
-            old, newest = dropped.popitem(last=False)
-            oldest = self._dropped_from.pop(old)
-            self._dropped_floor = max(self._dropped_floor, newest)
-            self._dropped_floor_from = min(self._dropped_floor_from or oldest, oldest)
-        dropped[conv] = seq
-        self._dropped_from.setdefault(conv, seq)
+            _, (first, last) = dropped.popitem(last=False)
+            rest_first, rest_last = self._dropped_rest
+            self._dropped_rest = (min(rest_first or first, first), max(rest_last, last))
+        dropped[conv] = (oldest, seq)
 
     def note_seq(self, seq: int) -> None:
         """Every sequence number handed out passes here (stored or not): keep the on-disk reservation
@@ -709,7 +707,6 @@ class HistoryStore:
             self._counts.pop(conv, None)
             self._pruned.pop(conv, None)
             self._dropped.pop(conv, None)
-            self._dropped_from.pop(conv, None)
         self._journal = journal
         self._posted_rows = posted_rows
         p.posted.clear()
@@ -873,7 +870,7 @@ class HistoryStore:
         """The newest sequence number of ``conv`` that history no longer has: pruned, given up on while
         the disk failed, or in a file not open yet (all of whose numbers are below ``start_seq``) (0: none).
         A replay from below it has a hole, and says so."""
-        lost = max(self._pruned.get(conv, 0), self._dropped.get(conv, 0), self._dropped_floor)
+        lost = max(self._pruned.get(conv, 0), self._dropped.get(conv, (0, 0))[1], self._dropped_rest[1])
         return lost if self._db is not None else max(lost, self.start_seq)
 
     def lost_between(self, conv: str, after: int, upto: int) -> bool:
@@ -883,10 +880,10 @@ class HistoryStore:
             return False
         if self._pruned.get(conv, 0) > after or self._db is None:  # pruned from the oldest, or a file not open
             return True
-        if self._dropped.get(conv, 0) > after and self._dropped_from[conv] <= upto:
-            return True
-        # given up on, in conversations no longer remembered one by one: maybe this one
-        return self._dropped_floor > after and self._dropped_floor_from <= upto
+        # Given up on in this one, or in conversations no longer remembered one by one: maybe this one
+        return any(
+            last > after and first <= upto for first, last in (self._dropped.get(conv, (0, 0)), self._dropped_rest)
+        )
 
     def held(self, convs: list[str], after: int, before: int | None) -> bool:
         """Whether an event of ``convs`` with ``after`` < seq < ``before`` is held in memory only: it could

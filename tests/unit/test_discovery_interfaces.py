@@ -85,8 +85,9 @@ def test_unicast_source() -> None:
 
 def test_targets_split_into_literals_and_names_and_a_bad_one_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        literal, names = split_targets(["10.0.0.9", "lab.example:9000", "a:b", "10.0.0.8:7"], 7272, what="--beacon-to")
-    assert literal == [("10.0.0.9", 7272), ("10.0.0.8", 7)] and names == [("lab.example", 9000)]
+        given = ["127.0.0.9", "lab.example:9000", "a:b", "127.0.0.8:7"]
+        literal, names = split_targets(given, 7272, what="--beacon-to")
+    assert literal == [("127.0.0.9", 7272), ("127.0.0.8", 7)] and names == [("lab.example", 9000)]
     assert caplog.text.count("ignoring --beacon-to 'a:b'") == 1
 
 
