@@ -279,17 +279,22 @@ class Server:
                 self.stopping = True
                 self.done.set()
                 return
+            self._reap()  # (first: a worker killed just now is replaced, not taken for one that never got ready)
+            if self.stopping:  # one could not boot: _reap began the stop
+                return
             now = time.monotonic()
-            booting = [s.started + const.WORKER_BOOT_TIMEOUT for s in self.slots if not s.ready]
-            if now > min(last_call, max(deadline, *booting)):
-                raise RuntimeError("workers did not report ready in time")
-            self._reap()
-            for slot in self.slots if not self.stopping else ():  # one killed by a signal: replaced now too
+            for slot in self.slots:  # one killed by a signal: replaced now too
                 if slot.proc is None and slot.respawn_at is not None and now >= slot.respawn_at:
                     try:
                         self._spawn(slot)
                     except OSError as exc:  # as at the first spawn (start)
                         raise RuntimeError(f"cannot start worker {slot.index}: {exc}") from None
+            # Each worker from its own start (a replacement's once its backoff is over)
+            booting = [
+                max(s.started, s.respawn_at or 0.0) + const.WORKER_BOOT_TIMEOUT for s in self.slots if not s.ready
+            ]
+            if now > min(last_call, max(deadline, *booting)):
+                raise RuntimeError("workers did not report ready in time")
             await asyncio.sleep(0.02)
 
     async def _start_discovery(self) -> None:

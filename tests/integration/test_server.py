@@ -1007,7 +1007,8 @@ def test_a_worker_replaced_late_in_the_start_gets_its_own_boot_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A replacement started just before WORKER_BOOT_TIMEOUT ran out got what was left of it (a review: 0.1 s),
-    where the supervisor gives each worker the whole of it."""
+    where the supervisor gives each worker the whole of it; one killed in the last 30 ms was not replaced at all
+    (the timeout was checked before the kill was reaped: a review of the mend)."""
     hung: list[int] = []
 
     def hang_the_first(spawn: Callable[[], None], slot: server_main.WorkerSlot, n: int) -> None:
@@ -1015,7 +1016,7 @@ def test_a_worker_replaced_late_in_the_start_gets_its_own_boot_time(
         if n == 0 and slot.proc is not None:  # stopped before it is ready, and killed late in the start
             hung.append(slot.proc.pid)
             slot.proc.send_signal(signal.SIGSTOP)
-            asyncio.get_running_loop().call_later(1.95, slot.proc.kill)
+            asyncio.get_running_loop().call_later(1.99, slot.proc.kill)  # (a review: 30 ms before was too late)
 
     started = start_spawning(tmp_path, monkeypatch, hang_the_first, workers=1, boot_timeout=2.0)
     assert started.error is None and started.ready == [True] and hung and started.pids[0] not in hung
