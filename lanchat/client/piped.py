@@ -222,6 +222,7 @@ class _PipedSession:
             return None
         waiting = len(self._line_of) + client.queued_requests
         deadline = self._loop.time() + SETTLE_TIMEOUT
+        asked = True
         try:
             client.send(m.Rooms(id=SETTLE_ID))
         except RemoteProtocolError:  # 1,000 commands waiting for a reconnect: asked once they are sent
@@ -229,13 +230,16 @@ class _PipedSession:
             if not await self._before_closed(back) and self._signum is not None:
                 return await self._signalled()
             # The queue went out with the welcome: written now, or queued if the connection dropped again at once
-            with contextlib.suppress(RemoteProtocolError):  # (and asked again after a drop, as any request)
+            try:  # (and asked again after a drop, as any request)
                 client.send(m.Rooms(id=SETTLE_ID))
+            except RemoteProtocolError:  # not back in time
+                asked = False
         settled = _within(self._settled.wait(), max(0.0, deadline - self._loop.time()))
         if not await self._before_closed(settled) and self._signum is not None:
             return await self._signalled()
-        if not self._settled.is_set() and client.status != "connected" and waiting:  # not back in time: what was
-            # typed for it is not done, and a script must be able to tell (it exited 0, a review found)
+        if not self._settled.is_set() and (client.status != "connected" or not asked) and waiting:  # not back in
+            # time: what was typed for it is not done, and a script must be able to tell (it exited 0, reviews
+            # found: also when the server came back in the very turn the time ran out, never asked)
             return await self._lost(f"connection lost with {count_of(waiting, 'command')} not answered")
         return None
 

@@ -10,6 +10,7 @@ import pytest
 
 from lanchat.client import piped
 from lanchat.client.connection import EXIT_LOST, QUEUED_MAX
+from lanchat.errors import RemoteProtocolError
 
 
 def session() -> piped._PipedSession:
@@ -70,6 +71,29 @@ def test_a_closing_request_the_full_queue_refuses_is_sent_once_back(monkeypatch:
         started = asyncio.get_running_loop().time()
         assert await asyncio.wait_for(settling, 2.0) == (EXIT_LOST if back == "not in time" else None)
         assert asyncio.get_running_loop().time() - started < (0.6 if back == "not in time" else 0.1)
+        assert s._closed is not None
+        s._closed.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_closing_request_never_asked_is_no_answer_if_the_server_is_back_as_the_time_runs_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a full queue, a server back in the very turn the 10 s ran out found the run leaving with exit 0,
+    though the closing request was never sent (a review; shown here by a queue that stays full)."""
+    monkeypatch.setattr(piped, "SETTLE_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        s = session()
+        reconnecting_with_a_full_queue(s)
+
+        def refused(req: Any) -> Any:
+            raise RemoteProtocolError("queue_full", "1000 commands are waiting to be sent already")
+
+        s._client.send = refused  # type: ignore[method-assign]
+        asyncio.get_running_loop().call_later(0.15, setattr, s._client, "status", "connected")  # (no event)
+        assert await asyncio.wait_for(s._settle(), 2.0) == EXIT_LOST
         assert s._closed is not None
         s._closed.cancel()
 
