@@ -99,9 +99,9 @@ class ServerConnection:
     """Per-connection protocol state on the server side (slotted: a worker holds thousands)."""
 
     __slots__ = (
-        "_base", "_bucket", "_framer", "_head", "_made", "_moves", "_pending", "_raw", "_raw_at", "closed",
-        "conn_id", "current", "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick", "registered",
-        "rooms", "throttled_until",
+        "_base", "_bucket", "_framer", "_head", "_made", "_moves", "_pending", "_raw", "_raw_at", "_viewed",
+        "closed", "conn_id", "current", "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick",
+        "registered", "rooms", "throttled_until",
     )  # fmt: skip
 
     def __init__(self, conn_id: int, *, max_frame: int, rate: float, burst: int, now: float) -> None:
@@ -112,6 +112,7 @@ class ServerConnection:
         self.nick = ""
         self.rooms: list[str] = []  # joined rooms as the hub said, most recent last (plain mode's current room)
         self.current: str | None = None  # plain mode's, as the lines read so far leave it (see _moves)
+        self._viewed = self.rooms  # ... and the rooms (both replayed once per change, not per line read)
         self._base: str | None = None  # the current room as the hub's answers so far leave it
         self._moves: tuple[_Move, ...] = ()  # read since (a tuple: the empty one is shared; idle connections
         # are counted in bytes)
@@ -374,7 +375,7 @@ class ServerConnection:
             self._base, _ = _apply(self.rooms, self._base, True, moves[0])
             moves = moves[1:]
         self._moves = moves
-        self.current = self._replay()[1]
+        self._viewed, self.current = self._replay()
 
     def _replay(self) -> tuple[list[str], str | None]:
         """The rooms and the current room as the lines read so far leave them."""
@@ -386,7 +387,7 @@ class ServerConnection:
         return rooms, current
 
     def _view(self) -> list[str]:
-        return self._replay()[0]
+        return self._viewed
 
     # --- output --------------------------------------------------------------------------------------------
 
