@@ -870,6 +870,7 @@ class Printer:
         self._pending: list[Line] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reports = _CursorReports(app.renderer) if app is not None else None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tui-printer")
@@ -895,6 +896,8 @@ class Printer:
             # erase() turned bracketed paste off until the next render: a paste meanwhile would come
             # unbracketed, each of its lines sent on its own (1 paste in 5 in a busy room)
             app.output.enable_bracketed_paste()
+            if self._reports is not None:
+                self._reports.printing()
             self.write(batch)
             if not app.key_processor.input_queue:  # as in_terminal: where the prompt may draw now
                 app.renderer.request_absolute_cursor_position()
@@ -1365,6 +1368,32 @@ async def run_app(
         give_up_after=give_up_after, relocate=relocate, sessions=sessions, server_id=server_id,
     )  # fmt: skip
     return await app.run()
+
+
+class _CursorReports:
+    """A cursor position report answers its request, not the present. One asked for before lines were printed
+    above the prompt (prompt_toolkit asks as a prompt starts, the printer after each batch) comes back with a
+    row those lines have since moved the cursor past, and the prompt, its status line at the bottom, then took
+    rows that were not free: the terminal scrolled, and what had been printed since went into the scrollback
+    (seen under load: the lines before a message gone from the screen). Such a report is taken as "no row free
+    below" (the prompt draws at its own height) until a fresh one comes."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        self.stale = 0  # reports still to come for requests made before the last print
+        real = renderer.report_absolute_cursor_row
+
+        def report(row: int) -> None:
+            if self.stale:
+                self.stale -= 1
+                row = renderer.output.get_size().rows  # (the last row: one row below, its own height)
+            real(row)
+
+        renderer.report_absolute_cursor_row = report  # type: ignore[method-assign]
+        self._renderer = renderer
+
+    def printing(self) -> None:
+        """Lines are about to be printed above the prompt: the reports asked for until now are stale."""
+        self.stale = len(self._renderer._waiting_for_cpr_futures)
 
 
 def _keep_scrollback_clean(renderer: Renderer) -> None:

@@ -25,7 +25,7 @@ from prompt_toolkit.formatted_text import fragment_list_width
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import ColorDepth, DummyOutput, Output
 from prompt_toolkit.output.vt100 import Vt100_Output
-from prompt_toolkit.renderer import print_formatted_text
+from prompt_toolkit.renderer import CPR_Support, Renderer, print_formatted_text
 from prompt_toolkit.utils import get_cwidth
 
 from lanchat.client import tui
@@ -1186,3 +1186,23 @@ def test_a_room_reply_a_resume_sends_again_is_shown_only_if_it_says_something_ne
     view.submit("/who")
     [who] = view.on_frame({**same, "type": "who", "nicks": ["bob", "carol", "alice"]})
     assert "carol" in who.text
+
+
+def test_a_cursor_report_asked_for_before_lines_were_printed_frees_no_rows() -> None:
+    """The report of a row the printed lines have moved past made the prompt take rows that were not free: the
+    terminal scrolled, and the lines before a message left the screen (a flaky end-to-end test under load)."""
+
+    async def main() -> None:  # (the requests wait on futures of a running loop)
+        terminal = Vt100_Output(io.StringIO(), lambda: Size(rows=40, columns=80), term="xterm")  # (asks by CPR)
+        renderer = Renderer(tui.STYLE, terminal, full_screen=False)
+        renderer.cpr_support = CPR_Support.SUPPORTED
+        reports = tui._CursorReports(renderer)
+        renderer.request_absolute_cursor_position()
+        reports.printing()  # lines printed above the prompt while the report is on its way
+        renderer.report_absolute_cursor_row(3)
+        assert renderer._min_available_height == 1 and not renderer.waiting_for_cpr  # its own height; answered
+        renderer.request_absolute_cursor_position()
+        renderer.report_absolute_cursor_row(10)
+        assert renderer._min_available_height == 40 - 10 + 1  # a fresh one is taken as it is
+
+    asyncio.run(main())
