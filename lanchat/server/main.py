@@ -438,9 +438,7 @@ class Server:
                 peer = self._conn_gone(conn)
                 hub.closed(slot.index, conn, clean, reason, now, peer=peer)
             case ["refused", int() as conn, str() as why]:
-                sock = self.handoff.pop(conn, None)
-                if sock is not None:
-                    self._refuse(sock, m.Err.SERVER_FULL, f"server busy ({why}); try again shortly")
+                self._refuse_handed(conn, m.Err.SERVER_FULL, f"server busy ({why}); try again shortly")
                 self._conn_gone(conn)
             case ["pong", int(), dict() as figures]:
                 slot.last_pong = time.monotonic()
@@ -470,6 +468,10 @@ class Server:
         if slot.fd_sock is not None:
             slot.fd_sock.close()
             slot.fd_sock = None
+        # Handed to it and never taken (queued on its channel: a worker stalled, then killed): our copy can
+        # still tell the client to come back, where closing it would leave a bare EOF (a review found one).
+        for conn in slot.conns & self.handoff.keys():
+            self._refuse_handed(conn, m.Err.INTERNAL, "worker unavailable; reconnect")
         peers = {conn: self._conn_gone(conn) for conn in list(slot.conns)}
         self.hub.worker_lost(slot.index, self._now(), peers, stopping=self.stopping)
         self._schedule_flush()
@@ -708,6 +710,15 @@ class Server:
         self.conn_peer[conn] = (ip if counted else "", slot.index)
         if counted:
             self.per_ip[ip] += 1
+
+    def _refuse_handed(self, conn: int, code: str, message: str) -> None:
+        """A connection handed to a worker that did not take it: refused through our copy, if still held.
+        Clients take every such code as "try again later" (during a stop, the stop's own refusal)."""
+        sock = self.handoff.pop(conn, None)
+        if sock is not None:
+            if self.stopping:
+                code, message = m.Err.SHUTTING_DOWN, "server is shutting down"
+            self._refuse(sock, code, message)
 
     def _release_handoff(self, conn: int) -> None:
         sock = self.handoff.pop(conn, None)

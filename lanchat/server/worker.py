@@ -724,9 +724,9 @@ class Worker:
                 continue
             for fd in fds:
                 sock = socket.socket(fileno=fd)
-                if self.shutting_down:
+                if self.shutting_down:  # the main process still holds it, and tells the client why
                     sock.close()
-                    self.to_hub(control.closed(conn_id, True, "shutting down"))
+                    self.to_hub(control.refused(conn_id, "worker shutting down"))
                     continue
                 conn = ClientConn(self, conn_id, sys.intern(peer), sock)
                 try:

@@ -249,12 +249,14 @@ class HistoryStore:
         self._retry_at = 0.0
         self.start_seq = 0
         self._reserved = 0
-        self._open()
+        self._open(at_start=True)
 
     # --- opening -------------------------------------------------------------------------------------------
 
-    def _open(self) -> None:
-        """Open or create the file. Corrupt/foreign: StorageError. Unwritable: degraded, retried later."""
+    def _open(self, *, at_start: bool = False) -> None:
+        """Open or create the file. Unwritable: degraded, retried later. Corrupt or foreign: StorageError
+        ``at_start`` (the server refuses to start); later (a data directory that became readable while the
+        server ran) degraded as well, with the reason, rather than an error at every commit and at the stop."""
         if self._guard is not None and (why := self._guard()) is not None:
             self._fail(f"cannot open {self.path}: {why}")
             self._unknown_sequence()
@@ -274,10 +276,15 @@ class HistoryStore:
                 self._fail(f"cannot open {self.path}: {exc}")
                 self._unknown_sequence()
                 return
-            raise StorageError(
-                f"{self.path} is not a usable lanchat history database ({exc}); move it away or choose "
-                "another --data-dir"
-            ) from None
+            why = f"{self.path} is not a usable lanchat history database ({exc}); move it away or choose another"
+            why += " --data-dir"
+            if at_start:
+                raise StorageError(why) from None
+            if self.degraded and why != self.last_error:  # (_fail says only the first reason)
+                log.error("history: %s; history is still kept in memory", why)
+            self._fail(why)
+            self._unknown_sequence()
+            return
         # SQLite keeps the log beside the database's real file (it follows a symlinked database).
         self._wal_file = os.path.realpath(self.path) + "-wal"
         try:  # the log's growth is counted from here (before _db: the checkpoint thread may look at once)
@@ -329,13 +336,19 @@ class HistoryStore:
         if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
             log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",
                         meta.get("schema"), SCHEMA_VERSION)  # fmt: skip
-        check = db.execute("PRAGMA quick_check").fetchone()
-        if check is None or check[0] != "ok":
-            raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-        if not self.opens:  # this run's first open: no session of its own has a conversation on disk yet
-            self._sweep_private(db)
+        # Checked once a run. An open again while serving (a write-back, a deleted log, the end of a failure)
+        # finds the file this run checked and wrote, and would hold the hub's loop for the whole file: 9 s for
+        # the check and 0.8 s for the scans below at 537 MB (a review; the scan reads every page, the events'
+        # key being (conv, seq)). The reservation is enough there: no number is stored without one above it.
+        if not self.opens:
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+            self._sweep_private(db)  # (no session of this run has a conversation on disk yet)
         reserved = db.execute("SELECT value FROM meta WHERE key='seq_reserved'").fetchone()
-        top = max(db.execute(f"SELECT max(seq) FROM {t}").fetchone()[0] or 0 for t in ("events", "journal"))
+        top = 0
+        if not self.opens or reserved is None:
+            top = max(db.execute(f"SELECT max(seq) FROM {t}").fetchone()[0] or 0 for t in ("events", "journal"))
         self._journal = Counter(dict(db.execute("SELECT conv, count(*) FROM journal GROUP BY conv").fetchall()))
         start = max(int(reserved[0]) if reserved else 0, top)
         clean = db.execute("SELECT value FROM meta WHERE key='clean_stop'").fetchone()
@@ -347,17 +360,17 @@ class HistoryStore:
             if floor > start:
                 log.warning("history: the last run did not stop cleanly; sequence continues from %d", floor)
                 start = floor
-        if start > self.start_seq:
-            self.start_seq = start
+        start = max(start, self.start_seq)
         # Take the next block now, so a crash after this point can never hand out a number twice.
-        self._reserved = max(self._reserved, self.start_seq + SEQ_RESERVE)
+        reserve = max(self._reserved, start + SEQ_RESERVE)
         # This one write must survive a power cut (WAL + NORMAL fsyncs only at checkpoints): lost, the file
         # would still say the last stop was clean, and a restart would hand out this run's numbers again.
+        # Failing, the file's numbers are not this run's to continue from (start_seq stays unset, and the
+        # open's failure takes the clock's, above any the next start may go back to).
         db.execute("PRAGMA synchronous=FULL")
-        db.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?), ('clean_stop', '0')", (str(self._reserved),)
-        )
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?), ('clean_stop', '0')", (str(reserve),))
         db.execute("PRAGMA synchronous=NORMAL")
+        self.start_seq, self._reserved = start, reserve
         for conv, pruned in db.execute("SELECT conv, pruned_upto FROM convs"):
             self._pruned[conv] = pruned
         if db.execute("SELECT 1 FROM posted LIMIT 1").fetchone():  # the last run did not stop cleanly
@@ -588,7 +601,9 @@ class HistoryStore:
             self.dropped += 1
 
     def put_topic(self, room: str, topic: str) -> None:
-        self._pending.topics[room] = topic
+        """Bounded like the other records while the disk fails (rooms made, given a topic and left, one after
+        another); one lost costs the room its topic after a restart, or once it is made again."""
+        self._hold(self._pending.topics, room, topic)
 
     @property
     def pending(self) -> int:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -323,6 +324,42 @@ def test_hung_worker_is_detected_by_heartbeat_and_replaced(make_server: MakeServ
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_connections_handed_to_a_worker_that_dies_before_taking_them_are_told_to_come_back(
+    make_server: MakeServer,
+) -> None:
+    """A review: connections queued on a stalled worker's channel when it was killed got a bare close, though
+    the main process still held each one to tell the client why. Now they get a refusal to try again."""
+    server = make_server(workers=2)
+    stalled = server.worker_pids()[0]
+    os.kill(stalled, signal.SIGSTOP)
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(6)]
+    try:
+        # Least loaded first, and the stalled worker's count never falls: they alternate, 3 on each. The live
+        # worker's greetings, the last for the last connection, say that all six were handed over.
+        greeted: list[socket.socket] = []
+        deadline = time.monotonic() + 10
+        while len(greeted) < 3 and time.monotonic() < deadline:
+            ready, _, _ = select.select([s for s in socks if s not in greeted], [], [], 0.5)
+            greeted += ready
+        assert len(greeted) == 3
+        mark = server.mark()
+        os.kill(stalled, signal.SIGKILL)
+        for sock in socks:
+            sock.settimeout(5)
+            first = json.loads(sock.makefile("rb").readline())
+            if sock in greeted:
+                assert first["type"] == "server"
+            else:  # was b"": the end of the connection and nothing else
+                assert first["type"] == "error" and first["code"] == m.Err.INTERNAL
+                assert "worker unavailable; reconnect" in first["message"]
+        server.wait_log(r"worker \d ready", timeout=10, start=mark)  # and the server goes on
+    finally:
+        for sock in socks:
+            sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stalled, signal.SIGKILL)
 
 
 def test_main_process_killed_takes_workers_with_it(make_server: MakeServer) -> None:

@@ -347,6 +347,27 @@ def test_a_record_of_the_wrong_shape_from_the_hub_is_logged_and_the_rest_applied
     with_conn(body)
 
 
+def test_a_connection_handed_over_while_shutting_down_is_refused_for_the_main_process_to_say_why() -> None:
+    """A review: it was reported closed, and the main process closed its copy: the client got a bare EOF.
+    Refused, the main process tells it to come back (its copy is still open)."""
+
+    async def main() -> None:
+        worker, socks = make_worker()
+        ours, peer = socket.socketpair()
+        try:
+            worker.shutting_down = True
+            socks[2].setblocking(False)  # (the worker's end of the descriptor channel)
+            socket.send_fds(socks[3], [b'{"conn": 7, "peer": "127.0.0.1"}'], [ours.fileno()])
+            worker._receive_fds()
+            assert told_hub(worker) == [["refused", 7, "worker shutting down"]]
+            assert 7 not in worker.conns
+        finally:
+            for s in (*socks, ours, peer):
+                s.close()
+
+    asyncio.run(main())
+
+
 def test_a_close_the_hub_asks_for_is_reported_back() -> None:
     """The main process counts connections (--max-clients, --max-per-ip, placement): it must hear of every
     close, also of one it asked for (a session resumed on another connection).
