@@ -7,13 +7,21 @@ the per-run switches (``--json``, ``--watch``, ``--version``) do not.
 from __future__ import annotations
 
 import getpass
+import ipaddress
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from lanchat import const
-from lanchat.config import DiscoveryConfig, ServerConfig, default_data_dir, hold_stop_signals, parse_address
+from lanchat.config import (
+    DiscoveryConfig,
+    ServerConfig,
+    check_host,
+    default_data_dir,
+    hold_stop_signals,
+    parse_address,
+)
 from lanchat.protocol.beacon import MAX_INTERVAL_MS
 
 # Seconds: the least --timeout of join and discover, the same for both since LANCHAT_TIMEOUT sets both.
@@ -97,9 +105,23 @@ def _server_name(value: str) -> str:
     return value
 
 
-def _probe(value: list[str]) -> list[str]:
-    """--probe: a target that is no HOST[:PORT] is a bad option (exit code 2), as a bad --interface is; one
-    that does not resolve is the network's business (a warning, and the others are probed)."""
+def _listen_host(value: str) -> str:
+    """serve --host: an IPv4 or IPv6 address, or a name (`localhost`); what is none of them is a bad option."""
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not an IPv6 address: {exc}") from None
+        return value
+    try:
+        return check_host(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _targets(value: list[str]) -> list[str]:
+    """--probe, --beacon-to: a target that is no HOST[:PORT] is a bad option (exit code 2), as a bad
+    --interface is; one that does not resolve is the network's business (a warning, and the others are used)."""
     for target in value:
         try:
             parse_address(target, const.DEFAULT_DISCOVERY_PORT, ipv6=False)
@@ -133,7 +155,13 @@ def _nick(value: str | None) -> str:
 @app.command()
 def serve(
     host: Annotated[
-        str, typer.Option(envvar=_env("host"), metavar="ADDR", help="Address to listen on (`::` for IPv4+IPv6).")
+        str,
+        typer.Option(
+            envvar=_env("host"),
+            metavar="ADDR",
+            callback=_listen_host,
+            help="Address to listen on (`::` for IPv4+IPv6).",
+        ),
     ] = "0.0.0.0",
     port: Annotated[
         int,
@@ -167,7 +195,8 @@ def serve(
         typer.Option(
             envvar=_env("data_dir"),
             metavar="DIR",
-            help="History and server id (default: $XDG_DATA_HOME/lanchat, else ~/.local/share/lanchat).",
+            help="History and server id (default: $XDG_DATA_HOME/lanchat if that is absolute, else"
+            " ~/.local/share/lanchat).",
         ),
     ] = None,
     interface: Interface = [],  # noqa: B006 - typer reads the default, never mutates it
@@ -187,6 +216,7 @@ def serve(
         typer.Option(
             envvar=_env("beacon_to"),
             metavar="ADDR",
+            callback=_targets,
             help="Extra unicast/directed-broadcast beacon target (repeatable).",
         ),
     ] = [],  # noqa: B006
@@ -241,7 +271,7 @@ def serve(
         typer.Option(
             "--exempt-loopback/--no-exempt-loopback",
             envvar=_env("exempt_loopback"),
-            help="Loopback is not counted by --max-per-ip.",
+            help="Loopback is not counted by --max-per-ip and --connect-rate.",
         ),
     ] = True,
     handshake_timeout: Annotated[
@@ -396,7 +426,7 @@ def discover(
         typer.Option(
             envvar=_env("probe"),
             metavar="HOST[:PORT]",
-            callback=_probe,
+            callback=_targets,
             help="Also probe this host directly (repeatable).",
         ),
     ] = [],  # noqa: B006

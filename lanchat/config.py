@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -24,22 +25,50 @@ def parse_address(text: str, default_port: int = const.DEFAULT_PORT, *, ipv6: bo
     address with more than one colon is refused."""
     text = text.strip()
     if ipv6 and text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest and not rest.startswith(":"):
-            raise ValueError("expected [V6ADDRESS]:PORT")
-        port = _port(rest[1:]) if rest else default_port
-    elif text.count(":") == 1:
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("expected [V6ADDRESS] or [V6ADDRESS]:PORT")
+        if not _is_ipv6(host):
+            raise ValueError(f"not an IPv6 address in brackets: {host!r}")
+        return host, _port(rest[1:]) if rest else default_port
+    if text.count(":") == 1:
         host, _, port_text = text.partition(":")
         port = _port(port_text)
     elif ":" in text and not ipv6:
         raise ValueError(f"not a HOST or HOST:PORT (IPv4 or a name): {text!r}")
+    elif ":" in text:
+        if not _is_ipv6(text):
+            raise ValueError(f"not an IPv6 address: {text!r} (HOST:PORT has one colon; [V6ADDRESS]:PORT)")
+        return text, default_port
     else:
         host, port = text, default_port
+    return check_host(host), port
+
+
+def check_host(host: str) -> str:
+    """An IPv4 address or a host name (IPv6 is the caller's: brackets, colons); ValueError says what is wrong.
+    Said here rather than by the resolver, which would first ask the network's name server about it."""
     if not host:
         raise ValueError("no host")
     if any(c.isspace() for c in host):
         raise ValueError(f"a host name has no spaces: {host!r}")
-    return host, port
+    labels = host.removesuffix(".").split(".")
+    if not all(label and all(c.isalnum() or c in "-_" for c in label) for label in labels):
+        raise ValueError(f"not a host name or address: {host!r}")
+    if all(label.isascii() and label.isdigit() for label in labels):  # 10.999.0.1 is no name either
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"not an IPv4 address: {host!r}") from None
+    return host
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)  # (a zone, fe80::1%eth0, too)
+    except ValueError:
+        return False
+    return True
 
 
 def _port(text: str) -> int:

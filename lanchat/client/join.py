@@ -20,7 +20,7 @@ from lanchat.client.connection import (
     EXIT_USAGE,
     Relocator,
 )
-from lanchat.config import DiscoveryConfig, parse_address
+from lanchat.config import DiscoveryConfig, check_host, parse_address
 from lanchat.protocol.plain import count_of
 
 if TYPE_CHECKING:
@@ -156,7 +156,12 @@ RESOLVE_TIMEOUT: Final = 3.0  # seconds for the system resolver to answer for a 
 
 
 async def _addresses(name: str) -> set[str]:
-    """The addresses the system's resolver gives for ``name`` (none: not a host name it knows)."""
+    """The addresses the system's resolver gives for ``name`` (none: not a host name it knows). A server's
+    name that cannot be a host name (`Lab 2`) is not asked about: the question would go to the network."""
+    try:
+        check_host(name)
+    except ValueError:
+        return set()
     try:
         infos = await asyncio.wait_for(
             asyncio.get_running_loop().getaddrinfo(name, const.DEFAULT_PORT, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT

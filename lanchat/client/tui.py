@@ -992,8 +992,9 @@ class _ChatApp:
         self.printer = Printer(self.session.app.output, app=self.session.app)
         # F2 saves at once, as /switch does (a kill before the next event came back in the room before)
         self.session.key_bindings = _key_bindings(
-            self.view, self.session.app.invalidate, self.printer.show, lambda: self.client.save()
+            self.view, self.session.app.invalidate, self.printer.show, self._moved_to
         )
+        self._asked_who: set[str] = set()  # rooms whose members this run asked for (_know_who_is_here)
 
         self.sessions = sessions or SessionFile()
         # The server as a later run finds it: by its id and name if discovery found it (it may move: a restart
@@ -1093,17 +1094,29 @@ class _ChatApp:
     def _catch_up(self) -> None:
         """A run started again, its session restored: who is in the current room, and a --room it is not in."""
         state = self.client.state
-        if self.earlier is not None and state.resumed and self.view.room in state.rooms:
-            self._ask_who_is_here(self.view.room)
+        if self.earlier is not None and state.resumed:
+            self._know_who_is_here()
         if self.earlier is not None and self.asked_room and self.asked_room not in state.rooms:
             self._join_asked_room()
 
-    def _ask_who_is_here(self, room: str) -> None:
-        """This run has seen no room reply: who is here, asked quietly. The current room only: a listing costs
-        10 lines of the rate, and the session's 50 rooms would hold its first lines."""
+    def _know_who_is_here(self) -> None:
+        """The current room's members, if this run has seen no reply for it (a restored session's rooms, as
+        a /part, /switch or F2 makes each current): asked quietly, once a room, for the status line's count
+        (it said `0 users` in a room with others, a docs audit). The current room only: a listing costs 10
+        lines of the rate, and the session's 50 rooms at once would hold its first lines."""
+        room, state = self.view.room, self.client.state
+        if room is None or room in self.view.counts or room in self._asked_who or room not in state.rooms:
+            return
+        self._asked_who.add(room)
         self.client.send(m.Who(room))
-        if (asked := self.client.state.last_question_id) is not None:
+        if (asked := state.last_question_id) is not None:
             self.view.asked_quietly(asked)
+
+    def _moved_to(self) -> None:
+        """The current room changed by the user (/switch, /part's answer, F2): saved at once (a kill before the
+        next event came back in the room before), and its members asked for if not known."""
+        self.client.save()
+        self._know_who_is_here()
 
     def _join_asked_room(self) -> None:
         """A --room the restored session is not in: joined as if typed (it was ignored)."""
@@ -1190,7 +1203,7 @@ class _ChatApp:
                 self.history.take_back(text, had)  # (Up's first entry would be the same line)
                 break
         if self.view.room != room_before:  # (/switch sends nothing: saved now, not at the next event)
-            self.client.save()
+            self._moved_to()
         return None
 
     def _send(self, submitted: Submitted) -> bool:
@@ -1230,7 +1243,10 @@ class _ChatApp:
         """A frame from the server: shown (or the status line redrawn), the session's file renamed with us."""
         kind = frame.get("type")
         self.welcomed = self.welcomed or kind == "welcome"
+        room = self.view.room
         lines = self.view.on_frame(frame)
+        if self.view.room != room and kind != "welcome":  # (a /part's event; the welcome's is _catch_up's)
+            self._know_who_is_here()
         renamed = kind in ("nick", "welcome") and entry_key(self.server, self.client.nick) != self.saved_as
         if renamed and self.client.state.registered:  # (only these frames change our nick)
             self.client.save()  # our nick changed: the file follows it now, not a second later (a kill then)

@@ -85,7 +85,9 @@ def _history(words: list[str], room: str | None) -> m.History:
     """/history [N] [#ROOM] [before SEQ], in any order: the newest N (default 20) events of the room (default
     the current one), or of those numbered below SEQ (the hint after a page names the next one's)."""
     usage = RemoteProtocolError(
-        m.Err.BAD_FIELD, f"usage: /history [N] [#ROOM] [before SEQ], N from 1 to {const.HISTORY_PAGE_MAX}"
+        m.Err.BAD_FIELD,
+        f"usage: /history [N] [#ROOM] [before SEQ], N from 1 (more than {const.HISTORY_PAGE_MAX}: taken as"
+        f" {const.HISTORY_PAGE_MAX})",
     )
     n: int | None = None
     before: int | None = None

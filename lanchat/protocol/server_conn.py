@@ -294,8 +294,8 @@ class ServerConnection:
             if cmd.name == "switch" and cmd.arg is not None and cmd.arg in self._view():
                 self._move(_SWITCH, cmd.arg)
                 out.append(Reply(f"* now talking in #{cmd.arg}\n".encode()))  # the terminal UI's words
-            elif cmd.name == "switch":
-                out.append(Reply(b"! /switch ROOM needs a room you have joined\n"))
+            elif cmd.name == "switch":  # (as every error: its code last, which a script may look for)
+                raise RemoteProtocolError(m.Err.NOT_IN_ROOM, "/switch ROOM needs a room you have joined")
             else:
                 out.append(Reply(HELP.encode() + b"\n"))
             return

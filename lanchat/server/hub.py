@@ -540,6 +540,12 @@ class Hub:
             self.store.sessions_lost = False
             self.save_sessions()
             ok = self.store.commit(now)
+        if ok and self.store.topics_lost:  # the same for topics (the file's were deleted: see put_topic)
+            self.store.topics_lost = False
+            for room in self.rooms.values():
+                if room.topic:
+                    self.store.put_topic(room.name, room.topic)
+            ok = self.store.commit(now)
         acks, self._acks = self._acks, []
         closes, self._closes = self._closes, []
         if acks:  # a busy sender has tens a tick: one frame each, lines made by a template (not a dict each)

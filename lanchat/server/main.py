@@ -762,7 +762,8 @@ class Server:
         self._flush_scheduled = False
         if self._commits_held:  # the log is starting over: the checkpoint loop flushes when it is done
             return
-        if self.store.pending or self.hub.commit_pending or self.store.sessions_lost:  # (lost: see Hub.commit)
+        store = self.store
+        if store.pending or self.hub.commit_pending or store.sessions_lost or store.topics_lost:  # (see Hub.commit)
             self.hub.commit(self._now())
             if self.store.pending and self._retry_handle is None:  # the disk fails: come back to it
                 self._retry_handle = self.loop.call_later(const.DB_RETRY_INTERVAL, self._retry_commit)
@@ -904,8 +905,8 @@ class Server:
             self._checkpoints.cancel()
         if self._restart is not None and not self._restart.done():  # its thread holds SQLite's write lock
             await asyncio.wait({self._restart}, timeout=2.0)
-        for conn in list(self.handoff):
-            self._release_handoff(conn)
+        for conn in list(self.handoff):  # a worker killed for not stopping in time had them: told, not reset
+            self._refuse_handed(conn, m.Err.SHUTTING_DOWN, "server is shutting down")
         self._close_lingering()
         for slot in self.slots:
             if slot.proc is not None:

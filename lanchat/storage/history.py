@@ -219,6 +219,13 @@ class HistoryStore:
         # A session record was given up on while the disk failed: a post writes only its id (put_posted), so
         # the hub writes every live session's record again once a commit succeeds, and clears this.
         self.sessions_lost = False
+        # A held topic was given up on (the same): the hub writes every live room's topic again, and the file's
+        # topics, of rooms no longer live among them, are deleted first (stale, else read when a room comes back).
+        self.topics_lost = False
+        self._topics_reset = False  # the file's topics are to be deleted by the next commit
+        self._checked: tuple[int, int] | None = None  # (device, inode) of the file this run checked (quick_check)
+        self._refused: tuple[int, int, int, int] | None = None  # (..., size, mtime) of a file refused while serving
+        self._written_reserve = 0  # the reservation this run last wrote (another's: the file was written by another)
         self._db: sqlite3.Connection | None = None
         self._ckpt: sqlite3.Connection | None = None  # used only by checkpoint(), on another thread
         self._ckpt_lock = threading.Lock()
@@ -261,6 +268,9 @@ class HistoryStore:
             self._fail(f"cannot open {self.path}: {why}")
             self._unknown_sequence()
             return
+        if self._refused is not None and _identity(self.path) == self._refused:  # (as it was refused: not again)
+            self._unknown_sequence()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -283,6 +293,7 @@ class HistoryStore:
             if self.degraded and why != self.last_error:  # (_fail says only the first reason)
                 log.error("history: %s; history is still kept in memory", why)
             self._fail(why)
+            self._refused = _identity(self.path)  # tried again once it is another file, or changed
             self._unknown_sequence()
             return
         # SQLite keeps the log beside the database's real file (it follows a symlinked database).
@@ -313,6 +324,18 @@ class HistoryStore:
                 raise sqlite3.DatabaseError("foreign database (no lanchat marker)")
             if meta.get("schema") not in _READABLE_SCHEMAS:
                 raise sqlite3.DatabaseError(f"schema version {meta.get('schema')}, expected {SCHEMA_VERSION}")
+        # Checked once a run, before anything is written to it (a file refused is left as it was). An open again
+        # while serving (a write-back, a deleted log, the end of a failure) finds the file this run checked and
+        # wrote, or one that passed the check before a later step failed: checking it again would hold the hub's
+        # loop for the whole file, 9 s at 537 MB (a review), at every retry. So would the scan of every event
+        # below (0.8 s; the events' key is (conv, seq)): the reservation is enough there, no number being stored
+        # without one above it.
+        ident = _identity(self.path)
+        checked = self.opens > 0 or (ident is not None and ident[:2] == self._checked)
+        if not checked:
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
         # Checkpoints (the only fsyncs) run off the hub's loop, in checkpoint() on another thread.
@@ -336,24 +359,22 @@ class HistoryStore:
         if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
             log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",
                         meta.get("schema"), SCHEMA_VERSION)  # fmt: skip
-        # Checked once a run. An open again while serving (a write-back, a deleted log, the end of a failure)
-        # finds the file this run checked and wrote, and would hold the hub's loop for the whole file: 9 s for
-        # the check and 0.8 s for the scans below at 537 MB (a review; the scan reads every page, the events'
-        # key being (conv, seq)). The reservation is enough there: no number is stored without one above it.
+        if ident is not None:
+            self._checked = ident[:2]
         if not self.opens:
-            check = db.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
             self._sweep_private(db)  # (no session of this run has a conversation on disk yet)
         reserved = db.execute("SELECT value FROM meta WHERE key='seq_reserved'").fetchone()
         top = 0
-        if not self.opens or reserved is None:
+        if not checked or reserved is None:
             top = max(db.execute(f"SELECT max(seq) FROM {t}").fetchone()[0] or 0 for t in ("events", "journal"))
         self._journal = Counter(dict(db.execute("SELECT conv, count(*) FROM journal GROUP BY conv").fetchall()))
         start = max(int(reserved[0]) if reserved else 0, top)
         clean = db.execute("SELECT value FROM meta WHERE key='clean_stop'").fetchone()
-        if clean is not None and clean[0] != "1" and self._reserved == 0:  # (0: this run's first open)
-            # The last run did not stop cleanly. A crash is covered by the reservation, but a run whose disk
+        # Another run's file: this run's first open, or its reservation not the one this run wrote last (another
+        # server wrote it while this one was suspended: a review found its numbers handed out again).
+        another = self._reserved == 0 or (reserved is not None and int(reserved[0]) != self._written_reserve)
+        if clean is not None and clean[0] != "1" and another:
+            # That run did not stop cleanly. A crash is covered by the reservation, but a run whose disk
             # was failing at the end may have handed out numbers past it (they could not be written), and
             # which of the two it was cannot be told: continue from the clock, as for an unreadable file.
             floor = _clock_floor()
@@ -370,7 +391,8 @@ class HistoryStore:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?), ('clean_stop', '0')", (str(reserve),))
         db.execute("PRAGMA synchronous=NORMAL")
-        self.start_seq, self._reserved = start, reserve
+        self.start_seq, self._reserved, self._written_reserve = start, reserve, reserve
+        self._pending.reserve = None  # (below: a commit writing it after this would take the file's back)
         for conv, pruned in db.execute("SELECT conv, pruned_upto FROM convs"):
             self._pruned[conv] = pruned
         if db.execute("SELECT 1 FROM posted LIMIT 1").fetchone():  # the last run did not stop cleanly
@@ -485,7 +507,7 @@ class HistoryStore:
         held = self._pending.topics.get(room)
         if held is not None:
             return held
-        if self._db is None:
+        if self._db is None or self._topics_reset:  # (the file's are stale: to be deleted)
             return ""
         try:
             row = self._db.execute("SELECT topic FROM topics WHERE room = ?", (room,)).fetchone()
@@ -591,19 +613,25 @@ class HistoryStore:
         while the disk fails costs a resend acked as a duplicate after a restart."""
         self._hold(self._pending.refused, owner, tuple(sorted(ids)))
 
-    def _hold(self, queue: dict[str, _T], key: str, row: _T) -> None:
+    def _hold(self, queue: dict[str, _T], key: str, row: _T) -> bool:
         """Queue a small record for the next commit, the latest write last; while the disk fails, the
-        oldest writes go past PENDING_WRITES_MAX."""
+        oldest writes go past PENDING_WRITES_MAX. True if one went."""
         queue.pop(key, None)  # rewritten: to the end
         queue[key] = row
+        dropped = False
         while self.degraded and len(queue) > const.PENDING_WRITES_MAX:
             del queue[next(iter(queue))]
             self.dropped += 1
+            dropped = True
+        return dropped
 
     def put_topic(self, room: str, topic: str) -> None:
         """Bounded like the other records while the disk fails (rooms made, given a topic and left, one after
-        another); one lost costs the room its topic after a restart, or once it is made again."""
-        self._hold(self._pending.topics, room, topic)
+        another). One given up on would leave the file's older topic to come back with its room (a review: a
+        topic cleared came back), so then the file's are all deleted by the next commit and the hub writes
+        the live rooms' again (``topics_lost``): a room no longer live has no topic when it comes back."""
+        if self._hold(self._pending.topics, room, topic):
+            self.topics_lost = self._topics_reset = True
 
     @property
     def pending(self) -> int:
@@ -665,6 +693,8 @@ class HistoryStore:
                     db.execute("DELETE FROM journal WHERE conv=?", (conv,))
                     journal = journal - Counter({conv: journal[conv]})
                 added.pop(conv, None)
+            if self._topics_reset:  # (before the held ones: see topics_lost)
+                db.execute("DELETE FROM topics")
             for room, topic in p.topics.items():
                 db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?)", (room, topic))
             for key, expiry in p.expired.items():
@@ -733,7 +763,10 @@ class HistoryStore:
         p.expired.clear()
         p.refused.clear()
         p.gone.clear()
+        if p.reserve is not None:
+            self._written_reserve = p.reserve
         p.reserve = None
+        self._topics_reset = False
         if self.degraded:
             log.warning("history: writes resumed at %s", self.path)
             self.degraded = False
@@ -1139,6 +1172,15 @@ class HistoryStore:
             except sqlite3.Error:
                 pass
             self._db = None
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime) of a file; None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _clock_floor() -> int:

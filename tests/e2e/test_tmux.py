@@ -308,6 +308,10 @@ def test_a_client_killed_and_started_again_resumes_its_session(tmp_path: Path, s
             again.wait_status("#maths (+1 room) | kimmy | 2 users")  # the room it talked in; who is there
             assert "before" not in again.screen()  # seen before the kill: not shown again
             assert "* #maths: " not in again.screen()  # (who is there: asked quietly, for the status line)
+            again.type("/part maths")  # the next room's members: asked for as it becomes current (0 users before)
+            again.keys("Enter")
+            again.wait_status("#lobby | kimmy | 1 user |")
+            assert "* #lobby: " not in again.screen()
             again.type("/quit")
             again.keys("Enter")
             assert again.exit_status() == 0

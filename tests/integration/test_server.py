@@ -332,22 +332,11 @@ def test_connections_handed_to_a_worker_that_dies_before_taking_them_are_told_to
     """A review: connections queued on a stalled worker's channel when it was killed got a bare close, though
     the main process still held each one to tell the client why. Now they get a refusal to try again."""
     server = make_server(workers=2)
-    stalled = server.worker_pids()[0]
-    os.kill(stalled, signal.SIGSTOP)
-    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(6)]
+    stalled, socks, greeted = _six_handed_three_to_a_stalled_worker(server)
     try:
-        # Least loaded first, and the stalled worker's count never falls: they alternate, 3 on each. The live
-        # worker's greetings, the last for the last connection, say that all six were handed over.
-        greeted: list[socket.socket] = []
-        deadline = time.monotonic() + 10
-        while len(greeted) < 3 and time.monotonic() < deadline:
-            ready, _, _ = select.select([s for s in socks if s not in greeted], [], [], 0.5)
-            greeted += ready
-        assert len(greeted) == 3
         mark = server.mark()
         os.kill(stalled, signal.SIGKILL)
         for sock in socks:
-            sock.settimeout(5)
             first = json.loads(sock.makefile("rb").readline())
             if sock in greeted:
                 assert first["type"] == "server"
@@ -360,6 +349,49 @@ def test_connections_handed_to_a_worker_that_dies_before_taking_them_are_told_to
             sock.close()
         with contextlib.suppress(ProcessLookupError):
             os.kill(stalled, signal.SIGKILL)
+
+
+def test_connections_a_stalled_worker_holds_at_a_stop_are_told_it_is_shutting_down(make_server: MakeServer) -> None:
+    """A review of the mend above: a stop that had to kill a worker which did not stop in time closed the
+    connections handed to it bare (a reset: their unread hello was still in them)."""
+    server = make_server(workers=2)
+    stalled, socks, greeted = _six_handed_three_to_a_stalled_worker(server)
+    try:
+        for sock in socks:
+            sock.sendall(b'{"type":"hello","nick":"waiting"}\n')
+        assert server.stop(timeout=15) == 0
+        for sock in socks:
+            if sock not in greeted:  # (the others: greeted, then told the server is going, as every client)
+                first = json.loads(sock.makefile("rb").readline())
+                assert first["type"] == "error" and first["code"] == m.Err.SHUTTING_DOWN, first
+        assert "did not stop in time" in server.log
+    finally:
+        for sock in socks:
+            sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stalled, signal.SIGKILL)
+
+
+def _six_handed_three_to_a_stalled_worker(
+    server: ServerProcess,
+) -> tuple[int, list[socket.socket], list[socket.socket]]:
+    """Worker 0 stopped (SIGSTOP), then six connections: its pid, the sockets, those the live worker greeted."""
+    assert server.proc is not None
+    ids = {}  # worker id -> pid, read without a connection (one would be counted by placement until it closed)
+    for proc in psutil.Process(server.proc.pid).children():
+        cmdline = proc.cmdline()
+        ids[int(cmdline[cmdline.index("--worker-id") + 1])] = proc.pid
+    os.kill(ids[0], signal.SIGSTOP)
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(6)]
+    # Least loaded first, worker 0 on a tie, and the stalled worker's count never falls: they alternate, the
+    # 1st, 3rd and 5th on worker 0. The live one's 3 greetings, the last for the 6th, say all were handed over.
+    greeted: list[socket.socket] = []
+    deadline = time.monotonic() + 10
+    while len(greeted) < 3 and time.monotonic() < deadline:
+        ready, _, _ = select.select([s for s in socks if s not in greeted], [], [], 0.5)
+        greeted += ready
+    assert len(greeted) == 3
+    return ids[0], socks, greeted
 
 
 def test_main_process_killed_takes_workers_with_it(make_server: MakeServer) -> None:

@@ -126,7 +126,10 @@ def test_beacon_interval_and_history_on_join_edges_are_accepted(captured: dict[s
      ["--port", "65536"], ["--discovery-port", "0"], ["--discovery-port", "70000"], ["--log-level", "loud"],
      ["--beacon-interval", "inf"], ["--beacon-interval", "86401"],  # inf crashed the announcer once serving
      ["--history-on-join", "501"], ["--history-on-join", "9223372036854775807"],  # that failed every join
-     ["--name", "lab\tb"], ["--name", "lab\u202e"]],  # shown raw by status (an operator's walkthrough)
+     ["--name", "lab\tb"], ["--name", "lab\u202e"],  # shown raw by status (an operator's walkthrough)
+     # Warned about once serving, or passed to the resolver, before (a docs audit):
+     ["--beacon-to", "a b"], ["--beacon-to", "::1"], ["--beacon-to", "127.0.0.1:0"],
+     ["--host", "10.999.0.1"], ["--host", "not an addr"], ["--host", "::x"], ["--host", ""]],
 )  # fmt: skip
 def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], args: list[str]) -> None:
     result = CliRunner().invoke(app, ["serve", *args])
@@ -151,6 +154,8 @@ def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], a
         ["status", "127.0.0.1:0"],
         ["discover", "--probe", "127.0.0.1:99999"],  # (a warning, exit 0, before: an operator's walkthrough)
         ["discover", "--probe", "lab host"],
+        ["join", "[::1"],  # (went to the resolver whole, an exit 3: a docs audit)
+        ["status", "[127.0.0.1:7000"],
     ],
 )
 def test_bad_addresses_and_options_of_the_client_commands_exit_with_2(args: list[str]) -> None:
@@ -171,6 +176,9 @@ def test_bad_addresses_and_options_of_the_client_commands_exit_with_2(args: list
         ("fe80::1", ("fe80::1", const.DEFAULT_PORT)),
         ("h:65535", ("h", 65535)),
         ("h:1", ("h", 1)),
+        ("[fe80::1%lo]:7000", ("fe80::1%lo", 7000)),
+        ("café.local.:7000", ("café.local.", 7000)),
+        ("my_host-2:7000", ("my_host-2", 7000)),
     ],
 )
 def test_parse_address(address: str, expected: tuple[str, int]) -> None:
@@ -178,7 +186,12 @@ def test_parse_address(address: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["h:0", "h:65536", "h:-1", "h:", ":7000", "h:７", "[::1]7000", "[::1]:x", "[]:7", "lab local", ""]
+    "address",
+    [
+        *("h:0", "h:65536", "h:-1", "h:", ":7000", "h:７", "[::1]7000", "[::1]:x", "[]:7", "lab local", ""),
+        # An unclosed bracket went to the resolver whole, a name in brackets or with two colons too (a docs audit)
+        *("[::1", "[127.0.0.1:7000", "[lab]:7000", "lab::7000", "bad host!", "a..b", ".lab", "lab/x:7000"),
+    ],
 )
 def test_parse_address_refuses_what_is_not_an_address(address: str) -> None:
     with pytest.raises(ValueError):
@@ -238,6 +251,37 @@ def test_join_of_a_name_nobody_announces_says_what_was_tried(monkeypatch: pytest
     assert "no server named 'nosuch' answered discovery (servers found: none)" in str(err.value)
     assert "not a host name either" in str(err.value)
     assert "lanchat discover --timeout 6" in str(err.value)  # (a firewall dropping probes: the beacons find it)
+
+
+def test_a_server_name_that_cannot_be_a_host_name_is_not_asked_of_the_resolver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A docs audit: `lanchat join 'bad host name!'`, not found by discovery, was asked of the system's
+    resolver, whose question goes to the network's name server. A name no host can have is not asked."""
+    import asyncio
+
+    from lanchat.client import join
+    from lanchat.discovery import browser
+
+    asked: list[str] = []
+
+    async def nobody(*_: Any, **__: Any) -> list[Any]:
+        return []
+
+    async def resolver(self: Any, host: str, *_: Any, **__: Any) -> Any:
+        asked.append(host)
+        return []
+
+    monkeypatch.setattr(browser, "browse", nobody)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", resolver)
+    for name in ("bad host name!", "v1.2 test", "Lab 2", "lab..x"):
+        with pytest.raises(join.Unresolved) as err:
+            asyncio.run(join.resolve(join.JoinConfig(name, "x"), interactive=False))
+        assert err.value.exit_code == 3 and "not a host name either" in str(err.value)
+    assert asked == []
+    with pytest.raises(join.Unresolved):
+        asyncio.run(join.resolve(join.JoinConfig("lab-2", "x"), interactive=False))
+    assert asked == ["lab-2"]  # (a name a host can have still is)
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["join"], ["discover"], ["status"]])

@@ -427,6 +427,64 @@ def test_a_reopen_while_serving_does_not_check_or_scan_the_whole_file(
     assert open_store(stores, tmp_path).start_seq >= 2 * h.SEQ_RESERVE
 
 
+def test_a_first_open_that_fails_after_its_check_is_not_checked_again_at_each_retry(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review of the mend above: an open that kept failing after the check (here the reservation's write)
+    checked the whole file again at every retry, every 2 s on the hub's loop."""
+    open_store(stores, tmp_path).close()
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    class Failing(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            statements.append(sql)
+            if "clean_stop" in sql and "seq_reserved" in sql:
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().execute(sql, *args)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: connect(*a, factory=Failing, **kw))
+    s = open_store(stores, tmp_path)
+    add(s, s.start_seq + 1)
+    for n in (1, 2, 3):
+        assert s.commit(n * const.DB_RETRY_INTERVAL) is False
+    assert sum("clean_stop" in x and "seq_reserved" in x for x in statements) == 4  # tried at each
+    assert sum("quick_check" in x for x in statements) == 1  # checked once
+
+
+def test_another_servers_file_after_a_suspension_is_continued_above_its_numbers(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: while this server was suspended (another held the data directory), the other ran and did not
+    stop cleanly, having handed out numbers past its reservation. Taken for this run's own file, its
+    reservation was continued from (its numbers again), and a reservation queued before the suspension was
+    then written over the reopen's, below the numbers stored."""
+    clock = iter([10**12, 10**12 + 10**9])  # the other's start, then this one's reopen (a second later)
+    monkeypatch.setattr(h, "_clock_floor", lambda: next(clock))
+    held: list[str] = []
+    s = open_store(stores, tmp_path, guard=lambda: held[0] if held else None)
+    add(s, h.SEQ_RESERVE)  # a reservation queued ...
+    s.suspend("another server holds the data directory")  # ... and not written
+    held.append("another server holds the data directory")
+    other = HistoryStore(tmp_path)  # (this one marked the file unclean: it continues from the clock)
+    assert other.start_seq == 10**12
+    add(other, 10**12 + 1)
+    assert other.commit(0.0)
+    db_of(other).execute("PRAGMA query_only=ON")  # its disk fails ...
+    add(other, 10**12 + h.SEQ_RESERVE + 5)  # ... while it hands out numbers past its reservation
+    assert other.commit(1.0) is False
+    other.close()  # (no clean stop)
+    held.clear()
+    assert s.commit(10 * const.DB_RETRY_INTERVAL)
+    assert s.start_seq == 10**12 + 10**9  # the clock, not the other's reservation
+    s.close()
+    with sqlite3.connect(tmp_path / h.DB_NAME) as db:
+        reserved = int(db.execute("SELECT value FROM meta WHERE key='seq_reserved'").fetchone()[0])
+        top = db.execute("SELECT max(seq) FROM events").fetchone()[0]
+    db.close()
+    assert reserved > top >= 10**12 + 1
+
+
 def test_reservation_alone_is_committed(tmp_path: Path, stores: list[HistoryStore]) -> None:
     s = open_store(stores, tmp_path)
     s.add_event(h.SEQ_RESERVE, (), 0.0, "nick", "{}")  # no conversation: nothing stored, but the seq is used
@@ -487,6 +545,44 @@ def test_a_foreign_file_found_while_serving_degrades_the_store_and_says_why(
     with sqlite3.connect(tmp_path / h.DB_NAME) as db:  # left alone
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("people",)]
     db.close()
+
+
+def test_a_corrupt_file_found_while_serving_is_left_as_it_was_and_read_again_only_once_changed(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a corrupt lanchat file found by a retry was written to before its check (its marker, its
+    log), at every retry, 2 s apart, and checked whole each time."""
+    data = tmp_path / "data"
+    first = open_store(stores, data)
+    for seq in range(1, 3000):  # 123 pages, the 100th one of events
+        first.add_event(seq, ("lobby",), 0.0, "msg", '{"x":"%s"}' % ("y" * 100))
+    assert first.commit(0.0)
+    first.close()
+    path = data / h.DB_NAME
+    page = bytearray(path.read_bytes())
+    page[99 * 4096 + 8 : 99 * 4096 + 72] = b"\xff" * 64  # the cell pointers of a page of events
+    path.write_bytes(bytes(page))
+    opened: list[str] = []
+    connect = sqlite3.connect
+
+    def counted(*args: Any, **kw: Any) -> sqlite3.Connection:
+        opened.append(str(args[0]))
+        db: sqlite3.Connection = connect(*args, **kw)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", counted)
+    why: list[str] = ["not mounted yet"]
+    s = open_store(stores, data, guard=lambda: why[0] if why else None)
+    add(s, s.start_seq + 1)
+    why.clear()
+    for n in (1, 2, 3):
+        assert s.commit(n * const.DB_RETRY_INTERVAL) is False
+    assert s.last_error is not None and "not a usable lanchat history database" in s.last_error
+    assert path.read_bytes() == bytes(page) and not Path(str(path) + "-wal").exists()
+    assert opened == [str(path)]  # once: not again while it is the same file
+    path.rename(tmp_path / "kept")  # moved away: a new file at the next retry
+    assert s.commit(4 * const.DB_RETRY_INTERVAL)
+    assert opened == [str(path)] * 2 and not s.degraded
 
 
 def test_foreign_file_with_a_meta_table(tmp_path: Path) -> None:
@@ -1137,6 +1233,26 @@ def test_held_topics_are_bounded_while_failing(
     db_of(s).execute("PRAGMA query_only=OFF")
     assert s.commit(const.DB_RETRY_INTERVAL)
     assert [s.topic(f"room{n}") for n in range(8)] == ["", "", ""] + [f"topic {n}" for n in range(3, 8)]
+
+
+def test_a_held_topic_given_up_on_leaves_no_older_topic_to_come_back(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a topic cleared while the disk failed, given up on, came back from the file with its room.
+    Then the file's topics are deleted at the next commit, and the hub writes the live rooms' again."""
+    s = open_store(stores, tmp_path)
+    s.put_topic("cafe", "secret wifi password is hunter2")
+    assert s.commit(0.0)
+    monkeypatch.setattr(const, "PENDING_WRITES_MAX", 2)
+    db_of(s).execute("PRAGMA query_only=ON")
+    s.put_topic("cafe", "")
+    assert s.commit(1.0) is False
+    for n in range(3):
+        s.put_topic(f"room{n}", f"topic {n}")
+    assert s.topics_lost and s.topic("cafe") == ""
+    db_of(s).execute("PRAGMA query_only=OFF")
+    assert s.commit(1.0 + const.DB_RETRY_INTERVAL)
+    assert [s.topic(r) for r in ("cafe", "room0", "room1", "room2")] == ["", "", "topic 1", "topic 2"]
 
 
 def test_the_conversations_given_up_on_are_remembered_up_to_a_bound(

@@ -577,8 +577,10 @@ def test_plain_switch_between_joined_rooms() -> None:
     assert c.receive_data(b"/switch #lobby\n", 0.0) == [Reply(b"* now talking in #lobby\n")]
     assert c.current == "lobby"
     assert c.receive_data(b"in lobby\n", 0.0) == [Forward(m.Msg("lobby", "in lobby"))]
-    assert c.receive_data(b"/switch games\n", 0.0) == [Reply(b"! /switch ROOM needs a room you have joined\n")]
-    assert c.receive_data(b"/switch\n", 0.0) == [Reply(b"! /switch ROOM needs a room you have joined\n")]
+    assert c.receive_data(b"/switch games\n", 0.0) == [
+        Reply(b"! /switch ROOM needs a room you have joined [not_in_room]\n")
+    ]
+    assert c.receive_data(b"/switch\n", 0.0) == [Reply(b"! /switch ROOM needs a room you have joined [not_in_room]\n")]
     assert c.current == "lobby"
 
 
@@ -782,7 +784,7 @@ def test_plain_current_room_through_refusals_parts_and_switches_read_ahead_of_th
     out = c.receive_data(b"/join dev\n/join ops\n/switch dev\nfor dev\n/part ops\n/switch ops\n", 0.0)
     assert out[2:] == [
         Reply(b"* now talking in #dev\n"), Forward(m.Msg("dev", "for dev")), Forward(m.Part("ops", "")),
-        Reply(b"! /switch ROOM needs a room you have joined\n"),
+        Reply(b"! /switch ROOM needs a room you have joined [not_in_room]\n"),
     ]  # fmt: skip
     granted(c, "dev")
     assert c._moves == (("join", "ops"), ("switch", "dev"), ("part", "ops"))  # (an answered join is done)
