@@ -107,6 +107,11 @@ def _server_name(value: str) -> str:
 
 def _listen_host(value: str) -> str:
     """serve --host: an IPv4 or IPv6 address, or a name (`localhost`); what is none of them is a bad option."""
+    value = value.strip()
+    if value.startswith("["):
+        raise typer.BadParameter(f"an IPv6 address without brackets (--host ::1), not {value!r}")
+    if value.count(":") == 1:
+        raise typer.BadParameter(f"an address without a port (the port is --port), not {value!r}")
     if ":" in value:
         try:
             ipaddress.IPv6Address(value)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,19 @@ def check_host(host: str) -> str:
     if any(c.isspace() for c in host):
         raise ValueError(f"a host name has no spaces: {host!r}")
     labels = host.removesuffix(".").split(".")
-    if not all(label and all(c.isalnum() or c in "-_" for c in label) for label in labels):
+    if not all(label and all(c.isalnum() or c in "-_" or _is_mark(c) for c in label) for label in labels):
         raise ValueError(f"not a host name or address: {host!r}")
     if all(label.isascii() and label.isdigit() for label in labels):  # 10.999.0.1 is no name either
         try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
+            socket.inet_aton(host)  # (what the resolver takes without asking: 127.1 too)
+        except OSError:
             raise ValueError(f"not an IPv4 address: {host!r}") from None
     return host
+
+
+def _is_mark(c: str) -> bool:
+    """A combining mark: part of letters in many scripts' names (हिन्दी)."""
+    return unicodedata.category(c)[0] == "M"
 
 
 def _is_ipv6(text: str) -> bool:

@@ -37,7 +37,7 @@ import termios
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar
 
@@ -277,7 +277,8 @@ class ChatView:
         self.unsent = unsent
         self._now = now
         self._history_asked: set[str] = set()
-        self._quiet: set[int] = set()  # ids of the client's own questions, answered quietly
+        self._quiet: dict[int, str] = {}  # id -> room of the client's own questions (who), answered quietly
+        self.asked_who: set[str] = set()  # rooms whose members this run asked for (refused: asked again)
         self._room_said: dict[str, str] = {}  # room -> the words of its last room reply shown (see _on_room)
         self._reconnecting = False
         self._replies: dict[str, Callable[[dict[str, Any]], list[Line]]] = {
@@ -358,16 +359,18 @@ class ChatView:
         )
         return lines
 
-    def asked_quietly(self, rid: int) -> None:
-        """The answer to the question ``rid`` the client asked of itself (who is in the room: a run started
-        again knows no member) updates the view and shows nothing, a refusal (busy) neither."""
-        self._quiet.add(rid)
+    def asked_quietly(self, rid: int, room: str) -> None:
+        """The answer to the question ``rid`` the client asked of itself (who is in ``room``: a run started
+        again knows no member) updates the view and shows nothing, a refusal (busy) neither; a refused one is
+        asked again when the room next becomes current."""
+        self._quiet[rid] = room
+        self.asked_who.add(room)
 
     def _on_room(self, frame: dict[str, Any]) -> list[Line]:
         room = str(frame.get("room", ""))
         nicks = [str(n) for n in _list(frame, "nicks") if isinstance(n, str)]
         if frame.get("type") == "who" and _quiet_one(frame, self._quiet):
-            self._quiet.discard(frame["id"])
+            del self._quiet[frame["id"]]
             if room in self.joined:
                 self.members[room] = nicks
                 users = frame.get("users")
@@ -422,7 +425,7 @@ class ChatView:
 
     def _on_error(self, frame: dict[str, Any]) -> list[Line]:
         if _quiet_one(frame, self._quiet):  # (the client's own question: nobody asked for its answer)
-            self._quiet.discard(frame["id"])
+            self.asked_who.discard(self._quiet.pop(frame["id"]))
             return []
         self.current.refused(frame.get("code"), self._rooms_counted(), frame.get("request"))
         return self._rendered(frame, "error")
@@ -994,7 +997,6 @@ class _ChatApp:
         self.session.key_bindings = _key_bindings(
             self.view, self.session.app.invalidate, self.printer.show, self._moved_to
         )
-        self._asked_who: set[str] = set()  # rooms whose members this run asked for (_know_who_is_here)
 
         self.sessions = sessions or SessionFile()
         # The server as a later run finds it: by its id and name if discovery found it (it may move: a restart
@@ -1105,12 +1107,14 @@ class _ChatApp:
         (it said `0 users` in a room with others, a docs audit). The current room only: a listing costs 10
         lines of the rate, and the session's 50 rooms at once would hold its first lines."""
         room, state = self.view.room, self.client.state
-        if room is None or room in self.view.counts or room in self._asked_who or room not in state.rooms:
+        if room is None or room in self.view.counts or room in self.view.asked_who or room not in state.rooms:
             return
-        self._asked_who.add(room)
-        self.client.send(m.Who(room))
+        try:
+            self.client.send(m.Who(room))
+        except RemoteProtocolError:  # the queue is full while offline: asked when the room next becomes current
+            return
         if (asked := state.last_question_id) is not None:
-            self.view.asked_quietly(asked)
+            self.view.asked_quietly(asked, room)
 
     def _moved_to(self) -> None:
         """The current room changed by the user (/switch, /part's answer, F2): saved at once (a kill before the
@@ -1438,7 +1442,7 @@ def _keep_scrollback_clean(renderer: Renderer) -> None:
     renderer.erase = erase  # type: ignore[method-assign]
 
 
-def _quiet_one(frame: dict[str, Any], quiet: set[int]) -> bool:
+def _quiet_one(frame: dict[str, Any], quiet: Mapping[int, str]) -> bool:
     """The answer to one of the client's own questions (``ChatView.asked_quietly``)."""
     rid = frame.get("id")
     return type(rid) is int and rid in quiet

@@ -246,6 +246,7 @@ class Hub:
         wall_offset: float = 0.0,
     ) -> None:
         self.store = store
+        store.live_topics = lambda: [(r.name, r.topic) for r in self.rooms.values() if r.topic]  # (see put_topic)
         self.rate, self.burst = rate, burst  # a connection's --rate and --burst: what renames pay (_nick)
         # Every ``now`` given to the hub is monotonic: the grace and the store's retries are durations, which a
         # step of the wall clock (NTP's first sync on a board without a clock chip) must not cut short or
@@ -540,12 +541,7 @@ class Hub:
             self.store.sessions_lost = False
             self.save_sessions()
             ok = self.store.commit(now)
-        if ok and self.store.topics_lost:  # the same for topics (the file's were deleted: see put_topic)
-            self.store.topics_lost = False
-            for room in self.rooms.values():
-                if room.topic:
-                    self.store.put_topic(room.name, room.topic)
-            ok = self.store.commit(now)
+
         acks, self._acks = self._acks, []
         closes, self._closes = self._closes, []
         if acks:  # a busy sender has tens a tick: one frame each, lines made by a template (not a dict each)

@@ -762,8 +762,7 @@ class Server:
         self._flush_scheduled = False
         if self._commits_held:  # the log is starting over: the checkpoint loop flushes when it is done
             return
-        store = self.store
-        if store.pending or self.hub.commit_pending or store.sessions_lost or store.topics_lost:  # (see Hub.commit)
+        if self.store.pending or self.hub.commit_pending or self.store.sessions_lost:  # (lost: see Hub.commit)
             self.hub.commit(self._now())
             if self.store.pending and self._retry_handle is None:  # the disk fails: come back to it
                 self._retry_handle = self.loop.call_later(const.DB_RETRY_INTERVAL, self._retry_commit)

@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -153,6 +153,7 @@ _FORMAT_4_COLUMNS: Final = (  # (table, column, type): added to an older file in
 )
 _READABLE_SCHEMAS: Final = ("1", "2", "3", str(SCHEMA_VERSION))
 _T = TypeVar("_T")
+_Identity = tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,12 +220,12 @@ class HistoryStore:
         # A session record was given up on while the disk failed: a post writes only its id (put_posted), so
         # the hub writes every live session's record again once a commit succeeds, and clears this.
         self.sessions_lost = False
-        # A held topic was given up on (the same): the hub writes every live room's topic again, and the file's
-        # topics, of rooms no longer live among them, are deleted first (stale, else read when a room comes back).
-        self.topics_lost = False
-        self._topics_reset = False  # the file's topics are to be deleted by the next commit
+        # A held topic was given up on: the file's topics, stale, are replaced by the next commit with the live
+        # rooms' (``live_topics``, the hub's; a room no longer live has none when it comes back).
+        self._topics_reset = False
+        self.live_topics: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._checked: tuple[int, int] | None = None  # (device, inode) of the file this run checked (quick_check)
-        self._refused: tuple[int, int, int, int] | None = None  # (..., size, mtime) of a file refused while serving
+        self._refused: _Identity | None = None  # a file refused while serving (not opened again unless changed)
         self._written_reserve = 0  # the reservation this run last wrote (another's: the file was written by another)
         self._db: sqlite3.Connection | None = None
         self._ckpt: sqlite3.Connection | None = None  # used only by checkpoint(), on another thread
@@ -335,7 +336,10 @@ class HistoryStore:
         if not checked:
             check = db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+                found = str(check[0] if check else "no answer").splitlines()
+                raise sqlite3.DatabaseError(f"integrity check failed: {' '.join(found[:3])}")
+            if ident is not None:  # (now: a write below that fails, a full disk, must not have it checked again)
+                self._checked = ident[:2]
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
         # Checkpoints (the only fsyncs) run off the hub's loop, in checkpoint() on another thread.
@@ -359,8 +363,6 @@ class HistoryStore:
         if "meta" in tables and meta.get("schema") != str(SCHEMA_VERSION):
             log.warning("history: file format %s upgraded to %d; an earlier lanchat refuses it now",
                         meta.get("schema"), SCHEMA_VERSION)  # fmt: skip
-        if ident is not None:
-            self._checked = ident[:2]
         if not self.opens:
             self._sweep_private(db)  # (no session of this run has a conversation on disk yet)
         reserved = db.execute("SELECT value FROM meta WHERE key='seq_reserved'").fetchone()
@@ -628,10 +630,10 @@ class HistoryStore:
     def put_topic(self, room: str, topic: str) -> None:
         """Bounded like the other records while the disk fails (rooms made, given a topic and left, one after
         another). One given up on would leave the file's older topic to come back with its room (a review: a
-        topic cleared came back), so then the file's are all deleted by the next commit and the hub writes
-        the live rooms' again (``topics_lost``): a room no longer live has no topic when it comes back."""
+        topic cleared came back), so then the next commit replaces the file's topics with the live rooms'
+        (``live_topics``), in one transaction: a room no longer live has none when it comes back."""
         if self._hold(self._pending.topics, room, topic):
-            self.topics_lost = self._topics_reset = True
+            self._topics_reset = True
 
     @property
     def pending(self) -> int:
@@ -693,8 +695,9 @@ class HistoryStore:
                     db.execute("DELETE FROM journal WHERE conv=?", (conv,))
                     journal = journal - Counter({conv: journal[conv]})
                 added.pop(conv, None)
-            if self._topics_reset:  # (before the held ones: see topics_lost)
+            if self._topics_reset:  # (before the held ones, which are newer)
                 db.execute("DELETE FROM topics")
+                db.executemany("INSERT OR REPLACE INTO topics VALUES (?, ?)", self.live_topics())
             for room, topic in p.topics.items():
                 db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?)", (room, topic))
             for key, expiry in p.expired.items():
@@ -1174,13 +1177,14 @@ class HistoryStore:
             self._db = None
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
-    """(device, inode, size, mtime) of a file; None if there is none."""
+def _identity(path: Path) -> _Identity | None:
+    """(device, inode, size, mtime, ctime) of a file, None if there is none: a file repaired in place changes
+    it, even by a copy that keeps the backup's time and size (ctime cannot be set)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _clock_floor() -> int:

@@ -129,7 +129,8 @@ def test_beacon_interval_and_history_on_join_edges_are_accepted(captured: dict[s
      ["--name", "lab\tb"], ["--name", "lab\u202e"],  # shown raw by status (an operator's walkthrough)
      # Warned about once serving, or passed to the resolver, before (a docs audit):
      ["--beacon-to", "a b"], ["--beacon-to", "::1"], ["--beacon-to", "127.0.0.1:0"],
-     ["--host", "10.999.0.1"], ["--host", "not an addr"], ["--host", "::x"], ["--host", ""]],
+     ["--host", "10.999.0.1"], ["--host", "not an addr"], ["--host", "::x"], ["--host", ""],
+     ["--host", "127.0.0.1:7000"], ["--host", "[::1]"]],
 )  # fmt: skip
 def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], args: list[str]) -> None:
     result = CliRunner().invoke(app, ["serve", *args])
@@ -179,6 +180,8 @@ def test_bad_addresses_and_options_of_the_client_commands_exit_with_2(args: list
         ("[fe80::1%lo]:7000", ("fe80::1%lo", 7000)),
         ("café.local.:7000", ("café.local.", 7000)),
         ("my_host-2:7000", ("my_host-2", 7000)),
+        ("हिन्दी.example", ("हिन्दी.example", const.DEFAULT_PORT)),  # (combining marks: a review)
+        ("127.1:7000", ("127.1", 7000)),  # (what the resolver takes without asking)
     ],
 )
 def test_parse_address(address: str, expected: tuple[str, int]) -> None:

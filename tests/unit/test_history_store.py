@@ -7,6 +7,7 @@ import errno
 import itertools
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -427,11 +428,16 @@ def test_a_reopen_while_serving_does_not_check_or_scan_the_whole_file(
     assert open_store(stores, tmp_path).start_seq >= 2 * h.SEQ_RESERVE
 
 
+@pytest.mark.parametrize(
+    ("failing", "error"),
+    [("('seq_reserved', ?), ('clean_stop', '0')", "disk I/O error"), ("('app', ?)", "database or disk is full")],
+)
 def test_a_first_open_that_fails_after_its_check_is_not_checked_again_at_each_retry(
-    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, failing: str, error: str
 ) -> None:
-    """A review of the mend above: an open that kept failing after the check (here the reservation's write)
-    checked the whole file again at every retry, every 2 s on the hub's loop."""
+    """Two reviews of the mends above: an open that kept failing after the check (the reservation's write; the
+    marker's, its first write, on a full disk) checked the whole file again at every retry, every 2 s on the
+    hub's loop."""
     open_store(stores, tmp_path).close()
     statements: list[str] = []
     connect = sqlite3.connect
@@ -439,8 +445,8 @@ def test_a_first_open_that_fails_after_its_check_is_not_checked_again_at_each_re
     class Failing(sqlite3.Connection):
         def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
             statements.append(sql)
-            if "clean_stop" in sql and "seq_reserved" in sql:
-                raise sqlite3.OperationalError("disk I/O error")
+            if failing in sql:
+                raise sqlite3.OperationalError(error)
             return super().execute(sql, *args)
 
     monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: connect(*a, factory=Failing, **kw))
@@ -448,7 +454,7 @@ def test_a_first_open_that_fails_after_its_check_is_not_checked_again_at_each_re
     add(s, s.start_seq + 1)
     for n in (1, 2, 3):
         assert s.commit(n * const.DB_RETRY_INTERVAL) is False
-    assert sum("clean_stop" in x and "seq_reserved" in x for x in statements) == 4  # tried at each
+    assert s.degraded and sum(failing in x for x in statements) == 4  # tried at each
     assert sum("quick_check" in x for x in statements) == 1  # checked once
 
 
@@ -559,9 +565,13 @@ def test_a_corrupt_file_found_while_serving_is_left_as_it_was_and_read_again_onl
     assert first.commit(0.0)
     first.close()
     path = data / h.DB_NAME
+    backup = tmp_path / "backup"
+    shutil.copy2(path, backup)
     page = bytearray(path.read_bytes())
     page[99 * 4096 + 8 : 99 * 4096 + 72] = b"\xff" * 64  # the cell pointers of a page of events
     path.write_bytes(bytes(page))
+    mtime = path.stat().st_mtime_ns
+    os.utime(backup, ns=(mtime, mtime))  # (the corruption and the backup of the same time: only ctime differs)
     opened: list[str] = []
     connect = sqlite3.connect
 
@@ -580,9 +590,10 @@ def test_a_corrupt_file_found_while_serving_is_left_as_it_was_and_read_again_onl
     assert s.last_error is not None and "not a usable lanchat history database" in s.last_error
     assert path.read_bytes() == bytes(page) and not Path(str(path) + "-wal").exists()
     assert opened == [str(path)]  # once: not again while it is the same file
-    path.rename(tmp_path / "kept")  # moved away: a new file at the next retry
+    shutil.copy2(backup, path)  # repaired in place (the same inode, size and time: a review)
     assert s.commit(4 * const.DB_RETRY_INTERVAL)
     assert opened == [str(path)] * 2 and not s.degraded
+    assert seqs(s.events("lobby", limit=1)[0]) == [s.start_seq + 1]
 
 
 def test_foreign_file_with_a_meta_table(tmp_path: Path) -> None:
@@ -1241,7 +1252,9 @@ def test_a_held_topic_given_up_on_leaves_no_older_topic_to_come_back(
     """A review: a topic cleared while the disk failed, given up on, came back from the file with its room.
     Then the file's topics are deleted at the next commit, and the hub writes the live rooms' again."""
     s = open_store(stores, tmp_path)
+    s.live_topics = lambda: [("ops", "keep me")]  # (the hub's live rooms)
     s.put_topic("cafe", "secret wifi password is hunter2")
+    s.put_topic("ops", "keep me")
     assert s.commit(0.0)
     monkeypatch.setattr(const, "PENDING_WRITES_MAX", 2)
     db_of(s).execute("PRAGMA query_only=ON")
@@ -1249,10 +1262,11 @@ def test_a_held_topic_given_up_on_leaves_no_older_topic_to_come_back(
     assert s.commit(1.0) is False
     for n in range(3):
         s.put_topic(f"room{n}", f"topic {n}")
-    assert s.topics_lost and s.topic("cafe") == ""
+    assert s.topic("cafe") == ""
     db_of(s).execute("PRAGMA query_only=OFF")
     assert s.commit(1.0 + const.DB_RETRY_INTERVAL)
-    assert [s.topic(r) for r in ("cafe", "room0", "room1", "room2")] == ["", "", "topic 1", "topic 2"]
+    topics = [s.topic(r) for r in ("cafe", "room0", "room1", "room2", "ops")]
+    assert topics == ["", "", "topic 1", "topic 2", "keep me"]
 
 
 def test_the_conversations_given_up_on_are_remembered_up_to_a_bound(

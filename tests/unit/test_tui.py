@@ -824,11 +824,13 @@ def test_the_clients_own_questions_are_answered_quietly() -> None:
     a refusal (busy) neither; the user's own /who, asked by id, is shown as ever (a review: keyed by room,
     a busy refusal left the user's next /who of that room swallowed)."""
     view = joined_view(others=("bob",))
-    view.asked_quietly(7)
+    view.asked_quietly(7, "lobby")
     assert view.on_frame({"type": "error", "code": "busy", "message": "later", "id": 7}) == []
-    view.asked_quietly(8)
+    assert "lobby" not in view.asked_who  # refused: asked again when it next becomes current (a review)
+    view.asked_quietly(8, "lobby")
     assert view.on_frame({"type": "who", "room": "lobby", "users": 3, "nicks": ["alice", "bob", "cy"], "id": 8}) == []
     assert view.members["lobby"] == ["alice", "bob", "cy"] and view.counts["lobby"] == 3
+    assert view.asked_who == {"lobby"}
     shown_now = view.on_frame({"type": "who", "room": "lobby", "users": 2, "nicks": ["alice", "bob"], "id": 9})
     assert shown_now and view.on_frame({"type": "error", "code": "busy", "message": "later", "id": 10})
     assert view.on_frame({"type": "who", "room": "lobby", "nicks": [], "id": [1]}) != []  # (no crash on a list)
