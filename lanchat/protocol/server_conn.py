@@ -99,9 +99,9 @@ class ServerConnection:
     """Per-connection protocol state on the server side (slotted: a worker holds thousands)."""
 
     __slots__ = (
-        "_base", "_bucket", "_framer", "_head", "_made", "_moves", "_pending", "_raw", "_raw_at", "_viewed",
-        "closed", "conn_id", "current", "forwarded", "frames_in", "hello_sent", "last_seen", "mode", "nick",
-        "registered", "rooms", "throttled_until",
+        "_asked_nick", "_base", "_bucket", "_framer", "_head", "_made", "_moves", "_pending", "_raw", "_raw_at",
+        "_viewed", "closed", "conn_id", "current", "forwarded", "frames_in", "hello_sent", "last_seen", "mode",
+        "nick", "registered", "rooms", "throttled_until",
     )  # fmt: skip
 
     def __init__(self, conn_id: int, *, max_frame: int, rate: float, burst: int, now: float) -> None:
@@ -110,6 +110,7 @@ class ServerConnection:
         self.registered = False  # the hub bound a session to this connection
         self.hello_sent = False
         self.nick = ""
+        self._asked_nick = ""  # plain mode's last /nick sent while registered (its answer may not have come)
         self.rooms: list[str] = []  # joined rooms as the hub said, most recent last (plain mode's current room)
         self.current: str | None = None  # plain mode's, as the lines read so far leave it (see _moves)
         self._viewed = self.rooms  # ... and the rooms (both replayed once per change, not per line read)
@@ -144,12 +145,15 @@ class ServerConnection:
                 # A last line without its newline (`printf '{...}' | nc -N`: it was dropped without a word). A
                 # JSON object is whole or no object: handled (once, past the rate). Plain text may be a
                 # half-typed line of a client that died (a character-at-a-time one): said, not posted.
-                if self.mode is Mode.PLAIN:  # (a first line decides the mode: plain text posts nothing before /nick)
-                    self._framer.feed(b"\n")
-                    why = "the last line had no newline at the end of the input: not sent"
-                    out.append(Reply(self.error_bytes(m.Err.INCOMPLETE_LINE, why)))
-                else:
-                    for frame in self._framer.feed(b"\n"):
+                for frame in self._framer.feed(b"\n"):
+                    if self.mode is Mode.UNKNOWN and isinstance(frame, bytes):  # a first line decides the mode
+                        first = frame.removeprefix(UTF8_BOM).lstrip()[:1]  # (as _line does: `/nick x` was sent)
+                        if first and first != b"{":
+                            self.mode = Mode.PLAIN
+                    if self.mode is Mode.PLAIN:
+                        why = "the last line had no newline at the end of the input: not sent"
+                        out.append(Reply(self.error_bytes(m.Err.INCOMPLETE_LINE, why)))
+                    else:
                         self._frame(frame, out)
             if self.closed:  # (it was a quit)
                 return out
@@ -190,7 +194,9 @@ class ServerConnection:
                     extra, framer.discarded = divmod(framer.discarded, framer.max_frame)
                     self._bucket.charge(extra)
                     if (until := self._bucket.owed(now)) is not None:
-                        self.throttled_until = until
+                        # Nothing is read until then, their next lines neither: not their silence (an adversarial
+                        # review: an idle timeout dropped a client still posting, after a 4 MiB line).
+                        self.throttled_until = self.last_seen = max(self.last_seen, until)
                         break
                 continue
             if not self._bucket.take(now):
@@ -290,6 +296,11 @@ class ServerConnection:
             return
         if cmd is None:
             return
+        if isinstance(cmd, m.Nick):  # the hub would change nothing and say nothing (an adversarial review)
+            if cmd.nick == self.nick and self._asked_nick in ("", self.nick):
+                out.append(Reply(f"* you are {clean(self.nick)} already\n".encode()))  # the terminal UI's words
+                return
+            self._asked_nick = cmd.nick
         if isinstance(cmd, LocalCommand):
             if cmd.name == "switch" and cmd.arg is not None and cmd.arg in self._view():
                 self._move(_SWITCH, cmd.arg)

@@ -99,8 +99,19 @@ def run(lines: list[str], others: list[tuple[str, list[str], str]], peer: str, a
 
 
 def said(sent: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The requests, a /nick read before the session was bound (a hello to the hub, a rename there) as a rename."""
-    return [{"type": "nick", "nick": r["nick"]} if r["type"] == "hello" else r for r in sent]
+    """The requests, a /nick read before the session was bound (a hello to the hub, a rename there) as a rename;
+    a /nick of the nick asked for just before left out (the hub changes nothing; read after the answer, the
+    connection says so itself: `* you are me already`)."""
+    out: list[dict[str, Any]] = []
+    asked = None
+    for r in sent:
+        if r["type"] in ("hello", "nick"):
+            if r["nick"] == asked:
+                continue
+            asked = r["nick"]
+            r = {"type": "nick", "nick": r["nick"]}
+        out.append(r)
+    return out
 
 
 def _line(kind: str, room: str, nick: str) -> str:

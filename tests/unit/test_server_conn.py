@@ -318,6 +318,15 @@ def test_a_last_line_without_its_newline_at_the_end_of_input_is_said_not_dropped
     (refused,) = long.receive_data(b"x" * 300, 0.0)  # over the limit: refused as it passes it, and skipped
     assert isinstance(refused, Reply) and b"frame_too_long" in refused.data
     assert long.receive_data(b"", 0.0) == [Close("connection closed by peer", clean=False, after_hub=True)]
+    first = conn()  # the connection's first line: it decides the mode (an adversarial review: `/nick ghost`
+    assert first.receive_data(b"/nick ghost", 0.0) == []  # without a newline made a session, join and quit)
+    assert first.receive_data(b"", 0.0) == [
+        Reply(b"! the last line had no newline at the end of the input: not sent [incomplete_line]\n"),
+        Close("connection closed by peer", clean=False, after_hub=False),
+    ]
+    first_json = conn()
+    first_json.receive_data(b'\xef\xbb\xbf {"type":"hello","nick":"bot"}', 0.0)
+    assert [type(a) for a in first_json.receive_data(b"", 0.0)] == [Forward, Close]  # (a JSON one is whole)
 
 
 def test_eof_before_anything_went_to_the_hub_closes_at_once() -> None:
@@ -565,6 +574,20 @@ def test_plain_after_registration() -> None:
     assert c.receive_data(b"/nick bobby\n", 0.0) == [Forward(m.Nick("bobby"))]
     assert c.receive_data(b"/join dev\n", 0.0) == [Forward(m.Join("dev"))]
     assert c.receive_data(b"/help\n", 0.0) == [Reply(HELP.encode() + b"\n")]
+
+
+def test_a_plain_nick_of_ones_own_nick_is_said_not_sent() -> None:
+    """An adversarial review: `/nick bob` as bob (or its other encoding) said nothing at all on nc; the terminal
+    client says so itself. A /nick back to it while a rename is unanswered is sent, as it changes something."""
+    c = conn()
+    registered_plain(c, "éx")
+    already = [Reply("* you are éx already\n".encode())]
+    assert c.receive_data("/nick éx\n".encode(), 0.0) == already
+    assert c.receive_data("/nick e\u0301x\n".encode(), 0.0) == already  # (a nick is NFC)
+    assert c.receive_data(b"/nick ann\n", 0.0) == [Forward(m.Nick("ann"))]
+    assert c.receive_data("/nick éx\n".encode(), 0.0) == [Forward(m.Nick("éx"))]  # (ann's answer not yet in)
+    c.bound("éx")
+    assert c.receive_data("/nick éx\n".encode(), 0.0) == already
 
 
 def test_plain_switch_between_joined_rooms() -> None:
@@ -850,6 +873,8 @@ def test_bytes_of_a_line_over_the_limit_cost_the_rate() -> None:
         out += c.receive_data(b"x" * 65536, 0.0)
         reads += 1
     assert c.throttled_until is not None and reads * 4 <= 52  # paused within the burst's worth of bytes
+    # Nothing of theirs is read until then: not their silence (an idle timeout dropped a client still posting)
+    assert c.last_seen == c.throttled_until > 0.0
     out += c.process(100.0)
     out += c.receive_data(b"\n", 100.0)
     errors = [a.data for a in out if isinstance(a, Reply)]
