@@ -55,6 +55,20 @@ def seqs(lines: list[str]) -> list[int]:
     return [int(x.split('"seq":')[1].split(",")[0]) for x in lines]
 
 
+def traced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL statements of every connection opened from now on, in order."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def tracing(*args: Any, **kw: Any) -> sqlite3.Connection:
+        db: sqlite3.Connection = connect(*args, **kw)
+        db.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", tracing)
+    return statements
+
+
 def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "lanchat.storage" and r.levelno >= logging.ERROR]
 
@@ -403,15 +417,7 @@ def test_a_reopen_while_serving_does_not_check_or_scan_the_whole_file(
 ) -> None:
     """A review: an open again while serving (here after the log was deleted) ran the integrity check and a
     scan of every event on the hub's loop: 9 s and 0.8 s on a 537 MB file. Both belong to the first open."""
-    statements: list[str] = []
-    connect = sqlite3.connect
-
-    def traced(*args: Any, **kw: Any) -> sqlite3.Connection:
-        db: sqlite3.Connection = connect(*args, **kw)
-        db.set_trace_callback(statements.append)
-        return db
-
-    monkeypatch.setattr(sqlite3, "connect", traced)
+    statements = traced(monkeypatch)
     s = open_store(stores, tmp_path)
     add(s, 1)
     assert s.commit(1.0)
@@ -1861,15 +1867,7 @@ def test_the_unclean_marker_is_written_durably_and_commits_stay_cheap(
     """The marker that says "this run has not stopped cleanly" is written with synchronous=FULL (an fsync):
     lost to a power cut, the next start would trust the file's numbers and hand this run's out again.
     Every later commit is back to NORMAL (fsyncs only at checkpoints)."""
-    seen: list[str] = []
-    real = sqlite3.connect
-
-    def tracing(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        db: sqlite3.Connection = real(*args, **kwargs)
-        db.set_trace_callback(seen.append)
-        return db
-
-    monkeypatch.setattr(sqlite3, "connect", tracing)
+    seen = traced(monkeypatch)
     s = open_store(stores, tmp_path)
     marker = next(i for i, sql in enumerate(seen) if "'clean_stop', '0'" in sql)
     assert "synchronous=FULL" in seen[marker - 1] and "synchronous=NORMAL" in seen[marker + 1]
