@@ -110,7 +110,9 @@ class ServerConnection:
         self.registered = False  # the hub bound a session to this connection
         self.hello_sent = False
         self.nick = ""
-        self._asked_nick = ""  # plain mode's last /nick sent while registered (its answer may not have come)
+        # Plain mode's last rename sent (its answer may not have come): a /nick of the nick bound is said to be
+        # it only if that is it too. After a refused one, sent as ever (the hub then says nothing: a review).
+        self._asked_nick = ""
         self.rooms: list[str] = []  # joined rooms as the hub said, most recent last (plain mode's current room)
         self.current: str | None = None  # plain mode's, as the lines read so far leave it (see _moves)
         self._viewed = self.rooms  # ... and the rooms (both replayed once per change, not per line read)
@@ -322,6 +324,8 @@ class ServerConnection:
         self._forward(cmd, out)
 
     def _plain_hello(self, nick: str, out: list[Action]) -> None:
+        if self.hello_sent:  # a /nick before the welcome: the hub takes it for a rename (see _asked_nick)
+            self._asked_nick = nick
         self.hello_sent = True
         # The hello joins the default room; lines typed before the welcome arrives go there.
         self._move(_HELLO, const.DEFAULT_ROOM)

@@ -910,7 +910,9 @@ class Hub:
         # what it saw; only the replay says what was lost: a gap.) Only with a token this server gave: a
         # made-up one had the catch-up of 50 rooms read from the disk, 6 times a plain hello's cost, at each
         # connection (32 at once from one address stalled everyone for a second: an adversarial review).
-        after = req.last_seq if gone is not None else None
+        # (Before the database opened, the last run's tokens are unknown yet: its clients are given the benefit of
+        # the doubt. Their catch-up reads memory only then, this run's events: cheap, and its gap says the rest.)
+        after = req.last_seq if gone is not None or not self._expired_loaded else None
         if after is not None and not 0 <= after < self.seq:
             after = None  # (above: numbers this server never gave, its data directory restored from a copy)
         self._welcome(s, req, joining, seq=after)

@@ -2946,6 +2946,29 @@ def test_the_last_runs_tokens_are_kept_and_forgotten_when_the_database_opens_lat
     assert on_disk(net2.hub, "@" + cy["session"]) == []
 
 
+def test_a_client_back_before_the_database_opens_is_still_told_of_a_gap(
+    tmp_path: Path, stores: list[HistoryStore]
+) -> None:
+    """A review of the catch-up kept for tokens the server knows: before the database opens, the last run's
+    tokens are not known yet, and a client of it got a new session without a word of what it missed. Until
+    then a token gets the catch-up (from memory: this run's events, and a gap for the rest)."""
+    net = Workers(make_hub(stores, tmp_path))
+    al = welcome_of(net, 1, 10, "al")
+    welcome_of(net, 2, 20, "bo")
+    net.hub.closed(1, 10, False, "lost", 1.0)
+    for i in range(5):
+        net.hub.request(2, 20, {"type": "msg", "room": "lobby", "text": f"missed {i}"}, 1.0)
+    net.hub.shutdown("restart", 2.0)
+    net.hub.store.close()
+    store = HistoryStore(tmp_path, guard=lambda: "locked")
+    stores.append(store)
+    net2 = Workers(Hub(store, resume_grace=GRACE, now=10.0))
+    net2.hub.request(5, 50, {"type": "hello", "nick": "al", "token": al["token"], "last_seq": al["seq"]}, 11.0)
+    frames = net2.take(5, 50)
+    assert frames[0]["type"] == "welcome" and frames[0]["seq"] == al["seq"]
+    assert frames[1]["type"] == "gap" and frames[1]["after"] == al["seq"]
+
+
 def test_the_catch_up_leaves_room_for_new_rooms_and_a_long_nick(tmp_path: Path, stores: list[HistoryStore]) -> None:
     """Rooms the hello makes, and the bytes of a nick of 24 wide characters, in each join and reply."""
     net = Workers(make_hub(stores, tmp_path, replay_max=60_000))

@@ -588,6 +588,10 @@ def test_a_plain_nick_of_ones_own_nick_is_said_not_sent() -> None:
     assert c.receive_data("/nick éx\n".encode(), 0.0) == [Forward(m.Nick("éx"))]  # (ann's answer not yet in)
     c.bound("éx")
     assert c.receive_data("/nick éx\n".encode(), 0.0) == already
+    early = conn()  # a review: renames read before the welcome, then the first one bound
+    assert [type(a) for a in early.receive_data(b"/nick bob\n/nick ann\n", 0.0)] == [Forward, Forward]
+    early.bound("bob")
+    assert early.receive_data(b"/nick bob\n", 0.0) == [Forward(m.Nick("bob"))]  # (ann's answer is to come)
 
 
 def test_plain_switch_between_joined_rooms() -> None:
