@@ -7,7 +7,6 @@ the per-run switches (``--json``, ``--watch``, ``--version``) do not.
 from __future__ import annotations
 
 import getpass
-import ipaddress
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,7 @@ from lanchat import const
 from lanchat.config import (
     DiscoveryConfig,
     ServerConfig,
-    check_host,
+    check_listen_host,
     default_data_dir,
     hold_stop_signals,
     parse_address,
@@ -106,20 +105,9 @@ def _server_name(value: str) -> str:
 
 
 def _listen_host(value: str) -> str:
-    """serve --host: an IPv4 or IPv6 address, or a name (`localhost`); what is none of them is a bad option."""
-    value = value.strip()
-    if value.startswith("["):
-        raise typer.BadParameter(f"an IPv6 address without brackets (--host ::1), not {value!r}")
-    if value.count(":") == 1:
-        raise typer.BadParameter(f"an address without a port (the port is --port), not {value!r}")
-    if ":" in value:
-        try:
-            ipaddress.IPv6Address(value)
-        except ValueError as exc:
-            raise typer.BadParameter(f"not an IPv6 address: {exc}") from None
-        return value
+    """serve --host: what is no address or host name is a bad option (exit code 2)."""
     try:
-        return check_host(value)
+        return check_listen_host(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 

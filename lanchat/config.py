@@ -64,6 +64,18 @@ def check_host(host: str) -> str:
     return host
 
 
+def check_listen_host(host: str) -> str:
+    """serve --host: an IPv4 or IPv6 address, or a host name (`localhost`); ValueError says what is wrong."""
+    host = host.strip()
+    if host.startswith("["):
+        raise ValueError(f"an IPv6 address without brackets (--host ::1), not {host!r}")
+    if host.count(":") == 1:
+        raise ValueError(f"an address without a port (the port is --port), not {host!r}")
+    if ":" in host and not _is_ipv6(host):
+        raise ValueError(f"not an IPv6 address: {host!r}")
+    return host if ":" in host else check_host(host)
+
+
 def _is_mark(c: str) -> bool:
     """A combining mark: part of letters in many scripts' names (हिन्दी)."""
     return unicodedata.category(c)[0] == "M"

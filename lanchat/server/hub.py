@@ -246,7 +246,6 @@ class Hub:
         wall_offset: float = 0.0,
     ) -> None:
         self.store = store
-        store.live_topics = lambda: [(r.name, r.topic) for r in self.rooms.values() if r.topic]  # (see put_topic)
         self.rate, self.burst = rate, burst  # a connection's --rate and --burst: what renames pay (_nick)
         # Every ``now`` given to the hub is monotonic: the grace and the store's retries are durations, which a
         # step of the wall clock (NTP's first sync on a board without a clock chip) must not cut short or
@@ -266,6 +265,7 @@ class Hub:
         self.lookalikes: dict[str, Session] = {}  # nick_skeleton -> (nicks that read alike: refused too)
         self.conns: dict[tuple[int, int], Session] = {}  # (worker, conn) ->
         self.rooms: dict[str, Room] = {}
+        store.live_topics = lambda: [(r.name, r.topic) for r in self.rooms.values() if r.topic]  # (see put_topic)
         self._listing: bytes | None = None  # the rooms reply's line without its id, until a room changes
         self.recent: deque[_Recent] = deque(maxlen=recent_max)
         self.recent_bytes = recent_bytes  # the ring's bytes at most (its lines')
@@ -541,7 +541,6 @@ class Hub:
             self.store.sessions_lost = False
             self.save_sessions()
             ok = self.store.commit(now)
-
         acks, self._acks = self._acks, []
         closes, self._closes = self._closes, []
         if acks:  # a busy sender has tens a tick: one frame each, lines made by a template (not a dict each)

@@ -303,11 +303,8 @@ class HistoryStore:
             self._wal_size = os.stat(self._wal_file).st_size
         except OSError:
             self._wal_size = 0
-        try:
-            st = os.stat(self.path)
-            self._file_id = (st.st_dev, st.st_ino)
-        except OSError:
-            self._file_id = None  # (not watched)
+        ident = _identity(self.path)
+        self._file_id = ident[:2] if ident is not None else None  # (None: not watched)
         self._db = db
         self.opens += 1
         if self.degraded:

@@ -129,7 +129,7 @@ def test_beacon_interval_and_history_on_join_edges_are_accepted(captured: dict[s
      ["--name", "lab\tb"], ["--name", "lab\u202e"],  # shown raw by status (an operator's walkthrough)
      # Warned about once serving, or passed to the resolver, before (a docs audit):
      ["--beacon-to", "a b"], ["--beacon-to", "::1"], ["--beacon-to", "127.0.0.1:0"],
-     ["--host", "10.999.0.1"], ["--host", "not an addr"], ["--host", "::x"], ["--host", ""],
+     ["--host", "127.0.0.999"], ["--host", "not an addr"], ["--host", "::x"], ["--host", ""],
      ["--host", "127.0.0.1:7000"], ["--host", "[::1]"]],
 )  # fmt: skip
 def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], args: list[str]) -> None:
