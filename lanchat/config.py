@@ -29,8 +29,7 @@ def parse_address(text: str, default_port: int = const.DEFAULT_PORT, *, ipv6: bo
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
             raise ValueError("expected [V6ADDRESS] or [V6ADDRESS]:PORT")
-        if not _is_ipv6(host):
-            raise ValueError(f"not an IPv6 address in brackets: {host!r}")
+        host = host if _is_ipv6(host) else check_host(host)  # ([127.0.0.1]:7000 is taken too, as it was)
         return host, _port(rest[1:]) if rest else default_port
     if text.count(":") == 1:
         host, _, port_text = text.partition(":")

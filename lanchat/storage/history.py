@@ -224,7 +224,8 @@ class HistoryStore:
         # rooms' (``live_topics``, the hub's; a room no longer live has none when it comes back).
         self._topics_reset = False
         self.live_topics: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
-        self._checked: tuple[int, int] | None = None  # (device, inode) of the file this run checked (quick_check)
+        self._checked: tuple[int, int] | None = None  # (device, inode) of a file that passed the check (quick_check)
+        self._suspended = False  # suspend()ed since the last open: another server may have put another file there
         self._refused: _Identity | None = None  # a file refused while serving (not opened again unless changed)
         self._written_reserve = 0  # the reservation this run last wrote (another's: the file was written by another)
         self._db: sqlite3.Connection | None = None
@@ -307,6 +308,7 @@ class HistoryStore:
         self._file_id = ident[:2] if ident is not None else None  # (None: not watched)
         self._db = db
         self.opens += 1
+        self._suspended = False
         if self.degraded:
             log.warning("history: database open again at %s; writing resumes", self.path)
         self.degraded = False
@@ -322,21 +324,23 @@ class HistoryStore:
                 raise sqlite3.DatabaseError("foreign database (no lanchat marker)")
             if meta.get("schema") not in _READABLE_SCHEMAS:
                 raise sqlite3.DatabaseError(f"schema version {meta.get('schema')}, expected {SCHEMA_VERSION}")
-        # Checked once a run, before anything is written to it (a file refused is left as it was). An open again
-        # while serving (a write-back, a deleted log, the end of a failure) finds the file this run checked and
-        # wrote, or one that passed the check before a later step failed: checking it again would hold the hub's
-        # loop for the whole file, 9 s at 537 MB (a review), at every retry. So would the scan of every event
-        # below (0.8 s; the events' key is (conv, seq)): the reservation is enough there, no number being stored
-        # without one above it.
+        # Checked before anything is written to it (a file refused is left as it was), once: an open again while
+        # serving finds the file this run checked and wrote (a write-back's copy of it, after a deleted log), or
+        # one that passed the check unchanged before a later step failed (a retry). Checking it again would hold
+        # the hub's loop for the whole file, 9 s at 537 MB (a review), at every retry; so would the scan of every
+        # event below (0.8 s; the events' key is (conv, seq)): the reservation is enough there, no number being
+        # stored without one above it. After a suspension the file may be another server's: checked as at a
+        # start (a last review found a damaged one opened).
         ident = _identity(self.path)
-        checked = self.opens > 0 or (ident is not None and ident[:2] == self._checked)
+        checked = (self.opens > 0 and not self._suspended) or (ident is not None and ident[:2] == self._checked)
         if not checked:
             check = db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 found = str(check[0] if check else "no answer").splitlines()
                 raise sqlite3.DatabaseError(f"integrity check failed: {' '.join(found[:3])}")
-            if ident is not None:  # (now: a write below that fails, a full disk, must not have it checked again)
-                self._checked = ident[:2]
+            # (now: a write below that fails, a full disk, must not have it checked again; by its device and
+            # inode, as a failed open's close may copy its log into it)
+            self._checked = ident[:2] if ident is not None else None
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
         # Checkpoints (the only fsyncs) run off the hub's loop, in checkpoint() on another thread.
@@ -1022,6 +1026,7 @@ class HistoryStore:
         degraded, writes kept in memory as for a failing disk; the guard decides when it opens again."""
         with self._ckpt_lock:
             self._close_connections()
+        self._suspended, self._checked = True, None  # (a file put there meanwhile may even have its inode)
         self._fail(why)
 
     def _close_connections(self) -> None:

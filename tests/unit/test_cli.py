@@ -182,6 +182,7 @@ def test_bad_addresses_and_options_of_the_client_commands_exit_with_2(args: list
         ("my_host-2:7000", ("my_host-2", 7000)),
         ("हिन्दी.example", ("हिन्दी.example", const.DEFAULT_PORT)),  # (combining marks: a review)
         ("127.1:7000", ("127.1", 7000)),  # (what the resolver takes without asking)
+        ("[127.0.0.1]:7000", ("127.0.0.1", 7000)),  # (brackets are for IPv6, but were taken around any host)
     ],
 )
 def test_parse_address(address: str, expected: tuple[str, int]) -> None:
@@ -193,7 +194,7 @@ def test_parse_address(address: str, expected: tuple[str, int]) -> None:
     [
         *("h:0", "h:65536", "h:-1", "h:", ":7000", "h:７", "[::1]7000", "[::1]:x", "[]:7", "lab local", ""),
         # An unclosed bracket went to the resolver whole, a name in brackets or with two colons too (a docs audit)
-        *("[::1", "[127.0.0.1:7000", "[lab]:7000", "lab::7000", "bad host!", "a..b", ".lab", "lab/x:7000"),
+        *("[::1", "[127.0.0.1:7000", "[la b]:7000", "lab::7000", "bad host!", "a..b", ".lab", "lab/x:7000"),
     ],
 )
 def test_parse_address_refuses_what_is_not_an_address(address: str) -> None:
