@@ -224,8 +224,10 @@ class HistoryStore:
         # rooms' (``live_topics``, the hub's; a room no longer live has none when it comes back).
         self._topics_reset = False
         self.live_topics: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
-        self._checked: tuple[int, int] | None = None  # (device, inode) of a file that passed the check (quick_check)
-        self._suspended = False  # suspend()ed since the last open: another server may have put another file there
+        # This run's file as it last closed it (device, inode, size, times): an open that finds it so is not
+        # checked again (_check_and_init). _passed: the open under way found it sound, or this run's own.
+        self._own: _Identity | None = None
+        self._passed = False
         self._refused: _Identity | None = None  # a file refused while serving (not opened again unless changed)
         self._written_reserve = 0  # the reservation this run last wrote (another's: the file was written by another)
         self._db: sqlite3.Connection | None = None
@@ -280,11 +282,14 @@ class HistoryStore:
             self._fail(f"cannot open {self.path}: {exc}")
             self._unknown_sequence()
             return
+        self._passed = False
         try:
             self._check_and_init(db)
         except sqlite3.DatabaseError as exc:
             db.close()
             if isinstance(exc, sqlite3.OperationalError) and _is_io_error(exc):
+                if self._passed:  # (a later step failed, a full disk: the retry need not check it again)
+                    self._own = _identity(self.path)
                 self._fail(f"cannot open {self.path}: {exc}")
                 self._unknown_sequence()
                 return
@@ -308,7 +313,6 @@ class HistoryStore:
         self._file_id = ident[:2] if ident is not None else None  # (None: not watched)
         self._db = db
         self.opens += 1
-        self._suspended = False
         if self.degraded:
             log.warning("history: database open again at %s; writing resumes", self.path)
         self.degraded = False
@@ -324,23 +328,20 @@ class HistoryStore:
                 raise sqlite3.DatabaseError("foreign database (no lanchat marker)")
             if meta.get("schema") not in _READABLE_SCHEMAS:
                 raise sqlite3.DatabaseError(f"schema version {meta.get('schema')}, expected {SCHEMA_VERSION}")
-        # Checked before anything is written to it (a file refused is left as it was), once: an open again while
-        # serving finds the file this run checked and wrote (a write-back's copy of it, after a deleted log), or
-        # one that passed the check unchanged before a later step failed (a retry). Checking it again would hold
+        # Checked before anything is written to it (a file refused is left as it was), unless it is this run's
+        # file as this run last closed it: a write-back's copy, the file after a deleted log or a suspension, one
+        # that passed the check before a later step of its open failed (a retry). Checking that again would hold
         # the hub's loop for the whole file, 9 s at 537 MB (a review), at every retry; so would the scan of every
         # event below (0.8 s; the events' key is (conv, seq)): the reservation is enough there, no number being
-        # stored without one above it. After a suspension the file may be another server's: checked as at a
-        # start (a last review found a damaged one opened).
-        ident = _identity(self.path)
-        checked = (self.opens > 0 and not self._suspended) or (ident is not None and ident[:2] == self._checked)
-        if not checked:
+        # stored without one above it. Any other file there, even on the same inode (a copy over it, a file
+        # another server left), has another size or time: checked (two last reviews found damaged ones opened).
+        own = self._own is not None and _identity(self.path) == self._own
+        if not own:
             check = db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 found = str(check[0] if check else "no answer").splitlines()
                 raise sqlite3.DatabaseError(f"integrity check failed: {' '.join(found[:3])}")
-            # (now: a write below that fails, a full disk, must not have it checked again; by its device and
-            # inode, as a failed open's close may copy its log into it)
-            self._checked = ident[:2] if ident is not None else None
+        self._passed, self._own = True, None
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
         # Checkpoints (the only fsyncs) run off the hub's loop, in checkpoint() on another thread.
@@ -368,7 +369,7 @@ class HistoryStore:
             self._sweep_private(db)  # (no session of this run has a conversation on disk yet)
         reserved = db.execute("SELECT value FROM meta WHERE key='seq_reserved'").fetchone()
         top = 0
-        if not checked or reserved is None:
+        if not own or reserved is None:
             top = max(db.execute(f"SELECT max(seq) FROM {t}").fetchone()[0] or 0 for t in ("events", "journal"))
         self._journal = Counter(dict(db.execute("SELECT conv, count(*) FROM journal GROUP BY conv").fetchall()))
         start = max(int(reserved[0]) if reserved else 0, top)
@@ -1026,7 +1027,6 @@ class HistoryStore:
         degraded, writes kept in memory as for a failing disk; the guard decides when it opens again."""
         with self._ckpt_lock:
             self._close_connections()
-        self._suspended, self._checked = True, None  # (a file put there meanwhile may even have its inode)
         self._fail(why)
 
     def _close_connections(self) -> None:
@@ -1037,6 +1037,7 @@ class HistoryStore:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
         self._ckpt = self._db = None
+        self._own = _identity(self.path)  # (after the close: it may copy the log into the file)
 
     def _write_back(self) -> None:
         """The open database copied to a new file, made durable, then linked in at its path (which fails if

@@ -595,6 +595,67 @@ def test_another_file_at_the_path_after_a_suspension_is_checked_as_at_a_start(
     assert s.degraded and s.last_error is not None and "not a usable lanchat history database" in s.last_error
 
 
+def test_a_file_copied_over_this_runs_between_retries_is_checked(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A last review: a file that passed the check before its open failed (the reservation's write) was known
+    by its device and inode; a damaged one copied over it in place (the same inode) was opened unchecked."""
+    corrupt_lanchat_file(stores, tmp_path / "elsewhere", tmp_path / "backup")
+    open_store(stores, tmp_path / "data").close()
+    connect = sqlite3.connect
+    failing = [True]
+
+    class Failing(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if failing[0] and "('seq_reserved', ?), ('clean_stop', '0')" in sql:
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().execute(sql, *args)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: connect(*a, factory=Failing, **kw))
+    s = open_store(stores, tmp_path / "data")
+    add(s, s.start_seq + 1)
+    assert s.degraded
+    inode = s.path.stat().st_ino
+    shutil.copyfile(tmp_path / "elsewhere" / h.DB_NAME, s.path)  # in place
+    assert s.path.stat().st_ino == inode
+    failing[0] = False
+    assert s.commit(const.DB_RETRY_INTERVAL) is False
+    assert s.last_error is not None and "not a usable lanchat history database" in s.last_error
+
+
+def test_a_reopen_that_failed_is_not_taken_for_this_runs_file_once_another_is_there(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A last review: the reopen after a deleted log failed once (no file handle left); a damaged file put at
+    the path then was opened at the retry without the check, as if it were this run's."""
+    corrupt_lanchat_file(stores, tmp_path / "elsewhere", tmp_path / "backup")
+    s = open_store(stores, tmp_path / "data")
+    add(s, 1)
+    assert s.commit(1.0)
+    s.watch_file()  # (the log seen)
+    connect = sqlite3.connect
+    calls = [0]
+
+    def once_failing(*args: Any, **kw: Any) -> sqlite3.Connection:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise sqlite3.OperationalError("unable to open database file")
+        db: sqlite3.Connection = connect(*args, **kw)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", once_failing)
+    os.unlink(str(s.path) + "-wal")
+    s.watch_file()
+    assert s.degraded and s._db is None
+    for name in (h.DB_NAME, h.DB_NAME + "-wal", h.DB_NAME + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path / "data" / name)
+    shutil.copy(tmp_path / "elsewhere" / h.DB_NAME, s.path)
+    add(s, 2)
+    assert s.commit(1.0 + const.DB_RETRY_INTERVAL) is False
+    assert s.last_error is not None and "not a usable lanchat history database" in s.last_error
+
+
 def test_a_file_written_back_is_not_checked_again(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
