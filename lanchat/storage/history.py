@@ -1037,7 +1037,10 @@ class HistoryStore:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
         self._ckpt = self._db = None
-        self._own = _identity(self.path)  # (after the close: it may copy the log into the file)
+        # (after the close, which may copy the log into the file; and only if the file at the path is the one
+        # this run had open: one put there meanwhile is not its own, a review)
+        ident = _identity(self.path)
+        self._own = ident if ident is not None and ident[:2] == self._file_id else None
 
     def _write_back(self) -> None:
         """The open database copied to a new file, made durable, then linked in at its path (which fails if
@@ -1052,7 +1055,9 @@ class HistoryStore:
             finally:
                 dest.close()
             _fsync(copy)
+            st = os.stat(copy)
             os.link(copy, self.path)
+            self._file_id = (st.st_dev, st.st_ino)  # this run's file now (see _close_connections)
             _fsync(self.path.parent)  # the name too: a power cut must not take it back
         finally:
             copy.unlink(missing_ok=True)
