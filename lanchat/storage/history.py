@@ -1058,7 +1058,11 @@ class HistoryStore:
             st = os.stat(copy)
             os.link(copy, self.path)
             self._file_id = (st.st_dev, st.st_ino)  # this run's file now (see _close_connections)
-            _fsync(self.path.parent)  # the name too: a power cut must not take it back
+            try:  # the name too: a power cut must not take it back
+                _fsync(self.path.parent)
+            except OSError as exc:  # linked all the same: opened and written to (a review: else never again)
+                log.error("history: %s written back, but its directory could not be synced (%s): a power cut "
+                          "may take its name back", self.path, exc)  # fmt: skip
         finally:
             copy.unlink(missing_ok=True)
 

@@ -777,6 +777,34 @@ def test_a_file_deleted_while_serving_is_written_back(
     assert not (tmp_path / (h.DB_NAME + ".restoring")).exists()
 
 
+def test_a_write_back_whose_directory_cannot_be_synced_is_opened_all_the_same(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review: the copy was linked in, then the directory's fsync failed; the copy at the path was taken for
+    the file open, never opened, and every later commit went to the deleted file, lost at the stop."""
+    s = open_store(stores, tmp_path)
+    add(s, 1)
+    assert s.commit(1.0)
+    fsync = h._fsync
+    failed: list[Path] = []
+
+    def dir_fails_once(path: Path) -> None:
+        if path.is_dir() and not failed:
+            failed.append(path)
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(path)
+
+    monkeypatch.setattr(h, "_fsync", dir_fails_once)
+    os.unlink(s.path)
+    s.watch_file()
+    assert failed and s.opens == 2 and "could not be synced" in caplog.text
+    for seq in (2, 3):
+        add(s, seq)
+    assert s.commit(2.0)
+    s.close()
+    assert seqs(open_store(stores, tmp_path).events("lobby")[0]) == [1, 2, 3]
+
+
 def test_a_write_back_that_fails_is_tried_again_less_and_less_often(
     tmp_path: Path, stores: list[HistoryStore], caplog: pytest.LogCaptureFixture
 ) -> None:
