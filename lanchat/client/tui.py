@@ -35,6 +35,7 @@ import signal
 import sys
 import termios
 import time
+import unicodedata
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -598,6 +599,8 @@ class ChatView:
         frags: Fragments = []
         pos = 0
         for hit in rx.finditer(text):
+            if hit.end() < len(text) and unicodedata.category(text[hit.end()])[0] == "M":
+                continue  # (राम in रामा: a sign on its last letter makes another word; \w has no signs)
             if hit.start() > pos:
                 frags.append(("", text[pos : hit.start()]))
             frags.append(("class:mention", hit.group()))

@@ -82,6 +82,20 @@ def is_blank(text: str) -> bool:
     return _SHOWS_SOMETHING.search(text) is None
 
 
+# Combining signs: the vowel signs and viramas of Indic, Khmer, Myanmar ... names (राम, தமிழ், ស៊ីម; a review found
+# them refused), and the accents NFC does not compose. Enclosing ones (a keycap, a circle around a letter) and
+# those that draw as nothing (the grapheme joiner, variation selectors) stay out; a run of them sits on a letter
+# or digit, at most NICK_SIGNS_MAX deep (Tibetan stacks 3 or 4), so that a nick cannot be a tower of accents.
+NICK_SIGNS_MAX: Final = 4
+
+
+def _is_sign(c: str) -> bool:
+    return unicodedata.category(c) in ("Mn", "Mc") and _SHOWS_SOMETHING.match(c) is not None
+
+
+_SIGNS_RUN: Final = re.compile(r"[^\w\-.\[\]{}|^`]+")  # the runs of signs, once a nick holds nothing else
+
+
 def check_nick(nick: object) -> str:
     """A nick: 1..NICK_MAX letters, digits or _-.[]{}|^` , starting with a letter or _. Returns it NFC."""
     if not isinstance(nick, str):
@@ -96,8 +110,11 @@ def check_nick(nick: object) -> str:
         raise _bad(Err.BAD_NICK, f"nick must be 1 to {const.NICK_MAX} characters")
     if not (nick[0].isalpha() or nick[0] == "_"):
         raise _bad(Err.BAD_NICK, "nick must start with a letter or _")
-    if not all(c.isalnum() or c in _NICK_EXTRA for c in nick):
+    if not all(c.isalnum() or c in _NICK_EXTRA or _is_sign(c) for c in nick):
         raise _bad(Err.BAD_NICK, "nick may contain only letters, digits and _-.[]{}|^`")
+    for signs in _SIGNS_RUN.finditer(nick):  # (none in most nicks: one search)
+        if not nick[signs.start() - 1].isalnum() or len(signs.group()) > NICK_SIGNS_MAX:
+            raise _bad(Err.BAD_NICK, f"nick may have at most {NICK_SIGNS_MAX} combining signs on a letter or digit")
     if any(c in _BLANK_LETTERS for c in nick):
         raise _bad(Err.BAD_NICK, "nick may not contain characters that show as blanks (Hangul fillers)")
     return nick
@@ -354,7 +371,7 @@ def parse_obj(obj: object, *, allow_plain: bool = False) -> Request:
         if kind == "stats":
             return Stats(id=rid)
         if kind == "quit":
-            return Quit(_reason(obj), id=rid)
+            return Quit(quit_reason(obj.get("reason")), id=rid)
     except RemoteProtocolError as exc:
         exc.request_id = rid
         raise
@@ -366,6 +383,16 @@ def parse_obj(obj: object, *, allow_plain: bool = False) -> Request:
 def _reason(obj: dict[str, Any]) -> str:
     raw = obj.get("reason", "")
     return "" if raw is None else check_text(raw, limit=const.REASON_MAX, what="reason", empty=True)
+
+
+def quit_reason(raw: object) -> str:
+    """A quit's reason as far as it can be kept: a quit is never refused (a user who asked to leave stayed in
+    every room when the reason was too long: a review). Control characters (lone surrogates too) dropped, cut
+    to REASON_MAX, and a reason that is not a text ignored."""
+    if not isinstance(raw, str):
+        return ""
+    text = _CONTROL.sub("", raw)
+    return text if len(text) <= const.REASON_MAX else text[: const.REASON_MAX - 1] + "…"
 
 
 def _hello(obj: dict[str, Any], rid: int | None, allow_plain: bool) -> Hello:

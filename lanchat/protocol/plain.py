@@ -170,7 +170,7 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
     if cmd in ("/status", "/stats"):
         return m.Stats()
     if cmd in ("/quit", "/exit", "/bye"):
-        return m.Quit(m.check_text(rest, limit=const.REASON_MAX, what="reason", empty=True))
+        return m.Quit(m.quit_reason(rest))
     if cmd in ("/help", "/?"):
         return LocalCommand("help")
     if cmd == "/switch":

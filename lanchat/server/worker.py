@@ -397,7 +397,9 @@ class ClientConn:
             limit = cfg.handshake_timeout
             if now - self.created > limit:
                 self._report_closed(False, "handshake timeout")
-                why = f"no /nick within {limit:g} s" if st.mode is Mode.PLAIN else "no hello in time"
+                why = "no hello in time"
+                if st.mode is Mode.PLAIN:
+                    why = f"no /nick {'accepted ' if st.hello_sent else ''}within {limit:g} s"
                 self.close(st.error_bytes(m.Err.HANDSHAKE_TIMEOUT, why, fatal=True))
             return
         if st.mode is not Mode.JSON:
@@ -664,6 +666,8 @@ class Worker:
             case ["answer", int() as cid, str() as room, bool() | None as joined]:  # a plain /nick, /join, /part
                 if (conn := self.conns.get(cid)) is not None:
                     conn.state.answered(room, joined)
+                    if not conn.state.registered:  # a /nick refused (taken): a new --handshake-timeout for
+                        conn.created = time.monotonic()  # another (it was 10 s from the connect, read or not)
             case ["bind", int() as cid, str() as nick]:
                 if (conn := self.conns.get(cid)) is not None:
                     conn.state.bound(nick)

@@ -264,6 +264,34 @@ def test_handshake_timeout_closes_silent_connections(make_server: MakeServer) ->
         assert b"! no /nick within 0.5 s [handshake_timeout]\n" in said, said
 
 
+def test_a_refused_nick_gets_a_new_handshake_window_for_another(make_server: MakeServer) -> None:
+    """An nc user whose /nick was taken at 1.5 s of a 2 s --handshake-timeout was cut off half a second later
+    with "no /nick within 2 s", though they had sent one (a review): the window starts again at a refusal."""
+    server = make_server("--handshake-timeout", "2", workers=1)
+    with (
+        Client(server.port, "taken"),
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as human,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as quiet,
+    ):
+        quiet.sendall(b"/nick taken\n")  # refused, then nothing: told that none was accepted, not none sent
+        reader = human.makefile("rb")
+        start = time.monotonic()
+        time.sleep(1.5)  # (the delay under test: a person reading the greeting, then typing)
+        human.sendall(b"/nick taken\n")
+        while b"[nick_taken]" not in (line := reader.readline()):
+            assert line, "closed before the refusal"
+        time.sleep(max(0.0, start + 2.8 - time.monotonic()))  # past the first window and its sweep (0.5 s)
+        human.sendall(b"/nick other\n")
+        said = b""
+        while b"You are other" not in said and (line := reader.readline()):
+            said += line
+        assert b"You are other" in said and b"handshake_timeout" not in said, said
+        rest = b""
+        while chunk := quiet.recv(4096):
+            rest += chunk
+        assert b"! no /nick accepted within 2 s [handshake_timeout]\n" in rest, rest
+
+
 def test_idle_client_is_pinged_then_dropped_but_a_ponging_one_stays(make_server: MakeServer) -> None:
     server = make_server("--ping-interval", "0.3", "--idle-timeout", "1.2", workers=1)
     with Client(server.port, "sleepy") as sleepy, Client(server.port, "awake") as awake:

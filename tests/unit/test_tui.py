@@ -95,6 +95,15 @@ def test_a_message_has_a_timestamp_and_the_sender_in_a_stable_colour() -> None:
     assert len({nick_colour(f"user{i}") for i in range(40)}) >= len(PALETTE) - 2  # nicks spread over the palette
 
 
+def test_a_nick_with_signs_is_mentioned_as_a_word_of_its_own() -> None:
+    """राम is a word in "राम, look" but not in रामा (a vowel sign on its last letter: \\w holds no signs)."""
+    view = joined_view("राम")
+    [line] = view.on_frame(ev("msg", room="lobby", **{"from": "bob"}, text="राम, look"))
+    assert line.bell and ("class:mention", "राम") in line.fragments
+    [other] = view.on_frame(ev("msg", 2, room="lobby", **{"from": "bob"}, text="रामा and रामु"))
+    assert not other.bell and "class:mention" not in styles(other)
+
+
 def test_own_messages_are_distinguishable_and_never_ring() -> None:
     view = joined_view()
     [own] = view.on_frame(ev("msg", room="lobby", **{"from": "alice"}, text="I am alice"))
