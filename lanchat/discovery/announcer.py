@@ -47,6 +47,7 @@ from lanchat.discovery.const import (
     REPLY_BURST_TOTAL,
     REPLY_RATE_PER_SOURCE,
     REPLY_RATE_TOTAL,
+    TWIN_LOG_EVERY,
 )
 from lanchat.discovery.interfaces import (
     Interface,
@@ -284,6 +285,8 @@ class Announcer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._chosen: list[Interface] = []
+        self._local: frozenset[str] = frozenset()  # this host's addresses: our own beacons come back from them
+        self._twin_logged_at: float | None = None
         self._problems: list[str] = []
         self._interfaces_known = False
         self._beacon_to: list[tuple[str, int]] = []
@@ -451,6 +454,7 @@ class Announcer:
                     "discovery: interfaces %s", ", ".join(f"{i.name}={i.address} brd {i.broadcast}" for i in chosen)
                 )
         self._chosen, self._problems = chosen, problems
+        self._local = frozenset(i.address for i in every)
 
     def _set_beacon_to(self, targets: list[tuple[str, int]]) -> None:
         self._beacon_to = list(dict.fromkeys(targets))
@@ -552,8 +556,10 @@ class Announcer:
         except RemoteProtocolError as exc:
             self._drops(exc.code, source, exc.message)
             return
-        if not isinstance(message, Probe):
-            return  # beacons, replies and goodbyes of other servers (and our own beacons): not for us
+        if not isinstance(message, Probe):  # beacons, replies and goodbyes of other servers (and our own beacons)
+            if message.server_id == self.server_id and not self._is_own(message.port, source[0]):
+                self._twin(source[0], message.port, now)
+            return
         self._stats.probes += 1
         ip = source[0]
         advertised, refusal = reply_address(source, self._chosen, self._trusted, self.port)
@@ -575,6 +581,31 @@ class Announcer:
             return
         if self._send(out, source, "reply"):
             self._stats.replies += 1
+
+    def _is_own(self, tcp_port: int, ip: str) -> bool:
+        """A datagram with our id is our own beacon if it came from this host (heard back on our socket) for
+        our chat port: another host, or another port here, is a second server with our id."""
+        if tcp_port != self.tcp_port:
+            return False
+        try:
+            return ipaddress.ip_address(ip).is_loopback or ip in self._local
+        except ValueError:
+            return False
+
+    def _twin(self, ip: str, tcp_port: int, now: float) -> None:
+        """Another server announces our id: a copied data directory (a cloned VM, an SD card image, `cp -a`).
+        Browsers list one of the two and never the other, and neither server could tell (a review on a LAN of
+        namespaces): say so, at most every TWIN_LOG_EVERY (a forged datagram can say it too)."""
+        self._drops("twin_id", (ip, tcp_port))
+        if self._twin_logged_at is not None and now < self._twin_logged_at + TWIN_LOG_EVERY:
+            return
+        self._twin_logged_at = now
+        log.warning(
+            "discovery: another server at %s (chat port %d) announces this server's id %s: browsers list only"
+            " one of the two. Is its data directory a copy of this one? Stop it, delete server_id in its data"
+            " directory (a new id is made at its next start) and start it again",
+            ip, tcp_port, self.server_id[:8],
+        )  # fmt: skip
 
     def _send(self, data: bytes, target: tuple[str, int], what: str) -> bool:
         sock = self._sock

@@ -229,14 +229,16 @@ class ServerTable:
         """Seconds until this server should be heard from again, as far as this message tells.
 
         Beacons come every interval. After a reply, a server whose beacons we have heard is still due every
-        interval; one never heard by beacon is due at our next probe (or its next beacon, if later).
+        interval; one never heard by beacon is due at our next probe: its beacons do not reach us (a server
+        killed behind a router, beaconing every minute, stayed 3 minutes in a watch that probed every 5 s: a
+        review), and one whose first beacon is yet to come answers the probes meanwhile.
         """
         interval = min(max(message.interval, MIN_PERIOD), MAX_PERIOD) if message.interval_ms else 0.0
         if isinstance(message, Beacon) or (beaconed and interval):
             return interval or MAX_PERIOD
         if self.refresh is None:
             return interval or MAX_PERIOD  # we will not probe again: only its beacons can refresh it
-        return max(interval, self.refresh)
+        return self.refresh
 
     def _heard(self, message: Beacon | Reply, ip: str, now: float, latency: float | None) -> list[TableEvent]:
         entry = self._entries.get(message.server_id)

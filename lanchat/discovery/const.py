@@ -23,6 +23,7 @@ REPLY_BURST_TOTAL: Final = 200  # replies at once to everyone: a whole classroom
 LIMITER_MAX_SOURCES: Final = 4096  # per-source buckets kept (LRU): bounds the memory a flood of sources costs
 INTERFACE_REFRESH: Final = 10.0  # seconds between re-reads of the interface list (Wi-Fi comes and goes)
 SEND_ERROR_LOG_EVERY: Final = 60.0  # seconds: a target that keeps failing is logged again at most this often
+TWIN_LOG_EVERY: Final = 60.0  # seconds: another server with our id (a copied data directory) is logged so often
 
 # --- browser (client) ---------------------------------------------------------------------------------
 PROBE_RETRY_DELAY: Final = 0.25  # seconds between a search's probes (UDP may drop some: see browse)

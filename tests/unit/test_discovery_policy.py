@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import pytest
 
-from lanchat.discovery.announcer import ReplyLimiter, reply_address
+from lanchat.config import DiscoveryConfig
+from lanchat.discovery.announcer import Announcer, ReplyLimiter, ServerInfo, reply_address
 from lanchat.discovery.interfaces import Interface
 from lanchat.discovery.sockets import resolve_targets
+from lanchat.protocol.beacon import Beacon, Goodbye, encode
 
 
 def test_burst_then_rate_per_source() -> None:
@@ -95,3 +98,36 @@ def test_resolve_targets_without_dns(monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
     assert asyncio.run(scenario()) == [("127.0.0.1", 7272), ("198.51.100.9", 9000)]
+
+
+def test_another_server_with_our_id_is_told_to_the_operator(caplog: pytest.LogCaptureFixture) -> None:
+    """Two hosts serving from a copied data directory (a cloned VM, `cp -a`) share a server id: browsers list
+    one of them and never the other, and neither server said so though each heard the other's beacons (a
+    review on a LAN of namespaces). Our own beacons, heard back from this host's addresses, are not it.
+    Without start() there is no socket: nothing is sent."""
+    lo = Interface("lo", "127.0.0.1", "255.0.0.0", "127.255.255.255")
+    info = ServerInfo(users=1, rooms=1, workers=1, load=0.0)
+    cfg = DiscoveryConfig(interface=("lo", "eth0"))
+    sid = "5" * 32
+    a = Announcer(cfg, server_id=sid, name="lab", tcp_port=7306, info=lambda: info, interfaces=lambda: [lo, LAN])
+    a._refresh_interfaces()
+
+    def beacon(server_id: str = sid, port: int = 7306, kind: type[Beacon | Goodbye] = Beacon) -> bytes:
+        if kind is Goodbye:
+            return encode(Goodbye(server_id, "0.0.0.0", port))
+        return encode(Beacon(server_id, "0.0.0.0", port, 1, 5000, 0, 0, 1, 0.0, "lab"))
+
+    with caplog.at_level(logging.WARNING, logger="lanchat"):
+        for own in (("127.0.0.1", 7272), ("198.51.100.3", 7272)):  # ours, heard back on loopback and on eth0
+            a.handle_datagram(beacon(), own, 0.0)
+        a.handle_datagram(beacon("6" * 32), ("198.51.100.9", 7272), 0.0)  # another server: none of our business
+        assert not caplog.records and a.stats().dropped == {}
+        a.handle_datagram(beacon(), ("198.51.100.9", 7272), 1.0)  # another host with our id
+        [said] = caplog.records
+        assert "another server at 198.51.100.9 (chat port 7306) announces this server's id 55555555" in said.message
+        assert "delete server_id" in said.message
+        a.handle_datagram(beacon(port=7307), ("127.0.0.1", 7272), 2.0)  # this host, another chat port: a copy
+        a.handle_datagram(beacon(kind=Goodbye), ("198.51.100.9", 7272), 60.9)
+        assert len(caplog.records) == 1 and a.stats().dropped == {"twin_id": 3}  # said once a minute
+        a.handle_datagram(beacon(port=7307), ("127.0.0.1", 7272), 61.0)
+        assert len(caplog.records) == 2 and "another server at 127.0.0.1 (chat port 7307)" in caplog.records[1].message

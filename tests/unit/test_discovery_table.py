@@ -10,6 +10,7 @@ from lanchat.protocol.beacon import Beacon, Goodbye, Probe, Reply
 
 SID_A = "a" * 32
 SID_B = "b" * 32
+SID_C = "c" * 32
 N1 = b"nonce-01"
 SRC_A = ("198.51.100.1", 7272)  # documentation addresses (RFC 5737): a pure state machine, nothing is sent
 
@@ -197,6 +198,10 @@ def test_reply_only_servers_live_until_the_next_probes() -> None:
     assert t.next_deadline() == pytest.approx(EXPIRY_FACTOR * 5.0)
     t.receive(reply(SID_B, interval_ms=200), SRC_A, 0.0)  # beacons fast, but they may not reach us
     assert t.expire(EXPIRY_FACTOR * 5.0 - 0.01) == []
+    # and beacons slow, that do not reach us either (behind a router): gone after three unanswered probes,
+    # not after three of its beacon intervals (it stayed 3 minutes in a watch: a review)
+    t.receive(reply(SID_C, interval_ms=60_000), SRC_A, 0.0)
+    assert {e.record.server_id for e in t.expire(EXPIRY_FACTOR * 5.0 + 0.01)} == {SID_A, SID_B, SID_C}
 
 
 def test_reply_from_a_server_heard_by_beacon_keeps_its_interval() -> None:
