@@ -21,7 +21,7 @@ from lanchat.config import (
     hold_stop_signals,
     parse_address,
 )
-from lanchat.discovery.const import MAX_PERIOD
+from lanchat.protocol.beacon import MAX_INTERVAL_MS
 
 # Seconds: the least --timeout of join and discover, the same for both since LANCHAT_TIMEOUT sets both.
 MIN_TIMEOUT = 0.05
@@ -200,9 +200,7 @@ def serve(
             envvar=_env("beacon_interval"),
             metavar="SECONDS",
             min=0.1,
-            # Browsers count at most MAX_PERIOD of an interval (a lying beacon must not pin a listing for days):
-            # with a longer one a live server came and went in their lists (a review). inf crashed the announcer.
-            max=MAX_PERIOD,
+            max=MAX_INTERVAL_MS / 1000,  # a day: what a beacon can announce (inf crashed the announcer)
             help="Seconds between beacons.",
         ),
     ] = 5.0,

@@ -55,6 +55,12 @@ async def run_piped(
     host: str, port: int, nick: str, room: str, *, json_output: bool, relocate: Relocator | None = None
 ) -> int:
     """Piped mode (see the module's docstring) until stdin's end, a /quit or a signal: the exit code."""
+    # A byte the locale cannot decode ended stdin, silently, with exit 0 (a review: a Latin-1 é in a UTF-8
+    # locale); escaped, its line is refused and counted, and the rest is sent. A character the locale cannot
+    # encode (an ASCII one) left its line out of stdout with a traceback: shown as ? instead.
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "replace")):
+        with contextlib.suppress(AttributeError, ValueError):  # (not a text file: a test's, or closed)
+            stream.reconfigure(errors=errors)  # type: ignore[union-attr]
     session = _PipedSession(host, port, nick, room, json_output=json_output, relocate=relocate)
     try:
         return await session.run()

@@ -200,6 +200,9 @@ def _list(frame: dict[str, Any], key: str) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+_LINE_ENDS: Final = re.compile(r"\r\n|\r|\n")
+
+
 @functools.lru_cache(maxsize=8)
 def _mention_rx(nick: str) -> re.Pattern[str]:
     """The own nick as a word of its own (not inside a longer nick), any case."""
@@ -241,8 +244,9 @@ class Submitted:
 
 def typed_lines(text: str) -> list[str]:
     """What the prompt returned, one entry per line: a paste may hold several, each a line of its own
-    (submitted, sent and answered in turn, up to a /quit)."""
-    return text.splitlines() if "\n" in text or "\r" in text else [text]
+    (submitted, sent and answered in turn, up to a /quit). Only CR and LF end a line: str.splitlines() also
+    split at a form feed, U+2028 ..., which the input line shows inside a line (a review)."""
+    return _LINE_ENDS.split(text.removesuffix("\r\n").removesuffix("\n").removesuffix("\r"))
 
 
 class ChatView:
@@ -429,6 +433,8 @@ class ChatView:
             self.asked_who.discard(self._quiet.pop(frame["id"]))
             return []
         self.current.refused(frame.get("code"), self._rooms_counted(), frame.get("request"))
+        if frame.get("code") in (m.Err.NICK_TAKEN, m.Err.BAD_NICK):  # a rename refused: `/nick` of the own nick
+            self._asked_nick = self.nick  # is said at once again, not sent for a silent answer (a review)
         return self._rendered(frame, "error")
 
     def _on_gap(self, frame: dict[str, Any]) -> list[Line]:
@@ -599,8 +605,10 @@ class ChatView:
         frags: Fragments = []
         pos = 0
         for hit in rx.finditer(text):
-            if hit.end() < len(text) and unicodedata.category(text[hit.end()])[0] == "M":
-                continue  # (राम in रामा: a sign on its last letter makes another word; \w has no signs)
+            if any(
+                0 <= i < len(text) and unicodedata.category(text[i])[0] == "M" for i in (hit.start() - 1, hit.end())
+            ):
+                continue  # (राम in रामा or ग्राम: a sign beside it joins it to another word; \w has no signs)
             if hit.start() > pos:
                 frags.append(("", text[pos : hit.start()]))
             frags.append(("class:mention", hit.group()))

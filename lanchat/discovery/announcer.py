@@ -41,6 +41,7 @@ from lanchat.discovery.const import (
     BEACON_JITTER,
     INTERFACE_REFRESH,
     LIMITER_MAX_SOURCES,
+    MAX_PERIOD,
     READ_BUDGET,
     RECV_SIZE,
     REPLY_BURST_PER_SOURCE,
@@ -270,6 +271,15 @@ class Announcer:
         if self.bind.source is not None and IP_PKTINFO is not None:
             spec = struct.pack("@i4s4s", 0, socket.inet_aton(self.bind.source), bytes(4))  # struct in_pktinfo
             self._pktinfo = [(socket.IPPROTO_IP, IP_PKTINFO, spec)]
+        if config.beacon and config.beacon_interval > MAX_PERIOD:
+            # Browsers count at most MAX_PERIOD of an interval (a forged beacon must not keep a listing for
+            # days): beaconing less often, a live server came and went in their lists (a review). Started all
+            # the same, for a service file written when more was taken.
+            log.warning(
+                "discovery: --beacon-interval %g is more than browsers wait for: beacons every %g s",
+                config.beacon_interval, MAX_PERIOD,
+            )  # fmt: skip
+            config = dataclasses.replace(config, beacon_interval=MAX_PERIOD)
         self.config = config
         self.server_id = server_id
         self.name = clean_name(name)

@@ -90,7 +90,13 @@ NICK_SIGNS_MAX: Final = 4
 
 
 def _is_sign(c: str) -> bool:
-    return unicodedata.category(c) in ("Mn", "Mc") and _SHOWS_SOMETHING.match(c) is not None
+    """Not an overlay (combining class 1): a stroke or slash through a letter made `Bjo̸rn` beside `Bjørn`,
+    whose ø does not decompose (a review of these signs); names write such letters precomposed."""
+    return (
+        unicodedata.category(c) in ("Mn", "Mc")
+        and unicodedata.combining(c) != 1
+        and _SHOWS_SOMETHING.match(c) is not None
+    )
 
 
 _SIGNS_RUN: Final = re.compile(r"[^\w\-.\[\]{}|^`]+")  # the runs of signs, once a nick holds nothing else
@@ -149,7 +155,19 @@ def nick_skeleton(nick: str) -> str:
     if nick.isascii():  # (the common case)
         return nick.casefold()
     # The table before the compatibility forms too: NFKD makes the lunate sigma ϲ, drawn as c, a final sigma ς
-    return unicodedata.normalize("NFKD", nick.translate(_LOOKALIKES)).translate(_LOOKALIKES).casefold()
+    folded = unicodedata.normalize("NFKD", nick.translate(_LOOKALIKES)).translate(_LOOKALIKES).casefold()
+    # Signs that draw nothing more (a review of them): a dot above on i or j, which have one (`bı̇ll`: a dotless
+    # ı read as i, with a dot; İ folded), and a sign again where it is already (`José́`: a terminal draws the
+    # second over the first). NFKD's canonical order puts a sign beside its twin.
+    kept: list[str] = []
+    base = ""
+    for c in folded:
+        if not unicodedata.combining(c) and unicodedata.category(c)[0] != "M":
+            base = c
+        elif (c == "\u0307" and base in ("i", "j")) or (kept and kept[-1] == c):
+            continue
+        kept.append(c)
+    return "".join(kept)
 
 
 def check_room(room: object) -> str:

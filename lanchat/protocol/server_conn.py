@@ -370,14 +370,18 @@ class ServerConnection:
     # is in the room now); member records keep the rooms. A refused join (or hello) is taken out, and the
     # moves read since replayed without it: the current room is where answers in turn would have left it.
 
-    def answered(self, room: str, member: bool | None) -> None:
-        """The hub's answer to the oldest /nick, /join or /part not answered yet (``room``'s)."""
+    def answered(self, room: str, member: bool | None) -> bool:
+        """The hub's answer to the oldest /nick, /join or /part not answered yet (``room``'s). True if it
+        refused a /nick that was to make the session (the nick taken): the user may choose another."""
+        refused = False
         if self._moves:
             move, self._moves = self._moves[0], self._moves[1:]
             if move[1] == room:  # (else not ours to apply: the hub and we disagree on what was sent)
                 self._base, _ = _apply(list(self.rooms), self._base, self._made, move, member)
                 self._made = self._made or (move[0] == _HELLO and self.registered)  # (bound just before)
+                refused = move[0] == _HELLO and not self.registered
         self._settle()
+        return refused
 
     def _move(self, what: str, room: str) -> None:
         self._moves = (*self._moves, (what, room))

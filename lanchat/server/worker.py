@@ -33,6 +33,7 @@ log = logging.getLogger("lanchat.worker")
 
 EXIT_BOOT_FAILED = 3  # as gunicorn: the supervisor stops the server instead of respawning forever
 HOUSEKEEPING_INTERVAL = 0.5  # seconds between timeout sweeps (handshake, ping, idle)
+HANDSHAKE_RENEWALS = 3  # refused plain /nicks that each start --handshake-timeout again
 RECV_SIZE = 65536  # bytes per read from a client: several maximal lines
 # A closing connection's socket is let go once the peer has acknowledged every byte: asked after 5 ms,
 # then twice as long each time, every 250 ms at most (CLOSE_TIMEOUT in all); what the peer sent meanwhile is
@@ -58,7 +59,7 @@ class ClientConn:
 
     __slots__ = (
         "_closer", "_resume_handle", "closing", "conn_id", "created", "farewell", "fd", "json_mode", "out",
-        "peer", "ping_seen", "pinged", "reading", "reported", "sock", "state", "wbuf", "why", "worker",
+        "peer", "ping_seen", "pinged", "reading", "renewals", "reported", "sock", "state", "wbuf", "why", "worker",
     )  # fmt: skip
 
     def __init__(self, worker: Worker, conn_id: int, peer: str, sock: socket.socket) -> None:
@@ -71,6 +72,7 @@ class ClientConn:
         now = time.monotonic()
         self.state = ServerConnection(conn_id, max_frame=cfg.max_frame, rate=cfg.rate, burst=cfg.burst, now=now)
         self.created = now
+        self.renewals = 0  # of the handshake time, by refused /nicks (HANDSHAKE_RENEWALS)
         self.pinged = False
         self.ping_seen = 0.0  # the state's last_seen when we pinged: one ping per silence
         self.reading = False
@@ -664,10 +666,13 @@ class Worker:
                     self.leave(room, cid)
                     conn.state.parted(room)
             case ["answer", int() as cid, str() as room, bool() | None as joined]:  # a plain /nick, /join, /part
-                if (conn := self.conns.get(cid)) is not None:
-                    conn.state.answered(room, joined)
-                    if not conn.state.registered:  # a /nick refused (taken): a new --handshake-timeout for
-                        conn.created = time.monotonic()  # another (it was 10 s from the connect, read or not)
+                conn = self.conns.get(cid)
+                # A /nick refused (taken): the time to choose another starts again (it counted from the connect:
+                # an nc user refused at 9 s had 1 s left, a review), a few times, no more (each refusal kept a
+                # connection with no session open for good, another).
+                if conn is not None and conn.state.answered(room, joined) and conn.renewals < HANDSHAKE_RENEWALS:
+                    conn.renewals += 1
+                    conn.created = time.monotonic()
             case ["bind", int() as cid, str() as nick]:
                 if (conn := self.conns.get(cid)) is not None:
                     conn.state.bound(nick)

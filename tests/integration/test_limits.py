@@ -292,6 +292,40 @@ def test_a_refused_nick_gets_a_new_handshake_window_for_another(make_server: Mak
         assert b"! no /nick accepted within 2 s [handshake_timeout]\n" in rest, rest
 
 
+def test_refusals_renew_the_handshake_time_a_few_times_and_only_for_a_plain_nick(make_server: MakeServer) -> None:
+    """A review of the renewal above: any refused line renewed it, JSON ones too (a hello refused, then a join
+    every 0.6 s kept a connection with no session open for good), and so did /nick refused again and again."""
+    server = make_server("--handshake-timeout", "1", workers=1)
+    with (
+        Client(server.port, "taken"),
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as plain,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as machine,
+    ):
+        machine.sendall(b'{"type":"hello","nick":"taken"}\n')
+        start = time.monotonic()
+        open_for: dict[str, float] = {}
+        while len(open_for) < 2 and time.monotonic() < start + 10:  # (bounded: 10 s)
+            for name, sock, line in (
+                ("plain", plain, b"/nick taken\n"),
+                ("json", machine, b'{"type":"join","room":"x"}\n'),
+            ):
+                if name in open_for:
+                    continue
+                try:
+                    sock.sendall(line)
+                    sock.settimeout(0.2)
+                    while sock.recv(65536):
+                        pass
+                    open_for[name] = time.monotonic() - start  # closed by the server
+                except TimeoutError:
+                    pass  # still open
+                except OSError:
+                    open_for[name] = time.monotonic() - start
+        # JSON: closed a window (and a sweep) after the connect, as without renewals; plain: a window after its
+        # third refusal (0.8 s in: a line every 0.4 s), and not a window after the next ones
+        assert open_for.get("json", 99) < 2.0 and 1.7 < open_for.get("plain", 99) < 5.0, open_for
+
+
 def test_idle_client_is_pinged_then_dropped_but_a_ponging_one_stays(make_server: MakeServer) -> None:
     server = make_server("--ping-interval", "0.3", "--idle-timeout", "1.2", workers=1)
     with Client(server.port, "sleepy") as sleepy, Client(server.port, "awake") as awake:

@@ -258,6 +258,30 @@ def test_a_byte_order_mark_before_the_piped_input_is_skipped(make_server: MakeSe
         assert (msg["room"], msg["text"]) == ("ops", "alert")
 
 
+def test_a_byte_the_locale_cannot_decode_refuses_its_line_not_the_rest(make_server: MakeServer) -> None:
+    """In a strict UTF-8 locale (en_US.UTF-8; PYTHONIOENCODING here) a Latin-1 byte ended stdin: nothing from
+    its 8 KiB block on was sent, nothing said, exit 0 (a review). Its line is refused and the rest sent; and
+    what an ASCII stdout cannot show is a ?, not a line left out with a traceback."""
+    server = make_server(workers=1)
+    with Client(server.port, "ops") as ops:
+        env = {**os.environ, "LANCHAT_INTERFACE": "lo", "PYTHONIOENCODING": "utf-8:strict"}
+        out = subprocess.run(
+            [sys.executable, "-m", "lanchat", "join", f"127.0.0.1:{server.port}", "--nick", "bot"],
+            input=b"first line\nbad \xe9 byte\nthird line\n", capture_output=True, env=env, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 1, out  # a line refused
+        assert b"line 2" in out.stderr and b"not valid text" in out.stderr, out.stderr
+        assert [ops.expect("msg")["text"] for _ in range(2)] == ["first line", "third line"]
+        ops.send({"type": "msg", "room": "lobby", "text": "café ☕"})
+        env["PYTHONIOENCODING"] = "ascii"
+        out = subprocess.run(
+            [sys.executable, "-m", "lanchat", "join", f"127.0.0.1:{server.port}", "--nick", "reader"],
+            input=b"/history\n", capture_output=True, env=env, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 0 and b"Traceback" not in out.stderr, out
+        assert b"<ops> caf? ?" in out.stdout, out.stdout
+
+
 def test_a_plain_line_pasted_after_a_join_goes_to_the_joined_room(make_server: MakeServer) -> None:
     """A protocol review: `printf '/nick bot\\n/join ops\\nalert: disk full\\n' | nc` posted the alert to
     #lobby, for everyone there, not to #ops (the line was read before the hub's answer to the join)."""

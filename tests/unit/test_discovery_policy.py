@@ -10,6 +10,7 @@ import pytest
 
 from lanchat.config import DiscoveryConfig
 from lanchat.discovery.announcer import Announcer, ReplyLimiter, ServerInfo, reply_address
+from lanchat.discovery.const import MAX_PERIOD
 from lanchat.discovery.interfaces import Interface
 from lanchat.discovery.sockets import resolve_targets
 from lanchat.protocol.beacon import Beacon, Goodbye, encode
@@ -131,3 +132,17 @@ def test_another_server_with_our_id_is_told_to_the_operator(caplog: pytest.LogCa
         assert len(caplog.records) == 1 and a.stats().dropped == {"twin_id": 3}  # said once a minute
         a.handle_datagram(beacon(port=7307), ("127.0.0.1", 7272), 61.0)
         assert len(caplog.records) == 2 and "another server at 127.0.0.1 (chat port 7307)" in caplog.records[1].message
+
+
+def test_a_beacon_interval_longer_than_browsers_wait_is_shortened(caplog: pytest.LogCaptureFixture) -> None:
+    """Browsers count at most a minute of an interval: a server beaconing every 250 s came and went in a
+    watch every few minutes (a review). It beacons every 60 s, and says so; a service file with more starts."""
+    info = ServerInfo()
+    with caplog.at_level(logging.WARNING, logger="lanchat"):
+        a = Announcer(DiscoveryConfig(beacon_interval=250.0), server_id="5" * 32, name="lab", tcp_port=7306,
+                      info=lambda: info)  # fmt: skip
+        assert (a.config.beacon_interval, a._interval_ms) == (MAX_PERIOD, 60_000)
+        assert "--beacon-interval 250 is more than browsers wait for: beacons every 60 s" in caplog.text
+        edge = Announcer(DiscoveryConfig(beacon_interval=MAX_PERIOD), server_id="5" * 32, name="lab", tcp_port=7306,
+                         info=lambda: info)  # fmt: skip
+        assert edge._interval_ms == 60_000 and len(caplog.records) == 1

@@ -390,6 +390,31 @@ def test_four_signs_on_a_letter_are_the_edge() -> None:
     assert m.check_nick(tower) == tower
 
 
+@pytest.mark.parametrize(
+    ("taken", "lookalike"),
+    [
+        ("bill", "b\u0131\u0307ll"),  # a dotless ı with a dot above: drawn as i (bıll alone was refused)
+        ("jan", "\u0237\u0307an"),  # a dotless ȷ with a dot above: drawn as j
+        ("José", "Jose\u0301\u0301"),  # the same accent twice: a terminal draws it over itself
+        ("inan", "\u0130nan"),  # İ: folded, an i with a dot above
+        ("Zoë", "Zoe\u0308\u0308"),
+    ],
+)
+def test_signs_that_draw_nothing_more_read_as_the_nick_without_them(taken: str, lookalike: str) -> None:
+    """A review of the signs let in: these were welcomed beside the nick they read as."""
+    assert m.nick_skeleton(m.check_nick(lookalike)) == m.nick_skeleton(m.check_nick(taken))
+    assert m.nick_skeleton("Jos\u00e9\u0301\u0323") != m.nick_skeleton("José")  # a dot below: another nick
+
+
+def test_overlay_signs_are_not_part_of_a_nick() -> None:
+    """A stroke or slash through a letter made `Bjo̸rn` beside `Bjørn` (ø does not decompose): overlays
+    (combining class 1) are refused; names write such letters precomposed, which stay."""
+    for overlay in ("\u0334", "\u0335", "\u0336", "\u0337", "\u0338", "\u20d2"):
+        with pytest.raises(RemoteProtocolError, match="only letters, digits"):
+            m.check_nick(f"Bjo{overlay}rn")
+    assert m.check_nick("Bjørn") == "Bjørn"
+
+
 def test_nick_is_normalised_to_nfc_before_the_length_check() -> None:
     decomposed = "Zoe\u0308"  # e + combining diaeresis
     assert m.check_nick(decomposed) == "Zoë"

@@ -96,12 +96,13 @@ def test_a_message_has_a_timestamp_and_the_sender_in_a_stable_colour() -> None:
 
 
 def test_a_nick_with_signs_is_mentioned_as_a_word_of_its_own() -> None:
-    """राम is a word in "राम, look" but not in रामा (a vowel sign on its last letter: \\w holds no signs)."""
+    """राम is a word in "राम, look" but not in रामा, nor in ग्राम (a sign beside it: \\w holds no signs)."""
     view = joined_view("राम")
     [line] = view.on_frame(ev("msg", room="lobby", **{"from": "bob"}, text="राम, look"))
     assert line.bell and ("class:mention", "राम") in line.fragments
-    [other] = view.on_frame(ev("msg", 2, room="lobby", **{"from": "bob"}, text="रामा and रामु"))
-    assert not other.bell and "class:mention" not in styles(other)
+    for seq, text in enumerate(("रामा and रामु", "मेरे ग्राम में", "थोड़ा विश्राम करो"), 2):  # (village, rest: a sign before)
+        [other] = view.on_frame(ev("msg", seq, room="lobby", **{"from": "bob"}, text=text))
+        assert not other.bell and "class:mention" not in styles(other), text
 
 
 def test_own_messages_are_distinguishable_and_never_ring() -> None:
@@ -491,6 +492,16 @@ def test_commands_become_requests_and_the_current_room_follows() -> None:
     assert view.submit("   ").requests == []
 
 
+def test_own_nick_after_a_refused_rename_is_said_at_once_again() -> None:
+    """After a refused /nick, `/nick` of the own nick was sent, and the server, changing nothing, said nothing
+    (a review): the refusal undoes the rename asked."""
+    view = joined_view("ann")
+    assert view.submit("/nick bob").requests == [m.Nick("bob")]
+    view.on_frame({"type": "error", "code": "nick_taken", "message": "nick bob is taken", "id": 1})
+    again = view.submit("/nick ann")
+    assert again.requests == [] and "you are ann already" in again.lines[0].text
+
+
 def test_bad_input_is_explained_and_nothing_is_sent() -> None:
     view = joined_view()
     for typed, why in [("/bogus", "unknown command"), ("/msg bob", "usage: /msg"), ("/join", "usage: /join")]:
@@ -520,6 +531,9 @@ def test_a_pasted_block_is_a_line_each() -> None:
     assert typed_lines("one\n/me two\n\nthree\r\n/quit bye\nnever") == [
         "one", "/me two", "", "three", "/quit bye", "never"]  # fmt: skip
     assert typed_lines("just one") == ["just one"] and typed_lines("") == [""]
+    # only CR and LF end a line (a review: a form feed or U+2028 inside a pasted line made two messages)
+    assert typed_lines("alpha\x0cbeta\ngamma\u2028delta\x85\n") == ["alpha\x0cbeta", "gamma\u2028delta\x85"]
+    assert typed_lines("one\n\n") == ["one", ""] and typed_lines("one\r") == ["one"]
     view = joined_view()
     results = [view.submit(line) for line in typed_lines("one\n/me two\n\n/quit bye")]
     assert [r.requests for r in results] == [[m.Msg("lobby", "one")], [m.Action("lobby", "two")], [], []]
