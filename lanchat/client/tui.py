@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar
 
+import prompt_toolkit.utils
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application, get_app
 from prompt_toolkit.buffer import Buffer
@@ -1570,8 +1571,31 @@ class HungUpOutput(Vt100_Output):
             super().flush()
 
 
+_SizesCache: Any = getattr(prompt_toolkit.utils, "_CharSizesCache", dict)  # (private: see _count_spacing_signs)
+
+
+class _TerminalWidths(_SizesCache):  # type: ignore[misc]
+    def __missing__(self, string: str) -> int:
+        if len(string) == 1 and unicodedata.category(string) == "Mc":
+            self[string] = 1
+            return 1
+        return int(super().__missing__(string))
+
+
+def _count_spacing_signs() -> None:
+    """prompt_toolkit takes a character's width from the wcwidth package, which counts a spacing sign (Unicode
+    Mc: the vowel signs of प्रिया, कैसी) as 0 columns, where terminals count 1 (glibc's wcwidth, and with it
+    tmux, xterm, VTE): with Hindi in the input line, a line printed above it got the prompt's first letters
+    glued before it and the cursor sat short of the text (a review). Its cache of widths, from which every
+    string's is summed, answers 1 for them instead (a private class: if it is gone, nothing changes)."""
+    utils = prompt_toolkit.utils
+    if _SizesCache is not dict and not isinstance(utils._CHAR_SIZES_CACHE, _TerminalWidths):
+        utils._CHAR_SIZES_CACHE = _TerminalWidths()
+
+
 def terminal_output() -> Output:
     """The output prompt_toolkit would pick for stdout (create_output), hang-up-safe on a terminal."""
+    _count_spacing_signs()
     if not sys.stdout.isatty():
         return create_output()
     return HungUpOutput.from_pty(

@@ -73,6 +73,32 @@ def test_typing_while_messages_arrive_keeps_the_line_whole(term: Tmux, server: S
         assert bob.expect("quit")["nick"] == "alice"
 
 
+def test_text_with_spacing_signs_in_the_input_keeps_the_screen_in_place(term: Tmux, server: ServerProcess) -> None:
+    """prompt_toolkit counted a spacing sign (Unicode Mc: the vowel signs of प्रिया) as 0 columns, the terminal as
+    1: with Hindi in the input, a line printed above it got the prompt's first letters glued before it, and
+    the cursor sat columns short of the text's end (a review)."""
+    join(term, server.port, "प्रिया")
+    with Client(server.port, "bob") as bob:
+        term.wait_for("bob joined #lobby")
+        typed = "नमस्ते प्रिया, कैसी हो"
+        term.type(typed)
+        term.wait_prompt(f"#lobby> {typed}")
+        for i in range(3):
+            bob.send({"type": "msg", "room": "lobby", "text": f"incoming {i}", "id": i + 1})
+        term.wait_for("<bob> incoming 2")
+        screen = term.wait(lambda s: f"\n#lobby> {typed}" in s, "a settled screen")
+        rows = screen.splitlines()
+        incoming = [row for row in rows if "<bob> incoming" in row]
+        assert [re.sub(r"^\d\d:\d\d ", "", row).rstrip() for row in incoming] == [
+            f"<bob> incoming {i}" for i in range(3)
+        ], screen  # each printed from the first column, nothing glued before it
+        assert screen.count(typed) == 1, screen
+        term.type("!")
+        term.wait_prompt(f"#lobby> {typed}!")  # the cursor at the end of the text, not columns short of it
+        term.keys("Enter")
+        assert bob.expect(lambda f: f.get("type") == "msg" and f.get("from") == "प्रिया")["text"] == typed + "!"
+
+
 def test_lines_typed_fast_one_after_another_are_never_echoed_by_the_terminal(term: Tmux, server: ServerProcess) -> None:
     """A review on a real LAN: a key typed between one prompt's Enter and the next prompt (prompt_toolkit
     left raw mode in between) was echoed by the terminal itself, glued to the next line printed

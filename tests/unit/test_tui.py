@@ -1231,3 +1231,16 @@ def test_a_cursor_report_asked_for_before_lines_were_printed_frees_no_rows() -> 
         assert renderer._min_available_height == 40 - 10 + 1  # a fresh one is taken as it is
 
     asyncio.run(main())
+
+
+def test_spacing_signs_take_a_column_as_in_the_terminal() -> None:
+    """prompt_toolkit (the wcwidth package) counted प्रिया as 3 columns, glibc and tmux as 5: the screen's
+    lines slid (a review; tests/e2e has the screen)."""
+    from prompt_toolkit.utils import get_cwidth
+
+    from lanchat.client import tui
+
+    tui._count_spacing_signs()
+    tui._count_spacing_signs()  # (once is enough: the cache stays)
+    assert [get_cwidth(c) for c in "प्रिया"] == [1, 0, 1, 1, 1, 1]  # the virama (Mn) takes none
+    assert (get_cwidth("प्रिया"), get_cwidth("ab"), get_cwidth("日本"), get_cwidth("e\u0301")) == (5, 2, 4, 1)
