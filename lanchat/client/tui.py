@@ -434,8 +434,9 @@ class ChatView:
             self.asked_who.discard(self._quiet.pop(frame["id"]))
             return []
         self.current.refused(frame.get("code"), self._rooms_counted(), frame.get("request"))
-        if frame.get("code") in (m.Err.NICK_TAKEN, m.Err.BAD_NICK):  # a rename refused: `/nick` of the own nick
-            self._asked_nick = self.nick  # is said at once again, not sent for a silent answer (a review)
+        code, why = frame.get("code"), str(frame.get("message", ""))
+        if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK) or (code == m.Err.TOO_FAST and why.startswith("nick changes")):
+            self._asked_nick = self.nick  # a rename refused: `/nick` of the own nick is said at once again (a review)
         return self._rendered(frame, "error")
 
     def _on_gap(self, frame: dict[str, Any]) -> list[Line]:

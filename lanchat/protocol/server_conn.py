@@ -323,6 +323,13 @@ class ServerConnection:
             self._move(_PART, cmd.room)
         self._forward(cmd, out)
 
+    def plain_text(self, line: bytes) -> bytes | None:
+        """A line from the hub as this plain-text client sees it. A rename refused is undone for `/nick` of
+        the own nick, which is said at once again instead of being sent for no answer (as the terminal UI)."""
+        if line.startswith(_RENAME_REFUSED):
+            self._asked_nick = ""
+        return render_for_plain(line, self.nick)
+
     def _plain_hello(self, nick: str, out: list[Action]) -> None:
         if self.hello_sent:  # a /nick before the welcome: the hub takes it for a rename (see _asked_nick)
             self._asked_nick = nick
@@ -420,6 +427,13 @@ class ServerConnection:
         if self.mode is Mode.PLAIN:
             return f"! {message} [{code}]\n".encode()
         return m.encode(m.error_frame(code, message, fatal=fatal))
+
+
+# A rename's refusal, as the hub encodes it (messages.error_frame, encode: its first fields, in this order)
+_RENAME_REFUSED: Final = (
+    *(b'{"type":"error","code":"%s"' % c.encode() for c in (m.Err.NICK_TAKEN, m.Err.BAD_NICK)),
+    b'{"type":"error","code":"too_fast","message":"nick changes',  # (Hub._rename's)
+)
 
 
 def render_for_plain(line: bytes, nick: str) -> bytes | None:

@@ -25,7 +25,7 @@ from lanchat.config import WorkerConfig, usable_cores
 from lanchat.errors import RemoteProtocolError
 from lanchat.protocol import control
 from lanchat.protocol import messages as m
-from lanchat.protocol.server_conn import Action, Forward, Mode, Reply, ServerConnection, render_for_plain
+from lanchat.protocol.server_conn import Action, Forward, Mode, Reply, ServerConnection
 from lanchat.server import heap
 from lanchat.server.storms import Throttled
 
@@ -211,7 +211,7 @@ class ClientConn:
         if self.closing:
             return
         if self.state.mode is Mode.PLAIN and data[:1] == b"{":
-            data = b"".join(filter(None, (render_for_plain(x, self.state.nick) for x in data.splitlines())))
+            data = b"".join(filter(None, map(self.state.plain_text, data.splitlines())))
             if not data:
                 return
         self.out.append(data)

@@ -592,6 +592,18 @@ def test_a_plain_nick_of_ones_own_nick_is_said_not_sent() -> None:
     assert [type(a) for a in early.receive_data(b"/nick bob\n/nick ann\n", 0.0)] == [Forward, Forward]
     early.bound("bob")
     assert early.receive_data(b"/nick bob\n", 0.0) == [Forward(m.Nick("bob"))]  # (ann's answer is to come)
+    # After a refused rename the same: it was sent, and the hub said nothing (left by a review, then mended)
+    assert c.receive_data(b"/nick bob\n", 0.0) == [Forward(m.Nick("bob"))]
+    taken = m.encode(m.error_frame(m.Err.NICK_TAKEN, "nick bob is taken"))
+    assert c.plain_text(taken.rstrip(b"\n")) == b"! nick bob is taken [nick_taken]\n"
+    assert c.receive_data("/nick éx\n".encode(), 0.0) == already
+    assert c.receive_data(b"/nick 1bad\n", 0.0)[0] == Reply(b"! nick must start with a letter or _ [bad_nick]\n")
+    assert c.receive_data(b"/nick carl\n", 0.0) == [Forward(m.Nick("carl"))]
+    c.plain_text(m.encode(m.error_frame(m.Err.TOO_FAST, "slow down")))  # not a rename's answer
+    assert c.receive_data("/nick éx\n".encode(), 0.0) == [Forward(m.Nick("éx"))]
+    assert c.receive_data(b"/nick dan\n", 0.0) == [Forward(m.Nick("dan"))]
+    c.plain_text(m.encode(m.error_frame(m.Err.TOO_FAST, "nick changes too fast for 50 rooms (an event in each)")))
+    assert c.receive_data("/nick éx\n".encode(), 0.0) == already
 
 
 def test_plain_switch_between_joined_rooms() -> None:

@@ -500,6 +500,11 @@ def test_own_nick_after_a_refused_rename_is_said_at_once_again() -> None:
     view.on_frame({"type": "error", "code": "nick_taken", "message": "nick bob is taken", "id": 1})
     again = view.submit("/nick ann")
     assert again.requests == [] and "you are ann already" in again.lines[0].text
+    assert view.submit("/nick bob").requests == [m.Nick("bob")]
+    view.on_frame({"type": "error", "code": "too_fast", "message": "slow down", "id": 2})  # not the rename's
+    assert view.submit("/nick ann").requests == [m.Nick("ann")]
+    view.on_frame({"type": "error", "code": "too_fast", "message": "nick changes too fast for 3 rooms", "id": 3})
+    assert view.submit("/nick ann").requests == []
 
 
 def test_bad_input_is_explained_and_nothing_is_sent() -> None:
