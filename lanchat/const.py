@@ -74,6 +74,7 @@ ROOM_TAIL_BYTES: Final = 64 * 1024  # of a room's newest events kept for joiners
 PENDING_WRITES_MAX: Final = 100_000  # rows held in memory while the disk fails, then the oldest are dropped
 PENDING_WRITES_BYTES: Final = 64 * 1024 * 1024  # ... and their lines' characters at most (100,000 big lines: 1.6 GB)
 DB_RETRY_INTERVAL: Final = 2.0  # seconds between write attempts while the disk is failing
+DB_CHECK_RETRY_MAX: Final = 60.0  # seconds: the wait after integrity checks that I/O errors ended, doubled to this
 
 # --- supervision -------------------------------------------------------------------------------------------
 SHUTDOWN_GRACE: Final = 3.0  # seconds workers get to flush and close on SIGTERM (the whole stop is < 5 s)

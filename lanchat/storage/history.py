@@ -258,6 +258,7 @@ class HistoryStore:
         self._journal: Counter[str] = Counter()  # events per conversation in the journal table
         self._posted_rows = 0  # rows in the posted table (folded at POSTED_FOLD_ROWS)
         self._retry_at = 0.0
+        self._checks_failed = 0  # integrity checks in a row that an I/O error ended (the retries back off)
         self.start_seq = 0
         self._reserved = 0
         self._open(at_start=True)
@@ -290,6 +291,8 @@ class HistoryStore:
             if isinstance(exc, sqlite3.OperationalError) and _is_io_error(exc):
                 if self._passed:  # (a later step failed, a full disk: the retry need not check it again)
                     self._own = _identity(self.path)
+                else:  # the check itself: a read of the whole file on the hub's loop at every retry
+                    self._checks_failed += 1
                 self._fail(f"cannot open {self.path}: {exc}")
                 self._unknown_sequence()
                 return
@@ -312,6 +315,7 @@ class HistoryStore:
         ident = _identity(self.path)
         self._file_id = ident[:2] if ident is not None else None  # (None: not watched)
         self._db = db
+        self._checks_failed = 0
         self.opens += 1
         if self.degraded:
             log.warning("history: database open again at %s; writing resumes", self.path)
@@ -664,6 +668,9 @@ class HistoryStore:
             if self._db is None:
                 self._open()
                 if self._db is None:
+                    if self._checks_failed:  # (doubled at each, to DB_CHECK_RETRY_MAX: a review)
+                        wait = const.DB_RETRY_INTERVAL * 2 ** min(self._checks_failed, 16)
+                        self._retry_at = now + min(wait, const.DB_CHECK_RETRY_MAX)
                     return False
         assert self._db is not None
         p = self._pending

@@ -464,6 +464,40 @@ def test_a_first_open_that_fails_after_its_check_is_not_checked_again_at_each_re
     assert sum("quick_check" in x for x in statements) == 1  # checked once
 
 
+def test_integrity_checks_that_io_errors_end_are_retried_less_and_less_often(
+    tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left by a review, then mended: a check that a failing disk ended (EIO part way through the file) was
+    tried again at every retry, 2 s apart, each a read of the whole file on the hub's loop (9 s at 537 MB).
+    The wait doubles after each, to DB_CHECK_RETRY_MAX; writing resumes at the first check that passes."""
+    open_store(stores, tmp_path).close()
+    checks: list[float] = []
+    now = [0.0]
+    failing = [True]
+    connect = sqlite3.connect
+
+    class Failing(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if "quick_check" in sql:
+                checks.append(now[0])
+                if failing[0]:
+                    raise sqlite3.OperationalError("disk I/O error")
+            return super().execute(sql, *args)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: connect(*a, factory=Failing, **kw))
+    s = open_store(stores, tmp_path)
+    assert s.degraded and checks == [0.0]
+    add(s, s.start_seq + 1)
+    for t in range(0, 200):
+        now[0] = float(t)
+        s.commit(now[0])
+    assert checks == [0.0, 0.0, 8.0, 24.0, 56.0, 116.0, 176.0]  # waits of 8, 16, 32, then 60 s
+    failing[0] = False
+    now[0] = 236.0
+    assert s.commit(236.0) and not s.degraded and checks[-1] == 236.0
+    s.close()
+
+
 def test_another_servers_file_after_a_suspension_is_continued_above_its_numbers(
     tmp_path: Path, stores: list[HistoryStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
