@@ -227,7 +227,8 @@ def run_join(config: JoinConfig) -> int:
     # A dumb terminal (Emacs's M-x shell) has no cursor control to draw the prompt and the status line
     # with: it gets the line mode, as a pipe does.
     dumb = os.environ.get("TERM", "") in ("dumb", "unknown")
-    terminal = sys.stdin.isatty() and sys.stdout.isatty() and not config.json
+    # (None: started with that descriptor closed, `<&-`: no terminal; it crashed here, a review)
+    terminal = all(s is not None and s.isatty() for s in (sys.stdin, sys.stdout)) and not config.json
     interactive = terminal and not dumb
     try:
         target = find_target(config, interactive=interactive, by_line=terminal and dumb)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import codecs
 import contextlib
 import json
 import sys
@@ -42,7 +43,7 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
     """A thread, because stdin may be a pipe, a file or a socket, and only blocking reads work on all."""
     with contextlib.suppress(RuntimeError):  # the loop is closed: run_piped returned (a signal), nobody reads
         try:
-            for number, line in enumerate(sys.stdin):
+            for number, line in enumerate(sys.stdin or ()):  # (None: closed at the start, `<&-`: ended)
                 if number == 0:  # a byte-order mark (Windows tools write one), as the server skips it: else a
                     line = line.removeprefix("\ufeff")  # first "/join ops" was posted as text to #lobby
                 loop.call_soon_threadsafe(queue.put_nowait, line)
@@ -70,6 +71,8 @@ async def run_piped(
 
 def _emit(text: str) -> None:
     """One line of output (stdout): a reader that went away is no reason to stop."""
+    if sys.stdout is None:  # (closed at the start, `>&-`: nobody reads)
+        return
     try:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
@@ -90,6 +93,8 @@ class _PipedSession:
         self, host: str, port: int, nick: str, room: str, *, json_output: bool, relocate: Relocator | None
     ) -> None:
         self._json_output = json_output
+        # --json escapes what stdout cannot take (a ? instead was lossy, without a sign: a review)
+        self._ascii = codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name != "utf-8"
         self._current = CurrentRoom(room)  # where text goes, as in the terminal UI
         self._refused: list[str] = []  # what the client or the server refused: the exit code says so
         self._by_server: list[str] = []  # those the server refused (with --json, error frames in the output)
@@ -367,7 +372,7 @@ class _PipedSession:
     def _show_json(self, frame: dict[str, Any]) -> None:
         # The resume token is a bearer credential: scripts that log stdout must not keep it
         shown = {k: v for k, v in frame.items() if k != "token"} if frame.get("type") == "welcome" else frame
-        _emit(json.dumps(shown, ensure_ascii=False))
+        _emit(json.dumps(shown, ensure_ascii=self._ascii))
         if self._held:  # the client's own refusals (on stderr), once the lines before them are answered
             self._say_held()
 

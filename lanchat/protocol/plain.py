@@ -67,6 +67,7 @@ def not_resumed(why: object) -> str:
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")
+_QUIT = re.compile(r"/(?:quit|exit|bye)(?: |$)", re.IGNORECASE)  # (as the commands below are read)
 
 
 HISTORY_MORE: Final = 100  # the page the hint after a history page offers: /history 100 before SEQ
@@ -117,6 +118,8 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
     line = line.rstrip("\r\n")
     if not line.strip():
         return None
+    if _QUIT.match(line):  # (never refused: an undecodable byte in its reason is dropped with the reason's
+        return m.Quit(m.quit_reason(line.partition(" ")[2].strip()))  # control characters; a review)
     if _UNDECODED.search(line):  # Python's escapes for input bytes the locale's encoding did not decode
         raise RemoteProtocolError(
             m.Err.BAD_TEXT, "this line is not valid text in the terminal's encoding (is the locale UTF-8?)"
@@ -169,8 +172,6 @@ def parse_command(line: str, room: str | None, joined: Collection[str] = ()) -> 
         return _history(rest.split(), room)
     if cmd in ("/status", "/stats"):
         return m.Stats()
-    if cmd in ("/quit", "/exit", "/bye"):
-        return m.Quit(m.quit_reason(rest))
     if cmd in ("/help", "/?"):
         return LocalCommand("help")
     if cmd == "/switch":

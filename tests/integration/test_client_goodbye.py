@@ -210,3 +210,36 @@ def test_lines_queued_for_a_connection_reset_at_its_welcome_are_not_written_to_i
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         run(main())
     assert "socket.send() raised exception" not in caplog.text
+
+
+def test_a_nick_the_server_refuses_on_a_reconnect_ends_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: a nick an upgraded server refuses (stricter rules) got bad_nick on the reconnect, and the client
+    sent nick_, nick_2, ... (each as bad) for good: 269 hellos in 10 s. It ends, saying why; a nick held by
+    someone else still gets the fallbacks."""
+    monkeypatch.setattr(const, "RECONNECT_MIN", 0.01)
+    hellos: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            frame = json.loads(line)
+            if frame["type"] != "hello":
+                continue
+            hellos.append(frame["nick"])
+            if len(hellos) == 1:
+                writer.write(welcome(resumed=False))  # then dropped: the client reconnects
+                break
+            error = m.error_frame(m.Err.BAD_NICK, "nick may contain only letters, digits and _-.[]{}|^`")
+            writer.write(m.encode(error))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, port = await serve(handler)
+        client = ChatClient("127.0.0.1", port, "ann", ["lobby"])
+        await client.connect()
+        await client.wait_closed()
+        server.close()
+        assert hellos == ["ann", "ann"]  # not ann_, ann_2, ...
+        assert "nick may contain only" in client.lost_reason and "choose another with --nick" in client.lost_reason
+
+    run(main())

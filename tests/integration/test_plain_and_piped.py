@@ -284,6 +284,35 @@ def test_a_byte_the_locale_cannot_decode_refuses_its_line_not_the_rest(make_serv
         )  # fmt: skip
         assert out.returncode == 0 and b"Traceback" not in out.stderr, out
         assert b"<ops> caf? ?" in out.stdout, out.stdout
+        env["PYTHONIOENCODING"] = "latin-1"  # --json: escaped, not ? (lossless, a later review)
+        out = subprocess.run(
+            [sys.executable, "-m", "lanchat", "join", f"127.0.0.1:{server.port}", "--nick", "script", "--json"],
+            input=b"/history\n", capture_output=True, env=env, timeout=30,
+        )  # fmt: skip
+        texts = [e.get("text") for f in map(json.loads, out.stdout.splitlines()) for e in f.get("events", [])]
+        assert out.returncode == 0 and "café ☕" in texts, out
+        # and a /quit with such a byte is a quit: the line after it is not posted (it was, the quit refused)
+        env["PYTHONIOENCODING"] = "utf-8:strict"
+        out = subprocess.run(
+            [sys.executable, "-m", "lanchat", "join", f"127.0.0.1:{server.port}", "--nick", "leaver"],
+            input=b"one\n/quit bye caf\xe9\nafter the quit\n", capture_output=True, env=env, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 0, out
+        assert ops.expect(lambda f: f.get("type") == "quit" and f.get("nick") == "leaver")["reason"] == "bye caf"
+        assert [f["text"] for f in ops.seen if f.get("type") == "msg" and f.get("from") == "leaver"] == ["one"]
+
+
+def test_a_join_started_with_stdin_or_stdout_closed_is_piped_mode_with_nothing_there(make_server: MakeServer) -> None:
+    """`lanchat join … <&-` crashed with a traceback (sys.stdin is None then: a review): no input is the end of
+    the input, and no stdout is a reader that went away."""
+    server = make_server(workers=1)
+    env = {**os.environ, "LANCHAT_INTERFACE": "lo"}
+    with Client(server.port, "ops") as ops:
+        for nick, closed in (("nostdin", "<&-"), ("nostdout", ">&-")):
+            cmd = f"exec {sys.executable} -m lanchat join 127.0.0.1:{server.port} --nick {nick} {closed}"
+            out = subprocess.run(["sh", "-c", cmd], input=b"", capture_output=True, env=env, timeout=30)
+            assert out.returncode == 0 and b"Traceback" not in out.stderr, out
+            assert ops.expect(lambda f, n=nick: f.get("type") == "quit" and f.get("nick") == n)  # type: ignore[misc]
 
 
 def test_a_plain_line_pasted_after_a_join_goes_to_the_joined_room(make_server: MakeServer) -> None:

@@ -398,12 +398,15 @@ def test_four_signs_on_a_letter_are_the_edge() -> None:
         ("José", "Jose\u0301\u0301"),  # the same accent twice: a terminal draws it over itself
         ("inan", "\u0130nan"),  # İ: folded, an i with a dot above
         ("Zoë", "Zoe\u0308\u0308"),
+        ("Trần", "Tra\u0302\u0300\u0302n"),  # the same sign twice with another between (a later review)
+        ("ปิ่น", "ปิ่ิ่น"),  # Thai: a vowel and a tone mark written twice
     ],
 )
 def test_signs_that_draw_nothing_more_read_as_the_nick_without_them(taken: str, lookalike: str) -> None:
     """A review of the signs let in: these were welcomed beside the nick they read as."""
     assert m.nick_skeleton(m.check_nick(lookalike)) == m.nick_skeleton(m.check_nick(taken))
     assert m.nick_skeleton("Jos\u00e9\u0301\u0323") != m.nick_skeleton("José")  # a dot below: another nick
+    assert m.nick_skeleton("रााम") != m.nick_skeleton("राम")  # a spacing sign twice takes two columns: drawn
 
 
 def test_overlay_signs_are_not_part_of_a_nick() -> None:
@@ -413,6 +416,7 @@ def test_overlay_signs_are_not_part_of_a_nick() -> None:
         with pytest.raises(RemoteProtocolError, match="only letters, digits"):
             m.check_nick(f"Bjo{overlay}rn")
     assert m.check_nick("Bjørn") == "Bjørn"
+    assert m.check_nick("\U00016ad0\U00016af0") == "\U00016ad0\U00016af0"  # Bassa Vah's tone: class 1, no overlay
 
 
 def test_nick_is_normalised_to_nfc_before_the_length_check() -> None:

@@ -188,6 +188,9 @@ def test_text_typed_in_a_locale_that_is_not_utf8_is_named_as_such() -> None:
     for line in ("caf\udcc3\udca9", "/me caf\udcc3\udca9", "/nick caf\udcc3"):
         with pytest.raises(RemoteProtocolError, match="terminal's encoding"):
             parse_command(line, "lobby")
+    # but never a /quit (a review: piped, the lines after a refused quit were posted)
+    assert parse_command("/quit bye caf\udcc3\udca9", "lobby") == m.Quit("bye caf")
+    assert parse_command("/BYE \udce9", None) == m.Quit("")
 
 
 def test_unknown_command_message_is_bounded() -> None:
