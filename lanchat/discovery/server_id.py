@@ -37,17 +37,18 @@ def load_or_create_server_id(data_dir: Path) -> str:
             path.unlink(missing_ok=True)
         new_id = uuid.uuid4().hex
         tmp = data_dir / f".{SERVER_ID_FILE}.{os.getpid()}.{new_id[:8]}"
-        tmp.write_text(new_id + "\n", encoding="ascii")
-        try:
-            os.link(tmp, path)  # fails if another process created it meanwhile: then we read theirs
-        except FileExistsError:
-            continue
-        except OSError:  # no hard links on this file system: exclusive create (a reader may see it empty)
+        try:  # (the write inside: a full disk left the temporary file behind, one per start, an operator's review)
+            tmp.write_text(new_id + "\n", encoding="ascii")
             try:
-                with path.open("x", encoding="ascii") as f:
-                    f.write(new_id + "\n")
+                os.link(tmp, path)  # fails if another process created it meanwhile: then we read theirs
             except FileExistsError:
                 continue
+            except OSError:  # no hard links on this file system: exclusive create (a reader may see it empty)
+                try:
+                    with path.open("x", encoding="ascii") as f:
+                        f.write(new_id + "\n")
+                except FileExistsError:
+                    continue
         finally:
             tmp.unlink(missing_ok=True)
         log.info("created server id %s in %s", new_id, path)

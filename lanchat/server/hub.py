@@ -368,10 +368,10 @@ class Hub:
 
     # --- inputs from the I/O edge --------------------------------------------------------------------------
 
-    def request(self, worker: int, conn: int, obj: object, now: float, *, peer: str = "") -> None:
+    def request(self, worker: int, conn: int, obj: object, now: float, *, peer: str = "", address: str = "") -> None:
         """One validated request a worker forwarded, validated again (requests are rare; posts, the hot path, are
         taken as their worker checked them: ``post``). ``peer``: the connection's address as --max-per-ip counts
-        it ('' if not counted), for the rooms it makes."""
+        it ('' if not counted), for the rooms it makes; ``address``: the address itself, for the log."""
         try:
             req = m.parse_obj(obj, allow_plain=True)
         except RemoteProtocolError as exc:
@@ -384,7 +384,7 @@ class Hub:
                 # while this worker is behind taking what we send it: else they pile up here without bound
                 raise RemoteProtocolError(m.Err.BUSY, "the server is busy: ask again in a moment", request_id=req.id)
             if isinstance(req, m.Hello):
-                self._hello(worker, conn, session, req, now, peer)
+                self._hello(worker, conn, session, req, now, peer, address)
             elif isinstance(req, m.Stats):
                 self._reply(worker, conn, self._stats_frame(req))
             elif isinstance(req, m.Rooms):  # also before a hello: an nc user may look around first
@@ -878,7 +878,9 @@ class Hub:
 
     # --- hello and resume ----------------------------------------------------------------------------------
 
-    def _hello(self, worker: int, conn: int, current: Session | None, req: m.Hello, now: float, peer: str) -> None:
+    def _hello(
+        self, worker: int, conn: int, current: Session | None, req: m.Hello, now: float, peer: str, address: str = ""
+    ) -> None:
         if current is not None:
             if req.plain and current.plain:  # a second /nick typed (pasted) before the first one's welcome came:
                 self._nick(current, m.Nick(req.nick), now)  # the worker sent it as a hello; it is a change
@@ -887,7 +889,7 @@ class Hub:
         if req.token is not None:
             s = self.by_token.get(req.token) or self._alias.get(_token_key(req.token))
             if s is not None:
-                if self._resume(worker, conn, s, req, now):
+                if self._resume(worker, conn, s, req, now, address):
                     s.peer = peer
                 return
         # A token whose session expired: its client resends what it never saw acknowledged, and the ids
@@ -928,7 +930,7 @@ class Hub:
         self._join_hellos_rooms(s, req.rooms, joining, now, peer, tail=after is None)
         s.start = self.seq  # where this answer ends: a resume from below it may have missed its room replies
         self.store.put_session(s.row())
-        log.info("session %s (%s) started on worker %d", s.sid[:8], s.nick, worker)
+        log.info("session %s (%s) started on worker %d, from %s", s.sid[:8], s.nick, worker, address or "?")
 
     def _new_session(self, req: m.Hello, key: str, peer: str) -> tuple[Session, _Expired | None]:
         """A hello's new session, added; if its token (``key``) was an expired session's, it takes that one's id,
@@ -1033,7 +1035,7 @@ class Hub:
             welcome["resume_failed"] = "session expired or unknown"
         self._send(s, _with_id(welcome, req.id))
 
-    def _resume(self, worker: int, conn: int, s: Session, req: m.Hello, now: float) -> bool:
+    def _resume(self, worker: int, conn: int, s: Session, req: m.Hello, now: float, address: str = "") -> bool:
         """Resume ``s`` on this connection; False if the hello is stale (refused and closed)."""
         if req.attempt is not None:
             if req.attempt <= s.attempt:  # a hello the network held back: its client moved on to a newer one,
@@ -1080,7 +1082,14 @@ class Hub:
             self._send_lines(s, infos)
             s.last_join, s.last_join_room = after if newest is None else newest, "" if every else rooms[0]
             self.store.put_session(s.row())  # (a restart must not send them again, nor forget them)
-        log.info("session %s (%s) resumed on worker %d after seq %d", s.sid[:8], s.nick, worker, after)
+        log.info(
+            "session %s (%s) resumed on worker %d after seq %d, from %s",
+            s.sid[:8],
+            s.nick,
+            worker,
+            after,
+            address or "?",
+        )
         return True
 
     def _replay(

@@ -204,7 +204,7 @@ class Server:
         self.slots = [WorkerSlot(i) for i in range(config.workers)]
         self.listener: socket.socket | None = None
         self.next_conn = 1
-        self.conn_peer: dict[int, tuple[str, int]] = {}  # conn -> (ip, worker index)
+        self.conn_peer: dict[int, tuple[str, int, str]] = {}  # conn -> (ip if counted, worker index, ip)
         self.per_ip: Counter[str] = Counter()
         self.connects = ConnectThrottle(config.connect_rate, config.max_per_ip)  # per address, as per_ip counts
         self._refused: dict[int, tuple[socket.socket, float, str]] = {}  # fd -> (refused socket, when to close it,
@@ -428,8 +428,9 @@ class Server:
         hub = self.hub
         match rec:
             case ["req", int() as conn, dict() as obj]:
-                counted = self.conn_peer.get(conn)  # its address, if --max-per-ip counts it
-                hub.request(slot.index, conn, obj, now, peer=counted[0] if counted else "")
+                known = self.conn_peer.get(conn)  # its address (and whether --max-per-ip counts it)
+                peer, address = (known[0], known[2]) if known else ("", "")
+                hub.request(slot.index, conn, obj, now, peer=peer, address=address)
             case ["eof", int() as conn]:  # the client's input ended: close once what it sent before is answered
                 hub.eof(slot.index, conn)
             case ["adopted", int() as conn]:
@@ -707,7 +708,7 @@ class Server:
         # take it (out of descriptors), we can still tell the client why instead of a bare close.
         self.handoff[conn] = sock
         slot.conns.add(conn)
-        self.conn_peer[conn] = (ip if counted else "", slot.index)
+        self.conn_peer[conn] = (ip if counted else "", slot.index, ip)
         if counted:
             self.per_ip[ip] += 1
 
@@ -731,7 +732,7 @@ class Server:
         entry = self.conn_peer.pop(conn, None)
         if entry is None:
             return ""
-        ip, index = entry
+        ip, index, _ = entry
         self.slots[index].conns.discard(conn)
         if ip:
             self.per_ip[ip] -= 1
@@ -793,6 +794,9 @@ class Server:
             try:
                 self._watch_lock()
                 self.store.watch_file()  # (here, between the hub's commits)
+                if not self.store.is_open and not self._commits_held:  # idle, the file not open: the store
+                    self.hub.commit(self._now())  # tries it on its retry schedule (what it loads is relayed)
+                    self._schedule_flush()
                 if not await asyncio.to_thread(self.store.checkpoint) or time.monotonic() < retry_at:
                     continue
                 if await self._restart_log():
@@ -1013,6 +1017,11 @@ async def _amain(config: ServerConfig) -> int:
     except StorageError as exc:
         log.critical("%s", exc)
         return EXIT_CONFIG
+    except OSError as exc:  # `ulimit -n 10`: a traceback and exit 1 (an operator's review); as a worker's start
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        log.critical("cannot start: %s (hint: raise the limit of open files, `ulimit -n`)", exc.strerror)
+        return EXIT_WORKER_BOOT
     try:
         await server.start()
     except OSError as exc:

@@ -258,6 +258,7 @@ class HistoryStore:
         self._journal: Counter[str] = Counter()  # events per conversation in the journal table
         self._posted_rows = 0  # rows in the posted table (folded at POSTED_FOLD_ROWS)
         self._retry_at = 0.0
+        self._replaced = False  # another file was put at the path while serving (_let_go)
         self._checks_failed = 0  # integrity checks in a row that an I/O error ended (the retries back off)
         self.start_seq = 0
         self._reserved = 0
@@ -269,6 +270,8 @@ class HistoryStore:
         """Open or create the file. Unwritable: degraded, retried later. Corrupt or foreign: StorageError
         ``at_start`` (the server refuses to start); later (a data directory that became readable while the
         server ran) degraded as well, with the reason, rather than an error at every commit and at the stop."""
+        if self._replaced:  # (its file was put aside while serving: the next start opens what is there)
+            return
         if self._guard is not None and (why := self._guard()) is not None:
             self._fail(f"cannot open {self.path}: {why}")
             self._unknown_sequence()
@@ -438,9 +441,10 @@ class HistoryStore:
                 "history: sequence continues from %d (the database's own numbers cannot be read)", self.start_seq
             )
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, *, said: bool = False) -> None:
         if not self.degraded:
-            log.error("history: %s; chat goes on, history is kept in memory until the disk recovers", message)
+            if not said:
+                log.error("history: %s; chat goes on, history is kept in memory until the disk recovers", message)
             # Session records are counted only while degraded (_hold_session): count those already queued.
             p = self._pending
             p.session_bytes = sum(_record_chars(sid, row) for sid, row in p.sessions.items())
@@ -650,6 +654,21 @@ class HistoryStore:
         )  # fmt: skip
 
     @property
+    def is_open(self) -> bool:
+        """The file is open (else every commit, and the checkpoint loop while idle, tries it on a schedule)."""
+        return self._db is not None
+
+    def _retry_open(self, now: float) -> bool:
+        """An open on the retry schedule: True if the file is open now. Next try in DB_RETRY_INTERVAL, or
+        later after integrity checks that I/O errors ended (doubled at each, to DB_CHECK_RETRY_MAX: a review)."""
+        self._retry_at = now + const.DB_RETRY_INTERVAL
+        self._open()
+        if self._db is None and self._checks_failed:
+            wait = const.DB_RETRY_INTERVAL * 2 ** min(self._checks_failed, 16)
+            self._retry_at = now + min(wait, const.DB_CHECK_RETRY_MAX)
+        return self._db is not None
+
+    @property
     def journal(self) -> int:
         """Events committed to the journal and not yet folded into ``events``."""
         return self._journal.total()
@@ -660,18 +679,16 @@ class HistoryStore:
         if not self.pending and self._pending.reserve is None:
             self._gone.clear()
             self._gone_more = False
+            if self._db is None and not self._closed and (force or now >= self._retry_at):
+                self._retry_open(now)  # idle, and not open: opened all the same (a directory made writable
+                # later stayed unused while nobody chatted, `history degraded` for good: an operator's review)
             return not self.degraded
         if self._db is None or self.degraded:
             if now < self._retry_at and not force:
                 return False
+            if self._db is None and not self._retry_open(now):
+                return False
             self._retry_at = now + const.DB_RETRY_INTERVAL
-            if self._db is None:
-                self._open()
-                if self._db is None:
-                    if self._checks_failed:  # (doubled at each, to DB_CHECK_RETRY_MAX: a review)
-                        wait = const.DB_RETRY_INTERVAL * 2 ** min(self._checks_failed, 16)
-                        self._retry_at = now + min(wait, const.DB_CHECK_RETRY_MAX)
-                    return False
         assert self._db is not None
         p = self._pending
         db = self._db
@@ -974,12 +991,8 @@ class HistoryStore:
             return
         if st is not None:
             if (st.st_dev, st.st_ino) != self._file_id:
-                log.error(
-                    "history: %s was replaced while serving; this run goes on writing to the file it opened, "
-                    "which is lost at its stop (stop the server before replacing it)",
-                    self.path,
-                )
-                self._file_id = None
+                with self._ckpt_lock:
+                    self._let_go()
             elif os.path.exists(self._wal_file):
                 self._wal_seen = True
             elif self._wal_seen:  # the log deleted alone: its commits since the last checkpoint would be lost
@@ -1011,6 +1024,27 @@ class HistoryStore:
         self._open()  # failing, the store is degraded and its queue waits for the next open (as for any)
         log.warning("history: %s was deleted while serving; written back from the open file (stop the "
                     "server before deleting its history)", self.path)  # fmt: skip
+
+    def _let_go(self) -> None:
+        """Another file was put in place of the open one. This run went on writing to the file it had opened,
+        but its write-ahead log kept the path's name, beside the new file, and SQLite applied it to that file
+        at the next open: a good copy put in place came up "malformed", refused (an operator's review). The
+        log is copied into the old file and removed by the close, and this run keeps its history in memory
+        from here on, as for a failing disk: the new file is for the next start (under _ckpt_lock)."""
+        assert self._db is not None
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        # SQLite's close keeps a moved database's log; they are removed here if they are the ones it had open
+        # (a log and index put in place with the new file, a copy of both, are the new file's and stay)
+        ours = [f for f in (self._wal_file, self._wal_file[:-4] + "-shm") if _held_open(f)]
+        self._close_connections()
+        for leftover in ours:
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+        self._file_id, self._replaced = None, True
+        why = f"{self.path} was replaced while serving: the next start uses it (stop the server before replacing it)"
+        log.error("history: %s; chat goes on, and this run keeps its history in memory from now on", why)
+        self._fail(why, said=True)
 
     def _log_deleted(self) -> None:
         """The write-ahead log was deleted while open: everything in it is copied into the database file
@@ -1221,6 +1255,21 @@ def _record_chars(sid: str, row: SessionRow | None) -> int:
 
 def _minus_seq(row: tuple[int, str]) -> int:
     return -row[0]
+
+
+def _held_open(path: str) -> bool:
+    """Is the file at ``path`` one this process has open (Linux: /proc/self/fd)?"""
+    try:
+        st = os.stat(path)
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            held = os.stat(f"/proc/self/fd/{fd}")
+            if (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    return False
 
 
 def _is_io_error(exc: sqlite3.OperationalError) -> bool:

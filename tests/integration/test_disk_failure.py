@@ -5,6 +5,8 @@ Real failures on a real file system: a small tmpfs (root can mount one) that is 
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -81,6 +83,49 @@ def test_read_only_data_dir_keeps_chat_alive_and_recovers(make_server: MakeServe
         assert state["degraded"] is False and state["pending"] == 0
     assert _history(server.port) == [*(f"ro{i}" for i in range(5)), "disk is back"]  # nothing was lost
     assert (tmpfs / "history.sqlite3").exists()
+
+
+def test_an_idle_server_opens_its_data_dir_once_it_is_writable(make_server: MakeServer, tmpfs: Path) -> None:
+    """An operator's review: a server that could not open its database at the start tried again only at a
+    commit, so with nobody chatting it stayed `history degraded`, and its directory unlocked, for good."""
+    _remount(tmpfs, "ro")
+    server = make_server(workers=1, data_dir=tmpfs)
+    assert server.stats()["history"]["degraded"] is True
+    mark = server.mark()
+    _remount(tmpfs, "rw")
+    state = _history_after(server, mark, degraded=False)  # nobody posts
+    assert state["degraded"] is False and (tmpfs / "lock").exists()
+
+
+def test_a_file_put_in_place_while_serving_is_for_the_next_start(make_server: MakeServer, tmp_path: Path) -> None:
+    """An operator's review: a good copy moved over history.sqlite3 while serving found the running server's
+    write-ahead log beside it under its name, which SQLite applied to it at the next open: "malformed",
+    refused with exit 2 (after a crash; after a clean stop, old pages written silently into the copy). The
+    server lets its file go (its log removed) and keeps its history in memory; the next start has the copy."""
+    kept = make_server(workers=1, data_dir=tmp_path / "kept")
+    with Client(kept.port, "ann") as a:
+        a.send({"type": "msg", "room": "lobby", "text": "in the copy", "id": 1})
+        a.expect("ack")
+    assert kept.stop() == 0
+    data = tmp_path / "data"
+    server = make_server("--rate", "1000", "--burst", "1000", workers=1, data_dir=data)
+    with Client(server.port, "bob") as b:
+        for i in range(200):  # pages in the log, beyond what a checkpoint has copied
+            b.send({"type": "msg", "room": "lobby", "text": f"old run {i} " + "y" * 1000, "id": i + 1})
+        b.expect(lambda f: f.get("type") == "ack" and f.get("id") == 200)
+        mark = server.mark()
+        staged = data / "restore.tmp"
+        shutil.copy(tmp_path / "kept" / "history.sqlite3", staged)
+        os.replace(staged, data / "history.sqlite3")
+        server.wait_log("was replaced while serving: the next start uses it", timeout=10, start=mark)
+        assert not (data / "history.sqlite3-wal").exists()
+        assert server.stats()["history"]["degraded"] is True
+        b.send({"type": "msg", "room": "lobby", "text": "after the swap", "id": 201})  # chat goes on
+        b.expect(lambda f: f.get("type") == "ack" and f.get("id") == 201)
+        assert server.stats()["history"]["pending"]
+    server.kill()  # (a crash: the worst case the review found)
+    again = make_server(workers=1, data_dir=data)
+    assert _history(again.port) == ["in the copy"]
 
 
 def test_a_stop_that_loses_history_to_a_failing_disk_says_so_in_its_exit_code(

@@ -145,6 +145,9 @@ def test_resume_by_token_replays_exactly_the_missed_events(make_server: MakeServ
         b.send({"type": "msg", "room": "lobby", "text": "live again", "id": 10})
         assert back.expect("msg")["text"] == "live again"
         back.close()
+    # The log names each session's address (operations.md says so; an operator's review found it did not)
+    server.wait_log(r"session \w+ \(alice\) started on worker \d, from 127\.0\.0\.1\b", timeout=5)
+    server.wait_log(r"session \w+ \(alice\) resumed on worker \d after seq \d+, from 127\.0\.0\.1\b", timeout=5)
 
 
 def test_gap_is_reported_when_history_is_shorter_than_the_absence(make_server: MakeServer, tmp_path: Path) -> None:

@@ -493,6 +493,23 @@ def test_a_host_that_is_no_address_is_said_so() -> None:
     assert server_main.listen_error(in_use) == "address already in use"
 
 
+def test_a_start_without_descriptors_to_spare_says_so(tmp_path: Path) -> None:
+    """`ulimit -n 10`: a traceback and exit 1 (an operator's review); exit 3, as when a worker cannot start."""
+    import resource
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (10, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "lanchat", "serve", "--host", "127.0.0.1", "--port", "0", "--no-discovery",
+         "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=30, preexec_fn=low, env={**os.environ, "LANCHAT_INTERFACE": "lo"},
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "cannot start: Too many open files (hint: raise the limit of open files" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_data_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
     """A typo that names a file: it served without history for good ("chat goes on until the disk
     recovers"), which it never would. Exit code 2, as for any bad option."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,6 +121,20 @@ def test_server_id_created_once_and_stable(tmp_path: Path) -> None:
     assert (data / SERVER_ID_FILE).read_text().strip() == first
     assert [p.name for p in data.iterdir()] == [SERVER_ID_FILE]  # no temporary file left
     assert load_or_create_server_id(tmp_path / "other") != first
+
+
+def test_a_server_id_that_cannot_be_written_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's review: a start on a full disk left `.server_id.PID.XXXXXXXX` behind, one per start."""
+    real = Path.write_text
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> int:
+        real(self, "", encoding="ascii")  # (created, then the disk is full)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        load_or_create_server_id(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_damaged_server_id_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -892,10 +892,14 @@ def test_a_file_replaced_while_serving_is_not_overwritten(
     s.watch_file()
     s.watch_file()
     assert [r.getMessage() for r in errors(caplog)] == [
-        f"history: {s.path} was replaced while serving; this run goes on writing to the file it opened, "
-        "which is lost at its stop (stop the server before replacing it)"
+        f"history: {s.path} was replaced while serving: the next start uses it (stop the server before replacing "
+        "it); chat goes on, and this run keeps its history in memory from now on"
     ]  # once
     assert s.path.read_bytes() == b"an operator's file"
+    assert not os.path.exists(f"{s.path}-wal") and not os.path.exists(f"{s.path}-shm")  # the old file's: gone
+    add(s, 2)
+    assert s.commit(5.0) is False and s.degraded and s.pending  # in memory; the file at the path is not opened
+    assert s.commit(50.0, force=True) is False and s.path.read_bytes() == b"an operator's file"
 
 
 def test_a_data_directory_deleted_while_serving_is_not_made_again(
