@@ -7,6 +7,8 @@ the per-run switches (``--json``, ``--watch``, ``--version``) do not.
 from __future__ import annotations
 
 import getpass
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -453,5 +455,23 @@ def status(
     raise typer.Exit(run_status(address, json_output=json_output))
 
 
+def _standard_streams() -> None:
+    """Descriptors 0, 1 and 2 closed at the start (`<&-`, `2>&-`) are opened on /dev/null: Python leaves
+    sys.stderr None then, and print(file=None) wrote lanchat's messages to stdout, into a --json stream (a
+    review); and a socket would take the number, and a write meant for stderr would go to it."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)  # (the lowest free number: fd)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115 - for the whole run
+
+
 def main() -> None:
+    _standard_streams()
     app()

@@ -37,6 +37,7 @@ class StorageError(LanchatError):
 class ConnectError(LanchatError):
     """The client could not reach or register with a server; ``exit_code`` is the CLI's exit status."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, *, final: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.final = final  # a reconnect gives up at once (another try cannot help), ending with exit_code

@@ -67,7 +67,7 @@ def fallback_nick(nick: str, attempt: int) -> str:
 Relocator = Callable[[], Awaitable[tuple[str, int] | None]]
 RTT_COUNTED: Final = 3.0  # seconds of a round trip counted at most in the goodbye's waits
 RELOCATE_AFTER: Final = 3.0  # seconds of failed reconnects before the server is looked for elsewhere (and between)
-MAX_NICK_FALLBACKS: Final = 50  # nick_, nick_2 ... tried on one reconnect before waiting for the next
+MAX_NICK_FALLBACKS: Final = 50  # nick_, nick_2 ... tried on one reconnect's connection before the next try
 
 
 class ChatClient:
@@ -120,6 +120,7 @@ class ChatClient:
         self._last_rx = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self.lost_reason = ""
+        self.lost_exit = EXIT_LOST  # the exit code when reconnecting is given up (lost_reason says why)
         self.goodbye_lost = False  # a quit between reconnects the server did not confirm: it may hold our nick
         # The last hello's round trip to its welcome (seconds): the goodbye's waits grow with it (a link with a
         # round trip of 1.1 s made every clean quit look lost: the server's close came after GOODBYE_LINGER).
@@ -337,15 +338,16 @@ class ChatClient:
                         continue
                     self._drop_connection()
                     hint = ""
+                    final = False
                     if code in (m.Err.NICK_TAKEN, m.Err.BAD_NICK):
-                        # (a reconnect stops trying at EXIT_ERROR: another try cannot make the nick acceptable)
-                        exit_code = EXIT_NICK if first or code == m.Err.NICK_TAKEN else EXIT_ERROR
+                        exit_code = EXIT_NICK
+                        final = code == m.Err.BAD_NICK  # (another try cannot make the nick acceptable)
                         hint = "; choose another with --nick NAME"  # (a shared lab login: the nick is its name)
                     elif code in _REFUSED_FOR_NOW:  # the server is there but cannot take us yet: retry
                         exit_code = EXIT_UNREACHABLE
                     else:
                         exit_code = EXIT_ERROR
-                    raise ConnectError(str(frame.get("message", code)) + hint, exit_code)
+                    raise ConnectError(str(frame.get("message", code)) + hint, exit_code, final=final)
                 if kind == "welcome":
                     welcomed = True
                     # the least seen: a server busy at one hello (or just started) must not stretch every wait
@@ -457,12 +459,17 @@ class ChatClient:
         while not self._closing:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             unreachable = False
+            if self._nick_attempts:  # each try asks for the user's nick first: it may be free again (it stayed
+                self.state.info.nick, self._nick_attempts = self._wanted_nick, 0  # at nick_50: a review)
             try:
                 await self._connect_once(first=False)
                 self._flap_delay = min(delay * 2, const.RECONNECT_MAX)
                 return True
             except ConnectError as exc:
                 self.lost_reason = str(exc)
+                if exc.final:  # (a nick this server refuses: exit 4 as at the first connect, not 7, a review)
+                    self.lost_exit = exc.exit_code
+                    return False
                 if exc.exit_code not in (EXIT_UNREACHABLE, EXIT_NICK):
                     return False
                 unreachable = exc.exit_code == EXIT_UNREACHABLE

@@ -17,7 +17,6 @@ from typing import Any, Final
 
 from lanchat.client.connection import (
     EXIT_ERROR,
-    EXIT_LOST,
     EXIT_OK,
     GOODBYE_LOST_NOTE,
     ChatClient,
@@ -282,7 +281,7 @@ class _PipedSession:
         if self._signum is not None:
             return await self._signalled()
         print(f"lanchat: {what}", file=sys.stderr)
-        return EXIT_LOST
+        return self._client.lost_exit
 
     # --- signals ----------------------------------------------------------------------------------------------
 

@@ -65,7 +65,6 @@ from prompt_toolkit.validation import ValidationError, Validator
 from lanchat import const
 from lanchat.client.connection import (
     EXIT_ERROR,
-    EXIT_LOST,
     EXIT_OK,
     GOODBYE_LOST_NOTE,
     ChatClient,
@@ -1185,7 +1184,7 @@ class _ChatApp:
         if not prompt.done():  # the client gave up reconnecting
             await _stop_prompt(self.session, prompt)
             self.printer.show(self.view.lost(self.client.lost_reason))
-            return EXIT_LOST
+            return self.client.lost_exit
         try:
             text = prompt.result()
         except (EOFError, KeyboardInterrupt):

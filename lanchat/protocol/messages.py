@@ -89,17 +89,27 @@ def is_blank(text: str) -> bool:
 NICK_SIGNS_MAX: Final = 4
 
 
-# Overlays: a stroke, slash or ring through a letter made `Bjo̸rn` beside `Bjørn`, whose ø does not decompose (a
-# review of these signs); names write such letters precomposed. (Not all of combining class 1: Bassa Vah's
-# tones are in it, another review.)
-_OVERLAYS: Final = frozenset("\u0334\u0335\u0336\u0337\u0338\u20d2\u20d3\u20d8\u20d9\u20da\u20e5\u20e6\u20ea\u20eb")
-
-
 def _is_sign(c: str) -> bool:
-    return unicodedata.category(c) in ("Mn", "Mc") and c not in _OVERLAYS and _SHOWS_SOMETHING.match(c) is not None
+    """Not an overlay (combining class 1): a stroke or slash through a letter made `Bjo̸rn` beside `Bjørn`, whose
+    ø does not decompose (a review of these signs); names write such letters precomposed. Bassa Vah's tones
+    are the one class-1 sign of a living script's names (another review)."""
+    return (
+        unicodedata.category(c) in ("Mn", "Mc")
+        and (unicodedata.combining(c) != 1 or "\U00016af0" <= c <= "\U00016af4")
+        and _SHOWS_SOMETHING.match(c) is not None
+    )
+
+
+def _script(c: str) -> str:
+    """A character's script as Unicode names it (LATIN SMALL LETTER A, DEVANAGARI VOWEL SIGN AA); COMBINING
+    for the signs any script may take (the accents of U+0300 ...)."""
+    return unicodedata.name(c, "").partition(" ")[0]
 
 
 _SIGNS_RUN: Final = re.compile(r"[^\w\-.\[\]{}|^`]+")  # the runs of signs, once a nick holds nothing else
+# Hangul's conjoining letters: NFC makes a syllable of those that form one, and one left over draws inside the
+# syllable before it (`김ᆫ` beside `김`, a review); a nick writes syllables.
+_JAMO: Final = re.compile("[\u1100-\u11ff\ua960-\ua97f\ud7b0-\ud7ff]")
 
 
 def check_nick(nick: object) -> str:
@@ -119,8 +129,16 @@ def check_nick(nick: object) -> str:
     if not all(c.isalnum() or c in _NICK_EXTRA or _is_sign(c) for c in nick):
         raise _bad(Err.BAD_NICK, "nick may contain only letters, digits and _-.[]{}|^`")
     for signs in _SIGNS_RUN.finditer(nick):  # (none in most nicks: one search)
-        if not nick[signs.start() - 1].isalnum() or len(signs.group()) > NICK_SIGNS_MAX:
+        base = nick[signs.start() - 1]
+        if not base.isalnum() or len(signs.group()) > NICK_SIGNS_MAX:
             raise _bad(Err.BAD_NICK, f"nick may have at most {NICK_SIGNS_MAX} combining signs on a letter or digit")
+        # A sign of another script drawn like an accent (Devanagari's acute ॔ on Jose॔ beside José, Lao's tone
+        # on a Thai letter, a nukta under a Latin e: a review): signs of the letter's own script, or accents.
+        script = _script(base)
+        if any(_script(c) not in ("COMBINING", script) for c in signs.group()):
+            raise _bad(Err.BAD_NICK, "nick may put on a letter only signs of its own script, or accents")
+    if _JAMO.search(nick):
+        raise _bad(Err.BAD_NICK, "nick may not contain Hangul letters that join a syllable (type the syllable)")
     if any(c in _BLANK_LETTERS for c in nick):
         raise _bad(Err.BAD_NICK, "nick may not contain characters that show as blanks (Hangul fillers)")
     return nick
@@ -133,8 +151,10 @@ def check_nick(nick: object) -> str:
 _LOOKALIKES: Final = str.maketrans(
     "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсҺӀΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυν"
     "гѵѴүҽѡԌЬγσϳͿ"  # (TR39's too: г is r, ү y, ѵ v, ѡ w, Ь b, ҽ e, Greek γ y, σ o, yot ϳ j)
-    "ϲϹᴄᴏᴜᴠᴡᴢꜱɪʏǀȷ",  # (and lunate sigmas as c, Latin small capitals as small letters, the dental click as l)
-    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcHIABEZHIKMNOPTYXoaipuvrvVyewGbyojJcCcouvwzsiylj",
+    "ϲϹᴄᴏᴜᴠᴡᴢꜱɪʏǀȷ"  # (and lunate sigmas as c, Latin small capitals as small letters, the dental click as l)
+    "\u0342\u0305\u05ba",  # (and signs drawn as others: the perispomeni as a tilde, an overline as a macron,
+    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcHIABEZHIKMNOPTYXoaipuvrvVyewGbyojJcCcouvwzsiylj"  # Hebrew's holam
+    "\u0303\u0304\u05b9",  # haser as its holam: a review)
 )
 # Not I as l (TR39 does): the skeleton is case folded, so "Ian" would be "lan" and "Lan", three people's names
 # one nick; a terminal's fixed-width font draws I and l apart. Palochka Ӏ and Greek Ι read as I, as drawn.

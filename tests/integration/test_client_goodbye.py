@@ -16,6 +16,7 @@ import pytest
 from support import Client, MakeServer
 
 from lanchat import const
+from lanchat.client import connection
 from lanchat.client.connection import ChatClient
 from lanchat.errors import ConnectError
 from lanchat.protocol import messages as m
@@ -241,5 +242,47 @@ def test_a_nick_the_server_refuses_on_a_reconnect_ends_the_client(monkeypatch: p
         server.close()
         assert hellos == ["ann", "ann"]  # not ann_, ann_2, ...
         assert "nick may contain only" in client.lost_reason and "choose another with --nick" in client.lost_reason
+        assert client.lost_exit == 4  # as for a nick refused at the start (it was 7, "lost": a later review)
+
+    run(main())
+
+
+def test_each_reconnect_asks_for_the_users_nick_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: after MAX_NICK_FALLBACKS refusals the client asked for the last fallback at every later
+    reconnect, and never got its own nick back once it was free."""
+    monkeypatch.setattr(const, "RECONNECT_MIN", 0.01)
+    monkeypatch.setattr(connection, "MAX_NICK_FALLBACKS", 2)
+    hellos: list[list[str]] = []
+    welcomed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tries: list[str] = []
+        hellos.append(tries)
+        while line := await reader.readline():
+            frame = json.loads(line)
+            if frame["type"] != "hello":
+                continue
+            tries.append(frame["nick"])
+            if len(hellos) == 1 or (len(hellos) == 3 and frame["nick"] == "ann"):
+                writer.write(welcome(resumed=False).replace(b'"ann"', json.dumps(frame["nick"]).encode()))
+                if len(hellos) == 3:
+                    welcomed.set()
+                    continue
+                break  # the first: dropped, the client reconnects
+            writer.write(m.encode(m.error_frame(m.Err.NICK_TAKEN, f"nick {frame['nick']} is taken")))
+            if len(tries) > 2:  # the client gave up on this connection after its fallbacks: close it
+                break
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, port = await serve(handler)
+        client = ChatClient("127.0.0.1", port, "ann", ["lobby"])
+        await client.connect()
+        await welcomed.wait()
+        await client.close()
+        server.close()
+        assert hellos[1] == ["ann", "ann_", "ann_2"]  # the fallbacks, two at most
+        assert hellos[2][0] == "ann"  # the next try: the user's nick again, free now
 
     run(main())

@@ -313,6 +313,14 @@ def test_a_join_started_with_stdin_or_stdout_closed_is_piped_mode_with_nothing_t
             out = subprocess.run(["sh", "-c", cmd], input=b"", capture_output=True, env=env, timeout=30)
             assert out.returncode == 0 and b"Traceback" not in out.stderr, out
             assert ops.expect(lambda f, n=nick: f.get("type") == "quit" and f.get("nick") == n)  # type: ignore[misc]
+        # stderr closed: what goes there went to stdout, into the --json stream (a later review)
+        cmd = f"exec {sys.executable} -m lanchat join 127.0.0.1:{server.port} --nick nostderr --json 2>&-"
+        out = subprocess.run(
+            ["sh", "-c", cmd], input=b"/msg nobody_here hi\n", capture_output=True, env=env, timeout=30
+        )
+        assert out.returncode == 1, out  # a line refused
+        frames = [json.loads(line) for line in out.stdout.splitlines()]  # every line JSON
+        assert any(f.get("code") == "no_such_nick" for f in frames) and b"lanchat:" not in out.stdout
 
 
 def test_a_plain_line_pasted_after_a_join_goes_to_the_joined_room(make_server: MakeServer) -> None:
@@ -516,6 +524,7 @@ class _HeldClient:
         self.on_frame = callbacks["on_frame"]
         self.state = type("State", (), {"rooms": ["lobby"], "registered": True, "outbox": {}, "unacked": 0})()
         self.nick, self.lost_reason, self.goodbye_lost, self.next_id = nick, "", False, 1
+        self.lost_exit = connection.EXIT_LOST
         self.nicks_had: dict[str, int] = {}
         self.session = ""
         self.status, self.queued_requests = "connected", 0

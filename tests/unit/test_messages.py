@@ -357,7 +357,32 @@ def test_bad_nicks(nick: object) -> None:
 
 @pytest.mark.parametrize(
     "nick",
-    ["राम", "प्रिया", "தமிழ்", "অমিত", "ಕನ್ನಡ", "ស៊ីម", "မြန်မာ", "བསྒྲུབས", "Adébáyọ̀", "é\u0301\u0301", "x1\u0301-y"],
+    [
+        "राम",
+        "प्रिया",
+        "தமிழ்",
+        "অমিত",
+        "ಕನ್ನಡ",
+        "ស៊ីម",
+        "မြန်မာ",
+        "བསྒྲུབས",
+        "Adébáyọ̀",
+        "é\u0301\u0301",
+        "x1\u0301-y",
+        "Nguyễn",
+        "שָׁלוֹם",
+        "مُحَمَّد",
+        "ปิ่น",
+        "ສົມ",
+        "ਸਿੰਘ",
+        "മലയാളം",
+        "తెలుగు",
+        "ꦗꦮ",
+        "김민수",
+        "Йо́сиф",
+        "ܫܠܡܐ",
+        "\U00016ad0\U00016af0",
+    ],  # (the last: Bassa Vah, its tone a sign of combining class 1)
 )
 def test_nicks_with_combining_signs(nick: str) -> None:
     """The vowel signs and viramas of Indic, Khmer, Myanmar and Tibetan names, and accents NFC does not compose
@@ -377,6 +402,13 @@ def test_nicks_with_combining_signs(nick: str) -> None:
         ("a\u034f", "only letters, digits"),  # the grapheme joiner, which draws as nothing
         ("a\ufe0f", "only letters, digits"),  # a variation selector
         ("a\u17b4", "only letters, digits"),  # a Khmer sign that draws as nothing
+        # A later review: signs of another script drawn like accents, and a jamo inside a syllable
+        ("Jose\u0954", "only signs of its own script, or accents"),  # Devanagari's acute beside José
+        ("Hie\u0302\u093cp", "only signs of its own script, or accents"),  # a nukta as Vietnamese's dot below
+        ("b\u0131\u0902ll", "only signs of its own script, or accents"),  # an anusvara as i's dot
+        ("\u0e1b\u0e34\u0ec8\u0e19", "only signs of its own script, or accents"),  # Lao's tone on Thai
+        ("\uae40\u11ab", "Hangul letters that join a syllable"),  # 김ᆫ beside 김
+        ("Bjo\U0001d167rn", "only letters, digits"),  # a musical tremolo: an overlay all the same
     ],
 )
 def test_nick_signs_beyond_the_edges(nick: str, why: str) -> None:
@@ -400,6 +432,9 @@ def test_four_signs_on_a_letter_are_the_edge() -> None:
         ("Zoë", "Zoe\u0308\u0308"),
         ("Trần", "Tra\u0302\u0300\u0302n"),  # the same sign twice with another between (a later review)
         ("ปิ่น", "ปิ่ิ่น"),  # Thai: a vowel and a tone mark written twice
+        ("Muñoz", "Mun\u0342oz"),  # the Greek perispomeni drawn as a tilde (a later review)
+        ("Ōno", "O\u0305no"),  # an overline as a macron
+        ("\u05e9\u05dc\u05d5\u05b9\u05dd", "\u05e9\u05dc\u05d5\u05ba\u05dd"),  # Hebrew's holam haser as holam
     ],
 )
 def test_signs_that_draw_nothing_more_read_as_the_nick_without_them(taken: str, lookalike: str) -> None:
