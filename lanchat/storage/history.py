@@ -259,6 +259,7 @@ class HistoryStore:
         self._posted_rows = 0  # rows in the posted table (folded at POSTED_FOLD_ROWS)
         self._retry_at = 0.0
         self._replaced = False  # another file was put at the path while serving (_let_go)
+        self._written_upto = 0  # the newest event number this run has committed
         self._checks_failed = 0  # integrity checks in a row that an I/O error ended (the retries back off)
         self.start_seq = 0
         self._reserved = 0
@@ -784,6 +785,8 @@ class HistoryStore:
         self._journal = journal
         self._posted_rows = posted_rows
         p.posted.clear()
+        if p.events:
+            self._written_upto = max(self._written_upto, p.events[-1][1])
         p.events.clear()
         p.bytes = 0
         p.sessions.clear()
@@ -948,7 +951,11 @@ class HistoryStore:
         the disk failed, or in a file not open yet (all of whose numbers are below ``start_seq``) (0: none).
         A replay from below it has a hole, and says so."""
         lost = max(self._pruned.get(conv, 0), self._dropped.get(conv, (0, 0))[1], self._dropped_rest[1])
-        return lost if self._db is not None else max(lost, self.start_seq)
+        if self._db is not None:
+            return lost
+        # (and after a let-go, what this run wrote to the file it let go of: a resume from before it missed
+        # those events without a gap, a review)
+        return max(lost, self.start_seq, self._written_upto if self._replaced else 0)
 
     def lost_between(self, conv: str, after: int, upto: int) -> bool:
         """Whether history lacks an event of ``conv`` with ``after`` < seq <= ``upto`` (see lost_upto; the
@@ -990,7 +997,7 @@ class HistoryStore:
         except OSError:  # the disk fails: the commits say so
             return
         if st is not None:
-            if (st.st_dev, st.st_ino) != self._file_id:
+            if self._moved(st):
                 with self._ckpt_lock:
                     self._let_go()
             elif os.path.exists(self._wal_file):
@@ -1024,6 +1031,15 @@ class HistoryStore:
         self._open()  # failing, the store is degraded and its queue waits for the next open (as for any)
         log.warning("history: %s was deleted while serving; written back from the open file (stop the "
                     "server before deleting its history)", self.path)  # fmt: skip
+
+    def _moved(self, st: os.stat_result | None = None) -> bool:
+        """Is another file at the path than the one open? (Not for a file gone: see watch_file.)"""
+        if st is None:
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                return False
+        return (st.st_dev, st.st_ino) != self._file_id
 
     def _let_go(self) -> None:
         """Another file was put in place of the open one. This run went on writing to the file it had opened,
