@@ -144,6 +144,8 @@ def _nick(value: str | None) -> str:
     """--nick: "" when not given (the login name then); an empty one is refused, as an empty --room is."""
     if value is not None and not value.strip():
         raise typer.BadParameter("a nick may not be empty")
+    if value is not None and any("\udc80" <= c <= "\udcff" for c in value):  # (a traceback: a review)
+        raise typer.BadParameter("not valid text in the terminal's encoding (is the locale UTF-8?)")
     return value or ""
 
 

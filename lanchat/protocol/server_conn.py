@@ -101,7 +101,7 @@ class ServerConnection:
     __slots__ = (
         "_asked_nick", "_base", "_bucket", "_framer", "_head", "_made", "_moves", "_pending", "_raw", "_raw_at",
         "_viewed", "closed", "conn_id", "current", "forwarded", "frames_in", "hello_sent", "last_seen", "mode",
-        "nick", "registered", "rooms", "throttled_until",
+        "nick", "nicks_refused", "registered", "rooms", "throttled_until",
     )  # fmt: skip
 
     def __init__(self, conn_id: int, *, max_frame: int, rate: float, burst: int, now: float) -> None:
@@ -111,8 +111,9 @@ class ServerConnection:
         self.hello_sent = False
         self.nick = ""
         # Plain mode's last rename sent (its answer may not have come): a /nick of the nick bound is said to be
-        # it only if that is it too. After a refused one, sent as ever (the hub then says nothing: a review).
+        # it only if that is it too; a refused one is forgotten (plain_text).
         self._asked_nick = ""
+        self.nicks_refused = 0  # plain /nicks refused before the session was made (taken, or invalid)
         self.rooms: list[str] = []  # joined rooms as the hub said, most recent last (plain mode's current room)
         self.current: str | None = None  # plain mode's, as the lines read so far leave it (see _moves)
         self._viewed = self.rooms  # ... and the rooms (both replayed once per change, not per line read)
@@ -239,6 +240,8 @@ class ServerConnection:
             else:
                 self._plain_line(line, out)
         except RemoteProtocolError as exc:
+            if exc.code == m.Err.BAD_NICK and not self.registered and self.mode is Mode.PLAIN:
+                self.nicks_refused += 1  # (a /nick refused here, as one the hub refuses: see answered)
             out.append(Reply(self._error_exc(exc)))
 
     def _forward(self, req: m.Request, out: list[Action]) -> None:
@@ -387,6 +390,7 @@ class ServerConnection:
                 self._base, _ = _apply(list(self.rooms), self._base, self._made, move, member)
                 self._made = self._made or (move[0] == _HELLO and self.registered)  # (bound just before)
                 refused = move[0] == _HELLO and not self.registered
+        self.nicks_refused += refused
         self._settle()
         return refused
 

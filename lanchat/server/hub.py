@@ -899,6 +899,12 @@ class Hub:
         if known is not None and req.attempt is not None and req.attempt <= known.attempt:  # held back by the network:
             self._refuse_stale(worker, conn, known.sid, req.nick, req.attempt)  # its client moved on (it may have
             return  # made the session since, changed its nick, joined rooms: this one must not undo that)
+        if req.token is not None:  # (its nick was not checked: see messages._hello)
+            try:
+                req = replace(req, nick=m.check_nick(req.nick))
+            except RemoteProtocolError as exc:
+                exc.request_id = req.id
+                raise
         holder = self._holder(req.nick)
         if holder is not None:
             raise self._nick_taken(holder, req.nick, req.id, now)

@@ -168,11 +168,21 @@ class ClientConn:
             else:
                 self._report_closed(action.clean, action.reason)
                 self.close(action.final or None)
+        if self.state.nicks_refused > self.renewals:  # (a /nick refused here: invalid)
+            self.renew_handshake()
         until = self.state.throttled_until
         if until is not None and self.sock is not None and not self.closing and self._resume_handle is None:
             self._pause_reading()  # fakelag: TCP holds the flood back, nothing is dropped
             loop = asyncio.get_running_loop()
             self._resume_handle = loop.call_at(loop.time() + max(0.0, until - time.monotonic()), self._unthrottle)
+
+    def renew_handshake(self) -> None:
+        """A plain /nick refused (taken, or invalid): the time to choose another starts again (it counted from
+        the connect: an nc user refused at 9 s had 1 s left, a review), HANDSHAKE_RENEWALS times at most (each
+        refusal kept a connection without a session open for good, another)."""
+        if self.state.nicks_refused > self.renewals and self.renewals < HANDSHAKE_RENEWALS:
+            self.renewals += 1
+            self.created = time.monotonic()
 
     def _unthrottle(self) -> None:
         self._resume_handle = None
@@ -401,7 +411,7 @@ class ClientConn:
                 self._report_closed(False, "handshake timeout")
                 why = "no hello in time"
                 if st.mode is Mode.PLAIN:
-                    why = f"no /nick {'accepted ' if st.hello_sent else ''}within {limit:g} s"
+                    why = f"no /nick {'accepted ' if st.hello_sent or st.nicks_refused else ''}within {limit:g} s"
                 self.close(st.error_bytes(m.Err.HANDSHAKE_TIMEOUT, why, fatal=True))
             return
         if st.mode is not Mode.JSON:
@@ -666,13 +676,9 @@ class Worker:
                     self.leave(room, cid)
                     conn.state.parted(room)
             case ["answer", int() as cid, str() as room, bool() | None as joined]:  # a plain /nick, /join, /part
-                conn = self.conns.get(cid)
-                # A /nick refused (taken): the time to choose another starts again (it counted from the connect:
-                # an nc user refused at 9 s had 1 s left, a review), a few times, no more (each refusal kept a
-                # connection with no session open for good, another).
-                if conn is not None and conn.state.answered(room, joined) and conn.renewals < HANDSHAKE_RENEWALS:
-                    conn.renewals += 1
-                    conn.created = time.monotonic()
+                if (conn := self.conns.get(cid)) is not None:
+                    conn.state.answered(room, joined)
+                    conn.renew_handshake()
             case ["bind", int() as cid, str() as nick]:
                 if (conn := self.conns.get(cid)) is not None:
                     conn.state.bound(nick)

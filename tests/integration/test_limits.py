@@ -273,12 +273,13 @@ def test_a_refused_nick_gets_a_new_handshake_window_for_another(make_server: Mak
         socket.create_connection(("127.0.0.1", server.port), timeout=5) as human,
         socket.create_connection(("127.0.0.1", server.port), timeout=5) as quiet,
     ):
-        quiet.sendall(b"/nick taken\n")  # refused, then nothing: told that none was accepted, not none sent
+        quiet.sendall(b"/nick two words\n")  # invalid (refused by the worker, a later review), then nothing:
+        # told that none was accepted, not that none was sent
         reader = human.makefile("rb")
         start = time.monotonic()
         time.sleep(1.5)  # (the delay under test: a person reading the greeting, then typing)
-        human.sendall(b"/nick taken\n")
-        while b"[nick_taken]" not in (line := reader.readline()):
+        human.sendall(b"/nick Ann Lee\n")  # invalid: refused by the worker itself (a later review: not renewed)
+        while b"[bad_nick]" not in (line := reader.readline()):
             assert line, "closed before the refusal"
         time.sleep(max(0.0, start + 2.8 - time.monotonic()))  # past the first window and its sweep (0.5 s)
         human.sendall(b"/nick other\n")

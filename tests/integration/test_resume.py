@@ -150,6 +150,25 @@ def test_resume_by_token_replays_exactly_the_missed_events(make_server: MakeServ
     server.wait_log(r"session \w+ \(alice\) resumed on worker \d after seq \d+, from 127\.0\.0\.1\b", timeout=5)
 
 
+def test_a_session_resumes_whatever_the_nick_its_hello_carries(make_server: MakeServer) -> None:
+    """A review: a session whose nick an earlier version took and a newer one refuses (`ᄒᆞᆫ`, Hangul letters
+    that join a syllable) could not be resumed after the upgrade: the hello was refused for its nick before
+    its token was looked at, and the client ended. A resume ignores the nick; a new session checks it."""
+    server = make_server(workers=1)
+    a = Client(server.port, "ann")
+    token = a.welcome["token"]
+    a.close()  # dropped: held for a resume
+    back = Client(server.port, "\u1112\u119e\u11ab", token=token)  # (what the old session's client sends)
+    assert back.welcome["resumed"] is True and back.welcome["nick"] == "ann"
+    back.close()
+    with Client(server.port) as stranger:  # a token this server does not know: a new session, its nick checked
+        stranger.send({"type": "hello", "nick": "\u1112\u119e\u11ab", "token": "nobody-knows-this", "id": 5})
+        refused = stranger.expect("error")
+        assert (refused["code"], refused.get("id")) == ("bad_nick", 5), refused
+        stranger.send({"type": "hello", "nick": "ann\x1b[31m", "token": token})  # control characters: never
+        assert stranger.expect("error")["code"] == "bad_nick"
+
+
 def test_gap_is_reported_when_history_is_shorter_than_the_absence(make_server: MakeServer, tmp_path: Path) -> None:
     data = tmp_path / "gap-data"
     server = make_server("--history-limit", "5", workers=1, data_dir=data)

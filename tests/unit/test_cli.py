@@ -144,6 +144,7 @@ def test_bad_values_are_refused_with_a_clear_message(captured: dict[str, Any], a
         ["join", "127.0.0.1:1", "--room", "bad room"],  # checked here, not refused by a server after connecting
         ["join", "127.0.0.1:1", "--room", ""],  # a script's --room "$ROOM" with ROOM unset: not #lobby
         ["join", "127.0.0.1:1", "--nick", " "],
+        ["join", "127.0.0.1:1", "--nick", "a\udce9"],  # a Latin-1 byte in a UTF-8 locale: a traceback (a review)
         ["join", "127.0.0.1:70000"],
         ["join", "host:abc"],
         ["join", "[::1]x"],

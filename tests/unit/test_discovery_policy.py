@@ -132,6 +132,15 @@ def test_another_server_with_our_id_is_told_to_the_operator(caplog: pytest.LogCa
         assert len(caplog.records) == 1 and a.stats().dropped == {"twin_id": 3}  # said once a minute
         a.handle_datagram(beacon(port=7307), ("127.0.0.1", 7272), 61.0)
         assert len(caplog.records) == 2 and "another server at 127.0.0.1 (chat port 7307)" in caplog.records[1].message
+    # A server bound to one address sends from it: another address of this host with our port is a copy bound
+    # there (a later review: two servers on 127.0.0.1 and 127.0.0.2, one port, said nothing)
+    bound = Announcer(cfg, server_id=sid, name="lab", tcp_port=7306, info=lambda: info, interfaces=lambda: [lo, LAN],
+                      host="127.0.0.1")  # fmt: skip
+    bound._refresh_interfaces()
+    bound.handle_datagram(beacon(), ("127.0.0.1", 7272), 0.0)  # its own
+    assert bound.stats().dropped == {}
+    bound.handle_datagram(beacon(), ("127.0.0.2", 7272), 0.0)
+    assert bound.stats().dropped == {"twin_id": 1}
 
 
 def test_a_beacon_interval_longer_than_browsers_wait_is_shortened(caplog: pytest.LogCaptureFixture) -> None:
