@@ -62,9 +62,11 @@ def _env(name: str) -> str:
 
 def _login_name() -> str:
     try:
-        return getpass.getuser()
+        name = getpass.getuser()
     except Exception:  # no login name in containers without a passwd entry
         return "guest"
+    # (one with a byte the locale cannot decode, from $LOGNAME: a traceback at the hello, a review; as none)
+    return "guest" if any("\udc80" <= c <= "\udcff" for c in name) else name
 
 
 Interface = Annotated[

@@ -597,7 +597,7 @@ class Announcer:
         our chat port: another host, or another port here, is a second server with our id."""
         if tcp_port != self.tcp_port:
             return False
-        if self.bind.source is not None:  # every datagram of ours goes out from there: another address of this
+        if self._pktinfo:  # every datagram of ours goes out from the bound address: another address of this
             return ip == self.bind.source  # host, with our port, is a copy bound there (a review)
         try:
             return ipaddress.ip_address(ip).is_loopback or ip in self._local

@@ -113,7 +113,8 @@ _JAMO: Final = re.compile("[\u1100-\u11ff\ua960-\ua97f\ud7b0-\ud7ff]")
 
 
 def check_nick(nick: object) -> str:
-    """A nick: 1..NICK_MAX letters, digits or _-.[]{}|^` , starting with a letter or _. Returns it NFC."""
+    """A nick: 1..NICK_MAX letters, digits or _-.[]{}|^` (a letter with its signs: see NICK_SIGNS_MAX), starting
+    with a letter or _. Returns it NFC."""
     if not isinstance(nick, str):
         raise _bad(Err.BAD_NICK, "nick must be a string")
     # Bounded before NFC: its canonical reordering of combining marks is quadratic (a 16 KB line of alternating
@@ -148,13 +149,12 @@ def check_nick(nick: object) -> str:
 # Latin letters a nick may hold): a classroom walkthrough took "tеасhеr" (Cyrillic е, а, с) beside the
 # teacher, and its lines read as the teacher's. Capitals and small letters each as drawn: Cyrillic Н is
 # Latin H, while its small н is not h.
+# Then TR39's г as r, ү y, ѵ v, ѡ w, Ь b, ҽ e, Greek γ y, σ o, yot ϳ j; lunate sigmas as c, Latin small capitals
+# as small letters, the dental click as l; and signs drawn as others (a review): the Greek perispomeni as a
+# tilde, an overline as a macron, Hebrew's holam haser as its holam.
 _LOOKALIKES: Final = str.maketrans(
-    "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсҺӀΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυν"
-    "гѵѴүҽѡԌЬγσϳͿ"  # (TR39's too: г is r, ү y, ѵ v, ѡ w, Ь b, ҽ e, Greek γ y, σ o, yot ϳ j)
-    "ϲϹᴄᴏᴜᴠᴡᴢꜱɪʏǀȷ"  # (and lunate sigmas as c, Latin small capitals as small letters, the dental click as l)
-    "\u0342\u0305\u05ba",  # (and signs drawn as others: the perispomeni as a tilde, an overline as a macron,
-    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcHIABEZHIKMNOPTYXoaipuvrvVyewGbyojJcCcouvwzsiylj"  # Hebrew's holam
-    "\u0303\u0304\u05b9",  # haser as its holam: a review)
+    "аеһіјӏорԛѕԝхуԁɡɑɩıʋАВЕНІЈКМОРЅТХҮУԚԜСсҺӀΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαιρυνгѵѴүҽѡԌЬγσϳͿϲϹᴄᴏᴜᴠᴡᴢꜱɪʏǀȷ\u0342\u0305\u05ba",
+    "aehijlopqswxydgaiivABEHIJKMOPSTXYYQWCcHIABEZHIKMNOPTYXoaipuvrvVyewGbyojJcCcouvwzsiylj\u0303\u0304\u05b9",
 )
 # Not I as l (TR39 does): the skeleton is case folded, so "Ian" would be "lan" and "Lan", three people's names
 # one nick; a terminal's fixed-width font draws I and l apart. Palochka Ӏ and Greek Ι read as I, as drawn.

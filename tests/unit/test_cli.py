@@ -412,3 +412,16 @@ def test_a_look_for_a_server_that_moved_says_nothing_into_the_chat(caplog: pytes
         assert asyncio.run(look()) is None
         assert logging.getLogger("lanchat.discovery").level == logging.DEBUG  # (the logger left as it was)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_login_name_the_locale_cannot_decode_is_taken_as_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOGNAME with a Latin-1 byte in a UTF-8 locale: the default nick crashed the hello with a traceback (a
+    review); it is the nick used without a login name."""
+    import getpass
+
+    import lanchat.cli
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "ab\udcff")
+    assert lanchat.cli._login_name() == "guest"
+    monkeypatch.setattr(getpass, "getuser", lambda: "anna")
+    assert lanchat.cli._login_name() == "anna"
