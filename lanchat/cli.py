@@ -66,7 +66,13 @@ def _login_name() -> str:
     except Exception:  # no login name in containers without a passwd entry
         return "guest"
     # (one with a byte the locale cannot decode, from $LOGNAME: a traceback at the hello, a review; as none)
-    return "guest" if any("\udc80" <= c <= "\udcff" for c in name) else name
+    return "guest" if _undecodable(name) else name
+
+
+def _undecodable(text: str) -> bool:
+    """Python's escapes for bytes of an argument or variable the locale's encoding did not decode (sent in a
+    hello, they crashed it with a traceback: a review)."""
+    return any("\udc80" <= c <= "\udcff" for c in text)
 
 
 Interface = Annotated[
@@ -146,7 +152,7 @@ def _nick(value: str | None) -> str:
     """--nick: "" when not given (the login name then); an empty one is refused, as an empty --room is."""
     if value is not None and not value.strip():
         raise typer.BadParameter("a nick may not be empty")
-    if value is not None and any("\udc80" <= c <= "\udcff" for c in value):  # (a traceback: a review)
+    if value is not None and _undecodable(value):
         raise typer.BadParameter("not valid text in the terminal's encoding (is the locale UTF-8?)")
     return value or ""
 

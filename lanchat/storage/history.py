@@ -1032,20 +1032,15 @@ class HistoryStore:
         log.warning("history: %s was deleted while serving; written back from the open file (stop the "
                     "server before deleting its history)", self.path)  # fmt: skip
 
-    def _moved(self, st: os.stat_result | None = None) -> bool:
-        """Is another file at the path than the one open? (Not for a file gone: see watch_file.)"""
-        if st is None:
-            try:
-                st = os.stat(self.path)
-            except OSError:
-                return False
+    def _moved(self, st: os.stat_result) -> bool:
+        """Is ``st``, the file at the path, another than the one open?"""
         return (st.st_dev, st.st_ino) != self._file_id
 
     def _let_go(self) -> None:
         """Another file was put in place of the open one. This run went on writing to the file it had opened,
         but its write-ahead log kept the path's name, beside the new file, and SQLite applied it to that file
         at the next open: a good copy put in place came up "malformed", refused (an operator's review). The
-        log is copied into the old file and removed by the close, and this run keeps its history in memory
+        log is copied into the old file and removed with its index, and this run keeps its history in memory
         from here on, as for a failing disk: the new file is for the next start (under _ckpt_lock)."""
         assert self._db is not None
         with contextlib.suppress(sqlite3.Error):

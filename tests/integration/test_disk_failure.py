@@ -97,16 +97,29 @@ def test_an_idle_server_opens_its_data_dir_once_it_is_writable(make_server: Make
     assert state["degraded"] is False and (tmpfs / "lock").exists()
 
 
+def _a_copy(make_server: MakeServer, data: Path) -> Path:
+    """A history file of one message, "in the copy", from a server stopped cleanly: a backup to restore."""
+    kept = make_server(workers=1, data_dir=data)
+    with Client(kept.port, "ann") as a:
+        a.send({"type": "msg", "room": "lobby", "text": "in the copy", "id": 1})
+        a.expect("ack")
+    assert kept.stop() == 0
+    return data / "history.sqlite3"
+
+
+def _put_in_place(copy: Path, data: Path) -> None:
+    """As an operator restores a backup: copied beside the file, then moved over it (another inode)."""
+    staged = data / "restore.tmp"
+    shutil.copy(copy, staged)
+    os.replace(staged, data / "history.sqlite3")
+
+
 def test_a_file_put_in_place_while_serving_is_for_the_next_start(make_server: MakeServer, tmp_path: Path) -> None:
     """An operator's review: a good copy moved over history.sqlite3 while serving found the running server's
     write-ahead log beside it under its name, which SQLite applied to it at the next open: "malformed",
     refused with exit 2 (after a crash; after a clean stop, old pages written silently into the copy). The
     server lets its file go (its log removed) and keeps its history in memory; the next start has the copy."""
-    kept = make_server(workers=1, data_dir=tmp_path / "kept")
-    with Client(kept.port, "ann") as a:
-        a.send({"type": "msg", "room": "lobby", "text": "in the copy", "id": 1})
-        a.expect("ack")
-    assert kept.stop() == 0
+    copy = _a_copy(make_server, tmp_path / "kept")
     data = tmp_path / "data"
     server = make_server("--rate", "1000", "--burst", "1000", workers=1, data_dir=data)
     with Client(server.port, "bob") as b:
@@ -114,9 +127,7 @@ def test_a_file_put_in_place_while_serving_is_for_the_next_start(make_server: Ma
             b.send({"type": "msg", "room": "lobby", "text": f"old run {i} " + "y" * 1000, "id": i + 1})
         b.expect(lambda f: f.get("type") == "ack" and f.get("id") == 200)
         mark = server.mark()
-        staged = data / "restore.tmp"
-        shutil.copy(tmp_path / "kept" / "history.sqlite3", staged)
-        os.replace(staged, data / "history.sqlite3")
+        _put_in_place(copy, data)
         server.wait_log("was replaced while serving: the next start uses it", timeout=10, start=mark)
         assert not (data / "history.sqlite3-wal").exists()
         assert server.stats()["history"]["degraded"] is True
@@ -131,20 +142,14 @@ def test_a_file_put_in_place_while_serving_is_for_the_next_start(make_server: Ma
 def test_a_file_put_in_place_just_before_a_stop_is_for_the_next_start(make_server: MakeServer, tmp_path: Path) -> None:
     """A review: `mv copy history.sqlite3 && systemctl restart lanchat`: the stop came before the once-a-second
     look, its commits went to the old file's log beside the copy, and the next start refused it (exit 2)."""
-    kept = make_server(workers=1, data_dir=tmp_path / "kept")
-    with Client(kept.port, "ann") as a:
-        a.send({"type": "msg", "room": "lobby", "text": "in the copy", "id": 1})
-        a.expect("ack")
-    assert kept.stop() == 0
+    copy = _a_copy(make_server, tmp_path / "kept")
     data = tmp_path / "data"
     server = make_server(workers=1, data_dir=data)
     with Client(server.port, "bob") as b:
         for i in range(20):
             b.send({"type": "msg", "room": "lobby", "text": f"old run {i}", "id": i + 1})
         b.expect(lambda f: f.get("type") == "ack" and f.get("id") == 20)
-        staged = data / "restore.tmp"
-        shutil.copy(tmp_path / "kept" / "history.sqlite3", staged)
-        os.replace(staged, data / "history.sqlite3")
+        _put_in_place(copy, data)
         code = server.stop()
     assert code in (0, 4), server.log  # (4: what it held in memory since is lost, and it says so)
     assert "was replaced while serving: the next start uses it" in server.log
